@@ -1,0 +1,1 @@
+"""Resilient, observable service-to-service HTTP calls."""

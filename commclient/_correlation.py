@@ -1,0 +1,59 @@
+"""Correlation id: the context variable, header validation and the logging filter."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextvars import ContextVar
+
+CORRELATION_HEADER = "X-Correlation-ID"
+MAX_CORRELATION_ID_LENGTH = 128
+
+correlation_id_ctx: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+
+logger = logging.getLogger("commclient")
+
+
+def new_correlation_id() -> str:
+    """Return a fresh random correlation id."""
+    return uuid.uuid4().hex
+
+
+def is_valid_correlation_id(value: str) -> bool:
+    """Tell whether ``value`` may be sent as a header value.
+
+    Control characters (CR/LF above all) would let a caller inject headers, and an
+    unbounded value would let one bloat every log line downstream.
+    """
+    return (
+        0 < len(value) <= MAX_CORRELATION_ID_LENGTH
+        and value.isascii()
+        and value.isprintable()
+    )
+
+
+def outgoing_correlation_id() -> str | None:
+    """Return the id to send for the current context, replacing an unsafe one.
+
+    The replacement is stored back into the context so that every attempt of the
+    call, and every log record, carries the same id.
+    """
+    value = correlation_id_ctx.get()
+    if value is None or is_valid_correlation_id(value):
+        return value
+    replacement = new_correlation_id()
+    logger.warning(
+        "unsafe correlation id replaced",
+        extra={"correlation_id": replacement, "rejected_length": len(value)},
+    )
+    correlation_id_ctx.set(replacement)
+    return replacement
+
+
+class CorrelationIdFilter(logging.Filter):
+    """Put the current correlation id on every record as ``record.correlation_id``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "correlation_id"):
+            record.correlation_id = correlation_id_ctx.get()
+        return True

@@ -1,0 +1,1 @@
+"""Bridges between synchronous and asynchronous code during the migration to asyncio."""
