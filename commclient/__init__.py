@@ -1,1 +1,55 @@
-"""Resilient, observable service-to-service HTTP calls."""
+"""Resilient, observable service-to-service HTTP calls.
+
+One sans-I/O resilience core (retry with backoff, circuit breaker, retry budget,
+deadline, error mapping, metrics, correlation-id logging) under two facades:
+:class:`SyncServiceClient` on requests and :class:`AsyncServiceClient` on httpx.
+Neither transport is imported until its facade is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._config import ClientConfig
+from ._correlation import CorrelationIdFilter, correlation_id_ctx
+from ._errors import (
+    ServiceClientError,
+    ServiceConnectionError,
+    ServiceDecodeError,
+    ServiceResponseError,
+    ServiceResponseTooLargeError,
+    ServiceTimeoutError,
+    ServiceUnavailableError,
+)
+
+if TYPE_CHECKING:
+    from ._async import AsyncServiceClient
+    from ._sync import SyncServiceClient
+
+__all__ = [
+    "AsyncServiceClient",
+    "ClientConfig",
+    "CorrelationIdFilter",
+    "ServiceClientError",
+    "ServiceConnectionError",
+    "ServiceDecodeError",
+    "ServiceResponseError",
+    "ServiceResponseTooLargeError",
+    "ServiceTimeoutError",
+    "ServiceUnavailableError",
+    "SyncServiceClient",
+    "correlation_id_ctx",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The facades load on first use so that `import commclient` pulls in no transport.
+    if name == "SyncServiceClient":
+        from ._sync import SyncServiceClient
+
+        return SyncServiceClient
+    if name == "AsyncServiceClient":
+        from ._async import AsyncServiceClient
+
+        return AsyncServiceClient
+    raise AttributeError(f"module 'commclient' has no attribute {name!r}")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar
+from typing import Any
 
 CORRELATION_HEADER = "X-Correlation-ID"
 MAX_CORRELATION_ID_LENGTH = 128
@@ -25,11 +28,7 @@ def is_valid_correlation_id(value: str) -> bool:
     Control characters (CR/LF above all) would let a caller inject headers, and an
     unbounded value would let one bloat every log line downstream.
     """
-    return (
-        0 < len(value) <= MAX_CORRELATION_ID_LENGTH
-        and value.isascii()
-        and value.isprintable()
-    )
+    return 0 < len(value) <= MAX_CORRELATION_ID_LENGTH and value.isascii() and value.isprintable()
 
 
 def outgoing_correlation_id() -> str | None:
@@ -57,3 +56,25 @@ class CorrelationIdFilter(logging.Filter):
         if not hasattr(record, "correlation_id"):
             record.correlation_id = correlation_id_ctx.get()
         return True
+
+
+_SENSITIVE_NAME = re.compile(r"token|secret|passw|key|auth|signature|credential|session", re.I)
+_SENSITIVE_PAIR = re.compile(
+    r"(?P<name>[\w.\-]*(?:token|secret|passw|key|auth|signature|credential|session)[\w.\-]*)"
+    r"=(?P<value>[^&\s'\";,)]*)",
+    re.I,
+)
+REDACTED = "[REDACTED]"
+
+
+def redact_params(params: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Query parameters for logs and errors, with secret-looking values replaced."""
+    return [
+        (name, REDACTED if _SENSITIVE_NAME.search(name) else value)
+        for name, value in params.items()
+    ]
+
+
+def redact_text(text: str) -> str:
+    """Replace ``name=value`` pairs whose name looks secret, e.g. in a transport's message."""
+    return _SENSITIVE_PAIR.sub(lambda m: f"{m['name']}={REDACTED}", text)

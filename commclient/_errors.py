@@ -1,0 +1,87 @@
+"""The error hierarchy.
+
+::
+
+    ServiceClientError                 every failure of a call; carries method, url,
+     |                                 target_service, attempts
+     +-- ServiceUnavailableError       the circuit breaker is open (retry_after)
+     +-- ServiceTimeoutError           an attempt or the call's deadline timed out
+     +-- ServiceConnectionError        refused, reset, DNS failure
+     +-- ServiceResponseError          an error status (status_code, detail, response_body)
+     +-- ServiceDecodeError            a body that is not the JSON the caller expects
+          +-- ServiceResponseTooLargeError   a body over max_response_bytes, never read whole
+
+The transport's own exception is chained as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceClientError(Exception):
+    """A call to another service failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        url: str,
+        target_service: str,
+        attempts: int,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.url = url
+        self.target_service = target_service
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return (
+            f"{self.message} ({self.method} {self.url} -> {self.target_service}, "
+            f"attempts={self.attempts})"
+        )
+
+
+class ServiceUnavailableError(ServiceClientError):
+    """The target's circuit breaker is open; no request was sent."""
+
+    def __init__(self, message: str, *, retry_after: float, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.retry_after = retry_after
+
+
+class ServiceTimeoutError(ServiceClientError):
+    """An attempt timed out, or the call's deadline left no time for another."""
+
+
+class ServiceConnectionError(ServiceClientError):
+    """The connection could not be opened or was lost."""
+
+
+class ServiceResponseError(ServiceClientError):
+    """The service answered with an error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        detail: str,
+        response_body: bytes,
+        **context: Any,
+    ) -> None:
+        super().__init__(message, **context)
+        self.status_code = status_code
+        self.detail = detail
+        self.response_body = response_body
+
+
+class ServiceDecodeError(ServiceClientError):
+    """The response body is not valid JSON."""
+
+
+class ServiceResponseTooLargeError(ServiceDecodeError):
+    """The response body exceeds ``max_response_bytes``; it was not read into memory."""

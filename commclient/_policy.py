@@ -1,0 +1,188 @@
+"""Retry policy without I/O: what is retryable, how long to wait, and the retry budget.
+
+Nothing here sleeps or touches the network; time comes from a :class:`Clock`, so the
+whole policy is tested with a fake one.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import threading
+import time
+from collections.abc import Mapping
+from typing import Protocol
+
+from tenacity import RetryCallState, Retrying
+from tenacity.wait import wait_random_exponential
+
+from ._config import IDEMPOTENT_METHODS, ClientConfig
+
+
+class Clock(Protocol):
+    """Where the core reads time: a monotonic clock for durations, wall time for dates."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    """The real clocks."""
+
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
+
+
+class TestingSwitch:
+    """Process-wide switch that ``commclient.testing`` flips so users' tests never sleep."""
+
+    no_wait: bool = False
+
+
+class FailureKind(enum.Enum):
+    """How an attempt failed below HTTP, and so whether the server can have seen it."""
+
+    #: Refused, unresolvable, unreachable: the request never left this process.
+    CONNECT = "connect"
+    #: The connection was not established in time: the request never left either.
+    CONNECT_TIMEOUT = "connect_timeout"
+    #: No response in time after the request was sent: the server may have acted on it.
+    READ_TIMEOUT = "read_timeout"
+    #: The connection broke after the request was sent (reset, remote closed).
+    CONNECTION_LOST = "connection_lost"
+
+    @property
+    def reached_server(self) -> bool:
+        return self in (FailureKind.READ_TIMEOUT, FailureKind.CONNECTION_LOST)
+
+    @property
+    def is_timeout(self) -> bool:
+        return self in (FailureKind.CONNECT_TIMEOUT, FailureKind.READ_TIMEOUT)
+
+    @property
+    def status_label(self) -> str:
+        """The ``status`` / ``error_type`` metric label of this failure."""
+        return "timeout" if self.is_timeout else "connect_error"
+
+
+def may_retry_method(method: str, *, has_idempotency_key: bool) -> bool:
+    """Whether an attempt that may have reached the server can be repeated.
+
+    POST and PATCH are not idempotent: repeating one the server already acted on
+    would create a second batch job. An idempotency key makes the server dedupe.
+    """
+    return has_idempotency_key or method in IDEMPOTENT_METHODS
+
+
+def is_retryable_status(status: int, config: ClientConfig) -> bool:
+    return status in config.retry_on_status
+
+
+def counts_as_breaker_failure(status: int) -> bool:
+    """Server errors and 429 mean the target is unwell; other 4xx are the caller's fault."""
+    return status >= 500 or status == 429
+
+
+_NO_RETRYING = Retrying()
+
+
+def backoff(attempt_number: int, config: ClientConfig) -> float:
+    """Full-jitter exponential backoff after ``attempt_number`` failed attempts.
+
+    tenacity's strategy only reads ``attempt_number`` from the state; the state is
+    made per call, never shared, so concurrent calls cannot see each other's.
+    """
+    state = RetryCallState(_NO_RETRYING, None, (), {})
+    state.attempt_number = attempt_number
+    strategy = wait_random_exponential(
+        multiplier=max(config.retry_min_wait, 1e-3),
+        min=config.retry_min_wait,
+        max=config.retry_max_wait,
+    )
+    return float(strategy(state))
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or HTTP date)."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def retry_wait(
+    attempt_number: int,
+    headers: Mapping[str, str] | None,
+    config: ClientConfig,
+    clock: Clock,
+) -> float:
+    """The wait before the next attempt: the server's ``Retry-After`` if any, else backoff."""
+    if TestingSwitch.no_wait:
+        return 0.0
+    server_wait = parse_retry_after(headers, clock.time()) if headers is not None else None
+    if server_wait is not None:
+        return min(server_wait, config.retry_after_max)
+    return backoff(attempt_number, config)
+
+
+class RetryBudget:
+    """A token bucket bounding retries to a fraction of calls (Finagle's RetryBudget).
+
+    Each call deposits ``ratio`` tokens, each retry withdraws one. While the target
+    fails every call, retries stop once the bucket is empty, so attempts settle at
+    ``(1 + ratio)`` per call instead of ``max_retries`` per call: no retry storm.
+    """
+
+    def __init__(self, ratio: float, max_tokens: float) -> None:
+        self.ratio = ratio
+        self.max_tokens = max_tokens
+        self._tokens = max_tokens
+        self._lock = threading.Lock()
+
+    @property
+    def tokens(self) -> float:
+        return self._tokens
+
+    def deposit(self) -> None:
+        with self._lock:
+            self._tokens = min(self.max_tokens, self._tokens + self.ratio)
+
+    def try_withdraw(self) -> bool:
+        with self._lock:
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True
+
+
+class RetryBudgets:
+    """One budget per target service, shared by every client, thread and task."""
+
+    def __init__(self) -> None:
+        self._budgets: dict[str, RetryBudget] = {}
+        self._lock = threading.Lock()
+
+    def get(self, target_service: str, config: ClientConfig) -> RetryBudget:
+        with self._lock:
+            budget = self._budgets.get(target_service)
+            if budget is None:
+                budget = RetryBudget(config.retry_budget_ratio, config.retry_budget_max_tokens)
+                self._budgets[target_service] = budget
+            return budget
+
+    def clear(self) -> None:
+        with self._lock:
+            self._budgets.clear()
+
+
+retry_budgets = RetryBudgets()
