@@ -64,6 +64,7 @@ _SENSITIVE_PAIR = re.compile(
     r"=(?P<value>[^&\s'\";,)]*)",
     re.I,
 )
+_USERINFO = re.compile(r"//[^/@\s]+@")
 REDACTED = "[REDACTED]"
 
 
@@ -76,5 +77,7 @@ def redact_params(params: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 
 def redact_text(text: str) -> str:
-    """Replace ``name=value`` pairs whose name looks secret, e.g. in a transport's message."""
+    """Drop URL credentials and secret-looking ``name=value`` values from free text,
+    such as a transport exception's message."""
+    text = _USERINFO.sub("//", text)
     return _SENSITIVE_PAIR.sub(lambda m: f"{m['name']}={REDACTED}", text)

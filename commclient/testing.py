@@ -1,0 +1,72 @@
+"""Helpers for the tests of code that uses commclient: no sleeping, breakers on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ._breaker import breakers
+from ._policy import TestingSwitch, retry_budgets
+
+__all__ = [
+    "FakeClock",
+    "breaker_state",
+    "force_closed",
+    "force_open",
+    "no_wait",
+    "reset",
+    "set_testing",
+]
+
+
+def set_testing(*, no_wait: bool) -> None:
+    """Make every retry wait zero seconds (``True``) or real ones again (``False``)."""
+    TestingSwitch.no_wait = no_wait
+
+
+@contextmanager
+def no_wait() -> Iterator[None]:
+    """Within the block, retries happen at once; the previous setting is restored after."""
+    previous = TestingSwitch.no_wait
+    TestingSwitch.no_wait = True
+    try:
+        yield
+    finally:
+        TestingSwitch.no_wait = previous
+
+
+def force_open(service_name: str, target_service: str) -> None:
+    """Open the breaker of a pair that has a client; calls fail fast until it closes."""
+    breakers.find(service_name, target_service).force("open")
+
+
+def force_closed(service_name: str, target_service: str) -> None:
+    """Close the breaker of a pair that has a client, forgetting its failures."""
+    breakers.find(service_name, target_service).force("closed")
+
+
+def breaker_state(service_name: str, target_service: str) -> str:
+    """``closed``, ``open`` or ``half-open``."""
+    return breakers.find(service_name, target_service).state
+
+
+def reset() -> None:
+    """Forget every breaker and retry budget of the process (between tests)."""
+    breakers.clear()
+    retry_budgets.clear()
+
+
+class FakeClock:
+    """A clock that only moves when told to; pass it as ``clock=`` to a client."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
