@@ -1,0 +1,308 @@
+"""The resilience core on its own: no sockets, no real clock, no sleeping."""
+
+from __future__ import annotations
+
+import email.utils
+import itertools
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from commclient import (
+    ClientConfig,
+    ServiceClientError,
+    ServiceResponseError,
+    ServiceTimeoutError,
+    ServiceUnavailableError,
+    testing,
+)
+from commclient._core import Attempt, Core, Outcome, Response, Sleep, TransportFailure, build_core
+from commclient._policy import FailureKind, backoff, parse_retry_after
+
+_pairs = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _isolated() -> Iterator[None]:
+    testing.reset()
+    yield
+    testing.reset()
+
+
+def make_core(clock: testing.FakeClock | None = None, **config: Any) -> Core:
+    n = next(_pairs)
+    return build_core(
+        "http://svc.test",
+        f"core-svc{n}",
+        f"core-target{n}",
+        ClientConfig(**config),
+        CollectorRegistry(),
+        clock or testing.FakeClock(),
+    )
+
+
+def status(code: int, **headers: str) -> Response:
+    return Response(code, {k.lower(): v for k, v in headers.items()}, b"{}")
+
+
+TIMEOUT = TransportFailure(FailureKind.READ_TIMEOUT, TimeoutError("read timed out"))
+
+
+def drive(
+    core: Core,
+    outcomes: list[Outcome],
+    *,
+    method: str = "GET",
+    attempt_seconds: float = 0.0,
+    **kwargs: Any,
+) -> tuple[list[Attempt | Sleep], Any]:
+    """Run one call through the core, answering attempts from ``outcomes`` in order."""
+    clock = core.clock
+    assert isinstance(clock, testing.FakeClock)
+    actions: list[Attempt | Sleep] = []
+    flow = core.call(method, "/x", **kwargs).flow()
+    replies = iter(outcomes)
+    try:
+        action = next(flow)
+        while True:
+            actions.append(action)
+            if isinstance(action, Sleep):
+                clock.advance(action.seconds)
+                action = flow.send(None)
+            else:
+                clock.advance(attempt_seconds)
+                action = flow.send(next(replies))
+    except StopIteration as stop:
+        return actions, stop.value
+    except ServiceClientError as error:
+        return actions, error
+
+
+def sleeps(actions: list[Attempt | Sleep]) -> list[float]:
+    return [a.seconds for a in actions if isinstance(a, Sleep)]
+
+
+def attempts(actions: list[Attempt | Sleep]) -> list[Attempt]:
+    return [a for a in actions if isinstance(a, Attempt)]
+
+
+class TestBackoff:
+    @pytest.mark.parametrize("attempt_number", [1, 2, 3, 4, 5, 8])
+    def test_full_jitter_within_the_growing_window(self, attempt_number: int) -> None:
+        config = ClientConfig(retry_min_wait=0.5, retry_max_wait=3.0)
+        random.seed(attempt_number)
+        waits = [backoff(attempt_number, config) for _ in range(500)]
+        ceiling = min(3.0, 0.5 * 2 ** (attempt_number - 1))
+        assert all(0.5 <= w <= ceiling for w in waits)
+        if ceiling > 0.5:
+            # Full jitter spreads retries over the window instead of synchronising them.
+            assert max(waits) - min(waits) > (ceiling - 0.5) * 0.8
+
+    def test_core_sleeps_the_backoff_between_attempts(self) -> None:
+        core = make_core(retry_min_wait=1.0, retry_max_wait=1.0)
+        actions, result = drive(core, [status(503), status(503), status(200)])
+        assert result == {}
+        assert sleeps(actions) == [1.0, 1.0]
+        assert [a.number for a in attempts(actions)] == [1, 2, 3]
+
+
+class TestRetryAfter:
+    def test_seconds_replace_the_backoff(self) -> None:
+        core = make_core(retry_min_wait=0.1, retry_max_wait=0.2)
+        actions, _ = drive(core, [status(503, **{"Retry-After": "7"}), status(200)])
+        assert sleeps(actions) == [7.0]
+
+    def test_http_date(self) -> None:
+        clock = testing.FakeClock(start=1_700_000_000.0)
+        core = make_core(clock)
+        date = email.utils.formatdate(clock.time() + 12, usegmt=True)
+        actions, _ = drive(core, [status(429, **{"Retry-After": date}), status(200)])
+        assert sleeps(actions) == [pytest.approx(12.0)]
+
+    def test_capped_by_retry_after_max(self) -> None:
+        core = make_core(retry_after_max=5.0)
+        actions, _ = drive(core, [status(503, **{"Retry-After": "3600"}), status(200)])
+        assert sleeps(actions) == [5.0]
+
+    @pytest.mark.parametrize("value", ["soon", "", "-3", "Mon, 99 Foo 2020"])
+    def test_garbage_is_ignored(self, value: str) -> None:
+        assert parse_retry_after({"retry-after": value}, time.time()) is None
+
+    def test_date_in_the_past_means_now(self) -> None:
+        assert parse_retry_after({"retry-after": "Mon, 01 Jan 2001 00:00:00 GMT"}, time.time()) == 0
+
+
+class TestDeadline:
+    def test_attempt_timeouts_shrink_to_what_remains(self) -> None:
+        core = make_core(timeout=10.0, connect_timeout=3.0, deadline=4.0,
+                         retry_min_wait=0.5, retry_max_wait=0.5)
+        actions, _ = drive(core, [TIMEOUT, status(200)], attempt_seconds=1.0)
+        first, second = attempts(actions)
+        assert (first.connect_timeout, first.read_timeout) == (3.0, 4.0)
+        # 1 s spent in the first attempt and 0.5 s asleep: 2.5 s remain.
+        assert (second.connect_timeout, second.read_timeout) == (2.5, 2.5)
+
+    def test_no_sleep_that_would_pass_the_deadline(self) -> None:
+        core = make_core(deadline=2.0)
+        actions, error = drive(
+            core, [status(503, **{"Retry-After": "1"}), status(200)], attempt_seconds=1.5
+        )
+        assert isinstance(error, ServiceResponseError)
+        assert error.attempts == 1
+        assert sleeps(actions) == []
+
+    def test_per_call_deadline_overrides_the_config(self) -> None:
+        core = make_core(deadline=100.0)
+        actions, _ = drive(core, [status(200)], deadline=0.25)
+        assert attempts(actions)[0].read_timeout == 0.25
+
+    def test_timeout_error_when_every_attempt_times_out(self) -> None:
+        core = make_core(max_retries=4, retry_min_wait=0, retry_max_wait=0)
+        actions, error = drive(core, [TIMEOUT] * 4)
+        assert isinstance(error, ServiceTimeoutError)
+        assert error.attempts == 4
+        assert error.__cause__ is TIMEOUT.error
+
+
+class TestRetryBudget:
+    def test_attempts_stay_below_1_2_per_call_when_the_target_always_fails(self) -> None:
+        core = make_core(max_retries=3, retry_min_wait=0, retry_max_wait=0,
+                         circuit_breaker_fail_max=10**6)
+        warm_up, measured = 100, 1000
+        for _ in range(warm_up):
+            drive(core, [status(503)] * 3)
+        sent = sum(len(attempts(drive(core, [status(503)] * 3)[0])) for _ in range(measured))
+        assert sent < 1.2 * measured
+        assert sent >= measured
+
+    def test_without_a_budget_naive_retry_triples_the_load(self) -> None:
+        core = make_core(max_retries=3, retry_min_wait=0, retry_max_wait=0,
+                         circuit_breaker_fail_max=10**6, retry_budget_max_tokens=10**9)
+        sent = sum(len(attempts(drive(core, [status(503)] * 3)[0])) for _ in range(200))
+        assert sent == 600
+
+    def test_one_budget_per_target_for_every_client(self) -> None:
+        first = build_core("http://a.test", "one", "shared-target", None, CollectorRegistry(), None)
+        second = build_core("http://b.test", "two", "shared-target", None, CollectorRegistry(), None)
+        other = build_core("http://c.test", "one", "other-target", None, CollectorRegistry(), None)
+        assert first.budget is second.budget
+        assert first.budget is not other.budget
+
+    def test_budget_gauge_reads_the_tokens(self) -> None:
+        registry = CollectorRegistry()
+        config = ClientConfig(retry_budget_max_tokens=2.0, retry_min_wait=0, retry_max_wait=0)
+        core = build_core("http://a.test", "svc", "gauge-target", config, registry, testing.FakeClock())
+
+        def gauge() -> float | None:
+            return registry.get_sample_value(
+                "http_client_retry_budget_tokens", {"target_service": "gauge-target"}
+            )
+
+        assert gauge() == 2.0
+        drive(core, [status(503), status(503), status(200)])
+        assert gauge() == pytest.approx(0.0)
+
+
+class TestBreaker:
+    def test_one_breaker_per_pair_shared_by_every_client(self) -> None:
+        first = build_core("http://a.test", "svc", "tgt", None, CollectorRegistry(), None)
+        second = build_core("http://b.test", "svc", "tgt", None, CollectorRegistry(), None)
+        assert first.breaker is second.breaker
+
+    def test_half_open_admits_exactly_one_probe(self) -> None:
+        core = make_core(circuit_breaker_fail_max=1, circuit_breaker_reset_timeout=0.01)
+        drive(core, [status(503)] * 3)
+        assert core.breaker.state == "open"
+        time.sleep(0.02)
+        probe = core.call("GET", "/x").flow()
+        assert isinstance(next(probe), Attempt)
+        for _ in range(5):
+            with pytest.raises(ServiceUnavailableError):
+                next(core.call("GET", "/x").flow())
+        with pytest.raises(StopIteration):
+            probe.send(status(200))
+        assert core.breaker.state == "closed"
+        assert isinstance(next(core.call("GET", "/x").flow()), Attempt)
+
+    def test_probe_makes_one_attempt_and_reopens_on_failure(self) -> None:
+        core = make_core(circuit_breaker_fail_max=1, circuit_breaker_reset_timeout=0.01)
+        drive(core, [status(503)] * 3)
+        time.sleep(0.02)
+        actions, error = drive(core, [status(503)] * 3)
+        assert len(attempts(actions)) == 1
+        assert isinstance(error, ServiceResponseError)
+        assert core.breaker.state == "open"
+
+    def test_a_cancelled_call_is_not_a_failure(self) -> None:
+        core = make_core(circuit_breaker_fail_max=1)
+        flow = core.call("GET", "/x").flow()
+        next(flow)
+        flow.close()  # what CancelledError / KeyboardInterrupt do to the facades' loops
+        assert core.breaker.circuit.fail_counter == 0
+        assert core.breaker.state == "closed"
+
+    def test_a_cancelled_probe_frees_the_probe_slot(self) -> None:
+        core = make_core(circuit_breaker_fail_max=1, circuit_breaker_reset_timeout=0.01)
+        drive(core, [status(503)] * 3)
+        time.sleep(0.02)
+        probe = core.call("GET", "/x").flow()
+        next(probe)
+        with pytest.raises(KeyboardInterrupt):
+            probe.throw(KeyboardInterrupt)
+        assert core.breaker.state == "half-open"
+        assert isinstance(next(core.call("GET", "/x").flow()), Attempt)
+
+    def test_retries_stop_when_the_breaker_opens_meanwhile(self) -> None:
+        core = make_core(circuit_breaker_fail_max=1, retry_min_wait=0, retry_max_wait=0)
+        flow = core.call("GET", "/x").flow()
+        next(flow)
+        core.breaker.force("open")
+        with pytest.raises(ServiceResponseError) as caught:
+            flow.send(status(503))
+        assert caught.value.attempts == 1
+
+
+def test_flow_refuses_a_missing_outcome() -> None:
+    flow = make_core().call("GET", "/x").flow()
+    next(flow)
+    with pytest.raises(RuntimeError, match="without an outcome"):
+        flow.send(None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"path_params": {"other": 1}}, "do not fill the template"),
+    ],
+)
+def test_bad_path_params_name_the_template(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_core().call("GET", "/api/users/{user_id}", **kwargs)
+
+
+def test_path_must_be_absolute() -> None:
+    with pytest.raises(ValueError, match="must start with '/'"):
+        make_core().call("GET", "api/users")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "service", "target", "message"),
+    [
+        ("ftp://x", "a", "b", "base_url"),
+        ("not a url", "a", "b", "base_url"),
+        ("http://x", "", "b", "service_name"),
+        ("http://x", "a", "", "target_service"),
+    ],
+)
+def test_bad_constructor_arguments(base_url: str, service: str, target: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_core(base_url, service, target, None, CollectorRegistry(), None)
+
+
+def test_config_must_be_a_client_config() -> None:
+    with pytest.raises(TypeError, match="ClientConfig"):
+        build_core("http://x", "a", "b", {"timeout": 1}, CollectorRegistry(), None)  # type: ignore[arg-type]
