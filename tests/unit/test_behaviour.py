@@ -45,35 +45,100 @@ TABLE = [
     Row("get-503-then-ok", "GET", [E503, OK], sent=2, result={"ok": True}),
     Row("get-503-exhausted", "GET", [E503], sent=3, error=ServiceResponseError, status_code=503),
     Row("get-429-then-ok", "GET", [Reply(429), OK], sent=2, result={"ok": True}),
-    Row("get-500-502-504-then-ok", "GET", [Reply(500), Reply(502), OK], sent=3, result={"ok": True}),
+    Row(
+        "get-500-502-504-then-ok", "GET", [Reply(500), Reply(502), OK], sent=3, result={"ok": True}
+    ),
     Row("get-501-not-retried", "GET", [Reply(501)], sent=1, error=ServiceResponseError),
     Row("get-connect-then-ok", "GET", [Reply(failure="connect"), OK], sent=2, result={"ok": True}),
-    Row("get-connect-exhausted", "GET", [Reply(failure="connect")], 3, error=ServiceConnectionError),
-    Row("get-read-timeout-exhausted", "GET", [Reply(failure="read_timeout")], 3, error=ServiceTimeoutError),
+    Row(
+        "get-connect-exhausted", "GET", [Reply(failure="connect")], 3, error=ServiceConnectionError
+    ),
+    Row(
+        "get-read-timeout-exhausted",
+        "GET",
+        [Reply(failure="read_timeout")],
+        3,
+        error=ServiceTimeoutError,
+    ),
     Row("get-reset-then-ok", "GET", [Reply(failure="reset"), OK], sent=2, result={"ok": True}),
     # 2. Idempotency: POST/PATCH only when the request never left, or with a key.
     Row("put-503-retried", "PUT", [E503, OK], sent=2, result={"ok": True}),
     Row("delete-503-retried", "DELETE", [E503, OK], sent=2, result={"ok": True}),
     Row("post-503-once", "POST", [E503, OK], sent=1, error=ServiceResponseError),
     Row("patch-503-once", "PATCH", [E503, OK], sent=1, error=ServiceResponseError),
-    Row("post-read-timeout-once", "POST", [Reply(failure="read_timeout"), OK], 1, error=ServiceTimeoutError),
-    Row("post-reset-once", "POST", [Reply(failure="reset"), OK], sent=1, error=ServiceConnectionError),
-    Row("post-refused-retried", "POST", [Reply(failure="connect"), OK], sent=2, result={"ok": True}),
-    Row("post-connect-timeout-retried", "POST", [Reply(failure="connect_timeout"), OK], 2, {"ok": True}),
-    Row("post-key-503-retried", "POST", [E503, OK], 2, {"ok": True}, kwargs={"idempotency_key": "k-1"}),
-    Row("patch-key-timeout-retried", "PATCH", [Reply(failure="read_timeout"), OK], 2, {"ok": True},
-        kwargs={"idempotency_key": "k-2"}),
+    Row(
+        "post-read-timeout-once",
+        "POST",
+        [Reply(failure="read_timeout"), OK],
+        1,
+        error=ServiceTimeoutError,
+    ),
+    Row(
+        "post-reset-once",
+        "POST",
+        [Reply(failure="reset"), OK],
+        sent=1,
+        error=ServiceConnectionError,
+    ),
+    Row(
+        "post-refused-retried", "POST", [Reply(failure="connect"), OK], sent=2, result={"ok": True}
+    ),
+    Row(
+        "post-connect-timeout-retried",
+        "POST",
+        [Reply(failure="connect_timeout"), OK],
+        2,
+        {"ok": True},
+    ),
+    Row(
+        "post-key-503-retried",
+        "POST",
+        [E503, OK],
+        2,
+        {"ok": True},
+        kwargs={"idempotency_key": "k-1"},
+    ),
+    Row(
+        "patch-key-timeout-retried",
+        "PATCH",
+        [Reply(failure="read_timeout"), OK],
+        2,
+        {"ok": True},
+        kwargs={"idempotency_key": "k-2"},
+    ),
     # 4. Errors and bodies.
-    Row("get-404-not-retried", "GET", [Reply(404, json={"detail": "no such user"})], 1,
-        error=ServiceResponseError, status_code=404),
+    Row(
+        "get-404-not-retried",
+        "GET",
+        [Reply(404, json={"detail": "no such user"})],
+        1,
+        error=ServiceResponseError,
+        status_code=404,
+    ),
     Row("get-400-text", "GET", [Reply(400, body=b"bad " * 200)], 1, error=ServiceResponseError),
     Row("get-204-none", "GET", [Reply(204)], sent=1, result=None),
     Row("get-empty-none", "GET", [Reply(200, body=b"")], sent=1, result=None),
-    Row("get-html-decode", "GET", [Reply(200, body=b"<html>502 Bad Gateway</html>")], 1,
-        error=ServiceDecodeError),
-    Row("get-truncated-decode", "GET", [Reply(200, body=b'{"items": [1, 2')], 1, error=ServiceDecodeError),
-    Row("get-too-large", "GET", [Reply(200, body=b"[" + b"1," * 600 + b"1]")], 1,
-        error=ServiceResponseTooLargeError),
+    Row(
+        "get-html-decode",
+        "GET",
+        [Reply(200, body=b"<html>502 Bad Gateway</html>")],
+        1,
+        error=ServiceDecodeError,
+    ),
+    Row(
+        "get-truncated-decode",
+        "GET",
+        [Reply(200, body=b'{"items": [1, 2')],
+        1,
+        error=ServiceDecodeError,
+    ),
+    Row(
+        "get-too-large",
+        "GET",
+        [Reply(200, body=b"[" + b"1," * 600 + b"1]")],
+        1,
+        error=ServiceResponseTooLargeError,
+    ),
 ]
 
 
@@ -107,7 +172,9 @@ def test_transport_exception_is_chained_not_raised(make_harness: MakeHarness) ->
         harness.call("GET", "/x")
     cause = caught.value.__cause__
     assert cause is not None
-    assert type(cause).__module__.split(".")[0] == ("requests" if harness.facade == "sync" else "httpx")
+    assert type(cause).__module__.split(".")[0] == (
+        "requests" if harness.facade == "sync" else "httpx"
+    )
 
 
 def test_error_detail_from_json_and_text(make_harness: MakeHarness) -> None:
@@ -156,9 +223,12 @@ def test_breaker_opens_after_fail_max_calls_and_fails_fast(make_harness: MakeHar
     assert 0 < caught.value.retry_after <= 30
     assert caught.value.attempts == 0
     assert harness.metric("http_client_circuit_breaker_state") == 1
-    assert harness.metric(
-        "http_client_requests_total", method="GET", endpoint="/down", status="circuit_open"
-    ) == 1
+    assert (
+        harness.metric(
+            "http_client_requests_total", method="GET", endpoint="/down", status="circuit_open"
+        )
+        == 1
+    )
 
 
 def test_drained_budget_surfaces_the_single_attempts_error(make_harness: MakeHarness) -> None:
@@ -176,12 +246,15 @@ def test_path_params_are_quoted_and_the_template_is_the_endpoint(make_harness: M
     harness.script("GET", "/api/users/a%2Fb%20c", [OK])
     harness.call("GET", "/api/users/{user_id}", path_params={"user_id": "a/b c"})
     assert harness.sent[0].url == harness.wire_base_url + "/api/users/a%2Fb%20c"
-    assert harness.metric(
-        "http_client_requests_total",
-        method="GET",
-        endpoint="/api/users/{user_id}",
-        status="success",
-    ) == 1
+    assert (
+        harness.metric(
+            "http_client_requests_total",
+            method="GET",
+            endpoint="/api/users/{user_id}",
+            status="success",
+        )
+        == 1
+    )
 
 
 def test_credentials_and_secrets_never_reach_errors_or_logs(
@@ -229,7 +302,8 @@ def test_unsafe_correlation_id_is_replaced(make_harness: MakeHarness, unsafe: st
         correlation_id_ctx.reset(token)
     sent = harness.sent[0].headers["x-correlation-id"]
     assert sent != unsafe
-    assert len(sent) == 32 and sent.isalnum()
+    assert len(sent) == 32
+    assert sent.isalnum()
 
 
 def test_no_correlation_header_without_an_id(make_harness: MakeHarness) -> None:
@@ -245,16 +319,25 @@ def test_metrics_count_attempts_retries_and_durations(make_harness: MakeHarness)
     harness.call("GET", "/api/users/42/settings")
     endpoint = "/api/users/{id}/settings"
     for status in ("timeout", "503", "success"):
-        assert harness.metric(
-            "http_client_requests_total", method="GET", endpoint=endpoint, status=status
-        ) == 1
+        assert (
+            harness.metric(
+                "http_client_requests_total", method="GET", endpoint=endpoint, status=status
+            )
+            == 1
+        )
     for error_type in ("timeout", "503"):
-        assert harness.metric(
-            "http_client_retries_total", method="GET", endpoint=endpoint, error_type=error_type
-        ) == 1
-    assert harness.metric(
-        "http_client_request_duration_seconds_count", method="GET", endpoint=endpoint
-    ) == 3
+        assert (
+            harness.metric(
+                "http_client_retries_total", method="GET", endpoint=endpoint, error_type=error_type
+            )
+            == 1
+        )
+    assert (
+        harness.metric(
+            "http_client_request_duration_seconds_count", method="GET", endpoint=endpoint
+        )
+        == 3
+    )
 
 
 def test_decode_error_is_its_own_status(make_harness: MakeHarness) -> None:
@@ -262,6 +345,9 @@ def test_decode_error_is_its_own_status(make_harness: MakeHarness) -> None:
     harness.script("GET", "/html", [Reply(200, body=b"<html/>")])
     with pytest.raises(ServiceDecodeError):
         harness.call("GET", "/html")
-    assert harness.metric(
-        "http_client_requests_total", method="GET", endpoint="/html", status="decode_error"
-    ) == 1
+    assert (
+        harness.metric(
+            "http_client_requests_total", method="GET", endpoint="/html", status="decode_error"
+        )
+        == 1
+    )

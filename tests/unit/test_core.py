@@ -138,8 +138,9 @@ class TestRetryAfter:
 
 class TestDeadline:
     def test_attempt_timeouts_shrink_to_what_remains(self) -> None:
-        core = make_core(timeout=10.0, connect_timeout=3.0, deadline=4.0,
-                         retry_min_wait=0.5, retry_max_wait=0.5)
+        core = make_core(
+            timeout=10.0, connect_timeout=3.0, deadline=4.0, retry_min_wait=0.5, retry_max_wait=0.5
+        )
         actions, _ = drive(core, [TIMEOUT, status(200)], attempt_seconds=1.0)
         first, second = attempts(actions)
         assert (first.connect_timeout, first.read_timeout) == (3.0, 4.0)
@@ -162,7 +163,7 @@ class TestDeadline:
 
     def test_timeout_error_when_every_attempt_times_out(self) -> None:
         core = make_core(max_retries=4, retry_min_wait=0, retry_max_wait=0)
-        actions, error = drive(core, [TIMEOUT] * 4)
+        _actions, error = drive(core, [TIMEOUT] * 4)
         assert isinstance(error, ServiceTimeoutError)
         assert error.attempts == 4
         assert error.__cause__ is TIMEOUT.error
@@ -170,8 +171,9 @@ class TestDeadline:
 
 class TestRetryBudget:
     def test_attempts_stay_below_1_2_per_call_when_the_target_always_fails(self) -> None:
-        core = make_core(max_retries=3, retry_min_wait=0, retry_max_wait=0,
-                         circuit_breaker_fail_max=10**6)
+        core = make_core(
+            max_retries=3, retry_min_wait=0, retry_max_wait=0, circuit_breaker_fail_max=10**6
+        )
         warm_up, measured = 100, 1000
         for _ in range(warm_up):
             drive(core, [status(503)] * 3)
@@ -180,14 +182,21 @@ class TestRetryBudget:
         assert sent >= measured
 
     def test_without_a_budget_naive_retry_triples_the_load(self) -> None:
-        core = make_core(max_retries=3, retry_min_wait=0, retry_max_wait=0,
-                         circuit_breaker_fail_max=10**6, retry_budget_max_tokens=10**9)
+        core = make_core(
+            max_retries=3,
+            retry_min_wait=0,
+            retry_max_wait=0,
+            circuit_breaker_fail_max=10**6,
+            retry_budget_max_tokens=10**9,
+        )
         sent = sum(len(attempts(drive(core, [status(503)] * 3)[0])) for _ in range(200))
         assert sent == 600
 
     def test_one_budget_per_target_for_every_client(self) -> None:
         first = build_core("http://a.test", "one", "shared-target", None, CollectorRegistry(), None)
-        second = build_core("http://b.test", "two", "shared-target", None, CollectorRegistry(), None)
+        second = build_core(
+            "http://b.test", "two", "shared-target", None, CollectorRegistry(), None
+        )
         other = build_core("http://c.test", "one", "other-target", None, CollectorRegistry(), None)
         assert first.budget is second.budget
         assert first.budget is not other.budget
@@ -195,7 +204,9 @@ class TestRetryBudget:
     def test_budget_gauge_reads_the_tokens(self) -> None:
         registry = CollectorRegistry()
         config = ClientConfig(retry_budget_max_tokens=2.0, retry_min_wait=0, retry_max_wait=0)
-        core = build_core("http://a.test", "svc", "gauge-target", config, registry, testing.FakeClock())
+        core = build_core(
+            "http://a.test", "svc", "gauge-target", config, registry, testing.FakeClock()
+        )
 
         def gauge() -> float | None:
             return registry.get_sample_value(
