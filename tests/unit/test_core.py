@@ -317,3 +317,13 @@ def test_bad_constructor_arguments(base_url: str, service: str, target: str, mes
 def test_config_must_be_a_client_config() -> None:
     with pytest.raises(TypeError, match="ClientConfig"):
         build_core("http://x", "a", "b", {"timeout": 1}, CollectorRegistry(), None)  # type: ignore[arg-type]
+
+
+def test_no_wait_mode_removes_every_sleep() -> None:
+    core = make_core(retry_min_wait=5.0, retry_max_wait=5.0)
+    with testing.no_wait():
+        actions, _ = drive(core, [status(503, **{"Retry-After": "30"}), TIMEOUT, status(200)])
+    assert sleeps(actions) == []
+    assert len(attempts(actions)) == 3
+    actions, _ = drive(core, [status(503), status(200)])
+    assert sleeps(actions) == [5.0], "the switch is restored after the block"
