@@ -1,0 +1,44 @@
+"""Context variables across the bridges: copied in, and changes copied back out.
+
+A bridged call should behave like a direct call in the caller's context: the callee
+sees the caller's correlation id, and what the callee sets (the client replacing an
+unsafe correlation id, a tracing span) is visible to the caller afterwards. Each side
+runs in its own copy, because one ``Context`` cannot be entered by two threads at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextvars import Context, ContextVar
+from typing import Any
+
+_MISSING: Any = object()
+
+
+def loop_local_variables() -> list[ContextVar[Any]]:
+    """Variables that describe the running event loop, not the caller's request.
+
+    sniffio's ``current_async_library_cvar`` says which async library runs the current
+    task; carried into a worker thread or back into a plain thread it would make
+    libraries there believe an event loop is running. It is looked up only when
+    sniffio is already imported, so that compat never imports it.
+    """
+    sniffio = sys.modules.get("sniffio")
+    variable = getattr(sniffio, "current_async_library_cvar", None)
+    return [variable] if isinstance(variable, ContextVar) else []
+
+
+def copy_back(changed: Context) -> None:
+    """Set in the current context every variable whose value differs in ``changed``."""
+    skipped = loop_local_variables()
+    for variable, value in changed.items():
+        if variable in skipped:
+            continue
+        if variable.get(_MISSING) is not value:
+            variable.set(value)
+
+
+def clear_loop_local(context: Context) -> None:
+    """Reset the loop-describing variables in ``context`` before a worker thread runs it."""
+    for variable in loop_local_variables():
+        context.run(variable.set, None)

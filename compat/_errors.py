@@ -1,0 +1,43 @@
+"""The errors of the bridges.
+
+::
+
+    BridgeError                  a call could not cross between sync and async code
+     +-- EventLoopRunningError   run_sync (or a sync proxy) was called from a thread whose
+     |                           event loop is running: it would freeze that loop
+     +-- BridgeStoppedError      the shared background loop was stopped, or is stopping,
+                                 before the call could finish
+
+An exception raised by the bridged function itself reaches the caller unchanged.
+"""
+
+from __future__ import annotations
+
+ASYNC_EXTRA_HINT = "pip install 'commclient[async]'"
+
+
+class BridgeError(RuntimeError):
+    """A call could not cross between synchronous and asynchronous code."""
+
+
+class EventLoopRunningError(BridgeError):
+    """A blocking bridge was called from a thread whose event loop is running.
+
+    Blocking that thread would stop its loop until the call returns, and deadlock if
+    the call needs that loop; async code should ``await`` the coroutine instead.
+    """
+
+
+class BridgeStoppedError(BridgeError):
+    """The shared background loop stopped before the call could finish."""
+
+
+def require_anyio(feature: str) -> None:
+    """Fail with a message naming the extra to install when anyio is missing."""
+    try:
+        import anyio  # noqa: F401
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f"{feature} needs anyio, which the async extra installs: {ASYNC_EXTRA_HINT}",
+            name="anyio",
+        ) from exc

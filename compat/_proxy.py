@@ -1,0 +1,306 @@
+"""sync_proxy: a blocking view of an object with coroutine methods.
+
+The async object lives on the shared bridge loop for its whole life; every proxy
+method hands the call to that loop, so one client (one connection pool) serves any
+number of threads, and ``with proxy:`` runs ``async with obj:`` there.
+
+What mypy sees: ``sync_proxy(obj)`` is a ``SyncProxy[type of obj]``; its generated
+methods are typed ``Any``, because a type checker cannot turn a class's coroutine
+methods into blocking ones. For checked calls, describe the blocking interface as a
+``Protocol`` and annotate: ``rest: CronRestApi = sync_proxy(client)``. At run time
+``inspect.signature`` and ``typing.get_type_hints`` of each proxy method give the
+original parameters and the awaited return type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import contextlib
+import inspect
+import threading
+import typing
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from ._bridge import Bridge, _Held, default_bridge
+
+T = TypeVar("T")
+ProxyT = TypeVar("ProxyT", bound="SyncProxy[Any]")
+
+# Generic origins whose parameter is the awaited value, and the index of it.
+_AWAITED_ARGUMENT = {
+    collections.abc.Awaitable: 0,
+    asyncio.Future: 0,
+    asyncio.Task: 0,
+    collections.abc.Coroutine: 2,
+}
+_AWAITABLE_NAMES = {"Awaitable": 0, "Future": 0, "Task": 0, "Coroutine": 2}
+
+
+class SyncProxy(Generic[T]):
+    """A blocking view of an async object; build one with :func:`sync_proxy`.
+
+    Public coroutine methods of the object become blocking methods of the same name,
+    signature and docstring; other attributes are read from (and set on) the object.
+    ``with proxy:`` enters the object with ``async with`` on the bridge loop.
+    """
+
+    def __init__(self, async_object: T) -> None:
+        object.__setattr__(self, "_SyncProxy__target", async_object)
+        object.__setattr__(self, "_SyncProxy__bridge", None)
+        object.__setattr__(self, "_SyncProxy__held", None)
+        object.__setattr__(self, "_SyncProxy__lock", threading.Lock())
+
+    __target: T
+    __bridge: Bridge | None
+    __held: _Held | None
+    __lock: threading.Lock
+
+    @property
+    def async_object(self) -> T:
+        """The wrapped object; use it only from code running on the bridge loop."""
+        return self.__target
+
+    def __bridge_for_calls(self) -> Bridge:
+        bridge = self.__bridge
+        if bridge is None:
+            with self.__lock:
+                bridge = self.__bridge
+                if bridge is None:
+                    # Pinned for good: the object's pool and locks belong to this loop.
+                    bridge = default_bridge()
+                    object.__setattr__(self, "_SyncProxy__bridge", bridge)
+        return bridge
+
+    def _compat_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # Looked up per call, so that instance attributes and test doubles are honoured.
+        method = getattr(self.__target, name)
+        return self.__bridge_for_calls().call(method, args, kwargs)
+
+    def __enter__(self: ProxyT) -> ProxyT:
+        bridge = self.__bridge_for_calls()
+        with self.__lock:
+            if self.__held is not None:
+                raise RuntimeError(f"{self!r} is already entered")
+            held, _ = bridge.enter(self.__target)
+            object.__setattr__(self, "_SyncProxy__held", held)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        with self.__lock:
+            held = self.__held
+            object.__setattr__(self, "_SyncProxy__held", None)
+        if held is None:
+            return False
+        return self.__bridge_for_calls().exit(held, (exc_type, exc, traceback))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_SyncProxy__"):
+            raise AttributeError(name)
+        value = getattr(self.__target, name)
+        if not name.startswith("_") and callable(value) and _is_async_callable(value):
+            # A coroutine function the class does not define (an instance attribute).
+            return _dynamic_method(self, name, value)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__target, name, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(dir(self.__target)))
+
+    def __repr__(self) -> str:
+        return f"sync_proxy({self.__target!r})"
+
+
+_proxy_types: weakref.WeakKeyDictionary[type, type[SyncProxy[Any]]] = weakref.WeakKeyDictionary()
+_proxy_types_lock = threading.Lock()
+
+
+def sync_proxy(async_object: T) -> SyncProxy[T]:
+    """Return a blocking view of ``async_object`` whose calls run on the bridge loop.
+
+    ``sync_proxy(CronRestClient(...))`` gives an object with the client's methods, each
+    blocking until the coroutine finishes. Safe to share between threads: the calls
+    all run on one loop, with one connection pool. Prefer ``with sync_proxy(obj) as
+    proxy:``, or call its ``close()``, so the object is closed on its own loop.
+    """
+    if isinstance(async_object, SyncProxy):
+        return async_object
+    return proxy_type(type(async_object))(async_object)
+
+
+def proxy_type(cls: type[T]) -> type[SyncProxy[T]]:
+    """The :class:`SyncProxy` subclass with blocking versions of ``cls``'s coroutine methods."""
+    with _proxy_types_lock:
+        made = _proxy_types.get(cls)
+        if made is None:
+            made = _make_proxy_type(cls)
+            _proxy_types[cls] = made
+    return made
+
+
+def _make_proxy_type(cls: type) -> type[SyncProxy[Any]]:
+    namespace: dict[str, Any] = {
+        "__module__": cls.__module__,
+        "__doc__": f"Blocking view of :class:`{cls.__qualname__}` made by compat.sync_proxy.",
+    }
+    type_name = f"{cls.__name__}SyncProxy"
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        attribute = inspect.getattr_static(cls, name)
+        if isinstance(attribute, (staticmethod, classmethod)):
+            function, takes_self = attribute.__func__, False
+        elif inspect.isfunction(attribute):
+            function, takes_self = attribute, True
+        else:
+            continue
+        if _is_async_callable(function):
+            namespace[name] = _blocking_method(name, function, takes_self, type_name)
+    return type(type_name, (SyncProxy,), namespace)
+
+
+def _is_async_callable(function: Callable[..., Any]) -> bool:
+    """Coroutine functions, and functions annotated to return an awaitable."""
+    if inspect.iscoroutinefunction(function):
+        return True
+    if inspect.isasyncgenfunction(function):
+        return False
+    try:
+        returned = inspect.signature(function).return_annotation
+    except (TypeError, ValueError):
+        return False
+    return _awaited(returned) is not _NOT_AWAITABLE
+
+
+_NOT_AWAITABLE: Any = object()
+
+
+def _awaited(annotation: Any) -> Any:
+    """The type an awaitable annotation resolves to, or ``_NOT_AWAITABLE``."""
+    if isinstance(annotation, str):
+        return _awaited_text(annotation)
+    origin = typing.get_origin(annotation) or annotation
+    try:
+        known = origin in _AWAITED_ARGUMENT
+    except TypeError:  # an unhashable annotation
+        known = False
+    if known:
+        arguments = typing.get_args(annotation)
+        index = _AWAITED_ARGUMENT[origin]
+        return arguments[index] if len(arguments) > index else Any
+    return _NOT_AWAITABLE
+
+
+def _awaited_text(annotation: str) -> Any:
+    # A string annotation (from __future__ import annotations) that may not resolve:
+    # unwrap it textually, "Awaitable[list[int]]" -> "list[int]".
+    text = annotation.strip()
+    head, bracket, rest = text.partition("[")
+    index = _AWAITABLE_NAMES.get(head.rpartition(".")[2])
+    if index is None:
+        return _NOT_AWAITABLE
+    if not bracket:
+        return "Any"
+    if not rest.endswith("]"):
+        return _NOT_AWAITABLE
+    arguments = _split_top_level(rest[:-1])
+    return arguments[index] if len(arguments) > index else "Any"
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    for position, character in enumerate(text):
+        if character in "[(":
+            depth += 1
+        elif character in "])":
+            depth -= 1
+        elif character == "," and depth == 0:
+            parts.append(text[start:position].strip())
+            start = position + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+def _blocking_method(
+    name: str, function: Callable[..., Any], takes_self: bool, type_name: str
+) -> Callable[..., Any]:
+    """A blocking method that calls ``name`` on the target through the bridge."""
+
+    def method(self: SyncProxy[Any], /, *args: Any, **kwargs: Any) -> Any:
+        return self._compat_call(name, args, kwargs)
+
+    _describe(
+        method,
+        name,
+        function,
+        qualname=f"{type_name}.{name}",
+        drop_first=takes_self,
+        add_self=True,
+    )
+    return method
+
+
+def _dynamic_method(
+    proxy: SyncProxy[Any], name: str, function: Callable[..., Any]
+) -> Callable[..., Any]:
+    def method(*args: Any, **kwargs: Any) -> Any:
+        return proxy._compat_call(name, args, kwargs)
+
+    _describe(method, name, function, qualname=name, drop_first=False, add_self=False)
+    return method
+
+
+def _describe(
+    method: Callable[..., Any],
+    name: str,
+    function: Callable[..., Any],
+    *,
+    qualname: str,
+    drop_first: bool,
+    add_self: bool,
+) -> None:
+    """Give ``method`` the name, docstring, signature and hints of ``function``,
+    with the awaited type as its return type."""
+    method.__name__ = name
+    method.__qualname__ = qualname
+    method.__doc__ = function.__doc__
+    method.__module__ = function.__module__
+    # get_type_hints follows __wrapped__ to evaluate string annotations in the
+    # globals of the module that defined the original.
+    method.__wrapped__ = function  # type: ignore[attr-defined]
+    annotations = dict(getattr(function, "__annotations__", {}))
+    if "return" in annotations and not inspect.iscoroutinefunction(function):
+        annotations["return"] = _awaited(annotations["return"])
+    method.__annotations__ = annotations
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return
+    returned = signature.return_annotation
+    if returned is not inspect.Signature.empty and not inspect.iscoroutinefunction(function):
+        returned = _awaited(returned)
+    parameters = list(signature.parameters.values())
+    if drop_first:
+        parameters = parameters[1:]
+    if add_self:
+        # Bound to a proxy, the method drops this parameter as the original drops self.
+        taken = {parameter.name for parameter in parameters}
+        self_name = next(n for n in ("self", "_proxy", "_sync_proxy") if n not in taken)
+        parameters.insert(0, inspect.Parameter(self_name, inspect.Parameter.POSITIONAL_ONLY))
+    # A ValueError: parameters the original accepts but a Signature cannot describe.
+    with contextlib.suppress(ValueError):
+        method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=parameters, return_annotation=returned
+        )
