@@ -9,8 +9,8 @@ outcome afterwards; pybreaker keeps the state, its storage and its listeners.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pybreaker
@@ -69,8 +69,7 @@ class Breaker:
         if state == pybreaker.STATE_OPEN:
             opened_at = self._storage.opened_at
             if opened_at is not None:
-                elapsed = (datetime.now(timezone.utc) - opened_at).total_seconds()
-                remaining = self.circuit.reset_timeout - elapsed
+                remaining = self.circuit.reset_timeout - (time.time() - opened_at.timestamp())
                 if remaining > 0:
                     return Admission(permitted=False, probe=False, retry_after=remaining)
         # Open long enough, or already half-open: exactly one caller becomes the probe,

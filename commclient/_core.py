@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -49,8 +47,7 @@ ErrorT = TypeVar("ErrorT", bound=ServiceClientError)
 JsonParams = Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """What the transport sends; the same on every attempt of one call."""
 
     method: str
@@ -199,6 +196,16 @@ _dumps = json.dumps
 class Call:
     """One logical call: its attempts, waits and final result or error."""
 
+    __slots__ = (
+        "core",
+        "correlation_id",
+        "deadline",
+        "endpoint",
+        "request",
+        "retry_after_send",
+        "url_path",
+    )
+
     def __init__(
         self,
         core: Core,
@@ -218,7 +225,7 @@ class Call:
         self.deadline = deadline
         self.correlation_id = correlation_id
 
-    @cached_property
+    @property
     def safe_url(self) -> str:
         """The URL for errors and logs: no credentials, secret query values redacted."""
         params = self.request.params
