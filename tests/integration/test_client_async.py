@@ -1,0 +1,480 @@
+"""AsyncServiceClient against a real HTTP server on loopback (mirrors test_client_sync.py).
+
+What a mock cannot show: real sockets timing out, a server that dies and comes back on the
+same port, a connection reset after the request was read, and what the server really
+received from each attempt (counted and timestamped at the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from commclient import (
+    AsyncServiceClient,
+    ClientConfig,
+    ServiceClientError,
+    ServiceConnectionError,
+    ServiceDecodeError,
+    ServiceResponseError,
+    ServiceResponseTooLargeError,
+    ServiceTimeoutError,
+    ServiceUnavailableError,
+    correlation_id_ctx,
+    testing,
+)
+from tests.http_server import ServerProcess
+from tests.integration.conftest import MixedCall, MixedCalls, Names, fast_config
+
+pytestmark = [pytest.mark.facade_async, pytest.mark.asyncio]
+
+
+def transport_errors() -> Any:
+    """httpx, imported only once the test runs (the marker skips it)."""
+    import httpx
+
+    return httpx
+
+
+def make_client(
+    base_url: str,
+    names: Names,
+    config: ClientConfig | None = None,
+    registry: CollectorRegistry | None = None,
+) -> AsyncServiceClient:
+    return AsyncServiceClient(
+        base_url,
+        service_name=names.service,
+        target_service=names.target,
+        config=config or fast_config(),
+        registry=registry or CollectorRegistry(),
+    )
+
+
+def gaps(calls: list[dict[str, Any]]) -> list[float]:
+    """Seconds between consecutive requests, by the server's clock."""
+    return [later["t"] - earlier["t"] for earlier, later in itertools.pairwise(calls)]
+
+
+# --- Retry-After on a real 503 ------------------------------------------------------------
+
+
+async def test_retry_after_seconds_is_waited_between_attempts(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    async with make_client(http_server.base_url, names) as client:
+        result = await client.get("/flaky", params={"key": key, "first": "2", "retry_after": "1"})
+    assert result["calls"] == 3
+    received = http_server.calls(key)
+    assert len(received) == 3
+    # The backoff alone is at most retry_max_wait (0.05 s): only Retry-After explains 1 s.
+    assert all(gap >= 0.99 for gap in gaps(received)), gaps(received)
+
+
+async def test_retry_after_http_date_is_waited_between_attempts(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    async with make_client(http_server.base_url, names) as client:
+        result = await client.get(
+            "/flaky", params={"key": key, "first": "1", "retry_after_date": "1"}
+        )
+    assert result["calls"] == 2
+    received = http_server.calls(key)
+    assert len(received) == 2
+    assert gaps(received)[0] >= 0.98
+
+
+async def test_retry_after_is_capped_by_retry_after_max(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    config = fast_config(retry_after_max=0.2)
+    async with make_client(http_server.base_url, names, config) as client:
+        result = await client.get("/flaky", params={"key": key, "first": "1", "retry_after": "30"})
+    assert result["calls"] == 2
+    assert 0.19 <= gaps(http_server.calls(key))[0] < 15
+
+
+async def test_503_exhausting_retries_is_a_response_error(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names) as client:
+            with pytest.raises(ServiceResponseError) as info:
+                await client.get("/flaky", params={"key": key, "retry_after": "1"})
+    assert info.value.status_code == 503
+    assert info.value.attempts == 3
+    assert info.value.detail == "try again later"
+    assert len(http_server.calls(key)) == 3
+
+
+# --- timeouts and the deadline ------------------------------------------------------------
+
+
+async def test_slow_endpoint_times_out_on_every_attempt(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    config = fast_config(timeout=0.3, max_retries=2)
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names, config) as client:
+            with pytest.raises(ServiceTimeoutError) as info:
+                await client.get("/slow", params={"key": key, "seconds": "5"})
+    assert info.value.attempts == 2
+    assert isinstance(info.value.__cause__, transport_errors().TimeoutException)
+    received = http_server.calls(key)
+    assert len(received) == 2
+    # The second attempt started only after the first had waited out its timeout.
+    assert gaps(received)[0] >= 0.29
+
+
+async def test_deadline_cuts_the_attempt_timeout(http_server: ServerProcess, names: Names) -> None:
+    key = names.key()
+    config = fast_config(timeout=4.0, max_retries=5, deadline=1.0)
+    async with make_client(http_server.base_url, names, config) as client:
+        started = time.monotonic()
+        with pytest.raises(ServiceTimeoutError) as info:
+            await client.get("/slow", params={"key": key, "seconds": "10"})
+        elapsed = time.monotonic() - started
+    # Without the deadline: 5 attempts of 4 s. With it: one attempt cut to the 1 s left.
+    assert 0.9 <= elapsed < 3.5
+    assert info.value.attempts == 1
+    assert len(http_server.calls(key)) == 1
+
+
+async def test_deadline_leaves_no_room_for_a_retry_after_wait(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    async with make_client(http_server.base_url, names, fast_config(max_retries=5)) as client:
+        with pytest.raises(ServiceResponseError) as info:
+            await client.get("/flaky", params={"key": key, "retry_after": "1"}, deadline=1.6)
+    # Attempt at 0 s, wait 1 s, attempt at 1 s; a second wait would end past 1.6 s.
+    assert info.value.status_code == 503
+    assert info.value.attempts == 2
+    assert len(http_server.calls(key)) == 2
+
+
+# --- the server goes away and comes back --------------------------------------------------
+
+
+async def test_server_restart_opens_the_breaker_and_one_probe_closes_it(
+    restartable_server: ServerProcess, names: Names
+) -> None:
+    server = restartable_server
+    key = names.key()
+    config = fast_config(
+        max_retries=2,
+        connect_timeout=0.5,
+        circuit_breaker_fail_max=3,
+        circuit_breaker_reset_timeout=3.0,
+    )
+    with testing.no_wait():
+        async with make_client(server.base_url, names, config) as client:
+            assert (await client.get("/echo", params={"key": key}))["calls"] == 1
+
+            server.stop()
+            errors: list[ServiceClientError] = []
+            for _ in range(6):
+                with pytest.raises(ServiceClientError) as info:
+                    await client.get("/echo", params={"key": key})
+                errors.append(info.value)
+            assert [type(error) for error in errors] == [ServiceConnectionError] * 3 + [
+                ServiceUnavailableError
+            ] * 3
+            for error in errors[:3]:
+                assert error.attempts == 2
+                assert isinstance(error.__cause__, transport_errors().TransportError)
+            assert all(error.attempts == 0 for error in errors[3:])
+            assert testing.breaker_state(names.service, names.target) == "open"
+
+            server.start()
+            # Still open: rejected without a request reaching the restarted server.
+            with pytest.raises(ServiceUnavailableError) as rejected:
+                await client.get("/echo", params={"key": key})
+            assert 0 < rejected.value.retry_after <= 3.0
+            assert server.calls(key) == []
+
+            await asyncio.sleep(rejected.value.retry_after + 0.1)
+            # Half-open: of eight simultaneous callers only the probe reaches the server.
+            outcomes = await asyncio.gather(
+                *(client.get("/slow", params={"key": key, "seconds": "1"}) for _ in range(8)),
+                return_exceptions=True,
+            )
+            succeeded = [outcome for outcome in outcomes if isinstance(outcome, dict)]
+            assert len(succeeded) == 1, outcomes
+            assert sum(isinstance(o, ServiceUnavailableError) for o in outcomes) == 7
+            assert len(server.calls(key)) == 1
+            assert testing.breaker_state(names.service, names.target) == "closed"
+            assert (await client.get("/echo", params={"key": key}))["calls"] == 2
+
+
+# --- requests that must not be repeated ---------------------------------------------------
+
+
+async def test_post_read_timeout_is_not_repeated(http_server: ServerProcess, names: Names) -> None:
+    key = names.key()
+    config = fast_config(timeout=0.3)
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names, config) as client:
+            with pytest.raises(ServiceTimeoutError) as info:
+                await client.post("/slow", params={"key": key, "seconds": "3"}, json={"job": 1})
+    assert info.value.attempts == 1
+    assert len(http_server.calls(key)) == 1
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+async def test_post_connection_lost_after_send_is_not_repeated(
+    http_server: ServerProcess, names: Names, how: str
+) -> None:
+    key = names.key()
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names) as client:
+            with pytest.raises(ServiceConnectionError) as info:
+                await client.post("/drop", params={"key": key, "how": how}, json={"job": 1})
+    assert info.value.attempts == 1
+    assert isinstance(info.value.__cause__, transport_errors().TransportError)
+    assert len(http_server.calls(key)) == 1
+
+
+async def test_get_connection_lost_after_send_is_repeated(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names) as client:
+            with pytest.raises(ServiceConnectionError) as info:
+                await client.get("/drop", params={"key": key, "how": "reset"})
+    assert info.value.attempts == 3
+    assert len(http_server.calls(key)) == 3
+
+
+async def test_post_503_without_key_is_not_repeated(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names) as client:
+            with pytest.raises(ServiceResponseError) as info:
+                await client.post("/flaky", params={"key": key}, json={"job": 1})
+    assert info.value.attempts == 1
+    assert len(http_server.calls(key)) == 1
+
+
+async def test_post_with_idempotency_key_is_repeated_with_the_same_key(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    idempotency_key = f"job-{names.prefix}"
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names) as client:
+            result = await client.post(
+                "/flaky",
+                params={"key": key, "first": "2"},
+                json={"job": 1},
+                idempotency_key=idempotency_key,
+            )
+    assert result["calls"] == 3
+    assert result["headers"]["idempotency-key"] == idempotency_key
+    received = http_server.calls(key)
+    assert [request["idempotency_key"] for request in received] == [idempotency_key] * 3
+    assert [request["body"] for request in received] == ['{"job": 1}'] * 3
+
+
+async def test_post_with_idempotency_key_is_repeated_after_a_read_timeout(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    config = fast_config(timeout=0.3)
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names, config) as client:
+            result = await client.post(
+                "/slow",
+                params={"key": key, "seconds": "3", "first": "1"},
+                json={"job": 1},
+                idempotency_key="job-1",
+            )
+    assert result["calls"] == 2
+    assert [request["idempotency_key"] for request in http_server.calls(key)] == ["job-1"] * 2
+
+
+async def test_post_to_a_refused_port_is_retried(refused_port: int, names: Names) -> None:
+    with testing.no_wait():
+        async with make_client(f"http://127.0.0.1:{refused_port}", names) as client:
+            with pytest.raises(ServiceConnectionError) as info:
+                await client.post("/echo", json={"job": 1})
+    assert info.value.attempts == 3
+    assert isinstance(info.value.__cause__, transport_errors().TransportError)
+
+
+async def test_post_refused_then_accepted_reaches_the_server_once(
+    restartable_server: ServerProcess, names: Names
+) -> None:
+    server = restartable_server
+    server.stop()
+    key = names.key()
+    registry = CollectorRegistry()
+    config = fast_config(max_retries=8, retry_min_wait=0.5, retry_max_wait=0.5)
+    starter = threading.Timer(0.3, server.start)
+    async with make_client(server.base_url, names, config, registry) as client:
+        starter.start()
+        try:
+            result = await client.post("/echo", params={"key": key}, json={"job": 1})
+        finally:
+            starter.join()
+    assert result["calls"] == 1
+    assert len(server.calls(key)) == 1
+    retried = registry.get_sample_value(
+        "http_client_retries_total",
+        {
+            "service": names.service,
+            "target_service": names.target,
+            "method": "POST",
+            "endpoint": "/echo",
+            "error_type": "connect_error",
+        },
+    )
+    assert retried is not None
+    assert retried >= 1
+
+
+# --- correlation id -----------------------------------------------------------------------
+
+
+async def test_correlation_id_is_sent_on_every_attempt(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    # The test runs in a task of its own context: setting the variable here leaks nowhere.
+    correlation_id = f"corr-{names.prefix}"
+    correlation_id_ctx.set(correlation_id)
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names) as client:
+            await client.get("/flaky", params={"key": key, "first": "2"})
+    received = http_server.calls(key)
+    assert [request["correlation_id"] for request in received] == [correlation_id] * 3
+
+
+async def test_unsafe_correlation_id_is_replaced_on_every_attempt(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    token = correlation_id_ctx.set("evil\r\nX-Injected: 1")
+    try:
+        with testing.no_wait():
+            async with make_client(http_server.base_url, names) as client:
+                result = await client.get("/flaky", params={"key": key, "first": "1"})
+    finally:
+        correlation_id_ctx.reset(token)
+    assert "x-injected" not in result["headers"]
+    sent = [request["correlation_id"] for request in http_server.calls(key)]
+    assert len(sent) == 2
+    assert sent[0] == sent[1]
+    assert sent[0] is not None
+    assert sent[0].isprintable()
+    assert "evil" not in sent[0]
+
+
+# --- what the server answers --------------------------------------------------------------
+
+
+async def test_json_body_round_trip(http_server: ServerProcess, names: Names) -> None:
+    async with make_client(http_server.base_url, names) as client:
+        result = await client.put(
+            "/echo/{item}", path_params={"item": "a b"}, json={"name": "x"}, params={"q": "1"}
+        )
+    assert result["method"] == "PUT"
+    assert result["path"] == "/echo/a%20b"
+    assert result["query"] == {"q": "1"}
+    assert result["body"] == {"name": "x"}
+
+
+async def test_204_returns_none(http_server: ServerProcess, names: Names) -> None:
+    async with make_client(http_server.base_url, names) as client:
+        assert await client.delete("/status/204") is None
+
+
+async def test_404_is_raised_at_once(http_server: ServerProcess, names: Names) -> None:
+    key = names.key()
+    async with make_client(http_server.base_url, names) as client:
+        with pytest.raises(ServiceResponseError) as info:
+            await client.get("/status/404", params={"key": key})
+    assert info.value.status_code == 404
+    assert info.value.attempts == 1
+    assert info.value.detail.startswith("status 404 for /status/404")
+    assert len(http_server.calls(key)) == 1
+
+
+async def test_html_502_page_of_a_proxy(http_server: ServerProcess, names: Names) -> None:
+    key = names.key()
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names) as client:
+            with pytest.raises(ServiceResponseError) as info:
+                await client.get("/html/502", params={"key": key})
+    assert info.value.status_code == 502
+    assert info.value.attempts == 3
+    assert info.value.detail.startswith("<html>")
+    assert len(info.value.detail) == 500
+    assert info.value.response_body.startswith(b"<html>")
+    assert len(http_server.calls(key)) == 3
+
+
+async def test_html_page_with_200_is_a_decode_error(
+    http_server: ServerProcess, names: Names
+) -> None:
+    async with make_client(http_server.base_url, names) as client:
+        with pytest.raises(ServiceDecodeError) as info:
+            await client.get("/html/200")
+    assert info.value.attempts == 1
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+@pytest.mark.parametrize("chunked", ["0", "1"])
+async def test_large_body_is_refused(
+    http_server: ServerProcess, names: Names, chunked: str
+) -> None:
+    config = fast_config(max_response_bytes=100_000)
+    async with make_client(http_server.base_url, names, config) as client:
+        assert (
+            len(await client.get("/large", params={"bytes": "90000", "chunked": chunked})) == 89_998
+        )
+        with pytest.raises(ServiceResponseTooLargeError):
+            await client.get("/large", params={"bytes": "5000000", "chunked": chunked})
+        # The connection pool survives the refused body.
+        assert (await client.get("/echo"))["method"] == "GET"
+
+
+# --- concurrency --------------------------------------------------------------------------
+
+
+async def test_hundred_tasks_on_one_client_each_get_their_own_outcome(
+    mixed_calls: MixedCalls, names: Names
+) -> None:
+    calls = [mixed_calls.call(index) for index in range(100)]
+
+    async def one(call: MixedCall) -> Any:
+        # Each task runs in its own copy of the context: this id is the task's alone.
+        correlation_id_ctx.set(call.correlation_id)
+        return await client.request(
+            call.method,
+            call.path,
+            params=call.params,
+            json=call.json,
+            idempotency_key=call.idempotency_key,
+        )
+
+    with testing.no_wait():
+        async with make_client(mixed_calls.server.base_url, names, mixed_calls.config) as client:
+            outcomes = await asyncio.gather(*(one(call) for call in calls), return_exceptions=True)
+    assert len(outcomes) == len(calls)
+    for call, outcome in zip(calls, outcomes, strict=True):
+        mixed_calls.check(call, outcome)
