@@ -1,0 +1,212 @@
+"""CacheInvalidationMiddleware: drop cached data the moment the REST service changes it.
+
+Pure ASGI (no framework import): wrap any ASGI app, FastAPI and Starlette included::
+
+    app.add_middleware(CacheInvalidationMiddleware, cache=cache)   # Starlette/FastAPI
+    app = CacheInvalidationMiddleware(app, cache)                   # any ASGI app
+
+After a mutating request (POST, PUT, PATCH, DELETE) whose response is 2xx, the groups and
+patterns of every matching rule are invalidated. This happens when the app starts its
+response and *before* the response leaves, so a client that reads right after its own
+write never reads the old value. A failing invalidation is logged and counted, and the
+response goes out unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import string
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from commclient.cache._keys import build_pattern, validate_group, validate_pattern
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MUTATING_METHODS: frozenset[str] = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+logger = logging.getLogger("commclient.cache")
+
+
+class SupportsInvalidation(Protocol):
+    """What the middleware needs of a cache (any async cache of ``commclient.cache``)."""
+
+    async def invalidate(self, pattern: str, *parts: object) -> int: ...
+
+    async def invalidate_group(self, group: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class InvalidationRule:
+    """After a 2xx response to ``methods`` on a path under ``path``, invalidate.
+
+    ``path`` is a prefix matched segment by segment (``/api/users`` matches
+    ``/api/users`` and ``/api/users/5``, not ``/api/users-archive``); a ``{name}``
+    segment matches any one segment and captures it. ``groups`` are invalidated whole
+    (one INCR each); ``patterns`` are globs over keys whose ``{name}`` fields are filled
+    with the captured segments, escaped so that a ``*`` in a URL cannot widen them.
+    """
+
+    path: str
+    groups: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    methods: frozenset[str] = MUTATING_METHODS
+    _segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"rule path must start with '/': {self.path!r}")
+        if not self.groups and not self.patterns:
+            raise ValueError(f"rule for {self.path!r} invalidates nothing")
+        for group in self.groups:
+            validate_group(group)
+        captures = {s[1:-1] for s in _segments(self.path) if s.startswith("{") and s.endswith("}")}
+        for pattern in self.patterns:
+            validate_pattern(pattern)
+            names = {
+                name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None
+            }
+            if not names <= captures:
+                raise ValueError(
+                    f"pattern {pattern!r} uses {sorted(names - captures)} not captured by {self.path!r}"
+                )
+        object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+        object.__setattr__(self, "_segments", _segments(self.path))
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        """The captured segments if this rule applies to the request, else ``None``."""
+        if method.upper() not in self.methods:
+            return None
+        segments = _segments(path)
+        if len(segments) < len(self._segments):
+            return None
+        captured: dict[str, str] = {}
+        for expected, actual in zip(self._segments, segments, strict=False):
+            if expected.startswith("{") and expected.endswith("}"):
+                captured[expected[1:-1]] = actual
+            elif expected != actual:
+                return None
+        return captured
+
+    def targets(self, captured: dict[str, str]) -> tuple[list[str], list[str]]:
+        """The groups and the filled-in patterns to invalidate."""
+        patterns = [_fill(pattern, captured) for pattern in self.patterns]
+        return list(self.groups), patterns
+
+
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(segment for segment in path.split("/") if segment)
+
+
+def _fill(template: str, captured: dict[str, str]) -> str:
+    names = list(captured)
+    positional = template
+    for index, name in enumerate(names):
+        positional = positional.replace("{" + name + "}", "{" + str(index) + "}")
+    return build_pattern(positional, *(captured[name] for name in names))
+
+
+DEFAULT_INVALIDATION_RULES: tuple[InvalidationRule, ...] = (
+    InvalidationRule("/api/assistants", groups=("assistant",)),
+    # An assistant's configuration lists its tools.
+    InvalidationRule("/api/tools", groups=("tool", "assistant")),
+    InvalidationRule("/api/global-settings", groups=("global_settings",)),
+    # Removing or changing a user changes their secretary link too.
+    InvalidationRule("/api/users", groups=("user", "user_secretary")),
+    InvalidationRule("/api/user-secretaries", groups=("user_secretary",)),
+)
+"""The plan's rules; the cache keys they drop are named ``assistant:…``, ``tool:…``,
+``global_settings``, ``user:…`` and ``user_secretary:…``."""
+
+
+class CacheInvalidationMiddleware:
+    """Invalidate cache groups and patterns after successful mutating requests.
+
+    ``timeout`` bounds the invalidation of one request (each Redis call is bounded by
+    the cache's own operation timeout too); ``None`` waits for it to finish.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        cache: SupportsInvalidation,
+        rules: Iterable[InvalidationRule] = DEFAULT_INVALIDATION_RULES,
+        *,
+        timeout: float | None = 5.0,
+    ) -> None:
+        self.app = app
+        self.cache = cache
+        self.rules: Sequence[InvalidationRule] = tuple(rules)
+        self.timeout = timeout
+        self._methods = frozenset().union(*(rule.methods for rule in self.rules))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method", "").upper() not in self._methods:
+            await self.app(scope, receive, send)
+            return
+        groups, patterns = self._targets(scope)
+        if not groups and not patterns:
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_after_invalidating(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                if 200 <= int(message["status"]) < 300:
+                    await self._invalidate(scope, groups, patterns)
+            await send(message)
+
+        await self.app(scope, receive, send_after_invalidating)
+
+    def _targets(self, scope: Scope) -> tuple[list[str], list[str]]:
+        method = str(scope["method"])
+        path = str(scope.get("path", ""))
+        root_path = str(scope.get("root_path", ""))
+        candidates = [path]
+        if root_path and path.startswith(root_path):
+            candidates.append(path[len(root_path) :] or "/")
+        groups: list[str] = []
+        patterns: list[str] = []
+        for rule in self.rules:
+            for candidate in candidates:
+                captured = rule.match(method, candidate)
+                if captured is not None:
+                    rule_groups, rule_patterns = rule.targets(captured)
+                    groups += [g for g in rule_groups if g not in groups]
+                    patterns += [p for p in rule_patterns if p not in patterns]
+                    break
+        return groups, patterns
+
+    async def _invalidate(self, scope: Scope, groups: list[str], patterns: list[str]) -> None:
+        try:
+            await asyncio.wait_for(self._run(groups, patterns), self.timeout)
+        except Exception as error:
+            logger.error(
+                "cache invalidation after a successful request failed; the response is sent",
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "groups": groups,
+                    "patterns": patterns,
+                    "error_type": type(error).__name__,
+                    "error": str(error)[:300],
+                },
+            )
+
+    async def _run(self, groups: list[str], patterns: list[str]) -> None:
+        failed: list[str] = []
+        for group in groups:
+            if not await self.cache.invalidate_group(group):
+                failed.append(f"group {group}")
+        for pattern in patterns:
+            await self.cache.invalidate(pattern)
+        if failed:
+            raise ConnectionError(f"could not reach the cache for {', '.join(failed)}")

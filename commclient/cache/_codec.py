@@ -1,0 +1,150 @@
+"""JSON serialization of cached values (never pickle), with optional pydantic validation.
+
+Plain JSON values (dict, list, str, int, float, bool, None) go through :mod:`json` with
+``allow_nan=False``, so what is stored is what another process can read back. Pydantic
+models, dataclasses and typing forms (``list[Tool]``) go through a cached pydantic
+``TypeAdapter``; pydantic is imported only when a model is used. Without pydantic,
+dataclasses of JSON fields still work (built with ``Model(**data)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import lru_cache
+from typing import Any
+
+from ._exceptions import CacheError, CacheSerializationError, CacheValueTooLargeError
+
+JSON_TYPES: tuple[type, ...] = (dict, list, str, int, float, bool, type(None))
+
+
+class CorruptValueError(Exception):
+    """A stored value is not valid JSON or does not validate as the requested model."""
+
+
+class _PydanticMissing:
+    """Marker for "pydantic is not installed"."""
+
+
+@lru_cache(maxsize=1)
+def _pydantic() -> Any:
+    try:
+        import pydantic
+    except ImportError:  # pragma: no cover - exercised in environments without pydantic
+        return _PydanticMissing
+    return pydantic
+
+
+@lru_cache(maxsize=512)
+def _adapter(model: Any) -> Any:
+    """One ``TypeAdapter`` per model: building one costs far more than using it."""
+    return _pydantic().TypeAdapter(model)
+
+
+def _type_of(value: object) -> Any:
+    return type(value)
+
+
+def _has_pydantic() -> bool:
+    return _pydantic() is not _PydanticMissing
+
+
+@lru_cache(maxsize=512)
+def is_immutable(model: Any) -> bool:
+    """Tell whether instances of ``model`` can be shared between callers.
+
+    The local tier hands one decoded object to many callers only when it cannot be
+    mutated under them: frozen pydantic models and frozen dataclasses. Anything else is
+    decoded afresh for every hit.
+    """
+    if model is None or not isinstance(model, type):
+        return False
+    if model in (str, int, float, bool):
+        return True
+    params = getattr(model, "__dataclass_params__", None)
+    if params is not None:
+        return bool(params.frozen)
+    config = getattr(model, "model_config", None)
+    return isinstance(config, dict) and bool(config.get("frozen"))
+
+
+def _validation_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError)
+    if _has_pydantic():
+        errors += (_pydantic().ValidationError,)
+    return errors
+
+
+class Codec:
+    """Encode values to JSON bytes and decode them back, within a size limit."""
+
+    def __init__(self, max_value_bytes: int) -> None:
+        self.max_value_bytes = max_value_bytes
+
+    def encode(self, key: str, value: object) -> bytes:
+        """Return the JSON bytes of ``value``; raise if it is not JSON or too large."""
+        try:
+            if isinstance(value, JSON_TYPES):
+                data = self._dump_plain(value)
+            elif _has_pydantic():
+                data = _adapter(_type_of(value)).dump_json(value)
+            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+                data = json.dumps(dataclasses.asdict(value), allow_nan=False).encode()
+            else:
+                raise TypeError(f"{type(value).__name__} is not JSON (install pydantic)")
+        except (TypeError, ValueError) as error:
+            raise CacheSerializationError(
+                f"value for cache key {key!r} cannot be stored as JSON: {error}"
+            ) from error
+        except Exception as error:
+            if _has_pydantic() and isinstance(error, _pydantic().PydanticSerializationError):
+                raise CacheSerializationError(
+                    f"value for cache key {key!r} cannot be stored as JSON: {error}"
+                ) from error
+            raise
+        if len(data) > self.max_value_bytes:
+            raise CacheValueTooLargeError(key, len(data), self.max_value_bytes)
+        return data
+
+    @staticmethod
+    def _dump_plain(value: object) -> bytes:
+        try:
+            return json.dumps(
+                value, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            ).encode()
+        except TypeError:
+            # A container of models (``[Tool(...), ...]``): pydantic knows how to dump them.
+            if not _has_pydantic():
+                raise
+            data: bytes = _adapter(_type_of(value)).dump_json(value)
+            return data
+
+    def decode(self, data: bytes | str, model: Any = None) -> Any:
+        """Return the value in ``data``, validated as ``model`` when one is given."""
+        try:
+            if model is None:
+                return json.loads(data)
+            if _has_pydantic():
+                return _adapter(model).validate_json(data)
+            return self._build_without_pydantic(json.loads(data), model)
+        except _validation_errors() as error:
+            raise CorruptValueError(str(error)) from error
+
+    def validate(self, value: object, model: Any) -> Any:
+        """Turn what a loader returned into an instance of ``model`` (dict → model)."""
+        if model is None:
+            return value
+        if _has_pydantic():
+            return _adapter(model).validate_python(value)
+        return self._build_without_pydantic(value, model)
+
+    @staticmethod
+    def _build_without_pydantic(value: Any, model: Any) -> Any:
+        if isinstance(model, type) and isinstance(value, model):
+            return value
+        if isinstance(model, type) and dataclasses.is_dataclass(model) and isinstance(value, dict):
+            return model(**value)
+        if model in JSON_TYPES:
+            raise TypeError(f"expected {model.__name__}, got {type(value).__name__}")
+        raise CacheError(f"validating cached values as {model!r} needs pydantic")

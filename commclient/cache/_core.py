@@ -1,0 +1,405 @@
+"""The sans-I/O heart of both caches: every decision, none of the I/O.
+
+The sync and async drivers ask this object what to send to Redis (script arguments),
+hand it what came back, and it decides: hit or miss, corrupt or valid, fresh or stale,
+what to count, what to log, what the local tier keeps. The drivers only move bytes,
+sleep and wait, each in its own world.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from commclient._correlation import correlation_id_ctx
+
+from ._codec import Codec, CorruptValueError
+from ._config import CacheConfig
+from ._health import RedisHealth
+from ._instruments import CacheMetrics
+from ._keys import KeyLayout, group_of, validate_group, validate_key, validate_pattern
+from ._local import MISSING, LocalTier
+from ._messages import InvalidationMessage, new_origin_id
+
+logger = logging.getLogger("commclient.cache")
+
+SCAN_BATCH = 1000
+"""COUNT hint of each SCAN page, and so the most keys one UNLINK removes."""
+
+
+class _Failed:
+    """Marker: the Redis call did not happen or did not succeed (already accounted for)."""
+
+    def __repr__(self) -> str:
+        return "FAILED"
+
+
+FAILED: Any = _Failed()
+
+
+@dataclass(frozen=True)
+class KeyPlan:
+    """Everything the drivers need to address one logical key."""
+
+    key: str
+    group: str
+    generation_key: str
+    data_base: str
+    lease_key: str
+
+
+@dataclass(frozen=True)
+class Read:
+    """What the read script returned, normalised."""
+
+    generation: str
+    data: bytes | str | None
+    ttl_ms: int
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def log_extra(**fields: object) -> dict[str, object]:
+    """Structured ``extra`` fields for a log record, with the current correlation id."""
+    fields["correlation_id"] = correlation_id_ctx.get()
+    return fields
+
+
+class CacheCore:
+    """Keys, serialization, invalidation messages, metrics, health and the local tier."""
+
+    def __init__(
+        self,
+        prefix: str,
+        config: CacheConfig | None,
+        name: str | None,
+        registry: CollectorRegistry | None,
+    ) -> None:
+        from ._keys import validate_prefix
+
+        self.config = config or CacheConfig()
+        self.prefix = validate_prefix(prefix)
+        self.name = name or prefix
+        self.layout = KeyLayout(self.prefix)
+        self.codec = Codec(self.config.max_value_bytes)
+        self.metrics = CacheMetrics(registry, self.name, self.config.max_key_patterns)
+        self.health = RedisHealth(
+            self.name, self.config.breaker_failure_threshold, self.config.breaker_cooldown
+        )
+        self.local = LocalTier(self.config.local_tier_size, self.config.local_tier_ttl, self.codec)
+        self.local_tier_enabled = self.config.local_tier_size > 0
+        self.origin = new_origin_id()
+        self._plans: dict[str, KeyPlan] = {}
+        self._listener_outage = False
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def plan(self, key: str) -> KeyPlan:
+        """Address ``key`` (validated once, then cached: hot keys repeat)."""
+        plan = self._plans.get(key)
+        if plan is None:
+            validate_key(key)
+            layout = self.layout
+            group = group_of(key)
+            plan = KeyPlan(
+                key,
+                group,
+                layout.generation_key(group),
+                layout.data_base(key),
+                layout.lease_key(key),
+            )
+            if len(self._plans) < 4096:
+                self._plans[key] = plan
+        return plan
+
+    # -- reads --------------------------------------------------------------------------
+
+    def read_args(self, plan: KeyPlan, *, with_ttl: bool = False) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV of the read script; the TTL is asked for only when it is used."""
+        want_ttl = with_ttl or self.local_tier_enabled
+        return [plan.generation_key], [plan.data_base, "1" if want_ttl else "0"]
+
+    @staticmethod
+    def parse_read(reply: Sequence[Any]) -> Read:
+        generation, data, ttl_ms = reply[0], reply[1], reply[2]
+        return Read(_text(generation), data, int(ttl_ms))
+
+    def local_get(self, plan: KeyPlan, model: Any) -> Any:
+        """A local-tier hit (counted), or :data:`MISSING`."""
+        if not self.local.active:
+            return MISSING
+        try:
+            value = self.local.get(plan.key, model)
+        except CorruptValueError:
+            # Bytes that validated a moment ago but not as this model: the caller asked
+            # for another model, which Redis will answer (and reject) just the same.
+            return MISSING
+        if value is not MISSING:
+            self.metrics.hit(plan.group)
+        return value
+
+    def local_epoch(self) -> int:
+        return self.local.epoch
+
+    def decode_read(
+        self, plan: KeyPlan, read: Read, model: Any, epoch: int, *, count: bool = True
+    ) -> Any:
+        """The value in ``read`` (a hit, kept locally), or :data:`MISSING` (a miss).
+
+        Raises :class:`CorruptValueError` for a stored value that is not valid JSON or
+        not a valid ``model``; the driver then deletes it and calls :meth:`corrupt`.
+        ``count=False`` for the polls of a caller already counted as a miss.
+        """
+        if read.data is None:
+            if count:
+                self.metrics.miss(plan.group)
+            return MISSING
+        value = self.codec.decode(read.data, model)
+        if count:
+            self.metrics.hit(plan.group)
+        if self.local.active and read.ttl_ms > 0:
+            data = read.data.encode() if isinstance(read.data, str) else read.data
+            self.local.put(plan.key, data, read.ttl_ms / 1000, model, value, epoch)
+        return value
+
+    def delete_corrupt_args(self, plan: KeyPlan, read: Read) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV deleting the corrupt value ``read`` found, and only that value."""
+        return [plan.data_base + read.generation], [read.data]
+
+    def corrupt(self, plan: KeyPlan, error: CorruptValueError, model: Any) -> None:
+        self.metrics.miss(plan.group)
+        self.metrics.error("get", "corrupt_value")
+        logger.warning(
+            "corrupt cache value dropped",
+            extra=log_extra(
+                cache_name=self.name,
+                key=plan.key,
+                model=getattr(model, "__name__", repr(model)),
+                error=str(error)[:300],
+            ),
+        )
+
+    def joined_flight(self, plan: KeyPlan) -> None:
+        """A caller waits for a load already in flight: it did not find the value either."""
+        self.metrics.miss(plan.group)
+
+    def unavailable(self, plan: KeyPlan) -> None:
+        """A lookup that could not reach Redis: a miss."""
+        self.metrics.miss(plan.group)
+
+    @staticmethod
+    def is_fresh(read: Read, stale_seconds: float) -> bool:
+        """With serve-stale, the last ``stale_seconds`` of a value's Redis TTL are stale."""
+        return stale_seconds <= 0 or read.ttl_ms > stale_seconds * 1000
+
+    # -- writes -------------------------------------------------------------------------
+
+    def encode(self, key: str, value: object) -> bytes:
+        return self.codec.encode(key, value)
+
+    def validate(self, value: object, model: Any) -> Any:
+        return self.codec.validate(value, model)
+
+    def write_args(
+        self,
+        plan: KeyPlan,
+        data: bytes,
+        ttl_ms: int,
+        *,
+        generation: str = "",
+        lease_token: str = "",
+        explicit: bool = False,
+    ) -> tuple[list[str], list[bytes | str | int]]:
+        """KEYS and ARGV of the write script.
+
+        An explicit ``set`` revokes any load in flight and tells the other processes'
+        local tiers; a read-through fill does neither (it changes nothing).
+        """
+        message = (
+            InvalidationMessage.for_key(self.prefix, plan.key, 1, self.origin).encode()
+            if explicit
+            else b""
+        )
+        return [plan.generation_key, plan.lease_key], [
+            plan.data_base,
+            data,
+            ttl_ms,
+            generation,
+            lease_token,
+            "1" if explicit else "0",
+            self.config.channel,
+            message,
+        ]
+
+    def after_local_change(self, message: InvalidationMessage) -> None:
+        """Apply this process's own change to its local tier (after Redis applied it)."""
+        self.local.drop(message)
+
+    # -- leases -------------------------------------------------------------------------
+
+    @staticmethod
+    def new_lease_token() -> str:
+        return secrets.token_hex(16)
+
+    def lease_ms(self) -> int:
+        return max(1, round(self.config.lease_ttl * 1000))
+
+    def loaded(
+        self,
+        plan: KeyPlan,
+        data: bytes,
+        ttl_ms: int,
+        model: Any,
+        value: Any,
+        epoch: int,
+        *,
+        stored: bool,
+    ) -> None:
+        """A loader's value was written to Redis (or refused: the key moved on meanwhile)."""
+        if stored:
+            if self.local.active:
+                self.local.put(plan.key, data, ttl_ms / 1000, model, value, epoch)
+        else:
+            logger.debug(
+                "loaded value not stored: invalidated during the load, or Redis unavailable",
+                extra=log_extra(cache_name=self.name, key=plan.key),
+            )
+
+    def refresh_failed(self, plan: KeyPlan, error: Exception) -> None:
+        """Refreshing a stale value failed: the stale value is served instead."""
+        self.metrics.error("get_or_set", "refresh_failed")
+        logger.warning(
+            "refresh of a stale cache value failed; serving the stale value",
+            extra=log_extra(
+                cache_name=self.name,
+                key=plan.key,
+                error_type=type(error).__name__,
+                error=str(error)[:300],
+            ),
+        )
+
+    def oversized_load(self, plan: KeyPlan, error: Exception) -> None:
+        self.metrics.error("get_or_set", type(error).__name__)
+        logger.warning(
+            "loaded value not cached",
+            extra=log_extra(cache_name=self.name, key=plan.key, error=str(error)[:300]),
+        )
+
+    # -- invalidation -------------------------------------------------------------------
+
+    def key_message(self, plan: KeyPlan, count: int) -> InvalidationMessage:
+        return InvalidationMessage.for_key(self.prefix, plan.key, count, self.origin)
+
+    def pattern_message(self, pattern: str, count: int) -> InvalidationMessage:
+        return InvalidationMessage.for_pattern(self.prefix, pattern, count, self.origin)
+
+    def group_message(self, group: str) -> InvalidationMessage:
+        return InvalidationMessage.for_group(self.prefix, validate_group(group), self.origin)
+
+    def scan_pattern(self, pattern: str) -> str:
+        return self.layout.scan_pattern(validate_pattern(pattern))
+
+    def split_scanned(self, keys: Sequence[bytes | str]) -> tuple[list[str], list[str]]:
+        """Split a SCAN page into data keys and lease keys (leases are not counted)."""
+        data: list[str] = []
+        leases: list[str] = []
+        for raw in keys:
+            key = _text(raw)
+            (leases if self.layout.is_lease(key) else data).append(key)
+        return data, leases
+
+    def sent(self, message: InvalidationMessage) -> None:
+        self.metrics.invalidation(message.kind, "sent")
+        logger.info(
+            "cache invalidated",
+            extra=log_extra(
+                cache_name=self.name,
+                kind=message.kind,
+                pattern=message.pattern,
+                group=message.group,
+                count=message.count,
+            ),
+        )
+
+    def received(self, data: bytes | str) -> InvalidationMessage | None:
+        """Parse a message from the channel and apply it to the local tier.
+
+        Messages of another prefix are handed on but not applied; messages this cache
+        sent itself were applied before they were sent, so they are recognised by
+        origin id and not applied twice.
+        """
+        message = InvalidationMessage.decode(data)
+        if message is None:
+            logger.debug("ignored a malformed invalidation message", extra={"size": len(data)})
+            return None
+        if message.prefix == self.prefix and message.origin != self.origin:
+            self.metrics.invalidation(message.kind, "received")
+            self.local.drop(message)
+        return message
+
+    # -- listener state -----------------------------------------------------------------
+
+    def listener_subscribed(self) -> None:
+        """The subscription is live: the local tier may serve again, from empty."""
+        if self._listener_outage:
+            self._listener_outage = False
+            logger.info("cache invalidation listener resubscribed", extra={"cache_name": self.name})
+        self.local.activate()
+
+    def listener_lost(self, error: BaseException) -> None:
+        """Messages may be lost from now on: flush and bypass the local tier."""
+        self.local.deactivate()
+        if not self._listener_outage:
+            self._listener_outage = True
+            self.metrics.error("listen", type(error).__name__)
+            logger.warning(
+                "cache invalidation listener disconnected; local tier flushed and bypassed",
+                extra={
+                    "cache_name": self.name,
+                    "error_type": type(error).__name__,
+                    "error": str(error)[:200],
+                },
+            )
+
+    def subscriber_lost(self, error: BaseException) -> None:
+        logger.warning(
+            "invalidation subscription disconnected; resubscribing",
+            extra={"cache_name": self.name, "error_type": type(error).__name__},
+        )
+
+    def listener_stopped(self) -> None:
+        self.local.deactivate()
+
+    def callback_failed(self, error: Exception) -> None:
+        logger.exception(
+            "invalidation callback failed",
+            extra={"cache_name": self.name, "error_type": type(error).__name__},
+        )
+
+    # -- Redis health -------------------------------------------------------------------
+
+    def allow(self, operation: str) -> bool:
+        """Tell whether to call Redis now (the breaker); a refusal is counted."""
+        if self.health.allow():
+            return True
+        self.metrics.error(operation, "circuit_open")
+        return False
+
+    def succeeded(self, operation: str, seconds: float) -> None:
+        self.health.record_success()
+        self.metrics.observe(operation, seconds)
+
+    def failed(self, operation: str, error: BaseException) -> None:
+        self.health.record_failure(operation, error)
+        self.metrics.error(operation, type(error).__name__)
+        logger.debug(
+            "redis cache operation failed",
+            extra={"cache_name": self.name, "operation": operation, "error": repr(error)[:200]},
+        )

@@ -1,0 +1,37 @@
+"""Errors raised to callers of the cache.
+
+Redis failures never reach the caller (they become misses); these are the caller's own
+mistakes, raised at once so they are found in development::
+
+    CacheError
+    ├── InvalidCacheKeyError (also ValueError)   a key, group or pattern that cannot be stored
+    ├── CacheSerializationError (also TypeError) a value that is not JSON-serialisable
+    └── CacheValueTooLargeError (also ValueError) a value above ``max_value_bytes``
+"""
+
+from __future__ import annotations
+
+
+class CacheError(Exception):
+    """Base class of the errors the cache raises to its caller."""
+
+
+class InvalidCacheKeyError(CacheError, ValueError):
+    """The key, group or pattern cannot be used."""
+
+
+class CacheSerializationError(CacheError, TypeError):
+    """The value cannot be stored as JSON (the cache never pickles)."""
+
+
+class CacheValueTooLargeError(CacheError, ValueError):
+    """The value's JSON is larger than the configured limit."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"value for cache key {key!r} is {size} bytes of JSON, above the limit of "
+            f"{limit} bytes (CacheConfig.max_value_bytes)"
+        )
+        self.key = key
+        self.size = size
+        self.limit = limit

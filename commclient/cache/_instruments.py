@@ -1,0 +1,155 @@
+"""Cache metrics: the families of DESIGN.md §4 plus errors and invalidations.
+
+Label children are cached per cache instance so that a hit costs one dictionary lookup
+and an increment, not a ``.labels()`` call. ``key_pattern`` is the key's group, capped at
+``max_key_patterns`` distinct values (then ``other``) so that a caller putting ids in
+the first key segment cannot blow up the series count.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from commclient._metrics import metric_family
+
+OTHER_KEY_PATTERN = "other"
+DURATION_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+
+class CacheMetrics:
+    """The metric children of one cache, created on first use and then reused."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None, cache_name: str, max_key_patterns: int
+    ) -> None:
+        self.cache_name = cache_name
+        self._max_key_patterns = max_key_patterns
+        self._hits_family = metric_family(
+            registry,
+            Counter,
+            "redis_cache_hits_total",
+            "Cache lookups answered from the cache (local tier or Redis).",
+            ("cache_name", "key_pattern"),
+        )
+        self._misses_family = metric_family(
+            registry,
+            Counter,
+            "redis_cache_misses_total",
+            "Cache lookups not answered from the cache (absent, corrupt, or Redis unavailable).",
+            ("cache_name", "key_pattern"),
+        )
+        self._duration_family = metric_family(
+            registry,
+            Histogram,
+            "redis_cache_operations_duration_seconds",
+            "Duration of cache operations that reach Redis.",
+            ("cache_name", "operation"),
+            buckets=DURATION_BUCKETS,
+        )
+        self._errors_family = metric_family(
+            registry,
+            Counter,
+            "redis_cache_errors_total",
+            "Redis failures the cache absorbed, and corrupt values it dropped.",
+            ("cache_name", "operation", "error_type"),
+        )
+        self._invalidations_family = metric_family(
+            registry,
+            Counter,
+            "redis_cache_invalidations_total",
+            "Invalidations sent (key, pattern, group) and received from other processes.",
+            ("cache_name", "kind", "direction"),
+        )
+        self._lock = threading.Lock()
+        self._hits: dict[str, Any] = {}
+        self._misses: dict[str, Any] = {}
+        self._durations: dict[str, Any] = {}
+        self._errors: dict[tuple[str, str], Any] = {}
+        self._invalidations: dict[tuple[str, str], Any] = {}
+
+    def key_pattern(self, group: str) -> str:
+        """The bounded label for ``group``."""
+        if group in self._hits or len(self._hits) < self._max_key_patterns:
+            return group
+        return OTHER_KEY_PATTERN
+
+    def _child(self, cache: dict[Any, Any], label: Any, make: Any) -> Any:
+        child = cache.get(label)
+        if child is None:
+            with self._lock:
+                child = cache.get(label)
+                if child is None:
+                    child = make()
+                    cache[label] = child
+        return child
+
+    def _pattern_children(self, group: str) -> tuple[Any, Any]:
+        label = self.key_pattern(group)
+        hit = self._child(
+            self._hits, label, lambda: self._hits_family.labels(self.cache_name, label)
+        )
+        miss = self._child(
+            self._misses, label, lambda: self._misses_family.labels(self.cache_name, label)
+        )
+        return hit, miss
+
+    def hit(self, group: str) -> None:
+        child = self._hits.get(group)
+        if child is None:
+            child = self._pattern_children(group)[0]
+        child.inc()
+
+    def miss(self, group: str) -> None:
+        child = self._misses.get(group)
+        if child is None:
+            child = self._pattern_children(group)[1]
+        child.inc()
+
+    def observe(self, operation: str, seconds: float) -> None:
+        child = self._durations.get(operation)
+        if child is None:
+            child = self._child(
+                self._durations,
+                operation,
+                lambda: self._duration_family.labels(self.cache_name, operation),
+            )
+        child.observe(seconds)
+
+    def error(self, operation: str, error_type: str) -> None:
+        label = (operation, error_type)
+        child = self._errors.get(label)
+        if child is None:
+            child = self._child(
+                self._errors,
+                label,
+                lambda: self._errors_family.labels(self.cache_name, operation, error_type),
+            )
+        child.inc()
+
+    def invalidation(self, kind: str, direction: str) -> None:
+        label = (kind, direction)
+        child = self._invalidations.get(label)
+        if child is None:
+            child = self._child(
+                self._invalidations,
+                label,
+                lambda: self._invalidations_family.labels(self.cache_name, kind, direction),
+            )
+        child.inc()

@@ -1,0 +1,80 @@
+"""Lua scripts: each cache operation is one round trip, and read-modify-write is atomic.
+
+The data key is computed inside the script from the group's generation, so these scripts
+touch keys not listed in KEYS: fine on a single Redis or a replicated primary, not on
+Redis Cluster (which this cache does not support).
+"""
+
+from __future__ import annotations
+
+# KEYS[1] generation key. ARGV[1] data key without generation, ARGV[2] "1" to return PTTL.
+# Returns {generation, value or nil, pttl (-2 when not asked or absent)}.
+READ = """
+local generation = redis.call('GET', KEYS[1]) or '0'
+local data_key = ARGV[1] .. generation
+local value = redis.call('GET', data_key)
+local pttl = -2
+if value and ARGV[2] == '1' then
+  pttl = redis.call('PTTL', data_key)
+end
+return {generation, value, pttl}
+"""
+
+# KEYS[1] generation key, KEYS[2] lease key.
+# ARGV[1] data key without generation, ARGV[2] JSON value, ARGV[3] PX milliseconds,
+# ARGV[4] generation the value was loaded under ('' = current),
+# ARGV[5] lease token the writer must still hold ('' = none),
+# ARGV[6] "1" to revoke any lease (an explicit set: a load in flight holds older data),
+# ARGV[7] channel, ARGV[8] message to publish ('' = none).
+# Returns 1 when written, 0 when refused because the group or the lease moved on.
+WRITE = """
+local generation = redis.call('GET', KEYS[1]) or '0'
+if ARGV[5] ~= '' then
+  if redis.call('GET', KEYS[2]) ~= ARGV[5] then
+    return 0
+  end
+  redis.call('DEL', KEYS[2])
+elseif ARGV[6] == '1' then
+  redis.call('DEL', KEYS[2])
+end
+if ARGV[4] ~= '' and ARGV[4] ~= generation then
+  return 0
+end
+redis.call('SET', ARGV[1] .. generation, ARGV[2], 'PX', ARGV[3])
+if ARGV[8] ~= '' then
+  redis.call('PUBLISH', ARGV[7], ARGV[8])
+end
+return 1
+"""
+
+# KEYS[1] generation key, KEYS[2] lease key. ARGV[1] data key without generation.
+# Deletes the current value and revokes a load in flight; returns the number deleted.
+DELETE = """
+local generation = redis.call('GET', KEYS[1]) or '0'
+redis.call('DEL', KEYS[2])
+return redis.call('UNLINK', ARGV[1] .. generation)
+"""
+
+# KEYS[1] generation key. ARGV[1] channel, ARGV[2] message. Returns the new generation.
+BUMP_GENERATION = """
+local generation = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return generation
+"""
+
+# KEYS[1] lease key. ARGV[1] token. Deletes the lease only if this token still holds it.
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS[1] data key. ARGV[1] the corrupt value that was read. Deletes the key only if it
+# still holds that value: a valid value written meanwhile by another process survives.
+DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""

@@ -1,0 +1,664 @@
+"""SyncRedisCache: the cache on ``redis`` (a thin driver over :mod:`._core`).
+
+It mirrors :mod:`._async` line for line: threads instead of tasks, ``time.sleep``
+instead of ``asyncio.sleep``, and socket timeouts instead of ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from prometheus_client import CollectorRegistry
+
+from . import _scripts
+from ._codec import CorruptValueError
+from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
+from ._core import FAILED, SCAN_BATCH, CacheCore, KeyPlan, Read
+from ._exceptions import CacheValueTooLargeError
+from ._keys import build_pattern
+from ._local import MISSING
+from ._messages import InvalidationMessage
+
+if TYPE_CHECKING:
+    import redis
+
+T = TypeVar("T")
+InvalidationCallback = Callable[[InvalidationMessage], object]
+logger = logging.getLogger("commclient.cache")
+
+_SLOW_SOCKET_TIMEOUT = 1.0
+"""A client whose socket timeout is longer than this makes a dead Redis slow to detect."""
+
+
+class _Flight:
+    """One in-process load of a key that concurrent threads share."""
+
+    __slots__ = ("done", "epoch", "error", "value")
+
+    def __init__(self, epoch: int) -> None:
+        self.done = threading.Event()
+        self.epoch = epoch
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class SyncRedisCache:
+    """A JSON cache in Redis for blocking code; Redis failures become misses.
+
+    ``redis_client`` is a ``redis.Redis``. A blocking client cannot be interrupted from
+    outside, so its own socket timeouts bound each operation: :meth:`from_url` sets them
+    to ``config.operation_timeout``; a client passed in keeps its own (a warning is
+    logged when they are long). ``prefix``, ``name`` and ``registry`` as for
+    :class:`AsyncRedisCache`.
+    """
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        prefix: str = "cache",
+        *,
+        config: CacheConfig | None = None,
+        name: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._core = CacheCore(prefix, config, name, registry)
+        self._redis = redis_client
+        self._read_script = redis_client.register_script(_scripts.READ)
+        self._write_script = redis_client.register_script(_scripts.WRITE)
+        self._delete_script = redis_client.register_script(_scripts.DELETE)
+        self._delete_if_equal_script = redis_client.register_script(_scripts.DELETE_IF_EQUAL)
+        self._bump_script = redis_client.register_script(_scripts.BUMP_GENERATION)
+        self._release_script = redis_client.register_script(_scripts.RELEASE_LEASE)
+        self._flights: dict[tuple[str, Any], _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._owns_client = False
+        self._listener_redis: Any = None
+        self._listener_thread: threading.Thread | None = None
+        self._listener_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._closed = False
+        _warn_if_slow(redis_client, self._core.name)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        prefix: str = "cache",
+        *,
+        config: CacheConfig | None = None,
+        name: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> SyncRedisCache:
+        """Build a cache and the client it owns (closed by :meth:`close`) from a URL.
+
+        The client's socket timeouts are the operation timeout and it does not retry,
+        so a dead Redis costs at most one operation timeout before the breaker opens.
+        """
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        config = config or CacheConfig()
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=config.operation_timeout,
+            socket_connect_timeout=config.operation_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        cache = cls(client, prefix, config=config, name=name, registry=registry)
+        cache._owns_client = True
+        return cache
+
+    @property
+    def config(self) -> CacheConfig:
+        return self._core.config
+
+    @property
+    def prefix(self) -> str:
+        return self._core.prefix
+
+    @property
+    def origin(self) -> str:
+        """This cache's origin id, carried by every invalidation message it sends."""
+        return self._core.origin
+
+    @property
+    def local_tier_active(self) -> bool:
+        """True while the local tier serves (its listener is subscribed)."""
+        return self._core.local.active
+
+    # -- reads --------------------------------------------------------------------------
+
+    @overload
+    def get(self, key: str, model: None = None) -> Any: ...
+
+    @overload
+    def get(self, key: str, model: type[T]) -> T | None: ...
+
+    def get(self, key: str, model: Any = None) -> Any:
+        """The value at ``key`` validated as ``model`` (plain JSON without), or ``None``."""
+        core = self._core
+        plan = core.plan(key)
+        value = core.local_get(plan, model)
+        if value is not MISSING:
+            return value
+        self._ensure_listener()
+        epoch = core.local_epoch()
+        read = self._read(plan)
+        if read is None:
+            core.unavailable(plan)
+            return None
+        value = self._decode(plan, read, model, epoch)
+        return None if value is MISSING else value
+
+    def get_raw(self, key: str) -> Any:
+        """The decoded JSON at ``key`` without model validation, or ``None``."""
+        return self.get(key)
+
+    # -- writes -------------------------------------------------------------------------
+
+    def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool:
+        """Store ``value`` for ``ttl`` seconds; ``False`` when Redis could not be reached."""
+        core = self._core
+        plan = core.plan(key)
+        ttl_ms = ttl_milliseconds(ttl)
+        data = core.encode(key, value)
+        keys, args = core.write_args(plan, data, ttl_ms, explicit=True)
+        written = self._call("set", partial(self._write_script, keys=keys, args=args))
+        core.after_local_change(core.key_message(plan, 1))
+        return written is not FAILED and bool(written)
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key`` everywhere (Redis, and every local tier); ``True`` if it existed."""
+        core = self._core
+        plan = core.plan(key)
+        keys, args = [plan.generation_key, plan.lease_key], [plan.data_base]
+        deleted = self._call("delete", partial(self._delete_script, keys=keys, args=args))
+        message = core.key_message(plan, 0 if deleted is FAILED else int(deleted))
+        core.after_local_change(message)
+        if deleted is not FAILED:
+            self._publish(message)
+        return message.count > 0
+
+    def invalidate(self, pattern: str, *parts: object) -> int:
+        """Delete every key matching the glob ``pattern``; return how many, then broadcast.
+
+        With ``parts``, ``pattern`` is a template whose ``{}`` fields are filled with the
+        parts escaped (see :func:`build_pattern`). Runs SCAN + UNLINK in batches; the
+        count includes copies a group invalidation had already made unreachable.
+        """
+        core = self._core
+        if parts:
+            pattern = build_pattern(pattern, *parts)
+        match = core.scan_pattern(pattern)
+        deleted, cursor, reachable = 0, 0, True
+        while True:
+            page = self._call(
+                "invalidate_scan", partial(self._redis.scan, cursor, match=match, count=SCAN_BATCH)
+            )
+            if page is FAILED:
+                reachable = False
+                break
+            cursor, keys = int(page[0]), page[1]
+            data_keys, lease_keys = core.split_scanned(keys)
+            if data_keys or lease_keys:
+                removed = self._call(
+                    "invalidate_unlink", partial(self._unlink, data_keys, lease_keys)
+                )
+                if removed is FAILED:
+                    reachable = False
+                    break
+                deleted += removed
+            if cursor == 0:
+                break
+        message = core.pattern_message(pattern, deleted)
+        core.after_local_change(message)
+        if reachable and self._publish(message):
+            core.sent(message)
+        return deleted
+
+    def invalidate_group(self, group: str) -> bool:
+        """Invalidate every key of ``group`` with one INCR, then broadcast; ``False`` if
+        Redis could not be reached."""
+        core = self._core
+        message = core.group_message(group)
+        keys = [core.layout.generation_key(group)]
+        args: list[str | bytes] = [core.config.channel, message.encode()]
+        bumped = self._call("invalidate_group", partial(self._bump_script, keys=keys, args=args))
+        core.after_local_change(message)
+        if bumped is FAILED:
+            return False
+        core.sent(message)
+        return True
+
+    # -- read-through -------------------------------------------------------------------
+
+    @overload
+    def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], T],
+        ttl: float | timedelta = 300,
+        model: None = None,
+        *,
+        stale_ttl: float | timedelta = 0,
+    ) -> T: ...
+
+    @overload
+    def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], object],
+        ttl: float | timedelta,
+        model: type[T],
+        *,
+        stale_ttl: float | timedelta = 0,
+    ) -> T: ...
+
+    @overload
+    def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], object],
+        *,
+        model: type[T],
+        ttl: float | timedelta = 300,
+        stale_ttl: float | timedelta = 0,
+    ) -> T: ...
+
+    def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: float | timedelta = 300,
+        model: Any = None,
+        *,
+        stale_ttl: float | timedelta = 0,
+    ) -> Any:
+        """The cached value, or ``loader()``'s result stored for ``ttl`` seconds.
+
+        Concurrent misses of one key share one ``loader`` call in this process, and a
+        Redis lease makes other processes wait for it rather than load too. A loader
+        error reaches every caller waiting for it. With ``stale_ttl``, a value is kept
+        that much longer and, once past ``ttl``, served while one caller refreshes it.
+        """
+        core = self._core
+        plan = core.plan(key)
+        ttl_ms = ttl_milliseconds(ttl)
+        stale_s = ttl_seconds(stale_ttl) if stale_ttl else 0.0
+        value = core.local_get(plan, model)
+        if value is not MISSING:
+            return value
+        self._ensure_listener()
+        epoch = core.local_epoch()
+        flight_key = (key, model)
+        with self._flights_lock:
+            flight = self._flights.get(flight_key)
+            leader = flight is None or flight.epoch != epoch
+            if flight is None or leader:
+                # A load that began before an invalidation applied here may carry the old
+                # data: later callers start their own instead of joining it.
+                flight = _Flight(epoch)
+                self._flights[flight_key] = flight
+        if not leader:
+            core.joined_flight(plan)
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.value
+        try:
+            flight.value = self._read_through(plan, loader, ttl_ms, stale_s, model, epoch)
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            with self._flights_lock:
+                if self._flights.get(flight_key) is flight:
+                    del self._flights[flight_key]
+            flight.done.set()
+        return flight.value
+
+    def _read_through(
+        self,
+        plan: KeyPlan,
+        loader: Callable[[], Any],
+        ttl_ms: int,
+        stale_s: float,
+        model: Any,
+        epoch: int,
+    ) -> Any:
+        core = self._core
+        read = self._read(plan, with_ttl=True)
+        if read is None:
+            core.unavailable(plan)
+            return core.validate(loader(), model)
+        value = self._decode(plan, read, model, epoch)
+        if value is MISSING:
+            return self._fill(plan, loader, ttl_ms, stale_s, model, read.generation, epoch)
+        if core.is_fresh(read, stale_s):
+            return value
+        token = self._try_lease(plan)
+        if token is None or token is FAILED:
+            return value
+        try:
+            return self._load_and_store(
+                plan, loader, ttl_ms, stale_s, model, read.generation, token, epoch
+            )
+        except Exception as error:
+            core.refresh_failed(plan, error)
+            return value
+
+    def _fill(
+        self,
+        plan: KeyPlan,
+        loader: Callable[[], Any],
+        ttl_ms: int,
+        stale_s: float,
+        model: Any,
+        generation: str,
+        epoch: int,
+    ) -> Any:
+        core = self._core
+        deadline = time.monotonic() + core.config.lease_wait
+        while True:
+            token = self._try_lease(plan)
+            if token is FAILED:
+                return core.validate(loader(), model)
+            if token is not None or time.monotonic() >= deadline:
+                return self._load_and_store(
+                    plan, loader, ttl_ms, stale_s, model, generation, token or "", epoch
+                )
+            time.sleep(core.config.lease_poll_interval)
+            read = self._read(plan, with_ttl=True)
+            if read is None:
+                return core.validate(loader(), model)
+            value = self._decode(plan, read, model, epoch, count=False)
+            if value is not MISSING:
+                return value
+            generation = read.generation
+
+    def _load_and_store(
+        self,
+        plan: KeyPlan,
+        loader: Callable[[], Any],
+        ttl_ms: int,
+        stale_s: float,
+        model: Any,
+        generation: str,
+        token: str,
+        epoch: int,
+    ) -> Any:
+        core = self._core
+        try:
+            value = core.validate(loader(), model)
+            data = core.encode(plan.key, value)
+        except CacheValueTooLargeError as error:
+            core.oversized_load(plan, error)
+            self._release(plan, token)
+            return value
+        except BaseException:
+            self._release(plan, token)
+            raise
+        keys, args = core.write_args(
+            plan, data, ttl_ms + round(stale_s * 1000), generation=generation, lease_token=token
+        )
+        written = self._call("set", partial(self._write_script, keys=keys, args=args))
+        core.loaded(plan, data, ttl_ms, model, value, epoch, stored=written == 1)
+        return value
+
+    # -- Pub/Sub ------------------------------------------------------------------------
+
+    def subscribe_invalidation(
+        self, callback: InvalidationCallback, *, stop: threading.Event | None = None
+    ) -> None:
+        """Hand every invalidation message to ``callback`` until ``stop`` is set.
+
+        Blocks (run it in a thread). Messages this cache sent come too (compare
+        ``message.origin`` with :attr:`origin`). Resubscribes by itself after a
+        disconnect; messages published while disconnected are lost.
+        """
+        self._listen(callback, drives_local_tier=False, stop=stop or threading.Event())
+
+    def start(self, timeout: float = 5.0) -> bool:
+        """Start the local tier's listener and wait until it serves; ``True`` once it does.
+
+        Optional: the listener starts by itself on first use. Without a local tier,
+        returns ``False`` at once.
+        """
+        if not self._core.local_tier_enabled:
+            return False
+        self._ensure_listener()
+        deadline = time.monotonic() + timeout
+        while not self._core.local.active and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self._core.local.active
+
+    def _ensure_listener(self) -> None:
+        if self._listener_thread is None and self._core.local_tier_enabled and not self._closed:
+            with self._listener_lock:
+                if self._listener_thread is None and not self._closed:
+                    thread = threading.Thread(
+                        target=self._listen,
+                        args=(None,),
+                        kwargs={"drives_local_tier": True, "stop": self._stop},
+                        name=f"commclient-cache-listener-{self._core.name}",
+                        daemon=True,
+                    )
+                    thread.start()
+                    self._listener_thread = thread
+
+    def _listen(
+        self,
+        callback: InvalidationCallback | None,
+        *,
+        drives_local_tier: bool,
+        stop: threading.Event,
+    ) -> None:
+        core = self._core
+        config = core.config
+        client = self._listener_client()
+        wait = config.resubscribe_min_wait
+        # A blocking read cannot be cancelled: poll often enough for ``stop`` to be quick.
+        poll = min(config.listener_ping_interval, 0.1)
+        try:
+            while not stop.is_set():
+                pubsub = client.pubsub()
+                try:
+                    pubsub.subscribe(config.channel)
+                    last_heard = next_ping = time.monotonic()
+                    while not stop.is_set():
+                        message = pubsub.get_message(timeout=poll)
+                        now = time.monotonic()
+                        if message is not None:
+                            last_heard = now
+                        elif now - last_heard > 2 * config.listener_ping_interval:
+                            raise ConnectionError("redis did not answer the listener's ping")
+                        if now >= next_ping:
+                            next_ping = now + config.listener_ping_interval
+                            pubsub.ping()
+                        if message is None:
+                            continue
+                        if message["type"] == "subscribe":
+                            wait = config.resubscribe_min_wait
+                            if drives_local_tier:
+                                core.listener_subscribed()
+                        elif message["type"] == "message":
+                            self._dispatch(message["data"], callback, drives_local_tier)
+                except Exception as error:
+                    if drives_local_tier:
+                        core.listener_lost(error)
+                    else:
+                        core.subscriber_lost(error)
+                finally:
+                    _close_quietly(pubsub)
+                stop.wait(wait * random.uniform(0.5, 1.0))
+                wait = min(wait * 2, config.resubscribe_max_wait)
+        finally:
+            if drives_local_tier:
+                core.listener_stopped()
+
+    def _dispatch(
+        self, data: bytes | str, callback: InvalidationCallback | None, drives_local_tier: bool
+    ) -> None:
+        if drives_local_tier:
+            self._core.received(data)
+            return
+        message = InvalidationMessage.decode(data)
+        if message is None or callback is None:
+            return
+        try:
+            callback(message)
+        except Exception as error:
+            self._core.callback_failed(error)
+
+    def _listener_client(self) -> Any:
+        """A client for Pub/Sub whose connections never retry by themselves.
+
+        redis-py reconnects and resubscribes a Pub/Sub connection silently when retries
+        are on; messages published in that gap are lost without the listener knowing,
+        and the local tier would keep what they invalidated. With retries off, every
+        disconnect reaches the listener, which flushes the local tier.
+        """
+        with self._listener_lock:
+            if self._listener_redis is None:
+                self._listener_redis = _without_retries(self._redis)
+            return self._listener_redis
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the listener and close what this cache owns. Idempotent."""
+        with self._listener_lock:
+            self._closed = True
+            thread, self._listener_thread = self._listener_thread, None
+        self._stop.set()
+        if thread is not None:
+            thread.join(timeout=5.0)
+        listener_redis, self._listener_redis = self._listener_redis, None
+        if listener_redis is not None and listener_redis is not self._redis:
+            _close_quietly(listener_redis)
+        if self._owns_client:
+            self._owns_client = False
+            _close_quietly(self._redis)
+
+    def __enter__(self) -> SyncRedisCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- I/O helpers --------------------------------------------------------------------
+
+    def _call(self, operation: str, command: Callable[[], Any]) -> Any:
+        """Run one Redis command (bounded by the client's socket timeouts); FAILED on failure."""
+        core = self._core
+        if not core.allow(operation):
+            return FAILED
+        started = time.perf_counter()
+        try:
+            result = command()
+        except Exception as error:
+            core.failed(operation, error)
+            return FAILED
+        core.succeeded(operation, time.perf_counter() - started)
+        return result
+
+    def _read(self, plan: KeyPlan, *, with_ttl: bool = False) -> Read | None:
+        core = self._core
+        keys, args = core.read_args(plan, with_ttl=with_ttl)
+        reply = self._call("get", partial(self._read_script, keys=keys, args=args))
+        return None if reply is FAILED else core.parse_read(reply)
+
+    def _decode(
+        self, plan: KeyPlan, read: Read, model: Any, epoch: int, *, count: bool = True
+    ) -> Any:
+        core = self._core
+        try:
+            return core.decode_read(plan, read, model, epoch, count=count)
+        except CorruptValueError as error:
+            core.corrupt(plan, error, model)
+            keys, args = core.delete_corrupt_args(plan, read)
+            self._call("delete", partial(self._delete_if_equal_script, keys=keys, args=args))
+            return MISSING
+
+    def _try_lease(self, plan: KeyPlan) -> Any:
+        """A lease token if this process may load, ``None`` if another one is, or FAILED."""
+        token = self._core.new_lease_token()
+        acquired = self._call(
+            "lease_acquire",
+            partial(self._redis.set, plan.lease_key, token, nx=True, px=self._core.lease_ms()),
+        )
+        if acquired is FAILED:
+            return FAILED
+        return token if acquired else None
+
+    def _release(self, plan: KeyPlan, token: str) -> None:
+        if token:
+            self._call(
+                "lease_release",
+                partial(self._release_script, keys=[plan.lease_key], args=[token]),
+            )
+
+    def _unlink(self, data_keys: list[str], lease_keys: list[str]) -> int:
+        if lease_keys:
+            self._redis.delete(*lease_keys)
+        return int(self._redis.unlink(*data_keys)) if data_keys else 0
+
+    def _publish(self, message: InvalidationMessage) -> bool:
+        published = self._call(
+            "publish", partial(self._redis.publish, self._core.config.channel, message.encode())
+        )
+        return published is not FAILED
+
+
+def _without_retries(client: Any) -> Any:
+    """A client on its own pool, with the same connection settings and no retries."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return client
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    )
+
+
+def _warn_if_slow(client: Any, cache_name: str) -> None:
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", {})
+    timeouts = [kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout")]
+    if any(timeout is None or timeout > _SLOW_SOCKET_TIMEOUT for timeout in timeouts):
+        logger.warning(
+            "redis client has long socket timeouts: a dead Redis will block cache calls "
+            "for that long before the breaker opens; use SyncRedisCache.from_url or set "
+            "socket_timeout and socket_connect_timeout",
+            extra={"cache_name": cache_name, "socket_timeouts": timeouts},
+        )
+
+
+def _close_quietly(resource: Any) -> None:
+    """Close a client or Pub/Sub object without letting a dead connection raise."""
+    close = getattr(resource, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception as error:
+        logger.debug("closing a redis resource failed", extra={"error": repr(error)[:200]})
