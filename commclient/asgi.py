@@ -74,7 +74,8 @@ class InvalidationRule:
             }
             if not names <= captures:
                 raise ValueError(
-                    f"pattern {pattern!r} uses {sorted(names - captures)} not captured by {self.path!r}"
+                    f"pattern {pattern!r} uses {sorted(names - captures)}, "
+                    f"which {self.path!r} does not capture"
                 )
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
         object.__setattr__(self, "_segments", _segments(self.path))
