@@ -7,7 +7,7 @@ import inspect
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
@@ -295,18 +295,37 @@ class AsyncRedisCache:
         self._ensure_listener()
         epoch = core.local_epoch()
         flight_key = (key, model)
+        read = await self._read(plan, with_ttl=True)
+        if read is None:
+            core.unavailable(plan)
+            return await self._join(flight_key, epoch, partial(_load, loader, core, model))
+        value = await self._decode(plan, read, model, epoch)
+        if value is MISSING:
+            fill = partial(self._fill, plan, loader, ttl_ms, stale_s, model, read.generation, epoch)
+            return await self._join(flight_key, epoch, fill)
+        if core.is_fresh(read, stale_s) or flight_key in self._flights:
+            return value
+        refresh = partial(
+            self._refresh, plan, loader, ttl_ms, stale_s, model, read.generation, epoch, value
+        )
+        try:
+            return await self._join(flight_key, epoch, refresh)
+        except Exception as error:
+            core.refresh_failed(plan, error)
+            return value
+
+    async def _join(
+        self, flight_key: tuple[str, Any], epoch: int, load: Callable[[], Coroutine[Any, Any, Any]]
+    ) -> Any:
+        """Wait for the load of ``flight_key`` in flight, or start it."""
         flight = self._flights.get(flight_key)
         if flight is None or flight.epoch != epoch:
             # A load that began before an invalidation applied here may carry the old
             # data: later callers start their own instead of joining it.
-            task = asyncio.get_running_loop().create_task(
-                self._read_through(plan, loader, ttl_ms, stale_s, model, epoch)
-            )
+            task = asyncio.get_running_loop().create_task(load())
             flight = _Flight(task, epoch)
             self._flights[flight_key] = flight
             task.add_done_callback(partial(self._flight_done, flight_key, flight))
-        else:
-            core.joined_flight(plan)
         return await asyncio.shield(flight.task)
 
     def _flight_done(
@@ -319,35 +338,24 @@ class AsyncRedisCache:
             # log "exception was never retrieved".
             task.exception()
 
-    async def _read_through(
+    async def _refresh(
         self,
         plan: KeyPlan,
         loader: Callable[[], Awaitable[Any]],
         ttl_ms: int,
         stale_s: float,
         model: Any,
+        generation: str,
         epoch: int,
+        stale_value: Any,
     ) -> Any:
-        core = self._core
-        read = await self._read(plan, with_ttl=True)
-        if read is None:
-            core.unavailable(plan)
-            return core.validate(await _invoke(loader), model)
-        value = await self._decode(plan, read, model, epoch)
-        if value is MISSING:
-            return await self._fill(plan, loader, ttl_ms, stale_s, model, read.generation, epoch)
-        if core.is_fresh(read, stale_s):
-            return value
+        """Reload a stale value, unless another process holds the lease (then serve it)."""
         token = await self._try_lease(plan)
         if token is None or token is FAILED:
-            return value
-        try:
-            return await self._load_and_store(
-                plan, loader, ttl_ms, stale_s, model, read.generation, token, epoch
-            )
-        except Exception as error:
-            core.refresh_failed(plan, error)
-            return value
+            return stale_value
+        return await self._load_and_store(
+            plan, loader, ttl_ms, stale_s, model, generation, token, epoch
+        )
 
     async def _fill(
         self,
@@ -359,12 +367,13 @@ class AsyncRedisCache:
         generation: str,
         epoch: int,
     ) -> Any:
+        """Load a missing value under the lease, or wait for the process holding it."""
         core = self._core
         deadline = time.monotonic() + core.config.lease_wait
         while True:
             token = await self._try_lease(plan)
             if token is FAILED:
-                return core.validate(await _invoke(loader), model)
+                return await _load(loader, core, model)
             if token is not None or time.monotonic() >= deadline:
                 return await self._load_and_store(
                     plan, loader, ttl_ms, stale_s, model, generation, token or "", epoch
@@ -372,7 +381,7 @@ class AsyncRedisCache:
             await asyncio.sleep(core.config.lease_poll_interval)
             read = await self._read(plan, with_ttl=True)
             if read is None:
-                return core.validate(await _invoke(loader), model)
+                return await _load(loader, core, model)
             value = await self._decode(plan, read, model, epoch, count=False)
             if value is not MISSING:
                 return value
@@ -391,7 +400,7 @@ class AsyncRedisCache:
     ) -> Any:
         core = self._core
         try:
-            value = core.validate(await _invoke(loader), model)
+            value = await _load(loader, core, model)
             data = core.encode(plan.key, value)
         except CacheValueTooLargeError as error:
             core.oversized_load(plan, error)
@@ -607,11 +616,12 @@ class AsyncRedisCache:
         return published is not FAILED
 
 
-async def _invoke(loader: Callable[[], Any]) -> Any:
+async def _load(loader: Callable[[], Any], core: CacheCore, model: Any) -> Any:
+    """Call the loader (a coroutine function, or a plain one) and validate as ``model``."""
     result = loader()
     if inspect.isawaitable(result):
         result = await result
-    return result
+    return core.validate(result, model)
 
 
 def _without_retries(client: Any) -> Any:

@@ -186,10 +186,6 @@ class CacheCore:
             ),
         )
 
-    def joined_flight(self, plan: KeyPlan) -> None:
-        """A caller waits for a load already in flight: it did not find the value either."""
-        self.metrics.miss(plan.group)
-
     def unavailable(self, plan: KeyPlan) -> None:
         """A lookup that could not reach Redis: a miss."""
         self.metrics.miss(plan.group)

@@ -160,7 +160,7 @@ class _MemoryBase:
         registry: CollectorRegistry | None,
     ) -> None:
         self._core = CacheCore(prefix, config, name, registry)
-        self._store = store or MemoryStore()
+        self._store = store if store is not None else MemoryStore()
 
     @property
     def config(self) -> CacheConfig:

@@ -300,6 +300,27 @@ class SyncRedisCache:
         self._ensure_listener()
         epoch = core.local_epoch()
         flight_key = (key, model)
+        read = self._read(plan, with_ttl=True)
+        if read is None:
+            core.unavailable(plan)
+            return self._join(flight_key, epoch, partial(_load, loader, core, model))
+        value = self._decode(plan, read, model, epoch)
+        if value is MISSING:
+            fill = partial(self._fill, plan, loader, ttl_ms, stale_s, model, read.generation, epoch)
+            return self._join(flight_key, epoch, fill)
+        if core.is_fresh(read, stale_s) or flight_key in self._flights:
+            return value
+        refresh = partial(
+            self._refresh, plan, loader, ttl_ms, stale_s, model, read.generation, epoch, value
+        )
+        try:
+            return self._join(flight_key, epoch, refresh)
+        except Exception as error:
+            core.refresh_failed(plan, error)
+            return value
+
+    def _join(self, flight_key: tuple[str, Any], epoch: int, load: Callable[[], Any]) -> Any:
+        """Wait for the load of ``flight_key`` in flight, or run it."""
         with self._flights_lock:
             flight = self._flights.get(flight_key)
             leader = flight is None or flight.epoch != epoch
@@ -309,13 +330,12 @@ class SyncRedisCache:
                 flight = _Flight(epoch)
                 self._flights[flight_key] = flight
         if not leader:
-            core.joined_flight(plan)
             flight.done.wait()
             if flight.error is not None:
                 raise flight.error
             return flight.value
         try:
-            flight.value = self._read_through(plan, loader, ttl_ms, stale_s, model, epoch)
+            flight.value = load()
         except BaseException as error:
             flight.error = error
             raise
@@ -326,35 +346,22 @@ class SyncRedisCache:
             flight.done.set()
         return flight.value
 
-    def _read_through(
+    def _refresh(
         self,
         plan: KeyPlan,
         loader: Callable[[], Any],
         ttl_ms: int,
         stale_s: float,
         model: Any,
+        generation: str,
         epoch: int,
+        stale_value: Any,
     ) -> Any:
-        core = self._core
-        read = self._read(plan, with_ttl=True)
-        if read is None:
-            core.unavailable(plan)
-            return core.validate(loader(), model)
-        value = self._decode(plan, read, model, epoch)
-        if value is MISSING:
-            return self._fill(plan, loader, ttl_ms, stale_s, model, read.generation, epoch)
-        if core.is_fresh(read, stale_s):
-            return value
+        """Reload a stale value, unless another process holds the lease (then serve it)."""
         token = self._try_lease(plan)
         if token is None or token is FAILED:
-            return value
-        try:
-            return self._load_and_store(
-                plan, loader, ttl_ms, stale_s, model, read.generation, token, epoch
-            )
-        except Exception as error:
-            core.refresh_failed(plan, error)
-            return value
+            return stale_value
+        return self._load_and_store(plan, loader, ttl_ms, stale_s, model, generation, token, epoch)
 
     def _fill(
         self,
@@ -366,12 +373,13 @@ class SyncRedisCache:
         generation: str,
         epoch: int,
     ) -> Any:
+        """Load a missing value under the lease, or wait for the process holding it."""
         core = self._core
         deadline = time.monotonic() + core.config.lease_wait
         while True:
             token = self._try_lease(plan)
             if token is FAILED:
-                return core.validate(loader(), model)
+                return _load(loader, core, model)
             if token is not None or time.monotonic() >= deadline:
                 return self._load_and_store(
                     plan, loader, ttl_ms, stale_s, model, generation, token or "", epoch
@@ -379,7 +387,7 @@ class SyncRedisCache:
             time.sleep(core.config.lease_poll_interval)
             read = self._read(plan, with_ttl=True)
             if read is None:
-                return core.validate(loader(), model)
+                return _load(loader, core, model)
             value = self._decode(plan, read, model, epoch, count=False)
             if value is not MISSING:
                 return value
@@ -398,7 +406,7 @@ class SyncRedisCache:
     ) -> Any:
         core = self._core
         try:
-            value = core.validate(loader(), model)
+            value = _load(loader, core, model)
             data = core.encode(plan.key, value)
         except CacheValueTooLargeError as error:
             core.oversized_load(plan, error)
@@ -622,6 +630,11 @@ class SyncRedisCache:
             "publish", partial(self._redis.publish, self._core.config.channel, message.encode())
         )
         return published is not FAILED
+
+
+def _load(loader: Callable[[], Any], core: CacheCore, model: Any) -> Any:
+    """Call the loader and validate its result as ``model``."""
+    return core.validate(loader(), model)
 
 
 def _without_retries(client: Any) -> Any:

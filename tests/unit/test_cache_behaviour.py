@@ -1,0 +1,683 @@
+"""One behaviour table, run against the sync and async caches (and the memory backend where
+the behaviour is not about Redis), on a real redis-server started for the session."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict
+
+from commclient.cache import (
+    CacheConfig,
+    CacheSerializationError,
+    CacheValueTooLargeError,
+    Glob,
+    InvalidationMessage,
+    InvalidCacheKeyError,
+)
+from tests import conftest_cache
+from tests.conftest_cache import Facade, eventually, metric, run
+
+pytestmark = pytest.mark.redis_server
+
+redis_server = conftest_cache.redis_server
+redis_url = conftest_cache.redis_url
+prefix = conftest_cache.prefix
+registry = conftest_cache.registry
+facade = conftest_cache.facade
+any_facade = conftest_cache.any_facade
+cache_logs = conftest_cache.cache_logs
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    timezone: str
+    reminder_minutes: int
+    features: list[str] = []
+
+
+class Assistant(BaseModel):
+    id: int
+    name: str
+    tools: list[str]
+
+
+@dataclasses.dataclass
+class Secretary:
+    user_id: int
+    secretary_id: int
+    active: bool = True
+
+
+def raw_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+# -- typed round trips ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "model", "expected"),
+    [
+        (Settings(timezone="UTC", reminder_minutes=5), Settings, None),
+        (Assistant(id=1, name="a", tools=["x"]), Assistant, None),
+        (Secretary(user_id=4, secretary_id=9), Secretary, None),
+        (
+            {"timezone": "UTC", "reminder_minutes": 5},
+            Settings,
+            Settings(timezone="UTC", reminder_minutes=5),
+        ),
+        ([Assistant(id=1, name="a", tools=[])], list[Assistant], None),
+        ({"a": [1, 2.5, None, True, "é"]}, None, None),
+        ("text", None, None),
+        (0, None, None),
+        (False, None, None),
+        ([], None, None),
+    ],
+)
+def test_typed_round_trip(
+    any_facade: Facade, redis_url: str, prefix: str, value: Any, model: Any, expected: Any
+) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            assert await cache.set("config:1", value) is True
+            got = await cache.get("config:1", model)
+            assert got == (value if expected is None else expected)
+            if model is not None and isinstance(model, type):
+                assert isinstance(got, model)
+
+    run(scenario())
+
+
+def test_get_raw_returns_json_without_validation(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            await cache.set("settings", Settings(timezone="UTC", reminder_minutes=5))
+            assert await cache.get_raw("settings") == {
+                "timezone": "UTC",
+                "reminder_minutes": 5,
+                "features": [],
+            }
+            assert await cache.get_raw("absent") is None
+            assert await cache.get("absent", Settings) is None
+
+    run(scenario())
+
+
+def test_values_are_stored_as_json(facade: Facade, redis_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        async with facade.open(redis_url, prefix) as cache:
+            await cache.set("user_secretary:4", Secretary(user_id=4, secretary_id=9))
+        stored = raw_client(redis_url).get(f"{prefix}:user_secretary:4#0")
+        assert stored is not None
+        assert json.loads(stored) == {"user_id": 4, "secretary_id": 9, "active": True}
+
+    run(scenario())
+
+
+def test_unsafe_values_are_refused(any_facade: Facade, redis_url: str, prefix: str) -> None:
+    config = CacheConfig(max_value_bytes=100)
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix, config=config) as cache:
+            with pytest.raises(CacheValueTooLargeError, match="max_value_bytes"):
+                await cache.set("big", "x" * 200)
+            with pytest.raises(CacheSerializationError):
+                await cache.set("object", object())
+            with pytest.raises(CacheSerializationError):
+                await cache.set("nan", {"value": math.nan})
+            with pytest.raises(InvalidCacheKeyError):
+                await cache.set("has#hash", 1)
+            with pytest.raises(InvalidCacheKeyError):
+                await cache.get("")
+            assert await cache.get("big") is None
+
+    run(scenario())
+
+
+# -- TTL --------------------------------------------------------------------------------
+
+
+def test_ttl_expiry(any_facade: Facade, redis_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            assert await cache.set("short", 1, ttl=0.2)
+            assert await cache.set("long", 2, ttl=timedelta(minutes=5))
+            assert await cache.get("short") == 1
+
+            async def expired() -> bool:
+                return await cache.get("short") is None
+
+            await eventually(expired, timeout=3.0)
+            assert await cache.get("long") == 2
+
+    run(scenario())
+
+
+def test_ttl_is_set_in_redis(facade: Facade, redis_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        async with facade.open(redis_url, prefix) as cache:
+            await cache.set("settings", 1, ttl=timedelta(seconds=300))
+        ttl_ms = raw_client(redis_url).pttl(f"{prefix}:settings#0")
+        assert 295_000 < ttl_ms <= 300_000
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("ttl", [0, -1, math.inf])
+def test_invalid_ttl_is_refused(
+    any_facade: Facade, redis_url: str, prefix: str, ttl: float
+) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            with pytest.raises(ValueError, match="ttl"):
+                await cache.set("k", 1, ttl=ttl)
+
+    run(scenario())
+
+
+# -- invalidation -----------------------------------------------------------------------
+
+
+def test_invalidate_counts_exactly_the_matching_keys(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            for index in range(2500):  # more than one SCAN page
+                await cache.set(f"user:{index}", index)
+            for key in ("users:1", "user", "assistant:1", "xuser:1", "user_secretary:1"):
+                await cache.set(key, key)
+            assert await cache.invalidate("user:*") == 2500
+            assert await cache.get("user:7") is None
+            for key in ("users:1", "user", "assistant:1", "xuser:1", "user_secretary:1"):
+                assert await cache.get(key) == key
+            assert await cache.invalidate("user:*") == 0
+
+    run(scenario())
+
+
+def test_invalidate_escapes_caller_supplied_parts(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            for key in ("user:*", "user:1", "user:2", "user:[1]"):
+                await cache.set(key, key)
+            # A part such as an id taken from a URL never widens the pattern ...
+            assert await cache.invalidate("user:{}", "*") == 1
+            assert await cache.get("user:1") == "user:1"
+            assert await cache.invalidate("user:{}", "[1]") == 1
+            assert await cache.get("user:1") == "user:1"
+            # ... unless the caller asks for a glob.
+            assert await cache.invalidate("user:{}", Glob("*")) == 2
+
+    run(scenario())
+
+
+def test_invalidate_group_is_one_increment(facade: Facade, redis_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        async with facade.open(redis_url, prefix) as cache:
+            for index in range(50):
+                await cache.set(f"assistant:{index}", index)
+            await cache.set("assistant", "bare")
+            await cache.set("tool:1", "tool")
+            await cache.invalidate_group("warmup")  # loads the script into Redis
+            before = raw_client(redis_url).info("commandstats")
+            assert await cache.invalidate_group("assistant") is True
+            after = raw_client(redis_url).info("commandstats")
+            # One script call, whatever the size of the group.
+            assert after["cmdstat_evalsha"]["calls"] - before["cmdstat_evalsha"]["calls"] == 1
+            assert raw_client(redis_url).get(f"{prefix}!gen:assistant") == b"1"
+            assert await cache.get("assistant:3") is None
+            assert await cache.get("assistant") is None
+            assert await cache.get("tool:1") == "tool"
+            await cache.set("assistant:3", "new")
+            assert await cache.get("assistant:3") == "new"
+
+    run(scenario())
+
+
+def test_group_invalidation_in_memory(any_facade: Facade, redis_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            await cache.set("assistant:1", 1)
+            await cache.set("tool:1", 2)
+            assert await cache.invalidate_group("assistant") is True
+            assert await cache.get("assistant:1") is None
+            assert await cache.get("tool:1") == 2
+            with pytest.raises(InvalidCacheKeyError):
+                await cache.invalidate_group("a:b")
+
+    run(scenario())
+
+
+def test_delete(any_facade: Facade, redis_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            await cache.set("user:1", 1)
+            assert await cache.delete("user:1") is True
+            assert await cache.get("user:1") is None
+            assert await cache.delete("user:1") is False
+
+    run(scenario())
+
+
+# -- read-through ------------------------------------------------------------------------
+
+
+def test_get_or_set_loads_once_then_serves(any_facade: Facade, redis_url: str, prefix: str) -> None:
+    calls: list[int] = []
+
+    def loader() -> dict[str, object]:
+        calls.append(1)
+        return {"timezone": "UTC", "reminder_minutes": len(calls)}
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            first = await cache.get_or_set("global_settings", loader, 300, Settings)
+            second = await cache.get_or_set("global_settings", loader, 300, Settings)
+            assert first == second == Settings(timezone="UTC", reminder_minutes=1)
+            assert isinstance(second, Settings)
+            assert len(calls) == 1
+
+    run(scenario())
+
+
+def test_fifty_concurrent_misses_call_the_loader_once(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def loader() -> dict[str, int]:
+        with lock:
+            calls.append(1)
+        return {"value": 42}
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            results = await cache.many_get_or_set(50, "cold:key", loader, delay=0.2)
+            assert results == [{"value": 42}] * 50
+            assert len(calls) == 1
+
+    run(scenario())
+
+
+def test_loader_error_reaches_every_waiter(any_facade: Facade, redis_url: str, prefix: str) -> None:
+    calls: list[int] = []
+
+    def failing() -> object:
+        calls.append(1)
+        raise LookupError("rest service said no")
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            results = await cache.many_get_or_set(20, "cold:key", failing, delay=0.1)
+            assert all(isinstance(result, LookupError) for result in results), results
+            assert len(calls) == 1
+            # Nothing was cached and the lease was released: the next caller loads at once.
+            assert await cache.get_or_set("cold:key", lambda: "ok") == "ok"
+
+    run(scenario())
+
+
+def test_two_caches_share_one_load_through_the_lease(
+    facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """Two cache instances have separate in-process flights: only the lease joins them."""
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def loader() -> str:
+        with lock:
+            calls.append(1)
+        return "loaded"
+
+    async def scenario() -> None:
+        async with (
+            facade.open(redis_url, prefix) as first,
+            facade.open(redis_url, prefix) as second,
+        ):
+            if facade.kind == "async":
+                import asyncio
+
+                results = await asyncio.gather(
+                    first.get_or_set("cold:key", loader, delay=0.3),
+                    second.get_or_set("cold:key", loader, delay=0.3),
+                )
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(2) as pool:
+                    futures = [
+                        pool.submit(c.cache.get_or_set, "cold:key", _slow(loader, 0.3))
+                        for c in (first, second)
+                    ]
+                    results = [f.result() for f in futures]
+            assert results == ["loaded", "loaded"]
+            assert len(calls) == 1
+
+    run(scenario())
+
+
+def _slow(loader: Any, seconds: float) -> Any:
+    import time
+
+    def load() -> Any:
+        time.sleep(seconds)
+        return loader()
+
+    return load
+
+
+def test_a_load_overtaken_by_a_group_invalidation_is_not_stored(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with (
+            any_facade.open(redis_url, prefix) as cache,
+            any_facade.open(redis_url, prefix) as other,
+        ):
+            # The REST service changes the data while the old version is being loaded.
+            if cache.kind == "async":
+
+                async def load() -> str:
+                    await other.invalidate_group("assistant")
+                    return "old"
+
+                assert await cache.cache.get_or_set("assistant:1", load) == "old"
+            else:
+
+                def sync_load() -> str:
+                    other.cache.invalidate_group("assistant")
+                    return "old"
+
+                assert await cache.get_or_set("assistant:1", sync_load) == "old"
+            assert await cache.get("assistant:1") is None
+
+    run(scenario())
+
+
+def test_a_load_overtaken_by_a_delete_is_not_stored(
+    facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with facade.open(redis_url, prefix) as cache, facade.open(redis_url, prefix) as other:
+            if cache.kind == "async":
+
+                async def load() -> str:
+                    await other.delete("user:1")
+                    return "old"
+
+                assert await cache.cache.get_or_set("user:1", load) == "old"
+            else:
+
+                def sync_load() -> str:
+                    other.cache.delete("user:1")
+                    return "old"
+
+                assert await cache.get_or_set("user:1", sync_load) == "old"
+            assert await cache.get("user:1") is None
+
+    run(scenario())
+
+
+def test_serve_stale_while_one_caller_refreshes(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def loader() -> int:
+        with lock:
+            calls.append(1)
+            return len(calls)
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            assert await cache.get_or_set("settings", loader, 0.3, stale_ttl=30) == 1
+            await cache.sleep(0.5)
+            results = await cache.many_get_or_set(
+                10, "settings", loader, delay=0.3, ttl=0.3, stale_ttl=30
+            )
+            # One caller refreshed; the others were answered with the stale value.
+            assert sorted(results) == [1] * 9 + [2]
+            assert len(calls) == 2
+            assert await cache.get_or_set("settings", loader, 0.3, stale_ttl=30) == 2
+
+    run(scenario())
+
+
+def test_a_failed_refresh_serves_the_stale_value(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    def failing() -> int:
+        raise LookupError("down")
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            assert await cache.get_or_set("settings", lambda: 1, 0.2, stale_ttl=30) == 1
+            await cache.sleep(0.4)
+            assert await cache.get_or_set("settings", failing, 0.2, stale_ttl=30) == 1
+
+    run(scenario())
+
+
+def test_oversized_load_is_returned_not_cached(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    calls: list[int] = []
+
+    def loader() -> str:
+        calls.append(1)
+        return "x" * 500
+
+    async def scenario() -> None:
+        async with any_facade.open(
+            redis_url, prefix, config=CacheConfig(max_value_bytes=100)
+        ) as cache:
+            assert await cache.get_or_set("big", loader) == "x" * 500
+            assert await cache.get_or_set("big", loader) == "x" * 500
+            assert len(calls) == 2
+
+    run(scenario())
+
+
+# -- corrupt values ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stored", "model"),
+    [
+        (b"{not json", None),
+        (b"\x80\x04\x95pickle", None),
+        (b'{"timezone": "UTC"}', Settings),
+        (b'"a string"', Settings),
+    ],
+)
+def test_corrupt_value_is_a_miss_deleted_and_logged(
+    facade: Facade,
+    redis_url: str,
+    prefix: str,
+    registry: CollectorRegistry,
+    cache_logs: conftest_cache.LogCapture,
+    stored: bytes,
+    model: Any,
+) -> None:
+    client = raw_client(redis_url)
+    client.set(f"{prefix}:global_settings#0", stored)
+
+    async def scenario() -> None:
+        async with facade.open(redis_url, prefix, registry=registry) as cache:
+            assert await cache.get("global_settings", model) is None
+            assert client.exists(f"{prefix}:global_settings#0") == 0
+            assert (
+                metric(
+                    registry,
+                    "redis_cache_errors_total",
+                    cache_name=prefix,
+                    operation="get",
+                    error_type="corrupt_value",
+                )
+                == 1
+            )
+            assert "corrupt cache value dropped" in cache_logs.messages(logging.WARNING)
+            # get_or_set treats it as a miss too, and replaces it.
+            client.set(f"{prefix}:global_settings#0", stored)
+            loaded = {"timezone": "UTC", "reminder_minutes": 1}
+            value = await cache.get_or_set("global_settings", lambda: loaded, model=model)
+            assert value == (loaded if model is None else Settings(**loaded))
+            assert json.loads(client.get(f"{prefix}:global_settings#0") or b"") == (
+                loaded if model is None else {**loaded, "features": []}
+            )
+
+    run(scenario())
+
+
+# -- Pub/Sub ----------------------------------------------------------------------------
+
+
+def test_subscribers_get_every_message_with_its_origin(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with (
+            any_facade.open(redis_url, prefix) as cache,
+            any_facade.open(redis_url, prefix) as other,
+        ):
+            received: list[InvalidationMessage] = []
+            failures: list[int] = []
+
+            def callback(message: InvalidationMessage) -> None:
+                if message.prefix != prefix:
+                    return
+                if not failures:
+                    failures.append(1)
+                    raise RuntimeError("a failing callback does not stop the subscription")
+                received.append(message)
+
+            stop = await cache.subscribe(callback)
+            try:
+                await cache.sleep(0.3)  # subscribed
+                await cache.set("warmup:1", 1)  # consumed by the failing first call
+
+                async def subscribed() -> bool:
+                    return bool(failures)
+
+                await eventually(subscribed)
+                await cache.set("user:1", 1)
+                await cache.set("user:2", 2)
+                assert await cache.invalidate("user:*") == 2
+                assert await cache.invalidate_group("assistant")
+                assert await other.delete("user:9") is False
+
+                async def all_arrived() -> bool:
+                    return len(received) >= 5
+
+                await eventually(all_arrived)
+            finally:
+                await stop()
+            kinds = [(m.kind, m.pattern, m.group, m.count) for m in received]
+            assert kinds == [
+                ("key", "user:1", None, 1),
+                ("key", "user:2", None, 1),
+                ("pattern", "user:*", None, 2),
+                ("group", None, "assistant", -1),
+                ("key", "user:9", None, 0),
+            ]
+            origins = [m.origin for m in received]
+            assert origins[:4] == [cache.cache.origin] * 4
+            assert origins[4] == other.cache.origin != cache.cache.origin
+
+    run(scenario())
+
+
+def test_async_callbacks_are_awaited(redis_url: str, prefix: str) -> None:
+    import asyncio
+
+    from commclient.cache import AsyncRedisCache
+
+    async def scenario() -> None:
+        cache = AsyncRedisCache.from_url(redis_url, prefix)
+        received: list[str] = []
+
+        async def callback(message: InvalidationMessage) -> None:
+            await asyncio.sleep(0)
+            if message.prefix == prefix:
+                received.append(message.kind)
+
+        task = asyncio.get_running_loop().create_task(cache.subscribe_invalidation(callback))
+        await asyncio.sleep(0.3)
+        await cache.invalidate_group("tool")
+
+        async def arrived() -> bool:
+            return received == ["group"]
+
+        await eventually(arrived)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await cache.aclose()
+
+    run(scenario())
+
+
+test_async_callbacks_are_awaited = pytest.mark.facade_async(test_async_callbacks_are_awaited)
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+
+def test_metrics(
+    any_facade: Facade, redis_url: str, prefix: str, registry: CollectorRegistry
+) -> None:
+    config = CacheConfig(max_key_patterns=2)
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix, config=config, registry=registry) as cache:
+            await cache.set("assistant:1", 1)
+            await cache.get("assistant:1")
+            await cache.get("assistant:1")
+            await cache.get("assistant:2")
+            await cache.get("tool:1")
+            await cache.get("user:1")  # a third group: over the bound
+            await cache.get("global_settings")
+            await cache.invalidate("assistant:*")
+            await cache.invalidate_group("tool")
+
+    run(scenario())
+    labels = {"cache_name": prefix}
+    assert metric(registry, "redis_cache_hits_total", key_pattern="assistant", **labels) == 2
+    assert metric(registry, "redis_cache_misses_total", key_pattern="assistant", **labels) == 1
+    assert metric(registry, "redis_cache_misses_total", key_pattern="tool", **labels) == 1
+    assert metric(registry, "redis_cache_misses_total", key_pattern="other", **labels) == 2
+    assert metric(registry, "redis_cache_misses_total", key_pattern="user", **labels) == 0
+    assert (
+        metric(registry, "redis_cache_operations_duration_seconds_count", operation="get", **labels)
+        >= 5
+    )
+    assert (
+        metric(
+            registry, "redis_cache_invalidations_total", kind="pattern", direction="sent", **labels
+        )
+        == 1
+    )
+    assert (
+        metric(
+            registry, "redis_cache_invalidations_total", kind="group", direction="sent", **labels
+        )
+        == 1
+    )
