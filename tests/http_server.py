@@ -18,6 +18,8 @@ to the first N requests of that key only, later ones get the echo):
                                    HTTP date ``retry_after_date`` seconds ahead
 ``/slow?seconds=S``                the echo after S seconds
 ``/drop?how=close|reset``          reads the request, then closes (FIN) or resets (RST)
+``/drip?pieces=N&interval=S``      a JSON body sent in N pieces, S seconds apart: every read
+                                   is quick, the whole response is slow
 ``/html/{code}``                   an HTML error page of a proxy, with that status
 ``/large?bytes=N&chunked=1``       a JSON string of N bytes, chunked without Content-Length
 ``GET /_control/calls?key=K``      ``{"calls": [...]}``: every request of K, with a
@@ -72,7 +74,8 @@ class Reply:
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
     content_type: str = "application/json"
-    #: ``respond``; ``close``: FIN without a response; ``reset``: RST without a response.
+    #: ``respond``; ``close``: FIN without a response; ``reset``: RST without a response;
+    #: ``drip``: the echo, trickled out as the request's ``pieces`` and ``interval`` say.
     action: str = "respond"
     chunked: bool = False
 
@@ -130,6 +133,10 @@ class Behaviours:
             return self.slow(request, number)
         if head == "drop":
             return Reply(0, action="reset" if request.query.get("how") == "reset" else "close")
+        if head == "drip":
+            reply = self.echo(request, number)
+            reply.action = "drip"
+            return reply
         if head == "html":
             return self.html(int(rest))
         if head == "large":
@@ -260,7 +267,8 @@ class _Connection(asyncio.Protocol):
         if task.cancelled() or self.transport is None:
             return
         self._send(task.result(), request.keep_alive)
-        self._process()
+        if not self.busy:
+            self._process()
 
     def _parse(self) -> Request | None:
         end = self.buffer.find(b"\r\n\r\n")
@@ -297,9 +305,38 @@ class _Connection(asyncio.Protocol):
         if reply.action == "close":
             transport.close()
             return
+        if reply.action == "drip":
+            self.busy = True
+            task = asyncio.ensure_future(self._drip(reply, keep_alive))
+            self.tasks.add(task)
+            task.add_done_callback(self._dripped)
+            return
         transport.write(_encode(reply, keep_alive))
         if not keep_alive:
             transport.close()
+
+    async def _drip(self, reply: Reply, keep_alive: bool) -> Reply:
+        query = self.drip_query(reply)
+        pieces, interval = int(query.get("pieces", "10")), float(query.get("interval", "0.1"))
+        data = _encode(reply, keep_alive)
+        step = max(1, math.ceil(len(data) / pieces))
+        for start in range(0, len(data), step):
+            if self.transport is None or self.transport.is_closing():
+                break
+            self.transport.write(data[start : start + step])
+            await asyncio.sleep(interval)
+        return reply
+
+    @staticmethod
+    def drip_query(reply: Reply) -> dict[str, str]:
+        query: dict[str, str] = json.loads(reply.body)["query"]
+        return query
+
+    def _dripped(self, task: asyncio.Task[Reply]) -> None:
+        self.tasks.discard(task)
+        self.busy = False
+        if self.transport is not None:
+            self._process()
 
 
 async def serve(host: str, port: int) -> None:

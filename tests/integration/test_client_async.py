@@ -2,15 +2,19 @@
 
 What a mock cannot show: real sockets timing out, a server that dies and comes back on the
 same port, a connection reset after the request was read, and what the server really
-received from each attempt (counted and timestamped at the server).
+received from each attempt (counted and timestamped at the server). Cancellation and
+event loops have sections of their own here: sync code has neither.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import threading
 import time
+import warnings
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -32,7 +36,7 @@ from commclient import (
 from tests.http_server import ServerProcess
 from tests.integration.conftest import MixedCall, MixedCalls, Names, fast_config
 
-pytestmark = [pytest.mark.facade_async, pytest.mark.asyncio]
+pytestmark = pytest.mark.facade_async
 
 
 def transport_errors() -> Any:
@@ -65,6 +69,7 @@ def gaps(calls: list[dict[str, Any]]) -> list[float]:
 # --- Retry-After on a real 503 ------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_retry_after_seconds_is_waited_between_attempts(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -78,6 +83,7 @@ async def test_retry_after_seconds_is_waited_between_attempts(
     assert all(gap >= 0.99 for gap in gaps(received)), gaps(received)
 
 
+@pytest.mark.asyncio
 async def test_retry_after_http_date_is_waited_between_attempts(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -92,6 +98,7 @@ async def test_retry_after_http_date_is_waited_between_attempts(
     assert gaps(received)[0] >= 0.98
 
 
+@pytest.mark.asyncio
 async def test_retry_after_is_capped_by_retry_after_max(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -103,6 +110,7 @@ async def test_retry_after_is_capped_by_retry_after_max(
     assert 0.19 <= gaps(http_server.calls(key))[0] < 15
 
 
+@pytest.mark.asyncio
 async def test_503_exhausting_retries_is_a_response_error(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -120,6 +128,7 @@ async def test_503_exhausting_retries_is_a_response_error(
 # --- timeouts and the deadline ------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_slow_endpoint_times_out_on_every_attempt(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -137,6 +146,7 @@ async def test_slow_endpoint_times_out_on_every_attempt(
     assert gaps(received)[0] >= 0.29
 
 
+@pytest.mark.asyncio
 async def test_deadline_cuts_the_attempt_timeout(http_server: ServerProcess, names: Names) -> None:
     key = names.key()
     config = fast_config(timeout=4.0, max_retries=5, deadline=1.0)
@@ -151,6 +161,7 @@ async def test_deadline_cuts_the_attempt_timeout(http_server: ServerProcess, nam
     assert len(http_server.calls(key)) == 1
 
 
+@pytest.mark.asyncio
 async def test_deadline_leaves_no_room_for_a_retry_after_wait(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -164,9 +175,25 @@ async def test_deadline_leaves_no_room_for_a_retry_after_wait(
     assert len(http_server.calls(key)) == 2
 
 
+@pytest.mark.asyncio
+async def test_deadline_bounds_a_response_that_trickles_in(
+    http_server: ServerProcess, names: Names
+) -> None:
+    # Every read returns within the 0.5 s read timeout, but the whole body takes 6 s: only
+    # the deadline can stop this call, and it must, at about 1 s.
+    config = fast_config(timeout=0.5, deadline=1.0)
+    async with make_client(http_server.base_url, names, config) as client:
+        started = time.monotonic()
+        with pytest.raises(ServiceTimeoutError):
+            await client.get("/drip", params={"pieces": "20", "interval": "0.3"})
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.5
+
+
 # --- the server goes away and comes back --------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_server_restart_opens_the_breaker_and_one_probe_closes_it(
     restartable_server: ServerProcess, names: Names
 ) -> None:
@@ -218,9 +245,103 @@ async def test_server_restart_opens_the_breaker_and_one_probe_closes_it(
             assert (await client.get("/echo", params={"key": key}))["calls"] == 2
 
 
+@pytest.mark.asyncio
+async def test_post_after_a_restart_does_not_reuse_the_dead_keep_alive_connection(
+    restartable_server: ServerProcess, names: Names
+) -> None:
+    server = restartable_server
+    key = names.key()
+    async with make_client(server.base_url, names) as client:
+        assert (await client.post("/echo", params={"key": key}, json={"n": 1}))["calls"] == 1
+        # The pooled connection dies with the server; a POST on it would be lost unretried.
+        server.restart()
+        assert (await client.post("/echo", params={"key": key}, json={"n": 2}))["calls"] == 1
+    assert [request["body"] for request in server.calls(key)] == ['{"n": 2}']
+
+
+# --- cancellation (asyncio only) ----------------------------------------------------------
+
+
+async def _cancel_soon(awaitable: Awaitable[Any], after: float = 0.1) -> None:
+    task = asyncio.ensure_future(awaitable)
+    await asyncio.sleep(after)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.asyncio
+async def test_cancelled_calls_are_not_breaker_failures(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    config = fast_config(circuit_breaker_fail_max=2)
+    async with make_client(http_server.base_url, names, config) as client:
+        for _ in range(4):
+            await _cancel_soon(client.get("/slow", params={"key": key, "seconds": "3"}))
+        assert testing.breaker_state(names.service, names.target) == "closed"
+        assert (await client.get("/echo", params={"key": key}))["calls"] == 5
+    assert len(http_server.calls(key)) == 5
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_probe_lets_the_next_caller_probe(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    config = fast_config(circuit_breaker_fail_max=1, circuit_breaker_reset_timeout=0.3)
+    async with make_client(http_server.base_url, names, config) as client:
+        testing.force_open(names.service, names.target)
+        await asyncio.sleep(0.4)
+        probe = asyncio.ensure_future(client.get("/slow", params={"key": key, "seconds": "3"}))
+        await asyncio.sleep(0.2)
+        assert testing.breaker_state(names.service, names.target) == "half-open"
+        with pytest.raises(ServiceUnavailableError):
+            await client.get("/echo", params={"key": key})
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        # The cancelled probe judged nothing: the next caller is the probe, and closes it.
+        assert (await client.get("/echo", params={"key": key}))["calls"] == 2
+        assert testing.breaker_state(names.service, names.target) == "closed"
+
+
+@pytest.mark.asyncio
+async def test_wait_for_timeout_cancels_the_call_cleanly(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    async with make_client(http_server.base_url, names) as client:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.get("/slow", params={"key": key, "seconds": "3"}), 0.2)
+        # The connection of the cancelled call is not handed to the next one half-read.
+        assert (await client.get("/echo", params={"key": key}))["calls"] == 2
+
+
+# --- one client, several event loops ------------------------------------------------------
+
+
+def test_client_used_from_successive_event_loops_leaks_no_connection(
+    http_server: ServerProcess, names: Names
+) -> None:
+    # Legacy code often calls asyncio.run() per call with one long-lived client: each new
+    # loop needs fresh connections, and those of the closed loop must be closed, not leaked.
+    client = make_client(http_server.base_url, names)
+    key = names.key()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for expected in (1, 2, 3):
+            assert asyncio.run(client.get("/echo", params={"key": key}))["calls"] == expected
+        asyncio.run(client.close())
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
+
+
 # --- requests that must not be repeated ---------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_post_read_timeout_is_not_repeated(http_server: ServerProcess, names: Names) -> None:
     key = names.key()
     config = fast_config(timeout=0.3)
@@ -233,6 +354,7 @@ async def test_post_read_timeout_is_not_repeated(http_server: ServerProcess, nam
 
 
 @pytest.mark.parametrize("how", ["reset", "close"])
+@pytest.mark.asyncio
 async def test_post_connection_lost_after_send_is_not_repeated(
     http_server: ServerProcess, names: Names, how: str
 ) -> None:
@@ -246,6 +368,7 @@ async def test_post_connection_lost_after_send_is_not_repeated(
     assert len(http_server.calls(key)) == 1
 
 
+@pytest.mark.asyncio
 async def test_get_connection_lost_after_send_is_repeated(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -258,6 +381,7 @@ async def test_get_connection_lost_after_send_is_repeated(
     assert len(http_server.calls(key)) == 3
 
 
+@pytest.mark.asyncio
 async def test_post_503_without_key_is_not_repeated(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -270,6 +394,7 @@ async def test_post_503_without_key_is_not_repeated(
     assert len(http_server.calls(key)) == 1
 
 
+@pytest.mark.asyncio
 async def test_post_with_idempotency_key_is_repeated_with_the_same_key(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -290,6 +415,7 @@ async def test_post_with_idempotency_key_is_repeated_with_the_same_key(
     assert [request["body"] for request in received] == ['{"job": 1}'] * 3
 
 
+@pytest.mark.asyncio
 async def test_post_with_idempotency_key_is_repeated_after_a_read_timeout(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -307,6 +433,7 @@ async def test_post_with_idempotency_key_is_repeated_after_a_read_timeout(
     assert [request["idempotency_key"] for request in http_server.calls(key)] == ["job-1"] * 2
 
 
+@pytest.mark.asyncio
 async def test_post_to_a_refused_port_is_retried(refused_port: int, names: Names) -> None:
     with testing.no_wait():
         async with make_client(f"http://127.0.0.1:{refused_port}", names) as client:
@@ -316,6 +443,7 @@ async def test_post_to_a_refused_port_is_retried(refused_port: int, names: Names
     assert isinstance(info.value.__cause__, transport_errors().TransportError)
 
 
+@pytest.mark.asyncio
 async def test_post_refused_then_accepted_reaches_the_server_once(
     restartable_server: ServerProcess, names: Names
 ) -> None:
@@ -347,9 +475,28 @@ async def test_post_refused_then_accepted_reaches_the_server_once(
     assert retried >= 1
 
 
+@pytest.mark.asyncio
+async def test_retry_budget_bounds_attempts_against_a_failing_target(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    calls = 200
+    # The default budget: 10 tokens to start with, 0.1 earned per call, one spent per retry.
+    config = ClientConfig(max_retries=3, circuit_breaker_fail_max=10_000)
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names, config) as client:
+            for _ in range(calls):
+                with pytest.raises(ServiceResponseError):
+                    await client.get("/status/503", params={"key": key})
+    attempts = len(http_server.calls(key))
+    # Naive retrying would make 3 x 200 = 600; the budget allows 200 + 10 + 200 x 0.1.
+    assert calls < attempts <= calls + 10 + calls * 0.1
+
+
 # --- correlation id -----------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_correlation_id_is_sent_on_every_attempt(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -364,6 +511,7 @@ async def test_correlation_id_is_sent_on_every_attempt(
     assert [request["correlation_id"] for request in received] == [correlation_id] * 3
 
 
+@pytest.mark.asyncio
 async def test_unsafe_correlation_id_is_replaced_on_every_attempt(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -387,6 +535,7 @@ async def test_unsafe_correlation_id_is_replaced_on_every_attempt(
 # --- what the server answers --------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_json_body_round_trip(http_server: ServerProcess, names: Names) -> None:
     async with make_client(http_server.base_url, names) as client:
         result = await client.put(
@@ -398,11 +547,13 @@ async def test_json_body_round_trip(http_server: ServerProcess, names: Names) ->
     assert result["body"] == {"name": "x"}
 
 
+@pytest.mark.asyncio
 async def test_204_returns_none(http_server: ServerProcess, names: Names) -> None:
     async with make_client(http_server.base_url, names) as client:
         assert await client.delete("/status/204") is None
 
 
+@pytest.mark.asyncio
 async def test_404_is_raised_at_once(http_server: ServerProcess, names: Names) -> None:
     key = names.key()
     async with make_client(http_server.base_url, names) as client:
@@ -414,6 +565,7 @@ async def test_404_is_raised_at_once(http_server: ServerProcess, names: Names) -
     assert len(http_server.calls(key)) == 1
 
 
+@pytest.mark.asyncio
 async def test_html_502_page_of_a_proxy(http_server: ServerProcess, names: Names) -> None:
     key = names.key()
     with testing.no_wait():
@@ -428,6 +580,7 @@ async def test_html_502_page_of_a_proxy(http_server: ServerProcess, names: Names
     assert len(http_server.calls(key)) == 3
 
 
+@pytest.mark.asyncio
 async def test_html_page_with_200_is_a_decode_error(
     http_server: ServerProcess, names: Names
 ) -> None:
@@ -439,6 +592,7 @@ async def test_html_page_with_200_is_a_decode_error(
 
 
 @pytest.mark.parametrize("chunked", ["0", "1"])
+@pytest.mark.asyncio
 async def test_large_body_is_refused(
     http_server: ServerProcess, names: Names, chunked: str
 ) -> None:
@@ -453,9 +607,27 @@ async def test_large_body_is_refused(
         assert (await client.get("/echo"))["method"] == "GET"
 
 
+@pytest.mark.asyncio
+async def test_metrics_count_every_attempt_by_outcome(
+    http_server: ServerProcess, names: Names
+) -> None:
+    registry = CollectorRegistry()
+    with testing.no_wait():
+        async with make_client(http_server.base_url, names, registry=registry) as client:
+            await client.get("/flaky", params={"key": names.key(), "first": "2"})
+    labels = {"service": names.service, "target_service": names.target, "method": "GET"}
+    sample = registry.get_sample_value
+    endpoint = {**labels, "endpoint": "/flaky"}
+    assert sample("http_client_requests_total", {**endpoint, "status": "503"}) == 2
+    assert sample("http_client_requests_total", {**endpoint, "status": "success"}) == 1
+    assert sample("http_client_retries_total", {**endpoint, "error_type": "503"}) == 2
+    assert sample("http_client_request_duration_seconds_count", endpoint) == 3
+
+
 # --- concurrency --------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_hundred_tasks_on_one_client_each_get_their_own_outcome(
     mixed_calls: MixedCalls, names: Names
 ) -> None:

@@ -173,6 +173,20 @@ def test_deadline_leaves_no_room_for_a_retry_after_wait(
     assert len(http_server.calls(key)) == 2
 
 
+def test_deadline_bounds_a_response_that_trickles_in(
+    http_server: ServerProcess, names: Names
+) -> None:
+    # Every read returns within the 0.5 s read timeout, but the whole body takes 6 s: only
+    # the deadline can stop this call, and it must, at about 1 s.
+    config = fast_config(timeout=0.5, deadline=1.0)
+    with make_client(http_server.base_url, names, config) as client:
+        started = time.monotonic()
+        with pytest.raises(ServiceTimeoutError):
+            client.get("/drip", params={"pieces": "20", "interval": "0.3"})
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.5
+
+
 # --- the server goes away and comes back --------------------------------------------------
 
 
@@ -231,6 +245,19 @@ def test_server_restart_opens_the_breaker_and_one_probe_closes_it(
         assert len(server.calls(key)) == 1
         assert testing.breaker_state(names.service, names.target) == "closed"
         assert client.get("/echo", params={"key": key})["calls"] == 2
+
+
+def test_post_after_a_restart_does_not_reuse_the_dead_keep_alive_connection(
+    restartable_server: ServerProcess, names: Names
+) -> None:
+    server = restartable_server
+    key = names.key()
+    with make_client(server.base_url, names) as client:
+        assert client.post("/echo", params={"key": key}, json={"n": 1})["calls"] == 1
+        # The pooled connection dies with the server; a POST on it would be lost unretried.
+        server.restart()
+        assert client.post("/echo", params={"key": key}, json={"n": 2})["calls"] == 1
+    assert [request["body"] for request in server.calls(key)] == ['{"n": 2}']
 
 
 # --- requests that must not be repeated ---------------------------------------------------
@@ -368,6 +395,22 @@ def test_post_refused_then_accepted_reaches_the_server_once(
     assert retried >= 1
 
 
+def test_retry_budget_bounds_attempts_against_a_failing_target(
+    http_server: ServerProcess, names: Names
+) -> None:
+    key = names.key()
+    calls = 200
+    # The default budget: 10 tokens to start with, 0.1 earned per call, one spent per retry.
+    config = ClientConfig(max_retries=3, circuit_breaker_fail_max=10_000)
+    with make_client(http_server.base_url, names, config) as client, testing.no_wait():
+        for _ in range(calls):
+            with pytest.raises(ServiceResponseError):
+                client.get("/status/503", params={"key": key})
+    attempts = len(http_server.calls(key))
+    # Naive retrying would make 3 x 200 = 600; the budget allows 200 + 10 + 200 x 0.1.
+    assert calls < attempts <= calls + 10 + calls * 0.1
+
+
 # --- correlation id -----------------------------------------------------------------------
 
 
@@ -467,6 +510,19 @@ def test_large_body_is_refused(http_server: ServerProcess, names: Names, chunked
             client.get("/large", params={"bytes": "5000000", "chunked": chunked})
         # The connection pool survives the refused body.
         assert client.get("/echo")["method"] == "GET"
+
+
+def test_metrics_count_every_attempt_by_outcome(http_server: ServerProcess, names: Names) -> None:
+    registry = CollectorRegistry()
+    with make_client(http_server.base_url, names, registry=registry) as client, testing.no_wait():
+        client.get("/flaky", params={"key": names.key(), "first": "2"})
+    labels = {"service": names.service, "target_service": names.target, "method": "GET"}
+    sample = registry.get_sample_value
+    endpoint = {**labels, "endpoint": "/flaky"}
+    assert sample("http_client_requests_total", {**endpoint, "status": "503"}) == 2
+    assert sample("http_client_requests_total", {**endpoint, "status": "success"}) == 1
+    assert sample("http_client_retries_total", {**endpoint, "error_type": "503"}) == 2
+    assert sample("http_client_request_duration_seconds_count", endpoint) == 3
 
 
 # --- concurrency --------------------------------------------------------------------------
