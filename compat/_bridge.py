@@ -199,8 +199,8 @@ class Bridge:
         """Run ``async_fn(*args, **kwargs)`` on the loop and return its result."""
         refuse_running_loop("compat.run_sync() or a sync_proxy method call")
         outcome = _Outcome()
-        self._submit(outcome, self._spawn_call, outcome, async_fn, args, kwargs)
         try:
+            self._submit(outcome, self._spawn_call, outcome, async_fn, args, kwargs)
             return outcome.wait()
         except BaseException:
             if not outcome.settled:

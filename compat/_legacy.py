@@ -162,8 +162,9 @@ class LegacyShim(Generic[ClientT]):
             try:
                 bridge, client = self._bridge_and_client()
                 return bridge.call(adapter, (client, *args), kwargs)
-            except EventLoopRunningError:
-                # Misuse from async code, not a failure of the service: never swallowed.
+            except (EventLoopRunningError, ImportError):
+                # Misuse from async code, or a missing extra: bugs of this process,
+                # not failures of the service, and never swallowed.
                 raise
             except Exception as exc:
                 if self.mode == "strict":

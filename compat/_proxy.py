@@ -158,14 +158,16 @@ def _make_proxy_type(cls: type) -> type[SyncProxy[Any]]:
         if name.startswith("_"):
             continue
         attribute = inspect.getattr_static(cls, name)
-        if isinstance(attribute, (staticmethod, classmethod)):
-            function, takes_self = attribute.__func__, False
+        if isinstance(attribute, staticmethod):
+            function, bound_drops_first = attribute.__func__, False
+        elif isinstance(attribute, classmethod):
+            function, bound_drops_first = attribute.__func__, True
         elif inspect.isfunction(attribute):
-            function, takes_self = attribute, True
+            function, bound_drops_first = attribute, True
         else:
             continue
         if _is_async_callable(function):
-            namespace[name] = _blocking_method(name, function, takes_self, type_name)
+            namespace[name] = _blocking_method(name, function, bound_drops_first, type_name)
     return type(type_name, (SyncProxy,), namespace)
 
 
@@ -234,7 +236,7 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def _blocking_method(
-    name: str, function: Callable[..., Any], takes_self: bool, type_name: str
+    name: str, function: Callable[..., Any], bound_drops_first: bool, type_name: str
 ) -> Callable[..., Any]:
     """A blocking method that calls ``name`` on the target through the bridge."""
 
@@ -246,7 +248,7 @@ def _blocking_method(
         name,
         function,
         qualname=f"{type_name}.{name}",
-        drop_first=takes_self,
+        drop_first=bound_drops_first,
         add_self=True,
     )
     return method
