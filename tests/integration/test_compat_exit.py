@@ -1,0 +1,120 @@
+"""The shared bridge loop at the edges of a process: exit and fork, in child interpreters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.facade_async
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(source: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` in a fresh interpreter; a hang fails the test through the timeout."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_exit_closes_what_a_with_block_left_open() -> None:
+    result = run_script(
+        """
+        import asyncio
+        import compat
+
+        class Client:
+            async def ping(self):
+                return "pong"
+
+            async def __aenter__(self):
+                return self
+
+            async def __aexit__(self, *exc_info):
+                await asyncio.sleep(0)
+                print("closed on its loop", flush=True)
+
+        proxy = compat.sync_proxy(Client())
+        proxy.__enter__()
+        print(proxy.ping(), flush=True)
+        # the script ends without leaving the block
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["pong", "closed", "on", "its", "loop"]
+
+
+def test_a_call_pending_at_exit_fails_with_a_clear_error_instead_of_hanging() -> None:
+    result = run_script(
+        """
+        import asyncio, atexit, threading
+        import compat
+
+        outcome = []
+        started = threading.Event()
+
+        def report():
+            # Registered before compat's own exit handler, so it runs after it.
+            waiter.join(10)
+            print("waiter got:", *outcome, flush=True)
+
+        atexit.register(report)
+
+        async def never_finishes():
+            started.set()
+            await asyncio.Event().wait()
+
+        def wait_in_daemon_thread():
+            try:
+                compat.run_sync(never_finishes)
+            except compat.BridgeStoppedError as exc:
+                outcome.append(type(exc).__name__)
+                outcome.append(str(exc))
+
+        waiter = threading.Thread(target=wait_in_daemon_thread, daemon=True)
+        waiter.start()
+        started.wait(10)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "waiter got: BridgeStoppedError" in result.stdout
+    assert "stopped while the call was pending" in result.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_a_bridge_of_its_own() -> None:
+    result = run_script(
+        """
+        import asyncio, os, warnings
+        import compat
+
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+
+        async def process_id():
+            await asyncio.sleep(0)
+            return os.getpid()
+
+        assert compat.run_sync(process_id) == os.getpid()
+        child = os.fork()
+        if child == 0:
+            try:
+                works = compat.run_sync(process_id) == os.getpid()
+            except BaseException:
+                works = False
+            os._exit(0 if works else 1)
+        _, status = os.waitpid(child, 0)
+        print("child exit code", os.waitstatus_to_exitcode(status), flush=True)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "child exit code 0"
