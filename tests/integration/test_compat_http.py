@@ -206,7 +206,7 @@ def cron_client(base_url: str, registry: CollectorRegistry) -> CronRestClient:
 def test_1000_calls_from_8_threads_share_one_client_and_one_pool(
     server: RecordingServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ids = [reminder_id for reminder_id in server.service.records["reminders"]]
+    ids = list(server.service.records["reminders"])
     failures: list[BaseException] = []
 
     def thread_work(thread_index: int) -> list[int]:
