@@ -1,0 +1,190 @@
+"""The local tier against a real Redis: served without a round trip, dropped on every
+invalidation from elsewhere, flushed and bypassed while its listener is disconnected."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from commclient.cache import CacheConfig
+from tests import conftest_cache
+from tests.conftest_cache import Facade, Harness, LogCapture, eventually, run
+
+pytestmark = pytest.mark.redis_server
+
+redis_server = conftest_cache.redis_server
+redis_url = conftest_cache.redis_url
+prefix = conftest_cache.prefix
+facade = conftest_cache.facade
+cache_logs = conftest_cache.cache_logs
+
+DISCONNECTED = "cache invalidation listener disconnected; local tier flushed and bypassed"
+RESUBSCRIBED = "cache invalidation listener resubscribed"
+
+LOCAL = CacheConfig(local_tier_size=100, local_tier_ttl=30.0, listener_ping_interval=0.2)
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    value: int
+
+
+class Mutable(BaseModel):
+    values: list[int]
+
+
+def script_calls(url: str) -> int:
+    """Script calls Redis has served: every cache read is one (a local hit is none)."""
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def started(cache: Harness) -> None:
+    assert await cache.start() is True
+
+
+def test_local_hits_do_not_reach_redis(facade: Facade, redis_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        async with facade.open(redis_url, prefix, config=LOCAL) as cache:
+            await started(cache)
+            await cache.set("settings", {"a": 1})
+            assert await cache.get("settings") == {"a": 1}  # from Redis, now local
+            before = script_calls(redis_url)
+            for _ in range(20):
+                assert await cache.get("settings") == {"a": 1}
+                assert await cache.get_or_set("settings", lambda: {"a": 2}) == {"a": 1}
+            assert script_calls(redis_url) == before
+
+    run(scenario())
+
+
+def test_local_tier_is_bypassed_until_subscribed(
+    facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with facade.open(redis_url, prefix, config=LOCAL) as cache:
+            assert cache.cache.local_tier_active is False
+            await cache.set("settings", 1)
+            before = script_calls(redis_url)
+            assert await cache.get("settings") == 1
+            assert script_calls(redis_url) == before + 1
+            await started(cache)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("change", ["set", "delete", "invalidate", "invalidate_group"])
+def test_changes_elsewhere_drop_local_copies(
+    facade: Facade, redis_url: str, prefix: str, change: str
+) -> None:
+    async def scenario() -> None:
+        async with (
+            facade.open(redis_url, prefix, config=LOCAL) as reader,
+            facade.open(redis_url, prefix) as writer,
+        ):
+            await started(reader)
+            await writer.set("assistant:1", "old")
+            assert await reader.get("assistant:1") == "old"  # now held locally
+            if change == "set":
+                await writer.set("assistant:1", "new")
+            elif change == "delete":
+                await writer.delete("assistant:1")
+            elif change == "invalidate":
+                assert await writer.invalidate("assistant:*") == 1
+            else:
+                assert await writer.invalidate_group("assistant")
+            expected = "new" if change == "set" else None
+
+            async def dropped() -> bool:
+                return await reader.get("assistant:1") == expected
+
+            await eventually(dropped, timeout=2.0, interval=0.001)
+
+    run(scenario())
+
+
+def test_own_invalidations_apply_at_once_and_are_not_applied_twice(
+    facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with facade.open(redis_url, prefix, config=LOCAL) as cache:
+            await started(cache)
+            await cache.set("assistant:1", "old")
+            assert await cache.get("assistant:1") == "old"
+            assert await cache.invalidate_group("assistant")
+            # Applied locally before the call returned: no waiting for the message.
+            assert await cache.get("assistant:1") is None
+            await cache.set("assistant:1", "new")
+            assert await cache.get("assistant:1") == "new"  # held locally again
+            await cache.sleep(0.2)  # our own messages arrive meanwhile and are recognised
+            before = script_calls(redis_url)
+            assert await cache.get("assistant:1") == "new"
+            assert script_calls(redis_url) == before
+
+    run(scenario())
+
+
+def test_listener_disconnect_flushes_and_bypasses_the_local_tier(
+    facade: Facade, redis_url: str, prefix: str, cache_logs: LogCapture
+) -> None:
+    admin = redis.Redis.from_url(redis_url)
+
+    async def scenario() -> None:
+        async with facade.open(redis_url, prefix, config=LOCAL) as cache:
+            await started(cache)
+            await cache.set("settings", "old")
+            assert await cache.get("settings") == "old"  # held locally
+            # Drop every Pub/Sub connection, then change the value behind the cache's back:
+            # no message can tell this cache about the change.
+            admin.client_kill_filter(_type="pubsub")
+            admin.set(f"{prefix}:settings#0", b'"new"')
+
+            async def noticed() -> bool:
+                return DISCONNECTED in cache_logs.messages()
+
+            async def reactivated() -> bool:
+                return bool(cache.cache.local_tier_active)
+
+            await eventually(noticed, timeout=5.0)
+            # From the moment the listener noticed, the old copy is gone for good.
+            assert await cache.get("settings") == "new"
+            await eventually(reactivated, timeout=5.0)
+            assert await cache.get("settings") == "new"
+            assert RESUBSCRIBED in cache_logs.messages()
+
+    run(scenario())
+
+
+def test_local_ttl_is_capped(facade: Facade, redis_url: str, prefix: str) -> None:
+    config = CacheConfig(local_tier_size=10, local_tier_ttl=0.2)
+
+    async def scenario() -> None:
+        async with facade.open(redis_url, prefix, config=config) as cache:
+            await started(cache)
+            await cache.set("settings", 1, ttl=300)
+            assert await cache.get("settings") == 1
+            before = script_calls(redis_url)
+            assert await cache.get("settings") == 1
+            assert script_calls(redis_url) == before
+            await cache.sleep(0.3)
+            assert await cache.get("settings") == 1
+            assert script_calls(redis_url) == before + 1
+
+    run(scenario())
+
+
+def test_only_frozen_values_are_shared_between_callers(
+    facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with facade.open(redis_url, prefix, config=LOCAL) as cache:
+            await started(cache)
+            await cache.set("frozen", Frozen(value=1))
+            await cache.set("mutable", Mutable(values=[1]))
+            assert await cache.get("frozen", Frozen) is await cache.get("frozen", Frozen)
+            first = await cache.get("mutable", Mutable)
+            first.values.append(2)  # a caller mutating its copy ...
+            assert await cache.get("mutable", Mutable) == Mutable(values=[1])  # ... alone
+
+    run(scenario())
