@@ -283,13 +283,14 @@ def test_stop_runs_aexit_of_what_a_with_block_still_holds(bridge: Bridge) -> Non
             events.append("enter")
             return self
 
-        async def __aexit__(self, *exc_info: Any) -> None:
+        async def __aexit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
             await asyncio.sleep(0)
-            events.append("exit")
+            events.append(f"exit with {exc_type}")
 
     bridge.enter(Resource())
     bridge.stop(timeout=5.0)
-    assert events == ["enter", "exit"]
+    # Asked to exit, as a with block ending normally would, not cancelled.
+    assert events == ["enter", "exit with None"]
 
 
 def test_stop_cannot_be_called_from_the_loop_it_stops(bridge: Bridge) -> None:
