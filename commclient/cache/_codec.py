@@ -69,6 +69,21 @@ def is_immutable(model: Any) -> bool:
     return isinstance(config, dict) and bool(config.get("frozen"))
 
 
+def _jsonable(value: object) -> Any:
+    """``json.dumps``'s fallback: models and dataclasses become JSON data, nothing else.
+
+    Sets, bytes and arbitrary objects are refused rather than converted, so that what
+    comes back from the cache is what went in.
+    """
+    if _has_pydantic() and isinstance(value, _pydantic().BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if _has_pydantic():
+            return _adapter(_type_of(value)).dump_python(value, mode="json")
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
 def _validation_errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError)
     if _has_pydantic():
@@ -85,40 +100,20 @@ class Codec:
     def encode(self, key: str, value: object) -> bytes:
         """Return the JSON bytes of ``value``; raise if it is not JSON or too large."""
         try:
-            if isinstance(value, JSON_TYPES):
-                data = self._dump_plain(value)
-            elif _has_pydantic():
-                data = _adapter(_type_of(value)).dump_json(value)
-            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-                data = json.dumps(dataclasses.asdict(value), allow_nan=False).encode()
-            else:
-                raise TypeError(f"{type(value).__name__} is not JSON (install pydantic)")
+            data = json.dumps(
+                value,
+                default=_jsonable,
+                ensure_ascii=False,
+                allow_nan=False,
+                separators=(",", ":"),
+            ).encode()
         except (TypeError, ValueError) as error:
             raise CacheSerializationError(
                 f"value for cache key {key!r} cannot be stored as JSON: {error}"
             ) from error
-        except Exception as error:
-            if _has_pydantic() and isinstance(error, _pydantic().PydanticSerializationError):
-                raise CacheSerializationError(
-                    f"value for cache key {key!r} cannot be stored as JSON: {error}"
-                ) from error
-            raise
         if len(data) > self.max_value_bytes:
             raise CacheValueTooLargeError(key, len(data), self.max_value_bytes)
         return data
-
-    @staticmethod
-    def _dump_plain(value: object) -> bytes:
-        try:
-            return json.dumps(
-                value, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-            ).encode()
-        except TypeError:
-            # A container of models (``[Tool(...), ...]``): pydantic knows how to dump them.
-            if not _has_pydantic():
-                raise
-            data: bytes = _adapter(_type_of(value)).dump_json(value)
-            return data
 
     def decode(self, data: bytes | str, model: Any = None) -> Any:
         """Return the value in ``data``, validated as ``model`` when one is given."""

@@ -1,0 +1,415 @@
+"""The sans-I/O core alone: keys and globs, JSON, messages, breaker, local tier, metrics.
+
+No Redis, no sockets, no sleeping: time comes from a fake clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict
+
+from commclient.cache import (
+    CacheConfig,
+    CacheSerializationError,
+    CacheValueTooLargeError,
+    Glob,
+    InvalidationMessage,
+    InvalidCacheKeyError,
+    build_pattern,
+    escape_glob,
+    glob_matches,
+    group_of,
+)
+from commclient.cache._codec import Codec, CorruptValueError, is_immutable
+from commclient.cache._health import BreakerState, RedisHealth
+from commclient.cache._instruments import CacheMetrics
+from commclient.cache._keys import KeyLayout, validate_key, validate_prefix
+from commclient.cache._local import MISSING, LocalTier
+from tests import conftest_cache
+
+redis_server = conftest_cache.redis_server
+redis_url = conftest_cache.redis_url
+prefix = conftest_cache.prefix
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# -- keys and globs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "group"),
+    [("assistant:42", "assistant"), ("global_settings", "global_settings"), ("a:b:c", "a")],
+)
+def test_group_is_the_first_segment(key: str, group: str) -> None:
+    assert group_of(key) == group
+
+
+@pytest.mark.parametrize("key", ["", "a#b", "line\nbreak", ":no-group", "x" * 1025, 42])
+def test_invalid_keys_are_refused(key: Any) -> None:
+    with pytest.raises(InvalidCacheKeyError):
+        validate_key(key)
+
+
+@pytest.mark.parametrize("bad", ["", "a*", "a?b", "a[b]", "a!b", "a#b", "a\\b"])
+def test_invalid_prefixes_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        validate_prefix(bad)
+
+
+def test_escape_and_build_pattern() -> None:
+    assert escape_glob("a*b?c[d]e\\") == "a\\*b\\?c\\[d\\]e\\\\"
+    assert build_pattern("user:{}:*", "4*") == "user:4\\*:*"
+    assert build_pattern("user:{}:{}", Glob("1?"), "[x]") == "user:1?:\\[x\\]"
+    assert glob_matches(build_pattern("user:{}", "*"), "user:*")
+    assert not glob_matches(build_pattern("user:{}", "*"), "user:1")
+
+
+GLOB_CASES = [
+    ("user:*", ["user:1", "user:", "user:1:2"], ["users:1", "user", "xuser:1"]),
+    ("user:?", ["user:1", "user:x"], ["user:12", "user:"]),
+    ("h[ae]llo", ["hello", "hallo"], ["hillo", "hllo"]),
+    ("h[^e]llo", ["hallo", "hbllo"], ["hello"]),
+    ("h[a-c]llo", ["hallo", "hbllo", "hcllo"], ["hdllo"]),
+    ("h[c-a]llo", ["hbllo"], ["hdllo"]),
+    ("a\\*b", ["a*b"], ["axb", "ab"]),
+    ("a[\\]]b", ["a]b"], ["ab", "a\\b"]),
+    ("a[]b", [], ["ab", "a]b", "a[]b"]),
+    ("a[b", ["ab"], ["a[b", "a"]),
+    ("*", ["", "anything:at:all"], []),
+    ("a.b", ["a.b"], ["axb"]),
+]
+
+
+@pytest.mark.parametrize(("pattern", "matching", "other"), GLOB_CASES)
+def test_glob_matching(pattern: str, matching: list[str], other: list[str]) -> None:
+    for key in matching:
+        assert glob_matches(pattern, key), (pattern, key)
+    for key in other:
+        assert not glob_matches(pattern, key), (pattern, key)
+
+
+@pytest.mark.redis_server
+def test_glob_matching_agrees_with_redis(redis_url: str, prefix: str) -> None:
+    """The local tier must drop exactly what Redis deletes: compare on Redis itself."""
+    client = redis.Redis.from_url(redis_url)
+    keys = sorted({key for _, matching, other in GLOB_CASES for key in matching + other})
+    for index, key in enumerate(keys):
+        client.set(f"{prefix}{key}", index)
+    for pattern, _, _ in GLOB_CASES:
+        in_redis = {
+            raw.decode()[len(prefix) :] for raw in client.keys(escape_glob(prefix) + pattern)
+        }
+        ours = {key for key in keys if glob_matches(pattern, key)}
+        assert ours == in_redis, pattern
+
+
+def test_key_layout() -> None:
+    layout = KeyLayout("cache")
+    assert layout.data_key("assistant:1", "3") == "cache:assistant:1#3"
+    assert layout.data_base("assistant:1") == "cache:assistant:1#"
+    assert layout.generation_key("assistant") == "cache!gen:assistant"
+    assert layout.lease_key("assistant:1") == "cache:assistant:1#L"
+    assert layout.is_lease("cache:assistant:1#L")
+    assert not layout.is_lease("cache:assistant:1#0")
+    # A caller's pattern can never reach across the key/generation boundary ...
+    assert layout.scan_pattern("user:*") == "cache:user:*#*"
+    scan = layout.scan_pattern("user:1")
+    assert glob_matches(scan, "cache:user:1#0")
+    assert not glob_matches(scan, "cache:user:12#0")
+    # ... nor match the generation counters.
+    assert not glob_matches(layout.scan_pattern("*"), "cache!gen:user")
+    assert layout.logical_key("cache:user:1#4") == "user:1"
+    assert layout.logical_key("other:user:1#4") is None
+
+
+# -- JSON -------------------------------------------------------------------------------
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+
+
+class Mutable(BaseModel):
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenData:
+    value: int
+
+
+@dataclasses.dataclass
+class MutableData:
+    value: int
+
+
+def test_codec_round_trips() -> None:
+    codec = Codec(1024)
+    assert codec.decode(codec.encode("k", {"a": [1, None]})) == {"a": [1, None]}
+    assert codec.decode(codec.encode("k", Frozen(name="x")), Frozen) == Frozen(name="x")
+    assert codec.decode(codec.encode("k", MutableData(1)), MutableData) == MutableData(1)
+    assert codec.decode(codec.encode("k", [Frozen(name="x")]), list[Frozen]) == [Frozen(name="x")]
+    assert codec.encode("k", {"é": 1}) == '{"é":1}'.encode()
+    assert codec.validate({"name": "x"}, Frozen) == Frozen(name="x")
+    assert codec.validate({"value": 2}, MutableData) == MutableData(2)
+
+
+@pytest.mark.parametrize(
+    "value", [object(), {1, 2}, {"nan": math.nan}, {"inf": math.inf}, b"bytes"]
+)
+def test_codec_refuses_what_is_not_json(value: object) -> None:
+    with pytest.raises(CacheSerializationError):
+        Codec(1024).encode("k", value)
+
+
+def test_codec_size_limit() -> None:
+    with pytest.raises(CacheValueTooLargeError) as raised:
+        Codec(10).encode("settings", "x" * 20)
+    assert raised.value.size == 22
+    assert raised.value.limit == 10
+    assert "settings" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "model"),
+    [(b"{", None), (b"\x80\x04", None), (b'{"other": 1}', Frozen), (b"[]", MutableData)],
+)
+def test_codec_reports_corruption(data: bytes, model: Any) -> None:
+    with pytest.raises(CorruptValueError):
+        Codec(1024).decode(data, model)
+
+
+def test_immutability() -> None:
+    assert is_immutable(Frozen)
+    assert is_immutable(FrozenData)
+    assert is_immutable(str)
+    assert not is_immutable(Mutable)
+    assert not is_immutable(MutableData)
+    assert not is_immutable(None)
+    assert not is_immutable(list[Frozen])
+
+
+# -- messages ---------------------------------------------------------------------------
+
+
+def test_messages_round_trip_and_match() -> None:
+    for message in (
+        InvalidationMessage.for_key("cache", "user:[1]", 1, "me"),
+        InvalidationMessage.for_pattern("cache", "user:*", 3, "me"),
+        InvalidationMessage.for_group("cache", "assistant", "me"),
+    ):
+        assert InvalidationMessage.decode(message.encode()) == message
+    key = InvalidationMessage.for_key("cache", "user:[1]", 1, "me")
+    assert key.matches("user:[1]")
+    assert not key.matches("user:1")
+    group = InvalidationMessage.for_group("cache", "assistant", "me")
+    assert group.matches("assistant:4")
+    assert group.matches("assistant")
+    assert not group.matches("assistants:4")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"[]",
+        b'{"v": 2, "kind": "key", "prefix": "c", "count": 1, "origin": "o", "pattern": "k"}',
+        b'{"v": 1, "kind": "drop", "prefix": "c", "count": 1, "origin": "o", "pattern": "k"}',
+        b'{"v": 1, "kind": "group", "prefix": "c", "count": 1, "origin": "o", "pattern": "k"}',
+        b'{"v": 1, "kind": "key", "prefix": "c", "count": "1", "origin": "o", "pattern": "k"}',
+    ],
+)
+def test_malformed_messages_are_ignored(data: bytes) -> None:
+    assert InvalidationMessage.decode(data) is None
+
+
+# -- breaker ----------------------------------------------------------------------------
+
+
+def test_breaker_opens_after_threshold_and_lets_one_probe_through(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    health = RedisHealth("c", failure_threshold=3, cooldown=1.0, clock=clock)
+    error = ConnectionError("refused")
+    with caplog.at_level(logging.INFO, logger="commclient.cache"):
+        for _ in range(3):
+            assert health.allow()
+            health.record_failure("get", error)
+        assert health.state is BreakerState.OPEN
+        assert not health.allow()
+        clock.advance(0.99)
+        assert not health.allow()
+        clock.advance(0.02)
+        assert health.allow()  # the probe
+        assert health.state is BreakerState.HALF_OPEN
+        assert not health.allow()  # everyone else while the probe is out
+        health.record_failure("get", error)  # the probe failed: open again
+        assert health.state is BreakerState.OPEN
+        assert not health.allow()
+        clock.advance(1.0)
+        assert health.allow()
+        health.record_success()
+        assert health.state is BreakerState.CLOSED
+        assert health.allow()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # one outage, one warning
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        "redis cache recovered"
+    ]
+
+
+def test_a_probe_that_never_reports_is_given_up() -> None:
+    clock = FakeClock()
+    health = RedisHealth("c", failure_threshold=1, cooldown=1.0, clock=clock)
+    health.record_failure("get", TimeoutError())
+    clock.advance(1.0)
+    assert health.allow()  # the probe's task is then cancelled: no report
+    assert not health.allow()
+    clock.advance(1.0)
+    assert health.allow()
+
+
+def test_failures_below_threshold_reset_on_success() -> None:
+    health = RedisHealth("c", failure_threshold=3, cooldown=1.0, clock=FakeClock())
+    for _ in range(5):
+        health.record_failure("get", TimeoutError())
+        health.record_failure("get", TimeoutError())
+        health.record_success()
+    assert health.state is BreakerState.CLOSED
+
+
+# -- local tier -------------------------------------------------------------------------
+
+
+def make_local(size: int = 3, ttl: float = 10.0) -> tuple[LocalTier, FakeClock]:
+    clock = FakeClock()
+    local = LocalTier(size, ttl, Codec(1024), clock=clock)
+    local.activate()
+    return local, clock
+
+
+def test_local_tier_serves_only_while_active() -> None:
+    local, _ = make_local()
+    local.put("a", b"1", 5, None, 1, local.epoch)
+    assert local.get("a", None) == 1
+    local.deactivate()
+    assert local.get("a", None) is MISSING
+    local.put("a", b"1", 5, None, 1, local.epoch)
+    local.activate()
+    assert local.get("a", None) is MISSING  # flushed, and nothing stored while inactive
+
+
+def test_local_tier_refuses_a_read_older_than_an_invalidation() -> None:
+    local, _ = make_local()
+    epoch = local.epoch  # a read from Redis begins
+    local.drop(InvalidationMessage.for_key("c", "other", 1, "them"))  # any invalidation
+    local.put("a", b"1", 5, None, 1, epoch)  # the read ends
+    assert local.get("a", None) is MISSING
+    local.put("a", b"1", 5, None, 1, local.epoch)
+    assert local.get("a", None) == 1
+
+
+def test_local_tier_is_bounded_lru_with_capped_ttl() -> None:
+    local, clock = make_local(size=2, ttl=1.0)
+    local.put("a", b"1", 300, None, 1, local.epoch)
+    local.put("b", b"2", 300, None, 2, local.epoch)
+    assert local.get("a", None) == 1  # a is now the most recent
+    local.put("c", b"3", 300, None, 3, local.epoch)
+    assert local.get("b", None) is MISSING
+    assert local.get("a", None) == 1
+    assert len(local) == 2
+    clock.advance(1.0)  # the cap, not the 300 s TTL
+    assert local.get("a", None) is MISSING
+
+
+def test_local_tier_drops_by_key_pattern_and_group() -> None:
+    local, _ = make_local(size=10)
+    for key in ("user:1", "user:2", "user:[1]", "assistant:1", "assistant", "tool:1"):
+        local.put(key, b"1", 5, None, 1, local.epoch)
+    assert local.drop(InvalidationMessage.for_key("c", "user:[1]", 1, "o")) == 1
+    assert local.drop(InvalidationMessage.for_pattern("c", "user:*", 2, "o")) == 2
+    assert local.drop(InvalidationMessage.for_group("c", "assistant", "o")) == 2
+    assert local.get("tool:1", None) == 1
+
+
+def test_local_tier_shares_only_immutable_values() -> None:
+    local, _ = make_local()
+    frozen = Frozen(name="x")
+    local.put("f", b'{"name":"x"}', 5, Frozen, frozen, local.epoch)
+    assert local.get("f", Frozen) is frozen
+    mutable = Mutable(name="x")
+    local.put("m", b'{"name":"x"}', 5, Mutable, mutable, local.epoch)
+    copy = local.get("m", Mutable)
+    assert copy == mutable
+    assert copy is not mutable
+
+
+# -- metrics and config -----------------------------------------------------------------
+
+
+def test_key_pattern_labels_are_bounded() -> None:
+    registry = CollectorRegistry()
+    metrics = CacheMetrics(registry, "c", max_key_patterns=2)
+    for group in ("a", "b", "c", "d", "a"):
+        metrics.hit(group)
+    value = registry.get_sample_value
+    assert value("redis_cache_hits_total", {"cache_name": "c", "key_pattern": "a"}) == 2
+    assert value("redis_cache_hits_total", {"cache_name": "c", "key_pattern": "b"}) == 1
+    assert value("redis_cache_hits_total", {"cache_name": "c", "key_pattern": "other"}) == 2
+
+
+def test_two_caches_share_one_registry() -> None:
+    registry = CollectorRegistry()
+    CacheMetrics(registry, "one", 8).miss("a")
+    CacheMetrics(registry, "two", 8).miss("a")
+    assert (
+        registry.get_sample_value(
+            "redis_cache_misses_total", {"cache_name": "two", "key_pattern": "a"}
+        )
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"operation_timeout": 0},
+        {"operation_timeout": -1},
+        {"operation_timeout": math.nan},
+        {"max_value_bytes": 0},
+        {"local_tier_size": -1},
+        {"breaker_failure_threshold": 0},
+        {"lease_poll_interval": 0},
+        {"resubscribe_min_wait": 5.0, "resubscribe_max_wait": 1.0},
+        {"channel": ""},
+    ],
+)
+def test_config_validation(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="CacheConfig"):
+        CacheConfig(**overrides)
+
+
+def test_config_defaults() -> None:
+    config = CacheConfig()
+    assert config.operation_timeout == 0.1
+    assert config.local_tier_size == 0
+    assert config.channel == "cache:invalidation"
