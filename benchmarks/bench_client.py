@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -51,13 +51,23 @@ FULL = Plan(rounds=15, sequential_calls=200, calls_per_worker=10, rejections=500
 QUICK = Plan(rounds=4, sequential_calls=40, calls_per_worker=3, rejections=1000)
 
 
-def _names() -> dict[str, str]:
+def _names() -> tuple[str, str]:
+    """A (service_name, target_service) pair of its own: no breaker or budget is shared."""
     unique = uuid.uuid4().hex[:8]
-    return {"service_name": f"bench-{unique}", "target_service": f"loopback-{unique}"}
+    return f"bench-{unique}", f"loopback-{unique}"
 
 
-def _config() -> ClientConfig:
-    return ClientConfig(max_connections=MAX_CONNECTIONS)
+ClientT = TypeVar("ClientT")
+
+
+def _make(cls: Callable[..., ClientT], base_url: str, names: tuple[str, str]) -> ClientT:
+    return cls(
+        base_url,
+        service_name=names[0],
+        target_service=names[1],
+        config=ClientConfig(max_connections=MAX_CONNECTIONS),
+        registry=CollectorRegistry(),
+    )
 
 
 def _interleaved(
@@ -136,9 +146,7 @@ async def _async_rows(base_url: str, plan: Plan) -> tuple[list[Row], float]:
 
     url = base_url + PATH
     bare = httpx.AsyncClient(limits=httpx.Limits(max_connections=MAX_CONNECTIONS))
-    client = AsyncServiceClient(
-        base_url, config=_config(), registry=CollectorRegistry(), **_names()
-    )
+    client = _make(AsyncServiceClient, base_url, _names())
 
     async def candidate() -> Any:
         return await client.get(PATH)
@@ -172,8 +180,8 @@ async def _async_rejection(base_url: str, plan: Plan) -> float:
     from commclient import AsyncServiceClient
 
     names = _names()
-    client = AsyncServiceClient(base_url, config=_config(), registry=CollectorRegistry(), **names)
-    testing.force_open(names["service_name"], names["target_service"])
+    client = _make(AsyncServiceClient, base_url, names)
+    testing.force_open(*names)
     samples: list[float] = []
     clock = time.perf_counter
     async with client:
@@ -223,7 +231,7 @@ def _sync_rows(base_url: str, plan: Plan) -> tuple[list[Row], float, float]:
     bare = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=MAX_CONNECTIONS)
     bare.mount("http://", adapter)
-    client = SyncServiceClient(base_url, config=_config(), registry=CollectorRegistry(), **_names())
+    client = _make(SyncServiceClient, base_url, _names())
 
     def candidate() -> Any:
         return client.get(PATH)
@@ -263,8 +271,8 @@ def _sync_rejection(base_url: str, plan: Plan) -> float:
     from commclient import SyncServiceClient
 
     names = _names()
-    client = SyncServiceClient(base_url, config=_config(), registry=CollectorRegistry(), **names)
-    testing.force_open(names["service_name"], names["target_service"])
+    client = _make(SyncServiceClient, base_url, names)
+    testing.force_open(*names)
     samples: list[float] = []
     clock = time.perf_counter
     with client:

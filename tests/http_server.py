@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import email.utils
+import functools
 import http.client
 import json
 import math
@@ -259,9 +260,9 @@ class _Connection(asyncio.Protocol):
                 self.busy = True
                 task = asyncio.ensure_future(result)
                 self.tasks.add(task)
-                task.add_done_callback(lambda done, r=request: self._finish(done, r))
+                task.add_done_callback(functools.partial(self._finish, request=request))
 
-    def _finish(self, task: asyncio.Task[Reply], request: Request) -> None:
+    def _finish(self, task: asyncio.Task[Reply], *, request: Request) -> None:
         self.tasks.discard(task)
         self.busy = False
         if task.cancelled() or self.transport is None:
