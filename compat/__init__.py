@@ -19,6 +19,11 @@ Context variables, the correlation id among them, cross every bridge both ways.
 :class:`LegacyShim` keeps old module-level client functions working on a new client.
 Everything that needs anyio fails on use, not on import, with a message naming the
 extra to install (``pip install 'commclient[async]'``).
+
+Typing: ``run_sync`` and ``run_blocking`` keep the callee's parameter and result types.
+``sync_proxy(client)`` is a ``SyncProxy[CronRestClient]`` whose methods mypy sees as
+``Any``; for checked calls, write the blocking interface as a ``Protocol`` and annotate
+``rest: CronRestApi = sync_proxy(client)``.
 """
 
 from ._bridge import bridge_portal, start_bridge, stop_bridge

@@ -17,7 +17,11 @@ bridge loop (retries, breaker, metrics), while each call site gets one
 Modes: ``"strict"`` (the default) lets the client's errors propagate. ``"legacy"``
 keeps the old convention, returning the fallback on any error, but logs every
 swallowed error and counts it in ``legacy_shim_swallowed_errors_total``: an explicit,
-visible debt rather than silent empty results.
+visible debt rather than silent empty results. Two kinds of error are never swallowed,
+being bugs of the calling process rather than failures of the service: a call from a
+thread running an event loop (:class:`EventLoopRunningError`) and an ``ImportError``
+(a missing extra). ``legacy_shim_calls_total`` shows which old functions are still
+called, and so when the shim can go.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from commclient._metrics import metric_family
 
 from ._bridge import Bridge, _Held, default_bridge
 from ._errors import EventLoopRunningError
+from ._proxy import is_async_callable
 
 ClientT = TypeVar("ClientT")
 P = ParamSpec("P")
@@ -136,6 +141,11 @@ class LegacyShim(Generic[ClientT]):
         """
 
         def decorate(adapter: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+            if not is_async_callable(adapter):
+                raise TypeError(
+                    f"{adapter!r} is not async: LegacyShim.function decorates "
+                    "`async def old_name(client, ...)` or a coroutine method of the client"
+                )
             return self._build(adapter, fallback, name or adapter.__name__, replacement)
 
         return decorate

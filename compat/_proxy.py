@@ -45,7 +45,9 @@ class SyncProxy(Generic[T]):
 
     Public coroutine methods of the object become blocking methods of the same name,
     signature and docstring; other attributes are read from (and set on) the object.
-    ``with proxy:`` enters the object with ``async with`` on the bridge loop.
+    ``with proxy as same_proxy:`` enters the object with ``async with`` on the bridge
+    loop (``__aenter__`` and ``__aexit__`` in one task there) and gives the proxy itself.
+    Async generator methods are left as they are: iterate them from async code.
     """
 
     def __init__(self, async_object: T) -> None:
@@ -106,7 +108,7 @@ class SyncProxy(Generic[T]):
         if name.startswith("_SyncProxy__"):
             raise AttributeError(name)
         value = getattr(self.__target, name)
-        if not name.startswith("_") and callable(value) and _is_async_callable(value):
+        if not name.startswith("_") and callable(value) and is_async_callable(value):
             # A coroutine function the class does not define (an instance attribute).
             return _dynamic_method(self, name, value)
         return value
@@ -166,12 +168,12 @@ def _make_proxy_type(cls: type) -> type[SyncProxy[Any]]:
             function, bound_drops_first = attribute, True
         else:
             continue
-        if _is_async_callable(function):
+        if is_async_callable(function):
             namespace[name] = _blocking_method(name, function, bound_drops_first, type_name)
     return type(type_name, (SyncProxy,), namespace)
 
 
-def _is_async_callable(function: Callable[..., Any]) -> bool:
+def is_async_callable(function: Callable[..., Any]) -> bool:
     """Coroutine functions, and functions annotated to return an awaitable."""
     if inspect.iscoroutinefunction(function):
         return True

@@ -263,3 +263,13 @@ def test_the_callers_correlation_id_reaches_the_client(strict: Module) -> None:
 def test_an_unknown_mode_is_refused(registry: CollectorRegistry) -> None:
     with pytest.raises(ValueError, match="mode must be one of"):
         LegacyShim(FakeRestClient, name="x", mode="quiet", registry=registry)  # type: ignore[arg-type]
+
+
+def test_a_sync_adapter_is_refused_when_decorated(registry: CollectorRegistry) -> None:
+    shim: LegacyShim[FakeRestClient] = LegacyShim(FakeRestClient, name="x", registry=registry)
+
+    def not_async(client: FakeRestClient) -> list[Any]:
+        return []
+
+    with pytest.raises(TypeError, match="is not async"):
+        shim.function(list)(not_async)  # type: ignore[arg-type]
