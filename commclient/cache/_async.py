@@ -78,6 +78,7 @@ class AsyncRedisCache:
         self._delete_if_equal_script = redis_client.register_script(_scripts.DELETE_IF_EQUAL)
         self._bump_script = redis_client.register_script(_scripts.BUMP_GENERATION)
         self._release_script = redis_client.register_script(_scripts.RELEASE_LEASE)
+        self._read_or_lease_script = redis_client.register_script(_scripts.READ_OR_LEASE)
         self._flights: dict[tuple[str, Any], _Flight] = {}
         self._owns_client = False
         self._listener_redis: Any = None
@@ -301,7 +302,7 @@ class AsyncRedisCache:
             return await self._join(flight_key, epoch, partial(_load, loader, core, model))
         value = await self._decode(plan, read, model, epoch)
         if value is MISSING:
-            fill = partial(self._fill, plan, loader, ttl_ms, stale_s, model, read.generation, epoch)
+            fill = partial(self._fill, plan, loader, ttl_ms, stale_s, model, epoch)
             return await self._join(flight_key, epoch, fill)
         if core.is_fresh(read, stale_s) or flight_key in self._flights:
             return value
@@ -364,28 +365,37 @@ class AsyncRedisCache:
         ttl_ms: int,
         stale_s: float,
         model: Any,
-        generation: str,
         epoch: int,
     ) -> Any:
         """Load a missing value under the lease, or wait for the process holding it."""
         core = self._core
         deadline = time.monotonic() + core.config.lease_wait
         while True:
-            token = await self._try_lease(plan)
-            if token is FAILED:
+            token = core.new_lease_token()
+            keys, args = core.read_or_lease_args(plan, token)
+            reply = await self._call(
+                "lease_acquire", partial(self._read_or_lease_script, keys=keys, args=args)
+            )
+            if reply is FAILED:
                 return await _load(loader, core, model)
-            if token is not None or time.monotonic() >= deadline:
+            read, leased = core.parse_read_or_lease(reply)
+            if read.data is not None:
+                value = await self._decode(plan, read, model, epoch, count=False)
+                if value is not MISSING:
+                    return value
+                continue  # it was corrupt, and is deleted: try again at once
+            if leased or time.monotonic() >= deadline:
                 return await self._load_and_store(
-                    plan, loader, ttl_ms, stale_s, model, generation, token or "", epoch
+                    plan,
+                    loader,
+                    ttl_ms,
+                    stale_s,
+                    model,
+                    read.generation,
+                    token if leased else "",
+                    epoch,
                 )
             await asyncio.sleep(core.config.lease_poll_interval)
-            read = await self._read(plan, with_ttl=True)
-            if read is None:
-                return await _load(loader, core, model)
-            value = await self._decode(plan, read, model, epoch, count=False)
-            if value is not MISSING:
-                return value
-            generation = read.generation
 
     async def _load_and_store(
         self,

@@ -240,6 +240,14 @@ class CacheCore:
 
     # -- leases -------------------------------------------------------------------------
 
+    def read_or_lease_args(self, plan: KeyPlan, token: str) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of the script that reads the value or, if absent, takes the lease."""
+        return [plan.generation_key, plan.lease_key], [plan.data_base, token, self.lease_ms()]
+
+    def parse_read_or_lease(self, reply: Sequence[Any]) -> tuple[Read, bool]:
+        """The read, and whether the lease was taken."""
+        return self.parse_read(reply), int(reply[3]) == 1
+
     @staticmethod
     def new_lease_token() -> str:
         return secrets.token_hex(16)

@@ -78,3 +78,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# KEYS[1] generation key, KEYS[2] lease key.
+# ARGV[1] data key without generation, ARGV[2] lease token, ARGV[3] lease PX milliseconds.
+# The value if it is there, else the lease if it is free: one atomic step, so that a
+# waiter can never take the lease just after the loader stored the value and released it.
+# Returns {generation, value or nil, pttl, 1 if the lease was taken else 0}.
+READ_OR_LEASE = """
+local generation = redis.call('GET', KEYS[1]) or '0'
+local data_key = ARGV[1] .. generation
+local value = redis.call('GET', data_key)
+if value then
+  return {generation, value, redis.call('PTTL', data_key), 0}
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return {generation, false, -2, 1}
+end
+return {generation, false, -2, 0}
+"""
