@@ -6,7 +6,9 @@ concurrent callers (asyncio tasks, threads), on the same keep-alive loopback ser
 server runs in its own process so that it never takes the GIL from the client measured.
 Candidate and baseline rounds alternate (ABBA, so that a drift in the machine's speed hits
 both alike) and the median round counts. Both sides get the same connection pool size and
-decode the same JSON body, so the difference is the resilience layer alone.
+decode the same JSON body, and use the same timeouts (a socket with a timeout costs two more
+``poll()`` calls per request than a blocking one), so the difference is the resilience layer
+alone.
 
 The last two rows time a call rejected by an open breaker: no I/O at all, the whole cost is
 the core's (target: a median of 20 µs or less).
@@ -37,6 +39,8 @@ CONCURRENCY = 32
 PATH = "/ping"
 #: The same pool size on both sides, above CONCURRENCY: no side ever waits for a connection.
 MAX_CONNECTIONS = 100
+#: The client's configuration, whose timeouts the bare transports get too.
+CONFIG = ClientConfig(max_connections=MAX_CONNECTIONS)
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class Plan:
     rejections: int  # breaker-open rejections timed one by one
 
 
-FULL = Plan(rounds=15, sequential_calls=200, calls_per_worker=10, rejections=5000)
+FULL = Plan(rounds=25, sequential_calls=100, calls_per_worker=6, rejections=5000)
 QUICK = Plan(rounds=4, sequential_calls=40, calls_per_worker=3, rejections=1000)
 
 
@@ -65,7 +69,7 @@ def _make(cls: Callable[..., ClientT], base_url: str, names: tuple[str, str]) ->
         base_url,
         service_name=names[0],
         target_service=names[1],
-        config=ClientConfig(max_connections=MAX_CONNECTIONS),
+        config=CONFIG,
         registry=CollectorRegistry(),
     )
 
@@ -145,7 +149,12 @@ async def _async_rows(base_url: str, plan: Plan) -> tuple[list[Row], float]:
     from commclient import AsyncServiceClient
 
     url = base_url + PATH
-    bare = httpx.AsyncClient(limits=httpx.Limits(max_connections=MAX_CONNECTIONS))
+    bare = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=MAX_CONNECTIONS),
+        timeout=httpx.Timeout(
+            CONFIG.timeout, connect=CONFIG.connect_timeout, pool=CONFIG.connect_timeout
+        ),
+    )
     client = _make(AsyncServiceClient, base_url, _names())
 
     async def candidate() -> Any:
@@ -237,7 +246,7 @@ def _sync_rows(base_url: str, plan: Plan) -> tuple[list[Row], float, float]:
         return client.get(PATH)
 
     def baseline() -> Any:
-        response = bare.get(url)
+        response = bare.get(url, timeout=(CONFIG.connect_timeout, CONFIG.timeout))
         response.raise_for_status()
         return response.json()
 
