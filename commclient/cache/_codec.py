@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from functools import lru_cache
 from typing import Any
 
@@ -42,6 +43,11 @@ def _adapter(model: Any) -> Any:
     return _pydantic().TypeAdapter(model)
 
 
+def _is_class(model: Any) -> bool:
+    """A plain class (on Python 3.10, ``list[int]`` also passes ``isinstance(_, type)``)."""
+    return isinstance(model, type) and not isinstance(model, types.GenericAlias)
+
+
 def _type_of(value: object) -> Any:
     return type(value)
 
@@ -58,7 +64,7 @@ def is_immutable(model: Any) -> bool:
     mutated under them: frozen pydantic models and frozen dataclasses. Anything else is
     decoded afresh for every hit.
     """
-    if model is None or not isinstance(model, type):
+    if model is None or not _is_class(model):
         return False
     if model in (str, int, float, bool):
         return True
@@ -136,10 +142,11 @@ class Codec:
 
     @staticmethod
     def _build_without_pydantic(value: Any, model: Any) -> Any:
-        if isinstance(model, type) and isinstance(value, model):
+        if _is_class(model) and isinstance(value, model):
             return value
-        if isinstance(model, type) and dataclasses.is_dataclass(model) and isinstance(value, dict):
-            return model(**value)
+        if _is_class(model) and dataclasses.is_dataclass(model) and isinstance(value, dict):
+            build: Any = model
+            return build(**value)
         if model in JSON_TYPES:
             raise TypeError(f"expected {model.__name__}, got {type(value).__name__}")
         raise CacheError(f"validating cached values as {model!r} needs pydantic")

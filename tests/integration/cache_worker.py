@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from commclient.cache import AsyncRedisCache, CacheConfig, SyncRedisCache
 
-LOCAL = CacheConfig(local_tier_size=100, local_tier_ttl=60.0)
+LOCAL = CacheConfig(local_tier_size=100, local_tier_ttl=60.0, operation_timeout=2.0)
 CONCURRENT_CALLERS = 50
 LOAD_SECONDS = 0.3
 

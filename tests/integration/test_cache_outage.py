@@ -23,7 +23,9 @@ prefix = conftest_cache.prefix
 own_redis_server = conftest_cache.own_redis_server
 cache_logs = conftest_cache.cache_logs
 
-CONFIG = CacheConfig(local_tier_size=100, breaker_cooldown=0.2, listener_ping_interval=0.2)
+CONFIG = CacheConfig(
+    local_tier_size=100, breaker_cooldown=0.2, listener_ping_interval=0.2, operation_timeout=1.0
+)
 CALLERS = 8
 
 

@@ -28,7 +28,7 @@ prefix = conftest_cache.prefix
 facade = conftest_cache.facade
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCAL = CacheConfig(local_tier_size=100, local_tier_ttl=60.0)
+LOCAL = CacheConfig(local_tier_size=100, local_tier_ttl=60.0, operation_timeout=2.0)
 ROUNDS = 5
 DROP_BOUND = 0.1  # the "within 100 ms", asserted on the median of the rounds
 

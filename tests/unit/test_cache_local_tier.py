@@ -22,7 +22,9 @@ cache_logs = conftest_cache.cache_logs
 DISCONNECTED = "cache invalidation listener disconnected; local tier flushed and bypassed"
 RESUBSCRIBED = "cache invalidation listener resubscribed"
 
-LOCAL = CacheConfig(local_tier_size=100, local_tier_ttl=30.0, listener_ping_interval=0.2)
+LOCAL = CacheConfig(
+    local_tier_size=100, local_tier_ttl=30.0, listener_ping_interval=0.2, operation_timeout=2.0
+)
 
 
 class Frozen(BaseModel):
@@ -157,7 +159,7 @@ def test_listener_disconnect_flushes_and_bypasses_the_local_tier(
 
 
 def test_local_ttl_is_capped(facade: Facade, redis_url: str, prefix: str) -> None:
-    config = CacheConfig(local_tier_size=10, local_tier_ttl=0.2)
+    config = CacheConfig(local_tier_size=10, local_tier_ttl=0.2, operation_timeout=2.0)
 
     async def scenario() -> None:
         async with facade.open(redis_url, prefix, config=config) as cache:

@@ -25,6 +25,7 @@ facade = conftest_cache.facade
 cache_logs = conftest_cache.cache_logs
 own_redis_server = conftest_cache.own_redis_server
 
+DEFAULTS = CacheConfig()  # the 100 ms operation timeout is what these tests are about
 UNAVAILABLE_WARNING = "redis cache unavailable; serving misses until it recovers"
 # A bound for correctness, far above the 100 ms operation timeout and far below the
 # seconds an unbounded call would take (socket timeouts of 5 s, ten retries).
@@ -69,7 +70,7 @@ def test_unreachable_redis_is_a_miss_without_exceptions(
     loader_calls: list[int] = []
 
     async def scenario() -> None:
-        async with facade.open(url, prefix, registry=registry) as cache:
+        async with facade.open(url, prefix, config=DEFAULTS, registry=registry) as cache:
             for _ in range(10):
                 durations = await exercise(cache, loader_calls)
                 assert max(durations) < BOUND, durations
@@ -98,7 +99,7 @@ def test_first_call_after_redis_dies_is_bounded(
 
     async def scenario() -> None:
         client = default_client(facade, own_redis_server.url)
-        async with facade.open(None, prefix, client=client) as cache:
+        async with facade.open(None, prefix, config=DEFAULTS, client=client) as cache:
             assert await cache.set("settings", 1)
             assert await cache.get("settings") == 1
             own_redis_server.kill()
@@ -118,7 +119,9 @@ def test_a_hung_redis_is_bounded_by_the_operation_timeout(
 
     async def scenario() -> None:
         client = default_client(facade, own_redis_server.url)
-        async with facade.open(None, prefix, client=client, registry=registry) as cache:
+        async with facade.open(
+            None, prefix, config=DEFAULTS, client=client, registry=registry
+        ) as cache:
             assert await cache.set("settings", 1)
             own_redis_server.pause()
             try:
