@@ -114,11 +114,12 @@ MIXED_KINDS = ("ok", "not_found", "unavailable", "timeout", "html", "reset", "id
 class MixedCalls:
     """Calls of every outcome interleaved on one client, each checked against its own index.
 
-    The timeout of ``mixed_config`` (0.5 s) is below the slow endpoint's 2 s; statuses and
-    timeouts are retried once (``max_retries=2``).
+    The read timeout (1 s) is well below the slow endpoint's 3 s, and well above what an
+    answered request takes even on a loaded machine; statuses and timeouts are retried once
+    (``max_retries=2``).
     """
 
-    config = fast_config(timeout=0.5, max_retries=2)
+    config = fast_config(timeout=1.0, max_retries=2)
 
     def __init__(self, server: ServerProcess, names: Names) -> None:
         self.server = server
@@ -134,7 +135,7 @@ class MixedCalls:
             path, expected = "/status/503", 2
         elif kind == "timeout":
             path, expected = "/slow", 2
-            params["seconds"] = "2"
+            params["seconds"] = "3"
         elif kind == "html":
             path = "/html/200"
         elif kind == "reset":

@@ -262,9 +262,20 @@ async def test_post_after_a_restart_does_not_reuse_the_dead_keep_alive_connectio
 # --- cancellation (asyncio only) ----------------------------------------------------------
 
 
-async def _cancel_soon(awaitable: Awaitable[Any], after: float = 0.1) -> None:
-    task = asyncio.ensure_future(awaitable)
-    await asyncio.sleep(after)
+async def _received(server: ServerProcess, key: str, count: int) -> None:
+    """Wait until the server has received ``count`` requests under ``key``."""
+    give_up = time.monotonic() + 10.0
+    while len(server.calls(key)) < count:
+        assert time.monotonic() < give_up, f"the server never received request {count}"
+        await asyncio.sleep(0.01)
+
+
+async def _cancel_in_flight(
+    call: Awaitable[Any], server: ServerProcess, key: str, count: int
+) -> None:
+    """Cancel ``call`` once its request (the ``count``-th of ``key``) is at the server."""
+    task = asyncio.ensure_future(call)
+    await _received(server, key, count)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -277,8 +288,9 @@ async def test_cancelled_calls_are_not_breaker_failures(
     key = names.key()
     config = fast_config(circuit_breaker_fail_max=2)
     async with make_client(http_server.base_url, names, config) as client:
-        for _ in range(4):
-            await _cancel_soon(client.get("/slow", params={"key": key, "seconds": "3"}))
+        for number in range(1, 5):
+            call = client.get("/slow", params={"key": key, "seconds": "3"})
+            await _cancel_in_flight(call, http_server, key, number)
         assert testing.breaker_state(names.service, names.target) == "closed"
         assert (await client.get("/echo", params={"key": key}))["calls"] == 5
     assert len(http_server.calls(key)) == 5
@@ -294,7 +306,7 @@ async def test_a_cancelled_probe_lets_the_next_caller_probe(
         testing.force_open(names.service, names.target)
         await asyncio.sleep(0.4)
         probe = asyncio.ensure_future(client.get("/slow", params={"key": key, "seconds": "3"}))
-        await asyncio.sleep(0.2)
+        await _received(http_server, key, 1)
         assert testing.breaker_state(names.service, names.target) == "half-open"
         with pytest.raises(ServiceUnavailableError):
             await client.get("/echo", params={"key": key})
@@ -313,9 +325,12 @@ async def test_wait_for_timeout_cancels_the_call_cleanly(
     key = names.key()
     async with make_client(http_server.base_url, names) as client:
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(client.get("/slow", params={"key": key, "seconds": "3"}), 0.2)
-        # The connection of the cancelled call is not handed to the next one half-read.
-        assert (await client.get("/echo", params={"key": key}))["calls"] == 2
+            await asyncio.wait_for(client.get("/slow", params={"key": key, "seconds": "3"}), 0.5)
+        # The connection of the cancelled call is not handed to the next one half-read: the
+        # late answer of /slow must not be taken for the answer of /echo.
+        result = await client.get("/echo", params={"key": key})
+        assert result["path"] == "/echo"
+        assert result["calls"] == len(http_server.calls(key))
 
 
 # --- one client, several event loops ------------------------------------------------------
