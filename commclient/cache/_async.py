@@ -21,6 +21,7 @@ from . import _scripts
 from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
 from ._core import FAILED, SCAN_BATCH, CacheCore, KeyPlan, Read
+from ._deadlines import Deadlines
 from ._exceptions import CacheValueTooLargeError
 from ._keys import build_pattern
 from ._local import MISSING
@@ -80,6 +81,7 @@ class AsyncRedisCache:
         self._release_script = redis_client.register_script(_scripts.RELEASE_LEASE)
         self._read_or_lease_script = redis_client.register_script(_scripts.READ_OR_LEASE)
         self._flights: dict[tuple[str, Any], _Flight] = {}
+        self._deadlines = Deadlines(self._core.config.operation_timeout)
         self._owns_client = False
         self._listener_redis: Any = None
         self._listener_task: asyncio.Task[None] | None = None
@@ -166,7 +168,7 @@ class AsyncRedisCache:
         ttl_ms = ttl_milliseconds(ttl)
         data = core.encode(key, value)
         keys, args = core.write_args(plan, data, ttl_ms, explicit=True)
-        written = await self._call("set", partial(self._write_script, keys=keys, args=args))
+        written = await self._call("set", self._write_script, keys=keys, args=args)
         core.after_local_change(core.key_message(plan, 1))
         return written is not FAILED and bool(written)
 
@@ -175,7 +177,7 @@ class AsyncRedisCache:
         core = self._core
         plan = core.plan(key)
         keys, args = [plan.generation_key, plan.lease_key], [plan.data_base]
-        deleted = await self._call("delete", partial(self._delete_script, keys=keys, args=args))
+        deleted = await self._call("delete", self._delete_script, keys=keys, args=args)
         message = core.key_message(plan, 0 if deleted is FAILED else int(deleted))
         core.after_local_change(message)
         if deleted is not FAILED:
@@ -196,7 +198,7 @@ class AsyncRedisCache:
         deleted, cursor, reachable = 0, 0, True
         while True:
             page = await self._call(
-                "invalidate_scan", partial(self._redis.scan, cursor, match=match, count=SCAN_BATCH)
+                "invalidate_scan", self._redis.scan, cursor, match=match, count=SCAN_BATCH
             )
             if page is FAILED:
                 reachable = False
@@ -204,9 +206,7 @@ class AsyncRedisCache:
             cursor, keys = int(page[0]), page[1]
             data_keys, lease_keys = core.split_scanned(keys)
             if data_keys or lease_keys:
-                removed = await self._call(
-                    "invalidate_unlink", partial(self._unlink, data_keys, lease_keys)
-                )
+                removed = await self._call("invalidate_unlink", self._unlink, data_keys, lease_keys)
                 if removed is FAILED:
                     reachable = False
                     break
@@ -226,9 +226,7 @@ class AsyncRedisCache:
         message = core.group_message(group)
         keys = [core.layout.generation_key(group)]
         args: list[str | bytes] = [core.config.channel, message.encode()]
-        bumped = await self._call(
-            "invalidate_group", partial(self._bump_script, keys=keys, args=args)
-        )
+        bumped = await self._call("invalidate_group", self._bump_script, keys=keys, args=args)
         core.after_local_change(message)
         if bumped is FAILED:
             return False
@@ -374,7 +372,7 @@ class AsyncRedisCache:
             token = core.new_lease_token()
             keys, args = core.read_or_lease_args(plan, token)
             reply = await self._call(
-                "lease_acquire", partial(self._read_or_lease_script, keys=keys, args=args)
+                "lease_acquire", self._read_or_lease_script, keys=keys, args=args
             )
             if reply is FAILED:
                 return await _load(loader, core, model)
@@ -422,7 +420,7 @@ class AsyncRedisCache:
         keys, args = core.write_args(
             plan, data, ttl_ms + round(stale_s * 1000), generation=generation, lease_token=token
         )
-        written = await self._call("set", partial(self._write_script, keys=keys, args=args))
+        written = await self._call("set", self._write_script, keys=keys, args=args)
         core.loaded(plan, data, ttl_ms, model, value, epoch, stored=written == 1)
         return value
 
@@ -566,24 +564,35 @@ class AsyncRedisCache:
 
     # -- I/O helpers --------------------------------------------------------------------
 
-    async def _call(self, operation: str, command: Callable[[], Awaitable[Any]]) -> Any:
+    async def _call(
+        self, operation: str, command: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> Any:
         """Run one Redis command within the operation timeout; :data:`FAILED` on failure."""
         core = self._core
         if not core.allow(operation):
             return FAILED
         started = time.perf_counter()
+        call = self._deadlines.start()
         try:
-            result = await _bounded(command(), core.config.operation_timeout)
+            result = await command(*args, **kwargs)
+        except asyncio.CancelledError:
+            if not self._deadlines.timed_out(call):
+                raise
+            core.failed(operation, TimeoutError(f"redis {operation} took over the timeout"))
+            return FAILED
         except Exception as error:
             core.failed(operation, error)
             return FAILED
+        finally:
+            self._deadlines.finish(call)
+        self._deadlines.settle(call)
         core.succeeded(operation, time.perf_counter() - started)
         return result
 
     async def _read(self, plan: KeyPlan, *, with_ttl: bool = False) -> Read | None:
         core = self._core
         keys, args = core.read_args(plan, with_ttl=with_ttl)
-        reply = await self._call("get", partial(self._read_script, keys=keys, args=args))
+        reply = await self._call("get", self._read_script, keys=keys, args=args)
         return None if reply is FAILED else core.parse_read(reply)
 
     async def _decode(
@@ -595,7 +604,7 @@ class AsyncRedisCache:
         except CorruptValueError as error:
             core.corrupt(plan, error, model)
             keys, args = core.delete_corrupt_args(plan, read)
-            await self._call("delete", partial(self._delete_if_equal_script, keys=keys, args=args))
+            await self._call("delete", self._delete_if_equal_script, keys=keys, args=args)
             return MISSING
 
     async def _try_lease(self, plan: KeyPlan) -> Any:
@@ -603,7 +612,11 @@ class AsyncRedisCache:
         token = self._core.new_lease_token()
         acquired = await self._call(
             "lease_acquire",
-            partial(self._redis.set, plan.lease_key, token, nx=True, px=self._core.lease_ms()),
+            self._redis.set,
+            plan.lease_key,
+            token,
+            nx=True,
+            px=self._core.lease_ms(),
         )
         if acquired is FAILED:
             return FAILED
@@ -613,7 +626,9 @@ class AsyncRedisCache:
         if token:
             await self._call(
                 "lease_release",
-                partial(self._release_script, keys=[plan.lease_key], args=[token]),
+                self._release_script,
+                keys=[plan.lease_key],
+                args=[token],
             )
 
     async def _unlink(self, data_keys: list[str], lease_keys: list[str]) -> int:
@@ -623,7 +638,7 @@ class AsyncRedisCache:
 
     async def _publish(self, message: InvalidationMessage) -> bool:
         published = await self._call(
-            "publish", partial(self._redis.publish, self._core.config.channel, message.encode())
+            "publish", self._redis.publish, self._core.config.channel, message.encode()
         )
         return published is not FAILED
 

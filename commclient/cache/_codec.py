@@ -125,7 +125,8 @@ class Codec:
         """Return the value in ``data``, validated as ``model`` when one is given."""
         try:
             if model is None:
-                return json.loads(data)
+                # A str skips json's detection of the bytes' encoding (always UTF-8 here).
+                return json.loads(data.decode() if isinstance(data, bytes) else data)
             if _has_pydantic():
                 return _adapter(model).validate_json(data)
             return self._build_without_pydantic(json.loads(data), model)

@@ -44,22 +44,27 @@ FAILED: Any = _Failed()
 
 @dataclass(frozen=True)
 class KeyPlan:
-    """Everything the drivers need to address one logical key."""
+    """Everything the drivers need to address one logical key (built once per key)."""
 
     key: str
     group: str
     generation_key: str
     data_base: str
     lease_key: str
+    read_keys: list[str]
+    read_args: list[str]
+    read_args_with_ttl: list[str]
 
 
-@dataclass(frozen=True)
 class Read:
-    """What the read script returned, normalised."""
+    """What a read script returned: the group's generation, the value, its PTTL."""
 
-    generation: str
-    data: bytes | str | None
-    ttl_ms: int
+    __slots__ = ("data", "generation", "ttl_ms")
+
+    def __init__(self, generation: str, data: bytes | str | None, ttl_ms: int) -> None:
+        self.generation = generation
+        self.data = data
+        self.ttl_ms = ttl_ms
 
 
 def _text(value: bytes | str) -> str:
@@ -108,12 +113,17 @@ class CacheCore:
             validate_key(key)
             layout = self.layout
             group = group_of(key)
+            generation_key = layout.generation_key(group)
+            data_base = layout.data_base(key)
             plan = KeyPlan(
                 key,
                 group,
-                layout.generation_key(group),
-                layout.data_base(key),
+                generation_key,
+                data_base,
                 layout.lease_key(key),
+                [generation_key],
+                [data_base, "1" if self.local_tier_enabled else "0"],
+                [data_base, "1"],
             )
             if len(self._plans) < 4096:
                 self._plans[key] = plan
@@ -121,14 +131,19 @@ class CacheCore:
 
     # -- reads --------------------------------------------------------------------------
 
-    def read_args(self, plan: KeyPlan, *, with_ttl: bool = False) -> tuple[list[str], list[str]]:
+    @staticmethod
+    def read_args(plan: KeyPlan, *, with_ttl: bool = False) -> tuple[list[str], list[str]]:
         """KEYS and ARGV of the read script; the TTL is asked for only when it is used."""
-        want_ttl = with_ttl or self.local_tier_enabled
-        return [plan.generation_key], [plan.data_base, "1" if want_ttl else "0"]
+        return plan.read_keys, plan.read_args_with_ttl if with_ttl else plan.read_args
 
     @staticmethod
-    def parse_read(reply: Sequence[Any]) -> Read:
-        generation, data, ttl_ms = reply[0], reply[1], reply[2]
+    def parse_read(reply: bytes | str) -> Read:
+        """Split the read script's "GENERATION PTTL VALUE" (or "GENERATION")."""
+        separator: Any = b" " if isinstance(reply, bytes) else " "
+        generation, found, rest = reply.partition(separator)
+        if not found:
+            return Read(_text(generation), None, -2)
+        ttl_ms, _, data = rest.partition(separator)
         return Read(_text(generation), data, int(ttl_ms))
 
     def local_get(self, plan: KeyPlan, model: Any) -> Any:
@@ -244,9 +259,10 @@ class CacheCore:
         """KEYS and ARGV of the script that reads the value or, if absent, takes the lease."""
         return [plan.generation_key, plan.lease_key], [plan.data_base, token, self.lease_ms()]
 
-    def parse_read_or_lease(self, reply: Sequence[Any]) -> tuple[Read, bool]:
+    @staticmethod
+    def parse_read_or_lease(reply: Sequence[Any]) -> tuple[Read, bool]:
         """The read, and whether the lease was taken."""
-        return self.parse_read(reply), int(reply[3]) == 1
+        return Read(_text(reply[0]), reply[1], int(reply[2])), int(reply[3]) == 1
 
     @staticmethod
     def new_lease_token() -> str:

@@ -8,16 +8,21 @@ Redis Cluster (which this cache does not support).
 from __future__ import annotations
 
 # KEYS[1] generation key. ARGV[1] data key without generation, ARGV[2] "1" to return PTTL.
-# Returns {generation, value or nil, pttl (-2 when not asked or absent)}.
+# Returns "GENERATION PTTL VALUE" when the value is there (PTTL -2 when not asked for),
+# else "GENERATION": one bulk string is cheaper for the client to parse than an array,
+# and this is the script of every cache hit.
 READ = """
 local generation = redis.call('GET', KEYS[1]) or '0'
 local data_key = ARGV[1] .. generation
 local value = redis.call('GET', data_key)
+if not value then
+  return generation
+end
 local pttl = -2
-if value and ARGV[2] == '1' then
+if ARGV[2] == '1' then
   pttl = redis.call('PTTL', data_key)
 end
-return {generation, value, pttl}
+return generation .. ' ' .. pttl .. ' ' .. value
 """
 
 # KEYS[1] generation key, KEYS[2] lease key.

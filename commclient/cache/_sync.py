@@ -173,7 +173,7 @@ class SyncRedisCache:
         ttl_ms = ttl_milliseconds(ttl)
         data = core.encode(key, value)
         keys, args = core.write_args(plan, data, ttl_ms, explicit=True)
-        written = self._call("set", partial(self._write_script, keys=keys, args=args))
+        written = self._call("set", self._write_script, keys=keys, args=args)
         core.after_local_change(core.key_message(plan, 1))
         return written is not FAILED and bool(written)
 
@@ -182,7 +182,7 @@ class SyncRedisCache:
         core = self._core
         plan = core.plan(key)
         keys, args = [plan.generation_key, plan.lease_key], [plan.data_base]
-        deleted = self._call("delete", partial(self._delete_script, keys=keys, args=args))
+        deleted = self._call("delete", self._delete_script, keys=keys, args=args)
         message = core.key_message(plan, 0 if deleted is FAILED else int(deleted))
         core.after_local_change(message)
         if deleted is not FAILED:
@@ -203,7 +203,7 @@ class SyncRedisCache:
         deleted, cursor, reachable = 0, 0, True
         while True:
             page = self._call(
-                "invalidate_scan", partial(self._redis.scan, cursor, match=match, count=SCAN_BATCH)
+                "invalidate_scan", self._redis.scan, cursor, match=match, count=SCAN_BATCH
             )
             if page is FAILED:
                 reachable = False
@@ -211,9 +211,7 @@ class SyncRedisCache:
             cursor, keys = int(page[0]), page[1]
             data_keys, lease_keys = core.split_scanned(keys)
             if data_keys or lease_keys:
-                removed = self._call(
-                    "invalidate_unlink", partial(self._unlink, data_keys, lease_keys)
-                )
+                removed = self._call("invalidate_unlink", self._unlink, data_keys, lease_keys)
                 if removed is FAILED:
                     reachable = False
                     break
@@ -233,7 +231,7 @@ class SyncRedisCache:
         message = core.group_message(group)
         keys = [core.layout.generation_key(group)]
         args: list[str | bytes] = [core.config.channel, message.encode()]
-        bumped = self._call("invalidate_group", partial(self._bump_script, keys=keys, args=args))
+        bumped = self._call("invalidate_group", self._bump_script, keys=keys, args=args)
         core.after_local_change(message)
         if bumped is FAILED:
             return False
@@ -379,9 +377,7 @@ class SyncRedisCache:
         while True:
             token = core.new_lease_token()
             keys, args = core.read_or_lease_args(plan, token)
-            reply = self._call(
-                "lease_acquire", partial(self._read_or_lease_script, keys=keys, args=args)
-            )
+            reply = self._call("lease_acquire", self._read_or_lease_script, keys=keys, args=args)
             if reply is FAILED:
                 return _load(loader, core, model)
             read, leased = core.parse_read_or_lease(reply)
@@ -428,7 +424,7 @@ class SyncRedisCache:
         keys, args = core.write_args(
             plan, data, ttl_ms + round(stale_s * 1000), generation=generation, lease_token=token
         )
-        written = self._call("set", partial(self._write_script, keys=keys, args=args))
+        written = self._call("set", self._write_script, keys=keys, args=args)
         core.loaded(plan, data, ttl_ms, model, value, epoch, stored=written == 1)
         return value
 
@@ -580,14 +576,14 @@ class SyncRedisCache:
 
     # -- I/O helpers --------------------------------------------------------------------
 
-    def _call(self, operation: str, command: Callable[[], Any]) -> Any:
+    def _call(self, operation: str, command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one Redis command (bounded by the client's socket timeouts); FAILED on failure."""
         core = self._core
         if not core.allow(operation):
             return FAILED
         started = time.perf_counter()
         try:
-            result = command()
+            result = command(*args, **kwargs)
         except Exception as error:
             core.failed(operation, error)
             return FAILED
@@ -597,7 +593,7 @@ class SyncRedisCache:
     def _read(self, plan: KeyPlan, *, with_ttl: bool = False) -> Read | None:
         core = self._core
         keys, args = core.read_args(plan, with_ttl=with_ttl)
-        reply = self._call("get", partial(self._read_script, keys=keys, args=args))
+        reply = self._call("get", self._read_script, keys=keys, args=args)
         return None if reply is FAILED else core.parse_read(reply)
 
     def _decode(
@@ -609,7 +605,7 @@ class SyncRedisCache:
         except CorruptValueError as error:
             core.corrupt(plan, error, model)
             keys, args = core.delete_corrupt_args(plan, read)
-            self._call("delete", partial(self._delete_if_equal_script, keys=keys, args=args))
+            self._call("delete", self._delete_if_equal_script, keys=keys, args=args)
             return MISSING
 
     def _try_lease(self, plan: KeyPlan) -> Any:
@@ -617,7 +613,11 @@ class SyncRedisCache:
         token = self._core.new_lease_token()
         acquired = self._call(
             "lease_acquire",
-            partial(self._redis.set, plan.lease_key, token, nx=True, px=self._core.lease_ms()),
+            self._redis.set,
+            plan.lease_key,
+            token,
+            nx=True,
+            px=self._core.lease_ms(),
         )
         if acquired is FAILED:
             return FAILED
@@ -627,7 +627,9 @@ class SyncRedisCache:
         if token:
             self._call(
                 "lease_release",
-                partial(self._release_script, keys=[plan.lease_key], args=[token]),
+                self._release_script,
+                keys=[plan.lease_key],
+                args=[token],
             )
 
     def _unlink(self, data_keys: list[str], lease_keys: list[str]) -> int:
@@ -637,7 +639,7 @@ class SyncRedisCache:
 
     def _publish(self, message: InvalidationMessage) -> bool:
         published = self._call(
-            "publish", partial(self._redis.publish, self._core.config.channel, message.encode())
+            "publish", self._redis.publish, self._core.config.channel, message.encode()
         )
         return published is not FAILED
 

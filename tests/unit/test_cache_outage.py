@@ -222,3 +222,46 @@ async def _close(client: Any) -> None:
     result = client.aclose() if hasattr(client, "aclose") else client.close()
     if result is not None:
         await result
+
+
+@pytest.mark.facade_async
+def test_async_timeouts_are_told_apart_from_cancellation(
+    prefix: str, own_redis_server: RedisServer, registry: CollectorRegistry
+) -> None:
+    """A timed-out call leaves its task clean; a caller's own cancel is never swallowed."""
+    import asyncio
+    import sys
+
+    async def scenario() -> None:
+        client = redis.asyncio.Redis.from_url(own_redis_server.url)
+        cache = AsyncRedisCache(client, prefix, config=DEFAULTS, registry=registry)
+        assert await cache.set("settings", 1)
+        own_redis_server.pause()
+        try:
+            assert await cache.get("settings") is None  # timed out
+            task = asyncio.current_task()
+            assert task is not None
+            if sys.version_info >= (3, 11):
+                assert task.cancelling() == 0
+            await asyncio.sleep(0.01)  # and no stray cancellation arrives later
+
+            config = CacheConfig(operation_timeout=5.0, breaker_failure_threshold=100)
+            slow = AsyncRedisCache(client, prefix, config=config, registry=CollectorRegistry())
+            pending = asyncio.get_running_loop().create_task(slow.get("settings"))
+            await asyncio.sleep(0.05)
+            pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+        finally:
+            own_redis_server.resume()
+        await client.aclose()
+
+    run(scenario())
+    timeouts = metric(
+        registry,
+        "redis_cache_errors_total",
+        cache_name=prefix,
+        operation="get",
+        error_type="TimeoutError",
+    )
+    assert timeouts == 1

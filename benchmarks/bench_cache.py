@@ -1,0 +1,480 @@
+"""The configuration cache, side by side with what it replaces and with bare redis-py.
+
+- A cache hit (Redis, and the local tier) against the REST round trip it replaces: a GET of
+  a JSON settings document from a small HTTP server on loopback (its own process, so it
+  never takes the GIL from the client measured), decoded and validated the same way.
+- A Redis hit against a bare redis-py GET of the same bytes, decoded the same way
+  (target: at most 1.3 times), and against a bare GET that does not even decode.
+- The local tier's hit (target: a median of 5 µs or less).
+- ``invalidate_group`` against ``invalidate(pattern)`` with 10k, 100k and 1M keys in the
+  group (target: ``invalidate_group`` flat, 1 ms or less, at every size).
+
+Candidate and baseline rounds alternate (ABBA) and the median round counts.
+Run: ``python -m benchmarks --only cache``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict
+
+from benchmarks._table import Row
+from commclient.cache import AsyncRedisCache, CacheConfig, SyncRedisCache
+from tests.redis_server import RedisServer
+
+REDIS_HIT_LIMIT = 1.3
+LOCAL_HIT_LIMIT_US = 5.0
+INVALIDATE_GROUP_LIMIT_MS = 1.0
+KEY = "global_settings"
+GROUP = "bench"
+
+
+class Settings(BaseModel):
+    """A global settings document of the size the assistant reads on every message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    timezone: str
+    language: str
+    reminder_minutes: int
+    quiet_hours_start: str
+    quiet_hours_end: str
+    max_conversation_turns: int
+    summarise_after_turns: int
+    default_assistant_id: int
+    features: list[str]
+    model: str
+    temperature: float
+    rate_limit_per_minute: int
+    support_email: str
+    maintenance: bool
+
+
+SETTINGS = Settings(
+    timezone="Europe/Berlin",
+    language="en",
+    reminder_minutes=15,
+    quiet_hours_start="22:00",
+    quiet_hours_end="07:00",
+    max_conversation_turns=40,
+    summarise_after_turns=20,
+    default_assistant_id=1,
+    features=["reminders", "secretary", "tools", "voice", "calendar"],
+    model="assistant-large",
+    temperature=0.3,
+    rate_limit_per_minute=60,
+    support_email="support@example.org",
+    maintenance=False,
+)
+SETTINGS_JSON = SETTINGS.model_dump_json().encode()
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    calls: int  # calls per round of a network call
+    local_calls: int  # calls per round of a local-tier hit
+    sizes: tuple[int, ...]
+    group_repeats: int  # invalidate_group calls timed per size
+    label: str
+
+
+FULL = Plan(
+    rounds=15,
+    calls=300,
+    local_calls=20_000,
+    sizes=(10_000, 100_000, 1_000_000),
+    group_repeats=50,
+    label="",
+)
+QUICK = Plan(
+    rounds=4,
+    calls=100,
+    local_calls=5_000,
+    sizes=(10_000, 100_000, 200_000),
+    group_repeats=20,
+    label=" (quick: 200k instead of 1M)",
+)
+
+
+# -- the REST service it replaces --------------------------------------------------------
+
+
+async def _serve(port: int) -> None:
+    """A minimal keep-alive HTTP/1.1 server answering every GET with the settings JSON."""
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(SETTINGS_JSON)).encode()
+        + b"\r\n\r\n"
+    )
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(head + SETTINGS_JSON)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+class RestServer:
+    def __enter__(self) -> RestServer:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_cache", "serve"],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": root},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("READY "):
+            raise RuntimeError("settings server did not start")
+        self.url = f"http://127.0.0.1:{line.split()[1]}/api/global-settings/"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+def _abba(
+    rounds: int, candidate: Callable[[], float], baseline: Callable[[], float]
+) -> tuple[float, float]:
+    times: tuple[list[float], list[float]] = ([], [])
+    for number in range(rounds):
+        order = [(candidate, times[0]), (baseline, times[1])]
+        if number % 2:
+            order.reverse()
+        for measure, measured in order:
+            gc.collect()
+            measured.append(measure())
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+async def _async_abba(
+    rounds: int,
+    calls: int,
+    candidate: Callable[[], Awaitable[Any]],
+    baseline: Callable[[], Awaitable[Any]],
+) -> tuple[float, float]:
+    times: tuple[list[float], list[float]] = ([], [])
+    for number in range(rounds):
+        order = [(candidate, times[0]), (baseline, times[1])]
+        if number % 2:
+            order.reverse()
+        for call, measured in order:
+            gc.collect()
+            started = time.perf_counter()
+            for _ in range(calls):
+                await call()
+            measured.append((time.perf_counter() - started) / calls)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _sync_round(call: Callable[[], Any], calls: int) -> Callable[[], float]:
+    def measure() -> float:
+        started = time.perf_counter()
+        for _ in range(calls):
+            call()
+        return (time.perf_counter() - started) / calls
+
+    return measure
+
+
+def _us_row(
+    group: str,
+    candidate: str,
+    baseline: str,
+    values: tuple[float, float],
+    limit: float,
+    limit_kind: str = "ratio",
+) -> Row:
+    return Row(
+        group=group,
+        candidate=candidate,
+        baseline=baseline,
+        candidate_value=values[0] * 1e6,
+        baseline_value=values[1] * 1e6,
+        unit="µs/call",
+        limit=limit,
+        limit_kind=limit_kind,
+    )
+
+
+# -- hits --------------------------------------------------------------------------------
+
+
+async def _async_hits(redis_url: str, rest_url: str, plan: Plan) -> list[Row]:
+    import httpx
+    import redis.asyncio
+
+    bare = redis.asyncio.Redis.from_url(redis_url)
+    cache = AsyncRedisCache(bare, "bench-async", registry=CollectorRegistry())
+    local = AsyncRedisCache.from_url(
+        redis_url,
+        "bench-async",
+        config=CacheConfig(local_tier_size=100),
+        registry=CollectorRegistry(),
+    )
+    http = httpx.AsyncClient()
+    await cache.set(KEY, SETTINGS)
+    assert await local.start()
+    raw_key = f"bench-async:{KEY}#0"
+
+    async def cache_hit() -> Any:
+        return await cache.get(KEY)
+
+    async def bare_get_decoded() -> Any:
+        return json.loads(await bare.get(raw_key))
+
+    async def bare_get() -> Any:
+        return await bare.get(raw_key)
+
+    async def cache_hit_typed() -> Any:
+        return await cache.get(KEY, Settings)
+
+    async def bare_get_typed() -> Any:
+        return Settings.model_validate_json(await bare.get(raw_key))
+
+    async def rest_get_typed() -> Any:
+        response = await http.get(rest_url)
+        response.raise_for_status()
+        return Settings.model_validate_json(response.content)
+
+    async def local_hit() -> Any:
+        return await local.get(KEY, Settings)
+
+    for call in (cache_hit, bare_get, cache_hit_typed, rest_get_typed, local_hit):
+        for _ in range(50):
+            await call()
+    rounds, calls = plan.rounds, plan.calls
+    decoded = await _async_abba(rounds, calls, cache_hit, bare_get_decoded)
+    raw = await _async_abba(rounds, calls, cache_hit, bare_get)
+    typed = await _async_abba(rounds, calls, cache_hit_typed, bare_get_typed)
+    versus_rest = await _async_abba(rounds, calls, cache_hit_typed, rest_get_typed)
+    local_hit_time = await _async_abba(rounds, plan.local_calls, local_hit, local_hit)
+    rows = [
+        _us_row(
+            "cache hit async",
+            "Redis hit, get(key)",
+            "redis.asyncio GET + json.loads",
+            decoded,
+            REDIS_HIT_LIMIT,
+        ),
+        _us_row(
+            "cache hit async",
+            "Redis hit, get(key)",
+            "redis.asyncio GET (no decode)",
+            raw,
+            REDIS_HIT_LIMIT,
+        ),
+        _us_row(
+            "cache hit async",
+            "Redis hit, get(key, Settings)",
+            "redis.asyncio GET + model_validate_json",
+            typed,
+            REDIS_HIT_LIMIT,
+        ),
+        _us_row(
+            "cache hit async",
+            "Redis hit, get(key, Settings)",
+            "REST GET (httpx, loopback) + validate",
+            versus_rest,
+            1.0,
+        ),
+        _us_row(
+            "cache hit async",
+            "local-tier hit, get(key, Settings)",
+            "REST GET (httpx, loopback) + validate",
+            (local_hit_time[0], versus_rest[1]),
+            LOCAL_HIT_LIMIT_US,
+            "value",
+        ),
+    ]
+    await http.aclose()
+    await cache.aclose()
+    await local.aclose()
+    await bare.aclose()
+    return rows
+
+
+def _sync_hits(redis_url: str, rest_url: str, plan: Plan) -> list[Row]:
+    import redis
+    import requests
+
+    # One client for both sides, with the short socket timeouts the cache asks for.
+    bare = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    cache = SyncRedisCache(bare, "bench-sync", registry=CollectorRegistry())
+    local = SyncRedisCache.from_url(
+        redis_url,
+        "bench-sync",
+        config=CacheConfig(local_tier_size=100),
+        registry=CollectorRegistry(),
+    )
+    session = requests.Session()
+    cache.set(KEY, SETTINGS)
+    assert local.start()
+    raw_key = f"bench-sync:{KEY}#0"
+
+    def rest_get_typed() -> Any:
+        response = session.get(rest_url)
+        response.raise_for_status()
+        return Settings.model_validate_json(response.content)
+
+    calls: dict[str, Callable[[], Any]] = {
+        "cache_hit": lambda: cache.get(KEY),
+        "bare_decoded": lambda: json.loads(bare.get(raw_key)),  # type: ignore[arg-type]
+        "bare": lambda: bare.get(raw_key),
+        "cache_typed": lambda: cache.get(KEY, Settings),
+        "bare_typed": lambda: Settings.model_validate_json(bare.get(raw_key)),  # type: ignore[arg-type]
+        "rest_typed": rest_get_typed,
+        "local": lambda: local.get(KEY, Settings),
+    }
+    for call in calls.values():
+        for _ in range(50):
+            call()
+
+    def pair(candidate: str, baseline: str, count: int) -> tuple[float, float]:
+        return _abba(
+            plan.rounds, _sync_round(calls[candidate], count), _sync_round(calls[baseline], count)
+        )
+
+    decoded = pair("cache_hit", "bare_decoded", plan.calls)
+    raw = pair("cache_hit", "bare", plan.calls)
+    typed = pair("cache_typed", "bare_typed", plan.calls)
+    versus_rest = pair("cache_typed", "rest_typed", plan.calls)
+    local_hit_time = pair("local", "local", plan.local_calls)
+    session.close()
+    cache.close()
+    local.close()
+    return [
+        _us_row(
+            "cache hit sync",
+            "Redis hit, get(key)",
+            "redis GET + json.loads",
+            decoded,
+            REDIS_HIT_LIMIT,
+        ),
+        _us_row(
+            "cache hit sync", "Redis hit, get(key)", "redis GET (no decode)", raw, REDIS_HIT_LIMIT
+        ),
+        _us_row(
+            "cache hit sync",
+            "Redis hit, get(key, Settings)",
+            "redis GET + model_validate_json",
+            typed,
+            REDIS_HIT_LIMIT,
+        ),
+        _us_row(
+            "cache hit sync",
+            "Redis hit, get(key, Settings)",
+            "REST GET (requests, loopback) + validate",
+            versus_rest,
+            1.0,
+        ),
+        _us_row(
+            "cache hit sync",
+            "local-tier hit, get(key, Settings)",
+            "REST GET (requests, loopback) + validate",
+            (local_hit_time[0], versus_rest[1]),
+            LOCAL_HIT_LIMIT_US,
+            "value",
+        ),
+    ]
+
+
+# -- invalidation ------------------------------------------------------------------------
+
+
+def _populate(redis_url: str, prefix: str, size: int) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    value = b'{"v":1}'
+    batch = 10_000
+    for start in range(0, size, batch):
+        pipe = client.pipeline(transaction=False)
+        for index in range(start, min(size, start + batch)):
+            pipe.set(f"{prefix}:{GROUP}:{index}#0", value, ex=3600)
+        pipe.execute()
+    client.close()
+
+
+async def _invalidation(redis_url: str, plan: Plan) -> list[Row]:
+    rows = []
+    for size in plan.sizes:
+        prefix = f"inv{size}"
+        _populate(redis_url, prefix, size)
+        cache = AsyncRedisCache.from_url(
+            redis_url,
+            prefix,
+            config=CacheConfig(operation_timeout=5.0),
+            registry=CollectorRegistry(),
+        )
+        await cache.invalidate_group("warmup")
+        group_times = []
+        for _ in range(plan.group_repeats):
+            started = time.perf_counter()
+            assert await cache.invalidate_group(GROUP)
+            group_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        deleted = await cache.invalidate(f"{GROUP}:*")
+        pattern_time = time.perf_counter() - started
+        assert deleted == size, (deleted, size)
+        await cache.aclose()
+        label = f"{size // 1000}k keys" + (
+            plan.label if size not in (10_000, 100_000, 1_000_000) else ""
+        )
+        rows.append(
+            Row(
+                group=f"cache invalidation, {label}",
+                candidate="invalidate_group (one INCR)",
+                baseline="invalidate(pattern) (SCAN + UNLINK)",
+                candidate_value=statistics.median(group_times) * 1e3,
+                baseline_value=pattern_time * 1e3,
+                unit="ms",
+                limit=INVALIDATE_GROUP_LIMIT_MS,
+                limit_kind="value",
+            )
+        )
+    return rows
+
+
+def run(quick: bool) -> list[Row]:
+    plan = QUICK if quick else FULL
+    with RedisServer() as server, RestServer() as rest:
+        rows = asyncio.run(_async_hits(server.url, rest.url, plan))
+        rows += _sync_hits(server.url, rest.url, plan)
+        rows += asyncio.run(_invalidation(server.url, plan))
+    return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["serve"]:
+        asyncio.run(_serve(0))
+    else:
+        for row in run(quick="--quick" in sys.argv):
+            print(row)
