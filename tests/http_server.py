@@ -18,8 +18,8 @@ to the first N requests of that key only, later ones get the echo):
                                    HTTP date ``retry_after_date`` seconds ahead
 ``/slow?seconds=S``                the echo after S seconds
 ``/drop?how=close|reset``          reads the request, then closes (FIN) or resets (RST)
-``/drip?pieces=N&interval=S``      a JSON body sent in N pieces, S seconds apart: every read
-                                   is quick, the whole response is slow
+``/drip?pieces=N&interval=S``      the headers at once, then the echo's body in N pieces, S
+                                   seconds apart: every read is quick, the response is slow
 ``/html/{code}``                   an HTML error page of a proxy, with that status
 ``/large?bytes=N&chunked=1``       a JSON string of N bytes, chunked without Content-Length
 ``GET /_control/calls?key=K``      ``{"calls": [...]}``: every request of K, with a
@@ -320,12 +320,18 @@ class _Connection(asyncio.Protocol):
         query = self.drip_query(reply)
         pieces, interval = int(query.get("pieces", "10")), float(query.get("interval", "0.1"))
         data = _encode(reply, keep_alive)
-        step = max(1, math.ceil(len(data) / pieces))
-        for start in range(0, len(data), step):
+        # The status line and headers go at once: the client has its response, then waits
+        # for a body that trickles in.
+        split = data.index(b"\r\n\r\n") + 4
+        if self.transport is not None:
+            self.transport.write(data[:split])
+        body = data[split:]
+        step = max(1, math.ceil(len(body) / pieces))
+        for start in range(0, len(body), step):
+            await asyncio.sleep(interval)
             if self.transport is None or self.transport.is_closing():
                 break
-            self.transport.write(data[start : start + step])
-            await asyncio.sleep(interval)
+            self.transport.write(body[start : start + step])
         return reply
 
     @staticmethod
