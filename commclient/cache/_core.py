@@ -28,6 +28,9 @@ from ._messages import InvalidationMessage, new_origin_id
 
 logger = logging.getLogger("commclient.cache")
 
+MAX_REMEMBERED_GENERATIONS = 4096
+"""Groups whose generation a cache remembers for its Lua-free reads (then it forgets all)."""
+
 SCAN_BATCH = 1000
 """COUNT hint of each SCAN page, and so the most keys one UNLINK removes."""
 
@@ -102,6 +105,7 @@ class CacheCore:
         self.local_tier_enabled = self.config.local_tier_size > 0
         self.origin = new_origin_id()
         self._plans: dict[str, KeyPlan] = {}
+        self._generations: dict[str, str] = {}
         self._listener_outage = False
 
     # -- keys ---------------------------------------------------------------------------
@@ -130,6 +134,28 @@ class CacheCore:
         return plan
 
     # -- reads --------------------------------------------------------------------------
+
+    def fast_read_keys(self, plan: KeyPlan) -> tuple[str, str]:
+        """The keys of a read without Lua: ``MGET generation-key data-key``.
+
+        The data key is built with the group's generation as last seen here; ``MGET``
+        reads both atomically, so if the generation it returns is the one guessed, the
+        value read is that generation's (or absent) and nothing else is needed. Lua costs
+        the server more than the GET itself, and this is the path of every Redis hit.
+        """
+        generation = self._generations.get(plan.group, "0")
+        return plan.generation_key, plan.data_base + generation
+
+    def parse_fast_read(self, plan: KeyPlan, reply: Sequence[Any]) -> Read | None:
+        """The read, or ``None`` when the guessed generation was stale (read again)."""
+        raw_generation, data = reply[0], reply[1]
+        generation = "0" if raw_generation is None else _text(raw_generation)
+        if generation == self._generations.get(plan.group, "0"):
+            return Read(generation, data, -2)
+        if len(self._generations) >= MAX_REMEMBERED_GENERATIONS:
+            self._generations.clear()
+        self._generations[plan.group] = generation
+        return None
 
     @staticmethod
     def read_args(plan: KeyPlan, *, with_ttl: bool = False) -> tuple[list[str], list[str]]:

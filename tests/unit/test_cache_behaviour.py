@@ -255,6 +255,28 @@ def test_invalidate_group_is_one_increment(facade: Facade, redis_url: str, prefi
     run(scenario())
 
 
+def test_group_invalidation_by_another_cache_is_seen_at_once(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with (
+            any_facade.open(redis_url, prefix) as reader,
+            any_facade.open(redis_url, prefix) as writer,
+        ):
+            await writer.set("assistant:1", "old")
+            assert await reader.get("assistant:1") == "old"  # the reader knows generation 0
+            assert await writer.invalidate_group("assistant")
+            assert await reader.get("assistant:1") is None
+            await writer.set("assistant:1", "new")  # generation 1
+            assert await reader.get("assistant:1") == "new"
+            assert await writer.invalidate_group("assistant")
+            assert await writer.invalidate_group("assistant")
+            await writer.set("assistant:1", "newer")  # generation 3
+            assert await reader.get("assistant:1") == "newer"
+
+    run(scenario())
+
+
 def test_group_invalidation_in_memory(any_facade: Facade, redis_url: str, prefix: str) -> None:
     async def scenario() -> None:
         async with any_facade.open(redis_url, prefix) as cache:
