@@ -8,6 +8,10 @@ generation is a suffix behind a ``#`` (a character keys may not contain), so a c
 pattern ``P`` over logical keys becomes the Redis pattern ``{prefix}:P#*`` and can never
 match across the key/generation boundary. A read-through lease lives beside its key at
 ``{prefix}:{key}#L`` so that deleting or invalidating a key also revokes a load in flight.
+
+A hit costs one native ``MGET`` of the generation counter and the data key built with the
+generation last seen for the group: both are read atomically, so a generation that moved
+meanwhile is noticed (and the read repeated) before a value of the old one is ever used.
 """
 
 from __future__ import annotations

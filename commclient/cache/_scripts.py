@@ -1,5 +1,8 @@
 """Lua scripts: each cache operation is one round trip, and read-modify-write is atomic.
 
+Plain hits do not use them (a native ``MGET`` is cheaper for the server, see ``_keys``);
+``READ`` serves the reads that also need the value's remaining TTL (local tier, serve-stale).
+
 The data key is computed inside the script from the group's generation, so these scripts
 touch keys not listed in KEYS: fine on a single Redis or a replicated primary, not on
 Redis Cluster (which this cache does not support).
