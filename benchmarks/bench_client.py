@@ -45,14 +45,30 @@ CONFIG = ClientConfig(max_connections=MAX_CONNECTIONS)
 
 @dataclass(frozen=True)
 class Plan:
-    rounds: int  # alternating candidate/baseline rounds; the median round counts
+    """How much to measure. Many short rounds: a burst of load from elsewhere on the machine
+    spans a few rounds of both sides and moves neither median."""
+
+    sequential_rounds: int  # alternating candidate/baseline rounds; the median round counts
     sequential_calls: int  # calls per sequential round
+    concurrent_rounds: int
     calls_per_worker: int  # calls per concurrent caller per round
     rejections: int  # breaker-open rejections timed one by one
 
 
-FULL = Plan(rounds=25, sequential_calls=100, calls_per_worker=6, rejections=5000)
-QUICK = Plan(rounds=4, sequential_calls=40, calls_per_worker=3, rejections=1000)
+FULL = Plan(
+    sequential_rounds=200,
+    sequential_calls=10,
+    concurrent_rounds=60,
+    calls_per_worker=4,
+    rejections=5000,
+)
+QUICK = Plan(
+    sequential_rounds=30,
+    sequential_calls=5,
+    concurrent_rounds=8,
+    calls_per_worker=2,
+    rejections=1000,
+)
 
 
 def _names() -> tuple[str, str]:
@@ -130,7 +146,8 @@ async def _async_interleaved(
 ) -> tuple[float, float]:
     # The rounds are coroutines: run them one at a time on this loop, in ABBA order.
     times: tuple[list[float], list[float]] = ([], [])
-    for number in range(plan.rounds):
+    rounds = plan.concurrent_rounds if concurrent else plan.sequential_rounds
+    for number in range(rounds):
         order = [(candidate, times[0]), (baseline, times[1])]
         if number % 2:
             order.reverse()
@@ -255,12 +272,12 @@ def _sync_rows(base_url: str, plan: Plan) -> tuple[list[Row], float, float]:
             _sync_concurrent(pool, candidate, 2)
             _sync_concurrent(pool, baseline, 2)
         sequential = _interleaved(
-            plan.rounds,
+            plan.sequential_rounds,
             lambda: _sync_sequential(candidate, plan.sequential_calls),
             lambda: _sync_sequential(baseline, plan.sequential_calls),
         )
         concurrent = _interleaved(
-            plan.rounds,
+            plan.concurrent_rounds,
             lambda: _sync_concurrent(pool, candidate, plan.calls_per_worker),
             lambda: _sync_concurrent(pool, baseline, plan.calls_per_worker),
         )
