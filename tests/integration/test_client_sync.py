@@ -525,6 +525,27 @@ def test_metrics_count_every_attempt_by_outcome(http_server: ServerProcess, name
     assert sample("http_client_request_duration_seconds_count", endpoint) == 3
 
 
+# --- the caller's own mistakes -------------------------------------------------------------
+
+
+def test_a_request_the_transport_refuses_to_send_is_not_a_target_failure(
+    http_server: ServerProcess, names: Names
+) -> None:
+    # A header value with a line break is the caller's bug: the transport refuses it before
+    # anything is sent. Like a 4xx, it must not count against the target: two such calls
+    # must not open the breaker and cut every caller in the process off a healthy service.
+    key = names.key()
+    config = fast_config(circuit_breaker_fail_max=2)
+    with make_client(http_server.base_url, names, config) as client, testing.no_wait():
+        for _ in range(3):
+            with pytest.raises((ValueError, ServiceClientError)) as info:
+                client.get("/echo", params={"key": key}, headers={"X-Note": "a\nb"})
+            # Not sent, so not retried: the next attempt would be refused the same way.
+            assert getattr(info.value, "attempts", 0) <= 1
+        assert testing.breaker_state(names.service, names.target) == "closed"
+        assert client.get("/echo", params={"key": key})["calls"] == 1
+
+
 # --- concurrency --------------------------------------------------------------------------
 
 
