@@ -346,8 +346,12 @@ class _Connection(asyncio.Protocol):
             self._process()
 
 
-async def serve(host: str, port: int) -> None:
-    """Listen on ``host:port`` until killed; announce the port on stdout when ready."""
+async def serve(host: str, port: int, *, watch_stdin: bool = False) -> None:
+    """Listen on ``host:port`` until killed; announce the port on stdout when ready.
+
+    With ``watch_stdin``, also stop when stdin closes, so that a test run killed outright
+    leaves no server behind.
+    """
     loop = asyncio.get_running_loop()
     behaviours = Behaviours()
     tasks: set[asyncio.Task[Reply]] = set()
@@ -366,7 +370,19 @@ async def serve(host: str, port: int) -> None:
     bound = server.sockets[0].getsockname()[1]
     print(f"{READY_PREFIX}{bound}", flush=True)
     stop = loop.create_future()
-    loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
+
+    def finish() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    loop.add_signal_handler(signal.SIGTERM, finish)
+    if watch_stdin:
+        # The parent holds our stdin open: end of file means it died without stopping us.
+        def read_stdin() -> None:
+            if not os.read(sys.stdin.fileno(), 1024):
+                finish()
+
+        loop.add_reader(sys.stdin.fileno(), read_stdin)
     async with server:
         await stop
 
@@ -390,8 +406,10 @@ class ServerProcess:
     def start(self, timeout: float = 15.0) -> None:
         if self.running:
             raise RuntimeError("the server is already running")
+        script = str(Path(__file__).resolve())
         process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), self.host, str(self.port)],
+            [sys.executable, script, self.host, str(self.port), "--watch-stdin"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -399,8 +417,8 @@ class ServerProcess:
         ready, _, _ = select.select([process.stdout], [], [], timeout)
         line = process.stdout.readline() if ready else ""
         if not line.startswith(READY_PREFIX):
-            process.kill()
-            process.wait()
+            self._process = process
+            self.stop()
             raise RuntimeError(f"the test server did not start (said {line!r})")
         self.port = int(line[len(READY_PREFIX) :])
         self._process = process
@@ -412,8 +430,9 @@ class ServerProcess:
             return
         process.kill()
         process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()
 
     def restart(self) -> None:
         self.stop()
@@ -453,8 +472,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("host", nargs="?", default="127.0.0.1")
     parser.add_argument("port", nargs="?", type=int, default=0)
+    parser.add_argument("--watch-stdin", action="store_true", help="stop when stdin closes")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(args.host, args.port, watch_stdin=args.watch_stdin))
 
 
 if __name__ == "__main__":
