@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
 import statistics
+import sys
 import threading
 import time
 import uuid
@@ -329,6 +331,14 @@ def _rejection_row(facade: str, seconds: float, bare_call: float, bare_name: str
 def run(quick: bool) -> list[Row]:
     """Measure both facades against their bare transports on one loopback server."""
     plan = QUICK if quick else FULL
+    if importlib.util.find_spec("sniffio") is None:
+        # httpcore imports sniffio on every lock it makes and Python does not cache a failed
+        # import: each async request then searches sys.path several times. Both async sides
+        # pay it, which hides the layer's cost in a slower baseline.
+        print(
+            "bench_client: sniffio is not installed; httpx calls are slower than they should be",
+            file=sys.stderr,
+        )
     with ServerProcess() as server:
         async_rows, async_rejection = asyncio.run(_async_rows(server.base_url, plan))
         sync_rows, sync_rejection, bare_requests_call = _sync_rows(server.base_url, plan)
