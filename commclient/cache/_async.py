@@ -300,7 +300,7 @@ class AsyncRedisCache:
         self._ensure_listener()
         epoch = core.local_epoch()
         flight_key = (key, model)
-        read = await self._read(plan, with_ttl=True)
+        read = await self._read(plan, with_ttl=stale_s > 0)
         if read is None:
             core.unavailable(plan)
             return await self._join(flight_key, epoch, partial(_load, loader, core, model))

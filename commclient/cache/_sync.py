@@ -305,7 +305,7 @@ class SyncRedisCache:
         self._ensure_listener()
         epoch = core.local_epoch()
         flight_key = (key, model)
-        read = self._read(plan, with_ttl=True)
+        read = self._read(plan, with_ttl=stale_s > 0)
         if read is None:
             core.unavailable(plan)
             return self._join(flight_key, epoch, partial(_load, loader, core, model))
