@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from commclient import AsyncServiceClient
 from commclient.asgi import CacheInvalidationMiddleware, Receive, Scope, Send
-from commclient.cache import AsyncCache, create_async_cache
+from commclient.cache import AsyncCache, CacheConfig, create_async_cache
 from examples.rest_service import create_app
 from examples.serving import serve
 
@@ -99,17 +99,21 @@ def describe(context: AssistantContext) -> str:
 
 
 async def run_demo(
-    redis_url: str | None, *, prefix: str = "assistant_cache", verbose: bool = True
+    redis_url: str | None,
+    *,
+    prefix: str = "assistant_cache",
+    config: CacheConfig | None = None,
+    verbose: bool = True,
 ) -> dict[str, int]:
     """The walk-through; returns the REST reads counted after each step."""
     rest = create_app()
     rest.service.create("user-secretaries", {"user_id": 7, "secretary_id": 70})
     counted = CountingApp(rest)
     # The REST service's side: its own cache object, invalidating after each change.
-    rest_cache = create_async_cache(redis_url, prefix=prefix)
+    rest_cache = create_async_cache(redis_url, prefix=prefix, config=config)
     app = CacheInvalidationMiddleware(counted, rest_cache)
     # The assistant's side. Without Redis, both sides must share one in-memory store.
-    cache = create_async_cache(redis_url, prefix=prefix) if redis_url else rest_cache
+    cache = create_async_cache(redis_url, prefix=prefix, config=config) if redis_url else rest_cache
     reads: dict[str, int] = {}
 
     def show(step: str, detail: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests import conftest_cache
-from tests.conftest_cache import run
+from tests.conftest_cache import RELAXED, run
 
 pytest.importorskip("uvicorn")
 
@@ -26,7 +26,7 @@ EXPECTED_READS = {
 def test_read_through_example_in_memory() -> None:
     from examples.read_through import run_demo
 
-    assert run(run_demo(None, verbose=False)) == EXPECTED_READS
+    assert run(run_demo(None, config=RELAXED, verbose=False)) == EXPECTED_READS
 
 
 @pytest.mark.facade_async
@@ -34,4 +34,4 @@ def test_read_through_example_in_memory() -> None:
 def test_read_through_example_on_redis(redis_url: str, prefix: str) -> None:
     from examples.read_through import run_demo
 
-    assert run(run_demo(redis_url, prefix=prefix, verbose=False)) == EXPECTED_READS
+    assert run(run_demo(redis_url, prefix=prefix, config=RELAXED, verbose=False)) == EXPECTED_READS
