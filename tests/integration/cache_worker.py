@@ -109,7 +109,7 @@ def count_call(url: str, counter: str) -> None:
 
 async def stampede_async(url: str, prefix: str, key: str, counter: str, go_at: float) -> None:
     async with AsyncRedisCache.from_url(
-        url, prefix, config=CacheConfig(operation_timeout=1.0)
+        url, prefix, config=CacheConfig(operation_timeout=5.0)
     ) as cache:
 
         async def loader() -> dict[str, Any]:
@@ -126,7 +126,7 @@ async def stampede_async(url: str, prefix: str, key: str, counter: str, go_at: f
 
 
 def stampede_sync(url: str, prefix: str, key: str, counter: str, go_at: float) -> None:
-    with SyncRedisCache.from_url(url, prefix, config=CacheConfig(operation_timeout=1.0)) as cache:
+    with SyncRedisCache.from_url(url, prefix, config=CacheConfig(operation_timeout=5.0)) as cache:
 
         def loader() -> dict[str, Any]:
             count_call(url, counter)
