@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from ._core import (
     TransportFailure,
     build_core,
 )
+from ._correlation import redact_text
 from ._policy import Clock, FailureKind
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class AsyncServiceClient:
         self._httpx = _import_httpx()
         self._core = build_core(base_url, service_name, target_service, config, registry, clock)
         self._client: httpx.AsyncClient | None = None
+        self._closer: AsyncGenerator[None, None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[tuple[float, float], httpx.Timeout] = {}
         self._closed = False
@@ -82,7 +84,9 @@ class AsyncServiceClient:
         the template is then the metrics' endpoint label. ``deadline`` (seconds) bounds
         the whole call and overrides the config's.
         """
-        client = self._client_for_running_loop()
+        client = self._client
+        if client is None or self._loop is not asyncio.get_running_loop():
+            client = await self._open()
         flow = self._core.call(
             method,
             path,
@@ -108,6 +112,14 @@ class AsyncServiceClient:
             flow.close()
 
     async def _send(self, client: httpx.AsyncClient, attempt: Attempt) -> Outcome:
+        if attempt.time_limit is None:
+            return await self._exchange(client, attempt)
+        try:
+            return await asyncio.wait_for(self._exchange(client, attempt), attempt.time_limit)
+        except asyncio.TimeoutError as exc:
+            return TransportFailure(FailureKind.READ_TIMEOUT, exc)
+
+    async def _exchange(self, client: httpx.AsyncClient, attempt: Attempt) -> Outcome:
         request = attempt.request
         httpx = self._httpx
         try:
@@ -123,20 +135,25 @@ class AsyncServiceClient:
                 stream=True,
             )
             try:
-                length = response.headers.get("content-length")
+                status, headers = response.status_code, response.headers
+                length = headers.get("content-length")
+                size = int(length) if length is not None and length.isdigit() else None
                 limit = request.max_response_bytes
-                if length is not None and length.isdigit():
-                    if int(length) > limit:
-                        return TooLarge(response.status_code, int(length))
-                    return Response(response.status_code, response.headers, await response.aread())
+                if size is not None and size > limit:
+                    return TooLarge(status, size)
+                if size is not None:
+                    return Response(status, headers, await response.aread())
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) > limit:
-                        return TooLarge(response.status_code, None)
-                return Response(response.status_code, response.headers, bytes(body))
+                        return TooLarge(status, None)
+                return Response(status, headers, bytes(body))
             finally:
                 await response.aclose()
+        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            # Refused before sending: the caller's bug, never the target's failure.
+            raise ValueError(f"the request cannot be sent: {redact_text(str(exc))}") from exc
         except httpx.HTTPError as exc:
             return TransportFailure(_classify(exc, httpx), exc)
 
@@ -148,10 +165,8 @@ class AsyncServiceClient:
                 self._timeouts[(connect, read)] = timeout
         return timeout
 
-    def _client_for_running_loop(self) -> httpx.AsyncClient:
+    async def _open(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
-        if self._loop is loop and self._client is not None:
-            return self._client
         if self._closed:
             raise RuntimeError("this AsyncServiceClient is closed; create a new one")
         if self._loop is not None and not self._loop.is_closed():
@@ -162,9 +177,14 @@ class AsyncServiceClient:
             )
         # First use, or the previous loop is gone and its connections with it.
         limits = self._httpx.Limits(max_connections=self.config.max_connections)
-        self._client = self._httpx.AsyncClient(limits=limits, follow_redirects=True)
-        self._loop = loop
-        return self._client
+        client: httpx.AsyncClient = self._httpx.AsyncClient(limits=limits, follow_redirects=True)
+        # asyncio.run() finalises the async generators of its loop before closing it: this
+        # one closes the pool then, so a client used from successive asyncio.run() calls
+        # leaves no sockets open behind it.
+        closer = _close_with_loop(client)
+        await closer.asend(None)
+        self._client, self._loop, self._closer = client, loop, closer
+        return client
 
     async def get(
         self,
@@ -290,9 +310,9 @@ class AsyncServiceClient:
     async def close(self) -> None:
         """Close the connection pool; calling it again does nothing."""
         self._closed = True
-        client, self._client = self._client, None
-        if client is not None and self._loop is not None and not self._loop.is_closed():
-            await client.aclose()
+        closer, self._closer, self._client = self._closer, None, None
+        if closer is not None and self._loop is asyncio.get_running_loop():
+            await closer.aclose()
 
     aclose = close
 
@@ -306,6 +326,13 @@ class AsyncServiceClient:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
 
 
 def _classify(exc: Exception, httpx: Any) -> FailureKind:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Generator, Mapping
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
@@ -59,12 +60,18 @@ class Request(NamedTuple):
 
 
 class Attempt(NamedTuple):
-    """Send ``request`` once within these timeouts and report the outcome."""
+    """Send ``request`` once within these timeouts and report the outcome.
+
+    Transport timeouts bound each connect and each read; ``time_limit``, set when the
+    call has a deadline, bounds the whole attempt, so that a body trickling in a few
+    bytes per read cannot outlive the deadline.
+    """
 
     request: Request
     number: int
     connect_timeout: float
     read_timeout: float
+    time_limit: float | None
 
 
 class Sleep(NamedTuple):
@@ -157,12 +164,14 @@ class Core:
             url_path = path
         merged = dict(self.config.default_headers)
         if headers:
+            _check_headers(headers)
             merged.update(headers)
         content = None
         if json is not None:
             content = _dumps(json).encode()
             merged.setdefault("Content-Type", "application/json")
         if idempotency_key is not None:
+            _check_headers({"Idempotency-Key": idempotency_key})
             merged["Idempotency-Key"] = idempotency_key
         correlation_id = outgoing_correlation_id()
         if correlation_id is not None:
@@ -191,6 +200,23 @@ class Core:
 
 
 _dumps = json.dumps
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse header names and values a transport would refuse, before anything is sent.
+
+    Such a request is the caller's bug: if it reached the transport it would be
+    reported as a failed attempt, retried and counted against a healthy target.
+    """
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"header name {name!r} is not a valid HTTP token")
+        if not isinstance(value, str) or _HEADER_VALUE_FORBIDDEN.search(value):
+            raise ValueError(
+                f"header {name!r} has a value that is not a string without control characters"
+            )
 
 
 class Call:
@@ -229,7 +255,7 @@ class Call:
     def safe_url(self) -> str:
         """The URL for errors and logs: no credentials, secret query values redacted."""
         params = self.request.params
-        query = f"?{urlencode(redact_params(params), doseq=True)}" if params else ""
+        query = f"?{urlencode(redact_params(params), doseq=True, safe='[]')}" if params else ""
         return self.core.safe_base_url + self.url_path + query
 
     def flow(self) -> Flow:
@@ -255,12 +281,15 @@ class Call:
             while True:
                 number += 1
                 connect_timeout, read_timeout = config.connect_timeout, config.timeout
+                remaining = None
                 if deadline_at is not None:
                     remaining = deadline_at - clock.monotonic()
                     connect_timeout = min(connect_timeout, remaining)
                     read_timeout = min(read_timeout, remaining)
                 started = clock.monotonic()
-                outcome = yield Attempt(self.request, number, connect_timeout, read_timeout)
+                outcome = yield Attempt(
+                    self.request, number, connect_timeout, read_timeout, remaining
+                )
                 duration = clock.monotonic() - started
                 if outcome is None:
                     raise RuntimeError("a facade resumed an attempt without an outcome")

@@ -20,6 +20,7 @@ from ._core import (
     TransportFailure,
     build_core,
 )
+from ._correlation import redact_text
 from ._policy import Clock, FailureKind
 
 if TYPE_CHECKING:
@@ -52,6 +53,20 @@ class SyncServiceClient:
         clock: Clock | None = None,
     ) -> None:
         self._requests = _import_requests()
+        exceptions = self._requests.exceptions
+        # Reads of a streamed body raise urllib3's own exceptions, not requests'.
+        self._transport_errors = (
+            exceptions.RequestException,
+            self._requests.packages.urllib3.exceptions.HTTPError,
+        )
+        # Refused before sending: the caller's bug, never the target's failure.
+        self._local_errors = (
+            exceptions.InvalidHeader,
+            exceptions.InvalidURL,
+            exceptions.MissingSchema,
+            exceptions.InvalidSchema,
+            exceptions.InvalidJSONError,
+        )
         self._core = build_core(base_url, service_name, target_service, config, registry, clock)
         self._session: requests.Session | None = None
         self._closed = False
@@ -105,7 +120,7 @@ class SyncServiceClient:
 
     def _send(self, session: requests.Session, attempt: Attempt) -> Outcome:
         request = attempt.request
-        exceptions = self._requests.exceptions
+        give_up_at = None if attempt.time_limit is None else time.monotonic() + attempt.time_limit
         try:
             response = session.request(
                 request.method,
@@ -117,20 +132,31 @@ class SyncServiceClient:
                 stream=True,
             )
             with response:
-                length = response.headers.get("content-length")
+                status, headers = response.status_code, response.headers
+                length = headers.get("content-length")
+                size = int(length) if length is not None and length.isdigit() else None
                 limit = request.max_response_bytes
-                if length is not None and length.isdigit():
-                    if int(length) > limit:
-                        return TooLarge(response.status_code, int(length))
-                    return Response(response.status_code, response.headers, response.content)
+                if size is not None and size > limit:
+                    return TooLarge(status, size)
+                if size is not None and give_up_at is None:
+                    return Response(status, headers, response.content)
+                # Read what arrives as it arrives: the size limit and the deadline are
+                # checked between reads instead of after a body of unknown length.
                 body = bytearray()
-                for chunk in response.iter_content(_CHUNK):
+                while chunk := response.raw.read1(_CHUNK, decode_content=True):
                     body += chunk
                     if len(body) > limit:
-                        return TooLarge(response.status_code, None)
-                return Response(response.status_code, response.headers, bytes(body))
-        except exceptions.RequestException as exc:
-            return TransportFailure(_classify(exc, exceptions), exc)
+                        return TooLarge(status, None)
+                    if give_up_at is not None and time.monotonic() > give_up_at:
+                        return TransportFailure(
+                            FailureKind.READ_TIMEOUT,
+                            TimeoutError("the deadline passed while the body was arriving"),
+                        )
+                return Response(status, headers, bytes(body))
+        except self._local_errors as exc:
+            raise ValueError(f"the request cannot be sent: {redact_text(str(exc))}") from exc
+        except self._transport_errors as exc:
+            return TransportFailure(_classify(exc, self._requests.exceptions), exc)
 
     def get(
         self,
@@ -286,16 +312,15 @@ class SyncServiceClient:
 
 
 def _classify(exc: Exception, exceptions: Any) -> FailureKind:
-    """Map requests' exceptions onto what the core needs to know: did the request leave?"""
+    """Map requests' and urllib3's exceptions onto what the core needs: did the request leave?"""
+    from urllib3.exceptions import NewConnectionError, ReadTimeoutError
+
     if isinstance(exc, exceptions.ConnectTimeout):
         return FailureKind.CONNECT_TIMEOUT
-    if isinstance(exc, exceptions.Timeout):
+    if isinstance(exc, (exceptions.Timeout, ReadTimeoutError)):
         return FailureKind.READ_TIMEOUT
-    if isinstance(exc, exceptions.ConnectionError):
-        from urllib3.exceptions import NewConnectionError, ReadTimeoutError
-
-        reason = exc.args[0] if exc.args else None
-        reason = getattr(reason, "reason", reason)
+    if isinstance(exc, exceptions.ConnectionError) and exc.args:
+        reason = getattr(exc.args[0], "reason", exc.args[0])
         if isinstance(reason, ReadTimeoutError):
             # requests reports a timeout while streaming the body as a ConnectionError.
             return FailureKind.READ_TIMEOUT

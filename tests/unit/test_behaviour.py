@@ -277,7 +277,7 @@ def test_credentials_and_secrets_never_reach_errors_or_logs(
     text = str(caught.value) + repr(caught.value.args) + caught.value.url + "".join(logged)
     for secret in ("hunter2", "s3cr3t-key", "tok-123"):
         assert secret not in text
-    assert caught.value.url == "http://rest.test:8000/private?api_key=%5BREDACTED%5D&page=2"
+    assert caught.value.url == "http://rest.test:8000/private?api_key=[REDACTED]&page=2"
 
 
 def test_correlation_id_is_sent_on_every_attempt(make_harness: MakeHarness) -> None:
@@ -351,3 +351,24 @@ def test_decode_error_is_its_own_status(make_harness: MakeHarness) -> None:
         )
         == 1
     )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"headers": {"X-Note": "a\r\nX-Admin: 1"}},
+        {"headers": {"Bad Name": "x"}},
+        {"headers": {"X-Nul": "a\x00b"}},
+        {"idempotency_key": "key\n2"},
+    ],
+)
+def test_unsendable_headers_are_the_callers_error(
+    make_harness: MakeHarness, kwargs: dict[str, Any]
+) -> None:
+    harness = make_harness(ClientConfig(circuit_breaker_fail_max=1))
+    harness.script("POST", "/x", [OK])
+    for _ in range(3):
+        with pytest.raises(ValueError, match="header"):
+            harness.call("POST", "/x", **kwargs)
+    assert harness.sent == []
+    assert harness.call("POST", "/x") == {"ok": True}, "the breaker did not count them"
