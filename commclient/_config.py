@@ -36,6 +36,8 @@ class ClientConfig:
     #: Seconds the breaker stays open before it lets one probe call through.
     circuit_breaker_reset_timeout: float = 30.0
     #: Redis URL for breaker state shared by every replica; ``None``: state in this process.
+    #: Each state read is then a (blocking, 0.5 s bounded) Redis round trip, and the
+    #: one-probe rule of the half-open state holds per process, not across replicas.
     circuit_breaker_redis_url: str | None = None
     #: Retry tokens each call earns for its target (0.1: at most ~10 % extra attempts).
     retry_budget_ratio: float = 0.1
