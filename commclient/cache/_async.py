@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from . import _scripts
 from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
-from ._core import FAILED, SCAN_BATCH, CacheCore, KeyPlan, Read
+from ._core import FAILED, SCAN_BATCH, CacheCore, CoreFacade, KeyPlan, Read
 from ._deadlines import Deadlines
 from ._exceptions import CacheValueTooLargeError
 from ._keys import build_pattern
@@ -53,7 +53,7 @@ class _Flight:
     epoch: int
 
 
-class AsyncRedisCache:
+class AsyncRedisCache(CoreFacade):
     """A JSON cache in Redis for asyncio code; Redis failures become misses.
 
     ``redis_client`` is a ``redis.asyncio.Redis``; every operation against it is bounded
@@ -116,24 +116,6 @@ class AsyncRedisCache:
         cache = cls(client, prefix, config=config, name=name, registry=registry)
         cache._owns_client = True
         return cache
-
-    @property
-    def config(self) -> CacheConfig:
-        return self._core.config
-
-    @property
-    def prefix(self) -> str:
-        return self._core.prefix
-
-    @property
-    def origin(self) -> str:
-        """This cache's origin id, carried by every invalidation message it sends."""
-        return self._core.origin
-
-    @property
-    def local_tier_active(self) -> bool:
-        """True while the local tier serves (its listener is subscribed)."""
-        return self._core.local.active
 
     # -- reads --------------------------------------------------------------------------
 

@@ -449,3 +449,27 @@ class CacheCore:
             "redis cache operation failed",
             extra={"cache_name": self.name, "operation": operation, "error": repr(error)[:200]},
         )
+
+
+class CoreFacade:
+    """The properties every cache (Redis or in memory, sync or async) reads off its core."""
+
+    _core: CacheCore
+
+    @property
+    def config(self) -> CacheConfig:
+        return self._core.config
+
+    @property
+    def prefix(self) -> str:
+        return self._core.prefix
+
+    @property
+    def origin(self) -> str:
+        """This cache's origin id, carried by every invalidation message it sends."""
+        return self._core.origin
+
+    @property
+    def local_tier_active(self) -> bool:
+        """True while the local tier serves (its listener is subscribed)."""
+        return self._core.local.active

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_seconds
-from ._core import CacheCore, KeyPlan
+from ._core import CacheCore, CoreFacade, KeyPlan
 from ._exceptions import CacheValueTooLargeError
 from ._keys import build_pattern, glob_matches, group_of, validate_pattern
 from ._local import MISSING
@@ -148,7 +148,7 @@ class MemoryStore:
         return unsubscribe
 
 
-class _MemoryBase:
+class _MemoryBase(CoreFacade):
     """What both memory caches share: the core for keys, JSON and metrics, and the store."""
 
     def __init__(
@@ -161,19 +161,6 @@ class _MemoryBase:
     ) -> None:
         self._core = CacheCore(prefix, config, name, registry)
         self._store = store if store is not None else MemoryStore()
-
-    @property
-    def config(self) -> CacheConfig:
-        return self._core.config
-
-    @property
-    def prefix(self) -> str:
-        return self._core.prefix
-
-    @property
-    def origin(self) -> str:
-        """This cache's origin id, carried by every invalidation message it sends."""
-        return self._core.origin
 
     @property
     def local_tier_active(self) -> bool:
