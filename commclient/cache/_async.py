@@ -7,7 +7,7 @@ import inspect
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from prometheus_client import CollectorRegistry
 
+from . import _flows as flows
 from . import _scripts
 from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
-from ._core import FAILED, SCAN_BATCH, CacheCore, CoreFacade, KeyPlan, Read
+from ._core import FAILED, CacheCore, CoreFacade, KeyPlan, Read
 from ._deadlines import Deadlines
-from ._exceptions import CacheValueTooLargeError
-from ._keys import build_pattern
 from ._local import MISSING
 from ._messages import InvalidationMessage
 
@@ -74,12 +73,7 @@ class AsyncRedisCache(CoreFacade):
         self._core = CacheCore(prefix, config, name, registry)
         self._redis = redis_client
         self._read_script = redis_client.register_script(_scripts.READ)
-        self._write_script = redis_client.register_script(_scripts.WRITE)
-        self._delete_script = redis_client.register_script(_scripts.DELETE)
-        self._delete_if_equal_script = redis_client.register_script(_scripts.DELETE_IF_EQUAL)
-        self._bump_script = redis_client.register_script(_scripts.BUMP_GENERATION)
-        self._release_script = redis_client.register_script(_scripts.RELEASE_LEASE)
-        self._read_or_lease_script = redis_client.register_script(_scripts.READ_OR_LEASE)
+        self._commands = flows.commands(redis_client, self._unlink)
         from redis.exceptions import NoScriptError
 
         self._no_script_error = NoScriptError
@@ -151,26 +145,11 @@ class AsyncRedisCache(CoreFacade):
 
     async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool:
         """Store ``value`` for ``ttl`` seconds; ``False`` when Redis could not be reached."""
-        core = self._core
-        plan = core.plan(key)
-        ttl_ms = ttl_milliseconds(ttl)
-        data = core.encode(key, value)
-        keys, args = core.write_args(plan, data, ttl_ms, explicit=True)
-        written = await self._call("set", self._write_script, keys=keys, args=args)
-        core.after_local_change(core.key_message(plan, 1))
-        return written is not FAILED and bool(written)
+        return await self._run(flows.set_value(self._core, key, value, ttl_milliseconds(ttl)))
 
     async def delete(self, key: str) -> bool:
         """Delete ``key`` everywhere (Redis, and every local tier); ``True`` if it existed."""
-        core = self._core
-        plan = core.plan(key)
-        keys, args = [plan.generation_key, plan.lease_key], [plan.data_base]
-        deleted = await self._call("delete", self._delete_script, keys=keys, args=args)
-        message = core.key_message(plan, 0 if deleted is FAILED else int(deleted))
-        core.after_local_change(message)
-        if deleted is not FAILED:
-            await self._publish(message)
-        return message.count > 0
+        return await self._run(flows.delete(self._core, key))
 
     async def invalidate(self, pattern: str, *parts: object) -> int:
         """Delete every key matching the glob ``pattern``; return how many, then broadcast.
@@ -179,47 +158,12 @@ class AsyncRedisCache(CoreFacade):
         parts escaped (see :func:`build_pattern`). Runs SCAN + UNLINK in batches; the
         count includes copies a group invalidation had already made unreachable.
         """
-        core = self._core
-        if parts:
-            pattern = build_pattern(pattern, *parts)
-        match = core.scan_pattern(pattern)
-        deleted, cursor, reachable = 0, 0, True
-        while True:
-            page = await self._call(
-                "invalidate_scan", self._redis.scan, cursor, match=match, count=SCAN_BATCH
-            )
-            if page is FAILED:
-                reachable = False
-                break
-            cursor, keys = int(page[0]), page[1]
-            data_keys, lease_keys = core.split_scanned(keys)
-            if data_keys or lease_keys:
-                removed = await self._call("invalidate_unlink", self._unlink, data_keys, lease_keys)
-                if removed is FAILED:
-                    reachable = False
-                    break
-                deleted += removed
-            if cursor == 0:
-                break
-        message = core.pattern_message(pattern, deleted)
-        core.after_local_change(message)
-        if reachable and await self._publish(message):
-            core.sent(message)
-        return deleted
+        return await self._run(flows.invalidate(self._core, pattern, parts))
 
     async def invalidate_group(self, group: str) -> bool:
         """Invalidate every key of ``group`` with one INCR, then broadcast; ``False`` if
         Redis could not be reached."""
-        core = self._core
-        message = core.group_message(group)
-        keys = [core.layout.generation_key(group)]
-        args: list[str | bytes] = [core.config.channel, message.encode()]
-        bumped = await self._call("invalidate_group", self._bump_script, keys=keys, args=args)
-        core.after_local_change(message)
-        if bumped is FAILED:
-            return False
-        core.sent(message)
-        return True
+        return await self._run(flows.invalidate_group(self._core, group))
 
     # -- read-through -------------------------------------------------------------------
 
@@ -280,36 +224,37 @@ class AsyncRedisCache(CoreFacade):
         if value is not MISSING:
             return value
         self._ensure_listener()
-        epoch = core.local_epoch()
+        job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
         flight_key = (key, model)
         read = await self._read(plan, with_ttl=stale_s > 0)
         if read is None:
             core.unavailable(plan)
-            return await self._join(flight_key, epoch, partial(_load, loader, core, model))
-        value = await self._decode(plan, read, model, epoch)
+            return await self._join(flight_key, job.epoch, flows.load(core, job), loader)
+        value = await self._decode(plan, read, model, job.epoch)
         if value is MISSING:
-            fill = partial(self._fill, plan, loader, ttl_ms, stale_s, model, epoch)
-            return await self._join(flight_key, epoch, fill)
+            return await self._join(flight_key, job.epoch, flows.fill(core, job), loader)
         if core.is_fresh(read, stale_s) or flight_key in self._flights:
             return value
-        refresh = partial(
-            self._refresh, plan, loader, ttl_ms, stale_s, model, read.generation, epoch, value
-        )
+        refresh = flows.refresh(core, job, read.generation, value)
         try:
-            return await self._join(flight_key, epoch, refresh)
+            return await self._join(flight_key, job.epoch, refresh, loader)
         except Exception as error:
             core.refresh_failed(plan, error)
             return value
 
     async def _join(
-        self, flight_key: tuple[str, Any], epoch: int, load: Callable[[], Coroutine[Any, Any, Any]]
+        self,
+        flight_key: tuple[str, Any],
+        epoch: int,
+        flow: flows.Flow[Any],
+        loader: Callable[[], Awaitable[Any]],
     ) -> Any:
         """Wait for the load of ``flight_key`` in flight, or start it."""
         flight = self._flights.get(flight_key)
         if flight is None or flight.epoch != epoch:
             # A load that began before an invalidation applied here may carry the old
             # data: later callers start their own instead of joining it.
-            task = asyncio.get_running_loop().create_task(load())
+            task = asyncio.get_running_loop().create_task(self._run(flow, loader))
             flight = _Flight(task, epoch)
             self._flights[flight_key] = flight
             task.add_done_callback(partial(self._flight_done, flight_key, flight))
@@ -324,93 +269,6 @@ class AsyncRedisCache(CoreFacade):
             # Retrieved here so that a load whose callers were all cancelled does not
             # log "exception was never retrieved".
             task.exception()
-
-    async def _refresh(
-        self,
-        plan: KeyPlan,
-        loader: Callable[[], Awaitable[Any]],
-        ttl_ms: int,
-        stale_s: float,
-        model: Any,
-        generation: str,
-        epoch: int,
-        stale_value: Any,
-    ) -> Any:
-        """Reload a stale value, unless another process holds the lease (then serve it)."""
-        token = await self._try_lease(plan)
-        if token is None or token is FAILED:
-            return stale_value
-        return await self._load_and_store(
-            plan, loader, ttl_ms, stale_s, model, generation, token, epoch
-        )
-
-    async def _fill(
-        self,
-        plan: KeyPlan,
-        loader: Callable[[], Awaitable[Any]],
-        ttl_ms: int,
-        stale_s: float,
-        model: Any,
-        epoch: int,
-    ) -> Any:
-        """Load a missing value under the lease, or wait for the process holding it."""
-        core = self._core
-        deadline = time.monotonic() + core.config.lease_wait
-        while True:
-            token = core.new_lease_token()
-            keys, args = core.read_or_lease_args(plan, token)
-            reply = await self._call(
-                "lease_acquire", self._read_or_lease_script, keys=keys, args=args
-            )
-            if reply is FAILED:
-                return await _load(loader, core, model)
-            read, leased = core.parse_read_or_lease(reply)
-            if read.data is not None:
-                value = await self._decode(plan, read, model, epoch, count=False)
-                if value is not MISSING:
-                    return value
-                continue  # it was corrupt, and is deleted: try again at once
-            if leased or time.monotonic() >= deadline:
-                return await self._load_and_store(
-                    plan,
-                    loader,
-                    ttl_ms,
-                    stale_s,
-                    model,
-                    read.generation,
-                    token if leased else "",
-                    epoch,
-                )
-            await asyncio.sleep(core.config.lease_poll_interval)
-
-    async def _load_and_store(
-        self,
-        plan: KeyPlan,
-        loader: Callable[[], Awaitable[Any]],
-        ttl_ms: int,
-        stale_s: float,
-        model: Any,
-        generation: str,
-        token: str,
-        epoch: int,
-    ) -> Any:
-        core = self._core
-        try:
-            value = await _load(loader, core, model)
-            data = core.encode(plan.key, value)
-        except CacheValueTooLargeError as error:
-            core.oversized_load(plan, error)
-            await self._release(plan, token)
-            return value
-        except BaseException:
-            await self._release(plan, token)
-            raise
-        keys, args = core.write_args(
-            plan, data, ttl_ms + round(stale_s * 1000), generation=generation, lease_token=token
-        )
-        written = await self._call("set", self._write_script, keys=keys, args=args)
-        core.loaded(plan, data, ttl_ms, model, value, epoch, stored=written == 1)
-        return value
 
     # -- Pub/Sub ------------------------------------------------------------------------
 
@@ -552,6 +410,30 @@ class AsyncRedisCache(CoreFacade):
 
     # -- I/O helpers --------------------------------------------------------------------
 
+    async def _run(
+        self, flow: flows.Flow[T], loader: Callable[[], Awaitable[Any]] | None = None
+    ) -> T:
+        """Do what ``flow`` asks (Redis calls, sleeps, the loader) until it returns."""
+        try:
+            step = next(flow)
+            while True:
+                try:
+                    if isinstance(step, flows.Call):
+                        command = self._commands[step.command]
+                        reply = await self._call(step.operation, command, *step.args, **step.kwargs)
+                    elif isinstance(step, flows.Sleep):
+                        await asyncio.sleep(step.seconds)
+                        reply = None
+                    else:
+                        reply = await _load(loader)
+                except BaseException as error:
+                    step = flow.throw(error)
+                else:
+                    step = flow.send(reply)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
     async def _call(
         self, operation: str, command: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
     ) -> Any:
@@ -605,60 +487,24 @@ class AsyncRedisCache(CoreFacade):
         except self._no_script_error:
             return await self._read_script(keys=keys, args=args)  # loads the script, then runs it
 
-    async def _decode(
-        self, plan: KeyPlan, read: Read, model: Any, epoch: int, *, count: bool = True
-    ) -> Any:
-        core = self._core
+    async def _decode(self, plan: KeyPlan, read: Read, model: Any, epoch: int) -> Any:
         try:
-            return core.decode_read(plan, read, model, epoch, count=count)
+            return self._core.decode_read(plan, read, model, epoch)
         except CorruptValueError as error:
-            core.corrupt(plan, error, model)
-            keys, args = core.delete_corrupt_args(plan, read)
-            await self._call("delete", self._delete_if_equal_script, keys=keys, args=args)
-            return MISSING
-
-    async def _try_lease(self, plan: KeyPlan) -> Any:
-        """A lease token if this process may load, ``None`` if another one is, or FAILED."""
-        token = self._core.new_lease_token()
-        acquired = await self._call(
-            "lease_acquire",
-            self._redis.set,
-            plan.lease_key,
-            token,
-            nx=True,
-            px=self._core.lease_ms(),
-        )
-        if acquired is FAILED:
-            return FAILED
-        return token if acquired else None
-
-    async def _release(self, plan: KeyPlan, token: str) -> None:
-        if token:
-            await self._call(
-                "lease_release",
-                self._release_script,
-                keys=[plan.lease_key],
-                args=[token],
-            )
+            return await self._run(flows.drop_corrupt(self._core, plan, read, error, model))
 
     async def _unlink(self, data_keys: list[str], lease_keys: list[str]) -> int:
         if lease_keys:
             await self._redis.delete(*lease_keys)
         return int(await self._redis.unlink(*data_keys)) if data_keys else 0
 
-    async def _publish(self, message: InvalidationMessage) -> bool:
-        published = await self._call(
-            "publish", self._redis.publish, self._core.config.channel, message.encode()
-        )
-        return published is not FAILED
 
-
-async def _load(loader: Callable[[], Any], core: CacheCore, model: Any) -> Any:
-    """Call the loader (a coroutine function, or a plain one) and validate as ``model``."""
-    result = loader()
+async def _load(loader: Callable[[], Any] | None) -> Any:
+    """Call the loader (a coroutine function, or a plain one) and await what it returns."""
+    result = loader() if loader is not None else None
     if inspect.isawaitable(result):
         result = await result
-    return core.validate(result, model)
+    return result
 
 
 def _without_retries(client: Any) -> Any:

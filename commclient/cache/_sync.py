@@ -12,18 +12,16 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from prometheus_client import CollectorRegistry
 
+from . import _flows as flows
 from . import _scripts
 from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
-from ._core import FAILED, SCAN_BATCH, CacheCore, CoreFacade, KeyPlan, Read
-from ._exceptions import CacheValueTooLargeError
-from ._keys import build_pattern
+from ._core import FAILED, CacheCore, CoreFacade, KeyPlan, Read
 from ._local import MISSING
 from ._messages import InvalidationMessage
 
@@ -72,12 +70,7 @@ class SyncRedisCache(CoreFacade):
         self._core = CacheCore(prefix, config, name, registry)
         self._redis = redis_client
         self._read_script = redis_client.register_script(_scripts.READ)
-        self._write_script = redis_client.register_script(_scripts.WRITE)
-        self._delete_script = redis_client.register_script(_scripts.DELETE)
-        self._delete_if_equal_script = redis_client.register_script(_scripts.DELETE_IF_EQUAL)
-        self._bump_script = redis_client.register_script(_scripts.BUMP_GENERATION)
-        self._release_script = redis_client.register_script(_scripts.RELEASE_LEASE)
-        self._read_or_lease_script = redis_client.register_script(_scripts.READ_OR_LEASE)
+        self._commands = flows.commands(redis_client, self._unlink)
         from redis.exceptions import NoScriptError
 
         self._no_script_error = NoScriptError
@@ -156,26 +149,11 @@ class SyncRedisCache(CoreFacade):
 
     def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool:
         """Store ``value`` for ``ttl`` seconds; ``False`` when Redis could not be reached."""
-        core = self._core
-        plan = core.plan(key)
-        ttl_ms = ttl_milliseconds(ttl)
-        data = core.encode(key, value)
-        keys, args = core.write_args(plan, data, ttl_ms, explicit=True)
-        written = self._call("set", self._write_script, keys=keys, args=args)
-        core.after_local_change(core.key_message(plan, 1))
-        return written is not FAILED and bool(written)
+        return self._run(flows.set_value(self._core, key, value, ttl_milliseconds(ttl)))
 
     def delete(self, key: str) -> bool:
         """Delete ``key`` everywhere (Redis, and every local tier); ``True`` if it existed."""
-        core = self._core
-        plan = core.plan(key)
-        keys, args = [plan.generation_key, plan.lease_key], [plan.data_base]
-        deleted = self._call("delete", self._delete_script, keys=keys, args=args)
-        message = core.key_message(plan, 0 if deleted is FAILED else int(deleted))
-        core.after_local_change(message)
-        if deleted is not FAILED:
-            self._publish(message)
-        return message.count > 0
+        return self._run(flows.delete(self._core, key))
 
     def invalidate(self, pattern: str, *parts: object) -> int:
         """Delete every key matching the glob ``pattern``; return how many, then broadcast.
@@ -184,47 +162,12 @@ class SyncRedisCache(CoreFacade):
         parts escaped (see :func:`build_pattern`). Runs SCAN + UNLINK in batches; the
         count includes copies a group invalidation had already made unreachable.
         """
-        core = self._core
-        if parts:
-            pattern = build_pattern(pattern, *parts)
-        match = core.scan_pattern(pattern)
-        deleted, cursor, reachable = 0, 0, True
-        while True:
-            page = self._call(
-                "invalidate_scan", self._redis.scan, cursor, match=match, count=SCAN_BATCH
-            )
-            if page is FAILED:
-                reachable = False
-                break
-            cursor, keys = int(page[0]), page[1]
-            data_keys, lease_keys = core.split_scanned(keys)
-            if data_keys or lease_keys:
-                removed = self._call("invalidate_unlink", self._unlink, data_keys, lease_keys)
-                if removed is FAILED:
-                    reachable = False
-                    break
-                deleted += removed
-            if cursor == 0:
-                break
-        message = core.pattern_message(pattern, deleted)
-        core.after_local_change(message)
-        if reachable and self._publish(message):
-            core.sent(message)
-        return deleted
+        return self._run(flows.invalidate(self._core, pattern, parts))
 
     def invalidate_group(self, group: str) -> bool:
         """Invalidate every key of ``group`` with one INCR, then broadcast; ``False`` if
         Redis could not be reached."""
-        core = self._core
-        message = core.group_message(group)
-        keys = [core.layout.generation_key(group)]
-        args: list[str | bytes] = [core.config.channel, message.encode()]
-        bumped = self._call("invalidate_group", self._bump_script, keys=keys, args=args)
-        core.after_local_change(message)
-        if bumped is FAILED:
-            return False
-        core.sent(message)
-        return True
+        return self._run(flows.invalidate_group(self._core, group))
 
     # -- read-through -------------------------------------------------------------------
 
@@ -285,28 +228,31 @@ class SyncRedisCache(CoreFacade):
         if value is not MISSING:
             return value
         self._ensure_listener()
-        epoch = core.local_epoch()
+        job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
         flight_key = (key, model)
         read = self._read(plan, with_ttl=stale_s > 0)
         if read is None:
             core.unavailable(plan)
-            return self._join(flight_key, epoch, partial(_load, loader, core, model))
-        value = self._decode(plan, read, model, epoch)
+            return self._join(flight_key, job.epoch, flows.load(core, job), loader)
+        value = self._decode(plan, read, model, job.epoch)
         if value is MISSING:
-            fill = partial(self._fill, plan, loader, ttl_ms, stale_s, model, epoch)
-            return self._join(flight_key, epoch, fill)
+            return self._join(flight_key, job.epoch, flows.fill(core, job), loader)
         if core.is_fresh(read, stale_s) or flight_key in self._flights:
             return value
-        refresh = partial(
-            self._refresh, plan, loader, ttl_ms, stale_s, model, read.generation, epoch, value
-        )
+        refresh = flows.refresh(core, job, read.generation, value)
         try:
-            return self._join(flight_key, epoch, refresh)
+            return self._join(flight_key, job.epoch, refresh, loader)
         except Exception as error:
             core.refresh_failed(plan, error)
             return value
 
-    def _join(self, flight_key: tuple[str, Any], epoch: int, load: Callable[[], Any]) -> Any:
+    def _join(
+        self,
+        flight_key: tuple[str, Any],
+        epoch: int,
+        flow: flows.Flow[Any],
+        loader: Callable[[], Any],
+    ) -> Any:
         """Wait for the load of ``flight_key`` in flight, or run it."""
         with self._flights_lock:
             flight = self._flights.get(flight_key)
@@ -322,7 +268,7 @@ class SyncRedisCache(CoreFacade):
                 raise flight.error
             return flight.value
         try:
-            flight.value = load()
+            flight.value = self._run(flow, loader)
         except BaseException as error:
             flight.error = error
             raise
@@ -332,89 +278,6 @@ class SyncRedisCache(CoreFacade):
                     del self._flights[flight_key]
             flight.done.set()
         return flight.value
-
-    def _refresh(
-        self,
-        plan: KeyPlan,
-        loader: Callable[[], Any],
-        ttl_ms: int,
-        stale_s: float,
-        model: Any,
-        generation: str,
-        epoch: int,
-        stale_value: Any,
-    ) -> Any:
-        """Reload a stale value, unless another process holds the lease (then serve it)."""
-        token = self._try_lease(plan)
-        if token is None or token is FAILED:
-            return stale_value
-        return self._load_and_store(plan, loader, ttl_ms, stale_s, model, generation, token, epoch)
-
-    def _fill(
-        self,
-        plan: KeyPlan,
-        loader: Callable[[], Any],
-        ttl_ms: int,
-        stale_s: float,
-        model: Any,
-        epoch: int,
-    ) -> Any:
-        """Load a missing value under the lease, or wait for the process holding it."""
-        core = self._core
-        deadline = time.monotonic() + core.config.lease_wait
-        while True:
-            token = core.new_lease_token()
-            keys, args = core.read_or_lease_args(plan, token)
-            reply = self._call("lease_acquire", self._read_or_lease_script, keys=keys, args=args)
-            if reply is FAILED:
-                return _load(loader, core, model)
-            read, leased = core.parse_read_or_lease(reply)
-            if read.data is not None:
-                value = self._decode(plan, read, model, epoch, count=False)
-                if value is not MISSING:
-                    return value
-                continue  # it was corrupt, and is deleted: try again at once
-            if leased or time.monotonic() >= deadline:
-                return self._load_and_store(
-                    plan,
-                    loader,
-                    ttl_ms,
-                    stale_s,
-                    model,
-                    read.generation,
-                    token if leased else "",
-                    epoch,
-                )
-            time.sleep(core.config.lease_poll_interval)
-
-    def _load_and_store(
-        self,
-        plan: KeyPlan,
-        loader: Callable[[], Any],
-        ttl_ms: int,
-        stale_s: float,
-        model: Any,
-        generation: str,
-        token: str,
-        epoch: int,
-    ) -> Any:
-        core = self._core
-        try:
-            value = _load(loader, core, model)
-            data = core.encode(plan.key, value)
-        except CacheValueTooLargeError as error:
-            core.oversized_load(plan, error)
-            self._release(plan, token)
-            return value
-        except BaseException:
-            self._release(plan, token)
-            raise
-        keys, args = core.write_args(
-            plan, data, ttl_ms + round(stale_s * 1000), generation=generation, lease_token=token
-        )
-        written = self._call("set", self._write_script, keys=keys, args=args)
-        core.loaded(plan, data, ttl_ms, model, value, epoch, stored=written == 1)
-        return value
 
     # -- Pub/Sub ------------------------------------------------------------------------
 
@@ -564,6 +427,28 @@ class SyncRedisCache(CoreFacade):
 
     # -- I/O helpers --------------------------------------------------------------------
 
+    def _run(self, flow: flows.Flow[T], loader: Callable[[], Any] | None = None) -> T:
+        """Do what ``flow`` asks (Redis calls, sleeps, the loader) until it returns."""
+        try:
+            step = next(flow)
+            while True:
+                try:
+                    if isinstance(step, flows.Call):
+                        command = self._commands[step.command]
+                        reply = self._call(step.operation, command, *step.args, **step.kwargs)
+                    elif isinstance(step, flows.Sleep):
+                        time.sleep(step.seconds)
+                        reply = None
+                    else:
+                        reply = loader() if loader is not None else None
+                except BaseException as error:
+                    step = flow.throw(error)
+                else:
+                    step = flow.send(reply)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
     def _call(self, operation: str, command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one Redis command (bounded by the client's socket timeouts); FAILED on failure."""
         core = self._core
@@ -606,57 +491,16 @@ class SyncRedisCache(CoreFacade):
         except self._no_script_error:
             return self._read_script(keys=keys, args=args)  # loads the script, then runs it
 
-    def _decode(
-        self, plan: KeyPlan, read: Read, model: Any, epoch: int, *, count: bool = True
-    ) -> Any:
-        core = self._core
+    def _decode(self, plan: KeyPlan, read: Read, model: Any, epoch: int) -> Any:
         try:
-            return core.decode_read(plan, read, model, epoch, count=count)
+            return self._core.decode_read(plan, read, model, epoch)
         except CorruptValueError as error:
-            core.corrupt(plan, error, model)
-            keys, args = core.delete_corrupt_args(plan, read)
-            self._call("delete", self._delete_if_equal_script, keys=keys, args=args)
-            return MISSING
-
-    def _try_lease(self, plan: KeyPlan) -> Any:
-        """A lease token if this process may load, ``None`` if another one is, or FAILED."""
-        token = self._core.new_lease_token()
-        acquired = self._call(
-            "lease_acquire",
-            self._redis.set,
-            plan.lease_key,
-            token,
-            nx=True,
-            px=self._core.lease_ms(),
-        )
-        if acquired is FAILED:
-            return FAILED
-        return token if acquired else None
-
-    def _release(self, plan: KeyPlan, token: str) -> None:
-        if token:
-            self._call(
-                "lease_release",
-                self._release_script,
-                keys=[plan.lease_key],
-                args=[token],
-            )
+            return self._run(flows.drop_corrupt(self._core, plan, read, error, model))
 
     def _unlink(self, data_keys: list[str], lease_keys: list[str]) -> int:
         if lease_keys:
             self._redis.delete(*lease_keys)
         return int(self._redis.unlink(*data_keys)) if data_keys else 0
-
-    def _publish(self, message: InvalidationMessage) -> bool:
-        published = self._call(
-            "publish", self._redis.publish, self._core.config.channel, message.encode()
-        )
-        return published is not FAILED
-
-
-def _load(loader: Callable[[], Any], core: CacheCore, model: Any) -> Any:
-    """Call the loader and validate its result as ``model``."""
-    return core.validate(loader(), model)
 
 
 def _without_retries(client: Any) -> Any:

@@ -1,0 +1,261 @@
+"""The Redis caches' multi-step operations as sans-I/O flows, one for both drivers.
+
+A flow is a generator that decides, and yields what it needs done: a :class:`Call` to
+Redis (answered with the reply, or :data:`FAILED`), a :class:`Sleep`, or :data:`LOAD`
+(answered with the loader's raw result, or with the loader's error thrown in). Each
+driver runs a flow in a short loop with its own transport, sleep and loader call, as
+httpx drives ``Auth.auth_flow`` and psycopg drives its ``generators``. Plain hits do not
+go through a flow: they are the hot path, and stay a straight line in each driver.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+from . import _scripts
+from ._codec import CorruptValueError
+from ._core import FAILED, SCAN_BATCH, CacheCore, KeyPlan, Read
+from ._exceptions import CacheValueTooLargeError
+from ._keys import build_pattern
+from ._local import MISSING
+from ._messages import InvalidationMessage
+
+T = TypeVar("T")
+
+
+class Command(enum.Enum):
+    """The Redis commands and scripts a flow may ask for."""
+
+    WRITE = "write"
+    DELETE = "delete"
+    DELETE_IF_EQUAL = "delete_if_equal"
+    BUMP_GENERATION = "bump_generation"
+    RELEASE_LEASE = "release_lease"
+    READ_OR_LEASE = "read_or_lease"
+    LEASE = "lease"
+    SCAN = "scan"
+    UNLINK = "unlink"
+    PUBLISH = "publish"
+
+
+def commands(client: Any, unlink: Callable[..., Any]) -> dict[Command, Callable[..., Any]]:
+    """What runs each :class:`Command` on ``client`` (``redis.Redis`` or its asyncio twin:
+    they have the same methods); ``unlink`` is the driver's batch removal."""
+    return {
+        Command.WRITE: client.register_script(_scripts.WRITE),
+        Command.DELETE: client.register_script(_scripts.DELETE),
+        Command.DELETE_IF_EQUAL: client.register_script(_scripts.DELETE_IF_EQUAL),
+        Command.BUMP_GENERATION: client.register_script(_scripts.BUMP_GENERATION),
+        Command.RELEASE_LEASE: client.register_script(_scripts.RELEASE_LEASE),
+        Command.READ_OR_LEASE: client.register_script(_scripts.READ_OR_LEASE),
+        Command.LEASE: client.set,
+        Command.SCAN: client.scan,
+        Command.UNLINK: unlink,
+        Command.PUBLISH: client.publish,
+    }
+
+
+class Call:
+    """Run ``command`` (counted as ``operation``); send back its reply or FAILED."""
+
+    __slots__ = ("args", "command", "kwargs", "operation")
+
+    def __init__(self, operation: str, command: Command, *args: Any, **kwargs: Any) -> None:
+        self.operation = operation
+        self.command = command
+        self.args = args
+        self.kwargs = kwargs
+
+
+class Sleep:
+    """Sleep ``seconds``; send back ``None``."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class _Load:
+    """Call the loader (awaiting it if need be); send back its result, or throw its error."""
+
+    __slots__ = ()
+
+
+LOAD = _Load()
+
+Step = Call | Sleep | _Load
+Flow = Generator[Step, Any, T]
+
+
+class ReadThrough:
+    """One ``get_or_set`` call: what its loads need to know."""
+
+    __slots__ = ("epoch", "model", "plan", "stale_s", "ttl_ms")
+
+    def __init__(self, plan: KeyPlan, ttl_ms: int, stale_s: float, model: Any, epoch: int) -> None:
+        self.plan = plan
+        self.ttl_ms = ttl_ms
+        self.stale_s = stale_s
+        self.model = model
+        self.epoch = epoch
+
+
+# -- writes -----------------------------------------------------------------------------
+
+
+def set_value(core: CacheCore, key: str, value: object, ttl_ms: int) -> Flow[bool]:
+    plan = core.plan(key)
+    data = core.encode(key, value)
+    keys, args = core.write_args(plan, data, ttl_ms, explicit=True)
+    written = yield Call("set", Command.WRITE, keys=keys, args=args)
+    core.after_local_change(core.key_message(plan, 1))
+    return written is not FAILED and bool(written)
+
+
+def delete(core: CacheCore, key: str) -> Flow[bool]:
+    plan = core.plan(key)
+    keys, args = [plan.generation_key, plan.lease_key], [plan.data_base]
+    deleted = yield Call("delete", Command.DELETE, keys=keys, args=args)
+    message = core.key_message(plan, 0 if deleted is FAILED else int(deleted))
+    core.after_local_change(message)
+    if deleted is not FAILED:
+        yield from publish(core, message)
+    return message.count > 0
+
+
+def invalidate(core: CacheCore, pattern: str, parts: tuple[object, ...]) -> Flow[int]:
+    if parts:
+        pattern = build_pattern(pattern, *parts)
+    match = core.scan_pattern(pattern)
+    deleted, cursor, reachable = 0, 0, True
+    while True:
+        page = yield Call("invalidate_scan", Command.SCAN, cursor, match=match, count=SCAN_BATCH)
+        if page is FAILED:
+            reachable = False
+            break
+        cursor, keys = int(page[0]), page[1]
+        data_keys, lease_keys = core.split_scanned(keys)
+        if data_keys or lease_keys:
+            removed = yield Call("invalidate_unlink", Command.UNLINK, data_keys, lease_keys)
+            if removed is FAILED:
+                reachable = False
+                break
+            deleted += removed
+        if cursor == 0:
+            break
+    message = core.pattern_message(pattern, deleted)
+    core.after_local_change(message)
+    if reachable and (yield from publish(core, message)):
+        core.sent(message)
+    return deleted
+
+
+def invalidate_group(core: CacheCore, group: str) -> Flow[bool]:
+    message = core.group_message(group)
+    keys = [core.layout.generation_key(group)]
+    args: list[str | bytes] = [core.config.channel, message.encode()]
+    bumped = yield Call("invalidate_group", Command.BUMP_GENERATION, keys=keys, args=args)
+    core.after_local_change(message)
+    if bumped is FAILED:
+        return False
+    core.sent(message)
+    return True
+
+
+def publish(core: CacheCore, message: InvalidationMessage) -> Flow[bool]:
+    published = yield Call("publish", Command.PUBLISH, core.config.channel, message.encode())
+    return published is not FAILED
+
+
+# -- reads ------------------------------------------------------------------------------
+
+
+def drop_corrupt(
+    core: CacheCore, plan: KeyPlan, read: Read, error: CorruptValueError, model: Any
+) -> Flow[Any]:
+    """Count and log a corrupt value, delete it (only it); :data:`MISSING`."""
+    core.corrupt(plan, error, model)
+    keys, args = core.delete_corrupt_args(plan, read)
+    yield Call("delete", Command.DELETE_IF_EQUAL, keys=keys, args=args)
+    return MISSING
+
+
+def decode(
+    core: CacheCore, plan: KeyPlan, read: Read, model: Any, epoch: int, *, count: bool = True
+) -> Flow[Any]:
+    """The value ``read`` holds, or :data:`MISSING` (absent, or corrupt and deleted)."""
+    try:
+        return core.decode_read(plan, read, model, epoch, count=count)
+    except CorruptValueError as error:
+        return (yield from drop_corrupt(core, plan, read, error, model))
+
+
+# -- read-through -----------------------------------------------------------------------
+
+
+def load(core: CacheCore, job: ReadThrough) -> Flow[Any]:
+    """Only call the loader (Redis is unreachable): its value, validated."""
+    return core.validate((yield LOAD), job.model)
+
+
+def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
+    """Load a missing value under the lease, or wait for the process holding it."""
+    plan = job.plan
+    deadline = time.monotonic() + core.config.lease_wait
+    while True:
+        token = core.new_lease_token()
+        keys, args = core.read_or_lease_args(plan, token)
+        reply = yield Call("lease_acquire", Command.READ_OR_LEASE, keys=keys, args=args)
+        if reply is FAILED:
+            return (yield from load(core, job))
+        read, leased = core.parse_read_or_lease(reply)
+        if read.data is not None:
+            value = yield from decode(core, plan, read, job.model, job.epoch, count=False)
+            if value is not MISSING:
+                return value
+            continue  # it was corrupt, and is deleted: try again at once
+        if leased or time.monotonic() >= deadline:
+            token = token if leased else ""
+            return (yield from load_and_store(core, job, read.generation, token))
+        yield Sleep(core.config.lease_poll_interval)
+
+
+def refresh(core: CacheCore, job: ReadThrough, generation: str, stale_value: Any) -> Flow[Any]:
+    """Reload a stale value, unless another process holds the lease (then serve it)."""
+    token = core.new_lease_token()
+    plan = job.plan
+    acquired = yield Call(
+        "lease_acquire", Command.LEASE, plan.lease_key, token, nx=True, px=core.lease_ms()
+    )
+    if acquired is FAILED or not acquired:
+        return stale_value
+    return (yield from load_and_store(core, job, generation, token))
+
+
+def load_and_store(core: CacheCore, job: ReadThrough, generation: str, token: str) -> Flow[Any]:
+    """Call the loader and write its value (releasing the lease if it cannot be written)."""
+    plan = job.plan
+    try:
+        value = core.validate((yield LOAD), job.model)
+        data = core.encode(plan.key, value)
+    except CacheValueTooLargeError as error:
+        core.oversized_load(plan, error)
+        yield from release(plan, token)
+        return value
+    except BaseException:
+        yield from release(plan, token)
+        raise
+    ttl_ms = job.ttl_ms + round(job.stale_s * 1000)
+    keys, args = core.write_args(plan, data, ttl_ms, generation=generation, lease_token=token)
+    written = yield Call("set", Command.WRITE, keys=keys, args=args)
+    core.loaded(plan, data, job.ttl_ms, job.model, value, job.epoch, stored=written == 1)
+    return value
+
+
+def release(plan: KeyPlan, token: str) -> Flow[None]:
+    if token:
+        yield Call("lease_release", Command.RELEASE_LEASE, keys=[plan.lease_key], args=[token])
