@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from types import TracebackType
@@ -23,6 +22,7 @@ from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
 from ._core import FAILED, CacheCore, CoreFacade, KeyPlan, Read
 from ._deadlines import Deadlines
+from ._flights import TaskFlights
 from ._local import MISSING
 from ._messages import InvalidationMessage
 
@@ -42,14 +42,6 @@ else:
 
     async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
         return await asyncio.wait_for(awaitable, seconds)
-
-
-@dataclass
-class _Flight:
-    """One in-process load of a key that concurrent callers share."""
-
-    task: asyncio.Task[Any]
-    epoch: int
 
 
 class AsyncRedisCache(CoreFacade):
@@ -78,7 +70,7 @@ class AsyncRedisCache(CoreFacade):
 
         self._no_script_error = NoScriptError
         self._execute_command: Callable[..., Any] = redis_client.execute_command
-        self._flights: dict[tuple[str, Any], _Flight] = {}
+        self._flights = TaskFlights()
         self._deadlines = Deadlines(self._core.config.operation_timeout)
         self._owns_client = False
         self._listener_redis: Any = None
@@ -249,26 +241,8 @@ class AsyncRedisCache(CoreFacade):
         flow: flows.Flow[Any],
         loader: Callable[[], Awaitable[Any]],
     ) -> Any:
-        """Wait for the load of ``flight_key`` in flight, or start it."""
-        flight = self._flights.get(flight_key)
-        if flight is None or flight.epoch != epoch:
-            # A load that began before an invalidation applied here may carry the old
-            # data: later callers start their own instead of joining it.
-            task = asyncio.get_running_loop().create_task(self._run(flow, loader))
-            flight = _Flight(task, epoch)
-            self._flights[flight_key] = flight
-            task.add_done_callback(partial(self._flight_done, flight_key, flight))
-        return await asyncio.shield(flight.task)
-
-    def _flight_done(
-        self, flight_key: tuple[str, Any], flight: _Flight, task: asyncio.Task[Any]
-    ) -> None:
-        if self._flights.get(flight_key) is flight:
-            del self._flights[flight_key]
-        if not task.cancelled():
-            # Retrieved here so that a load whose callers were all cancelled does not
-            # log "exception was never retrieved".
-            task.exception()
+        """Wait for the load of ``flight_key`` in flight, or run ``flow`` with ``loader``."""
+        return await self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
 
     # -- Pub/Sub ------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -25,8 +26,9 @@ from prometheus_client import CollectorRegistry
 
 from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_seconds
-from ._core import CacheCore, CoreFacade, KeyPlan
+from ._core import CacheCore, CoreFacade, KeyPlan, Read
 from ._exceptions import CacheValueTooLargeError
+from ._flights import TaskFlights, ThreadFlights
 from ._keys import build_pattern, glob_matches, group_of, validate_pattern
 from ._local import MISSING
 from ._messages import InvalidationMessage
@@ -177,19 +179,15 @@ class _MemoryBase(CoreFacade):
         started = time.perf_counter()
         found = self._store.read(core.prefix, plan.key)
         core.metrics.observe("get", time.perf_counter() - started)
-        if found is None:
-            core.metrics.miss(plan.group)
-            return MISSING, False
-        data, fresh = found
+        read = Read("", None if found is None else found[0], -2)
         try:
-            value = core.codec.decode(data, model)
+            value = core.decode_read(plan, read, model, 0)
         except CorruptValueError as error:
             # Only a model that does not fit what was stored gets here.
             core.corrupt(plan, error, model)
             self._store.remove(core.prefix, plan.key)
             return MISSING, False
-        core.metrics.hit(plan.group)
-        return value, fresh
+        return value, found is not None and found[1]
 
     def _set(self, key: str, value: object, ttl: float | timedelta) -> bool:
         core = self._core
@@ -228,14 +226,16 @@ class _MemoryBase(CoreFacade):
 
     def _store_loaded(
         self, plan: KeyPlan, value: Any, ttl: float, stale: float, generation: int
-    ) -> None:
+    ) -> Any:
+        """Store a loader's validated value (unless too large); return it."""
         core = self._core
         try:
             data = core.encode(plan.key, value)
         except CacheValueTooLargeError as error:
             core.oversized_load(plan, error)
-            return
+            return value
         self._store.write(core.prefix, plan.key, data, ttl, stale, generation)
+        return value
 
 
 class AsyncMemoryCache(_MemoryBase):
@@ -251,7 +251,7 @@ class AsyncMemoryCache(_MemoryBase):
         registry: CollectorRegistry | None = None,
     ) -> None:
         super().__init__(prefix, store, config, name, registry)
-        self._flights: dict[tuple[str, Any], asyncio.Task[Any]] = {}
+        self._flights = TaskFlights()
 
     @overload
     async def get(self, key: str, model: None = None) -> Any: ...
@@ -336,31 +336,20 @@ class AsyncMemoryCache(_MemoryBase):
         seconds = ttl_seconds(ttl)
         stale = ttl_seconds(stale_ttl) if stale_ttl else 0.0
         flight_key = (key, model)
-        flight = self._flights.get(flight_key)
+        busy = flight_key in self._flights
         value, fresh = self._lookup(plan, model)
-        if value is not MISSING and (fresh or flight is not None):
+        if value is not MISSING and (fresh or busy):
             return value
-        if flight is None:
-            generation = self._store.generation(core.prefix, plan.group)
-            flight = asyncio.get_running_loop().create_task(
-                self._load(plan, loader, model, seconds, stale, generation)
-            )
-            self._flights[flight_key] = flight
-            flight.add_done_callback(lambda task: self._flight_done(flight_key, task))
-        if value is not MISSING:
+        generation = self._store.generation(core.prefix, plan.group)
+        load = partial(self._load, plan, loader, model, seconds, stale, generation)
+        if value is MISSING:
+            return await self._flights.join(flight_key, 0, load)
+        try:
+            return await self._flights.join(flight_key, 0, load)
+        except Exception as error:
             # The stale value is what this caller gets if the refresh fails.
-            try:
-                return await asyncio.shield(flight)
-            except Exception as error:
-                core.refresh_failed(plan, error)
-                return value
-        return await asyncio.shield(flight)
-
-    def _flight_done(self, flight_key: tuple[str, Any], task: asyncio.Task[Any]) -> None:
-        if self._flights.get(flight_key) is task:
-            del self._flights[flight_key]
-        if not task.cancelled():
-            task.exception()
+            core.refresh_failed(plan, error)
+            return value
 
     async def _load(
         self,
@@ -374,9 +363,7 @@ class AsyncMemoryCache(_MemoryBase):
         result = loader()
         if inspect.isawaitable(result):
             result = await result
-        value = self._core.validate(result, model)
-        self._store_loaded(plan, value, ttl, stale, generation)
-        return value
+        return self._store_loaded(plan, self._core.validate(result, model), ttl, stale, generation)
 
     async def subscribe_invalidation(self, callback: InvalidationCallback) -> None:
         """Hand every invalidation message of the store to ``callback`` until cancelled."""
@@ -421,15 +408,6 @@ class AsyncMemoryCache(_MemoryBase):
         await self.aclose()
 
 
-class _Flight:
-    __slots__ = ("done", "error", "value")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-
 class SyncMemoryCache(_MemoryBase):
     """:class:`SyncRedisCache`'s API on a :class:`MemoryStore` (default: a new one)."""
 
@@ -443,8 +421,7 @@ class SyncMemoryCache(_MemoryBase):
         registry: CollectorRegistry | None = None,
     ) -> None:
         super().__init__(prefix, store, config, name, registry)
-        self._flights: dict[tuple[str, Any], _Flight] = {}
-        self._flights_lock = threading.Lock()
+        self._flights = ThreadFlights()
 
     @overload
     def get(self, key: str, model: None = None) -> Any: ...
@@ -529,40 +506,32 @@ class SyncMemoryCache(_MemoryBase):
         seconds = ttl_seconds(ttl)
         stale = ttl_seconds(stale_ttl) if stale_ttl else 0.0
         flight_key = (key, model)
-        with self._flights_lock:
-            flight = self._flights.get(flight_key)
+        busy = flight_key in self._flights
         value, fresh = self._lookup(plan, model)
-        if value is not MISSING and (fresh or flight is not None):
+        if value is not MISSING and (fresh or busy):
             return value
-        with self._flights_lock:
-            flight = self._flights.get(flight_key)
-            leader = flight is None
-            if flight is None:
-                flight = _Flight()
-                self._flights[flight_key] = flight
-        if not leader:
-            if value is not MISSING:
-                return value
-            flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            return flight.value
         generation = self._store.generation(core.prefix, plan.group)
+        load = partial(self._load, plan, loader, model, seconds, stale, generation)
+        if value is MISSING:
+            return self._flights.join(flight_key, 0, load)
         try:
-            flight.value = core.validate(loader(), model)
-            self._store_loaded(plan, flight.value, seconds, stale, generation)
-        except BaseException as error:
-            flight.error = error
-            if value is not MISSING and isinstance(error, Exception):
-                core.refresh_failed(plan, error)
-                return value
-            raise
-        finally:
-            with self._flights_lock:
-                if self._flights.get(flight_key) is flight:
-                    del self._flights[flight_key]
-            flight.done.set()
-        return flight.value
+            return self._flights.join(flight_key, 0, load)
+        except Exception as error:
+            # The stale value is what this caller gets if the refresh fails.
+            core.refresh_failed(plan, error)
+            return value
+
+    def _load(
+        self,
+        plan: KeyPlan,
+        loader: Callable[[], Any],
+        model: Any,
+        ttl: float,
+        stale: float,
+        generation: int,
+    ) -> Any:
+        value = self._core.validate(loader(), model)
+        return self._store_loaded(plan, value, ttl, stale, generation)
 
     def subscribe_invalidation(
         self, callback: InvalidationCallback, *, stop: threading.Event | None = None

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -22,6 +23,7 @@ from . import _scripts
 from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
 from ._core import FAILED, CacheCore, CoreFacade, KeyPlan, Read
+from ._flights import ThreadFlights
 from ._local import MISSING
 from ._messages import InvalidationMessage
 
@@ -34,18 +36,6 @@ logger = logging.getLogger("commclient.cache")
 
 _SLOW_SOCKET_TIMEOUT = 1.0
 """A client whose socket timeout is longer than this makes a dead Redis slow to detect."""
-
-
-class _Flight:
-    """One in-process load of a key that concurrent threads share."""
-
-    __slots__ = ("done", "epoch", "error", "value")
-
-    def __init__(self, epoch: int) -> None:
-        self.done = threading.Event()
-        self.epoch = epoch
-        self.value: Any = None
-        self.error: BaseException | None = None
 
 
 class SyncRedisCache(CoreFacade):
@@ -75,8 +65,7 @@ class SyncRedisCache(CoreFacade):
 
         self._no_script_error = NoScriptError
         self._execute_command: Callable[..., Any] = redis_client.execute_command
-        self._flights: dict[tuple[str, Any], _Flight] = {}
-        self._flights_lock = threading.Lock()
+        self._flights = ThreadFlights()
         self._owns_client = False
         self._listener_redis: Any = None
         self._listener_thread: threading.Thread | None = None
@@ -253,31 +242,8 @@ class SyncRedisCache(CoreFacade):
         flow: flows.Flow[Any],
         loader: Callable[[], Any],
     ) -> Any:
-        """Wait for the load of ``flight_key`` in flight, or run it."""
-        with self._flights_lock:
-            flight = self._flights.get(flight_key)
-            leader = flight is None or flight.epoch != epoch
-            if flight is None or leader:
-                # A load that began before an invalidation applied here may carry the old
-                # data: later callers start their own instead of joining it.
-                flight = _Flight(epoch)
-                self._flights[flight_key] = flight
-        if not leader:
-            flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            return flight.value
-        try:
-            flight.value = self._run(flow, loader)
-        except BaseException as error:
-            flight.error = error
-            raise
-        finally:
-            with self._flights_lock:
-                if self._flights.get(flight_key) is flight:
-                    del self._flights[flight_key]
-            flight.done.set()
-        return flight.value
+        """Wait for the load of ``flight_key`` in flight, or run ``flow`` with ``loader``."""
+        return self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
 
     # -- Pub/Sub ------------------------------------------------------------------------
 
