@@ -38,9 +38,11 @@ class Observations:
         self.values: dict[str, list[Any]] = {"before": [], "outage": [], "after": []}
         self.phase = "before"
 
-    def record(self, value: Any) -> None:
+    def record(self, value: Any, phase: str) -> None:
+        """Keep ``value`` under the phase its call *started* in: a thread descheduled
+        across a phase change must not make an old read look like a new one."""
         with self.lock:
-            self.values[self.phase].append(value)
+            self.values[phase].append(value)
 
     def fail(self, error: BaseException) -> None:
         with self.lock:
@@ -74,11 +76,12 @@ def test_async_cache_survives_redis_dying_mid_run(
 
         async def caller(index: int) -> None:
             while not stop.is_set():
+                phase = observed.phase
                 try:
                     if index % 3 == 0:
-                        observed.record(await cache.get("settings"))
+                        observed.record(await cache.get("settings"), phase)
                     elif index % 3 == 1:
-                        observed.record(await cache.get_or_set("settings", loader))
+                        observed.record(await cache.get_or_set("settings", loader), phase)
                     else:
                         await cache.set(f"other:{index}", index)
                         await cache.invalidate_group("other")
@@ -129,11 +132,12 @@ def test_sync_cache_survives_redis_dying_mid_run(
 
     def caller(index: int) -> None:
         while not stop.is_set():
+            phase = observed.phase
             try:
                 if index % 3 == 0:
-                    observed.record(cache.get("settings"))
+                    observed.record(cache.get("settings"), phase)
                 elif index % 3 == 1:
-                    observed.record(cache.get_or_set("settings", lambda: "loaded"))
+                    observed.record(cache.get_or_set("settings", lambda: "loaded"), phase)
                 else:
                     cache.set(f"other:{index}", index)
                     cache.invalidate_group("other")
