@@ -19,6 +19,7 @@ from ._core import (
     TooLarge,
     TransportFailure,
     build_core,
+    declared_size,
 )
 from ._correlation import redact_text
 from ._policy import Clock, FailureKind
@@ -136,8 +137,7 @@ class AsyncServiceClient:
             )
             try:
                 status, headers = response.status_code, response.headers
-                length = headers.get("content-length")
-                size = int(length) if length is not None and length.isdigit() else None
+                size = declared_size(headers)
                 limit = request.max_response_bytes
                 if size is not None and size > limit:
                     return TooLarge(status, size)

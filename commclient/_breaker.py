@@ -87,21 +87,17 @@ class Breaker:
     def record_success(self, admission: Admission) -> None:
         if self._storage.counter:
             self._storage.reset_counter()
-        for listener in self.circuit.listeners:
-            listener.success(self.circuit)
         if admission.probe:
             self.circuit.close()
             self.release(admission)
 
-    def record_failure(self, admission: Admission, error: BaseException) -> None:
+    def record_failure(self, admission: Admission) -> None:
         with self._lock:
             self._storage.increment_counter()
             trip = admission.probe or (
                 self._storage.state == pybreaker.STATE_CLOSED
                 and self._storage.counter >= self.circuit.fail_max
             )
-        for listener in self.circuit.listeners:
-            listener.failure(self.circuit, error)
         if trip:
             self.circuit.open()
         self.release(admission)

@@ -103,6 +103,14 @@ class TransportFailure(NamedTuple):
 
 
 Outcome = Response | TooLarge | TransportFailure
+
+
+def declared_size(headers: Mapping[str, str]) -> int | None:
+    """The body size a response announces, so that an oversized body is refused unread."""
+    length = headers.get("content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
 Flow = Generator[Attempt | Sleep, Outcome | None, Any]
 
 
@@ -304,7 +312,7 @@ class Call:
                 if wait is None:
                     judged = True
                     error = self._final_error(outcome, number)
-                    core.breaker.record_failure(admission, error)
+                    core.breaker.record_failure(admission)
                     raise error
                 core.metrics.retried(method, self.endpoint, status_label)
                 self._log(logging.WARNING, "retrying", status_label, number, duration, wait=wait)
