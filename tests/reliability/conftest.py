@@ -1,0 +1,74 @@
+"""Fixtures of the reliability scenarios: a real HTTP server, the fault proxy, report rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from commclient import ClientConfig, testing
+from tests.fault_proxy import FaultProxy
+from tests.http_server import ServerProcess
+from tests.reliability._results import Row
+
+_OUTCOME = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        result = report.outcome
+        if hasattr(report, "wasxfail"):
+            result = f"xfail ({report.wasxfail})" if report.skipped else "XPASS"
+        item.stash[_OUTCOME] = result
+
+
+@pytest.fixture
+def row(request: pytest.FixtureRequest) -> Iterator[Row]:
+    """The test's row of RELIABILITY.md, written after the test with its result."""
+    entry = Row(scenario="", test=request.node.nodeid)
+    yield entry
+    entry.result = request.node.stash.get(_OUTCOME, "error")
+    if entry.scenario:
+        entry.write()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_client_state() -> Iterator[None]:
+    testing.reset()
+    yield
+    testing.reset()
+
+
+@pytest.fixture(scope="session")
+def http_server() -> Iterator[ServerProcess]:
+    with ServerProcess() as server:
+        yield server
+
+
+@pytest.fixture
+def proxy(http_server: ServerProcess) -> Iterator[FaultProxy]:
+    with FaultProxy(http_server.port) as running:
+        yield running
+
+
+@pytest.fixture
+def names() -> tuple[str, str]:
+    unique = uuid.uuid4().hex[:10]
+    return f"caller-{unique}", f"target-{unique}"
+
+
+def config(**overrides: Any) -> ClientConfig:
+    """Short timeouts and waits for loopback; everything else as documented defaults."""
+    settings: dict[str, Any] = {
+        "timeout": 1.0,
+        "connect_timeout": 1.0,
+        "retry_min_wait": 0.01,
+        "retry_max_wait": 0.05,
+    }
+    settings.update(overrides)
+    return ClientConfig(**settings)
