@@ -1,7 +1,59 @@
-"""Run cron jobs unchanged on the legacy and the asyncio scheduler while they are migrated.
+"""Move cron jobs from a legacy APScheduler 3 scheduler to ``AsyncIOScheduler``, job by job.
 
-The public API (``migrated_job``, ``migrate_scheduler``, ``shutdown_gracefully``) lands with
-its own issue; the package exists now so that packaging, typing and tests cover it.
+::
+
+    from cron_migration import migrated_job, migrate_scheduler, shutdown_gracefully
+
+    @migrated_job(timeout=60, lease="redis://redis:6379/0", recorder=rest_client)
+    async def send_reminders() -> int: ...
+
+    new_scheduler, report = migrate_scheduler(old_scheduler, async_jobs={"send_reminders"})
+    new_scheduler.start()                       # on a running event loop
+    ...
+    await shutdown_gracefully(new_scheduler, timeout=30)
+
+``python -m cron_migration plan module:scheduler [--check]`` prints what migrating a
+scheduler changes; ``python -m cron_migration audit PATH`` lists the call sites still to
+migrate.
 """
 
-__all__: list[str] = []
+from ._context import ScheduledRun, current_scheduled_run
+from ._executor import MigrationExecutor, watch_missed_runs
+from ._job import JobTimeoutError, MigratedJob, ScheduledRunUnknownError, migrated_job
+from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
+from ._lease import DEFAULT_CLOCK_SKEW, Lease, LeaseDecision
+from ._migrate import (
+    ASYNC_JOBS_ENV,
+    JobMigration,
+    MigrationProblem,
+    MigrationReport,
+    migrate_scheduler,
+)
+from ._records import RecordOutbox, RunRecorder, flush_run_records
+from ._shutdown import ShutdownReport, shutdown_gracefully
+
+__all__ = [
+    "ASYNC_JOBS_ENV",
+    "DEFAULT_CLOCK_SKEW",
+    "EventLoopLagMonitor",
+    "JobMigration",
+    "JobTimeoutError",
+    "Lease",
+    "LeaseDecision",
+    "MigratedJob",
+    "MigrationExecutor",
+    "MigrationProblem",
+    "MigrationReport",
+    "RecordOutbox",
+    "RunRecorder",
+    "ScheduledRun",
+    "ScheduledRunUnknownError",
+    "ShutdownReport",
+    "current_scheduled_run",
+    "flush_run_records",
+    "migrate_scheduler",
+    "migrated_job",
+    "monitor_event_loop_lag",
+    "shutdown_gracefully",
+    "watch_missed_runs",
+]

@@ -1,0 +1,40 @@
+"""Which scheduled run the current code belongs to.
+
+APScheduler 3 calls a job with its own arguments only; it never tells the job which
+of its scheduled run times this call is. :class:`MigrationExecutor` sets this context
+variable around every call, and the lease and the run records read it from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ScheduledRun:
+    """The job id and the scheduled run time of the run in progress."""
+
+    job_id: str
+    scheduled_at: datetime
+
+
+_scheduled_run: ContextVar[ScheduledRun | None] = ContextVar(
+    "cron_migration_scheduled_run", default=None
+)
+
+
+def current_scheduled_run() -> ScheduledRun | None:
+    """The run the scheduler started this call for; None outside a :class:`MigrationExecutor`."""
+    return _scheduled_run.get()
+
+
+#: Marks cron_migration's own scheduler listeners, which migrate_scheduler does not copy.
+INTERNAL_LISTENER = "_cron_migration_listener"
+
+
+def mark_internal_listener(listener: Callable[..., Any]) -> None:
+    setattr(listener, INTERNAL_LISTENER, True)

@@ -1,0 +1,193 @@
+"""MigrationExecutor: runs every kind of job correctly and tells each run its scheduled time."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sys
+import traceback
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MISSED,
+    JobExecutionEvent,
+)
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.job import Job
+from prometheus_client import CollectorRegistry
+
+from ._context import ScheduledRun, _scheduled_run, mark_internal_listener
+from ._job import MigratedJob, is_async_callable
+from ._metrics import CronMetrics
+
+
+class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
+    """An APScheduler 3 executor for migrated and legacy jobs alike.
+
+    Under ``AsyncIOScheduler`` every run is a task on the scheduler's loop: async jobs
+    are awaited there, sync jobs run in compat's bounded worker pool. Under the thread
+    schedulers every run is a task on compat's background loop, so coroutine jobs are
+    awaited there instead of being left un-awaited. Either way each run knows its job id
+    and scheduled run time (:func:`current_scheduled_run`), which a lease needs.
+
+    ``async_jobs``: ids of the async jobs that run on the scheduler's loop; the other
+    async jobs run as under the legacy scheduler, on compat's background loop (None: all
+    on the scheduler's loop). This is the per-job switch of an incremental migration.
+    """
+
+    def __init__(
+        self,
+        async_jobs: Collection[str] | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(async_jobs, str):
+            raise TypeError(
+                f"async_jobs must be a collection of job ids, not a string: {async_jobs!r}"
+            )
+        self.async_jobs = None if async_jobs is None else frozenset(async_jobs)
+        self._registry = registry
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._in_flight: set[asyncio.Future[Any] | concurrent.futures.Future[Any]] = set()
+
+    def start(self, scheduler: Any, alias: str) -> None:
+        super().start(scheduler, alias)
+        # AsyncIOScheduler sets its loop before it starts its executors.
+        self._loop = getattr(scheduler, "_eventloop", None)
+        watch_missed_runs(scheduler, registry=self._registry)
+
+    def on_async_path(self, job_id: str) -> bool:
+        return self.async_jobs is None or job_id in self.async_jobs
+
+    @property
+    def in_flight(self) -> set[Any]:
+        """The runs submitted and not finished yet (tasks or futures)."""
+        return set(self._in_flight)
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._loop is not None:
+            # A loop task cannot be waited for from a sync method on its own loop:
+            # shutdown_gracefully() waits before it shuts the scheduler down.
+            for run in list(self._in_flight):
+                run.cancel()
+            return
+        runs = [run for run in self._in_flight if isinstance(run, concurrent.futures.Future)]
+        if wait:
+            concurrent.futures.wait(runs)
+        else:
+            for run in runs:
+                run.cancel()
+
+    def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        run: asyncio.Future[Any] | concurrent.futures.Future[Any]
+        if self._loop is not None:
+            run = self._loop.create_task(self._run(job, run_times), name=f"cron job {job.id}")
+        else:
+            from compat import bridge_portal
+
+            run = bridge_portal().start_task_soon(self._run, job, run_times)
+        self._in_flight.add(run)
+        run.add_done_callback(self._make_done_callback(job.id))
+
+    def _make_done_callback(self, job_id: str) -> Callable[[Any], None]:
+        def done(run: Any) -> None:
+            self._in_flight.discard(run)
+            if run.cancelled():
+                self._run_job_error(job_id, asyncio.CancelledError("the run was cancelled"))
+                return
+            error = run.exception()
+            if error is not None:
+                self._run_job_error(job_id, error, error.__traceback__)
+            else:
+                self._run_job_success(job_id, run.result())
+
+        return done
+
+    async def _run(self, job: Job, run_times: list[datetime]) -> list[JobExecutionEvent]:
+        """What APScheduler's run_job does, with each call told its scheduled run time."""
+        events = []
+        for run_time in run_times:
+            if job.misfire_grace_time is not None:
+                late = datetime.now(timezone.utc) - run_time
+                if late > timedelta(seconds=job.misfire_grace_time):
+                    events.append(
+                        JobExecutionEvent(EVENT_JOB_MISSED, job.id, job._jobstore_alias, run_time)
+                    )
+                    self._logger.warning('Run time of job "%s" was missed by %s', job, late)
+                    continue
+            self._logger.info('Running job "%s" (scheduled at %s)', job, run_time)
+            token = _scheduled_run.set(ScheduledRun(job.id, run_time))
+            try:
+                result = await self._call(job)
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                exc, tb = sys.exc_info()[1:]
+                events.append(
+                    JobExecutionEvent(
+                        EVENT_JOB_ERROR,
+                        job.id,
+                        job._jobstore_alias,
+                        run_time,
+                        exception=exc,
+                        traceback="".join(traceback.format_tb(tb)),
+                    )
+                )
+                self._logger.exception('Job "%s" raised an exception', job)
+                del tb
+            else:
+                events.append(
+                    JobExecutionEvent(
+                        EVENT_JOB_EXECUTED, job.id, job._jobstore_alias, run_time, retval=result
+                    )
+                )
+                self._logger.info('Job "%s" executed successfully', job)
+            finally:
+                _scheduled_run.reset(token)
+        return events
+
+    async def _call(self, job: Job) -> Any:
+        from compat import run_blocking, run_sync
+
+        func, args, kwargs = job.func, tuple(job.args), dict(job.kwargs)
+        target = getattr(func, "__func__", func)
+        if isinstance(target, MigratedJob):
+            if func is not target:  # a bound method: its instance is the first argument
+                args = (func.__self__, *args)
+            if not target.is_async or self._loop is None or self.on_async_path(job.id):
+                return await target.run_async(*args, **kwargs)
+            # The legacy path: as under a thread scheduler, through compat's loop.
+            return await run_blocking(run_sync, target.run_async, *args, **kwargs)
+        if is_async_callable(func):
+            if self._loop is None or self.on_async_path(job.id):
+                return await func(*args, **kwargs)
+            return await run_blocking(run_sync, func, *args, **kwargs)
+        return await run_blocking(func, *args, **kwargs)
+
+
+def watch_missed_runs(scheduler: Any, *, registry: CollectorRegistry | None = None) -> None:
+    """Count ``cron_job_missed_total{job}`` for every run ``scheduler`` skips as missed.
+
+    :class:`MigrationExecutor` calls it when it starts; call it for schedulers that use
+    other executors. Calling it again for the same scheduler changes nothing.
+    """
+    if getattr(scheduler, "_cron_migration_watches_missed_runs", False):
+        return
+    metrics = CronMetrics(registry)
+
+    def on_missed(event: JobExecutionEvent) -> None:
+        job = scheduler.get_job(event.job_id)
+        target = getattr(getattr(job, "func", None), "__func__", getattr(job, "func", None))
+        if isinstance(target, MigratedJob):
+            target.metrics.missed.labels(target.name).inc()
+        else:
+            metrics.missed.labels(event.job_id).inc()
+
+    mark_internal_listener(on_missed)
+    scheduler.add_listener(on_missed, EVENT_JOB_MISSED)
+    scheduler._cron_migration_watches_missed_runs = True

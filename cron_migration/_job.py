@@ -1,0 +1,351 @@
+"""``@migrated_job``: one job function, correct under every APScheduler 3 scheduler.
+
+APScheduler 3 decides how to call a job from ``iscoroutinefunction(job.func)``, and only
+``AsyncIOExecutor`` asks: it awaits coroutine functions on the loop and runs everything
+else in the loop's default thread pool. The thread-pool executors of
+``BlockingScheduler`` and ``BackgroundScheduler`` call every job plainly, so a coroutine
+job there returns a coroutine nobody awaits.
+
+A :class:`MigratedJob` therefore answers that question by where it is asked: it is a
+coroutine function to code running on an event loop (``AsyncIOExecutor`` submits from
+the loop thread) and a plain function everywhere else. Called on a loop it returns the
+run as a coroutine; called in a thread without a loop it runs the same coroutine on
+compat's background loop and blocks until it is done. The run itself is one piece of
+async code whatever the scheduler: an async job is awaited, a sync job runs in compat's
+bounded worker pool (``compat.set_blocking_limit``), so the loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import math
+import time
+import traceback
+import types
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from commclient import correlation_id_ctx
+
+from ._context import current_scheduled_run
+from ._lease import DEFAULT_CLOCK_SKEW, Lease, LeaseDecision, OnRedisError
+from ._metrics import CronMetrics
+from ._records import DEFAULT_RECORD_CAPACITY, RecordOutbox, RunRecord, check_recorder
+
+logger = logging.getLogger("cron_migration")
+
+
+class ScheduledRunUnknownError(RuntimeError):
+    """A lease needs the scheduled run time, and the scheduler did not provide it."""
+
+
+class JobTimeoutError(TimeoutError):
+    """A run took longer than the job's ``timeout``."""
+
+    def __init__(self, job_name: str, timeout: float) -> None:
+        super().__init__(f"job {job_name!r} did not finish within its timeout of {timeout:g}s")
+        self.job_name = job_name
+        self.timeout = timeout
+
+
+def _coroutine_marks() -> dict[str, object]:
+    """The attributes by which ``asyncio`` and ``inspect`` recognise a coroutine function."""
+    marks: dict[str, object] = {}
+    asyncio_mark = getattr(asyncio.coroutines, "_is_coroutine", None)  # Python < 3.14
+    if asyncio_mark is not None:
+        marks["_is_coroutine"] = asyncio_mark
+    mark_function = getattr(inspect, "markcoroutinefunction", None)  # Python >= 3.12
+    if mark_function is not None:
+
+        def probe() -> None:
+            """Only carries the mark."""
+
+        marks.update(vars(mark_function(probe)))
+    return marks
+
+
+_COROUTINE_MARKS = _coroutine_marks()
+
+
+def loop_is_running() -> bool:
+    """Whether the calling thread is running an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def is_async_callable(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` (through partials, bound methods and MigratedJobs) is async."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    func = getattr(func, "__func__", func)
+    if isinstance(func, MigratedJob):
+        return func.is_async
+    return inspect.iscoroutinefunction(func)
+
+
+class MigratedJob:
+    """A job function wrapped by :func:`migrated_job`; call it as the function itself."""
+
+    func: Callable[..., Any]
+    is_async: bool
+    name: str
+    timeout: float | None
+    lease: Lease | None
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        *,
+        timeout: float | None,
+        lease: Lease | None,
+        recorder: RecordOutbox | None,
+        name: str,
+        metrics: CronMetrics,
+    ) -> None:
+        functools.update_wrapper(self, func)
+        self.func = func
+        self.is_async = is_async_callable(func)
+        self.name = name
+        self.timeout = timeout
+        self.lease = lease
+        self.outbox = recorder
+        self.metrics = metrics
+        # Runs stopped waiting for (timeout, cancellation) whose thread still works.
+        self._abandoned: set[asyncio.Future[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"<migrated job {self.name!r} of {self.func!r}>"
+
+    def __getattr__(self, name: str) -> Any:
+        # The coroutine-function marks, answered per calling thread (see the module doc).
+        if name in _COROUTINE_MARKS:
+            return _COROUTINE_MARKS[name] if loop_is_running() else None
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        # Decorating a method: bind it like a function would be bound.
+        return self if instance is None else types.MethodType(self, instance)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """On a loop: the run as a coroutine. Elsewhere: run it, return its result."""
+        if loop_is_running():
+            return self.run_async(*args, **kwargs)
+        from compat import run_sync
+
+        return run_sync(self.run_async, *args, **kwargs)
+
+    async def run_async(self, *args: Any, **kwargs: Any) -> Any:
+        """One run: correlation id, lease, records, timeout and metrics around the job."""
+        scheduled = current_scheduled_run()
+        job_id = scheduled.job_id if scheduled is not None else self.name
+        scheduled_at = scheduled.scheduled_at if scheduled is not None else None
+        run_id = uuid.uuid4().hex
+        correlation_id = uuid.uuid4().hex
+        token = correlation_id_ctx.set(correlation_id)
+        try:
+            if self.lease is not None:
+                if scheduled_at is None:
+                    self.metrics.count_run(self.name, "skipped_no_lease")
+                    raise ScheduledRunUnknownError(
+                        f"job {self.name!r} has a lease but its scheduled run time is unknown: "
+                        "run it under a scheduler whose executor is "
+                        "cron_migration.MigrationExecutor (migrate_scheduler installs it); "
+                        "running without it could run the same slot on every replica"
+                    )
+                assert self.timeout is not None
+                decision = await self.lease.acquire(job_id, scheduled_at, self.timeout, run_id)
+                if decision is LeaseDecision.HELD_ELSEWHERE:
+                    self.metrics.count_run(self.name, "skipped_elsewhere")
+                    return None
+                if (
+                    decision is LeaseDecision.REDIS_UNAVAILABLE
+                    and self.lease.on_redis_error == "skip"
+                ):
+                    self.metrics.count_run(self.name, "skipped_no_lease")
+                    return None
+            record = RunRecord(run_id, job_id, self.name, scheduled_at, correlation_id)
+            return await self._run_recorded(record, args, kwargs)
+        finally:
+            correlation_id_ctx.reset(token)
+
+    async def _run_recorded(
+        self, record: RunRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.open(record)
+            outbox.start(record)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await self._invoke(args, kwargs)
+        except JobTimeoutError as exc:
+            outcome = "timeout"
+            if outbox is not None:
+                outbox.fail(record, str(exc), "")
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            if outbox is not None:
+                outbox.fail(record, "cancelled: the run was cancelled before it finished", "")
+            raise
+        except BaseException as exc:
+            if outbox is not None:
+                outbox.fail(record, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            raise
+        else:
+            outcome = "success"
+            if outbox is not None:
+                outbox.complete(record, result)
+            return result
+        finally:
+            self.metrics.duration.labels(self.name).observe(time.perf_counter() - started)
+            self.metrics.count_run(self.name, outcome)
+
+    async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.is_async:
+            work: asyncio.Future[Any] = asyncio.ensure_future(self.func(*args, **kwargs))
+        else:
+            from compat import run_blocking
+
+            work = asyncio.ensure_future(run_blocking(self.func, *args, **kwargs))
+        try:
+            done, _ = await asyncio.wait({work}, timeout=self.timeout)
+        except asyncio.CancelledError:
+            self._abandon(work)
+            raise
+        if not done:
+            self._abandon(work)
+            assert self.timeout is not None
+            raise JobTimeoutError(self.name, self.timeout)
+        return work.result()
+
+    def _abandon(self, work: asyncio.Future[Any]) -> None:
+        """Stop waiting for ``work``: cancel a coroutine; a thread cannot be stopped."""
+        if self.is_async:
+            work.cancel()
+        else:
+            logger.warning(
+                "job %s: stopped waiting for its run; its worker thread runs on until the "
+                "function returns",
+                self.name,
+            )
+        self._abandoned.add(work)
+        work.add_done_callback(self._forget)
+
+    def _forget(self, work: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(work)
+        if not work.cancelled() and work.exception() is not None:
+            logger.warning("job %s: an abandoned run ended with %r", self.name, work.exception())
+
+
+def migrated_job(
+    func: Callable[..., Any] | None = None,
+    *,
+    timeout: float | None = None,
+    lease: str | Any | None = None,
+    recorder: Any | None = None,
+    name: str | None = None,
+    registry: CollectorRegistry | None = None,
+    lease_clock_skew: float = DEFAULT_CLOCK_SKEW,
+    on_redis_error: OnRedisError = "skip",
+    record_capacity: int = DEFAULT_RECORD_CAPACITY,
+) -> Any:
+    """Make a job run correctly under any APScheduler 3 scheduler, recorded and measured.
+
+    ``timeout``: seconds a run may take; then it fails with :class:`JobTimeoutError` (an
+    async job is cancelled; a sync job's thread cannot be stopped and runs on, no longer
+    waited for). ``lease``: a Redis URL or client, or a :class:`Lease`, to run each
+    scheduled run on one replica only; needs ``timeout``, and the lease lasts ``timeout
+    + lease_clock_skew`` seconds. ``on_redis_error``: with a lease, ``"skip"`` or
+    ``"run"`` a slot when Redis is unreachable. ``recorder``: a :class:`RunRecorder`;
+    records are buffered (at most ``record_capacity`` runs) and retried until delivered.
+    ``name``: the ``job`` label of the metrics and the recorded job name (default: the
+    function's name). ``registry``: the Prometheus registry (default: the global one).
+    """
+    if func is not None:
+        return _decorate(
+            func,
+            timeout=timeout,
+            lease=lease,
+            recorder=recorder,
+            name=name,
+            registry=registry,
+            lease_clock_skew=lease_clock_skew,
+            on_redis_error=on_redis_error,
+            record_capacity=record_capacity,
+        )
+    return functools.partial(
+        _decorate,
+        timeout=timeout,
+        lease=lease,
+        recorder=recorder,
+        name=name,
+        registry=registry,
+        lease_clock_skew=lease_clock_skew,
+        on_redis_error=on_redis_error,
+        record_capacity=record_capacity,
+    )
+
+
+def _decorate(
+    func: Callable[..., Any],
+    *,
+    timeout: float | None,
+    lease: str | Any | None,
+    recorder: Any | None,
+    name: str | None,
+    registry: CollectorRegistry | None,
+    lease_clock_skew: float,
+    on_redis_error: OnRedisError,
+    record_capacity: int,
+) -> MigratedJob:
+    if isinstance(func, MigratedJob):
+        raise TypeError(f"{func!r} is already decorated with @migrated_job")
+    if not callable(func):
+        raise TypeError(f"@migrated_job decorates a function, got {func!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
+    if name is None:
+        name = getattr(func, "__name__", None) or repr(func)
+    elif not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    metrics = CronMetrics(registry)
+    if lease is not None and not isinstance(lease, Lease):
+        lease = Lease(lease, clock_skew=lease_clock_skew, on_redis_error=on_redis_error)
+    if lease is not None and timeout is None:
+        raise ValueError(
+            f"job {name!r}: a lease needs a timeout; the lease lasts timeout + clock skew"
+        )
+    outbox = None
+    if recorder is not None:
+        outbox = RecordOutbox(check_recorder(recorder), metrics, capacity=record_capacity)
+    # APScheduler names a callable object after its class (default job names, logs) and
+    # references it as module:class-qualname (persistent job stores): a class per job
+    # function that carries the function's names makes both come out as the function's.
+    job_class = type(
+        getattr(func, "__name__", MigratedJob.__name__),
+        (MigratedJob,),
+        {
+            "__qualname__": getattr(func, "__qualname__", MigratedJob.__qualname__),
+            "__module__": getattr(func, "__module__", MigratedJob.__module__),
+        },
+    )
+    job: MigratedJob = job_class(
+        func, timeout=timeout, lease=lease, recorder=outbox, name=name, metrics=metrics
+    )
+    return job

@@ -1,0 +1,72 @@
+"""The cron metric families of one registry, and the label children they hand out."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from commclient._metrics import DURATION_BUCKETS, metric_family
+
+#: ``cron_job_runs_total`` outcomes.
+OUTCOMES = (
+    "success",
+    "error",
+    "timeout",
+    "cancelled",
+    "skipped_elsewhere",
+    "skipped_no_lease",
+)
+# Loop lag worth seeing starts well below the client's request durations.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class CronMetrics:
+    """Every cron_migration family of one registry (None: the default one)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.runs = metric_family(
+            registry,
+            Counter,
+            "cron_job_runs_total",
+            "Cron job runs by outcome.",
+            ["job", "outcome"],
+        )
+        self.duration = metric_family(
+            registry,
+            Histogram,
+            "cron_job_duration_seconds",
+            "How long cron job runs took, whatever their outcome.",
+            ["job"],
+            buckets=DURATION_BUCKETS,
+        )
+        self.missed = metric_family(
+            registry,
+            Counter,
+            "cron_job_missed_total",
+            "Scheduled runs the scheduler skipped: later than their misfire grace time.",
+            ["job"],
+        )
+        self.loop_lag = metric_family(
+            registry,
+            Histogram,
+            "cron_event_loop_lag_seconds",
+            "How late the scheduler's event loop ran a callback that was due.",
+            [],
+            buckets=LAG_BUCKETS,
+        )
+        self.records_pending = metric_family(
+            registry,
+            Gauge,
+            "cron_run_records_pending",
+            "Runs whose records are not yet delivered to the recorder.",
+            [],
+        )
+        self.records_dropped = metric_family(
+            registry,
+            Counter,
+            "cron_run_records_dropped_total",
+            "Runs whose records were given up: buffer full or refused by the recorder.",
+            [],
+        )
+
+    def count_run(self, job: str, outcome: str) -> None:
+        self.runs.labels(job, outcome).inc()
