@@ -7,6 +7,7 @@ variable around every call, and the lease and the run records read it from there
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -38,3 +39,17 @@ INTERNAL_LISTENER = "_cron_migration_listener"
 
 def mark_internal_listener(listener: Callable[..., Any]) -> None:
     setattr(listener, INTERNAL_LISTENER, True)
+
+
+def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """``value`` as a float if it is a finite number of seconds (> 0, or >= 0), else ValueError."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a number of seconds {bound}, got {value!r}")
+    return float(value)

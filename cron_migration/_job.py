@@ -21,7 +21,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import math
 import time
 import traceback
 import types
@@ -33,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from commclient import correlation_id_ctx
 
-from ._context import current_scheduled_run
+from ._context import check_seconds, current_scheduled_run
 from ._lease import DEFAULT_CLOCK_SKEW, Lease, LeaseDecision, OnRedisError
 from ._metrics import CronMetrics
 from ._records import DEFAULT_RECORD_CAPACITY, RecordOutbox, RunRecord, check_recorder
@@ -272,19 +271,7 @@ def migrated_job(
     ``name``: the ``job`` label of the metrics and the recorded job name (default: the
     function's name). ``registry``: the Prometheus registry (default: the global one).
     """
-    if func is not None:
-        return _decorate(
-            func,
-            timeout=timeout,
-            lease=lease,
-            recorder=recorder,
-            name=name,
-            registry=registry,
-            lease_clock_skew=lease_clock_skew,
-            on_redis_error=on_redis_error,
-            record_capacity=record_capacity,
-        )
-    return functools.partial(
+    decorate = functools.partial(
         _decorate,
         timeout=timeout,
         lease=lease,
@@ -295,6 +282,7 @@ def migrated_job(
         on_redis_error=on_redis_error,
         record_capacity=record_capacity,
     )
+    return decorate if func is None else decorate(func)
 
 
 def _decorate(
@@ -313,13 +301,8 @@ def _decorate(
         raise TypeError(f"{func!r} is already decorated with @migrated_job")
     if not callable(func):
         raise TypeError(f"@migrated_job decorates a function, got {func!r}")
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
+    if timeout is not None:
+        timeout = check_seconds("timeout", timeout)
     if name is None:
         name = getattr(func, "__name__", None) or repr(func)
     elif not isinstance(name, str) or not name:

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from ._context import mark_internal_listener
+from ._context import check_seconds, mark_internal_listener
 from ._metrics import CronMetrics
 
 #: Seconds between two probes. Short enough to see a 20 ms stall, long enough to cost
@@ -35,9 +35,7 @@ class EventLoopLagMonitor:
         registry: CollectorRegistry | None = None,
         window: int = DEFAULT_LAG_WINDOW,
     ) -> None:
-        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
-            raise ValueError(f"interval must be a number of seconds > 0, got {interval!r}")
-        self.interval = float(interval)
+        self.interval = check_seconds("interval", interval)
         self._histogram = CronMetrics(registry).loop_lag
         self.samples: deque[float] = deque(maxlen=window)
         self._task: asyncio.Task[None] | None = None

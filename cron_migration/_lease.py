@@ -20,6 +20,8 @@ import weakref
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._context import check_seconds
+
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
@@ -64,12 +66,8 @@ class Lease:
     ) -> None:
         if on_redis_error not in ("run", "skip"):
             raise ValueError(f"on_redis_error must be 'run' or 'skip', got {on_redis_error!r}")
-        if not _is_non_negative_number(clock_skew):
-            raise ValueError(f"clock_skew must be a number of seconds >= 0, got {clock_skew!r}")
-        if not _is_non_negative_number(redis_timeout) or redis_timeout == 0:
-            raise ValueError(
-                f"redis_timeout must be a number of seconds > 0, got {redis_timeout!r}"
-            )
+        self.clock_skew = check_seconds("clock_skew", clock_skew, allow_zero=True)
+        self.redis_timeout = check_seconds("redis_timeout", redis_timeout)
         if isinstance(redis_or_url, str):
             if not redis_or_url.startswith(("redis://", "rediss://", "unix://")):
                 raise ValueError(
@@ -82,10 +80,8 @@ class Lease:
             self._client = redis_or_url
         else:
             raise TypeError(f"lease must be a Redis URL or a Redis client, got {redis_or_url!r}")
-        self.clock_skew = float(clock_skew)
         self.on_redis_error: OnRedisError = on_redis_error
         self.key_prefix = key_prefix
-        self.redis_timeout = float(redis_timeout)
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
             weakref.WeakKeyDictionary()
@@ -169,13 +165,4 @@ class Lease:
 def _is_async_client(client: Any) -> bool:
     return type(client).__module__.startswith("redis.asyncio") or inspect.iscoroutinefunction(
         client.set
-    )
-
-
-def _is_non_negative_number(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
     )

@@ -11,6 +11,7 @@ from typing import Any
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from ._context import check_seconds
 from ._executor import MigrationExecutor
 from ._records import flush_run_records
 
@@ -49,9 +50,8 @@ async def shutdown_gracefully(
         raise TypeError(
             f"shutdown_gracefully() stops an AsyncIOScheduler, got {type(scheduler).__name__}"
         )
-    for name, value in (("timeout", timeout), ("records_timeout", records_timeout)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    timeout = check_seconds("timeout", timeout, allow_zero=True)
+    records_timeout = check_seconds("records_timeout", records_timeout, allow_zero=True)
     if not scheduler.running:
         pending = await flush_run_records(records_timeout)
         return ShutdownReport(finished=0, cancelled=0, records_pending=pending)
