@@ -1,9 +1,16 @@
-"""Serve the REST service: ``python -m examples.rest_service --port 8000``."""
+"""Serve the REST service: ``python -m examples.rest_service --port 8000``.
+
+With ``REDIS_URL`` set, every change invalidates the shared Redis cache (prefix
+``assistant_cache``); without it, the invalidation goes to an in-memory cache nobody else
+reads, which is only useful to try the endpoints.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 
+from commclient.cache import create_async_cache
 from examples.rest_service.app import create_app
 
 
@@ -14,7 +21,8 @@ def main() -> None:
     args = parser.parse_args()
     import uvicorn
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    cache = create_async_cache(os.environ.get("REDIS_URL") or None, prefix="assistant_cache")
+    uvicorn.run(create_app(cache=cache), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -1,31 +1,30 @@
 """compat against a real REST service on loopback, with the real AsyncServiceClient.
 
-The service is ``examples.rest_service`` behind a threaded stdlib HTTP/1.1 server that
-records every request (its connection, its correlation id) and can be told to fail.
+The service is ``examples.rest_service`` under uvicorn, behind an ASGI layer that records
+every request (its connection, its correlation id) and can be told to fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import sys
 import threading
 import types
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from commclient import (
-    AsyncServiceClient,
     ClientConfig,
     ServiceConnectionError,
     ServiceResponseError,
@@ -33,7 +32,9 @@ from commclient import (
     testing,
 )
 from compat import LegacyMode, LegacyShim, sync_proxy
-from examples.rest_service.app import RestService
+from examples.cron_service.client import CronRestClient
+from examples.rest_service import RestService, create_app
+from examples.serving import free_port, serve
 
 pytestmark = pytest.mark.facade_async
 
@@ -52,66 +53,64 @@ class Seen:
     connection: tuple[str, int]
 
 
-class RecordingServer(ThreadingHTTPServer):
-    daemon_threads = True
+class RecordingServer:
+    """The FastAPI REST service under uvicorn, behind an ASGI layer that records every
+    request (its connection, its correlation id) and can be told to fail one route."""
 
     def __init__(self, service: RestService) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
         self.service = service
         self.seen: list[Seen] = []
-        self.faults: dict[tuple[str, str], int] = {}
+        self.faults: dict[tuple[str, str], int] = {}  # (method, path without "/" at the end)
         self.lock = threading.Lock()
+        self.port = free_port()
+        self._app = create_app(service)
+        self._serving: contextlib.ExitStack | None = None
 
     @property
     def base_url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def connections(self) -> set[tuple[str, int]]:
         with self.lock:
             return {seen.connection for seen in self.seen}
 
+    def start(self) -> RecordingServer:
+        self._serving = contextlib.ExitStack()
+        self._serving.enter_context(serve(self, port=self.port))
+        return self
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: one connection serves many requests
-    disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall
-    server: RecordingServer
+    def stop(self) -> None:
+        if self._serving is not None:
+            self._serving.close()
 
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        url = urlsplit(self.path)
-        with self.server.lock:
-            self.server.seen.append(
-                Seen(
-                    self.command,
-                    url.path,
-                    self.headers.get("X-Correlation-ID"),
-                    (str(self.client_address[0]), int(self.client_address[1])),
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+            }
+            host, port = scope["client"]
+            with self.lock:
+                self.seen.append(
+                    Seen(
+                        scope["method"],
+                        scope["path"],
+                        headers.get("x-correlation-id"),
+                        (host, port),
+                    )
                 )
-            )
-            fault = self.server.faults.get((self.command, url.path))
-        if fault is not None:
-            status, document = fault, {"detail": "injected failure"}
-        else:
-            status, document = self.server.service.dispatch(
-                self.command,
-                url.path,
-                json.loads(raw) if raw else None,
-                parse_qs(url.query),
-                self.headers.get("Idempotency-Key"),
-            )
-        payload = json.dumps(document).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+                fault = self.faults.get((scope["method"], scope["path"].rstrip("/")))
+            if fault is not None:
+                payload = json.dumps({"detail": "injected failure"}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": fault,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": payload})
+                return
+        await self._app(scope, receive, send)
 
 
 def seed(service: RestService) -> None:
@@ -122,7 +121,7 @@ def seed(service: RestService) -> None:
         "2026-03-01T09:00:00+00:00",
         "2026-03-02T08:00:00+00:00",
     ):
-        service.create("reminders", {"remind_at": remind_at, "status": "active"})
+        service.create("reminders", {"remind_at": remind_at, "status": "scheduled"})
 
 
 NOW = datetime(2026, 3, 1, 8, 45, tzinfo=timezone.utc)  # 09:00 is within the lead
@@ -132,13 +131,9 @@ NOW = datetime(2026, 3, 1, 8, 45, tzinfo=timezone.utc)  # 09:00 is within the le
 def server() -> Iterator[RecordingServer]:
     service = RestService()
     seed(service)
-    recording = RecordingServer(service)
-    thread = threading.Thread(target=recording.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
+    recording = RecordingServer(service).start()
     yield recording
-    recording.shutdown()
-    recording.server_close()
-    thread.join(10)
+    recording.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -149,49 +144,7 @@ def _isolated_breakers() -> Iterator[None]:
     testing.reset()
 
 
-# -- the new client ------------------------------------------------------------------------
-
-
-class CronRestClient(AsyncServiceClient):
-    """The cron service's domain client, as the migration defines it."""
-
-    async def get_reminder(self, reminder_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = await self.get(
-            "/api/reminders/{reminder_id}", path_params={"reminder_id": reminder_id}
-        )
-        return result
-
-    async def get_active_reminders(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self.get("/api/reminders/active")
-        return result
-
-    async def get_global_settings(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self.get("/api/global-settings")
-        return result
-
-    async def update_reminder(self, reminder_id: int, data: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self.patch(
-            "/api/reminders/{reminder_id}", path_params={"reminder_id": reminder_id}, json=data
-        )
-        return result
-
-    async def create_batch_job(self, job_type: str, payload: dict[str, Any]) -> dict[str, Any]:
-        document = {"job_type": job_type, "payload": payload, "status": "pending"}
-        result: dict[str, Any] = await self.post("/api/batch-jobs/", json=document)
-        return result
-
-    async def create_job_execution(self, job_name: str) -> dict[str, Any]:
-        document = {"job_name": job_name, "status": "running"}
-        result: dict[str, Any] = await self.post("/api/job-executions/", json=document)
-        return result
-
-    async def update_job_execution(self, execution_id: int, data: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self.patch(
-            "/api/job-executions/{execution_id}",
-            path_params={"execution_id": execution_id},
-            json=data,
-        )
-        return result
+# -- the new client (the migrated cron service's) ----------------------------------------
 
 
 def cron_client(base_url: str, registry: CollectorRegistry) -> CronRestClient:
@@ -310,24 +263,50 @@ def build_rest_client_functions(
         registry=registry,
     )
 
-    @shim.function(list, replacement="CronRestClient.get_active_reminders")
-    async def fetch_active_reminders(client: CronRestClient) -> list[dict[str, Any]]:
-        return await client.get_active_reminders()
+    # Where the old signature differs from the client's, a small adapter bridges the two.
+    async def create_batch_job(
+        client: CronRestClient, job_type: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await client.post(
+            "/api/batch-jobs/", json={"job_type": job_type, "payload": payload, "status": "pending"}
+        )
+        return result
+
+    async def create_job_execution(client: CronRestClient, job_name: str) -> dict[str, Any]:
+        execution_id = await client.create_job_execution(
+            job_id=job_name,
+            job_name=job_name,
+            scheduled_at=None,
+            correlation_id=uuid.uuid4().hex,
+            idempotency_key=uuid.uuid4().hex,
+        )
+        return {"id": int(execution_id)}
+
+    async def complete_job_execution(
+        client: CronRestClient, execution_id: int, result: Any
+    ) -> dict[str, Any]:
+        await client.complete_job_execution(
+            str(execution_id), result=result, idempotency_key=uuid.uuid4().hex
+        )
+        return {"id": execution_id}
 
     functions: dict[str, Callable[..., Any]] = {
-        "fetch_active_reminders": fetch_active_reminders,
+        "fetch_scheduled_reminders": shim.function(
+            list,
+            name="fetch_scheduled_reminders",
+            replacement="CronRestClient.get_scheduled_reminders",
+        )(CronRestClient.get_scheduled_reminders),
         "fetch_global_settings": shim.function(name="fetch_global_settings")(
             CronRestClient.get_global_settings
         ),
+        "update_reminder": shim.function(
+            name="update_reminder", replacement="CronRestClient.update_reminder"
+        )(CronRestClient.update_reminder),
     }
-    for name in (
-        "update_reminder",
-        "create_batch_job",
-        "create_job_execution",
-        "update_job_execution",
-    ):
-        method = getattr(CronRestClient, name)
-        functions[name] = shim.function(name=name, replacement=f"CronRestClient.{name}")(method)
+    for adapter in (create_batch_job, create_job_execution, complete_job_execution):
+        functions[adapter.__name__] = shim.function(
+            replacement=f"CronRestClient.{adapter.__name__}"
+        )(adapter)
     return shim, functions
 
 
@@ -370,13 +349,13 @@ def test_the_old_jobs_run_unchanged_through_the_shim(
         assert jobs.send_due_reminders(NOW) == 2
         assert jobs.send_due_reminders(NOW) == 0  # nothing due any more
         job = jobs.schedule_nightly_cleanup(older_than_days=7)
-    assert reminder_statuses(server) == ["sent", "sent", "active"]
+    assert reminder_statuses(server) == ["sent", "sent", "scheduled"]
     assert job is not None
     assert job["payload"] == {"older_than_days": 7}
     executions = list(server.service.records["job-executions"].values())
-    assert [(e["status"], e["reminders_sent"]) for e in executions] == [
-        ("succeeded", 2),
-        ("succeeded", 0),
+    assert [(e["status"], e["result"]) for e in executions] == [
+        ("completed", {"reminders_sent": 2}),
+        ("completed", {"reminders_sent": 0}),
     ]
     # One warning per old call site, each pointing at that line of jobs.py.
     deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
@@ -396,9 +375,7 @@ def test_the_shim_makes_the_same_requests_as_the_old_module(
     for use_shim in (False, True):
         service = RestService()
         seed(service)
-        server = RecordingServer(service)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
+        server = RecordingServer(service).start()
         try:
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(legacy_modules[0], "REST_SERVICE_URL", server.base_url)
@@ -409,9 +386,7 @@ def test_the_shim_makes_the_same_requests_as_the_old_module(
                     sent = jobs.send_due_reminders(NOW)
                     job = jobs.schedule_nightly_cleanup()
         finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(10)
+            server.stop()
         runs.append(
             (
                 sent,
@@ -434,14 +409,14 @@ def test_legacy_mode_keeps_the_old_empty_results_and_counts_them(
     _, jobs = legacy_modules
     registry = CollectorRegistry()
     shim = install_shim(server.base_url, "legacy", registry)
-    server.faults[("GET", "/api/reminders/active")] = 503
+    server.faults[("GET", "/api/reminders/scheduled")] = 503
     server.faults[("GET", "/api/global-settings")] = 500
     with warnings.catch_warnings(), caplog.at_level(logging.ERROR, logger="compat.legacy"):
         warnings.simplefilter("ignore", DeprecationWarning)
         assert jobs.send_due_reminders(NOW) == 0
-    assert reminder_statuses(server) == ["active", "active", "active"]
-    assert shim.swallowed_errors() == {"fetch_global_settings": 1, "fetch_active_reminders": 1}
-    for function, status in (("fetch_active_reminders", 503), ("fetch_global_settings", 500)):
+    assert reminder_statuses(server) == ["scheduled", "scheduled", "scheduled"]
+    assert shim.swallowed_errors() == {"fetch_global_settings": 1, "fetch_scheduled_reminders": 1}
+    for function, status in (("fetch_scheduled_reminders", 503), ("fetch_global_settings", 500)):
         assert (
             registry.get_sample_value(
                 "legacy_shim_swallowed_errors_total",
@@ -466,7 +441,7 @@ def test_strict_mode_lets_the_old_job_see_the_error(
 ) -> None:
     _, jobs = legacy_modules
     install_shim(server.base_url, "strict", CollectorRegistry())
-    server.faults[("GET", "/api/reminders/active")] = 503
+    server.faults[("GET", "/api/reminders/scheduled")] = 503
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         with pytest.raises(ServiceResponseError) as caught:
@@ -479,9 +454,7 @@ def test_an_unreachable_service_gives_none_in_legacy_mode_and_raises_in_strict(
     install_shim: Callable[..., LegacyShim[CronRestClient]],
 ) -> None:
     _, jobs = legacy_modules
-    closed = RecordingServer(RestService())
-    unreachable = closed.base_url
-    closed.server_close()  # nothing listens there any more
+    unreachable = RecordingServer(RestService()).base_url  # never started: nothing listens
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         install_shim(unreachable, "legacy", CollectorRegistry())
