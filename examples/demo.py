@@ -27,11 +27,11 @@ def sync_part(base_url: str, registry: CollectorRegistry) -> None:
     with SyncServiceClient(
         base_url, service_name="demo", target_service="rest_service", registry=registry
     ) as client:
-        reminders = client.get("/api/reminders/active")
-        print(f"sync: {len(reminders)} active reminders")
+        reminders = client.get("/api/reminders/scheduled")
+        print(f"sync: {len(reminders)} scheduled reminders")
         first = reminders[0]["id"]
         client.patch("/api/reminders/{id}", path_params={"id": first}, json={"status": "sent"})
-        left = client.get("/api/reminders/active")
+        left = client.get("/api/reminders/scheduled")
         print(f"sync: reminder {first} marked sent, {len(left)} left")
 
 
@@ -43,7 +43,7 @@ async def async_part(base_url: str, registry: CollectorRegistry) -> None:
         settings = await asyncio.gather(*(client.get("/api/global-settings/") for _ in range(20)))
         same = len({str(s) for s in settings}) == 1
         print(f"async: 20 concurrent reads of the settings, all equal: {same}")
-        job = {"name": "daily-digest"}
+        job = {"job_type": "daily-digest"}
         first = await client.post("/api/batch-jobs/", json=job, idempotency_key="digest-2026-11-29")
         again = await client.post("/api/batch-jobs/", json=job, idempotency_key="digest-2026-11-29")
         print(f"async: idempotent POST created one batch job: {first['id'] == again['id']}")
@@ -78,7 +78,7 @@ def main() -> None:
     app = create_app()
     for n in range(3):
         app.service.create(
-            "reminders", {"text": f"reminder {n}", "remind_at": f"2026-11-29T0{n}:00"}
+            "reminders", {"text": f"reminder {n}", "remind_at": f"2026-11-29T0{n}:00:00+00:00"}
         )
     with serve(app) as base_url:
         print(f"REST service on {base_url}")
