@@ -8,10 +8,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN, SchedulerEvent
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from ._context import check_seconds
+from ._context import check_seconds, mark_internal_listener
 from ._executor import MigrationExecutor
 from ._records import flush_run_records
 
@@ -71,7 +72,17 @@ async def shutdown_gracefully(
             "shutdown: %d run(s) still running after %gs cancelled", len(pending_runs), timeout
         )
         await asyncio.wait(pending_runs, timeout=CANCEL_GRACE)
+    # AsyncIOScheduler.shutdown() only schedules the shutdown on the loop: wait for it.
+    stopped = asyncio.Event()
+
+    def on_shutdown(event: SchedulerEvent) -> None:
+        stopped.set()
+
+    mark_internal_listener(on_shutdown)
+    scheduler.add_listener(on_shutdown, EVENT_SCHEDULER_SHUTDOWN)
     scheduler.shutdown(wait=False)
+    await stopped.wait()
+    scheduler.remove_listener(on_shutdown)
     started = time.monotonic()
     pending = await flush_run_records(records_timeout)
     if pending:

@@ -1,0 +1,187 @@
+"""Run records: create → start → complete/fail, through recorder outages, never failing a job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pytest
+
+pytest.importorskip("apscheduler")
+pytest.importorskip("anyio")
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CollectorRegistry
+
+from commclient import correlation_id_ctx
+from cron_migration import (
+    MigrationExecutor,
+    RunRecorder,
+    current_scheduled_run,
+    flush_run_records,
+    migrated_job,
+    shutdown_gracefully,
+)
+from tests.unit.cron_support import FakeRecorder, runs, sample, wait_until_async
+
+pytestmark = pytest.mark.facade_async
+
+
+def test_the_fake_recorder_is_a_run_recorder() -> None:
+    assert isinstance(FakeRecorder(), RunRecorder)
+
+
+def calls_of(recorder: FakeRecorder) -> dict[str, list[str]]:
+    """Operations per run id, in the order the recorder accepted them."""
+    per_run: dict[str, list[str]] = {}
+    for operation, key in recorder.calls:
+        run_id, _, kind = key.rpartition(":")
+        assert kind == operation
+        per_run.setdefault(run_id, []).append(kind)
+    return per_run
+
+
+def test_a_recorder_down_for_part_of_the_runs_still_gets_every_record() -> None:
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    bodies: list[tuple[str | None, Any]] = []
+
+    @migrated_job(timeout=10, recorder=recorder, registry=registry)
+    async def tick() -> int:
+        bodies.append((correlation_id_ctx.get(), current_scheduled_run()))
+        return len(bodies)
+
+    async def main() -> int:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(tick, "interval", seconds=0.05, id="tick", max_instances=5)
+        scheduler.start()
+        await wait_until_async(lambda: len(bodies) >= 3, what="runs before the outage")
+        recorder.down = True
+        down_at = len(bodies)
+        await wait_until_async(lambda: len(bodies) >= down_at + 10, what="runs in the outage")
+        await wait_until_async(lambda: recorder.failures >= 3, what="failed deliveries")
+        recorder.down = False
+        await wait_until_async(lambda: len(bodies) >= down_at + 15, what="runs after the outage")
+        report = await shutdown_gracefully(scheduler, timeout=10, records_timeout=30)
+        assert report.cancelled == 0
+        return report.records_pending
+
+    assert asyncio.run(main()) == 0
+    assert recorder.failures >= 3
+    # Every run whose body ran is recorded, completed, with its own identity.
+    assert runs(registry, "tick", "success") == len(bodies)
+    executions = list(recorder.executions.values())
+    assert len(executions) == len(bodies)
+    assert {e.status for e in executions} == {"completed"}
+    assert sorted(e.result for e in executions) == list(range(1, len(bodies) + 1))
+    assert {e.correlation_id for e in executions} == {cid for cid, _ in bodies}
+    assert {e.scheduled_at for e in executions} == {run.scheduled_at for _, run in bodies}
+    assert {e.job_id for e in executions} == {"tick"}
+    # Each run's operations arrived in order, each once.
+    assert set(map(tuple, calls_of(recorder).values())) == {("create", "start", "complete")}
+    assert sample(registry, "cron_run_records_pending") == 0
+    assert sample(registry, "cron_run_records_dropped_total") == 0
+
+
+def test_a_failed_run_is_recorded_with_its_error_and_traceback() -> None:
+    recorder = FakeRecorder()
+
+    @migrated_job(recorder=recorder, registry=CollectorRegistry())
+    def explode() -> None:
+        raise ValueError("bad row 7")
+
+    with pytest.raises(ValueError, match="bad row 7"):
+        explode()
+    assert asyncio.run(flush_run_records(10)) == 0
+    (execution,) = recorder.executions.values()
+    assert execution.status == "failed"
+    assert execution.error == "ValueError: bad row 7"
+    assert execution.traceback is not None
+    assert 'raise ValueError("bad row 7")' in execution.traceback
+
+
+def test_a_timed_out_run_is_recorded_as_failed() -> None:
+    recorder = FakeRecorder()
+
+    @migrated_job(timeout=0.1, recorder=recorder, registry=CollectorRegistry())
+    async def stuck() -> None:
+        await asyncio.sleep(30)
+
+    with pytest.raises(TimeoutError):
+        stuck()
+    assert asyncio.run(flush_run_records(10)) == 0
+    (execution,) = recorder.executions.values()
+    assert execution.status == "failed"
+    assert execution.error is not None
+    assert "timeout of 0.1s" in execution.error
+
+
+def test_a_full_buffer_drops_new_runs_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    recorder = FakeRecorder(down=True)
+
+    @migrated_job(recorder=recorder, registry=registry, record_capacity=2)
+    async def job() -> str:
+        return "done"
+
+    async def main() -> None:
+        for _ in range(4):
+            assert await job() == "done"  # the job never fails for its records
+        assert sample(registry, "cron_run_records_pending") == 2
+        recorder.down = False
+        assert await flush_run_records(30) == 0
+
+    with caplog.at_level(logging.ERROR, logger="cron_migration"):
+        asyncio.run(main())
+    assert sample(registry, "cron_run_records_dropped_total") == 2
+    assert len(recorder.executions) == 2
+    assert runs(registry, "job", "success") == 4
+    dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 2
+    assert "buffer is full (2 runs)" in dropped[0].getMessage()
+
+
+class RefusingRecorder(FakeRecorder):
+    """Answers create with a 422: a permanent refusal."""
+
+    async def create_job_execution(self, **kwargs: Any) -> str:
+        error = RuntimeError("422 Unprocessable Entity")
+        error.status_code = 422  # type: ignore[attr-defined]
+        raise error
+
+
+def test_a_permanently_refused_record_is_dropped_not_retried_forever() -> None:
+    registry = CollectorRegistry()
+    recorder = RefusingRecorder()
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def job() -> None:
+        return None
+
+    async def main() -> int:
+        await job()
+        return await flush_run_records(10)
+
+    started = time.monotonic()
+    assert asyncio.run(main()) == 0
+    assert time.monotonic() - started < 10
+    assert sample(registry, "cron_run_records_dropped_total") == 1
+    assert sample(registry, "cron_run_records_pending") == 0
+
+
+def test_records_of_runs_under_a_thread_scheduler_are_delivered_too() -> None:
+    recorder = FakeRecorder()
+
+    @migrated_job(recorder=recorder, registry=CollectorRegistry())
+    def legacy() -> int:
+        return 7
+
+    assert legacy() == 7  # no loop in this thread: runs on compat's loop
+    from compat import run_sync
+
+    assert run_sync(flush_run_records, 10) == 0
+    (execution,) = recorder.executions.values()
+    assert execution.status == "completed"
+    assert execution.result == 7

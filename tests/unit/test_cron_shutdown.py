@@ -1,0 +1,127 @@
+"""shutdown_gracefully: runs in progress finish or are cancelled, and every run is accounted for."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+pytest.importorskip("apscheduler")
+pytest.importorskip("anyio")
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
+
+from cron_migration import MigrationExecutor, migrated_job, shutdown_gracefully
+from tests.unit.cron_support import FakeRecorder, runs, wait_until_async
+
+pytestmark = pytest.mark.facade_async
+
+
+@pytest.mark.parametrize("executor", ["migration", "asyncio"])
+def test_shutdown_in_the_middle_of_runs_accounts_for_every_run(executor: str) -> None:
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    started: dict[str, int] = {"quick": 0, "slow": 0, "legacy": 0}
+    release_legacy = threading.Event()
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def quick() -> str:
+        started["quick"] += 1
+        await asyncio.sleep(0.3)
+        return "quick done"
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def slow() -> str:
+        started["slow"] += 1
+        await asyncio.sleep(60)
+        return "never"
+
+    @migrated_job(recorder=recorder, registry=registry)
+    def legacy() -> str:
+        started["legacy"] += 1
+        release_legacy.wait(60)
+        return "legacy done"
+
+    async def main() -> Any:
+        executors = {"default": MigrationExecutor()} if executor == "migration" else {}
+        scheduler = AsyncIOScheduler(executors=executors)
+        for job in (quick, slow, legacy):
+            scheduler.add_job(job, "interval", seconds=0.1, id=job.name, max_instances=1)
+        scheduler.start()
+        await wait_until_async(lambda: all(started.values()), what="every job to start")
+        report = await shutdown_gracefully(scheduler, timeout=1.0, records_timeout=20)
+        assert not scheduler.running
+        before = dict(started)
+        await asyncio.sleep(0.3)
+        assert started == before, "a run started after shutdown_gracefully()"
+        return report
+
+    try:
+        report = asyncio.run(main())
+    finally:
+        release_legacy.set()
+    assert report.cancelled == 2  # slow and legacy: quick finished within the timeout
+    assert report.finished >= 1
+    assert report.records_pending == 0
+
+    # Every run that started is recorded, and its record says how it ended.
+    assert len(recorder.executions) == sum(started.values())
+    by_job: dict[str, set[str]] = {}
+    for execution in recorder.executions.values():
+        by_job.setdefault(execution.job_name, set()).add(execution.status)
+    assert by_job == {"quick": {"completed"}, "slow": {"failed"}, "legacy": {"failed"}}
+    for execution in recorder.by_status("failed"):
+        assert execution.error is not None
+        assert execution.error.startswith("cancelled")
+    assert runs(registry, "slow", "cancelled") == 1
+    assert runs(registry, "legacy", "cancelled") == 1
+    assert runs(registry, "quick", "success") == started["quick"]
+
+
+def test_a_scheduler_that_is_not_running_only_flushes_records() -> None:
+    async def main() -> Any:
+        return await shutdown_gracefully(AsyncIOScheduler(), timeout=1)
+
+    report = asyncio.run(main())
+    assert (report.finished, report.cancelled, report.records_pending) == (0, 0, 0)
+
+
+def test_a_thread_scheduler_is_refused_by_name() -> None:
+    async def main() -> None:
+        await shutdown_gracefully(BackgroundScheduler(), timeout=1)  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="AsyncIOScheduler, got BackgroundScheduler"):
+        asyncio.run(main())
+
+
+@pytest.mark.parametrize("timeout", [-1, "30", float("nan"), True])
+def test_a_bad_timeout_is_refused(timeout: Any) -> None:
+    async def main() -> None:
+        await shutdown_gracefully(AsyncIOScheduler(), timeout=timeout)
+
+    with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+        asyncio.run(main())
+
+
+def test_it_must_run_on_the_schedulers_loop() -> None:
+    async def start() -> AsyncIOScheduler:
+        scheduler = AsyncIOScheduler()
+        scheduler.start()
+        return scheduler
+
+    loop = asyncio.new_event_loop()
+    try:
+        scheduler = loop.run_until_complete(start())
+
+        async def elsewhere() -> None:
+            await shutdown_gracefully(scheduler, timeout=1)
+
+        with pytest.raises(RuntimeError, match="on the scheduler's event loop"):
+            asyncio.run(elsewhere())
+        loop.run_until_complete(shutdown_gracefully(scheduler, timeout=1))
+    finally:
+        loop.close()
