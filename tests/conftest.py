@@ -1,7 +1,8 @@
 """Suite-wide marker rules: a missing prerequisite skips a test locally and fails it in CI.
 
 Markers (declared in pyproject.toml): ``facade_sync`` needs requests, ``facade_async`` needs
-httpx, ``redis_server`` needs the ``redis-server`` executable. Fixtures live beside their tests.
+httpx, ``redis_server`` needs the ``redis-server`` executable, ``prometheus`` needs the
+``prometheus`` and ``promtool`` executables. Fixtures live beside their tests.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def _missing_prerequisite(item: pytest.Item) -> str | None:
         return "httpx is not installed (the async extra)"
     if item.get_closest_marker("redis_server") and shutil.which("redis-server") is None:
         return "redis-server is not on PATH (Debian package redis-server)"
+    if item.get_closest_marker("prometheus") and not (
+        shutil.which("prometheus") and shutil.which("promtool")
+    ):
+        return "prometheus or promtool is not on PATH (Debian package prometheus)"
     return None
 
 

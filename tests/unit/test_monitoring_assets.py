@@ -1,0 +1,327 @@
+"""The shipped dashboard, alert rules and Prometheus rules: up to date, well formed, and
+checked by promtool; the export command writes a Grafana provisioning tree."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from commclient.monitoring import SHIPPED_FILES, export, shipped
+from commclient.monitoring._definitions import ALERTS, BREAKER_STATES, DASHBOARD_UID
+from commclient.monitoring._files import PROMETHEUS_RULES_FILE, PROMETHEUS_TESTS_FILE
+from tests.monitoring_queries import (
+    dashboard,
+    grafana_alerts,
+    panel_expressions,
+    panels,
+    prometheus_rules,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = REPO_ROOT / "commclient" / "monitoring"
+
+
+def test_shipped_files_are_generated_from_the_definitions() -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("grafana-foundation-sdk, the generator's builders, needs Python 3.11+")
+    from commclient.monitoring import _generate as generate
+
+    stale = [name for name, text in generate.rendered().items() if shipped(name) != text]
+    assert stale == [], (
+        f"{stale} differ from the definitions: run `python -m commclient.monitoring generate`"
+    )
+
+
+def test_every_shipped_file_is_in_the_source_tree() -> None:
+    assert sorted(
+        p.name for p in PACKAGE_DIR.iterdir() if p.suffix in {".json", ".yml", ".yaml"}
+    ) == (sorted(SHIPPED_FILES))
+
+
+class TestDashboard:
+    def test_stable_uid_and_datasource_variable(self) -> None:
+        board = dashboard()
+        assert board["uid"] == DASHBOARD_UID == "commclient-service-communication"
+        assert board["title"] == "Service Communication"
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        for panel in panels():
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel[
+                "title"
+            ]
+
+    def test_every_panel_has_a_unit(self) -> None:
+        missing = [p["title"] for p in panels() if not p["fieldConfig"]["defaults"].get("unit")]
+        assert missing == []
+
+    def test_panel_ids_are_unique(self) -> None:
+        ids = [panel["id"] for panel in dashboard()["panels"]]
+        assert len(ids) == len(set(ids))
+        assert 0 not in ids
+
+    def test_raw_counters_use_the_rate_interval(self) -> None:
+        # Ranges over raw series follow Grafana's $__rate_interval, so that no scrape
+        # interval leaves a panel empty; recorded series carry their own window.
+        for expression in panel_expressions():
+            ranges = re.findall(r"\[([^\]]+)\]", expression.expr)
+            assert all(r == "$__rate_interval" for r in ranges), expression
+
+    def test_breaker_state_mappings(self) -> None:
+        (panel,) = [p for p in panels() if p["title"] == "Circuit breaker state"]
+        (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+        assert mapping["type"] == "value"
+        texts = {int(value): option["text"] for value, option in mapping["options"].items()}
+        assert texts == {0: "CLOSED", 1: "OPEN", 2: "HALF-OPEN"} == BREAKER_STATES
+
+    def test_breaker_values_are_the_ones_the_library_sets(self) -> None:
+        import pybreaker
+
+        from commclient._breaker import STATE_VALUES
+
+        assert {
+            STATE_VALUES[pybreaker.STATE_CLOSED]: "CLOSED",
+            STATE_VALUES[pybreaker.STATE_OPEN]: "OPEN",
+            STATE_VALUES[pybreaker.STATE_HALF_OPEN]: "HALF-OPEN",
+        } == BREAKER_STATES
+
+    def test_the_panels_of_the_plan(self) -> None:
+        titles = {panel["title"] for panel in panels()}
+        assert {
+            "Request rate by service → target",
+            "p95 duration",
+            "Error rate",
+            "Retry rate",
+            "Circuit breaker state",
+            "Cache hit rate",
+            "Top endpoints",
+            "Cron runs by outcome",
+            "Cron duration p95",
+            "Missed runs",
+            "Event-loop lag p99",
+            "Retry budget",
+        } <= titles
+
+
+def _by_ref(rule: Any) -> dict[str, Any]:
+    return {query["refId"]: query for query in rule["data"]}
+
+
+class TestGrafanaAlerts:
+    def test_six_rules_with_unique_uids(self) -> None:
+        (group,) = grafana_alerts()["groups"]
+        titles = [rule["title"] for rule in group["rules"]]
+        assert titles == [
+            "Circuit breaker open",
+            "High error rate",
+            "High retry rate",
+            "Low cache hit rate",
+            "Cron job runs failing",
+            "Event loop lagging",
+        ]
+        uids = [rule["uid"] for rule in group["rules"]]
+        assert len(set(uids)) == len(uids)
+        assert all(len(uid) <= 40 for uid in uids)
+
+    def test_condition_names_a_threshold_over_existing_refs(self) -> None:
+        for rule in grafana_alerts()["groups"][0]["rules"]:
+            refs = _by_ref(rule)
+            assert rule["condition"] in refs, rule["title"]
+            condition = refs[rule["condition"]]["model"]
+            assert condition["type"] == "threshold"
+            for query in refs.values():
+                model = query["model"]
+                assert model["refId"] == query["refId"]
+                if query["datasourceUid"] == "__expr__":
+                    assert model["expression"] in refs, (rule["title"], model)
+                    assert model["expression"] != query["refId"]
+                else:
+                    assert query["datasourceUid"] == "prometheus"
+                    assert model["expr"]
+
+    def test_same_alerts_as_prometheus(self) -> None:
+        prometheus = {
+            rule["alert"]: rule
+            for group in prometheus_rules()["groups"]
+            for rule in group["rules"]
+            if "alert" in rule
+        }
+        grafana = grafana_alerts()["groups"][0]["rules"]
+        assert len(grafana) == len(prometheus) == len(ALERTS) == 6
+        for alert, rule in zip(ALERTS, grafana, strict=True):
+            refs = _by_ref(rule)
+            (evaluator,) = [c["evaluator"] for c in refs["C"]["model"]["conditions"]]
+            op = {"gt": ">", "lt": "<"}[evaluator["type"]]
+            (threshold,) = evaluator["params"]
+            expected = prometheus[alert.name]
+            assert f"{refs['A']['model']['expr']} {op} {threshold:g}" == expected["expr"]
+            assert rule["for"] == expected["for"]
+            assert rule["labels"] == expected["labels"]
+            assert rule["annotations"] == expected["annotations"]
+
+
+def _promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["promtool", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+@pytest.mark.prometheus
+class TestPromtool:
+    def test_check_rules(self, tmp_path: Path) -> None:
+        (tmp_path / PROMETHEUS_RULES_FILE).write_text(shipped(PROMETHEUS_RULES_FILE))
+        result = _promtool("check", "rules", PROMETHEUS_RULES_FILE, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS" in result.stdout
+
+    def test_rule_tests_pass(self, tmp_path: Path) -> None:
+        export(tmp_path)
+        result = _promtool("test", "rules", PROMETHEUS_TESTS_FILE, cwd=tmp_path / "prometheus")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS" in result.stdout
+
+    def test_rule_tests_fail_when_an_expectation_is_wrong(self, tmp_path: Path) -> None:
+        # The tests can fail: swap firing and quiet expectations and every case fails.
+        export(tmp_path)
+        tests = yaml.safe_load(shipped(PROMETHEUS_TESTS_FILE))
+        for case in tests["tests"]:
+            for check in case["alert_rule_test"]:
+                check["exp_alerts"] = [] if check["exp_alerts"] else [{"exp_labels": {}}]
+        (tmp_path / "prometheus" / "swapped.test.yml").write_text(yaml.safe_dump(tests))
+        result = _promtool("test", "rules", "swapped.test.yml", cwd=tmp_path / "prometheus")
+        assert result.returncode != 0
+        failed = set(re.findall(r"alertname: (\w+), time", result.stdout + result.stderr))
+        assert failed == {alert.name for alert in ALERTS}
+
+    def test_every_alert_has_a_firing_and_a_quiet_case(self) -> None:
+        tests = yaml.safe_load(shipped(PROMETHEUS_TESTS_FILE))
+        firing: set[str] = set()
+        quiet: set[str] = set()
+        for case in tests["tests"]:
+            for check in case["alert_rule_test"]:
+                (firing if check["exp_alerts"] else quiet).add(check["alertname"])
+        names = {
+            rule["alert"]
+            for group in prometheus_rules()["groups"]
+            for rule in group["rules"]
+            if "alert" in rule
+        }
+        assert firing == quiet == names
+
+
+class TestExport:
+    def test_writes_a_grafana_provisioning_tree(self, tmp_path: Path) -> None:
+        written = export(tmp_path / "out")
+        relative = sorted(str(path.relative_to(tmp_path / "out")) for path in written)
+        assert relative == [
+            "grafana/dashboards/service-communication.json",
+            "grafana/provisioning/alerting/commclient-alerts.yaml",
+            "grafana/provisioning/dashboards/commclient.yaml",
+            "prometheus/commclient-rules.test.yml",
+            "prometheus/commclient-rules.yml",
+        ]
+        provider = yaml.safe_load(
+            (tmp_path / "out/grafana/provisioning/dashboards/commclient.yaml").read_text()
+        )
+        (entry,) = provider["providers"]
+        assert entry["type"] == "file"
+        assert Path(entry["options"]["path"]) == (tmp_path / "out/grafana/dashboards").resolve()
+        for path in written:
+            assert path.read_text() != ""
+
+    def test_datasource_uid_and_dashboards_path(self, tmp_path: Path) -> None:
+        export(tmp_path, datasource_uid="prom-main_1", dashboards_path="/var/lib/grafana/d: x")
+        alerts = yaml.safe_load(
+            (tmp_path / "grafana/provisioning/alerting/commclient-alerts.yaml").read_text()
+        )
+        uids = {
+            query["datasourceUid"]
+            for rule in alerts["groups"][0]["rules"]
+            for query in rule["data"]
+        }
+        assert uids == {"prom-main_1", "__expr__"}
+        provider = yaml.safe_load(
+            (tmp_path / "grafana/provisioning/dashboards/commclient.yaml").read_text()
+        )
+        assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/d: x"
+
+    @pytest.mark.parametrize("uid", ["", "has space", "x" * 41, "a/b", None])
+    def test_bad_datasource_uid_is_refused(self, tmp_path: Path, uid: Any) -> None:
+        with pytest.raises(ValueError, match="datasource_uid"):
+            export(tmp_path, datasource_uid=uid)
+        assert list(tmp_path.iterdir()) == []
+
+    def test_target_that_is_a_file_is_refused(self, tmp_path: Path) -> None:
+        target = tmp_path / "file"
+        target.write_text("")
+        with pytest.raises(NotADirectoryError, match="not a directory"):
+            export(target)
+
+    def test_unknown_shipped_name(self) -> None:
+        with pytest.raises(ValueError, match=r"no shipped monitoring file 'dash\.json'"):
+            shipped("dash.json")
+
+    def test_command(self, tmp_path: Path) -> None:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "commclient.monitoring",
+                "export",
+                str(tmp_path / "tree"),
+                "--datasource-uid",
+                "mimir",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        printed = result.stdout.split()
+        assert len(printed) == 5
+        assert all(Path(line).is_file() for line in printed)
+        assert (
+            "datasourceUid: mimir"
+            in (tmp_path / "tree/grafana/provisioning/alerting/commclient-alerts.yaml").read_text()
+        )
+
+    def test_command_reports_a_bad_uid(self, tmp_path: Path) -> None:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "commclient.monitoring",
+                "export",
+                str(tmp_path),
+                "--datasource-uid",
+                "no spaces",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert "datasource_uid must be" in result.stderr
+
+
+def test_installed_distribution_ships_the_files() -> None:
+    import importlib.metadata
+    import json
+
+    try:
+        distribution = importlib.metadata.distribution("commclient")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("commclient is not installed")
+    direct_url = json.loads(distribution.read_text("direct_url.json") or "{}")
+    if direct_url.get("dir_info", {}).get("editable"):
+        pytest.skip("an editable install lists no package files")
+    files = {str(path) for path in distribution.files or []}
+    assert {f"commclient/monitoring/{name}" for name in SHIPPED_FILES} <= files

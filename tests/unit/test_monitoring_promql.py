@@ -1,0 +1,287 @@
+"""Every expression of the shipped monitoring files, parsed by a real PromQL parser and
+checked against the metrics the library really exports.
+
+The library's side comes from running it: the resilience core (sans-I/O, so no transport
+is needed) and the in-memory cache record into a fresh registry through every outcome —
+success, a 4xx, retried 5xx, 429, timeout, connection error, undecodable body, calls
+refused by the open breaker, a half-open probe — and the test reads back which metric
+names, label names, label values and breaker values appear.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from commclient import ClientConfig, ServiceClientError, testing
+from commclient._core import Core, Outcome, Response, Sleep, TransportFailure, build_core
+from commclient._policy import FailureKind
+from commclient.cache import SyncMemoryCache
+from commclient.monitoring._definitions import BREAKER_STATE, BREAKER_STATES
+from tests.monitoring_queries import Expression, all_expressions, rule_expressions
+
+promql = pytest.importorskip("promql_parser")
+
+#: Labels Prometheus attaches to every scraped series.
+TARGET_LABELS = frozenset({"job", "instance"})
+
+
+@dataclass
+class Exported:
+    """What the library put in a registry: per sample name, its labels and their values."""
+
+    labels: dict[str, set[str]] = field(default_factory=dict)
+    values: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    breaker_values: set[float] = field(default_factory=set)
+
+    def read(self, registry: CollectorRegistry) -> None:
+        for family in registry.collect():
+            for sample in family.samples:
+                self.labels.setdefault(sample.name, set()).update(sample.labels)
+                per_label = self.values.setdefault(sample.name, defaultdict(set))
+                for name, value in sample.labels.items():
+                    per_label[name].add(value)
+                if sample.name == BREAKER_STATE:
+                    self.breaker_values.add(sample.value)
+
+
+@pytest.fixture(autouse=True)
+def _isolated() -> Iterator[None]:
+    testing.reset()
+    yield
+    testing.reset()
+
+
+def _drive(core: Core, outcomes: list[Outcome]) -> None:
+    flow = core.call("GET", "/api/users/{user_id}", path_params={"user_id": 1}).flow()
+    replies = iter(outcomes)
+    try:
+        action = next(flow)
+        while True:
+            action = flow.send(None if isinstance(action, Sleep) else next(replies))
+    except (StopIteration, ServiceClientError):
+        pass
+
+
+@pytest.fixture(scope="module")
+def exported() -> Exported:
+    testing.reset()
+    registry = CollectorRegistry()
+    seen = Exported()
+    config = ClientConfig(
+        max_retries=2, circuit_breaker_fail_max=3, circuit_breaker_reset_timeout=0.05
+    )
+    core = build_core(
+        "http://rest.test", "cron_service", "rest_service", config, registry, testing.FakeClock()
+    )
+    seen.read(registry)
+    ok = Response(200, {}, b"{}")
+    for outcomes in (
+        [ok],
+        [Response(404, {}, b"{}")],
+        [Response(503, {}, b"{}"), ok],
+        [Response(429, {}, b"{}"), ok],
+        [Response(200, {}, b"<html>")],
+        [TransportFailure(FailureKind.READ_TIMEOUT, TimeoutError()), ok],
+        [TransportFailure(FailureKind.CONNECT, ConnectionRefusedError())] * 2,
+        [Response(500, {}, b"{}")] * 2,
+        [Response(502, {}, b"{}")] * 2,
+        [ok],  # refused: the breaker is open by now
+    ):
+        _drive(core, outcomes)
+        seen.read(registry)
+    assert core.breaker.state == "open"
+    time.sleep(0.1)
+    probe = core.call("GET", "/api/users/{user_id}", path_params={"user_id": 1}).flow()
+    next(probe)
+    seen.read(registry)  # half-open while the probe is out
+    with pytest.raises(StopIteration):
+        probe.send(ok)
+    seen.read(registry)
+    cache = SyncMemoryCache("assistant_cache", registry=registry)
+    assert cache.get("user:1") is None
+    cache.set("user:1", {"name": "a"})
+    assert cache.get("user:1") == {"name": "a"}
+    seen.read(registry)
+    testing.reset()
+    return seen
+
+
+def _recorded_labels() -> dict[str, set[str]]:
+    """The labels each recording rule's series carry, from its expression."""
+    recorded: dict[str, set[str]] = {}
+    for rule in rule_expressions():
+        if rule.kind == "recording_rule":
+            recorded[rule.source] = Checker(Exported(), recorded).labels_of(
+                promql.parse(rule.concrete())
+            )
+    return recorded
+
+
+class Checker:
+    """Walks one parsed expression; collects every problem instead of stopping at one."""
+
+    def __init__(self, exported: Exported, recorded: dict[str, set[str]]) -> None:
+        self.exported = exported
+        self.recorded = recorded
+        self.problems: list[str] = []
+
+    def selector_labels(self, name: str) -> set[str]:
+        if name in self.recorded:
+            return set(self.recorded[name])
+        if name in self.exported.labels:
+            return self.exported.labels[name] | TARGET_LABELS
+        self.problems.append(f"metric {name} is neither exported by the library nor recorded")
+        return set(TARGET_LABELS)
+
+    def check_matchers(self, selector: Any) -> set[str]:
+        """Check the matchers of ``selector``; return the labels its series carry."""
+        name = selector.name
+        available = self.selector_labels(name)
+        for matcher in selector.matchers.matchers:
+            if matcher.name == "__name__":
+                continue
+            if matcher.name not in available:
+                self.problems.append(f"{name} has no label {matcher.name}")
+                continue
+            emitted = self.exported.values.get(name, {}).get(matcher.name)
+            if emitted is None:
+                continue  # a recorded series: its source selectors are checked themselves
+            op = str(matcher.op)
+            if op.endswith("Equal") and not op.endswith("NotEqual"):
+                if matcher.value not in emitted:
+                    self.problems.append(
+                        f"{name}{{{matcher.name}={matcher.value!r}}}: the library emits"
+                        f" {sorted(emitted)}"
+                    )
+            elif op.endswith("Re") and not op.endswith("NotRe"):
+                for alternative in matcher.value.split("|"):
+                    if not any(re.fullmatch(alternative, value) for value in emitted):
+                        self.problems.append(
+                            f"{name}{{{matcher.name}=~...{alternative!r}...}}: the library"
+                            f" emits {sorted(emitted)}"
+                        )
+        return available
+
+    def labels_of(self, node: Any) -> set[str]:
+        """The labels of ``node``'s result series; checks its subtree on the way."""
+        kind = type(node).__name__
+        if kind == "VectorSelector":
+            return self.check_matchers(node)
+        if kind == "MatrixSelector":
+            return self.labels_of(node.vector_selector)
+        if kind in ("ParenExpr", "UnaryExpr"):
+            return self.labels_of(node.expr)
+        if kind == "NumberLiteral" or kind == "StringLiteral":
+            return set()
+        if kind == "AggregateExpr":
+            inner = self.labels_of(node.expr)
+            modifier = node.modifier
+            if modifier is None:
+                # topk/bottomk keep their input's labels; sum/max/... keep none.
+                return inner if str(node.op) in ("topk", "bottomk") else set()
+            missing = set(modifier.labels) - inner
+            if missing:
+                self.problems.append(f"aggregation by {sorted(missing)} over {sorted(inner)}")
+            if str(modifier.type).endswith("By"):
+                return set(modifier.labels)
+            return inner - set(modifier.labels)
+        if kind == "Call":
+            arguments = [self.labels_of(arg) for arg in node.args]
+            if node.func.name == "histogram_quantile":
+                if "le" not in arguments[1]:
+                    self.problems.append("histogram_quantile over series without le")
+                return arguments[1] - {"le"}
+            return next((labels for labels in arguments if labels), set())
+        if kind == "BinaryExpr":
+            self.check_breaker_comparison(node)
+            lhs, rhs = self.labels_of(node.lhs), self.labels_of(node.rhs)
+            return lhs or rhs
+        self.problems.append(f"unexpected node {kind}")
+        return set()
+
+    def check_breaker_comparison(self, node: Any) -> None:
+        operand = node.lhs
+        while type(operand).__name__ == "ParenExpr":
+            operand = operand.expr
+        if type(operand).__name__ != "VectorSelector" or operand.name != BREAKER_STATE:
+            return
+        if type(node.rhs).__name__ == "NumberLiteral" and (
+            node.rhs.val not in self.exported.breaker_values
+        ):
+            self.problems.append(
+                f"{BREAKER_STATE} compared with {node.rhs.val}; the library sets"
+                f" {sorted(self.exported.breaker_values)}"
+            )
+
+
+def test_the_scenario_saw_every_breaker_state_and_status(exported: Exported) -> None:
+    # Guards the guard: the checks below are only as strong as what the scenario exported.
+    assert exported.breaker_values == set(BREAKER_STATES) == {0.0, 1.0, 2.0}
+    statuses = exported.values["http_client_requests_total"]["status"]
+    assert {
+        "success",
+        "404",
+        "503",
+        "429",
+        "timeout",
+        "connect_error",
+        "circuit_open",
+        "decode_error",
+    } <= statuses
+    assert "redis_cache_hits_total" in exported.labels
+    assert "redis_cache_misses_total" in exported.labels
+
+
+CLIENT_AND_CACHE_EXPRESSIONS = [e for e in all_expressions() if not re.search(r"\bcron_", e.expr)]
+
+
+@pytest.mark.parametrize(
+    "expression", CLIENT_AND_CACHE_EXPRESSIONS, ids=lambda e: f"{e.kind}:{e.source}"
+)
+def test_expression_uses_what_the_library_exports(
+    expression: Expression, exported: Exported
+) -> None:
+    parsed = promql.parse(expression.concrete())
+    checker = Checker(exported, _recorded_labels())
+    labels = checker.labels_of(parsed)
+    legend_labels = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", expression.legend))
+    if legend_labels - labels:
+        checker.problems.append(f"legend names {sorted(legend_labels - labels)}, not in {labels}")
+    assert checker.problems == [], expression.concrete()
+
+
+@pytest.mark.parametrize("expression", all_expressions(), ids=lambda e: f"{e.kind}:{e.source}")
+def test_every_expression_parses(expression: Expression) -> None:
+    promql.parse(expression.concrete())
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ('rate(http_client_requests_total{status="circuit-open"}[1m])', "status='circuit-open'"),
+        ('rate(http_client_requests_total{status=~"5..|connect-error"}[1m])', "'connect-error'"),
+        ('http_client_retries_total{status="503"}', "has no label status"),
+        ("sum by (endpointt) (rate(http_client_requests_total[1m]))", "by ['endpointt']"),
+        ("rate(http_client_request_total[1m])", "http_client_request_total is neither"),
+        ("http_client_circuit_breaker_state == 3", "compared with 3.0"),
+        (
+            "histogram_quantile(0.9, sum by (service)"
+            " (rate(http_client_request_duration_seconds_bucket[1m])))",
+            "without le",
+        ),
+        ("sum by (endpoint) (service_target:http_client_requests:rate5m)", "by ['endpoint']"),
+    ],
+)
+def test_a_mistake_is_caught(exported: Exported, expr: str, problem: str) -> None:
+    checker = Checker(exported, _recorded_labels())
+    checker.labels_of(promql.parse(expr))
+    assert len(checker.problems) == 1, checker.problems
+    assert problem in checker.problems[0]
