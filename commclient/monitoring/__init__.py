@@ -10,8 +10,8 @@ from ._exposition import MetricsServer, metrics_asgi_app, metrics_registry, star
 from ._files import SHIPPED_FILES, export, shipped
 
 __all__ = [
-    "SHIPPED_FILES",
     "MetricsServer",
+    "SHIPPED_FILES",
     "export",
     "metrics_asgi_app",
     "metrics_registry",

@@ -310,18 +310,3 @@ class TestExport:
         )
         assert result.returncode == 2
         assert "datasource_uid must be" in result.stderr
-
-
-def test_installed_distribution_ships_the_files() -> None:
-    import importlib.metadata
-    import json
-
-    try:
-        distribution = importlib.metadata.distribution("commclient")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("commclient is not installed")
-    direct_url = json.loads(distribution.read_text("direct_url.json") or "{}")
-    if direct_url.get("dir_info", {}).get("editable"):
-        pytest.skip("an editable install lists no package files")
-    files = {str(path) for path in distribution.files or []}
-    assert {f"commclient/monitoring/{name}" for name in SHIPPED_FILES} <= files

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Top-level packages of the distribution: each ships a py.typed marker.
 TOP_LEVEL_PACKAGES = ["commclient", "compat", "cron_migration"]
 # Every package with a public namespace of its own.
-PUBLIC_PACKAGES = [*TOP_LEVEL_PACKAGES, "commclient.cache"]
+PUBLIC_PACKAGES = [*TOP_LEVEL_PACKAGES, "commclient.cache", "commclient.monitoring"]
 # Importing the core must not pull in either facade's transport.
 TRANSPORTS = ["httpx", "requests"]
 OWN_PACKAGES = {"commclient", "compat", "cron_migration"}
@@ -119,8 +119,8 @@ def test_source_package_has_py_typed(name: str) -> None:
     assert (REPO_ROOT / name / "py.typed").is_file()
 
 
-@pytest.mark.parametrize("name", TOP_LEVEL_PACKAGES)
-def test_installed_distribution_ships_py_typed(name: str) -> None:
+def installed_files() -> set[str]:
+    """The files the installed distribution lists; skips where there is no such list."""
     try:
         distribution = importlib.metadata.distribution("commclient")
     except importlib.metadata.PackageNotFoundError:
@@ -128,5 +128,16 @@ def test_installed_distribution_ships_py_typed(name: str) -> None:
     direct_url = json.loads(distribution.read_text("direct_url.json") or "{}")
     if direct_url.get("dir_info", {}).get("editable"):
         pytest.skip("an editable install lists no package files")
-    shipped = {str(path) for path in distribution.files or []}
-    assert f"{name}/py.typed" in shipped
+    return {str(path) for path in distribution.files or []}
+
+
+@pytest.mark.parametrize("name", TOP_LEVEL_PACKAGES)
+def test_installed_distribution_ships_py_typed(name: str) -> None:
+    assert f"{name}/py.typed" in installed_files()
+
+
+def test_installed_distribution_ships_the_monitoring_files() -> None:
+    from commclient.monitoring import SHIPPED_FILES
+
+    expected = {f"commclient/monitoring/{name}" for name in SHIPPED_FILES}
+    assert expected <= installed_files()
