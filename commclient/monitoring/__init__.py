@@ -7,11 +7,10 @@ export DIR`` writes them out as a Grafana provisioning tree. They are generated 
 """
 
 from ._exposition import MetricsServer, metrics_asgi_app, metrics_registry, start_metrics_server
-from ._files import SHIPPED_FILES, export, shipped
+from ._files import export, shipped
 
 __all__ = [
     "MetricsServer",
-    "SHIPPED_FILES",
     "export",
     "metrics_asgi_app",
     "metrics_registry",

@@ -12,9 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from commclient.monitoring import SHIPPED_FILES, export, shipped
+from commclient.monitoring import export, shipped
 from commclient.monitoring._definitions import ALERTS, BREAKER_STATES, DASHBOARD_UID
-from commclient.monitoring._files import PROMETHEUS_RULES_FILE, PROMETHEUS_TESTS_FILE
+from commclient.monitoring._files import (
+    PROMETHEUS_RULES_FILE,
+    PROMETHEUS_TESTS_FILE,
+    SHIPPED_FILES,
+)
 from tests.monitoring_queries import (
     dashboard,
     grafana_alerts,

@@ -137,7 +137,7 @@ def test_installed_distribution_ships_py_typed(name: str) -> None:
 
 
 def test_installed_distribution_ships_the_monitoring_files() -> None:
-    from commclient.monitoring import SHIPPED_FILES
+    from commclient.monitoring._files import SHIPPED_FILES
 
     expected = {f"commclient/monitoring/{name}" for name in SHIPPED_FILES}
     assert expected <= installed_files()
