@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import threading
 import time
 import weakref
@@ -337,6 +338,21 @@ class _BadExecutionId(Exception):
 
 
 _outboxes: weakref.WeakSet[RecordOutbox] = weakref.WeakSet()
+
+
+def _forget_after_fork() -> None:
+    # The child has neither the delivery task nor its loop, and the buffered operations
+    # belong to the parent's runs, which the parent delivers itself.
+    for outbox in list(_outboxes):
+        outbox._lock = threading.Lock()
+        outbox._operations.clear()
+        outbox._open_runs = 0
+        outbox._worker = None
+        outbox._worker_loop = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 async def flush_run_records(timeout: float = 10.0) -> int:

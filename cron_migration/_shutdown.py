@@ -14,6 +14,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ._context import check_seconds, mark_internal_listener
 from ._executor import MigrationExecutor
+from ._job import MigratedJob
+from ._lease import Lease
 from ._records import flush_run_records
 
 logger = logging.getLogger("cron_migration")
@@ -60,6 +62,7 @@ async def shutdown_gracefully(
     if scheduler._eventloop is not loop:
         raise RuntimeError("shutdown_gracefully() must be awaited on the scheduler's event loop")
     scheduler.pause()  # _process_jobs submits nothing while paused
+    leases = _leases_of(scheduler)
     runs = _in_flight(scheduler)
     done: set[Any] = set()
     pending_runs: set[Any] = set()
@@ -83,6 +86,8 @@ async def shutdown_gracefully(
     scheduler.shutdown(wait=False)
     await stopped.wait()
     scheduler.remove_listener(on_shutdown)
+    for lease in leases:
+        await lease.aclose()  # the Redis connections it opened on this loop
     started = time.monotonic()
     pending = await flush_run_records(records_timeout)
     if pending:
@@ -103,3 +108,12 @@ def _in_flight(scheduler: AsyncIOScheduler) -> set[asyncio.Future[Any]]:
             # AsyncIOExecutor keeps its running jobs' futures there; it has no public view.
             runs.update(getattr(executor, "_pending_futures", ()))
     return runs
+
+
+def _leases_of(scheduler: AsyncIOScheduler) -> list[Lease]:
+    leases: dict[int, Lease] = {}
+    for job in scheduler.get_jobs():
+        target = getattr(job.func, "__func__", job.func)
+        if isinstance(target, MigratedJob) and target.lease is not None:
+            leases[id(target.lease)] = target.lease
+    return list(leases.values())

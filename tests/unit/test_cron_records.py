@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -185,3 +186,45 @@ def test_records_of_runs_under_a_thread_scheduler_are_delivered_too() -> None:
     (execution,) = recorder.executions.values()
     assert execution.status == "completed"
     assert execution.result == 7
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_neither_inherits_the_parents_records_nor_its_delivery_task() -> None:
+    registry = CollectorRegistry()
+    recorder = FakeRecorder(down=True)
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def job() -> str:
+        return "parent"
+
+    async def parent_run() -> None:
+        await job()
+
+    asyncio.run(parent_run())  # its records wait: the recorder is down
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it holds, then record a run of its own
+        try:
+            recorder.down = False
+            outbox = job.outbox
+            held = outbox.pending_operations if outbox is not None else -1
+
+            async def child_run() -> int:
+                await job()
+                return await flush_run_records(10)
+
+            pending = asyncio.run(child_run())
+            os.write(write_end, f"{held} {pending} {len(recorder.executions)}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as pipe:
+        held, pending, executions = map(int, pipe.read().split())
+    assert held == 0  # the parent's two operations stayed with the parent
+    assert pending == 0
+    assert executions == 1  # only the child's own run
+    recorder.down = False
+    assert asyncio.run(flush_run_records(10)) == 0
+    assert len(recorder.executions) == 1  # the parent's run, in the parent's recorder

@@ -1,0 +1,7 @@
+"""``python -m cron_migration plan module:attribute [--check]`` | ``audit PATH``."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

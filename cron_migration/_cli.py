@@ -1,0 +1,100 @@
+"""``python -m cron_migration``: ``plan module:attribute [--check]`` and ``audit PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._audit import audit_paths
+
+
+class UsageError(Exception):
+    """Bad input on the command line: exit status 2 with the message."""
+
+
+def load_scheduler(spec: str) -> Any:
+    """The scheduler ``module:attribute`` names (or a function returning one)."""
+    from apscheduler.schedulers.base import BaseScheduler
+
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise UsageError(f"expected module:attribute (e.g. myservice.cron:scheduler), got {spec!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # the current directory, as `python -m` has it
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as exc:
+            raise UsageError(f"{module_name!r} has no attribute {attribute!r}") from exc
+    if not isinstance(target, BaseScheduler) and callable(target):
+        target = target()
+    if not isinstance(target, BaseScheduler):
+        raise UsageError(
+            f"{spec} is {type(target).__name__}, not an APScheduler 3 scheduler "
+            "(or a function returning one)"
+        )
+    return target
+
+
+def plan(spec: str, check: bool, async_jobs: str | None) -> int:
+    from ._migrate import migrate_scheduler
+
+    scheduler = load_scheduler(spec)
+    switch = None if async_jobs is None else [j.strip() for j in async_jobs.split(",") if j.strip()]
+    try:
+        _, report = migrate_scheduler(scheduler, async_jobs=switch, lag_monitor=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    print(report.render())
+    return 1 if check and not report.ok else 0
+
+
+def audit(paths: Sequence[str], check: bool) -> int:
+    try:
+        findings = audit_paths([Path(p) for p in paths])
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    for finding in findings:
+        print(finding.render())
+    print(f"{len(findings)} call site(s) to migrate")
+    return 1 if check and findings else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cron_migration",
+        description="Plan and check the move of cron jobs to AsyncIOScheduler.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    plan_parser = commands.add_parser(
+        "plan", help="what migrate_scheduler() changes for each job of a legacy scheduler"
+    )
+    plan_parser.add_argument("scheduler", help="module:attribute of the scheduler")
+    plan_parser.add_argument(
+        "--check", action="store_true", help="exit 1 when something cannot move as is"
+    )
+    plan_parser.add_argument(
+        "--async-jobs",
+        metavar="IDS",
+        help="comma-separated ids on the async path (default: $CRON_MIGRATION_ASYNC_JOBS)",
+    )
+    audit_parser = commands.add_parser("audit", help="call sites still to migrate (CM001-CM003)")
+    audit_parser.add_argument("paths", nargs="+", metavar="PATH")
+    audit_parser.add_argument("--check", action="store_true", help="exit 1 when any is found")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "plan":
+            return plan(args.scheduler, args.check, args.async_jobs)
+        return audit(args.paths, args.check)
+    except UsageError as exc:
+        print(f"python -m cron_migration {args.command}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,181 @@
+"""python -m cron_migration plan / audit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("apscheduler")
+pytest.importorskip("anyio")
+
+from cron_migration._audit import audit_source
+from cron_migration._cli import main
+
+pytestmark = pytest.mark.facade_async
+
+LEGACY_MODULE = '''
+import asyncio
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+def report() -> None:
+    """A sync job."""
+
+async def remind() -> None:
+    """A coroutine job the thread pool never awaits."""
+
+scheduler = BlockingScheduler(timezone="UTC")
+scheduler.add_job(report, "interval", minutes=5, id="report")
+scheduler.add_job(remind, "interval", minutes=1, id="remind")
+
+def build():
+    made = BlockingScheduler(timezone="UTC")
+    made.add_job(report, "interval", minutes=5, id="report")
+    return made
+
+not_a_scheduler = 42
+'''
+
+
+@pytest.fixture
+def legacy_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    name = f"legacy_cron_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(LEGACY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def test_plan_prints_each_job_and_check_fails_on_what_cannot_move(
+    legacy_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", f"{legacy_module}:scheduler"]) == 0
+    out = capsys.readouterr().out
+    assert "job 'report' (report): sync" in out
+    assert "job 'remind' (remind): async" in out
+    assert "'default': ThreadPoolExecutor" in out
+    assert "compat's bounded worker pool" in out
+    assert "CANNOT MOVE AS IS: remind: coroutine job on ThreadPoolExecutor" in out
+    assert main(["plan", f"{legacy_module}:scheduler", "--check"]) == 1
+    assert main(["plan", f"{legacy_module}:build", "--check"]) == 0  # a factory works too
+    assert main(["plan", f"{legacy_module}:scheduler", "--async-jobs", "remind"]) == 0
+    assert "the scheduler's event loop" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_colon", "expected module:attribute"),
+        ("no_such_module_xyz:scheduler", "cannot import 'no_such_module_xyz'"),
+        ("{module}:missing", "has no attribute 'missing'"),
+        ("{module}:not_a_scheduler", "int, not an APScheduler 3 scheduler"),
+    ],
+)
+def test_plan_names_what_is_wrong_with_its_argument(
+    legacy_module: str, spec: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", spec.format(module=legacy_module)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_plan_refuses_a_misspelt_async_job(
+    legacy_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", f"{legacy_module}:scheduler", "--async-jobs", "remnd"]) == 2
+    assert "'remnd'" in capsys.readouterr().err
+
+
+AUDITED = """
+import asyncio
+import time as clock
+import requests as rq
+from httpx import AsyncClient, get as httpx_get
+from apscheduler.schedulers.blocking import BlockingScheduler
+from cron_migration import migrated_job
+
+scheduler = BlockingScheduler()
+
+def fetch():
+    return rq.get("http://x/api")                     # CM001
+
+@migrated_job(timeout=5)
+def legacy_job():
+    asyncio.run(main())                                # CM002
+    loop = asyncio.get_event_loop()                    # CM002
+
+def registered():
+    asyncio.new_event_loop().run_until_complete(main())  # CM002 x2
+
+scheduler.add_job(registered, "interval", seconds=5)
+
+@scheduler.scheduled_job("interval", seconds=5)
+async def async_job():
+    clock.sleep(1)                                     # CM003
+    httpx_get("http://x")                              # CM001 + CM003
+    async with AsyncClient() as client:                # CM001 only
+        await client.get("http://x")
+
+def not_a_job():
+    asyncio.run(main())                                # fine: not a job
+
+async def main():
+    await asyncio.sleep(1)                             # fine
+"""
+
+
+def test_audit_finds_each_kind_of_call_site() -> None:
+    findings = audit_source(AUDITED, "service.py")
+    found = [(f.line, f.code) for f in findings]
+    lines = AUDITED.splitlines()
+
+    def line_of(text: str) -> int:
+        return next(n for n, line in enumerate(lines, 1) if text in line)
+
+    assert sorted(found) == sorted(
+        [
+            (line_of("rq.get("), "CM001"),
+            (line_of("asyncio.run(main())                                # CM002"), "CM002"),
+            (line_of("get_event_loop"), "CM002"),
+            (line_of("new_event_loop"), "CM002"),
+            (line_of("new_event_loop"), "CM002"),
+            (line_of("clock.sleep"), "CM003"),
+            (line_of("httpx_get("), "CM001"),
+            (line_of("httpx_get("), "CM003"),
+            (line_of("AsyncClient() as"), "CM001"),
+        ]
+    )
+    sleep = next(f for f in findings if f.code == "CM003" and "time.sleep" in f.message)
+    assert sleep.render().startswith(f"service.py:{line_of('clock.sleep')}:")
+    assert "in async def async_job" in sleep.message
+
+
+def test_audit_walks_a_tree_skips_the_clients_and_reports_unparsable_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "service").mkdir()
+    (tmp_path / "service" / "jobs.py").write_text(AUDITED)
+    (tmp_path / "service" / "broken.py").write_text("def (:\n")
+    (tmp_path / "commclient").mkdir()
+    (tmp_path / "commclient" / "_sync.py").write_text("import requests\nrequests.get('x')\n")
+    assert main(["audit", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "commclient" not in out
+    assert "broken.py:1:" in out
+    assert "CM000 cannot parse" in out
+    assert "10 call site(s) to migrate" in out
+    assert main(["audit", str(tmp_path), "--check"]) == 1
+    assert main(["audit", str(tmp_path / "nowhere")]) == 2
+
+
+def test_the_module_runs_as_a_command(legacy_module: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cron_migration", "plan", f"{legacy_module}:scheduler", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "2 job(s), 1 problem(s)" in result.stdout
