@@ -260,7 +260,7 @@ async def _async_hits(redis_url: str, rest_url: str, plan: Plan) -> list[Row]:
     http = httpx.AsyncClient()
     await cache.set(KEY, SETTINGS)
     assert await local.start()
-    raw_key = f"bench-async:{KEY}#0"
+    raw_key = f"{{bench-async}}:{KEY}#0"
 
     async def cache_hit() -> Any:
         return await cache.get(KEY)
@@ -355,7 +355,7 @@ def _sync_hits(redis_url: str, rest_url: str, plan: Plan) -> list[Row]:
     session = requests.Session()
     cache.set(KEY, SETTINGS)
     assert local.start()
-    raw_key = f"bench-sync:{KEY}#0"
+    raw_key = f"{{bench-sync}}:{KEY}#0"
 
     def rest_get_typed() -> Any:
         response = session.get(rest_url)
@@ -434,7 +434,7 @@ def _populate(redis_url: str, prefix: str, size: int) -> None:
     for start in range(0, size, batch):
         pipe = client.pipeline(transaction=False)
         for index in range(start, min(size, start + batch)):
-            pipe.set(f"{prefix}:{GROUP}:{index}#0", value, ex=3600)
+            pipe.set(f"{{{prefix}}}:{GROUP}:{index}#0", value, ex=3600)
         pipe.execute()
     client.close()
 

@@ -8,8 +8,11 @@ Pure ASGI (no framework import): wrap any ASGI app, FastAPI and Starlette includ
 After a mutating request (POST, PUT, PATCH, DELETE) whose response is 2xx, the groups and
 patterns of every matching rule are invalidated. This happens when the app starts its
 response and *before* the response leaves, so a client that reads right after its own
-write never reads the old value. A failing invalidation is logged and counted, and the
-response goes out unchanged.
+write never reads the old value. A group invalidation that fails (Redis down or paused)
+is logged, the response goes out unchanged, and the group is kept pending: the
+middleware bumps it again in the background, with growing pauses up to
+``retry_max_wait``, until Redis takes it, so an old value cannot outlive the outage by
+its whole TTL. Bumping a group twice is harmless (it only invalidates again).
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ class CacheInvalidationMiddleware:
 
     ``timeout`` bounds the invalidation of one request (each Redis call is bounded by
     the cache's own operation timeout too); ``None`` waits for it to finish.
+    ``retry_max_wait`` is the longest pause between retries of failed group bumps.
     """
 
     def __init__(
@@ -140,12 +144,23 @@ class CacheInvalidationMiddleware:
         rules: Iterable[InvalidationRule] = DEFAULT_INVALIDATION_RULES,
         *,
         timeout: float | None = 5.0,
+        retry_max_wait: float = 30.0,
     ) -> None:
+        if retry_max_wait <= 0:
+            raise ValueError(f"retry_max_wait must be > 0: {retry_max_wait!r}")
         self.app = app
         self.cache = cache
         self.rules: Sequence[InvalidationRule] = tuple(rules)
         self.timeout = timeout
+        self.retry_max_wait = retry_max_wait
         self._methods = frozenset().union(*(rule.methods for rule in self.rules))
+        self._pending: dict[str, None] = {}
+        self._retrier: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Groups whose invalidation failed and is being retried."""
+        return len(self._pending)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method", "").upper() not in self._methods:
@@ -190,6 +205,8 @@ class CacheInvalidationMiddleware:
         try:
             await asyncio.wait_for(self._run(groups, patterns), self.timeout)
         except Exception as error:
+            self._pending.update(dict.fromkeys(groups))
+            self._retry_later()
             logger.error(
                 "cache invalidation after a successful request failed; the response is sent",
                 extra={
@@ -206,8 +223,28 @@ class CacheInvalidationMiddleware:
         failed: list[str] = []
         for group in groups:
             if not await self.cache.invalidate_group(group):
-                failed.append(f"group {group}")
+                failed.append(group)
         for pattern in patterns:
             await self.cache.invalidate(pattern)
         if failed:
-            raise ConnectionError(f"could not reach the cache for {', '.join(failed)}")
+            raise ConnectionError(f"could not reach the cache for groups {', '.join(failed)}")
+
+    def _retry_later(self) -> None:
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.get_running_loop().create_task(self._retry_pending())
+
+    async def _retry_pending(self) -> None:
+        """Bump the pending groups again until Redis takes every one of them."""
+        wait = min(0.1, self.retry_max_wait)
+        while self._pending:
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, self.retry_max_wait)
+            for group in list(self._pending):
+                try:
+                    done = await self.cache.invalidate_group(group)
+                except Exception:
+                    logger.exception("retrying a cache invalidation failed", extra={"group": group})
+                    done = False
+                if done:
+                    del self._pending[group]
+                    logger.info("pending cache invalidation applied", extra={"group": group})

@@ -1,14 +1,17 @@
-"""AsyncRedisCache: the cache on ``redis.asyncio`` (a thin driver over :mod:`._core`)."""
+"""AsyncRedisCache: the cache on ``redis.asyncio`` (a thin driver over :mod:`._core`).
+
+This module is the one source of both Redis drivers: ``scripts/generate_sync.py`` turns
+it into :mod:`._sync` (``SyncRedisCache``), and a test fails when that file is out of
+date. What differs between the worlds (tasks or threads, deadlines, single flight) is
+in :mod:`._io_async` and its twin :mod:`._io_sync`, which offer the same names.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import random
-import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from datetime import timedelta
 from functools import partial
 from types import TracebackType
@@ -17,12 +20,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from prometheus_client import CollectorRegistry
 
 from . import _flows as flows
+from . import _io_async as io
 from . import _scripts
 from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
-from ._core import FAILED, CacheCore, CoreFacade, KeyPlan, Read
-from ._deadlines import Deadlines
-from ._flights import TaskFlights
+from ._core import FAILED, MISMATCH, CacheCore, CoreFacade, KeyPlan, Read, reset_after_fork
 from ._local import MISSING
 from ._messages import InvalidationMessage
 
@@ -32,23 +34,12 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 InvalidationCallback = Callable[[InvalidationMessage], object]
 
-if sys.version_info >= (3, 11):
-
-    async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
-        async with asyncio.timeout(seconds):
-            return await awaitable
-
-else:
-
-    async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
-        return await asyncio.wait_for(awaitable, seconds)
-
 
 class AsyncRedisCache(CoreFacade):
     """A JSON cache in Redis for asyncio code; Redis failures become misses.
 
     ``redis_client`` is a ``redis.asyncio.Redis``; every operation against it is bounded
-    by ``config.operation_timeout`` whatever the client's own retry settings are.
+    by ``config.operation_timeout`` whatever the client's own timeout and retry settings.
     ``prefix`` namespaces the keys; ``name`` (default: the prefix) is the ``cache_name``
     metric label; ``registry`` is the Prometheus registry (``None``: the default one).
     """
@@ -63,19 +54,28 @@ class AsyncRedisCache(CoreFacade):
         registry: CollectorRegistry | None = None,
     ) -> None:
         self._core = CacheCore(prefix, config, name, registry)
-        self._redis = redis_client
-        self._read_script = redis_client.register_script(_scripts.READ)
-        self._commands = flows.commands(redis_client, self._unlink)
+        timeout = self._core.config.operation_timeout
+        self._redis, self._owns_client = io.bounded_client(redis_client, timeout)
+        self._read_script = self._redis.register_script(_scripts.READ)
+        self._commands = flows.commands(self._redis, self._unlink)
         from redis.exceptions import NoScriptError
 
         self._no_script_error = NoScriptError
-        self._execute_command: Callable[..., Any] = redis_client.execute_command
-        self._flights = TaskFlights()
-        self._deadlines = Deadlines(self._core.config.operation_timeout)
-        self._owns_client = False
-        self._listener_redis: Any = None
-        self._listener_task: asyncio.Task[None] | None = None
+        self._execute_command: Callable[..., Any] = self._redis.execute_command
         self._closed = False
+        self._after_fork()
+        reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """(Re)build what is tied to a thread, a loop or a socket: at start, and in a
+        forked child, which must not use its parent's listener or connections."""
+        self._core.after_fork()
+        self._flights = io.Flights()
+        self._deadlines = io.Deadlines(self._core.config.operation_timeout)
+        self._listener: Any = None
+        self._listener_redis: Any = None
+        self._listener_lock = threading.Lock()
+        self._stop = io.Stop()
 
     @classmethod
     def from_url(
@@ -87,17 +87,17 @@ class AsyncRedisCache(CoreFacade):
         name: str | None = None,
         registry: CollectorRegistry | None = None,
     ) -> AsyncRedisCache:
-        """Build a cache and the client it owns (closed by :meth:`aclose`) from a URL."""
-        import redis.asyncio
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+        """Build a cache and the client it owns (closed by :meth:`aclose`) from a URL.
 
+        The client's socket timeouts are the operation timeout, so a dead Redis costs
+        at most about one operation timeout before the breaker opens.
+        """
         config = config or CacheConfig()
-        client = redis.asyncio.Redis.from_url(
+        client = io.redis_module().Redis.from_url(
             url,
             socket_timeout=config.operation_timeout,
             socket_connect_timeout=config.operation_timeout,
-            retry=Retry(NoBackoff(), 1),
+            retry=io.retry(io.CONNECT_RETRIES),
         )
         cache = cls(client, prefix, config=config, name=name, registry=registry)
         cache._owns_client = True
@@ -112,7 +112,11 @@ class AsyncRedisCache(CoreFacade):
     async def get(self, key: str, model: type[T]) -> T | None: ...
 
     async def get(self, key: str, model: Any = None) -> Any:
-        """The value at ``key`` validated as ``model`` (plain JSON without), or ``None``."""
+        """The value at ``key`` validated as ``model`` (plain JSON without), or ``None``.
+
+        A value stored by code with another model (a rolling deploy) is a miss here and
+        is left alone for the code that can read it.
+        """
         core = self._core
         plan = core.plan(key)
         epoch = 0
@@ -127,7 +131,7 @@ class AsyncRedisCache(CoreFacade):
             core.unavailable(plan)
             return None
         value = await self._decode(plan, read, model, epoch)
-        return None if value is MISSING else value
+        return None if value is MISSING or value is MISMATCH else value
 
     async def get_raw(self, key: str) -> Any:
         """The decoded JSON at ``key`` without model validation, or ``None``."""
@@ -136,7 +140,12 @@ class AsyncRedisCache(CoreFacade):
     # -- writes -------------------------------------------------------------------------
 
     async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool:
-        """Store ``value`` for ``ttl`` seconds; ``False`` when Redis could not be reached."""
+        """Store ``value`` for ``ttl`` seconds; ``True`` once Redis confirmed the write.
+
+        ``False`` means not confirmed: Redis could not be reached, or did not answer
+        within the operation timeout (a write sent just before a pause may still be
+        applied when Redis resumes; every local tier drops the key either way).
+        """
         return await self._run(flows.set_value(self._core, key, value, ttl_milliseconds(ttl)))
 
     async def delete(self, key: str) -> bool:
@@ -148,7 +157,9 @@ class AsyncRedisCache(CoreFacade):
 
         With ``parts``, ``pattern`` is a template whose ``{}`` fields are filled with the
         parts escaped (see :func:`build_pattern`). Runs SCAN + UNLINK in batches; the
-        count includes copies a group invalidation had already made unreachable.
+        count is of logical keys that held a value (copies a group invalidation had
+        already made unreachable are removed, not counted). Patterns match per byte of
+        UTF-8, as Redis does: ``?`` matches one byte, so ``"u:??"`` matches ``"u:é"``.
         """
         return await self._run(flows.invalidate(self._core, pattern, parts))
 
@@ -204,15 +215,16 @@ class AsyncRedisCache(CoreFacade):
         """The cached value, or ``loader()``'s result stored for ``ttl`` seconds.
 
         Concurrent misses of one key share one ``loader`` call in this process, and a
-        Redis lease makes other processes wait for it rather than load too. A loader
-        error reaches every caller waiting for it. With ``stale_ttl``, a value is kept
-        that much longer and, once past ``ttl``, served while one caller refreshes it.
+        Redis lease (renewed while the loader runs) makes other processes wait for it
+        rather than load too. A loader error reaches every caller waiting for it. With
+        ``stale_ttl``, a value is kept that much longer and, once past ``ttl``, served
+        while one caller refreshes it; the refreshed value reaches every local tier.
         """
         core = self._core
         plan = core.plan(key)
         ttl_ms = ttl_milliseconds(ttl)
         stale_s = ttl_seconds(stale_ttl) if stale_ttl else 0.0
-        value = core.local_get(plan, model)
+        value = core.local_get(plan, model, stale_s)
         if value is not MISSING:
             return value
         self._ensure_listener()
@@ -223,6 +235,8 @@ class AsyncRedisCache(CoreFacade):
             core.unavailable(plan)
             return await self._join(flight_key, job.epoch, flows.load(core, job), loader)
         value = await self._decode(plan, read, model, job.epoch)
+        if value is MISMATCH:
+            return await self._join(flight_key, job.epoch, flows.load(core, job), loader)
         if value is MISSING:
             return await self._join(flight_key, job.epoch, flows.fill(core, job), loader)
         if core.is_fresh(read, stale_s) or flight_key in self._flights:
@@ -246,14 +260,18 @@ class AsyncRedisCache(CoreFacade):
 
     # -- Pub/Sub ------------------------------------------------------------------------
 
-    async def subscribe_invalidation(self, callback: InvalidationCallback) -> None:
-        """Hand every invalidation message to ``callback`` (sync or async) until cancelled.
+    async def subscribe_invalidation(
+        self, callback: InvalidationCallback, *, stop: io.Stop | None = None
+    ) -> None:
+        """Hand every invalidation message to ``callback`` until ``stop`` is set (or,
+        for the async cache, the task is cancelled).
 
-        Messages this cache sent come too (compare ``message.origin`` with
-        :attr:`origin`). Resubscribes by itself after a disconnect; messages published
-        while disconnected are lost (Pub/Sub delivers at most once).
+        A callback may be a coroutine function with the async cache. Messages this cache
+        sent come too (compare ``message.origin`` with :attr:`origin`). Resubscribes by
+        itself after a disconnect; messages published while disconnected are lost
+        (Pub/Sub delivers at most once).
         """
-        await self._listen(callback, drives_local_tier=False)
+        await self._listen(callback, drives_local_tier=False, stop=stop or io.Stop())
 
     async def start(self, timeout: float = 5.0) -> bool:
         """Start the local tier's listener and wait until it serves; ``True`` once it does.
@@ -265,39 +283,42 @@ class AsyncRedisCache(CoreFacade):
             return False
         self._ensure_listener()
         deadline = time.monotonic() + timeout
-        # Activation happens in the sans-I/O core, shared with the thread-based driver,
-        # which has no asyncio.Event to set: a short poll is the simple bridge.
-        while not self._core.local.active and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+        # Activation happens in the sans-I/O core, which has no event to set for either
+        # world: a short poll is the simple bridge.
+        while not self._core.local.active and time.monotonic() < deadline:
+            await io.sleep(0.005)
         return self._core.local.active
 
     def _ensure_listener(self) -> None:
-        if self._listener_task is None and self._core.local_tier_enabled and not self._closed:
-            self._listener_task = asyncio.get_running_loop().create_task(
-                self._listen(None, drives_local_tier=True)
-            )
+        if self._listener is None and self._core.local_tier_enabled and not self._closed:
+            with self._listener_lock:
+                if self._listener is None and not self._closed:
+                    self._listener = io.start_background(
+                        partial(self._listen, None, drives_local_tier=True, stop=self._stop),
+                        name=f"commclient-cache-listener-{self._core.name}",
+                    )
 
     async def _listen(
-        self, callback: InvalidationCallback | None, *, drives_local_tier: bool
+        self, callback: InvalidationCallback | None, *, drives_local_tier: bool, stop: io.Stop
     ) -> None:
         core = self._core
         config = core.config
         client = self._listener_client()
         wait = config.resubscribe_min_wait
         try:
-            while True:
+            while not stop.is_set():
                 pubsub = client.pubsub()
                 try:
-                    await _bounded(
+                    await io.bounded(
                         pubsub.subscribe(config.channel), max(config.operation_timeout, 1.0)
                     )
-                    loop = asyncio.get_running_loop()
-                    last_heard = next_ping = loop.time()
-                    while True:
-                        message = await pubsub.get_message(timeout=config.listener_ping_interval)
-                        if _cancel_requested() or (drives_local_tier and self._closed):
-                            raise asyncio.CancelledError
-                        now = loop.time()
+                    last_heard = next_ping = time.monotonic()
+                    while not stop.is_set():
+                        message = await pubsub.get_message(
+                            timeout=io.poll_timeout(config.listener_ping_interval)
+                        )
+                        io.check_cancelled()
+                        now = time.monotonic()
                         if message is not None:
                             last_heard = now
                         elif now - last_heard > 2 * config.listener_ping_interval:
@@ -319,8 +340,8 @@ class AsyncRedisCache(CoreFacade):
                     else:
                         core.subscriber_lost(error)
                 finally:
-                    await _close_quietly(pubsub)
-                await asyncio.sleep(wait * random.uniform(0.5, 1.0))
+                    await io.close_quietly(pubsub)
+                await io.wait(stop, wait * random.uniform(0.5, 1.0))
                 wait = min(wait * 2, config.resubscribe_max_wait)
         finally:
             if drives_local_tier:
@@ -336,9 +357,7 @@ class AsyncRedisCache(CoreFacade):
         if message is None or callback is None:
             return
         try:
-            result = callback(message)
-            if inspect.isawaitable(result):
-                await result
+            await io.call_loader(partial(callback, message))
         except Exception as error:
             self._core.callback_failed(error)
 
@@ -350,26 +369,26 @@ class AsyncRedisCache(CoreFacade):
         and the local tier would keep what they invalidated. With retries off, every
         disconnect reaches the listener, which flushes the local tier.
         """
-        if self._listener_redis is None:
-            self._listener_redis = _without_retries(self._redis)
-        return self._listener_redis
+        with self._listener_lock:
+            if self._listener_redis is None:
+                self._listener_redis = io.rebuilt_client(self._redis, retry=io.retry(0))
+            return self._listener_redis
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Stop the listener and close what this cache owns. Idempotent."""
-        self._closed = True
-        task, self._listener_task = self._listener_task, None
-        while task is not None and not task.done():
-            # Cancelled again until it ends: see _cancel_requested.
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.5)
+        with self._listener_lock:
+            self._closed = True
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            await io.stop_background(listener, self._stop)
         listener_redis, self._listener_redis = self._listener_redis, None
         if listener_redis is not None and listener_redis is not self._redis:
-            await _close_quietly(listener_redis)
+            await io.close_quietly(listener_redis)
         if self._owns_client:
             self._owns_client = False
-            await _close_quietly(self._redis)
+            await io.close_quietly(self._redis)
 
     async def __aenter__(self) -> AsyncRedisCache:
         return self
@@ -393,13 +412,16 @@ class AsyncRedisCache(CoreFacade):
             while True:
                 try:
                     if isinstance(step, flows.Call):
-                        command = self._commands[step.command]
-                        reply = await self._call(step.operation, command, *step.args, **step.kwargs)
+                        reply = await self._do(step)
                     elif isinstance(step, flows.Sleep):
-                        await asyncio.sleep(step.seconds)
+                        await io.sleep(step.seconds)
                         reply = None
+                    elif step.keep_alive is None:
+                        reply = await io.call_loader(loader)
                     else:
-                        reply = await _load(loader)
+                        renew = partial(self._do, step.keep_alive)
+                        async with io.renewing(self._core.lease_renew_interval(), renew):
+                            reply = await io.call_loader(loader)
                 except BaseException as error:
                     step = flow.throw(error)
                 else:
@@ -408,29 +430,28 @@ class AsyncRedisCache(CoreFacade):
             result: T = done.value
             return result
 
+    async def _do(self, step: flows.Call) -> Any:
+        command = self._commands[step.command]
+        return await self._call(step.operation, command, *step.args, **step.kwargs)
+
     async def _call(
         self, operation: str, command: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
     ) -> Any:
         """Run one Redis command within the operation timeout; :data:`FAILED` on failure."""
         core = self._core
-        if not core.allow(operation):
+        admission = core.admit(operation)
+        if admission is None:
             return FAILED
         started = time.perf_counter()
-        call = self._deadlines.start()
         try:
-            result = await command(*args, **kwargs)
-        except asyncio.CancelledError:
-            if not self._deadlines.timed_out(call):
-                raise
-            core.failed(operation, TimeoutError(f"redis {operation} took over the timeout"))
-            return FAILED
+            result = await self._deadlines.run(command, *args, **kwargs)
         except Exception as error:
-            core.failed(operation, error)
+            core.failed(operation, error, admission)
             return FAILED
-        finally:
-            self._deadlines.finish(call)
-        self._deadlines.settle(call)
-        core.succeeded(operation, time.perf_counter() - started)
+        except BaseException:
+            core.abandoned(admission)
+            raise
+        core.succeeded(operation, time.perf_counter() - started, admission)
         return result
 
     async def _read(self, plan: KeyPlan, *, with_ttl: bool = False) -> Read | None:
@@ -454,10 +475,13 @@ class AsyncRedisCache(CoreFacade):
     async def _read_reply(self, keys: list[str], args: list[str]) -> Any:
         """Run the read script by its SHA, without redis-py's ``Script`` wrapper.
 
-        This is every cache hit; the wrapper's per-call work is a visible share of it.
+        This is every read with a local tier; the wrapper's per-call work is a visible
+        share of it.
         """
         try:
-            return await self._execute_command("EVALSHA", self._read_script.sha, 1, *keys, *args)
+            return await self._execute_command(
+                "EVALSHA", self._read_script.sha, len(keys), *keys, *args
+            )
         except self._no_script_error:
             return await self._read_script(keys=keys, args=args)  # loads the script, then runs it
 
@@ -471,58 +495,3 @@ class AsyncRedisCache(CoreFacade):
         if lease_keys:
             await self._redis.delete(*lease_keys)
         return int(await self._redis.unlink(*data_keys)) if data_keys else 0
-
-
-async def _load(loader: Callable[[], Any] | None) -> Any:
-    """Call the loader (a coroutine function, or a plain one) and await what it returns."""
-    result = loader() if loader is not None else None
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
-def _without_retries(client: Any) -> Any:
-    """A client on its own pool, with the same connection settings and no retries."""
-    import redis.asyncio
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    pool = getattr(client, "connection_pool", None)
-    if pool is None:
-        return client
-    kwargs = dict(pool.connection_kwargs)
-    kwargs["retry"] = Retry(NoBackoff(), 0)
-    return redis.asyncio.Redis(
-        connection_pool=redis.asyncio.ConnectionPool(
-            connection_class=pool.connection_class, **kwargs
-        )
-    )
-
-
-if sys.version_info >= (3, 11):
-
-    def _cancel_requested() -> bool:
-        """True if this task was asked to stop, even if the request was swallowed.
-
-        A cancellation that lands while redis-py's Pub/Sub read is inside its own read
-        timeout can be absorbed there (the read returns ``None`` and the task stays
-        "cancelling"); a listener that then simply polled on would never end.
-        """
-        task = asyncio.current_task()
-        return task is not None and task.cancelling() > 0
-
-else:
-
-    def _cancel_requested() -> bool:
-        return False  # Python 3.10 cannot tell; aclose() sets a flag as well
-
-
-async def _close_quietly(resource: Any) -> None:
-    """Close a client or Pub/Sub object without letting a dead connection raise or hang."""
-    close = getattr(resource, "aclose", None) or getattr(resource, "close", None)
-    if close is None:
-        return
-    with suppress(Exception):
-        result = close()
-        if inspect.isawaitable(result):
-            await _bounded(result, 1.0)

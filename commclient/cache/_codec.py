@@ -10,8 +10,13 @@ dataclasses of JSON fields still work (built with ``Model(**data)``).
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import decimal
+import enum
 import json
 import types
+import typing
+import uuid
 from functools import lru_cache
 from typing import Any
 
@@ -21,7 +26,11 @@ JSON_TYPES: tuple[type, ...] = (dict, list, str, int, float, bool, type(None))
 
 
 class CorruptValueError(Exception):
-    """A stored value is not valid JSON or does not validate as the requested model."""
+    """A stored value is not valid JSON: nobody can read it."""
+
+
+class ModelMismatchError(Exception):
+    """A stored value is valid JSON but not of the requested model (another version's)."""
 
 
 class _PydanticMissing:
@@ -56,23 +65,57 @@ def _has_pydantic() -> bool:
     return _pydantic() is not _PydanticMissing
 
 
+_IMMUTABLE_LEAVES: frozenset[Any] = frozenset(
+    (str, int, float, bool, bytes, type(None), decimal.Decimal, uuid.UUID)
+) | {datetime.date, datetime.datetime, datetime.time, datetime.timedelta}
+
+
 @lru_cache(maxsize=512)
 def is_immutable(model: Any) -> bool:
-    """Tell whether instances of ``model`` can be shared between callers.
+    """Tell whether values of ``model`` can be shared between callers.
 
-    The local tier hands one decoded object to many callers only when it cannot be
-    mutated under them: frozen pydantic models and frozen dataclasses. Anything else is
-    decoded afresh for every hit.
+    The local tier hands one decoded object to many callers only when none of them can
+    change it under the others. Freezing is shallow (a frozen model's ``list`` field can
+    still be appended to), so the whole type is checked: frozen pydantic models and
+    frozen dataclasses whose fields are, all the way down, scalars, enums, literals,
+    tuples, frozensets and such models. Anything else is decoded afresh for every hit.
     """
-    if model is None or not _is_class(model):
-        return False
-    if model in (str, int, float, bool):
+    return _deeply_immutable(model, frozenset())
+
+
+def _deeply_immutable(annotation: Any, seen: frozenset[Any]) -> bool:
+    if annotation in seen:
+        return True  # a recursive model: the rest of the check decides
+    if annotation in _IMMUTABLE_LEAVES:
         return True
-    params = getattr(model, "__dataclass_params__", None)
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return True
+    if origin is typing.Annotated:
+        return _deeply_immutable(arguments[0], seen)
+    if origin in (typing.Union, types.UnionType, tuple, frozenset):
+        return all(a is Ellipsis or _deeply_immutable(a, seen) for a in arguments)
+    if not _is_class(annotation):
+        return False
+    if issubclass(annotation, enum.Enum):
+        return True
+    seen = seen | {annotation}
+    params = getattr(annotation, "__dataclass_params__", None)
     if params is not None:
-        return bool(params.frozen)
-    config = getattr(model, "model_config", None)
-    return isinstance(config, dict) and bool(config.get("frozen"))
+        if not params.frozen:
+            return False
+        try:
+            hints = typing.get_type_hints(annotation)
+        except Exception:
+            return False
+        names = [field.name for field in dataclasses.fields(annotation)]
+        return all(_deeply_immutable(hints.get(name, Any), seen) for name in names)
+    config = getattr(annotation, "model_config", None)
+    fields = getattr(annotation, "model_fields", None)
+    if not isinstance(config, dict) or not config.get("frozen") or fields is None:
+        return False
+    return all(_deeply_immutable(field.annotation, seen) for field in fields.values())
 
 
 def _jsonable(value: object) -> Any:
@@ -95,6 +138,14 @@ def _validation_errors() -> tuple[type[BaseException], ...]:
     if _has_pydantic():
         errors += (_pydantic().ValidationError,)
     return errors
+
+
+def _is_json(data: bytes | str) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
 
 
 class Codec:
@@ -131,6 +182,8 @@ class Codec:
                 return _adapter(model).validate_json(data)
             return self._build_without_pydantic(json.loads(data), model)
         except _validation_errors() as error:
+            if model is not None and _is_json(data):
+                raise ModelMismatchError(str(error)) from error
             raise CorruptValueError(str(error)) from error
 
     def validate(self, value: object, model: Any) -> Any:

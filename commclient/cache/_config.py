@@ -34,8 +34,10 @@ class CacheConfig:
     lease_ttl: float = 5.0
     """Lifetime of the cross-process read-through lease (a crashed loader frees it after this)."""
 
-    lease_wait: float = 5.0
-    """How long a process waits for another process's load before loading itself."""
+    lease_wait: float = 30.0
+    """Longest wait for another process's load before loading too. The loading process
+    renews its lease while its loader runs, and a crashed one frees it after
+    ``lease_ttl``, so this only bounds a loader that hangs."""
 
     lease_poll_interval: float = 0.02
     """How often a waiting process looks for the value another process is loading."""

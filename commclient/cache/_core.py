@@ -9,22 +9,27 @@ sleep and wait, each in its own world.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from commclient._correlation import correlation_id_ctx
 
-from ._codec import Codec, CorruptValueError
+from ._codec import Codec, CorruptValueError, ModelMismatchError
 from ._config import CacheConfig
 from ._health import RedisHealth
 from ._instruments import CacheMetrics
 from ._keys import KeyLayout, group_of, validate_group, validate_key, validate_pattern
 from ._local import MISSING, LocalTier
 from ._messages import InvalidationMessage, new_origin_id
+
+if TYPE_CHECKING:
+    from commclient._breaker import Admission
 
 logger = logging.getLogger("commclient.cache")
 
@@ -43,6 +48,43 @@ class _Failed:
 
 
 FAILED: Any = _Failed()
+
+
+class _Mismatch:
+    """Marker: a stored value that is valid JSON but not of the requested model."""
+
+    def __repr__(self) -> str:
+        return "MISMATCH"
+
+
+MISMATCH: Any = _Mismatch()
+
+_forkable: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_forkable):
+        cache._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def reset_after_fork(cache: Any) -> None:
+    """Call ``cache._after_fork()`` in every child forked from now on (DESIGN §6)."""
+    _forkable.add(cache)
+
+
+def rebuild_client(module: Any, client: Any, overrides: dict[str, Any]) -> Any:
+    """A ``module.Redis`` like ``client`` on a pool of its own, with ``overrides``; the
+    client itself when it has no pool to copy (a cluster client)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return client
+    kwargs = {**pool.connection_kwargs, **overrides}
+    return module.Redis(
+        connection_pool=module.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    )
 
 
 @dataclass(frozen=True)
@@ -98,14 +140,21 @@ class CacheCore:
         self.layout = KeyLayout(self.prefix)
         self.codec = Codec(self.config.max_value_bytes)
         self.metrics = CacheMetrics(registry, self.name, self.config.max_key_patterns)
+        self.local_tier_enabled = self.config.local_tier_size > 0
+        self._plans: dict[str, KeyPlan] = {}
+        self._generations: dict[str, str] = {}
+        self._mismatches_logged: set[tuple[str, str]] = set()
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """Start afresh what a forked child must not inherit: a local tier no listener
+        keeps honest, the parent's origin id (its messages would look like ours), and
+        locks another thread of the parent may have held."""
         self.health = RedisHealth(
             self.name, self.config.breaker_failure_threshold, self.config.breaker_cooldown
         )
         self.local = LocalTier(self.config.local_tier_size, self.config.local_tier_ttl, self.codec)
-        self.local_tier_enabled = self.config.local_tier_size > 0
         self.origin = new_origin_id()
-        self._plans: dict[str, KeyPlan] = {}
-        self._generations: dict[str, str] = {}
         self._listener_outage = False
 
     # -- keys ---------------------------------------------------------------------------
@@ -172,13 +221,17 @@ class CacheCore:
         ttl_ms, _, data = rest.partition(separator)
         return Read(_text(generation), data, int(ttl_ms))
 
-    def local_get(self, plan: KeyPlan, model: Any) -> Any:
-        """A local-tier hit (counted), or :data:`MISSING`."""
+    def local_get(self, plan: KeyPlan, model: Any, stale_seconds: float = 0.0) -> Any:
+        """A local-tier hit (counted), or :data:`MISSING`.
+
+        With ``stale_seconds``, an entry in the last ``stale_seconds`` of its Redis TTL
+        is not served: the caller must go to Redis, see it stale and refresh it.
+        """
         if not self.local.active:
             return MISSING
         try:
-            value = self.local.get(plan.key, model)
-        except CorruptValueError:
+            value = self.local.get(plan.key, model, stale_seconds)
+        except (CorruptValueError, ModelMismatchError):
             # Bytes that validated a moment ago but not as this model: the caller asked
             # for another model, which Redis will answer (and reject) just the same.
             return MISSING
@@ -192,23 +245,45 @@ class CacheCore:
     def decode_read(
         self, plan: KeyPlan, read: Read, model: Any, epoch: int, *, count: bool = True
     ) -> Any:
-        """The value in ``read`` (a hit, kept locally), or :data:`MISSING` (a miss).
+        """The value in ``read`` (a hit, kept locally), :data:`MISSING` (a miss), or
+        :data:`MISMATCH` (a miss: valid JSON of another model, left in place).
 
-        Raises :class:`CorruptValueError` for a stored value that is not valid JSON or
-        not a valid ``model``; the driver then deletes it and calls :meth:`corrupt`.
+        Raises :class:`CorruptValueError` for a stored value that is not valid JSON; the
+        driver then deletes it and calls :meth:`corrupt`. A value of another model is
+        not deleted: in a rolling deploy, it is what the other version reads.
         ``count=False`` for the polls of a caller already counted as a miss.
         """
         if read.data is None:
             if count:
                 self.metrics.miss(plan.group)
             return MISSING
-        value = self.codec.decode(read.data, model)
+        try:
+            value = self.codec.decode(read.data, model)
+        except ModelMismatchError as error:
+            self.mismatch(plan, error, model)
+            return MISMATCH
         if count:
             self.metrics.hit(plan.group)
         if self.local.active and read.ttl_ms > 0:
             data = read.data.encode() if isinstance(read.data, str) else read.data
             self.local.put(plan.key, data, read.ttl_ms / 1000, model, value, epoch)
         return value
+
+    def mismatch(self, plan: KeyPlan, error: ModelMismatchError, model: Any) -> None:
+        """Count a value of another model (a miss); log it once per group and model."""
+        self.metrics.miss(plan.group)
+        self.metrics.error("get", "model_mismatch")
+        model_name = getattr(model, "__name__", repr(model))
+        seen = (plan.group, model_name)
+        if seen in self._mismatches_logged or len(self._mismatches_logged) >= 1024:
+            return
+        self._mismatches_logged.add(seen)
+        logger.warning(
+            "cached value does not fit the requested model; treated as a miss and kept",
+            extra=log_extra(
+                cache_name=self.name, key=plan.key, model=model_name, error=str(error)[:300]
+            ),
+        )
 
     def delete_corrupt_args(self, plan: KeyPlan, read: Read) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV deleting the corrupt value ``read`` found, and only that value."""
@@ -253,17 +328,15 @@ class CacheCore:
         generation: str = "",
         lease_token: str = "",
         explicit: bool = False,
+        replaces: bool = False,
     ) -> tuple[list[str], list[bytes | str | int]]:
         """KEYS and ARGV of the write script.
 
-        An explicit ``set`` revokes any load in flight and tells the other processes'
-        local tiers; a read-through fill does neither (it changes nothing).
+        An explicit ``set`` revokes any load in flight; it and a refresh (``replaces``)
+        tell the other processes' local tiers. A fill writes where there was nothing,
+        which no local tier can hold, and tells nobody.
         """
-        message = (
-            InvalidationMessage.for_key(self.prefix, plan.key, 1, self.origin).encode()
-            if explicit
-            else b""
-        )
+        message = self.key_message(plan, 1).encode() if explicit or replaces else b""
         return [plan.generation_key, plan.lease_key], [
             plan.data_base,
             data,
@@ -296,6 +369,14 @@ class CacheCore:
 
     def lease_ms(self) -> int:
         return max(1, round(self.config.lease_ttl * 1000))
+
+    def lease_renew_interval(self) -> float:
+        """How often a loader's lease is extended: three times per lease TTL, so that a
+        late renewal or two still keep it."""
+        return self.config.lease_ttl / 3
+
+    def renew_lease_args(self, plan: KeyPlan, token: str) -> tuple[list[str], list[str | int]]:
+        return [plan.lease_key], [token, self.lease_ms()]
 
     def loaded(
         self,
@@ -360,6 +441,33 @@ class CacheCore:
             key = _text(raw)
             (leases if self.layout.is_lease(key) else data).append(key)
         return data, leases
+
+    def generation_keys_of(self, data_keys: Sequence[str]) -> list[str]:
+        """The generation keys of the groups ``data_keys`` belong to, each once."""
+        found: dict[str, None] = {}
+        for data_key in data_keys:
+            parts = self.layout.split(data_key)
+            if parts is not None:
+                found[self.layout.generation_key(group_of(parts[0]))] = None
+        return list(found)
+
+    def count_current(
+        self, data_keys: Sequence[str], generation_keys: Sequence[str], generations: Sequence[Any]
+    ) -> int:
+        """How many of ``data_keys`` are of their group's current generation: the logical
+        keys that held a value (older copies were unreachable already)."""
+        current = {
+            key: "0" if generation is None else _text(generation)
+            for key, generation in zip(generation_keys, generations, strict=True)
+        }
+        count = 0
+        for data_key in data_keys:
+            parts = self.layout.split(data_key)
+            if parts is None:
+                continue
+            key, generation = parts
+            count += current.get(self.layout.generation_key(group_of(key))) == generation
+        return count
 
     def sent(self, message: InvalidationMessage) -> None:
         self.metrics.invalidation(message.kind, "sent")
@@ -431,20 +539,34 @@ class CacheCore:
 
     # -- Redis health -------------------------------------------------------------------
 
-    def allow(self, operation: str) -> bool:
-        """Tell whether to call Redis now (the breaker); a refusal is counted."""
-        if self.health.allow():
-            return True
-        self.metrics.error(operation, "circuit_open")
-        return False
+    def admit(self, operation: str) -> Admission | None:
+        """The breaker's permit to call Redis now, or ``None`` (counted) to skip it."""
+        admission = self.health.admit()
+        if admission is None:
+            self.metrics.error(operation, "circuit_open")
+        return admission
 
-    def succeeded(self, operation: str, seconds: float) -> None:
-        self.health.record_success()
+    def succeeded(self, operation: str, seconds: float, admission: Admission) -> None:
+        self.health.record_success(admission)
         self.metrics.observe(operation, seconds)
 
-    def failed(self, operation: str, error: BaseException) -> None:
-        self.health.record_failure(operation, error)
+    def abandoned(self, admission: Admission) -> None:
+        """The call was cancelled: no verdict on Redis."""
+        self.health.release(admission)
+
+    def failed(self, operation: str, error: BaseException, admission: Admission) -> None:
+        """A Redis call failed: an outage, or a reply about one key (``WRONGTYPE``...)."""
         self.metrics.error(operation, type(error).__name__)
+        if not is_outage(error):
+            # Redis answered: it is up, and this key's trouble must not switch the
+            # cache off for every other key.
+            self.health.record_success(admission)
+            logger.warning(
+                "redis refused a cache command; treated as a miss for this key",
+                extra=log_extra(cache_name=self.name, operation=operation, error=str(error)[:200]),
+            )
+            return
+        self.health.record_failure(operation, error, admission)
         logger.debug(
             "redis cache operation failed",
             extra={"cache_name": self.name, "operation": operation, "error": repr(error)[:200]},
@@ -473,3 +595,17 @@ class CoreFacade:
     def local_tier_active(self) -> bool:
         """True while the local tier serves (its listener is subscribed)."""
         return self._core.local.active
+
+
+def is_outage(error: BaseException) -> bool:
+    """Tell a failure of Redis itself from an error reply about a key or a command.
+
+    Error replies (``WRONGTYPE``, a script error) say Redis is up; a read-only replica
+    after a failover, connection and timeout errors, and anything unknown say it is not
+    usable.
+    """
+    try:
+        from redis.exceptions import ReadOnlyError, ResponseError
+    except ImportError:  # pragma: no cover - the Redis drivers always have redis
+        return True
+    return not isinstance(error, ResponseError) or isinstance(error, ReadOnlyError)

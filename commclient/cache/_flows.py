@@ -2,7 +2,8 @@
 
 A flow is a generator that decides, and yields what it needs done: a :class:`Call` to
 Redis (answered with the reply, or :data:`FAILED`), a :class:`Sleep`, or :data:`LOAD`
-(answered with the loader's raw result, or with the loader's error thrown in). Each
+(answered with the loader's raw result, or with the loader's error thrown in; while it
+runs, the driver repeats its ``keep_alive`` call, which renews the lease of the load). Each
 driver runs a flow in a short loop with its own transport, sleep and loader call, as
 httpx drives ``Auth.auth_flow`` and psycopg drives its ``generators``. Plain hits do not
 go through a flow: they are the hot path, and stay a straight line in each driver.
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 from . import _scripts
 from ._codec import CorruptValueError
-from ._core import FAILED, SCAN_BATCH, CacheCore, KeyPlan, Read
+from ._core import FAILED, MISMATCH, SCAN_BATCH, CacheCore, KeyPlan, Read
 from ._exceptions import CacheValueTooLargeError
 from ._keys import build_pattern
 from ._local import MISSING
@@ -34,6 +35,8 @@ class Command(enum.Enum):
     DELETE_IF_EQUAL = "delete_if_equal"
     BUMP_GENERATION = "bump_generation"
     RELEASE_LEASE = "release_lease"
+    RENEW_LEASE = "renew_lease"
+    MGET = "mget"
     READ_OR_LEASE = "read_or_lease"
     LEASE = "lease"
     SCAN = "scan"
@@ -50,6 +53,8 @@ def commands(client: Any, unlink: Callable[..., Any]) -> dict[Command, Callable[
         Command.DELETE_IF_EQUAL: client.register_script(_scripts.DELETE_IF_EQUAL),
         Command.BUMP_GENERATION: client.register_script(_scripts.BUMP_GENERATION),
         Command.RELEASE_LEASE: client.register_script(_scripts.RELEASE_LEASE),
+        Command.RENEW_LEASE: client.register_script(_scripts.RENEW_LEASE),
+        Command.MGET: client.mget,
         Command.READ_OR_LEASE: client.register_script(_scripts.READ_OR_LEASE),
         Command.LEASE: client.set,
         Command.SCAN: client.scan,
@@ -79,15 +84,21 @@ class Sleep:
         self.seconds = seconds
 
 
-class _Load:
-    """Call the loader (awaiting it if need be); send back its result, or throw its error."""
+class Load:
+    """Call the loader (awaiting it if need be); send back its result, or throw its error.
 
-    __slots__ = ()
+    While it runs, the driver makes ``keep_alive`` every ``CacheCore.lease_renew_interval``.
+    """
+
+    __slots__ = ("keep_alive",)
+
+    def __init__(self, keep_alive: Call | None = None) -> None:
+        self.keep_alive = keep_alive
 
 
-LOAD = _Load()
+LOAD = Load()
 
-Step = Call | Sleep | _Load
+Step = Call | Sleep | Load
 Flow = Generator[Step, Any, T]
 
 
@@ -139,12 +150,16 @@ def invalidate(core: CacheCore, pattern: str, parts: tuple[object, ...]) -> Flow
             break
         cursor, keys = int(page[0]), page[1]
         data_keys, lease_keys = core.split_scanned(keys)
+        generation_keys = core.generation_keys_of(data_keys)
+        generations = []
+        if generation_keys:
+            generations = yield Call("invalidate_scan", Command.MGET, generation_keys)
         if data_keys or lease_keys:
             removed = yield Call("invalidate_unlink", Command.UNLINK, data_keys, lease_keys)
-            if removed is FAILED:
+            if removed is FAILED or generations is FAILED:
                 reachable = False
                 break
-            deleted += removed
+            deleted += core.count_current(data_keys, generation_keys, generations)
         if cursor == 0:
             break
     message = core.pattern_message(pattern, deleted)
@@ -215,6 +230,9 @@ def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
         read, leased = core.parse_read_or_lease(reply)
         if read.data is not None:
             value = yield from decode(core, plan, read, job.model, job.epoch, count=False)
+            if value is MISMATCH:
+                # Another version's value: serve ours without replacing theirs.
+                return (yield from load(core, job))
             if value is not MISSING:
                 return value
             continue  # it was corrupt, and is deleted: try again at once
@@ -233,14 +251,24 @@ def refresh(core: CacheCore, job: ReadThrough, generation: str, stale_value: Any
     )
     if acquired is FAILED or not acquired:
         return stale_value
-    return (yield from load_and_store(core, job, generation, token))
+    return (yield from load_and_store(core, job, generation, token, replaces=True))
 
 
-def load_and_store(core: CacheCore, job: ReadThrough, generation: str, token: str) -> Flow[Any]:
-    """Call the loader and write its value (releasing the lease if it cannot be written)."""
+def load_and_store(
+    core: CacheCore, job: ReadThrough, generation: str, token: str, *, replaces: bool = False
+) -> Flow[Any]:
+    """Call the loader and write its value (releasing the lease if it cannot be written).
+
+    The lease is renewed while the loader runs, so that a loader slower than the lease
+    TTL still keeps the other processes waiting rather than loading too.
+    """
     plan = job.plan
+    keep_alive = None
+    if token:
+        renew_keys, renew_args = core.renew_lease_args(plan, token)
+        keep_alive = Call("lease_renew", Command.RENEW_LEASE, keys=renew_keys, args=renew_args)
     try:
-        value = core.validate((yield LOAD), job.model)
+        value = core.validate((yield Load(keep_alive)), job.model)
         data = core.encode(plan.key, value)
     except CacheValueTooLargeError as error:
         core.oversized_load(plan, error)
@@ -250,9 +278,11 @@ def load_and_store(core: CacheCore, job: ReadThrough, generation: str, token: st
         yield from release(plan, token)
         raise
     ttl_ms = job.ttl_ms + round(job.stale_s * 1000)
-    keys, args = core.write_args(plan, data, ttl_ms, generation=generation, lease_token=token)
+    keys, args = core.write_args(
+        plan, data, ttl_ms, generation=generation, lease_token=token, replaces=replaces
+    )
     written = yield Call("set", Command.WRITE, keys=keys, args=args)
-    core.loaded(plan, data, job.ttl_ms, job.model, value, job.epoch, stored=written == 1)
+    core.loaded(plan, data, ttl_ms, job.model, value, job.epoch, stored=written == 1)
     return value
 
 

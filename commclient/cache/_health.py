@@ -1,114 +1,86 @@
-"""Redis health: a small breaker and the once-per-outage log lines (no I/O, injectable clock).
+"""Redis health: the project's breaker (pybreaker underneath) and one log line per outage.
 
 Every failing call to a dead Redis would otherwise cost an operation timeout; after
 ``failure_threshold`` consecutive failures the cache skips Redis for ``cooldown`` seconds
-(a skipped call costs a lock and a clock read), then lets exactly one probe through.
-The probe's success closes the breaker; its failure reopens it. A probe that never
-reports back (its task was cancelled) is given up after one more cooldown, so the
-breaker cannot stay half-open forever.
+(a skipped call costs a state read), then lets exactly one probe through: its success
+closes the breaker, its failure reopens it. State, counting and the one-probe rule are
+:class:`commclient._breaker.Breaker`'s, driven through ``admit`` and ``record_*`` as the
+HTTP clients drive it; this module only adds the cache's outage logging.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from commclient._breaker import Admission
 
 logger = logging.getLogger("commclient.cache")
-
-
-class BreakerState(enum.Enum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
 
 
 class RedisHealth:
     """Decide whether to call Redis, and log each outage once."""
 
-    def __init__(
-        self,
-        cache_name: str,
-        failure_threshold: int,
-        cooldown: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, cache_name: str, failure_threshold: int, cooldown: float) -> None:
+        # Imported here: pybreaker imports redis when it is installed, and importing the
+        # cache package must stay free of optional dependencies.
+        import pybreaker
+
+        from commclient._breaker import Breaker
+
         self.cache_name = cache_name
-        self.failure_threshold = failure_threshold
-        self.cooldown = cooldown
-        self._clock = clock
+        self.breaker = Breaker(
+            f"cache:{cache_name}",
+            fail_max=failure_threshold,
+            reset_timeout=cooldown,
+            storage=pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED),
+        )
         self._lock = threading.Lock()
-        self._state = BreakerState.CLOSED
-        self._consecutive_failures = 0
-        self._opened_at = 0.0
-        self._probe_started_at: float | None = None
         self._outage_started_at: float | None = None
 
     @property
-    def state(self) -> BreakerState:
-        return self._state
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half-open``."""
+        return self.breaker.state
 
     @property
     def in_outage(self) -> bool:
         """True from the first failure after a success until the next success."""
         return self._outage_started_at is not None
 
-    def allow(self) -> bool:
-        """Tell whether this call may go to Redis."""
-        if self._state is BreakerState.CLOSED:
-            return True
-        with self._lock:
-            now = self._clock()
-            if self._state is BreakerState.OPEN:
-                if now - self._opened_at < self.cooldown:
-                    return False
-                self._state = BreakerState.HALF_OPEN
-                self._probe_started_at = now
-                return True
-            # Half-open: one probe at a time, and a probe that never reported back is
-            # given up after a cooldown.
-            if self._probe_started_at is not None and now - self._probe_started_at < (
-                self.cooldown
-            ):
-                return False
-            self._probe_started_at = now
-            return True
+    def admit(self) -> Admission | None:
+        """The permit for a call to Redis, or ``None`` when it must be skipped."""
+        admission = self.breaker.admit()
+        return admission if admission.permitted else None
 
-    def record_success(self) -> None:
-        if self._state is BreakerState.CLOSED and self._outage_started_at is None:
-            # The hot path: one attribute write, no lock.
-            self._consecutive_failures = 0
+    def release(self, admission: Admission) -> None:
+        """The call ended without a verdict (cancelled)."""
+        self.breaker.release(admission)
+
+    def record_success(self, admission: Admission) -> None:
+        self.breaker.record_success(admission)
+        if self._outage_started_at is None:
             return
         with self._lock:
-            outage_started_at = self._outage_started_at
-            self._state = BreakerState.CLOSED
-            self._consecutive_failures = 0
-            self._probe_started_at = None
-            self._outage_started_at = None
+            outage_started_at, self._outage_started_at = self._outage_started_at, None
         if outage_started_at is not None:
             logger.info(
                 "redis cache recovered",
                 extra={
                     "cache_name": self.cache_name,
-                    "outage_seconds": round(self._clock() - outage_started_at, 3),
+                    "outage_seconds": round(time.monotonic() - outage_started_at, 3),
                 },
             )
 
-    def record_failure(self, operation: str, error: BaseException) -> None:
+    def record_failure(self, operation: str, error: BaseException, admission: Admission) -> None:
+        self.breaker.record_failure(admission)
         with self._lock:
-            now = self._clock()
             first_of_outage = self._outage_started_at is None
             if first_of_outage:
-                self._outage_started_at = now
-            self._consecutive_failures += 1
-            if self._state is BreakerState.HALF_OPEN or (
-                self._consecutive_failures >= self.failure_threshold
-            ):
-                self._state = BreakerState.OPEN
-                self._opened_at = now
-                self._probe_started_at = None
+                self._outage_started_at = time.monotonic()
         if first_of_outage:
             logger.warning(
                 "redis cache unavailable; serving misses until it recovers",

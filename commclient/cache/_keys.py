@@ -1,8 +1,9 @@
 """Key layout, groups and Redis glob patterns (escaping, building, matching).
 
 A logical key such as ``"assistant:42"`` belongs to the group ``"assistant"`` (its first
-``:``-separated segment). In Redis it is stored as ``{prefix}:{key}#{generation}``, where
-the generation is the group's counter at ``{prefix}!gen:{group}``: one ``INCR`` of that
+``:``-separated segment). In Redis it is stored as ``{prefix}:{key}#{generation}`` (the
+braces are Redis Cluster's hash tag), where the generation is the group's counter at
+``{prefix}!gen:{group}``: one ``INCR`` of that
 counter makes every key of the group unreachable at once, whatever its size. The
 generation is a suffix behind a ``#`` (a character keys may not contain), so a caller's
 pattern ``P`` over logical keys becomes the Redis pattern ``{prefix}:P#*`` and can never
@@ -26,6 +27,7 @@ GENERATION_SEPARATOR = "#"
 LEASE_SUFFIX = "L"
 MAX_KEY_LENGTH = 1024
 _GLOB_SPECIALS = frozenset("*?[]\\")
+_PREFIX_FORBIDDEN = frozenset("!{}")
 _FORBIDDEN_KEY_CHARACTERS = frozenset(GENERATION_SEPARATOR) | {chr(c) for c in range(32)} | {"\x7f"}
 
 
@@ -64,8 +66,8 @@ def validate_prefix(prefix: str) -> str:
     """Return ``prefix`` if keys may live under it, else raise ``ValueError``."""
     if not prefix or not _FORBIDDEN_KEY_CHARACTERS.isdisjoint(prefix):
         raise ValueError(f"prefix must be non-empty without '#' or control characters: {prefix!r}")
-    if not _GLOB_SPECIALS.isdisjoint(prefix) or "!" in prefix:
-        raise ValueError(f"prefix must not contain glob characters or '!': {prefix!r}")
+    if not _GLOB_SPECIALS.isdisjoint(prefix) or not _PREFIX_FORBIDDEN.isdisjoint(prefix):
+        raise ValueError(f"prefix must not contain glob characters, '!', '{{' or '}}': {prefix!r}")
     return prefix
 
 
@@ -107,100 +109,116 @@ def validate_pattern(pattern: str) -> str:
     return pattern
 
 
-def glob_to_regex(pattern: str) -> str:
-    """Translate a Redis glob (``*``, ``?``, ``[...]``, ``[^...]``, ``\\x``) to a regex.
+def glob_to_regex(pattern: str) -> bytes:
+    """Translate a Redis glob (``*``, ``?``, ``[...]``, ``[^...]``, ``\\x``) to a bytes regex.
 
     The local tier must drop exactly the entries Redis would have matched, so this follows
     Redis's ``stringmatchlen``, not :mod:`fnmatch` (which negates with ``!`` and has no
-    backslash escape).
+    backslash escape), and works on the UTF-8 bytes as Redis does: ``?`` is one byte, so
+    it does not match ``é``, which ``??`` does.
     """
-    out: list[str] = []
-    index, length = 0, len(pattern)
+    raw = pattern.encode()
+    out: list[bytes] = []
+    index, length = 0, len(raw)
     while index < length:
-        char = pattern[index]
-        if char == "*":
-            out.append(".*")
-        elif char == "?":
-            out.append(".")
-        elif char == "\\" and index + 1 < length:
+        byte = raw[index : index + 1]
+        if byte == b"*":
+            out.append(b".*")
+        elif byte == b"?":
+            out.append(b".")
+        elif byte == b"\\" and index + 1 < length:
             index += 1
-            out.append(re.escape(pattern[index]))
-        elif char == "[":
-            translated, index = _translate_class(pattern, index)
+            out.append(re.escape(raw[index : index + 1]))
+        elif byte == b"[":
+            translated, index = _translate_class(raw, index)
             out.append(translated)
         else:
-            out.append(re.escape(char))
+            out.append(re.escape(byte))
         index += 1
-    return "".join(out)
+    return b"".join(out)
 
 
-def _translate_class(pattern: str, start: int) -> tuple[str, int]:
+def _translate_class(raw: bytes, start: int) -> tuple[bytes, int]:
     """Translate the class opening at ``start``; return it and the index of its ``]``."""
     index = start + 1
-    negate = index < len(pattern) and pattern[index] == "^"
+    negate = raw[index : index + 1] == b"^"
     if negate:
         index += 1
-    members: list[str] = []
-    while index < len(pattern) and pattern[index] != "]":
-        char = pattern[index]
-        if char == "\\" and index + 1 < len(pattern):
+    members: list[bytes] = []
+    while index < len(raw) and raw[index : index + 1] != b"]":
+        byte = raw[index : index + 1]
+        if byte == b"\\" and index + 1 < len(raw):
             index += 1
-            members.append(re.escape(pattern[index]))
-        elif len(pattern) - index >= 3 and pattern[index + 1] == "-":
-            low, high = sorted((char, pattern[index + 2]))
-            members.append(f"{re.escape(low)}-{re.escape(high)}")
+            members.append(re.escape(raw[index : index + 1]))
+        elif len(raw) - index >= 3 and raw[index + 1 : index + 2] == b"-":
+            low, high = sorted((byte, raw[index + 2 : index + 3]))
+            members.append(re.escape(low) + b"-" + re.escape(high))
             index += 2
         else:
-            members.append(re.escape(char))
+            members.append(re.escape(byte))
         index += 1
     # Redis treats an unterminated class as running to the end of the pattern.
-    body = "".join(members)
+    body = b"".join(members)
     if not body:
-        return ("[^\\s\\S]" if not negate else "[\\s\\S]"), index
-    return f"[{'^' if negate else ''}{body}]", index
+        return (b"[^\\s\\S]" if not negate else b"[\\s\\S]"), index
+    return b"[" + (b"^" if negate else b"") + body + b"]", index
 
 
 @lru_cache(maxsize=256)
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Compile a Redis glob into an anchored regex (cached: patterns repeat)."""
+def compile_glob(pattern: str) -> re.Pattern[bytes]:
+    """Compile a Redis glob into a bytes regex (cached: patterns repeat)."""
     return re.compile(glob_to_regex(pattern), re.DOTALL)
 
 
 def glob_matches(pattern: str, key: str) -> bool:
-    """Tell whether the Redis glob ``pattern`` matches ``key`` as Redis would."""
-    return compile_glob(pattern).fullmatch(key) is not None
+    """Tell whether the Redis glob ``pattern`` matches ``key`` as Redis would (per byte)."""
+    return compile_glob(pattern).fullmatch(key.encode()) is not None
 
 
 @dataclass(frozen=True)
 class KeyLayout:
-    """Where a cache under ``prefix`` keeps its keys in Redis."""
+    """Where a cache under ``prefix`` keeps its keys in Redis.
+
+    Every key starts with the hash tag ``{prefix}``: on Redis Cluster all keys of one
+    cache live in one hash slot, so each script may touch several of them; and a prefix
+    nested in another (``outer`` and ``outer:tenant``) can never address the other's keys.
+    """
 
     prefix: str
 
+    @property
+    def tag(self) -> str:
+        return f"{{{self.prefix}}}"
+
     def data_base(self, key: str) -> str:
         """The data key without its generation: the script appends the generation."""
-        return f"{self.prefix}:{key}{GENERATION_SEPARATOR}"
+        return f"{self.tag}:{key}{GENERATION_SEPARATOR}"
 
     def data_key(self, key: str, generation: str) -> str:
-        return f"{self.prefix}:{key}{GENERATION_SEPARATOR}{generation}"
+        return f"{self.tag}:{key}{GENERATION_SEPARATOR}{generation}"
 
     def lease_key(self, key: str) -> str:
-        return f"{self.prefix}:{key}{GENERATION_SEPARATOR}{LEASE_SUFFIX}"
+        return f"{self.tag}:{key}{GENERATION_SEPARATOR}{LEASE_SUFFIX}"
 
     def generation_key(self, group: str) -> str:
-        return f"{self.prefix}!gen:{group}"
+        return f"{self.tag}!gen:{group}"
 
     def scan_pattern(self, pattern: str) -> str:
         """The Redis pattern matching every stored generation (and lease) of ``pattern``."""
-        return f"{escape_glob(self.prefix)}:{pattern}{GENERATION_SEPARATOR}*"
+        return f"{escape_glob(self.tag)}:{pattern}{GENERATION_SEPARATOR}*"
 
     def is_lease(self, redis_key: str) -> bool:
         return redis_key.endswith(GENERATION_SEPARATOR + LEASE_SUFFIX)
 
-    def logical_key(self, redis_key: str) -> str | None:
-        """The logical key a Redis data or lease key belongs to, or ``None`` if foreign."""
-        head = f"{self.prefix}:"
+    def split(self, redis_key: str) -> tuple[str, str] | None:
+        """The logical key and generation (or lease suffix) of a Redis key of this cache."""
+        head = f"{self.tag}:"
         if not redis_key.startswith(head):
             return None
-        key, separator, _ = redis_key[len(head) :].rpartition(GENERATION_SEPARATOR)
-        return key if separator else None
+        key, separator, generation = redis_key[len(head) :].rpartition(GENERATION_SEPARATOR)
+        return (key, generation) if separator else None
+
+    def logical_key(self, redis_key: str) -> str | None:
+        """The logical key a Redis data or lease key belongs to, or ``None`` if foreign."""
+        parts = self.split(redis_key)
+        return None if parts is None else parts[0]

@@ -26,11 +26,14 @@ MISSING: Any = object()
 
 
 class _Entry:
-    __slots__ = ("data", "decoded", "expires_at", "model")
+    __slots__ = ("data", "decoded", "expires_at", "model", "redis_expires_at")
 
-    def __init__(self, data: bytes, expires_at: float, model: Any, decoded: Any) -> None:
+    def __init__(
+        self, data: bytes, expires_at: float, redis_expires_at: float, model: Any, decoded: Any
+    ) -> None:
         self.data = data
         self.expires_at = expires_at
+        self.redis_expires_at = redis_expires_at
         self.model = model
         self.decoded = decoded
 
@@ -61,16 +64,23 @@ class LocalTier:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str, model: Any) -> Any:
-        """Return the value for ``key`` decoded as ``model``, or :data:`MISSING`."""
+    def get(self, key: str, model: Any, stale_seconds: float = 0.0) -> Any:
+        """Return the value for ``key`` decoded as ``model``, or :data:`MISSING`.
+
+        With ``stale_seconds``, also :data:`MISSING` when the value is in the last
+        ``stale_seconds`` of its life in Redis (its serve-stale window).
+        """
         if not self._active:
             return MISSING
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return MISSING
-            if entry.expires_at <= self._clock():
+            now = self._clock()
+            if entry.expires_at <= now:
                 del self._entries[key]
+                return MISSING
+            if stale_seconds and entry.redis_expires_at - stale_seconds <= now:
                 return MISSING
             self._entries.move_to_end(key)
         if entry.model is model and entry.decoded is not MISSING:
@@ -78,12 +88,13 @@ class LocalTier:
         return self._codec.decode(entry.data, model)
 
     def put(self, key: str, data: bytes, ttl: float, model: Any, value: Any, epoch: int) -> None:
-        """Store ``data`` unless an invalidation was applied since ``epoch`` was read."""
-        ttl = min(ttl, self.max_ttl)
+        """Store ``data`` (``ttl``: its remaining life in Redis) unless an invalidation was
+        applied since ``epoch`` was read."""
         if ttl <= 0:
             return
         decoded = value if is_immutable(model) else MISSING
-        entry = _Entry(data, self._clock() + ttl, model, decoded)
+        now = self._clock()
+        entry = _Entry(data, now + min(ttl, self.max_ttl), now + ttl, model, decoded)
         with self._lock:
             if not self._active or epoch != self.epoch:
                 return

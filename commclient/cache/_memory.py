@@ -24,11 +24,11 @@ from typing import Any, TypeVar, overload
 
 from prometheus_client import CollectorRegistry
 
-from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_seconds
-from ._core import CacheCore, CoreFacade, KeyPlan, Read
+from ._core import MISMATCH, CacheCore, CoreFacade, KeyPlan, Read
 from ._exceptions import CacheValueTooLargeError
-from ._flights import TaskFlights, ThreadFlights
+from ._io_async import Flights as TaskFlights
+from ._io_sync import Flights as ThreadFlights
 from ._keys import build_pattern, glob_matches, group_of, validate_pattern
 from ._local import MISSING
 from ._messages import InvalidationMessage
@@ -180,12 +180,9 @@ class _MemoryBase(CoreFacade):
         found = self._store.read(core.prefix, plan.key)
         core.metrics.observe("get", time.perf_counter() - started)
         read = Read("", None if found is None else found[0], -2)
-        try:
-            value = core.decode_read(plan, read, model, 0)
-        except CorruptValueError as error:
-            # Only a model that does not fit what was stored gets here.
-            core.corrupt(plan, error, model)
-            self._store.remove(core.prefix, plan.key)
+        value = core.decode_read(plan, read, model, 0)
+        if value is MISMATCH:
+            # Another model's value (the store only holds valid JSON): a miss, kept.
             return MISSING, False
         return value, found is not None and found[1]
 

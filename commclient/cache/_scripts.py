@@ -78,6 +78,15 @@ end
 return 0
 """
 
+# KEYS[1] lease key. ARGV[1] token, ARGV[2] PX milliseconds. Extends the lease only if
+# this token still holds it (a revoked lease stays revoked).
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
 # KEYS[1] data key. ARGV[1] the corrupt value that was read. Deletes the key only if it
 # still holds that value: a valid value written meanwhile by another process survives.
 DELETE_IF_EQUAL = """

@@ -1,12 +1,11 @@
-"""SyncRedisCache: the cache on ``redis`` (a thin driver over :mod:`._core`).
+"""SyncRedisCache: the cache on ``redis``, generated from :mod:`._async`: do not edit.
 
-It mirrors :mod:`._async` line for line: threads instead of tasks, ``time.sleep``
-instead of ``asyncio.sleep``, and socket timeouts instead of ``asyncio.timeout``.
+Change ``_async.py`` (or ``_io_sync.py``) and run ``python scripts/generate_sync.py``;
+a test fails while this file is out of date.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -19,11 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from prometheus_client import CollectorRegistry
 
 from . import _flows as flows
+from . import _io_sync as io
 from . import _scripts
 from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
-from ._core import FAILED, CacheCore, CoreFacade, KeyPlan, Read
-from ._flights import ThreadFlights
+from ._core import FAILED, MISMATCH, CacheCore, CoreFacade, KeyPlan, Read, reset_after_fork
 from ._local import MISSING
 from ._messages import InvalidationMessage
 
@@ -32,20 +31,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 InvalidationCallback = Callable[[InvalidationMessage], object]
-logger = logging.getLogger("commclient.cache")
-
-_SLOW_SOCKET_TIMEOUT = 1.0
-"""A client whose socket timeout is longer than this makes a dead Redis slow to detect."""
 
 
 class SyncRedisCache(CoreFacade):
     """A JSON cache in Redis for blocking code; Redis failures become misses.
 
-    ``redis_client`` is a ``redis.Redis``. A blocking client cannot be interrupted from
-    outside, so its own socket timeouts bound each operation: :meth:`from_url` sets them
-    to ``config.operation_timeout``; a client passed in keeps its own (a warning is
-    logged when they are long). ``prefix``, ``name`` and ``registry`` as for
-    :class:`AsyncRedisCache`.
+    ``redis_client`` is a ``redis.Redis``; every operation against it is bounded
+    by ``config.operation_timeout`` whatever the client's own timeout and retry settings.
+    ``prefix`` namespaces the keys; ``name`` (default: the prefix) is the ``cache_name``
+    metric label; ``registry`` is the Prometheus registry (``None``: the default one).
     """
 
     def __init__(
@@ -58,21 +52,28 @@ class SyncRedisCache(CoreFacade):
         registry: CollectorRegistry | None = None,
     ) -> None:
         self._core = CacheCore(prefix, config, name, registry)
-        self._redis = redis_client
-        self._read_script = redis_client.register_script(_scripts.READ)
-        self._commands = flows.commands(redis_client, self._unlink)
+        timeout = self._core.config.operation_timeout
+        self._redis, self._owns_client = io.bounded_client(redis_client, timeout)
+        self._read_script = self._redis.register_script(_scripts.READ)
+        self._commands = flows.commands(self._redis, self._unlink)
         from redis.exceptions import NoScriptError
 
         self._no_script_error = NoScriptError
-        self._execute_command: Callable[..., Any] = redis_client.execute_command
-        self._flights = ThreadFlights()
-        self._owns_client = False
-        self._listener_redis: Any = None
-        self._listener_thread: threading.Thread | None = None
-        self._listener_lock = threading.Lock()
-        self._stop = threading.Event()
+        self._execute_command: Callable[..., Any] = self._redis.execute_command
         self._closed = False
-        _warn_if_slow(redis_client, self._core.name)
+        self._after_fork()
+        reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """(Re)build what is tied to a thread, a loop or a socket: at start, and in a
+        forked child, which must not use its parent's listener or connections."""
+        self._core.after_fork()
+        self._flights = io.Flights()
+        self._deadlines = io.Deadlines(self._core.config.operation_timeout)
+        self._listener: Any = None
+        self._listener_redis: Any = None
+        self._listener_lock = threading.Lock()
+        self._stop = io.Stop()
 
     @classmethod
     def from_url(
@@ -86,19 +87,15 @@ class SyncRedisCache(CoreFacade):
     ) -> SyncRedisCache:
         """Build a cache and the client it owns (closed by :meth:`close`) from a URL.
 
-        The client's socket timeouts are the operation timeout and it does not retry,
-        so a dead Redis costs at most one operation timeout before the breaker opens.
+        The client's socket timeouts are the operation timeout, so a dead Redis costs
+        at most about one operation timeout before the breaker opens.
         """
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
         config = config or CacheConfig()
-        client = redis.Redis.from_url(
+        client = io.redis_module().Redis.from_url(
             url,
             socket_timeout=config.operation_timeout,
             socket_connect_timeout=config.operation_timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=io.retry(io.CONNECT_RETRIES),
         )
         cache = cls(client, prefix, config=config, name=name, registry=registry)
         cache._owns_client = True
@@ -113,7 +110,11 @@ class SyncRedisCache(CoreFacade):
     def get(self, key: str, model: type[T]) -> T | None: ...
 
     def get(self, key: str, model: Any = None) -> Any:
-        """The value at ``key`` validated as ``model`` (plain JSON without), or ``None``."""
+        """The value at ``key`` validated as ``model`` (plain JSON without), or ``None``.
+
+        A value stored by code with another model (a rolling deploy) is a miss here and
+        is left alone for the code that can read it.
+        """
         core = self._core
         plan = core.plan(key)
         epoch = 0
@@ -128,7 +129,7 @@ class SyncRedisCache(CoreFacade):
             core.unavailable(plan)
             return None
         value = self._decode(plan, read, model, epoch)
-        return None if value is MISSING else value
+        return None if value is MISSING or value is MISMATCH else value
 
     def get_raw(self, key: str) -> Any:
         """The decoded JSON at ``key`` without model validation, or ``None``."""
@@ -137,7 +138,12 @@ class SyncRedisCache(CoreFacade):
     # -- writes -------------------------------------------------------------------------
 
     def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool:
-        """Store ``value`` for ``ttl`` seconds; ``False`` when Redis could not be reached."""
+        """Store ``value`` for ``ttl`` seconds; ``True`` once Redis confirmed the write.
+
+        ``False`` means not confirmed: Redis could not be reached, or did not answer
+        within the operation timeout (a write sent just before a pause may still be
+        applied when Redis resumes; every local tier drops the key either way).
+        """
         return self._run(flows.set_value(self._core, key, value, ttl_milliseconds(ttl)))
 
     def delete(self, key: str) -> bool:
@@ -149,7 +155,9 @@ class SyncRedisCache(CoreFacade):
 
         With ``parts``, ``pattern`` is a template whose ``{}`` fields are filled with the
         parts escaped (see :func:`build_pattern`). Runs SCAN + UNLINK in batches; the
-        count includes copies a group invalidation had already made unreachable.
+        count is of logical keys that held a value (copies a group invalidation had
+        already made unreachable are removed, not counted). Patterns match per byte of
+        UTF-8, as Redis does: ``?`` matches one byte, so ``"u:??"`` matches ``"u:é"``.
         """
         return self._run(flows.invalidate(self._core, pattern, parts))
 
@@ -205,15 +213,16 @@ class SyncRedisCache(CoreFacade):
         """The cached value, or ``loader()``'s result stored for ``ttl`` seconds.
 
         Concurrent misses of one key share one ``loader`` call in this process, and a
-        Redis lease makes other processes wait for it rather than load too. A loader
-        error reaches every caller waiting for it. With ``stale_ttl``, a value is kept
-        that much longer and, once past ``ttl``, served while one caller refreshes it.
+        Redis lease (renewed while the loader runs) makes other processes wait for it
+        rather than load too. A loader error reaches every caller waiting for it. With
+        ``stale_ttl``, a value is kept that much longer and, once past ``ttl``, served
+        while one caller refreshes it; the refreshed value reaches every local tier.
         """
         core = self._core
         plan = core.plan(key)
         ttl_ms = ttl_milliseconds(ttl)
         stale_s = ttl_seconds(stale_ttl) if stale_ttl else 0.0
-        value = core.local_get(plan, model)
+        value = core.local_get(plan, model, stale_s)
         if value is not MISSING:
             return value
         self._ensure_listener()
@@ -224,6 +233,8 @@ class SyncRedisCache(CoreFacade):
             core.unavailable(plan)
             return self._join(flight_key, job.epoch, flows.load(core, job), loader)
         value = self._decode(plan, read, model, job.epoch)
+        if value is MISMATCH:
+            return self._join(flight_key, job.epoch, flows.load(core, job), loader)
         if value is MISSING:
             return self._join(flight_key, job.epoch, flows.fill(core, job), loader)
         if core.is_fresh(read, stale_s) or flight_key in self._flights:
@@ -248,15 +259,17 @@ class SyncRedisCache(CoreFacade):
     # -- Pub/Sub ------------------------------------------------------------------------
 
     def subscribe_invalidation(
-        self, callback: InvalidationCallback, *, stop: threading.Event | None = None
+        self, callback: InvalidationCallback, *, stop: io.Stop | None = None
     ) -> None:
-        """Hand every invalidation message to ``callback`` until ``stop`` is set.
+        """Hand every invalidation message to ``callback`` until ``stop`` is set (or,
+        for the async cache, the task is cancelled).
 
-        Blocks (run it in a thread). Messages this cache sent come too (compare
-        ``message.origin`` with :attr:`origin`). Resubscribes by itself after a
-        disconnect; messages published while disconnected are lost.
+        A callback may be a coroutine function with the async cache. Messages this cache
+        sent come too (compare ``message.origin`` with :attr:`origin`). Resubscribes by
+        itself after a disconnect; messages published while disconnected are lost
+        (Pub/Sub delivers at most once).
         """
-        self._listen(callback, drives_local_tier=False, stop=stop or threading.Event())
+        self._listen(callback, drives_local_tier=False, stop=stop or io.Stop())
 
     def start(self, timeout: float = 5.0) -> bool:
         """Start the local tier's listener and wait until it serves; ``True`` once it does.
@@ -268,45 +281,41 @@ class SyncRedisCache(CoreFacade):
             return False
         self._ensure_listener()
         deadline = time.monotonic() + timeout
+        # Activation happens in the sans-I/O core, which has no event to set for either
+        # world: a short poll is the simple bridge.
         while not self._core.local.active and time.monotonic() < deadline:
-            time.sleep(0.005)
+            io.sleep(0.005)
         return self._core.local.active
 
     def _ensure_listener(self) -> None:
-        if self._listener_thread is None and self._core.local_tier_enabled and not self._closed:
+        if self._listener is None and self._core.local_tier_enabled and not self._closed:
             with self._listener_lock:
-                if self._listener_thread is None and not self._closed:
-                    thread = threading.Thread(
-                        target=self._listen,
-                        args=(None,),
-                        kwargs={"drives_local_tier": True, "stop": self._stop},
+                if self._listener is None and not self._closed:
+                    self._listener = io.start_background(
+                        partial(self._listen, None, drives_local_tier=True, stop=self._stop),
                         name=f"commclient-cache-listener-{self._core.name}",
-                        daemon=True,
                     )
-                    thread.start()
-                    self._listener_thread = thread
 
     def _listen(
-        self,
-        callback: InvalidationCallback | None,
-        *,
-        drives_local_tier: bool,
-        stop: threading.Event,
+        self, callback: InvalidationCallback | None, *, drives_local_tier: bool, stop: io.Stop
     ) -> None:
         core = self._core
         config = core.config
         client = self._listener_client()
         wait = config.resubscribe_min_wait
-        # A blocking read cannot be cancelled: poll often enough for ``stop`` to be quick.
-        poll = min(config.listener_ping_interval, 0.1)
         try:
             while not stop.is_set():
                 pubsub = client.pubsub()
                 try:
-                    pubsub.subscribe(config.channel)
+                    io.bounded(
+                        pubsub.subscribe(config.channel), max(config.operation_timeout, 1.0)
+                    )
                     last_heard = next_ping = time.monotonic()
                     while not stop.is_set():
-                        message = pubsub.get_message(timeout=poll)
+                        message = pubsub.get_message(
+                            timeout=io.poll_timeout(config.listener_ping_interval)
+                        )
+                        io.check_cancelled()
                         now = time.monotonic()
                         if message is not None:
                             last_heard = now
@@ -329,8 +338,8 @@ class SyncRedisCache(CoreFacade):
                     else:
                         core.subscriber_lost(error)
                 finally:
-                    _close_quietly(pubsub)
-                stop.wait(wait * random.uniform(0.5, 1.0))
+                    io.close_quietly(pubsub)
+                io.wait(stop, wait * random.uniform(0.5, 1.0))
                 wait = min(wait * 2, config.resubscribe_max_wait)
         finally:
             if drives_local_tier:
@@ -346,7 +355,7 @@ class SyncRedisCache(CoreFacade):
         if message is None or callback is None:
             return
         try:
-            callback(message)
+            io.call_loader(partial(callback, message))
         except Exception as error:
             self._core.callback_failed(error)
 
@@ -360,7 +369,7 @@ class SyncRedisCache(CoreFacade):
         """
         with self._listener_lock:
             if self._listener_redis is None:
-                self._listener_redis = _without_retries(self._redis)
+                self._listener_redis = io.rebuilt_client(self._redis, retry=io.retry(0))
             return self._listener_redis
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -369,16 +378,15 @@ class SyncRedisCache(CoreFacade):
         """Stop the listener and close what this cache owns. Idempotent."""
         with self._listener_lock:
             self._closed = True
-            thread, self._listener_thread = self._listener_thread, None
-        self._stop.set()
-        if thread is not None:
-            thread.join(timeout=5.0)
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            io.stop_background(listener, self._stop)
         listener_redis, self._listener_redis = self._listener_redis, None
         if listener_redis is not None and listener_redis is not self._redis:
-            _close_quietly(listener_redis)
+            io.close_quietly(listener_redis)
         if self._owns_client:
             self._owns_client = False
-            _close_quietly(self._redis)
+            io.close_quietly(self._redis)
 
     def __enter__(self) -> SyncRedisCache:
         return self
@@ -393,20 +401,25 @@ class SyncRedisCache(CoreFacade):
 
     # -- I/O helpers --------------------------------------------------------------------
 
-    def _run(self, flow: flows.Flow[T], loader: Callable[[], Any] | None = None) -> T:
+    def _run(
+        self, flow: flows.Flow[T], loader: Callable[[], Any] | None = None
+    ) -> T:
         """Do what ``flow`` asks (Redis calls, sleeps, the loader) until it returns."""
         try:
             step = next(flow)
             while True:
                 try:
                     if isinstance(step, flows.Call):
-                        command = self._commands[step.command]
-                        reply = self._call(step.operation, command, *step.args, **step.kwargs)
+                        reply = self._do(step)
                     elif isinstance(step, flows.Sleep):
-                        time.sleep(step.seconds)
+                        io.sleep(step.seconds)
                         reply = None
+                    elif step.keep_alive is None:
+                        reply = io.call_loader(loader)
                     else:
-                        reply = loader() if loader is not None else None
+                        renew = partial(self._do, step.keep_alive)
+                        with io.renewing(self._core.lease_renew_interval(), renew):
+                            reply = io.call_loader(loader)
                 except BaseException as error:
                     step = flow.throw(error)
                 else:
@@ -415,18 +428,28 @@ class SyncRedisCache(CoreFacade):
             result: T = done.value
             return result
 
-    def _call(self, operation: str, command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run one Redis command (bounded by the client's socket timeouts); FAILED on failure."""
+    def _do(self, step: flows.Call) -> Any:
+        command = self._commands[step.command]
+        return self._call(step.operation, command, *step.args, **step.kwargs)
+
+    def _call(
+        self, operation: str, command: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run one Redis command within the operation timeout; :data:`FAILED` on failure."""
         core = self._core
-        if not core.allow(operation):
+        admission = core.admit(operation)
+        if admission is None:
             return FAILED
         started = time.perf_counter()
         try:
-            result = command(*args, **kwargs)
+            result = self._deadlines.run(command, *args, **kwargs)
         except Exception as error:
-            core.failed(operation, error)
+            core.failed(operation, error, admission)
             return FAILED
-        core.succeeded(operation, time.perf_counter() - started)
+        except BaseException:
+            core.abandoned(admission)
+            raise
+        core.succeeded(operation, time.perf_counter() - started, admission)
         return result
 
     def _read(self, plan: KeyPlan, *, with_ttl: bool = False) -> Read | None:
@@ -450,10 +473,13 @@ class SyncRedisCache(CoreFacade):
     def _read_reply(self, keys: list[str], args: list[str]) -> Any:
         """Run the read script by its SHA, without redis-py's ``Script`` wrapper.
 
-        This is every cache hit; the wrapper's per-call work is a visible share of it.
+        This is every read with a local tier; the wrapper's per-call work is a visible
+        share of it.
         """
         try:
-            return self._execute_command("EVALSHA", self._read_script.sha, 1, *keys, *args)
+            return self._execute_command(
+                "EVALSHA", self._read_script.sha, len(keys), *keys, *args
+            )
         except self._no_script_error:
             return self._read_script(keys=keys, args=args)  # loads the script, then runs it
 
@@ -467,43 +493,3 @@ class SyncRedisCache(CoreFacade):
         if lease_keys:
             self._redis.delete(*lease_keys)
         return int(self._redis.unlink(*data_keys)) if data_keys else 0
-
-
-def _without_retries(client: Any) -> Any:
-    """A client on its own pool, with the same connection settings and no retries."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    pool = getattr(client, "connection_pool", None)
-    if pool is None:
-        return client
-    kwargs = dict(pool.connection_kwargs)
-    kwargs["retry"] = Retry(NoBackoff(), 0)
-    return redis.Redis(
-        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-    )
-
-
-def _warn_if_slow(client: Any, cache_name: str) -> None:
-    pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", {})
-    timeouts = [kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout")]
-    if any(timeout is None or timeout > _SLOW_SOCKET_TIMEOUT for timeout in timeouts):
-        logger.warning(
-            "redis client has long socket timeouts: a dead Redis will block cache calls "
-            "for that long before the breaker opens; use SyncRedisCache.from_url or set "
-            "socket_timeout and socket_connect_timeout",
-            extra={"cache_name": cache_name, "socket_timeouts": timeouts},
-        )
-
-
-def _close_quietly(resource: Any) -> None:
-    """Close a client or Pub/Sub object without letting a dead connection raise."""
-    close = getattr(resource, "close", None)
-    if close is None:
-        return
-    try:
-        close()
-    except Exception as error:
-        logger.debug("closing a redis resource failed", extra={"error": repr(error)[:200]})

@@ -125,3 +125,29 @@ def test_an_unreachable_cache_does_not_break_the_response(reader: SyncRedisCache
                 200,
                 {"saved": True},
             )
+
+
+def test_an_invalidation_that_failed_is_applied_once_redis_is_back(prefix: str) -> None:
+    from commclient.cache import CacheConfig
+    from tests.redis_server import RedisServer
+
+    with RedisServer() as redis_server_alone:
+        config = CacheConfig(operation_timeout=0.2, breaker_cooldown=0.2)
+        cache = AsyncRedisCache.from_url(redis_server_alone.url, prefix, config=config)
+        middleware = CacheInvalidationMiddleware(rest_app, cache, retry_max_wait=0.3)
+        with (
+            Server(middleware) as running,
+            SyncRedisCache.from_url(redis_server_alone.url, prefix) as writer,
+        ):
+            writer.set("global_settings", {"timezone": "UTC"})
+            redis_server_alone.pause()
+            try:
+                assert running.put("/api/global-settings/", {"timezone": "CET"})[0] == 200
+            finally:
+                redis_server_alone.resume()
+            # No other request comes: the middleware itself retries what failed.
+            deadline = time.monotonic() + 10
+            while writer.get("global_settings") is not None:
+                assert time.monotonic() < deadline, "the failed invalidation was forgotten"
+                time.sleep(0.05)
+            assert middleware.pending == 0

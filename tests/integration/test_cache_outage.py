@@ -103,7 +103,7 @@ def test_async_cache_survives_redis_dying_mid_run(
         own_redis_server.start()
         observed.phase = "after"
         # Written behind the cache's back: only a flushed local tier can show it.
-        redis.Redis.from_url(own_redis_server.url).set(f"{prefix}:settings#0", b'"fresh"')
+        redis.Redis.from_url(own_redis_server.url).set(f"{{{prefix}}}:settings#0", b'"fresh"')
 
         async def recovered() -> bool:
             return cache.local_tier_active and await cache.get("settings") == "fresh"
@@ -160,7 +160,7 @@ def test_sync_cache_survives_redis_dying_mid_run(
         time.sleep(0.5)
         own_redis_server.start()
         observed.phase = "after"
-        redis.Redis.from_url(own_redis_server.url).set(f"{prefix}:settings#0", b'"fresh"')
+        redis.Redis.from_url(own_redis_server.url).set(f"{{{prefix}}}:settings#0", b'"fresh"')
         deadline = time.monotonic() + 10
         while not (cache.local_tier_active and cache.get("settings") == "fresh"):
             assert time.monotonic() < deadline, "no recovery"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from typing import Any
 
 import pytest
@@ -27,8 +28,8 @@ from commclient.cache import (
     glob_matches,
     group_of,
 )
-from commclient.cache._codec import Codec, CorruptValueError, is_immutable
-from commclient.cache._health import BreakerState, RedisHealth
+from commclient.cache._codec import Codec, CorruptValueError, ModelMismatchError, is_immutable
+from commclient.cache._health import RedisHealth
 from commclient.cache._instruments import CacheMetrics
 from commclient.cache._keys import KeyLayout, validate_key, validate_prefix
 from commclient.cache._local import MISSING, LocalTier
@@ -122,21 +123,22 @@ def test_glob_matching_agrees_with_redis(redis_url: str, prefix: str) -> None:
 
 def test_key_layout() -> None:
     layout = KeyLayout("cache")
-    assert layout.data_key("assistant:1", "3") == "cache:assistant:1#3"
-    assert layout.data_base("assistant:1") == "cache:assistant:1#"
-    assert layout.generation_key("assistant") == "cache!gen:assistant"
-    assert layout.lease_key("assistant:1") == "cache:assistant:1#L"
-    assert layout.is_lease("cache:assistant:1#L")
-    assert not layout.is_lease("cache:assistant:1#0")
+    assert layout.data_key("assistant:1", "3") == "{cache}:assistant:1#3"
+    assert layout.data_base("assistant:1") == "{cache}:assistant:1#"
+    assert layout.generation_key("assistant") == "{cache}!gen:assistant"
+    assert layout.lease_key("assistant:1") == "{cache}:assistant:1#L"
+    assert layout.is_lease("{cache}:assistant:1#L")
+    assert not layout.is_lease("{cache}:assistant:1#0")
     # A caller's pattern can never reach across the key/generation boundary ...
-    assert layout.scan_pattern("user:*") == "cache:user:*#*"
+    assert layout.scan_pattern("user:*") == "{cache}:user:*#*"
     scan = layout.scan_pattern("user:1")
-    assert glob_matches(scan, "cache:user:1#0")
-    assert not glob_matches(scan, "cache:user:12#0")
-    # ... nor match the generation counters.
-    assert not glob_matches(layout.scan_pattern("*"), "cache!gen:user")
-    assert layout.logical_key("cache:user:1#4") == "user:1"
-    assert layout.logical_key("other:user:1#4") is None
+    assert glob_matches(scan, "{cache}:user:1#0")
+    assert not glob_matches(scan, "{cache}:user:12#0")
+    # ... nor match the generation counters, nor a nested prefix's keys.
+    assert not glob_matches(layout.scan_pattern("*"), "{cache}!gen:user")
+    assert not glob_matches(layout.scan_pattern("*"), "{cache:tenant}:user:1#0")
+    assert layout.logical_key("{cache}:user:1#4") == "user:1"
+    assert layout.logical_key("{other}:user:1#4") is None
 
 
 # -- JSON -------------------------------------------------------------------------------
@@ -188,12 +190,15 @@ def test_codec_size_limit() -> None:
     assert "settings" in str(raised.value)
 
 
-@pytest.mark.parametrize(
-    ("data", "model"),
-    [(b"{", None), (b"\x80\x04", None), (b'{"other": 1}', Frozen), (b"[]", MutableData)],
-)
+@pytest.mark.parametrize(("data", "model"), [(b"{", None), (b"\x80\x04", None), (b"{", Frozen)])
 def test_codec_reports_corruption(data: bytes, model: Any) -> None:
     with pytest.raises(CorruptValueError):
+        Codec(1024).decode(data, model)
+
+
+@pytest.mark.parametrize(("data", "model"), [(b'{"other": 1}', Frozen), (b"[]", MutableData)])
+def test_codec_tells_another_model_from_corruption(data: bytes, model: Any) -> None:
+    with pytest.raises(ModelMismatchError):
         Codec(1024).decode(data, model)
 
 
@@ -205,6 +210,21 @@ def test_immutability() -> None:
     assert not is_immutable(MutableData)
     assert not is_immutable(None)
     assert not is_immutable(list[Frozen])
+
+
+def test_shallowly_frozen_models_are_not_shared() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Tagged:
+        tags: list[str]
+
+    @dataclasses.dataclass(frozen=True)
+    class Nested:
+        inner: FrozenData
+        pairs: tuple[tuple[str, int], ...]
+        label: str | None
+
+    assert not is_immutable(Tagged)
+    assert is_immutable(Nested) == is_immutable(FrozenData)
 
 
 # -- messages ---------------------------------------------------------------------------
@@ -247,29 +267,31 @@ def test_malformed_messages_are_ignored(data: bytes) -> None:
 def test_breaker_opens_after_threshold_and_lets_one_probe_through(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = FakeClock()
-    health = RedisHealth("c", failure_threshold=3, cooldown=1.0, clock=clock)
+    cooldown = 0.05
+    health = RedisHealth("c", failure_threshold=3, cooldown=cooldown)
     error = ConnectionError("refused")
     with caplog.at_level(logging.INFO, logger="commclient.cache"):
         for _ in range(3):
-            assert health.allow()
-            health.record_failure("get", error)
-        assert health.state is BreakerState.OPEN
-        assert not health.allow()
-        clock.advance(0.99)
-        assert not health.allow()
-        clock.advance(0.02)
-        assert health.allow()  # the probe
-        assert health.state is BreakerState.HALF_OPEN
-        assert not health.allow()  # everyone else while the probe is out
-        health.record_failure("get", error)  # the probe failed: open again
-        assert health.state is BreakerState.OPEN
-        assert not health.allow()
-        clock.advance(1.0)
-        assert health.allow()
-        health.record_success()
-        assert health.state is BreakerState.CLOSED
-        assert health.allow()
+            admission = health.admit()
+            assert admission is not None
+            health.record_failure("get", error, admission)
+        assert health.state == "open"
+        assert health.admit() is None
+        time.sleep(cooldown * 1.5)
+        probe = health.admit()
+        assert probe is not None
+        assert probe.probe
+        assert health.state == "half-open"
+        assert health.admit() is None  # everyone else while the probe is out
+        health.record_failure("get", error, probe)  # the probe failed: open again
+        assert health.state == "open"
+        assert health.admit() is None
+        time.sleep(cooldown * 1.5)
+        probe = health.admit()
+        assert probe is not None
+        health.record_success(probe)
+        assert health.state == "closed"
+        assert health.admit() is not None
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # one outage, one warning
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
@@ -277,24 +299,31 @@ def test_breaker_opens_after_threshold_and_lets_one_probe_through(
     ]
 
 
-def test_a_probe_that_never_reports_is_given_up() -> None:
-    clock = FakeClock()
-    health = RedisHealth("c", failure_threshold=1, cooldown=1.0, clock=clock)
-    health.record_failure("get", TimeoutError())
-    clock.advance(1.0)
-    assert health.allow()  # the probe's task is then cancelled: no report
-    assert not health.allow()
-    clock.advance(1.0)
-    assert health.allow()
+def test_a_cancelled_probe_frees_the_half_open_state() -> None:
+    health = RedisHealth("c", failure_threshold=1, cooldown=0.05)
+    first = health.admit()
+    assert first is not None
+    health.record_failure("get", TimeoutError(), first)
+    time.sleep(0.08)
+    probe = health.admit()
+    assert probe is not None
+    assert probe.probe
+    assert health.admit() is None
+    health.release(probe)  # its task was cancelled: no verdict
+    assert health.admit() is not None
 
 
 def test_failures_below_threshold_reset_on_success() -> None:
-    health = RedisHealth("c", failure_threshold=3, cooldown=1.0, clock=FakeClock())
+    health = RedisHealth("c", failure_threshold=3, cooldown=1.0)
     for _ in range(5):
-        health.record_failure("get", TimeoutError())
-        health.record_failure("get", TimeoutError())
-        health.record_success()
-    assert health.state is BreakerState.CLOSED
+        for outcome in ("fail", "fail", "ok"):
+            admission = health.admit()
+            assert admission is not None
+            if outcome == "ok":
+                health.record_success(admission)
+            else:
+                health.record_failure("get", TimeoutError(), admission)
+    assert health.state == "closed"
 
 
 # -- local tier -------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_listener_disconnect_flushes_and_bypasses_the_local_tier(
             # Drop every Pub/Sub connection, then change the value behind the cache's back:
             # no message can tell this cache about the change.
             admin.client_kill_filter(_type="pubsub")
-            admin.set(f"{prefix}:settings#0", b'"new"')
+            admin.set(f"{{{prefix}}}:settings#0", b'"new"')
 
             async def noticed() -> bool:
                 return DISCONNECTED in cache_logs.messages()

@@ -180,17 +180,27 @@ def test_one_warning_per_outage_and_recovery(
     run(scenario())
 
 
-def test_sync_from_url_sets_short_socket_timeouts(prefix: str, cache_logs: LogCapture) -> None:
+def test_sync_from_url_sets_short_socket_timeouts(prefix: str) -> None:
     cache = SyncRedisCache.from_url(
         "redis://127.0.0.1:1/0", prefix, config=CacheConfig(operation_timeout=0.25)
     )
     kwargs = cache._redis.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 0.25
     assert kwargs["socket_connect_timeout"] == 0.25
-    assert not [m for m in cache_logs.messages(logging.WARNING) if "long socket timeouts" in m]
     cache.close()
-    SyncRedisCache(redis.Redis(), prefix)
-    assert [m for m in cache_logs.messages(logging.WARNING) if "long socket timeouts" in m]
+    # A caller's client without timeouts is used through a bounded copy; it is untouched.
+    callers = redis.Redis()
+    callers_timeout = callers.connection_pool.connection_kwargs.get("socket_timeout")
+    assert callers_timeout is None or callers_timeout > 0.25
+    bounded = SyncRedisCache(callers, prefix, config=CacheConfig(operation_timeout=0.25))
+    kwargs = bounded._redis.connection_pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.25, 0.25)
+    assert callers.connection_pool.connection_kwargs.get("socket_timeout") == callers_timeout
+    bounded.close()
+    # One with short timeouts of its own is used as it is, and stays the caller's.
+    short = redis.Redis(socket_timeout=0.1, socket_connect_timeout=0.1)
+    with SyncRedisCache(short, prefix, config=CacheConfig(operation_timeout=0.25)) as cache:
+        assert cache._redis is short
 
 
 test_sync_from_url_sets_short_socket_timeouts = pytest.mark.facade_sync(

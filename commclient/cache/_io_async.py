@@ -1,0 +1,282 @@
+"""What the async driver does its own way: tasks, cancellation, ``redis.asyncio``.
+
+:mod:`._async` is written once against these names; :mod:`._sync` is generated from it
+and uses :mod:`._io_sync`, which offers the same names for threads and blocking sockets.
+Single flight and per-call deadlines live here because they are where the two worlds
+really differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
+from contextlib import asynccontextmanager, suppress
+from functools import partial
+from typing import Any, TypeVar
+
+from ._core import rebuild_client
+
+T = TypeVar("T")
+
+Stop = threading.Event
+"""Asks a listener to end (checked between reads; the async one is also cancelled)."""
+
+CONNECT_RETRIES = 1
+"""A cache's own client retries a command once on a fresh connection: every call has a
+deadline of its own here, so a retry cannot make a dead Redis slower to notice."""
+
+TICKS_FRACTION = 0.25
+
+
+def redis_module() -> Any:
+    import redis.asyncio
+
+    return redis.asyncio
+
+
+def retry(retries: int) -> Any:
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return Retry(NoBackoff(), retries)
+
+
+sleep = asyncio.sleep
+
+
+async def wait(stop: Stop, seconds: float) -> None:
+    """Pause a listener between resubscriptions (``aclose`` cancels it)."""
+    await asyncio.sleep(seconds)
+
+
+def poll_timeout(ping_interval: float) -> float:
+    """How long one Pub/Sub read may wait: cancellation interrupts it, so the full interval."""
+    return ping_interval
+
+
+if sys.version_info >= (3, 11):
+
+    async def bounded(awaitable: Awaitable[T], seconds: float) -> T:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+    def check_cancelled() -> None:
+        """Raise if this task was asked to stop, even if the request was swallowed.
+
+        A cancellation that lands while redis-py's Pub/Sub read is inside its own read
+        timeout can be absorbed there (the read returns ``None`` and the task stays
+        "cancelling"); a listener that then simply polled on would never end.
+        """
+        task = asyncio.current_task()
+        if task is not None and task.cancelling() > 0:
+            raise asyncio.CancelledError
+
+else:
+
+    async def bounded(awaitable: Awaitable[T], seconds: float) -> T:
+        return await asyncio.wait_for(awaitable, seconds)
+
+    def check_cancelled() -> None:
+        """Python 3.10 cannot tell; ``aclose`` sets the listener's stop event as well."""
+
+
+async def call_loader(loader: Callable[[], Any] | None) -> Any:
+    """Call the loader (a coroutine function, or a plain one) and await what it returns."""
+    result = loader() if loader is not None else None
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+@asynccontextmanager
+async def renewing(interval: float, renew: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
+    """Call ``renew`` every ``interval`` seconds while the body runs."""
+
+    async def keep_alive() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await renew()
+
+    task = asyncio.get_running_loop().create_task(keep_alive())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+def start_background(function: Callable[[], Coroutine[Any, Any, None]], name: str) -> Any:
+    """Run ``function`` as a task of the running loop."""
+    return asyncio.get_running_loop().create_task(function(), name=name)
+
+
+async def stop_background(task: asyncio.Task[None], stop: Stop) -> None:
+    """Stop a listener task and wait for its end."""
+    stop.set()
+    while not task.done():
+        # Cancelled again until it ends: see check_cancelled.
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+
+
+async def close_quietly(resource: Any) -> None:
+    """Close a client or Pub/Sub object without letting a dead connection raise or hang."""
+    close = getattr(resource, "aclose", None) or getattr(resource, "close", None)
+    if close is None:
+        return
+    with suppress(Exception):
+        result = close()
+        if inspect.isawaitable(result):
+            await bounded(result, 1.0)
+
+
+class _Call:
+    __slots__ = ("cancelling", "deadline", "expired", "task")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.expired = False
+        self.cancelling = _cancelling(task)
+
+
+class Deadlines:
+    """Bounds every Redis call by ``timeout`` with one timer for all calls in flight.
+
+    ``asyncio.timeout`` schedules and cancels a timer per call, which costs several
+    microseconds on every cache hit. Here each call only registers itself in a set; one
+    timer, ticking a few times per timeout while calls are in flight, cancels the tasks
+    whose deadline passed. The cancellation is told apart from the caller's own exactly
+    as ``asyncio.timeout`` does. A call ends between ``timeout`` and
+    ``timeout * (1 + TICKS_FRACTION)`` seconds.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._tick = timeout * TICKS_FRACTION
+        self._calls: set[_Call] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def run(self, command: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """``await command(...)``; ``TimeoutError`` past the deadline."""
+        call = self._start()
+        try:
+            result = await command(*args, **kwargs)
+        except asyncio.CancelledError:
+            if not (call.expired and _uncancel(call)):
+                raise
+            raise TimeoutError("redis did not answer within the operation timeout") from None
+        finally:
+            self._calls.discard(call)
+        if call.expired:  # it returned although it expired: its cancellation was lost
+            _uncancel(call)
+        return result
+
+    def _start(self) -> _Call:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Used from a new event loop: the old loop's calls and timer are gone with it.
+            self._loop, self._timer = loop, None
+            self._calls = set()
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - cache calls always run in a task
+            raise RuntimeError("the cache must be used from a task")
+        call = _Call(task, loop.time() + self.timeout)
+        self._calls.add(call)
+        if self._timer is None:
+            self._timer = loop.call_later(self._tick, self._expire)
+        return call
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        for call in list(self._calls):
+            if not call.expired and call.deadline <= now:
+                call.expired = True
+                call.task.cancel()
+        if self._calls:
+            self._timer = loop.call_later(self._tick, self._expire)
+
+
+if sys.version_info >= (3, 11):
+
+    def _cancelling(task: asyncio.Task[Any]) -> int:
+        return task.cancelling()
+
+    def _uncancel(call: _Call) -> bool:
+        # As asyncio.timeout: ours only if no other cancellation is pending.
+        return call.task.uncancel() <= call.cancelling
+
+else:
+
+    def _cancelling(task: asyncio.Task[Any]) -> int:
+        return 0
+
+    def _uncancel(call: _Call) -> bool:
+        return True  # Python 3.10 keeps no count of cancellation requests
+
+
+class _Flight:
+    __slots__ = ("epoch", "task")
+
+    def __init__(self, task: asyncio.Task[Any], epoch: int) -> None:
+        self.task = task
+        self.epoch = epoch
+
+
+class Flights:
+    """Single flight: concurrent misses of one key share one load task.
+
+    A load is joined only by callers that saw the same ``epoch`` (the local tier's
+    invalidation count): a load that began before an invalidation applied here may carry
+    the old data, so later callers start their own instead of joining it.
+    """
+
+    def __init__(self) -> None:
+        self._flights: dict[Hashable, _Flight] = {}
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._flights
+
+    async def join(
+        self, key: Hashable, epoch: int, load: Callable[[], Coroutine[Any, Any, Any]]
+    ) -> Any:
+        """Wait for the load of ``key`` in flight, or start ``load``; its value or error.
+
+        The load runs in its own task, so a caller's cancellation does not cancel it
+        for the others.
+        """
+        flight = self._flights.get(key)
+        if flight is None or flight.epoch != epoch:
+            task = asyncio.get_running_loop().create_task(load())
+            flight = _Flight(task, epoch)
+            self._flights[key] = flight
+            task.add_done_callback(partial(self._done, key, flight))
+        return await asyncio.shield(flight.task)
+
+    def _done(self, key: Hashable, flight: _Flight, task: asyncio.Task[Any]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not task.cancelled():
+            # Retrieved here so that a load whose callers were all cancelled does not
+            # log "exception was never retrieved".
+            task.exception()
+
+
+def rebuilt_client(client: Any, **overrides: Any) -> Any:
+    """A client like ``client`` on a pool of its own, with ``overrides`` applied."""
+    return rebuild_client(redis_module(), client, overrides)
+
+
+def bounded_client(client: Any, timeout: float) -> tuple[Any, bool]:
+    """The client to use, and whether the cache owns it: here the caller's own client,
+    since :class:`Deadlines` bounds every call whatever its socket timeouts."""
+    return client, False
