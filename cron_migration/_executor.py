@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta, timezone
@@ -53,6 +54,8 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
         self.async_jobs = None if async_jobs is None else frozenset(async_jobs)
         self._registry = registry
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Added by the scheduler's thread, removed by the thread that ends the run.
+        self._in_flight_lock = threading.Lock()
         self._in_flight: set[asyncio.Future[Any] | concurrent.futures.Future[Any]] = set()
 
     def start(self, scheduler: Any, alias: str) -> None:
@@ -67,16 +70,17 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
     @property
     def in_flight(self) -> set[Any]:
         """The runs submitted and not finished yet (tasks or futures)."""
-        return set(self._in_flight)
+        with self._in_flight_lock:
+            return set(self._in_flight)
 
     def shutdown(self, wait: bool = True) -> None:
         if self._loop is not None:
             # A loop task cannot be waited for from a sync method on its own loop:
             # shutdown_gracefully() waits before it shuts the scheduler down.
-            for run in list(self._in_flight):
+            for run in self.in_flight:
                 run.cancel()
             return
-        runs = [run for run in self._in_flight if isinstance(run, concurrent.futures.Future)]
+        runs = [run for run in self.in_flight if isinstance(run, concurrent.futures.Future)]
         if wait:
             concurrent.futures.wait(runs)
         else:
@@ -91,12 +95,14 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
             from compat import bridge_portal
 
             run = bridge_portal().start_task_soon(self._run, job, run_times)
-        self._in_flight.add(run)
+        with self._in_flight_lock:
+            self._in_flight.add(run)
         run.add_done_callback(self._make_done_callback(job.id))
 
     def _make_done_callback(self, job_id: str) -> Callable[[Any], None]:
         def done(run: Any) -> None:
-            self._in_flight.discard(run)
+            with self._in_flight_lock:
+                self._in_flight.discard(run)
             if run.cancelled():
                 self._run_job_error(job_id, asyncio.CancelledError("the run was cancelled"))
                 return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import os
 import threading
@@ -128,11 +129,21 @@ class _Operation:
 
 
 def is_permanent_failure(exc: BaseException) -> bool:
-    """A 4xx answer (not 408/425/429): retrying the same operation cannot succeed."""
+    """Retrying the same operation cannot succeed: a 4xx answer (not 408/425/429), or the
+    recorder refusing its arguments (TypeError, ValueError) before anything was sent."""
     status = getattr(exc, "status_code", None)
-    return (
-        isinstance(status, int) and 400 <= status < 500 and status not in _RETRYABLE_CLIENT_STATUSES
-    )
+    if isinstance(status, int):
+        return 400 <= status < 500 and status not in _RETRYABLE_CLIENT_STATUSES
+    return isinstance(exc, TypeError | ValueError)
+
+
+def recordable(result: Any) -> Any:
+    """``result`` if JSON can carry it, else its ``repr``: a record must not fail on it."""
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError):
+        return repr(result)
+    return result
 
 
 class RecordOutbox:
@@ -198,7 +209,7 @@ class RecordOutbox:
         self._append(_Operation("start", record))
 
     def complete(self, record: RunRecord, result: Any) -> None:
-        self._append(_Operation("complete", record, {"result": result}))
+        self._append(_Operation("complete", record, {"result": recordable(result)}))
 
     def fail(self, record: RunRecord, error: str, traceback: str) -> None:
         self._append(_Operation("fail", record, {"error": error, "traceback": traceback}))

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -228,3 +229,49 @@ def test_a_forked_child_neither_inherits_the_parents_records_nor_its_delivery_ta
     recorder.down = False
     assert asyncio.run(flush_run_records(10)) == 0
     assert len(recorder.executions) == 1  # the parent's run, in the parent's recorder
+
+
+def test_a_result_json_cannot_carry_is_recorded_as_its_repr() -> None:
+    recorder = FakeRecorder()
+    moment = datetime(2026, 6, 1, tzinfo=timezone.utc)
+
+    @migrated_job(recorder=recorder, registry=CollectorRegistry())
+    async def job() -> dict[str, Any]:
+        return {"sent_at": moment}
+
+    assert job() == {"sent_at": moment}  # the job's own caller still gets the object
+    assert asyncio.run(flush_run_records(10)) == 0
+    (execution,) = recorder.executions.values()
+    assert execution.result == repr({"sent_at": moment})
+
+
+class BuggyRecorder(FakeRecorder):
+    """Its first start fails with a TypeError, as a recorder that cannot encode would."""
+
+    refused = 0
+
+    async def start_job_execution(self, execution_id: str, *, idempotency_key: str) -> None:
+        if not self.refused:
+            self.refused += 1
+            raise TypeError("Object of type Widget is not JSON serializable")
+        await super().start_job_execution(execution_id, idempotency_key=idempotency_key)
+
+
+def test_a_recorder_that_refuses_its_arguments_does_not_hold_up_later_records() -> None:
+    registry = CollectorRegistry()
+    recorder = BuggyRecorder()
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def job() -> int:
+        return 1
+
+    async def main() -> int:
+        await job()
+        await job()
+        return await flush_run_records(10)
+
+    started = time.monotonic()
+    assert asyncio.run(main()) == 0
+    assert time.monotonic() - started < 10  # not retried until the flush gave up
+    assert sorted(e.status for e in recorder.executions.values()) == ["completed", "created"]
+    assert sample(registry, "cron_run_records_dropped_total") == 1
