@@ -3,24 +3,69 @@
 pybreaker's ``call()`` holds an RLock for the whole guarded call (every caller is
 serialised behind one slow request) and records a success for a coroutine it never
 awaited. So the core asks :meth:`Breaker.admit` before a call and reports the
-outcome afterwards; pybreaker keeps the state, its storage and its listeners.
+outcome afterwards; a pybreaker circuit over its memory storage keeps the state and
+notifies the listeners (the state gauge).
+
+Every check-then-act (is it open, has the reset timeout passed, is a probe out) runs
+under the breaker's one lock, and nothing under that lock does I/O: half-open lets
+exactly one probe through while the others fail fast, whatever the threads do.
+
+**State shared through Redis.** The local state stays authoritative for admission;
+callers never touch Redis. A :class:`_RedisMirror` per breaker collects what happened
+locally (failures, a success, opening, closing) and one background thread per process
+(:class:`_Syncer`) exchanges it with Redis every ``circuit_breaker_redis_sync_interval``
+seconds (at once after a local transition), in one round trip of a Lua script that adds
+this process's failures to the shared counter, trips the shared state when the counter
+reaches ``fail_max``, and returns the shared state, which the breaker then adopts. So a
+frozen or dead Redis never stalls an event loop nor serialises threads: it only delays
+what other processes learn. Redis calls have short socket timeouts and no retries; when
+Redis cannot be reached (at start or later) the breaker goes on with its local state,
+logs one warning per outage, and pushes what happened meanwhile once Redis answers.
+
+The keys are pybreaker's ``CircuitRedisStorage`` layout (``<namespace>:pybreaker:state``,
+``fail_counter``, ``opened_at`` in whole epoch seconds). That storage itself is not used
+on the call path: each of its properties is a blocking round trip, and it swallows Redis
+errors into fallback values that cannot be told apart from real ones.
+
+**Fork.** After ``os.fork()`` the child rebuilds each breaker's locks and pybreaker
+circuit, forgets a probe that was in flight in the parent (no thread of the child would
+ever finish it), drops the parent's unpushed Redis events (the parent pushes them) and
+its Redis connections, and starts its own sync thread on first use. The local state is
+kept: it is the child's own copy of what the parent knew about the target.
+
+**Reset.** :meth:`Breakers.clear` resets every breaker in place, so clients that hold
+one keep using it and see the fresh state; the next client of a pair configures it anew.
+
+**Exit.** The sync thread is a daemon: events not yet pushed when the interpreter exits
+(at most one interval's worth) are not sent.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import threading
-import time
 import weakref
+from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit
 
 import pybreaker
 
 from ._config import ClientConfig
+from ._policy import Clock, SystemClock
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import Gauge
 
-STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_OPEN: 1, pybreaker.STATE_HALF_OPEN: 2}
+logger = logging.getLogger("commclient.breaker")
+
+CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
+STATE_VALUES = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2}
+#: Seconds a Redis connect or reply may take in the sync thread before Redis counts as down.
+REDIS_TIMEOUT = 0.25
 
 
 class Admission(NamedTuple):
@@ -32,7 +77,6 @@ class Admission(NamedTuple):
 
 
 ADMITTED = Admission(permitted=True, probe=False, retry_after=0.0)
-PROBE = Admission(permitted=True, probe=True, retry_after=0.0)
 
 
 class Breaker:
@@ -43,70 +87,109 @@ class Breaker:
         name: str,
         fail_max: int,
         reset_timeout: float,
-        storage: pybreaker.CircuitBreakerStorage,
+        *,
+        clock: Clock | None = None,
+        redis_url: str | None = None,
+        sync_interval: float = 0.5,
     ) -> None:
-        self._storage = storage
+        self.name = name
         self._gauges: weakref.WeakSet[Gauge] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._probe_in_flight = False
-        self.circuit = pybreaker.CircuitBreaker(
-            fail_max=fail_max,
-            reset_timeout=reset_timeout,
-            state_storage=storage,
-            name=name,
+        self._configure(fail_max, reset_timeout, clock, redis_url, sync_interval)
+        _live_breakers.add(self)
+
+    def _configure(
+        self,
+        fail_max: int,
+        reset_timeout: float,
+        clock: Clock | None,
+        redis_url: str | None,
+        sync_interval: float,
+    ) -> None:
+        """Settings and a fresh closed state; called at creation and after a reset."""
+        self.fail_max = fail_max
+        self.reset_timeout = reset_timeout
+        self._clock: Clock = SystemClock() if clock is None else clock
+        self._storage = pybreaker.CircuitMemoryStorage(CLOSED)
+        self.circuit = self._new_circuit()
+        # The probe in flight: identity, not equality, tells it from stale admissions
+        # (made before a reset, a forced transition or a fork).
+        self._probe: Admission | None = None
+        self._opened_at = 0.0
+        self._retry_at = 0.0
+        # Bumped by every local transition, so that the sync thread does not overwrite
+        # one that happened while its round trip was in flight.
+        self._version = 0
+        self._mirror = (
+            None if redis_url is None else _RedisMirror(self, redis_url, sync_interval)
+        )
+        self._start_sync = self._mirror is not None
+        for gauge in list(self._gauges):
+            gauge.set(STATE_VALUES[CLOSED])
+
+    def _new_circuit(self) -> pybreaker.CircuitBreaker:
+        return pybreaker.CircuitBreaker(
+            fail_max=self.fail_max,
+            reset_timeout=self.reset_timeout,
+            state_storage=self._storage,
+            name=self.name,
             listeners=[_GaugeListener(self._gauges)],
         )
 
     @property
     def state(self) -> str:
-        """``closed``, ``open`` or ``half-open``; notices changes made by other processes."""
-        return self.circuit.state.name
+        """``closed``, ``open`` or ``half-open`` (as last synchronised, with Redis)."""
+        return self._storage.state
 
     def admit(self) -> Admission:
-        state = self._storage.state
-        if state == pybreaker.STATE_CLOSED:
-            return ADMITTED
-        if state == pybreaker.STATE_OPEN:
-            opened_at = self._storage.opened_at
-            if opened_at is not None:
-                remaining = self.circuit.reset_timeout - (time.time() - opened_at.timestamp())
+        if self._start_sync:
+            # First use, or first use in a forked child.
+            self.start_sync()
+        with self._lock:
+            state = self._storage.state
+            if state == CLOSED:
+                return ADMITTED
+            if state == OPEN:
+                remaining = self._retry_at - self._clock.time()
                 if remaining > 0:
                     return Admission(permitted=False, probe=False, retry_after=remaining)
-        # Open long enough, or already half-open: exactly one caller becomes the probe,
-        # the others fail fast instead of piling onto a service that may still be down.
-        with self._lock:
-            if self._probe_in_flight:
-                return Admission(
-                    permitted=False, probe=False, retry_after=self.circuit.reset_timeout
-                )
-            self._probe_in_flight = True
-        if state == pybreaker.STATE_OPEN:
-            self.circuit.half_open()
-        return PROBE
+                self._version += 1
+                self.circuit.half_open()
+            elif self._probe is not None:
+                # One probe is out: the others fail fast instead of piling onto a
+                # service that may still be down.
+                return Admission(permitted=False, probe=False, retry_after=self.reset_timeout)
+            probe = Admission(permitted=True, probe=True, retry_after=0.0)
+            self._probe = probe
+            return probe
 
     def record_success(self, admission: Admission) -> None:
-        if self._storage.counter:
-            self._storage.reset_counter()
-        if admission.probe:
-            self.circuit.close()
-            self.release(admission)
+        with self._lock:
+            if self._storage.counter:
+                self._storage.reset_counter()
+            if self._mirror is not None:
+                self._mirror.note_success()
+            if admission is self._probe:
+                self._probe = None
+                self._close()
 
     def record_failure(self, admission: Admission) -> None:
         with self._lock:
             self._storage.increment_counter()
-            trip = admission.probe or (
-                self._storage.state == pybreaker.STATE_CLOSED
-                and self._storage.counter >= self.circuit.fail_max
-            )
-        if trip:
-            self.circuit.open()
-        self.release(admission)
+            if self._mirror is not None:
+                self._mirror.failures += 1
+            if admission is self._probe:
+                self._probe = None
+                self._open(self._clock.time())
+            elif self._storage.state == CLOSED and self._storage.counter >= self.fail_max:
+                self._open(self._clock.time())
 
     def release(self, admission: Admission) -> None:
         """End a call without judging the target (cancelled, or already recorded)."""
         if admission.probe:
             with self._lock:
-                self._probe_in_flight = False
+                if admission is self._probe:
+                    self._probe = None
 
     def attach_gauge(self, gauge: Gauge) -> None:
         """Keep ``gauge`` equal to the state from now on, on every transition."""
@@ -114,15 +197,98 @@ class Breaker:
         gauge.set(STATE_VALUES[self.state])
 
     def force(self, state: str) -> None:
-        """Move to ``open`` or ``closed`` at once (for operators and tests)."""
-        if state == pybreaker.STATE_OPEN:
-            self.circuit.open()
-        elif state == pybreaker.STATE_CLOSED:
-            self.circuit.close()
-        else:
+        """Move to ``open`` or ``closed`` at once (for operators and tests).
+
+        With Redis, every process sees it after its next synchronisation.
+        """
+        if state not in (OPEN, CLOSED):
             raise ValueError(f"state must be 'open' or 'closed', got {state!r}")
         with self._lock:
-            self._probe_in_flight = False
+            self._probe = None
+            if state == OPEN:
+                self._open(self._clock.time())
+            else:
+                self._close()
+
+    def _open(self, opened_at: float) -> None:
+        self._version += 1
+        self.circuit.open()
+        self._storage.opened_at = datetime.fromtimestamp(opened_at, timezone.utc)
+        self._opened_at = opened_at
+        self._retry_at = opened_at + self.reset_timeout
+        if self._mirror is not None:
+            self._mirror.note_transition(OPEN)
+
+    def _close(self) -> None:
+        self._version += 1
+        self.circuit.close()
+        if self._mirror is not None:
+            self._mirror.note_transition(CLOSED)
+
+    def start_sync(self) -> None:
+        """Have the sync thread look after this breaker's Redis state (if it has one)."""
+        with self._lock:
+            mirror = self._mirror if self._start_sync else None
+            self._start_sync = False
+        if mirror is not None:
+            _syncer.add(mirror)
+
+    def _adopt(self, remote_state: str, remote_opened_at: float, version: int) -> None:
+        """Take the state Redis holds, unless this process changed its own meanwhile."""
+        with self._lock:
+            if version != self._version:
+                return
+            local = self._storage.state
+            if remote_state == OPEN:
+                if local == CLOSED:
+                    self._version += 1
+                    self.circuit.open()
+                    self._set_opened_at(remote_opened_at)
+                elif local == OPEN and remote_opened_at > self._opened_at + 1:
+                    # Another process's probe failed later than ours opened the circuit.
+                    self._set_opened_at(remote_opened_at)
+            elif remote_state == CLOSED and local != CLOSED:
+                # Another process's probe succeeded, or an operator closed the circuit.
+                self._version += 1
+                self._probe = None
+                self.circuit.close()
+
+    def _set_opened_at(self, opened_at: float) -> None:
+        self._storage.opened_at = datetime.fromtimestamp(opened_at, timezone.utc)
+        self._opened_at = opened_at
+        self._retry_at = opened_at + self.reset_timeout
+
+    def reset(self) -> None:
+        """Closed, no failures, no probe, no Redis; settings stay until :meth:`reconfigure`."""
+        mirror = self._mirror
+        if mirror is not None:
+            # What was forced or recorded last reaches Redis before the breaker lets go.
+            if mirror.reachable is not False:
+                mirror.push_now()
+            _syncer.remove(mirror)
+        with self._lock:
+            self._configure(self.fail_max, self.reset_timeout, self._clock, None, 0.5)
+
+    def reconfigure(
+        self,
+        fail_max: int,
+        reset_timeout: float,
+        clock: Clock | None,
+        redis_url: str | None,
+        sync_interval: float,
+    ) -> None:
+        """Take the settings of the first client after a reset."""
+        with self._lock:
+            self._configure(fail_max, reset_timeout, clock, redis_url, sync_interval)
+
+    def after_fork_in_child(self) -> None:
+        """Make the inherited breaker usable in a forked child (see the module docstring)."""
+        self._lock = threading.Lock()
+        self._probe = None
+        self.circuit = self._new_circuit()
+        if self._mirror is not None:
+            self._mirror = _RedisMirror(self, self._mirror.url, self._mirror.interval)
+            self._start_sync = True
 
 
 class _GaugeListener(pybreaker.CircuitBreakerListener):
@@ -135,6 +301,194 @@ class _GaugeListener(pybreaker.CircuitBreakerListener):
             gauge.set(value)
 
 
+# One round trip per synchronisation. KEYS: state, fail_counter, opened_at.
+# ARGV: reset the counter first (0/1), failures to add, local transition ('' | open |
+# closed), local state (open | closed), local opened_at, now (whole epoch seconds), fail_max.
+# Returns the shared state and opened_at.
+_SYNC_SCRIPT = """
+local function open_at(at)
+  local current = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+  if at > current then redis.call('SET', KEYS[3], at) end
+  redis.call('SET', KEYS[1], 'open')
+end
+if ARGV[1] == '1' then redis.call('SET', KEYS[2], 0) end
+local failures = tonumber(ARGV[2])
+local count = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if failures > 0 then count = redis.call('INCRBY', KEYS[2], failures) end
+if ARGV[3] == 'open' then
+  open_at(tonumber(ARGV[5]))
+elseif ARGV[3] == 'closed' then
+  redis.call('SET', KEYS[1], 'closed')
+  redis.call('SET', KEYS[2], 0)
+  count = 0
+end
+local state = redis.call('GET', KEYS[1])
+if not state then
+  -- A new or restarted Redis: it learns this process's state.
+  if ARGV[4] == 'open' then open_at(tonumber(ARGV[5])) else redis.call('SET', KEYS[1], 'closed') end
+  state = redis.call('GET', KEYS[1])
+end
+if state == 'closed' and failures > 0 and count >= tonumber(ARGV[7]) then
+  open_at(tonumber(ARGV[6]))
+  state = 'open'
+end
+return {state, redis.call('GET', KEYS[3]) or '0'}
+"""
+
+
+class _RedisMirror:
+    """What one breaker has to tell Redis, and the round trip that tells it.
+
+    The ``note_*`` methods and the pending fields are used under the breaker's lock;
+    :meth:`push_now` runs in the sync thread (or in a reset), outside it. Its own lock
+    only orders those two, so that a reset returns after the last push landed; no
+    caller of the breaker ever waits on it.
+    """
+
+    def __init__(self, breaker: Breaker, url: str, interval: float) -> None:
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError as exc:
+            raise ImportError(
+                "circuit_breaker_redis_url needs the redis client: pip install 'commclient[redis]'"
+            ) from exc
+        self._breaker = weakref.ref(breaker)
+        self.url = url
+        self.interval = interval
+        parts = urlsplit(url)
+        # For log lines: never the password.
+        self.where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        # No I/O here: an unreachable Redis is found, and reported, by the sync thread.
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._script = self._client.register_script(_SYNC_SCRIPT)
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        namespace = f"commclient:{breaker.name.replace('->', ':')}:pybreaker"
+        self.keys = [f"{namespace}:state", f"{namespace}:fail_counter", f"{namespace}:opened_at"]
+        self._push_lock = threading.Lock()
+        self.reachable: bool | None = None
+        self.reset_counter = False
+        self.failures = 0
+        self.transition = ""
+
+    def note_success(self) -> None:
+        # A success anywhere ends the run of consecutive failures, here and in Redis.
+        self.reset_counter = True
+        self.failures = 0
+
+    def note_transition(self, state: str) -> None:
+        self.transition = state
+        _syncer.wake()
+
+    def push_now(self) -> None:
+        """Send what happened here, take what Redis holds; never raises."""
+        with self._push_lock:
+            self._push()
+
+    def _push(self) -> None:
+        breaker = self._breaker()
+        if breaker is None:
+            return
+        with breaker._lock:
+            if breaker._mirror is not self:
+                return
+            reset, failures, transition = self.reset_counter, self.failures, self.transition
+            self.reset_counter, self.failures, self.transition = False, 0, ""
+            local = CLOSED if breaker._storage.state == CLOSED else OPEN
+            opened_at = breaker._opened_at
+            version = breaker._version
+            now = breaker._clock.time()
+        try:
+            state, remote_opened_at = self._script(
+                keys=self.keys,
+                args=[
+                    int(reset),
+                    failures,
+                    transition,
+                    local,
+                    math.ceil(opened_at),
+                    math.ceil(now),
+                    breaker.fail_max,
+                ],
+            )
+        except self._errors as exc:
+            with breaker._lock:
+                # Keep the events for the next round trip, in their order.
+                if not self.reset_counter:
+                    self.reset_counter = reset
+                    self.failures += failures
+                self.transition = self.transition or transition
+            if self.reachable is not False:
+                self.reachable = False
+                logger.warning(
+                    "breaker %s: Redis at %s cannot be reached (%s); "
+                    "using this process's state until it answers",
+                    breaker.name,
+                    self.where,
+                    exc,
+                )
+            return
+        if self.reachable is False:
+            logger.info("breaker %s: Redis at %s answers again", breaker.name, self.where)
+        self.reachable = True
+        breaker._adopt(_text(state), float(remote_opened_at), version)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Syncer:
+    """The process's one thread that synchronises every Redis-backed breaker."""
+
+    def __init__(self) -> None:
+        self._after_fork()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._mirrors: list[_RedisMirror] = []
+        self._thread: threading.Thread | None = None
+
+    def add(self, mirror: _RedisMirror) -> None:
+        with self._lock:
+            self._mirrors.append(mirror)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="commclient-breaker-sync", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def remove(self, mirror: _RedisMirror) -> None:
+        with self._lock:
+            if mirror in self._mirrors:
+                self._mirrors.remove(mirror)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                mirrors = list(self._mirrors)
+            for mirror in mirrors:
+                mirror.push_now()
+            interval = min((mirror.interval for mirror in mirrors), default=1.0)
+            self._wake.wait(interval)
+            self._wake.clear()
+
+
+_syncer = _Syncer()
+_live_breakers: weakref.WeakSet[Breaker] = weakref.WeakSet()
+
+
 class Breakers:
     """The process's breakers, one per (service_name, target_service), sync and async alike.
 
@@ -143,49 +497,84 @@ class Breakers:
 
     def __init__(self) -> None:
         self._breakers: dict[tuple[str, str], Breaker] = {}
+        # Breakers forgotten by a reset that some client still holds: the next client of
+        # the pair joins them, and they go away with their last client.
+        self._retired: weakref.WeakValueDictionary[tuple[str, str], Breaker] = (
+            weakref.WeakValueDictionary()
+        )
         self._lock = threading.Lock()
 
-    def get(self, service_name: str, target_service: str, config: ClientConfig) -> Breaker:
+    def get(
+        self,
+        service_name: str,
+        target_service: str,
+        config: ClientConfig,
+        clock: Clock | None = None,
+    ) -> Breaker:
         key = (service_name, target_service)
+        settings = (
+            config.circuit_breaker_fail_max,
+            config.circuit_breaker_reset_timeout,
+            clock,
+            config.circuit_breaker_redis_url,
+            config.circuit_breaker_redis_sync_interval,
+        )
         with self._lock:
             breaker = self._breakers.get(key)
+            if breaker is not None:
+                return breaker
+            breaker = self._retired.pop(key, None)
             if breaker is None:
+                fail_max, reset_timeout, clock, redis_url, interval = settings
                 breaker = Breaker(
                     f"{service_name}->{target_service}",
-                    config.circuit_breaker_fail_max,
-                    config.circuit_breaker_reset_timeout,
-                    _storage(key, config.circuit_breaker_redis_url),
+                    fail_max,
+                    reset_timeout,
+                    clock=clock,
+                    redis_url=redis_url,
+                    sync_interval=interval,
                 )
-                self._breakers[key] = breaker
-            return breaker
+            else:
+                breaker.reconfigure(*settings)
+            self._breakers[key] = breaker
+        # Synchronising starts with the first client, so that a new process learns the
+        # shared state while it is still setting up.
+        breaker.start_sync()
+        return breaker
 
     def find(self, service_name: str, target_service: str) -> Breaker:
-        try:
-            return self._breakers[(service_name, target_service)]
-        except KeyError:
+        key = (service_name, target_service)
+        breaker = self._breakers.get(key) or self._retired.get(key)
+        if breaker is None:
             raise LookupError(
                 f"no client has been created for {service_name!r} -> {target_service!r}"
-            ) from None
+            )
+        return breaker
 
     def clear(self) -> None:
+        """Reset every breaker; clients that hold one see it closed and fresh at once."""
         with self._lock:
+            forgotten = list(self._breakers.items())
             self._breakers.clear()
+            for key, breaker in forgotten:
+                self._retired[key] = breaker
+        for _, breaker in forgotten:
+            breaker.reset()
 
-
-def _storage(key: tuple[str, str], redis_url: str | None) -> pybreaker.CircuitBreakerStorage:
-    if redis_url is None:
-        return pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-    try:
-        import redis
-    except ImportError as exc:
-        raise ImportError(
-            "circuit_breaker_redis_url needs the redis client: pip install 'commclient[redis]'"
-        ) from exc
-    return pybreaker.CircuitRedisStorage(
-        pybreaker.STATE_CLOSED,
-        redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5),
-        namespace=f"commclient:{key[0]}:{key[1]}",
-    )
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
 
 breakers = Breakers()
+
+
+def _after_fork_in_child() -> None:
+    _syncer._after_fork()
+    breakers._after_fork_in_child()
+    for breaker in list(_live_breakers):
+        breaker.after_fork_in_child()
+
+
+_register: Callable[..., None] | None = getattr(os, "register_at_fork", None)
+if _register is not None:
+    _register(after_in_child=_after_fork_in_child)

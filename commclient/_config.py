@@ -36,9 +36,13 @@ class ClientConfig:
     #: Seconds the breaker stays open before it lets one probe call through.
     circuit_breaker_reset_timeout: float = 30.0
     #: Redis URL for breaker state shared by every replica; ``None``: state in this process.
-    #: Each state read is then a (blocking, 0.5 s bounded) Redis round trip, and the
-    #: one-probe rule of the half-open state holds per process, not across replicas.
+    #: Calls never wait on Redis: a background thread synchronises the local state with it,
+    #: an unreachable Redis leaves each process on its own state (one warning per outage),
+    #: and the one-probe rule of the half-open state holds per process, not across replicas.
     circuit_breaker_redis_url: str | None = None
+    #: Seconds between two synchronisations of the breaker state with Redis (a local
+    #: transition is sent at once); other replicas learn a change within about this long.
+    circuit_breaker_redis_sync_interval: float = 0.5
     #: Retry tokens each call earns for its target (0.1: at most ~10 % extra attempts).
     retry_budget_ratio: float = 0.1
     #: Tokens the per-target retry budget holds at most, and starts with.
@@ -58,6 +62,7 @@ class ClientConfig:
             "connect_timeout",
             "retry_after_max",
             "circuit_breaker_reset_timeout",
+            "circuit_breaker_redis_sync_interval",
         ):
             _require(name, getattr(self, name), positive=True)
         for name in ("retry_min_wait", "retry_max_wait", "retry_budget_ratio"):
