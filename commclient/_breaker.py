@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -66,6 +67,18 @@ CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreake
 STATE_VALUES = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2}
 #: Seconds a Redis connect or reply may take in the sync thread before Redis counts as down.
 REDIS_TIMEOUT = 0.25
+#: Seconds the sync thread sleeps at most when it has nothing due.
+IDLE_WAKE = 1.0
+
+
+class Settings(NamedTuple):
+    """What the first client of a pair decides about its breaker."""
+
+    fail_max: int
+    reset_timeout: float
+    clock: Clock | None
+    redis_url: str | None
+    sync_interval: float
 
 
 class Admission(NamedTuple):
@@ -95,21 +108,15 @@ class Breaker:
         self.name = name
         self._gauges: weakref.WeakSet[Gauge] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._configure(fail_max, reset_timeout, clock, redis_url, sync_interval)
+        self._configure(Settings(fail_max, reset_timeout, clock, redis_url, sync_interval))
         _live_breakers.add(self)
 
-    def _configure(
-        self,
-        fail_max: int,
-        reset_timeout: float,
-        clock: Clock | None,
-        redis_url: str | None,
-        sync_interval: float,
-    ) -> None:
+    def _configure(self, settings: Settings) -> None:
         """Settings and a fresh closed state; called at creation and after a reset."""
-        self.fail_max = fail_max
-        self.reset_timeout = reset_timeout
-        self._clock: Clock = SystemClock() if clock is None else clock
+        self.settings = settings
+        self.fail_max = settings.fail_max
+        self.reset_timeout = settings.reset_timeout
+        self._clock: Clock = SystemClock() if settings.clock is None else settings.clock
         self._storage = pybreaker.CircuitMemoryStorage(CLOSED)
         self.circuit = self._new_circuit()
         # The probe in flight: identity, not equality, tells it from stale admissions
@@ -121,7 +128,9 @@ class Breaker:
         # one that happened while its round trip was in flight.
         self._version = 0
         self._mirror = (
-            None if redis_url is None else _RedisMirror(self, redis_url, sync_interval)
+            None
+            if settings.redis_url is None
+            else _RedisMirror(self, settings.redis_url, settings.sync_interval)
         )
         self._start_sync = self._mirror is not None
         for gauge in list(self._gauges):
@@ -267,19 +276,12 @@ class Breaker:
                 mirror.push_now()
             _syncer.remove(mirror)
         with self._lock:
-            self._configure(self.fail_max, self.reset_timeout, self._clock, None, 0.5)
+            self._configure(self.settings._replace(redis_url=None))
 
-    def reconfigure(
-        self,
-        fail_max: int,
-        reset_timeout: float,
-        clock: Clock | None,
-        redis_url: str | None,
-        sync_interval: float,
-    ) -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """Take the settings of the first client after a reset."""
         with self._lock:
-            self._configure(fail_max, reset_timeout, clock, redis_url, sync_interval)
+            self._configure(settings)
 
     def after_fork_in_child(self) -> None:
         """Make the inherited breaker usable in a forked child (see the module docstring)."""
@@ -372,6 +374,7 @@ class _RedisMirror:
         namespace = f"commclient:{breaker.name.replace('->', ':')}:pybreaker"
         self.keys = [f"{namespace}:state", f"{namespace}:fail_counter", f"{namespace}:opened_at"]
         self._push_lock = threading.Lock()
+        self.due = 0.0
         self.reachable: bool | None = None
         self.reset_counter = False
         self.failures = 0
@@ -386,18 +389,18 @@ class _RedisMirror:
         self.transition = state
         _syncer.wake()
 
-    def push_now(self) -> None:
-        """Send what happened here, take what Redis holds; never raises."""
+    def push_now(self) -> bool:
+        """Send what happened here, take what Redis holds; False once the breaker is gone."""
         with self._push_lock:
-            self._push()
+            return self._push()
 
-    def _push(self) -> None:
+    def _push(self) -> bool:
         breaker = self._breaker()
         if breaker is None:
-            return
+            return False
         with breaker._lock:
             if breaker._mirror is not self:
-                return
+                return False
             reset, failures, transition = self.reset_counter, self.failures, self.transition
             self.reset_counter, self.failures, self.transition = False, 0, ""
             local = CLOSED if breaker._storage.state == CLOSED else OPEN
@@ -433,11 +436,12 @@ class _RedisMirror:
                     self.where,
                     exc,
                 )
-            return
+            return True
         if self.reachable is False:
             logger.info("breaker %s: Redis at %s answers again", breaker.name, self.where)
         self.reachable = True
         breaker._adopt(_text(state), float(remote_opened_at), version)
+        return True
 
 
 def _text(value: bytes | str) -> str:
@@ -478,10 +482,19 @@ class _Syncer:
         while True:
             with self._lock:
                 mirrors = list(self._mirrors)
+            now = time.monotonic()
+            next_due = now + IDLE_WAKE
             for mirror in mirrors:
-                mirror.push_now()
-            interval = min((mirror.interval for mirror in mirrors), default=1.0)
-            self._wake.wait(interval)
+                # A local transition goes out at once, unless Redis is known to be down
+                # (then it waits for the next round, instead of spinning on refusals).
+                urgent = mirror.transition != "" and mirror.reachable is not False
+                if urgent or now >= mirror.due:
+                    mirror.due = now + mirror.interval
+                    if not mirror.push_now():
+                        self.remove(mirror)
+                        continue
+                next_due = min(next_due, mirror.due)
+            self._wake.wait(max(0.0, next_due - time.monotonic()))
             self._wake.clear()
 
 
@@ -512,7 +525,7 @@ class Breakers:
         clock: Clock | None = None,
     ) -> Breaker:
         key = (service_name, target_service)
-        settings = (
+        settings = Settings(
             config.circuit_breaker_fail_max,
             config.circuit_breaker_reset_timeout,
             clock,
@@ -525,17 +538,16 @@ class Breakers:
                 return breaker
             breaker = self._retired.pop(key, None)
             if breaker is None:
-                fail_max, reset_timeout, clock, redis_url, interval = settings
                 breaker = Breaker(
                     f"{service_name}->{target_service}",
-                    fail_max,
-                    reset_timeout,
+                    settings.fail_max,
+                    settings.reset_timeout,
                     clock=clock,
-                    redis_url=redis_url,
-                    sync_interval=interval,
+                    redis_url=settings.redis_url,
+                    sync_interval=settings.sync_interval,
                 )
             else:
-                breaker.reconfigure(*settings)
+                breaker.reconfigure(settings)
             self._breakers[key] = breaker
         # Synchronising starts with the first client, so that a new process learns the
         # shared state while it is still setting up.

@@ -51,7 +51,11 @@ def breaker_state(service_name: str, target_service: str) -> str:
 
 
 def reset() -> None:
-    """Forget every breaker and retry budget of the process (between tests)."""
+    """Between tests: every breaker closed and fresh, every retry budget forgotten.
+
+    Breakers are reset in place, so clients that exist already see the fresh state; the
+    next client of a pair sets its breaker up with its own configuration.
+    """
     breakers.clear()
     retry_budgets.clear()
 

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from commclient import ClientConfig, ServiceUnavailableError, testing
+from commclient import ClientConfig, ServiceResponseError, ServiceUnavailableError, testing
 from commclient._breaker import Admission, Breaker, breakers
 from commclient._core import Attempt, Core, Response, build_core
+from tests.forking import in_forked_child, needs_fork
 
 THREADS = 16
 ROUNDS = 40
@@ -102,7 +100,7 @@ def _trip(core: Core) -> None:
     for _ in range(core.config.circuit_breaker_fail_max):
         flow = core.call("GET", "/x").flow()
         assert isinstance(next(flow), Attempt)
-        with pytest.raises(Exception):  # noqa: B017 - the mapped 503, whatever its class
+        with pytest.raises(ServiceResponseError):
             flow.send(Response(503, {}, b"{}"))
 
 
@@ -129,8 +127,12 @@ def test_reset_gives_live_clients_the_fresh_breaker() -> None:
     # The first client after the reset configures the breaker, and shares it with the
     # live one: whatever happens to the pair, both see it.
     fresh = build_core(
-        "http://b.test", "reset-svc", "reset-tgt", ClientConfig(circuit_breaker_fail_max=7),
-        CollectorRegistry(), None,
+        "http://b.test",
+        "reset-svc",
+        "reset-tgt",
+        ClientConfig(circuit_breaker_fail_max=7),
+        CollectorRegistry(),
+        None,
     )
     assert fresh.breaker is live.breaker
     assert live.breaker.fail_max == 7
@@ -171,20 +173,7 @@ def test_reset_forgets_breakers_no_client_holds() -> None:
         testing.breaker_state("gone-svc", "gone-tgt")
 
 
-def _wait_child(pid: int, timeout: float = 30.0) -> int:
-    """The child's exit code; a child that hangs (a deadlock) is killed and fails the test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail(f"the forked child hung for {timeout} s (a lock inherited held?)")
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@needs_fork
 def test_a_breaker_used_before_fork_works_in_the_child() -> None:
     config = ClientConfig(circuit_breaker_fail_max=1, circuit_breaker_reset_timeout=0.01)
     breaker = breakers.get("fork-svc", "fork-tgt", config)
@@ -203,23 +192,20 @@ def test_a_breaker_used_before_fork_works_in_the_child() -> None:
     holder = threading.Thread(target=hold_the_lock)
     holder.start()
     assert inside.wait(10)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through its exit code
-        code = 3
-        try:
-            # The parent's probe has no thread here to finish it: a child caller probes.
-            admission = breaker.admit()
-            code = 0 if admission.probe else 1
-            breaker.record_failure(admission)
-            if breaker.state != "open":
-                code = 2
-        finally:
-            os._exit(code)
-    leave.set()
-    holder.join(10)
-    assert _wait_child(pid) == 0
+
+    def child() -> int:
+        # The parent's probe has no thread here to finish it: a child caller probes.
+        admission = breaker.admit()
+        if not admission.probe:
+            return 1
+        breaker.record_failure(admission)
+        return 0 if breaker.state == "open" else 2
+
+    try:
+        assert in_forked_child(child) == 0
+    finally:
+        leave.set()
+        holder.join(10)
     # The child's failed probe stayed in the child: the parent's probe is still the one.
     assert breaker.state == "half-open"
     assert not breaker.admit().permitted
