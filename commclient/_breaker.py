@@ -104,20 +104,29 @@ class Breaker:
         clock: Clock | None = None,
         redis_url: str | None = None,
         sync_interval: float = 0.5,
+        storage: pybreaker.CircuitMemoryStorage | None = None,
     ) -> None:
+        """``storage``: where the local state lives (a closed memory storage by default)."""
         self.name = name
         self._gauges: weakref.WeakSet[Gauge] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._configure(Settings(fail_max, reset_timeout, clock, redis_url, sync_interval))
+        self._configure(Settings(fail_max, reset_timeout, clock, redis_url, sync_interval), storage)
         _live_breakers.add(self)
 
-    def _configure(self, settings: Settings) -> None:
+    def _configure(
+        self, settings: Settings, storage: pybreaker.CircuitMemoryStorage | None = None
+    ) -> None:
         """Settings and a fresh closed state; called at creation and after a reset."""
+        if storage is not None and not isinstance(storage, pybreaker.CircuitMemoryStorage):
+            raise TypeError(
+                "storage must be a pybreaker.CircuitMemoryStorage (for state in Redis, pass "
+                f"redis_url), got {type(storage).__name__}"
+            )
         self.settings = settings
         self.fail_max = settings.fail_max
         self.reset_timeout = settings.reset_timeout
         self._clock: Clock = SystemClock() if settings.clock is None else settings.clock
-        self._storage = pybreaker.CircuitMemoryStorage(CLOSED)
+        self._storage = pybreaker.CircuitMemoryStorage(CLOSED) if storage is None else storage
         self.circuit = self._new_circuit()
         # The probe in flight: identity, not equality, tells it from stale admissions
         # (made before a reset, a forced transition or a fork).

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import pybreaker
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -211,3 +212,11 @@ def test_a_breaker_used_before_fork_works_in_the_child() -> None:
     assert not breaker.admit().permitted
     breaker.record_success(parent_probe)
     assert breaker.state == "closed"
+
+
+def test_a_redis_storage_is_refused_with_the_setting_to_use_instead() -> None:
+    class NotMemory(pybreaker.CircuitBreakerStorage):
+        pass
+
+    with pytest.raises(TypeError, match="pass redis_url"):
+        Breaker("storage->target", 1, 1.0, storage=NotMemory("other"))  # type: ignore[arg-type]
