@@ -21,18 +21,23 @@ from ._errors import (
     ServiceTimeoutError,
     ServiceUnavailableError,
 )
+from ._response import Headers, ServiceResponse
+from ._wire import JSON_NULL
 
 if TYPE_CHECKING:
     from ._async import AsyncServiceClient
     from ._sync import SyncServiceClient
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - plain sorted(), which test_packaging checks
     "AsyncServiceClient",
     "ClientConfig",
     "CorrelationIdFilter",
+    "Headers",
+    "JSON_NULL",
     "ServiceClientError",
     "ServiceConnectionError",
     "ServiceDecodeError",
+    "ServiceResponse",
     "ServiceResponseError",
     "ServiceResponseTooLargeError",
     "ServiceTimeoutError",

@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+import os
+import threading
+import weakref
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from ._config import ClientConfig
-from ._core import (
-    Attempt,
-    JsonParams,
-    Outcome,
-    Response,
-    Sleep,
-    TooLarge,
-    TransportFailure,
-    build_core,
-    declared_size,
-)
-from ._correlation import redact_text
+from ._core import Attempt, Call, Outcome, Sleep, TransportFailure, build_core
 from ._policy import Clock, FailureKind
+from ._response import ServiceResponse
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx
+    from typing_extensions import Unpack
+
+    from ._core import CallOptions
 
 
 def _import_httpx() -> Any:
@@ -42,7 +40,8 @@ class AsyncServiceClient:
     """An asyncio client for one target service.
 
     Its ``httpx.AsyncClient`` is made on first use inside the running event loop and
-    belongs to that loop: connections cannot move between loops.
+    belongs to that loop: connections cannot move between loops. After ``os.fork()``
+    the child drops the inherited pool unused and opens its own on first use.
     """
 
     def __init__(
@@ -61,43 +60,58 @@ class AsyncServiceClient:
         self._closer: AsyncGenerator[None, None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[tuple[float, float], httpx.Timeout] = {}
+        self._open_lock = threading.Lock()
         self._closed = False
+        _clients.add(self)
 
     @property
     def config(self) -> ClientConfig:
         return self._core.config
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
+    async def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:
         """Call ``method path`` with retries and the breaker; return the decoded JSON body.
 
         ``path`` may be a template (``/api/users/{user_id}``) filled from ``path_params``;
-        the template is then the metrics' endpoint label. ``deadline`` (seconds) bounds
-        the whole call and overrides the config's.
+        the template is then the metrics' endpoint label. One body at most: ``json=``
+        (``JSON_NULL`` sends ``null``), ``content=`` bytes, ``data=`` form fields and/or
+        ``files=``. ``deadline`` bounds the whole call, ``timeout`` each read of this call.
         """
+        return await self._run(self._core.call(method, path, **options))
+
+    async def request_raw(
+        self, method: str, path: str, **options: Unpack[CallOptions]
+    ) -> ServiceResponse:
+        """Like :meth:`request`, but return the response undecoded (any status below 400)."""
+        call = self._core.call(method, path, raw=True, **options)
+        response: ServiceResponse = await self._run(call)
+        return response
+
+    async def get(self, path: str, **options: Unpack[CallOptions]) -> Any:
+        """``GET`` through :meth:`request`."""
+        return await self.request("GET", path, **options)
+
+    async def post(self, path: str, **options: Unpack[CallOptions]) -> Any:
+        """``POST`` through :meth:`request`; repeated only when it never reached the server,
+        or with ``idempotency_key``."""
+        return await self.request("POST", path, **options)
+
+    async def put(self, path: str, **options: Unpack[CallOptions]) -> Any:
+        """``PUT`` through :meth:`request`."""
+        return await self.request("PUT", path, **options)
+
+    async def patch(self, path: str, **options: Unpack[CallOptions]) -> Any:
+        """``PATCH`` through :meth:`request`; repeated like :meth:`post`."""
+        return await self.request("PATCH", path, **options)
+
+    async def delete(self, path: str, **options: Unpack[CallOptions]) -> Any:
+        """``DELETE`` through :meth:`request`."""
+        return await self.request("DELETE", path, **options)
+
+    async def _run(self, call: Call) -> Any:
         client = self._client
         if client is None or self._loop is not asyncio.get_running_loop():
             client = await self._open()
-        flow = self._core.call(
-            method,
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        ).flow()
+        flow = call.flow()
         try:
             action = next(flow)
             while True:
@@ -113,6 +127,8 @@ class AsyncServiceClient:
             flow.close()
 
     async def _send(self, client: httpx.AsyncClient, attempt: Attempt) -> Outcome:
+        if self._closed:
+            raise RuntimeError("this AsyncServiceClient was closed during the call")
         if attempt.time_limit is None:
             return await self._exchange(client, attempt)
         try:
@@ -128,7 +144,6 @@ class AsyncServiceClient:
                 client.build_request(
                     request.method,
                     request.url,
-                    params=request.params,
                     content=request.content,
                     headers=request.headers,
                     timeout=self._timeout(attempt.connect_timeout, attempt.read_timeout),
@@ -136,26 +151,23 @@ class AsyncServiceClient:
                 stream=True,
             )
             try:
-                status, headers = response.status_code, response.headers
-                size = declared_size(headers)
-                limit = request.max_response_bytes
-                if size is not None and size > limit:
-                    return TooLarge(status, size)
-                if size is not None:
-                    return Response(status, headers, await response.aread())
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        return TooLarge(status, None)
-                return Response(status, headers, bytes(body))
+                reader = attempt.reader(response.headers)
+                if reader.wants_more:
+                    async for chunk in response.aiter_raw():
+                        if not reader.feed(chunk):
+                            break
+                return attempt.response(response.status_code, response.headers, reader)
             finally:
                 await response.aclose()
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            # Refused before sending: the caller's bug, never the target's failure.
-            raise ValueError(f"the request cannot be sent: {redact_text(str(exc))}") from exc
+            return TransportFailure(FailureKind.UNSENDABLE, exc)
         except httpx.HTTPError as exc:
             return TransportFailure(_classify(exc, httpx), exc)
+        except RuntimeError as exc:
+            if client.is_closed:
+                # httpx refuses to send on a closed client: the caller closed it meanwhile.
+                raise RuntimeError("this AsyncServiceClient was closed during the call") from exc
+            raise
 
     def _timeout(self, connect: float, read: float) -> httpx.Timeout:
         timeout = self._timeouts.get((connect, read))
@@ -167,145 +179,43 @@ class AsyncServiceClient:
 
     async def _open(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
-        if self._closed:
-            raise RuntimeError("this AsyncServiceClient is closed; create a new one")
-        if self._loop is not None and not self._loop.is_closed():
-            raise RuntimeError(
-                "this AsyncServiceClient belongs to another event loop that is still running; "
-                "create one client per event loop, or call it from that loop "
-                "(compat.sync_proxy runs a client on one shared loop for sync code)"
-            )
-        # First use, or the previous loop is gone and its connections with it.
-        limits = self._httpx.Limits(max_connections=self.config.max_connections)
-        client: httpx.AsyncClient = self._httpx.AsyncClient(limits=limits, follow_redirects=True)
-        # asyncio.run() finalises the async generators of its loop before closing it: this
-        # one closes the pool then, so a client used from successive asyncio.run() calls
-        # leaves no sockets open behind it.
-        closer = _close_with_loop(client)
+        # Check and claim under one lock: two threads, each with its own loop, must not
+        # both build a pool for this client (one would leak, one would be lost).
+        with self._open_lock:
+            if self._closed:
+                raise RuntimeError("this AsyncServiceClient is closed; create a new one")
+            if self._client is not None and self._loop is loop:
+                return self._client
+            if self._loop is not None and not self._loop.is_closed():
+                raise RuntimeError(
+                    "this AsyncServiceClient belongs to another event loop that is still "
+                    "running; create one client per event loop, or call it from that loop "
+                    "(compat.sync_proxy runs a client on one shared loop for sync code)"
+                )
+            # First use, or the previous loop is gone and its connections with it.
+            client = self._new_client()
+            # asyncio.run() finalises the async generators of its loop before closing it:
+            # this one closes the pool then, so a client used from successive asyncio.run()
+            # calls leaves no sockets open behind it.
+            closer = _close_with_loop(client)
+            self._client, self._loop, self._closer = client, loop, closer
         await closer.asend(None)
-        self._client, self._loop, self._closer = client, loop, closer
         return client
 
-    async def get(
-        self,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
-        """``GET`` through :meth:`request`."""
-        return await self.request(
-            "GET",
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
+    def _new_client(self) -> httpx.AsyncClient:
+        config = self.config
+        transport = self._httpx
+        client: httpx.AsyncClient = transport.AsyncClient(
+            limits=transport.Limits(max_connections=config.max_connections),
+            # Redirects are the core's: bounded, inside the deadline, never to another
+            # origin with credentials.
+            follow_redirects=False,
+            cookies=_no_cookie_jar(),
+            verify=_ssl_context(config),
+            proxy=config.proxy,
+            trust_env=config.trust_env,
         )
-
-    async def post(
-        self,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
-        """``POST`` through :meth:`request`.
-
-        Repeated only when it never reached the server, or with ``idempotency_key``.
-        """
-        return await self.request(
-            "POST",
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        )
-
-    async def put(
-        self,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
-        """``PUT`` through :meth:`request`."""
-        return await self.request(
-            "PUT",
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        )
-
-    async def patch(
-        self,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
-        """``PATCH`` through :meth:`request`.
-
-        Repeated only when it never reached the server, or with ``idempotency_key``.
-        """
-        return await self.request(
-            "PATCH",
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        )
-
-    async def delete(
-        self,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
-        """``DELETE`` through :meth:`request`."""
-        return await self.request(
-            "DELETE",
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        )
+        return client
 
     async def close(self) -> None:
         """Close the connection pool; calling it again does nothing."""
@@ -315,6 +225,14 @@ class AsyncServiceClient:
             await closer.aclose()
 
     aclose = close
+
+    def _forget_connections(self) -> None:
+        # In a forked child: the pool's sockets are the parent's, and so is its loop.
+        # Keep the objects alive, unused: finalising them would close the pool from a
+        # loop that does not run here.
+        _inherited.append((self._client, self._closer))
+        self._client, self._closer, self._loop = None, None, None
+        self._open_lock = threading.Lock()
 
     async def __aenter__(self) -> AsyncServiceClient:
         return self
@@ -335,12 +253,73 @@ async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, No
         await client.aclose()
 
 
+def _no_cookie_jar() -> Any:
+    """A jar that keeps nothing: a cookie set for one caller's request must not ride
+    along on every later call of the client."""
+    import http.cookiejar
+
+    class _RefuseAll(http.cookiejar.DefaultCookiePolicy):
+        def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+            return False
+
+    return http.cookiejar.CookieJar(policy=_RefuseAll())
+
+
+def _ssl_context(config: ClientConfig) -> ssl.SSLContext | bool:
+    """httpx's ``verify``: a bool where httpx's own handling suffices, else a context.
+
+    A CA bundle path and a client certificate go through an ``SSLContext``, which
+    every httpx version accepts (the ``cert=`` argument is deprecated).
+    """
+    if config.cert is None and isinstance(config.verify, bool):
+        return config.verify
+    import ssl
+
+    if config.verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        cafile = config.verify if isinstance(config.verify, str) else _default_ca_bundle(config)
+        context = ssl.create_default_context(cafile=cafile)
+    if config.cert is not None:
+        certfile, keyfile = (config.cert, None) if isinstance(config.cert, str) else config.cert
+        context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+def _default_ca_bundle(config: ClientConfig) -> str | None:
+    if config.trust_env and os.environ.get("SSL_CERT_FILE"):
+        return os.environ["SSL_CERT_FILE"]
+    try:
+        import certifi
+    except ImportError:
+        return None
+    bundle: str = certifi.where()
+    return bundle
+
+
 def _classify(exc: Exception, httpx: Any) -> FailureKind:
     """Map httpx's exceptions onto what the core needs to know: did the request leave?"""
-    if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+    if isinstance(exc, httpx.PoolTimeout):
+        # Every connection of this client was busy: its own saturation, not the target's.
+        return FailureKind.POOL_TIMEOUT
+    if isinstance(exc, httpx.ConnectTimeout):
         return FailureKind.CONNECT_TIMEOUT
     if isinstance(exc, httpx.TimeoutException):
         return FailureKind.READ_TIMEOUT
     if isinstance(exc, httpx.ConnectError):
         return FailureKind.CONNECT
     return FailureKind.CONNECTION_LOST
+
+
+_clients: weakref.WeakSet[AsyncServiceClient] = weakref.WeakSet()
+_inherited: list[tuple[Any, Any]] = []
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._forget_connections()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -47,6 +47,11 @@ class ClientConfig:
     retry_budget_ratio: float = 0.1
     #: Tokens the per-target retry budget holds at most, and starts with.
     retry_budget_max_tokens: float = 10.0
+    #: Retries per second allowed to a target even when the ratio's tokens are spent
+    #: (Finagle's ``minRetriesPerSec``): a client calling once a minute can still retry
+    #: after an outage drained its bucket, while a storm gains at most this many retries
+    #: per second per target and process. 0 turns the floor off.
+    retry_budget_min_per_second: float = 1.0
     #: Largest response body read into memory, in bytes; larger bodies are refused.
     max_response_bytes: int = 10 * 1024 * 1024
     #: Connections the client keeps open to the target at most.
@@ -55,6 +60,21 @@ class ClientConfig:
     max_endpoints: int = 200
     #: Headers sent with every request (merged under the per-call headers).
     default_headers: tuple[tuple[str, str], ...] = field(default=())
+    #: TLS verification: ``True`` (the system's CAs), ``False`` (none), or a CA bundle path.
+    verify: bool | str = True
+    #: Client certificate for mutual TLS: a PEM path holding both, or ``(cert, key)`` paths.
+    cert: str | tuple[str, str] | None = None
+    #: Proxy URL for every request; ``None``: no proxy unless ``trust_env`` finds one.
+    proxy: str | None = None
+    #: Read proxies, ``NO_PROXY`` and the CA bundle from the environment, once per client
+    #: when it is built: variables changed later are not seen by that client.
+    trust_env: bool = False
+    #: Follow redirects (at most ``max_redirects`` hops, inside the call's deadline). A
+    #: 301/302/303 answering anything but GET or HEAD is never followed, and another
+    #: origin never receives ``default_headers``, credentials or cookies.
+    follow_redirects: bool = False
+    #: Redirect hops one attempt may follow before the redirect is surfaced.
+    max_redirects: int = 5
 
     def __post_init__(self) -> None:
         for name in (
@@ -65,7 +85,12 @@ class ClientConfig:
             "circuit_breaker_redis_sync_interval",
         ):
             _require(name, getattr(self, name), positive=True)
-        for name in ("retry_min_wait", "retry_max_wait", "retry_budget_ratio"):
+        for name in (
+            "retry_min_wait",
+            "retry_max_wait",
+            "retry_budget_ratio",
+            "retry_budget_min_per_second",
+        ):
             _require(name, getattr(self, name), positive=False)
         _require("retry_budget_max_tokens", self.retry_budget_max_tokens, positive=False)
         if self.deadline is not None:
@@ -80,6 +105,11 @@ class ClientConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.max_redirects, bool) or not isinstance(self.max_redirects, int):
+            raise ValueError(f"max_redirects must be an integer >= 0, got {self.max_redirects!r}")
+        if self.max_redirects < 0:
+            raise ValueError(f"max_redirects must be an integer >= 0, got {self.max_redirects!r}")
+        self._check_transport()
         if self.retry_min_wait > self.retry_max_wait:
             raise ValueError(
                 f"retry_min_wait ({self.retry_min_wait}) must not exceed "
@@ -91,6 +121,31 @@ class ClientConfig:
             raise ValueError(f"retry_on_status holds values that are not HTTP statuses: {bad}")
         object.__setattr__(self, "retry_on_status", statuses)
         object.__setattr__(self, "default_headers", tuple(dict(self.default_headers).items()))
+
+    def _check_transport(self) -> None:
+        if not isinstance(self.verify, (bool, str)) or self.verify == "":
+            raise ValueError(f"verify must be True, False or a CA bundle path, got {self.verify!r}")
+        cert = self.cert
+        if cert is not None and not (
+            (isinstance(cert, str) and cert)
+            or (
+                isinstance(cert, tuple)
+                and len(cert) == 2
+                and all(isinstance(part, str) and part for part in cert)
+            )
+        ):
+            raise ValueError(f"cert must be a path or a (cert, key) pair of paths, got {cert!r}")
+        if self.proxy is not None and (not isinstance(self.proxy, str) or "://" not in self.proxy):
+            raise ValueError(f"proxy must be a URL such as 'http://proxy:3128', got {self.proxy!r}")
+        for name in ("trust_env", "follow_redirects"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+def require_seconds(name: str, value: object) -> float:
+    """A per-call number of seconds (``deadline=``, ``timeout=``): finite and > 0."""
+    _require(name, value, positive=True)
+    return float(value)  # type: ignore[arg-type]
 
 
 def _require(name: str, value: object, *, positive: bool) -> None:

@@ -2,24 +2,31 @@
 
 A facade drives :meth:`Call.flow` like tenacity's ``iter()`` or httpx's ``auth_flow``:
 the flow yields :class:`Attempt` (send this request, send me back what happened) or
-:class:`Sleep` (wait this long), and returns the decoded body or raises the mapped
-error. Both facades run the same flow, so they cannot drift apart.
+:class:`Sleep` (wait this long), and returns the decoded body (or the response) or
+raises the mapped error. Both facades run the same flow, so they cannot drift apart:
+the URL, the body bytes, the headers, the size limit on decoded bytes, redirects and
+the deadline of each attempt are all decided here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Generator, Mapping
-from typing import Any, NamedTuple, TypeVar
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any, NamedTuple, TypedDict, TypeVar
+from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry
 
 from ._breaker import Breaker, breakers
-from ._config import ClientConfig
-from ._correlation import CORRELATION_HEADER, outgoing_correlation_id, redact_params, redact_text
+from ._config import ClientConfig, require_seconds
+from ._correlation import (
+    CORRELATION_HEADER,
+    outgoing_correlation_id,
+    redact_exception,
+    redact_params,
+    redact_text,
+)
 from ._errors import (
     ServiceClientError,
     ServiceConnectionError,
@@ -40,31 +47,56 @@ from ._policy import (
     retry_budgets,
     retry_wait,
 )
+from ._response import Headers, ServiceResponse, decode_json
+from ._wire import BodyReader, FileValue, declared_size, encode_body
+
+__all__ = ["BodyReader", "declared_size"]
 
 logger = logging.getLogger("commclient")
 
 DETAIL_LIMIT = 500
 ErrorT = TypeVar("ErrorT", bound=ServiceClientError)
-JsonParams = Mapping[str, Any]
+#: Query parameters: a mapping (a list value repeats the name) or a sequence of pairs.
+QueryParams = Mapping[str, Any] | Sequence[tuple[str, Any]]
+JsonParams = QueryParams
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Headers that identify the caller; another origin never receives them.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+_VERSION = "1"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class CallOptions(TypedDict, total=False):
+    """The keywords of ``request()``, ``request_raw()`` and ``get()`` ... ``delete()``."""
+
+    path_params: Mapping[str, Any] | None
+    params: QueryParams | None
+    json: Any
+    content: bytes | None
+    data: Mapping[str, Any] | None
+    files: Mapping[str, FileValue] | None
+    headers: Mapping[str, str] | None
+    idempotency_key: str | None
+    deadline: float | None
+    timeout: float | None
 
 
 class Request(NamedTuple):
-    """What the transport sends; the same on every attempt of one call."""
+    """What the transport sends: the URL with its query, and the exact body bytes."""
 
     method: str
     url: str
-    params: JsonParams | None
     headers: dict[str, str]
     content: bytes | None
-    max_response_bytes: int
 
 
 class Attempt(NamedTuple):
     """Send ``request`` once within these timeouts and report the outcome.
 
     Transport timeouts bound each connect and each read; ``time_limit``, set when the
-    call has a deadline, bounds the whole attempt, so that a body trickling in a few
-    bytes per read cannot outlive the deadline.
+    call has a deadline, bounds the whole exchange (headers, body, every read), so that
+    a server trickling bytes cannot outlive the deadline. ``max_response_bytes`` bounds
+    the decoded body: feed what arrives into :meth:`reader`.
     """
 
     request: Request
@@ -72,6 +104,16 @@ class Attempt(NamedTuple):
     connect_timeout: float
     read_timeout: float
     time_limit: float | None
+    max_response_bytes: int
+
+    def reader(self, headers: Mapping[str, str]) -> BodyReader:
+        return BodyReader(headers, self.max_response_bytes)
+
+    def response(self, status: int, headers: Mapping[str, str], reader: BodyReader) -> Outcome:
+        """The outcome of a response whose body was fed into ``reader``."""
+        if reader.too_large or reader.error is not None:
+            return Unreadable(status, headers, reader.error)
+        return Response(status, headers, reader.body())
 
 
 class Sleep(NamedTuple):
@@ -88,11 +130,13 @@ class Response(NamedTuple):
     body: bytes
 
 
-class TooLarge(NamedTuple):
-    """A response whose body exceeds ``max_response_bytes``; it was not read."""
+class Unreadable(NamedTuple):
+    """A response whose body was not kept: over ``max_response_bytes`` (``error`` is
+    ``None``), or not decodable as its ``Content-Encoding`` says."""
 
     status: int
-    size: int | None
+    headers: Mapping[str, str]
+    error: str | None
 
 
 class TransportFailure(NamedTuple):
@@ -102,15 +146,7 @@ class TransportFailure(NamedTuple):
     error: BaseException
 
 
-Outcome = Response | TooLarge | TransportFailure
-
-
-def declared_size(headers: Mapping[str, str]) -> int | None:
-    """The body size a response announces, so that an oversized body is refused unread."""
-    length = headers.get("content-length")
-    return int(length) if length is not None and length.isdigit() else None
-
-
+Outcome = Response | Unreadable | TransportFailure
 Flow = Generator[Attempt | Sleep, Outcome | None, Any]
 
 
@@ -128,23 +164,56 @@ class Core:
         metrics: ClientMetrics,
         clock: Clock,
     ) -> None:
+        if not isinstance(base_url, str):
+            raise TypeError(f"base_url must be a string, got {type(base_url).__name__}")
         parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        # Credentials in a base URL never reach an error message or a log line.
-        self.safe_base_url = urlunsplit(
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ValueError(
+                f"base_url must be an absolute http(s) URL without a query, got {base_url!r}"
+            )
+        self.base_url = urlunsplit(
             (parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", "")
         )
+        self.origin = _origin(self.base_url)
+        # Credentials in a base URL never reach an error message or a log line: they are
+        # sent as a Basic Authorization header, to this origin only.
+        self.safe_base_url = self.base_url
         self.service_name = service_name
         self.target_service = target_service
         self.config = config
         self.breaker = breaker
         self.budget = budget
+        self._budget_generation = retry_budgets.generation
         self.metrics = metrics
         self.clock = clock
-        metrics.retry_budget_tokens.set_function(lambda: budget.tokens)
+        default_headers = {
+            "User-Agent": f"commclient/{_VERSION}",
+            "Accept": "*/*",
+            # Only what the core can decode under the size limit (see _wire.BodyReader).
+            "Accept-Encoding": "gzip, deflate",
+        }
+        if parts.username is not None:
+            import base64
+            from urllib.parse import unquote
+
+            userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            default_headers["Authorization"] = (
+                "Basic " + base64.b64encode(userinfo.encode("latin-1", errors="replace")).decode()
+            )
+        _check_headers(dict(config.default_headers))
+        #: Default headers by lower-case name, for a case-insensitive merge per call.
+        self.default_headers = _by_lower_name(default_headers)
+        self.config_headers = _by_lower_name(dict(config.default_headers))
+        self.default_headers.update(self.config_headers)
+        metrics.retry_budget_tokens.set_function(lambda: self.current_budget().tokens)
         breaker.attach_gauge(metrics.breaker_state)
+
+    def current_budget(self) -> RetryBudget:
+        """The target's budget, fetched again after ``testing.reset()`` forgot this one."""
+        if self._budget_generation != retry_budgets.generation:
+            self.budget = retry_budgets.get(self.target_service, self.config)
+            self._budget_generation = retry_budgets.generation
+        return self.budget
 
     def call(
         self,
@@ -152,45 +221,71 @@ class Core:
         path: str,
         *,
         path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
+        params: QueryParams | None = None,
         json: Any = None,
+        content: Any = None,
+        data: Mapping[str, Any] | None = None,
+        files: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         deadline: float | None = None,
+        timeout: float | None = None,
+        raw: bool = False,
     ) -> Call:
-        """Prepare one call; nothing is sent until its flow is driven."""
+        """Prepare one call; nothing is sent until its flow is driven.
+
+        Every mistake of the caller raises here (``ValueError``/``TypeError`` naming
+        it), before the breaker or the target is involved.
+        """
+        if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+            raise ValueError(f"method must be an HTTP method name, got {method!r}")
         method = method.upper()
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/', got {path!r}")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"path must be a string and must start with '/', got {path!r}")
         if path_params is not None:
             quoted = {name: quote(str(value), safe="") for name, value in path_params.items()}
             try:
                 url_path = path.format_map(quoted)
-            except (KeyError, IndexError, ValueError) as exc:
+            except (KeyError, IndexError, ValueError, AttributeError) as exc:
                 raise ValueError(f"path_params do not fill the template {path!r}: {exc}") from None
         else:
             url_path = path
-        merged = dict(self.config.default_headers)
+        # A query written into the path joins params= instead of making a second "?".
+        url_path, _, path_query = url_path.partition("#")[0].partition("?")
+        query = parse_qsl(path_query, keep_blank_values=True) if path_query else []
+        if params:
+            query.extend(_pairs(params))
+        merged = dict(self.default_headers)
         if headers:
+            if not isinstance(headers, Mapping):
+                raise TypeError(f"headers must be a mapping, got {type(headers).__name__}")
             _check_headers(headers)
-            merged.update(headers)
-        content = None
-        if json is not None:
-            content = _dumps(json).encode()
-            merged.setdefault("Content-Type", "application/json")
+            merged.update(_by_lower_name(headers))
+        body = encode_body(json_value=json, content=content, data=data, files=files)
+        if body is not None:
+            merged.setdefault("content-type", ("Content-Type", body.content_type))
+            merged["content-length"] = ("Content-Length", str(len(body.content)))
+        elif method in _BODY_METHODS:
+            merged["content-length"] = ("Content-Length", "0")
         if idempotency_key is not None:
             _check_headers({"Idempotency-Key": idempotency_key})
-            merged["Idempotency-Key"] = idempotency_key
+            merged["idempotency-key"] = ("Idempotency-Key", idempotency_key)
         correlation_id = outgoing_correlation_id()
         if correlation_id is not None:
-            merged[CORRELATION_HEADER] = correlation_id
+            merged[CORRELATION_HEADER.lower()] = (CORRELATION_HEADER, correlation_id)
+        if deadline is not None:
+            deadline = require_seconds("deadline", deadline)
+        if timeout is not None:
+            timeout = require_seconds("timeout", timeout)
+        wire_path = quote(url_path, safe="/%!$&'()*+,;=:@-._~")
+        url = self.base_url + wire_path
+        if query:
+            url += "?" + urlencode(query, doseq=True)
         request = Request(
             method,
-            self.base_url + url_path,
-            params,
-            merged,
-            content,
-            self.config.max_response_bytes,
+            url,
+            dict(merged.values()),
+            None if body is None else body.content,
         )
         return Call(
             self,
@@ -198,33 +293,58 @@ class Core:
             endpoint=self.metrics.endpoint(
                 path if path_params is not None else url_path, template=path_params is not None
             ),
-            url_path=url_path,
+            safe_url=self.base_url
+            + wire_path
+            + (f"?{urlencode(redact_params(query), doseq=True, safe='[]')}" if query else ""),
             retry_after_send=may_retry_method(
                 method, has_idempotency_key=idempotency_key is not None
             ),
             deadline=deadline if deadline is not None else self.config.deadline,
+            read_timeout=timeout if timeout is not None else self.config.timeout,
             correlation_id=correlation_id,
+            raw=raw,
         )
 
 
-_dumps = json.dumps
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HOST = re.compile(r"[a-z0-9.\-_]+|[0-9a-f:.]+")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[^\x09\x20-\x7e]")
 
 
-def _check_headers(headers: Mapping[str, str]) -> None:
+def _check_headers(headers: Mapping[str, Any]) -> None:
     """Refuse header names and values a transport would refuse, before anything is sent.
 
     Such a request is the caller's bug: if it reached the transport it would be
     reported as a failed attempt, retried and counted against a healthy target.
+    Values are printable ASCII: requests would send Latin-1 where httpx refuses it.
     """
     for name, value in headers.items():
-        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
             raise ValueError(f"header name {name!r} is not a valid HTTP token")
         if not isinstance(value, str) or _HEADER_VALUE_FORBIDDEN.search(value):
             raise ValueError(
-                f"header {name!r} has a value that is not a string without control characters"
+                f"header {name!r} must have a printable ASCII string value, got {value!r}"
             )
+
+
+def _by_lower_name(headers: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    return {name.lower(): (name, value) for name, value in headers.items()}
+
+
+def _pairs(params: QueryParams) -> list[tuple[str, Any]]:
+    if isinstance(params, Mapping):
+        return list(params.items())
+    pairs = list(params)
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise TypeError(f"params must be a mapping or (name, value) pairs, got {pair!r}")
+    return pairs
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 class Call:
@@ -235,9 +355,11 @@ class Call:
         "correlation_id",
         "deadline",
         "endpoint",
+        "raw",
+        "read_timeout",
         "request",
         "retry_after_send",
-        "url_path",
+        "safe_url",
     )
 
     def __init__(
@@ -246,25 +368,23 @@ class Call:
         request: Request,
         *,
         endpoint: str,
-        url_path: str,
+        safe_url: str,
         retry_after_send: bool,
         deadline: float | None,
+        read_timeout: float,
         correlation_id: str | None,
+        raw: bool,
     ) -> None:
         self.core = core
         self.request = request
         self.endpoint = endpoint
-        self.url_path = url_path
+        #: The URL for errors and logs: no credentials, secret query values redacted.
+        self.safe_url = safe_url
         self.retry_after_send = retry_after_send
         self.deadline = deadline
+        self.read_timeout = read_timeout
         self.correlation_id = correlation_id
-
-    @property
-    def safe_url(self) -> str:
-        """The URL for errors and logs: no credentials, secret query values redacted."""
-        params = self.request.params
-        query = f"?{urlencode(redact_params(params), doseq=True, safe='[]')}" if params else ""
-        return self.core.safe_base_url + self.url_path + query
+        self.raw = raw
 
     def flow(self) -> Flow:
         core = self.core
@@ -280,7 +400,8 @@ class Call:
                 attempts=0,
                 retry_after=admission.retry_after,
             )
-        core.budget.deposit()
+        budget = core.current_budget()
+        budget.deposit()
         max_attempts = 1 if admission.probe else config.max_retries
         deadline_at = None if self.deadline is None else clock.monotonic() + self.deadline
         judged = False
@@ -288,32 +409,26 @@ class Call:
             number = 0
             while True:
                 number += 1
-                connect_timeout, read_timeout = config.connect_timeout, config.timeout
-                remaining = None
-                if deadline_at is not None:
-                    remaining = deadline_at - clock.monotonic()
-                    connect_timeout = min(connect_timeout, remaining)
-                    read_timeout = min(read_timeout, remaining)
                 started = clock.monotonic()
-                outcome = yield Attempt(
-                    self.request, number, connect_timeout, read_timeout, remaining
-                )
+                outcome = yield from self._exchange(number, deadline_at)
                 duration = clock.monotonic() - started
-                if outcome is None:
-                    raise RuntimeError("a facade resumed an attempt without an outcome")
                 status_label, retryable, failure = self._judge(outcome)
-                if not failure:
+                if failure is None:
+                    # Nothing the target did: the breaker neither counts nor forgets.
+                    judged = True
+                    core.breaker.release(admission)
+                elif not failure:
                     judged = True
                     core.breaker.record_success(admission)
+                if failure is not True:
                     return self._finish(outcome, status_label, duration, number)
                 core.metrics.observe(method, self.endpoint, status_label, duration)
                 self._log(logging.DEBUG, "attempt failed", status_label, number, duration)
                 wait = self._next_wait(outcome, retryable, number, max_attempts, deadline_at)
                 if wait is None:
                     judged = True
-                    error = self._final_error(outcome, number)
                     core.breaker.record_failure(admission)
-                    raise error
+                    raise self._final_error(outcome, number)
                 core.metrics.retried(method, self.endpoint, status_label)
                 self._log(logging.WARNING, "retrying", status_label, number, duration, wait=wait)
                 if wait > 0:
@@ -323,18 +438,105 @@ class Call:
                 # Cancelled or interrupted: the target did nothing wrong.
                 core.breaker.release(admission)
 
-    def _judge(self, outcome: Outcome) -> tuple[str, bool, bool]:
-        """Return (status label, may be retried, counts against the target)."""
+    def _exchange(
+        self, number: int, deadline_at: float | None
+    ) -> Generator[Attempt, Outcome | None, Outcome]:
+        """One attempt: a request and the redirects it is allowed to follow."""
+        core = self.core
+        config = core.config
+        request = self.request
+        previous: Outcome | None = None
+        hops = 0
+        while True:
+            connect_timeout, read_timeout = config.connect_timeout, self.read_timeout
+            remaining = None
+            if deadline_at is not None:
+                remaining = deadline_at - core.clock.monotonic()
+                if remaining <= 0:
+                    return TransportFailure(
+                        FailureKind.DEADLINE,
+                        TimeoutError(
+                            f"the deadline of {self.deadline} s passed before attempt {number}"
+                        ),
+                    )
+                connect_timeout = min(connect_timeout, remaining)
+                read_timeout = min(read_timeout, remaining)
+            outcome = yield Attempt(
+                request,
+                number,
+                connect_timeout,
+                read_timeout,
+                remaining,
+                config.max_response_bytes,
+            )
+            if outcome is None:
+                raise RuntimeError("a facade resumed an attempt without an outcome")
+            if isinstance(outcome, TransportFailure) and outcome.kind is FailureKind.UNSENDABLE:
+                if previous is None:
+                    # The caller's URL or headers: a bug to fix, not a target's failure.
+                    message = redact_text(str(outcome.error)) or type(outcome.error).__name__
+                    raise ValueError(f"the request cannot be sent: {message}") from outcome.error
+                # A redirect to somewhere the transport cannot go: the caller gets the redirect.
+                return previous
+            if not config.follow_redirects or hops >= config.max_redirects:
+                return outcome
+            following = self._redirect(request, outcome)
+            if following is None:
+                return outcome
+            request, previous = following, outcome
+            hops += 1
+
+    def _redirect(self, request: Request, outcome: Outcome) -> Request | None:
+        """The request a redirect asks for, or ``None`` when it is not to be followed."""
+        if not isinstance(outcome, Response) or outcome.status not in _REDIRECTS:
+            return None
+        location = outcome.headers.get("location")
+        if not location:
+            return None
+        try:
+            url = urljoin(request.url, location.strip())
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not _HOST.fullmatch(parts.hostname or ""):
+                return None
+            origin = _origin(url)
+        except ValueError:
+            return None
+        method = request.method
+        if outcome.status in (301, 302, 303) and method not in ("GET", "HEAD"):
+            # Browsers re-send a POST as a GET here; the caller would get the GET's body
+            # as the POST's result. The caller gets the redirect instead.
+            return None
+        # 307 and 308 repeat the method and the body; 301-303 after GET or HEAD keep them.
+        headers = dict(request.headers)
+        if parts.username is not None or parts.password is not None:
+            return None
+        if origin != self.core.origin:
+            for name in list(headers):
+                lower = name.lower()
+                if lower in _CREDENTIAL_HEADERS or lower in self.core.config_headers:
+                    del headers[name]
+        return Request(method, urlunsplit(parts._replace(fragment="")), headers, request.content)
+
+    def _judge(self, outcome: Outcome) -> tuple[str, bool, bool | None]:
+        """Return (status label, may be retried, counts against the target).
+
+        ``None`` for the last: the outcome says nothing about the target's health.
+        """
         if isinstance(outcome, TransportFailure):
+            if not outcome.kind.blames_target:
+                return outcome.kind.status_label, False, None
             retryable = self.retry_after_send or not outcome.kind.reached_server
             return outcome.kind.status_label, retryable, True
-        if isinstance(outcome, TooLarge):
-            return "decode_error", False, False
         status = outcome.status
         if counts_as_breaker_failure(status):
+            # A server error counts against the target whether or not its body was read.
             retryable = status in self.core.config.retry_on_status and self.retry_after_send
             return str(status), retryable, True
-        return ("success" if status < 400 else str(status)), False, False
+        if isinstance(outcome, Unreadable):
+            return "decode_error", False, False
+        if status < 300 or (self.raw and status < 400):
+            return "success", False, False
+        return str(status), False, False
 
     def _next_wait(
         self,
@@ -348,70 +550,93 @@ class Call:
         if not retryable or number >= max_attempts:
             return None
         core = self.core
-        headers = outcome.headers if isinstance(outcome, Response) else None
+        headers = outcome.headers if not isinstance(outcome, TransportFailure) else None
         wait = retry_wait(number, headers, core.config, core.clock)
-        if deadline_at is not None and core.clock.monotonic() + wait >= deadline_at:
+        now = core.clock.monotonic()
+        if deadline_at is not None and now + wait >= deadline_at:
             return None
-        if core.breaker.state != "closed" or not core.budget.try_withdraw():
+        if core.breaker.state != "closed" or not core.current_budget().try_withdraw(now):
             return None
         return wait
 
     def _finish(self, outcome: Outcome, status_label: str, duration: float, number: int) -> Any:
-        metrics = self.core.metrics
-        method = self.request.method
-        if isinstance(outcome, TooLarge):
-            metrics.observe(method, self.endpoint, status_label, duration)
-            raise self._error(
-                ServiceResponseTooLargeError,
-                f"response body of {outcome.size if outcome.size is not None else 'unknown'} bytes "
-                f"exceeds max_response_bytes={self.request.max_response_bytes}",
-                attempts=number,
+        """The call's result, or the error of an outcome that does not blame the target."""
+        error: ServiceClientError | None = None
+        value: Any = None
+        if isinstance(outcome, TransportFailure):
+            error = self._final_error(outcome, number)
+        elif isinstance(outcome, Unreadable):
+            error = self._unreadable_error(outcome, number)
+        elif status_label != "success":
+            error = self._response_error(outcome, number)
+        elif self.raw:
+            value = ServiceResponse(
+                outcome.status, Headers(outcome.headers), outcome.body, self.safe_url
             )
-        assert isinstance(outcome, Response)
-        if outcome.status >= 400:
-            metrics.observe(method, self.endpoint, status_label, duration)
-            raise self._response_error(outcome, number)
-        body = outcome.body
-        if outcome.status == 204 or not body.strip():
-            value = None
-        else:
+        elif outcome.status != 204 and outcome.body.strip():
             try:
-                value = json.loads(body)
+                value = decode_json(outcome.body)
             except ValueError as exc:
-                metrics.observe(method, self.endpoint, "decode_error", duration)
+                status_label = "decode_error"
                 error = self._error(
                     ServiceDecodeError,
                     f"response with status {outcome.status} is not valid JSON: {exc}",
                     attempts=number,
                 )
-                raise error from exc
-        metrics.observe(method, self.endpoint, status_label, duration)
+                error.__cause__ = exc
+        self.core.metrics.observe(self.request.method, self.endpoint, status_label, duration)
+        if error is not None:
+            raise error
         self._log(logging.DEBUG, "call succeeded", status_label, number, duration)
         return value
 
+    def _unreadable_error(self, outcome: Unreadable, number: int) -> ServiceClientError:
+        if outcome.error is not None:
+            return self._error(ServiceDecodeError, outcome.error, attempts=number)
+        size = declared_size(outcome.headers)
+        return self._error(
+            ServiceResponseTooLargeError,
+            f"response body with status {outcome.status} of "
+            f"{'more' if size is None else size} bytes exceeds max_response_bytes="
+            f"{self.core.config.max_response_bytes}",
+            attempts=number,
+        )
+
     def _final_error(self, outcome: Outcome, number: int) -> ServiceClientError:
+        error: ServiceClientError
         if isinstance(outcome, TransportFailure):
             kind = outcome.kind
             cls: type[ServiceClientError]
             cls = ServiceTimeoutError if kind.is_timeout else ServiceConnectionError
+            redact_exception(outcome.error)
             reason = redact_text(str(outcome.error)) or type(outcome.error).__name__
             error = self._error(cls, f"{kind.value.replace('_', ' ')}: {reason}", attempts=number)
             error.__cause__ = outcome.error
+        elif isinstance(outcome, Unreadable):
+            error = self._response_error(Response(outcome.status, outcome.headers, b""), number)
         else:
-            assert isinstance(outcome, Response)
             error = self._response_error(outcome, number)
         self._log(logging.WARNING, "call failed", _label(outcome), number, None)
         return error
 
     def _response_error(self, response: Response, number: int) -> ServiceResponseError:
-        detail = _detail(response.body)
+        status = response.status
+        if status in _REDIRECTS or status == 304:
+            location = redact_text(response.headers.get("location", ""))
+            detail = f"redirect to {location!r} not followed" if location else "not modified"
+        elif response.body:
+            # The server may echo the request's query: its secrets stay out of the error too.
+            detail = redact_text(_detail(response.body))
+        else:
+            detail = "the body was not read: it exceeds max_response_bytes"
         return self._error(
             ServiceResponseError,
-            f"status {response.status}: {detail}",
+            f"status {status}: {detail}",
             attempts=number,
-            status_code=response.status,
+            status_code=status,
             detail=detail,
             response_body=response.body,
+            headers=Headers(response.headers),
         )
 
     def _error(self, cls: type[ErrorT], message: str, *, attempts: int, **extra: Any) -> ErrorT:
@@ -467,13 +692,22 @@ def _detail(body: bytes) -> str:
     """The error's ``detail``: a JSON ``detail`` field, else the body text, cut short."""
     text = body.decode("utf-8", errors="replace")
     try:
-        document = json.loads(text)
+        document = decode_json(body)
     except ValueError:
         return text[:DETAIL_LIMIT]
     if isinstance(document, dict) and "detail" in document:
         detail = document["detail"]
-        text = detail if isinstance(detail, str) else json.dumps(detail)
+        text = detail if isinstance(detail, str) else _dump_detail(detail)
     return text[:DETAIL_LIMIT]
+
+
+def _dump_detail(detail: Any) -> str:
+    import json
+
+    try:
+        return json.dumps(detail)[:DETAIL_LIMIT]
+    except (ValueError, RecursionError):
+        return repr(detail)[:DETAIL_LIMIT]
 
 
 def build_core(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -68,12 +69,39 @@ _USERINFO = re.compile(r"//[^/@\s]+@")
 REDACTED = "[REDACTED]"
 
 
-def redact_params(params: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """Query parameters for logs and errors, with secret-looking values replaced."""
-    return [
-        (name, REDACTED if _SENSITIVE_NAME.search(name) else value)
-        for name, value in params.items()
-    ]
+def redact_params(params: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Query parameters (as pairs) for logs and errors, with secret-looking values replaced."""
+    return [(name, REDACTED if _SENSITIVE_NAME.search(name) else value) for name, value in params]
+
+
+def redact_exception(error: BaseException) -> None:
+    """Redact, in place, the messages of ``error`` and of the exceptions it wraps.
+
+    A transport's exception names the URL it failed on, secret query values included;
+    chained as ``__cause__`` it would print them in every traceback of the caller.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        args = []
+        for arg in current.args:
+            if isinstance(arg, str):
+                arg = redact_text(arg)
+            elif isinstance(arg, BaseException):
+                pending.append(arg)
+            args.append(arg)
+        current.args = tuple(args)
+        for name in ("reason", "url", "__cause__", "__context__"):
+            value = getattr(current, name, None)
+            if isinstance(value, BaseException):
+                pending.append(value)
+            elif isinstance(value, str) and name == "url":
+                with contextlib.suppress(AttributeError):
+                    setattr(current, name, redact_text(value))
 
 
 def redact_text(text: str) -> str:

@@ -7,8 +7,10 @@
      +-- ServiceUnavailableError       the circuit breaker is open (retry_after)
      +-- ServiceTimeoutError           an attempt or the call's deadline timed out
      +-- ServiceConnectionError        refused, reset, DNS failure
-     +-- ServiceResponseError          an error status (status_code, detail, response_body)
-     +-- ServiceDecodeError            a body that is not the JSON the caller expects
+     +-- ServiceResponseError          an error status, or a redirect left unfollowed
+     |                                 (status_code, detail, response_body, headers)
+     +-- ServiceDecodeError            a body that is not the JSON the caller expects, or
+     |                                 whose Content-Encoding does not decode
           +-- ServiceResponseTooLargeError   a body over max_response_bytes, never read whole
 
 The transport's own exception is chained as ``__cause__``.
@@ -16,6 +18,7 @@ The transport's own exception is chained as ``__cause__``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -62,7 +65,7 @@ class ServiceConnectionError(ServiceClientError):
 
 
 class ServiceResponseError(ServiceClientError):
-    """The service answered with an error status."""
+    """The service answered with an error status (or a redirect that was not followed)."""
 
     def __init__(
         self,
@@ -71,12 +74,15 @@ class ServiceResponseError(ServiceClientError):
         status_code: int,
         detail: str,
         response_body: bytes,
+        headers: Mapping[str, str] | None = None,
         **context: Any,
     ) -> None:
         super().__init__(message, **context)
         self.status_code = status_code
         self.detail = detail
         self.response_body = response_body
+        #: The response's headers (case-insensitive), e.g. ``Location`` of a redirect.
+        self.headers: Mapping[str, str] = {} if headers is None else headers
 
 
 class ServiceDecodeError(ServiceClientError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -51,6 +52,12 @@ class FailureKind(enum.Enum):
     READ_TIMEOUT = "read_timeout"
     #: The connection broke after the request was sent (reset, remote closed).
     CONNECTION_LOST = "connection_lost"
+    #: Every pooled connection was busy: this client is saturated, the target did nothing.
+    POOL_TIMEOUT = "pool_timeout"
+    #: The call's deadline left no time for this attempt: nothing was sent.
+    DEADLINE = "deadline"
+    #: The transport refused to send the request (a malformed URL or header).
+    UNSENDABLE = "unsendable"
 
     @property
     def reached_server(self) -> bool:
@@ -58,11 +65,22 @@ class FailureKind(enum.Enum):
 
     @property
     def is_timeout(self) -> bool:
-        return self in (FailureKind.CONNECT_TIMEOUT, FailureKind.READ_TIMEOUT)
+        return self not in (
+            FailureKind.CONNECT,
+            FailureKind.CONNECTION_LOST,
+            FailureKind.UNSENDABLE,
+        )
+
+    @property
+    def blames_target(self) -> bool:
+        """Whether the failure says anything about the target's health (breaker, retry)."""
+        return self not in (FailureKind.POOL_TIMEOUT, FailureKind.DEADLINE, FailureKind.UNSENDABLE)
 
     @property
     def status_label(self) -> str:
         """The ``status`` / ``error_type`` metric label of this failure."""
+        if self is FailureKind.POOL_TIMEOUT:
+            return "pool_timeout"
         return "timeout" if self.is_timeout else "connect_error"
 
 
@@ -109,7 +127,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if is_ascii_digits(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -118,6 +136,11 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - now)
+
+
+def is_ascii_digits(value: str) -> bool:
+    """``str.isdigit()`` accepts ``"²"`` and other digits ``int()`` refuses; HTTP means 0-9."""
+    return value.isascii() and value.isdigit()
 
 
 def retry_wait(
@@ -141,12 +164,20 @@ class RetryBudget:
     Each call deposits ``ratio`` tokens, each retry withdraws one. While the target
     fails every call, retries stop once the bucket is empty, so attempts settle at
     ``(1 + ratio)`` per call instead of ``max_retries`` per call: no retry storm.
+
+    The floor (``min_per_second``) is a second bucket that refills with time, not
+    calls, holding at most one second's worth: a client that calls rarely would
+    otherwise earn a retry only every ten calls, i.e. never in a cron job.
     """
 
-    def __init__(self, ratio: float, max_tokens: float) -> None:
+    def __init__(self, ratio: float, max_tokens: float, min_per_second: float = 0.0) -> None:
         self.ratio = ratio
         self.max_tokens = max_tokens
+        self.min_per_second = min_per_second
+        self._floor_max = max(1.0, min_per_second)
         self._tokens = max_tokens
+        self._floor = self._floor_max if min_per_second > 0 else 0.0
+        self._floor_at: float | None = None
         self._lock = threading.Lock()
 
     @property
@@ -157,32 +188,63 @@ class RetryBudget:
         with self._lock:
             self._tokens = min(self.max_tokens, self._tokens + self.ratio)
 
-    def try_withdraw(self) -> bool:
+    def try_withdraw(self, now: float) -> bool:
+        """Take one retry token if there is one; ``now`` is a monotonic time."""
         with self._lock:
-            if self._tokens < 1.0:
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            if self.min_per_second <= 0:
                 return False
-            self._tokens -= 1.0
+            if self._floor_at is not None:
+                earned = (now - self._floor_at) * self.min_per_second
+                self._floor = min(self._floor_max, self._floor + max(0.0, earned))
+            self._floor_at = now
+            if self._floor < 1.0:
+                return False
+            self._floor -= 1.0
             return True
+
+    def after_fork(self) -> None:
+        # A lock held by a thread of the parent at fork() would never be released here.
+        self._lock = threading.Lock()
 
 
 class RetryBudgets:
-    """One budget per target service, shared by every client, thread and task."""
+    """One budget per target service, shared by every client, thread and task.
+
+    ``clear()`` starts a new generation: clients built before it notice and fetch
+    a fresh budget on their next call, instead of keeping the forgotten one.
+    """
 
     def __init__(self) -> None:
         self._budgets: dict[str, RetryBudget] = {}
         self._lock = threading.Lock()
+        self.generation = 0
 
     def get(self, target_service: str, config: ClientConfig) -> RetryBudget:
         with self._lock:
             budget = self._budgets.get(target_service)
             if budget is None:
-                budget = RetryBudget(config.retry_budget_ratio, config.retry_budget_max_tokens)
+                budget = RetryBudget(
+                    config.retry_budget_ratio,
+                    config.retry_budget_max_tokens,
+                    config.retry_budget_min_per_second,
+                )
                 self._budgets[target_service] = budget
             return budget
 
     def clear(self) -> None:
         with self._lock:
             self._budgets.clear()
+            self.generation += 1
+
+    def after_fork(self) -> None:
+        """In a forked child: fresh locks; the tokens stay this process's own copy."""
+        self._lock = threading.Lock()
+        for budget in self._budgets.values():
+            budget.after_fork()
 
 
 retry_budgets = RetryBudgets()
+os.register_at_fork(after_in_child=retry_budgets.after_fork)

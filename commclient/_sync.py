@@ -1,31 +1,31 @@
-"""SyncServiceClient: the core driven over a ``requests.Session``."""
+"""SyncServiceClient: the core driven over a requests ``HTTPAdapter`` (no ``Session``).
+
+A ``Session`` adds what the core must not have: a cookie jar shared by every call,
+redirects followed below the core, and the process environment re-read on every
+request. The adapter only sends; the core decides the rest.
+"""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Mapping
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from ._config import ClientConfig
-from ._core import (
-    Attempt,
-    JsonParams,
-    Outcome,
-    Response,
-    Sleep,
-    TooLarge,
-    TransportFailure,
-    build_core,
-    declared_size,
-)
-from ._correlation import redact_text
+from ._core import Attempt, Call, Outcome, Sleep, TransportFailure, build_core
 from ._policy import Clock, FailureKind
+from ._response import ServiceResponse
+from ._watchdog import attempt_watch, watched_adapter
 
 if TYPE_CHECKING:
     import requests
+    from typing_extensions import Unpack
+
+    from ._core import CallOptions
 
 _CHUNK = 64 * 1024
 
@@ -41,7 +41,11 @@ def _import_requests() -> Any:
 
 
 class SyncServiceClient:
-    """A blocking client for one target service, for code that is not async yet."""
+    """A blocking client for one target service, for code that is not async yet.
+
+    Safe to share between threads. After ``os.fork()`` the child drops the inherited
+    connections unused (they belong to the parent) and opens its own on first use.
+    """
 
     def __init__(
         self,
@@ -60,51 +64,67 @@ class SyncServiceClient:
             exceptions.RequestException,
             self._requests.packages.urllib3.exceptions.HTTPError,
         )
-        # Refused before sending: the caller's bug, never the target's failure.
-        self._local_errors = (
+        # Refused before sending: the core tells a caller's bug from a server's bad redirect.
+        self._unsendable = (
             exceptions.InvalidHeader,
             exceptions.InvalidURL,
             exceptions.MissingSchema,
             exceptions.InvalidSchema,
             exceptions.InvalidJSONError,
+            self._requests.packages.urllib3.exceptions.LocationValueError,
+            UnicodeError,
         )
         self._core = build_core(base_url, service_name, target_service, config, registry, clock)
-        self._session: requests.Session | None = None
+        self._settings = _TransportSettings(self._requests, self._core.config, self._core.base_url)
+        self._adapter: requests.adapters.HTTPAdapter | None = None
         self._closed = False
+        _clients.add(self)
 
     @property
     def config(self) -> ClientConfig:
         return self._core.config
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
+    def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:
         """Call ``method path`` with retries and the breaker; return the decoded JSON body.
 
         ``path`` may be a template (``/api/users/{user_id}``) filled from ``path_params``;
-        the template is then the metrics' endpoint label. ``deadline`` (seconds) bounds
-        the whole call and overrides the config's.
+        the template is then the metrics' endpoint label. One body at most: ``json=``
+        (``JSON_NULL`` sends ``null``), ``content=`` bytes, ``data=`` form fields and/or
+        ``files=``. ``deadline`` bounds the whole call, ``timeout`` each read of this call.
         """
-        session = self._session or self._open()
-        flow = self._core.call(
-            method,
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        ).flow()
+        return self._run(self._core.call(method, path, **options))
+
+    def request_raw(
+        self, method: str, path: str, **options: Unpack[CallOptions]
+    ) -> ServiceResponse:
+        """Like :meth:`request`, but return the response undecoded (any status below 400)."""
+        response: ServiceResponse = self._run(self._core.call(method, path, raw=True, **options))
+        return response
+
+    def get(self, path: str, **options: Unpack[CallOptions]) -> Any:
+        """``GET`` through :meth:`request`."""
+        return self.request("GET", path, **options)
+
+    def post(self, path: str, **options: Unpack[CallOptions]) -> Any:
+        """``POST`` through :meth:`request`; repeated only when it never reached the server,
+        or with ``idempotency_key``."""
+        return self.request("POST", path, **options)
+
+    def put(self, path: str, **options: Unpack[CallOptions]) -> Any:
+        """``PUT`` through :meth:`request`."""
+        return self.request("PUT", path, **options)
+
+    def patch(self, path: str, **options: Unpack[CallOptions]) -> Any:
+        """``PATCH`` through :meth:`request`; repeated like :meth:`post`."""
+        return self.request("PATCH", path, **options)
+
+    def delete(self, path: str, **options: Unpack[CallOptions]) -> Any:
+        """``DELETE`` through :meth:`request`."""
+        return self.request("DELETE", path, **options)
+
+    def _run(self, call: Call) -> Any:
+        adapter = self._adapter or self._open()
+        flow = call.flow()
         try:
             action = next(flow)
             while True:
@@ -112,192 +132,68 @@ class SyncServiceClient:
                 if isinstance(action, Sleep):
                     time.sleep(action.seconds)
                 else:
-                    outcome = self._send(session, action)
+                    outcome = self._send(adapter, action)
                 action = flow.send(outcome)
         except StopIteration as stop:
             return stop.value
         finally:
             flow.close()
 
-    def _send(self, session: requests.Session, attempt: Attempt) -> Outcome:
+    def _send(self, adapter: requests.adapters.HTTPAdapter, attempt: Attempt) -> Outcome:
         request = attempt.request
-        give_up_at = None if attempt.time_limit is None else time.monotonic() + attempt.time_limit
-        try:
-            response = session.request(
-                request.method,
-                request.url,
-                params=request.params,
-                data=request.content,
-                headers=request.headers,
-                timeout=(attempt.connect_timeout, attempt.read_timeout),
-                stream=True,
-            )
-            with response:
-                status, headers = response.status_code, response.headers
-                size = declared_size(headers)
-                limit = request.max_response_bytes
-                if size is not None and size > limit:
-                    return TooLarge(status, size)
-                if size is not None and give_up_at is None:
-                    return Response(status, headers, response.content)
-                # Read what arrives as it arrives: the size limit and the deadline are
-                # checked between reads instead of after a body of unknown length.
-                body = bytearray()
-                while chunk := response.raw.read1(_CHUNK, decode_content=True):
-                    body += chunk
-                    if len(body) > limit:
-                        return TooLarge(status, None)
-                    if give_up_at is not None and time.monotonic() > give_up_at:
-                        return TransportFailure(
-                            FailureKind.READ_TIMEOUT,
-                            TimeoutError("the deadline passed while the body was arriving"),
-                        )
-                return Response(status, headers, bytes(body))
-        except self._local_errors as exc:
-            raise ValueError(f"the request cannot be sent: {redact_text(str(exc))}") from exc
-        except self._transport_errors as exc:
-            return TransportFailure(_classify(exc, self._requests.exceptions), exc)
+        if self._closed:
+            raise RuntimeError("this SyncServiceClient was closed during the call")
+        prepared = self._requests.PreparedRequest()
+        prepared.method, prepared.url, prepared.body = request.method, request.url, request.content
+        prepared.headers = self._requests.structures.CaseInsensitiveDict(request.headers)
+        with attempt_watch(attempt.time_limit) as watch:
+            try:
+                response = adapter.send(
+                    prepared,
+                    stream=True,
+                    timeout=(attempt.connect_timeout, attempt.read_timeout),
+                    verify=self._settings.verify,
+                    cert=self._settings.cert,
+                    proxies=self._settings.proxies(request.url),
+                )
+                with response:
+                    reader = attempt.reader(response.headers)
+                    if reader.wants_more:
+                        for chunk in response.raw.stream(_CHUNK, decode_content=False):
+                            if not reader.feed(chunk):
+                                break
+                    return attempt.response(response.status_code, response.headers, reader)
+            except self._unsendable as exc:
+                return TransportFailure(FailureKind.UNSENDABLE, exc)
+            except self._transport_errors as exc:
+                if watch.fired:
+                    return TransportFailure(FailureKind.READ_TIMEOUT, exc)
+                if self._closed:
+                    raise RuntimeError("this SyncServiceClient was closed during the call") from exc
+                return TransportFailure(_classify(exc, self._requests.exceptions), exc)
 
-    def get(
-        self,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
-        """``GET`` through :meth:`request`."""
-        return self.request(
-            "GET",
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        )
-
-    def post(
-        self,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
-        """``POST`` through :meth:`request`.
-
-        Repeated only when it never reached the server, or with ``idempotency_key``.
-        """
-        return self.request(
-            "POST",
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        )
-
-    def put(
-        self,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
-        """``PUT`` through :meth:`request`."""
-        return self.request(
-            "PUT",
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        )
-
-    def patch(
-        self,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
-        """``PATCH`` through :meth:`request`.
-
-        Repeated only when it never reached the server, or with ``idempotency_key``.
-        """
-        return self.request(
-            "PATCH",
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        )
-
-    def delete(
-        self,
-        path: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        params: JsonParams | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> Any:
-        """``DELETE`` through :meth:`request`."""
-        return self.request(
-            "DELETE",
-            path,
-            path_params=path_params,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        )
-
-    def _open(self) -> requests.Session:
+    def _open(self) -> requests.adapters.HTTPAdapter:
         if self._closed:
             raise RuntimeError("this SyncServiceClient is closed; create a new one")
-        session: requests.Session = self._requests.Session()
         # No hidden retries below the core: it alone decides what is repeated.
-        adapter = self._requests.adapters.HTTPAdapter(
-            pool_connections=1, pool_maxsize=self.config.max_connections, max_retries=0
+        adapter: requests.adapters.HTTPAdapter = watched_adapter(
+            self._requests, self.config.max_connections
         )
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        self._session = session
-        return session
+        self._adapter = adapter
+        return adapter
 
     def close(self) -> None:
         """Close the connection pool; calling it again does nothing."""
         self._closed = True
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        adapter, self._adapter = self._adapter, None
+        if adapter is not None:
+            adapter.close()
+
+    def _forget_connections(self) -> None:
+        # In a forked child: the pooled sockets are the parent's. Closing them here would
+        # send nothing (the parent still holds them), but using them would interleave both
+        # processes' requests on one connection. Drop them; the next call opens new ones.
+        self._adapter = None
 
     def __enter__(self) -> SyncServiceClient:
         return self
@@ -309,6 +205,49 @@ class SyncServiceClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _TransportSettings:
+    """TLS and proxy settings, with the environment read once when ``trust_env`` is on.
+
+    requests' ``Session`` re-reads the proxy variables twice per request (about a third
+    of a loopback call); reading them when the client is built gives the same answer
+    for every later call, except for variables changed in between.
+    """
+
+    def __init__(self, requests: Any, config: ClientConfig, base_url: str) -> None:
+        self._get_environ_proxies = requests.utils.get_environ_proxies
+        self._trust_env = config.trust_env
+        self._base_origin = _origin(base_url)
+        verify: bool | str = config.verify
+        if config.trust_env and verify is True:
+            verify = (
+                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            )
+        self.verify = verify
+        self.cert = config.cert
+        self._fixed: dict[str, str] | None = None
+        if config.proxy is not None:
+            self._fixed = {"http": config.proxy, "https": config.proxy}
+        self._base_proxies = self._resolve(base_url)
+
+    def _resolve(self, url: str) -> dict[str, str]:
+        if self._fixed is not None:
+            return self._fixed
+        if not self._trust_env:
+            return {}
+        proxies: dict[str, str] = self._get_environ_proxies(url)
+        return proxies
+
+    def proxies(self, url: str) -> dict[str, str]:
+        if url.startswith(self._base_origin):
+            return self._base_proxies
+        return self._resolve(url)
+
+
+def _origin(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}/"
 
 
 def _classify(exc: Exception, exceptions: Any) -> FailureKind:
@@ -327,3 +266,14 @@ def _classify(exc: Exception, exceptions: Any) -> FailureKind:
         if isinstance(reason, NewConnectionError):
             return FailureKind.CONNECT
     return FailureKind.CONNECTION_LOST
+
+
+_clients: weakref.WeakSet[SyncServiceClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._forget_connections()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -21,7 +21,16 @@ to the first N requests of that key only, later ones get the echo):
 ``/drip?pieces=N&interval=S``      the headers at once, then the echo's body in N pieces, S
                                    seconds apart: every read is quick, the response is slow
 ``/html/{code}``                   an HTML error page of a proxy, with that status
-``/large?bytes=N&chunked=1``       a JSON string of N bytes, chunked without Content-Length
+``/large?bytes=N&chunked=1``       a JSON string of N bytes, chunked without Content-Length;
+                                   ``status=S`` answers with that status
+``/gzip?bytes=N&chunked=1``        a JSON string of N bytes sent gzip-encoded (a few kB on
+                                   the wire for megabytes decoded); ``status=S``
+``/nested?depth=N&status=S``       JSON arrays nested N deep
+``/slowhead?pieces=N&interval=S``  the echo, its status line and headers trickled in N
+                                   pieces S seconds apart: each read is quick, headers slow
+``/redirect?to=URL&status=302``    a redirect to ``to`` (``n=K``: to itself K more times)
+``/reply?status=S&header=N:V``     that status with that header (repeatable as header2=...)
+``/cookie?value=V``                the echo, setting the cookie ``session=V``
 ``GET /_control/calls?key=K``      ``{"calls": [...]}``: every request of K, with a
                                    monotonic timestamp ``t`` and the headers that matter
 ``POST /_control/reset``           forgets every log
@@ -53,7 +62,7 @@ from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 READY_PREFIX = "LISTENING "
 MAX_HEAD_BYTES = 64 * 1024
@@ -142,6 +151,31 @@ class Behaviours:
             return self.html(int(rest))
         if head == "large":
             return self.large(request)
+        if head == "gzip":
+            return self.gzip(request)
+        if head == "nested":
+            depth = int(request.query.get("depth", "100000"))
+            body = b"[" * depth + b"]" * depth
+            return Reply(int(request.query.get("status", "200")), body)
+        if head == "slowhead":
+            reply = self.echo(request, number)
+            reply.action = "drip_head"
+            return reply
+        if head == "redirect":
+            return self.redirect(request)
+        if head == "reply":
+            headers = [
+                tuple(value.split(":", 1))
+                for name, value in request.query.items()
+                if name.startswith("header")
+            ]
+            return Reply(int(request.query.get("status", "200")), b"{}", headers)  # type: ignore[arg-type]
+        if head == "cookie":
+            reply = self.echo(request, number)
+            reply.headers.append(
+                ("Set-Cookie", f"session={request.query.get('value', 'x')}; Path=/")
+            )
+            return reply
         return _json({"detail": f"no route {path}"}, 404)
 
     def echo(self, request: Request, number: int) -> Reply:
@@ -189,7 +223,29 @@ class Behaviours:
     def large(self, request: Request) -> Reply:
         size = int(request.query.get("bytes", "1000000"))
         body = b'"' + b"x" * max(0, size - 2) + b'"'
-        return Reply(200, body, chunked=request.query.get("chunked") == "1")
+        status = int(request.query.get("status", "200"))
+        return Reply(status, body, chunked=request.query.get("chunked") == "1")
+
+    def gzip(self, request: Request) -> Reply:
+        import gzip
+
+        size = int(request.query.get("bytes", "1000000"))
+        body = gzip.compress(b'"' + b"0" * max(0, size - 2) + b'"')
+        return Reply(
+            int(request.query.get("status", "200")),
+            body,
+            [("Content-Encoding", "gzip")],
+            chunked=request.query.get("chunked") == "1",
+        )
+
+    def redirect(self, request: Request) -> Reply:
+        status = int(request.query.get("status", "302"))
+        remaining = int(request.query.get("n", "0"))
+        target = request.query.get("to", "/echo")
+        if remaining > 0:
+            query = {**request.query, "n": str(remaining - 1)}
+            target = "/redirect?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
+        return Reply(status, b"{}", [("Location", target)])
 
     def control(self, request: Request) -> Reply:
         if request.path == "/_control/calls":
@@ -306,6 +362,12 @@ class _Connection(asyncio.Protocol):
         if reply.action == "close":
             transport.close()
             return
+        if reply.action == "drip_head":
+            self.busy = True
+            task = asyncio.ensure_future(self._drip_head(reply, keep_alive))
+            self.tasks.add(task)
+            task.add_done_callback(self._dripped)
+            return
         if reply.action == "drip":
             self.busy = True
             task = asyncio.ensure_future(self._drip(reply, keep_alive))
@@ -332,6 +394,22 @@ class _Connection(asyncio.Protocol):
             if self.transport is None or self.transport.is_closing():
                 break
             self.transport.write(body[start : start + step])
+        return reply
+
+    async def _drip_head(self, reply: Reply, keep_alive: bool) -> Reply:
+        query = self.drip_query(reply)
+        pieces, interval = int(query.get("pieces", "10")), float(query.get("interval", "0.1"))
+        data = _encode(reply, keep_alive)
+        split = data.index(b"\r\n\r\n") + 4
+        head = data[:split]
+        step = max(1, math.ceil(len(head) / pieces))
+        for start in range(0, len(head), step):
+            if self.transport is None or self.transport.is_closing():
+                return reply
+            self.transport.write(head[start : start + step])
+            await asyncio.sleep(interval)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data[split:])
         return reply
 
     @staticmethod

@@ -232,7 +232,9 @@ def test_breaker_opens_after_fail_max_calls_and_fails_fast(make_harness: MakeHar
 
 
 def test_drained_budget_surfaces_the_single_attempts_error(make_harness: MakeHarness) -> None:
-    harness = make_harness(ClientConfig(retry_budget_max_tokens=0, retry_budget_ratio=0))
+    harness = make_harness(
+        ClientConfig(retry_budget_max_tokens=0, retry_budget_ratio=0, retry_budget_min_per_second=0)
+    )
     harness.script("GET", "/flaky", [E503, OK])
     with pytest.raises(ServiceResponseError) as caught:
         harness.call("GET", "/flaky")

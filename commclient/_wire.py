@@ -1,0 +1,242 @@
+"""What goes on the wire and comes off it, without I/O: request bodies, response bodies.
+
+Both facades hand the transport the bytes built here and feed the raw bytes they read
+back into a :class:`BodyReader`, so that encoding, decompression and the size limit are
+one piece of code, whichever transport carries them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from ._policy import is_ascii_digits
+
+
+class _JsonNull:
+    """The ``json=`` value that sends the JSON document ``null`` (``json=None`` sends nothing)."""
+
+    _instance: _JsonNull | None = None
+
+    def __new__(cls) -> _JsonNull:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "JSON_NULL"
+
+
+JSON_NULL = _JsonNull()
+
+FileValue = bytes | tuple[str, bytes] | tuple[str, bytes, str]
+
+
+class Body(NamedTuple):
+    content: bytes
+    content_type: str
+
+
+def encode_body(
+    *,
+    json_value: Any,
+    content: Any,
+    data: Mapping[str, Any] | None,
+    files: Mapping[str, Any] | None,
+) -> Body | None:
+    """The request body and its ``Content-Type``, built once so every attempt resends it."""
+    given = [
+        name
+        for name, value in (
+            ("json", json_value),
+            ("content", content),
+            ("data/files", data or files),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ValueError(f"pass one body only, got {' and '.join(given)}")
+    if json_value is not None:
+        document = None if json_value is JSON_NULL else json_value
+        try:
+            encoded = json.dumps(document, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"json= is not JSON-serialisable: {exc}") from exc
+        return Body(encoded, "application/json")
+    if content is not None:
+        if not isinstance(content, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"content= must be bytes, got {type(content).__name__} (encode text first)"
+            )
+        return Body(bytes(content), "application/octet-stream")
+    if files:
+        return _multipart(data or {}, files)
+    if data is not None:
+        from urllib.parse import urlencode
+
+        if not isinstance(data, Mapping):
+            raise TypeError(f"data= must be a mapping of form fields, got {type(data).__name__}")
+        return Body(
+            urlencode(_fields(data), doseq=True).encode(), "application/x-www-form-urlencoded"
+        )
+    return None
+
+
+def _fields(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    pairs = []
+    for name, value in data.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+                raise TypeError(f"form field {name!r} must be str, int or float, got {item!r}")
+            pairs.append((str(name), str(item)))
+    return pairs
+
+
+def _quote(value: str) -> str:
+    # As browsers do (HTML's multipart/form-data encoding): a quote or a line break in a
+    # name cannot end the parameter or the header.
+    for character, escaped in (('"', "%22"), ("\r", "%0D"), ("\n", "%0A")):
+        value = value.replace(character, escaped)
+    return value
+
+
+def _multipart(data: Mapping[str, Any], files: Mapping[str, Any]) -> Body:
+    boundary = os.urandom(16).hex()
+    parts: list[bytes] = []
+    for name, value in _fields(data):
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'
+        parts.append(head.encode() + value.encode() + b"\r\n")
+    for name, file in files.items():
+        filename, payload, media_type = _file(name, file)
+        head = (
+            f"--{boundary}\r\nContent-Disposition: form-data; "
+            f'name="{_quote(str(name))}"; filename="{_quote(filename)}"\r\n'
+            f"Content-Type: {media_type}\r\n\r\n"
+        )
+        parts.append(head.encode() + payload + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return Body(b"".join(parts), f"multipart/form-data; boundary={boundary}")
+
+
+def _file(name: str, file: Any) -> tuple[str, bytes, str]:
+    media_type = "application/octet-stream"
+    filename = str(name)
+    if isinstance(file, tuple) and len(file) in (2, 3):
+        filename, payload = file[0], file[1]
+        if len(file) == 3:
+            media_type = file[2]
+    else:
+        payload = file
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        # A stream could not be sent again by a retry: the caller reads it first.
+        raise TypeError(
+            f"files[{name!r}] must hold bytes (read the file first), got {type(payload).__name__}"
+        )
+    if not isinstance(filename, str) or not isinstance(media_type, str):
+        raise TypeError(
+            f"files[{name!r}] must be bytes, (filename, bytes) or (filename, bytes, type)"
+        )
+    if any(c in media_type for c in "\r\n"):
+        raise ValueError(f"files[{name!r}] has a content type with a line break")
+    return filename, bytes(payload), media_type
+
+
+def declared_size(headers: Mapping[str, str]) -> int | None:
+    """The body size a response announces, so that an oversized body is refused unread."""
+    length = headers.get("content-length")
+    return int(length) if length is not None and is_ascii_digits(length) else None
+
+
+class _Inflater:
+    """gzip or deflate, inflated at most ``room`` bytes at a time (no decompression bomb)."""
+
+    def __init__(self, gzip: bool) -> None:
+        self._wbits = 16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS
+        self._inflater = zlib.decompressobj(self._wbits)
+        self._first = not gzip
+
+    def inflate(self, data: bytes, room: int) -> tuple[bytes, bool]:
+        """Inflate ``data``; return the output and whether more than ``room`` bytes came."""
+        output = b""
+        while data:
+            try:
+                piece = self._inflater.decompress(data, room + 1 - len(output))
+            except zlib.error:
+                if not self._first:
+                    raise
+                # "deflate" in the wild is often raw deflate without the zlib header.
+                self._wbits = -zlib.MAX_WBITS
+                self._inflater = zlib.decompressobj(self._wbits)
+                self._first = False
+                continue
+            self._first = False
+            output += piece
+            if len(output) > room or self._inflater.unconsumed_tail:
+                return output, True
+            data = self._inflater.unused_data if self._inflater.eof else b""
+            if data:
+                # A gzip body may hold several members one after the other.
+                self._inflater = zlib.decompressobj(self._wbits)
+        return output, False
+
+
+_CODINGS = {"gzip": True, "x-gzip": True, "deflate": False}
+
+
+class BodyReader:
+    """Collects a response body from raw chunks: decoded, and never past ``limit`` bytes.
+
+    The limit applies to the decoded bytes: a 65 kB gzip body that would inflate to
+    64 MiB stops being read (and inflated) at ``limit + 1`` bytes. An encoding this
+    reader does not know is kept as it came, with its ``Content-Encoding`` header.
+    """
+
+    __slots__ = ("_chunks", "_decoders", "_size", "error", "limit", "too_large")
+
+    def __init__(self, headers: Mapping[str, str], limit: int) -> None:
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.error: str | None = None
+        size = declared_size(headers)
+        self.too_large = size is not None and size > limit
+        encoding = headers.get("content-encoding")
+        self._decoders: list[_Inflater] = []
+        if encoding:
+            codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+            if all(c in _CODINGS or c == "identity" for c in codings):
+                self._decoders = [
+                    _Inflater(_CODINGS[c]) for c in reversed(codings) if c in _CODINGS
+                ]
+
+    @property
+    def wants_more(self) -> bool:
+        """Whether the transport should go on reading."""
+        return not self.too_large and self.error is None
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take one raw chunk; return whether reading should go on."""
+        room = self.limit - self._size
+        try:
+            for decoder in self._decoders:
+                chunk, over = decoder.inflate(chunk, room)
+                if over:
+                    self.too_large = True
+                    return False
+        except zlib.error as exc:
+            self.error = f"the body does not decode as its Content-Encoding says: {exc}"
+            return False
+        self._size += len(chunk)
+        if self._size > self.limit:
+            self.too_large = True
+            return False
+        if chunk:
+            self._chunks.append(chunk)
+        return True
+
+    def body(self) -> bytes:
+        return b"".join(self._chunks)
