@@ -17,7 +17,6 @@ import os
 import socket
 import threading
 import time
-from types import TracebackType
 from typing import Any
 
 
@@ -137,12 +136,7 @@ class _AttemptWatch:
         _current.watch = self.watch
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         _current.watch = None
         watchdog.finish(self.watch)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import math
 import threading
 import time
 import warnings
@@ -499,14 +500,17 @@ async def test_retry_budget_bounds_attempts_against_a_failing_target(
     calls = 200
     # The default budget: 10 tokens to start with, 0.1 earned per call, one spent per retry.
     config = ClientConfig(max_retries=3, circuit_breaker_fail_max=10_000)
+    started = time.monotonic()
     with testing.no_wait():
         async with make_client(http_server.base_url, names, config) as client:
             for _ in range(calls):
                 with pytest.raises(ServiceResponseError):
                     await client.get("/status/503", params={"key": key})
     attempts = len(http_server.calls(key))
-    # Naive retrying would make 3 x 200 = 600; the budget allows 200 + 10 + 200 x 0.1.
-    assert calls < attempts <= calls + 10 + calls * 0.1
+    elapsed = time.monotonic() - started
+    # Naive retrying would make 3 x 200 = 600; the budget allows 200 + 10 + 200 x 0.1, plus
+    # the floor of one retry per second (one to start with, one per second elapsed).
+    assert calls < attempts <= calls + 10 + calls * 0.1 + 1 + math.ceil(elapsed)
 
 
 # --- correlation id -----------------------------------------------------------------------

@@ -35,16 +35,9 @@ from commclient import (
 )
 from tests.http_server import ServerProcess
 from tests.integration.conftest import Names, fast_config
+from tests.unit.conftest import facade
 
-
-@pytest.fixture(
-    params=[
-        pytest.param("sync", marks=pytest.mark.facade_sync),
-        pytest.param("async", marks=pytest.mark.facade_async),
-    ]
-)
-def facade(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+__all__ = ["facade"]  # the fixture that runs each test on both facades
 
 
 class Driver:
