@@ -219,8 +219,9 @@ def build_prometheus_rules() -> Any:
     return {
         "groups": [
             {
+                # No interval of its own: the alerts read these series, so they are
+                # evaluated as often as the alerts are (the global evaluation_interval).
                 "name": f"{RULE_GROUP}.rules",
-                "interval": "30s",
                 "rules": [{"record": r.record, "expr": r.expr} for r in d.RECORDING_RULES],
             },
             {

@@ -203,6 +203,11 @@ class TestPromtool:
         failed = set(re.findall(r"alertname: (\w+), time", result.stdout + result.stderr))
         assert failed == {alert.name for alert in ALERTS}
 
+    def test_rules_follow_the_global_evaluation_interval(self) -> None:
+        # A recording group evaluated less often than the alerts would feed them stale values.
+        groups = prometheus_rules()["groups"]
+        assert [group.get("interval") for group in groups] == [None] * len(groups)
+
     def test_every_alert_has_a_firing_and_a_quiet_case(self) -> None:
         tests = yaml.safe_load(shipped(PROMETHEUS_TESTS_FILE))
         firing: set[str] = set()

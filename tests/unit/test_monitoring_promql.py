@@ -10,11 +10,13 @@ names, label names, label values and breaker values appear.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -240,22 +242,105 @@ def test_the_scenario_saw_every_breaker_state_and_status(exported: Exported) -> 
     assert "redis_cache_misses_total" in exported.labels
 
 
-CLIENT_AND_CACHE_EXPRESSIONS = [e for e in all_expressions() if not re.search(r"\bcron_", e.expr)]
+def _is_cron(expression: Expression) -> bool:
+    return re.search(r"\bcron_", expression.expr) is not None
+
+
+def _check(expression: Expression, exported: Exported) -> list[str]:
+    checker = Checker(exported, _recorded_labels())
+    labels = checker.labels_of(promql.parse(expression.concrete()))
+    legend_labels = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", expression.legend))
+    if legend_labels - labels:
+        checker.problems.append(f"legend names {sorted(legend_labels - labels)}, not in {labels}")
+    return checker.problems
 
 
 @pytest.mark.parametrize(
-    "expression", CLIENT_AND_CACHE_EXPRESSIONS, ids=lambda e: f"{e.kind}:{e.source}"
+    "expression",
+    [e for e in all_expressions() if not _is_cron(e)],
+    ids=lambda e: f"{e.kind}:{e.source}",
 )
 def test_expression_uses_what_the_library_exports(
     expression: Expression, exported: Exported
 ) -> None:
-    parsed = promql.parse(expression.concrete())
-    checker = Checker(exported, _recorded_labels())
-    labels = checker.labels_of(parsed)
-    legend_labels = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", expression.legend))
-    if legend_labels - labels:
-        checker.problems.append(f"legend names {sorted(legend_labels - labels)}, not in {labels}")
-    assert checker.problems == [], expression.concrete()
+    assert _check(expression, exported) == [], expression.concrete()
+
+
+@pytest.fixture(scope="module")
+def cron_exported() -> Exported:
+    """cron_migration's families after runs of every outcome the alerts and panels name."""
+    pytest.importorskip("apscheduler")
+    pytest.importorskip("anyio")
+    from cron_migration import (
+        EventLoopLagMonitor,
+        JobTimeoutError,
+        MigrationExecutor,
+        migrated_job,
+        shutdown_gracefully,
+    )
+
+    registry = CollectorRegistry()
+
+    @migrated_job(timeout=5, registry=registry, name="send_reminders")
+    async def succeeds() -> None:
+        await asyncio.sleep(0)
+
+    @migrated_job(timeout=5, registry=registry, name="send_reminders")
+    async def fails() -> None:
+        raise RuntimeError("the REST service said no")
+
+    @migrated_job(timeout=0.05, registry=registry, name="send_reminders")
+    async def hangs() -> None:
+        await asyncio.sleep(30)
+
+    @migrated_job(timeout=5, registry=registry, name="late_job")
+    async def late() -> None:
+        """Scheduled in the past, beyond its grace time: a missed run."""
+
+    succeeds()
+    with pytest.raises(RuntimeError):
+        fails()
+    with pytest.raises(JobTimeoutError):
+        hangs()
+
+    async def scheduler_run() -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor(registry=registry)})
+        past = datetime.now(timezone.utc) - timedelta(seconds=30)
+        scheduler.add_job(
+            late, "interval", hours=1, id="late", next_run_time=past, misfire_grace_time=1
+        )
+        async with EventLoopLagMonitor(interval=0.005, registry=registry):
+            scheduler.start()
+            deadline = time.monotonic() + 30
+            while not registry.get_sample_value("cron_job_missed_total", {"job": "late_job"}):
+                assert time.monotonic() < deadline, "the scheduler never reported the missed run"
+                await asyncio.sleep(0.01)
+        await shutdown_gracefully(scheduler, timeout=5)
+
+    asyncio.run(scheduler_run())
+    seen = Exported()
+    seen.read(registry)
+    return seen
+
+
+@pytest.mark.facade_async  # cron_migration runs jobs through compat's bridge (anyio)
+@pytest.mark.parametrize(
+    "expression", [e for e in all_expressions() if _is_cron(e)], ids=lambda e: e.source
+)
+def test_cron_expression_uses_what_cron_migration_exports(
+    expression: Expression, cron_exported: Exported
+) -> None:
+    assert _check(expression, cron_exported) == [], expression.concrete()
+
+
+@pytest.mark.facade_async
+def test_the_cron_scenario_saw_every_outcome_the_queries_name(cron_exported: Exported) -> None:
+    outcomes = cron_exported.values["cron_job_runs_total"]["outcome"]
+    assert {"success", "error", "timeout"} <= outcomes
+    assert cron_exported.values["cron_job_missed_total"]["job"] == {"late_job"}
+    assert "cron_event_loop_lag_seconds_bucket" in cron_exported.labels
 
 
 @pytest.mark.parametrize("expression", all_expressions(), ids=lambda e: f"{e.kind}:{e.source}")

@@ -1,0 +1,415 @@
+"""The shipped queries against a real Prometheus that scrapes real clients through an outage.
+
+Two services on loopback expose ``/metrics`` with ``start_metrics_server``:
+``cron_service`` (an ``AsyncServiceClient``, an in-memory cache, cron_migration jobs and its
+event-loop lag monitor) and ``legacy_service`` (a ``SyncServiceClient``). Both call one
+target, the scripted HTTP server of the client tests, which is killed for a while and then
+started again. Prometheus scrapes both every second and evaluates the shipped rules every
+second. Then every dashboard panel and every alert is evaluated through the HTTP API.
+
+The run is short (about 25 s); ``MONITORING_PHASE_SECONDS`` lengthens each phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from commclient import AsyncServiceClient, ClientConfig, ServiceClientError, SyncServiceClient
+from commclient.cache import AsyncMemoryCache
+from commclient.monitoring import export, start_metrics_server
+from tests.http_server import ServerProcess
+from tests.monitoring_queries import (
+    Expression,
+    grafana_alert_expressions,
+    panel_expressions,
+    rule_expressions,
+)
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.facade_async, pytest.mark.facade_sync]
+
+PHASE_SECONDS = float(os.environ.get("MONITORING_PHASE_SECONDS", "7"))
+SCRAPE_INTERVAL = "1s"
+#: What Grafana's $__rate_interval comes to with a 1 s scrape interval: four scrapes.
+RATE_INTERVAL = "4s"
+#: Long enough for a phase to stay open through it; then a probe closes it on recovery.
+BREAKER_RESET_SECONDS = 3.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Prometheus:
+    """A prometheus server on loopback with its own storage, stopped at the end."""
+
+    def __init__(self, directory: Path, targets: dict[str, int], rules: Path) -> None:
+        self.port = _free_port()
+        config = {
+            "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": "1s"},
+            "rule_files": [str(rules)],
+            "scrape_configs": [
+                {
+                    "job_name": name,
+                    # cron_migration labels its series with `job` (the cron job's name);
+                    # without honor_labels Prometheus would rename it exported_job.
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+                }
+                for name, port in targets.items()
+            ],
+        }
+        config_file = directory / "prometheus.yml"
+        config_file.write_text(json.dumps(config))  # JSON is YAML
+        self.log = (directory / "prometheus.log").open("w")
+        self.process = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def get(self, path: str, **params: str) -> Any:
+        url = f"http://127.0.0.1:{self.port}{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.loads(response.read())
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/-/ready", timeout=5
+                ) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("prometheus did not become ready")
+
+    def wait_targets_up(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.get("/api/v1/query", query="up == 1")["data"]["result"]
+            if len(result) >= count:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"fewer than {count} targets up: {self.get('/api/v1/targets')}")
+
+    def query_range(self, expr: str, start: float, end: float) -> list[Any]:
+        answer = self.get(
+            "/api/v1/query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step="1"
+        )
+        assert answer["status"] == "success", answer
+        series: list[Any] = answer["data"]["result"]
+        return series
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@dataclass
+class Run:
+    """What happened when, in Prometheus' time (Unix seconds)."""
+
+    prometheus: Prometheus
+    started: float
+    outage_started: float
+    outage_ended: float
+    ended: float
+    calls: dict[str, int]
+
+
+def _config() -> ClientConfig:
+    """Quick retries; a breaker that opens after three failed calls; a retry budget (shared
+    by every client of the target) large enough that every retryable failure is retried."""
+    return ClientConfig(
+        timeout=1.0,
+        connect_timeout=0.5,
+        max_retries=3,
+        retry_min_wait=0.01,
+        retry_max_wait=0.05,
+        circuit_breaker_fail_max=3,
+        circuit_breaker_reset_timeout=BREAKER_RESET_SECONDS,
+        retry_budget_max_tokens=1000.0,
+    )
+
+
+def _legacy_traffic(url: str, registry: CollectorRegistry, stop: threading.Event) -> int:
+    config = _config()
+    calls = 0
+    with SyncServiceClient(
+        url,
+        service_name="legacy_service",
+        target_service="rest_service",
+        config=config,
+        registry=registry,
+    ) as client:
+        while not stop.is_set():
+            for path in ("/echo", "/status/404"):
+                calls += 1
+                with contextlib.suppress(ServiceClientError):
+                    client.get(path, params={"key": "legacy"})
+            stop.wait(0.1)
+    return calls
+
+
+async def _cron_service(
+    server: ServerProcess, registry: CollectorRegistry, phases: list[float]
+) -> dict[str, int]:
+    """The calls, cache lookups and cron runs of the cron service, through three phases."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from cron_migration import (
+        EventLoopLagMonitor,
+        MigrationExecutor,
+        migrated_job,
+        shutdown_gracefully,
+    )
+
+    config = _config()
+    client = AsyncServiceClient(
+        server.base_url,
+        service_name="cron_service",
+        target_service="rest_service",
+        config=config,
+        registry=registry,
+    )
+    cache = AsyncMemoryCache("assistant_cache", registry=registry)
+    counts = {"calls": 0, "lookups": 0, "runs": 0}
+
+    @migrated_job(timeout=5, registry=registry, name="send_reminders")
+    async def send_reminders() -> None:
+        await client.get("/echo", params={"key": "reminders"})
+
+    @migrated_job(timeout=5, registry=registry, name="extract_memories")
+    async def extract_memories() -> None:
+        await client.post("/status/500", json={}, params={"key": "memories"})
+
+    @migrated_job(timeout=0.2, registry=registry, name="batch_jobs")
+    async def batch_jobs() -> None:
+        await asyncio.sleep(5)
+
+    @migrated_job(timeout=5, registry=registry, name="late_job")
+    async def late_job() -> None:
+        """Due 30 s ago with a 1 s grace time: the scheduler reports it missed."""
+
+    scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor(registry=registry)})
+    past = datetime.now(timezone.utc) - timedelta(seconds=30)
+    scheduler.add_job(late_job, "interval", hours=1, next_run_time=past, misfire_grace_time=1)
+    for job, seconds in ((send_reminders, 1), (extract_memories, 2), (batch_jobs, 3)):
+        scheduler.add_job(job, "interval", seconds=seconds, max_instances=1)
+
+    async def one_round(number: int) -> None:
+        for path, params in (
+            ("/echo", {}),
+            ("/status/404", {}),
+            ("/flaky", {"status": "503", "first": "1"}),
+        ):
+            counts["calls"] += 1
+            with contextlib.suppress(ServiceClientError):
+                await client.get(path, params={"key": f"r{number}-{path}", **params})
+        counts["calls"] += 1
+        # A path template: the endpoint label is the template, not the id.
+        with contextlib.suppress(ServiceClientError):
+            await client.get("/echo/{user_id}", path_params={"user_id": number})
+        # Two lookups of new keys for one of a known key: a cache that mostly misses.
+        counts["lookups"] += 3
+        if await cache.get(f"user:{number}") is None:
+            await cache.set(f"user:{number}", {"n": number})
+        await cache.get(f"settings:{number}")
+        await cache.get(f"user:{number % 3}")
+
+    async with client, EventLoopLagMonitor(interval=0.02, registry=registry):
+        scheduler.start()
+        number = 0
+        phases.append(time.time())
+        for phase in ("healthy", "outage", "recovery"):
+            if phase == "outage":
+                server.stop()
+            elif phase == "recovery":
+                server.start()
+            phases.append(time.time())
+            phase_ends = time.monotonic() + PHASE_SECONDS
+            while time.monotonic() < phase_ends:
+                number += 1
+                await one_round(number)
+                await asyncio.sleep(0.05)
+        phases.append(time.time())
+        await shutdown_gracefully(scheduler, timeout=10)
+    counts["runs"] = number
+    return counts
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    if shutil.which("prometheus") is None:
+        pytest.skip("no prometheus")
+    directory = tmp_path_factory.mktemp("prometheus")
+    export(directory / "exported")
+    rules = directory / "exported" / "prometheus" / "commclient-rules.yml"
+    cron_registry, legacy_registry = CollectorRegistry(), CollectorRegistry()
+    server = ServerProcess()
+    server.start()
+    with (
+        start_metrics_server(0, registry=cron_registry) as cron_metrics,
+        start_metrics_server(0, registry=legacy_registry) as legacy_metrics,
+    ):
+        prometheus = Prometheus(
+            directory,
+            {"cron_service": cron_metrics.port, "legacy_service": legacy_metrics.port},
+            rules,
+        )
+        try:
+            prometheus.wait_ready()
+            prometheus.wait_targets_up(2)
+            stop = threading.Event()
+            legacy_calls: list[int] = []
+            legacy = threading.Thread(
+                target=lambda: legacy_calls.append(
+                    _legacy_traffic(server.base_url, legacy_registry, stop)
+                ),
+                daemon=True,
+            )
+            legacy.start()
+            phases: list[float] = []
+            try:
+                counts = asyncio.run(_cron_service(server, cron_registry, phases))
+            finally:
+                stop.set()
+                legacy.join(30)
+            # Two more scrapes and rule evaluations see the last values.
+            time.sleep(3)
+            started, _, outage_started, outage_ended, _ = phases
+            yield Run(
+                prometheus,
+                started,
+                outage_started,
+                outage_ended,
+                time.time(),
+                {**counts, "legacy_calls": sum(legacy_calls)},
+            )
+        finally:
+            prometheus.stop()
+            server.stop()
+
+
+def _values(series: list[Any]) -> list[float]:
+    return [float(value) for s in series for _, value in s["values"] if value != "NaN"]
+
+
+def test_the_run_made_traffic_in_every_phase(run: Run) -> None:
+    assert run.calls["calls"] > 30, run.calls
+    assert run.calls["legacy_calls"] > 10, run.calls
+    assert run.outage_started < run.outage_ended < run.ended
+
+
+def test_prometheus_loaded_every_rule(run: Run) -> None:
+    groups = run.prometheus.get("/api/v1/rules")["data"]["groups"]
+    loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    expected = {e.source for e in rule_expressions()}
+    assert set(loaded) == expected
+    unhealthy = {
+        name: rule.get("lastError") for name, rule in loaded.items() if rule["health"] != "ok"
+    }
+    assert unhealthy == {}
+
+
+@pytest.mark.parametrize("expression", panel_expressions(), ids=lambda e: e.source)
+def test_every_panel_returns_data(run: Run, expression: Expression) -> None:
+    series = run.prometheus.query_range(expression.concrete(RATE_INTERVAL), run.started, run.ended)
+    assert _values(series), f"no data for {expression.concrete(RATE_INTERVAL)}"
+
+
+@pytest.mark.parametrize("expression", grafana_alert_expressions(), ids=lambda e: e.source)
+def test_every_alert_value_returns_data(run: Run, expression: Expression) -> None:
+    series = run.prometheus.query_range(expression.concrete(), run.started, run.ended)
+    assert _values(series), f"no data for {expression.expr}"
+
+
+def _alert_expr(name: str) -> str:
+    (rule,) = [e for e in rule_expressions() if e.source == name]
+    return rule.expr
+
+
+def test_breaker_open_alert_is_true_during_the_outage_only(run: Run) -> None:
+    expr = _alert_expr("CommClientCircuitBreakerOpen")
+    prometheus = run.prometheus
+    during = prometheus.query_range(expr, run.outage_started, run.outage_ended)
+    pairs = {(s["metric"]["service"], s["metric"]["target_service"]) for s in during}
+    assert pairs == {("cron_service", "rest_service"), ("legacy_service", "rest_service")}
+    before = prometheus.query_range(expr, run.started, run.outage_started - 1)
+    assert before == []
+    # After the restart a probe closes each breaker: the expression is false again.
+    final = prometheus.query_range(expr, run.ended - 2, run.ended)
+    assert final == []
+
+
+def test_breaker_open_alert_went_pending(run: Run) -> None:
+    series = run.prometheus.query_range(
+        'ALERTS{alertname="CommClientCircuitBreakerOpen", alertstate="pending"}',
+        run.outage_started,
+        run.outage_ended + 2,
+    )
+    assert {s["metric"]["service"] for s in series} == {"cron_service", "legacy_service"}
+
+
+@pytest.mark.parametrize(
+    ("alert", "label", "value"),
+    [
+        ("CommClientHighErrorRate", "service", "cron_service"),
+        ("CommClientHighRetryRate", "service", "cron_service"),
+        ("CommClientLowCacheHitRate", "cache_name", "assistant_cache"),
+        ("CronJobRunFailures", "job", "extract_memories"),
+    ],
+)
+def test_provoked_alerts_are_true(run: Run, alert: str, label: str, value: str) -> None:
+    series = run.prometheus.query_range(_alert_expr(alert), run.started, run.ended)
+    assert value in {s["metric"].get(label) for s in series}, series
+
+
+def test_cron_job_label_survives_the_scrape(run: Run) -> None:
+    series = run.prometheus.query_range(
+        'sum by (job, outcome) (cron_job_runs_total{outcome=~"success|error|timeout"})',
+        run.started,
+        run.ended,
+    )
+    seen = {(s["metric"]["job"], s["metric"]["outcome"]) for s in series}
+    assert {
+        ("send_reminders", "success"),
+        ("extract_memories", "error"),
+        ("batch_jobs", "timeout"),
+    } <= seen
