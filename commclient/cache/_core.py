@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,15 +75,17 @@ def reset_after_fork(cache: Any) -> None:
     _forkable.add(cache)
 
 
-def rebuild_client(module: Any, client: Any, overrides: dict[str, Any]) -> Any:
-    """A ``module.Redis`` like ``client`` on a pool of its own, with ``overrides``; the
-    client itself when it has no pool to copy (a cluster client)."""
+def rebuild_client(module: Callable[[], Any], client: Any, overrides: dict[str, Any]) -> Any:
+    """A ``Redis`` of ``module()`` like ``client`` on a pool of its own, with
+    ``overrides``; the client itself when it has no pool to copy (a cluster client, the
+    memory store)."""
     pool = getattr(client, "connection_pool", None)
     if pool is None:
         return client
+    redis = module()
     kwargs = {**pool.connection_kwargs, **overrides}
-    return module.Redis(
-        connection_pool=module.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
     )
 
 
@@ -595,6 +597,19 @@ class CoreFacade:
     def local_tier_active(self) -> bool:
         """True while the local tier serves (its listener is subscribed)."""
         return self._core.local.active
+
+
+class _NeverRaised(Exception):
+    """Stands for redis-py's ``NoScriptError`` where redis is not installed."""
+
+
+def no_script_error() -> type[Exception]:
+    """redis-py's ``NoScriptError`` (the memory backend works without redis-py)."""
+    try:
+        from redis.exceptions import NoScriptError
+    except ImportError:
+        return _NeverRaised
+    return NoScriptError
 
 
 def is_outage(error: BaseException) -> bool:

@@ -273,7 +273,7 @@ class Flights:
 
 def rebuilt_client(client: Any, **overrides: Any) -> Any:
     """A client like ``client`` on a pool of its own, with ``overrides`` applied."""
-    return rebuild_client(redis_module(), client, overrides)
+    return rebuild_client(redis_module, client, overrides)
 
 
 def bounded_client(client: Any, timeout: float) -> tuple[Any, bool]:

@@ -1,57 +1,51 @@
-"""The in-memory backend: the caches' API with no Redis, for a single process.
+"""The in-memory backend: the Redis caches' own code on an in-process store.
 
-It is the embedded default when no Redis URL is configured (the demo, tests, one-process
-deployments). Values are stored as JSON bytes like in Redis, so a caller never shares a
-mutable object with the cache and the same values are accepted or refused. Group
-generations make ``invalidate_group`` O(1) here too, and invalidation messages reach
-every subscriber of the same :class:`MemoryStore` in this process.
+:class:`AsyncMemoryCache` and :class:`SyncMemoryCache` are the Redis caches driving a
+:class:`MemoryStore` instead of a server: the store answers the few commands and the
+scripts of :mod:`._scripts` the caches send, with Redis's semantics, in Python. So
+``get_or_set``, serve-stale, single flight, leases, groups and invalidation messages are
+one piece of code for both backends. It is the embedded default when no Redis URL is
+configured (the demo, tests, one-process deployments). Values are JSON bytes as in
+Redis, so a caller never shares a mutable object with the store.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import hashlib
 import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
-from functools import partial
-from types import TracebackType
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from ._config import CacheConfig, ttl_seconds
-from ._core import MISMATCH, CacheCore, CoreFacade, KeyPlan, Read
-from ._exceptions import CacheValueTooLargeError
-from ._io_async import Flights as TaskFlights
-from ._io_sync import Flights as ThreadFlights
-from ._keys import build_pattern, glob_matches, group_of, validate_pattern
-from ._local import MISSING
-from ._messages import InvalidationMessage
-
-T = TypeVar("T")
-InvalidationCallback = Callable[[InvalidationMessage], object]
+from . import _scripts
+from ._async import AsyncRedisCache
+from ._config import CacheConfig
+from ._keys import glob_matches
+from ._sync import SyncRedisCache
 
 DEFAULT_MAX_ENTRIES = 10_000
 
+Value = bytes | str | int | float
 
-@dataclass
-class _Stored:
-    data: bytes
-    expires_at: float
-    stale_at: float
-    generation: int
+
+def _bytes(value: Value) -> bytes:
+    """An argument as Redis stores it."""
+    if isinstance(value, bytes):
+        return value
+    return value.encode() if isinstance(value, str) else str(value).encode()
 
 
 class MemoryStore:
     """Thread-safe storage shared by the memory caches of one process.
 
-    Bounded to ``max_entries`` (least recently used first out); ``clock`` is injectable
-    so that TTL behaviour can be tested without sleeping.
+    Bounded to ``max_entries`` values (least recently used first out; group counters
+    are kept apart and never evicted, so that an old generation cannot come back);
+    ``clock`` is injectable so that TTL behaviour can be tested without sleeping.
     """
 
     def __init__(
@@ -63,510 +57,327 @@ class MemoryStore:
             raise ValueError("max_entries must be > 0")
         self.max_entries = max_entries
         self._clock = clock
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, str], _Stored] = OrderedDict()
-        self._generations: dict[tuple[str, str], int] = {}
-        self._subscribers: list[Callable[[bytes], None]] = []
+        self.lock = threading.RLock()
+        self._values: OrderedDict[bytes, tuple[bytes, float | None]] = OrderedDict()
+        self._counters: dict[bytes, int] = {}
+        self._subscribers: dict[bytes, list[queue.SimpleQueue[dict[str, Any]]]] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._values)
 
-    def read(self, prefix: str, key: str) -> tuple[bytes, bool] | None:
-        """The stored JSON and whether it is still fresh, or ``None``."""
-        with self._lock:
-            entry = self._entries.get((prefix, key))
+    # Each method below is one Redis command; callers that need several at once (the
+    # scripts) hold ``lock`` around them, as Redis runs a script atomically.
+
+    def get(self, key: Value) -> bytes | None:
+        name = _bytes(key)
+        with self.lock:
+            if name in self._counters:
+                return str(self._counters[name]).encode()
+            entry = self._values.get(name)
             if entry is None:
                 return None
-            now = self._clock()
-            generation = self._generations.get((prefix, group_of(key)), 0)
-            if entry.expires_at <= now or entry.generation != generation:
-                del self._entries[(prefix, key)]
+            if entry[1] is not None and entry[1] <= self._clock():
+                del self._values[name]
                 return None
-            self._entries.move_to_end((prefix, key))
-            return entry.data, now < entry.stale_at
+            self._values.move_to_end(name)
+            return entry[0]
 
-    def write(
-        self,
-        prefix: str,
-        key: str,
-        data: bytes,
-        ttl: float,
-        stale: float = 0.0,
-        generation: int | None = None,
-    ) -> bool:
-        """Store ``data``; refused (``False``) if ``generation`` is no longer current."""
-        with self._lock:
-            current = self._generations.get((prefix, group_of(key)), 0)
-            if generation is not None and generation != current:
+    def set(self, key: Value, value: Value, px: Value | None = None, nx: bool = False) -> bool:
+        name = _bytes(key)
+        with self.lock:
+            if nx and self.get(name) is not None:
                 return False
-            now = self._clock()
-            self._entries[(prefix, key)] = _Stored(data, now + ttl + stale, now + ttl, current)
-            self._entries.move_to_end((prefix, key))
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            expires_at = None if px is None else self._clock() + int(px) / 1000
+            self._values[name] = (_bytes(value), expires_at)
+            self._values.move_to_end(name)
+            while len(self._values) > self.max_entries:
+                self._values.popitem(last=False)
             return True
 
-    def generation(self, prefix: str, group: str) -> int:
-        with self._lock:
-            return self._generations.get((prefix, group), 0)
+    def pttl(self, key: Value) -> int:
+        name = _bytes(key)
+        with self.lock:
+            if self.get(name) is None:
+                return -2
+            expires_at = self._values[name][1] if name in self._values else None
+            return -1 if expires_at is None else max(0, round((expires_at - self._clock()) * 1000))
 
-    def remove(self, prefix: str, key: str) -> bool:
-        with self._lock:
-            return self._entries.pop((prefix, key), None) is not None
+    def pexpire(self, key: Value, px: Value) -> int:
+        name = _bytes(key)
+        with self.lock:
+            value = self.get(name)
+            return 0 if value is None else int(self.set(name, value, px=px))
 
-    def remove_matching(self, prefix: str, pattern: str) -> int:
-        with self._lock:
-            doomed = [
-                stored
-                for stored in self._entries
-                if stored[0] == prefix and glob_matches(pattern, stored[1])
-            ]
-            for stored in doomed:
-                del self._entries[stored]
-            return len(doomed)
+    def delete(self, *keys: Value) -> int:
+        with self.lock:
+            removed = 0
+            for key in keys:
+                name = _bytes(key)
+                live = self.get(name) is not None
+                removed += live
+                self._values.pop(name, None)
+                self._counters.pop(name, None)
+            return removed
 
-    def bump(self, prefix: str, group: str) -> int:
-        with self._lock:
-            generation = self._generations.get((prefix, group), 0) + 1
-            self._generations[(prefix, group)] = generation
-            return generation
+    def incr(self, key: Value) -> int:
+        name = _bytes(key)
+        with self.lock:
+            self._counters[name] = self._counters.get(name, 0) + 1
+            return self._counters[name]
 
-    def publish(self, data: bytes) -> None:
-        with self._lock:
-            subscribers = list(self._subscribers)
-        for deliver in subscribers:
-            deliver(data)
+    def scan(self, match: str) -> list[bytes]:
+        with self.lock:
+            names = [*self._values, *self._counters]
+            return [name for name in names if glob_matches(match, name.decode())]
 
-    def subscribe(self, deliver: Callable[[bytes], None]) -> Callable[[], None]:
-        """Register ``deliver``; return the function that unregisters it."""
-        with self._lock:
-            self._subscribers.append(deliver)
+    def publish(self, channel: Value, message: Value) -> int:
+        with self.lock:
+            inboxes = list(self._subscribers.get(_bytes(channel), ()))
+        for inbox in inboxes:
+            inbox.put({"type": "message", "channel": _bytes(channel), "data": _bytes(message)})
+        return len(inboxes)
 
-        def unsubscribe() -> None:
-            with self._lock:
-                if deliver in self._subscribers:
-                    self._subscribers.remove(deliver)
+    def subscribe(self, channel: Value, inbox: queue.SimpleQueue[dict[str, Any]]) -> None:
+        with self.lock:
+            self._subscribers.setdefault(_bytes(channel), []).append(inbox)
 
-        return unsubscribe
+    def unsubscribe(self, inbox: queue.SimpleQueue[dict[str, Any]]) -> None:
+        with self.lock:
+            for inboxes in self._subscribers.values():
+                if inbox in inboxes:
+                    inboxes.remove(inbox)
 
 
-class _MemoryBase(CoreFacade):
-    """What both memory caches share: the core for keys, JSON and metrics, and the store."""
+# -- the scripts of ._scripts, in Python ------------------------------------------------
 
-    def __init__(
-        self,
-        prefix: str,
-        store: MemoryStore | None,
-        config: CacheConfig | None,
-        name: str | None,
-        registry: CollectorRegistry | None,
-    ) -> None:
-        self._core = CacheCore(prefix, config, name, registry)
-        self._store = store if store is not None else MemoryStore()
 
-    @property
-    def local_tier_active(self) -> bool:
-        """Always ``False``: the store is itself in process; there is no second tier."""
-        return False
+def _read(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> bytes:
+    generation = store.get(keys[0]) or b"0"
+    data_key = _bytes(args[0]) + generation
+    value = store.get(data_key)
+    if value is None:
+        return generation
+    pttl = store.pttl(data_key) if _bytes(args[1]) == b"1" else -2
+    return generation + b" " + str(pttl).encode() + b" " + value
 
-    @property
-    def store(self) -> MemoryStore:
-        return self._store
 
-    def _lookup(self, plan: KeyPlan, model: Any) -> tuple[Any, bool]:
-        """The value and whether it is fresh; ``(MISSING, False)`` on a miss."""
-        core = self._core
-        started = time.perf_counter()
-        found = self._store.read(core.prefix, plan.key)
-        core.metrics.observe("get", time.perf_counter() - started)
-        read = Read("", None if found is None else found[0], -2)
-        value = core.decode_read(plan, read, model, 0)
-        if value is MISMATCH:
-            # Another model's value (the store only holds valid JSON): a miss, kept.
-            return MISSING, False
-        return value, found is not None and found[1]
+def _write(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
+    base, data, px, wanted, token, revoke, channel, message = map(_bytes, args)
+    generation = store.get(keys[0]) or b"0"
+    if token:
+        if store.get(keys[1]) != token:
+            return 0
+        store.delete(keys[1])
+    elif revoke == b"1":
+        store.delete(keys[1])
+    if wanted and wanted != generation:
+        return 0
+    store.set(base + generation, data, px=px)
+    if message:
+        store.publish(channel, message)
+    return 1
 
-    def _set(self, key: str, value: object, ttl: float | timedelta) -> bool:
-        core = self._core
-        plan = core.plan(key)
-        seconds = ttl_seconds(ttl)
-        data = core.encode(key, value)
-        self._store.write(core.prefix, plan.key, data, seconds)
-        self._store.publish(core.key_message(plan, 1).encode())
-        return True
 
-    def _delete(self, key: str) -> bool:
-        core = self._core
-        plan = core.plan(key)
-        removed = self._store.remove(core.prefix, plan.key)
-        self._broadcast(core.key_message(plan, int(removed)))
-        return removed
+def _delete(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
+    generation = store.get(keys[0]) or b"0"
+    store.delete(keys[1])
+    return store.delete(_bytes(args[0]) + generation)
 
-    def _invalidate(self, pattern: str, parts: tuple[object, ...]) -> int:
-        core = self._core
-        if parts:
-            pattern = build_pattern(pattern, *parts)
-        count = self._store.remove_matching(core.prefix, validate_pattern(pattern))
-        self._broadcast(core.pattern_message(pattern, count))
-        return count
 
-    def _invalidate_group(self, group: str) -> bool:
-        core = self._core
-        message = core.group_message(group)
-        self._store.bump(core.prefix, group)
-        self._broadcast(message)
-        return True
+def _bump_generation(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
+    generation = store.incr(keys[0])
+    store.publish(args[0], args[1])
+    return generation
 
-    def _broadcast(self, message: InvalidationMessage) -> None:
-        self._store.publish(message.encode())
-        self._core.sent(message)
 
-    def _store_loaded(
-        self, plan: KeyPlan, value: Any, ttl: float, stale: float, generation: int
-    ) -> Any:
-        """Store a loader's validated value (unless too large); return it."""
-        core = self._core
+def _release_lease(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
+    return store.delete(keys[0]) if store.get(keys[0]) == _bytes(args[0]) else 0
+
+
+def _renew_lease(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
+    return store.pexpire(keys[0], args[1]) if store.get(keys[0]) == _bytes(args[0]) else 0
+
+
+def _delete_if_equal(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
+    return store.delete(keys[0]) if store.get(keys[0]) == _bytes(args[0]) else 0
+
+
+def _read_or_lease(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> list[Any]:
+    generation = store.get(keys[0]) or b"0"
+    data_key = _bytes(args[0]) + generation
+    value = store.get(data_key)
+    if value is not None:
+        return [generation, value, store.pttl(data_key), 0]
+    leased = store.set(keys[1], args[1], px=args[2], nx=True)
+    return [generation, None, -2, int(leased)]
+
+
+ScriptBody = Callable[[MemoryStore, Sequence[Value], Sequence[Value]], Any]
+
+SCRIPTS: dict[str, ScriptBody] = {
+    _scripts.READ: _read,
+    _scripts.WRITE: _write,
+    _scripts.DELETE: _delete,
+    _scripts.BUMP_GENERATION: _bump_generation,
+    _scripts.RELEASE_LEASE: _release_lease,
+    _scripts.RENEW_LEASE: _renew_lease,
+    _scripts.DELETE_IF_EQUAL: _delete_if_equal,
+    _scripts.READ_OR_LEASE: _read_or_lease,
+}
+
+
+class _Script:
+    """A registered script: called like redis-py's ``Script``, run atomically."""
+
+    def __init__(self, store: MemoryStore, text: str) -> None:
+        self._store = store
+        self._body = SCRIPTS[text]
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    def __call__(self, keys: Sequence[Value] = (), args: Sequence[Value] = ()) -> Any:
+        with self._store.lock:
+            return self._body(self._store, keys, args)
+
+
+class _PubSub:
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+
+    def subscribe(self, channel: Value) -> None:
+        self._store.subscribe(channel, self._inbox)
+        self._inbox.put({"type": "subscribe", "channel": _bytes(channel), "data": 1})
+
+    def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
         try:
-            data = core.encode(plan.key, value)
-        except CacheValueTooLargeError as error:
-            core.oversized_load(plan, error)
-            return value
-        self._store.write(core.prefix, plan.key, data, ttl, stale, generation)
-        return value
+            return self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
+        except queue.Empty:
+            return None
 
-
-class AsyncMemoryCache(_MemoryBase):
-    """:class:`AsyncRedisCache`'s API on a :class:`MemoryStore` (default: a new one)."""
-
-    def __init__(
-        self,
-        prefix: str = "cache",
-        *,
-        store: MemoryStore | None = None,
-        config: CacheConfig | None = None,
-        name: str | None = None,
-        registry: CollectorRegistry | None = None,
-    ) -> None:
-        super().__init__(prefix, store, config, name, registry)
-        self._flights = TaskFlights()
-
-    @overload
-    async def get(self, key: str, model: None = None) -> Any: ...
-
-    @overload
-    async def get(self, key: str, model: type[T]) -> T | None: ...
-
-    async def get(self, key: str, model: Any = None) -> Any:
-        """The value at ``key`` validated as ``model`` (plain JSON without), or ``None``."""
-        value, _ = self._lookup(self._core.plan(key), model)
-        return None if value is MISSING else value
-
-    async def get_raw(self, key: str) -> Any:
-        """The decoded JSON at ``key`` without model validation, or ``None``."""
-        return await self.get(key)
-
-    async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool:
-        """Store ``value`` for ``ttl`` seconds; always ``True``."""
-        return self._set(key, value, ttl)
-
-    async def delete(self, key: str) -> bool:
-        """Delete ``key``; ``True`` if it existed."""
-        return self._delete(key)
-
-    async def invalidate(self, pattern: str, *parts: object) -> int:
-        """Delete every key matching the glob ``pattern``; return how many, then broadcast."""
-        return self._invalidate(pattern, parts)
-
-    async def invalidate_group(self, group: str) -> bool:
-        """Invalidate every key of ``group`` at once, then broadcast."""
-        return self._invalidate_group(group)
-
-    @overload
-    async def get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[T]],
-        ttl: float | timedelta = 300,
-        model: None = None,
-        *,
-        stale_ttl: float | timedelta = 0,
-    ) -> T: ...
-
-    @overload
-    async def get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[object]],
-        ttl: float | timedelta,
-        model: type[T],
-        *,
-        stale_ttl: float | timedelta = 0,
-    ) -> T: ...
-
-    @overload
-    async def get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[object]],
-        *,
-        model: type[T],
-        ttl: float | timedelta = 300,
-        stale_ttl: float | timedelta = 0,
-    ) -> T: ...
-
-    async def get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[Any]],
-        ttl: float | timedelta = 300,
-        model: Any = None,
-        *,
-        stale_ttl: float | timedelta = 0,
-    ) -> Any:
-        """The cached value, or ``loader()``'s result stored for ``ttl`` seconds.
-
-        Concurrent misses share one ``loader`` call; its error reaches all of them.
-        With ``stale_ttl``, a value past ``ttl`` is served while one caller refreshes it.
-        """
-        core = self._core
-        plan = core.plan(key)
-        seconds = ttl_seconds(ttl)
-        stale = ttl_seconds(stale_ttl) if stale_ttl else 0.0
-        flight_key = (key, model)
-        busy = flight_key in self._flights
-        value, fresh = self._lookup(plan, model)
-        if value is not MISSING and (fresh or busy):
-            return value
-        generation = self._store.generation(core.prefix, plan.group)
-        load = partial(self._load, plan, loader, model, seconds, stale, generation)
-        if value is MISSING:
-            return await self._flights.join(flight_key, 0, load)
-        try:
-            return await self._flights.join(flight_key, 0, load)
-        except Exception as error:
-            # The stale value is what this caller gets if the refresh fails.
-            core.refresh_failed(plan, error)
-            return value
-
-    async def _load(
-        self,
-        plan: KeyPlan,
-        loader: Callable[[], Awaitable[Any]],
-        model: Any,
-        ttl: float,
-        stale: float,
-        generation: int,
-    ) -> Any:
-        result = loader()
-        if inspect.isawaitable(result):
-            result = await result
-        return self._store_loaded(plan, self._core.validate(result, model), ttl, stale, generation)
-
-    async def subscribe_invalidation(self, callback: InvalidationCallback) -> None:
-        """Hand every invalidation message of the store to ``callback`` until cancelled."""
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[bytes] = asyncio.Queue()
-
-        def deliver(data: bytes) -> None:
-            # The publisher may be a sync cache on another thread.
-            loop.call_soon_threadsafe(inbox.put_nowait, data)
-
-        unsubscribe = self._store.subscribe(deliver)
-        try:
-            while True:
-                message = InvalidationMessage.decode(await inbox.get())
-                if message is None:
-                    continue
-                try:
-                    result = callback(message)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception as error:
-                    self._core.callback_failed(error)
-        finally:
-            unsubscribe()
-
-    async def start(self, timeout: float = 5.0) -> bool:
-        """Nothing to start; ``False`` (there is no local tier)."""
-        return False
-
-    async def aclose(self) -> None:
-        """Nothing to release; present for API parity."""
-
-    async def __aenter__(self) -> AsyncMemoryCache:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class SyncMemoryCache(_MemoryBase):
-    """:class:`SyncRedisCache`'s API on a :class:`MemoryStore` (default: a new one)."""
-
-    def __init__(
-        self,
-        prefix: str = "cache",
-        *,
-        store: MemoryStore | None = None,
-        config: CacheConfig | None = None,
-        name: str | None = None,
-        registry: CollectorRegistry | None = None,
-    ) -> None:
-        super().__init__(prefix, store, config, name, registry)
-        self._flights = ThreadFlights()
-
-    @overload
-    def get(self, key: str, model: None = None) -> Any: ...
-
-    @overload
-    def get(self, key: str, model: type[T]) -> T | None: ...
-
-    def get(self, key: str, model: Any = None) -> Any:
-        """The value at ``key`` validated as ``model`` (plain JSON without), or ``None``."""
-        value, _ = self._lookup(self._core.plan(key), model)
-        return None if value is MISSING else value
-
-    def get_raw(self, key: str) -> Any:
-        """The decoded JSON at ``key`` without model validation, or ``None``."""
-        return self.get(key)
-
-    def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool:
-        """Store ``value`` for ``ttl`` seconds; always ``True``."""
-        return self._set(key, value, ttl)
-
-    def delete(self, key: str) -> bool:
-        """Delete ``key``; ``True`` if it existed."""
-        return self._delete(key)
-
-    def invalidate(self, pattern: str, *parts: object) -> int:
-        """Delete every key matching the glob ``pattern``; return how many, then broadcast."""
-        return self._invalidate(pattern, parts)
-
-    def invalidate_group(self, group: str) -> bool:
-        """Invalidate every key of ``group`` at once, then broadcast."""
-        return self._invalidate_group(group)
-
-    @overload
-    def get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], T],
-        ttl: float | timedelta = 300,
-        model: None = None,
-        *,
-        stale_ttl: float | timedelta = 0,
-    ) -> T: ...
-
-    @overload
-    def get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], object],
-        ttl: float | timedelta,
-        model: type[T],
-        *,
-        stale_ttl: float | timedelta = 0,
-    ) -> T: ...
-
-    @overload
-    def get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], object],
-        *,
-        model: type[T],
-        ttl: float | timedelta = 300,
-        stale_ttl: float | timedelta = 0,
-    ) -> T: ...
-
-    def get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], Any],
-        ttl: float | timedelta = 300,
-        model: Any = None,
-        *,
-        stale_ttl: float | timedelta = 0,
-    ) -> Any:
-        """The cached value, or ``loader()``'s result stored for ``ttl`` seconds.
-
-        Concurrent misses share one ``loader`` call; its error reaches all of them.
-        With ``stale_ttl``, a value past ``ttl`` is served while one caller refreshes it.
-        """
-        core = self._core
-        plan = core.plan(key)
-        seconds = ttl_seconds(ttl)
-        stale = ttl_seconds(stale_ttl) if stale_ttl else 0.0
-        flight_key = (key, model)
-        busy = flight_key in self._flights
-        value, fresh = self._lookup(plan, model)
-        if value is not MISSING and (fresh or busy):
-            return value
-        generation = self._store.generation(core.prefix, plan.group)
-        load = partial(self._load, plan, loader, model, seconds, stale, generation)
-        if value is MISSING:
-            return self._flights.join(flight_key, 0, load)
-        try:
-            return self._flights.join(flight_key, 0, load)
-        except Exception as error:
-            # The stale value is what this caller gets if the refresh fails.
-            core.refresh_failed(plan, error)
-            return value
-
-    def _load(
-        self,
-        plan: KeyPlan,
-        loader: Callable[[], Any],
-        model: Any,
-        ttl: float,
-        stale: float,
-        generation: int,
-    ) -> Any:
-        value = self._core.validate(loader(), model)
-        return self._store_loaded(plan, value, ttl, stale, generation)
-
-    def subscribe_invalidation(
-        self, callback: InvalidationCallback, *, stop: threading.Event | None = None
-    ) -> None:
-        """Hand every invalidation message of the store to ``callback`` until ``stop``."""
-        stop = stop or threading.Event()
-        inbox: queue.Queue[bytes] = queue.Queue()
-        unsubscribe = self._store.subscribe(inbox.put)
-        try:
-            while not stop.is_set():
-                try:
-                    data = inbox.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                message = InvalidationMessage.decode(data)
-                if message is None:
-                    continue
-                try:
-                    callback(message)
-                except Exception as error:
-                    self._core.callback_failed(error)
-        finally:
-            unsubscribe()
-
-    def start(self, timeout: float = 5.0) -> bool:
-        """Nothing to start; ``False`` (there is no local tier)."""
-        return False
+    def ping(self) -> None:
+        self._inbox.put({"type": "pong", "channel": None, "data": b""})
 
     def close(self) -> None:
-        """Nothing to release; present for API parity."""
+        self._store.unsubscribe(self._inbox)
 
-    def __enter__(self) -> SyncMemoryCache:
-        return self
 
-    def __exit__(
+class MemoryClient:
+    """The subset of ``redis.Redis`` the caches use, answered by a :class:`MemoryStore`."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._scripts: dict[str, _Script] = {}
+
+    def register_script(self, text: str) -> _Script:
+        script = _Script(self._store, text)
+        self._scripts[script.sha] = script
+        return script
+
+    def execute_command(self, name: str, *args: Value) -> Any:
+        if name == "MGET":
+            return self.mget(args)
+        if name == "EVALSHA":
+            count = int(args[1])
+            keys, rest = args[2 : 2 + count], args[2 + count :]
+            return self._scripts[str(args[0])](keys, rest)
+        raise NotImplementedError(f"the memory store does not run {name}")
+
+    def mget(self, keys: Sequence[Value]) -> list[bytes | None]:
+        with self._store.lock:
+            return [self._store.get(key) for key in keys]
+
+    def set(self, key: Value, value: Value, *, nx: bool = False, px: Value | None = None) -> bool:
+        return self._store.set(key, value, px=px, nx=nx)
+
+    def scan(self, cursor: int = 0, *, match: str = "*", count: int = 0) -> tuple[int, list[bytes]]:
+        return 0, self._store.scan(match)
+
+    def delete(self, *keys: Value) -> int:
+        return self._store.delete(*keys)
+
+    unlink = delete
+
+    def publish(self, channel: Value, message: Value) -> int:
+        return self._store.publish(channel, message)
+
+    def pubsub(self) -> _PubSub:
+        return _PubSub(self._store)
+
+
+def _coroutine_function(function: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    return call
+
+
+class _AsyncPubSub:
+    POLL_INTERVAL = 0.002
+
+    def __init__(self, pubsub: _PubSub) -> None:
+        self._pubsub = pubsub
+        self.subscribe = _coroutine_function(pubsub.subscribe)
+        self.ping = _coroutine_function(pubsub.ping)
+        self.aclose = _coroutine_function(pubsub.close)
+
+    async def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
+        """Poll the inbox (a thread may publish): never block the event loop."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._pubsub.get_message()
+            if message is not None or time.monotonic() >= deadline:
+                return message
+            await asyncio.sleep(self.POLL_INTERVAL)
+
+
+class AsyncMemoryClient:
+    """:class:`MemoryClient` with coroutine methods, as ``redis.asyncio.Redis`` has."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._client = MemoryClient(store)
+
+    def __getattr__(self, name: str) -> Any:
+        return _coroutine_function(getattr(self._client, name))
+
+    def register_script(self, text: str) -> Any:
+        script = self._client.register_script(text)
+        wrapper = _coroutine_function(script)
+        wrapper.sha = script.sha  # type: ignore[attr-defined]
+        return wrapper
+
+    def pubsub(self) -> _AsyncPubSub:
+        return _AsyncPubSub(self._client.pubsub())
+
+
+class AsyncMemoryCache(AsyncRedisCache):
+    """:class:`AsyncRedisCache` on a :class:`MemoryStore` (default: a new one)."""
+
+    def __init__(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
+        prefix: str = "cache",
+        *,
+        store: MemoryStore | None = None,
+        config: CacheConfig | None = None,
+        name: str | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
-        self.close()
+        self.store = store if store is not None else MemoryStore()
+        client: Any = AsyncMemoryClient(self.store)
+        super().__init__(client, prefix, config=config, name=name, registry=registry)
+
+
+class SyncMemoryCache(SyncRedisCache):
+    """:class:`SyncRedisCache` on a :class:`MemoryStore` (default: a new one)."""
+
+    def __init__(
+        self,
+        prefix: str = "cache",
+        *,
+        store: MemoryStore | None = None,
+        config: CacheConfig | None = None,
+        name: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.store = store if store is not None else MemoryStore()
+        client: Any = MemoryClient(self.store)
+        super().__init__(client, prefix, config=config, name=name, registry=registry)

@@ -1,90 +1,24 @@
-"""What every cache offers, for code that takes "a cache" (Redis or in memory)."""
+"""The type of "a cache" (Redis or in memory), and factories that pick one from a URL.
+
+There is one API per world: the memory caches are the Redis caches on another store, so
+the names below are the Redis classes themselves, not a second declaration of the API.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from typing import Any, Protocol
-
 from prometheus_client import CollectorRegistry
 
+from ._async import AsyncRedisCache
 from ._config import CacheConfig
 from ._memory import AsyncMemoryCache, SyncMemoryCache
-from ._messages import InvalidationMessage
+from ._sync import SyncRedisCache
 
+AsyncCache = AsyncRedisCache
+"""Any async cache: :class:`AsyncRedisCache`, or :class:`AsyncMemoryCache` (a subclass
+running the same code on an in-process store)."""
 
-class AsyncCache(Protocol):
-    """The API of :class:`AsyncRedisCache` and :class:`AsyncMemoryCache`."""
-
-    @property
-    def origin(self) -> str: ...
-
-    async def get(self, key: str, model: Any = None) -> Any: ...
-
-    async def get_raw(self, key: str) -> Any: ...
-
-    async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool: ...
-
-    async def delete(self, key: str) -> bool: ...
-
-    async def invalidate(self, pattern: str, *parts: object) -> int: ...
-
-    async def invalidate_group(self, group: str) -> bool: ...
-
-    async def get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[Any]],
-        ttl: float | timedelta = 300,
-        model: Any = None,
-        *,
-        stale_ttl: float | timedelta = 0,
-    ) -> Any: ...
-
-    async def subscribe_invalidation(
-        self, callback: Callable[[InvalidationMessage], object]
-    ) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-class SyncCache(Protocol):
-    """The API of :class:`SyncRedisCache` and :class:`SyncMemoryCache`."""
-
-    @property
-    def origin(self) -> str: ...
-
-    def get(self, key: str, model: Any = None) -> Any: ...
-
-    def get_raw(self, key: str) -> Any: ...
-
-    def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool: ...
-
-    def delete(self, key: str) -> bool: ...
-
-    def invalidate(self, pattern: str, *parts: object) -> int: ...
-
-    def invalidate_group(self, group: str) -> bool: ...
-
-    def get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], Any],
-        ttl: float | timedelta = 300,
-        model: Any = None,
-        *,
-        stale_ttl: float | timedelta = 0,
-    ) -> Any: ...
-
-    def subscribe_invalidation(
-        self,
-        callback: Callable[[InvalidationMessage], object],
-        *,
-        stop: threading.Event | None = None,
-    ) -> None: ...
-
-    def close(self) -> None: ...
+SyncCache = SyncRedisCache
+"""Any sync cache: :class:`SyncRedisCache`, or :class:`SyncMemoryCache`."""
 
 
 def create_async_cache(
@@ -99,8 +33,6 @@ def create_async_cache(
     ``None`` or ``""`` (no Redis configured)."""
     if not url:
         return AsyncMemoryCache(prefix, config=config, name=name, registry=registry)
-    from ._async import AsyncRedisCache
-
     return AsyncRedisCache.from_url(url, prefix, config=config, name=name, registry=registry)
 
 
@@ -116,6 +48,4 @@ def create_sync_cache(
     ``None`` or ``""`` (no Redis configured)."""
     if not url:
         return SyncMemoryCache(prefix, config=config, name=name, registry=registry)
-    from ._sync import SyncRedisCache
-
     return SyncRedisCache.from_url(url, prefix, config=config, name=name, registry=registry)

@@ -22,7 +22,16 @@ from . import _io_sync as io
 from . import _scripts
 from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
-from ._core import FAILED, MISMATCH, CacheCore, CoreFacade, KeyPlan, Read, reset_after_fork
+from ._core import (
+    FAILED,
+    MISMATCH,
+    CacheCore,
+    CoreFacade,
+    KeyPlan,
+    Read,
+    no_script_error,
+    reset_after_fork,
+)
 from ._local import MISSING
 from ._messages import InvalidationMessage
 
@@ -56,9 +65,7 @@ class SyncRedisCache(CoreFacade):
         self._redis, self._owns_client = io.bounded_client(redis_client, timeout)
         self._read_script = self._redis.register_script(_scripts.READ)
         self._commands = flows.commands(self._redis, self._unlink)
-        from redis.exceptions import NoScriptError
-
-        self._no_script_error = NoScriptError
+        self._no_script_error = no_script_error()
         self._execute_command: Callable[..., Any] = self._redis.execute_command
         self._closed = False
         self._after_fork()
