@@ -44,6 +44,8 @@ import threading
 from collections.abc import Sequence
 from types import TracebackType
 
+from tests.loop_thread import LoopThread
+
 CHUNK = 64 * 1024
 FIRST_BYTES = 512
 
@@ -81,9 +83,8 @@ class FaultProxy:
         self._choices: tuple[Fault, ...] = ()
         self._random = random.Random(0)
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = LoopThread("fault-proxy")
         self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
     @property
@@ -96,7 +97,7 @@ class FaultProxy:
         """Apply ``fault`` to every new connection (``REFUSE``: stop listening)."""
         with self._lock:
             self._fault, self._rate, self._choices = fault, 0.0, ()
-        self._call(self._listen(fault is not Fault.REFUSE))
+        self._loop_thread.run(self._listen(fault is not Fault.REFUSE))
 
     def random_faults(self, rate: float, faults: Sequence[Fault], *, seed: int = 0) -> None:
         """Fault a share ``rate`` of new connections, each with one of ``faults`` at random."""
@@ -105,7 +106,7 @@ class FaultProxy:
         with self._lock:
             self._fault, self._rate, self._choices = Fault.NONE, rate, tuple(faults)
             self._random = random.Random(seed)
-        self._call(self._listen(True))
+        self._loop_thread.run(self._listen(True))
 
     def clear(self) -> None:
         """Forward everything again."""
@@ -113,7 +114,7 @@ class FaultProxy:
 
     def drop_connections(self) -> None:
         """Reset every open connection (the faults of new ones are unchanged)."""
-        self._call(self._drop_all())
+        self._loop_thread.run(self._drop_all())
 
     @property
     def faulted(self) -> int:
@@ -123,30 +124,13 @@ class FaultProxy:
     # -- life cycle ------------------------------------------------------------------------
 
     def start(self) -> FaultProxy:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            loop.run_until_complete(self._listen(True))
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._shutdown())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fault-proxy", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the fault proxy did not start")
+        self._loop_thread.start()
+        self._loop_thread.run(self._listen(True))
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._loop = self._thread = None
+        self._loop_thread.run(self._shutdown())
+        self._loop_thread.stop()
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -160,11 +144,6 @@ class FaultProxy:
         self.stop()
 
     # -- the loop's side -------------------------------------------------------------------
-
-    def _call(self, coroutine: object) -> None:
-        assert self._loop is not None, "start the proxy first"
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
-        future.result(10)
 
     async def _listen(self, listening: bool) -> None:
         if listening and self._server is None:

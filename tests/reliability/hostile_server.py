@@ -13,10 +13,11 @@ import asyncio
 import collections
 import contextlib
 import gzip
-import threading
 import zlib
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+
+from tests.loop_thread import LoopThread
 
 BOMB_SIZE = 64 * 1024 * 1024
 #: How long a never-ending answer goes on at most, so a server task cannot outlive a test.
@@ -112,9 +113,8 @@ class HostileServer:
             ),
             "/script": self._scripted_reply,
         }
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = LoopThread("hostile-server")
         self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -227,45 +227,23 @@ class HostileServer:
                 writer.close()
 
     def start(self) -> HostileServer:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-
-            async def listen() -> None:
-                self._server = await asyncio.start_server(
-                    self._handle, "127.0.0.1", 0, limit=1024 * 1024, backlog=256
-                )
-                self.port = self._server.sockets[0].getsockname()[1]
-
-            loop.run_until_complete(listen())
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="hostile-server", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the hostile server did not start")
+        self._loop_thread.start()
+        self._loop_thread.run(self._listen())
         return self
 
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", 0, limit=1024 * 1024, backlog=256
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        asyncio.run_coroutine_threadsafe(close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._loop = self._thread = None
+        self._loop_thread.run(self._close())
+        self._loop_thread.stop()
 
     def __enter__(self) -> HostileServer:
         return self.start()

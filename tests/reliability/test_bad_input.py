@@ -141,37 +141,24 @@ def test_config_collections_are_validated(name: str, value: object) -> None:
 
 
 @pytest.fixture(scope="module")
-def http_server() -> Iterator[ServerProcess]:
-    with ServerProcess() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def hostile() -> Iterator[HostileServer]:
     with HostileServer() as server:
         yield server
 
 
-def _sync(url: str, **overrides: Any) -> SyncServiceClient:
-    return SyncServiceClient(
-        url,
-        service_name="bad-input",
-        target_service="bad-input-target",
-        config=ClientConfig(
-            timeout=5.0, max_retries=1, circuit_breaker_fail_max=1_000_000, **overrides
-        ),
+def _settings(**overrides: Any) -> dict[str, Any]:
+    config = ClientConfig(
+        timeout=5.0, max_retries=1, circuit_breaker_fail_max=1_000_000, **overrides
     )
+    return {"service_name": "bad-input", "target_service": "bad-input-target", "config": config}
+
+
+def _sync(url: str, **overrides: Any) -> SyncServiceClient:
+    return SyncServiceClient(url, **_settings(**overrides))
 
 
 def _async(url: str, **overrides: Any) -> AsyncServiceClient:
-    return AsyncServiceClient(
-        url,
-        service_name="bad-input",
-        target_service="bad-input-target",
-        config=ClientConfig(
-            timeout=5.0, max_retries=1, circuit_breaker_fail_max=1_000_000, **overrides
-        ),
-    )
+    return AsyncServiceClient(url, **_settings(**overrides))
 
 
 @pytest.mark.facade_sync
