@@ -156,7 +156,9 @@ def _run_calls(facade: str, calls: list[tuple[str, str, dict[str, Any]]]) -> lis
                     client.get(path, **keywords)
             else:
 
-                async def call(base: str = base, path: str = path, kw: Any = keywords) -> None:
+                async def call(
+                    base: str = base, path: str = path, kw: Any = keywords, names: Any = names
+                ) -> None:
                     async with AsyncServiceClient(base, config=config, **names) as client:
                         await client.get(path, **kw)
 
@@ -575,7 +577,7 @@ def test_metric_labels_stay_bounded(http_server: ServerProcess, row: Row) -> Non
 # -- the ASGI middleware -------------------------------------------------------------------
 
 SEGMENTS = st.text(
-    alphabet=st.sampled_from(list("ab1*?[]\\{}!^-:é%") + ["\u00e9", "\u4e2d"]),
+    alphabet=st.sampled_from([*"ab1*?[]\\{}!^-:%", "\u00e9", "\u4e2d"]),
     min_size=1,
     max_size=8,
 )
