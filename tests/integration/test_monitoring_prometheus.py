@@ -1,11 +1,12 @@
-"""The shipped queries against a real Prometheus that scrapes real clients through an outage.
+"""The shipped queries against a real Prometheus scraping the example services through an outage.
 
-Two services on loopback expose ``/metrics`` with ``start_metrics_server``:
-``cron_service`` (an ``AsyncServiceClient``, an in-memory cache, cron_migration jobs and its
-event-loop lag monitor) and ``legacy_service`` (a ``SyncServiceClient``). Both call one
-target, the scripted HTTP server of the client tests, which is killed for a while and then
-started again. Prometheus scrapes both every second and evaluates the shipped rules every
-second. Then every dashboard panel and every alert is evaluated through the HTTP API.
+On loopback: the example ``rest_service`` (FastAPI, its own ``/metrics``), a ``cron_service``
+built from the example cron jobs (``CronRestClient``, an in-memory cache, cron_migration with
+run records, a missed run and the event-loop lag monitor) and a ``legacy_service`` calling
+with ``SyncServiceClient``; the two callers expose ``/metrics`` with ``start_metrics_server``.
+The REST service's fault switches inject one 503 per round, then a total outage, then
+nothing. Prometheus scrapes all three every second and evaluates the shipped rules every
+second; then every dashboard panel and every alert is evaluated through its HTTP API.
 
 The run is short (about 25 s); ``MONITORING_PHASE_SECONDS`` lengthens each phase.
 """
@@ -32,10 +33,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from commclient import AsyncServiceClient, ClientConfig, ServiceClientError, SyncServiceClient
+from commclient import ClientConfig, ServiceClientError, SyncServiceClient
 from commclient.cache import AsyncMemoryCache
 from commclient.monitoring import export, start_metrics_server
-from tests.http_server import ServerProcess
+from examples.rest_service import create_app
+from examples.serving import serve
 from tests.monitoring_queries import (
     Expression,
     grafana_alert_expressions,
@@ -143,7 +145,7 @@ class Prometheus:
 
 @dataclass
 class Run:
-    """What happened when, in Prometheus' time (Unix seconds)."""
+    """What happened when, in Prometheus' time (Unix seconds), and how much traffic."""
 
     prometheus: Prometheus
     started: float
@@ -169,28 +171,27 @@ def _config() -> ClientConfig:
 
 
 def _legacy_traffic(url: str, registry: CollectorRegistry, stop: threading.Event) -> int:
-    config = _config()
     calls = 0
     with SyncServiceClient(
         url,
         service_name="legacy_service",
         target_service="rest_service",
-        config=config,
+        config=_config(),
         registry=registry,
     ) as client:
         while not stop.is_set():
-            for path in ("/echo", "/status/404"):
+            for path in ("/api/global-settings/", "/api/reminders/999999"):
                 calls += 1
                 with contextlib.suppress(ServiceClientError):
-                    client.get(path, params={"key": "legacy"})
+                    client.get(path)
             stop.wait(0.1)
     return calls
 
 
 async def _cron_service(
-    server: ServerProcess, registry: CollectorRegistry, phases: list[float]
-) -> dict[str, int]:
-    """The calls, cache lookups and cron runs of the cron service, through three phases."""
+    app: Any, url: str, registry: CollectorRegistry, phases: list[float]
+) -> int:
+    """The cron service: its jobs, and calls and cache lookups of its own, in three phases."""
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
     from cron_migration import (
@@ -199,28 +200,30 @@ async def _cron_service(
         migrated_job,
         shutdown_gracefully,
     )
+    from examples.cron_service import jobs
+    from examples.cron_service.client import CronRestClient
+    from examples.secretary_queue import AsyncInProcessQueue, InProcessQueue
 
-    config = _config()
-    client = AsyncServiceClient(
-        server.base_url,
+    client = CronRestClient(
+        url,
         service_name="cron_service",
         target_service="rest_service",
-        config=config,
+        config=_config(),
         registry=registry,
     )
     cache = AsyncMemoryCache("assistant_cache", registry=registry)
-    counts = {"calls": 0, "lookups": 0, "runs": 0}
+    queue = AsyncInProcessQueue(InProcessQueue())
 
-    @migrated_job(timeout=5, registry=registry, name="send_reminders")
-    async def send_reminders() -> None:
-        await client.get("/echo", params={"key": "reminders"})
+    @migrated_job(timeout=5, recorder=client, registry=registry, name="send_reminders")
+    async def send_reminders() -> dict[str, int]:
+        return await jobs.send_reminders(client, cache, queue)
 
-    @migrated_job(timeout=5, registry=registry, name="extract_memories")
-    async def extract_memories() -> None:
-        await client.post("/status/500", json={}, params={"key": "memories"})
+    @migrated_job(timeout=5, recorder=client, registry=registry, name="poll_batch_jobs")
+    async def poll_batch_jobs() -> int:
+        return await jobs.poll_batch_jobs(client)
 
-    @migrated_job(timeout=0.2, registry=registry, name="batch_jobs")
-    async def batch_jobs() -> None:
+    @migrated_job(timeout=0.2, registry=registry, name="slow_report")
+    async def slow_report() -> None:
         await asyncio.sleep(5)
 
     @migrated_job(timeout=5, registry=registry, name="late_job")
@@ -230,48 +233,43 @@ async def _cron_service(
     scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor(registry=registry)})
     past = datetime.now(timezone.utc) - timedelta(seconds=30)
     scheduler.add_job(late_job, "interval", hours=1, next_run_time=past, misfire_grace_time=1)
-    for job, seconds in ((send_reminders, 1), (extract_memories, 2), (batch_jobs, 3)):
+    for job, seconds in ((send_reminders, 1), (poll_batch_jobs, 1), (slow_report, 2)):
         scheduler.add_job(job, "interval", seconds=seconds, max_instances=1)
 
-    async def one_round(number: int) -> None:
-        for path, params in (
-            ("/echo", {}),
-            ("/status/404", {}),
-            ("/flaky", {"status": "503", "first": "1"}),
-        ):
-            counts["calls"] += 1
-            with contextlib.suppress(ServiceClientError):
-                await client.get(path, params={"key": f"r{number}-{path}", **params})
-        counts["calls"] += 1
-        # A path template: the endpoint label is the template, not the id.
+    async def one_round(number: int, phase: str) -> None:
+        if phase == "healthy":
+            # One injected 503: the call is retried and succeeds.
+            app.faults.configure(fail_next=1)
         with contextlib.suppress(ServiceClientError):
-            await client.get("/echo/{user_id}", path_params={"user_id": number})
+            await client.get_global_settings()
+        with contextlib.suppress(ServiceClientError):
+            await client.get_reminder(100_000 + number)  # 404: the caller's mistake
+        with contextlib.suppress(ServiceClientError):
+            await client.get_pending_batch_jobs()
         # Two lookups of new keys for one of a known key: a cache that mostly misses.
-        counts["lookups"] += 3
         if await cache.get(f"user:{number}") is None:
             await cache.set(f"user:{number}", {"n": number})
-        await cache.get(f"settings:{number}")
-        await cache.get(f"user:{number % 3}")
+        await cache.get(f"conversation:{number}")
+        await cache.get(f"user:{number - 1}")
 
+    rounds = 0
     async with client, EventLoopLagMonitor(interval=0.02, registry=registry):
         scheduler.start()
-        number = 0
         phases.append(time.time())
         for phase in ("healthy", "outage", "recovery"):
             if phase == "outage":
-                server.stop()
+                app.faults.configure(outage=True)
             elif phase == "recovery":
-                server.start()
+                app.faults.clear()
             phases.append(time.time())
             phase_ends = time.monotonic() + PHASE_SECONDS
             while time.monotonic() < phase_ends:
-                number += 1
-                await one_round(number)
+                rounds += 1
+                await one_round(rounds, phase)
                 await asyncio.sleep(0.05)
         phases.append(time.time())
-        await shutdown_gracefully(scheduler, timeout=10)
-    counts["runs"] = number
-    return counts
+        await shutdown_gracefully(scheduler, timeout=10, records_timeout=10)
+    return rounds
 
 
 @pytest.fixture(scope="module")
@@ -282,32 +280,36 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     export(directory / "exported")
     rules = directory / "exported" / "prometheus" / "commclient-rules.yml"
     cron_registry, legacy_registry = CollectorRegistry(), CollectorRegistry()
-    server = ServerProcess()
-    server.start()
+    app = create_app()
     with (
+        serve(app) as rest_url,
         start_metrics_server(0, registry=cron_registry) as cron_metrics,
         start_metrics_server(0, registry=legacy_registry) as legacy_metrics,
     ):
         prometheus = Prometheus(
             directory,
-            {"cron_service": cron_metrics.port, "legacy_service": legacy_metrics.port},
+            {
+                "rest_service": int(rest_url.rsplit(":", 1)[1]),
+                "cron_service": cron_metrics.port,
+                "legacy_service": legacy_metrics.port,
+            },
             rules,
         )
         try:
             prometheus.wait_ready()
-            prometheus.wait_targets_up(2)
+            prometheus.wait_targets_up(3)
             stop = threading.Event()
             legacy_calls: list[int] = []
             legacy = threading.Thread(
                 target=lambda: legacy_calls.append(
-                    _legacy_traffic(server.base_url, legacy_registry, stop)
+                    _legacy_traffic(rest_url, legacy_registry, stop)
                 ),
                 daemon=True,
             )
             legacy.start()
             phases: list[float] = []
             try:
-                counts = asyncio.run(_cron_service(server, cron_registry, phases))
+                rounds = asyncio.run(_cron_service(app, rest_url, cron_registry, phases))
             finally:
                 stop.set()
                 legacy.join(30)
@@ -320,11 +322,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 outage_started,
                 outage_ended,
                 time.time(),
-                {**counts, "legacy_calls": sum(legacy_calls)},
+                {"rounds": rounds, "legacy_calls": sum(legacy_calls)},
             )
         finally:
             prometheus.stop()
-            server.stop()
 
 
 def _values(series: list[Any]) -> list[float]:
@@ -332,7 +333,7 @@ def _values(series: list[Any]) -> list[float]:
 
 
 def test_the_run_made_traffic_in_every_phase(run: Run) -> None:
-    assert run.calls["calls"] > 30, run.calls
+    assert run.calls["rounds"] > 10, run.calls
     assert run.calls["legacy_calls"] > 10, run.calls
     assert run.outage_started < run.outage_ended < run.ended
 
@@ -393,7 +394,8 @@ def test_breaker_open_alert_went_pending(run: Run) -> None:
         ("CommClientHighErrorRate", "service", "cron_service"),
         ("CommClientHighRetryRate", "service", "cron_service"),
         ("CommClientLowCacheHitRate", "cache_name", "assistant_cache"),
-        ("CronJobRunFailures", "job", "extract_memories"),
+        ("CronJobRunFailures", "job", "send_reminders"),
+        ("CronJobRunFailures", "job", "slow_report"),
     ],
 )
 def test_provoked_alerts_are_true(run: Run, alert: str, label: str, value: str) -> None:
@@ -410,6 +412,13 @@ def test_cron_job_label_survives_the_scrape(run: Run) -> None:
     seen = {(s["metric"]["job"], s["metric"]["outcome"]) for s in series}
     assert {
         ("send_reminders", "success"),
-        ("extract_memories", "error"),
-        ("batch_jobs", "timeout"),
+        ("send_reminders", "error"),
+        ("poll_batch_jobs", "success"),
+        ("slow_report", "timeout"),
     } <= seen
+
+
+def test_the_rest_service_was_scraped(run: Run) -> None:
+    series = run.prometheus.query_range('up{job="rest_service"}', run.started, run.ended)
+    assert _values(series)
+    assert set(_values(series)) == {1.0}
