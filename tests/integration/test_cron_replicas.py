@@ -77,3 +77,62 @@ def test_two_replicas_run_every_slot_exactly_once() -> None:
     assert skipped == (REPLICAS - 1) * len(expected)
     assert all(report["runs"]["skipped_no_lease"] == 0 for report in reports)
     assert all(report["runs"]["error"] == 0 for report in reports)
+
+
+def run_leased_once(url: str, on_redis_error: str) -> tuple[list[str], dict[str, float]]:
+    """One run of a leased job under a MigrationExecutor; what ran and the outcomes."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from prometheus_client import CollectorRegistry
+
+    from cron_migration import Lease, MigrationExecutor, migrated_job, shutdown_gracefully
+    from tests.unit.cron_support import wait_until_async
+
+    registry = CollectorRegistry()
+    ran: list[str] = []
+    lease = Lease(url, on_redis_error=on_redis_error, redis_timeout=0.5)  # type: ignore[arg-type]
+
+    @migrated_job(timeout=5, lease=lease, registry=registry, name="remind")
+    async def remind() -> None:
+        ran.append("ran")
+
+    def outcome(name: str) -> float:
+        value = registry.get_sample_value("cron_job_runs_total", {"job": "remind", "outcome": name})
+        return value or 0.0
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(
+            remind, "interval", hours=1, id="remind", next_run_time=datetime.now(timezone.utc)
+        )
+        scheduler.start()
+        await wait_until_async(
+            lambda: outcome("success") + outcome("skipped_no_lease") >= 1, what="the run"
+        )
+        await shutdown_gracefully(scheduler, timeout=5)
+
+    asyncio.run(main())
+    return ran, {name: outcome(name) for name in ("success", "skipped_no_lease")}
+
+
+@pytest.mark.parametrize("failure", ["killed", "paused"])
+@pytest.mark.parametrize(("on_redis_error", "runs_anyway"), [("skip", False), ("run", True)])
+def test_a_dead_or_hung_redis_follows_the_configured_choice(
+    failure: str, on_redis_error: str, runs_anyway: bool
+) -> None:
+    with RedisServer() as server:
+        if failure == "killed":
+            server.kill()
+        else:
+            server.pause()
+        try:
+            ran, outcomes = run_leased_once(server.url, on_redis_error)
+        finally:
+            server.resume()
+    assert ran == (["ran"] if runs_anyway else [])
+    assert outcomes == {
+        "success": 1.0 if runs_anyway else 0.0,
+        "skipped_no_lease": 0.0 if runs_anyway else 1.0,
+    }
