@@ -72,8 +72,15 @@ class RedisServer:
     the server back where clients expect it (empty: nothing is persisted).
     """
 
-    def __init__(self, port: int | None = None, *, executable: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        executable: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.executable = executable or require_redis_server()
+        self.extra_args = extra_args
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self._process: subprocess.Popen[bytes] | None = None
@@ -107,6 +114,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self._workdir),
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -172,3 +180,69 @@ class RedisServer:
     ) -> None:
         self.stop()
         shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` primaries (no replicas) on loopback ports.
+
+    Each node is a :class:`RedisServer` started with ``--cluster-enabled yes``; the
+    slots are assigned with ``redis-cli --cluster create``. ``startup_nodes`` is what
+    ``redis.cluster.RedisCluster`` needs to find the cluster.
+    """
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                extra_args=(
+                    *("--cluster-enabled", "yes", "--cluster-node-timeout", "2000"),
+                    # Explicit: the default (port + 10000) may be taken, or above 65535.
+                    *("--cluster-port", str(free_port())),
+                )
+            )
+            for _ in range(masters)
+        ]
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (it comes with redis-server)")
+        addresses = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not all(self._state_ok(cli, port) for port in self.ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        return self
+
+    @staticmethod
+    def _state_ok(cli: str, port: int) -> bool:
+        info = subprocess.run(
+            [cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=10
+        )
+        return "cluster_state:ok" in info.stdout
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.__exit__(None, None, None)
+
+    def __enter__(self) -> RedisClusterServers:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -66,7 +66,7 @@ class AsyncRedisCache(CoreFacade):
         timeout = self._core.config.operation_timeout
         self._redis, self._owns_client = io.bounded_client(redis_client, timeout)
         self._read_script = self._redis.register_script(_scripts.READ)
-        self._commands = flows.commands(self._redis, self._unlink)
+        self._commands = flows.commands(self._redis, self._unlink, self._core.layout.tag)
         self._no_script_error = no_script_error()
         self._execute_command: Callable[..., Any] = self._redis.execute_command
         self._closed = False
@@ -316,6 +316,7 @@ class AsyncRedisCache(CoreFacade):
             while not stop.is_set():
                 pubsub = client.pubsub()
                 try:
+                    await io.prepare(client)
                     await io.bounded(
                         pubsub.subscribe(config.channel), max(config.operation_timeout, 1.0)
                     )

@@ -435,6 +435,15 @@ class CacheCore:
     def scan_pattern(self, pattern: str) -> str:
         return self.layout.scan_pattern(validate_pattern(pattern))
 
+    @staticmethod
+    def parse_scan(page: Sequence[Any]) -> tuple[int, Sequence[bytes | str]]:
+        """The cursor and keys of a SCAN reply; a cluster client's cursor is a dict of
+        one node (the owner of the cache's slot) to its cursor."""
+        cursor = page[0]
+        if isinstance(cursor, dict):
+            (cursor,) = cursor.values()
+        return int(cursor), page[1]
+
     def split_scanned(self, keys: Sequence[bytes | str]) -> tuple[list[str], list[str]]:
         """Split a SCAN page into data keys and lease keys (leases are not counted)."""
         data: list[str] = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Generator
+from functools import partial
 from typing import Any, TypeVar
 
 from . import _scripts
@@ -44,9 +45,15 @@ class Command(enum.Enum):
     PUBLISH = "publish"
 
 
-def commands(client: Any, unlink: Callable[..., Any]) -> dict[Command, Callable[..., Any]]:
+def commands(
+    client: Any, unlink: Callable[..., Any], hash_tag: str
+) -> dict[Command, Callable[..., Any]]:
     """What runs each :class:`Command` on ``client`` (``redis.Redis`` or its asyncio twin:
-    they have the same methods); ``unlink`` is the driver's batch removal."""
+    they have the same methods; or a cluster client); ``unlink`` is the driver's batch
+    removal, ``hash_tag`` the tag every key of the cache carries."""
+    scan = client.scan
+    if hasattr(client, "get_node_from_key"):
+        scan = partial(_scan_slot_owner, client, hash_tag)
     return {
         Command.WRITE: client.register_script(_scripts.WRITE),
         Command.DELETE: client.register_script(_scripts.DELETE),
@@ -57,10 +64,15 @@ def commands(client: Any, unlink: Callable[..., Any]) -> dict[Command, Callable[
         Command.MGET: client.mget,
         Command.READ_OR_LEASE: client.register_script(_scripts.READ_OR_LEASE),
         Command.LEASE: client.set,
-        Command.SCAN: client.scan,
+        Command.SCAN: scan,
         Command.UNLINK: unlink,
         Command.PUBLISH: client.publish,
     }
+
+
+def _scan_slot_owner(client: Any, hash_tag: str, cursor: int, **kwargs: Any) -> Any:
+    """SCAN on Redis Cluster: only the primary owning the cache's slot holds its keys."""
+    return client.scan(cursor, target_nodes=client.get_node_from_key(hash_tag), **kwargs)
 
 
 class Call:
@@ -148,7 +160,7 @@ def invalidate(core: CacheCore, pattern: str, parts: tuple[object, ...]) -> Flow
         if page is FAILED:
             reachable = False
             break
-        cursor, keys = int(page[0]), page[1]
+        cursor, keys = core.parse_scan(page)
         data_keys, lease_keys = core.split_scanned(keys)
         generation_keys = core.generation_keys_of(data_keys)
         generations = []

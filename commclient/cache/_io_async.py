@@ -280,3 +280,10 @@ def bounded_client(client: Any, timeout: float) -> tuple[Any, bool]:
     """The client to use, and whether the cache owns it: here the caller's own client,
     since :class:`Deadlines` bounds every call whatever its socket timeouts."""
     return client, False
+
+
+async def prepare(client: Any) -> None:
+    """Let a cluster client learn its slots: it does so on its first command, and its
+    Pub/Sub needs them before that."""
+    if hasattr(client, "get_node_from_key"):
+        await client.initialize()

@@ -188,3 +188,7 @@ def bounded_client(client: Any, timeout: float) -> tuple[Any, bool]:
         retry=retry(CONNECT_RETRIES),
     )
     return bounded, True
+
+
+def prepare(client: Any) -> None:
+    """A blocking cluster client learned its slots when it was built."""

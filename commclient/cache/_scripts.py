@@ -3,9 +3,11 @@
 Plain hits do not use them (a native ``MGET`` is cheaper for the server, see ``_keys``);
 ``READ`` serves the reads that also need the value's remaining TTL (local tier, serve-stale).
 
-The data key is computed inside the script from the group's generation, so these scripts
-touch keys not listed in KEYS: fine on a single Redis or a replicated primary, not on
-Redis Cluster (which this cache does not support).
+Every script is given its generation and lease keys as KEYS (so a cluster client routes
+it), and builds the data key from the group's generation it reads: the data key cannot be
+named in advance without a second round trip whenever a group moves. All of a cache's
+keys carry the hash tag ``{prefix}`` (see ``_keys``), so the data key is in the same slot
+as the declared keys and on the same node: the scripts run unchanged on Redis Cluster.
 """
 
 from __future__ import annotations

@@ -1,0 +1,127 @@
+"""The cache on a real 3-primary Redis Cluster started on loopback: every key of a cache
+in one hash slot, scripts, SCAN-based invalidation and Pub/Sub invalidation included."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+
+from commclient.cache import AsyncRedisCache, CacheConfig, SyncRedisCache
+from tests import conftest_cache
+from tests.conftest_cache import eventually, run
+from tests.redis_server import RedisClusterServers
+
+pytestmark = pytest.mark.redis_server
+
+prefix = conftest_cache.prefix
+
+LOCAL = CacheConfig(local_tier_size=100, operation_timeout=2.0, listener_ping_interval=0.2)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    with RedisClusterServers(3) as servers:
+        yield servers
+
+
+def sync_client(cluster: RedisClusterServers) -> redis.cluster.RedisCluster:
+    return redis.cluster.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+
+
+def async_client(cluster: RedisClusterServers) -> Any:
+    return redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+
+
+def test_keys_of_a_cache_share_one_slot_and_prefixes_spread(
+    cluster: RedisClusterServers, prefix: str
+) -> None:
+    client = sync_client(cluster)
+    with SyncRedisCache(client, prefix, config=CacheConfig(operation_timeout=2.0)) as cache:
+        for key in ("assistant:1", "user:2", "global_settings"):
+            assert cache.set(key, key)
+        assert cache.invalidate_group("assistant")
+        everywhere = redis.cluster.RedisCluster.PRIMARIES
+        keys = [k.decode() for k in client.keys(f"{{{prefix}}}*", target_nodes=everywhere)]
+        assert len(keys) >= 4
+        assert {client.keyslot(k) for k in keys} == {client.keyslot(f"{{{prefix}}}")}
+    # Different caches land on different primaries: the cluster is really used.
+    nodes = {client.get_node_from_key(f"{{{prefix}-{n}}}").port for n in range(30)}
+    assert len(nodes) == 3
+    client.close()
+
+
+def test_sync_cache_on_a_cluster(cluster: RedisClusterServers, prefix: str) -> None:
+    writer_client, reader_client = sync_client(cluster), sync_client(cluster)
+    with (
+        SyncRedisCache(writer_client, prefix, config=LOCAL) as writer,
+        SyncRedisCache(reader_client, prefix, config=LOCAL) as reader,
+    ):
+        assert writer.start()
+        assert reader.start()
+        assert writer.set("assistant:1", {"name": "a"})
+        assert reader.get("assistant:1") == {"name": "a"}  # now held locally
+        assert writer.get_or_set("global_settings", lambda: {"tz": "UTC"}, stale_ttl=5) == {
+            "tz": "UTC"
+        }
+        assert reader.get_or_set("global_settings", lambda: "not called") == {"tz": "UTC"}
+        assert writer.invalidate("assistant:*") == 1
+        run(eventually(_async_none(reader.get, "assistant:1"), timeout=5.0))
+        writer.set("assistant:2", 2)
+        assert reader.get("assistant:2") == 2
+        assert writer.invalidate_group("assistant")
+        run(eventually(_async_none(reader.get, "assistant:2"), timeout=5.0))
+        assert writer.delete("global_settings")
+        run(eventually(_async_none(reader.get, "global_settings"), timeout=5.0))
+    writer_client.close()
+    reader_client.close()
+
+
+def _async_none(function: Any, key: str) -> Any:
+    async def is_none() -> bool:
+        return function(key) is None
+
+    return is_none
+
+
+def test_async_cache_on_a_cluster(cluster: RedisClusterServers, prefix: str) -> None:
+    async def scenario() -> None:
+        async with (
+            AsyncRedisCache(async_client(cluster), prefix, config=LOCAL) as writer,
+            AsyncRedisCache(async_client(cluster), prefix, config=LOCAL) as reader,
+        ):
+            assert await writer.start()
+            assert await reader.start()
+            assert await writer.set("assistant:1", {"name": "a"})
+            assert await reader.get("assistant:1") == {"name": "a"}
+
+            async def loader() -> dict[str, str]:
+                await asyncio.sleep(0.05)
+                return {"tz": "UTC"}
+
+            values = await asyncio.gather(
+                *(reader.get_or_set("global_settings", loader) for _ in range(10))
+            )
+            assert values == [{"tz": "UTC"}] * 10
+            assert await writer.invalidate_group("assistant")
+
+            async def reader_dropped() -> bool:
+                return await reader.get("assistant:1") is None
+
+            await eventually(reader_dropped, timeout=5.0)
+            await writer.set("user:1", 1)
+            assert await reader.get("user:1") == 1
+            assert await writer.invalidate("user:*") == 1
+
+            async def reader_dropped_user() -> bool:
+                return await reader.get("user:1") is None
+
+            await eventually(reader_dropped_user, timeout=5.0)
+
+    run(scenario())
