@@ -18,13 +18,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any, port: int | None = None) -> Iterator[str]:
-    """Run ``app`` until the block ends; yields its base URL."""
+def serve(app: Any, port: int | None = None, *, lifespan: str = "on") -> Iterator[str]:
+    """Run ``app`` until the block ends; yields its base URL.
+
+    ``lifespan="auto"`` serves apps that do not speak the ASGI lifespan protocol.
+    """
     import uvicorn
 
     port = free_port() if port is None else port
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

@@ -13,21 +13,23 @@ from typing import Any
 
 from examples import domain
 from examples.cron_service_legacy import rest_client
-from examples.secretary_queue import InProcessQueue, RedisStreamQueue, TriggerQueue
+from examples.secretary_queue import STREAM, InProcessQueue, RedisStreamQueue, TriggerQueue
 
 logger = logging.getLogger(__name__)
 
 QUEUE: TriggerQueue = InProcessQueue()
 
 
-def configure(rest_service_url: str, redis_url: str | None = None) -> TriggerQueue:
-    """Point the jobs at a REST service and a trigger queue (Redis, or in memory)."""
+def configure(
+    rest_service_url: str, redis_url: str | None = None, *, stream: str = STREAM
+) -> TriggerQueue:
+    """Point the jobs at a REST service and a trigger queue (a Redis stream, or in memory)."""
     global QUEUE
     rest_client.configure(rest_service_url)
     if redis_url:
         import redis
 
-        QUEUE = RedisStreamQueue(redis.Redis.from_url(redis_url))
+        QUEUE = RedisStreamQueue(redis.Redis.from_url(redis_url), stream=stream)
     else:
         QUEUE = InProcessQueue()
     return QUEUE

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from examples.cron_service_legacy import jobs
@@ -19,10 +21,19 @@ SCHEDULE: dict[str, tuple[Any, float]] = {
 }
 
 
-def build_scheduler(scheduler: Any = None, *, intervals: dict[str, float] | None = None) -> Any:
+def build_scheduler(
+    scheduler: Any = None,
+    *,
+    intervals: dict[str, float] | None = None,
+    wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]] | None = None,
+    start_date: datetime | None = None,
+) -> Any:
     """Add every job to ``scheduler`` (a new ``BlockingScheduler`` by default).
 
-    ``intervals`` overrides the seconds between runs of some jobs (tests use short ones).
+    ``intervals`` overrides the seconds between runs of some jobs (tests use short ones);
+    ``wrap(job_id, function)`` returns what the scheduler calls instead of the function
+    (the migration decorates the legacy jobs with it); ``start_date`` anchors every
+    interval (replicas with one anchor compute the same run times).
     """
     if scheduler is None:
         from apscheduler.schedulers.blocking import BlockingScheduler
@@ -33,9 +44,10 @@ def build_scheduler(scheduler: Any = None, *, intervals: dict[str, float] | None
         raise ValueError(f"no job named {unknown}; the jobs are {sorted(SCHEDULE)}")
     for job_id, (function, seconds) in SCHEDULE.items():
         scheduler.add_job(
-            function,
+            function if wrap is None else wrap(job_id, function),
             "interval",
             seconds=(intervals or {}).get(job_id, seconds),
+            start_date=start_date,
             id=job_id,
             name=job_id,
             coalesce=True,

@@ -1,0 +1,87 @@
+"""The main demo: a short run exits 0 and prints its summary; a lost run makes it fail."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from examples import demo
+from examples.rest_service.store import ConflictError, RestService
+
+pytestmark = [pytest.mark.facade_async, pytest.mark.facade_sync]
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = "8"
+
+
+def test_a_short_demo_exits_0_and_prints_the_summary() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "examples.demo", "--duration", SHORT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "REDIS_URL": ""},
+    )
+    out = finished.stdout
+    assert finished.returncode == 0, out + finished.stderr
+    for phase in ("healthy", "503 storm", "stall", "recovered"):
+        assert f"phase: {phase}" in out
+    assert "/metrics" in out
+    summary = out[out.index("summary") :]
+    for row in (
+        "REST calls",
+        "retries",
+        "breaker transitions",
+        "cache hit ratio",
+        "runs ok",
+        "runs failed",
+        "runs recorded, finished",
+        "event-loop lag p99",
+    ):
+        assert row in summary
+    assert "OK: all" in summary
+    assert _row(summary, "run records unfinished / dropped") == "0 / 0"
+    # The fault window made the client retry and runs fail, and yet every run is recorded.
+    assert int(_row(summary, "retries")) > 0
+    assert int(_row(summary, "runs failed (error, timeout, cancelled)")) > 0
+    assert "Traceback" not in finished.stderr
+
+
+def test_a_run_the_rest_service_refuses_to_record_fails_the_demo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_move = RestService.move_job_execution
+
+    def refuse_completion(self: RestService, execution_id: int, status: str, **fields: object):  # type: ignore[no-untyped-def]
+        if status == "completed" and execution_id == 2:
+            raise ConflictError("refused for the test")
+        return real_move(self, execution_id, status, **fields)
+
+    monkeypatch.setattr(RestService, "move_job_execution", refuse_completion)
+    out = io.StringIO()
+    status = asyncio.run(demo.run_demo(6, None, out=out, live=False))
+    text = out.getvalue()
+    assert status == 1, text
+    assert "FAILED: 1 run(s) lost from the records" in text
+
+
+def test_a_too_short_duration_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        demo.main(["--duration", "2"])
+    assert exited.value.code == 2
+    assert "--duration must be at least" in capsys.readouterr().err
+
+
+def _row(text: str, name: str) -> str:
+    """The value of the summary row ``name`` (up to its first parenthesis)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return line[len(name) :].split("(")[0].strip()
+    raise AssertionError(f"no row {name!r} in:\n{text}")

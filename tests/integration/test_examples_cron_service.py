@@ -1,0 +1,237 @@
+"""The migrated cron service ("after") end to end: ``AsyncIOScheduler`` with real short
+intervals against the real REST service, run records, the cache, the trigger queue, the
+per-job switch, a REST outage, and two replicas sharing Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from commclient import ClientConfig, testing
+from commclient.cache import AsyncMemoryCache
+from cron_migration import ASYNC_JOBS_ENV
+from examples.cron_service.service import CronService
+from examples.rest_service import RestApp, create_app
+from examples.secretary_queue import read_triggers
+from examples.serving import serve
+from tests.redis_server import RedisServer
+
+pytestmark = [pytest.mark.facade_async, pytest.mark.facade_sync]
+
+FAST = {
+    "send_due_reminders": 0.3,
+    "poll_batch_jobs": 0.3,
+    "extract_memories": 0.5,
+    "schedule_nightly_cleanup": 1.0,
+}
+QUICK_CLIENT = ClientConfig(
+    timeout=2.0,
+    max_retries=2,
+    retry_min_wait=0.01,
+    retry_max_wait=0.05,
+    circuit_breaker_fail_max=50,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers() -> Iterator[None]:
+    testing.reset()
+    yield
+    testing.reset()
+
+
+@pytest.fixture
+def cache_registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def cache(cache_registry: CollectorRegistry) -> AsyncMemoryCache:
+    return AsyncMemoryCache("assistant_cache", registry=cache_registry)
+
+
+@pytest.fixture
+def served(cache: AsyncMemoryCache) -> Iterator[tuple[RestApp, str]]:
+    app = create_app(cache=cache)
+    with serve(app) as base_url:
+        yield app, base_url
+
+
+def seed(app: RestApp, reminders: int = 4, conversations: int = 3) -> None:
+    now = datetime.now(timezone.utc)
+    for n in range(reminders):
+        app.service.create(
+            "reminders",
+            {"remind_at": (now - timedelta(minutes=n)).isoformat(), "status": "scheduled"},
+        )
+    for _ in range(conversations):
+        app.service.create("conversations", {"status": "closed", "memory_status": "pending"})
+
+
+def runs_by_job(registry: CollectorRegistry) -> Counter[str]:
+    """Runs the jobs made (skipped slots left out), per job."""
+    counts: Counter[str] = Counter()
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == "cron_job_runs_total" and sample.labels["outcome"] in (
+                "success",
+                "error",
+                "timeout",
+                "cancelled",
+            ):
+                counts[sample.labels["job"]] += int(sample.value)
+    return counts
+
+
+def run_service(
+    base_url: str, seconds: float, during: Any = None, **options: Any
+) -> tuple[CronService, Any]:
+    async def scenario() -> tuple[CronService, Any]:
+        service = CronService(base_url, client_config=QUICK_CLIENT, intervals=FAST, **options)
+        await service.start()
+        if during is not None:
+            await during()
+        await asyncio.sleep(seconds)
+        return service, await service.stop(timeout=10)
+
+    return asyncio.run(scenario())
+
+
+def test_every_run_is_recorded_and_every_reminder_sent_once(
+    served: tuple[RestApp, str], cache: AsyncMemoryCache, cache_registry: CollectorRegistry
+) -> None:
+    app, base_url = served
+    seed(app)
+    registry = CollectorRegistry()
+    service, shutdown = run_service(base_url, 2.5, cache=cache, registry=registry)
+
+    assert shutdown.records_pending == 0
+    executions = app.service.list("job-executions")
+    assert {e["status"] for e in executions} == {"completed"}
+    assert Counter(e["job_id"] for e in executions) == runs_by_job(registry)
+    assert set(runs_by_job(registry)) == set(FAST)
+    assert all(e["scheduled_at"] and e["correlation_id"] for e in executions)
+    # Reminders: each on the queue once, all marked sent.
+    assert [r["status"] for r in app.service.list("reminders")] == ["sent"] * 4
+    triggers = service.queue.triggers()  # type: ignore[attr-defined]
+    assert sorted(int(t["reminder_id"]) for t in triggers) == [1, 2, 3, 4]
+    # Memories: extracted by the legacy sync job, the batch job finished by the async one.
+    kinds = {(b["job_type"], b["status"]) for b in app.service.list("batch-jobs")}
+    assert ("memory_extraction", "completed") in kinds
+    assert {c["memory_status"] for c in app.service.list("conversations")} == {"queued"}
+    # The settings came from the cache after the first read.
+    hits = cache_registry.get_sample_value(
+        "redis_cache_hits_total",
+        {"cache_name": "assistant_cache", "key_pattern": "global_settings"},
+    )
+    assert hits is not None
+    assert hits >= 1
+
+
+def test_runs_failed_in_an_outage_are_recorded_once_the_service_is_back(
+    served: tuple[RestApp, str],
+) -> None:
+    app, base_url = served
+    seed(app)
+    registry = CollectorRegistry()
+
+    async def outage() -> None:
+        app.faults.configure(outage=True)
+        await asyncio.sleep(1.5)
+        app.faults.clear()
+
+    _, shutdown = run_service(base_url, 2.0, during=outage, registry=registry)
+
+    assert shutdown.records_pending == 0
+    executions = app.service.list("job-executions")
+    statuses = Counter((e["job_id"], e["status"]) for e in executions)
+    assert statuses[("send_due_reminders", "failed")] >= 1
+    assert statuses[("send_due_reminders", "completed")] >= 1
+    failed = next(e for e in executions if e["status"] == "failed")
+    assert "503" in failed["error"]
+    assert "Traceback" in failed["traceback"]
+    assert Counter(e["job_id"] for e in executions) == runs_by_job(registry)
+    assert [r["status"] for r in app.service.list("reminders")] == ["sent"] * 4
+
+
+def test_a_job_switched_back_to_its_legacy_version_sends_nothing_twice(
+    served: tuple[RestApp, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, base_url = served
+    seed(app)
+    monkeypatch.setenv(ASYNC_JOBS_ENV, "poll_batch_jobs")
+    service, _ = run_service(base_url, 1.5, registry=CollectorRegistry())
+    kinds = {job.job_id: job.kind for job in service.report.jobs}
+    assert kinds == {
+        "send_due_reminders": "sync",
+        "poll_batch_jobs": "async",
+        "extract_memories": "sync",
+        "schedule_nightly_cleanup": "sync",
+    }
+    triggers = service.queue.triggers()  # type: ignore[attr-defined]
+    assert sorted(int(t["reminder_id"]) for t in triggers) == [1, 2, 3, 4]
+    assert [r["status"] for r in app.service.list("reminders")] == ["sent"] * 4
+
+
+def test_a_job_without_an_async_version_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="extract_memories"):
+        CronService("http://127.0.0.1:1", async_jobs={"extract_memories"})
+    with pytest.raises(TypeError, match="collection"):
+        CronService("http://127.0.0.1:1", async_jobs="send_due_reminders")
+
+
+@pytest.mark.redis_server
+def test_two_replicas_run_each_scheduled_run_once(served: tuple[RestApp, str]) -> None:
+    import redis
+
+    app, base_url = served
+    with RedisServer() as server:
+
+        async def scenario() -> list[CronService]:
+            replicas = [
+                CronService(
+                    base_url,
+                    redis_url=server.url,
+                    lease_redis_url=server.url,
+                    client_config=QUICK_CLIENT,
+                    intervals=FAST,
+                    run_timeout=5,
+                    registry=CollectorRegistry(),
+                )
+                for _ in range(2)
+            ]
+            for replica in replicas:
+                await replica.start()
+            for tick in range(12):
+                due = datetime.now(timezone.utc)
+                app.service.create("reminders", {"remind_at": due.isoformat(), "n": tick})
+                await asyncio.sleep(0.25)
+            await asyncio.sleep(1.0)
+            for replica in replicas:
+                await replica.stop(timeout=10)
+            return replicas
+
+        replicas = asyncio.run(scenario())
+        executions = app.service.list("job-executions")
+        slots = Counter((e["job_id"], e["scheduled_at"]) for e in executions)
+        assert slots
+        assert max(slots.values()) == 1, [slot for slot, n in slots.items() if n > 1]
+        skipped = sum(
+            sample.value
+            for replica in replicas
+            for metric in (replica.registry or CollectorRegistry()).collect()
+            for sample in metric.samples
+            if sample.name == "cron_job_runs_total"
+            and sample.labels["outcome"] == "skipped_elsewhere"
+        )
+        assert skipped >= 1  # both replicas did fire: the lease chose one per slot
+        with redis.Redis.from_url(server.url) as client:
+            triggers = read_triggers(client)
+        ids = [t["reminder_id"] for t in triggers]
+        assert sorted(ids, key=int) == [str(n) for n in range(1, 13)]
