@@ -136,3 +136,19 @@ def test_a_dead_or_hung_redis_follows_the_configured_choice(
         "success": 1.0 if runs_anyway else 0.0,
         "skipped_no_lease": 0.0 if runs_anyway else 1.0,
     }
+
+
+def test_the_lease_outlives_the_run_by_its_timeout_plus_the_clock_skew() -> None:
+    with RedisServer() as server:
+        ran, outcomes = run_leased_once(server.url, "skip")
+        assert outcomes["success"] == 1
+        client = redis.Redis.from_url(server.url)
+        keys = list(client.scan_iter("cron_migration:lease:remind:*"))
+        assert ran == ["ran"]
+        assert len(keys) == 1
+        remaining_ms = client.pttl(keys[0])
+        value = client.get(keys[0])
+    # Not released when the run ended; expires after timeout (5 s) + clock skew (30 s).
+    assert 0 < remaining_ms <= 35_000
+    assert value is not None
+    assert f":{os.getpid()}:" in value.decode()

@@ -289,3 +289,36 @@ def test_records_left_when_a_loop_closes_are_delivered_from_the_next_loop() -> N
     assert asyncio.run(flush_run_records(10)) == 0
     (execution,) = recorder.executions.values()
     assert execution.status == "completed"
+
+
+class LosingRecorder(FakeRecorder):
+    """Applies the first create, then fails as if its answer were lost on the way back."""
+
+    lost = 0
+
+    async def create_job_execution(self, **kwargs: Any) -> str:
+        execution_id = await super().create_job_execution(**kwargs)
+        if not self.lost:
+            self.lost += 1
+            raise ConnectionResetError("connection reset before the answer arrived")
+        return execution_id
+
+
+def test_a_create_whose_answer_was_lost_is_retried_with_the_same_key_and_recorded_once() -> None:
+    recorder = LosingRecorder()
+
+    @migrated_job(recorder=recorder, registry=CollectorRegistry())
+    async def job() -> int:
+        return 3
+
+    async def main() -> int:
+        await job()
+        return await flush_run_records(10)
+
+    assert asyncio.run(main()) == 0
+    assert len(recorder.executions) == 1
+    (execution,) = recorder.executions.values()
+    assert execution.status == "completed"
+    creates = [key for operation, key in recorder.calls if operation == "create"]
+    assert len(creates) == 2
+    assert len(set(creates)) == 1  # the retry carried the first attempt's idempotency key
