@@ -27,12 +27,13 @@ Typing: ``run_sync`` and ``run_blocking`` keep the callee's parameter and result
 """
 
 from ._bridge import bridge_portal, start_bridge, stop_bridge
-from ._errors import BridgeError, BridgeStoppedError, EventLoopRunningError
+from ._errors import BridgeCancelledError, BridgeError, BridgeStoppedError, EventLoopRunningError
 from ._legacy import LegacyMode, LegacyShim
 from ._proxy import SyncProxy, proxy_type, sync_proxy
 from ._run import blocking_limit, run_blocking, run_sync, set_blocking_limit
 
 __all__ = [
+    "BridgeCancelledError",
     "BridgeError",
     "BridgeStoppedError",
     "EventLoopRunningError",

@@ -24,13 +24,19 @@ import inspect
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._context import copy_back
-from ._errors import BridgeStoppedError, EventLoopRunningError, require_anyio
+from ._errors import (
+    BridgeCancelledError,
+    BridgeStoppedError,
+    EventLoopRunningError,
+    require_anyio,
+)
 
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
@@ -42,8 +48,9 @@ logger = logging.getLogger("compat")
 DEFAULT_STOP_TIMEOUT = 5.0
 #: The same, at interpreter exit: only daemon threads can still be waiting by then.
 EXIT_STOP_TIMEOUT = 2.0
-# How long cancelled calls get to unwind before their callers are failed regardless.
-_CANCEL_GRACE = 1.0
+# How long a cancelled call (stopped bridge, timeout) gets to unwind before its caller is
+# failed regardless.
+CANCEL_GRACE = 1.0
 
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 _NO_EXCEPTION: ExcInfo = (None, None, None)
@@ -56,12 +63,13 @@ class _Outcome:
     release; ``concurrent.futures.Future`` adds a condition variable and callbacks.
     """
 
-    __slots__ = ("_done", "context", "error", "settled", "task", "value")
+    __slots__ = ("_done", "context", "error", "settled", "task", "timed_out", "value")
 
     def __init__(self) -> None:
         self._done = threading.Lock()
         self._done.acquire()
         self.settled = False
+        self.timed_out = False
         self.value: Any = None
         self.error: BaseException | None = None
         self.context: contextvars.Context | None = None
@@ -78,6 +86,13 @@ class _Outcome:
 
     def wait(self) -> Any:
         self._done.acquire()
+        return self.result()
+
+    def finished_within(self, seconds: float) -> bool:
+        """Wait at most ``seconds`` for the outcome; whether it came."""
+        return self._done.acquire(timeout=seconds)
+
+    def result(self) -> Any:
         error = self.error
         if error is None:
             return self.value
@@ -104,27 +119,49 @@ class _Held:
             self.exit_request.set_result(exc_info)
 
 
+BridgeState = Literal["new", "running", "stopping", "stopped", "forked"]
+
+
 class Bridge:
-    """One event loop in a daemon thread that blocking callers hand coroutines to."""
+    """One event loop in a daemon thread that blocking callers hand coroutines to.
+
+    States: ``new`` -> ``running`` -> ``stopping`` -> ``stopped``; a bridge that was
+    running when the process forked is ``forked`` in the child, whose copy of it has no
+    loop thread: it refuses calls, and what was bound to it moves to the child's bridge.
+    """
 
     def __init__(self, *, name: str = "compat-bridge") -> None:
         self.name = name
         self._lock = threading.Lock()
-        self._state: Literal["new", "running", "stopping", "stopped"] = "new"
+        self._state: BridgeState = "new"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._portal: BlockingPortal | None = None
         self._stop_requested: asyncio.Future[float] | None = None
         # Touched by the loop thread only.
         self._closing = False
-        self._calls: set[asyncio.Task[None]] = set()
+        self._calls: dict[asyncio.Task[None], _Outcome] = {}
         self._holders: dict[_Held, asyncio.Task[None]] = {}
         # Every outcome a thread may be waiting for; failed if the loop dies first.
         self._waiting: set[_Outcome] = set()
+        reset_in_forked_child(self)
 
     @property
     def running(self) -> bool:
         return self._state == "running"
+
+    @property
+    def state(self) -> BridgeState:
+        return self._state
+
+    def _after_fork_in_child(self) -> None:
+        # The loop thread does not exist here; nothing handed to the loop will ever run.
+        self._lock = threading.Lock()
+        if self._state in ("running", "stopping"):
+            self._state = "forked"
+        self._waiting.clear()
+        self._calls.clear()
+        self._holders.clear()
 
     @property
     def portal(self) -> BlockingPortal:
@@ -142,6 +179,8 @@ class Bridge:
         with self._lock:
             if self._state == "running":
                 return
+            if self._state == "forked":
+                raise BridgeStoppedError(f"{self.name} belongs to the parent process")
             if self._state != "new":
                 raise BridgeStoppedError(f"{self.name} was stopped; a stopped bridge stays stopped")
             require_anyio("compat's bridge between sync and async code")
@@ -165,28 +204,34 @@ class Bridge:
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """Stop accepting calls, let pending ones finish within ``timeout`` seconds,
         fail the rest with :class:`BridgeStoppedError`, close what ``with`` blocks
-        still hold open, and end the loop thread."""
+        still hold open, and end the loop thread.
+
+        Called from the loop itself (a coroutine running on it), it starts all of this
+        and returns at once: the loop cannot wait for itself. The calling coroutine is
+        a pending call like any other, with ``timeout`` seconds to finish.
+        """
         with self._lock:
             if self._state != "running":
                 if self._state == "new":
                     self._state = "stopped"
                 return
-            if self.in_loop_thread():
-                raise EventLoopRunningError(
-                    f"{self.name} cannot be stopped from its own loop: it would wait for itself"
-                )
             self._state = "stopping"
+            from_the_loop = self.in_loop_thread()
         loop, thread = self._loop, self._thread
         assert loop is not None
         assert thread is not None
+        if from_the_loop:
+            self._request_stop(timeout)
+            return
         with contextlib.suppress(RuntimeError):  # the loop has already ended
             loop.call_soon_threadsafe(self._request_stop, timeout)
-        # _shutdown takes at most 2 * (timeout + _CANCEL_GRACE); the rest is slack.
-        thread.join(2 * (timeout + _CANCEL_GRACE) + 1.0)
+        # _shutdown takes at most 2 * (timeout + CANCEL_GRACE); the rest is slack.
+        thread.join(2 * (timeout + CANCEL_GRACE) + 1.0)
         if thread.is_alive():
             logger.warning("%s: the loop thread did not end; leaving it behind", self.name)
         with self._lock:
-            self._state = "stopped"
+            if self._state == "stopping":
+                self._state = "stopped"
 
     # -- the calling side -------------------------------------------------------------
 
@@ -195,13 +240,27 @@ class Bridge:
         async_fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
+        timeout: float | None = None,
     ) -> Any:
-        """Run ``async_fn(*args, **kwargs)`` on the loop and return its result."""
+        """Run ``async_fn(*args, **kwargs)`` on the loop and return its result.
+
+        With ``timeout``, the coroutine is cancelled after that many seconds and the
+        caller gets :class:`TimeoutError` once it has unwound, or at the latest
+        :data:`CANCEL_GRACE` seconds later if it does not end when cancelled.
+        """
         refuse_running_loop("compat.run_sync() or a sync_proxy method call")
         outcome = _Outcome()
         try:
-            self._submit(outcome, self._spawn_call, outcome, async_fn, args, kwargs)
-            return outcome.wait()
+            self._submit(outcome, self._spawn_call, outcome, async_fn, args, kwargs, timeout)
+            if timeout is None:
+                return outcome.wait()
+            if not outcome.finished_within(timeout + CANCEL_GRACE):
+                raise TimeoutError(
+                    f"{describe(async_fn)} did not finish within timeout={timeout} s, and had "
+                    f"not ended {CANCEL_GRACE} s after being cancelled: it may still be "
+                    "running on the bridge loop"
+                )
+            return outcome.result()
         except BaseException:
             if not outcome.settled:
                 # Interrupted while waiting (KeyboardInterrupt): do not leave it running.
@@ -212,10 +271,12 @@ class Bridge:
             if outcome.context is not None:
                 copy_back(outcome.context)
 
-    def enter(self, async_cm: AbstractAsyncContextManager[Any]) -> tuple[_Held, Any]:
+    def enter(
+        self, async_cm: AbstractAsyncContextManager[Any], held: _Held | None = None
+    ) -> tuple[_Held, Any]:
         """``__aenter__`` on the loop, in a task that stays until :meth:`exit`."""
         refuse_running_loop("entering an async context manager from sync code")
-        held = _Held()
+        held = _Held() if held is None else held
         self._submit(held.entered, self._spawn_holder, held, async_cm)
         try:
             return held, held.entered.wait()
@@ -242,6 +303,11 @@ class Bridge:
     def _submit(self, outcome: _Outcome, spawn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
         if not self.running or loop is None:
+            if self._state == "forked":
+                raise BridgeStoppedError(
+                    f"{self.name} belongs to the process this one was forked from; "
+                    "the call was not made"
+                )
             raise BridgeStoppedError(f"{self.name} is stopped; the call was not made")
         self._waiting.add(outcome)
         try:
@@ -257,11 +323,11 @@ class Bridge:
             if outcome.task is not None:
                 outcome.task.cancel()
 
-        try:
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(cancel)
-        except RuntimeError:
-            pass
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has ended: nothing to cancel
+            loop.call_soon_threadsafe(cancel)
 
     # -- the loop side ----------------------------------------------------------------
 
@@ -280,6 +346,9 @@ class Bridge:
             # leave its caller waiting forever.
             for outcome in list(self._waiting):
                 outcome.settle(error=BridgeStoppedError(f"{self.name} stopped before the call ran"))
+            with self._lock:
+                if self._state == "stopping":  # stopped from its own loop: nobody joins
+                    self._state = "stopped"
 
     async def _main(self, started: _Outcome) -> None:
         from anyio.from_thread import BlockingPortal
@@ -306,7 +375,16 @@ class Bridge:
         for task in self._calls:
             task.cancel()
         if self._calls:
-            await asyncio.wait(set(self._calls), timeout=_CANCEL_GRACE)
+            await asyncio.wait(set(self._calls), timeout=CANCEL_GRACE)
+        for outcome in self._calls.values():
+            # Still not ended (waiting for a blocking function in a worker thread, or
+            # ignoring cancellation): its caller is not kept waiting for it.
+            outcome.settle(
+                error=BridgeStoppedError(
+                    f"{self.name} stopped while the call was pending; it did not end within "
+                    f"{CANCEL_GRACE} s of being cancelled and was left behind"
+                )
+            )
         for held in self._holders:
             held.request_exit(_NO_EXCEPTION)
         if self._holders:
@@ -314,7 +392,7 @@ class Bridge:
         for task in self._holders.values():
             task.cancel()
         if self._holders:
-            await asyncio.wait(set(self._holders.values()), timeout=_CANCEL_GRACE)
+            await asyncio.wait(set(self._holders.values()), timeout=CANCEL_GRACE)
 
     def _spawn_call(
         self,
@@ -322,6 +400,7 @@ class Bridge:
         async_fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
+        timeout: float | None,
     ) -> None:
         if self._closing:
             outcome.settle(
@@ -329,10 +408,13 @@ class Bridge:
             )
             return
         assert self._loop is not None
-        task = self._loop.create_task(self._run_call(outcome, async_fn, args, kwargs))
+        task = self._loop.create_task(self._run_call(outcome, async_fn, args, kwargs, timeout))
         outcome.task = task
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
+        self._calls[task] = outcome
+        task.add_done_callback(self._forget_call)
+
+    def _forget_call(self, task: asyncio.Task[None]) -> None:
+        self._calls.pop(task, None)
 
     async def _run_call(
         self,
@@ -340,9 +422,14 @@ class Bridge:
         async_fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
+        time_limit: float | None,
     ) -> None:
         value: Any = None
         error: BaseException | None = None
+        timer = None
+        if time_limit is not None:
+            assert self._loop is not None
+            timer = self._loop.call_later(time_limit, _time_out, outcome)
         try:
             awaitable = async_fn(*args, **kwargs)
             if not inspect.isawaitable(awaitable):
@@ -352,14 +439,27 @@ class Bridge:
                 )
             value = await awaitable
         except asyncio.CancelledError as exc:
-            error = (
-                BridgeStoppedError(f"{self.name} stopped while the call was pending")
-                if self._closing
-                else exc
-            )
+            # asyncio.CancelledError is not an Exception: in a sync caller it would get
+            # past every `except Exception` and end the thread. The caller gets what
+            # happened instead.
+            if outcome.timed_out:
+                error = TimeoutError(
+                    f"{describe(async_fn)} did not finish within timeout={time_limit} s; "
+                    "it was cancelled"
+                )
+            elif self._closing:
+                error = BridgeStoppedError(f"{self.name} stopped while the call was pending")
+            else:
+                error = BridgeCancelledError(
+                    f"{describe(async_fn)} was cancelled on the bridge loop: {exc!r}"
+                )
+            error.__cause__ = exc
         # Anything, KeyboardInterrupt included, belongs to the caller, not to the loop.
         except BaseException as exc:
             error = exc
+        finally:
+            if timer is not None:
+                timer.cancel()
         outcome.context = contextvars.copy_context()
         outcome.settle(value, error)
 
@@ -401,6 +501,29 @@ class Bridge:
             held.exited.settle(error=BridgeStoppedError(f"{self.name} stopped while closing"))
 
 
+def _time_out(outcome: _Outcome) -> None:
+    if outcome.task is not None and not outcome.task.done():
+        outcome.timed_out = True
+        outcome.task.cancel()
+
+
+def describe(function: Callable[..., Any]) -> str:
+    """A short name of a callable for error messages."""
+    name = getattr(function, "__qualname__", None) or repr(function)
+    return f"{name}()"
+
+
+def checked_timeout(timeout: float | None) -> float | None:
+    """``timeout`` if it is None or a positive number of seconds; a clear error otherwise."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
 def refuse_running_loop(what: str) -> None:
     """Raise :class:`EventLoopRunningError` when this thread runs an event loop."""
     loop = asyncio.events._get_running_loop()
@@ -437,8 +560,6 @@ def default_bridge() -> Bridge:
             _default = bridge
             if not _hooks_installed:
                 atexit.register(_stop_at_exit)
-                if hasattr(os, "register_at_fork"):
-                    os.register_at_fork(after_in_child=_forget_after_fork)
                 _hooks_installed = True
         return bridge
 
@@ -454,6 +575,7 @@ def stop_bridge(timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
     Calls still pending after ``timeout`` seconds fail with :class:`BridgeStoppedError`,
     and ``with sync_proxy(...)`` blocks still open get their ``__aexit__`` run. Proxies
     made before the stop keep refusing calls: their objects belonged to the old loop.
+    Called from a coroutine running on the loop, it starts the stop and returns at once.
     """
     global _default
     with _default_lock:
@@ -473,8 +595,33 @@ def _stop_at_exit() -> None:
     stop_bridge(EXIT_STOP_TIMEOUT)
 
 
-def _forget_after_fork() -> None:
+# -- fork ------------------------------------------------------------------------------
+
+
+class _ForkSensitive(Protocol):
+    def _after_fork_in_child(self) -> None: ...
+
+
+_fork_sensitive: weakref.WeakSet[_ForkSensitive] = weakref.WeakSet()
+
+
+def reset_in_forked_child(obj: _ForkSensitive) -> None:
+    """Call ``obj._after_fork_in_child()`` in every child this process forks.
+
+    It runs in the child right after the fork, while the child has a single thread, so
+    it may replace locks that another thread of the parent held at the time.
+    """
+    _fork_sensitive.add(obj)
+
+
+def _after_fork_in_child() -> None:
     # The loop thread does not exist in a forked child; its first call starts a new one.
     global _default, _default_lock
     _default = None
     _default_lock = threading.Lock()
+    for obj in list(_fork_sensitive):
+        obj._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

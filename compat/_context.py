@@ -14,6 +14,12 @@ from typing import Any
 
 _MISSING: Any = object()
 
+#: The worker-thread slots of :func:`compat.run_blocking` that the current chain of nested
+#: calls holds, innermost last. Carried into every call the chain makes (so a nested call
+#: can use its caller's slot instead of waiting for a second one), never copied back out:
+#: it describes the chain, not a value the callee hands to its caller.
+held_slots: ContextVar[tuple[Any, ...]] = ContextVar("compat_held_slots", default=())
+
 
 def loop_local_variables() -> list[ContextVar[Any]]:
     """Variables that describe the running event loop, not the caller's request.
@@ -30,7 +36,7 @@ def loop_local_variables() -> list[ContextVar[Any]]:
 
 def copy_back(changed: Context) -> None:
     """Set in the current context every variable whose value differs in ``changed``."""
-    skipped = loop_local_variables()
+    skipped = [held_slots, *loop_local_variables()]
     for variable, value in changed.items():
         if variable in skipped:
             continue

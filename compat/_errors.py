@@ -6,9 +6,13 @@
      +-- EventLoopRunningError   run_sync (or a sync proxy) was called from a thread whose
      |                           event loop is running: it would freeze that loop
      +-- BridgeStoppedError      the shared background loop was stopped, or is stopping,
-                                 before the call could finish
+     |                           before the call could finish
+     +-- BridgeCancelledError    the coroutine was cancelled on the loop by something
+                                 other than its caller (a sync caller cannot receive
+                                 asyncio.CancelledError, which is not an Exception)
 
-An exception raised by the bridged function itself reaches the caller unchanged.
+An exception raised by the bridged function itself reaches the caller unchanged. A call
+bounded with ``timeout=`` that runs out raises the builtin :class:`TimeoutError`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ class EventLoopRunningError(BridgeError):
 
 class BridgeStoppedError(BridgeError):
     """The shared background loop stopped before the call could finish."""
+
+
+class BridgeCancelledError(BridgeError):
+    """The coroutine was cancelled on the bridge loop by something other than its caller."""
 
 
 def require_anyio(feature: str) -> None:

@@ -11,17 +11,21 @@ The cron service's former ``rest_client`` module exposed functions such as
         return await client.get_active_reminders()
 
 and every old call site keeps working unchanged, now through one async client on the
-bridge loop (retries, breaker, metrics), while each call site gets one
-``DeprecationWarning`` pointing at it.
+bridge loop (retries, breaker, metrics). Every call issues a ``DeprecationWarning``
+pointing at its call site; Python's warning filters decide what becomes of it (by
+default shown once per call site; under ``-W error::DeprecationWarning`` every call
+raises, whatever ran before).
 
 Modes: ``"strict"`` (the default) lets the client's errors propagate. ``"legacy"``
-keeps the old convention, returning the fallback on any error, but logs every
-swallowed error and counts it in ``legacy_shim_swallowed_errors_total``: an explicit,
-visible debt rather than silent empty results. Two kinds of error are never swallowed,
-being bugs of the calling process rather than failures of the service: a call from a
-thread running an event loop (:class:`EventLoopRunningError`) and an ``ImportError``
-(a missing extra). ``legacy_shim_calls_total`` shows which old functions are still
-called, and so when the shim can go.
+keeps the old convention for failures of the service: a
+:class:`commclient.ServiceClientError` becomes the fallback value, logged and counted
+in ``legacy_shim_swallowed_errors_total``, an explicit, visible debt rather than silent
+empty results. Anything else (a misspelt method's ``AttributeError``, a stopped bridge,
+a timeout of the bridge) is a bug or a state of this process and is raised in both
+modes. A write (POST, PUT, PATCH, DELETE) that timed out after its request was sent is
+logged and counted with ``outcome="unknown"``: the server may have applied it, unlike a
+write that ``outcome="failed"``. ``legacy_shim_calls_total`` shows which old functions
+are still called, and so when the shim can go.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import sys
 import threading
 import warnings
 from collections.abc import Awaitable, Callable
@@ -37,10 +40,10 @@ from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overl
 
 from prometheus_client import CollectorRegistry, Counter
 
+from commclient import ServiceClientError, ServiceTimeoutError
 from commclient._metrics import metric_family
 
-from ._bridge import Bridge, _Held, default_bridge
-from ._errors import EventLoopRunningError
+from ._bridge import Bridge, _Held, default_bridge, reset_in_forked_child
 from ._proxy import is_async_callable
 
 ClientT = TypeVar("ClientT")
@@ -49,9 +52,12 @@ R = TypeVar("R")
 FallbackT = TypeVar("FallbackT")
 
 #: ``"strict"``: errors propagate. ``"legacy"``: the old functions' fallback value is
-#: returned on any error, and the error is logged and counted.
+#: returned when the service call fails (``ServiceClientError``), logged and counted.
 LegacyMode = Literal["legacy", "strict"]
 _MODES = ("legacy", "strict")
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Transport timeouts raised before a request leaves the process (httpx, requests).
+_NOT_SENT_TIMEOUTS = frozenset({"ConnectTimeout", "PoolTimeout"})
 
 logger = logging.getLogger("compat.legacy")
 
@@ -82,7 +88,6 @@ class LegacyShim(Generic[ClientT]):
         self._bridge: Bridge | None = None
         self._client: ClientT | None = None
         self._held: _Held | None = None
-        self._warned_sites: set[tuple[str, str, int]] = set()
         self._swallowed: dict[str, int] = {}
         self._calls_total = metric_family(
             registry,
@@ -95,9 +100,16 @@ class LegacyShim(Generic[ClientT]):
             registry,
             Counter,
             "legacy_shim_swallowed_errors_total",
-            "Errors a legacy-mode shim turned into the old fallback value instead of raising.",
-            ("shim", "function", "error_type"),
+            "Errors a legacy-mode shim turned into the old fallback value instead of raising; "
+            "outcome is 'unknown' for a write that may have been applied, else 'failed'.",
+            ("shim", "function", "error_type", "outcome"),
         )
+        reset_in_forked_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The client and its loop are the parent's: the child makes its own on first use.
+        self._lock = threading.Lock()
+        self._bridge = self._client = self._held = None
 
     @overload
     def function(
@@ -167,16 +179,14 @@ class LegacyShim(Generic[ClientT]):
         def legacy_function(*args: Any, **kwargs: Any) -> Any:
             # A wrong call fails as the old function did, before any request is made.
             signature.bind(*args, **kwargs)
-            self._warn_once(name, message)
+            # Every call: the warning filters, not this shim, decide how often it shows.
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
             calls.inc()
             try:
                 bridge, client = self._bridge_and_client()
                 return bridge.call(adapter, (client, *args), kwargs)
-            except (EventLoopRunningError, ImportError):
-                # Misuse from async code, or a missing extra: bugs of this process,
-                # not failures of the service, and never swallowed.
-                raise
-            except Exception as exc:
+            except ServiceClientError as exc:
+                # Only a failure of the service: anything else is a bug of this process.
                 if self.mode == "strict":
                     raise
                 value = fallback() if fallback is not None else None
@@ -193,30 +203,35 @@ class LegacyShim(Generic[ClientT]):
         }
         return legacy_function
 
-    def _warn_once(self, name: str, message: str) -> None:
-        # Two frames up: the legacy function's caller, i.e. the old call site.
-        caller = sys._getframe(2)
-        site = (name, caller.f_code.co_filename, caller.f_lineno)
-        with self._lock:
-            if site in self._warned_sites:
-                return
-            self._warned_sites.add(site)
-        warnings.warn(message, DeprecationWarning, stacklevel=3)
-
-    def _record_swallowed(self, name: str, exc: Exception, value: Any) -> None:
+    def _record_swallowed(self, name: str, exc: ServiceClientError, value: Any) -> None:
         error_type = type(exc).__name__
+        outcome = "unknown" if outcome_unknown(exc) else "failed"
         with self._lock:
             self._swallowed[name] = self._swallowed.get(name, 0) + 1
-        self._swallowed_total.labels(self.name, name, error_type).inc()
+        self._swallowed_total.labels(self.name, name, error_type, outcome).inc()
+        if outcome == "unknown":
+            text = (
+                "%s.%s(): outcome unknown: %s after the request was sent, so the server may "
+                "have applied this %s: %s; returning %r as the old client did (legacy mode)"
+            )
+            arguments: tuple[Any, ...] = (error_type, exc.method)
+        else:
+            text = "%s.%s() failed with %s: %s; returning %r as the old client did (legacy mode)"
+            arguments = (error_type,)
         logger.error(
-            "%s.%s() failed with %s: %s; returning %r as the old client did (legacy mode)",
+            text,
             self.name,
             name,
-            error_type,
+            *arguments,
             exc,
             value,
             exc_info=exc,
-            extra={"legacy_shim": self.name, "legacy_function": name, "error_type": error_type},
+            extra={
+                "legacy_shim": self.name,
+                "legacy_function": name,
+                "error_type": error_type,
+                "outcome": outcome,
+            },
         )
 
     def swallowed_errors(self) -> dict[str, int]:
@@ -244,6 +259,19 @@ class LegacyShim(Generic[ClientT]):
             self._bridge = self._client = self._held = None
         if bridge is not None and held is not None and bridge.running:
             bridge.exit(held, (None, None, None))
+
+
+def outcome_unknown(error: ServiceClientError) -> bool:
+    """Whether a failed call may have been applied by the server: a write that timed out
+    after its request was sent (a connect or pool timeout means it never left)."""
+    if error.method.upper() not in _WRITE_METHODS or not isinstance(error, ServiceTimeoutError):
+        return False
+    cause = error.__cause__
+    while cause is not None:
+        if any(cls.__name__ in _NOT_SENT_TIMEOUTS for cls in type(cause).__mro__):
+            return False
+        cause = cause.__cause__
+    return True
 
 
 async def _construct(factory: Callable[[], Any]) -> Any:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._bridge import Bridge, _Held, default_bridge
+from ._bridge import Bridge, _Held, checked_timeout, default_bridge, reset_in_forked_child
 
 T = TypeVar("T")
 ProxyT = TypeVar("ProxyT", bound="SyncProxy[Any]")
@@ -48,18 +48,39 @@ class SyncProxy(Generic[T]):
     ``with proxy as same_proxy:`` enters the object with ``async with`` on the bridge
     loop (``__aenter__`` and ``__aexit__`` in one task there) and gives the proxy itself.
     Async generator methods are left as they are: iterate them from async code.
+
+    The proxy is bound to the bridge loop of its first call for good (the object's pool
+    and locks belong to that loop). In a forked child it moves to the child's bridge, and
+    a ``with`` block entered in the parent is forgotten (the parent closes its object):
+    the wrapped object must itself be fork-safe, as commclient's clients are.
     """
 
-    def __init__(self, async_object: T) -> None:
+    def __init__(self, async_object: T, *, timeout: float | None = None) -> None:
         object.__setattr__(self, "_SyncProxy__target", async_object)
+        object.__setattr__(self, "_SyncProxy__timeout", checked_timeout(timeout))
         object.__setattr__(self, "_SyncProxy__bridge", None)
         object.__setattr__(self, "_SyncProxy__held", None)
         object.__setattr__(self, "_SyncProxy__lock", threading.Lock())
+        reset_in_forked_child(self)
 
     __target: T
+    __timeout: float | None
     __bridge: Bridge | None
     __held: _Held | None
     __lock: threading.Lock
+
+    def _after_fork_in_child(self) -> None:
+        object.__setattr__(self, "_SyncProxy__lock", threading.Lock())
+        object.__setattr__(self, "_SyncProxy__held", None)
+        bridge = self.__bridge
+        if bridge is not None and bridge.state != "stopped":
+            # Bound to the parent's loop, which does not run here: bind again on use.
+            object.__setattr__(self, "_SyncProxy__bridge", None)
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds after which each method call is cancelled (``TimeoutError``); None: never."""
+        return self.__timeout
 
     @property
     def async_object(self) -> T:
@@ -80,15 +101,22 @@ class SyncProxy(Generic[T]):
     def _compat_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # Looked up per call, so that instance attributes and test doubles are honoured.
         method = getattr(self.__target, name)
-        return self.__bridge_for_calls().call(method, args, kwargs)
+        return self.__bridge_for_calls().call(method, args, kwargs, self.__timeout)
 
     def __enter__(self: ProxyT) -> ProxyT:
         bridge = self.__bridge_for_calls()
+        held = _Held()
         with self.__lock:
             if self.__held is not None:
                 raise RuntimeError(f"{self!r} is already entered")
-            held, _ = bridge.enter(self.__target)
             object.__setattr__(self, "_SyncProxy__held", held)
+        # Entered without the lock: __aenter__ may do I/O, and no lock is held across I/O.
+        try:
+            bridge.enter(self.__target, held)
+        except BaseException:
+            with self.__lock:
+                object.__setattr__(self, "_SyncProxy__held", None)
+            raise
         return self
 
     def __exit__(
@@ -127,17 +155,26 @@ _proxy_types: weakref.WeakKeyDictionary[type, type[SyncProxy[Any]]] = weakref.We
 _proxy_types_lock = threading.Lock()
 
 
-def sync_proxy(async_object: T) -> SyncProxy[T]:
+def sync_proxy(async_object: T, *, timeout: float | None = None) -> SyncProxy[T]:
     """Return a blocking view of ``async_object`` whose calls run on the bridge loop.
 
     ``sync_proxy(CronRestClient(...))`` gives an object with the client's methods, each
-    blocking until the coroutine finishes. Safe to share between threads: the calls
-    all run on one loop, with one connection pool. Prefer ``with sync_proxy(obj) as
-    proxy:``, or call its ``close()``, so the object is closed on its own loop.
+    blocking until the coroutine finishes. Safe to share between threads, but every
+    call of every thread runs on the one bridge loop thread: for multi-threaded code
+    calling HTTP services, a shared ``SyncServiceClient`` scales with the threads and
+    this does not (see the README). Prefer ``with sync_proxy(obj) as proxy:``, or call
+    its ``close()``, so the object is closed on its own loop.
+
+    ``timeout``: seconds after which a method call's coroutine is cancelled and the
+    caller gets :class:`TimeoutError` (``with proxy:`` itself is not bounded). Given a
+    proxy, returns it, or a proxy of its object with this ``timeout``.
     """
+    timeout = checked_timeout(timeout)
     if isinstance(async_object, SyncProxy):
-        return async_object
-    return proxy_type(type(async_object))(async_object)
+        if timeout is None or async_object.timeout == timeout:
+            return async_object
+        async_object = async_object.async_object
+    return proxy_type(type(async_object))(async_object, timeout=timeout)
 
 
 def proxy_type(cls: type[T]) -> type[SyncProxy[T]]:
@@ -173,9 +210,25 @@ def _make_proxy_type(cls: type) -> type[SyncProxy[Any]]:
     return type(type_name, (SyncProxy,), namespace)
 
 
-def is_async_callable(function: Callable[..., Any]) -> bool:
-    """Coroutine functions, and functions annotated to return an awaitable."""
+def is_coroutine_function(function: Callable[..., Any]) -> bool:
+    """A coroutine function, also behind decorators that keep ``__wrapped__``.
+
+    A plain ``functools.wraps`` decorator around an ``async def`` gives a plain function
+    that returns the coroutine; ``inspect.iscoroutinefunction`` does not see through it.
+    """
     if inspect.iscoroutinefunction(function):
+        return True
+    try:
+        unwrapped = inspect.unwrap(function)
+    except ValueError:  # a __wrapped__ cycle
+        return False
+    return unwrapped is not function and inspect.iscoroutinefunction(unwrapped)
+
+
+def is_async_callable(function: Callable[..., Any]) -> bool:
+    """Coroutine functions (decorated ones too), and functions annotated to return an
+    awaitable."""
+    if is_coroutine_function(function):
         return True
     if inspect.isasyncgenfunction(function):
         return False
@@ -285,7 +338,9 @@ def _describe(
     # globals of the module that defined the original.
     method.__wrapped__ = function  # type: ignore[attr-defined]
     annotations = dict(getattr(function, "__annotations__", {}))
-    if "return" in annotations and not inspect.iscoroutinefunction(function):
+    # A coroutine function's return annotation is already the awaited type.
+    awaited_annotation = not is_coroutine_function(function)
+    if "return" in annotations and awaited_annotation:
         annotations["return"] = _awaited(annotations["return"])
     method.__annotations__ = annotations
     try:
@@ -293,7 +348,7 @@ def _describe(
     except (TypeError, ValueError):
         return
     returned = signature.return_annotation
-    if returned is not inspect.Signature.empty and not inspect.iscoroutinefunction(function):
+    if returned is not inspect.Signature.empty and awaited_annotation:
         returned = _awaited(returned)
     parameters = list(signature.parameters.values())
     if drop_first:

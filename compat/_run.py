@@ -1,20 +1,37 @@
-"""run_sync and run_blocking: one call across the boundary, in either direction."""
+"""run_sync and run_blocking: one call across the boundary, in either direction.
+
+Nesting. A half-migrated code base layers the bridges: sync code calls ``run_sync``, the
+coroutine awaits ``run_blocking``, the blocking function calls ``run_sync`` again, whose
+coroutine awaits ``run_blocking`` again. Each outer blocking function holds a worker
+slot while it waits for its inner calls; if the inner ``run_blocking`` needed a second
+slot from the same limit, enough callers in flight would hold every slot while waiting
+for one, and nothing would ever finish. So a chain of nested calls holds one slot per
+loop: a nested ``run_blocking`` on the loop whose slot its chain already holds runs on
+that slot, which its caller is not using while it waits. Only when the chain's slot is
+already lent out (the coroutine runs several blocking calls at once) does a nested call
+take a further slot, if one is free, or wait for the chain's own.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
+import math
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from ._bridge import default_bridge
-from ._context import clear_loop_local, copy_back
+from ._bridge import checked_timeout, default_bridge, reset_in_forked_child
+from ._context import clear_loop_local, copy_back, held_slots
 from ._errors import require_anyio
 
 if TYPE_CHECKING:
-    from anyio import CapacityLimiter
+    from anyio import Event
     from anyio.lowlevel import RunVar
+    from typing_extensions import TypeVarTuple, Unpack
+
+    Ts = TypeVarTuple("Ts")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -25,7 +42,23 @@ T = TypeVar("T")
 DEFAULT_BLOCKING_LIMIT = 16
 
 
-def run_sync(async_fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+@overload
+def run_sync(async_fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+
+@overload
+def run_sync(
+    async_fn: Callable[[Unpack[Ts]], Awaitable[T]], /, *args: Unpack[Ts], timeout: float | None
+) -> T: ...
+
+
+def run_sync(  # type: ignore[misc]  # the implementation of both overloads
+    async_fn: Callable[..., Awaitable[Any]],
+    /,
+    *args: Any,
+    timeout: float | None = None,
+    **kwargs: Any,
+) -> Any:
     """Run ``async_fn(*args, **kwargs)`` on the shared background loop; block until done.
 
     For synchronous code only. The loop is started on first use and lives until the
@@ -34,37 +67,117 @@ def run_sync(async_fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.
     them are copied back. Raises :class:`EventLoopRunningError` when this thread runs
     an event loop (``await`` there instead) and :class:`BridgeStoppedError` when the
     loop stops before the call finishes.
+
+    ``timeout``: seconds after which the coroutine is cancelled and :class:`TimeoutError`
+    raised (at the latest one second later if the coroutine does not end when cancelled).
+    It is ``run_sync``'s own keyword: a ``timeout`` argument meant for ``async_fn`` is
+    bound with ``functools.partial(async_fn, timeout=...)``, and with ``timeout`` given
+    the other arguments are positional. A :class:`BridgeCancelledError` says the coroutine
+    was cancelled by something else on the loop.
     """
-    return default_bridge().call(async_fn, args, kwargs)  # type: ignore[no-any-return]
+    return default_bridge().call(async_fn, args, kwargs, checked_timeout(timeout))
+
+
+class _Slot:
+    """A worker slot held by one run_blocking call, lent to one nested call at a time.
+
+    Used on its limiter's loop only, so it needs no lock.
+    """
+
+    __slots__ = ("_returned", "ended", "lent", "pool")
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.lent = False
+        self.ended = False  # the holder has returned: nothing may run on it any more
+        self._returned: Event | None = None
+
+    async def wait_returned(self) -> None:
+        import anyio
+
+        if self._returned is None:
+            self._returned = anyio.Event()
+        await self._returned.wait()
+
+    def give_back(self) -> None:
+        self.lent = False
+        if self._returned is not None:
+            self._returned.set()
+            self._returned = None
+
+
+class _Pool:
+    """The worker slots of run_blocking on one event loop."""
+
+    def __init__(self, total_tokens: int) -> None:
+        import anyio
+
+        self.limiter = anyio.CapacityLimiter(total_tokens)
+        # Threads are started with this one; the slot was taken from `limiter` (or lent)
+        # before, where waiting can still be cancelled.
+        self.unlimited = anyio.CapacityLimiter(math.inf)
+
+    async def take(self) -> Callable[[], None]:
+        """Take a slot for a new call; return what gives it back."""
+        import anyio
+
+        chain_slot: _Slot | None = next(
+            (slot for slot in reversed(held_slots.get()) if slot.pool is self and not slot.ended),
+            None,
+        )
+        if chain_slot is not None:
+            while chain_slot.lent:
+                try:
+                    return self._free_token()
+                except anyio.WouldBlock:
+                    await chain_slot.wait_returned()
+            chain_slot.lent = True
+            return chain_slot.give_back
+        borrower = object()
+        await self.limiter.acquire_on_behalf_of(borrower)
+        return self._giving_back(borrower)
+
+    def _free_token(self) -> Callable[[], None]:
+        borrower = object()
+        self.limiter.acquire_on_behalf_of_nowait(borrower)
+        return self._giving_back(borrower)
+
+    def _giving_back(self, borrower: object) -> Callable[[], None]:
+        def give_back() -> None:
+            self.limiter.release_on_behalf_of(borrower)
+
+        return give_back
 
 
 class _BlockingLimit:
-    """The per-loop limiter of run_blocking, and the size every loop's limiter gets."""
+    """The size every loop's run_blocking pool gets, and the pool of each loop."""
 
     def __init__(self) -> None:
         self.total_tokens = DEFAULT_BLOCKING_LIMIT
         self._lock = threading.Lock()
-        self._limiters: RunVar[CapacityLimiter] | None = None
+        self._pools: RunVar[_Pool] | None = None
+        reset_in_forked_child(self)
 
-    def limiter(self) -> CapacityLimiter:
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+    def pool(self) -> _Pool:
         # A limiter belongs to one event loop, as its waiters do; a RunVar keeps one per loop.
-        limiters = self._limiters
-        if limiters is None:
+        pools = self._pools
+        if pools is None:
             with self._lock:
-                if self._limiters is None:
+                if self._pools is None:
                     from anyio.lowlevel import RunVar
 
-                    self._limiters = RunVar("compat_blocking_limiter")
-                limiters = self._limiters
-        limiter = limiters.get(None)
-        if limiter is None:
-            import anyio
-
-            limiter = anyio.CapacityLimiter(self.total_tokens)
-            limiters.set(limiter)
-        elif limiter.total_tokens != self.total_tokens:
-            limiter.total_tokens = self.total_tokens
-        return limiter
+                    self._pools = RunVar("compat_blocking_pool")
+                pools = self._pools
+        pool = pools.get(None)
+        if pool is None:
+            pool = _Pool(self.total_tokens)
+            pools.set(pool)
+        elif pool.limiter.total_tokens != self.total_tokens:
+            pool.limiter.total_tokens = self.total_tokens
+        return pool
 
 
 _blocking_limit = _BlockingLimit()
@@ -87,17 +200,53 @@ async def run_blocking(sync_fn: Callable[P, T], /, *args: P.args, **kwargs: P.kw
 
     For async code calling legacy blocking functions: the event loop keeps serving other
     tasks meanwhile. At most :func:`blocking_limit` calls run at once per loop; more wait
-    their turn without blocking the loop. Context variables are copied into the thread,
-    and the function's changes to them are copied back. Cancelling the awaiting task
-    waits for the function to return, since a thread cannot be interrupted.
+    their turn without blocking the loop. A call nested inside another (``run_blocking``
+    -> ``run_sync`` -> ``run_blocking``) uses its caller's slot rather than waiting for a
+    second one. Context variables are copied into the thread, and the function's changes
+    to them are copied back.
+
+    Cancellation: a call still waiting for its turn is cancelled at once and never runs.
+    A running function cannot be: a thread cannot be interrupted. Cancelling the awaiting
+    task (``task.cancel()``, ``asyncio.wait_for``, ``asyncio.timeout``, anyio's cancel
+    scopes, the bridge's stop) takes effect when the function returns: until then the
+    call keeps its slot, then its context changes are copied back, its result is dropped
+    and ``CancelledError`` is raised. A timeout around a call that hangs therefore waits
+    for the hang; bound the blocking function itself (its own socket timeouts).
     """
     require_anyio("compat.run_blocking")
     import anyio.to_thread
 
+    pool = _blocking_limit.pool()
+    give_back = await pool.take()
     context = contextvars.copy_context()
     clear_loop_local(context)
+    slot = _Slot(pool)
+    context.run(held_slots.set, (*held_slots.get(), slot))
     call: Callable[[], T] = functools.partial(context.run, sync_fn, *args, **kwargs)
     try:
-        return await anyio.to_thread.run_sync(call, limiter=_blocking_limit.limiter())
+        return await _to_the_end(anyio.to_thread.run_sync(call, limiter=pool.unlimited))
     finally:
+        slot.ended = True
+        give_back()
         copy_back(context)
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even when cancelled; then re-raise the cancellation."""
+    import anyio
+
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            # The shield keeps anyio from re-delivering its cancellation on every loop
+            # iteration; asyncio's own (task.cancel()) still arrives, and is held back here.
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait((task,))
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: its outcome is dropped with the cancellation
+        raise cancelled
+    return task.result()

@@ -92,29 +92,67 @@ def test_a_call_pending_at_exit_fails_with_a_clear_error_instead_of_hanging() ->
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_gets_a_bridge_of_its_own() -> None:
+def test_a_forked_child_uses_run_sync_a_proxy_and_a_shim_the_parent_used() -> None:
+    # gunicorn --preload, multiprocessing, Celery prefork: the parent used every kind of
+    # bridge before forking; in the child, whose copy of the bridge has no loop thread,
+    # each must work on a bridge of the child's own instead of waiting forever.
     result = run_script(
         """
-        import asyncio, os, warnings
+        import asyncio, os, signal, warnings
         import compat
 
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+
+        class Client:
+            made_in = []
+
+            def __init__(self):
+                Client.made_in.append(os.getpid())
+
+            async def pid(self):
+                await asyncio.sleep(0)
+                return os.getpid()
+
+            async def __aenter__(self):
+                return self
+
+            async def __aexit__(self, *exc_info):
+                print("closed in", "parent" if os.getpid() == parent else "child", flush=True)
 
         async def process_id():
             await asyncio.sleep(0)
             return os.getpid()
 
-        assert compat.run_sync(process_id) == os.getpid()
+        parent = os.getpid()
+        shim = compat.LegacyShim(Client, name="rest_client")
+        fetch_pid = shim.function(name="fetch_pid")(Client.pid)
+        proxy = compat.sync_proxy(Client())
+        proxy.__enter__()
+        assert compat.run_sync(process_id) == parent
+        assert proxy.pid() == parent
+        assert fetch_pid() == parent
+
         child = os.fork()
         if child == 0:
+            signal.alarm(20)  # a hang fails the child instead of the test run
+            me = os.getpid()
             try:
-                works = compat.run_sync(process_id) == os.getpid()
-            except BaseException:
+                works = (
+                    compat.run_sync(process_id) == me
+                    and proxy.pid() == me
+                    and fetch_pid() == me
+                    and Client.made_in[-1] == me  # the shim made a client of its own
+                    and proxy.__exit__(None, None, None) is False  # the parent's block
+                )
+            except BaseException as exc:
+                print("child failed:", repr(exc), flush=True)
                 works = False
             os._exit(0 if works else 1)
         _, status = os.waitpid(child, 0)
         print("child exit code", os.waitstatus_to_exitcode(status), flush=True)
+        proxy.__exit__(None, None, None)
+        assert proxy.pid() == fetch_pid() == parent
         """
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "child exit code 0"
+    assert result.stdout.split("\n")[:2] == ["child exit code 0", "closed in parent"], result.stdout

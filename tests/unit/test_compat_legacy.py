@@ -13,8 +13,19 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from commclient import ServiceResponseError, correlation_id_ctx
-from compat import EventLoopRunningError, LegacyShim
+from commclient import (
+    ServiceConnectionError,
+    ServiceResponseError,
+    ServiceTimeoutError,
+    correlation_id_ctx,
+)
+from compat import (
+    BridgeCancelledError,
+    BridgeStoppedError,
+    EventLoopRunningError,
+    LegacyShim,
+    stop_bridge,
+)
 
 pytestmark = pytest.mark.facade_async
 
@@ -158,6 +169,7 @@ def test_legacy_mode_returns_the_old_fallback_and_logs_and_counts(
             "shim": "cron_service.rest_client",
             "function": "fetch_active_reminders",
             "error_type": "ServiceResponseError",
+            "outcome": "failed",
         },
     )
     assert swallowed == 2
@@ -180,9 +192,9 @@ def test_every_call_is_counted(legacy: Module, registry: CollectorRegistry) -> N
     assert calls == 3
 
 
-def test_one_deprecation_warning_per_call_site(strict: Module) -> None:
+def test_one_deprecation_warning_per_call_site_by_default(strict: Module) -> None:
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")
         for _ in range(3):
             strict.fetch_active_reminders()  # call site A, three times
         strict.fetch_active_reminders()  # call site B
@@ -273,3 +285,136 @@ def test_a_sync_adapter_is_refused_when_decorated(registry: CollectorRegistry) -
 
     with pytest.raises(TypeError, match="is not async"):
         shim.function(list)(not_async)  # type: ignore[arg-type]
+
+
+def test_every_call_warns_so_an_error_filter_fails_every_call_whatever_ran_before(
+    strict: Module,
+) -> None:
+    def old_call_site() -> list[dict[str, Any]]:
+        return strict.fetch_active_reminders()  # one call site
+
+    old_call_site()  # warned under the fixture's "ignore", as an earlier test would
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        for _ in range(3):
+            with pytest.raises(DeprecationWarning, match="fetch_active_reminders"):
+                old_call_site()
+
+
+def test_legacy_mode_raises_a_programming_error_instead_of_the_fallback(
+    legacy: Module,
+) -> None:
+    misspelt = legacy.shim.function(list, name="fetch_reminders")(
+        lambda_free_adapter_calling_a_misspelt_method
+    )
+    with pytest.raises(AttributeError, match="get_active_remindrs"):
+        misspelt()
+    legacy.client.failure = KeyError("id")
+    with pytest.raises(KeyError):
+        legacy.fetch_active_reminders()
+    assert legacy.shim.swallowed_errors() == {}
+
+
+async def lambda_free_adapter_calling_a_misspelt_method(
+    client: FakeRestClient,
+) -> list[dict[str, Any]]:
+    return await client.get_active_remindrs()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_legacy_mode_raises_the_bridges_own_errors(legacy: Module) -> None:
+    legacy.fetch_active_reminders()
+    legacy.client.failure = asyncio.CancelledError()  # type: ignore[assignment]
+    with pytest.raises(BridgeCancelledError):
+        legacy.fetch_active_reminders()
+
+    started = threading.Event()
+
+    async def hang(client: FakeRestClient) -> list[Any]:
+        started.set()
+        await asyncio.Event().wait()
+        return []
+
+    hanging = legacy.shim.function(list, name="hang")(hang)
+
+    def stop_when_started() -> None:
+        if started.wait(10):
+            stop_bridge(timeout=0.05)
+
+    threading.Thread(target=stop_when_started, daemon=True).start()
+    with pytest.raises(BridgeStoppedError):
+        hanging()
+    assert legacy.shim.swallowed_errors() == {}
+
+
+def timeout_error(method: str, cause: Exception) -> ServiceTimeoutError:
+    error = ServiceTimeoutError(
+        "read timeout",
+        method=method,
+        url="http://rest_service:8000/api/reminders/1",
+        target_service="rest_service",
+        attempts=1,
+    )
+    error.__cause__ = cause
+    return error
+
+
+class ReadTimeout(Exception):
+    """Named as httpx's and requests' exception for a response that did not come."""
+
+
+class ConnectTimeout(Exception):
+    """Named as httpx's and requests' exception for a connection not made in time."""
+
+
+def swallowed(registry: CollectorRegistry, function: str, error_type: str, outcome: str) -> float:
+    value = registry.get_sample_value(
+        "legacy_shim_swallowed_errors_total",
+        {
+            "shim": "cron_service.rest_client",
+            "function": function,
+            "error_type": error_type,
+            "outcome": outcome,
+        },
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    ("failure", "outcome"),
+    [
+        (timeout_error("PUT", ReadTimeout("no answer")), "unknown"),
+        (timeout_error("PUT", ConnectTimeout("no connection")), "failed"),
+        (timeout_error("GET", ReadTimeout("no answer")), "failed"),
+        (
+            ServiceConnectionError(
+                "connect: refused",
+                method="PUT",
+                url="http://rest_service:8000/api/reminders/1",
+                target_service="rest_service",
+                attempts=1,
+            ),
+            "failed",
+        ),
+    ],
+)
+def test_a_write_that_timed_out_after_sending_is_logged_as_unknown_not_failed(
+    legacy: Module,
+    registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+    failure: Exception,
+    outcome: str,
+) -> None:
+    legacy.fetch_active_reminders()
+    legacy.client.failure = failure
+    with caplog.at_level(logging.ERROR, logger="compat.legacy"):
+        assert legacy.update_reminder(1, {"status": "sent"}) is None
+    (record,) = [r for r in caplog.records if r.name == "compat.legacy"]
+    assert record.outcome == outcome  # type: ignore[attr-defined]
+    message = record.getMessage()
+    if outcome == "unknown":
+        assert "outcome unknown" in message
+        assert "may have applied this PUT" in message
+    else:
+        assert "failed with" in message
+        assert "unknown" not in message
+    assert swallowed(registry, "update_reminder", type(failure).__name__, outcome) == 1

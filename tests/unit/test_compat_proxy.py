@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 import typing
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -294,3 +295,75 @@ def test_thread_safety_of_the_first_call() -> None:
         results = list(pool.map(first_call, range(8)))
     assert sorted(results) == list(range(1, 9))
     assert len(client.loops) == 1
+
+
+def logged(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain decorator: its wrapper is a plain function returning the coroutine."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return method(*args, **kwargs)
+
+    return wrapper
+
+
+class DecoratedClient:
+    @logged
+    async def get_setting(self, name: str) -> str:
+        """One global setting."""
+        await asyncio.sleep(0)
+        return f"value of {name}"
+
+    @logged
+    async def unannotated(self, value):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0)
+        return value * 2
+
+
+def test_an_async_method_behind_a_functools_wraps_decorator_is_converted() -> None:
+    proxy = sync_proxy(DecoratedClient())
+    assert proxy.get_setting("timezone") == "value of timezone"
+    assert proxy.unannotated(21) == 42
+    method = type(proxy).get_setting
+    assert method.__doc__ == "One global setting."
+    assert str(inspect.signature(method)) == "(self, /, name: 'str') -> 'str'"
+    assert typing.get_type_hints(method) == {"name": str, "return": str}
+
+
+def test_a_decorated_async_function_set_on_the_instance_is_converted() -> None:
+    client = DecoratedClient()
+
+    async def ping() -> str:
+        return "pong"
+
+    client.ping = logged(ping)  # type: ignore[attr-defined]
+    assert sync_proxy(client).ping() == "pong"
+
+
+def test_a_proxy_timeout_cancels_the_call_and_raises_timeout_error() -> None:
+    cancelled = threading.Event()
+
+    class Slow:
+        async def wait(self, seconds: float) -> str:
+            try:
+                await asyncio.sleep(seconds)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return "done"
+
+    proxy = sync_proxy(Slow(), timeout=0.05)
+    assert proxy.timeout == 0.05
+    with pytest.raises(TimeoutError, match=r"wait\(\) did not finish within timeout=0.05 s"):
+        proxy.wait(3600)
+    assert cancelled.is_set()
+    assert proxy.wait(0) == "done"
+    unbounded = sync_proxy(proxy.async_object)
+    assert unbounded.timeout is None
+    assert sync_proxy(proxy) is proxy
+    assert sync_proxy(proxy, timeout=30).timeout == 30
+
+
+def test_a_bad_proxy_timeout_is_refused() -> None:
+    with pytest.raises(ValueError, match="timeout must be a positive"):
+        sync_proxy(RemindersClient(), timeout=-1)

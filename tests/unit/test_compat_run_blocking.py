@@ -6,13 +6,15 @@ import asyncio
 import contextvars
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator
 
 import pytest
 
 from commclient import correlation_id_ctx
-from compat import blocking_limit, run_blocking, run_sync, set_blocking_limit
+from compat import blocking_limit, run_blocking, run_sync, set_blocking_limit, stop_bridge
+from compat._run import DEFAULT_BLOCKING_LIMIT
 
 pytestmark = pytest.mark.facade_async
 
@@ -158,3 +160,184 @@ def test_async_to_sync_to_async_round_trip_keeps_the_correlation_id() -> None:
         return await run_blocking(legacy_helper)
 
     assert asyncio.run(job()) == "nightly-42"
+
+
+def test_64_nested_callers_at_the_default_limit_all_finish() -> None:
+    # sync -> run_sync -> coroutine -> run_blocking -> sync -> run_sync -> run_blocking,
+    # the layering of a half-migrated code base, from four times as many threads as the
+    # limit has slots: the outer calls hold every slot while their inner calls run.
+    assert blocking_limit() == DEFAULT_BLOCKING_LIMIT
+    callers = 4 * DEFAULT_BLOCKING_LIMIT
+    lock = threading.Lock()
+    middle_running = 0
+    most_middle = 0
+
+    def innermost(index: int) -> tuple[int, str | None]:
+        time.sleep(0.005)
+        return index, request_var.get()
+
+    def middle(index: int) -> tuple[int, str | None]:
+        nonlocal middle_running, most_middle
+        with lock:
+            middle_running += 1
+            most_middle = max(most_middle, middle_running)
+        try:
+            time.sleep(0.02)  # every slot gets taken before an inner call is made
+            return run_sync(run_blocking, innermost, index)
+        finally:
+            with lock:
+                middle_running -= 1
+
+    async def outer(index: int) -> tuple[int, str | None]:
+        return await run_blocking(middle, index)
+
+    results: dict[int, tuple[int, str | None]] = {}
+    errors: list[BaseException] = []
+
+    def caller(index: int) -> None:
+        request_var.set(f"caller-{index}")
+        try:
+            results[index] = run_sync(outer, index)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60  # generous: the fixed code needs well under a second
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    hung = sum(thread.is_alive() for thread in threads)
+    if hung:
+        stop_bridge(timeout=0.1)  # release the hung callers before failing
+    assert hung == 0, f"{callers - hung} of {callers} nested callers finished; the rest hang"
+    assert errors == []
+    assert results == {index: (index, f"caller-{index}") for index in range(callers)}
+    assert most_middle <= DEFAULT_BLOCKING_LIMIT
+
+
+def test_a_nested_call_while_the_chains_slot_is_lent_takes_a_free_slot_or_waits(
+    limit: None,
+) -> None:
+    # The coroutine of a nested chain runs two blocking calls at once: one uses the
+    # chain's slot, the other a free one (limit 2) or, with none free, waits its turn.
+    set_blocking_limit(2)
+
+    def pair() -> list[int]:
+        async def both() -> list[int]:
+            return list(await asyncio.gather(run_blocking(lambda: 1), run_blocking(lambda: 2)))
+
+        return run_sync(both)
+
+    async def main() -> list[list[int]]:
+        return list(await asyncio.gather(*(run_blocking(pair) for _ in range(4))))
+
+    assert run_sync(main) == [[1, 2]] * 4
+
+
+def test_cancelling_waits_for_the_function_keeps_the_slot_and_the_context(
+    limit: None,
+) -> None:
+    set_blocking_limit(1)
+    started = threading.Event()
+    release = threading.Event()
+    second_ran = threading.Event()
+    seen_after_cancel: list[str | None] = []
+
+    def legacy() -> int:
+        started.set()
+        release.wait(30)
+        request_var.set("set by the cancelled call")
+        return 1
+
+    async def caller() -> None:
+        try:
+            await run_blocking(legacy)
+        except asyncio.CancelledError:
+            seen_after_cancel.append(request_var.get())
+            raise
+
+    async def main() -> None:
+        task = asyncio.ensure_future(caller())
+        await asyncio.to_thread(started.wait, 10)
+        task.cancel()
+        second = asyncio.ensure_future(run_blocking(second_ran.set))
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        # The thread still runs: the await has not returned and the slot is not free.
+        assert not task.done()
+        assert not second_ran.is_set()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await second
+        assert second_ran.is_set()
+
+    asyncio.run(main())
+    assert seen_after_cancel == ["set by the cancelled call"]
+
+
+def test_timeouts_on_a_hung_call_never_run_more_threads_than_the_limit(limit: None) -> None:
+    set_blocking_limit(2)
+    lock = threading.Lock()
+    running = 0
+    most = 0
+    release = threading.Event()
+
+    def hung() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        release.wait(30)
+        with lock:
+            running -= 1
+
+    async def retry_on_timeout() -> int:
+        # What a job does with a slow legacy call: time it out and try again.
+        timeouts = 0
+        for _ in range(8):
+            try:
+                await asyncio.wait_for(run_blocking(hung), 0.01)
+            except asyncio.TimeoutError:
+                timeouts += 1
+        return timeouts
+
+    async def main() -> int:
+        retrying = [asyncio.ensure_future(retry_on_timeout()) for _ in range(3)]
+        for _ in range(30):
+            await asyncio.sleep(0.01)
+        with lock:
+            assert running <= 2
+        release.set()
+        return sum(await asyncio.gather(*retrying))
+
+    # Each retrier's calls timed out until the release (later ones may finish in time);
+    # none of them left a thread running beyond the limit.
+    assert asyncio.run(main()) >= 3
+    assert most <= 2
+
+
+def test_a_call_waiting_for_a_slot_is_cancelled_at_once_and_never_runs(limit: None) -> None:
+    set_blocking_limit(1)
+    release = threading.Event()
+    started = threading.Event()
+    queued_ran = threading.Event()
+
+    def holder() -> None:
+        started.set()
+        release.wait(30)
+
+    async def main() -> None:
+        running = asyncio.ensure_future(run_blocking(holder))
+        await asyncio.to_thread(started.wait, 10)
+        queued = asyncio.ensure_future(run_blocking(queued_ran.set))
+        await asyncio.sleep(0)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued  # returns while the holder still runs
+        release.set()
+        await running
+
+    asyncio.run(main())
+    assert not queued_ran.is_set()

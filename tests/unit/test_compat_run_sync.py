@@ -16,6 +16,8 @@ import pytest
 
 from commclient import correlation_id_ctx
 from compat import (
+    BridgeCancelledError,
+    BridgeError,
     BridgeStoppedError,
     EventLoopRunningError,
     bridge_portal,
@@ -305,13 +307,37 @@ def test_stop_runs_aexit_of_what_a_with_block_still_holds(bridge: Bridge) -> Non
     assert events == ["enter", "exit with None"]
 
 
-def test_stop_cannot_be_called_from_the_loop_it_stops(bridge: Bridge) -> None:
-    async def stop_from_inside() -> None:
+def test_stop_from_the_loop_it_stops_ends_that_loop(bridge: Bridge) -> None:
+    async def stop_from_inside() -> str:
         bridge.stop()
+        await asyncio.sleep(0)  # the calling coroutine still finishes
+        return "finished"
 
-    with pytest.raises(EventLoopRunningError):
-        bridge.call(stop_from_inside, (), {})
-    assert bridge.call(double, (2,), {}) == 4
+    _, thread = bridge.call(where, (), {})
+    assert bridge.call(stop_from_inside, (), {}) == "finished"
+    thread.join(30)
+    assert not thread.is_alive()
+    assert bridge.state == "stopped"
+    with pytest.raises(BridgeStoppedError):
+        bridge.call(double, (2,), {})
+
+
+def test_stop_bridge_from_the_bridge_loop_leaves_no_old_loop_running() -> None:
+    start_bridge()
+    old_loop, old_thread = run_sync(where)
+
+    async def stop_from_inside() -> str:
+        stop_bridge()
+        return "returned"
+
+    assert run_sync(stop_from_inside) == "returned"
+    old_thread.join(30)
+    assert not old_thread.is_alive()
+    assert old_loop.is_closed()
+    new_loop, new_thread = run_sync(where)
+    assert new_loop is not old_loop
+    bridge_threads = [t for t in threading.enumerate() if t.name == "compat-bridge"]
+    assert bridge_threads == [new_thread]
 
 
 def test_the_shared_bridge_restarts_after_an_explicit_stop() -> None:
@@ -357,3 +383,103 @@ def test_no_event_loop_is_made_per_call(monkeypatch: pytest.MonkeyPatch) -> None
     for value in range(50):
         assert run_sync(double, value) == 2 * value
     assert made == []
+
+
+def test_a_timeout_cancels_the_coroutine_and_raises_timeout_error() -> None:
+    cancelled = threading.Event()
+
+    async def slow(seconds: float) -> None:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(TimeoutError, match=r"slow\(\) did not finish within timeout=0.05 s"):
+        run_sync(slow, 3600, timeout=0.05)
+    assert cancelled.is_set()  # cancelled before the caller got the error
+    assert run_sync(double, 4, timeout=30) == 8
+
+
+def test_a_coroutine_that_ignores_cancellation_does_not_hold_its_caller() -> None:
+    release = asyncio.Event()
+    loop, _ = run_sync(where)
+
+    async def stubborn() -> str:
+        while True:
+            try:
+                await release.wait()
+                return "released"
+            except asyncio.CancelledError:
+                continue
+
+    with pytest.raises(TimeoutError, match="may still be running on the bridge loop"):
+        run_sync(stubborn, timeout=0.05)
+    loop.call_soon_threadsafe(release.set)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (float("inf"), ValueError),
+        (float("nan"), ValueError),
+        (True, TypeError),
+        ("5", TypeError),
+    ],
+)
+def test_a_bad_timeout_is_refused_before_the_call(timeout: Any, error: type[Exception]) -> None:
+    ran: list[int] = []
+
+    async def record() -> None:
+        ran.append(1)
+
+    with pytest.raises(error, match="timeout must be"):
+        run_sync(record, timeout=timeout)
+    assert ran == []
+
+
+async def raises_cancelled() -> None:
+    raise asyncio.CancelledError
+
+
+async def cancels_its_own_task() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    await asyncio.sleep(0)
+
+
+async def awaits_a_cancelled_future() -> None:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future
+
+
+@pytest.mark.parametrize(
+    "cancelled_inside", [raises_cancelled, cancels_its_own_task, awaits_a_cancelled_future]
+)
+def test_a_cancellation_inside_reaches_the_sync_caller_as_a_bridge_error(
+    cancelled_inside: Any,
+) -> None:
+    with pytest.raises(BridgeCancelledError, match="was cancelled on the bridge loop") as caught:
+        run_sync(cancelled_inside)
+    assert isinstance(caught.value, BridgeError)
+    assert isinstance(caught.value, Exception)
+    assert isinstance(caught.value.__cause__, asyncio.CancelledError)
+
+
+def test_a_cancellation_inside_does_not_end_a_worker_thread() -> None:
+    async def cancelled_inside() -> None:
+        raise asyncio.CancelledError
+
+    def worker() -> str:
+        try:
+            run_sync(cancelled_inside)
+        except Exception as exc:  # what worker code catches; CancelledError would escape
+            return type(exc).__name__
+        return "no error"
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(worker).result(timeout=30) == "BridgeCancelledError"
