@@ -11,6 +11,12 @@ from sync code through ``sync_proxy(client)`` against a native ``await client.ge
 ``httpx.AsyncClient``, which is what calling ``asyncio.run()`` in a job handler amounts
 to (target: at least 10 times faster, a ratio of at most 0.1).
 
+(c) The same GET from 32 threads at once, wall time per call (the inverse of throughput):
+through one ``sync_proxy(AsyncServiceClient)`` against one ``SyncServiceClient`` shared by
+the threads (the guidance in the README holds if the shared sync client is not slower:
+ratio at most 1), and the proxy against the async client awaited natively by 32 tasks
+on one loop (what funnelling 32 threads through the bridge loop thread costs).
+
 The server runs in its own process, so it never takes the GIL from the side measured.
 Candidate and baseline rounds alternate (ABBA), and the median round counts.
 """
@@ -24,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +42,8 @@ from tests.http_server import ServerProcess
 HOP_LIMIT = 1.2
 PROXY_LIMIT = 1.3
 ASYNCIO_RUN_LIMIT = 0.1  # sync_proxy / asyncio.run per call: at least 10 times faster
+SHARED_SYNC_LIMIT = 1.0  # shared SyncServiceClient / sync_proxy, 32 threads: not slower
+FUNNEL_LIMIT = 3.0  # sync_proxy from 32 threads / 32 native tasks: a regression guard
 PATH = "/ping"
 
 
@@ -44,10 +53,12 @@ class Plan:
     hops: int  # trivial-coroutine calls per round
     gets: int  # loopback GETs per round
     fresh_loop_gets: int  # asyncio.run-per-call GETs per round (each costs milliseconds)
+    thread_rounds: int  # alternating rounds of the 32-thread comparison
+    gets_per_thread: int  # GETs per thread (or task) per 32-thread round
 
 
-FULL = Plan(rounds=15, hops=2000, gets=200, fresh_loop_gets=15)
-QUICK = Plan(rounds=4, hops=300, gets=40, fresh_loop_gets=4)
+FULL = Plan(rounds=15, hops=2000, gets=200, fresh_loop_gets=15, thread_rounds=15, gets_per_thread=8)
+QUICK = Plan(rounds=4, hops=300, gets=40, fresh_loop_gets=4, thread_rounds=4, gets_per_thread=3)
 
 
 async def trivial() -> int:
@@ -230,6 +241,66 @@ def _get_rows(base_url: str, plan: Plan) -> list[Row]:
     ]
 
 
+def _thread_rows(base_url: str, plan: Plan) -> list[Row]:
+    # The same client configuration, pool size and concurrency as the client benchmark.
+    from benchmarks.bench_client import (
+        CONCURRENCY,
+        _async_concurrent,
+        _make,
+        _names,
+        _sync_concurrent,
+    )
+    from commclient import AsyncServiceClient, SyncServiceClient
+    from compat import sync_proxy
+
+    group = f"compat x{CONCURRENCY} threads"
+    per_worker = plan.gets_per_thread
+    native_client = _make(AsyncServiceClient, base_url, _names())
+    native_loop = asyncio.new_event_loop()
+
+    def native() -> float:
+        return native_loop.run_until_complete(
+            _async_concurrent(lambda: native_client.get(PATH), per_worker)
+        )
+
+    try:
+        with (
+            sync_proxy(_make(AsyncServiceClient, base_url, _names())) as proxy,
+            _make(SyncServiceClient, base_url, _names()) as shared,
+            ThreadPoolExecutor(CONCURRENCY) as pool,
+        ):
+
+            def proxied() -> float:
+                return _sync_concurrent(pool, lambda: proxy.get(PATH), per_worker)
+
+            def shared_sync() -> float:
+                return _sync_concurrent(pool, lambda: shared.get(PATH), per_worker)
+
+            for _ in range(2):  # warm up: every side opens its connections
+                proxied(), shared_sync(), native()
+            sync_versus_proxy = _interleaved(plan.thread_rounds, shared_sync, proxied)
+            proxy_versus_native = _interleaved(plan.thread_rounds, proxied, native)
+    finally:
+        native_loop.run_until_complete(native_client.close())
+        native_loop.close()
+    return [
+        _row(
+            group,
+            "shared SyncServiceClient.get",
+            "sync_proxy(AsyncServiceClient).get",
+            sync_versus_proxy,
+            SHARED_SYNC_LIMIT,
+        ),
+        _row(
+            group,
+            "sync_proxy(AsyncServiceClient).get",
+            f"await client.get, {CONCURRENCY} tasks (native)",
+            proxy_versus_native,
+            FUNNEL_LIMIT,
+        ),
+    ]
+
+
 def run(quick: bool) -> list[Row]:
     """Measure the bridge hop and a proxied loopback GET against their alternatives."""
     import anyio  # noqa: F401  (the async extra; without it the runner skips this module)
@@ -238,6 +309,7 @@ def run(quick: bool) -> list[Row]:
     rows = _hop_rows(plan)
     with ServerProcess() as server:
         rows += _get_rows(server.base_url, plan)
+        rows += _thread_rows(server.base_url, plan)
     return rows
 
 

@@ -156,3 +156,60 @@ def test_a_forked_child_uses_run_sync_a_proxy_and_a_shim_the_parent_used() -> No
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["child exit code 0", "closed in parent"], result.stdout
+
+
+NON_DAEMON_CALLER = """
+    import asyncio, threading, time
+    import compat
+
+    async def wait_for(seconds):
+        await asyncio.sleep(seconds)
+        return "served"
+
+    def caller():
+        time.sleep(0.3)  # the main thread has ended by now
+        print("non-daemon thread:", compat.run_sync(wait_for, 0.1), flush=True)
+        try:
+            compat.run_sync(wait_for, 3600, timeout=TIMEOUT)
+        except TimeoutError:
+            print("non-daemon thread: timed out", flush=True)
+
+    # From Python 3.12 no thread can start once the main thread has ended, the bridge's
+    # loop thread included: it is started while it still can.
+    compat.start_bridge()
+    threading.Thread(target=caller).start()
+    print("main thread done", flush=True)
+"""
+
+
+def test_exit_waits_for_non_daemon_threads_whose_calls_the_bridge_still_serves() -> None:
+    # Python joins non-daemon threads before it runs atexit handlers, compat's stop of the
+    # bridge among them: a non-daemon thread's calls still run after the main thread ends.
+    result = run_script(NON_DAEMON_CALLER.replace("TIMEOUT", "0.5"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "main thread done",
+        "non-daemon thread: served",
+        "non-daemon thread: timed out",
+    ]
+
+
+def test_a_non_daemon_thread_in_a_never_ending_call_keeps_the_interpreter_alive() -> None:
+    # As the README says: the bridge cannot end such a call, since it is stopped only
+    # after the non-daemon threads ended; `timeout=` is what bounds it (test above).
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(NON_DAEMON_CALLER.replace("TIMEOUT", "None"))],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "main thread done\n"
+        assert process.stdout.readline() == "non-daemon thread: served\n"
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=3)
+    finally:
+        process.kill()
+        process.communicate(timeout=30)

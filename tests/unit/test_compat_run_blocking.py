@@ -23,6 +23,25 @@ request_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+class Running:
+    """Counts the functions running at once (``with running:``), and the most at a time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def __enter__(self) -> int:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            return self.now
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
 @pytest.fixture
 def limit() -> Iterator[None]:
     previous = blocking_limit()
@@ -73,22 +92,15 @@ def test_the_loop_keeps_running_while_the_function_blocks() -> None:
 
 def test_at_most_the_limit_of_functions_run_at_once(limit: None) -> None:
     set_blocking_limit(2)
-    lock = threading.Lock()
-    running = 0
-    most = 0
+    running = Running()
     release = threading.Event()
     two_running = threading.Event()
 
     def legacy() -> None:
-        nonlocal running, most
-        with lock:
-            running += 1
-            most = max(most, running)
-            if running == 2:
+        with running as now:
+            if now == 2:
                 two_running.set()
-        release.wait(30)
-        with lock:
-            running -= 1
+            release.wait(30)
 
     async def main() -> None:
         tasks = [asyncio.ensure_future(run_blocking(legacy)) for _ in range(6)]
@@ -101,7 +113,7 @@ def test_at_most_the_limit_of_functions_run_at_once(limit: None) -> None:
         await asyncio.gather(*tasks)
 
     asyncio.run(main())
-    assert most == 2
+    assert running.most == 2
 
 
 def test_the_limit_is_validated(limit: None) -> None:
@@ -168,25 +180,16 @@ def test_64_nested_callers_at_the_default_limit_all_finish() -> None:
     # limit has slots: the outer calls hold every slot while their inner calls run.
     assert blocking_limit() == DEFAULT_BLOCKING_LIMIT
     callers = 4 * DEFAULT_BLOCKING_LIMIT
-    lock = threading.Lock()
-    middle_running = 0
-    most_middle = 0
+    middle_running = Running()
 
     def innermost(index: int) -> tuple[int, str | None]:
         time.sleep(0.005)
         return index, request_var.get()
 
     def middle(index: int) -> tuple[int, str | None]:
-        nonlocal middle_running, most_middle
-        with lock:
-            middle_running += 1
-            most_middle = max(most_middle, middle_running)
-        try:
+        with middle_running:
             time.sleep(0.02)  # every slot gets taken before an inner call is made
             return run_sync(run_blocking, innermost, index)
-        finally:
-            with lock:
-                middle_running -= 1
 
     async def outer(index: int) -> tuple[int, str | None]:
         return await run_blocking(middle, index)
@@ -213,7 +216,7 @@ def test_64_nested_callers_at_the_default_limit_all_finish() -> None:
     assert hung == 0, f"{callers - hung} of {callers} nested callers finished; the rest hang"
     assert errors == []
     assert results == {index: (index, f"caller-{index}") for index in range(callers)}
-    assert most_middle <= DEFAULT_BLOCKING_LIMIT
+    assert middle_running.most <= DEFAULT_BLOCKING_LIMIT
 
 
 def test_a_nested_call_while_the_chains_slot_is_lent_takes_a_free_slot_or_waits(
@@ -279,19 +282,12 @@ def test_cancelling_waits_for_the_function_keeps_the_slot_and_the_context(
 
 def test_timeouts_on_a_hung_call_never_run_more_threads_than_the_limit(limit: None) -> None:
     set_blocking_limit(2)
-    lock = threading.Lock()
-    running = 0
-    most = 0
+    running = Running()
     release = threading.Event()
 
     def hung() -> None:
-        nonlocal running, most
-        with lock:
-            running += 1
-            most = max(most, running)
-        release.wait(30)
-        with lock:
-            running -= 1
+        with running:
+            release.wait(30)
 
     async def retry_on_timeout() -> int:
         # What a job does with a slow legacy call: time it out and try again.
@@ -307,15 +303,14 @@ def test_timeouts_on_a_hung_call_never_run_more_threads_than_the_limit(limit: No
         retrying = [asyncio.ensure_future(retry_on_timeout()) for _ in range(3)]
         for _ in range(30):
             await asyncio.sleep(0.01)
-        with lock:
-            assert running <= 2
+        assert running.now <= 2
         release.set()
         return sum(await asyncio.gather(*retrying))
 
     # Each retrier's calls timed out until the release (later ones may finish in time);
     # none of them left a thread running beyond the limit.
     assert asyncio.run(main()) >= 3
-    assert most <= 2
+    assert running.most <= 2
 
 
 def test_a_call_waiting_for_a_slot_is_cancelled_at_once_and_never_runs(limit: None) -> None:
