@@ -51,8 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, OSError) as error:
             parser.error(str(error))
     else:
-        from ._generate import write
-
+        try:
+            from ._generate import write
+        except ImportError as error:
+            parser.error(
+                f"generate needs the development packages grafana-foundation-sdk (Python 3.11+)"
+                f" and PyYAML ({error}); the shipped files need neither"
+            )
         written = list(write(args.output))
     for path in written:
         print(path)

@@ -266,6 +266,10 @@ class TestExport:
             export(tmp_path, datasource_uid=uid)
         assert list(tmp_path.iterdir()) == []
 
+    def test_empty_dashboards_path_is_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="dashboards_path must not be empty"):
+            export(tmp_path, dashboards_path="")
+
     def test_target_that_is_a_file_is_refused(self, tmp_path: Path) -> None:
         target = tmp_path / "file"
         target.write_text("")
@@ -319,3 +323,33 @@ class TestExport:
         )
         assert result.returncode == 2
         assert "datasource_uid must be" in result.stderr
+
+
+def test_generate_without_the_generator_packages_says_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from commclient.monitoring.__main__ import main
+
+    monkeypatch.delitem(sys.modules, "commclient.monitoring._generate", raising=False)
+    # As if it were not installed: the package and every submodule already imported.
+    for name in [n for n in sys.modules if n.partition(".")[0] == "grafana_foundation_sdk"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "grafana_foundation_sdk", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--output", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "generate needs the development packages grafana-foundation-sdk" in (
+        capsys.readouterr().err
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_writes_the_shipped_files(tmp_path: Path) -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("grafana-foundation-sdk, the generator's builders, needs Python 3.11+")
+    from commclient.monitoring.__main__ import main
+
+    assert main(["generate", "--output", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(SHIPPED_FILES)
+    for name in SHIPPED_FILES:
+        assert (tmp_path / name).read_text() == shipped(name)

@@ -50,6 +50,15 @@ def test_bad_port_is_refused(port: Any) -> None:
         start_metrics_server(port)
 
 
+def test_a_port_in_use_is_an_error() -> None:
+    with start_metrics_server(0, registry=CollectorRegistry()) as server:
+        with pytest.raises(OSError, match="in use"):
+            start_metrics_server(server.port, registry=CollectorRegistry())
+        # The first server still answers.
+        with urllib.request.urlopen(server.url, timeout=10) as response:
+            assert response.status == 200
+
+
 def test_bad_host_is_refused() -> None:
     with pytest.raises(TypeError, match="host must be a str"):
         start_metrics_server(0, 127001)  # type: ignore[arg-type]
