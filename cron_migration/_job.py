@@ -26,7 +26,7 @@ import traceback
 import types
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 from prometheus_client import CollectorRegistry
 
@@ -247,6 +247,36 @@ class MigratedJob:
             logger.warning("job %s: an abandoned run ended with %r", self.name, work.exception())
 
 
+@overload
+def migrated_job(
+    func: Callable[..., Any],
+    *,
+    timeout: float | None = None,
+    lease: str | Any | None = None,
+    recorder: Any | None = None,
+    name: str | None = None,
+    registry: CollectorRegistry | None = None,
+    lease_clock_skew: float = DEFAULT_CLOCK_SKEW,
+    on_redis_error: OnRedisError = "skip",
+    record_capacity: int = DEFAULT_RECORD_CAPACITY,
+) -> MigratedJob: ...
+
+
+@overload
+def migrated_job(
+    func: None = None,
+    *,
+    timeout: float | None = None,
+    lease: str | Any | None = None,
+    recorder: Any | None = None,
+    name: str | None = None,
+    registry: CollectorRegistry | None = None,
+    lease_clock_skew: float = DEFAULT_CLOCK_SKEW,
+    on_redis_error: OnRedisError = "skip",
+    record_capacity: int = DEFAULT_RECORD_CAPACITY,
+) -> Callable[[Callable[..., Any]], MigratedJob]: ...
+
+
 def migrated_job(
     func: Callable[..., Any] | None = None,
     *,
@@ -258,7 +288,7 @@ def migrated_job(
     lease_clock_skew: float = DEFAULT_CLOCK_SKEW,
     on_redis_error: OnRedisError = "skip",
     record_capacity: int = DEFAULT_RECORD_CAPACITY,
-) -> Any:
+) -> MigratedJob | Callable[[Callable[..., Any]], MigratedJob]:
     """Make a job run correctly under any APScheduler 3 scheduler, recorded and measured.
 
     ``timeout``: seconds a run may take; then it fails with :class:`JobTimeoutError` (an
