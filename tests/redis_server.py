@@ -246,3 +246,59 @@ class RedisClusterServers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RedisSentinelServer:
+    """One ``redis-sentinel`` process on loopback watching ``master`` as ``service``."""
+
+    def __init__(self, master: RedisServer, service: str = "cache-primary") -> None:
+        executable = shutil.which("redis-sentinel")
+        if executable is None:
+            pytest.skip("redis-sentinel is not installed (apt-get install redis-sentinel)")
+        self.executable = executable
+        self.master = master
+        self.service = service
+        self.port = free_port()
+        self._workdir = Path(tempfile.mkdtemp(prefix="redis-sentinel-test-"))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisSentinelServer:
+        config = self._workdir / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {self._workdir}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+        )
+        log = (self._workdir / "sentinel.log").open("ab")
+        self._process = subprocess.Popen(
+            [self.executable, str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self._knows_master():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("redis-sentinel did not start watching the master")
+            time.sleep(0.05)
+        return self
+
+    def _knows_master(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(f"SENTINEL get-master-addr-by-name {self.service}\r\n".encode())
+                return str(self.master.port).encode() in conn.recv(256)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def __enter__(self) -> RedisSentinelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -78,15 +78,24 @@ def reset_after_fork(cache: Any) -> None:
 def rebuild_client(module: Callable[[], Any], client: Any, overrides: dict[str, Any]) -> Any:
     """A ``Redis`` of ``module()`` like ``client`` on a pool of its own, with
     ``overrides``; the client itself when it has no pool to copy (a cluster client, the
-    memory store)."""
+    memory store). A Sentinel pool is copied as a Sentinel pool, so that the copy follows
+    a failover too."""
     pool = getattr(client, "connection_pool", None)
     if pool is None:
         return client
-    redis = module()
-    kwargs = {**pool.connection_kwargs, **overrides}
-    return redis.Redis(
-        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-    )
+    kwargs = {**pool.connection_kwargs, **overrides, "connection_class": pool.connection_class}
+    kwargs.pop("connection_pool", None)  # a Sentinel pool's reference to itself
+    if hasattr(pool, "sentinel_manager"):
+        copy = type(pool)(
+            pool.service_name,
+            pool.sentinel_manager,
+            is_master=pool.is_master,
+            check_connection=pool.check_connection,
+            **kwargs,
+        )
+    else:
+        copy = module().ConnectionPool(**kwargs)
+    return module().Redis(connection_pool=copy)
 
 
 @dataclass(frozen=True)
