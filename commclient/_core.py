@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any, NamedTuple, TypedDict, TypeVar
-from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urljoin, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -22,6 +22,7 @@ from ._breaker import Breaker, breakers
 from ._config import ClientConfig, require_seconds
 from ._correlation import (
     CORRELATION_HEADER,
+    REDACTED,
     outgoing_correlation_id,
     redact_exception,
     redact_params,
@@ -48,7 +49,7 @@ from ._policy import (
     retry_wait,
 )
 from ._response import Headers, ServiceResponse, decode_json
-from ._wire import BodyReader, FileValue, declared_size, encode_body
+from ._wire import Body, BodyReader, FileValue, declared_size, encode_body
 
 __all__ = ["BodyReader", "declared_size"]
 
@@ -205,6 +206,7 @@ class Core:
         self.default_headers = _by_lower_name(default_headers)
         self.config_headers = _by_lower_name(dict(config.default_headers))
         self.default_headers.update(self.config_headers)
+        self.plain_headers = dict(self.default_headers.values())
         metrics.retry_budget_tokens.set_function(lambda: self.current_budget().tokens)
         breaker.attach_gauge(metrics.breaker_state)
 
@@ -237,9 +239,10 @@ class Core:
         Every mistake of the caller raises here (``ValueError``/``TypeError`` naming
         it), before the breaker or the target is involved.
         """
-        if not isinstance(method, str) or not _TOKEN.fullmatch(method):
-            raise ValueError(f"method must be an HTTP method name, got {method!r}")
-        method = method.upper()
+        if method not in _METHODS:
+            if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+                raise ValueError(f"method must be an HTTP method name, got {method!r}")
+            method = method.upper()
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError(f"path must be a string and must start with '/', got {path!r}")
         if path_params is not None:
@@ -250,52 +253,46 @@ class Core:
                 raise ValueError(f"path_params do not fill the template {path!r}: {exc}") from None
         else:
             url_path = path
-        # A query written into the path joins params= instead of making a second "?".
-        url_path, _, path_query = url_path.partition("#")[0].partition("?")
-        query = parse_qsl(path_query, keep_blank_values=True) if path_query else []
+        query: list[tuple[str, Any]] = []
+        if "?" in url_path or "#" in url_path:
+            # A query written into the path joins params= instead of making a second "?".
+            url_path, _, path_query = url_path.partition("#")[0].partition("?")
+            query = parse_qsl(path_query, keep_blank_values=True)
         if params:
             query.extend(_pairs(params))
-        merged = dict(self.default_headers)
-        if headers:
-            if not isinstance(headers, Mapping):
-                raise TypeError(f"headers must be a mapping, got {type(headers).__name__}")
-            _check_headers(headers)
-            merged.update(_by_lower_name(headers))
-        body = encode_body(json_value=json, content=content, data=data, files=files)
-        if body is not None:
-            merged.setdefault("content-type", ("Content-Type", body.content_type))
-            merged["content-length"] = ("Content-Length", str(len(body.content)))
-        elif method in _BODY_METHODS:
-            merged["content-length"] = ("Content-Length", "0")
-        if idempotency_key is not None:
-            _check_headers({"Idempotency-Key": idempotency_key})
-            merged["idempotency-key"] = ("Idempotency-Key", idempotency_key)
+        body = None
+        if json is not None or content is not None or data is not None or files is not None:
+            body = encode_body(json_value=json, content=content, data=data, files=files)
         correlation_id = outgoing_correlation_id()
-        if correlation_id is not None:
-            merged[CORRELATION_HEADER.lower()] = (CORRELATION_HEADER, correlation_id)
+        if (
+            headers
+            or body is not None
+            or idempotency_key is not None
+            or correlation_id is not None
+            or method in _BODY_METHODS
+        ):
+            request_headers = self._headers(method, headers, body, idempotency_key, correlation_id)
+        else:
+            # Shared, never mutated: each transport copies the headers it is given.
+            request_headers = self.plain_headers
         if deadline is not None:
             deadline = require_seconds("deadline", deadline)
         if timeout is not None:
             timeout = require_seconds("timeout", timeout)
-        wire_path = quote(url_path, safe="/%!$&'()*+,;=:@-._~")
+        wire_path = url_path
+        if not _PLAIN_PATH.fullmatch(url_path):
+            wire_path = quote(url_path, safe=_PATH_SAFE)
         url = self.base_url + wire_path
         if query:
-            url += "?" + urlencode(query, doseq=True)
-        request = Request(
-            method,
-            url,
-            dict(merged.values()),
-            None if body is None else body.content,
-        )
+            url += "?" + encode_query(query)
         return Call(
             self,
-            request,
+            Request(method, url, request_headers, None if body is None else body.content),
             endpoint=self.metrics.endpoint(
                 path if path_params is not None else url_path, template=path_params is not None
             ),
-            safe_url=self.base_url
-            + wire_path
-            + (f"?{urlencode(redact_params(query), doseq=True, safe='[]')}" if query else ""),
+            wire_path=wire_path,
+            query=query,
             retry_after_send=may_retry_method(
                 method, has_idempotency_key=idempotency_key is not None
             ),
@@ -304,6 +301,64 @@ class Core:
             correlation_id=correlation_id,
             raw=raw,
         )
+
+    def _headers(
+        self,
+        method: str,
+        headers: Mapping[str, str] | None,
+        body: Body | None,
+        idempotency_key: str | None,
+        correlation_id: str | None,
+    ) -> dict[str, str]:
+        """Defaults, then the caller's headers, merged by case-insensitive name."""
+        merged = dict(self.default_headers)
+        if headers:
+            if not isinstance(headers, Mapping):
+                raise TypeError(f"headers must be a mapping, got {type(headers).__name__}")
+            _check_headers(headers)
+            merged.update(_by_lower_name(headers))
+        if body is not None:
+            merged.setdefault("content-type", ("Content-Type", body.content_type))
+            merged["content-length"] = ("Content-Length", str(len(body.content)))
+        elif method in _BODY_METHODS:
+            merged["content-length"] = ("Content-Length", "0")
+        if idempotency_key is not None:
+            _check_headers({"Idempotency-Key": idempotency_key})
+            merged["idempotency-key"] = ("Idempotency-Key", idempotency_key)
+        if correlation_id is not None:
+            merged[CORRELATION_HEADER.lower()] = (CORRELATION_HEADER, correlation_id)
+        return dict(merged.values())
+
+
+_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/%!$&'()*+,;=:@._~-]*")
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _query_value(value: Any) -> str:
+    # As httpx renders them; requests would send "True" and drop None.
+    if isinstance(value, str):
+        return value
+    if value is True or value is False:
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def _quote_plus(text: str) -> str:
+    return text if _PLAIN_VALUE.fullmatch(text) else quote_plus(text)
+
+
+def encode_query(pairs: Sequence[tuple[str, Any]], *, keep: str | None = None) -> str:
+    """``urlencode(pairs, doseq=True)``, quicker for plain values; ``keep`` stays literal."""
+    parts = []
+    for name, value in pairs:
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        key = _quote_plus(str(name))
+        for item in values:
+            text = _query_value(item)
+            parts.append(f"{key}={text if text == keep else _quote_plus(text)}")
+    return "&".join(parts)
 
 
 _HOST = re.compile(r"[a-z0-9.\-_]+|[0-9a-f:.]+")
@@ -355,11 +410,12 @@ class Call:
         "correlation_id",
         "deadline",
         "endpoint",
+        "query",
         "raw",
         "read_timeout",
         "request",
         "retry_after_send",
-        "safe_url",
+        "wire_path",
     )
 
     def __init__(
@@ -368,7 +424,8 @@ class Call:
         request: Request,
         *,
         endpoint: str,
-        safe_url: str,
+        wire_path: str,
+        query: list[tuple[str, Any]],
         retry_after_send: bool,
         deadline: float | None,
         read_timeout: float,
@@ -378,13 +435,21 @@ class Call:
         self.core = core
         self.request = request
         self.endpoint = endpoint
-        #: The URL for errors and logs: no credentials, secret query values redacted.
-        self.safe_url = safe_url
+        self.wire_path = wire_path
+        self.query = query
         self.retry_after_send = retry_after_send
         self.deadline = deadline
         self.read_timeout = read_timeout
         self.correlation_id = correlation_id
         self.raw = raw
+
+    @property
+    def safe_url(self) -> str:
+        """The URL for errors and logs: no credentials, secret query values redacted."""
+        url = self.core.base_url + self.wire_path
+        if self.query:
+            url += "?" + encode_query(redact_params(self.query), keep=REDACTED)
+        return url
 
     def flow(self) -> Flow:
         core = self.core

@@ -7,6 +7,7 @@ its own keys in the server's request logs, so tests never see each other's state
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 from collections.abc import Iterator
@@ -14,17 +15,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from commclient import (
+    AsyncServiceClient,
     ClientConfig,
     ServiceClientError,
     ServiceConnectionError,
     ServiceDecodeError,
     ServiceResponseError,
     ServiceTimeoutError,
+    SyncServiceClient,
     testing,
 )
 from tests.http_server import ServerProcess
+from tests.unit.conftest import facade
+
+__all__ = ["facade"]  # runs a test once per facade (through Driver and make)
 
 
 @pytest.fixture(autouse=True)
@@ -191,3 +198,49 @@ class MixedCalls:
 @pytest.fixture
 def mixed_calls(http_server: ServerProcess, names: Names) -> MixedCalls:
     return MixedCalls(http_server, names)
+
+
+class Driver:
+    """A client of one facade, called synchronously (the async one on its own loop)."""
+
+    def __init__(self, facade: str, base_url: str, names: Names, config: ClientConfig) -> None:
+        self.facade = facade
+        self.names = names
+        cls = SyncServiceClient if facade == "sync" else AsyncServiceClient
+        self.loop = asyncio.new_event_loop() if facade == "async" else None
+        self.client: Any = cls(
+            base_url,
+            service_name=names.service,
+            target_service=names.target,
+            config=config,
+            registry=CollectorRegistry(),
+        )
+
+    def __call__(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        result = getattr(self.client, method)(*args, **kwargs)
+        if self.loop is not None:
+            result = self.loop.run_until_complete(result)
+        return result
+
+    def close(self) -> None:
+        self("close")
+        if self.loop is not None:
+            self.loop.close()
+
+    @property
+    def breaker(self) -> str:
+        return testing.breaker_state(self.names.service, self.names.target)
+
+
+@pytest.fixture
+def make(facade: str, http_server: ServerProcess, names: Names) -> Iterator[Any]:
+    drivers: list[Driver] = []
+
+    def make_driver(config: ClientConfig | None = None, base_url: str | None = None) -> Driver:
+        driver = Driver(facade, base_url or http_server.base_url, names, config or fast_config())
+        drivers.append(driver)
+        return driver
+
+    yield make_driver
+    for driver in drivers:
+        driver.close()

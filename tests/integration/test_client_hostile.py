@@ -14,7 +14,6 @@ import time
 import traceback
 import tracemalloc
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +21,6 @@ from prometheus_client import CollectorRegistry
 
 from commclient import (
     AsyncServiceClient,
-    ClientConfig,
     ServiceConnectionError,
     ServiceDecodeError,
     ServiceResponse,
@@ -30,61 +28,10 @@ from commclient import (
     ServiceResponseTooLargeError,
     ServiceTimeoutError,
     ServiceUnavailableError,
-    SyncServiceClient,
     testing,
 )
 from tests.http_server import ServerProcess
-from tests.integration.conftest import Names, fast_config
-from tests.unit.conftest import facade
-
-__all__ = ["facade"]  # the fixture that runs each test on both facades
-
-
-class Driver:
-    """A client of one facade, called synchronously (the async one on its own loop)."""
-
-    def __init__(self, facade: str, base_url: str, names: Names, config: ClientConfig) -> None:
-        self.facade = facade
-        self.names = names
-        cls = SyncServiceClient if facade == "sync" else AsyncServiceClient
-        self.loop = asyncio.new_event_loop() if facade == "async" else None
-        self.client: Any = cls(
-            base_url,
-            service_name=names.service,
-            target_service=names.target,
-            config=config,
-            registry=CollectorRegistry(),
-        )
-
-    def __call__(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        result = getattr(self.client, method)(*args, **kwargs)
-        if self.loop is not None:
-            result = self.loop.run_until_complete(result)
-        return result
-
-    def close(self) -> None:
-        self("close")
-        if self.loop is not None:
-            self.loop.close()
-
-    @property
-    def breaker(self) -> str:
-        return testing.breaker_state(self.names.service, self.names.target)
-
-
-@pytest.fixture
-def make(facade: str, http_server: ServerProcess, names: Names) -> Iterator[Any]:
-    drivers: list[Driver] = []
-
-    def make_driver(config: ClientConfig | None = None, base_url: str | None = None) -> Driver:
-        driver = Driver(facade, base_url or http_server.base_url, names, config or fast_config())
-        drivers.append(driver)
-        return driver
-
-    yield make_driver
-    for driver in drivers:
-        driver.close()
-
+from tests.integration.conftest import Driver, Names, fast_config
 
 # --- 1. the size limit applies to decoded bytes, read as they arrive -------------------------
 

@@ -21,7 +21,8 @@ from commclient import (
     testing,
 )
 from commclient._core import Attempt, Core, Outcome, Response, Sleep, TransportFailure, build_core
-from commclient._policy import FailureKind, backoff, parse_retry_after
+from commclient._policy import FailureKind, RetryBudget, backoff, parse_retry_after
+from commclient._wire import declared_size
 
 _pairs = itertools.count()
 
@@ -327,3 +328,39 @@ def test_no_wait_mode_removes_every_sleep() -> None:
     assert len(attempts(actions)) == 3
     actions, _ = drive(core, [status(503), status(200)])
     assert sleeps(actions) == [5.0], "the switch is restored after the block"
+
+
+class TestRetryBudgetFloor:
+    def test_a_drained_bucket_still_allows_the_floor_per_second(self) -> None:
+        budget = RetryBudget(ratio=0.1, max_tokens=0.0, min_per_second=1.0)
+        assert budget.try_withdraw(now=100.0)
+        assert not budget.try_withdraw(now=100.5)
+        assert budget.try_withdraw(now=101.0)
+        # A long quiet spell earns one second's worth, not a burst for every idle second.
+        assert budget.try_withdraw(now=500.0)
+        assert not budget.try_withdraw(now=500.1)
+
+    def test_a_storm_gains_at_most_the_floor(self) -> None:
+        budget = RetryBudget(ratio=0.0, max_tokens=0.0, min_per_second=2.0)
+        granted = sum(budget.try_withdraw(now=1000.0 + i * 0.001) for i in range(10_000))
+        # Ten seconds of attempts: the two-token start plus two per second.
+        assert granted <= 2 + 2 * 10 + 1
+
+    def test_zero_turns_the_floor_off(self) -> None:
+        budget = RetryBudget(ratio=0.1, max_tokens=0.0, min_per_second=0.0)
+        assert not budget.try_withdraw(now=1.0)
+        assert not budget.try_withdraw(now=1000.0)
+
+    def test_the_floor_is_configured_and_validated(self) -> None:
+        assert ClientConfig().retry_budget_min_per_second == 1.0
+        with pytest.raises(ValueError, match="retry_budget_min_per_second"):
+            ClientConfig(retry_budget_min_per_second=-1)
+
+
+class TestWire:
+    def test_content_length_must_be_ascii_digits(self) -> None:
+        assert declared_size({"content-length": "\u00b2"}) is None
+        assert declared_size({"content-length": "12"}) == 12
+
+    def test_retry_after_must_be_ascii_digits(self) -> None:
+        assert parse_retry_after({"retry-after": "\u00b2"}, 0.0) is None

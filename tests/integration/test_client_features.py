@@ -1,0 +1,137 @@
+"""What callers get besides JSON: raw responses, bodies, per-call timeouts, transport settings.
+
+Run on both facades through :class:`Driver`, against the real loopback server.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from commclient import (
+    JSON_NULL,
+    ServiceConnectionError,
+    ServiceResponse,
+    ServiceResponseError,
+    ServiceTimeoutError,
+    testing,
+)
+from tests.http_server import ServerProcess
+from tests.integration.conftest import Driver, Names, fast_config
+
+
+def test_request_raw_reaches_what_json_cannot(make: Any, http_server: ServerProcess) -> None:
+    call = make()
+    created = call(
+        "request_raw", "GET", "/reply", params={"status": "201", "header": "Location:/x/1"}
+    )
+    assert isinstance(created, ServiceResponse)
+    assert (created.status_code, created.headers["location"], created.json()) == (201, "/x/1", {})
+    assert call("request_raw", "GET", "/reply", params={"status": "304"}).status_code == 304
+    html = call("request_raw", "GET", "/html/200")
+    assert html.headers["Content-Type"] == "text/html"
+    assert html.text.startswith("<html>")
+    # Errors stay errors, with the headers of the response.
+    with pytest.raises(ServiceResponseError) as info:
+        call("request_raw", "GET", "/status/404")
+    assert info.value.headers["content-type"] == "application/json"
+
+
+def test_request_raw_retries_like_request(make: Any, names: Names) -> None:
+    call = make()
+    with testing.no_wait():
+        response = call("request_raw", "GET", "/flaky", params={"key": names.key(), "first": "2"})
+    assert response.json()["calls"] == 3
+
+
+def test_content_data_and_json_null_bodies(make: Any) -> None:
+    call = make()
+    sent = call("post", "/echo", content=b"\x00raw", headers={"Content-Type": "x/y"})
+    assert sent["headers"]["content-type"] == "x/y"
+    assert sent["headers"]["content-length"] == "4"
+    form = call("post", "/echo", data={"a": "1", "b": ["2", "3"]})
+    assert form["headers"]["content-type"] == "application/x-www-form-urlencoded"
+    assert form["body"] == "a=1&b=2&b=3"
+    assert call("post", "/echo", json=JSON_NULL)["headers"]["content-type"] == "application/json"
+    assert call("post", "/echo", json=None)["headers"]["content-length"] == "0"
+    with pytest.raises(ValueError, match="one body"):
+        call("post", "/echo", json={"a": 1}, content=b"x")
+    with pytest.raises(TypeError, match="content"):
+        call("post", "/echo", content="text")
+
+
+def test_files_are_sent_again_by_a_retry(
+    make: Any, http_server: ServerProcess, names: Names
+) -> None:
+    call = make()
+    key = names.key()
+    pdf = b"%PDF-1.4 fake"
+    with testing.no_wait():
+        result = call(
+            "post",
+            "/flaky",
+            params={"key": key, "first": "1"},
+            files={"file": ("a.pdf", pdf, "application/pdf")},
+            data={"note": "x"},
+            idempotency_key="upload-1",
+        )
+    assert result["calls"] == 2
+    first, second = http_server.calls(key)
+    assert first["body"] == second["body"]
+    assert 'filename="a.pdf"' in second["body"]
+    assert "%PDF-1.4 fake" in second["body"]
+    assert result["headers"]["content-type"].startswith("multipart/form-data; boundary=")
+
+
+def test_a_per_call_timeout_overrides_the_read_timeout(make: Any) -> None:
+    call = make(fast_config(timeout=10.0, max_retries=1))
+    started = time.monotonic()
+    with pytest.raises(ServiceTimeoutError):
+        call("get", "/slow", params={"seconds": "5"}, timeout=0.3)
+    assert time.monotonic() - started < 4.0
+    with pytest.raises(ValueError, match="timeout"):
+        call("get", "/echo", timeout=0)
+
+
+def test_a_configured_proxy_carries_every_request(
+    facade: str, http_server: ServerProcess, names: Names
+) -> None:
+    # The test server answers a proxy's absolute-form request like any other: the call to
+    # a host that does not exist reaches it only through the proxy.
+    config = fast_config(proxy=http_server.base_url, max_retries=1)
+    driver = Driver(facade, "http://service.invalid:8000", names, config)
+    try:
+        assert driver("get", "/echo", params={"via": "proxy"})["query"] == {"via": "proxy"}
+    finally:
+        driver.close()
+
+
+def test_trust_env_reads_the_proxy_once_when_the_client_is_built(
+    facade: str, http_server: ServerProcess, names: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", http_server.base_url)
+    monkeypatch.setenv("http_proxy", http_server.base_url)
+    trusting = Driver(facade, "http://service.invalid:8000", names, fast_config(trust_env=True))
+    ignoring = Driver(facade, "http://service.invalid:8000", names, fast_config(max_retries=1))
+    try:
+        assert trusting("get", "/echo")["path"] == "/echo"
+        # Read once: a variable changed later is not seen by this client.
+        monkeypatch.delenv("HTTP_PROXY")
+        monkeypatch.delenv("http_proxy")
+        assert trusting("get", "/echo")["path"] == "/echo"
+        with pytest.raises(ServiceConnectionError):
+            ignoring("get", "/echo")
+    finally:
+        trusting.close()
+        ignoring.close()
+
+
+def test_testing_reset_gives_live_clients_a_fresh_budget(make: Any) -> None:
+    call = make(fast_config(retry_budget_max_tokens=0, retry_budget_min_per_second=0))
+    budget = call.client._core.current_budget()
+    testing.reset()
+    assert call.client._core.current_budget() is not budget
