@@ -65,6 +65,22 @@ class TestDashboard:
         missing = [p["title"] for p in panels() if not p["fieldConfig"]["defaults"].get("unit")]
         assert missing == []
 
+    def test_panels_fit_the_grid_without_overlapping(self) -> None:
+        taken: set[tuple[int, int]] = set()
+        for panel in dashboard()["panels"]:
+            grid = panel["gridPos"]
+            assert grid["w"] > 0
+            assert grid["h"] > 0
+            assert grid["x"] >= 0
+            assert grid["x"] + grid["w"] <= 24, panel["title"]
+            cells = {
+                (x, y)
+                for x in range(grid["x"], grid["x"] + grid["w"])
+                for y in range(grid["y"], grid["y"] + grid["h"])
+            }
+            assert not cells & taken, f"{panel['title']} overlaps another panel"
+            taken |= cells
+
     def test_panel_ids_are_unique(self) -> None:
         ids = [panel["id"] for panel in dashboard()["panels"]]
         assert len(ids) == len(set(ids))
@@ -132,6 +148,21 @@ class TestGrafanaAlerts:
         uids = [rule["uid"] for rule in group["rules"]]
         assert len(set(uids)) == len(uids)
         assert all(len(uid) <= 40 for uid in uids)
+
+    def test_rules_have_what_file_provisioning_requires(self) -> None:
+        document = grafana_alerts()
+        assert document["apiVersion"] == 1
+        (group,) = document["groups"]
+        assert {"orgId", "name", "folder", "interval", "rules"} <= set(group)
+        for rule in group["rules"]:
+            assert {"uid", "title", "condition", "data", "for"} <= set(rule), rule["title"]
+            assert rule["noDataState"] in {"OK", "NoData", "Alerting"}
+            assert rule["execErrState"] in {"OK", "Error", "Alerting"}
+            for query in rule["data"]:
+                if query["datasourceUid"] != "__expr__":
+                    assert query["relativeTimeRange"]["from"] > query["relativeTimeRange"]["to"]
+            # Fields of Grafana's HTTP API that a provisioning file takes from the group.
+            assert not {"folderUID", "ruleGroup", "orgID"} & set(rule)
 
     def test_condition_names_a_threshold_over_existing_refs(self) -> None:
         for rule in grafana_alerts()["groups"][0]["rules"]:
