@@ -64,14 +64,14 @@ _forkable: weakref.WeakSet[Any] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for cache in list(_forkable):
-        cache._after_fork()
+        cache._in_forked_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def reset_after_fork(cache: Any) -> None:
-    """Call ``cache._after_fork()`` in every child forked from now on (DESIGN §6)."""
+    """Call ``cache._in_forked_child()`` in every child forked from now on (DESIGN §6)."""
     _forkable.add(cache)
 
 

@@ -155,8 +155,9 @@ class Deadlines:
     ``timeout * (1 + TICKS_FRACTION)`` seconds.
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, on_loop_closed: Callable[[], None]) -> None:
         self.timeout = timeout
+        self._on_loop_closed = on_loop_closed
         self._tick = timeout * TICKS_FRACTION
         self._calls: set[_Call] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -180,7 +181,10 @@ class Deadlines:
     def _start(self) -> _Call:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            # Used from a new event loop: the old loop's calls and timer are gone with it.
+            # Used from a new event loop: the old loop's calls and timer are gone with it,
+            # and so are the connections opened on it (``asyncio.run`` per job).
+            if self._loop is not None and self._loop.is_closed():
+                self._on_loop_closed()
             self._loop, self._timer = loop, None
             self._calls = set()
         task = asyncio.current_task()
@@ -287,3 +291,16 @@ async def prepare(client: Any) -> None:
     Pub/Sub needs them before that."""
     if hasattr(client, "get_node_from_key"):
         await client.initialize()
+
+
+def ended(task: asyncio.Task[None]) -> bool:
+    """A listener task is over: cancelled with its event loop, or finished."""
+    return task.done()
+
+
+def reset_connections(client: Any) -> None:
+    """Forget a client's pooled connections without closing them: they belong to a
+    closed event loop (or, after a fork, to the parent) and cannot be used or closed."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        pool.reset()

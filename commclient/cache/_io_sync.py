@@ -106,7 +106,7 @@ def close_quietly(resource: Any) -> None:
 class Deadlines:
     """Blocking calls are bounded by their client's socket timeouts (see ``_bounded_client``)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, on_loop_closed: Callable[[], None]) -> None:
         self.timeout = timeout
 
     def run(self, command: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -192,3 +192,16 @@ def bounded_client(client: Any, timeout: float) -> tuple[Any, bool]:
 
 def prepare(client: Any) -> None:
     """A blocking cluster client learned its slots when it was built."""
+
+
+def ended(thread: threading.Thread) -> bool:
+    """A listener thread is over (it never ends by itself while the cache is open)."""
+    return not thread.is_alive()
+
+
+def reset_connections(client: Any) -> None:
+    """Forget a client's pooled connections without closing them (after a fork they are
+    the parent's; redis-py would notice the new pid too)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        pool.reset()

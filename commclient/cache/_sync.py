@@ -68,19 +68,30 @@ class SyncRedisCache(CoreFacade):
         self._no_script_error = no_script_error()
         self._execute_command: Callable[..., Any] = self._redis.execute_command
         self._closed = False
-        self._after_fork()
+        self._build_local_state()
         reset_after_fork(self)
 
-    def _after_fork(self) -> None:
-        """(Re)build what is tied to a thread, a loop or a socket: at start, and in a
-        forked child, which must not use its parent's listener or connections."""
+    def _in_forked_child(self) -> None:
+        """A forked child must not use its parent's listener, locks or connections."""
+        self._build_local_state()
+        self._forget_connections()
+
+    def _build_local_state(self) -> None:
+        """(Re)build what is tied to a thread, a loop or a socket."""
         self._core.after_fork()
         self._flights = io.Flights()
-        self._deadlines = io.Deadlines(self._core.config.operation_timeout)
+        timeout = self._core.config.operation_timeout
+        self._deadlines = io.Deadlines(timeout, on_loop_closed=self._forget_connections)
         self._listener: Any = None
         self._listener_redis: Any = None
         self._listener_lock = threading.Lock()
         self._stop = io.Stop()
+
+    def _forget_connections(self) -> None:
+        """Drop the connections of a closed event loop (the async driver), or of the
+        parent process (after a fork): the next call opens its own."""
+        io.reset_connections(self._redis)
+        self._listener_redis = None
 
     @classmethod
     def from_url(
@@ -295,9 +306,14 @@ class SyncRedisCache(CoreFacade):
         return self._core.local.active
 
     def _ensure_listener(self) -> None:
-        if self._listener is None and self._core.local_tier_enabled and not self._closed:
+        """Start the local tier's listener, or a new one if the last one ended with the
+        event loop it ran on (``asyncio.run`` per job)."""
+        listener = self._listener
+        if listener is not None and not io.ended(listener):
+            return
+        if self._core.local_tier_enabled and not self._closed:
             with self._listener_lock:
-                if self._listener is None and not self._closed:
+                if (self._listener is None or io.ended(self._listener)) and not self._closed:
                     self._listener = io.start_background(
                         partial(self._listen, None, drives_local_tier=True, stop=self._stop),
                         name=f"commclient-cache-listener-{self._core.name}",

@@ -363,3 +363,66 @@ def test_a_loader_slower_than_the_lease_still_loads_once(
 
     assert run(scenario()) == ["loaded", "loaded"]
     assert len(calls) == 1
+
+
+def test_async_cache_serves_locally_again_on_a_new_event_loop(redis_url: str, prefix: str) -> None:
+    from commclient.cache import AsyncRedisCache
+
+    cache = AsyncRedisCache.from_url(redis_url, prefix, config=LOCAL)
+
+    async def first_job() -> None:
+        assert await cache.start()
+        await cache.set("settings:1", "v1")
+
+    async def second_job() -> bool:
+        # The first loop is closed and its listener with it: a new one starts here.
+        assert await cache.get("settings:1") == "v1"
+        return await cache.start()
+
+    asyncio.run(first_job())
+    try:
+        assert asyncio.run(second_job())
+    finally:
+        asyncio.run(cache.aclose())
+
+
+def test_forked_child_of_an_async_cache_uses_its_own_connections(
+    redis_url: str, prefix: str
+) -> None:
+    from commclient.cache import AsyncRedisCache
+
+    cache = AsyncRedisCache.from_url(redis_url, prefix, config=LOCAL)
+
+    async def before_fork() -> None:
+        assert await cache.start()
+        await cache.set("settings:1", "v1")
+        assert await cache.get("settings:1") == "v1"
+
+    async def in_child() -> Any:
+        deadline = time.monotonic() + 5.0
+        value = await cache.get("settings:1")
+        while value != "v2" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            value = await cache.get("settings:1")
+        return value
+
+    asyncio.run(before_fork())
+    changed_read, changed_write = os.pipe()
+    result_read, result_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            os.read(changed_read, 1)
+            os.write(result_write, json.dumps(asyncio.run(in_child())).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    writer = SyncRedisCache.from_url(redis_url, prefix)
+    writer.set("settings:1", "v2")
+    writer.close()
+    os.write(changed_write, b"x")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert json.loads(os.read(result_read, 1024)) == "v2"
+    asyncio.run(cache.aclose())
