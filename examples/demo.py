@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 
 from commclient import ClientConfig, testing
 from commclient.cache import create_async_cache
+from cron_migration import ShutdownReport
 from examples.cron_service.service import CronService
 from examples.rest_service import RestApp, create_app
 from examples.secretary_queue import (
@@ -261,7 +262,7 @@ def _progress(
 ) -> str:
     runs = runs_by_outcome(registry)
     failed = sum(runs[o] for o in RUN_OUTCOMES if o != "success")
-    records = len(app.service.list("job-executions"))
+    records = len(app.service.find("job-executions"))
     return (
         f"[{now:5.1f}s] {phase:<9} calls {int(total(registry, 'http_client_requests_total')):>4}"
         f"  retries {int(total(registry, 'http_client_retries_total')):>3}"
@@ -278,14 +279,14 @@ def _summary(
     registry: CollectorRegistry,
     observed: Observed,
     traffic: Traffic,
-    shutdown: Any,
+    shutdown: ShutdownReport,
     elapsed: float,
     out: TextIO,
 ) -> int:
     runs = runs_by_outcome(registry)
     ran = sum(runs[o] for o in RUN_OUTCOMES)
     failed = ran - runs["success"]
-    executions = app.service.list("job-executions")
+    executions = app.service.find("job-executions")
     finished = [e for e in executions if e["status"] in FINISHED]
     unfinished = len(executions) - len(finished)
     dropped = int(total(registry, "cron_run_records_dropped_total"))
@@ -296,7 +297,7 @@ def _summary(
     appended_twice = sum(
         n - 1 for n in Counter(t["reminder_id"] for t in triggers).values() if n > 1
     )
-    reminders = app.service.list("reminders")
+    reminders = app.service.find("reminders")
     sent = sum(r["status"] == "sent" for r in reminders)
     transitions = observed.transitions
     rows = [

@@ -27,6 +27,7 @@ moment they change here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -52,7 +53,7 @@ from commclient.asgi import (
     Send,
     SupportsInvalidation,
 )
-from examples.rest_service.faults import FaultControl, FaultMiddleware, FaultSettings
+from examples.rest_service.faults import FaultControl, FaultMiddleware
 from examples.rest_service.idempotency import IdempotencyMiddleware
 from examples.rest_service.store import ConflictError, NotFoundError, RestService
 
@@ -315,7 +316,7 @@ def _collection_routes(
     base = f"/api/{collection}/"
 
     async def list_records(request: Request) -> list[dict[str, Any]]:
-        return service.list(collection, dict(request.query_params))
+        return service.find(collection, dict(request.query_params))
 
     async def get_record(record_id: int) -> dict[str, Any]:
         return service.get(collection, record_id)
@@ -338,9 +339,8 @@ def _collection_routes(
 
 
 def _describe(faults: FaultControl) -> dict[str, Any]:
-    settings: FaultSettings = faults.settings
     return {
-        **settings.__dict__,
+        **dataclasses.asdict(faults.settings),
         "injected_errors": faults.injected_errors,
         "delayed_requests": faults.delayed_requests,
     }

@@ -40,7 +40,8 @@ class IdempotencyMiddleware:
         self.app = app
         self.max_keys = max_keys
         self._responses: OrderedDict[str, _Stored] = OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Per key: its lock and how many requests hold or wait for it; dropped at zero.
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self.replays = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,7 +56,8 @@ class IdempotencyMiddleware:
         if body is None:
             return  # the client went away before it finished sending
         fingerprint = hashlib.sha256(b"\0".join([scope.get("path", "").encode(), body])).hexdigest()
-        lock = self._locks.setdefault(key, asyncio.Lock())
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
         try:
             async with lock:
                 stored = self._responses.get(key)
@@ -64,7 +66,8 @@ class IdempotencyMiddleware:
                     return
                 await self._run_and_store(scope, body, receive, send, key, fingerprint)
         finally:
-            if not lock.locked() and self._locks.get(key) is lock:
+            users[0] -= 1
+            if users[0] == 0:
                 del self._locks[key]
 
     async def _replay(self, stored: _Stored, fingerprint: str, key: str, send: Send) -> None:

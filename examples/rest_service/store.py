@@ -94,7 +94,7 @@ class RestService:
             record["updated_at"] = self._now()
             return copy.deepcopy(record)
 
-    def list(
+    def find(
         self, collection: str, filters: Mapping[str, str] | None = None
     ) -> list[dict[str, Any]]:
         """Records whose fields equal every filter (compared as text), oldest first."""

@@ -34,6 +34,7 @@ from commclient import (
 from compat import LegacyMode, LegacyShim, sync_proxy
 from examples.cron_service.client import CronRestClient
 from examples.rest_service import RestService, create_app
+from examples.secretary_queue import InProcessQueue
 from examples.serving import free_port, serve
 
 pytestmark = pytest.mark.facade_async
@@ -249,6 +250,9 @@ def legacy_modules(monkeypatch: pytest.MonkeyPatch) -> tuple[types.ModuleType, t
         monkeypatch.setitem(sys.modules, "requests", _Forbidden("requests"))
     from examples.cron_service_legacy import jobs, rest_client
 
+    # The jobs' trigger queue is a module global another test may have pointed at a Redis
+    # that is gone: this test's reminders go to a queue of its own.
+    monkeypatch.setattr(jobs, "QUEUE", InProcessQueue())
     return rest_client, jobs
 
 

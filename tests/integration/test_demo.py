@@ -13,6 +13,7 @@ import pytest
 
 from examples import demo
 from examples.rest_service.store import ConflictError, RestService
+from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.facade_async, pytest.mark.facade_sync]
 
@@ -70,6 +71,22 @@ def test_a_run_the_rest_service_refuses_to_record_fails_the_demo(
     text = out.getvalue()
     assert status == 1, text
     assert "FAILED: 1 run(s) lost from the records" in text
+
+
+@pytest.mark.redis_server
+def test_with_redis_the_demo_uses_its_own_stream_and_removes_it() -> None:
+    import redis
+
+    with RedisServer() as server:
+        out = io.StringIO()
+        status = asyncio.run(demo.run_demo(6, server.url, out=out, live=False))
+        text = out.getvalue()
+        assert status == 0, text
+        assert f"Redis at {server.url}, stream queue:to_secretary:demo-" in text
+        assert int(_row(text, "reminders sent / created").split("/")[0]) > 0
+        with redis.Redis.from_url(server.url) as client:
+            leftovers = list(client.scan_iter(match="queue:to_secretary*"))
+        assert leftovers == []
 
 
 def test_a_too_short_duration_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

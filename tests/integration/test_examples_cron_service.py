@@ -119,7 +119,7 @@ def run_service(
 
 
 def reminders_sent(app: RestApp) -> bool:
-    return all(r["status"] == "sent" for r in app.service.list("reminders"))
+    return all(r["status"] == "sent" for r in app.service.find("reminders"))
 
 
 def test_every_run_is_recorded_and_every_reminder_sent_once(
@@ -130,7 +130,7 @@ def test_every_run_is_recorded_and_every_reminder_sent_once(
     registry = CollectorRegistry()
 
     def everything_ran() -> bool:
-        batches = app.service.list("batch-jobs")
+        batches = app.service.find("batch-jobs")
         return (
             reminders_sent(app)
             and set(runs_by_job(registry)) == set(FAST)
@@ -144,19 +144,19 @@ def test_every_run_is_recorded_and_every_reminder_sent_once(
     )
 
     assert shutdown.records_pending == 0
-    executions = app.service.list("job-executions")
+    executions = app.service.find("job-executions")
     assert {e["status"] for e in executions} == {"completed"}
     assert Counter(e["job_id"] for e in executions) == runs_by_job(registry)
     assert set(runs_by_job(registry)) == set(FAST)
     assert all(e["scheduled_at"] and e["correlation_id"] for e in executions)
     # Reminders: each on the queue once, all marked sent.
-    assert [r["status"] for r in app.service.list("reminders")] == ["sent"] * 4
+    assert [r["status"] for r in app.service.find("reminders")] == ["sent"] * 4
     triggers = service.queue.triggers()  # type: ignore[attr-defined]
     assert sorted(int(t["reminder_id"]) for t in triggers) == [1, 2, 3, 4]
     # Memories: extracted by the legacy sync job, the batch job finished by the async one.
-    kinds = {(b["job_type"], b["status"]) for b in app.service.list("batch-jobs")}
+    kinds = {(b["job_type"], b["status"]) for b in app.service.find("batch-jobs")}
     assert ("memory_extraction", "completed") in kinds
-    assert {c["memory_status"] for c in app.service.list("conversations")} == {"queued"}
+    assert {c["memory_status"] for c in app.service.find("conversations")} == {"queued"}
     # The settings came from the cache after the first read (runs every 0.3 s for 1.5 s).
     hits = cache_registry.get_sample_value(
         "redis_cache_hits_total",
@@ -179,7 +179,7 @@ def test_runs_failed_in_an_outage_are_recorded_once_the_service_is_back(
         app.faults.clear()
 
     def recovered() -> bool:
-        completed = app.service.list(
+        completed = app.service.find(
             "job-executions", {"job_id": "send_due_reminders", "status": "completed"}
         )
         return reminders_sent(app) and bool(completed)
@@ -187,7 +187,7 @@ def test_runs_failed_in_an_outage_are_recorded_once_the_service_is_back(
     _, shutdown = run_service(base_url, recovered, during=outage, registry=registry)
 
     assert shutdown.records_pending == 0
-    executions = app.service.list("job-executions")
+    executions = app.service.find("job-executions")
     statuses = Counter((e["job_id"], e["status"]) for e in executions)
     assert statuses[("send_due_reminders", "failed")] >= 1
     assert statuses[("send_due_reminders", "completed")] >= 1
@@ -195,7 +195,7 @@ def test_runs_failed_in_an_outage_are_recorded_once_the_service_is_back(
     assert "503" in failed["error"]
     assert "Traceback" in failed["traceback"]
     assert Counter(e["job_id"] for e in executions) == runs_by_job(registry)
-    assert [r["status"] for r in app.service.list("reminders")] == ["sent"] * 4
+    assert [r["status"] for r in app.service.find("reminders")] == ["sent"] * 4
 
 
 def test_a_job_switched_back_to_its_legacy_version_sends_nothing_twice(
@@ -214,7 +214,7 @@ def test_a_job_switched_back_to_its_legacy_version_sends_nothing_twice(
     }
     triggers = service.queue.triggers()  # type: ignore[attr-defined]
     assert sorted(int(t["reminder_id"]) for t in triggers) == [1, 2, 3, 4]
-    assert [r["status"] for r in app.service.list("reminders")] == ["sent"] * 4
+    assert [r["status"] for r in app.service.find("reminders")] == ["sent"] * 4
 
 
 def test_a_job_without_an_async_version_is_refused_by_name() -> None:
@@ -252,7 +252,7 @@ def test_two_replicas_run_each_scheduled_run_once(served: tuple[RestApp, str]) -
                 await asyncio.sleep(0.25)
             # Until every reminder is sent (a loaded machine runs the jobs late), at most 60 s.
             for _ in range(600):
-                if all(r.get("status") == "sent" for r in app.service.list("reminders")):
+                if all(r.get("status") == "sent" for r in app.service.find("reminders")):
                     break
                 await asyncio.sleep(0.1)
             for replica in replicas:
@@ -260,7 +260,7 @@ def test_two_replicas_run_each_scheduled_run_once(served: tuple[RestApp, str]) -
             return replicas
 
         replicas = asyncio.run(scenario())
-        executions = app.service.list("job-executions")
+        executions = app.service.find("job-executions")
         slots = Counter((e["job_id"], e["scheduled_at"]) for e in executions)
         assert slots
         assert max(slots.values()) == 1, [slot for slot, n in slots.items() if n > 1]

@@ -48,7 +48,7 @@ def seed_reminders(app: RestApp) -> list[int]:
 
 
 def statuses(app: RestApp, collection: str, field: str = "status") -> list[Any]:
-    return [record.get(field) for record in app.service.list(collection)]
+    return [record.get(field) for record in app.service.find(collection)]
 
 
 def test_due_reminders_reach_the_queue_and_are_marked_sent(app: RestApp) -> None:
@@ -60,7 +60,7 @@ def test_due_reminders_reach_the_queue_and_are_marked_sent(app: RestApp) -> None
     assert [t["reminder_id"] for t in triggers] == [str(ids[0]), str(ids[1])]
     assert triggers[0]["type"] == "reminder"
     assert triggers[0]["user_id"] == "7"
-    (execution,) = app.service.list("job-executions")
+    (execution,) = app.service.find("job-executions")
     assert (execution["job_id"], execution["status"]) == ("send_due_reminders", "completed")
     assert execution["result"] == {"reminders_sent": 2}
 
@@ -82,14 +82,14 @@ def test_memory_extraction_queues_a_batch_job_that_polling_completes(app: RestAp
         app.service.create("conversations", {"status": status, "memory_status": "pending"})
     assert jobs.extract_memories() == 2
     assert statuses(app, "conversations", "memory_status") == ["queued", "pending", "queued"]
-    (batch,) = app.service.list("batch-jobs")
+    (batch,) = app.service.find("batch-jobs")
     assert (batch["job_type"], batch["payload"]) == (
         "memory_extraction",
         {"conversation_ids": [1, 3]},
     )
     assert jobs.extract_memories() == 0  # nothing left to extract
     assert jobs.poll_batch_jobs() == 1
-    (batch,) = app.service.list("batch-jobs")
+    (batch,) = app.service.find("batch-jobs")
     assert batch["status"] == "completed"
     assert batch["result"] == {"memories": 2, "conversations": [1, 3]}
     assert jobs.poll_batch_jobs() == 0
@@ -103,7 +103,7 @@ def test_during_an_outage_the_old_jobs_look_like_they_had_nothing_to_do(app: Res
     assert jobs.send_due_reminders(NOW) == 0
     assert jobs.poll_batch_jobs() == 0
     assert jobs.schedule_nightly_cleanup() is None
-    assert app.service.list("job-executions") == []  # and no record that the run happened
+    assert app.service.find("job-executions") == []  # and no record that the run happened
     app.faults.clear()
     assert jobs.send_due_reminders(NOW) == 2
 

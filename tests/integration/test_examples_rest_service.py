@@ -252,6 +252,40 @@ def test_concurrent_requests_with_one_key_apply_once(served: Served) -> None:
     assert len(served.app.service.records["batch-jobs"]) == 1
 
 
+def test_after_a_failed_first_attempt_one_waiting_request_applies_and_the_rest_replay(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = served.app.service
+    real_create = store.create
+    calls = []
+
+    def create_failing_once(collection: str, document: Any) -> dict[str, Any]:
+        calls.append(collection)
+        if len(calls) == 1:
+            raise RuntimeError("the database went away")
+        return real_create(collection, document)
+
+    monkeypatch.setattr(store, "create", create_failing_once)
+    served.app.faults.configure(latency=0.3)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=served.base_url, timeout=30) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        "/api/batch-jobs/", json={"job_type": "x"}, headers={"Idempotency-Key": "f"}
+                    )
+                    for _ in range(6)
+                )
+            )
+
+    responses = asyncio.run(burst())
+    assert sorted(r.status_code for r in responses) == [201] * 5 + [500]
+    assert len({r.json()["id"] for r in responses if r.status_code == 201}) == 1
+    assert len(store.records["batch-jobs"]) == 1
+    assert len(calls) == 2  # the failed attempt and the one that applied; the rest replayed
+
+
 # -- fault switches -----------------------------------------------------------------------
 
 
