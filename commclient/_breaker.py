@@ -163,6 +163,18 @@ class Breaker:
         if self._start_sync:
             # First use, or first use in a forked child.
             self.start_sync()
+        # Admitting a call to a closed breaker, or refusing one while it is open, changes
+        # nothing, so these reads need no lock: a call that races a transition is one
+        # that came a moment earlier. (``_retry_at`` is set after the state: a stale value
+        # only sends the caller to the lock.) Whatever acts on the state (half-open, the
+        # probe) re-reads it under the lock. Positional NamedTuples: keywords cost more.
+        state = self._storage.state
+        if state == CLOSED:
+            return ADMITTED
+        if state == OPEN:
+            remaining = self._retry_at - self._clock.time()
+            if remaining > 0:
+                return Admission(False, False, remaining)
         with self._lock:
             state = self._storage.state
             if state == CLOSED:
@@ -170,18 +182,22 @@ class Breaker:
             if state == OPEN:
                 remaining = self._retry_at - self._clock.time()
                 if remaining > 0:
-                    return Admission(permitted=False, probe=False, retry_after=remaining)
+                    return Admission(False, False, remaining)
                 self._version += 1
                 self.circuit.half_open()
             elif self._probe is not None:
                 # One probe is out: the others fail fast instead of piling onto a
                 # service that may still be down.
-                return Admission(permitted=False, probe=False, retry_after=self.reset_timeout)
-            probe = Admission(permitted=True, probe=True, retry_after=0.0)
+                return Admission(False, False, self.reset_timeout)
+            probe = Admission(True, True, 0.0)
             self._probe = probe
             return probe
 
     def record_success(self, admission: Admission) -> None:
+        if not admission.probe and self._mirror is None and not self._storage.counter:
+            # Nothing to reset or to tell (the common case); a failure racing this read
+            # is one that came just after the success.
+            return
         with self._lock:
             if self._storage.counter:
                 self._storage.reset_counter()
