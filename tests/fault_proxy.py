@@ -9,7 +9,7 @@ connection and a new draw.
 
 =====================  =====================================================================
 ``Fault.NONE``         forward both ways
-``Fault.REFUSE``       (global) the listening socket is closed: connecting is refused
+``Fault.REFUSE``       (global) open connections are reset and connecting is refused
 ``Fault.RESET``        (per connection) accepted, the request read, then reset (RST) unforwarded
 ``Fault.LATENCY``      forward, each chunk ``latency`` seconds late
 ``Fault.STALL``        forward the request to the server, never forward its answer
@@ -94,10 +94,13 @@ class FaultProxy:
     # -- control (any thread) ------------------------------------------------------------
 
     def set_fault(self, fault: Fault) -> None:
-        """Apply ``fault`` to every new connection (``REFUSE``: stop listening)."""
+        """Apply ``fault`` to every new connection (``REFUSE``: the server is gone: stop
+        listening and reset the connections it had)."""
         with self._lock:
             self._fault, self._rate, self._choices = fault, 0.0, ()
         self._loop_thread.run(self._listen(fault is not Fault.REFUSE))
+        if fault is Fault.REFUSE:
+            self.drop_connections()
 
     def random_faults(self, rate: float, faults: Sequence[Fault], *, seed: int = 0) -> None:
         """Fault a share ``rate`` of new connections, each with one of ``faults`` at random."""
@@ -153,8 +156,8 @@ class FaultProxy:
             self.port = self._server.sockets[0].getsockname()[1]
         elif not listening and self._server is not None:
             server, self._server = self._server, None
+            # Not wait_closed(): since Python 3.12 it also waits for every open connection.
             server.close()
-            await server.wait_closed()
 
     async def _drop_all(self) -> None:
         for writer in list(self._writers):
