@@ -190,13 +190,16 @@ class HostileServer:
             await asyncio.sleep(0.001)
 
     async def _slow_headers(self, writer: Writer) -> None:
-        # Each byte arrives well within a read timeout; the head as a whole takes far longer
-        # than the deadline plus its slack: only a bound on the whole attempt ends it.
+        # Each header line arrives whole and well within a read timeout; the head as a whole
+        # takes far longer than the deadline plus its slack: only a bound on the whole
+        # attempt ends it.
         writer.write(b"HTTP/1.1 200 OK\r\n")
-        for byte in b"Content-Length: 2\r\n\r\n{}":
-            writer.write(bytes([byte]))
+        for number in range(20):
+            writer.write(b"X-Slow-%d: y\r\n" % number)
             await writer.drain()
             await asyncio.sleep(0.5)
+        writer.write(b"Content-Length: 2\r\n\r\n{}")
+        await writer.drain()
 
     async def _lie(self, writer: Writer) -> None:
         writer.write(
@@ -220,7 +223,8 @@ class HostileServer:
                 await route(writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, IndexError):
             pass
-        except asyncio.LimitOverrunError:
+        except (asyncio.LimitOverrunError, asyncio.CancelledError):
+            # Cancelled: the server is stopping while an endless answer is still going.
             pass
         finally:
             with contextlib.suppress(OSError, RuntimeError):

@@ -253,17 +253,7 @@ def test_secrets_stay_out_of_transport_logs(
 @pytest.mark.parametrize(
     "facade",
     [
-        pytest.param(
-            "sync",
-            marks=[
-                pytest.mark.facade_sync,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="issue 7 (redaction gaps): on sync the chained __cause__ message "
-                    "still contains secret query values",
-                ),
-            ],
-        ),
+        pytest.param("sync", marks=pytest.mark.facade_sync),
         pytest.param("async", marks=pytest.mark.facade_async),
     ],
 )
@@ -281,10 +271,6 @@ def test_secrets_stay_out_of_chained_exceptions(http_server: ServerProcess, faca
         pytest.param("sync", marks=pytest.mark.facade_sync),
         pytest.param("async", marks=pytest.mark.facade_async),
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 7 (redaction gaps): a query written into path is neither redacted nor merged",
 )
 def test_secret_query_written_into_the_path(
     http_server: ServerProcess, capture: Capture, facade: str
