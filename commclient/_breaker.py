@@ -164,25 +164,17 @@ class Breaker:
             # First use, or first use in a forked child.
             self.start_sync()
         # Admitting a call to a closed breaker, or refusing one while it is open, changes
-        # nothing, so these reads need no lock: a call that races a transition is one
-        # that came a moment earlier. (``_retry_at`` is set after the state: a stale value
-        # only sends the caller to the lock.) Whatever acts on the state (half-open, the
-        # probe) re-reads it under the lock. Positional NamedTuples: keywords cost more.
-        state = self._storage.state
-        if state == CLOSED:
-            return ADMITTED
-        if state == OPEN:
-            remaining = self._retry_at - self._clock.time()
-            if remaining > 0:
-                return Admission(False, False, remaining)
+        # nothing, so it needs no lock: a call that races a transition is one that came a
+        # moment earlier. Whatever acts on the state (half-open, the probe) re-reads it
+        # under the lock.
+        answer = self._answer_without_change()
+        if answer is not None:
+            return answer
         with self._lock:
-            state = self._storage.state
-            if state == CLOSED:
-                return ADMITTED
-            if state == OPEN:
-                remaining = self._retry_at - self._clock.time()
-                if remaining > 0:
-                    return Admission(False, False, remaining)
+            answer = self._answer_without_change()
+            if answer is not None:
+                return answer
+            if self._storage.state == OPEN:
                 self._version += 1
                 self.circuit.half_open()
             elif self._probe is not None:
@@ -192,6 +184,21 @@ class Breaker:
             probe = Admission(True, True, 0.0)
             self._probe = probe
             return probe
+
+    def _answer_without_change(self) -> Admission | None:
+        """Admitted when closed, refused while open; ``None`` when a probe may be due.
+
+        ``_retry_at`` is set after the state, so a stale value only sends the caller to
+        the lock. (Positional NamedTuples: keywords cost more on this path.)
+        """
+        state = self._storage.state
+        if state == CLOSED:
+            return ADMITTED
+        if state == OPEN:
+            remaining = self._retry_at - self._clock.time()
+            if remaining > 0:
+                return Admission(False, False, remaining)
+        return None
 
     def record_success(self, admission: Admission) -> None:
         if not admission.probe and self._mirror is None and not self._storage.counter:
