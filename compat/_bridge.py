@@ -12,6 +12,12 @@ that hands each call to the loop and then waits for the task to be spawned befor
 waiting for its result, two round trips where one suffices. Here the calling thread
 schedules the task with ``call_soon_threadsafe`` and waits on a lock that the task
 releases when it finishes: one hop there, one wake-up back.
+
+``with sync_proxy(...)`` does not use ``BlockingPortal.wrap_async_context_manager``
+either: the portal ends a block still open at its stop only by cancelling the task that
+holds it, so ``__aexit__`` runs in a cancelled scope and its first ``await`` (closing a
+connection pool) is cancelled. The bridge's stop asks open blocks to exit as if they had
+ended, within the grace period, and cancels only what is still open after it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,15 @@ from collections.abc import Iterator
 import pytest
 
 from commclient import correlation_id_ctx
-from compat import blocking_limit, run_blocking, run_sync, set_blocking_limit, stop_bridge
+from compat import (
+    BridgeStoppedError,
+    blocking_limit,
+    run_blocking,
+    run_sync,
+    set_blocking_limit,
+    stop_bridge,
+)
+from compat._bridge import Bridge
 from compat._run import DEFAULT_BLOCKING_LIMIT
 
 pytestmark = pytest.mark.facade_async
@@ -336,3 +344,45 @@ def test_a_call_waiting_for_a_slot_is_cancelled_at_once_and_never_runs(limit: No
 
     asyncio.run(main())
     assert not queued_ran.is_set()
+
+
+def test_stopping_the_bridge_does_not_keep_a_caller_waiting_for_a_blocking_function() -> None:
+    # The bridge's stop cancels the pending call; its run_blocking cannot end before the
+    # function returns, so the caller gets its error without waiting for that.
+    bridge = Bridge(name="test-bridge")
+    bridge.start()
+    started = threading.Event()
+    release = threading.Event()
+    finished = threading.Event()
+    outcome: list[BaseException] = []
+
+    def hung() -> None:
+        started.set()
+        release.wait(60)
+        finished.set()
+
+    async def job() -> None:
+        await run_blocking(hung)
+
+    def caller() -> None:
+        try:
+            bridge.call(job, (), {})
+        except BaseException as exc:
+            outcome.append(exc)
+
+    calling = threading.Thread(target=caller, daemon=True)
+    calling.start()
+    assert started.wait(10)
+    stopping = threading.Thread(target=bridge.stop, kwargs={"timeout": 0.05}, daemon=True)
+    stopping.start()
+    calling.join(30)
+    try:
+        assert not calling.is_alive()
+        assert not finished.is_set()  # the caller did not wait for the function
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], BridgeStoppedError)
+        assert "was left behind" in str(outcome[0])
+    finally:
+        release.set()
+        stopping.join(30)
+    assert bridge.state == "stopped"
