@@ -9,7 +9,8 @@ Sync code calling async code::
         reminders = rest.get_active_reminders()
 
 Both run on one background event loop shared by the process (started on first use,
-stopped at exit), never a new loop per call. Async code calling blocking code::
+stopped at exit once the non-daemon threads have ended: see the README for what exit
+does to calls still pending), never a new loop per call. Async code calling blocking code::
 
     from compat import run_blocking
 
