@@ -52,6 +52,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -424,7 +425,21 @@ class _Connection(asyncio.Protocol):
             self._process()
 
 
-async def serve(host: str, port: int, *, watch_stdin: bool = False) -> None:
+def _tls_context(tls: list[str] | None) -> ssl.SSLContext | None:
+    """``[cert, key]`` or ``[cert, key, client_ca]`` (then a client certificate is required)."""
+    if not tls:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls[0], tls[1])
+    if len(tls) > 2:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(tls[2])
+    return context
+
+
+async def serve(
+    host: str, port: int, *, watch_stdin: bool = False, tls: list[str] | None = None
+) -> None:
     """Listen on ``host:port`` until killed; announce the port on stdout when ready.
 
     With ``watch_stdin``, also stop when stdin closes, so that a test run killed outright
@@ -437,7 +452,12 @@ async def serve(host: str, port: int, *, watch_stdin: bool = False) -> None:
     while True:
         try:
             server = await loop.create_server(
-                lambda: _Connection(behaviours, tasks), host, port, reuse_address=True, backlog=512
+                lambda: _Connection(behaviours, tasks),
+                host,
+                port,
+                reuse_address=True,
+                backlog=512,
+                ssl=_tls_context(tls),
             )
             break
         except OSError:
@@ -468,14 +488,18 @@ async def serve(host: str, port: int, *, watch_stdin: bool = False) -> None:
 class ServerProcess:
     """The server in a child process; ``stop()`` and ``start()`` keep its port."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tls: list[str] | None = None
+    ) -> None:
         self.host = host
         self.port = port
+        #: ``[cert, key]``, or ``[cert, key, client_ca]`` to require a client certificate.
+        self.tls = tls
         self._process: subprocess.Popen[str] | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -486,7 +510,14 @@ class ServerProcess:
             raise RuntimeError("the server is already running")
         script = str(Path(__file__).resolve())
         process = subprocess.Popen(
-            [sys.executable, script, self.host, str(self.port), "--watch-stdin"],
+            [
+                sys.executable,
+                script,
+                self.host,
+                str(self.port),
+                "--watch-stdin",
+                *(["--tls", *self.tls] if self.tls else []),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -551,8 +582,9 @@ def main() -> None:
     parser.add_argument("host", nargs="?", default="127.0.0.1")
     parser.add_argument("port", nargs="?", type=int, default=0)
     parser.add_argument("--watch-stdin", action="store_true", help="stop when stdin closes")
+    parser.add_argument("--tls", nargs="+", metavar="FILE", help="CERT KEY [CLIENT_CA]")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port, watch_stdin=args.watch_stdin))
+    asyncio.run(serve(args.host, args.port, watch_stdin=args.watch_stdin, tls=args.tls))
 
 
 if __name__ == "__main__":

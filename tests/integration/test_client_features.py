@@ -5,7 +5,10 @@ Run on both facades through :class:`Driver`, against the real loopback server.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -135,3 +138,94 @@ def test_testing_reset_gives_live_clients_a_fresh_budget(make: Any) -> None:
     budget = call.client._core.current_budget()
     testing.reset()
     assert call.client._core.current_budget() is not budget
+
+
+# --- TLS: verify, a CA bundle, a client certificate ------------------------------------------
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _issue(directory: Path, name: str, extensions: str) -> tuple[str, str]:
+    """A key and a certificate for ``name``, signed by the test CA in ``directory``."""
+    key, csr, cert = (str(directory / f"{name}.{ext}") for ext in ("key", "csr", "pem"))
+    extfile = directory / f"{name}.ext"
+    extfile.write_text(
+        "basicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid,issuer\n"
+        "keyUsage=digitalSignature\n" + extensions
+    )
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", key, "-out", csr, "-subj", f"/CN={name}",
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", csr, "-CA", str(directory / "ca.pem"),
+        "-CAkey", str(directory / "ca.key"), "-CAcreateserial", "-out", cert,
+        "-days", "2", "-extfile", str(extfile),
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    directory = tmp_path_factory.mktemp("tls")
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-keyout", str(directory / "ca.key"), "-out", str(directory / "ca.pem"),
+        "-days", "2", "-subj", "/CN=commclient test CA",
+    )  # fmt: skip
+    server = _issue(
+        directory,
+        "server",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    client = _issue(directory, "client", "extendedKeyUsage=clientAuth\n")
+    return {
+        "ca": str(directory / "ca.pem"),
+        "server_cert": server[0],
+        "server_key": server[1],
+        "client_cert": client[0],
+        "client_key": client[1],
+    }
+
+
+@pytest.mark.filterwarnings("ignore:Unverified HTTPS request")
+def test_verify_takes_a_ca_bundle_or_false(
+    facade: str, tls_files: dict[str, str], names: Names
+) -> None:
+    with ServerProcess(tls=[tls_files["server_cert"], tls_files["server_key"]]) as server:
+        for verify, works in ((tls_files["ca"], True), (False, True), (True, False)):
+            config = fast_config(verify=verify, max_retries=1)
+            driver = Driver(facade, server.base_url, names, config)
+            try:
+                if works:
+                    assert driver("get", "/echo")["method"] == "GET"
+                else:
+                    with pytest.raises(ServiceConnectionError):
+                        driver("get", "/echo")
+            finally:
+                driver.close()
+            testing.reset()
+
+
+def test_cert_presents_a_client_certificate(
+    facade: str, tls_files: dict[str, str], names: Names
+) -> None:
+    files = tls_files
+    tls = [files["server_cert"], files["server_key"], files["ca"]]
+    with ServerProcess(tls=tls) as server:
+        mutual = fast_config(verify=files["ca"], cert=(files["client_cert"], files["client_key"]))
+        driver = Driver(facade, server.base_url, names, mutual)
+        try:
+            assert driver("get", "/echo")["method"] == "GET"
+        finally:
+            driver.close()
+        anonymous = Driver(facade, server.base_url, names, fast_config(verify=files["ca"]))
+        try:
+            with pytest.raises(ServiceConnectionError):
+                anonymous("get", "/echo")
+        finally:
+            anonymous.close()

@@ -35,6 +35,16 @@ from commclient import ClientConfig
         ("max_connections", 0),
         ("max_endpoints", 0),
         ("retry_on_status", frozenset({503, 42})),
+        ("retry_budget_min_per_second", -1),
+        ("verify", ""),
+        ("verify", 1),
+        ("cert", ("client.pem",)),
+        ("cert", ""),
+        ("proxy", "proxy:3128"),
+        ("trust_env", 1),
+        ("follow_redirects", "yes"),
+        ("max_redirects", -1),
+        ("max_redirects", 2.5),
     ],
 )
 def test_bad_values_raise_naming_the_field(field: str, value: Any) -> None:
