@@ -151,7 +151,7 @@ class AsyncServiceClient:
                 stream=True,
             )
             try:
-                reader = attempt.reader(response.headers)
+                reader = attempt.reader(response.status_code, response.headers)
                 if reader.wants_more:
                     async for chunk in response.aiter_raw():
                         if not reader.feed(chunk):

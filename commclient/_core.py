@@ -107,8 +107,10 @@ class Attempt(NamedTuple):
     time_limit: float | None
     max_response_bytes: int
 
-    def reader(self, headers: Mapping[str, str]) -> BodyReader:
-        return BodyReader(headers, self.max_response_bytes)
+    def reader(self, status: int, headers: Mapping[str, str]) -> BodyReader:
+        # A HEAD, a 204 and a 304 announce the size of a body they do not carry.
+        bodiless = self.request.method == "HEAD" or status in (204, 304)
+        return BodyReader(headers, self.max_response_bytes, announced=not bodiless)
 
     def response(self, status: int, headers: Mapping[str, str], reader: BodyReader) -> Outcome:
         """The outcome of a response whose body was fed into ``reader``."""

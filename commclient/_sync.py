@@ -157,7 +157,7 @@ class SyncServiceClient:
                     proxies=self._settings.proxies(request.url),
                 )
                 with response:
-                    reader = attempt.reader(response.headers)
+                    reader = attempt.reader(response.status_code, response.headers)
                     if reader.wants_more:
                         for chunk in response.raw.stream(_CHUNK, decode_content=False):
                             if not reader.feed(chunk):

@@ -197,12 +197,12 @@ class BodyReader:
 
     __slots__ = ("_chunks", "_decoders", "_size", "error", "limit", "too_large")
 
-    def __init__(self, headers: Mapping[str, str], limit: int) -> None:
+    def __init__(self, headers: Mapping[str, str], limit: int, *, announced: bool = True) -> None:
         self.limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
         self.error: str | None = None
-        size = declared_size(headers)
+        size = declared_size(headers) if announced else None
         self.too_large = size is not None and size > limit
         encoding = headers.get("content-encoding")
         self._decoders: list[_Inflater] = []

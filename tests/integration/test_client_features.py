@@ -229,3 +229,10 @@ def test_cert_presents_a_client_certificate(
                 anonymous("get", "/echo")
         finally:
             anonymous.close()
+
+
+def test_head_of_a_large_resource_is_not_refused(make: Any) -> None:
+    call = make(fast_config(max_response_bytes=1000))
+    response = call("request_raw", "HEAD", "/large", params={"bytes": "100000"})
+    assert response.headers["content-length"] == "100000"
+    assert response.content == b""
