@@ -5,13 +5,17 @@ its headers a byte at a time, or a chain of redirects, outlives any deadline. On
 daemon thread per process keeps the deadlines of the attempts in flight; when one
 passes, it shuts down the socket of that attempt's connection, so that the blocked
 read returns at once and the facade reports a timeout. Name resolution
-(``getaddrinfo``) cannot be interrupted this way and is bounded by the resolver only.
+(``getaddrinfo``) has no socket to cut: while a deadline runs, new connections resolve
+names on a small thread pool and stop waiting when the deadline passes (the lookup itself
+finishes in the background).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import heapq
+import ipaddress
 import itertools
 import os
 import socket
@@ -157,9 +161,62 @@ def watched_adapter(requests: Any, max_connections: int) -> Any:
     return _adapter_class(pool_connections=1, pool_maxsize=max_connections, max_retries=0)
 
 
+class _Resolver:
+    """``getaddrinfo`` on worker threads, waited for no longer than a deadline."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def resolve(self, host: str, port: int, at: float) -> list[Any]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    4, thread_name_prefix="commclient-resolver"
+                )
+            pool = self._pool
+        lookup = pool.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        addresses: list[Any] = lookup.result(timeout=max(0.0, at - time.monotonic()))
+        return addresses
+
+
+resolver = _Resolver()
+os.register_at_fork(after_in_child=resolver.reset)
+
+
 def _make_adapter_class(requests: Any) -> Any:
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+
+    def new_conn(self: Any) -> socket.socket:
+        watch = getattr(_current, "watch", None)
+        host = self._dns_host
+        if watch is None or _is_address(host):
+            return super(type(self), self)._new_conn()  # type: ignore[no-any-return]
+        try:
+            addresses = resolver.resolve(host, self.port, watch.at)
+        except concurrent.futures.TimeoutError:
+            raise ConnectTimeoutError(
+                self, f"resolving {host} outlived the deadline of the call"
+            ) from None
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        # Connect to what was resolved, trying each address in turn as create_connection does.
+        error: Exception | None = None
+        try:
+            for *_, address in addresses:
+                self._dns_host = address[0]
+                try:
+                    return super(type(self), self)._new_conn()  # type: ignore[no-any-return]
+                except NewConnectionError as exc:
+                    error = exc
+        finally:
+            self._dns_host = host
+        raise error or NewConnectionError(self, f"{host} resolved to no address")
 
     def request(self: Any, *args: Any, **kwargs: Any) -> None:
         watch = getattr(_current, "watch", None)
@@ -167,7 +224,7 @@ def _make_adapter_class(requests: Any) -> Any:
             watchdog.attach(watch, self)
         super(type(self), self).request(*args, **kwargs)
 
-    members = {"request": request, "_commclient_watch": None}
+    members = {"request": request, "_new_conn": new_conn, "_commclient_watch": None}
     http_connection = type("WatchedHTTPConnection", (HTTPConnection,), members)
     https_connection = type("WatchedHTTPSConnection", (HTTPSConnection,), members)
     pool_classes = {
@@ -193,3 +250,11 @@ def _make_adapter_class(requests: Any) -> Any:
             return manager
 
     return WatchedAdapter
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True

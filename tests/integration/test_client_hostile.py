@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 import time
 import traceback
@@ -389,3 +390,22 @@ def test_request_raw_returns_the_response(make: Any) -> None:
     assert (created.status_code, created.headers["location"], created.json()) == (201, "/x/1", {})
     not_modified = call("request_raw", "GET", "/reply", params={"status": "304"})
     assert not_modified.status_code == 304
+
+
+def test_deadline_bounds_a_name_lookup_that_hangs(
+    make: Any, http_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_getaddrinfo = socket.getaddrinfo
+
+    def hanging_resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("slow-dns.test", b"slow-dns.test"):
+            time.sleep(8)
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_resolver)
+    call = make(fast_config(max_retries=1), base_url=f"http://slow-dns.test:{http_server.port}")
+    started = time.monotonic()
+    with pytest.raises(ServiceTimeoutError):
+        call("get", "/echo", deadline=1.0)
+    assert time.monotonic() - started < 6.0
