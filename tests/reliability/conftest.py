@@ -11,9 +11,19 @@ import pytest
 from commclient import ClientConfig, testing
 from tests.fault_proxy import FaultProxy
 from tests.http_server import ServerProcess
-from tests.reliability._results import Row
+from tests.reliability._results import FULL, Row
 
 _OUTCOME = pytest.StashKey[str]()
+#: Seconds one scenario may take: the suite-wide 120 s is too short for full sizes, and for
+#: the properties on a machine shared by many processes.
+TIMEOUT = 3600 if FULL else 600
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = str(__file__).rpartition("/")[0]
+    for item in items:
+        if str(item.path).startswith(here) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIMEOUT))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -36,7 +36,6 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.mark.timeout(300)
 def test_prefork_workers(
     http_server: ServerProcess,
     rest_service: RestServiceProcess,
@@ -58,7 +57,7 @@ def test_prefork_workers(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=900,
     )
     reports = [json.loads(line) for line in finished.stdout.splitlines() if line.startswith("{")]
     processes = [r for r in reports if r.get("process", "").startswith(("worker", "parent"))]
