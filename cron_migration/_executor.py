@@ -12,9 +12,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from apscheduler.events import (
+    EVENT_JOB_ADDED,
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
     EVENT_JOB_MISSED,
+    JobEvent,
     JobExecutionEvent,
 )
 from apscheduler.executors.base import BaseExecutor
@@ -180,20 +182,27 @@ def watch_missed_runs(scheduler: Any, *, registry: CollectorRegistry | None = No
     """Count ``cron_job_missed_total{job}`` for every run ``scheduler`` skips as missed.
 
     :class:`MigrationExecutor` calls it when it starts; call it for schedulers that use
-    other executors. Calling it again for the same scheduler changes nothing.
+    other executors. Calling it again for the same scheduler changes nothing. The series
+    of every job the scheduler has or gets exists at 0 from then on.
     """
     if getattr(scheduler, "_cron_migration_watches_missed_runs", False):
         return
     metrics = CronMetrics(registry)
 
-    def on_missed(event: JobExecutionEvent) -> None:
-        job = scheduler.get_job(event.job_id)
+    def missed_series(job_id: str) -> Any:
+        job = scheduler.get_job(job_id)
         target = getattr(getattr(job, "func", None), "__func__", getattr(job, "func", None))
         if isinstance(target, MigratedJob):
-            target.metrics.missed.labels(target.name).inc()
-        else:
-            metrics.missed.labels(event.job_id).inc()
+            return target.metrics.missed.labels(target.name)
+        return metrics.missed.labels(job_id)
 
-    mark_internal_listener(on_missed)
-    scheduler.add_listener(on_missed, EVENT_JOB_MISSED)
+    def on_event(event: JobEvent) -> None:
+        series = missed_series(event.job_id)
+        if event.code == EVENT_JOB_MISSED:
+            series.inc()
+
+    mark_internal_listener(on_event)
+    scheduler.add_listener(on_event, EVENT_JOB_MISSED | EVENT_JOB_ADDED)
     scheduler._cron_migration_watches_missed_runs = True
+    for job in scheduler.get_jobs():
+        missed_series(job.id)

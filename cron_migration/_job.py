@@ -361,4 +361,5 @@ def _decorate(
     job: MigratedJob = job_class(
         func, timeout=timeout, lease=lease, recorder=outbox, name=name, metrics=metrics
     )
+    metrics.declare_job(name)
     return job

@@ -68,5 +68,20 @@ class CronMetrics:
             [],
         )
 
+    def declare_job(self, job: str) -> None:
+        """Create every series of ``job`` at 0.
+
+        ``increase()`` needs a sample before the first increment: a series that appears
+        at 1 shows no increase, so a job's first failure would fire no alert.
+        """
+        for outcome in OUTCOMES:
+            self.runs.labels(job, outcome)
+        self.duration.labels(job)
+        self.declare_missed(job)
+
+    def declare_missed(self, job: str) -> None:
+        """Create ``cron_job_missed_total{job}`` at 0 (see :meth:`declare_job`)."""
+        self.missed.labels(job)
+
     def count_run(self, job: str, outcome: str) -> None:
         self.runs.labels(job, outcome).inc()

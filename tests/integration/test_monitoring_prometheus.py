@@ -401,7 +401,8 @@ def test_provoked_alerts_are_true(run: Run, alert: str, label: str, value: str) 
 
 def test_cron_job_label_survives_the_scrape(run: Run) -> None:
     series = run.prometheus.query_range(
-        'sum by (job, outcome) (cron_job_runs_total{outcome=~"success|error|timeout"})',
+        # > 0: cron_migration exports every (job, outcome) series at 0 from the start.
+        'sum by (job, outcome) (cron_job_runs_total{outcome=~"success|error|timeout"}) > 0',
         run.started,
         run.ended,
     )
