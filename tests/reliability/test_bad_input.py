@@ -124,6 +124,7 @@ def test_config_numbers_are_validated(name: str, value: object) -> None:
 @example(name="retry_on_status", value=5)
 @example(name="retry_on_status", value=[600, "x"])
 @example(name="default_headers", value="ab")
+@example(name="default_headers", value={"X-A": 5})
 @example(name="default_headers", value=(("X-A", "a\r\nInjected: 1"),))
 def test_config_collections_are_validated(name: str, value: object) -> None:
     built = _assert_clear_rejection(name, value)
