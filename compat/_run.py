@@ -126,13 +126,15 @@ class _Pool:
             None,
         )
         if chain_slot is not None:
-            while chain_slot.lent:
+            while chain_slot.lent and not chain_slot.ended:
                 try:
                     return self._free_token()
                 except anyio.WouldBlock:
                     await chain_slot.wait_returned()
-            chain_slot.lent = True
-            return chain_slot.give_back
+            if not chain_slot.ended:
+                chain_slot.lent = True
+                return chain_slot.give_back
+        # Not nested, or nested in a call that has returned: a slot of the limit's own.
         borrower = object()
         await self.limiter.acquire_on_behalf_of(borrower)
         return self._giving_back(borrower)

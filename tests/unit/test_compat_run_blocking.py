@@ -386,3 +386,42 @@ def test_stopping_the_bridge_does_not_keep_a_caller_waiting_for_a_blocking_funct
         release.set()
         stopping.join(30)
     assert bridge.state == "stopped"
+
+
+def test_a_call_nested_in_one_that_has_returned_takes_a_slot_of_its_own(limit: None) -> None:
+    # A thread started inside a blocking function, with its context, calls on after that
+    # function returned: the slot it was nested in is free again and is not lent to it.
+    import anyio.to_thread
+
+    set_blocking_limit(1)
+    holding = threading.Event()
+    release = threading.Event()
+    late_ran = threading.Event()
+    late_callers: list[threading.Thread] = []
+
+    def late_call() -> None:
+        run_sync(run_blocking, late_ran.set)
+
+    def starts_a_thread() -> None:
+        context = contextvars.copy_context()
+        late_callers.append(threading.Thread(target=context.run, args=(late_call,)))
+
+    def holder() -> None:
+        holding.set()
+        release.wait(30)
+
+    async def main() -> None:
+        await run_blocking(starts_a_thread)
+        held = asyncio.ensure_future(run_blocking(holder))  # takes the only slot
+        # anyio's own pool: no default executor left on the bridge loop at exit.
+        await anyio.to_thread.run_sync(holding.wait, 10)
+        late_callers[0].start()
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert not late_ran.is_set()  # it waits for the slot the holder has
+        release.set()
+        await held
+
+    run_sync(main)
+    late_callers[0].join(30)
+    assert late_ran.is_set()
