@@ -561,13 +561,17 @@ class CacheCore:
 
     def admit(self, operation: str) -> Admission | None:
         """The breaker's permit to call Redis now, or ``None`` (counted) to skip it."""
-        admission = self.health.admit()
-        if admission is None:
-            self.metrics.error(operation, "circuit_open")
-        return admission
+        admission = self.health.admit_call()
+        if admission.permitted:
+            return admission
+        self.metrics.error(operation, "circuit_open")
+        return None
 
     def succeeded(self, operation: str, seconds: float, admission: Admission) -> None:
-        self.health.record_success(admission)
+        health = self.health
+        health.record_call_success(admission)
+        if health.in_outage:
+            health.recovered()
         self.metrics.observe(operation, seconds)
 
     def abandoned(self, admission: Admission) -> None:

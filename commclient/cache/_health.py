@@ -27,8 +27,6 @@ class RedisHealth:
     def __init__(self, cache_name: str, failure_threshold: int, cooldown: float) -> None:
         # Imported here: pybreaker imports redis when it is installed, and importing the
         # cache package must stay free of optional dependencies.
-        import pybreaker
-
         from commclient._breaker import Breaker
 
         self.cache_name = cache_name
@@ -36,8 +34,10 @@ class RedisHealth:
             f"cache:{cache_name}",
             fail_max=failure_threshold,
             reset_timeout=cooldown,
-            storage=pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED),
         )
+        # Bound once: these run on every Redis call.
+        self.admit_call = self.breaker.admit
+        self.record_call_success = self.breaker.record_success
         self._lock = threading.Lock()
         self._outage_started_at: float | None = None
 
@@ -62,8 +62,11 @@ class RedisHealth:
 
     def record_success(self, admission: Admission) -> None:
         self.breaker.record_success(admission)
-        if self._outage_started_at is None:
-            return
+        if self._outage_started_at is not None:
+            self.recovered()
+
+    def recovered(self) -> None:
+        """Log the end of an outage (once, whichever call noticed it first)."""
         with self._lock:
             outage_started_at, self._outage_started_at = self._outage_started_at, None
         if outage_started_at is not None:
