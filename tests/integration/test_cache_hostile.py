@@ -10,6 +10,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pydantic
@@ -18,7 +20,7 @@ import redis
 
 from commclient.cache import CacheConfig, SyncRedisCache
 from tests import conftest_cache
-from tests.conftest_cache import Facade, eventually, run
+from tests.conftest_cache import Facade, Harness, eventually, run
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis_server
@@ -36,6 +38,20 @@ LOCAL = CacheConfig(
 
 def raw_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
+
+
+@asynccontextmanager
+async def two_local_tiers(
+    facade: Facade, url: str, prefix: str
+) -> AsyncIterator[tuple[Harness, Harness]]:
+    """Two caches of one prefix (as two processes would have), their local tiers serving."""
+    async with (
+        facade.open(url, prefix, config=LOCAL) as writer,
+        facade.open(url, prefix, config=LOCAL) as reader,
+    ):
+        assert await writer.start()
+        assert await reader.start()
+        yield writer, reader
 
 
 # -- 1. fork --------------------------------------------------------------------------------
@@ -97,12 +113,7 @@ def test_refreshed_value_reaches_other_local_tiers(
     facade: Facade, redis_url: str, prefix: str
 ) -> None:
     async def scenario() -> None:
-        async with (
-            facade.open(redis_url, prefix, config=LOCAL) as writer,
-            facade.open(redis_url, prefix, config=LOCAL) as reader,
-        ):
-            assert await writer.start()
-            assert await reader.start()
+        async with two_local_tiers(facade, redis_url, prefix) as (writer, reader):
             await writer.get_or_set("settings:1", lambda: "v1", ttl=0.5, stale_ttl=5)
             assert await reader.get("settings:1") == "v1"  # held locally by the reader
             await asyncio.sleep(0.7)  # v1 is stale now
@@ -123,12 +134,7 @@ def test_stale_local_copy_is_refreshed_by_its_own_process(
     facade: Facade, redis_url: str, prefix: str
 ) -> None:
     async def scenario() -> None:
-        async with (
-            facade.open(redis_url, prefix, config=LOCAL) as writer,
-            facade.open(redis_url, prefix, config=LOCAL) as reader,
-        ):
-            assert await writer.start()
-            assert await reader.start()
+        async with two_local_tiers(facade, redis_url, prefix) as (writer, reader):
             await writer.get_or_set("settings:1", lambda: "v1", ttl=0.5, stale_ttl=5)
             assert await reader.get("settings:1") == "v1"  # held locally by the reader
             await asyncio.sleep(0.7)
@@ -269,12 +275,7 @@ def test_local_tiers_drop_what_redis_matched_byte_by_byte(
     facade: Facade, redis_url: str, prefix: str
 ) -> None:
     async def scenario() -> None:
-        async with (
-            facade.open(redis_url, prefix, config=LOCAL) as writer,
-            facade.open(redis_url, prefix, config=LOCAL) as reader,
-        ):
-            assert await writer.start()
-            assert await reader.start()
+        async with two_local_tiers(facade, redis_url, prefix) as (writer, reader):
             await writer.set("u:é", 1)
             assert await reader.get("u:é") == 1
             assert await writer.invalidate("u:?") == 0  # "é" is two bytes: Redis keeps it
