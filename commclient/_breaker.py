@@ -8,7 +8,9 @@ notifies the listeners (the state gauge).
 
 Every check-then-act (is it open, has the reset timeout passed, is a probe out) runs
 under the breaker's one lock, and nothing under that lock does I/O: half-open lets
-exactly one probe through while the others fail fast, whatever the threads do.
+exactly one probe through while the others fail fast, whatever the threads do. Only
+answers that change nothing (admit to a closed breaker, refuse while open) read the
+state without it, which keeps the hot paths lock-free.
 
 **State shared through Redis.** The local state stays authoritative for admission;
 callers never touch Redis. A :class:`_RedisMirror` per breaker collects what happened
