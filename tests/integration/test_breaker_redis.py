@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import redis
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from commclient import (
     AsyncServiceClient,
@@ -310,11 +310,15 @@ def test_failures_of_several_processes_add_up_in_redis(server: RedisServer) -> N
         f"{service}->{target}", 4, 30.0, redis_url=server.url, sync_interval=SYNC_INTERVAL
     )
     there.start_sync()
+    registry = CollectorRegistry()
+    here.attach_gauge(Gauge("breaker_state", "state of here", registry=registry))
     for breaker in (here, there, here, there):
         breaker.record_failure(breaker.admit())
     _eventually(lambda: here.state == "open" and there.state == "open", "the shared trip")
     # Each saw two failures, below fail_max: the trip came from their sum in Redis.
     assert here.circuit.fail_counter == there.circuit.fail_counter == 2
+    # A state taken from Redis reaches the metric like a local transition.
+    assert registry.get_sample_value("breaker_state") == 1
     there.reset()
 
 
