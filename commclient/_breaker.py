@@ -397,12 +397,17 @@ class _RedisMirror:
         # For log lines: never the password.
         self.where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
         # No I/O here: an unreachable Redis is found, and reported, by the sync thread.
-        self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=REDIS_TIMEOUT,
-            socket_connect_timeout=REDIS_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-        )
+        try:
+            self._client = redis.Redis.from_url(
+                url,
+                socket_timeout=REDIS_TIMEOUT,
+                socket_connect_timeout=REDIS_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"circuit_breaker_redis_url {self.where!r} is not a Redis URL: {exc}"
+            ) from None
         self._script = self._client.register_script(_SYNC_SCRIPT)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         namespace = f"commclient:{breaker.name.replace('->', ':')}:pybreaker"

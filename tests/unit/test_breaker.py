@@ -1,7 +1,9 @@
-"""The breaker under threads, forks and resets: no sockets, a fake clock where time matters."""
+"""The breaker under threads, forks and resets: no servers, a fake clock where time matters."""
 
 from __future__ import annotations
 
+import logging
+import socket
 import sys
 import threading
 import time
@@ -220,3 +222,33 @@ def test_a_redis_storage_is_refused_with_the_setting_to_use_instead() -> None:
 
     with pytest.raises(TypeError, match="pass redis_url"):
         Breaker("storage->target", 1, 1.0, storage=NotMemory("other"))  # type: ignore[arg-type]
+
+
+def test_a_url_that_is_not_redis_names_the_setting_without_the_password() -> None:
+    with pytest.raises(ValueError, match="circuit_breaker_redis_url") as caught:
+        Breaker("url->target", 1, 1.0, redis_url="http://user:hunter2@cache.test:6379/0")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_an_unreachable_redis_is_one_warning_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on: connecting is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    breaker = Breaker("pw->target", 1, 1.0, redis_url=f"redis://:hunter2@127.0.0.1:{port}/0")
+    mirror = breaker._mirror
+    assert mirror is not None
+    with caplog.at_level(logging.INFO, logger="commclient.breaker"):
+        for _ in range(3):
+            breaker.record_failure(breaker.admit())
+            mirror.push_now()
+    warnings = [r for r in caplog.records if r.name == "commclient.breaker"]
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    message = warnings[0].getMessage()
+    assert f"127.0.0.1:{port}" in message
+    assert "hunter2" not in message
+    # The local state carries on: the breaker opened on its own failures.
+    assert breaker.state == "open"
+    breaker.reset()
