@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from commclient import ClientConfig, testing
 from commclient.cache import AsyncMemoryCache
 from cron_migration import ASYNC_JOBS_ENV
+from examples.cron_service import CronRestClient
 from examples.cron_service.service import CronService
 from examples.rest_service import RestApp, create_app
 from examples.secretary_queue import read_triggers
@@ -277,3 +278,57 @@ def test_two_replicas_run_each_scheduled_run_once(served: tuple[RestApp, str]) -
             triggers = read_triggers(client)
         ids = [t["reminder_id"] for t in triggers]
         assert sorted(ids, key=int) == [str(n) for n in range(1, 13)]
+
+
+def test_every_client_method_against_the_rest_service(served: tuple[RestApp, str]) -> None:
+    app, base_url = served
+    store = app.service
+    reminder = store.create("reminders", {"remind_at": "2026-03-01T08:00:00+00:00"})
+    store.create("reminders", {"remind_at": "2026-03-02T08:00:00+00:00"})
+    conversation = store.create("conversations", {"status": "closed", "memory_status": "pending"})
+
+    async def scenario() -> None:
+        client = CronRestClient(
+            base_url,
+            service_name="cron_service",
+            target_service="rest_service",
+            config=QUICK_CLIENT,
+        )
+        async with client:
+            # A naive time is taken as UTC (the REST service refuses times without an offset).
+            due = await client.get_scheduled_reminders(datetime(2026, 3, 1, 9))
+            assert [r["id"] for r in due] == [reminder["id"]]
+            assert len(await client.get_scheduled_reminders()) == 2
+            assert (await client.get_reminder(reminder["id"]))["remind_at"] == reminder["remind_at"]
+            assert (await client.mark_reminder_sent(reminder["id"]))["status"] == "sent"
+            assert (await client.update_reminder(reminder["id"], {"note": "x"}))["note"] == "x"
+            assert (await client.get_global_settings())["timezone"] == "UTC"
+            found = await client.get_conversations(status="closed")
+            assert [c["id"] for c in found] == [conversation["id"]]
+            changed = await client.update_conversation(
+                conversation["id"], {"memory_status": "done"}
+            )
+            assert changed["memory_status"] == "done"
+            batch = await client.create_batch_job("cleanup", {"days": 7}, idempotency_key="b-1")
+            again = await client.create_batch_job("cleanup", {"days": 7}, idempotency_key="b-1")
+            assert again["id"] == batch["id"]
+            assert [j["id"] for j in await client.get_pending_batch_jobs()] == [batch["id"]]
+            await client.update_batch_job(batch["id"], {"status": "completed"})
+            assert (await client.get_batch_job(batch["id"]))["status"] == "completed"
+            execution_id = await client.create_job_execution(
+                job_id="j",
+                job_name="J",
+                scheduled_at=datetime(2026, 3, 1, 8),
+                correlation_id="c",
+                idempotency_key="e-1",
+            )
+            await client.start_job_execution(execution_id, idempotency_key="e-2")
+            await client.fail_job_execution(
+                execution_id, error="boom", traceback="tb", idempotency_key="e-3"
+            )
+            (record,) = await client.list_job_executions(status="failed")
+            assert record["id"] == int(execution_id)
+            assert record["scheduled_at"] == "2026-03-01T08:00:00+00:00"
+            assert (record["error"], record["traceback"]) == ("boom", "tb")
+
+    asyncio.run(scenario())

@@ -372,3 +372,13 @@ def test_a_change_invalidates_the_cached_settings() -> None:
         cached, stored = asyncio.run(scenario(base_url))
     assert cached is None
     assert stored == "Asia/Tokyo"
+
+
+def test_bodies_that_are_not_json_objects_are_refused(served: Served) -> None:
+    not_json = served.http.post(
+        "/api/batch-jobs/", content=b"{oops", headers={"Content-Type": "application/json"}
+    )
+    assert not_json.status_code == 422
+    assert served.http.post("/api/conversations/", json=["a"]).status_code == 422
+    assert served.http.patch("/api/reminders/1", json="sent").status_code == 422
+    assert served.app.service.records["batch-jobs"] == {}
