@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import sys
 import threading
 import traceback
 from collections.abc import Callable, Collection
@@ -24,7 +23,7 @@ from apscheduler.job import Job
 from prometheus_client import CollectorRegistry
 
 from ._context import ScheduledRun, _scheduled_run, mark_internal_listener
-from ._job import MigratedJob, is_async_callable
+from ._job import Escaped, MigratedJob, call_escaping, is_async_callable
 from ._metrics import CronMetrics
 
 
@@ -109,12 +108,30 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                 self._run_job_error(job_id, asyncio.CancelledError("the run was cancelled"))
                 return
             error = run.exception()
-            if error is not None:
+            if isinstance(error, _RunInterrupted):
+                self._run_job_success(job_id, error.events)  # the events, its error included
+                self._interrupt(error.error)
+            elif error is not None:
                 self._run_job_error(job_id, error, error.__traceback__)
             else:
                 self._run_job_success(job_id, run.result())
 
         return done
+
+    def _interrupt(self, error: BaseException) -> None:
+        """A job raised KeyboardInterrupt or SystemExit: never swallowed."""
+        if self._loop is not None:
+            # In a loop callback asyncio lets these two through: the scheduler's loop
+            # stops and its runner (asyncio.run) raises it, as with a bare job on the loop.
+            raise error
+        # Under a thread scheduler the run is a task on compat's loop, which serves every
+        # bridge of the process: raising it there would end that loop, not the scheduler.
+        # APScheduler's own thread pool reports it as the run's error; so does this, loudly.
+        self._logger.critical(
+            "a job raised %r under a thread scheduler: reported as the run's error; "
+            "it does not stop the scheduler",
+            error,
+        )
 
     async def _run(self, job: Job, run_times: list[datetime]) -> list[JobExecutionEvent]:
         """What APScheduler's run_job does, with each call told its scheduled run time."""
@@ -134,8 +151,10 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                 result = await self._call(job)
             except asyncio.CancelledError:
                 raise
-            except BaseException:
-                exc, tb = sys.exc_info()[1:]
+            except BaseException as caught:
+                exc, tb = caught, caught.__traceback__
+                if isinstance(caught, Escaped):
+                    exc, tb = caught.error, caught.error.__traceback__
                 events.append(
                     JobExecutionEvent(
                         EVENT_JOB_ERROR,
@@ -146,8 +165,10 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                         traceback="".join(traceback.format_tb(tb)),
                     )
                 )
-                self._logger.exception('Job "%s" raised an exception', job)
+                self._logger.error('Job "%s" raised an exception', job, exc_info=exc)
                 del tb
+                if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit
+                    raise _RunInterrupted(exc, events) from None
             else:
                 events.append(
                     JobExecutionEvent(
@@ -170,12 +191,21 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
             if not target.is_async or self._loop is None or self.on_async_path(job.id):
                 return await target.run_async(*args, **kwargs)
             # The legacy path: as under a thread scheduler, through compat's loop.
-            return await run_blocking(run_sync, target.run_async, *args, **kwargs)
+            return await run_blocking(call_escaping, run_sync, (target.run_async, *args), kwargs)
         if is_async_callable(func):
             if self._loop is None or self.on_async_path(job.id):
                 return await func(*args, **kwargs)
-            return await run_blocking(run_sync, func, *args, **kwargs)
-        return await run_blocking(func, *args, **kwargs)
+            return await run_blocking(call_escaping, run_sync, (func, *args), kwargs)
+        return await run_blocking(call_escaping, func, args, kwargs)
+
+
+class _RunInterrupted(Exception):
+    """A run ended with KeyboardInterrupt or SystemExit (see :class:`Escaped`)."""
+
+    def __init__(self, error: BaseException, events: list[JobExecutionEvent]) -> None:
+        super().__init__(repr(error))
+        self.error = error
+        self.events = events
 
 
 def watch_missed_runs(scheduler: Any, *, registry: CollectorRegistry | None = None) -> None:

@@ -211,12 +211,7 @@ class MigratedJob:
             self.metrics.count_run(self.name, outcome)
 
     async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self.is_async:
-            work: asyncio.Future[Any] = asyncio.ensure_future(self.func(*args, **kwargs))
-        else:
-            from compat import run_blocking
-
-            work = asyncio.ensure_future(run_blocking(self.func, *args, **kwargs))
+        work = asyncio.ensure_future(self._call_func(args, kwargs))
         try:
             done, _ = await asyncio.wait({work}, timeout=self.timeout)
         except asyncio.CancelledError:
@@ -226,7 +221,23 @@ class MigratedJob:
             self._abandon(work)
             assert self.timeout is not None
             raise JobTimeoutError(self.name, self.timeout)
-        return work.result()
+        try:
+            return work.result()
+        except Escaped as escaped:
+            raise escaped.error from None
+
+    async def _call_func(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The job function itself, in its own task (so that a timeout can leave it)."""
+        if not self.is_async:
+            from compat import run_blocking
+
+            return await run_blocking(call_escaping, self.func, args, kwargs)
+        try:
+            return await self.func(*args, **kwargs)
+        except (Exception, asyncio.CancelledError):
+            raise
+        except BaseException as exc:
+            raise Escaped(exc) from None
 
     def _abandon(self, work: asyncio.Future[Any]) -> None:
         """Stop waiting for ``work``: cancel a coroutine; a thread cannot be stopped."""
@@ -245,6 +256,29 @@ class MigratedJob:
         self._abandoned.discard(work)
         if not work.cancelled() and work.exception() is not None:
             logger.warning("job %s: an abandoned run ended with %r", self.name, work.exception())
+
+
+class Escaped(Exception):
+    """Carries a KeyboardInterrupt or SystemExit out of a task as an ordinary exception.
+
+    asyncio re-raises those two out of the loop itself when a task ends with one: the
+    loop (compat's, shared by every bridge, or the scheduler's) would end instead of the
+    exception reaching the run's caller, which re-raises the original.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
+def call_escaping(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``func(*args, **kwargs)`` in a worker thread, KeyboardInterrupt/SystemExit wrapped."""
+    try:
+        return func(*args, **kwargs)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise Escaped(exc) from None
 
 
 @overload

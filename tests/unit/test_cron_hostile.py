@@ -1,0 +1,137 @@
+"""cron_migration against careless callers and hostile jobs, recorders and process models."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+pytest.importorskip("apscheduler")
+pytest.importorskip("anyio")
+
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
+
+from cron_migration import MigrationExecutor, flush_run_records, migrated_job, shutdown_gracefully
+from tests.unit.cron_support import FakeRecorder, runs, sample, wait_until, wait_until_async
+
+pytestmark = pytest.mark.facade_async
+
+INTERRUPTS = [KeyboardInterrupt, SystemExit]
+
+
+def interrupting_job(kind: str, error: type[BaseException], **options: Any) -> Any:
+    if kind == "async":
+
+        @migrated_job(name="interrupting", **options)
+        async def job() -> None:
+            await asyncio.sleep(0)
+            raise error("from the job")
+
+    else:
+
+        @migrated_job(name="interrupting", **options)
+        def job() -> None:
+            raise error("from the job")
+
+    return job
+
+
+@pytest.mark.parametrize("error", INTERRUPTS)
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_keyboard_interrupt_and_system_exit_reach_a_caller_without_a_loop(
+    kind: str, error: type[BaseException]
+) -> None:
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    job = interrupting_job(kind, error, registry=registry, recorder=recorder)
+
+    with pytest.raises(error, match="from the job"):
+        job()  # as a thread scheduler calls it: the run is on compat's loop
+    assert runs(registry, "interrupting", "error") == 1
+
+    # compat's loop, shared by the whole process, is still serving.
+    @migrated_job(registry=registry)
+    async def after() -> str:
+        return "still running"
+
+    assert after() == "still running"
+    from compat import run_sync
+
+    assert run_sync(flush_run_records, 10) == 0
+    (failed,) = recorder.by_status("failed")
+    assert failed.error == f"{error.__name__}: from the job"
+
+
+@pytest.mark.parametrize("error", INTERRUPTS)
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_keyboard_interrupt_and_system_exit_reach_the_awaiting_coroutine(
+    kind: str, error: type[BaseException]
+) -> None:
+    registry = CollectorRegistry()
+    job = interrupting_job(kind, error, registry=registry)
+
+    async def main() -> BaseException | None:
+        try:
+            await job()
+        except error as caught:  # here, not out of the loop from another task
+            return caught
+        return None
+
+    caught = asyncio.run(main())
+    assert isinstance(caught, error)
+    assert str(caught) == "from the job"
+    assert runs(registry, "interrupting", "error") == 1
+
+
+@pytest.mark.parametrize("error", INTERRUPTS)
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_an_interrupt_from_a_job_stops_the_asyncio_scheduler_and_is_reported(
+    kind: str, error: type[BaseException]
+) -> None:
+    registry = CollectorRegistry()
+    job = interrupting_job(kind, error, registry=registry)
+    events: list[JobExecutionEvent] = []
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor(registry=registry)})
+        scheduler.add_listener(events.append, EVENT_JOB_ERROR)
+        scheduler.add_job(job, "interval", seconds=0.05, id="interrupting")
+        scheduler.start()
+        await asyncio.sleep(30)  # the job's interrupt ends this loop long before
+
+    with pytest.raises(error, match="from the job"):
+        asyncio.run(main())
+    assert [type(event.exception) for event in events] == [error]
+    assert runs(registry, "interrupting", "error") == 1
+
+
+@pytest.mark.parametrize("error", INTERRUPTS)
+def test_an_interrupt_under_a_thread_scheduler_is_reported_and_compat_keeps_serving(
+    error: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = CollectorRegistry()
+    job = interrupting_job("async", error, registry=registry)
+    events: list[JobExecutionEvent] = []
+    scheduler = BackgroundScheduler(executors={"default": MigrationExecutor(registry=registry)})
+    scheduler.add_listener(events.append, EVENT_JOB_ERROR)
+    scheduler.add_job(job, "interval", seconds=0.05, id="interrupting")
+    scheduler.start()
+    try:
+        wait_until(lambda: len(events) >= 2, what="two interrupted runs")
+    finally:
+        scheduler.shutdown(wait=True)
+    assert {type(event.exception) for event in events} == {error}
+    assert any("does not stop the scheduler" in r.getMessage() for r in caplog.records)
+
+    @migrated_job(registry=registry)
+    async def after() -> str:
+        return "still running"
+
+    assert after() == "still running"
