@@ -82,10 +82,10 @@ class Lease:
             raise TypeError(f"lease must be a Redis URL or a Redis client, got {redis_or_url!r}")
         self.on_redis_error: OnRedisError = on_redis_error
         self.key_prefix = key_prefix
-        self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
             weakref.WeakKeyDictionary()
         )
+        _leases.add(self)
 
     def key(self, job_id: str, scheduled_at: datetime) -> str:
         """The lease key of one slot; the same on every replica whatever its time zone."""
@@ -101,7 +101,7 @@ class Lease:
         """Try to take the slot's lease for ``timeout`` plus the clock skew."""
         key = self.key(job_id, scheduled_at)
         milliseconds = max(1, math.ceil(self.hold_seconds(timeout) * 1000))
-        value = f"{self._owner}:{run_id}"
+        value = f"{socket.gethostname()}:{os.getpid()}:{run_id}"  # the pid changes in a fork
         try:
             acquired = await asyncio.wait_for(
                 self._set_nx(key, value, milliseconds), self.redis_timeout * 2
@@ -166,3 +166,18 @@ def _is_async_client(client: Any) -> bool:
     return type(client).__module__.startswith("redis.asyncio") or inspect.iscoroutinefunction(
         client.set
     )
+
+
+_leases: weakref.WeakSet[Lease] = weakref.WeakSet()
+
+
+def _forget_clients_after_fork() -> None:
+    # A client's connections are the parent's sockets: a child using them would interleave
+    # its commands with the parent's. Dropped, not closed (closing talks on the socket);
+    # the child opens its own on first use. A client given to the lease is the caller's.
+    for lease in list(_leases):
+        lease._clients = weakref.WeakKeyDictionary()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_clients_after_fork)

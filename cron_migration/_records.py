@@ -357,6 +357,8 @@ def _forget_after_fork() -> None:
     for outbox in list(_outboxes):
         outbox._lock = threading.Lock()
         outbox._operations.clear()
+        if outbox._open_runs:  # nor does the child's gauge count them
+            outbox._metrics.records_pending.dec(outbox._open_runs)
         outbox._open_runs = 0
         outbox._worker = None
         outbox._worker_loop = None

@@ -135,3 +135,77 @@ def test_an_interrupt_under_a_thread_scheduler_is_reported_and_compat_keeps_serv
         return "still running"
 
     assert after() == "still running"
+
+
+def in_a_child(work: Any) -> str:
+    """Run ``work()`` in a forked child; return what it returned (a str) through a pipe."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write_end, str(work()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as pipe:
+        return pipe.read()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_does_not_report_the_parents_pending_records() -> None:
+    registry = CollectorRegistry()
+    recorder = FakeRecorder(down=True)
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def job() -> None:
+        return None
+
+    job()  # its records wait in the parent: the recorder is down
+    assert sample(registry, "cron_run_records_pending") == 1
+
+    def child() -> str:
+        return f"{sample(registry, 'cron_run_records_pending'):g}"
+
+    assert in_a_child(child) == "0"  # the parent's run is the parent's to deliver
+    assert sample(registry, "cron_run_records_pending") == 1
+    recorder.down = False
+    assert asyncio.run(flush_run_records(10)) == 0
+    assert sample(registry, "cron_run_records_pending") == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_opens_its_own_lease_connection_and_owns_its_leases() -> None:
+    redis = pytest.importorskip("redis")
+    from datetime import datetime, timezone
+
+    from cron_migration import Lease
+    from tests.redis_server import RedisServer, require_redis_server
+
+    require_redis_server()
+    with RedisServer() as server:
+        lease = Lease(server.url)
+        loop = asyncio.new_event_loop()  # a loop that lives on, as a service's would
+        try:
+            first = datetime(2026, 6, 1, 7, 30, tzinfo=timezone.utc)
+            loop.run_until_complete(lease.acquire("remind", first, 5, "parent-run"))
+            checker = redis.Redis.from_url(server.url)
+
+            def child() -> str:
+                second = datetime(2026, 6, 1, 7, 31, tzinfo=timezone.utc)
+                loop.run_until_complete(lease.acquire("remind", second, 5, "child-run"))
+                owner = checker.get(lease.key("remind", second)).decode()
+                # Its own connection: the parent's, the checker's and the child's.
+                return f"{owner}|{len(checker.client_list())}|{os.getpid()}"
+
+            owner, connections, child_pid = in_a_child(child).split("|")
+            assert owner.split(":")[-2] == child_pid, owner
+            assert int(connections) == 3
+            parent_owner = checker.get(lease.key("remind", first)).decode()
+            assert parent_owner.split(":")[-2] == str(os.getpid())
+            checker.close()
+        finally:
+            loop.run_until_complete(lease.aclose())
+            loop.close()
