@@ -85,7 +85,12 @@ def audit_paths(paths: Iterable[Path]) -> list[Finding]:
         if not root.exists():
             raise FileNotFoundError(f"audit: {root} does not exist")
         for path in iter_python_files(root):
-            findings.extend(audit_source(path.read_text(encoding="utf-8"), str(path)))
+            try:
+                source = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError) as exc:
+                findings.append(Finding(str(path), 0, 0, "CM000", f"cannot read: {exc}"))
+                continue
+            findings.extend(audit_source(source, str(path)))
     return sorted(findings)
 
 

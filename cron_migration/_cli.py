@@ -25,10 +25,14 @@ def load_scheduler(spec: str) -> Any:
         raise UsageError(f"expected module:attribute (e.g. myservice.cron:scheduler), got {spec!r}")
     if "" not in sys.path:
         sys.path.insert(0, "")  # the current directory, as `python -m` has it
+    # Whatever importing or building fails with is an error of the command (status 2),
+    # never an answer to --check (1) nor, for a SystemExit(0), a pass.
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise UsageError(f"importing {module_name!r} failed: {exc!r}") from exc
     target: Any = module
     for part in attribute.split("."):
         try:
@@ -36,7 +40,10 @@ def load_scheduler(spec: str) -> Any:
         except AttributeError as exc:
             raise UsageError(f"{module_name!r} has no attribute {attribute!r}") from exc
     if not isinstance(target, BaseScheduler) and callable(target):
-        target = target()
+        try:
+            target = target()
+        except (Exception, SystemExit) as exc:
+            raise UsageError(f"{spec}() failed: {exc!r}") from exc
     if not isinstance(target, BaseScheduler):
         raise UsageError(
             f"{spec} is {type(target).__name__}, not an APScheduler 3 scheduler "

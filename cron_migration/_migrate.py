@@ -180,7 +180,10 @@ def _describe(
     old: Any, job: Job, func: Callable[..., Any], on_loop: frozenset[str], report: MigrationReport
 ) -> JobMigration:
     executor = _executor_of(old, job.executor)
-    executor_name = executor if isinstance(executor, str) else type(executor).__name__
+    if executor is None:
+        executor_name = "missing"
+    else:
+        executor_name = executor if isinstance(executor, str) else type(executor).__name__
     # A MigratedJob is awaited under any executor; a bare coroutine function is not.
     was_async = is_async_callable(job.func) and not isinstance(job.func, MigratedJob)
     is_async = is_async_callable(func)

@@ -36,6 +36,15 @@ def build():
     return made
 
 not_a_scheduler = 42
+
+def failing_factory():
+    raise KeyError("DATABASE_URL")
+
+def exiting_factory():
+    raise SystemExit(0)
+
+unknown_executor = BlockingScheduler(timezone="UTC")
+unknown_executor.add_job(report, "interval", minutes=5, id="report", executor="nope")
 '''
 
 
@@ -70,13 +79,32 @@ def test_plan_prints_each_job_and_check_fails_on_what_cannot_move(
         ("no_such_module_xyz:scheduler", "cannot import 'no_such_module_xyz'"),
         ("{module}:missing", "has no attribute 'missing'"),
         ("{module}:not_a_scheduler", "int, not an APScheduler 3 scheduler"),
+        ("{module}:failing_factory", "failing_factory() failed: KeyError('DATABASE_URL')"),
+        ("{module}:exiting_factory", "exiting_factory() failed: SystemExit(0)"),
+        ("{broken}:scheduler", "failed: RuntimeError('REST_SERVICE_URL is not set')"),
     ],
 )
 def test_plan_names_what_is_wrong_with_its_argument(
-    legacy_module: str, spec: str, message: str, capsys: pytest.CaptureFixture[str]
+    legacy_module: str,
+    tmp_path: Path,
+    spec: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["plan", spec.format(module=legacy_module)]) == 2
+    broken = f"{legacy_module}_broken"
+    (tmp_path / f"{broken}.py").write_text("raise RuntimeError('REST_SERVICE_URL is not set')\n")
+    # 2, the command's own failure: never 1 (cannot migrate) nor 0 (a pass for --check).
+    assert main(["plan", spec.format(module=legacy_module, broken=broken), "--check"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_plan_check_fails_on_a_job_whose_executor_does_not_exist(
+    legacy_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", f"{legacy_module}:unknown_executor", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "executor: 'nope': missing" in out
+    assert "CANNOT MOVE AS IS: report: its executor 'nope' does not exist" in out
 
 
 def test_plan_refuses_a_misspelt_async_job(
@@ -156,6 +184,7 @@ def test_audit_walks_a_tree_skips_the_clients_and_reports_unparsable_files(
     (tmp_path / "service").mkdir()
     (tmp_path / "service" / "jobs.py").write_text(AUDITED)
     (tmp_path / "service" / "broken.py").write_text("def (:\n")
+    (tmp_path / "service" / "latin1.py").write_bytes(b"# caf\xe9\n")
     (tmp_path / "commclient").mkdir()
     (tmp_path / "commclient" / "_sync.py").write_text("import requests\nrequests.get('x')\n")
     assert main(["audit", str(tmp_path)]) == 0
@@ -163,7 +192,8 @@ def test_audit_walks_a_tree_skips_the_clients_and_reports_unparsable_files(
     assert "commclient" not in out
     assert "broken.py:1:" in out
     assert "CM000 cannot parse" in out
-    assert "10 call site(s) to migrate" in out
+    assert "latin1.py:0:0: CM000 cannot read:" in out
+    assert "11 call site(s) to migrate" in out
     assert main(["audit", str(tmp_path), "--check"]) == 1
     assert main(["audit", str(tmp_path / "nowhere")]) == 2
 
