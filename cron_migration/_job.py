@@ -35,7 +35,13 @@ from commclient import correlation_id_ctx
 from ._context import check_seconds, current_scheduled_run
 from ._lease import DEFAULT_CLOCK_SKEW, Lease, LeaseDecision, OnRedisError
 from ._metrics import CronMetrics
-from ._records import DEFAULT_RECORD_CAPACITY, RecordOutbox, RunRecord, check_recorder
+from ._records import (
+    DEFAULT_RECORD_CAPACITY,
+    RecordOutbox,
+    RunRecord,
+    check_capacity,
+    check_recorder,
+)
 
 logger = logging.getLogger("cron_migration")
 
@@ -153,7 +159,9 @@ class MigratedJob:
         try:
             if self.lease is not None:
                 if scheduled_at is None:
-                    self.metrics.count_run(self.name, "skipped_no_lease")
+                    # An error, not a skip: it is how the job is set up, not a Redis outage,
+                    # and only an error fires the failing-runs alert.
+                    self.metrics.count_run(self.name, "error")
                     raise ScheduledRunUnknownError(
                         f"job {self.name!r} has a lease but its scheduled run time is unknown: "
                         "run it under a scheduler whose executor is "
@@ -361,12 +369,30 @@ def _decorate(
     on_redis_error: OnRedisError,
     record_capacity: int,
 ) -> MigratedJob:
-    if isinstance(func, MigratedJob):
-        raise TypeError(f"{func!r} is already decorated with @migrated_job")
     if not callable(func):
-        raise TypeError(f"@migrated_job decorates a function, got {func!r}")
+        raise TypeError(
+            f"@migrated_job decorates a function, got {func!r}; its options are "
+            "keyword-only: @migrated_job(timeout=60)"
+        )
+    inner = func
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    if isinstance(getattr(inner, "__func__", inner), MigratedJob):
+        # Its runs would be counted, recorded and leased twice, the second lease
+        # finding the slot taken by the first.
+        raise TypeError(f"{func!r} is already decorated with @migrated_job")
+    if on_redis_error not in ("run", "skip"):
+        raise ValueError(f"on_redis_error must be 'run' or 'skip', got {on_redis_error!r}")
+    if isinstance(lease, Lease) and (
+        lease_clock_skew != DEFAULT_CLOCK_SKEW or on_redis_error != "skip"
+    ):
+        raise ValueError(
+            "lease_clock_skew and on_redis_error configure a lease made from a URL or "
+            "client; set them on the Lease you pass instead"
+        )
     if timeout is not None:
         timeout = check_seconds("timeout", timeout)
+    check_capacity(record_capacity)  # refused even without a recorder: a wrong option
     if name is None:
         name = getattr(func, "__name__", None) or repr(func)
     elif not isinstance(name, str) or not name:

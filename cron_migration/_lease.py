@@ -20,6 +20,8 @@ import weakref
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
+from commclient._correlation import redact_text
+
 from ._context import check_seconds
 
 if TYPE_CHECKING:
@@ -69,10 +71,7 @@ class Lease:
         self.clock_skew = check_seconds("clock_skew", clock_skew, allow_zero=True)
         self.redis_timeout = check_seconds("redis_timeout", redis_timeout)
         if isinstance(redis_or_url, str):
-            if not redis_or_url.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError(
-                    f"lease: {redis_or_url!r} is not a Redis URL (redis://host:port/db)"
-                )
+            _check_url(redis_or_url)
             self._url: str | None = redis_or_url
             self._client: Any = None
         elif callable(getattr(redis_or_url, "set", None)):
@@ -160,6 +159,23 @@ class Lease:
         client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
+
+
+def _check_url(url: str) -> None:
+    """Refuse, when the job is decorated, a URL every run would fail to connect with."""
+    shown = redact_text(url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"lease: {shown!r} is not a Redis URL (redis://host:port/db)")
+    try:
+        import redis.asyncio
+    except ImportError as exc:
+        raise ImportError(
+            "lease=<Redis URL> needs redis-py: pip install 'commclient[redis]'"
+        ) from exc
+    try:
+        redis.asyncio.ConnectionPool.from_url(url)  # parses only; connects on first use
+    except ValueError as exc:
+        raise ValueError(f"lease: {shown!r} is not a usable Redis URL: {exc}") from None
 
 
 def _is_async_client(client: Any) -> bool:

@@ -100,6 +100,11 @@ def check_recorder(recorder: object) -> RunRecorder:
     return recorder
 
 
+def check_capacity(capacity: object) -> None:
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"record capacity must be an integer >= 1, got {capacity!r}")
+
+
 @dataclass(eq=False)
 class RunRecord:
     """What the outbox knows about one run."""
@@ -164,8 +169,7 @@ class RecordOutbox:
         retry_max: float = DEFAULT_RETRY_MAX,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
     ) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"record capacity must be an integer >= 1, got {capacity!r}")
+        check_capacity(capacity)
         self.recorder = recorder
         self.capacity = capacity
         self.retry_initial = retry_initial

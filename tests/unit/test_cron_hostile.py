@@ -209,3 +209,36 @@ def test_a_forked_child_opens_its_own_lease_connection_and_owns_its_leases() -> 
         finally:
             loop.run_until_complete(lease.aclose())
             loop.close()
+
+
+def test_a_job_decorated_twice_through_a_method_or_a_partial_is_refused() -> None:
+    import functools
+
+    class Service:
+        @migrated_job(registry=CollectorRegistry(), name="tick")
+        async def tick(self, step: int) -> int:
+            return step
+
+    with pytest.raises(TypeError, match="already decorated"):
+        migrated_job(Service().tick)
+    with pytest.raises(TypeError, match="already decorated"):
+        migrated_job(functools.partial(Service.tick, Service()))
+
+
+def test_options_given_positionally_or_misspelt_are_named() -> None:
+    with pytest.raises(TypeError, match=r"got 60; its options are keyword-only"):
+        migrated_job(60)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="timout"):
+        migrated_job(timout=60)  # type: ignore[call-overload]
+
+
+def test_lease_options_beside_a_ready_lease_are_refused_not_ignored() -> None:
+    from cron_migration import Lease
+
+    lease = Lease("redis://localhost:6379/0")
+    with pytest.raises(ValueError, match="set them on the Lease"):
+        migrated_job(timeout=5, lease=lease, on_redis_error="run")(lambda: None)
+    with pytest.raises(ValueError, match="set them on the Lease"):
+        migrated_job(timeout=5, lease=lease, lease_clock_skew=5)(lambda: None)
+    with pytest.raises(ValueError, match="'run' or 'skip', got 'skp'"):
+        migrated_job(timeout=5, on_redis_error="skp")(lambda: None)  # type: ignore[arg-type]
