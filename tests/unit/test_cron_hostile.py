@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-import time
 from typing import Any
 
 import pytest
@@ -18,8 +16,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from cron_migration import MigrationExecutor, flush_run_records, migrated_job, shutdown_gracefully
-from tests.unit.cron_support import FakeRecorder, runs, sample, wait_until, wait_until_async
+from cron_migration import MigrationExecutor, flush_run_records, migrated_job
+from tests.unit.cron_support import FakeRecorder, runs, sample, wait_until
 
 pytestmark = pytest.mark.facade_async
 
