@@ -17,7 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from cron_migration import MigrationExecutor, flush_run_records, migrated_job
-from tests.unit.cron_support import FakeRecorder, runs, sample, wait_until
+from tests.unit.cron_support import FakeRecorder, runs, wait_until
 
 pytestmark = pytest.mark.facade_async
 
@@ -148,29 +148,6 @@ def in_a_child(work: Any) -> str:
     os.waitpid(pid, 0)
     with os.fdopen(read_end) as pipe:
         return pipe.read()
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-def test_a_forked_child_does_not_report_the_parents_pending_records() -> None:
-    registry = CollectorRegistry()
-    recorder = FakeRecorder(down=True)
-
-    @migrated_job(recorder=recorder, registry=registry)
-    async def job() -> None:
-        return None
-
-    job()  # its records wait in the parent: the recorder is down
-    assert sample(registry, "cron_run_records_pending") == 1
-
-    def child() -> str:
-        return f"{sample(registry, 'cron_run_records_pending'):g}"
-
-    assert in_a_child(child) == "0"  # the parent's run is the parent's to deliver
-    assert sample(registry, "cron_run_records_pending") == 1
-    recorder.down = False
-    assert asyncio.run(flush_run_records(10)) == 0
-    assert sample(registry, "cron_run_records_pending") == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

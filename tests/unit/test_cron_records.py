@@ -207,20 +207,23 @@ def test_a_forked_child_neither_inherits_the_parents_records_nor_its_delivery_ta
             recorder.down = False
             outbox = job.outbox
             held = outbox.pending_operations if outbox is not None else -1
+            gauge = sample(registry, "cron_run_records_pending")
 
             async def child_run() -> int:
                 await job()
                 return await flush_run_records(10)
 
             pending = asyncio.run(child_run())
-            os.write(write_end, f"{held} {pending} {len(recorder.executions)}".encode())
+            os.write(write_end, f"{held} {gauge:g} {pending} {len(recorder.executions)}".encode())
         finally:
             os._exit(0)
     os.close(write_end)
     os.waitpid(pid, 0)
     with os.fdopen(read_end) as pipe:
-        held, pending, executions = map(int, pipe.read().split())
+        held, gauge, pending, executions = map(int, pipe.read().split())
     assert held == 0  # the parent's two operations stayed with the parent
+    assert gauge == 0  # nor does the child's gauge count them
+    assert sample(registry, "cron_run_records_pending") == 1  # the parent's does
     assert pending == 0
     assert executions == 1  # only the child's own run
     recorder.down = False
