@@ -17,14 +17,16 @@ import signal
 from prometheus_client import REGISTRY, make_asgi_app
 
 from examples.cron_service.service import CronService
+from examples.cron_service_legacy.scheduler import SCHEDULE
 from examples.serving import serve
 
 
-async def run(metrics_port: int, shutdown_timeout: float) -> None:
+async def run(metrics_port: int, shutdown_timeout: float, intervals: dict[str, float]) -> None:
     service = CronService(
         os.environ.get("REST_SERVICE_URL", "http://rest_service:8000"),
         redis_url=os.environ.get("REDIS_URL") or None,
         lease_redis_url=os.environ.get("CRON_LEASE_REDIS_URL") or None,
+        intervals=intervals,
     )
     print(service.report.render(), flush=True)
     stop = asyncio.Event()
@@ -43,9 +45,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--metrics-port", type=int, default=9100)
     parser.add_argument("--shutdown-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--interval",
+        action="append",
+        default=[],
+        metavar="JOB=SECONDS",
+        help="seconds between runs of one job instead of its schedule's (repeatable)",
+    )
     args = parser.parse_args()
+    intervals: dict[str, float] = {}
+    for item in args.interval:
+        job_id, _, seconds = item.partition("=")
+        try:
+            intervals[job_id] = float(seconds)
+        except ValueError:
+            parser.error(f"--interval wants JOB=SECONDS, got {item!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(run(args.metrics_port, args.shutdown_timeout))
+    unknown = sorted(set(intervals) - set(SCHEDULE))
+    if unknown:
+        parser.error(f"--interval names no job: {unknown}; the jobs are {sorted(SCHEDULE)}")
+    asyncio.run(run(args.metrics_port, args.shutdown_timeout, intervals))
 
 
 if __name__ == "__main__":
