@@ -36,7 +36,7 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ._context import copy_back
+from ._context import copy_back, serving_bridge
 from ._errors import (
     BridgeCancelledError,
     BridgeStoppedError,
@@ -212,9 +212,10 @@ class Bridge:
         fail the rest with :class:`BridgeStoppedError`, close what ``with`` blocks
         still hold open, and end the loop thread.
 
-        Called from the loop itself (a coroutine running on it), it starts all of this
-        and returns at once: the loop cannot wait for itself. The calling coroutine is
-        a pending call like any other, with ``timeout`` seconds to finish.
+        Called from a call the bridge runs (a coroutine on its loop, or a blocking
+        function its ``run_blocking`` runs), it starts all of this and returns at once:
+        that call cannot wait for the loop that waits for it. The call is a pending call
+        like any other, with ``timeout`` seconds to finish.
         """
         with self._lock:
             if self._state != "running":
@@ -222,15 +223,16 @@ class Bridge:
                     self._state = "stopped"
                 return
             self._state = "stopping"
-            from_the_loop = self.in_loop_thread()
         loop, thread = self._loop, self._thread
         assert loop is not None
         assert thread is not None
-        if from_the_loop:
+        if self.in_loop_thread():
             self._request_stop(timeout)
             return
         with contextlib.suppress(RuntimeError):  # the loop has already ended
             loop.call_soon_threadsafe(self._request_stop, timeout)
+        if serving_bridge.get() is self:
+            return
         # _shutdown takes at most 2 * (timeout + CANCEL_GRACE); the rest is slack.
         thread.join(2 * (timeout + CANCEL_GRACE) + 1.0)
         if thread.is_alive():
@@ -430,6 +432,7 @@ class Bridge:
         kwargs: Mapping[str, Any],
         time_limit: float | None,
     ) -> None:
+        serving_bridge.set(self)
         value: Any = None
         error: BaseException | None = None
         timer = None

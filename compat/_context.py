@@ -20,6 +20,11 @@ _MISSING: Any = object()
 #: it describes the chain, not a value the callee hands to its caller.
 held_slots: ContextVar[tuple[Any, ...]] = ContextVar("compat_held_slots", default=())
 
+#: The bridge whose loop runs the current call, carried into the worker threads of the
+#: call's ``run_blocking``: stopping that bridge from there must not wait for the call
+#: that is waiting for it. Never copied back out either.
+serving_bridge: ContextVar[Any] = ContextVar("compat_serving_bridge", default=None)
+
 
 def loop_local_variables() -> list[ContextVar[Any]]:
     """Variables that describe the running event loop, not the caller's request.
@@ -36,7 +41,7 @@ def loop_local_variables() -> list[ContextVar[Any]]:
 
 def copy_back(changed: Context) -> None:
     """Set in the current context every variable whose value differs in ``changed``."""
-    skipped = [held_slots, *loop_local_variables()]
+    skipped = [held_slots, serving_bridge, *loop_local_variables()]
     for variable, value in changed.items():
         if variable in skipped:
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import sys
 import threading
 import time
@@ -425,3 +426,31 @@ def test_a_call_nested_in_one_that_has_returned_takes_a_slot_of_its_own(limit: N
     run_sync(main)
     late_callers[0].join(30)
     assert late_ran.is_set()
+
+
+def test_stop_from_a_blocking_function_the_bridge_runs_does_not_wait_for_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A legacy shutdown hook, run by run_blocking on the bridge, stops the bridge: its
+    # call is pending while the bridge waits for pending calls, so it must not wait.
+    bridge = Bridge(name="test-bridge")
+    bridge.start()
+    _, loop_thread = bridge.call(current_loop_thread, (), {})
+
+    def legacy_shutdown_hook() -> str:
+        bridge.stop(timeout=5)
+        return "stop requested"
+
+    async def job() -> str:
+        return await run_blocking(legacy_shutdown_hook)
+
+    with caplog.at_level(logging.WARNING, logger="compat"):
+        assert bridge.call(job, (), {}) == "stop requested"
+        loop_thread.join(30)
+    assert not loop_thread.is_alive()
+    assert bridge.state == "stopped"
+    assert not [record for record in caplog.records if record.name == "compat"]
+
+
+async def current_loop_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    return asyncio.get_running_loop(), threading.current_thread()
