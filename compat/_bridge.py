@@ -584,7 +584,8 @@ def stop_bridge(timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
     Calls still pending after ``timeout`` seconds fail with :class:`BridgeStoppedError`,
     and ``with sync_proxy(...)`` blocks still open get their ``__aexit__`` run. Proxies
     made before the stop keep refusing calls: their objects belonged to the old loop.
-    Called from a coroutine running on the loop, it starts the stop and returns at once.
+    Called from a call the bridge runs (a coroutine on its loop, a blocking function its
+    run_blocking runs), it starts the stop and returns at once.
     """
     global _default
     with _default_lock:
