@@ -111,7 +111,7 @@ def samples(registry: CollectorRegistry, name: str, **labels: str) -> Iterator[A
 
 
 def total(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return sum(sample.value for sample in samples(registry, name, **labels))
+    return float(sum(sample.value for sample in samples(registry, name, **labels)))
 
 
 def runs_by_outcome(registry: CollectorRegistry) -> Counter[str]:
@@ -205,7 +205,7 @@ async def run_demo(
         traffic_task = asyncio.create_task(traffic.run(stop_traffic))
         await service.start()
         try:
-            await _watch(service, app, registry, observed, traffic, duration, started, out, live)
+            await _watch(app, registry, observed, duration, started, out, live)
         finally:
             stop_traffic.set()
             await traffic_task
@@ -218,11 +218,9 @@ async def run_demo(
 
 
 async def _watch(
-    service: CronService,
     app: RestApp,
     registry: CollectorRegistry,
     observed: Observed,
-    traffic: Traffic,
     duration: float,
     started: float,
     out: TextIO,
@@ -244,7 +242,7 @@ async def _watch(
         observed.observe_breaker(testing.breaker_state("cron_service", "rest_service"))
         if now - last_line >= (0.25 if live else 5.0):
             last_line = now
-            line = _progress(service, app, registry, observed, traffic, now, plan[index].name)
+            line = _progress(app, registry, observed, now, plan[index].name)
             print("\r" + line if live else line, end="" if live else "\n", file=out, flush=True)
         await asyncio.sleep(0.02)
     if live:
@@ -252,24 +250,19 @@ async def _watch(
 
 
 def _progress(
-    service: CronService,
-    app: RestApp,
-    registry: CollectorRegistry,
-    observed: Observed,
-    traffic: Traffic,
-    now: float,
-    phase: str,
+    app: RestApp, registry: CollectorRegistry, observed: Observed, now: float, phase: str
 ) -> str:
     runs = runs_by_outcome(registry)
     failed = sum(runs[o] for o in RUN_OUTCOMES if o != "success")
     records = len(app.service.find("job-executions"))
+    pending = int(total(registry, "cron_run_records_pending"))
+    # About 100 columns, so that it redraws in place in a usual terminal.
     return (
         f"[{now:5.1f}s] {phase:<9} calls {int(total(registry, 'http_client_requests_total')):>4}"
-        f"  retries {int(total(registry, 'http_client_retries_total')):>3}"
-        f"  breaker {observed.breaker_states[-1]:<9}"
-        f"  runs ok {runs['success']:>3} failed {failed:>2}"
-        f"  recorded {records:>3} (pending {int(total(registry, 'cron_run_records_pending'))})"
-        f"  reminders {traffic.reminders}"
+        f" retries {int(total(registry, 'http_client_retries_total')):>3}"
+        f" breaker {observed.breaker_states[-1]:<9}"
+        f" runs {runs['success']:>3} ok {failed:>2} failed"
+        f" recorded {records:>3} +{pending} buffered"
     )
 
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 
 def free_port() -> int:
@@ -18,7 +18,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any, port: int | None = None, *, lifespan: str = "on") -> Iterator[str]:
+def serve(
+    app: Any, port: int | None = None, *, lifespan: Literal["auto", "on", "off"] = "on"
+) -> Iterator[str]:
     """Run ``app`` until the block ends; yields its base URL.
 
     ``lifespan="auto"`` serves apps that do not speak the ASGI lifespan protocol.
