@@ -21,7 +21,7 @@ from ._context import ScheduledRun, current_scheduled_run
 from ._executor import MigrationExecutor, watch_missed_runs
 from ._job import JobTimeoutError, MigratedJob, ScheduledRunUnknownError, migrated_job
 from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
-from ._lease import DEFAULT_CLOCK_SKEW, Lease, LeaseDecision
+from ._lease import Lease
 from ._migrate import (
     ASYNC_JOBS_ENV,
     JobMigration,
@@ -29,22 +29,19 @@ from ._migrate import (
     MigrationReport,
     migrate_scheduler,
 )
-from ._records import RecordOutbox, RunRecorder, flush_run_records
+from ._records import RunRecorder, flush_run_records
 from ._shutdown import ShutdownReport, shutdown_gracefully
 
 __all__ = [
     "ASYNC_JOBS_ENV",
-    "DEFAULT_CLOCK_SKEW",
     "EventLoopLagMonitor",
     "JobMigration",
     "JobTimeoutError",
     "Lease",
-    "LeaseDecision",
     "MigratedJob",
     "MigrationExecutor",
     "MigrationProblem",
     "MigrationReport",
-    "RecordOutbox",
     "RunRecorder",
     "ScheduledRun",
     "ScheduledRunUnknownError",

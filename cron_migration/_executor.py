@@ -223,7 +223,7 @@ def watch_missed_runs(scheduler: Any, *, registry: CollectorRegistry | None = No
         job = scheduler.get_job(job_id)
         target = getattr(getattr(job, "func", None), "__func__", getattr(job, "func", None))
         if isinstance(target, MigratedJob):
-            return target.metrics.missed.labels(target.name)
+            return target._metrics.missed.labels(target.name)
         return metrics.missed.labels(job_id)
 
     def on_event(event: JobEvent) -> None:

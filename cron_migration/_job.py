@@ -122,8 +122,8 @@ class MigratedJob:
         self.name = name
         self.timeout = timeout
         self.lease = lease
-        self.outbox = recorder
-        self.metrics = metrics
+        self._outbox = recorder
+        self._metrics = metrics
         # Runs stopped waiting for (timeout, cancellation) whose thread still works.
         self._abandoned: set[asyncio.Future[Any]] = set()
 
@@ -161,7 +161,7 @@ class MigratedJob:
                 if scheduled_at is None:
                     # An error, not a skip: it is how the job is set up, not a Redis outage,
                     # and only an error fires the failing-runs alert.
-                    self.metrics.count_run(self.name, "error")
+                    self._metrics.count_run(self.name, "error")
                     raise ScheduledRunUnknownError(
                         f"job {self.name!r} has a lease but its scheduled run time is unknown: "
                         "run it under a scheduler whose executor is "
@@ -171,13 +171,13 @@ class MigratedJob:
                 assert self.timeout is not None
                 decision = await self.lease.acquire(job_id, scheduled_at, self.timeout, run_id)
                 if decision is LeaseDecision.HELD_ELSEWHERE:
-                    self.metrics.count_run(self.name, "skipped_elsewhere")
+                    self._metrics.count_run(self.name, "skipped_elsewhere")
                     return None
                 if (
                     decision is LeaseDecision.REDIS_UNAVAILABLE
                     and self.lease.on_redis_error == "skip"
                 ):
-                    self.metrics.count_run(self.name, "skipped_no_lease")
+                    self._metrics.count_run(self.name, "skipped_no_lease")
                     return None
             record = RunRecord(run_id, job_id, self.name, scheduled_at, correlation_id)
             return await self._run_recorded(record, args, kwargs)
@@ -187,7 +187,7 @@ class MigratedJob:
     async def _run_recorded(
         self, record: RunRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        outbox = self.outbox
+        outbox = self._outbox
         if outbox is not None:
             outbox.open(record)
             outbox.start(record)
@@ -215,8 +215,8 @@ class MigratedJob:
                 outbox.complete(record, result)
             return result
         finally:
-            self.metrics.duration.labels(self.name).observe(time.perf_counter() - started)
-            self.metrics.count_run(self.name, outcome)
+            self._metrics.duration.labels(self.name).observe(time.perf_counter() - started)
+            self._metrics.count_run(self.name, outcome)
 
     async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         work = asyncio.ensure_future(self._call_func(args, kwargs))

@@ -205,7 +205,7 @@ def test_a_forked_child_neither_inherits_the_parents_records_nor_its_delivery_ta
     if pid == 0:  # the child: report what it holds, then record a run of its own
         try:
             recorder.down = False
-            outbox = job.outbox
+            outbox = job._outbox
             held = outbox.pending_operations if outbox is not None else -1
             gauge = sample(registry, "cron_run_records_pending")
 
