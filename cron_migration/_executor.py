@@ -23,7 +23,7 @@ from apscheduler.job import Job
 from prometheus_client import CollectorRegistry
 
 from ._context import ScheduledRun, _scheduled_run, mark_internal_listener
-from ._job import Escaped, MigratedJob, call_escaping, is_async_callable
+from ._job import Escaped, MigratedJob, await_escaping, call_escaping, is_async_callable
 from ._metrics import CronMetrics
 
 
@@ -181,7 +181,7 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
         return events
 
     async def _call(self, job: Job) -> Any:
-        from compat import run_blocking, run_sync
+        from compat import run_blocking
 
         func, args, kwargs = job.func, tuple(job.args), dict(job.kwargs)
         target = getattr(func, "__func__", func)
@@ -191,12 +191,45 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
             if not target.is_async or self._loop is None or self.on_async_path(job.id):
                 return await target.run_async(*args, **kwargs)
             # The legacy path: as under a thread scheduler, through compat's loop.
-            return await run_blocking(call_escaping, run_sync, (target.run_async, *args), kwargs)
+            return await _on_compat_loop(target.run_async, args, kwargs)
         if is_async_callable(func):
             if self._loop is None or self.on_async_path(job.id):
                 return await func(*args, **kwargs)
-            return await run_blocking(call_escaping, run_sync, (func, *args), kwargs)
+            return await _on_compat_loop(func, args, kwargs)
         return await run_blocking(call_escaping, func, args, kwargs)
+
+
+async def _on_compat_loop(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Await ``func`` on compat's loop, as under a thread scheduler; cancellable from here.
+
+    Cancelling this cancels the run there and waits until it has unwound, so that a
+    migrated job has recorded itself as cancelled before its run counts as ended.
+    """
+    from compat import bridge_portal
+
+    there: list[asyncio.Task[Any]] = []
+
+    async def run_there() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        there.append(task)
+        return await await_escaping(func, args, kwargs)
+
+    future = bridge_portal().start_task_soon(run_there)
+    run = asyncio.wrap_future(future)
+    try:
+        return await asyncio.shield(run)
+    except asyncio.CancelledError:
+        # Cancelling the portal's future would mark it done at once, before the run
+        # there has unwound; cancel the task itself and wait for the future it settles.
+        if there:
+            there[0].get_loop().call_soon_threadsafe(there[0].cancel)
+        else:
+            future.cancel()
+        await asyncio.wait({run})
+        raise
 
 
 class _RunInterrupted(Exception):

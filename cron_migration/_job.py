@@ -240,12 +240,7 @@ class MigratedJob:
             from compat import run_blocking
 
             return await run_blocking(call_escaping, self.func, args, kwargs)
-        try:
-            return await self.func(*args, **kwargs)
-        except (Exception, asyncio.CancelledError):
-            raise
-        except BaseException as exc:
-            raise Escaped(exc) from None
+        return await await_escaping(self.func, args, kwargs)
 
     def _abandon(self, work: asyncio.Future[Any]) -> None:
         """Stop waiting for ``work``: cancel a coroutine; a thread cannot be stopped."""
@@ -284,6 +279,18 @@ def call_escaping(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
     try:
         return func(*args, **kwargs)
     except Exception:
+        raise
+    except BaseException as exc:
+        raise Escaped(exc) from None
+
+
+async def await_escaping(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``await func(*args, **kwargs)``, KeyboardInterrupt/SystemExit wrapped."""
+    try:
+        return await func(*args, **kwargs)
+    except (Exception, asyncio.CancelledError):
         raise
     except BaseException as exc:
         raise Escaped(exc) from None

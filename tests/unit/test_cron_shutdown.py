@@ -125,3 +125,35 @@ def test_it_must_run_on_the_schedulers_loop() -> None:
         loop.run_until_complete(shutdown_gracefully(scheduler, timeout=1))
     finally:
         loop.close()
+
+
+def test_a_run_on_the_legacy_async_path_is_cancelled_and_recorded_as_failed() -> None:
+    """An async job left off the switch runs on compat's loop: shutdown still reaches it."""
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    started = threading.Event()
+    finished: list[str] = []
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def slow() -> str:
+        started.set()
+        await asyncio.sleep(30)
+        finished.append("the run went on after shutdown")
+        return "never"
+
+    async def main() -> Any:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor(async_jobs=[])})
+        scheduler.add_job(slow, "interval", seconds=0.1, id="slow", max_instances=1)
+        scheduler.start()
+        await wait_until_async(started.is_set, what="the run to start")
+        return await shutdown_gracefully(scheduler, timeout=0.2, records_timeout=20)
+
+    report = asyncio.run(main())
+    assert report.cancelled == 1
+    assert report.records_pending == 0
+    (execution,) = recorder.executions.values()
+    assert execution.status == "failed"
+    assert execution.error is not None
+    assert execution.error.startswith("cancelled")
+    assert runs(registry, "slow", "cancelled") == 1
+    assert finished == []
