@@ -16,8 +16,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from cron_migration import MigrationExecutor, flush_run_records, migrated_job
-from tests.unit.cron_support import FakeRecorder, runs, wait_until
+from cron_migration import MigrationExecutor, flush_run_records, migrated_job, shutdown_gracefully
+from tests.unit.cron_support import FakeRecorder, runs, sample, wait_until, wait_until_async
 
 pytestmark = pytest.mark.facade_async
 
@@ -217,3 +217,34 @@ def test_lease_options_beside_a_ready_lease_are_refused_not_ignored() -> None:
         migrated_job(timeout=5, lease=lease, lease_clock_skew=5)(lambda: None)
     with pytest.raises(ValueError, match="'run' or 'skip', got 'skp'"):
         migrated_job(timeout=5, on_redis_error="skp")(lambda: None)  # type: ignore[arg-type]
+
+
+class HangingRecorder(FakeRecorder):
+    """Never answers create, as a service that accepts the connection and stalls."""
+
+    async def create_job_execution(self, **kwargs: Any) -> str:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def test_a_hanging_recorder_holds_up_neither_the_jobs_nor_the_shutdown() -> None:
+    registry = CollectorRegistry()
+    recorder = HangingRecorder()
+    ran: list[int] = []
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def tick() -> None:
+        ran.append(1)
+
+    async def main() -> Any:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor(registry=registry)})
+        scheduler.add_job(tick, "interval", seconds=0.05, id="tick")
+        scheduler.start()
+        await wait_until_async(lambda: len(ran) >= 5, what="runs while the recorder hangs")
+        return await shutdown_gracefully(scheduler, timeout=5, records_timeout=0.5)
+
+    report = asyncio.run(main())
+    assert report.cancelled == 0
+    assert report.records_pending == len(ran)  # none delivered, each one counted
+    assert sample(registry, "cron_run_records_pending") == len(ran)
+    assert runs(registry, "tick", "success") == len(ran)
