@@ -28,6 +28,12 @@ _scheduled_run: ContextVar[ScheduledRun | None] = ContextVar(
 )
 
 
+# The function the executor called for the scheduled run: only that job's run *is* the
+# scheduled run. A migrated job it calls in turn runs within the slot under its own name,
+# so that its lease and record are its own, not a second claim on the caller's key.
+_run_target: ContextVar[object | None] = ContextVar("cron_migration_run_target", default=None)
+
+
 def current_scheduled_run() -> ScheduledRun | None:
     """The run the scheduler started this call for; None outside a :class:`MigrationExecutor`."""
     return _scheduled_run.get()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
 import traceback
 from collections.abc import Callable, Collection
@@ -22,7 +23,7 @@ from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
 from prometheus_client import CollectorRegistry
 
-from ._context import ScheduledRun, _scheduled_run, mark_internal_listener
+from ._context import ScheduledRun, _run_target, _scheduled_run, mark_internal_listener
 from ._job import Escaped, MigratedJob, await_escaping, call_escaping, is_async_callable
 from ._metrics import CronMetrics
 
@@ -147,6 +148,7 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                     continue
             self._logger.info('Running job "%s" (scheduled at %s)', job, run_time)
             token = _scheduled_run.set(ScheduledRun(job.id, run_time))
+            target_token = _run_target.set(_called_job(job.func))
             try:
                 result = await self._call(job)
             except asyncio.CancelledError:
@@ -177,6 +179,7 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                 )
                 self._logger.info('Job "%s" executed successfully', job)
             finally:
+                _run_target.reset(target_token)
                 _scheduled_run.reset(token)
         return events
 
@@ -197,6 +200,13 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                 return await func(*args, **kwargs)
             return await _on_compat_loop(func, args, kwargs)
         return await run_blocking(call_escaping, func, args, kwargs)
+
+
+def _called_job(func: Callable[..., Any]) -> object:
+    """The function behind partials and bound methods: the one whose run this is."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return getattr(func, "__func__", func)
 
 
 async def _on_compat_loop(

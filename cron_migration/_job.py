@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from commclient import correlation_id_ctx
 
-from ._context import check_seconds, current_scheduled_run
+from ._context import _run_target, check_seconds, current_scheduled_run
 from ._lease import DEFAULT_CLOCK_SKEW, Lease, LeaseDecision, OnRedisError
 from ._metrics import CronMetrics
 from ._records import (
@@ -151,11 +151,14 @@ class MigratedJob:
     async def run_async(self, *args: Any, **kwargs: Any) -> Any:
         """One run: correlation id, lease, records, timeout and metrics around the job."""
         scheduled = current_scheduled_run()
-        job_id = scheduled.job_id if scheduled is not None else self.name
+        job_id = self.name  # called by another job, or outside any scheduled run
+        if scheduled is not None and _run_target.get() is self:
+            job_id = scheduled.job_id
         scheduled_at = scheduled.scheduled_at if scheduled is not None else None
         run_id = uuid.uuid4().hex
         correlation_id = uuid.uuid4().hex
         token = correlation_id_ctx.set(correlation_id)
+        target_token = _run_target.set(None)  # jobs this one calls are not the scheduled run
         try:
             if self.lease is not None:
                 if scheduled_at is None:
@@ -182,6 +185,7 @@ class MigratedJob:
             record = RunRecord(run_id, job_id, self.name, scheduled_at, correlation_id)
             return await self._run_recorded(record, args, kwargs)
         finally:
+            _run_target.reset(target_token)
             correlation_id_ctx.reset(token)
 
     async def _run_recorded(

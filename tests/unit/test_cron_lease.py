@@ -178,3 +178,38 @@ def test_redis_unreachable_follows_the_configured_choice(
     messages = [r.getMessage() for r in caplog.records]
     action = "running it anyway" if runs_anyway else "skipping it"
     assert any("Redis unreachable" in m and action in m for m in messages), messages
+
+
+def test_a_leased_job_called_by_another_takes_its_own_lease_for_the_callers_slot() -> None:
+    registry = CollectorRegistry()
+    redis = FakeAsyncRedis()
+    ran: list[tuple[str, Any]] = []
+
+    @migrated_job(timeout=5, lease=redis, registry=registry, name="notify")
+    async def notify() -> None:
+        ran.append(("notify", current_scheduled_run()))
+
+    @migrated_job(timeout=5, lease=redis, registry=registry, name="remind")
+    async def remind() -> None:
+        ran.append(("remind", current_scheduled_run()))
+        await notify()  # not its own scheduled run: the caller's slot, its own key
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(
+            remind, "interval", hours=1, id="remind", next_run_time=datetime.now(timezone.utc)
+        )
+        scheduler.start()
+        await wait_until_async(lambda: len(ran) >= 2, what="both jobs")
+        await shutdown_gracefully(scheduler, timeout=5)
+
+    asyncio.run(main())
+    assert [name for name, _ in ran] == ["remind", "notify"]
+    slot = ran[0][1]
+    assert slot is not None
+    assert set(redis.values) == {
+        Lease(redis).key("remind", slot.scheduled_at),
+        Lease(redis).key("notify", slot.scheduled_at),
+    }
+    assert runs(registry, "notify", "success") == 1
+    assert runs(registry, "notify", "skipped_elsewhere") == 0
