@@ -42,9 +42,8 @@ import socket
 import struct
 import threading
 from collections.abc import Sequence
-from types import TracebackType
 
-from tests.loop_thread import LoopThread
+from tests.loop_thread import LoopService
 
 CHUNK = 64 * 1024
 FIRST_BYTES = 512
@@ -61,7 +60,7 @@ class Fault(enum.Enum):
     BLACKHOLE = "blackhole"
 
 
-class FaultProxy:
+class FaultProxy(LoopService):
     """Forwards ``127.0.0.1:port`` to ``upstream_host:upstream_port`` with faults on demand."""
 
     def __init__(
@@ -72,6 +71,7 @@ class FaultProxy:
         latency: float = 0.05,
         cut: int = 20,
     ) -> None:
+        super().__init__("fault-proxy")
         self.upstream = (upstream_host, upstream_port)
         self.latency = latency
         self.cut = cut
@@ -83,7 +83,6 @@ class FaultProxy:
         self._choices: tuple[Fault, ...] = ()
         self._random = random.Random(0)
         self._lock = threading.Lock()
-        self._loop_thread = LoopThread("fault-proxy")
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -126,25 +125,11 @@ class FaultProxy:
 
     # -- life cycle ------------------------------------------------------------------------
 
-    def start(self) -> FaultProxy:
-        self._loop_thread.start()
-        self._loop_thread.run(self._listen(True))
-        return self
+    async def _open(self) -> None:
+        await self._listen(True)
 
-    def stop(self) -> None:
-        self._loop_thread.run(self._shutdown())
-        self._loop_thread.stop()
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+    async def _close(self) -> None:
+        await self._shutdown()
 
     # -- the loop's side -------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from types import TracebackType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -48,3 +49,39 @@ class LoopThread:
         thread.join(10)
         loop.close()
         self._loop = self._thread = None
+
+
+ServiceT = TypeVar("ServiceT", bound="LoopService")
+
+
+class LoopService:
+    """A test server living on its own :class:`LoopThread`: ``_open`` and ``_close`` run there."""
+
+    def __init__(self, name: str) -> None:
+        self._loop_thread = LoopThread(name)
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError
+
+    def start(self: ServiceT) -> ServiceT:
+        self._loop_thread.start()
+        self._loop_thread.run(self._open())
+        return self
+
+    def stop(self) -> None:
+        self._loop_thread.run(self._close())
+        self._loop_thread.stop()
+
+    def __enter__(self: ServiceT) -> ServiceT:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

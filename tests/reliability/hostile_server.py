@@ -15,9 +15,8 @@ import contextlib
 import gzip
 import zlib
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
-from tests.loop_thread import LoopThread
+from tests.loop_thread import LoopService
 
 BOMB_SIZE = 64 * 1024 * 1024
 #: How long a never-ending answer goes on at most, so a server task cannot outlive a test.
@@ -41,10 +40,11 @@ def _response(
     return _head(status, all_headers) + body
 
 
-class HostileServer:
+class HostileServer(LoopService):
     """The hostile answers, by path; see :data:`CASES` for what each one does."""
 
     def __init__(self) -> None:
+        super().__init__("hostile-server")
         self.port = 0
         self.requests: collections.Counter[str] = collections.Counter()
         self._scripted = b""
@@ -113,7 +113,6 @@ class HostileServer:
             ),
             "/script": self._scripted_reply,
         }
-        self._loop_thread = LoopThread("hostile-server")
         self._server: asyncio.Server | None = None
 
     @property
@@ -230,12 +229,7 @@ class HostileServer:
             with contextlib.suppress(OSError, RuntimeError):
                 writer.close()
 
-    def start(self) -> HostileServer:
-        self._loop_thread.start()
-        self._loop_thread.run(self._listen())
-        return self
-
-    async def _listen(self) -> None:
+    async def _open(self) -> None:
         self._server = await asyncio.start_server(
             self._handle, "127.0.0.1", 0, limit=1024 * 1024, backlog=256
         )
@@ -244,18 +238,3 @@ class HostileServer:
     async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
-
-    def stop(self) -> None:
-        self._loop_thread.run(self._close())
-        self._loop_thread.stop()
-
-    def __enter__(self) -> HostileServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
