@@ -73,10 +73,11 @@ def names() -> tuple[str, str]:
 
 
 def config(**overrides: Any) -> ClientConfig:
-    """Short timeouts and waits for loopback; everything else as documented defaults."""
+    """Short waits for loopback; timeouts no loaded machine reaches on a healthy attempt;
+    everything else as documented defaults."""
     settings: dict[str, Any] = {
-        "timeout": 1.0,
-        "connect_timeout": 1.0,
+        "timeout": 5.0,
+        "connect_timeout": 2.0,
         "retry_min_wait": 0.01,
         "retry_max_wait": 0.05,
     }
