@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -157,3 +158,44 @@ def test_a_run_on_the_legacy_async_path_is_cancelled_and_recorded_as_failed() ->
     assert execution.error.startswith("cancelled")
     assert runs(registry, "slow", "cancelled") == 1
     assert finished == []
+
+
+def test_a_job_that_swallows_its_cancellation_is_still_accounted_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cron_migration._shutdown
+
+    monkeypatch.setattr(cron_migration._shutdown, "CANCEL_GRACE", 0.2)
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def stubborn() -> str:
+        started.set()
+        while True:
+            try:
+                await release.wait()
+                return "done at last"
+            except asyncio.CancelledError:
+                continue  # a job that swallows its cancellation
+
+    async def main() -> Any:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(stubborn, "interval", hours=1, id="stubborn", next_run_time=None)
+        scheduler.start()
+        scheduler.modify_job("stubborn", next_run_time=datetime.now(timezone.utc))
+        await started.wait()
+        report = await shutdown_gracefully(scheduler, timeout=0.1, records_timeout=10)
+        release.set()  # the abandoned body ends; its run is already accounted for
+        await asyncio.sleep(0.05)
+        return report
+
+    report = asyncio.run(main())
+    assert report.cancelled == 1
+    assert report.records_pending == 0
+    (execution,) = recorder.executions.values()
+    assert execution.status == "failed"
+    assert runs(registry, "stubborn", "cancelled") == 1
+    assert runs(registry, "stubborn", "success") == 0
