@@ -9,6 +9,10 @@ Three kinds, each with a code:
 - ``CM003`` a blocking call inside ``async def``: it stalls the scheduler's loop; await the
   async equivalent or wrap it in ``compat.run_blocking``.
 
+- ``CM004`` a call of a function of the audited tree that makes a raw call itself (an old
+  client helper such as ``rest_client.fetch_reminders()``): the call sites to move onto the
+  service client before the old helpers can be removed.
+
 Jobs are functions decorated with ``@migrated_job`` or ``@<scheduler>.scheduled_job(...)``,
 and functions passed by name to ``<scheduler>.add_job(...)`` in the same module. Names are
 resolved through the module's imports (``import requests as r``, ``from time import sleep``).
@@ -78,32 +82,62 @@ def iter_python_files(root: Path) -> Iterator[Path]:
                 yield Path(directory) / name
 
 
+def module_name(path: Path) -> str:
+    """The dotted module name of ``path``, from the packages (``__init__.py``) above it."""
+    parts = [] if path.stem == "__init__" else [path.stem]
+    parent = path.resolve().parent
+    while (parent / "__init__.py").exists():
+        parts.insert(0, parent.name)
+        parent = parent.parent
+    return ".".join(parts)
+
+
 def audit_paths(paths: Iterable[Path]) -> list[Finding]:
     """Every finding under ``paths`` (files or directories), sorted by place."""
     findings: list[Finding] = []
+    sources: list[tuple[Path, str]] = []
     for root in paths:
         if not root.exists():
             raise FileNotFoundError(f"audit: {root} does not exist")
         for path in iter_python_files(root):
             try:
-                source = path.read_text(encoding="utf-8")
+                sources.append((path, path.read_text(encoding="utf-8")))
             except (UnicodeDecodeError, OSError) as exc:
                 findings.append(Finding(str(path), 0, 0, "CM000", f"cannot read: {exc}"))
-                continue
-            findings.extend(audit_source(source, str(path)))
+    # First the raw calls, and which functions make them; then the calls of those.
+    helpers: dict[str, str] = {}  # dotted name of a function -> where its raw call is
+    for path, source in sources:
+        visitor = _visit(source, str(path))
+        if visitor is not None:
+            module = module_name(path)
+            for function, finding in visitor.raw_callers.items():
+                helpers.setdefault(f"{module}.{function}", f"{finding.path}:{finding.line}")
+    for path, source in sources:
+        findings.extend(audit_source(source, str(path), helpers))
     return sorted(findings)
 
 
-def audit_source(source: str, path: str) -> list[Finding]:
+def audit_source(source: str, path: str, helpers: dict[str, str] | None = None) -> list[Finding]:
+    """The findings of one module; ``helpers``: functions making raw calls (for CM004)."""
+    visitor = _visit(source, path, helpers)
+    if visitor is None:
+        try:
+            ast.parse(source, filename=path)
+        except SyntaxError as exc:
+            message = f"cannot parse: {exc.msg}"
+            return [Finding(path, exc.lineno or 0, exc.offset or 0, "CM000", message)]
+    assert visitor is not None
+    return visitor.findings
+
+
+def _visit(source: str, path: str, helpers: dict[str, str] | None = None) -> _Visitor | None:
     try:
         tree = ast.parse(source, filename=path)
-    except SyntaxError as exc:
-        return [
-            Finding(path, exc.lineno or 0, exc.offset or 0, "CM000", f"cannot parse: {exc.msg}")
-        ]
-    visitor = _Visitor(path, _imports(tree), _job_names(tree))
+    except SyntaxError:
+        return None
+    visitor = _Visitor(path, _imports(tree), _job_names(tree), helpers or {})
     visitor.visit(tree)
-    return visitor.findings
+    return visitor
 
 
 def _imports(tree: ast.Module) -> dict[str, str]:
@@ -153,11 +187,16 @@ def _job_names(tree: ast.Module) -> set[str]:
 
 
 class _Visitor(ast.NodeVisitor):
-    def __init__(self, path: str, imports: dict[str, str], jobs: set[str]) -> None:
+    def __init__(
+        self, path: str, imports: dict[str, str], jobs: set[str], helpers: dict[str, str]
+    ) -> None:
         self.path = path
         self.imports = imports
         self.jobs = jobs
+        self.helpers = helpers
         self.findings: list[Finding] = []
+        # Module-level function name -> its first raw HTTP call.
+        self.raw_callers: dict[str, Finding] = {}
         self._functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
@@ -201,10 +240,21 @@ class _Visitor(ast.NodeVisitor):
             else "at module level"
         )
         module = name.partition(".")[0]
-        if module in _HTTP_MODULES:
+        if name in self.helpers:
             self._add(
+                node,
+                "CM004",
+                f"{'.'.join(name.split('.')[-2:])}() {where} makes raw HTTP calls "
+                f"({self.helpers[name]}): "
+                "call the service client instead",
+            )
+            return
+        if module in _HTTP_MODULES:
+            finding = self._add(
                 node, "CM001", f"raw {name}() {where}: use SyncServiceClient/AsyncServiceClient"
             )
+            if self._functions:
+                self.raw_callers.setdefault(self._functions[0].name, finding)
             if in_async and name not in _HTTPX_ASYNC:
                 self._add(node, "CM003", f"blocking {name}() {where}: it stalls the event loop")
             return
@@ -219,9 +269,9 @@ class _Visitor(ast.NodeVisitor):
                 f"blocking {name}() {where}: await an async equivalent or compat.run_blocking",
             )
 
-    def _add(self, node: ast.AST, code: str, message: str) -> None:
-        self.findings.append(
-            Finding(
-                self.path, getattr(node, "lineno", 0), getattr(node, "col_offset", 0), code, message
-            )
+    def _add(self, node: ast.AST, code: str, message: str) -> Finding:
+        finding = Finding(
+            self.path, getattr(node, "lineno", 0), getattr(node, "col_offset", 0), code, message
         )
+        self.findings.append(finding)
+        return finding

@@ -51,3 +51,20 @@ def test_audit_lists_the_legacy_services_raw_requests_calls() -> None:
     lines = [line for line in result.stdout.splitlines() if " CM001 " in line]
     assert lines
     assert all("raw requests." in line for line in lines)
+
+
+def test_audit_lists_the_legacy_jobs_calls_of_the_old_helpers() -> None:
+    import re
+
+    jobs = REPO_ROOT / "examples" / "cron_service_legacy" / "jobs.py"
+    calls = [
+        name
+        for name in re.findall(r"rest_client\.(\w+)\(", jobs.read_text())
+        if name != "configure"  # it makes no HTTP call
+    ]
+    result = cron_migration("audit", "examples/cron_service_legacy")
+    assert result.returncode == 0
+    listed = [line for line in result.stdout.splitlines() if " CM004 " in line]
+    assert len(listed) == len(calls)
+    assert all(line.startswith("examples/cron_service_legacy/jobs.py:") for line in listed)
+    assert sorted(re.search(r"rest_client\.(\w+)\(\)", line)[1] for line in listed) == sorted(calls)

@@ -209,3 +209,33 @@ def test_the_module_runs_as_a_command(legacy_module: str, tmp_path: Path) -> Non
     )
     assert result.returncode == 1, result.stderr
     assert "2 job(s), 1 problem(s)" in result.stdout
+
+
+def test_audit_lists_the_calls_of_helpers_that_make_raw_calls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = tmp_path / "service"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "old_client.py").write_text(
+        "import requests\n\ndef fetch(url):\n    return requests.get(url).json()\n\n"
+        "def configure(url):\n    return url\n"
+    )
+    (package / "jobs.py").write_text(
+        "from service import old_client\n"
+        "from service.old_client import fetch as get_it\n\n"
+        "def job():\n"
+        "    old_client.configure('x')\n"  # no raw call: not listed
+        "    old_client.fetch('a')\n"
+        "    return get_it('b')\n"
+    )
+    assert main(["audit", str(package)]) == 0
+    out = capsys.readouterr().out
+    found = [line for line in out.splitlines() if " CM004 " in line]
+    assert [line.split(": CM004")[0] for line in found] == [
+        f"{package / 'jobs.py'}:6:4",
+        f"{package / 'jobs.py'}:7:11",
+    ]
+    assert all("old_client.fetch() in job makes raw HTTP calls" in line for line in found)
+    assert all(f"({package / 'old_client.py'}:4)" in line for line in found)
+    assert "3 call site(s) to migrate" in out
