@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -100,7 +101,10 @@ def test_an_interrupt_from_a_job_stops_the_asyncio_scheduler_and_is_reported(
     async def main() -> None:
         scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor(registry=registry)})
         scheduler.add_listener(events.append, EVENT_JOB_ERROR)
-        scheduler.add_job(job, "interval", seconds=0.05, id="interrupting")
+        # One run: asyncio.run lets the loop run on while it cancels what is left, and an
+        # interval short enough would fire again then.
+        now = datetime.now(timezone.utc)
+        scheduler.add_job(job, "interval", hours=1, id="interrupting", next_run_time=now)
         scheduler.start()
         await asyncio.sleep(30)  # the job's interrupt ends this loop long before
 
