@@ -51,8 +51,6 @@ from ._policy import (
 from ._response import Headers, ServiceResponse, decode_json
 from ._wire import Body, BodyReader, FileValue, declared_size, encode_body
 
-__all__ = ["BodyReader", "declared_size"]
-
 logger = logging.getLogger("commclient")
 
 DETAIL_LIMIT = 500
@@ -63,7 +61,18 @@ JsonParams = QueryParams
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 #: Headers that identify the caller; another origin never receives them.
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-_VERSION = "1"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("commclient")
+    except PackageNotFoundError:
+        return "0"
+
+
+_USER_AGENT = f"commclient/{_version()}"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -190,7 +199,7 @@ class Core:
         self.metrics = metrics
         self.clock = clock
         default_headers = {
-            "User-Agent": f"commclient/{_VERSION}",
+            "User-Agent": _USER_AGENT,
             "Accept": "*/*",
             # Only what the core can decode under the size limit (see _wire.BodyReader).
             "Accept-Encoding": "gzip, deflate",

@@ -409,3 +409,49 @@ def test_deadline_bounds_a_name_lookup_that_hangs(
     with pytest.raises(ServiceTimeoutError):
         call("get", "/echo", deadline=1.0)
     assert time.monotonic() - started < 6.0
+
+
+@pytest.mark.facade_async
+def test_two_threads_opening_one_async_client_build_one_pool(
+    http_server: ServerProcess, names: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    built: list[object] = []
+    real_client = httpx.AsyncClient
+
+    def slow_client(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # widens the window between the check and the claim
+        built.append(object())
+        return real_client(*args, **kwargs)
+
+    monkeypatch.setattr(httpx, "AsyncClient", slow_client)
+    client = AsyncServiceClient(
+        http_server.base_url,
+        service_name=names.service,
+        target_service=names.target,
+        config=fast_config(),
+        registry=CollectorRegistry(),
+    )
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def in_its_own_loop() -> None:
+        async def call() -> object:
+            barrier.wait()
+            try:
+                return await client.get("/slow", params={"seconds": "1"})
+            except RuntimeError as error:
+                return error
+
+        outcomes.append(asyncio.run(call()))
+
+    threads = [threading.Thread(target=in_its_own_loop) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(built) == 1
+    errors = [outcome for outcome in outcomes if isinstance(outcome, RuntimeError)]
+    assert len(errors) == 1
+    assert "another event loop" in str(errors[0])
