@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from ._config import ClientConfig
-from ._core import Attempt, Call, Outcome, Sleep, TransportFailure, build_core
+from ._core import BUILTIN_HEADERS, Attempt, Call, Outcome, Sleep, TransportFailure, build_core
 from ._policy import Clock, FailureKind
 from ._response import ServiceResponse
 
@@ -56,6 +56,10 @@ class AsyncServiceClient:
     ) -> None:
         self._httpx = _import_httpx()
         self._core = build_core(base_url, service_name, target_service, config, registry, clock)
+        # The pool sends the built-in headers itself: a call that adds none passes no headers
+        # and spares httpx normalising the same three on every request.
+        plain = self._core.plain_headers
+        self._pool_headers = plain if plain == BUILTIN_HEADERS else None
         self._client: httpx.AsyncClient | None = None
         self._closer: AsyncGenerator[None, None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,7 +149,7 @@ class AsyncServiceClient:
                     request.method,
                     request.url,
                     content=request.content,
-                    headers=request.headers,
+                    headers=None if request.headers is self._pool_headers else request.headers,
                     timeout=self._timeout(attempt.connect_timeout, attempt.read_timeout),
                 ),
                 stream=True,
@@ -162,6 +166,8 @@ class AsyncServiceClient:
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             return TransportFailure(FailureKind.UNSENDABLE, exc)
         except httpx.HTTPError as exc:
+            if self._closed:
+                raise RuntimeError("this AsyncServiceClient was closed during the call") from exc
             return TransportFailure(_classify(exc, httpx), exc)
         except RuntimeError as exc:
             if client.is_closed:
@@ -207,6 +213,7 @@ class AsyncServiceClient:
         transport = self._httpx
         client: httpx.AsyncClient = transport.AsyncClient(
             limits=transport.Limits(max_connections=config.max_connections),
+            headers=BUILTIN_HEADERS,
             # Redirects are the core's: bounded, inside the deadline, never to another
             # origin with credentials.
             follow_redirects=False,

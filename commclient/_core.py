@@ -72,7 +72,13 @@ def _version() -> str:
         return "0"
 
 
-_USER_AGENT = f"commclient/{_version()}"
+#: Sent with every request unless the caller overrides them.
+BUILTIN_HEADERS = {
+    "User-Agent": f"commclient/{_version()}",
+    "Accept": "*/*",
+    # Only what the core can decode under the size limit (see _wire.BodyReader).
+    "Accept-Encoding": "gzip, deflate",
+}
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -198,12 +204,7 @@ class Core:
         self._budget_generation = retry_budgets.generation
         self.metrics = metrics
         self.clock = clock
-        default_headers = {
-            "User-Agent": _USER_AGENT,
-            "Accept": "*/*",
-            # Only what the core can decode under the size limit (see _wire.BodyReader).
-            "Accept-Encoding": "gzip, deflate",
-        }
+        default_headers = dict(BUILTIN_HEADERS)
         if parts.username is not None:
             import base64
             from urllib.parse import unquote
@@ -217,6 +218,7 @@ class Core:
         self.default_headers = _by_lower_name(default_headers)
         self.config_headers = _by_lower_name(dict(config.default_headers))
         self.default_headers.update(self.config_headers)
+        #: The headers of a call that adds none of its own (shared, never mutated).
         self.plain_headers = dict(self.default_headers.values())
         metrics.retry_budget_tokens.set_function(lambda: self.current_budget().tokens)
         breaker.attach_gauge(metrics.breaker_state)

@@ -228,10 +228,7 @@ class Behaviours:
         return Reply(status, body, chunked=request.query.get("chunked") == "1")
 
     def gzip(self, request: Request) -> Reply:
-        import gzip
-
-        size = int(request.query.get("bytes", "1000000"))
-        body = gzip.compress(b'"' + b"0" * max(0, size - 2) + b'"')
+        body = _gzipped(int(request.query.get("bytes", "1000000")))
         return Reply(
             int(request.query.get("status", "200")),
             body,
@@ -257,6 +254,14 @@ class Behaviours:
         if request.path == "/_control/health":
             return _json({"pid": os.getpid()})
         return _json({"detail": "unknown control"}, 404)
+
+
+@functools.lru_cache(maxsize=8)
+def _gzipped(size: int) -> bytes:
+    """A JSON string of ``size`` bytes, gzip-compressed once per size (it takes a while)."""
+    import gzip
+
+    return gzip.compress(b'"' + b"0" * max(0, size - 2) + b'"')
 
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}

@@ -39,7 +39,8 @@ from tests.integration.conftest import Driver, Names, fast_config
 
 @pytest.mark.parametrize("chunked", ["0", "1"])
 def test_a_gzip_bomb_stops_at_the_decoded_limit(make: Any, chunked: str) -> None:
-    call = make(fast_config(max_response_bytes=1_000_000))
+    # A generous read timeout: the server compresses 30 MB before its first answer.
+    call = make(fast_config(max_response_bytes=1_000_000, timeout=30.0))
     # About 30 kB on the wire, 30 MB once inflated.
     small = call("get", "/gzip", params={"bytes": "500000", "chunked": chunked})
     assert len(small) == 499_998
@@ -133,7 +134,9 @@ def test_pool_timeout_is_not_a_target_failure(
 ) -> None:
     if facade != "async":
         pytest.skip("requests' pool never waits for a connection: it opens another")
-    config = fast_config(max_connections=1, connect_timeout=0.3, circuit_breaker_fail_max=1)
+    config = fast_config(
+        max_connections=1, connect_timeout=1.0, timeout=10.0, circuit_breaker_fail_max=1
+    )
 
     async def scenario() -> list[Any]:
         async with AsyncServiceClient(
@@ -143,7 +146,7 @@ def test_pool_timeout_is_not_a_target_failure(
             config=config,
             registry=CollectorRegistry(),
         ) as client:
-            calls = [client.get("/slow", params={"seconds": "1.5"}) for _ in range(3)]
+            calls = [client.get("/slow", params={"seconds": "4"}) for _ in range(3)]
             return await asyncio.gather(*calls, return_exceptions=True)
 
     outcomes = asyncio.run(scenario())
@@ -326,10 +329,10 @@ def test_params_as_pairs_in_errors_and_debug_logs(
 
 
 def test_close_during_a_call_is_a_clear_error_not_a_target_failure(make: Any) -> None:
-    call = make(fast_config(retry_min_wait=0.5, retry_max_wait=0.5, circuit_breaker_fail_max=1))
+    call = make(fast_config(retry_min_wait=1.0, retry_max_wait=1.0, circuit_breaker_fail_max=1))
     client = call.client
     if call.loop is None:
-        closer = threading.Timer(0.2, client.close)
+        closer = threading.Timer(0.3, client.close)
         closer.start()
         with pytest.raises(RuntimeError, match="closed during the call"):
             call("get", "/status/503")
@@ -338,7 +341,7 @@ def test_close_during_a_call_is_a_clear_error_not_a_target_failure(make: Any) ->
 
         async def scenario() -> None:
             task = asyncio.ensure_future(client.get("/status/503"))
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.3)
             await client.close()
             with pytest.raises(RuntimeError, match="closed during the call"):
                 await task
