@@ -24,7 +24,14 @@ from apscheduler.job import Job
 from prometheus_client import CollectorRegistry
 
 from ._context import ScheduledRun, _run_target, _scheduled_run, mark_internal_listener
-from ._job import Escaped, MigratedJob, await_escaping, call_escaping, is_async_callable
+from ._job import (
+    Escaped,
+    MigratedJob,
+    await_escaping,
+    awaited,
+    call_escaping,
+    is_async_callable,
+)
 from ._metrics import CronMetrics
 
 
@@ -199,7 +206,7 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
             if self._loop is None or self.on_async_path(job.id):
                 return await func(*args, **kwargs)
             return await _on_compat_loop(func, args, kwargs)
-        return await run_blocking(call_escaping, func, args, kwargs)
+        return await awaited(await run_blocking(call_escaping, func, args, kwargs))
 
 
 def _called_job(func: Callable[..., Any]) -> object:

@@ -94,7 +94,11 @@ def is_async_callable(func: Callable[..., Any]) -> bool:
     func = getattr(func, "__func__", func)
     if isinstance(func, MigratedJob):
         return func.is_async
-    return inspect.iscoroutinefunction(func)
+    if inspect.iscoroutinefunction(func):
+        return True
+    # An object whose __call__ is async (not a class: calling it makes an instance).
+    call = getattr(func, "__call__", None)  # noqa: B004
+    return not isinstance(func, type) and inspect.iscoroutinefunction(call)
 
 
 class MigratedJob:
@@ -243,7 +247,8 @@ class MigratedJob:
         if not self.is_async:
             from compat import run_blocking
 
-            return await run_blocking(call_escaping, self.func, args, kwargs)
+            result = await run_blocking(call_escaping, self.func, args, kwargs)
+            return await awaited(result)
         return await await_escaping(self.func, args, kwargs)
 
     def _abandon(self, work: asyncio.Future[Any]) -> None:
@@ -298,6 +303,17 @@ async def await_escaping(
         raise
     except BaseException as exc:
         raise Escaped(exc) from None
+
+
+async def awaited(result: Any) -> Any:
+    """``result``, awaited if it is awaitable.
+
+    A sync callable may return the real work (``lambda: fetch()``): left un-awaited, the
+    run would count as a success that never happened.
+    """
+    if inspect.isawaitable(result):
+        return await await_escaping(lambda: result, (), {})
+    return result
 
 
 @overload

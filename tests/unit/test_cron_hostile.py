@@ -252,3 +252,64 @@ def test_a_hanging_recorder_holds_up_neither_the_jobs_nor_the_shutdown() -> None
     assert report.records_pending == len(ran)  # none delivered, each one counted
     assert sample(registry, "cron_run_records_pending") == len(ran)
     assert runs(registry, "tick", "success") == len(ran)
+
+
+class AsyncCallable:
+    """A job object whose __call__ is async: a coroutine function by its method."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        await asyncio.sleep(0)
+        self.calls += 1
+        return "awaited"
+
+
+async def _remind() -> str:
+    await asyncio.sleep(0)
+    return "awaited"
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # "coroutine ... was never awaited"
+@pytest.mark.parametrize("where", ["no loop", "loop"])
+@pytest.mark.parametrize(
+    "make",
+    [AsyncCallable, lambda: lambda: _remind()],
+    ids=["async __call__", "returns a coroutine"],
+)
+def test_a_job_whose_work_is_a_coroutine_is_awaited_whatever_its_shape(
+    make: Any, where: str
+) -> None:
+    registry = CollectorRegistry()
+    job = migrated_job(registry=registry, name="shaped")(make())
+
+    async def on_a_loop() -> Any:
+        return await job()
+
+    result = job() if where == "no loop" else asyncio.run(on_a_loop())
+    assert result == "awaited"
+    assert runs(registry, "shaped", "success") == 1
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_the_executor_awaits_undecorated_jobs_whose_work_is_a_coroutine() -> None:
+    from apscheduler.events import EVENT_JOB_EXECUTED
+
+    events: list[JobExecutionEvent] = []
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_listener(events.append, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        now = datetime.now(timezone.utc)
+        scheduler.add_job(AsyncCallable(), "interval", hours=1, id="object", next_run_time=now)
+        scheduler.add_job(lambda: _remind(), "interval", hours=1, id="lambda", next_run_time=now)
+        scheduler.start()
+        await wait_until_async(lambda: len(events) >= 2, what="both runs")
+        await shutdown_gracefully(scheduler, timeout=5)
+
+    asyncio.run(main())
+    assert {(event.job_id, event.retval) for event in events} == {
+        ("object", "awaited"),
+        ("lambda", "awaited"),
+    }
