@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import email.utils
+import gzip
 import itertools
 import random
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +24,7 @@ from commclient import (
 )
 from commclient._core import Attempt, Core, Outcome, Response, Sleep, TransportFailure, build_core
 from commclient._policy import FailureKind, RetryBudget, backoff, parse_retry_after
-from commclient._wire import declared_size
+from commclient._wire import BodyReader, declared_size
 
 _pairs = itertools.count()
 
@@ -364,3 +366,42 @@ class TestWire:
 
     def test_retry_after_must_be_ascii_digits(self) -> None:
         assert parse_retry_after({"retry-after": "\u00b2"}, 0.0) is None
+
+
+class TestBodyReader:
+    """The decoded-size limit and the decoders, without a socket."""
+
+    @staticmethod
+    def read(body: bytes, headers: dict[str, str], limit: int, chunk: int = 1000) -> BodyReader:
+        reader = BodyReader(headers, limit)
+        for start in range(0, len(body), chunk):
+            if not reader.feed(body[start : start + chunk]):
+                break
+        return reader
+
+    def test_gzip_is_cut_at_the_limit_without_inflating_the_rest(self) -> None:
+        bomb = gzip.compress(b"0" * 50_000_000)
+        reader = self.read(bomb, {"content-encoding": "gzip"}, limit=1000, chunk=len(bomb))
+        assert reader.too_large
+        assert reader.body() == b""
+
+    def test_several_gzip_members_and_raw_deflate(self) -> None:
+        members = gzip.compress(b"abc") + gzip.compress(b"def")
+        assert self.read(members, {"content-encoding": "gzip"}, 100, chunk=7).body() == b"abcdef"
+        raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        deflated = raw.compress(b"hello") + raw.flush()
+        assert self.read(deflated, {"content-encoding": "deflate"}, 100).body() == b"hello"
+        assert self.read(zlib.compress(b"hi"), {"content-encoding": "deflate"}, 100).body() == b"hi"
+
+    def test_a_corrupt_body_is_an_error_not_an_exception(self) -> None:
+        reader = self.read(b"not gzip at all", {"content-encoding": "gzip"}, 100)
+        assert reader.error is not None
+
+    def test_an_encoding_not_asked_for_is_kept_as_it_came(self) -> None:
+        assert self.read(b"\x1b\x00", {"content-encoding": "br"}, 100).body() == b"\x1b\x00"
+
+    def test_the_limit_counts_decoded_bytes(self) -> None:
+        body = gzip.compress(b"x" * 101)
+        assert len(body) < 100
+        assert self.read(body, {"content-encoding": "gzip"}, 100).too_large
+        assert self.read(gzip.compress(b"x" * 100), {"content-encoding": "gzip"}, 100).body()
