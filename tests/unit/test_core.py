@@ -5,8 +5,12 @@ from __future__ import annotations
 import email.utils
 import gzip
 import itertools
+import os
 import random
+import signal
+import threading
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +27,13 @@ from commclient import (
     testing,
 )
 from commclient._core import Attempt, Core, Outcome, Response, Sleep, TransportFailure, build_core
-from commclient._policy import FailureKind, RetryBudget, backoff, parse_retry_after
+from commclient._policy import (
+    FailureKind,
+    RetryBudget,
+    backoff,
+    parse_retry_after,
+    retry_budgets,
+)
 from commclient._wire import BodyReader, declared_size
 
 _pairs = itertools.count()
@@ -405,3 +415,28 @@ class TestBodyReader:
         assert len(body) < 100
         assert self.read(body, {"content-encoding": "gzip"}, 100).too_large
         assert self.read(gzip.compress(b"x" * 100), {"content-encoding": "gzip"}, 100).body()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_budget_locked_by_another_thread_at_fork_works_in_the_child() -> None:
+    budget = retry_budgets.get("fork-target", ClientConfig(retry_budget_max_tokens=5))
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with budget._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: the case
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        signal.alarm(10)  # a lock never released here would hang the child: fail it instead
+        os._exit(0 if budget.try_withdraw(now=1.0) else 1)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
