@@ -32,6 +32,9 @@ DEFAULT_RECORD_CAPACITY = 10_000
 #: First and longest pause between delivery attempts while the recorder fails.
 DEFAULT_RETRY_INITIAL = 0.2
 DEFAULT_RETRY_MAX = 10.0
+#: Characters of one run's result, error or traceback kept in its record (a job's
+#: result can be any size; the buffer may hold DEFAULT_RECORD_CAPACITY runs).
+MAX_RECORDED_CHARACTERS = 16_384
 #: Seconds one recorder call may take before it counts as failed and is retried.
 DEFAULT_CALL_TIMEOUT = 30.0
 # 4xx answers other than these mean the recorder will never accept the operation.
@@ -143,12 +146,23 @@ def is_permanent_failure(exc: BaseException) -> bool:
 
 
 def recordable(result: Any) -> Any:
-    """``result`` if JSON can carry it, else its ``repr``: a record must not fail on it."""
+    """``result`` if JSON can carry it, else its ``repr``: a record must not fail on it.
+
+    Longer than :data:`MAX_RECORDED_CHARACTERS` once encoded, it is cut (see
+    :func:`shortened`): the buffer is bounded in runs, so each run must be bounded too.
+    """
     try:
-        json.dumps(result)
+        encoded = json.dumps(result)
     except (TypeError, ValueError):
-        return repr(result)
-    return result
+        return shortened(repr(result))
+    return result if len(encoded) <= MAX_RECORDED_CHARACTERS else shortened(encoded)
+
+
+def shortened(text: str) -> str:
+    """``text``, cut to :data:`MAX_RECORDED_CHARACTERS` with a note saying so."""
+    if len(text) <= MAX_RECORDED_CHARACTERS:
+        return text
+    return f"{text[:MAX_RECORDED_CHARACTERS]}... [cut: {len(text)} characters in all]"
 
 
 class RecordOutbox:
@@ -216,7 +230,8 @@ class RecordOutbox:
         self._append(_Operation("complete", record, {"result": recordable(result)}))
 
     def fail(self, record: RunRecord, error: str, traceback: str) -> None:
-        self._append(_Operation("fail", record, {"error": error, "traceback": traceback}))
+        payload = {"error": shortened(error), "traceback": shortened(traceback)}
+        self._append(_Operation("fail", record, payload))
 
     def _append(self, operation: _Operation) -> None:
         with self._lock:

@@ -325,3 +325,31 @@ def test_a_create_whose_answer_was_lost_is_retried_with_the_same_key_and_recorde
     creates = [key for operation, key in recorder.calls if operation == "create"]
     assert len(creates) == 2
     assert len(set(creates)) == 1  # the retry carried the first attempt's idempotency key
+
+
+def test_a_huge_result_or_error_is_cut_so_each_buffered_run_stays_bounded() -> None:
+    from cron_migration._records import MAX_RECORDED_CHARACTERS
+
+    recorder = FakeRecorder()
+    huge = "x" * (MAX_RECORDED_CHARACTERS * 50)
+
+    @migrated_job(recorder=recorder, registry=CollectorRegistry(), name="big")
+    async def big() -> dict[str, str]:
+        return {"export": huge}
+
+    @migrated_job(recorder=recorder, registry=CollectorRegistry(), name="loud")
+    async def loud() -> None:
+        raise ValueError(huge)
+
+    assert big() == {"export": huge}  # the caller still gets the whole result
+    with pytest.raises(ValueError, match=r"^xxx"):
+        loud()
+    assert asyncio.run(flush_run_records(10)) == 0
+    (completed,) = recorder.by_status("completed")
+    (failed,) = recorder.by_status("failed")
+    for text in (completed.result, failed.error, failed.traceback):
+        assert isinstance(text, str)
+        assert len(text) < MAX_RECORDED_CHARACTERS + 100
+        assert text.endswith("characters in all]")
+    assert completed.result.startswith('{"export": "xxx')
+    assert failed.error.startswith("ValueError: xxx")
