@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -83,7 +84,10 @@ EXPECTED_REVEALS = {
 
 
 def test_mypy_sees_typed_bridges_and_an_any_typed_proxy(tmp_path: Path) -> None:
-    pytest.importorskip("mypy")
+    if importlib.util.find_spec("mypy") is None:
+        # mypy checks as setup.cfg's python_version whatever runs it: tox.ini installs it in
+        # one environment only instead of repeating the same check under every interpreter.
+        pytest.skip("mypy is not installed (tox.ini installs it in py313-async only)")
     program = tmp_path / "program.py"
     program.write_text(PROGRAM)
     lines = PROGRAM.splitlines()
