@@ -159,7 +159,7 @@ def test_a_forked_child_uses_run_sync_a_proxy_and_a_shim_the_parent_used() -> No
 
 
 NON_DAEMON_CALLER = """
-    import asyncio, threading, time
+    import asyncio, threading
     import compat
 
     async def wait_for(seconds):
@@ -167,7 +167,8 @@ NON_DAEMON_CALLER = """
         return "served"
 
     def caller():
-        time.sleep(0.3)  # the main thread has ended by now
+        # Returns once the main thread has ended: the interpreter is shutting down.
+        threading.main_thread().join()
         print("non-daemon thread:", compat.run_sync(wait_for, 0.1), flush=True)
         try:
             compat.run_sync(wait_for, 3600, timeout=TIMEOUT)
