@@ -51,6 +51,9 @@ async def main(url: str, prefix: str, interval: float, start: float, end: float)
             end_date=datetime.fromtimestamp(end, timezone.utc),
         ),
         id="remind",
+        # From the first slot even when this process came up after it (a loaded machine):
+        # a new job's first run is otherwise the next slot after now.
+        next_run_time=datetime.fromtimestamp(start, timezone.utc),
         coalesce=False,  # every slot is fired, however late this replica wakes
         misfire_grace_time=None,
         max_instances=100,

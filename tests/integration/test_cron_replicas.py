@@ -68,7 +68,9 @@ def test_two_replicas_run_every_slot_exactly_once() -> None:
 
     expected = [round(start + k * INTERVAL, 3) for k in range(int(DURATION / INTERVAL) + 1)]
     slots = sorted(float(slot) for slot, _pid in entries)
-    assert slots == expected, "a slot ran twice or not at all"
+    twice = sorted({slot for slot in slots if slots.count(slot) > 1})
+    missing = sorted(set(expected) - set(slots))
+    assert slots == expected, f"ran twice: {twice}; never ran: {missing}"
     assert len({pid for _slot, pid in entries}) >= 1
     succeeded = sum(report["runs"]["success"] for report in reports)
     skipped = sum(report["runs"]["skipped_elsewhere"] for report in reports)
