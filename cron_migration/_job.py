@@ -150,7 +150,8 @@ class MigratedJob:
             return self.run_async(*args, **kwargs)
         from compat import run_sync
 
-        return run_sync(self.run_async, *args, **kwargs)
+        # Bound first: run_sync keeps a ``timeout`` keyword of its own.
+        return run_sync(functools.partial(self.run_async, *args, **kwargs))
 
     async def run_async(self, *args: Any, **kwargs: Any) -> Any:
         """One run: correlation id, lease, records, timeout and metrics around the job."""

@@ -227,6 +227,25 @@ def test_called_without_a_loop_it_runs_and_returns_the_result() -> None:
     assert runs(registry, "add", "success") == 1
 
 
+def test_a_job_keyword_named_timeout_reaches_the_job_not_the_bridge() -> None:
+    # compat.run_sync keeps a ``timeout`` keyword of its own; a job's keyword of that name
+    # must reach the job, as it does when a scheduler passes the job's kwargs.
+    registry = CollectorRegistry()
+
+    @migrated_job(registry=registry)
+    async def poll(*, timeout: float) -> float:
+        await asyncio.sleep(0)
+        return timeout
+
+    assert job_kwargs_call(poll, timeout=7.5) == 7.5
+    assert runs(registry, "poll", "success") == 1
+
+
+def job_kwargs_call(job: Callable[..., Any], **kwargs: Any) -> Any:
+    """Run a decorated job with keyword arguments, in a thread without a loop."""
+    return job(**kwargs)
+
+
 def test_called_on_a_loop_it_returns_an_awaitable_run() -> None:
     registry = CollectorRegistry()
 
