@@ -36,7 +36,8 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {
     ("/slow-headers", "sync"): "issue 7 (sync deadline, found by this suite): when the deadline "
     "ends the attempt while the response head is still arriving, the call returns the 200 with "
     "no headers and an empty body (None) instead of raising ServiceTimeoutError",
-    ("/content-length-superscript", "sync"): "issue 7: Content-Length '\u00b2' raises ValueError",
+    ("/content-length-superscript", "sync"): "issue 7 (malformed Content-Length): Content-Length "
+    "'\u00b2' is accepted and the body returned as a value",
     ("/content-length-negative", "sync"): "issue 7 (malformed Content-Length): Content-Length -1 "
     "is accepted and the body read to the close (RFC 9112 6.3: an unrecoverable error)",
     ("/content-length-conflict", "sync"): "issue 7 (malformed Content-Length): two different "
@@ -165,7 +166,7 @@ def test_summary(row: Row) -> None:
     )
     row.faults = (
         f"gzip/deflate bombs ({BOMB_SIZE // 2**20} MiB inflated), endless headers and body, "
-        "headers trickled byte by byte, nested JSON, malformed Retry-After / Content-Length / "
+        "a head trickled line by line, nested JSON, malformed Retry-After / Content-Length / "
         "Location, redirect loop, non-HTTP bytes, bad chunking"
     )
     row.outcome = (
