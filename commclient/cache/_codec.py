@@ -134,7 +134,9 @@ def _jsonable(value: object) -> Any:
 
 
 def _validation_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError)
+    # RecursionError: JSON nested deeper than the parser goes (100 000 ``[`` planted by
+    # anyone who can write to Redis) is unreadable here, like any other corrupt value.
+    errors: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, RecursionError)
     if _has_pydantic():
         errors += (_pydantic().ValidationError,)
     return errors
@@ -143,7 +145,7 @@ def _validation_errors() -> tuple[type[BaseException], ...]:
 def _is_json(data: bytes | str) -> bool:
     try:
         json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 
@@ -164,7 +166,7 @@ class Codec:
                 allow_nan=False,
                 separators=(",", ":"),
             ).encode()
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RecursionError) as error:
             raise CacheSerializationError(
                 f"value for cache key {key!r} cannot be stored as JSON: {error}"
             ) from error

@@ -109,12 +109,6 @@ def test_values_planted_in_redis(
 
 @pytest.mark.redis_server
 @pytest.mark.parametrize("model", [None, Settings])
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 (found by this suite): deeply nested JSON planted under a cache key "
-    "escapes get() as RecursionError (no model) or pydantic's ValidationError (with a model) "
-    "instead of a miss or a CacheError",
-)
 def test_nested_json_planted_in_redis(
     planted_cache: tuple[SyncRedisCache, Any], model: Any
 ) -> None:

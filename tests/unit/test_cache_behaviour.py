@@ -143,6 +143,8 @@ def test_unsafe_values_are_refused(any_facade: Facade, redis_url: str, prefix: s
                 await cache.set("object", object())
             with pytest.raises(CacheSerializationError):
                 await cache.set("nan", {"value": math.nan})
+            with pytest.raises(CacheSerializationError, match="'deep'"):
+                await cache.set("deep", _nested_lists(100_000))
             with pytest.raises(InvalidCacheKeyError):
                 await cache.set("has#hash", 1)
             with pytest.raises(InvalidCacheKeyError):
@@ -574,6 +576,70 @@ def test_corrupt_value_is_a_miss_deleted_and_logged(
             assert json.loads(client.get(f"{{{prefix}}}:global_settings#0") or b"") == (
                 loaded if model is None else {**loaded, "features": []}
             )
+
+    run(scenario())
+
+
+NESTED_JSON = b"[" * 100_000 + b"]" * 100_000
+
+
+def _nested_lists(depth: int) -> list[Any]:
+    outer: list[Any] = []
+    inner = outer
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+@pytest.mark.parametrize("model", [None, Settings])
+def test_deeply_nested_json_is_a_corrupt_value_not_an_exception(
+    any_facade: Facade,
+    redis_url: str,
+    prefix: str,
+    registry: CollectorRegistry,
+    cache_logs: conftest_cache.LogCapture,
+    model: Any,
+) -> None:
+    """JSON nested deeper than the parsers go (planted by anyone who can write to Redis) is
+    a corrupt value: a miss, counted, logged once and deleted; never a RecursionError or
+    pydantic's ValidationError."""
+    data_key = f"{{{prefix}}}:nested#0"
+
+    def plant() -> None:
+        if any_facade.backend == "memory":
+            any_facade.store.set(data_key, NESTED_JSON)
+        else:
+            raw_client(redis_url).set(data_key, NESTED_JSON)
+
+    def errors() -> float:
+        return metric(
+            registry,
+            "redis_cache_errors_total",
+            cache_name=prefix,
+            operation="get",
+            error_type="corrupt_value",
+        )
+
+    plant()
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix, registry=registry) as cache:
+            assert await cache.get("nested", model) is None
+            assert await cache.get("nested", model) is None  # deleted: a plain miss now
+            assert errors() == 1
+            misses = metric(
+                registry, "redis_cache_misses_total", cache_name=prefix, key_pattern="nested"
+            )
+            assert misses == 2
+            dropped = cache_logs.messages(logging.WARNING).count("corrupt cache value dropped")
+            assert dropped == 1
+            plant()
+            loaded = {"timezone": "UTC", "reminder_minutes": 1}
+            value = await cache.get_or_set("nested", lambda: loaded, model=model)
+            assert value == (loaded if model is None else Settings(**loaded))
+            assert await cache.get("nested", model) == value
+            assert errors() == 2
 
     run(scenario())
 
