@@ -57,7 +57,6 @@ DETAIL_LIMIT = 500
 ErrorT = TypeVar("ErrorT", bound=ServiceClientError)
 #: Query parameters: a mapping (a list value repeats the name) or a sequence of pairs.
 QueryParams = Mapping[str, Any] | Sequence[tuple[str, Any]]
-JsonParams = QueryParams
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 #: Headers that identify the caller; another origin never receives them.
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
@@ -189,13 +188,12 @@ class Core:
             raise ValueError(
                 f"base_url must be an absolute http(s) URL without a query, got {base_url!r}"
             )
+        # Credentials in a base URL never reach an error message or a log line: they are
+        # sent as a Basic Authorization header, to this origin only.
         self.base_url = urlunsplit(
             (parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", "")
         )
         self.origin = _origin(self.base_url)
-        # Credentials in a base URL never reach an error message or a log line: they are
-        # sent as a Basic Authorization header, to this origin only.
-        self.safe_base_url = self.base_url
         self.service_name = service_name
         self.target_service = target_service
         self.config = config
