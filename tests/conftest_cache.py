@@ -120,7 +120,7 @@ class Harness(Protocol):
 
     async def get(self, key: str, model: Any = None) -> Any: ...
     async def get_raw(self, key: str) -> Any: ...
-    async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool: ...
+    async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool | None: ...
     async def delete(self, key: str) -> bool: ...
     async def invalidate(self, pattern: str, *parts: object) -> int: ...
     async def invalidate_group(self, group: str) -> bool: ...
@@ -155,8 +155,8 @@ class AsyncHarness:
     async def get_raw(self, key: str) -> Any:
         return await self.cache.get_raw(key)
 
-    async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool:
-        result: bool = await self.cache.set(key, value, ttl)
+    async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool | None:
+        result: bool | None = await self.cache.set(key, value, ttl)
         return result
 
     async def delete(self, key: str) -> bool:
@@ -229,8 +229,8 @@ class SyncHarness:
     async def get_raw(self, key: str) -> Any:
         return self.cache.get_raw(key)
 
-    async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool:
-        result: bool = self.cache.set(key, value, ttl)
+    async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool | None:
+        result: bool | None = self.cache.set(key, value, ttl)
         return result
 
     async def delete(self, key: str) -> bool:

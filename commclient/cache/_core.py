@@ -59,6 +59,20 @@ class _Mismatch:
 
 MISMATCH: Any = _Mismatch()
 
+
+class _Unconfirmed:
+    """Marker: a write was sent (or may have been) but no reply came: Redis may apply it."""
+
+    def __repr__(self) -> str:
+        return "UNCONFIRMED"
+
+
+UNCONFIRMED: Any = _Unconfirmed()
+
+_WRITES_TOLD_UNCONFIRMED = frozenset({"set"})
+"""Operations whose lost reply the flow is told about (:data:`UNCONFIRMED`); for every
+other operation a lost reply is a failure like any other."""
+
 _forkable: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -578,8 +592,14 @@ class CacheCore:
         """The call was cancelled: no verdict on Redis."""
         self.health.release(admission)
 
-    def failed(self, operation: str, error: BaseException, admission: Admission) -> None:
-        """A Redis call failed: an outage, or a reply about one key (``WRONGTYPE``...)."""
+    def failed(self, operation: str, error: BaseException, admission: Admission) -> Any:
+        """A Redis call failed: an outage, or a reply about one key (``WRONGTYPE``...).
+
+        Returns :data:`FAILED`, or :data:`UNCONFIRMED` for a write that Redis may still
+        apply: any failure but an error reply may come after the command left (a paused
+        Redis applies it when it resumes), and redis-py's retry can turn a lost reply into
+        a connection error, so only an error reply proves the write was not applied.
+        """
         self.metrics.error(operation, type(error).__name__)
         if not is_outage(error):
             # Redis answered: it is up, and this key's trouble must not switch the
@@ -589,12 +609,15 @@ class CacheCore:
                 "redis refused a cache command; treated as a miss for this key",
                 extra=log_extra(cache_name=self.name, operation=operation, error=str(error)[:200]),
             )
-            return
+            return FAILED
         self.health.record_failure(operation, error, admission)
         logger.debug(
             "redis cache operation failed",
             extra={"cache_name": self.name, "operation": operation, "error": repr(error)[:200]},
         )
+        if operation in _WRITES_TOLD_UNCONFIRMED and not is_error_reply(error):
+            return UNCONFIRMED
+        return FAILED
 
 
 class CoreFacade:
@@ -642,7 +665,16 @@ def is_outage(error: BaseException) -> bool:
     usable.
     """
     try:
-        from redis.exceptions import ReadOnlyError, ResponseError
+        from redis.exceptions import ReadOnlyError
     except ImportError:  # pragma: no cover - the Redis drivers always have redis
         return True
-    return not isinstance(error, ResponseError) or isinstance(error, ReadOnlyError)
+    return not is_error_reply(error) or isinstance(error, ReadOnlyError)
+
+
+def is_error_reply(error: BaseException) -> bool:
+    """Tell whether Redis answered ``error``: the command was refused, not lost."""
+    try:
+        from redis.exceptions import ResponseError
+    except ImportError:  # pragma: no cover - the Redis drivers always have redis
+        return False
+    return isinstance(error, ResponseError)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from . import _scripts
 from ._codec import CorruptValueError
-from ._core import FAILED, MISMATCH, SCAN_BATCH, CacheCore, KeyPlan, Read
+from ._core import FAILED, MISMATCH, SCAN_BATCH, UNCONFIRMED, CacheCore, KeyPlan, Read
 from ._exceptions import CacheValueTooLargeError
 from ._keys import build_pattern
 from ._local import MISSING
@@ -130,12 +130,15 @@ class ReadThrough:
 # -- writes -----------------------------------------------------------------------------
 
 
-def set_value(core: CacheCore, key: str, value: object, ttl_ms: int) -> Flow[bool]:
+def set_value(core: CacheCore, key: str, value: object, ttl_ms: int) -> Flow[bool | None]:
+    """``True`` once written, ``None`` when Redis may still apply it, else ``False``."""
     plan = core.plan(key)
     data = core.encode(key, value)
     keys, args = core.write_args(plan, data, ttl_ms, explicit=True)
     written = yield Call("set", Command.WRITE, keys=keys, args=args)
     core.after_local_change(core.key_message(plan, 1))
+    if written is UNCONFIRMED:
+        return None
     return written is not FAILED and bool(written)
 
 

@@ -155,12 +155,14 @@ class SyncRedisCache(CoreFacade):
 
     # -- writes -------------------------------------------------------------------------
 
-    def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool:
+    def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool | None:
         """Store ``value`` for ``ttl`` seconds; ``True`` once Redis confirmed the write.
 
-        ``False`` means not confirmed: Redis could not be reached, or did not answer
-        within the operation timeout (a write sent just before a pause may still be
-        applied when Redis resumes; every local tier drops the key either way).
+        ``None`` means not confirmed: the reply was lost (a timeout, a dropped
+        connection), and Redis may have applied the write or may still apply it (a
+        paused Redis does when it resumes). ``False`` means not applied: the breaker
+        skipped Redis, or Redis refused the command. Both are falsy, so ``if await
+        cache.set(...)`` still reads "confirmed"; every local tier drops the key either way.
         """
         return self._run(flows.set_value(self._core, key, value, ttl_milliseconds(ttl)))
 
@@ -459,7 +461,8 @@ class SyncRedisCache(CoreFacade):
     def _call(
         self, operation: str, command: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
-        """Run one Redis command within the operation timeout; :data:`FAILED` on failure."""
+        """Run one Redis command within the operation timeout; on failure, :data:`FAILED`
+        (or :data:`UNCONFIRMED`, see :meth:`CacheCore.failed`)."""
         core = self._core
         admission = core.admit(operation)
         if admission is None:
@@ -468,8 +471,7 @@ class SyncRedisCache(CoreFacade):
         try:
             result = self._deadlines.run(command, *args, **kwargs)
         except Exception as error:
-            core.failed(operation, error, admission)
-            return FAILED
+            return core.failed(operation, error, admission)
         except BaseException:
             core.abandoned(admission)
             raise
