@@ -295,7 +295,8 @@ def test_set_tells_a_lost_reply_from_a_write_not_applied(
     """``set()``: ``True`` once Redis confirmed the write; ``None`` when its reply was lost
     (Redis may still apply it, and here does once resumed); ``False`` only when Redis surely
     did not apply it: the breaker skipped Redis, or Redis refused the command."""
-    config = CacheConfig(breaker_failure_threshold=1, breaker_cooldown=60.0)
+    # A generous timeout: a loaded machine must not turn the confirmed writes into lost ones.
+    config = CacheConfig(operation_timeout=1.0, breaker_failure_threshold=1, breaker_cooldown=60.0)
     raw = redis.Redis.from_url(own_redis_server.url)
 
     async def scenario() -> None:
