@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
@@ -12,7 +15,8 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 class ClientConfig:
     """How a client times out, retries, trips its breaker and bounds what it reads.
 
-    Every field is checked on construction; a bad value raises ``ValueError`` naming it.
+    Every field is checked on construction; a bad value raises ``ValueError`` naming it
+    (``TypeError`` for a collection field given something that is not one).
     """
 
     #: Seconds one attempt may take to receive the response (read timeout).
@@ -115,12 +119,8 @@ class ClientConfig:
                 f"retry_min_wait ({self.retry_min_wait}) must not exceed "
                 f"retry_max_wait ({self.retry_max_wait})"
             )
-        statuses = frozenset(self.retry_on_status)
-        bad = sorted(s for s in statuses if not isinstance(s, int) or not 100 <= s <= 599)
-        if bad:
-            raise ValueError(f"retry_on_status holds values that are not HTTP statuses: {bad}")
-        object.__setattr__(self, "retry_on_status", statuses)
-        object.__setattr__(self, "default_headers", tuple(dict(self.default_headers).items()))
+        object.__setattr__(self, "retry_on_status", _statuses(self.retry_on_status))
+        object.__setattr__(self, "default_headers", _default_headers(self.default_headers))
 
     def _check_transport(self) -> None:
         if not isinstance(self.verify, (bool, str)) or self.verify == "":
@@ -140,6 +140,56 @@ class ClientConfig:
         for name in ("trust_env", "follow_redirects"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+def _statuses(value: object) -> frozenset[int]:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(f"retry_on_status must be a collection of HTTP statuses, got {value!r}")
+    items = list(value)
+    bad = [s for s in items if isinstance(s, bool) or not isinstance(s, int) or not 100 <= s <= 599]
+    if bad:
+        raise ValueError(f"retry_on_status holds values that are not HTTP statuses: {bad!r}")
+    return frozenset(items)
+
+
+def _default_headers(value: object) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"default_headers must be a mapping or (name, value) pairs, got {value!r}"
+        )
+    else:
+        pairs = list(value)
+        for pair in pairs:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise TypeError(
+                    f"default_headers must be a mapping or (name, value) pairs, got {pair!r}"
+                )
+    headers = dict(pairs)
+    check_headers(headers, where="default_headers")
+    return tuple(headers.items())
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[^\x09\x20-\x7e]")
+
+
+def check_headers(headers: Mapping[Any, Any], *, where: str = "headers") -> None:
+    """Refuse header names and values a transport would refuse, before anything is sent.
+
+    Such a request is the caller's bug: if it reached the transport it would be
+    reported as a failed attempt, retried and counted against a healthy target (and a
+    CR/LF in a value would inject a header). Values are printable ASCII: requests would
+    send Latin-1 where httpx refuses it. ``where`` names the argument in the error.
+    """
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f"{where}: header name {name!r} is not a valid HTTP token")
+        if not isinstance(value, str) or _HEADER_VALUE_FORBIDDEN.search(value):
+            raise ValueError(
+                f"{where}: header {name!r} must have a printable ASCII string value, got {value!r}"
+            )
 
 
 def require_seconds(name: str, value: object) -> float:

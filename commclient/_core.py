@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, urljoin, urlsplit, urluns
 from prometheus_client import CollectorRegistry
 
 from ._breaker import Breaker, breakers
-from ._config import ClientConfig, require_seconds
+from ._config import ClientConfig, check_headers, require_seconds
 from ._correlation import (
     CORRELATION_HEADER,
     REDACTED,
@@ -211,7 +211,6 @@ class Core:
             default_headers["Authorization"] = (
                 "Basic " + base64.b64encode(userinfo.encode("latin-1", errors="replace")).decode()
             )
-        _check_headers(dict(config.default_headers))
         #: Default headers by lower-case name, for a case-insensitive merge per call.
         self.default_headers = _by_lower_name(default_headers)
         self.config_headers = _by_lower_name(dict(config.default_headers))
@@ -257,7 +256,7 @@ class Core:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError(f"path must be a string and must start with '/', got {path!r}")
         if path_params is not None:
-            quoted = {name: quote(str(value), safe="") for name, value in path_params.items()}
+            quoted = {name: _quote_segment(str(value)) for name, value in path_params.items()}
             try:
                 url_path = path.format_map(quoted)
             except (KeyError, IndexError, ValueError, AttributeError) as exc:
@@ -326,7 +325,7 @@ class Core:
         if headers:
             if not isinstance(headers, Mapping):
                 raise TypeError(f"headers must be a mapping, got {type(headers).__name__}")
-            _check_headers(headers)
+            check_headers(headers)
             merged.update(_by_lower_name(headers))
         if body is not None:
             merged.setdefault("content-type", ("Content-Type", body.content_type))
@@ -334,7 +333,7 @@ class Core:
         elif method in _BODY_METHODS:
             merged["content-length"] = ("Content-Length", "0")
         if idempotency_key is not None:
-            _check_headers({"Idempotency-Key": idempotency_key})
+            check_headers({"Idempotency-Key": idempotency_key})
             merged["idempotency-key"] = ("Idempotency-Key", idempotency_key)
         if correlation_id is not None:
             merged[CORRELATION_HEADER.lower()] = (CORRELATION_HEADER, correlation_id)
@@ -356,6 +355,18 @@ def _query_value(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _quote_segment(value: str) -> str:
+    """One path parameter as one path segment.
+
+    ``quote`` leaves ``.`` alone, and a segment that is exactly ``.`` or ``..`` would be
+    resolved as a dot segment (httpx does so: ``/a/{v}/b`` with ``..`` calls ``/b``), so
+    those two are sent percent-encoded (``%2E``), which servers route as data.
+    """
+    if value in (".", ".."):
+        return "%2E" * len(value)
+    return quote(value, safe="")
+
+
 def _quote_plus(text: str) -> str:
     return text if _PLAIN_VALUE.fullmatch(text) else quote_plus(text)
 
@@ -374,23 +385,6 @@ def encode_query(pairs: Sequence[tuple[str, Any]], *, keep: str | None = None) -
 
 _HOST = re.compile(r"[a-z0-9.\-_]+|[0-9a-f:.]+")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_HEADER_VALUE_FORBIDDEN = re.compile(r"[^\x09\x20-\x7e]")
-
-
-def _check_headers(headers: Mapping[str, Any]) -> None:
-    """Refuse header names and values a transport would refuse, before anything is sent.
-
-    Such a request is the caller's bug: if it reached the transport it would be
-    reported as a failed attempt, retried and counted against a healthy target.
-    Values are printable ASCII: requests would send Latin-1 where httpx refuses it.
-    """
-    for name, value in headers.items():
-        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
-            raise ValueError(f"header name {name!r} is not a valid HTTP token")
-        if not isinstance(value, str) or _HEADER_VALUE_FORBIDDEN.search(value):
-            raise ValueError(
-                f"header {name!r} must have a printable ASCII string value, got {value!r}"
-            )
 
 
 def _by_lower_name(headers: Mapping[str, str]) -> dict[str, tuple[str, str]]:

@@ -113,12 +113,6 @@ def test_config_numbers_are_validated(name: str, value: object) -> None:
         assert stored >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 7 (bad input): retry_on_status and default_headers of the wrong type raise "
-    "TypeError/ValueError that do not name the field; a header value with CR/LF in "
-    "default_headers is accepted and fails every call later",
-)
 @PROPERTY
 @given(name=st.sampled_from(("retry_on_status", "default_headers")), value=ANY_VALUE)
 @example(name="retry_on_status", value=5)
@@ -216,18 +210,7 @@ def test_path_params_stay_one_segment(http_server: ServerProcess, value: str) ->
     "facade",
     [
         pytest.param("sync", marks=pytest.mark.facade_sync),
-        pytest.param(
-            "async",
-            marks=[
-                pytest.mark.facade_async,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="issue 7 (path params, found by this suite): on the async facade "
-                    "'.' and '..' reach httpx unescaped, which resolves them as dot segments: "
-                    "'/echo/{v}/end' with v='..' calls '/echo/end'",
-                ),
-            ],
-        ),
+        pytest.param("async", marks=pytest.mark.facade_async),
     ],
 )
 @pytest.mark.parametrize("value", ["..", "."])

@@ -259,6 +259,18 @@ def test_path_params_are_quoted_and_the_template_is_the_endpoint(make_harness: M
     )
 
 
+@pytest.mark.parametrize(("value", "segment"), [(".", "%2E"), ("..", "%2E%2E")])
+def test_dot_segment_path_params_stay_in_their_segment(
+    make_harness: MakeHarness, value: str, segment: str
+) -> None:
+    """A transport resolves a bare ``.``/``..`` segment (``/a/../b`` is ``/b``): a path
+    parameter holding one is sent percent-encoded, inside its segment."""
+    harness = make_harness()
+    harness.script("GET", f"/api/users/{segment}/end", [OK])
+    harness.call("GET", "/api/users/{user_id}/end", path_params={"user_id": value})
+    assert harness.sent[0].url == harness.wire_base_url + f"/api/users/{segment}/end"
+
+
 def test_credentials_and_secrets_never_reach_errors_or_logs(
     make_harness: MakeHarness, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -52,6 +52,34 @@ def test_bad_values_raise_naming_the_field(field: str, value: Any) -> None:
         ClientConfig(**{field: value})
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("retry_on_status", 5),
+        ("retry_on_status", "503"),
+        ("retry_on_status", [600, "x"]),
+        ("retry_on_status", [True]),
+        ("default_headers", "ab"),
+        ("default_headers", 5),
+        ("default_headers", [("X-A",)]),
+        ("default_headers", {"X-A": 5}),
+        ("default_headers", {"X A": "1"}),
+        ("default_headers", (("X-A", "a\r\nInjected: 1"),)),
+        ("default_headers", {"X-A": "a\n"}),
+    ],
+)
+def test_bad_collections_raise_naming_the_field(field: str, value: Any) -> None:
+    """Refused when the config is built, not by every call later (a CR/LF would inject)."""
+    with pytest.raises((ValueError, TypeError), match=field):
+        ClientConfig(**{field: value})
+
+
+def test_default_headers_accept_a_mapping_or_pairs() -> None:
+    pairs = ClientConfig(default_headers=(("X-Api-Key", "k"),))
+    mapping = ClientConfig(default_headers={"X-Api-Key": "k"})  # type: ignore[arg-type]
+    assert pairs.default_headers == mapping.default_headers == (("X-Api-Key", "k"),)
+
+
 def test_min_wait_above_max_wait() -> None:
     with pytest.raises(ValueError, match=r"retry_min_wait .* retry_max_wait"):
         ClientConfig(retry_min_wait=5, retry_max_wait=1)
