@@ -156,9 +156,7 @@ def _default_headers(value: object) -> tuple[tuple[str, str], ...]:
     if isinstance(value, Mapping):
         pairs = list(value.items())
     elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise TypeError(
-            f"default_headers must be a mapping or (name, value) pairs, got {value!r}"
-        )
+        raise TypeError(f"default_headers must be a mapping or (name, value) pairs, got {value!r}")
     else:
         pairs = list(value)
         for pair in pairs:
