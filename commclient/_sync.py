@@ -74,6 +74,7 @@ class SyncServiceClient:
             self._requests.packages.urllib3.exceptions.LocationValueError,
             UnicodeError,
         )
+        self._bad_response_head = self._requests.packages.urllib3.exceptions.InvalidHeader
         self._core = build_core(base_url, service_name, target_service, config, registry, clock)
         self._settings = _TransportSettings(self._requests, self._core.config, self._core.base_url)
         self._adapter: requests.adapters.HTTPAdapter | None = None
@@ -164,6 +165,10 @@ class SyncServiceClient:
                                 break
                     return attempt.response(response.status_code, response.headers, reader)
             except self._unsendable as exc:
+                if exc.args and isinstance(exc.args[0], self._bad_response_head):
+                    # urllib3 refuses a response head it cannot frame (two different
+                    # Content-Length values); requests reports that as a request error.
+                    return TransportFailure(FailureKind.CONNECTION_LOST, exc)
                 return TransportFailure(FailureKind.UNSENDABLE, exc)
             except self._transport_errors as exc:
                 if watch.fired:

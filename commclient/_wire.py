@@ -151,6 +151,22 @@ def declared_size(headers: Mapping[str, str]) -> int | None:
     return int(length) if length is not None and is_ascii_digits(length) else None
 
 
+def content_length_error(headers: Mapping[str, str]) -> str | None:
+    """Why a response's ``Content-Length`` cannot frame its body, or ``None`` when it can.
+
+    RFC 9112 6.3: an invalid value (``-1``, ``\u00b2``) or different repeated values are
+    an unrecoverable error; a transport that ignores them reads the body to the close.
+    Repeated identical values (``2, 2``, as urllib3 joins two headers) are one value.
+    """
+    length = headers.get("content-length")
+    if length is None:
+        return None
+    values = {value.strip() for value in length.split(",")}
+    if len(values) == 1 and is_ascii_digits(values.pop()):
+        return None
+    return f"the response's Content-Length {length!r} is not one size in bytes"
+
+
 class _Inflater:
     """gzip or deflate, inflated at most ``room`` bytes at a time (no decompression bomb)."""
 
@@ -204,6 +220,8 @@ class BodyReader:
         self.error: str | None = None
         size = declared_size(headers) if announced else None
         self.too_large = size is not None and size > limit
+        if announced:
+            self.error = content_length_error(headers)
         encoding = headers.get("content-encoding")
         self._decoders: list[_Inflater] = []
         if encoding:

@@ -15,6 +15,7 @@ import time
 import traceback
 import tracemalloc
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,6 +34,7 @@ from commclient import (
 )
 from tests.http_server import ServerProcess
 from tests.integration.conftest import Driver, Names, fast_config
+from tests.reliability.hostile_server import HostileServer
 
 # --- 1. the size limit applies to decoded bytes, read as they arrive -------------------------
 
@@ -111,6 +113,26 @@ def test_a_retry_after_that_is_not_ascii_digits_is_ignored(make: Any) -> None:
     with pytest.raises(ServiceResponseError) as info:
         call("get", "/reply", params={"status": "503", "header": "Retry-After:\u00b2"})
     assert info.value.attempts == 3
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileServer]:
+    with HostileServer() as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/content-length-superscript", "/content-length-negative", "/content-length-conflict"],
+)
+def test_a_content_length_that_frames_no_body_is_a_bad_server(
+    make: Any, hostile: HostileServer, path: str
+) -> None:
+    """RFC 9112 6.3: an unrecoverable error of the server, not a body read to the close
+    (and returned as a value) nor the caller-bug ``ValueError``."""
+    call = make(fast_config(max_retries=1), base_url=hostile.url)
+    with pytest.raises((ServiceDecodeError, ServiceConnectionError)):
+        call("get", path)
 
 
 @pytest.mark.parametrize(

@@ -36,12 +36,6 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {
     ("/slow-headers", "sync"): "issue 7 (sync deadline, found by this suite): when the deadline "
     "ends the attempt while the response head is still arriving, the call returns the 200 with "
     "no headers and an empty body (None) instead of raising ServiceTimeoutError",
-    ("/content-length-superscript", "sync"): "issue 7 (malformed Content-Length): Content-Length "
-    "'\u00b2' is accepted and the body returned as a value",
-    ("/content-length-negative", "sync"): "issue 7 (malformed Content-Length): Content-Length -1 "
-    "is accepted and the body read to the close (RFC 9112 6.3: an unrecoverable error)",
-    ("/content-length-conflict", "sync"): "issue 7 (malformed Content-Length): two different "
-    "Content-Length values raise the caller-bug ValueError",
 }
 
 _results: dict[tuple[str, str], dict[str, Any]] = {}
