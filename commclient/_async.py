@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from ._config import ClientConfig
 from ._core import BUILTIN_HEADERS, Attempt, Call, Outcome, Sleep, TransportFailure, build_core
+from ._correlation import redact_transport_logs
 from ._policy import Clock, FailureKind
 from ._response import ServiceResponse
 
@@ -24,6 +25,17 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ._core import CallOptions
+
+
+#: The loggers httpx and httpcore write request URLs to.
+_TRANSPORT_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
 
 
 def _import_httpx() -> Any:
@@ -55,6 +67,7 @@ class AsyncServiceClient:
         clock: Clock | None = None,
     ) -> None:
         self._httpx = _import_httpx()
+        redact_transport_logs(_TRANSPORT_LOGGERS)
         self._core = build_core(base_url, service_name, target_service, config, registry, clock)
         # The pool sends the built-in headers itself: a call that adds none passes no headers
         # and spares httpx normalising the same three on every request.

@@ -109,3 +109,31 @@ def redact_text(text: str) -> str:
     such as a transport exception's message."""
     text = _USERINFO.sub("//", text)
     return _SENSITIVE_PAIR.sub(lambda m: f"{m['name']}={REDACTED}", text)
+
+
+class TransportRedactionFilter(logging.Filter):
+    """Rewrite a transport's log record without URL credentials or secret query values.
+
+    httpx logs every request at INFO and urllib3 every path with its query at DEBUG, into
+    handlers the service configured for its own lines; the record's arguments (a URL
+    object) are dropped, so that no handler or formatter can print them either.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_text(record.getMessage())
+        record.args = ()
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            redact_exception(record.exc_info[1])
+        return True
+
+
+def redact_transport_logs(logger_names: Iterable[str]) -> None:
+    """Attach the redaction filter to the loggers a transport writes to (once each).
+
+    A logger's filter sees only the records logged on that very logger, not those its
+    children propagate, so each logger that emits is named.
+    """
+    for name in logger_names:
+        transport_logger = logging.getLogger(name)
+        if not any(isinstance(f, TransportRedactionFilter) for f in transport_logger.filters):
+            transport_logger.addFilter(TransportRedactionFilter())

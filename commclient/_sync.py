@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from ._config import ClientConfig
 from ._core import Attempt, Call, Outcome, Sleep, TransportFailure, build_core
+from ._correlation import redact_transport_logs
 from ._policy import Clock, FailureKind
 from ._response import ServiceResponse
 from ._watchdog import attempt_watch, watched_adapter
@@ -28,6 +29,18 @@ if TYPE_CHECKING:
     from ._core import CallOptions
 
 _CHUNK = 64 * 1024
+#: The loggers requests and urllib3 write request paths (with their query) to.
+_TRANSPORT_LOGGERS = (
+    "requests",
+    "urllib3",
+    "urllib3.connection",
+    "urllib3.connectionpool",
+    "urllib3.poolmanager",
+    "urllib3.response",
+    "urllib3.util.retry",
+    "urllib3.http2.connection",
+    "urllib3.contrib.pyopenssl",
+)
 
 
 def _import_requests() -> Any:
@@ -58,6 +71,7 @@ class SyncServiceClient:
         clock: Clock | None = None,
     ) -> None:
         self._requests = _import_requests()
+        redact_transport_logs(_TRANSPORT_LOGGERS)
         exceptions = self._requests.exceptions
         # Reads of a streamed body raise urllib3's own exceptions, not requests'.
         self._transport_errors = (

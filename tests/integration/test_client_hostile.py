@@ -7,6 +7,7 @@ synchronously, so that one scenario proves the same behaviour on both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -321,6 +322,36 @@ def test_the_chained_transport_error_hides_secret_query_values(
     printed = "".join(traceback.format_exception(info.value))
     assert secret not in printed
     assert info.value.__cause__ is not None
+
+
+def test_transport_log_records_carry_no_credentials_or_secret_query_values(
+    make: Any, http_server: ServerProcess, refused_port: int
+) -> None:
+    """httpx logs each request at INFO, urllib3 each path and query at DEBUG: every record
+    under the facade, at DEBUG, with all its fields, holds none of the secrets."""
+    secrets = ("S3cr3tUserinfo", "S3cr3tToken", "S3cr3tPassword")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    params = {"token": "S3cr3tToken", "password": "S3cr3tPassword", "n": "1"}
+    try:
+        for port, path in ((http_server.port, "/echo"), (refused_port, "/echo")):
+            call = make(base_url=f"http://svc:S3cr3tUserinfo@127.0.0.1:{port}")
+            with contextlib.suppress(ServiceConnectionError):
+                call("get", path, params=params)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    transport = [r for r in records if not r.name.startswith("commclient")]
+    assert transport, "the transport logged nothing: the test would prove nothing"
+    texts = [f"{r.getMessage()} {r.__dict__!r}" for r in records]
+    texts += ["".join(traceback.format_exception(r.exc_info[1])) for r in records if r.exc_info]
+    leaks = [(secret, text[:200]) for text in texts for secret in secrets if secret in text]
+    assert not leaks, leaks[:3]
 
 
 # --- 13. headers and params ------------------------------------------------------------------

@@ -235,12 +235,6 @@ def test_secrets_stay_out_of_logs_and_errors(
         pytest.param("async", "httpx", marks=pytest.mark.facade_async),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 7 (redaction gaps, found by this suite): the transports log every request "
-    "URL with its secrets - httpx at INFO ('HTTP Request: GET http://user:password@...?"
-    "token=...'), urllib3 at DEBUG (the path and query) - and the client adds no filter",
-)
 def test_secrets_stay_out_of_transport_logs(
     http_server: ServerProcess, capture: Capture, facade: str, logger: str
 ) -> None:
