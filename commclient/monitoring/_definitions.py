@@ -32,10 +32,11 @@ RUN_RECORDS_DROPPED = "cron_run_records_dropped_total"
 #: Breaker gauge values, as the library sets them, and how the dashboard names them.
 BREAKER_STATES = {0: "CLOSED", 1: "OPEN", 2: "HALF-OPEN"}
 
-#: ``status`` values that count as a failure of the target: 5xx, 429, transport errors,
-#: calls refused by an open breaker and bodies that are not JSON. Other 4xx are the
-#: caller's mistakes and do not count.
-ERROR_STATUSES = "5..|429|timeout|connect_error|circuit_open|decode_error"
+#: ``status`` values of a failed call: 5xx, 429, transport errors, calls refused by an
+#: open breaker, calls that found every pooled connection busy (``pool_timeout``: the
+#: client's saturation, not the target's, but the caller got no answer) and bodies that
+#: are not JSON. Other 4xx are the caller's mistakes and do not count.
+ERROR_STATUSES = "5..|429|timeout|connect_error|pool_timeout|circuit_open|decode_error"
 #: ``outcome`` values of a cron run that failed.
 CRON_FAILURE_OUTCOMES = "error|timeout"
 
@@ -205,8 +206,9 @@ ALERTS = (
         severity="warning",
         summary="Over 5% of calls {{ $labels.service }} -> {{ $labels.target_service }} fail",
         description=(
-            "Attempts ending in 5xx, 429, a timeout, a connection error, an open breaker or"
-            " an undecodable body, as a share of all attempts over 5 minutes."
+            "Attempts ending in 5xx, 429, a timeout, a connection error, a full connection"
+            " pool, an open breaker or an undecodable body, as a share of all attempts over"
+            " 5 minutes."
         ),
         firing=AlertCase(
             "one attempt in seven gets a 503",

@@ -12,8 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
+from commclient._policy import FailureKind
 from commclient.monitoring import export, shipped
-from commclient.monitoring._definitions import ALERTS, BREAKER_STATES, DASHBOARD_UID
+from commclient.monitoring._definitions import (
+    ALERTS,
+    BREAKER_STATES,
+    DASHBOARD_UID,
+    ERROR_STATUSES,
+)
 from commclient.monitoring._files import (
     PROMETHEUS_RULES_FILE,
     PROMETHEUS_TESTS_FILE,
@@ -40,6 +46,17 @@ def test_shipped_files_are_generated_from_the_definitions() -> None:
     assert stale == [], (
         f"{stale} differ from the definitions: run `python -m commclient.monitoring generate`"
     )
+
+
+def test_every_status_of_a_failed_call_counts_in_the_error_ratio() -> None:
+    """A status the client records for a call that got no answer (pool_timeout among them)
+    is an error in the recorded error ratio and its alert; success and other 4xx are not."""
+    failed = {kind.status_label for kind in FailureKind}
+    failed |= {"circuit_open", "decode_error", "429", "500", "503", "599"}
+    # Prometheus anchors a label regex at both ends.
+    pattern = re.compile(f"(?:{ERROR_STATUSES})")
+    assert sorted(s for s in failed if not pattern.fullmatch(s)) == []
+    assert [s for s in ("success", "200", "404", "409") if pattern.fullmatch(s)] == []
 
 
 def test_every_shipped_file_is_in_the_source_tree() -> None:

@@ -97,6 +97,8 @@ def exported() -> Exported:
         [Response(429, {}, b"{}"), ok],
         [Response(200, {}, b"<html>")],
         [TransportFailure(FailureKind.READ_TIMEOUT, TimeoutError()), ok],
+        # This client's pool was full: no retry, nothing against the breaker.
+        [TransportFailure(FailureKind.POOL_TIMEOUT, TimeoutError())],
         [TransportFailure(FailureKind.CONNECT, ConnectionRefusedError())] * 2,
         [Response(500, {}, b"{}")] * 2,
         [Response(502, {}, b"{}")] * 2,
@@ -240,6 +242,7 @@ def test_the_scenario_saw_every_breaker_state_and_status(exported: Exported) -> 
         "429",
         "timeout",
         "connect_error",
+        "pool_timeout",
         "circuit_open",
         "decode_error",
     } <= statuses
