@@ -177,7 +177,16 @@ class SyncServiceClient:
                         for chunk in response.raw.stream(_CHUNK, decode_content=False):
                             if not reader.feed(chunk):
                                 break
-                    return attempt.response(response.status_code, response.headers, reader)
+                    outcome = attempt.response(response.status_code, response.headers, reader)
+                if watch.fired:
+                    # The watchdog shut the socket down mid-exchange: http.client takes the
+                    # end of a head that was still arriving for its end, which would make a
+                    # 200 with no headers and no body of an attempt the deadline cut off.
+                    return TransportFailure(
+                        FailureKind.READ_TIMEOUT,
+                        TimeoutError("the call's deadline ended the attempt mid-response"),
+                    )
+                return outcome
             except self._unsendable as exc:
                 if exc.args and isinstance(exc.args[0], self._bad_response_head):
                     # urllib3 refuses a response head it cannot frame (two different

@@ -92,6 +92,18 @@ def test_deadline_bounds_response_headers_that_trickle_in(
     assert call.breaker == "closed"
 
 
+def test_a_head_cut_off_between_whole_header_lines_is_a_timeout(
+    make: Any, hostile: HostileServer
+) -> None:
+    """One whole header line every 0.5 s: when the deadline shuts the socket down between
+    two lines, http.client takes the cut for the end of the head; that is no 200."""
+    call = make(fast_config(timeout=5.0, max_retries=1), base_url=hostile.url)
+    started = time.monotonic()
+    with pytest.raises(ServiceTimeoutError):
+        call("get", "/slow-headers", deadline=1.0)
+    assert time.monotonic() - started < 6.0
+
+
 def test_deadline_bounds_a_chain_of_redirects(make: Any) -> None:
     call = make(fast_config(timeout=5.0, max_retries=1, follow_redirects=True))
     started = time.monotonic()

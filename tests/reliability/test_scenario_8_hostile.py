@@ -32,11 +32,7 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 MEMORY_BOUND = 16 * MAX_RESPONSE_BYTES
 
 #: Known bugs still open: (path, facade) -> what goes wrong there.
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("/slow-headers", "sync"): "issue 7 (sync deadline, found by this suite): when the deadline "
-    "ends the attempt while the response head is still arriving, the call returns the 200 with "
-    "no headers and an empty body (None) instead of raising ServiceTimeoutError",
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 _results: dict[tuple[str, str], dict[str, Any]] = {}
 
