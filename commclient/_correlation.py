@@ -120,7 +120,13 @@ class TransportRedactionFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_text(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:
+            # A record whose arguments do not fit its format: logging reports that from the
+            # handler, but a filter that raised would raise into the transport's call.
+            message = f"{record.msg} {record.args!r}"
+        record.msg = redact_text(message)
         record.args = ()
         if record.exc_info is not None and record.exc_info[1] is not None:
             redact_exception(record.exc_info[1])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
 from commclient import ClientConfig, CorrelationIdFilter, correlation_id_ctx
+from commclient._correlation import TransportRedactionFilter
 from tests.unit.conftest import MakeHarness
 from tests.unit.harness import Reply
 
@@ -71,3 +73,19 @@ def test_filter_puts_the_id_on_any_record() -> None:
     finally:
         correlation_id_ctx.reset(token)
     assert record.correlation_id == "abc"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("msg", "args"),
+    [
+        ("HTTP Request: %s %s", ("GET", "http://u:S3cr3t@h/x?token=S3cr3t&n=1")),
+        ("%s %s %d", ("GET", "/x?password=S3cr3t")),  # does not fit its format
+    ],
+)
+def test_transport_records_lose_credentials_and_secret_values(
+    msg: str, args: tuple[Any, ...]
+) -> None:
+    record = logging.LogRecord("httpx", logging.INFO, __file__, 1, msg, args, None)
+    assert TransportRedactionFilter().filter(record)
+    assert "S3cr3t" not in repr(vars(record))
+    assert "GET" in record.getMessage()
