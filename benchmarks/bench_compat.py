@@ -259,9 +259,10 @@ def _thread_rows(base_url: str, plan: Plan) -> list[Row]:
     native_loop = asyncio.new_event_loop()
 
     def native() -> float:
-        return native_loop.run_until_complete(
+        wall, _cpu = native_loop.run_until_complete(
             _async_concurrent(lambda: native_client.get(PATH), per_worker)
         )
+        return wall
 
     try:
         with (
@@ -271,10 +272,10 @@ def _thread_rows(base_url: str, plan: Plan) -> list[Row]:
         ):
 
             def proxied() -> float:
-                return _sync_concurrent(pool, lambda: proxy.get(PATH), per_worker)
+                return _sync_concurrent(pool, lambda: proxy.get(PATH), per_worker)[0]
 
             def shared_sync() -> float:
-                return _sync_concurrent(pool, lambda: shared.get(PATH), per_worker)
+                return _sync_concurrent(pool, lambda: shared.get(PATH), per_worker)[0]
 
             for _ in range(2):  # warm up: every side opens its connections
                 proxied(), shared_sync(), native()
