@@ -21,7 +21,7 @@ from tests.unit.cron_support import sample, wait_until_async
 pytestmark = pytest.mark.facade_async
 
 JOBS = 10
-BLOCK = 0.2
+BLOCK = 0.5
 # A loop blocked by one job shows a lag of BLOCK; a free loop shows milliseconds. The
 # limit sits between the two with room for a loaded machine.
 FREE_LOOP_LIMIT = BLOCK / 2
