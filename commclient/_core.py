@@ -202,6 +202,8 @@ class Core:
         self._budget_generation = retry_budgets.generation
         self.metrics = metrics
         self.clock = clock
+        #: The message of every breaker rejection (built once, not per rejected call).
+        self.open_message = f"circuit breaker for {target_service} is open"
         default_headers = dict(BUILTIN_HEADERS)
         if parts.username is not None:
             import base64
@@ -295,21 +297,21 @@ class Core:
         url = self.base_url + wire_path
         if query:
             url += "?" + encode_query(query)
+        # Positional: keywords cost more on this path, which every call (and every breaker
+        # rejection) takes. The order is that of Call.__init__.
         return Call(
             self,
             Request(method, url, request_headers, None if body is None else body.content),
-            endpoint=self.metrics.endpoint(
+            self.metrics.endpoint(
                 path if path_params is not None else url_path, template=path_params is not None
             ),
-            wire_path=wire_path,
-            query=query,
-            retry_after_send=may_retry_method(
-                method, has_idempotency_key=idempotency_key is not None
-            ),
-            deadline=deadline if deadline is not None else self.config.deadline,
-            read_timeout=timeout if timeout is not None else self.config.timeout,
-            correlation_id=correlation_id,
-            raw=raw,
+            wire_path,
+            query,
+            may_retry_method(method, has_idempotency_key=idempotency_key is not None),
+            deadline if deadline is not None else self.config.deadline,
+            timeout if timeout is not None else self.config.timeout,
+            correlation_id,
+            raw,
         )
 
     def _headers(
@@ -427,7 +429,6 @@ class Call:
         self,
         core: Core,
         request: Request,
-        *,
         endpoint: str,
         wire_path: str,
         query: list[tuple[str, Any]],
@@ -464,9 +465,11 @@ class Call:
         admission = core.breaker.admit()
         if not admission.permitted:
             core.metrics.observe(method, self.endpoint, "circuit_open", None)
-            raise self._error(
-                ServiceUnavailableError,
-                f"circuit breaker for {core.target_service} is open",
+            raise ServiceUnavailableError(
+                core.open_message,
+                method=method,
+                url=self.safe_url,
+                target_service=core.target_service,
                 attempts=0,
                 retry_after=admission.retry_after,
             )

@@ -51,8 +51,21 @@ class ServiceClientError(Exception):
 class ServiceUnavailableError(ServiceClientError):
     """The target's circuit breaker is open; no request was sent."""
 
-    def __init__(self, message: str, *, retry_after: float, **context: Any) -> None:
-        super().__init__(message, **context)
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        url: str,
+        target_service: str,
+        attempts: int,
+        retry_after: float,
+    ) -> None:
+        # Explicit keywords: a rejection is the hot path of an outage, and passing the
+        # context on as ``**context`` builds two more dicts per error.
+        super().__init__(
+            message, method=method, url=url, target_service=target_service, attempts=attempts
+        )
         self.retry_after = retry_after
 
 
