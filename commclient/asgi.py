@@ -34,6 +34,18 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MUTATING_METHODS: frozenset[str] = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
+__all__ = [  # noqa: RUF022  # plain sorted(), as the packaging test checks
+    "ASGIApp",
+    "CacheInvalidationMiddleware",
+    "DEFAULT_INVALIDATION_RULES",
+    "InvalidationRule",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "SupportsInvalidation",
+]
+
 logger = logging.getLogger("commclient.cache")
 
 

@@ -1,14 +1,14 @@
 """``audit``: the call sites still to migrate, found in the source tree's syntax.
 
-Three kinds, each with a code:
+Four kinds, each with a code:
 
 - ``CM001`` a raw ``requests``/``httpx`` call outside the clients: it has no retry, breaker,
   metrics or correlation id; use ``SyncServiceClient``/``AsyncServiceClient`` instead.
-- ``CM002`` ``asyncio.run``, ``get_event_loop`` or ``new_event_loop`` inside a job: a new loop
-  per run breaks clients bound to a loop, and ``get_event_loop()`` fails in a worker thread.
+- ``CM002`` ``asyncio.run``, ``get_event_loop``, ``new_event_loop`` or ``run_until_complete``
+  inside a job: a new loop per run breaks clients bound to a loop, and ``get_event_loop()``
+  fails in a worker thread.
 - ``CM003`` a blocking call inside ``async def``: it stalls the scheduler's loop; await the
   async equivalent or wrap it in ``compat.run_blocking``.
-
 - ``CM004`` a call of a function of the audited tree that makes a raw call itself (an old
   client helper such as ``rest_client.fetch_reminders()``): the call sites to move onto the
   service client before the old helpers can be removed.

@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="IDS",
         help="comma-separated ids on the async path (default: $CRON_MIGRATION_ASYNC_JOBS)",
     )
-    audit_parser = commands.add_parser("audit", help="call sites still to migrate (CM001-CM003)")
+    audit_parser = commands.add_parser("audit", help="call sites still to migrate (CM001-CM004)")
     audit_parser.add_argument("paths", nargs="+", metavar="PATH")
     audit_parser.add_argument("--check", action="store_true", help="exit 1 when any is found")
     args = parser.parse_args(argv)

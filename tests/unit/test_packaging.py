@@ -20,6 +20,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TOP_LEVEL_PACKAGES = ["commclient", "compat", "cron_migration"]
 # Every package with a public namespace of its own.
 PUBLIC_PACKAGES = [*TOP_LEVEL_PACKAGES, "commclient.cache", "commclient.monitoring"]
+# Public modules that are not packages: their __all__ is checked for order and existence.
+PUBLIC_MODULES = ["commclient.asgi"]
 # Importing the core must not pull in either facade's transport.
 TRANSPORTS = ["httpx", "requests"]
 OWN_PACKAGES = {"commclient", "compat", "cron_migration"}
@@ -91,7 +93,7 @@ def test_importing_commclient_does_not_import_a_transport() -> None:
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
 
 
-@pytest.mark.parametrize("name", PUBLIC_PACKAGES)
+@pytest.mark.parametrize("name", [*PUBLIC_PACKAGES, *PUBLIC_MODULES])
 def test_all_is_sorted_and_unique(name: str) -> None:
     module = import_or_skip(name)
     exported = getattr(module, "__all__", None)
@@ -100,7 +102,7 @@ def test_all_is_sorted_and_unique(name: str) -> None:
     assert len(exported) == len(set(exported)), f"{name}.__all__ has duplicates"
 
 
-@pytest.mark.parametrize("name", PUBLIC_PACKAGES)
+@pytest.mark.parametrize("name", [*PUBLIC_PACKAGES, *PUBLIC_MODULES])
 def test_all_names_exist(name: str) -> None:
     module = import_or_skip(name)
     missing = [attr for attr in getattr(module, "__all__", []) if not hasattr(module, attr)]
