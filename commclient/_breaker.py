@@ -187,6 +187,19 @@ class Breaker:
             self._probe = probe
             return probe
 
+    def refusal(self) -> Admission | None:
+        """The refusal :meth:`admit` would give now, found without a lock; else ``None``.
+
+        Changes nothing and takes no permit: a caller may ask it before it has anything
+        to release (``None`` means "ask :meth:`admit`", not "admitted").
+        """
+        if self._start_sync:
+            return None
+        answer = self._answer_without_change()
+        if answer is None or answer.permitted:
+            return None
+        return answer
+
     def _answer_without_change(self) -> Admission | None:
         """Admitted when closed, refused while open; ``None`` when a probe may be due.
 

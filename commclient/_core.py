@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, urljoin, urlsplit, urluns
 
 from prometheus_client import CollectorRegistry
 
-from ._breaker import Breaker, breakers
+from ._breaker import Admission, Breaker, breakers
 from ._config import ClientConfig, check_headers, require_seconds
 from ._correlation import (
     CORRELATION_HEADER,
@@ -458,21 +458,38 @@ class Call:
         return url
 
     def flow(self) -> Flow:
+        """The call's flow; raises at once if the breaker is open.
+
+        A refusal found without a lock is raised here, before a generator exists (the
+        common case of an outage, and the cheapest); every other answer is asked for
+        inside the flow, so that a flow that is never started holds no probe permit.
+        """
+        refusal = self.core.breaker.refusal()
+        if refusal is not None:
+            raise self._rejected(refusal)
+        return self._attempts()
+
+    def _rejected(self, refusal: Admission) -> ServiceUnavailableError:
+        """Count a breaker rejection and return its error."""
+        core = self.core
+        core.metrics.observe(self.request.method, self.endpoint, "circuit_open", None)
+        return ServiceUnavailableError(
+            core.open_message,
+            method=self.request.method,
+            url=self.safe_url,
+            target_service=core.target_service,
+            attempts=0,
+            retry_after=refusal.retry_after,
+        )
+
+    def _attempts(self) -> Flow:
         core = self.core
         config = core.config
         clock = core.clock
         method = self.request.method
         admission = core.breaker.admit()
         if not admission.permitted:
-            core.metrics.observe(method, self.endpoint, "circuit_open", None)
-            raise ServiceUnavailableError(
-                core.open_message,
-                method=method,
-                url=self.safe_url,
-                target_service=core.target_service,
-                attempts=0,
-                retry_after=admission.retry_after,
-            )
+            raise self._rejected(admission)
         budget = core.current_budget()
         budget.deposit()
         max_attempts = 1 if admission.probe else config.max_retries

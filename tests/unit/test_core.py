@@ -269,6 +269,26 @@ class TestBreaker:
         assert core.breaker.circuit.fail_counter == 0
         assert core.breaker.state == "closed"
 
+    def test_an_open_breaker_refuses_when_the_flow_is_made(self) -> None:
+        core = make_core(circuit_breaker_fail_max=1)
+        drive(core, [status(503)] * 3)
+        call = core.call("GET", "/x", params={"token": "s3cret"})
+        with pytest.raises(ServiceUnavailableError) as caught:
+            call.flow()  # no generator is built for a rejection
+        error = caught.value
+        assert (error.method, error.attempts) == ("GET", 0)
+        assert error.target_service == core.target_service
+        assert "s3cret" not in error.url and error.url.startswith("http://")
+        assert error.retry_after > 0
+
+    def test_an_unstarted_flow_holds_no_probe_permit(self) -> None:
+        core = make_core(circuit_breaker_fail_max=1, circuit_breaker_reset_timeout=0.01)
+        drive(core, [status(503)] * 3)
+        time.sleep(0.02)
+        core.call("GET", "/x").flow()  # made, never driven
+        assert core.breaker.refusal() is None
+        assert isinstance(next(core.call("GET", "/x").flow()), Attempt)
+
     def test_a_cancelled_probe_frees_the_probe_slot(self) -> None:
         core = make_core(circuit_breaker_fail_max=1, circuit_breaker_reset_timeout=0.01)
         drive(core, [status(503)] * 3)
