@@ -278,7 +278,8 @@ class TestBreaker:
         error = caught.value
         assert (error.method, error.attempts) == ("GET", 0)
         assert error.target_service == core.target_service
-        assert "s3cret" not in error.url and error.url.startswith("http://")
+        assert "s3cret" not in error.url
+        assert error.url.startswith("http://")
         assert error.retry_after > 0
 
     def test_an_unstarted_flow_holds_no_probe_permit(self) -> None:
