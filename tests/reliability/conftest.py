@@ -8,10 +8,14 @@ from typing import Any
 
 import pytest
 
-from commclient import ClientConfig, testing
+from commclient import ClientConfig
 from tests.fault_proxy import FaultProxy
 from tests.http_server import ServerProcess
+from tests.integration.conftest import _isolated_client_state, http_server
 from tests.reliability._results import FULL, Row
+
+# Shared with the integration tests: fresh breakers and budgets per test, one HTTP server.
+__all__ = ["_isolated_client_state", "http_server"]
 
 _OUTCOME = pytest.StashKey[str]()
 #: Seconds one scenario may take: the suite-wide 120 s is too short for full sizes, and for
@@ -45,19 +49,6 @@ def row(request: pytest.FixtureRequest) -> Iterator[Row]:
     entry.result = request.node.stash.get(_OUTCOME, "error")
     if entry.scenario:
         entry.write()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_client_state() -> Iterator[None]:
-    testing.reset()
-    yield
-    testing.reset()
-
-
-@pytest.fixture(scope="session")
-def http_server() -> Iterator[ServerProcess]:
-    with ServerProcess() as server:
-        yield server
 
 
 @pytest.fixture
