@@ -384,7 +384,7 @@ def _sync_hits(redis_url: str, rest_url: str, plan: Plan) -> list[Row]:
     raw_key = f"{{bench-sync}}:{KEY}#0"
     # The read script (local tier, serve-stale): called by hand, or through redis-py.
     script = bare.register_script(_scripts.READ)
-    script_keys = [f"{{bench-sync}}!gen:{KEY}", f"{{bench-sync}}:{KEY}#", "1"]
+    script_keys = [f"{{bench-sync}}!gen:{KEY}", raw_key, "0"]  # two KEYS, the guessed generation
 
     def rest_get_typed() -> Any:
         response = session.get(rest_url)
@@ -400,12 +400,13 @@ def _sync_hits(redis_url: str, rest_url: str, plan: Plan) -> list[Row]:
         "rest_typed": rest_get_typed,
         "local": lambda: local.get(KEY, Settings),
         "local_shared": lambda: local.get(FROZEN_KEY, FrozenSettings),
-        "evalsha": lambda: bare.execute_command("EVALSHA", script.sha, 1, *script_keys),
-        "script": lambda: script(keys=script_keys[:1], args=script_keys[1:]),
+        "evalsha": lambda: bare.execute_command("EVALSHA", script.sha, 2, *script_keys),
+        "script": lambda: script(keys=script_keys[:2], args=script_keys[2:]),
     }
     for call in calls.values():
         for _ in range(50):
             call()
+    assert len(calls["evalsha"]().split(b" ", 2)) == 3  # the script row times a hit
 
     def pair(candidate: str, baseline: str, count: int) -> tuple[float, float]:
         return _interleaved_calls(count, calls[candidate], calls[baseline])

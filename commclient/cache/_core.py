@@ -34,7 +34,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("commclient.cache")
 
 MAX_REMEMBERED_GENERATIONS = 4096
-"""Groups whose generation a cache remembers for its Lua-free reads (then it forgets all)."""
+"""Groups whose generation a cache remembers to address their data keys (then it forgets all)."""
+
+GENERATION_ATTEMPTS = 3
+"""Tries of an operation whose group's generation moved under it before it gives up
+(failed, like a Redis call that failed): moving twice in a row is already rare."""
 
 SCAN_BATCH = 1000
 """COUNT hint of each SCAN page, and so the most keys one UNLINK removes."""
@@ -121,9 +125,10 @@ class KeyPlan:
     generation_key: str
     data_base: str
     lease_key: str
-    read_keys: list[str]
-    read_args: list[str]
-    read_args_with_ttl: list[str]
+
+    def data_key(self, generation: str) -> str:
+        """The Redis key of this key's value in ``generation`` of its group."""
+        return self.data_base + generation
 
 
 class Read:
@@ -191,60 +196,87 @@ class CacheCore:
             validate_key(key)
             layout = self.layout
             group = group_of(key)
-            generation_key = layout.generation_key(group)
-            data_base = layout.data_base(key)
             plan = KeyPlan(
                 key,
                 group,
-                generation_key,
-                data_base,
+                layout.generation_key(group),
+                layout.data_base(key),
                 layout.lease_key(key),
-                [generation_key],
-                [data_base, "1" if self.local_tier_enabled else "0"],
-                [data_base, "1"],
             )
             if len(self._plans) < 4096:
                 self._plans[key] = plan
         return plan
 
-    # -- reads --------------------------------------------------------------------------
+    # -- generations --------------------------------------------------------------------
 
-    def fast_read_keys(self, plan: KeyPlan) -> tuple[str, str]:
-        """The keys of a read without Lua: ``MGET generation-key data-key``.
+    def guess(self, plan: KeyPlan) -> str:
+        """The generation of ``plan``'s group as last seen here ("0" if never).
 
-        The data key is built with the group's generation as last seen here; ``MGET``
-        reads both atomically, so if the generation it returns is the one guessed, the
-        value read is that generation's (or absent) and nothing else is needed. Lua costs
-        the server more than the GET itself, and this is the path of every Redis hit.
+        Every read and write names the data key of this generation in advance (a script
+        declares each key it touches: :meth:`KeyPlan.data_key`), and Redis checks the
+        guess against the group's counter in the same atomic step: see
+        :meth:`generation_moved`.
         """
-        generation = self._generations.get(plan.group, "0")
-        return plan.generation_key, plan.data_base + generation
+        return self._generations.get(plan.group, "0")
 
-    def parse_fast_read(self, plan: KeyPlan, reply: Sequence[Any]) -> Read | None:
-        """The read, or ``None`` when the guessed generation was stale (read again)."""
-        raw_generation, data = reply[0], reply[1]
-        generation = "0" if raw_generation is None else _text(raw_generation)
-        if generation == self._generations.get(plan.group, "0"):
-            return Read(generation, data, -2)
+    def generation_moved(self, plan: KeyPlan, guessed: str, seen: bytes | str | None) -> bool:
+        """Whether Redis saw the generation ``seen`` (``None``: never bumped) rather than
+        the one ``guessed``; if so it is remembered, and the caller tries again with it."""
+        generation = "0" if seen is None else _text(seen)
+        if generation == guessed:
+            return False
         if len(self._generations) >= MAX_REMEMBERED_GENERATIONS:
             self._generations.clear()
         self._generations[plan.group] = generation
-        return None
+        return True
+
+    def moved_too_often(self, operation: str, plan: KeyPlan) -> Any:
+        """The group's generation moved on every attempt: give up as a failed call does
+        (counted, logged); :data:`FAILED`."""
+        self.metrics.error(operation, "generation_moved")
+        logger.warning(
+            "cache group generation kept moving; operation given up",
+            extra=log_extra(
+                cache_name=self.name, operation=operation, key=plan.key, group=plan.group
+            ),
+        )
+        return FAILED
+
+    # -- reads --------------------------------------------------------------------------
 
     @staticmethod
-    def read_args(plan: KeyPlan, *, with_ttl: bool = False) -> tuple[list[str], list[str]]:
-        """KEYS and ARGV of the read script; the TTL is asked for only when it is used."""
-        return plan.read_keys, plan.read_args_with_ttl if with_ttl else plan.read_args
+    def fast_read_keys(plan: KeyPlan, guessed: str) -> tuple[str, str]:
+        """The keys of a read without Lua: ``MGET generation-key data-key``.
+
+        The data key is built with the ``guessed`` generation; ``MGET`` reads both
+        atomically, so if the generation it returns is the one guessed, the value read is
+        that generation's (or absent) and nothing else is needed. Lua costs the server
+        more than the GET itself, and this is the path of every Redis hit.
+        """
+        return plan.generation_key, plan.data_key(guessed)
+
+    def parse_fast_read(self, plan: KeyPlan, guessed: str, reply: Sequence[Any]) -> Read | None:
+        """The read, or ``None`` when the guessed generation was stale (read again)."""
+        if self.generation_moved(plan, guessed, reply[0]):
+            return None
+        return Read(guessed, reply[1], -2)
 
     @staticmethod
-    def parse_read(reply: bytes | str) -> Read:
-        """Split the read script's "GENERATION PTTL VALUE" (or "GENERATION")."""
+    def read_args(plan: KeyPlan, guessed: str) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV of the read script."""
+        return [plan.generation_key, plan.data_key(guessed)], [guessed]
+
+    def parse_read(self, plan: KeyPlan, guessed: str, reply: bytes | str) -> Read | None:
+        """Split the read script's "GENERATION PTTL VALUE" (or "GENERATION": absent, or
+        ``None`` when the guessed generation was stale: read again)."""
         separator: Any = b" " if isinstance(reply, bytes) else " "
         generation, found, rest = reply.partition(separator)
+        if self.generation_moved(plan, guessed, generation):
+            return None
         if not found:
-            return Read(_text(generation), None, -2)
+            return Read(guessed, None, -2)
         ttl_ms, _, data = rest.partition(separator)
-        return Read(_text(generation), data, int(ttl_ms))
+        return Read(guessed, data, int(ttl_ms))
 
     def local_get(self, plan: KeyPlan, model: Any, stale_seconds: float = 0.0) -> Any:
         """A local-tier hit (counted), or :data:`MISSING`.
@@ -312,7 +344,7 @@ class CacheCore:
 
     def delete_corrupt_args(self, plan: KeyPlan, read: Read) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV deleting the corrupt value ``read`` found, and only that value."""
-        return [plan.data_base + read.generation], [read.data]
+        return [plan.data_key(read.generation)], [read.data]
 
     def corrupt(self, plan: KeyPlan, error: CorruptValueError, model: Any) -> None:
         self.metrics.miss(plan.group)
@@ -349,29 +381,34 @@ class CacheCore:
         plan: KeyPlan,
         data: bytes,
         ttl_ms: int,
+        generation: str,
         *,
-        generation: str = "",
         lease_token: str = "",
         explicit: bool = False,
         replaces: bool = False,
     ) -> tuple[list[str], list[bytes | str | int]]:
-        """KEYS and ARGV of the write script.
+        """KEYS and ARGV of the write script, to the data key of ``generation``.
 
-        An explicit ``set`` revokes any load in flight; it and a refresh (``replaces``)
-        tell the other processes' local tiers. A fill writes where there was nothing,
-        which no local tier can hold, and tells nobody.
+        An explicit ``set`` revokes any load in flight and, if the group moved on, is told
+        the current generation to write to; a loader's write is refused then. An explicit
+        ``set`` and a refresh (``replaces``) tell the other processes' local tiers. A fill
+        writes where there was nothing, which no local tier can hold, and tells nobody.
         """
         message = self.key_message(plan, 1).encode() if explicit or replaces else b""
-        return [plan.generation_key, plan.lease_key], [
-            plan.data_base,
+        return [plan.generation_key, plan.lease_key, plan.data_key(generation)], [
             data,
             ttl_ms,
             generation,
-            lease_token,
             "1" if explicit else "0",
+            lease_token,
             self.config.channel,
             message,
         ]
+
+    @staticmethod
+    def delete_args(plan: KeyPlan, guessed: str) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV of the delete script."""
+        return [plan.generation_key, plan.lease_key, plan.data_key(guessed)], [guessed]
 
     def after_local_change(self, message: InvalidationMessage) -> None:
         """Apply this process's own change to its local tier (after Redis applied it)."""
@@ -379,9 +416,12 @@ class CacheCore:
 
     # -- leases -------------------------------------------------------------------------
 
-    def read_or_lease_args(self, plan: KeyPlan, token: str) -> tuple[list[str], list[str | int]]:
+    def read_or_lease_args(
+        self, plan: KeyPlan, token: str, guessed: str
+    ) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV of the script that reads the value or, if absent, takes the lease."""
-        return [plan.generation_key, plan.lease_key], [plan.data_base, token, self.lease_ms()]
+        keys = [plan.generation_key, plan.lease_key, plan.data_key(guessed)]
+        return keys, [guessed, token, self.lease_ms()]
 
     @staticmethod
     def parse_read_or_lease(reply: Sequence[Any]) -> tuple[Read, bool]:

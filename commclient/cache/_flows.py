@@ -19,7 +19,16 @@ from typing import Any, TypeVar
 
 from . import _scripts
 from ._codec import CorruptValueError
-from ._core import FAILED, MISMATCH, SCAN_BATCH, UNCONFIRMED, CacheCore, KeyPlan, Read
+from ._core import (
+    FAILED,
+    GENERATION_ATTEMPTS,
+    MISMATCH,
+    SCAN_BATCH,
+    UNCONFIRMED,
+    CacheCore,
+    KeyPlan,
+    Read,
+)
 from ._exceptions import CacheValueTooLargeError
 from ._keys import build_pattern
 from ._local import MISSING
@@ -127,6 +136,29 @@ class ReadThrough:
         self.epoch = epoch
 
 
+# -- the current generation -------------------------------------------------------------
+
+
+def at_current_generation(
+    core: CacheCore,
+    plan: KeyPlan,
+    operation: str,
+    command: Command,
+    arguments: Callable[[str], tuple[list[str], list[Any]]],
+) -> Flow[Any]:
+    """Run a script addressed to the generation ``core`` guesses for ``plan``'s group
+    (``arguments(generation)`` are its KEYS and ARGV); while it answers that the group
+    moved on (the current generation, a string), run it again with that generation.
+    The reply, or :data:`FAILED` (counted, logged) once it moved on every attempt."""
+    for _ in range(GENERATION_ATTEMPTS):
+        guessed = core.guess(plan)
+        keys, args = arguments(guessed)
+        reply = yield Call(operation, command, keys=keys, args=args)
+        if not isinstance(reply, (bytes, str)) or not core.generation_moved(plan, guessed, reply):
+            return reply
+    return core.moved_too_often(operation, plan)
+
+
 # -- writes -----------------------------------------------------------------------------
 
 
@@ -134,8 +166,8 @@ def set_value(core: CacheCore, key: str, value: object, ttl_ms: int) -> Flow[boo
     """``True`` once written, ``None`` when Redis may still apply it, else ``False``."""
     plan = core.plan(key)
     data = core.encode(key, value)
-    keys, args = core.write_args(plan, data, ttl_ms, explicit=True)
-    written = yield Call("set", Command.WRITE, keys=keys, args=args)
+    arguments = partial(core.write_args, plan, data, ttl_ms, explicit=True)
+    written = yield from at_current_generation(core, plan, "set", Command.WRITE, arguments)
     core.after_local_change(core.key_message(plan, 1))
     if written is UNCONFIRMED:
         return None
@@ -144,8 +176,8 @@ def set_value(core: CacheCore, key: str, value: object, ttl_ms: int) -> Flow[boo
 
 def delete(core: CacheCore, key: str) -> Flow[bool]:
     plan = core.plan(key)
-    keys, args = [plan.generation_key, plan.lease_key], [plan.data_base]
-    deleted = yield Call("delete", Command.DELETE, keys=keys, args=args)
+    arguments = partial(core.delete_args, plan)
+    deleted = yield from at_current_generation(core, plan, "delete", Command.DELETE, arguments)
     message = core.key_message(plan, 0 if deleted is FAILED else int(deleted))
     core.after_local_change(message)
     if deleted is not FAILED:
@@ -238,8 +270,10 @@ def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
     deadline = time.monotonic() + core.config.lease_wait
     while True:
         token = core.new_lease_token()
-        keys, args = core.read_or_lease_args(plan, token)
-        reply = yield Call("lease_acquire", Command.READ_OR_LEASE, keys=keys, args=args)
+        arguments = partial(core.read_or_lease_args, plan, token)
+        reply = yield from at_current_generation(
+            core, plan, "lease_acquire", Command.READ_OR_LEASE, arguments
+        )
         if reply is FAILED:
             return (yield from load(core, job))
         read, leased = core.parse_read_or_lease(reply)
@@ -294,7 +328,7 @@ def load_and_store(
         raise
     ttl_ms = job.ttl_ms + round(job.stale_s * 1000)
     keys, args = core.write_args(
-        plan, data, ttl_ms, generation=generation, lease_token=token, replaces=replaces
+        plan, data, ttl_ms, generation, lease_token=token, replaces=replaces
     )
     written = yield Call("set", Command.WRITE, keys=keys, args=args)
     core.loaded(plan, data, ttl_ms, job.model, value, job.epoch, stored=written == 1)

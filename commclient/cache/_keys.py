@@ -10,9 +10,11 @@ pattern ``P`` over logical keys becomes the Redis pattern ``{prefix}:P#*`` and c
 match across the key/generation boundary. A read-through lease lives beside its key at
 ``{prefix}:{key}#L`` so that deleting or invalidating a key also revokes a load in flight.
 
-A hit costs one native ``MGET`` of the generation counter and the data key built with the
-generation last seen for the group: both are read atomically, so a generation that moved
-meanwhile is noticed (and the read repeated) before a value of the old one is ever used.
+A data key can only be named with a generation, and every read and write names it in
+advance: the script's declared KEYS (or a hit's native ``MGET``) hold the generation counter
+and the data key of the generation last seen for the group. Redis reads the counter in the
+same atomic step, so a generation that moved meanwhile is noticed, and the operation
+repeated with the new one, before a value of the old one is ever read or written.
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ class KeyLayout:
         return f"{{{self.prefix}}}"
 
     def data_base(self, key: str) -> str:
-        """The data key without its generation: the script appends the generation."""
+        """The data key without its generation (the client appends the one it names)."""
         return f"{self.tag}:{key}{GENERATION_SEPARATOR}"
 
     def data_key(self, key: str, generation: str) -> str:

@@ -153,35 +153,37 @@ class MemoryStore:
 
 def _read(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> bytes:
     generation = store.get(keys[0]) or b"0"
-    data_key = _bytes(args[0]) + generation
-    value = store.get(data_key)
+    if generation != _bytes(args[0]):
+        return generation
+    value = store.get(keys[1])
     if value is None:
         return generation
-    pttl = store.pttl(data_key) if _bytes(args[1]) == b"1" else -2
-    return generation + b" " + str(pttl).encode() + b" " + value
+    return generation + b" " + str(store.pttl(keys[1])).encode() + b" " + value
 
 
-def _write(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
-    base, data, px, wanted, token, revoke, channel, message = map(_bytes, args)
+def _write(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int | bytes:
+    data, px, wanted, explicit, token, channel, message = map(_bytes, args)
     generation = store.get(keys[0]) or b"0"
     if token:
         if store.get(keys[1]) != token:
             return 0
         store.delete(keys[1])
-    elif revoke == b"1":
+    elif explicit == b"1":
         store.delete(keys[1])
-    if wanted and wanted != generation:
-        return 0
-    store.set(base + generation, data, px=px)
+    if wanted != generation:
+        return generation if explicit == b"1" else 0
+    store.set(keys[2], data, px=px)
     if message:
         store.publish(channel, message)
     return 1
 
 
-def _delete(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
+def _delete(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int | bytes:
     generation = store.get(keys[0]) or b"0"
+    if generation != _bytes(args[0]):
+        return generation
     store.delete(keys[1])
-    return store.delete(_bytes(args[0]) + generation)
+    return store.delete(keys[2])
 
 
 def _bump_generation(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
@@ -202,12 +204,15 @@ def _delete_if_equal(store: MemoryStore, keys: Sequence[Value], args: Sequence[V
     return store.delete(keys[0]) if store.get(keys[0]) == _bytes(args[0]) else 0
 
 
-def _read_or_lease(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> list[Any]:
+def _read_or_lease(
+    store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]
+) -> list[Any] | bytes:
     generation = store.get(keys[0]) or b"0"
-    data_key = _bytes(args[0]) + generation
-    value = store.get(data_key)
+    if generation != _bytes(args[0]):
+        return generation
+    value = store.get(keys[2])
     if value is not None:
-        return [generation, value, store.pttl(data_key), 0]
+        return [generation, value, store.pttl(keys[2]), 0]
     leased = store.set(keys[1], args[1], px=args[2], nx=True)
     return [generation, None, -2, int(leased)]
 

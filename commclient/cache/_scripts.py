@@ -3,40 +3,47 @@
 Plain hits do not use them (a native ``MGET`` is cheaper for the server, see ``_keys``);
 ``READ`` serves the reads that also need the value's remaining TTL (local tier, serve-stale).
 
-Every script is given its generation and lease keys as KEYS (so a cluster client routes
-it), and builds the data key from the group's generation it reads: the data key cannot be
-named in advance without a second round trip whenever a group moves. All of a cache's
-keys carry the hash tag ``{prefix}`` (see ``_keys``), so the data key is in the same slot
-as the declared keys and on the same node: the scripts run unchanged on Redis Cluster.
+Every key a script touches is one of its KEYS, as Redis requires (a cluster client
+routes by them, and Redis Cluster checks them). The data key holds the group's
+generation, which only the script can read atomically, so the client names the data key
+of the generation it last saw and passes that generation too: the script reads the
+current one from the generation key first and, when it moved on, changes nothing and
+returns it; the client remembers it and sends the script again (``_core.CacheCore.guess``
+and ``generation_moved``). A generation moves only when a group is invalidated, so the
+guess is nearly always right and costs no round trip. All of a cache's keys carry the
+hash tag ``{prefix}`` (see ``_keys``): they share one slot, so the scripts run unchanged
+on Redis Cluster.
 """
 
 from __future__ import annotations
 
-# KEYS[1] generation key. ARGV[1] data key without generation, ARGV[2] "1" to return PTTL.
-# Returns "GENERATION PTTL VALUE" when the value is there (PTTL -2 when not asked for),
-# else "GENERATION": one bulk string is cheaper for the client to parse than an array,
-# and this is the script of every cache hit.
+# KEYS[1] generation key, KEYS[2] data key of the guessed generation.
+# ARGV[1] the guessed generation.
+# Returns "GENERATION PTTL VALUE" when the value is there, else "GENERATION": absent, or,
+# when GENERATION is not the one guessed, the group moved on (nothing was read). One bulk
+# string is cheaper for the client to parse than an array.
 READ = """
 local generation = redis.call('GET', KEYS[1]) or '0'
-local data_key = ARGV[1] .. generation
-local value = redis.call('GET', data_key)
+if generation ~= ARGV[1] then
+  return generation
+end
+local value = redis.call('GET', KEYS[2])
 if not value then
   return generation
 end
-local pttl = -2
-if ARGV[2] == '1' then
-  pttl = redis.call('PTTL', data_key)
-end
-return generation .. ' ' .. pttl .. ' ' .. value
+return generation .. ' ' .. redis.call('PTTL', KEYS[2]) .. ' ' .. value
 """
 
-# KEYS[1] generation key, KEYS[2] lease key.
-# ARGV[1] data key without generation, ARGV[2] JSON value, ARGV[3] PX milliseconds,
-# ARGV[4] generation the value was loaded under ('' = current),
+# KEYS[1] generation key, KEYS[2] lease key, KEYS[3] data key of generation ARGV[3].
+# ARGV[1] JSON value, ARGV[2] PX milliseconds, ARGV[3] the generation to write to,
+# ARGV[4] "1" for an explicit set (it revokes any lease: a load in flight holds older
+# data; and it is meant for the current generation), "0" for a loader's write (meant for
+# the generation it loaded under, and refused if the group moved on since),
 # ARGV[5] lease token the writer must still hold ('' = none),
-# ARGV[6] "1" to revoke any lease (an explicit set: a load in flight holds older data),
-# ARGV[7] channel, ARGV[8] message to publish ('' = none).
-# Returns 1 when written, 0 when refused because the group or the lease moved on.
+# ARGV[6] channel, ARGV[7] message to publish ('' = none).
+# Returns the integer 1 when written; the integer 0 when refused (the lease or, for a
+# loader's write, the group moved on); for an explicit set to a generation that moved
+# on, the current generation as a string (nothing written): write again to that one.
 WRITE = """
 local generation = redis.call('GET', KEYS[1]) or '0'
 if ARGV[5] ~= '' then
@@ -44,25 +51,34 @@ if ARGV[5] ~= '' then
     return 0
   end
   redis.call('DEL', KEYS[2])
-elseif ARGV[6] == '1' then
+elseif ARGV[4] == '1' then
   redis.call('DEL', KEYS[2])
 end
-if ARGV[4] ~= '' and ARGV[4] ~= generation then
+if ARGV[3] ~= generation then
+  if ARGV[4] == '1' then
+    return generation
+  end
   return 0
 end
-redis.call('SET', ARGV[1] .. generation, ARGV[2], 'PX', ARGV[3])
-if ARGV[8] ~= '' then
-  redis.call('PUBLISH', ARGV[7], ARGV[8])
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+if ARGV[7] ~= '' then
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
 end
 return 1
 """
 
-# KEYS[1] generation key, KEYS[2] lease key. ARGV[1] data key without generation.
-# Deletes the current value and revokes a load in flight; returns the number deleted.
+# KEYS[1] generation key, KEYS[2] lease key, KEYS[3] data key of the guessed generation.
+# ARGV[1] the guessed generation.
+# Deletes the current value and revokes a load in flight; returns the integer number
+# deleted, or, when the group moved on, the current generation as a string (nothing
+# done): delete again with that one.
 DELETE = """
 local generation = redis.call('GET', KEYS[1]) or '0'
+if generation ~= ARGV[1] then
+  return generation
+end
 redis.call('DEL', KEYS[2])
-return redis.call('UNLINK', ARGV[1] .. generation)
+return redis.call('UNLINK', KEYS[3])
 """
 
 # KEYS[1] generation key. ARGV[1] channel, ARGV[2] message. Returns the new generation.
@@ -98,17 +114,20 @@ end
 return 0
 """
 
-# KEYS[1] generation key, KEYS[2] lease key.
-# ARGV[1] data key without generation, ARGV[2] lease token, ARGV[3] lease PX milliseconds.
+# KEYS[1] generation key, KEYS[2] lease key, KEYS[3] data key of the guessed generation.
+# ARGV[1] the guessed generation, ARGV[2] lease token, ARGV[3] lease PX milliseconds.
 # The value if it is there, else the lease if it is free: one atomic step, so that a
 # waiter can never take the lease just after the loader stored the value and released it.
-# Returns {generation, value or nil, pttl, 1 if the lease was taken else 0}.
+# Returns {generation, value or nil, pttl, 1 if the lease was taken else 0}; or, when the
+# group moved on, the current generation as a string (no lease taken): ask again.
 READ_OR_LEASE = """
 local generation = redis.call('GET', KEYS[1]) or '0'
-local data_key = ARGV[1] .. generation
-local value = redis.call('GET', data_key)
+if generation ~= ARGV[1] then
+  return generation
+end
+local value = redis.call('GET', KEYS[3])
 if value then
-  return {generation, value, redis.call('PTTL', data_key), 0}
+  return {generation, value, redis.call('PTTL', KEYS[3]), 0}
 end
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
   return {generation, false, -2, 1}

@@ -24,6 +24,7 @@ from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
 from ._core import (
     FAILED,
+    GENERATION_ATTEMPTS,
     MISMATCH,
     CacheCore,
     CoreFacade,
@@ -479,19 +480,27 @@ class SyncRedisCache(CoreFacade):
         return result
 
     def _read(self, plan: KeyPlan, *, with_ttl: bool = False) -> Read | None:
-        """Read ``plan``'s value; ``None`` when Redis could not be reached."""
+        """Read ``plan``'s value (with its TTL for the local tier or ``with_ttl``: the
+        read script); ``None`` when Redis could not be reached, or when the group's
+        generation moved on at every attempt (counted and logged)."""
         core = self._core
-        if not with_ttl and not core.local_tier_enabled:
-            for _ in range(3):  # a generation moving under our feet twice in a row is rare
-                reply = self._call("get", self._mget, *core.fast_read_keys(plan))
+        fast = not with_ttl and not core.local_tier_enabled
+        for _ in range(GENERATION_ATTEMPTS):
+            guessed = core.guess(plan)
+            if fast:
+                reply = self._call("get", self._mget, *core.fast_read_keys(plan, guessed))
                 if reply is FAILED:
                     return None
-                read = core.parse_fast_read(plan, reply)
-                if read is not None:
-                    return read
-        keys, args = core.read_args(plan, with_ttl=True)
-        reply = self._call("get", self._read_reply, keys, args)
-        return None if reply is FAILED else core.parse_read(reply)
+                read = core.parse_fast_read(plan, guessed, reply)
+            else:
+                reply = self._call("get", self._read_reply, *core.read_args(plan, guessed))
+                if reply is FAILED:
+                    return None
+                read = core.parse_read(plan, guessed, reply)
+            if read is not None:
+                return read
+        core.moved_too_often("get", plan)
+        return None
 
     def _mget(self, generation_key: str, data_key: str) -> Any:
         return self._execute_command("MGET", generation_key, data_key)

@@ -4,6 +4,7 @@ the behaviour is not about Redis), on a real redis-server started for the sessio
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -23,7 +24,9 @@ from commclient.cache import (
     Glob,
     InvalidationMessage,
     InvalidCacheKeyError,
+    MemoryStore,
 )
+from commclient.cache import _flows as flows
 from tests import conftest_cache
 from tests.conftest_cache import Facade, eventually, metric, run
 
@@ -275,6 +278,135 @@ def test_group_invalidation_by_another_cache_is_seen_at_once(
             assert await writer.invalidate_group("assistant")
             await writer.set("assistant:1", "newer")  # generation 3
             assert await reader.get("assistant:1") == "newer"
+
+    run(scenario())
+
+
+LOCAL_TIER = CacheConfig(local_tier_size=100, operation_timeout=2.0, listener_ping_interval=0.2)
+
+
+def lease_held(facade: Facade, url: str, prefix: str, key: str) -> bool:
+    lease_key = f"{{{prefix}}}:{key}#L"
+    if facade.backend == "memory":
+        return facade.store.get(lease_key) is not None
+    return bool(raw_client(url).exists(lease_key))
+
+
+async def run_flow(harness: Any, flow: Any, loader: Any) -> Any:
+    """Drive one of the cache's flows to its end with the cache's own driver."""
+    result = harness.cache._run(flow, loader)
+    return await result if inspect.isawaitable(result) else result
+
+
+@pytest.mark.parametrize("config", [None, LOCAL_TIER], ids=["redis-tier", "local-tier"])
+def test_every_operation_acts_on_the_current_generation_when_it_moved_elsewhere(
+    any_facade: Facade,
+    redis_url: str,
+    prefix: str,
+    registry: CollectorRegistry,
+    config: CacheConfig | None,
+) -> None:
+    """Another process bumps the group, so the generation this cache remembers (the one
+    its scripts' declared data key is built with) is stale: each operation notices,
+    learns the current generation and acts on it."""
+
+    async def fresh_get(key: str) -> Any:
+        async with any_facade.open(redis_url, prefix) as fresh:
+            return await fresh.get(key)
+
+    async def scenario() -> None:
+        async with (
+            any_facade.open(redis_url, prefix, config=config, registry=registry) as cache,
+            any_facade.open(redis_url, prefix) as other,
+        ):
+            if config is not None:
+                assert await cache.start()
+            assert await other.invalidate_group("assistant")  # cache still guesses 0
+            assert await cache.set("assistant:1", "v1") is True
+            assert await fresh_get("assistant:1") == "v1"
+
+            assert await other.invalidate_group("assistant")
+            assert await other.set("assistant:1", "v2") is True
+            assert await cache.delete("assistant:1") is True
+            assert await fresh_get("assistant:1") is None
+
+            assert await other.invalidate_group("assistant")
+            assert await other.set("assistant:1", "v3") is True
+            assert await cache.get("assistant:1") == "v3"  # MGET, or the read script
+
+            assert await other.invalidate_group("assistant")
+            assert await other.set("assistant:2", "v4") is True
+            not_called = "the loader of a value that is there"
+            assert await cache.get_or_set("assistant:2", lambda: not_called, stale_ttl=5) == "v4"
+
+            assert await other.invalidate_group("assistant")
+            assert await cache.get_or_set("assistant:3", lambda: "loaded") == "loaded"
+            assert await fresh_get("assistant:3") == "loaded"
+            assert not lease_held(any_facade, redis_url, prefix, "assistant:3")
+
+            # The group moves between this cache's read and its read-or-lease: the
+            # lease is not taken at the old generation (the second attempt takes it at
+            # once, rather than waiting for it to expire); the value lands at the new one.
+            assert await other.invalidate_group("assistant")
+            labels = {"cache_name": prefix, "operation": "lease_acquire"}
+            attempts = metric(registry, "redis_cache_operations_duration_seconds_count", **labels)
+            core = cache.cache._core
+            plan = core.plan("assistant:4")
+            job = flows.ReadThrough(plan, 60_000, 0.0, None, core.local_epoch())
+            filled = await run_flow(cache, flows.fill(core, job), lambda: "filled")
+            assert filled == "filled"
+            assert (
+                metric(registry, "redis_cache_operations_duration_seconds_count", **labels)
+                == attempts + 2
+            )
+            assert await fresh_get("assistant:4") == "filled"
+            assert not lease_held(any_facade, redis_url, prefix, "assistant:4")
+
+    run(scenario())
+
+
+class RestlessStore(MemoryStore):
+    """A store whose group generations move every time they are read."""
+
+    def get(self, key: Any) -> bytes | None:
+        name = key if isinstance(key, bytes) else str(key).encode()
+        with self.lock:
+            if b"!gen:" in name:
+                self.incr(name)
+            return super().get(key)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_generation_that_never_settles_fails_like_redis_would(
+    kind: str, prefix: str, registry: CollectorRegistry, cache_logs: Any
+) -> None:
+    """After a few attempts each operation gives up as a failed Redis call does: counted,
+    logged, a miss or ``False``; the loader's value is still returned."""
+
+    async def scenario() -> None:
+        facade = Facade(kind, "memory")
+        facade.store = RestlessStore()
+        async with facade.open(None, prefix, registry=registry) as cache:
+            assert await cache.set("assistant:1", "v") is False
+            assert await cache.get("assistant:1") is None
+            assert await cache.delete("assistant:1") is False
+            assert await cache.get_or_set("assistant:1", lambda: "loaded") == "loaded"
+            core = cache.cache._core
+            job = flows.ReadThrough(core.plan("assistant:2"), 60_000, 0.0, None, 0)
+            assert await run_flow(cache, flows.fill(core, job), lambda: "filled") == "filled"
+            assert not lease_held(facade, "", prefix, "assistant:2")
+        given_up = {"set": 1, "get": 2, "delete": 1, "lease_acquire": 1}  # get_or_set reads first
+        for operation, count in given_up.items():
+            labels = {"operation": operation, "error_type": "generation_moved"}
+            assert (
+                metric(registry, "redis_cache_errors_total", cache_name=prefix, **labels) == count
+            )
+        warnings = [
+            getattr(record, "operation", None)
+            for record in cache_logs.records
+            if record.levelno == logging.WARNING and "kept moving" in record.getMessage()
+        ]
+        assert sorted(warnings) == sorted(o for o, n in given_up.items() for _ in range(n))
 
     run(scenario())
 

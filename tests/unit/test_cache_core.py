@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from commclient.cache import (
     Glob,
     InvalidationMessage,
     InvalidCacheKeyError,
+    _scripts,
     build_pattern,
     escape_glob,
     glob_matches,
@@ -139,6 +141,83 @@ def test_key_layout() -> None:
     assert not glob_matches(layout.scan_pattern("*"), "{cache:tenant}:user:1#0")
     assert layout.logical_key("{cache}:user:1#4") == "user:1"
     assert layout.logical_key("{other}:user:1#4") is None
+
+
+# -- Lua scripts ------------------------------------------------------------------------
+
+# Which arguments of each command a cache script may call are keys: "all" of them, the
+# "first" one, or none (PUBLISH's first argument is a channel).
+_KEY_ARGUMENTS = {
+    "GET": "first",
+    "SET": "first",
+    "PTTL": "first",
+    "PEXPIRE": "first",
+    "INCR": "first",
+    "DEL": "all",
+    "UNLINK": "all",
+    "PUBLISH": "none",
+}
+
+
+def _redis_calls(lua: str) -> list[list[str]]:
+    """The argument lists of every ``redis.call(...)`` in ``lua``, split at top-level commas."""
+    calls = []
+    for match in re.finditer(r"redis\.(?:p?call)\s*\(", lua):
+        depth, quote, current, args = 1, "", "", []
+        for char in lua[match.end() :]:
+            if quote:
+                quote = "" if char == quote else quote
+            elif char in "'\"":
+                quote = char
+            elif char == "(":
+                depth += 1
+            elif char == ")":
+                depth -= 1
+                if depth == 0:
+                    break
+            elif char == "," and depth == 1:
+                args.append(current.strip())
+                current = ""
+                continue
+            current += char
+        args.append(current.strip())
+        calls.append(args)
+    return calls
+
+
+def _scripts_by_name() -> dict[str, str]:
+    return {
+        name: text
+        for name, text in vars(_scripts).items()
+        if name.isupper() and isinstance(text, str) and "redis.call" in text
+    }
+
+
+def test_every_key_a_script_touches_is_declared() -> None:
+    """Redis (and Redis Cluster's routing) requires a script to name every key it touches
+    in KEYS: a key built inside the script is refused by a strict cluster and invisible
+    to a proxy."""
+    scripts = _scripts_by_name()
+    assert {"READ", "WRITE", "DELETE", "READ_OR_LEASE", "BUMP_GENERATION"} <= set(scripts)
+    undeclared = []
+    for name, lua in scripts.items():
+        calls = _redis_calls(lua)
+        assert calls, name
+        for args in calls:
+            command = args[0].strip("'\"").upper()
+            assert command in _KEY_ARGUMENTS, f"{name}: add {command} to the table of key arguments"
+            positions = {"all": args[1:], "first": args[1:2], "none": []}[_KEY_ARGUMENTS[command]]
+            undeclared += [
+                f"{name}: {command} {key}"
+                for key in positions
+                if not re.fullmatch(r"KEYS\[\d+\]", key)
+            ]
+    assert undeclared == []
+
+
+def test_the_script_parser_sees_undeclared_keys() -> None:
+    calls = _redis_calls("local v = redis.call('GET', ARGV[1] .. g)\nredis.call('DEL', KEYS[1], x)")
+    assert calls == [["'GET'", "ARGV[1] .. g"], ["'DEL'", "KEYS[1]", "x"]]
 
 
 # -- JSON -------------------------------------------------------------------------------
