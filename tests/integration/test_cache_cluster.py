@@ -125,3 +125,33 @@ def test_async_cache_on_a_cluster(cluster: RedisClusterServers, prefix: str) -> 
             await eventually(reader_dropped_user, timeout=5.0)
 
     run(scenario())
+
+
+def test_operations_after_another_cache_moved_the_group(
+    cluster: RedisClusterServers, prefix: str
+) -> None:
+    """The scripts' declared data key is of the generation this cache last saw; another
+    cache's group invalidation makes it stale, and each script's answer (the current
+    generation) travels back through the cluster client for the retry."""
+    config = CacheConfig(operation_timeout=2.0)
+    client, other_client = sync_client(cluster), sync_client(cluster)
+    with (
+        SyncRedisCache(client, prefix, config=config) as cache,
+        SyncRedisCache(other_client, prefix, config=config) as other,
+    ):
+        assert other.invalidate_group("assistant")
+        assert cache.set("assistant:1", "v1")
+        assert other.get("assistant:1") == "v1"
+        assert other.invalidate_group("assistant")
+        assert other.set("assistant:1", "v2")
+        assert cache.delete("assistant:1")
+        assert other.get("assistant:1") is None
+        assert other.invalidate_group("assistant")
+        assert other.set("assistant:1", "v3")
+        assert cache.get_or_set("assistant:1", lambda: "not called", stale_ttl=5) == "v3"
+        assert other.invalidate_group("assistant")
+        assert cache.get_or_set("assistant:2", lambda: "loaded") == "loaded"
+        assert other.get("assistant:2") == "loaded"
+        assert not client.exists(f"{{{prefix}}}:assistant:2#L")
+    client.close()
+    other_client.close()
