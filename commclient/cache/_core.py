@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,6 @@ from commclient._correlation import correlation_id_ctx
 
 from ._codec import Codec, CorruptValueError, ModelMismatchError
 from ._config import CacheConfig
-from ._health import RedisHealth
 from ._instruments import CacheMetrics
 from ._keys import KeyLayout, group_of, validate_group, validate_key, validate_pattern
 from ._local import MISSING, LocalTier
@@ -44,34 +45,24 @@ SCAN_BATCH = 1000
 """COUNT hint of each SCAN page, and so the most keys one UNLINK removes."""
 
 
-class _Failed:
-    """Marker: the Redis call did not happen or did not succeed (already accounted for)."""
+class _Marker:
+    """A reply that is not a value; its name says which."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
 
     def __repr__(self) -> str:
-        return "FAILED"
+        return self._name
 
 
-FAILED: Any = _Failed()
+FAILED: Any = _Marker("FAILED")
+"""The Redis call did not happen or did not succeed (already accounted for)."""
 
+MISMATCH: Any = _Marker("MISMATCH")
+"""A stored value that is valid JSON but not of the requested model."""
 
-class _Mismatch:
-    """Marker: a stored value that is valid JSON but not of the requested model."""
-
-    def __repr__(self) -> str:
-        return "MISMATCH"
-
-
-MISMATCH: Any = _Mismatch()
-
-
-class _Unconfirmed:
-    """Marker: a write was sent (or may have been) but no reply came: Redis may apply it."""
-
-    def __repr__(self) -> str:
-        return "UNCONFIRMED"
-
-
-UNCONFIRMED: Any = _Unconfirmed()
+UNCONFIRMED: Any = _Marker("UNCONFIRMED")
+"""A write was sent (or may have been) but no reply came: Redis may apply it."""
 
 _WRITES_TOLD_UNCONFIRMED = frozenset({"set"})
 """Operations whose lost reply the flow is told about (:data:`UNCONFIRMED`); for every
@@ -180,9 +171,18 @@ class CacheCore:
         """Start afresh what a forked child must not inherit: a local tier no listener
         keeps honest, the parent's origin id (its messages would look like ours), and
         locks another thread of the parent may have held."""
-        self.health = RedisHealth(
-            self.name, self.config.breaker_failure_threshold, self.config.breaker_cooldown
+        # Imported here: pybreaker imports redis when it is installed, and importing the
+        # cache package must stay free of optional dependencies.
+        from commclient._breaker import Breaker
+
+        self.breaker = Breaker(
+            f"cache:{self.name}",
+            fail_max=self.config.breaker_failure_threshold,
+            reset_timeout=self.config.breaker_cooldown,
         )
+        self._admit = self.breaker.admit  # bound once: it runs on every Redis call
+        self._outage_lock = threading.Lock()
+        self._outage_started_at: float | None = None
         self.local = LocalTier(self.config.local_tier_size, self.config.local_tier_ttl, self.codec)
         self.origin = new_origin_id()
         self._listener_outage = False
@@ -612,25 +612,26 @@ class CacheCore:
         )
 
     # -- Redis health -------------------------------------------------------------------
+    # After ``breaker_failure_threshold`` consecutive failures the cache skips Redis for
+    # ``breaker_cooldown`` seconds, then lets one probe through (the project's breaker,
+    # driven as the HTTP clients drive it); each outage is logged once, when it begins
+    # and when it ends.
 
     def admit(self, operation: str) -> Admission | None:
         """The breaker's permit to call Redis now, or ``None`` (counted) to skip it."""
-        admission = self.health.admit_call()
+        admission = self._admit()
         if admission.permitted:
             return admission
         self.metrics.error(operation, "circuit_open")
         return None
 
     def succeeded(self, operation: str, seconds: float, admission: Admission) -> None:
-        health = self.health
-        health.record_call_success(admission)
-        if health.in_outage:
-            health.recovered()
+        self._answered(admission)
         self.metrics.observe(operation, seconds)
 
     def abandoned(self, admission: Admission) -> None:
         """The call was cancelled: no verdict on Redis."""
-        self.health.release(admission)
+        self.breaker.release(admission)
 
     def failed(self, operation: str, error: BaseException, admission: Admission) -> Any:
         """A Redis call failed: an outage, or a reply about one key (``WRONGTYPE``...).
@@ -644,13 +645,27 @@ class CacheCore:
         if not is_outage(error):
             # Redis answered: it is up, and this key's trouble must not switch the
             # cache off for every other key.
-            self.health.record_success(admission)
+            self._answered(admission)
             logger.warning(
                 "redis refused a cache command; treated as a miss for this key",
                 extra=log_extra(cache_name=self.name, operation=operation, error=str(error)[:200]),
             )
             return FAILED
-        self.health.record_failure(operation, error, admission)
+        self.breaker.record_failure(admission)
+        with self._outage_lock:
+            first_of_outage = self._outage_started_at is None
+            if first_of_outage:
+                self._outage_started_at = time.monotonic()
+        if first_of_outage:
+            logger.warning(
+                "redis cache unavailable; serving misses until it recovers",
+                extra={
+                    "cache_name": self.name,
+                    "operation": operation,
+                    "error_type": type(error).__name__,
+                    "error": str(error)[:200],
+                },
+            )
         logger.debug(
             "redis cache operation failed",
             extra={"cache_name": self.name, "operation": operation, "error": repr(error)[:200]},
@@ -658,6 +673,22 @@ class CacheCore:
         if operation in _WRITES_TOLD_UNCONFIRMED and not is_error_reply(error):
             return UNCONFIRMED
         return FAILED
+
+    def _answered(self, admission: Admission) -> None:
+        """Redis answered: a success for the breaker, and the end of an outage if one was on."""
+        self.breaker.record_success(admission)
+        if self._outage_started_at is None:
+            return
+        with self._outage_lock:
+            started_at, self._outage_started_at = self._outage_started_at, None
+        if started_at is not None:
+            logger.info(
+                "redis cache recovered",
+                extra={
+                    "cache_name": self.name,
+                    "outage_seconds": round(time.monotonic() - started_at, 3),
+                },
+            )
 
 
 class CoreFacade:

@@ -31,7 +31,7 @@ from commclient.cache import (
     group_of,
 )
 from commclient.cache._codec import Codec, CorruptValueError, ModelMismatchError, is_immutable
-from commclient.cache._health import RedisHealth
+from commclient.cache._core import CacheCore
 from commclient.cache._instruments import CacheMetrics
 from commclient.cache._keys import KeyLayout, validate_key, validate_prefix
 from commclient.cache._local import MISSING, LocalTier
@@ -343,34 +343,39 @@ def test_malformed_messages_are_ignored(data: bytes) -> None:
 # -- breaker ----------------------------------------------------------------------------
 
 
+def _core_with_breaker(failure_threshold: int, cooldown: float) -> CacheCore:
+    config = CacheConfig(breaker_failure_threshold=failure_threshold, breaker_cooldown=cooldown)
+    return CacheCore("c", config, None, CollectorRegistry())
+
+
 def test_breaker_opens_after_threshold_and_lets_one_probe_through(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cooldown = 0.05
-    health = RedisHealth("c", failure_threshold=3, cooldown=cooldown)
+    core = _core_with_breaker(failure_threshold=3, cooldown=cooldown)
     error = ConnectionError("refused")
     with caplog.at_level(logging.INFO, logger="commclient.cache"):
         for _ in range(3):
-            admission = health.admit()
+            admission = core.admit("get")
             assert admission is not None
-            health.record_failure("get", error, admission)
-        assert health.state == "open"
-        assert health.admit() is None
+            core.failed("get", error, admission)
+        assert core.breaker.state == "open"
+        assert core.admit("get") is None
         time.sleep(cooldown * 1.5)
-        probe = health.admit()
+        probe = core.admit("get")
         assert probe is not None
         assert probe.probe
-        assert health.state == "half-open"
-        assert health.admit() is None  # everyone else while the probe is out
-        health.record_failure("get", error, probe)  # the probe failed: open again
-        assert health.state == "open"
-        assert health.admit() is None
+        assert core.breaker.state == "half-open"
+        assert core.admit("get") is None  # everyone else while the probe is out
+        core.failed("get", error, probe)  # the probe failed: open again
+        assert core.breaker.state == "open"
+        assert core.admit("get") is None
         time.sleep(cooldown * 1.5)
-        probe = health.admit()
+        probe = core.admit("get")
         assert probe is not None
-        health.record_success(probe)
-        assert health.state == "closed"
-        assert health.admit() is not None
+        core.succeeded("get", 0.001, probe)
+        assert core.breaker.state == "closed"
+        assert core.admit("get") is not None
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # one outage, one warning
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
@@ -379,30 +384,30 @@ def test_breaker_opens_after_threshold_and_lets_one_probe_through(
 
 
 def test_a_cancelled_probe_frees_the_half_open_state() -> None:
-    health = RedisHealth("c", failure_threshold=1, cooldown=0.05)
-    first = health.admit()
+    core = _core_with_breaker(failure_threshold=1, cooldown=0.05)
+    first = core.admit("get")
     assert first is not None
-    health.record_failure("get", TimeoutError(), first)
+    core.failed("get", TimeoutError(), first)
     time.sleep(0.08)
-    probe = health.admit()
+    probe = core.admit("get")
     assert probe is not None
     assert probe.probe
-    assert health.admit() is None
-    health.release(probe)  # its task was cancelled: no verdict
-    assert health.admit() is not None
+    assert core.admit("get") is None
+    core.abandoned(probe)  # its task was cancelled: no verdict
+    assert core.admit("get") is not None
 
 
 def test_failures_below_threshold_reset_on_success() -> None:
-    health = RedisHealth("c", failure_threshold=3, cooldown=1.0)
+    core = _core_with_breaker(failure_threshold=3, cooldown=1.0)
     for _ in range(5):
         for outcome in ("fail", "fail", "ok"):
-            admission = health.admit()
+            admission = core.admit("get")
             assert admission is not None
             if outcome == "ok":
-                health.record_success(admission)
+                core.succeeded("get", 0.001, admission)
             else:
-                health.record_failure("get", TimeoutError(), admission)
-    assert health.state == "closed"
+                core.failed("get", TimeoutError(), admission)
+    assert core.breaker.state == "closed"
 
 
 # -- local tier -------------------------------------------------------------------------
