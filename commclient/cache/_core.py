@@ -210,13 +210,7 @@ class CacheCore:
     # -- generations --------------------------------------------------------------------
 
     def guess(self, plan: KeyPlan) -> str:
-        """The generation of ``plan``'s group as last seen here ("0" if never).
-
-        Every read and write names the data key of this generation in advance (a script
-        declares each key it touches: :meth:`KeyPlan.data_key`), and Redis checks the
-        guess against the group's counter in the same atomic step: see
-        :meth:`generation_moved`.
-        """
+        """The generation of ``plan``'s group as last seen here ("0" if never): see ``_keys``."""
         return self._generations.get(plan.group, "0")
 
     def generation_moved(self, plan: KeyPlan, guessed: str, seen: bytes | str | None) -> bool:
@@ -246,13 +240,8 @@ class CacheCore:
 
     @staticmethod
     def fast_read_keys(plan: KeyPlan, guessed: str) -> tuple[str, str]:
-        """The keys of a read without Lua: ``MGET generation-key data-key``.
-
-        The data key is built with the ``guessed`` generation; ``MGET`` reads both
-        atomically, so if the generation it returns is the one guessed, the value read is
-        that generation's (or absent) and nothing else is needed. Lua costs the server
-        more than the GET itself, and this is the path of every Redis hit.
-        """
+        """The keys of a read without Lua (it costs the server more than the GET itself,
+        and this is the path of every Redis hit): ``MGET generation-key data-key``."""
         return plan.generation_key, plan.data_key(guessed)
 
     def parse_fast_read(self, plan: KeyPlan, guessed: str, reply: Sequence[Any]) -> Read | None:

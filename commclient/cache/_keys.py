@@ -11,10 +11,11 @@ match across the key/generation boundary. A read-through lease lives beside its 
 ``{prefix}:{key}#L`` so that deleting or invalidating a key also revokes a load in flight.
 
 A data key can only be named with a generation, and every read and write names it in
-advance: the script's declared KEYS (or a hit's native ``MGET``) hold the generation counter
-and the data key of the generation last seen for the group. Redis reads the counter in the
-same atomic step, so a generation that moved meanwhile is noticed, and the operation
-repeated with the new one, before a value of the old one is ever read or written.
+advance (a script must declare every key it touches): with the generation last seen for
+the group. Redis reads the counter in the same atomic step (a script, or a hit's native
+``MGET``); when it moved on, nothing is read or written and the client repeats the
+operation with the new generation. Generations move only when a group is invalidated, so
+the guess is nearly always right and costs no round trip.
 """
 
 from __future__ import annotations

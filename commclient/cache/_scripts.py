@@ -1,18 +1,9 @@
 """Lua scripts: each cache operation is one round trip, and read-modify-write is atomic.
 
-Plain hits do not use them (a native ``MGET`` is cheaper for the server, see ``_keys``);
-``READ`` serves the reads that also need the value's remaining TTL (local tier, serve-stale).
-
-Every key a script touches is one of its KEYS, as Redis requires (a cluster client
-routes by them, and Redis Cluster checks them). The data key holds the group's
-generation, which only the script can read atomically, so the client names the data key
-of the generation it last saw and passes that generation too: the script reads the
-current one from the generation key first and, when it moved on, changes nothing and
-returns it; the client remembers it and sends the script again (``_core.CacheCore.guess``
-and ``generation_moved``). A generation moves only when a group is invalidated, so the
-guess is nearly always right and costs no round trip. All of a cache's keys carry the
-hash tag ``{prefix}`` (see ``_keys``): they share one slot, so the scripts run unchanged
-on Redis Cluster.
+Plain hits do not use them (a native ``MGET`` is cheaper for the server); ``READ`` serves
+the reads that also need the value's remaining TTL (local tier, serve-stale). Every key a
+script touches is one of its KEYS, as Redis Cluster requires; how a data key is named
+before its group's generation is read is explained in ``_keys``.
 """
 
 from __future__ import annotations
