@@ -219,10 +219,14 @@ class CacheCore:
         generation = "0" if seen is None else _text(seen)
         if generation == guessed:
             return False
+        self.remember_generation(plan.group, generation)
+        return True
+
+    def remember_generation(self, group: str, generation: str) -> None:
+        """Address ``group``'s keys with ``generation`` from now on."""
         if len(self._generations) >= MAX_REMEMBERED_GENERATIONS:
             self._generations.clear()
-        self._generations[plan.group] = generation
-        return True
+        self._generations[group] = generation
 
     def moved_too_often(self, operation: str, plan: KeyPlan) -> Any:
         """The group's generation moved on every attempt: give up as a failed call does
@@ -238,26 +242,13 @@ class CacheCore:
 
     # -- reads --------------------------------------------------------------------------
 
-    @staticmethod
-    def fast_read_keys(plan: KeyPlan, guessed: str) -> tuple[str, str]:
-        """The keys of a read without Lua (it costs the server more than the GET itself,
-        and this is the path of every Redis hit): ``MGET generation-key data-key``."""
-        return plan.generation_key, plan.data_key(guessed)
-
-    def parse_fast_read(self, plan: KeyPlan, guessed: str, reply: Sequence[Any]) -> Read | None:
-        """The read, or ``None`` when the guessed generation was stale (read again)."""
-        if self.generation_moved(plan, guessed, reply[0]):
-            return None
-        return Read(guessed, reply[1], -2)
-
-    @staticmethod
-    def read_args(plan: KeyPlan, guessed: str) -> tuple[list[str], list[str]]:
-        """KEYS and ARGV of the read script."""
-        return [plan.generation_key, plan.data_key(guessed)], [guessed]
-
-    def parse_read(self, plan: KeyPlan, guessed: str, reply: bytes | str) -> Read | None:
-        """Split the read script's "GENERATION PTTL VALUE" (or "GENERATION": absent, or
-        ``None`` when the guessed generation was stale: read again)."""
+    def parse_read(self, plan: KeyPlan, guessed: str, reply: Any) -> Read | None:
+        """The read in a hit's ``MGET`` reply or the read script's "GENERATION PTTL VALUE"
+        (or "GENERATION": absent); ``None`` when the guessed generation was stale."""
+        if isinstance(reply, list):
+            if self.generation_moved(plan, guessed, reply[0]):
+                return None
+            return Read(guessed, reply[1], -2)
         separator: Any = b" " if isinstance(reply, bytes) else " "
         generation, found, rest = reply.partition(separator)
         if self.generation_moved(plan, guessed, generation):

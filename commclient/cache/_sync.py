@@ -20,16 +20,11 @@ from prometheus_client import CollectorRegistry
 from . import _flows as flows
 from . import _io_sync as io
 from . import _scripts
-from ._codec import CorruptValueError
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
 from ._core import (
     FAILED,
-    GENERATION_ATTEMPTS,
-    MISMATCH,
     CacheCore,
     CoreFacade,
-    KeyPlan,
-    Read,
     no_script_error,
     reset_after_fork,
 )
@@ -65,7 +60,13 @@ class SyncRedisCache(CoreFacade):
         timeout = self._core.config.operation_timeout
         self._redis, self._owns_client = io.bounded_client(redis_client, timeout)
         self._read_script = self._redis.register_script(_scripts.READ)
-        self._commands = flows.commands(self._redis, self._unlink, self._core.layout.tag)
+        self._commands = flows.commands(
+            self._redis,
+            self._core.layout.tag,
+            unlink=self._unlink,
+            read=self._read_reply,
+            mget=self._mget,
+        )
         self._no_script_error = no_script_error()
         self._execute_command: Callable[..., Any] = self._redis.execute_command
         self._closed = False
@@ -143,12 +144,7 @@ class SyncRedisCache(CoreFacade):
                 return value
             self._ensure_listener()
             epoch = core.local_epoch()
-        read = self._read(plan)
-        if read is None:
-            core.unavailable(plan)
-            return None
-        value = self._decode(plan, read, model, epoch)
-        return None if value is MISSING or value is MISMATCH else value
+        return self._run(flows.get(core, plan, model, epoch))
 
     def get_raw(self, key: str) -> Any:
         """The decoded JSON at ``key`` without model validation, or ``None``."""
@@ -249,20 +245,13 @@ class SyncRedisCache(CoreFacade):
         self._ensure_listener()
         job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
         flight_key = (key, model)
-        read = self._read(plan, with_ttl=stale_s > 0)
-        if read is None:
-            core.unavailable(plan)
-            return self._join(flight_key, job.epoch, flows.load(core, job), loader)
-        value = self._decode(plan, read, model, job.epoch)
-        if value is MISMATCH:
-            return self._join(flight_key, job.epoch, flows.load(core, job), loader)
+        value, load = self._run(flows.look_up(core, job))
+        if load is None or (value is not MISSING and flight_key in self._flights):
+            return value  # fresh, or stale while this process refreshes it already
         if value is MISSING:
-            return self._join(flight_key, job.epoch, flows.fill(core, job), loader)
-        if core.is_fresh(read, stale_s) or flight_key in self._flights:
-            return value
-        refresh = flows.refresh(core, job, read.generation, value)
+            return self._join(flight_key, job.epoch, load, loader)
         try:
-            return self._join(flight_key, job.epoch, refresh, loader)
+            return self._join(flight_key, job.epoch, load, loader)
         except Exception as error:
             core.refresh_failed(plan, error)
             return value
@@ -479,31 +468,8 @@ class SyncRedisCache(CoreFacade):
         core.succeeded(operation, time.perf_counter() - started, admission)
         return result
 
-    def _read(self, plan: KeyPlan, *, with_ttl: bool = False) -> Read | None:
-        """Read ``plan``'s value (with its TTL for the local tier or ``with_ttl``: the
-        read script); ``None`` when Redis could not be reached, or when the group's
-        generation moved on at every attempt (counted and logged)."""
-        core = self._core
-        fast = not with_ttl and not core.local_tier_enabled
-        for _ in range(GENERATION_ATTEMPTS):
-            guessed = core.guess(plan)
-            if fast:
-                reply = self._call("get", self._mget, *core.fast_read_keys(plan, guessed))
-                if reply is FAILED:
-                    return None
-                read = core.parse_fast_read(plan, guessed, reply)
-            else:
-                reply = self._call("get", self._read_reply, *core.read_args(plan, guessed))
-                if reply is FAILED:
-                    return None
-                read = core.parse_read(plan, guessed, reply)
-            if read is not None:
-                return read
-        core.moved_too_often("get", plan)
-        return None
-
-    def _mget(self, generation_key: str, data_key: str) -> Any:
-        return self._execute_command("MGET", generation_key, data_key)
+    def _mget(self, *keys: str) -> Any:
+        return self._execute_command("MGET", *keys)
 
     def _read_reply(self, keys: list[str], args: list[str]) -> Any:
         """Run the read script by its SHA, without redis-py's ``Script`` wrapper.
@@ -517,12 +483,6 @@ class SyncRedisCache(CoreFacade):
             )
         except self._no_script_error:
             return self._read_script(keys=keys, args=args)  # loads the script, then runs it
-
-    def _decode(self, plan: KeyPlan, read: Read, model: Any, epoch: int) -> Any:
-        try:
-            return self._core.decode_read(plan, read, model, epoch)
-        except CorruptValueError as error:
-            return self._run(flows.drop_corrupt(self._core, plan, read, error, model))
 
     def _unlink(self, data_keys: list[str], lease_keys: list[str]) -> int:
         if lease_keys:

@@ -365,6 +365,26 @@ def test_every_operation_acts_on_the_current_generation_when_it_moved_elsewhere(
     run(scenario())
 
 
+def test_a_cache_addresses_the_generation_its_own_group_invalidation_made(
+    any_facade: Facade, redis_url: str, prefix: str, registry: CollectorRegistry
+) -> None:
+    """The bump answers the new generation: the next write names it at once, rather
+    than being told the group moved on and sent again."""
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix, registry=registry) as cache:
+            for round_number in range(3):
+                assert await cache.invalidate_group("assistant")
+                labels = {"cache_name": prefix, "operation": "set"}
+                before = metric(registry, "redis_cache_operations_duration_seconds_count", **labels)
+                assert await cache.set("assistant:1", round_number) is True
+                after = metric(registry, "redis_cache_operations_duration_seconds_count", **labels)
+                assert after == before + 1
+                assert await cache.get("assistant:1") == round_number
+
+    run(scenario())
+
+
 class RestlessStore(MemoryStore):
     """A store whose group generations move every time they are read."""
 
