@@ -17,6 +17,7 @@ import json
 import types
 import typing
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -70,52 +71,186 @@ _IMMUTABLE_LEAVES: frozenset[Any] = frozenset(
 ) | {datetime.date, datetime.datetime, datetime.time, datetime.timedelta}
 
 
+Copier = Callable[[Any], Any]
+
+
+class NotCopyableError(TypeError):
+    """A value whose shape is not its model's (a subclass instance, an attribute the
+    model does not declare): its model's copier cannot copy it. Copiers raise
+    :class:`TypeError` for such values, this one or Python's own (``list.copy(())``)."""
+
+
+def share(value: Any) -> Any:
+    """The copier of immutable values: every caller may hold the same object."""
+    return value
+
+
 @lru_cache(maxsize=512)
-def is_immutable(model: Any) -> bool:
-    """Tell whether values of ``model`` can be shared between callers.
+def copier(model: Any) -> Copier | None:
+    """How the local tier hands a decoded value of ``model`` to one more caller.
 
-    The local tier hands one decoded object to many callers only when none of them can
-    change it under the others. Freezing is shallow (a frozen model's ``list`` field can
-    still be appended to), so the whole type is checked: frozen pydantic models and
-    frozen dataclasses whose fields are, all the way down, scalars, enums, literals,
-    tuples, frozensets and such models. Anything else is decoded afresh for every hit.
+    Freezing is shallow (a frozen model's ``list`` field can still be appended to), so
+    the whole type is walked once, per model:
+
+    - :func:`share` when values are immutable all the way down (scalars, enums,
+      literals, tuples, frozensets, and frozen pydantic models or frozen dataclasses of
+      those): every caller gets the same object;
+    - a function copying every ``list``, ``dict`` and ``set`` by its element type, and
+      every pydantic model or dataclass field by field, sharing only immutable parts.
+      A copy is of an object that was validated when it was decoded, so no validator
+      runs again (as with pydantic's own ``__copy__``). It raises :class:`TypeError`
+      for a value not of the model's shape;
+    - ``None`` for what the walk does not understand (``Any``, bare ``list``, unions of
+      mutable types, custom classes, models with private attributes or
+      ``extra='allow'``, dataclasses with ``__slots__``): decode afresh for every caller.
     """
-    return _deeply_immutable(model, frozenset())
+    walking: set[Any] = set()
+    assumed: set[Any] = set()
 
-
-def _deeply_immutable(annotation: Any, seen: frozenset[Any]) -> bool:
-    if annotation in seen:
-        return True  # a recursive model: the rest of the check decides
-    if annotation in _IMMUTABLE_LEAVES:
-        return True
-    origin = typing.get_origin(annotation)
-    arguments = typing.get_args(annotation)
-    if origin is typing.Literal:
-        return True
-    if origin is typing.Annotated:
-        return _deeply_immutable(arguments[0], seen)
-    if origin in (typing.Union, types.UnionType, tuple, frozenset):
-        return all(a is Ellipsis or _deeply_immutable(a, seen) for a in arguments)
-    if not _is_class(annotation):
-        return False
-    if issubclass(annotation, enum.Enum):
-        return True
-    seen = seen | {annotation}
-    params = getattr(annotation, "__dataclass_params__", None)
-    if params is not None:
-        if not params.frozen:
-            return False
+    def walk(annotation: Any) -> Copier | None:
+        if annotation in _IMMUTABLE_LEAVES:
+            return share
+        origin = typing.get_origin(annotation)
+        arguments = typing.get_args(annotation)
+        if origin is typing.Literal:
+            return share
+        if origin is typing.Annotated:
+            return walk(arguments[0])
+        if origin in (typing.Union, types.UnionType):
+            members = [walk(a) for a in arguments if a is not type(None)]
+            if all(member is share for member in members):
+                return share
+            if len(members) == 1 and members[0] is not None:
+                return _optional(members[0])
+            return None
+        if origin in (tuple, frozenset):
+            immutable = all(a is Ellipsis or walk(a) is share for a in arguments)
+            return share if immutable else None
+        if origin in (list, set, dict):
+            parts = [walk(a) for a in arguments]
+            return _container(origin, *parts) if len(parts) in (1, 2) else None
+        if not _is_class(annotation):
+            return None
+        if issubclass(annotation, enum.Enum):
+            return share
+        if annotation in walking:
+            assumed.add(annotation)  # recursive: the rest of the walk decides
+            return share
+        walking.add(annotation)
         try:
-            hints = typing.get_type_hints(annotation)
+            made = _fields_copier(annotation, walk)
+        finally:
+            walking.discard(annotation)
+        if made is not share and annotation in assumed:
+            return None  # a recursive model with mutable parts: copying it is not worth it
+        return made
+
+    return walk(model)
+
+
+def is_immutable(model: Any) -> bool:
+    """Tell whether values of ``model`` can be shared between callers (see :func:`copier`)."""
+    return copier(model) is share
+
+
+# They refuse (TypeError) what is not of their kind.
+_SHALLOW_COPIES: dict[type, Copier] = {list: list.copy, set: set.copy, dict: dict.copy}
+
+
+def _optional(inner: Copier) -> Copier:
+    def copy(value: Any) -> Any:
+        return None if value is None else inner(value)
+
+    return copy
+
+
+def _container(kind: type, first: Copier | None, second: Copier | None = share) -> Copier | None:
+    """The copier of ``list[first]``, ``set[first]`` or ``dict[first, second]``."""
+    element = second if kind is dict else first
+    if element is None or (kind is not list and first is not share):
+        return None  # unknown elements, or keys that are not immutable
+    if element is share:
+        return _SHALLOW_COPIES[kind]
+    items = list.__iter__ if kind is list else dict.items  # refuse what is not of the kind
+
+    def copy(value: Any, element: Copier = element) -> Any:
+        if kind is list:
+            return [element(item) for item in items(value)]
+        return {key: element(item) for key, item in items(value)}
+
+    return copy
+
+
+def _fields_copier(cls: type, walk: Callable[[Any], Copier | None]) -> Copier | None:
+    """The copier of a pydantic model or a dataclass, from its fields' copiers."""
+    params = getattr(cls, "__dataclass_params__", None)
+    if params is not None:
+        try:
+            hints = typing.get_type_hints(cls)
         except Exception:
-            return False
-        names = [field.name for field in dataclasses.fields(annotation)]
-        return all(_deeply_immutable(hints.get(name, Any), seen) for name in names)
-    config = getattr(annotation, "model_config", None)
-    fields = getattr(annotation, "model_fields", None)
-    if not isinstance(config, dict) or not config.get("frozen") or fields is None:
-        return False
-    return all(_deeply_immutable(field.annotation, seen) for field in fields.values())
+            return None
+        frozen = params.frozen
+        annotations = {field.name: hints.get(field.name, Any) for field in dataclasses.fields(cls)}
+        model = False
+    else:
+        config = getattr(cls, "model_config", None)
+        fields = getattr(cls, "model_fields", None)
+        if not isinstance(config, dict) or not isinstance(fields, dict):
+            return None
+        if config.get("extra") == "allow" or getattr(cls, "__private_attributes__", None):
+            return None  # extras of any type, or attributes that may change on any model
+        frozen = bool(config.get("frozen"))
+        annotations = {name: field.annotation for name, field in fields.items()}
+        model = True
+    # Attributes in slots of the class's own would not be copied (pydantic's are, below).
+    base = _pydantic().BaseModel if model else object
+    in_dict = next((vars(k)["__dict__"] for k in cls.__mro__ if "__dict__" in vars(k)), None)
+    if in_dict is None or any(vars(k).get("__slots__") for k in cls.__mro__ if k is not base):
+        return None
+    copiers = {name: walk(annotation) for name, annotation in annotations.items()}
+    if any(field is None for field in copiers.values()):
+        return None
+    if frozen and all(field is share for field in copiers.values()):
+        return share
+    mutable = tuple((name, field) for name, field in copiers.items() if field not in (None, share))
+    return _object_copier(cls, len(copiers), mutable, in_dict, model)
+
+
+def _object_copier(
+    cls: Any, size: int, mutable: tuple[tuple[str, Copier], ...], in_dict: Any, model: bool
+) -> Copier:
+    """Copy an instance's ``__dict__`` (its fields; ``in_dict`` is its descriptor) and, for
+    a pydantic model, the rest of what pydantic keeps on one: ``__pydantic_fields_set__``
+    (copied), and no extras nor private attributes (the walk refuses models that can
+    have either)."""
+    slots = vars(_pydantic().BaseModel) if model else {}
+
+    # The descriptors themselves (a frozen instance refuses ``setattr``), bound as
+    # defaults: this runs on every local-tier hit.
+    def copy(
+        value: Any,
+        new: Any = object.__new__,
+        set_state: Any = in_dict.__set__,
+        set_fields_set: Any = model and slots["__pydantic_fields_set__"].__set__,
+        set_extra: Any = model and slots["__pydantic_extra__"].__set__,
+        set_private: Any = model and slots["__pydantic_private__"].__set__,
+    ) -> Any:
+        if type(value) is not cls:
+            raise NotCopyableError(f"a {type(value).__name__} where a {cls.__name__} was declared")
+        state = value.__dict__.copy()
+        if len(state) != size:
+            raise NotCopyableError(f"a {cls.__name__} with attributes that are not its fields")
+        for name, field in mutable:
+            state[name] = field(state[name])
+        instance = new(cls)
+        set_state(instance, state)
+        if set_fields_set:
+            set_fields_set(instance, value.__pydantic_fields_set__.copy())
+            set_extra(instance, None)
+            set_private(instance, None)
+        return instance
+
+    return copy
 
 
 def _jsonable(value: object) -> Any:

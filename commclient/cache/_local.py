@@ -1,4 +1,4 @@
-"""The local tier: a size-bounded, TTL-capped LRU in front of Redis, kept honest by Pub/Sub.
+"""The local tier: a size-bounded, TTL-capped cache in front of Redis, kept honest by Pub/Sub.
 
 Pub/Sub delivers at most once, so the tier is only *active* while its listener is
 subscribed: a disconnect flushes and deactivates it, and the subscribe confirmation
@@ -8,6 +8,10 @@ the flush is what makes losing them safe).
 A read that went to Redis stores its result only if no invalidation was applied since
 the read began (the ``epoch`` check): otherwise a value read just before an
 invalidation could be stored just after it and outlive it.
+
+A hit takes no lock: it reads the dictionary (which only the lock's holders change) and
+marks the entry used. Eviction is LRU's "second chance" approximation: the oldest
+entry goes unless it was used since it was last looked at, then it moves to the end.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from ._codec import Codec, is_immutable
+from ._codec import Codec, Copier, copier
 from ._keys import group_of
 from ._messages import InvalidationMessage
 
@@ -26,20 +30,30 @@ MISSING: Any = object()
 
 
 class _Entry:
-    __slots__ = ("data", "decoded", "expires_at", "model", "redis_expires_at")
+    __slots__ = ("copy", "data", "decoded", "expires_at", "model", "redis_expires_at", "used")
 
     def __init__(
-        self, data: bytes, expires_at: float, redis_expires_at: float, model: Any, decoded: Any
+        self,
+        data: bytes,
+        expires_at: float,
+        redis_expires_at: float,
+        model: Any,
+        decoded: Any,
+        copy: Copier | None,
     ) -> None:
         self.data = data
         self.expires_at = expires_at
         self.redis_expires_at = redis_expires_at
         self.model = model
-        self.decoded = decoded
+        self.decoded = decoded  # this tier's own object: no caller ever holds it
+        self.copy = copy
+        self.used = False
 
 
 class LocalTier:
-    """An LRU of JSON bytes (plus a shared decoded object for immutable models)."""
+    """An LRU of JSON bytes and of decoded objects that no caller holds: a hit hands out
+    the object itself when its model is immutable all the way down, else a copy of its
+    mutable parts (see :func:`~commclient.cache._codec.copier`), else a fresh decode."""
 
     def __init__(
         self,
@@ -54,12 +68,8 @@ class LocalTier:
         self._clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
-        self._active = False
+        self.active = False  # serving: changed under the lock, read without it
         self.epoch = 0
-
-    @property
-    def active(self) -> bool:
-        return self._active
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -70,38 +80,52 @@ class LocalTier:
         With ``stale_seconds``, also :data:`MISSING` when the value is in the last
         ``stale_seconds`` of its life in Redis (its serve-stale window).
         """
-        if not self._active:
+        if not self.active:
             return MISSING
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return MISSING
-            now = self._clock()
-            if entry.expires_at <= now:
-                del self._entries[key]
-                return MISSING
-            if stale_seconds and entry.redis_expires_at - stale_seconds <= now:
-                return MISSING
-            self._entries.move_to_end(key)
-        if entry.model is model and entry.decoded is not MISSING:
-            return entry.decoded
+        entry = self._entries.get(key)
+        if entry is None:
+            return MISSING
+        now = self._clock()
+        if entry.expires_at <= now:
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+            return MISSING
+        if stale_seconds and entry.redis_expires_at - stale_seconds <= now:
+            return MISSING
+        entry.used = True
+        if entry.model is model and entry.copy is not None:
+            return entry.copy(entry.decoded)
         return self._codec.decode(entry.data, model)
 
     def put(self, key: str, data: bytes, ttl: float, model: Any, value: Any, epoch: int) -> None:
         """Store ``data`` (``ttl``: its remaining life in Redis) unless an invalidation was
-        applied since ``epoch`` was read."""
+        applied since ``epoch`` was read. ``value``, what the caller gets, is kept only as
+        a copy that no caller holds (or decoded again per hit when it cannot be copied)."""
         if ttl <= 0:
             return
-        decoded = value if is_immutable(model) else MISSING
+        copy = copier(model)
+        decoded = MISSING
+        if copy is not None:
+            try:
+                decoded = copy(value)
+            except TypeError:  # not of the model's shape: decode it per hit
+                copy = None
         now = self._clock()
-        entry = _Entry(data, now + min(ttl, self.max_ttl), now + ttl, model, decoded)
+        entry = _Entry(data, now + min(ttl, self.max_ttl), now + ttl, model, decoded, copy)
         with self._lock:
-            if not self._active or epoch != self.epoch:
+            if not self.active or epoch != self.epoch:
                 return
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            entries = self._entries
+            entries[key] = entry
+            entries.move_to_end(key)
+            chances = len(entries)  # a bound, should hits keep marking entries meanwhile
+            while len(entries) > self.max_entries:
+                oldest, candidate = entries.popitem(last=False)
+                if chances and (candidate.used or candidate is entry):
+                    chances -= 1
+                    candidate.used = False
+                    entries[oldest] = candidate
 
     def drop(self, message: InvalidationMessage) -> int:
         """Drop the entries ``message`` invalidates; return how many."""
@@ -120,11 +144,11 @@ class LocalTier:
         with self._lock:
             self.epoch += 1
             self._entries.clear()
-            self._active = True
+            self.active = True
 
     def deactivate(self) -> None:
         """Flush and stop serving: called when the listener lost its subscription."""
         with self._lock:
             self.epoch += 1
             self._entries.clear()
-            self._active = False
+            self.active = False

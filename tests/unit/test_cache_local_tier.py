@@ -3,6 +3,8 @@ invalidation from elsewhere, flushed and bypassed while its listener is disconne
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import redis
 from pydantic import BaseModel, ConfigDict
@@ -17,6 +19,7 @@ redis_server = conftest_cache.redis_server
 redis_url = conftest_cache.redis_url
 prefix = conftest_cache.prefix
 facade = conftest_cache.facade
+any_facade = conftest_cache.any_facade
 cache_logs = conftest_cache.cache_logs
 
 DISCONNECTED = "cache invalidation listener disconnected; local tier flushed and bypassed"
@@ -188,5 +191,62 @@ def test_only_frozen_values_are_shared_between_callers(
             first = await cache.get("mutable", Mutable)
             first.values.append(2)  # a caller mutating its copy ...
             assert await cache.get("mutable", Mutable) == Mutable(values=[1])  # ... alone
+
+    run(scenario())
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    args: list[str]
+
+
+@dataclasses.dataclass
+class Meta:
+    items: list[int]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    features: list[str]
+    tool: Tool
+    limits: dict[str, list[int]]
+    flags: set[str]
+    meta: Meta
+
+
+def test_what_a_caller_mutates_never_reaches_the_next_caller(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    stored = Settings(
+        features=["a"],
+        tool=Tool(name="t", args=["-v"]),
+        limits={"x": [1]},
+        flags={"f"},
+        meta=Meta(items=[1]),
+    )
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix, config=LOCAL) as cache:
+            await started(cache)
+            await cache.set("settings", stored)
+            loaded = await cache.get_or_set(
+                "loaded", lambda: stored.model_copy(deep=True), model=Settings
+            )
+            assert await cache.get("settings", Settings) == stored  # from Redis, now local
+            before = script_calls(redis_url)
+            for key in ("settings", "settings", "loaded", "loaded"):
+                value = await cache.get(key, Settings)
+                assert value == stored
+                assert value.model_dump() == stored.model_dump()
+                value.features.append("b")
+                value.tool.args.append("-q")
+                value.limits["x"].append(2)
+                value.flags.add("g")
+                value.meta.items.append(2)
+            loaded.features.append("c")  # the loader's caller changes what it was given
+            assert await cache.get("loaded", Settings) == stored
+            if any_facade.backend == "redis":
+                assert script_calls(redis_url) == before  # all served by the local tier
 
     run(scenario())
