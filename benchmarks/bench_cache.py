@@ -6,8 +6,8 @@
 - A Redis hit against a bare redis-py GET of the same bytes, decoded the same way
   (target: at most 1.3 times), and against a bare GET that does not even decode.
 - The local tier's hit (target: a median of 5 µs or less), for a model with a list field
-  (decoded afresh per hit: a caller may mutate it) and for one immutable all the way down
-  (one shared object).
+  (copied per hit: a caller may mutate it) and for one immutable all the way down (one
+  shared object).
 - The read script called by hand with ``EVALSHA`` against redis-py's ``Script`` call.
 - ``invalidate_group`` against ``invalidate(pattern)`` with 10k, 100k and 1M keys in the
   group (target: ``invalidate_group`` flat, 1 ms or less, at every size).

@@ -51,8 +51,8 @@ class _Entry:
 
 
 class LocalTier:
-    """An LRU of JSON bytes and of decoded objects that no caller holds: a hit hands out
-    the object itself when its model is immutable all the way down, else a copy of its
+    """Entries of JSON bytes and of a decoded object that no caller holds: a hit hands
+    out that object when its model is immutable all the way down, else a copy of its
     mutable parts (see :func:`~commclient.cache._codec.copier`), else a fresh decode."""
 
     def __init__(
