@@ -53,7 +53,7 @@ def _adapter(model: Any) -> Any:
     return _pydantic().TypeAdapter(model)
 
 
-def _is_class(model: Any) -> bool:
+def is_class(model: Any) -> bool:
     """A plain class (on Python 3.10, ``list[int]`` also passes ``isinstance(_, type)``)."""
     return isinstance(model, type) and not isinstance(model, types.GenericAlias)
 
@@ -129,7 +129,7 @@ def copier(model: Any) -> Copier | None:
         if origin in (list, set, dict):
             parts = [walk(a) for a in arguments]
             return _container(origin, *parts) if len(parts) in (1, 2) else None
-        if not _is_class(annotation):
+        if not is_class(annotation):
             return None
         if issubclass(annotation, enum.Enum):
             return share
@@ -337,9 +337,9 @@ class Codec:
 
     @staticmethod
     def _build_without_pydantic(value: Any, model: Any) -> Any:
-        if _is_class(model) and isinstance(value, model):
+        if is_class(model) and isinstance(value, model):
             return value
-        if _is_class(model) and dataclasses.is_dataclass(model) and isinstance(value, dict):
+        if is_class(model) and dataclasses.is_dataclass(model) and isinstance(value, dict):
             build: Any = model
             return build(**value)
         if model in JSON_TYPES:

@@ -22,7 +22,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from ._codec import Codec, Copier, copier
+from ._codec import (
+    Codec,
+    Copier,
+    CorruptValueError,
+    ModelMismatchError,
+    NotCopyableError,
+    copier,
+    is_class,
+)
 from ._keys import group_of
 from ._messages import InvalidationMessage
 
@@ -101,7 +109,7 @@ class LocalTier:
     def put(self, key: str, data: bytes, ttl: float, model: Any, value: Any, epoch: int) -> None:
         """Store ``data`` (``ttl``: its remaining life in Redis) unless an invalidation was
         applied since ``epoch`` was read. ``value``, what the caller gets, is kept only as
-        a copy that no caller holds (or decoded again per hit when it cannot be copied)."""
+        a copy that no caller holds (or shared, when immutable)."""
         if ttl <= 0:
             return
         copy = copier(model)
@@ -109,8 +117,15 @@ class LocalTier:
         if copy is not None:
             try:
                 decoded = copy(value)
-            except TypeError:  # not of the model's shape: decode it per hit
-                copy = None
+                if decoded is value and is_class(model) and type(value) is not model:
+                    raise NotCopyableError("a subclass instance may have fields of its own")
+            except TypeError:
+                # Not of the model's shape (a loader's subclass instance, say): keep what
+                # the other processes read, or decode it per hit if even that fails.
+                try:
+                    decoded = self._codec.decode(data, model)
+                except (CorruptValueError, ModelMismatchError):
+                    copy = None
         now = self._clock()
         entry = _Entry(data, now + min(ttl, self.max_ttl), now + ttl, model, decoded, copy)
         with self._lock:

@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, RootModel, field_valida
 
 from commclient._metrics import metric_family
 from commclient.cache import InvalidationMessage
-from commclient.cache._codec import Codec, NotCopyableError, copier, is_immutable, share
+from commclient.cache._codec import (
+    Codec,
+    ModelMismatchError,
+    NotCopyableError,
+    copier,
+    is_immutable,
+    share,
+)
 from commclient.cache._instruments import CacheMetrics
 from commclient.cache._local import MISSING, LocalTier
 
@@ -289,20 +296,55 @@ def test_the_local_tier_keeps_its_own_copy_and_hands_out_copies() -> None:
     assert second.tools[0] is not first.tools[0]
 
 
-def test_values_that_cannot_be_copied_are_decoded_per_hit() -> None:
-    local = local_tier()
+class CountingCodec(Codec):
+    def __init__(self) -> None:
+        super().__init__(1 << 20)
+        self.decodes = 0
+
+    def decode(self, data: bytes | str, model: Any = None) -> Any:
+        self.decodes += 1
+        return super().decode(data, model)
+
+
+class FrozenTool(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+
+
+class StrictTool(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+
+
+def test_a_loaders_subclass_instance_is_kept_as_other_processes_read_it() -> None:
+    """A loader may return an instance of a subclass, with mutable fields of its own: the
+    tier keeps the stored JSON decoded as the model, once, as every other process reads it."""
 
     class Sub(Tool):
         more: list[str] = []
 
-    sub = Sub(name="s", args=["a"], more=["m"])  # a loader's subclass instance
-    local.put("s", b'{"name":"s","args":["a"]}', 10, Tool, sub, local.epoch)
-    got = local.get("s", Tool)
-    assert type(got) is Tool
-    assert got == Tool(name="s", args=["a"])
-    got.args.append("x")
-    assert local.get("s", Tool).args == ["a"]
+    class FrozenSub(FrozenTool):
+        more: list[str] = []
 
+    codec = CountingCodec()
+    local = LocalTier(10, 60.0, codec)
+    local.activate()
+    for key, model, value in [
+        ("copied", Tool, Sub(name="s", args=["a"], more=["m"])),
+        ("shared", FrozenTool, FrozenSub(name="s", more=["m"])),
+    ]:
+        local.put(key, CODEC.encode(key, value), 10, model, value, local.epoch)
+        decodes = codec.decodes
+        got = local.get(key, model)
+        assert type(got) is model
+        assert got == CODEC.decode(CODEC.encode(key, value), model)
+        value.more.append("x")  # the loader's object is the loader's business
+        assert local.get(key, model) == got
+        assert codec.decodes == decodes  # decoded once, when stored
+
+
+def test_values_that_cannot_be_copied_are_decoded_per_hit() -> None:
+    local = local_tier()
     data = b'{"data":{"a":[1]}}'
     local.put("any", data, 10, WithAny, CODEC.decode(data, WithAny), local.epoch)
     first = local.get("any", WithAny)
@@ -314,6 +356,14 @@ def test_values_that_cannot_be_copied_are_decoded_per_hit() -> None:
     first = local.get("private", WithPrivate)
     first._seen.append("x")
     assert local.get("private", WithPrivate)._seen == []
+
+    class Wider(StrictTool):
+        more: list[str] = []
+
+    wider = Wider(name="w", more=["m"])  # its JSON is not a StrictTool: decoding it fails
+    local.put("strict", CODEC.encode("strict", wider), 10, StrictTool, wider, local.epoch)
+    with pytest.raises(ModelMismatchError):  # the cache's read takes it for a miss
+        local.get("strict", StrictTool)
 
 
 class Counted(BaseModel):
@@ -344,22 +394,16 @@ def test_a_copy_of_a_validated_value_is_not_validated_again() -> None:
 
 
 def test_hits_of_copyable_models_do_not_decode() -> None:
-    class CountingCodec(Codec):
-        decodes = 0
-
-        def decode(self, data: bytes | str, model: Any = None) -> Any:
-            CountingCodec.decodes += 1
-            return super().decode(data, model)
-
-    local = LocalTier(10, 60.0, CountingCodec(1 << 20))
+    codec = CountingCodec()
+    local = LocalTier(10, 60.0, codec)
     local.activate()
     local.put("p", PROFILE_JSON, 10, Profile, CODEC.decode(PROFILE_JSON, Profile), local.epoch)
     local.put("m", b'{"data":1}', 10, WithAny, WithAny(data=1), local.epoch)
     for _ in range(3):
         assert local.get("p", Profile).tags == ["t"]
-    assert CountingCodec.decodes == 0
+    assert codec.decodes == 0
     assert local.get("m", WithAny) == WithAny(data=1)  # not understood: decoded
-    assert CountingCodec.decodes == 1
+    assert codec.decodes == 1
 
 
 # -- the rest of the hit path: no lock in the tier, none in the hit counter ------------------
