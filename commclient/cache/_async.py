@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from . import _flows as flows
 from . import _io_async as io
 from . import _scripts
+from ._codec import caller_copy
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
 from ._core import (
     FAILED,
@@ -265,8 +266,10 @@ class AsyncRedisCache(CoreFacade):
         flow: flows.Flow[Any],
         loader: Callable[[], Awaitable[Any]],
     ) -> Any:
-        """Wait for the load of ``flight_key`` in flight, or run ``flow`` with ``loader``."""
-        return await self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
+        """Wait for the load of ``flight_key`` in flight, or run ``flow`` with ``loader``;
+        each caller gets a copy of its own of what the load returned."""
+        value = await self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
+        return caller_copy(value, flight_key[1])
 
     # -- Pub/Sub ------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import types
 import typing
 import uuid
 from collections.abc import Callable
+from copy import deepcopy
 from functools import lru_cache
 from typing import Any
 
@@ -146,6 +147,27 @@ def copier(model: Any) -> Copier | None:
         return made
 
     return walk(model)
+
+
+def private_copy(copy: Copier, value: Any, model: Any) -> Any:
+    """``copy(value)``, refusing (:class:`TypeError`) to share an instance of a subclass of
+    ``model``: it may have mutable fields of its own (a loader may return one)."""
+    copied = copy(value)
+    if copied is value and is_class(model) and type(value) is not model:
+        raise NotCopyableError(f"a {type(value).__name__} where a {model.__name__} was declared")
+    return copied
+
+
+def caller_copy(value: Any, model: Any) -> Any:
+    """``value`` for one more of the callers that share it (one load, several callers):
+    a copy by ``model``'s copier, else a deep copy; ``value`` itself when immutable."""
+    copy = copier(model)
+    if copy is not None:
+        try:
+            return private_copy(copy, value, model)
+        except TypeError:
+            pass
+    return deepcopy(value)
 
 
 def is_immutable(model: Any) -> bool:

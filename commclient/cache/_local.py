@@ -27,9 +27,8 @@ from ._codec import (
     Copier,
     CorruptValueError,
     ModelMismatchError,
-    NotCopyableError,
     copier,
-    is_class,
+    private_copy,
 )
 from ._keys import group_of
 from ._messages import InvalidationMessage
@@ -116,9 +115,7 @@ class LocalTier:
         decoded = MISSING
         if copy is not None:
             try:
-                decoded = copy(value)
-                if decoded is value and is_class(model) and type(value) is not model:
-                    raise NotCopyableError("a subclass instance may have fields of its own")
+                decoded = private_copy(copy, value, model)
             except TypeError:
                 # Not of the model's shape (a loader's subclass instance, say): keep what
                 # the other processes read, or decode it per hit if even that fails.

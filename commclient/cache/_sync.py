@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from . import _flows as flows
 from . import _io_sync as io
 from . import _scripts
+from ._codec import caller_copy
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
 from ._core import (
     FAILED,
@@ -263,8 +264,10 @@ class SyncRedisCache(CoreFacade):
         flow: flows.Flow[Any],
         loader: Callable[[], Any],
     ) -> Any:
-        """Wait for the load of ``flight_key`` in flight, or run ``flow`` with ``loader``."""
-        return self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
+        """Wait for the load of ``flight_key`` in flight, or run ``flow`` with ``loader``;
+        each caller gets a copy of its own of what the load returned."""
+        value = self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
+        return caller_copy(value, flight_key[1])
 
     # -- Pub/Sub ------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ invalidation from elsewhere, flushed and bypassed while its listener is disconne
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import redis
@@ -248,5 +249,42 @@ def test_what_a_caller_mutates_never_reaches_the_next_caller(
             assert await cache.get("loaded", Settings) == stored
             if any_facade.backend == "redis":
                 assert script_calls(redis_url) == before  # all served by the local tier
+
+    run(scenario())
+
+
+def test_callers_sharing_one_load_get_objects_of_their_own(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    stored = Settings(
+        features=["a"],
+        tool=Tool(name="t", args=[]),
+        limits={},
+        flags=set(),
+        meta=Meta(items=[]),
+    )
+    calls: list[str] = []
+
+    def loader(key: str) -> Any:
+        calls.append(key)
+        return stored.model_copy(deep=True) if key == "model" else {"items": [1]}
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix, config=LOCAL) as cache:
+            await started(cache)
+            for key, model in (("model", Settings), ("plain", None)):
+                values = await cache.many_get_or_set(
+                    3, key, lambda key=key: loader(key), delay=0.3, model=model
+                )
+                assert calls.count(key) == 1  # one load for the three callers
+                assert len({id(value) for value in values}) == 3
+                first, *others = values
+                if model is None:
+                    first["items"].append(2)
+                    assert all(other == {"items": [1]} for other in others)
+                else:
+                    first.features.append("b")
+                    first.meta.items.append(1)
+                    assert all(other == stored for other in others)
 
     run(scenario())
