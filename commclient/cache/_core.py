@@ -137,12 +137,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def log_extra(**fields: object) -> dict[str, object]:
-    """Structured ``extra`` fields for a log record, with the current correlation id."""
-    fields["correlation_id"] = correlation_id_ctx.get()
-    return fields
-
-
 class CacheCore:
     """Keys, serialization, invalidation messages, metrics, health and the local tier."""
 
@@ -186,6 +180,24 @@ class CacheCore:
         self.local = LocalTier(self.config.local_tier_size, self.config.local_tier_ttl, self.codec)
         self.origin = new_origin_id()
         self._listener_outage = False
+
+    def log(
+        self,
+        level: int,
+        message: str,
+        error: BaseException | None = None,
+        *,
+        exc_info: BaseException | None = None,
+        **fields: object,
+    ) -> None:
+        """One structured record: this cache, the correlation id, ``error`` (type and
+        text) and ``fields``."""
+        extra: dict[str, object] = {"cache_name": self.name, **fields}
+        extra["correlation_id"] = correlation_id_ctx.get()
+        if error is not None:
+            extra["error_type"] = type(error).__name__
+            extra["error"] = str(error)[:300]
+        logger.log(level, message, extra=extra, exc_info=exc_info)
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -232,11 +244,11 @@ class CacheCore:
         """The group's generation moved on every attempt: give up as a failed call does
         (counted, logged); :data:`FAILED`."""
         self.metrics.error(operation, "generation_moved")
-        logger.warning(
+        self.log(
+            logging.WARNING,
             "cache group generation kept moving; operation given up",
-            extra=log_extra(
-                cache_name=self.name, operation=operation, key=plan.key, group=plan.group
-            ),
+            operation=operation,
+            key=plan.key,
         )
         return FAILED
 
@@ -315,11 +327,12 @@ class CacheCore:
         if seen in self._mismatches_logged or len(self._mismatches_logged) >= 1024:
             return
         self._mismatches_logged.add(seen)
-        logger.warning(
+        self.log(
+            logging.WARNING,
             "cached value does not fit the requested model; treated as a miss and kept",
-            extra=log_extra(
-                cache_name=self.name, key=plan.key, model=model_name, error=str(error)[:300]
-            ),
+            error,
+            key=plan.key,
+            model=model_name,
         )
 
     def delete_corrupt_args(self, plan: KeyPlan, read: Read) -> tuple[list[str], list[Any]]:
@@ -329,14 +342,9 @@ class CacheCore:
     def corrupt(self, plan: KeyPlan, error: CorruptValueError, model: Any) -> None:
         self.metrics.miss(plan.group)
         self.metrics.error("get", "corrupt_value")
-        logger.warning(
-            "corrupt cache value dropped",
-            extra=log_extra(
-                cache_name=self.name,
-                key=plan.key,
-                model=getattr(model, "__name__", repr(model)),
-                error=str(error)[:300],
-            ),
+        model_name = getattr(model, "__name__", repr(model))
+        self.log(
+            logging.WARNING, "corrupt cache value dropped", error, key=plan.key, model=model_name
         )
 
     def unavailable(self, plan: KeyPlan) -> None:
@@ -439,30 +447,25 @@ class CacheCore:
             if self.local.active:
                 self.local.put(plan.key, data, ttl_ms / 1000, model, value, epoch)
         else:
-            logger.debug(
+            self.log(
+                logging.DEBUG,
                 "loaded value not stored: invalidated during the load, or Redis unavailable",
-                extra=log_extra(cache_name=self.name, key=plan.key),
+                key=plan.key,
             )
 
     def refresh_failed(self, plan: KeyPlan, error: Exception) -> None:
         """Refreshing a stale value failed: the stale value is served instead."""
         self.metrics.error("get_or_set", "refresh_failed")
-        logger.warning(
+        self.log(
+            logging.WARNING,
             "refresh of a stale cache value failed; serving the stale value",
-            extra=log_extra(
-                cache_name=self.name,
-                key=plan.key,
-                error_type=type(error).__name__,
-                error=str(error)[:300],
-            ),
+            error,
+            key=plan.key,
         )
 
     def oversized_load(self, plan: KeyPlan, error: Exception) -> None:
         self.metrics.error("get_or_set", type(error).__name__)
-        logger.warning(
-            "loaded value not cached",
-            extra=log_extra(cache_name=self.name, key=plan.key, error=str(error)[:300]),
-        )
+        self.log(logging.WARNING, "loaded value not cached", error, key=plan.key)
 
     # -- invalidation -------------------------------------------------------------------
 
@@ -525,15 +528,13 @@ class CacheCore:
 
     def sent(self, message: InvalidationMessage) -> None:
         self.metrics.invalidation(message.kind, "sent")
-        logger.info(
+        self.log(
+            logging.INFO,
             "cache invalidated",
-            extra=log_extra(
-                cache_name=self.name,
-                kind=message.kind,
-                pattern=message.pattern,
-                group=message.group,
-                count=message.count,
-            ),
+            kind=message.kind,
+            pattern=message.pattern,
+            group=message.group,
+            count=message.count,
         )
 
     def received(self, data: bytes | str) -> InvalidationMessage | None:
@@ -545,7 +546,7 @@ class CacheCore:
         """
         message = InvalidationMessage.decode(data)
         if message is None:
-            logger.debug("ignored a malformed invalidation message", extra={"size": len(data)})
+            self.log(logging.DEBUG, "ignored a malformed invalidation message", size=len(data))
             return None
         if message.prefix == self.prefix and message.origin != self.origin:
             self.metrics.invalidation(message.kind, "received")
@@ -558,7 +559,7 @@ class CacheCore:
         """The subscription is live: the local tier may serve again, from empty."""
         if self._listener_outage:
             self._listener_outage = False
-            logger.info("cache invalidation listener resubscribed", extra={"cache_name": self.name})
+            self.log(logging.INFO, "cache invalidation listener resubscribed")
         self.local.activate()
 
     def listener_lost(self, error: BaseException) -> None:
@@ -567,29 +568,20 @@ class CacheCore:
         if not self._listener_outage:
             self._listener_outage = True
             self.metrics.error("listen", type(error).__name__)
-            logger.warning(
+            self.log(
+                logging.WARNING,
                 "cache invalidation listener disconnected; local tier flushed and bypassed",
-                extra={
-                    "cache_name": self.name,
-                    "error_type": type(error).__name__,
-                    "error": str(error)[:200],
-                },
+                error,
             )
 
     def subscriber_lost(self, error: BaseException) -> None:
-        logger.warning(
-            "invalidation subscription disconnected; resubscribing",
-            extra={"cache_name": self.name, "error_type": type(error).__name__},
-        )
+        self.log(logging.WARNING, "invalidation subscription disconnected; resubscribing", error)
 
     def listener_stopped(self) -> None:
         self.local.deactivate()
 
     def callback_failed(self, error: Exception) -> None:
-        logger.exception(
-            "invalidation callback failed",
-            extra={"cache_name": self.name, "error_type": type(error).__name__},
-        )
+        self.log(logging.ERROR, "invalidation callback failed", error, exc_info=error)
 
     # -- Redis health -------------------------------------------------------------------
     # After ``breaker_failure_threshold`` consecutive failures the cache skips Redis for
@@ -626,9 +618,11 @@ class CacheCore:
             # Redis answered: it is up, and this key's trouble must not switch the
             # cache off for every other key.
             self._answered(admission)
-            logger.warning(
+            self.log(
+                logging.WARNING,
                 "redis refused a cache command; treated as a miss for this key",
-                extra=log_extra(cache_name=self.name, operation=operation, error=str(error)[:200]),
+                error,
+                operation=operation,
             )
             return FAILED
         self.breaker.record_failure(admission)
@@ -637,19 +631,13 @@ class CacheCore:
             if first_of_outage:
                 self._outage_started_at = time.monotonic()
         if first_of_outage:
-            logger.warning(
+            self.log(
+                logging.WARNING,
                 "redis cache unavailable; serving misses until it recovers",
-                extra={
-                    "cache_name": self.name,
-                    "operation": operation,
-                    "error_type": type(error).__name__,
-                    "error": str(error)[:200],
-                },
+                error,
+                operation=operation,
             )
-        logger.debug(
-            "redis cache operation failed",
-            extra={"cache_name": self.name, "operation": operation, "error": repr(error)[:200]},
-        )
+        self.log(logging.DEBUG, "redis cache operation failed", error, operation=operation)
         if operation in _WRITES_TOLD_UNCONFIRMED and not is_error_reply(error):
             return UNCONFIRMED
         return FAILED
@@ -662,13 +650,8 @@ class CacheCore:
         with self._outage_lock:
             started_at, self._outage_started_at = self._outage_started_at, None
         if started_at is not None:
-            logger.info(
-                "redis cache recovered",
-                extra={
-                    "cache_name": self.name,
-                    "outage_seconds": round(time.monotonic() - started_at, 3),
-                },
-            )
+            outage_seconds = round(time.monotonic() - started_at, 3)
+            self.log(logging.INFO, "redis cache recovered", outage_seconds=outage_seconds)
 
 
 class CoreFacade:
