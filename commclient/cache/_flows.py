@@ -5,8 +5,8 @@ Redis (answered with the reply, or :data:`FAILED`), a :class:`Sleep`, or :data:`
 (answered with the loader's raw result, or with the loader's error thrown in; while it
 runs, the driver repeats its ``keep_alive`` call, which renews the lease of the load). Each
 driver runs a flow in a short loop with its own transport, sleep and loader call, as
-httpx drives ``Auth.auth_flow`` and psycopg drives its ``generators``. Plain hits do not
-go through a flow: they are the hot path, and stay a straight line in each driver.
+httpx drives ``Auth.auth_flow`` and psycopg drives its ``generators``. Only a local-tier
+hit is answered without a flow: it needs no I/O.
 """
 
 from __future__ import annotations
