@@ -5,8 +5,8 @@ Redis (answered with the reply, or :data:`FAILED`), a :class:`Sleep`, or :data:`
 (answered with the loader's raw result, or with the loader's error thrown in; while it
 runs, the driver repeats its ``keep_alive`` call, which renews the lease of the load). Each
 driver runs a flow in a short loop with its own transport, sleep and loader call, as
-httpx drives ``Auth.auth_flow`` and psycopg drives its ``generators``. Only a local-tier
-hit is answered without a flow: it needs no I/O.
+httpx drives ``Auth.auth_flow`` and psycopg drives its ``generators``. Plain reads do not
+go through a flow: they are the path of every hit, and stay a straight line in each driver.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ class Command(enum.Enum):
     RELEASE_LEASE = "release_lease"
     RENEW_LEASE = "renew_lease"
     MGET = "mget"
-    READ = "read"
     READ_OR_LEASE = "read_or_lease"
     LEASE = "lease"
     SCAN = "scan"
@@ -60,13 +59,12 @@ def commands(
     hash_tag: str,
     *,
     unlink: Callable[..., Any],
-    read: Callable[..., Any],
     mget: Callable[..., Any],
 ) -> dict[Command, Callable[..., Any]]:
     """What runs each :class:`Command` on ``client`` (``redis.Redis`` or its asyncio twin:
     they have the same methods; or a cluster client); ``hash_tag`` is the tag every key of
-    the cache carries, and the driver's own ``unlink`` (batch removal), ``read`` (the read
-    script) and ``mget`` run those commands."""
+    the cache carries, and the driver's own ``unlink`` (batch removal) and ``mget`` run
+    those commands."""
     scan = client.scan
     if hasattr(client, "get_node_from_key"):
         scan = partial(_scan_slot_owner, client, hash_tag)
@@ -78,7 +76,6 @@ def commands(
         Command.RELEASE_LEASE: client.register_script(_scripts.RELEASE_LEASE),
         Command.RENEW_LEASE: client.register_script(_scripts.RENEW_LEASE),
         Command.MGET: mget,
-        Command.READ: read,
         Command.READ_OR_LEASE: client.register_script(_scripts.READ_OR_LEASE),
         Command.LEASE: client.set,
         Command.SCAN: scan,
@@ -265,60 +262,7 @@ def decode(
         return (yield from drop_corrupt(core, plan, read, error, model))
 
 
-def read(core: CacheCore, plan: KeyPlan, *, with_ttl: bool = False) -> Flow[Read | None]:
-    """Read ``plan``'s value (with its TTL for the local tier or ``with_ttl``: the read
-    script); ``None`` when Redis could not be reached, or when the group's generation
-    moved on at every attempt (counted and logged)."""
-    # A hit needs no Lua (it costs the server more than the GET itself) unless the TTL
-    # is wanted: MGET reads the generation and the data key atomically.
-    fast = not with_ttl and not core.local_tier_enabled
-    for _ in range(GENERATION_ATTEMPTS):
-        guessed = core.guess(plan)
-        keys = [plan.generation_key, plan.data_key(guessed)]
-        if fast:
-            reply = yield Call("get", Command.MGET, *keys)
-        else:
-            reply = yield Call("get", Command.READ, keys, [guessed])
-        if reply is FAILED:
-            return None
-        found = core.parse_read(plan, guessed, reply)
-        if found is not None:
-            return found
-    core.moved_too_often("get", plan)
-    return None
-
-
-def get(core: CacheCore, plan: KeyPlan, model: Any, epoch: int) -> Flow[Any]:
-    """The value at ``plan``'s key, or ``None`` (absent, of another model, corrupt, or
-    Redis unavailable)."""
-    found = yield from read(core, plan)
-    if found is None:
-        core.unavailable(plan)
-        return None
-    value = yield from decode(core, plan, found, model, epoch)
-    return None if value is MISSING or value is MISMATCH else value
-
-
 # -- read-through -----------------------------------------------------------------------
-
-
-def look_up(core: CacheCore, job: ReadThrough) -> Flow[tuple[Any, Flow[Any] | None]]:
-    """The value Redis holds (or :data:`MISSING`), and the flow loading it (``None``: it
-    is fresh): the loader alone when Redis is unavailable or holds another model's
-    value, a fill under the lease when it is absent, a refresh when it is stale."""
-    plan = job.plan
-    found = yield from read(core, plan, with_ttl=job.stale_s > 0)
-    if found is None:
-        core.unavailable(plan)
-        return MISSING, load(core, job)
-    value = yield from decode(core, plan, found, job.model, job.epoch)
-    if value is MISMATCH:
-        return MISSING, load(core, job)
-    if value is MISSING:
-        return MISSING, fill(core, job)
-    if core.is_fresh(found, job.stale_s):
-        return value, None
-    return value, refresh(core, job, found.generation, value)
 
 
 def load(core: CacheCore, job: ReadThrough) -> Flow[Any]:

@@ -20,12 +20,16 @@ from prometheus_client import CollectorRegistry
 from . import _flows as flows
 from . import _io_sync as io
 from . import _scripts
-from ._codec import caller_copy
+from ._codec import CorruptValueError, caller_copy
 from ._config import CacheConfig, ttl_milliseconds, ttl_seconds
 from ._core import (
     FAILED,
+    GENERATION_ATTEMPTS,
+    MISMATCH,
     CacheCore,
     CoreFacade,
+    KeyPlan,
+    Read,
     no_script_error,
     reset_after_fork,
 )
@@ -65,7 +69,6 @@ class SyncRedisCache(CoreFacade):
             self._redis,
             self._core.layout.tag,
             unlink=self._unlink,
-            read=self._read_reply,
             mget=self._mget,
         )
         self._no_script_error = no_script_error()
@@ -145,7 +148,12 @@ class SyncRedisCache(CoreFacade):
                 return value
             self._ensure_listener()
             epoch = core.local_epoch()
-        return self._run(flows.get(core, plan, model, epoch))
+        found = self._read(plan)
+        if found is None:
+            core.unavailable(plan)
+            return None
+        value = self._decode(plan, found, model, epoch)
+        return None if value is MISSING or value is MISMATCH else value
 
     def get_raw(self, key: str) -> Any:
         """The decoded JSON at ``key`` without model validation, or ``None``."""
@@ -246,13 +254,20 @@ class SyncRedisCache(CoreFacade):
         self._ensure_listener()
         job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
         flight_key = (key, model)
-        value, load = self._run(flows.look_up(core, job))
-        if load is None or (value is not MISSING and flight_key in self._flights):
-            return value  # fresh, or stale while this process refreshes it already
+        found = self._read(plan, with_ttl=stale_s > 0)
+        if found is None:
+            core.unavailable(plan)
+            return self._join(flight_key, job.epoch, flows.load(core, job), loader)
+        value = self._decode(plan, found, model, job.epoch)
+        if value is MISMATCH:
+            return self._join(flight_key, job.epoch, flows.load(core, job), loader)
         if value is MISSING:
-            return self._join(flight_key, job.epoch, load, loader)
+            return self._join(flight_key, job.epoch, flows.fill(core, job), loader)
+        if core.is_fresh(found, stale_s) or flight_key in self._flights:
+            return value
+        refresh = flows.refresh(core, job, found.generation, value)
         try:
-            return self._join(flight_key, job.epoch, load, loader)
+            return self._join(flight_key, job.epoch, refresh, loader)
         except Exception as error:
             core.refresh_failed(plan, error)
             return value
@@ -471,6 +486,31 @@ class SyncRedisCache(CoreFacade):
         core.succeeded(operation, time.perf_counter() - started, admission)
         return result
 
+    def _read(self, plan: KeyPlan, *, with_ttl: bool = False) -> Read | None:
+        """Read ``plan``'s value (with its TTL for the local tier or ``with_ttl``: the read
+        script); ``None`` when Redis could not be reached, or when the group's generation
+        moved on at every attempt (counted and logged).
+
+        The hot path of every Redis hit, kept out of the flows (a flow costs it a few
+        percent); without a TTL it needs no Lua, which costs the server more than the GET.
+        """
+        core = self._core
+        fast = not with_ttl and not core.local_tier_enabled
+        for _ in range(GENERATION_ATTEMPTS):
+            guessed = core.guess(plan)
+            keys = [plan.generation_key, plan.data_key(guessed)]
+            if fast:
+                reply = self._call("get", self._mget, *keys)
+            else:
+                reply = self._call("get", self._read_reply, keys, [guessed])
+            if reply is FAILED:
+                return None
+            found = core.parse_read(plan, guessed, reply)
+            if found is not None:
+                return found
+        core.moved_too_often("get", plan)
+        return None
+
     def _mget(self, *keys: str) -> Any:
         return self._execute_command("MGET", *keys)
 
@@ -486,6 +526,12 @@ class SyncRedisCache(CoreFacade):
             )
         except self._no_script_error:
             return self._read_script(keys=keys, args=args)  # loads the script, then runs it
+
+    def _decode(self, plan: KeyPlan, found: Read, model: Any, epoch: int) -> Any:
+        try:
+            return self._core.decode_read(plan, found, model, epoch)
+        except CorruptValueError as error:
+            return self._run(flows.drop_corrupt(self._core, plan, found, error, model))
 
     def _unlink(self, data_keys: list[str], lease_keys: list[str]) -> int:
         if lease_keys:
