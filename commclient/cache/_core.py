@@ -551,6 +551,8 @@ class CacheCore:
         if message.prefix == self.prefix and message.origin != self.origin:
             self.metrics.invalidation(message.kind, "received")
             self.local.drop(message)
+            if message.group is not None and message.generation is not None:
+                self.remember_generation(message.group, str(message.generation))
         return message
 
     # -- listener state -----------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import queue
 import threading
 import time
@@ -188,7 +189,8 @@ def _delete(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) ->
 
 def _bump_generation(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
     generation = store.incr(keys[0])
-    store.publish(args[0], args[1])
+    message = {**json.loads(_bytes(args[1])), "generation": generation}
+    store.publish(args[0], json.dumps(message, separators=(",", ":")))
     return generation
 
 

@@ -34,6 +34,7 @@ class InvalidationMessage:
     ``kind`` is ``"key"`` (one key deleted), ``"pattern"`` (a glob over logical keys) or
     ``"group"`` (a group's generation was bumped). ``pattern`` is the glob matching the
     dropped keys for ``key`` and ``pattern`` messages, and ``None`` for ``group``.
+    ``generation`` is the group's new generation, added by Redis to a ``group`` message.
     """
 
     kind: InvalidationKind
@@ -42,6 +43,7 @@ class InvalidationMessage:
     origin: str
     pattern: str | None = None
     group: str | None = None
+    generation: int | None = None
 
     @classmethod
     def for_key(cls, prefix: str, key: str, count: int, origin: str) -> InvalidationMessage:
@@ -73,6 +75,8 @@ class InvalidationMessage:
             body["pattern"] = self.pattern
         if self.group is not None:
             body["group"] = self.group
+        if self.generation is not None:
+            body["generation"] = self.generation
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -85,7 +89,7 @@ class InvalidationMessage:
         if not isinstance(body, dict) or body.get("v") != MESSAGE_VERSION:
             return None
         kind, prefix, count, origin = (body.get(n) for n in ("kind", "prefix", "count", "origin"))
-        pattern, group = body.get("pattern"), body.get("group")
+        pattern, group, generation = body.get("pattern"), body.get("group"), body.get("generation")
         if (
             kind not in _KINDS
             or not isinstance(prefix, str)
@@ -95,6 +99,7 @@ class InvalidationMessage:
             or not isinstance(group, (str, type(None)))
             or (kind == "group") != (group is not None)
             or (kind != "group") != (pattern is not None)
+            or not (generation is None or (kind == "group" and type(generation) is int))
         ):
             return None
-        return cls(kind, prefix, count, origin, pattern=pattern, group=group)
+        return cls(kind, prefix, count, origin, pattern, group, generation)

@@ -72,10 +72,14 @@ redis.call('DEL', KEYS[2])
 return redis.call('UNLINK', KEYS[3])
 """
 
-# KEYS[1] generation key. ARGV[1] channel, ARGV[2] message. Returns the new generation.
+# KEYS[1] generation key. ARGV[1] channel, ARGV[2] message (JSON), published with the new
+# generation added, so that the other processes address the group's keys with it at once.
+# Returns the new generation.
 BUMP_GENERATION = """
 local generation = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+local message = cjson.decode(ARGV[2])
+message['generation'] = generation
+redis.call('PUBLISH', ARGV[1], cjson.encode(message))
 return generation
 """
 

@@ -385,6 +385,36 @@ def test_a_cache_addresses_the_generation_its_own_group_invalidation_made(
     run(scenario())
 
 
+def test_a_group_message_gives_other_caches_the_new_generation(
+    any_facade: Facade, redis_url: str, prefix: str, registry: CollectorRegistry
+) -> None:
+    """A cache whose listener heard another cache's group invalidation addresses the new
+    generation at once: its next write is not told that the group moved on."""
+
+    async def scenario() -> None:
+        async with (
+            any_facade.open(redis_url, prefix, config=LOCAL_TIER, registry=registry) as cache,
+            any_facade.open(redis_url, prefix) as other,
+        ):
+            assert await cache.start()
+            heard = {"cache_name": prefix, "kind": "group", "direction": "received"}
+            writes = {"cache_name": prefix, "operation": "set"}
+            for round_number in range(1, 4):
+                assert await other.invalidate_group("assistant")
+
+                async def arrived(expected: int = round_number) -> bool:
+                    return metric(registry, "redis_cache_invalidations_total", **heard) == expected
+
+                await eventually(arrived)
+                before = metric(registry, "redis_cache_operations_duration_seconds_count", **writes)
+                assert await cache.set("assistant:1", round_number) is True
+                after = metric(registry, "redis_cache_operations_duration_seconds_count", **writes)
+                assert after == before + 1
+                assert await other.get("assistant:1") == round_number
+
+    run(scenario())
+
+
 class RestlessStore(MemoryStore):
     """A store whose group generations move every time they are read."""
 
@@ -850,6 +880,8 @@ def test_subscribers_get_every_message_with_its_origin(
             origins = [m.origin for m in received]
             assert origins[:4] == [cache.cache.origin] * 4
             assert origins[4] == other.cache.origin != cache.cache.origin
+            # Redis adds the group's new generation to a group message (a fresh prefix: 1).
+            assert [m.generation for m in received] == [None, None, None, 1, None]
 
     run(scenario())
 

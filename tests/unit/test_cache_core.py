@@ -314,6 +314,7 @@ def test_messages_round_trip_and_match() -> None:
         InvalidationMessage.for_key("cache", "user:[1]", 1, "me"),
         InvalidationMessage.for_pattern("cache", "user:*", 3, "me"),
         InvalidationMessage.for_group("cache", "assistant", "me"),
+        InvalidationMessage("group", "cache", -1, "me", group="assistant", generation=7),
     ):
         assert InvalidationMessage.decode(message.encode()) == message
     key = InvalidationMessage.for_key("cache", "user:[1]", 1, "me")
@@ -334,6 +335,9 @@ def test_messages_round_trip_and_match() -> None:
         b'{"v": 1, "kind": "drop", "prefix": "c", "count": 1, "origin": "o", "pattern": "k"}',
         b'{"v": 1, "kind": "group", "prefix": "c", "count": 1, "origin": "o", "pattern": "k"}',
         b'{"v": 1, "kind": "key", "prefix": "c", "count": "1", "origin": "o", "pattern": "k"}',
+        b'{"v":1,"kind":"key","prefix":"c","count":1,"origin":"o","pattern":"k","generation":2}',
+        b'{"v":1,"kind":"group","prefix":"c","count":-1,"origin":"o","group":"g","generation":"2"}',
+        b'{"v":1,"kind":"group","prefix":"c","count":-1,"origin":"o","group":"g","generation":true}',
     ],
 )
 def test_malformed_messages_are_ignored(data: bytes) -> None:
