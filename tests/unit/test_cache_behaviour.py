@@ -347,10 +347,22 @@ def test_every_operation_acts_on_the_current_generation_when_it_moved_elsewhere(
             # The group moves between this cache's read and its read-or-lease: the
             # lease is not taken at the old generation (the second attempt takes it at
             # once, rather than waiting for it to expire); the value lands at the new one.
+            heard = {"cache_name": prefix, "kind": "group", "direction": "received"}
+            messages = metric(registry, "redis_cache_invalidations_total", **heard)
             assert await other.invalidate_group("assistant")
+            core = cache.cache._core
+            if config is not None:
+                # The listener learns the new generation from the message: wait for it,
+                # then give this cache the stale guess of one that has not heard it yet.
+
+                async def arrived() -> bool:
+                    total = metric(registry, "redis_cache_invalidations_total", **heard)
+                    return total == messages + 1
+
+                await eventually(arrived)
+            core.remember_generation("assistant", "0")
             labels = {"cache_name": prefix, "operation": "lease_acquire"}
             attempts = metric(registry, "redis_cache_operations_duration_seconds_count", **labels)
-            core = cache.cache._core
             plan = core.plan("assistant:4")
             job = flows.ReadThrough(plan, 60_000, 0.0, None, core.local_epoch())
             filled = await run_flow(cache, flows.fill(core, job), lambda: "filled")
