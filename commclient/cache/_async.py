@@ -150,11 +150,11 @@ class AsyncRedisCache(CoreFacade):
                 return value
             self._ensure_listener()
             epoch = core.local_epoch()
-        found = await self._read(plan)
-        if found is None:
+        read = await self._read(plan)
+        if read is None:
             core.unavailable(plan)
             return None
-        value = await self._decode(plan, found, model, epoch)
+        value = await self._decode(plan, read, model, epoch)
         return None if value is MISSING or value is MISMATCH else value
 
     async def get_raw(self, key: str) -> Any:
@@ -256,18 +256,18 @@ class AsyncRedisCache(CoreFacade):
         self._ensure_listener()
         job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
         flight_key = (key, model)
-        found = await self._read(plan, with_ttl=stale_s > 0)
-        if found is None:
+        read = await self._read(plan, with_ttl=stale_s > 0)
+        if read is None:
             core.unavailable(plan)
             return await self._join(flight_key, job.epoch, flows.load(core, job), loader)
-        value = await self._decode(plan, found, model, job.epoch)
+        value = await self._decode(plan, read, model, job.epoch)
         if value is MISMATCH:
             return await self._join(flight_key, job.epoch, flows.load(core, job), loader)
         if value is MISSING:
             return await self._join(flight_key, job.epoch, flows.fill(core, job), loader)
-        if core.is_fresh(found, stale_s) or flight_key in self._flights:
+        if core.is_fresh(read, stale_s) or flight_key in self._flights:
             return value
-        refresh = flows.refresh(core, job, found.generation, value)
+        refresh = flows.refresh(core, job, read.generation, value)
         try:
             return await self._join(flight_key, job.epoch, refresh, loader)
         except Exception as error:
@@ -529,11 +529,11 @@ class AsyncRedisCache(CoreFacade):
         except self._no_script_error:
             return await self._read_script(keys=keys, args=args)  # loads the script, then runs it
 
-    async def _decode(self, plan: KeyPlan, found: Read, model: Any, epoch: int) -> Any:
+    async def _decode(self, plan: KeyPlan, read: Read, model: Any, epoch: int) -> Any:
         try:
-            return self._core.decode_read(plan, found, model, epoch)
+            return self._core.decode_read(plan, read, model, epoch)
         except CorruptValueError as error:
-            return await self._run(flows.drop_corrupt(self._core, plan, found, error, model))
+            return await self._run(flows.drop_corrupt(self._core, plan, read, error, model))
 
     async def _unlink(self, data_keys: list[str], lease_keys: list[str]) -> int:
         if lease_keys:

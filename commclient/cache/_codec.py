@@ -170,11 +170,6 @@ def caller_copy(value: Any, model: Any) -> Any:
     return deepcopy(value)
 
 
-def is_immutable(model: Any) -> bool:
-    """Tell whether values of ``model`` can be shared between callers (see :func:`copier`)."""
-    return copier(model) is share
-
-
 # They refuse (TypeError) what is not of their kind.
 _SHALLOW_COPIES: dict[type, Copier] = {list: list.copy, set: set.copy, dict: dict.copy}
 

@@ -148,11 +148,11 @@ class SyncRedisCache(CoreFacade):
                 return value
             self._ensure_listener()
             epoch = core.local_epoch()
-        found = self._read(plan)
-        if found is None:
+        read = self._read(plan)
+        if read is None:
             core.unavailable(plan)
             return None
-        value = self._decode(plan, found, model, epoch)
+        value = self._decode(plan, read, model, epoch)
         return None if value is MISSING or value is MISMATCH else value
 
     def get_raw(self, key: str) -> Any:
@@ -254,18 +254,18 @@ class SyncRedisCache(CoreFacade):
         self._ensure_listener()
         job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
         flight_key = (key, model)
-        found = self._read(plan, with_ttl=stale_s > 0)
-        if found is None:
+        read = self._read(plan, with_ttl=stale_s > 0)
+        if read is None:
             core.unavailable(plan)
             return self._join(flight_key, job.epoch, flows.load(core, job), loader)
-        value = self._decode(plan, found, model, job.epoch)
+        value = self._decode(plan, read, model, job.epoch)
         if value is MISMATCH:
             return self._join(flight_key, job.epoch, flows.load(core, job), loader)
         if value is MISSING:
             return self._join(flight_key, job.epoch, flows.fill(core, job), loader)
-        if core.is_fresh(found, stale_s) or flight_key in self._flights:
+        if core.is_fresh(read, stale_s) or flight_key in self._flights:
             return value
-        refresh = flows.refresh(core, job, found.generation, value)
+        refresh = flows.refresh(core, job, read.generation, value)
         try:
             return self._join(flight_key, job.epoch, refresh, loader)
         except Exception as error:
@@ -527,11 +527,11 @@ class SyncRedisCache(CoreFacade):
         except self._no_script_error:
             return self._read_script(keys=keys, args=args)  # loads the script, then runs it
 
-    def _decode(self, plan: KeyPlan, found: Read, model: Any, epoch: int) -> Any:
+    def _decode(self, plan: KeyPlan, read: Read, model: Any, epoch: int) -> Any:
         try:
-            return self._core.decode_read(plan, found, model, epoch)
+            return self._core.decode_read(plan, read, model, epoch)
         except CorruptValueError as error:
-            return self._run(flows.drop_corrupt(self._core, plan, found, error, model))
+            return self._run(flows.drop_corrupt(self._core, plan, read, error, model))
 
     def _unlink(self, data_keys: list[str], lease_keys: list[str]) -> int:
         if lease_keys:

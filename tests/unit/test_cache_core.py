@@ -30,7 +30,7 @@ from commclient.cache import (
     glob_matches,
     group_of,
 )
-from commclient.cache._codec import Codec, CorruptValueError, ModelMismatchError, is_immutable
+from commclient.cache._codec import Codec, CorruptValueError, ModelMismatchError, copier, share
 from commclient.cache._core import CacheCore
 from commclient.cache._instruments import CacheMetrics
 from commclient.cache._keys import KeyLayout, validate_key, validate_prefix
@@ -282,13 +282,13 @@ def test_codec_tells_another_model_from_corruption(data: bytes, model: Any) -> N
 
 
 def test_immutability() -> None:
-    assert is_immutable(Frozen)
-    assert is_immutable(FrozenData)
-    assert is_immutable(str)
-    assert not is_immutable(Mutable)
-    assert not is_immutable(MutableData)
-    assert not is_immutable(None)
-    assert not is_immutable(list[Frozen])
+    assert copier(Frozen) is share
+    assert copier(FrozenData) is share
+    assert copier(str) is share
+    assert copier(Mutable) is not share
+    assert copier(MutableData) is not share
+    assert copier(None) is not share
+    assert copier(list[Frozen]) is not share
 
 
 def test_shallowly_frozen_models_are_not_shared() -> None:
@@ -302,8 +302,8 @@ def test_shallowly_frozen_models_are_not_shared() -> None:
         pairs: tuple[tuple[str, int], ...]
         label: str | None
 
-    assert not is_immutable(Tagged)
-    assert is_immutable(Nested) == is_immutable(FrozenData)
+    assert copier(Tagged) is not share
+    assert (copier(Nested) is share) == (copier(FrozenData) is share)
 
 
 # -- messages ---------------------------------------------------------------------------
