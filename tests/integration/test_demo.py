@@ -79,7 +79,10 @@ def test_with_redis_the_demo_uses_its_own_stream_and_removes_it() -> None:
 
     with RedisServer() as server:
         out = io.StringIO()
-        status = asyncio.run(demo.run_demo(6, server.url, out=out, live=False))
+        # Long enough that reminders are sent whatever the fault window does: a healthy
+        # phase of several reminder runs, and runs after the breaker closed again (in a
+        # 6 s run, a late first run and an open breaker can leave none).
+        status = asyncio.run(demo.run_demo(10, server.url, out=out, live=False))
         text = out.getvalue()
         assert status == 0, text
         assert f"Redis at {server.url}, stream queue:to_secretary:demo-" in text
