@@ -143,3 +143,18 @@ def test_installed_distribution_ships_the_monitoring_files() -> None:
 
     expected = {f"commclient/monitoring/{name}" for name in SHIPPED_FILES}
     assert expected <= installed_files()
+
+
+def test_version_is_the_distribution_version() -> None:
+    import commclient
+
+    try:
+        expected = importlib.metadata.version("commclient")
+    except importlib.metadata.PackageNotFoundError:
+        expected = "0+unknown"
+    assert commclient.__version__ == expected
+
+
+def test_installed_distribution_ships_the_license() -> None:
+    files = installed_files()
+    assert any(path.endswith("LICENSE") for path in files), sorted(files)[:20]
