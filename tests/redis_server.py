@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import pytest
+from tests.prerequisites import missing
 
 READY_TIMEOUT = 10.0
 
@@ -40,10 +40,7 @@ def require_redis_server() -> str:
     """The executable, or skip (locally) / fail (when ``CI`` is set) if there is none."""
     executable = redis_server_executable()
     if executable is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing("redis-server is not installed (apt-get install redis-server)")
     return executable
 
 
@@ -249,13 +246,14 @@ class RedisClusterServers:
 
 
 class RedisSentinelServer:
-    """One ``redis-sentinel`` process on loopback watching ``master`` as ``service``."""
+    """One Sentinel process on loopback watching ``master`` as ``service``.
+
+    ``redis-server --sentinel`` is the same program as ``redis-sentinel``, so the Sentinel tests
+    need nothing beyond ``redis-server``.
+    """
 
     def __init__(self, master: RedisServer, service: str = "cache-primary") -> None:
-        executable = shutil.which("redis-sentinel")
-        if executable is None:
-            pytest.skip("redis-sentinel is not installed (apt-get install redis-sentinel)")
-        self.executable = executable
+        self.command = [require_redis_server(), "--sentinel"]
         self.master = master
         self.service = service
         self.port = free_port()
@@ -271,7 +269,7 @@ class RedisSentinelServer:
         )
         log = (self._workdir / "sentinel.log").open("ab")
         self._process = subprocess.Popen(
-            [self.executable, str(config)], stdout=log, stderr=subprocess.STDOUT
+            [self.command[0], str(config), *self.command[1:]], stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT

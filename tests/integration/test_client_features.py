@@ -23,6 +23,7 @@ from commclient import (
 )
 from tests.http_server import ServerProcess
 from tests.integration.conftest import Driver, Names, fast_config
+from tests.prerequisites import missing
 
 
 def test_request_raw_reaches_what_json_cannot(make: Any, http_server: ServerProcess) -> None:
@@ -170,7 +171,7 @@ def _issue(directory: Path, name: str, extensions: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
+        missing("needs the openssl command (Debian package openssl)")
     directory = tmp_path_factory.mktemp("tls")
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",

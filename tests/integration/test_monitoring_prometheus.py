@@ -45,6 +45,7 @@ from tests.monitoring_queries import (
     panel_expressions,
     rule_expressions,
 )
+from tests.prerequisites import missing
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.facade_async, pytest.mark.facade_sync]
 
@@ -271,7 +272,7 @@ async def _cron_service(
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     if shutil.which("prometheus") is None:
-        pytest.skip("no prometheus")
+        missing("prometheus is not on PATH (Debian package prometheus)")
     directory = tmp_path_factory.mktemp("prometheus")
     export(directory / "exported")
     rules = directory / "exported" / "prometheus" / "commclient-rules.yml"
