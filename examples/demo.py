@@ -17,6 +17,13 @@ queue twice. The cache and the trigger queue are in memory unless a Redis URL is
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file: make the repository root importable, as `python -m` does.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import asyncio
 import itertools

@@ -10,6 +10,14 @@ calls were made along the way.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file: make the repository root importable, as `python -m` does.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
 import asyncio
 import os
 from typing import Any
@@ -149,7 +157,13 @@ async def run_demo(
 
 
 def main() -> None:
-    redis_url = os.environ.get("REDIS_URL") or None
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL") or None,
+        help="Redis for the cache (default: $REDIS_URL; none: an in-memory cache)",
+    )
+    redis_url = parser.parse_args().redis_url
     print(f"cache: {'Redis at ' + redis_url if redis_url else 'in memory (no REDIS_URL)'}")
     asyncio.run(run_demo(redis_url))
 

@@ -8,6 +8,13 @@ stops gracefully: running jobs get ``--shutdown-timeout`` seconds, every run is 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file: make the repository root importable, as `python -m` does.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import argparse
 import asyncio
 import logging

@@ -7,6 +7,13 @@ reads, which is only useful to try the endpoints.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file: make the repository root importable, as `python -m` does.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import argparse
 import os
 
@@ -22,6 +29,8 @@ def main() -> None:
     import uvicorn
 
     cache = create_async_cache(os.environ.get("REDIS_URL") or None, prefix="assistant_cache")
+    where = f"Redis at {os.environ['REDIS_URL']}" if os.environ.get("REDIS_URL") else "in memory"
+    print(f"REST service: http://{args.host}:{args.port} (cache invalidation: {where})", flush=True)
     uvicorn.run(create_app(cache=cache), host=args.host, port=args.port, log_level="warning")
 
 
