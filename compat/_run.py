@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._bridge import checked_timeout, default_bridge, reset_in_forked_child
 from ._context import clear_loop_local, copy_back, held_slots
-from ._errors import require_anyio
+from ._errors import require_anyio, require_function
 
 if TYPE_CHECKING:
     from anyio import Event
@@ -75,6 +75,7 @@ def run_sync(  # type: ignore[misc]  # the implementation of both overloads
     the other arguments are positional. A :class:`BridgeCancelledError` says the coroutine
     was cancelled by something else on the loop.
     """
+    require_function(async_fn, "compat.run_sync()", asynchronous=True)
     return default_bridge().call(async_fn, args, kwargs, checked_timeout(timeout))
 
 
@@ -216,6 +217,7 @@ async def run_blocking(sync_fn: Callable[P, T], /, *args: P.args, **kwargs: P.kw
     for the hang; bound the blocking function itself (its own socket timeouts).
     """
     require_anyio("compat.run_blocking")
+    require_function(sync_fn, "compat.run_blocking()", asynchronous=False)
     import anyio.to_thread
 
     pool = _blocking_limit.pool()

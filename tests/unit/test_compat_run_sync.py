@@ -10,7 +10,7 @@ import threading
 import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -21,6 +21,7 @@ from compat import (
     BridgeStoppedError,
     EventLoopRunningError,
     bridge_portal,
+    run_blocking,
     run_sync,
     start_bridge,
     stop_bridge,
@@ -483,3 +484,37 @@ def test_a_cancellation_inside_does_not_end_a_worker_thread() -> None:
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         assert pool.submit(worker).result(timeout=30) == "BridgeCancelledError"
+
+
+def test_a_coroutine_object_is_refused_with_what_to_pass_instead() -> None:
+    async def load() -> int:
+        return 1
+
+    coroutine: Any = load()
+    try:
+        with pytest.raises(TypeError, match=r"not an awaitable.*load.*pass the function"):
+            run_sync(coroutine)
+    finally:
+        coroutine.close()
+
+
+def test_something_not_callable_is_refused_naming_it() -> None:
+    with pytest.raises(TypeError, match=r"compat.run_sync\(\) takes an async function; got int"):
+        run_sync(cast(Any, 42))
+
+
+def test_run_blocking_refuses_an_async_function_and_a_coroutine() -> None:
+    async def fetch() -> int:
+        return 1
+
+    async def main() -> None:
+        with pytest.raises(TypeError, match=r"fetch.*is an async function: await it"):
+            await run_blocking(cast(Any, fetch))
+        coroutine: Any = fetch()
+        try:
+            with pytest.raises(TypeError, match=r"run_blocking.*not an awaitable"):
+                await run_blocking(coroutine)
+        finally:
+            coroutine.close()
+
+    asyncio.run(main())
