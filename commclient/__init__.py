@@ -22,6 +22,7 @@ from ._errors import (
     ServiceTimeoutError,
     ServiceUnavailableError,
 )
+from ._inbound import continue_from_stream_entry, stream_entry_fields
 from ._response import Headers, ServiceResponse
 from ._wire import JSON_NULL
 
@@ -49,7 +50,9 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which test_packaging checks
     "ServiceTimeoutError",
     "ServiceUnavailableError",
     "SyncServiceClient",
+    "continue_from_stream_entry",
     "correlation_id_ctx",
+    "stream_entry_fields",
 ]
 
 

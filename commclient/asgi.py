@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Seque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from commclient._inbound import CorrelationIdMiddleware
 from commclient.cache._keys import build_pattern, validate_group, validate_pattern
 
 Scope = MutableMapping[str, Any]
@@ -37,6 +38,7 @@ MUTATING_METHODS: frozenset[str] = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 __all__ = [  # noqa: RUF022  # plain sorted(), as the packaging test checks
     "ASGIApp",
     "CacheInvalidationMiddleware",
+    "CorrelationIdMiddleware",
     "DEFAULT_INVALIDATION_RULES",
     "InvalidationRule",
     "Message",

@@ -21,7 +21,7 @@ TOP_LEVEL_PACKAGES = ["commclient", "compat", "cron_migration"]
 # Every package with a public namespace of its own.
 PUBLIC_PACKAGES = [*TOP_LEVEL_PACKAGES, "commclient.cache", "commclient.monitoring"]
 # Public modules that are not packages: their __all__ is checked for order and existence.
-PUBLIC_MODULES = ["commclient.asgi"]
+PUBLIC_MODULES = ["commclient.asgi", "commclient.wsgi"]
 # Importing the core must not pull in either facade's transport.
 TRANSPORTS = ["httpx", "requests"]
 OWN_PACKAGES = {"commclient", "compat", "cron_migration"}

@@ -1,0 +1,160 @@
+"""Inbound correlation: continue the caller's correlation id and trace in this service.
+
+A request (ASGI or WSGI) or a stream entry carries ``X-Correlation-ID`` and W3C
+``traceparent``/``tracestate``; for the duration of its handling, ``correlation_id_ctx`` and
+the trace context are set from them, so every outgoing call of the handler, every log record
+and every stream entry it appends continue the same chain.
+
+Which id wins: a valid ``X-Correlation-ID`` (printable ASCII, at most 128 characters); else
+the trace id of a valid ``traceparent``; else a new id. A value that is present but unsafe
+(too long, control characters) is replaced, never propagated, and the replacement logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from ._correlation import (
+    CORRELATION_HEADER,
+    correlation_id_ctx,
+    is_valid_correlation_id,
+    new_correlation_id,
+    outgoing_correlation_id,
+)
+from ._tracecontext import (
+    TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
+    TraceParent,
+    inbound_trace_ctx,
+    outgoing_trace_headers,
+    parse_traceparent,
+)
+
+logger = logging.getLogger("commclient")
+
+#: The field names a stream entry carries the chain in (see :func:`stream_entry_fields`).
+CORRELATION_FIELD = "correlation_id"
+
+
+def chosen_context(
+    correlation_id: str | None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
+) -> tuple[str, TraceParent | None]:
+    """The correlation id and trace context inbound work continues (module docstring)."""
+    trace = parse_traceparent(traceparent, tracestate)
+    if correlation_id is not None and is_valid_correlation_id(correlation_id):
+        return correlation_id, trace
+    chosen = trace.trace_id if trace is not None else new_correlation_id()
+    if correlation_id is not None:
+        logger.warning(
+            "unsafe inbound correlation id replaced",
+            extra={"correlation_id": chosen, "rejected_length": len(correlation_id)},
+        )
+    return chosen, trace
+
+
+def enter(correlation_id: str, trace: TraceParent | None) -> None:
+    """Set the chain in the current context (for a context that is thrown away afterwards)."""
+    correlation_id_ctx.set(correlation_id)
+    inbound_trace_ctx.set(trace)
+
+
+@contextlib.contextmanager
+def continued(
+    correlation_id: str | None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
+) -> Iterator[str]:
+    """Set the correlation id and trace context of inbound work for the block; yield the id."""
+    chosen, trace = chosen_context(correlation_id, traceparent, tracestate)
+    id_token = correlation_id_ctx.set(chosen)
+    trace_token = inbound_trace_ctx.set(trace)
+    try:
+        yield chosen
+    finally:
+        inbound_trace_ctx.reset(trace_token)
+        correlation_id_ctx.reset(id_token)
+
+
+def stream_entry_fields() -> dict[str, str]:
+    """The fields to add to a message (a Redis stream entry) so its consumer continues the chain.
+
+    Empty when there is no correlation id in the current context.
+    """
+    correlation_id = outgoing_correlation_id()
+    if correlation_id is None:
+        return {}
+    return {CORRELATION_FIELD: correlation_id, **outgoing_trace_headers(correlation_id)}
+
+
+def continue_from_stream_entry(
+    fields: Mapping[str, Any] | Mapping[bytes, Any],
+) -> contextlib.AbstractContextManager[str]:
+    """Continue the chain of a stream entry written with :func:`stream_entry_fields`.
+
+    ``fields`` as redis-py returns them (``bytes`` or ``str`` keys and values). Use as
+    ``with continue_from_stream_entry(fields) as correlation_id: handle(fields)``.
+    """
+    text = {_text(name): _text(value) for name, value in fields.items()}
+    return continued(
+        text.get(CORRELATION_FIELD), text.get(TRACEPARENT_HEADER), text.get(TRACESTATE_HEADER)
+    )
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+Scope = Any
+ASGIReceive = Callable[[], Any]
+ASGISend = Callable[[Any], Any]
+
+
+class CorrelationIdMiddleware:
+    """Continue the caller's correlation id and trace for each ASGI request.
+
+    ``app = CorrelationIdMiddleware(app)`` or, in FastAPI/Starlette,
+    ``app.add_middleware(CorrelationIdMiddleware)``. The id is echoed in the response's
+    ``X-Correlation-ID`` header (``echo=False`` turns that off).
+    """
+
+    def __init__(self, app: Callable[..., Any], *, echo: bool = True) -> None:
+        self.app = app
+        self.echo = echo
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = _asgi_headers(scope.get("headers") or ())
+        with continued(
+            headers.get(CORRELATION_HEADER.lower()),
+            headers.get(TRACEPARENT_HEADER),
+            headers.get(TRACESTATE_HEADER),
+        ) as correlation_id:
+            if not self.echo or scope["type"] != "http":
+                await self.app(scope, receive, send)
+                return
+            echoed = (CORRELATION_HEADER.lower().encode(), correlation_id.encode("ascii"))
+
+            async def send_with_id(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    message = dict(message)
+                    message["headers"] = [*message.get("headers", ()), echoed]
+                await send(message)
+
+            await self.app(scope, receive, send_with_id)
+
+
+def _asgi_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The first value of each header, names lower-cased (ASGI sends them lower-cased)."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return headers
