@@ -33,6 +33,7 @@ from ._job import (
     is_async_callable,
 )
 from ._metrics import CronMetrics
+from ._routing import LoopSwitch, RunSlots
 
 
 class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
@@ -44,23 +45,32 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
     awaited there instead of being left un-awaited. Either way each run knows its job id
     and scheduled run time (:func:`current_scheduled_run`), which a lease needs.
 
-    ``async_jobs``: ids of the async jobs that run on the scheduler's loop; the other
-    async jobs run as under the legacy scheduler, on compat's background loop (None: all
-    on the scheduler's loop). This is the per-job switch of an incremental migration.
+    ``async_jobs``: ids of the async jobs that run on the scheduler's loop, or a
+    :class:`LoopSwitch` (a rule: on the loop unless switched off, for jobs added later
+    too); the other async jobs run as under the legacy scheduler, on compat's background
+    loop (None: all on the scheduler's loop). This is the per-job switch of an incremental
+    migration. ``max_workers``: at most this many runs at once (None: no limit), as a
+    legacy thread pool of that size allowed.
     """
 
     def __init__(
         self,
-        async_jobs: Collection[str] | None = None,
+        async_jobs: Collection[str] | LoopSwitch | None = None,
         *,
         registry: CollectorRegistry | None = None,
+        max_workers: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(async_jobs, str):
             raise TypeError(
                 f"async_jobs must be a collection of job ids, not a string: {async_jobs!r}"
             )
-        self.async_jobs = None if async_jobs is None else frozenset(async_jobs)
+        self.async_jobs: Collection[str] | LoopSwitch | None = (
+            async_jobs
+            if async_jobs is None or isinstance(async_jobs, LoopSwitch)
+            else frozenset(async_jobs)
+        )
+        self.slots = RunSlots(max_workers)
         self._registry = registry
         self._loop: asyncio.AbstractEventLoop | None = None
         # Added by the scheduler's thread, removed by the thread that ends the run.
@@ -154,10 +164,11 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                     self._logger.warning('Run time of job "%s" was missed by %s', job, late)
                     continue
             self._logger.info('Running job "%s" (scheduled at %s)', job, run_time)
-            token = _scheduled_run.set(ScheduledRun(job.id, run_time))
+            token = _scheduled_run.set(ScheduledRun(job.id, run_time, self._scheduler))
             target_token = _run_target.set(_called_job(job.func))
             try:
-                result = await self._call(job)
+                async with self.slots:
+                    result = await self._call(job)
             except asyncio.CancelledError:
                 raise
             except BaseException as caught:
