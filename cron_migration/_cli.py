@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ._audit import audit_paths
+from ._extras import import_needing_scheduler
 
 
 class UsageError(Exception):
@@ -18,7 +19,12 @@ class UsageError(Exception):
 
 def load_scheduler(spec: str) -> Any:
     """The scheduler ``module:attribute`` names (or a function returning one)."""
-    from apscheduler.schedulers.base import BaseScheduler
+    try:
+        BaseScheduler = import_needing_scheduler(  # noqa: N806
+            "apscheduler.schedulers.base", "cron_migration"
+        ).BaseScheduler
+    except ImportError as exc:
+        raise UsageError(str(exc)) from exc
 
     module_name, colon, attribute = spec.partition(":")
     if not colon or not module_name or not attribute:
@@ -53,9 +59,9 @@ def load_scheduler(spec: str) -> Any:
 
 
 def plan(spec: str, check: bool, async_jobs: str | None) -> int:
+    scheduler = load_scheduler(spec)
     from ._migrate import migrate_scheduler
 
-    scheduler = load_scheduler(spec)
     switch = None if async_jobs is None else [j.strip() for j in async_jobs.split(",") if j.strip()]
     try:
         _, report = migrate_scheduler(scheduler, async_jobs=switch, lag_monitor=False)
