@@ -20,7 +20,7 @@ class UsageError(Exception):
 def load_scheduler(spec: str) -> Any:
     """The scheduler ``module:attribute`` names (or a function returning one)."""
     try:
-        BaseScheduler = import_needing_scheduler(  # noqa: N806
+        BaseScheduler = import_needing_scheduler(
             "apscheduler.schedulers.base", "cron_migration"
         ).BaseScheduler
     except ImportError as exc:
