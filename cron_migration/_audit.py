@@ -18,8 +18,8 @@ The rules, each with a code (:data:`RULES`):
   old helpers can be removed.
 
 Names are followed through imports (absolute and relative), module-level and local
-assignments, ``with ... as`` targets, parameter annotations, ``self`` attributes and class
-attributes, so ``SESSION = requests.Session()`` at module level makes ``SESSION.get()`` a
+assignments, ``with ... as`` targets, parameter and return annotations, ``self`` attributes
+and class attributes, so ``SESSION = requests.Session()`` at module level makes ``SESSION.get()`` a
 raw request wherever ``SESSION`` is imported. Jobs are the functions decorated with
 ``@migrated_job`` or ``@<scheduler>.scheduled_job(...)``, and those passed to ``add_job``
 (positionally, as ``func=``, or as a ``"module:function"`` string) from any module of the
@@ -462,6 +462,11 @@ class _Project:
         callee = self.resolve(node.func, scope, depth)
         if _is_job_decorator(callee) and node.args:
             return self.resolve(node.args[0], scope, depth)
+        function = self.functions.get(callee.name) if isinstance(callee, Ref) else None
+        if function is not None and function.returns is not None:
+            # A factory of the tree: what its return annotation names.
+            local = self.function_scopes[function]
+            return self._value(_Binding("annotation", function.returns, local), depth)
         return self._instance_of(callee)
 
     # Jobs: what add_job, scheduled_job and migrated_job name, across the tree.
@@ -901,7 +906,6 @@ def to_sarif(findings: Sequence[Finding]) -> dict[str, Any]:
                 "tool": {
                     "driver": {
                         "name": "cron_migration audit",
-                        "informationUri": "https://github.com/commclient/commclient#cron-migration",
                         "rules": [
                             {
                                 "id": code,
