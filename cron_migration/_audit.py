@@ -277,6 +277,7 @@ class _Project:
         self.classes: dict[str, _Class] = {}
         self.functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
         self.function_scopes: dict[ast.AST, _Scope] = {}
+        self.job_lambdas: set[ast.Lambda] = set()
         for module in modules:
             self._index(module.tree.body, module.scope, module.name, None)
 
@@ -460,7 +461,8 @@ class _Project:
             # migrated_job(timeout=60)(function): the job is the function.
             return self.resolve(node.args[0], scope, depth) if node.args else None
         callee = self.resolve(node.func, scope, depth)
-        if _is_job_decorator(callee) and node.args:
+        if (_is_job_decorator(callee) or callee == Ref("functools.partial")) and node.args:
+            # migrated_job(function), partial(function, ...): the function, for jobs.
             return self.resolve(node.args[0], scope, depth)
         function = self.functions.get(callee.name) if isinstance(callee, Ref) else None
         if function is not None and function.returns is not None:
@@ -498,6 +500,9 @@ class _Project:
             yield from self._calls(ast.iter_child_nodes(node), scope)
 
     def _job_target(self, target: ast.expr, scope: _Scope) -> str | None:
+        if isinstance(target, ast.Lambda):
+            self.job_lambdas.add(target)
+            return None
         if isinstance(target, ast.Constant) and isinstance(target.value, str):
             module, _, attribute = target.value.partition(":")
             return f"{module}.{attribute}" if attribute else None
@@ -533,6 +538,9 @@ def _keyword(node: ast.Call, name: str) -> ast.expr | None:
     return next((k.value for k in node.keywords if k.arg == name), None)
 
 
+_FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
+
+
 def _is_job_decorator(value: Value | None) -> bool:
     return isinstance(value, Ref) and value.name.rpartition(".")[2] == "migrated_job"
 
@@ -544,8 +552,9 @@ def _is_job_decorator(value: Value | None) -> bool:
 class _Context:
     """Where a call is: the enclosing functions, innermost last."""
 
-    functions: list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]
+    functions: list[tuple[str, _FunctionNode]]
     jobs: set[str]
+    job_lambdas: set[ast.Lambda]
 
     @property
     def in_async(self) -> bool:
@@ -553,7 +562,7 @@ class _Context:
 
     @property
     def in_job(self) -> bool:
-        return any(name in self.jobs for name, _ in self.functions)
+        return any(name in self.jobs or node in self.job_lambdas for name, node in self.functions)
 
     @property
     def owner(self) -> str | None:
@@ -564,6 +573,8 @@ class _Context:
         if not self.functions:
             return "at module level"
         node = self.functions[-1][1]
+        if isinstance(node, ast.Lambda):
+            return "in a lambda"
         prefix = "async def " if isinstance(node, ast.AsyncFunctionDef) else ""
         return f"in {prefix}{node.name}"
 
@@ -596,7 +607,7 @@ class _Auditor:
         self,
         nodes: Iterable[ast.AST],
         scope: _Scope,
-        functions: list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]],
+        functions: list[tuple[str, _FunctionNode]],
         prefix: str,
     ) -> None:
         for node in nodes:
@@ -606,7 +617,7 @@ class _Auditor:
         self,
         node: ast.AST,
         scope: _Scope,
-        functions: list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]],
+        functions: list[tuple[str, _FunctionNode]],
         prefix: str,
         awaited: bool = False,
     ) -> None:
@@ -637,8 +648,14 @@ class _Auditor:
         if isinstance(node, ast.Await):
             self._visit(node.value, scope, functions, prefix, awaited=True)
             return
+        if isinstance(node, ast.Lambda):
+            self._walk(node.args.defaults, scope, functions, prefix)
+            name = f"{prefix}.<lambda>"
+            self._visit(node.body, scope, [*functions, (name, node)], prefix)
+            return
         if isinstance(node, ast.Call):
-            self._call(node, scope, _Context(functions, self.jobs), awaited)
+            context = _Context(functions, self.jobs, self.project.job_lambdas)
+            self._call(node, scope, context, awaited)
         for child in ast.iter_child_nodes(node):
             self._visit(child, scope, functions, prefix)
 

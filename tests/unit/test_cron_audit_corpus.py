@@ -46,11 +46,20 @@ def precision_recall() -> tuple[
 def test_the_corpus_lists_findings_of_every_rule() -> None:
     codes = {code for _, _, code in expected_findings()}
     assert codes == {"CM001", "CM002", "CM003", "CM004"}
-    assert sum(expected_findings().values()) >= 30
+    packages = {path.split("/")[0] for path, _, _ in expected_findings()}
+    # modern_cron, already migrated, expects nothing: it is there for false positives.
+    assert packages == {"billing_cron", "crm_jobs", "inventory_sync", "notifier", "reports_service"}
+
+
+# What the syntax cannot tell, listed so that the figures in the README stay exact:
+# a request method chosen at run time, getattr(session, method)(...).
+KNOWN_MISSES = Counter({("inventory_sync/warehouse.py", 24, "CM001"): 1})
 
 
 def test_the_audit_finds_exactly_the_corpus_findings() -> None:
     precision, recall, missed, extra = precision_recall()
-    assert not missed, f"missed: {sorted(missed)}"
+    assert missed == KNOWN_MISSES, f"missed: {sorted(missed)}"
     assert not extra, f"false positives: {sorted(extra)}"
-    assert (precision, recall) == (1.0, 1.0)
+    # The README's figures: 51 expected findings, 50 found, none found wrongly.
+    assert sum(expected_findings().values()) == 51
+    assert (precision, round(recall, 3)) == (1.0, 0.980)
