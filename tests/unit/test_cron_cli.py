@@ -239,3 +239,34 @@ def test_audit_lists_the_calls_of_helpers_that_make_raw_calls(
     assert all("old_client.fetch() in job makes raw HTTP calls" in line for line in found)
     assert all(f"({package / 'old_client.py'}:4)" in line for line in found)
     assert "3 call site(s) to migrate" in out
+
+
+MANAGER_MODULE = """
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+scheduler = BlockingScheduler()
+
+def cleanup():
+    pass
+
+def manager():
+    scheduler.reschedule_job("cleanup", trigger="interval", minutes=5)
+
+scheduler.add_job(cleanup, "interval", minutes=1, id="cleanup")
+scheduler.add_job(manager, "interval", minutes=1, id="manager")
+"""
+
+
+def test_plan_warns_of_a_job_that_drives_the_old_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"manager_cron_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(MANAGER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["plan", f"{name}:scheduler", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "CANNOT MOVE AS IS: manager: its code uses the old scheduler "
+        "(scheduler.reschedule_job on line 10)"
+    ) in out
+    assert "cleanup: its code" not in out
