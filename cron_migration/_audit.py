@@ -672,15 +672,14 @@ class _Auditor:
             return
         where = context.where()
         if name in _RAW_CALLS:
-            display = name.replace("requests.Session.", "requests.Session().")
             blocking = not name.startswith("httpx.AsyncClient.")
             finding = self._add(
-                node, "CM001", f"raw {display}() {where}: use SyncServiceClient/AsyncServiceClient"
+                node, "CM001", f"raw {name}() {where}: use SyncServiceClient/AsyncServiceClient"
             )
             if context.owner is not None:
                 self.raw_callers.setdefault(context.owner, (finding, blocking))
             if context.in_async and blocking:
-                self._add(node, "CM003", f"blocking {display}() {where}: it stalls the event loop")
+                self._add(node, "CM003", f"blocking {name}() {where}: it stalls the event loop")
             return
         if name in _LOOP_CALLS or name.endswith(".run_until_complete"):
             if context.in_job:

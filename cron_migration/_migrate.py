@@ -38,7 +38,7 @@ from apscheduler.util import get_callable_name, undefined
 from prometheus_client import CollectorRegistry
 
 from ._context import INTERNAL_LISTENER
-from ._executor import MigrationExecutor
+from ._executor import MigrationExecutor, _called_job
 from ._job import MigratedJob, is_async_callable
 from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
 from ._routing import LoopSwitch
@@ -443,7 +443,7 @@ def _describe(
         )
     if isinstance(new_executor, ProcessPoolExecutor):
         path = "a child process of the process pool, as before the migration"
-        if isinstance(_unwrapped(func), MigratedJob) or is_async:
+        if isinstance(_called_job(func), MigratedJob) or is_async:
             report.problems.append(
                 MigrationProblem(
                     job.id,
@@ -495,18 +495,12 @@ def _describe(
     )
 
 
-def _unwrapped(func: Any) -> Any:
-    while isinstance(func, functools.partial):
-        func = func.func
-    return getattr(func, "__func__", func)
-
-
-def _code_of(func: Any) -> Any:
+def _code_of(func: Callable[..., Any]) -> Any:
     """The plain function whose source is the job's code."""
-    func = _unwrapped(func)
-    if isinstance(func, MigratedJob):
-        func = func.func
-    return inspect.unwrap(_unwrapped(func))
+    target: Any = _called_job(func)
+    if isinstance(target, MigratedJob):
+        target = _called_job(target.func)
+    return inspect.unwrap(target) if callable(target) else target
 
 
 def _old_scheduler_uses(old: Any, func: Callable[..., Any]) -> list[str]:
