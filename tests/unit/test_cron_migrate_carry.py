@@ -273,3 +273,42 @@ def test_a_job_driving_the_old_scheduler_is_reported_and_a_run_reaches_its_own()
 
     new = asyncio.run(main())
     assert seen == [new]
+
+
+class Maintenance:
+    """Jobs as methods of an object that keeps the scheduler."""
+
+    def __init__(self, scheduler: BackgroundScheduler) -> None:
+        self.scheduler = scheduler
+
+    def pause_reports(self) -> None:
+        self.scheduler.pause_job("report")
+
+    def harmless(self) -> None:
+        """Never touches a scheduler."""
+
+
+def drives_through_the_module() -> None:
+    """Reaches the old scheduler as an attribute of this test module."""
+    tests_module.legacy_scheduler.modify_job("manager", max_instances=2)
+
+
+import tests.unit.test_cron_migrate_carry as tests_module  # noqa: E402
+
+
+def test_uses_through_self_and_a_module_attribute_are_reported() -> None:
+    old = BackgroundScheduler()
+    maintenance = Maintenance(old)
+    old.add_job(maintenance.pause_reports, "interval", minutes=5, id="pause")
+    old.add_job(maintenance.harmless, "interval", minutes=5, id="harmless")
+    _, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    assert [
+        (p.subject, "self.scheduler.pause_job on line" in p.message) for p in report.problems
+    ] == [("pause", True)]
+    legacy_scheduler.add_job(drives_through_the_module, "interval", minutes=5, id="module")
+    try:
+        _, report = migrate_scheduler(legacy_scheduler, async_jobs=[], lag_monitor=False)
+    finally:
+        legacy_scheduler.remove_all_jobs()
+    (problem,) = report.problems
+    assert "tests_module.legacy_scheduler.modify_job on line" in problem.message
