@@ -109,11 +109,13 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
         run: asyncio.Future[Any] | concurrent.futures.Future[Any]
         if self._loop is not None:
-            run = self._loop.create_task(self._run(job, run_times), name=f"cron job {job.id}")
+            run = self._loop.create_task(
+                self._run_in_slot(job, run_times), name=f"cron job {job.id}"
+            )
         else:
             from compat import bridge_portal
 
-            run = bridge_portal().start_task_soon(self._run, job, run_times)
+            run = bridge_portal().start_task_soon(self._run_in_slot, job, run_times)
         with self._in_flight_lock:
             self._in_flight.add(run)
         run.add_done_callback(self._make_done_callback(job.id))
@@ -151,6 +153,11 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
             error,
         )
 
+    async def _run_in_slot(self, job: Job, run_times: list[datetime]) -> list[JobExecutionEvent]:
+        """:meth:`_run` once a slot is free: late runs count as missed, as in a full pool."""
+        async with self.slots:
+            return await self._run(job, run_times)
+
     async def _run(self, job: Job, run_times: list[datetime]) -> list[JobExecutionEvent]:
         """What APScheduler's run_job does, with each call told its scheduled run time."""
         events = []
@@ -167,8 +174,7 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
             token = _scheduled_run.set(ScheduledRun(job.id, run_time, self._scheduler))
             target_token = _run_target.set(_called_job(job.func))
             try:
-                async with self.slots:
-                    result = await self._call(job)
+                result = await self._call(job)
             except asyncio.CancelledError:
                 raise
             except BaseException as caught:
