@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -312,3 +313,26 @@ def test_uses_through_self_and_a_module_attribute_are_reported() -> None:
         legacy_scheduler.remove_all_jobs()
     (problem,) = report.problems
     assert "tests_module.legacy_scheduler.modify_job on line" in problem.message
+
+
+def test_a_job_on_the_carried_process_pool_runs_in_a_child_process() -> None:
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+
+    old = BackgroundScheduler(executors={"processpool": ProcessPoolExecutor(1)})
+    now = datetime.now(timezone.utc)
+    old.add_job(os.getpid, "date", run_date=now, id="pid", executor="processpool")
+    events: list[Any] = []
+
+    async def main() -> None:
+        new, _ = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+        new.add_listener(events.append, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        new.start()
+        try:
+            await wait_until_async(lambda: bool(events), what="the run in the process pool")
+        finally:
+            await shutdown_gracefully(new, timeout=30)
+
+    asyncio.run(main())
+    (event,) = events
+    assert event.code == EVENT_JOB_EXECUTED, event.exception
+    assert event.retval != os.getpid()
