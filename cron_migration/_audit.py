@@ -187,7 +187,7 @@ Value = Ref | Instance
 
 @dataclass
 class _Binding:
-    kind: str  # "ref" (import, def, class), "expr", "annotation", "instance"
+    kind: str  # "ref" (import, def, class), "expr", "annotation", "instance", "unknown"
     target: str | ast.expr
     scope: _Scope | None = None
 
@@ -320,6 +320,11 @@ class _Project:
             for item in node.items:
                 if item.optional_vars is not None:
                     self._bind_target(item.optional_vars, item.context_expr, scope)
+        elif isinstance(node, ast.For | ast.AsyncFor):
+            # A loop variable shadows a global of its name; what it holds is not known.
+            for name in ast.walk(node.target):
+                if isinstance(name, ast.Name):
+                    scope.names.setdefault(name.id, _Binding("unknown", ""))
 
     def _bind_target(self, target: ast.expr, value: ast.expr, scope: _Scope) -> None:
         if isinstance(target, ast.Name):
@@ -340,6 +345,8 @@ class _Project:
                 local.names[argument.arg] = _Binding("instance", cls.name)
             elif argument.annotation is not None:
                 local.names[argument.arg] = _Binding("annotation", argument.annotation, scope)
+            else:
+                local.names[argument.arg] = _Binding("unknown", "")
         self._index(node.body, local, f"{qualified}.<locals>", None)
         if cls is not None:
             # self.<name> = ... in any method: an attribute of the class's instances.
@@ -393,6 +400,8 @@ class _Project:
         return self.resolve(expression, scope, depth)
 
     def _value(self, binding: _Binding, depth: int) -> Value | None:
+        if binding.kind == "unknown":
+            return None
         if binding.kind == "ref":
             assert isinstance(binding.target, str)
             return self._global(binding.target, depth)
@@ -586,7 +595,6 @@ class _HelperCall:
     target: str
     context_where: str
     in_async: bool
-    awaited: bool
 
 
 class _Auditor:
@@ -619,7 +627,6 @@ class _Auditor:
         scope: _Scope,
         functions: list[tuple[str, _FunctionNode]],
         prefix: str,
-        awaited: bool = False,
     ) -> None:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             qualified = f"{prefix}.{node.name}"
@@ -645,9 +652,6 @@ class _Auditor:
         if isinstance(node, ast.Raise):
             # Building the exception raised is not a request.
             return
-        if isinstance(node, ast.Await):
-            self._visit(node.value, scope, functions, prefix, awaited=True)
-            return
         if isinstance(node, ast.Lambda):
             self._walk(node.args.defaults, scope, functions, prefix)
             name = f"{prefix}.<lambda>"
@@ -655,11 +659,11 @@ class _Auditor:
             return
         if isinstance(node, ast.Call):
             context = _Context(functions, self.jobs, self.project.job_lambdas)
-            self._call(node, scope, context, awaited)
+            self._call(node, scope, context)
         for child in ast.iter_child_nodes(node):
             self._visit(child, scope, functions, prefix)
 
-    def _call(self, node: ast.Call, scope: _Scope, context: _Context, awaited: bool) -> None:
+    def _call(self, node: ast.Call, scope: _Scope, context: _Context) -> None:
         callee = self.project.resolve(node.func, scope)
         name = callee.name if isinstance(callee, Ref) else None
         if (
@@ -694,7 +698,7 @@ class _Auditor:
             return
         if name in self.project.functions:
             self.helper_calls.append(
-                _HelperCall(self.module.name, node, name, where, context.in_async, awaited)
+                _HelperCall(self.module.name, node, name, where, context.in_async)
             )
 
     def _add(self, node: ast.AST, code: str, message: str) -> Finding:

@@ -270,3 +270,18 @@ def test_plan_warns_of_a_job_that_drives_the_old_scheduler(
         "(scheduler.reschedule_job on line 10)"
     ) in out
     assert "cleanup: its code" not in out
+
+
+def test_audit_follows_a_module_session_and_stops_where_a_name_is_shadowed() -> None:
+    source = (
+        "import requests\n"
+        "SESSION = requests.Session()\n"
+        "def shared():\n"
+        "    return SESSION.get('x')\n"
+        "def passed_in(SESSION):\n"
+        "    return SESSION.get('x')\n"
+        "def looped(sessions):\n"
+        "    for SESSION in sessions:\n"
+        "        SESSION.get('x')\n"
+    )
+    assert [(f.line, f.code) for f in audit_source(source, "m.py")] == [(4, "CM001")]
