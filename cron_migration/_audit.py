@@ -187,7 +187,7 @@ Value = Ref | Instance
 
 @dataclass
 class _Binding:
-    kind: str  # "ref" (import, def, class), "expr", "annotation", "instance", "unknown"
+    kind: str  # "ref" (import, def, class), "expr", "annotation", "instance", "loop", "unknown"
     target: str | ast.expr
     scope: _Scope | None = None
 
@@ -321,10 +321,11 @@ class _Project:
                 if item.optional_vars is not None:
                     self._bind_target(item.optional_vars, item.context_expr, scope)
         elif isinstance(node, ast.For | ast.AsyncFor):
-            # A loop variable shadows a global of its name; what it holds is not known.
+            # A loop variable shadows a global of its name; it holds one of the iterable's
+            # items (followed only to find jobs registered in a loop).
             for name in ast.walk(node.target):
                 if isinstance(name, ast.Name):
-                    scope.names.setdefault(name.id, _Binding("unknown", ""))
+                    scope.names.setdefault(name.id, _Binding("loop", node.iter, scope))
 
     def _bind_target(self, target: ast.expr, value: ast.expr, scope: _Scope) -> None:
         if isinstance(target, ast.Name):
@@ -400,7 +401,7 @@ class _Project:
         return self.resolve(expression, scope, depth)
 
     def _value(self, binding: _Binding, depth: int) -> Value | None:
-        if binding.kind == "unknown":
+        if binding.kind in ("unknown", "loop"):
             return None
         if binding.kind == "ref":
             assert isinstance(binding.target, str)
@@ -491,6 +492,8 @@ class _Project:
                     name = self._job_target(target, scope) if target is not None else None
                     if name is not None:
                         names.add(name)
+                    elif target is not None:
+                        names.update(self._jobs_from_a_loop(target, scope))
         for qualified, function in self.functions.items():
             for decorator in function.decorator_list:
                 call = decorator.func if isinstance(decorator, ast.Call) else decorator
@@ -507,6 +510,42 @@ class _Project:
             if isinstance(node, ast.Call):
                 yield node, scope
             yield from self._calls(ast.iter_child_nodes(node), scope)
+
+    def _jobs_from_a_loop(self, target: ast.expr, scope: _Scope) -> set[str]:
+        """The tree's functions in the collection a loop registers jobs from.
+
+        ``for job_id, (function, seconds) in SCHEDULE.items(): add_job(function, ...)``:
+        every function of the tree named in the literal ``SCHEDULE`` is a job.
+        """
+        found: set[str] = set()
+        for name in ast.walk(target):
+            binding = scope.lookup(name.id) if isinstance(name, ast.Name) else None
+            if binding is None or binding.kind != "loop" or binding.scope is None:
+                continue
+            assert isinstance(binding.target, ast.expr)
+            literal = self._literal(binding.target, binding.scope)
+            for element in ast.walk(literal) if literal is not None else ():
+                if isinstance(element, ast.Name | ast.Attribute):
+                    value = self.resolve(element, binding.scope)
+                    if isinstance(value, Ref) and value.name in self.functions:
+                        found.add(value.name)
+        return found
+
+    def _literal(self, node: ast.expr, scope: _Scope, depth: int = 0) -> ast.expr | None:
+        """The dict, list, tuple or set literal ``node`` iterates, through names."""
+        if depth > _MAX_DEPTH:
+            return None
+        if isinstance(node, ast.Dict | ast.List | ast.Tuple | ast.Set):
+            return node
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in ("items", "values"):
+                return self._literal(node.func.value, scope, depth + 1)
+            return None
+        binding = scope.lookup(node.id) if isinstance(node, ast.Name) else None
+        if binding is not None and binding.kind == "expr" and binding.scope is not None:
+            assert isinstance(binding.target, ast.expr)
+            return self._literal(binding.target, binding.scope, depth + 1)
+        return None
 
     def _job_target(self, target: ast.expr, scope: _Scope) -> str | None:
         if isinstance(target, ast.Lambda):

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("apscheduler")
 pytest.importorskip("anyio")
 
-from cron_migration._audit import audit_source
+from cron_migration._audit import audit_paths, audit_source
 from cron_migration._cli import main
 
 pytestmark = pytest.mark.facade_async
@@ -285,3 +285,30 @@ def test_audit_follows_a_module_session_and_stops_where_a_name_is_shadowed() -> 
         "        SESSION.get('x')\n"
     )
     assert [(f.line, f.code) for f in audit_source(source, "m.py")] == [(4, "CM001")]
+
+
+def test_audit_finds_jobs_registered_in_a_loop_over_a_schedule_of_another_module(
+    tmp_path: Path,
+) -> None:
+    # The legacy example's layout: jobs.py holds the jobs, scheduler.py a SCHEDULE dict
+    # that a function iterates to call add_job.
+    package = tmp_path / "legacy_service"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "jobs.py").write_text(
+        "import asyncio\n\n"
+        "async def main():\n    pass\n\n"
+        "def send():\n    asyncio.run(main())\n\n"
+        "def not_scheduled():\n    asyncio.run(main())\n"
+    )
+    (package / "scheduler.py").write_text(
+        "from typing import Any\n"
+        "from legacy_service import jobs\n\n"
+        "SCHEDULE: dict[str, tuple[Any, float]] = {'send': (jobs.send, 60)}\n\n"
+        "def build(scheduler, wrap=None):\n"
+        "    for job_id, (function, seconds) in SCHEDULE.items():\n"
+        "        scheduler.add_job(function if wrap is None else wrap(job_id, function),\n"
+        "                          'interval', seconds=seconds, id=job_id)\n"
+    )
+    found = [(Path(f.path).name, f.line, f.code) for f in audit_paths([package])]
+    assert found == [("jobs.py", 7, "CM002")]
