@@ -22,8 +22,9 @@ assignments, ``with ... as`` targets, parameter and return annotations, ``self``
 and class attributes, so ``SESSION = requests.Session()`` at module level makes ``SESSION.get()`` a
 raw request wherever ``SESSION`` is imported. Jobs are the functions decorated with
 ``@migrated_job`` or ``@<scheduler>.scheduled_job(...)``, and those passed to ``add_job``
-(positionally, as ``func=``, or as a ``"module:function"`` string) from any module of the
-tree; a function nested in a job belongs to it. Constructing a client, an exception or a
+(positionally, as ``func=``, as a ``"module:function"`` string, a partial, a lambda, or from
+a loop over a literal collection of jobs) from any module of the tree; a function nested in
+a job belongs to it. Constructing a client, an exception or a
 type annotation is not a call site. Source files are decoded by their PEP 263 coding line.
 
 A finding is ignored by a comment on its line, ``# cron-migration: ignore[CM001]`` (several
