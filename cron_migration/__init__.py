@@ -17,27 +17,73 @@ scheduler changes; ``python -m cron_migration audit PATH`` lists the call sites 
 migrate.
 """
 
-from ._context import ScheduledRun, current_scheduled_run
-from ._executor import MigrationExecutor, watch_missed_runs
-from ._job import JobTimeoutError, MigratedJob, ScheduledRunUnknownError, migrated_job
-from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
-from ._lease import Lease
-from ._migrate import (
-    ASYNC_JOBS_ENV,
-    JobMigration,
-    MigrationProblem,
-    MigrationReport,
-    migrate_scheduler,
+from typing import TYPE_CHECKING, Any
+
+from ._shadowing import check_not_shadowed
+
+check_not_shadowed()
+
+from ._context import ScheduledRun, current_scheduled_run  # noqa: E402
+from ._job import (  # noqa: E402
+    JobTimeoutError,
+    MigratedJob,
+    ScheduledRunUnknownError,
+    migrated_job,
 )
-from ._records import RunRecorder, flush_run_records
-from ._shutdown import ShutdownReport, shutdown_gracefully
+from ._lag import EventLoopLagMonitor, monitor_event_loop_lag  # noqa: E402
+from ._lease import Lease  # noqa: E402
+from ._records import RunRecorder, flush_run_records  # noqa: E402
+from ._routing import LoopSwitch  # noqa: E402
+
+if TYPE_CHECKING:
+    from ._executor import MigrationExecutor, watch_missed_runs
+    from ._migrate import (
+        ASYNC_JOBS_ENV,
+        ExecutorMigration,
+        JobMigration,
+        MigrationProblem,
+        MigrationReport,
+        StoreMigration,
+        migrate_scheduler,
+    )
+    from ._shutdown import ShutdownReport, shutdown_gracefully
+
+# The names that need APScheduler, imported on first use: the audit, the CLI's help and
+# @migrated_job work without it.
+_NEEDS_SCHEDULER = {
+    "ASYNC_JOBS_ENV": "._migrate",
+    "ExecutorMigration": "._migrate",
+    "JobMigration": "._migrate",
+    "MigrationExecutor": "._executor",
+    "MigrationProblem": "._migrate",
+    "MigrationReport": "._migrate",
+    "ShutdownReport": "._shutdown",
+    "StoreMigration": "._migrate",
+    "migrate_scheduler": "._migrate",
+    "shutdown_gracefully": "._shutdown",
+    "watch_missed_runs": "._executor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _NEEDS_SCHEDULER.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ._extras import import_needing_scheduler
+
+    value = getattr(import_needing_scheduler(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ASYNC_JOBS_ENV",
     "EventLoopLagMonitor",
+    "ExecutorMigration",
     "JobMigration",
     "JobTimeoutError",
     "Lease",
+    "LoopSwitch",
     "MigratedJob",
     "MigrationExecutor",
     "MigrationProblem",
@@ -46,6 +92,7 @@ __all__ = [
     "ScheduledRun",
     "ScheduledRunUnknownError",
     "ShutdownReport",
+    "StoreMigration",
     "current_scheduled_run",
     "flush_run_records",
     "migrate_scheduler",

@@ -10,17 +10,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 
 @dataclass(frozen=True)
 class ScheduledRun:
-    """The job id and the scheduled run time of the run in progress."""
+    """The job id, the scheduled run time and the scheduler of the run in progress.
+
+    ``scheduler`` is the scheduler running the job: a job that adds, reschedules or
+    modifies jobs uses it instead of a module-level scheduler object, which after a
+    migration is the old scheduler, never started.
+    """
 
     job_id: str
     scheduled_at: datetime
+    scheduler: Any = field(default=None, compare=False)
 
 
 _scheduled_run: ContextVar[ScheduledRun | None] = ContextVar(

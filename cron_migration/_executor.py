@@ -33,6 +33,7 @@ from ._job import (
     is_async_callable,
 )
 from ._metrics import CronMetrics
+from ._routing import LoopSwitch, RunSlots
 
 
 class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
@@ -44,23 +45,32 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
     awaited there instead of being left un-awaited. Either way each run knows its job id
     and scheduled run time (:func:`current_scheduled_run`), which a lease needs.
 
-    ``async_jobs``: ids of the async jobs that run on the scheduler's loop; the other
-    async jobs run as under the legacy scheduler, on compat's background loop (None: all
-    on the scheduler's loop). This is the per-job switch of an incremental migration.
+    ``async_jobs``: ids of the async jobs that run on the scheduler's loop, or a
+    :class:`LoopSwitch` (a rule: on the loop unless switched off, for jobs added later
+    too); the other async jobs run as under the legacy scheduler, on compat's background
+    loop (None: all on the scheduler's loop). This is the per-job switch of an incremental
+    migration. ``max_workers``: at most this many runs at once (None: no limit), as a
+    legacy thread pool of that size allowed.
     """
 
     def __init__(
         self,
-        async_jobs: Collection[str] | None = None,
+        async_jobs: Collection[str] | LoopSwitch | None = None,
         *,
         registry: CollectorRegistry | None = None,
+        max_workers: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(async_jobs, str):
             raise TypeError(
                 f"async_jobs must be a collection of job ids, not a string: {async_jobs!r}"
             )
-        self.async_jobs = None if async_jobs is None else frozenset(async_jobs)
+        self.async_jobs: Collection[str] | LoopSwitch | None = (
+            async_jobs
+            if async_jobs is None or isinstance(async_jobs, LoopSwitch)
+            else frozenset(async_jobs)
+        )
+        self.slots = RunSlots(max_workers)
         self._registry = registry
         self._loop: asyncio.AbstractEventLoop | None = None
         # Added by the scheduler's thread, removed by the thread that ends the run.
@@ -99,11 +109,13 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
         run: asyncio.Future[Any] | concurrent.futures.Future[Any]
         if self._loop is not None:
-            run = self._loop.create_task(self._run(job, run_times), name=f"cron job {job.id}")
+            run = self._loop.create_task(
+                self._run_in_slot(job, run_times), name=f"cron job {job.id}"
+            )
         else:
             from compat import bridge_portal
 
-            run = bridge_portal().start_task_soon(self._run, job, run_times)
+            run = bridge_portal().start_task_soon(self._run_in_slot, job, run_times)
         with self._in_flight_lock:
             self._in_flight.add(run)
         run.add_done_callback(self._make_done_callback(job.id))
@@ -141,6 +153,11 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
             error,
         )
 
+    async def _run_in_slot(self, job: Job, run_times: list[datetime]) -> list[JobExecutionEvent]:
+        """:meth:`_run` once a slot is free: late runs count as missed, as in a full pool."""
+        async with self.slots:
+            return await self._run(job, run_times)
+
     async def _run(self, job: Job, run_times: list[datetime]) -> list[JobExecutionEvent]:
         """What APScheduler's run_job does, with each call told its scheduled run time."""
         events = []
@@ -154,7 +171,7 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                     self._logger.warning('Run time of job "%s" was missed by %s', job, late)
                     continue
             self._logger.info('Running job "%s" (scheduled at %s)', job, run_time)
-            token = _scheduled_run.set(ScheduledRun(job.id, run_time))
+            token = _scheduled_run.set(ScheduledRun(job.id, run_time, self._scheduler))
             target_token = _run_target.set(_called_job(job.func))
             try:
                 result = await self._call(job)

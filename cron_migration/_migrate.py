@@ -1,30 +1,72 @@
-"""migrate_scheduler: an AsyncIOScheduler carrying a legacy scheduler's jobs, and a report."""
+"""migrate_scheduler: an AsyncIOScheduler carrying a legacy scheduler's jobs, and a report.
+
+What carries over, and what the report guarantees:
+
+- every job store alias: a memory store's jobs are copied into a new memory store of the
+  same alias; any other store (SQLAlchemy, Redis, MongoDB, ...) is attached to the new
+  scheduler as it is, so its persisted jobs run under the new scheduler (nothing is
+  copied; the report says so and lists them);
+- every executor alias: thread pools, asyncio executors and migration executors become
+  a :class:`MigrationExecutor` of the same alias that runs at most as many runs at once
+  as the old thread pool had threads; process pools stay process pools of the same size;
+  an executor of another type is replaced and reported as a problem;
+- the time zone, job defaults, listeners and each job's attributes;
+- the report lists every difference; ``ok`` is false when something did not carry over.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import os
-from collections.abc import Callable, Collection, Mapping
+import textwrap
+import types
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from apscheduler.executors.asyncio import AsyncIOExecutor
+from apscheduler.executors.base import BaseExecutor
 from apscheduler.executors.pool import ProcessPoolExecutor, ThreadPoolExecutor
 from apscheduler.job import Job
+from apscheduler.jobstores.base import BaseJobStore
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.util import get_callable_name, undefined
 from prometheus_client import CollectorRegistry
 
 from ._context import INTERNAL_LISTENER
-from ._executor import MigrationExecutor
+from ._executor import MigrationExecutor, _called_job
 from ._job import MigratedJob, is_async_callable
 from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
+from ._routing import LoopSwitch
 
 #: Comma-separated ids of the jobs that run on the loop (``*``: all), read when
 #: ``migrate_scheduler`` gets no ``async_jobs``.
 ASYNC_JOBS_ENV = "CRON_MIGRATION_ASYNC_JOBS"
 # The job attributes carried over one by one; next_run_time is handled on its own.
 _JOB_ATTRIBUTES = ("misfire_grace_time", "coalesce", "max_instances")
+# The scheduler methods that change jobs: a job calling them on the old scheduler
+# changes a scheduler that no longer runs.
+_SCHEDULER_METHODS = frozenset(
+    {
+        "add_job",
+        "scheduled_job",
+        "reschedule_job",
+        "modify_job",
+        "remove_job",
+        "remove_all_jobs",
+        "pause_job",
+        "resume_job",
+        "get_job",
+        "get_jobs",
+        "pause",
+        "resume",
+        "shutdown",
+    }
+)
 
 AsyncJobs = Collection[str] | Mapping[str, Callable[..., Any]] | None
 
@@ -40,6 +82,27 @@ class JobMigration:
     old_executor: str
     path: str  # where its function runs on the new scheduler
     changes: tuple[str, ...] = ()
+    jobstore: str = "default"
+
+
+@dataclass(frozen=True)
+class StoreMigration:
+    """How one job store alias moves: ``how`` is ``"copied"`` or ``"attached"``."""
+
+    alias: str
+    store: str  # the old store's type
+    how: str
+    job_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExecutorMigration:
+    """How one executor alias moves, with the number of runs it allows at once."""
+
+    alias: str
+    old: str
+    new: str
+    max_workers: int | None
 
 
 @dataclass(frozen=True)
@@ -52,22 +115,48 @@ class MigrationProblem:
 
 @dataclass
 class MigrationReport:
-    """What :func:`migrate_scheduler` did, and what it could not carry over as is."""
+    """What :func:`migrate_scheduler` did, and what it could not carry over as is.
+
+    ``switch`` is the per-job switch of the new scheduler (a :class:`LoopSwitch`).
+    """
 
     jobs: list[JobMigration] = field(default_factory=list)
+    stores: list[StoreMigration] = field(default_factory=list)
+    executors: list[ExecutorMigration] = field(default_factory=list)
     problems: list[MigrationProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     lag_monitor: EventLoopLagMonitor | None = None
+    switch: LoopSwitch = field(default_factory=LoopSwitch)
 
     @property
     def ok(self) -> bool:
-        """True when nothing needs attention before the new scheduler replaces the old."""
+        """True when everything carried over and nothing needs attention first."""
         return not self.problems
 
     def render(self) -> str:
         lines = []
+        for store in self.stores:
+            ids = ", ".join(store.job_ids) or "none"
+            if store.how == "copied":
+                lines.append(
+                    f"job store {store.alias!r}: {store.store}, "
+                    f"{len(store.job_ids)} job(s) copied into a new memory store: {ids}"
+                )
+            else:
+                lines.append(
+                    f"job store {store.alias!r}: {store.store} attached as it is (nothing "
+                    f"copied); {len(store.job_ids)} job(s) run from it: {ids}"
+                )
+        for executor in self.executors:
+            limit = (
+                "no limit on runs at once"
+                if executor.max_workers is None
+                else f"at most {executor.max_workers} run(s) at once"
+            )
+            lines.append(f"executor {executor.alias!r}: {executor.old} -> {executor.new}, {limit}")
         for job in self.jobs:
             lines.append(f"job {job.job_id!r} ({job.name}): {job.kind} {job.func}")
+            lines.append(f"    store:    {job.jobstore!r}")
             lines.append(f"    executor: {job.old_executor}")
             lines.append(f"    runs on:  {job.path}")
             lines.extend(f"    change:   {change}" for change in job.changes)
@@ -113,6 +202,14 @@ def resolve_async_jobs(
     return frozenset(ids), replacements
 
 
+@dataclass
+class _OldJob:
+    job: Job
+    store: str
+    replace_existing: bool
+    persisted: bool  # lives in an attached store: comes along with it, not re-added
+
+
 def migrate_scheduler(
     old: Any,
     async_jobs: AsyncJobs = None,
@@ -120,70 +217,221 @@ def migrate_scheduler(
     registry: CollectorRegistry | None = None,
     lag_monitor: bool = True,
 ) -> tuple[AsyncIOScheduler, MigrationReport]:
-    """Build an ``AsyncIOScheduler`` carrying every job of ``old``; report what changes.
+    """Build an ``AsyncIOScheduler`` carrying every job, store and executor of ``old``.
 
-    ``old`` is left as it is (started or not), so going back is not starting the new one.
-    Every job keeps its id, trigger, args, kwargs, name, misfire_grace_time, coalesce,
-    max_instances and next_run_time, and runs through a :class:`MigrationExecutor`.
-    ``async_jobs`` is the per-job switch: the ids of the async jobs that run on the new
-    scheduler's loop (``"*"`` for all), or a mapping of job id to an async function that
-    replaces the job's function. Other async jobs run on compat's background loop, as a
-    legacy scheduler with a portal would; sync jobs run in compat's worker pool either
-    way. Without ``async_jobs``, the ids come from ``$CRON_MIGRATION_ASYNC_JOBS``
-    (comma-separated). Start the new scheduler on a running loop.
+    ``old`` is left as it is (started or not), so going back is not starting the new one;
+    a persistent store is shared by both, so never run both. Every job keeps its id,
+    trigger, args, kwargs, name, misfire_grace_time, coalesce, max_instances,
+    next_run_time, job store and executor alias.
+
+    ``async_jobs`` is the per-job switch for the async jobs the scheduler has now: the
+    ids that run on the new scheduler's loop (``"*"`` for all), or a mapping of job id to
+    an async function that replaces the job's function. The async jobs it does not name
+    run on compat's background loop, as a legacy scheduler with a portal would. Async
+    jobs added to the new scheduler later run on its loop: the switch is a rule, "on the
+    loop unless switched off" (``report.switch.switch_off(job_id)``). Sync jobs run in
+    compat's bounded worker pool either way. Without ``async_jobs``, the ids come from
+    ``$CRON_MIGRATION_ASYNC_JOBS`` (comma-separated). Start the new scheduler on a
+    running loop.
     """
-    jobs: list[Job] = list(old.get_jobs())
-    on_loop, replacements = resolve_async_jobs(async_jobs, [job.id for job in jobs])
     report = MigrationReport()
-    executor = MigrationExecutor(async_jobs=on_loop, registry=registry)
+    old_executors = _old_executors(old)
+    new_executors = _carry_executors(old_executors, report, registry)
     new = AsyncIOScheduler(
         timezone=old.timezone,
         job_defaults=dict(old._job_defaults),
         jobstore_retry_interval=old.jobstore_retry_interval,
-        executors={"default": executor},
+        executors=new_executors,
     )
-    _report_stores(old, report)
+    old_jobs = _carry_stores(old, new, report)
+    on_loop, replacements = resolve_async_jobs(async_jobs, [entry.job.id for entry in old_jobs])
+    for entry in old_jobs:
+        if entry.persisted and entry.job.id in replacements:
+            raise ValueError(
+                f"async_jobs[{entry.job.id!r}]: the job is persisted in the job store "
+                f"{entry.store!r}, which is attached as it is; replace its function with "
+                "modify_job(func=...) on the new scheduler instead"
+            )
+    for job_id in sorted(
+        entry.job.id
+        for entry in old_jobs
+        if is_async_callable(replacements.get(entry.job.id, entry.job.func))
+        and entry.job.id not in on_loop
+    ):
+        report.switch.switch_off(job_id)
+    for executor in new_executors.values():
+        if isinstance(executor, MigrationExecutor):
+            executor.async_jobs = report.switch
     _copy_listeners(old, new, report)
-    for job in jobs:
+    for entry in old_jobs:
+        job = entry.job
         func = replacements.get(job.id, job.func)
-        options: dict[str, Any] = {
-            attribute: getattr(job, attribute, undefined) for attribute in _JOB_ATTRIBUTES
-        }
-        # A job of a scheduler that never started has no next_run_time yet: its trigger
-        # gives it one when the new scheduler starts, as the old one would have done.
-        options["next_run_time"] = getattr(job, "next_run_time", undefined)
-        new.add_job(
-            func,
-            trigger=job.trigger,
-            args=job.args,
-            kwargs=job.kwargs,
-            id=job.id,
-            name=job.name,
-            executor="default",
-            **options,
-        )
-        report.jobs.append(_describe(old, job, func, on_loop, report))
+        if not entry.persisted:
+            options: dict[str, Any] = {
+                attribute: getattr(job, attribute, undefined) for attribute in _JOB_ATTRIBUTES
+            }
+            # A job of a scheduler that never started has no next_run_time yet: its trigger
+            # gives it one when the new scheduler starts, as the old one would have done.
+            options["next_run_time"] = getattr(job, "next_run_time", undefined)
+            new.add_job(
+                func,
+                trigger=job.trigger,
+                args=job.args,
+                kwargs=job.kwargs,
+                id=job.id,
+                name=job.name,
+                executor=job.executor,
+                jobstore=entry.store,
+                replace_existing=entry.replace_existing,
+                **options,
+            )
+        report.jobs.append(_describe(old, old_executors, new, entry, func, report))
     if lag_monitor:
         report.lag_monitor = monitor_event_loop_lag(new, EventLoopLagMonitor(registry=registry))
     return new, report
 
 
-def _executor_of(old: Any, alias: str) -> Any:
-    executor = old._executors.get(alias)
-    if executor is None and alias == "default":
+def _old_executors(old: Any) -> dict[str, BaseExecutor]:
+    executors = dict(old._executors)
+    if "default" not in executors:
         # Not started yet: the default executor is made at start.
-        return "AsyncIOExecutor" if isinstance(old, AsyncIOScheduler) else "ThreadPoolExecutor"
-    return executor
+        executors["default"] = old._create_default_executor()
+    return executors
+
+
+def _pool_size(executor: BaseExecutor) -> int:
+    return int(executor._pool._max_workers)
+
+
+def _carry_executors(
+    old_executors: Mapping[str, BaseExecutor],
+    report: MigrationReport,
+    registry: CollectorRegistry | None,
+) -> dict[str, BaseExecutor]:
+    """A new executor for each alias of ``old``, same limits; compat's pool made big enough."""
+    new: dict[str, BaseExecutor] = {}
+    threads = 0
+    for alias, executor in sorted(old_executors.items()):
+        kind = type(executor).__name__
+        size: int | None
+        if isinstance(executor, ProcessPoolExecutor):
+            processes = _pool_size(executor)
+            new[alias] = ProcessPoolExecutor(processes, pool_kwargs=dict(executor.pool_kwargs))
+            report.executors.append(
+                ExecutorMigration(
+                    alias, f"{kind}({processes})", f"ProcessPoolExecutor({processes})", processes
+                )
+            )
+            report.notes.append(
+                f"executor {alias!r} stays a process pool: its jobs run in child processes as "
+                "before, without MigrationExecutor (no scheduled-run context, so no lease)"
+            )
+            continue
+        if isinstance(executor, ThreadPoolExecutor):
+            size = _pool_size(executor)
+            old_name = f"{kind}({size})"
+            threads += size
+        elif isinstance(executor, MigrationExecutor):
+            size, old_name = executor.slots.size, kind
+        elif isinstance(executor, AsyncIOExecutor):
+            size, old_name = None, kind
+        else:
+            size, old_name = None, kind
+            report.problems.append(
+                MigrationProblem(
+                    f"executor {alias!r}",
+                    f"{kind} is not carried over: its jobs run through MigrationExecutor "
+                    "with no limit on runs at once; check that they run correctly there",
+                )
+            )
+        new[alias] = MigrationExecutor(registry=registry, max_workers=size)
+        report.executors.append(ExecutorMigration(alias, old_name, "MigrationExecutor", size))
+    if threads:
+        from compat import blocking_limit, set_blocking_limit
+
+        if blocking_limit() < threads:
+            report.notes.append(
+                f"compat's worker pool raised from {blocking_limit()} to {threads} threads, "
+                "the old thread pools' total, so that as many sync runs as before run at once"
+            )
+            set_blocking_limit(threads)
+    return new
+
+
+def _old_stores(old: Any) -> dict[str, BaseJobStore]:
+    stores = dict(old._jobstores)
+    if "default" not in stores:
+        stores["default"] = MemoryJobStore()  # made at start, as the old one would
+    return stores
+
+
+def _carry_stores(old: Any, new: AsyncIOScheduler, report: MigrationReport) -> list[_OldJob]:
+    """Copy the memory stores' jobs, attach the other stores; every job of ``old``."""
+    old_jobs: list[_OldJob] = []
+    started = old.state != STATE_STOPPED
+    for alias, store in sorted(_old_stores(old).items()):
+        persistent = not isinstance(store, MemoryJobStore)
+        job_ids: list[str] = []
+        if persistent:
+            if started:
+                report.problems.append(
+                    MigrationProblem(
+                        f"job store {alias!r}",
+                        f"the old scheduler is running and uses this {type(store).__name__}: "
+                        "shut it down (old.shutdown()) before starting the new scheduler, or "
+                        "both run the store's jobs",
+                    )
+                )
+            try:
+                persisted = _persisted_jobs(store, new, alias)
+            except Exception as exc:
+                report.problems.append(
+                    MigrationProblem(
+                        f"job store {alias!r}",
+                        f"{type(store).__name__} attached as it is, but its jobs could not be "
+                        f"read ({exc!r}); the report cannot list them",
+                    )
+                )
+                persisted = []
+            for job in persisted:
+                old_jobs.append(_OldJob(job, alias, False, persisted=True))
+                job_ids.append(job.id)
+            new.add_jobstore(store, alias)
+        elif alias != "default":
+            new.add_jobstore(MemoryJobStore(), alias)
+        if not persistent:
+            for job in store.get_all_jobs():  # a started scheduler's jobs
+                old_jobs.append(_OldJob(job, alias, False, persisted=False))
+                job_ids.append(job.id)
+        for job, pending_alias, replace_existing in list(old._pending_jobs):
+            if pending_alias == alias:
+                old_jobs.append(_OldJob(job, alias, replace_existing, persisted=False))
+                job_ids.append(job.id)
+        how = "attached" if persistent else "copied"
+        report.stores.append(StoreMigration(alias, type(store).__name__, how, tuple(job_ids)))
+    return old_jobs
+
+
+def _persisted_jobs(store: BaseJobStore, new: AsyncIOScheduler, alias: str) -> list[Job]:
+    if store._scheduler is None:
+        # Never started: its jobs can only be read once it is bound; the new scheduler
+        # binds it again when it starts.
+        store.start(new, alias)
+    return list(store.get_all_jobs())
 
 
 def _describe(
-    old: Any, job: Job, func: Callable[..., Any], on_loop: frozenset[str], report: MigrationReport
+    old: Any,
+    old_executors: Mapping[str, BaseExecutor],
+    new: AsyncIOScheduler,
+    entry: _OldJob,
+    func: Callable[..., Any],
+    report: MigrationReport,
 ) -> JobMigration:
-    executor = _executor_of(old, job.executor)
-    if executor is None:
-        executor_name = "missing"
-    else:
-        executor_name = executor if isinstance(executor, str) else type(executor).__name__
+    job = entry.job
+    old_executor = old_executors.get(job.executor)
+    new_executor = new._executors.get(job.executor)
+    executor_name = "missing" if old_executor is None else type(old_executor).__name__
     # A MigratedJob is awaited under any executor; a bare coroutine function is not.
     was_async = is_async_callable(job.func) and not isinstance(job.func, MigratedJob)
     is_async = is_async_callable(func)
@@ -193,37 +441,48 @@ def _describe(
             f"function replaced by {get_callable_name(func)} (was {get_callable_name(job.func)}); "
             "drop it from async_jobs to go back"
         )
-    if is_async:
+    if isinstance(new_executor, ProcessPoolExecutor):
+        path = "a child process of the process pool, as before the migration"
+        if isinstance(_called_job(func), MigratedJob) or is_async:
+            report.problems.append(
+                MigrationProblem(
+                    job.id,
+                    f"{'a @migrated_job' if not is_async else 'an async'} function on the "
+                    f"process pool {job.executor!r}: a process pool calls it plainly in a "
+                    "child process; give it a thread pool or the default executor",
+                )
+            )
+    elif is_async:
         path = (
             "the scheduler's event loop (awaited)"
-            if job.id in on_loop
+            if job.id in report.switch
             else "compat's background loop (awaited), as before the migration"
         )
     else:
         path = "compat's bounded worker pool (a thread; the loop never blocks)"
-        if job.id in on_loop:
+        if job.id in report.switch and func is not job.func:
             changes.append("sync function: it runs in a worker thread on the async path too")
-    if executor is None:
+    if old_executor is None:
         report.problems.append(
             MigrationProblem(job.id, f"its executor {job.executor!r} does not exist")
         )
-    elif executor_name in ("ThreadPoolExecutor", "ProcessPoolExecutor") or isinstance(
-        executor, ThreadPoolExecutor | ProcessPoolExecutor
-    ):
-        if was_async:
-            report.problems.append(
-                MigrationProblem(
-                    job.id,
-                    f"coroutine job on {executor_name}: the old scheduler calls it without "
-                    "awaiting it, so it has never run; the new one awaits it",
-                )
+    elif isinstance(old_executor, ThreadPoolExecutor | ProcessPoolExecutor) and was_async:
+        report.problems.append(
+            MigrationProblem(
+                job.id,
+                f"coroutine job on {executor_name}: the old scheduler calls it without "
+                "awaiting it, so it has never run; the new one awaits it",
             )
-        if isinstance(executor, ProcessPoolExecutor):
-            changes.append("ran in a separate process; now runs in this process")
-    elif not isinstance(executor, AsyncIOExecutor | MigrationExecutor) and executor_name not in (
-        "AsyncIOExecutor",
-    ):
-        changes.append(f"executor {executor_name} replaced by MigrationExecutor")
+        )
+    for use in _old_scheduler_uses(old, func):
+        report.problems.append(
+            MigrationProblem(
+                job.id,
+                f"its code uses the old scheduler ({use}): after the migration that scheduler "
+                "never runs, so the change is lost; use the scheduler running the job, "
+                "current_scheduled_run().scheduler",
+            )
+        )
     return JobMigration(
         job_id=job.id,
         name=job.name,
@@ -232,20 +491,67 @@ def _describe(
         old_executor=f"{job.executor!r}: {executor_name}",
         path=path,
         changes=tuple(changes),
+        jobstore=entry.store,
     )
 
 
-def _report_stores(old: Any, report: MigrationReport) -> None:
-    for alias, store in old._jobstores.items():
-        if not isinstance(store, MemoryJobStore):
-            report.problems.append(
-                MigrationProblem(
-                    f"job store {alias!r}",
-                    f"{type(store).__name__} is not moved: its jobs are copied into the new "
-                    "scheduler's memory store; add the store to the new scheduler yourself "
-                    "and stop the old one before starting the new",
-                )
+def _code_of(func: Callable[..., Any]) -> Any:
+    """The plain function whose source is the job's code."""
+    target: Any = _called_job(func)
+    if isinstance(target, MigratedJob):
+        target = _called_job(target.func)
+    return inspect.unwrap(target) if callable(target) else target
+
+
+def _old_scheduler_uses(old: Any, func: Callable[..., Any]) -> list[str]:
+    """Where the job's own code uses ``old`` by a global name, a module or ``self``.
+
+    Best effort, from the function's source: names bound elsewhere are not followed.
+    """
+    code = _code_of(func)
+    module_globals = getattr(code, "__globals__", None)
+    if not isinstance(module_globals, dict):
+        return []
+    names = {name for name, value in module_globals.items() if value is old}
+    modules = {
+        name: {attribute for attribute, value in vars(value).items() if value is old}
+        for name, value in module_globals.items()
+        if isinstance(value, types.ModuleType)
+    }
+    bound: Any = func
+    while isinstance(bound, functools.partial):
+        bound = bound.func
+    instance = getattr(bound, "__self__", None)
+    attributes = (
+        {name for name, value in vars(instance).items() if value is old}
+        if hasattr(instance, "__dict__")
+        else set()
+    )
+    try:
+        source = textwrap.dedent(inspect.getsource(code))
+        first_line = inspect.getsourcelines(code)[1]
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError):
+        return []
+    uses = []
+    for node, via in _attribute_uses(tree):
+        if (isinstance(via, ast.Name) and via.id in names) or (
+            isinstance(via, ast.Attribute)
+            and isinstance(via.value, ast.Name)
+            and (
+                via.attr in modules.get(via.value.id, ())
+                or (via.value.id == "self" and via.attr in attributes)
             )
+        ):
+            uses.append(f"{ast.unparse(node)} on line {first_line + node.lineno - 1}")
+    return uses
+
+
+def _attribute_uses(tree: ast.AST) -> Iterator[tuple[ast.Attribute, ast.expr]]:
+    """Each ``<object>.<scheduler method>`` in ``tree``, with the object."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in _SCHEDULER_METHODS:
+            yield node, node.value
 
 
 def _copy_listeners(old: Any, new: AsyncIOScheduler, report: MigrationReport) -> None:

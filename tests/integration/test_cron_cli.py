@@ -33,7 +33,8 @@ def test_plan_on_the_legacy_service_lists_every_job_and_passes_the_check() -> No
     assert result.returncode == 0, result.stdout + result.stderr
     for job_id in SCHEDULE:
         assert f"job {job_id!r} ({job_id}): sync" in result.stdout
-    assert result.stdout.count("'default': ThreadPoolExecutor") == len(SCHEDULE)
+    assert result.stdout.count("executor: 'default': ThreadPoolExecutor") == len(SCHEDULE)
+    assert "executor 'default': ThreadPoolExecutor(10) -> MigrationExecutor" in result.stdout
     assert result.stdout.count("compat's bounded worker pool") == len(SCHEDULE)
     assert f"{len(SCHEDULE)} job(s), ok" in result.stdout
 

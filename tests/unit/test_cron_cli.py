@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("apscheduler")
 pytest.importorskip("anyio")
 
-from cron_migration._audit import audit_source
+from cron_migration._audit import audit_paths, audit_source
 from cron_migration._cli import main
 
 pytestmark = pytest.mark.facade_async
@@ -141,8 +141,8 @@ scheduler.add_job(registered, "interval", seconds=5)
 async def async_job():
     clock.sleep(1)                                     # CM003
     httpx_get("http://x")                              # CM001 + CM003
-    async with AsyncClient() as client:                # CM001 only
-        await client.get("http://x")
+    async with AsyncClient() as client:                # a client, not a request
+        await client.get("http://x")                   # CM001 only
 
 def not_a_job():
     asyncio.run(main())                                # fine: not a job
@@ -170,7 +170,7 @@ def test_audit_finds_each_kind_of_call_site() -> None:
             (line_of("clock.sleep"), "CM003"),
             (line_of("httpx_get("), "CM001"),
             (line_of("httpx_get("), "CM003"),
-            (line_of("AsyncClient() as"), "CM001"),
+            (line_of("await client.get"), "CM001"),
         ]
     )
     sleep = next(f for f in findings if f.code == "CM003" and "time.sleep" in f.message)
@@ -239,3 +239,76 @@ def test_audit_lists_the_calls_of_helpers_that_make_raw_calls(
     assert all("old_client.fetch() in job makes raw HTTP calls" in line for line in found)
     assert all(f"({package / 'old_client.py'}:4)" in line for line in found)
     assert "3 call site(s) to migrate" in out
+
+
+MANAGER_MODULE = """
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+scheduler = BlockingScheduler()
+
+def cleanup():
+    pass
+
+def manager():
+    scheduler.reschedule_job("cleanup", trigger="interval", minutes=5)
+
+scheduler.add_job(cleanup, "interval", minutes=1, id="cleanup")
+scheduler.add_job(manager, "interval", minutes=1, id="manager")
+"""
+
+
+def test_plan_warns_of_a_job_that_drives_the_old_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"manager_cron_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(MANAGER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["plan", f"{name}:scheduler", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "CANNOT MOVE AS IS: manager: its code uses the old scheduler "
+        "(scheduler.reschedule_job on line 10)"
+    ) in out
+    assert "cleanup: its code" not in out
+
+
+def test_audit_follows_a_module_session_and_stops_where_a_name_is_shadowed() -> None:
+    source = (
+        "import requests\n"
+        "SESSION = requests.Session()\n"
+        "def shared():\n"
+        "    return SESSION.get('x')\n"
+        "def passed_in(SESSION):\n"
+        "    return SESSION.get('x')\n"
+        "def looped(sessions):\n"
+        "    for SESSION in sessions:\n"
+        "        SESSION.get('x')\n"
+    )
+    assert [(f.line, f.code) for f in audit_source(source, "m.py")] == [(4, "CM001")]
+
+
+def test_audit_finds_jobs_registered_in_a_loop_over_a_schedule_of_another_module(
+    tmp_path: Path,
+) -> None:
+    # The legacy example's layout: jobs.py holds the jobs, scheduler.py a SCHEDULE dict
+    # that a function iterates to call add_job.
+    package = tmp_path / "legacy_service"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "jobs.py").write_text(
+        "import asyncio\n\n"
+        "async def main():\n    pass\n\n"
+        "def send():\n    asyncio.run(main())\n\n"
+        "def not_scheduled():\n    asyncio.run(main())\n"
+    )
+    (package / "scheduler.py").write_text(
+        "from typing import Any\n"
+        "from legacy_service import jobs\n\n"
+        "SCHEDULE: dict[str, tuple[Any, float]] = {'send': (jobs.send, 60)}\n\n"
+        "def build(scheduler, wrap=None):\n"
+        "    for job_id, (function, seconds) in SCHEDULE.items():\n"
+        "        scheduler.add_job(function if wrap is None else wrap(job_id, function),\n"
+        "                          'interval', seconds=seconds, id=job_id)\n"
+    )
+    found = [(Path(f.path).name, f.line, f.code) for f in audit_paths([package])]
+    assert found == [("jobs.py", 7, "CM002")]

@@ -1,0 +1,1 @@
+"""A billing service's cron jobs, as written before the migration."""

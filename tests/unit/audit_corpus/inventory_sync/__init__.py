@@ -1,0 +1,1 @@
+"""Inventory synchronisation between the warehouse and the shop (held back: second set)."""

@@ -1,0 +1,1 @@
+"""Already migrated: what the audit must not report."""

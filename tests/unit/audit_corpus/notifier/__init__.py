@@ -1,0 +1,1 @@
+"""A notification service half-way through its move to asyncio."""

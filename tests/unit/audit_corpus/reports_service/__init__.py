@@ -1,0 +1,1 @@
+"""A reporting service: a Session subclass as its API client."""

@@ -1,0 +1,338 @@
+"""migrate_scheduler carries every store, executor and pool size; the switch is a rule."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("apscheduler")
+pytest.importorskip("anyio")
+
+from apscheduler.executors.pool import ProcessPoolExecutor, ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from compat import blocking_limit, set_blocking_limit
+from cron_migration import (
+    MigrationExecutor,
+    current_scheduled_run,
+    migrate_scheduler,
+    shutdown_gracefully,
+)
+from tests.unit.cron_support import wait_until_async
+
+pytestmark = pytest.mark.facade_async
+
+# What the persisted job saw, by test: a persisted job is referenced by module:name.
+PERSISTED_RUNS: list[str] = []
+
+
+def persisted_job(label: str) -> None:
+    """A job whose reference lives in a SQLAlchemy job store."""
+    PERSISTED_RUNS.append(label)
+
+
+def noop() -> None:
+    """A legacy job."""
+
+
+@pytest.fixture(autouse=True)
+def restore_blocking_limit() -> Iterator[None]:
+    before = blocking_limit()
+    yield
+    set_blocking_limit(before)
+
+
+def legacy_with_aliases() -> BackgroundScheduler:
+    old = BackgroundScheduler(
+        jobstores={"default": MemoryJobStore(), "volatile": MemoryJobStore()},
+        executors={
+            "default": ThreadPoolExecutor(20),
+            "processpool": ProcessPoolExecutor(2),
+            "slow": ThreadPoolExecutor(1),
+        },
+    )
+    old.add_job(noop, "interval", minutes=5, id="in_volatile", jobstore="volatile")
+    old.add_job(noop, "interval", minutes=5, id="in_processes", executor="processpool")
+    old.add_job(noop, "interval", minutes=5, id="one_at_a_time", executor="slow")
+    return old
+
+
+def test_every_store_and_executor_alias_and_pool_size_is_carried() -> None:
+    set_blocking_limit(16)
+    old = legacy_with_aliases()
+    new, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    assert report.ok, report.render()
+    assert set(new._jobstores) == {"volatile"}  # "default" is made at start, as before
+    assert isinstance(new._jobstores["volatile"], MemoryJobStore)
+    by_alias = {executor.alias: executor for executor in report.executors}
+    assert {alias: e.max_workers for alias, e in by_alias.items()} == {
+        "default": 20,
+        "processpool": 2,
+        "slow": 1,
+    }
+    assert isinstance(new._executors["default"], MigrationExecutor)
+    assert new._executors["default"].slots.size == 20
+    assert new._executors["slow"].slots.size == 1
+    assert isinstance(new._executors["processpool"], ProcessPoolExecutor)
+    assert new._executors["processpool"]._pool._max_workers == 2
+    # The old pools' 21 threads: compat's worker pool no longer caps them at 16.
+    assert blocking_limit() == 21
+    assert any("raised from 16 to 21" in note for note in report.notes)
+    jobs = {job.job_id: job for job in report.jobs}
+    assert jobs["in_volatile"].jobstore == "volatile"
+    assert "child process" in jobs["in_processes"].path
+    stores = {store.alias: store for store in report.stores}
+    assert stores["volatile"].how == "copied"
+    assert stores["volatile"].job_ids == ("in_volatile",)
+    text = report.render()
+    assert "executor 'default': ThreadPoolExecutor(20) -> MigrationExecutor, at most 20" in text
+    assert "job store 'volatile': MemoryJobStore, 1 job(s) copied" in text
+
+    async def main() -> None:
+        new.start(paused=True)
+        try:
+            # What failed before: the aliases exist on the new scheduler.
+            new.add_job(noop, "interval", minutes=1, id="later", jobstore="volatile")
+            new.add_job(noop, "interval", minutes=1, id="later_pp", executor="processpool")
+            assert new.get_job("in_volatile", jobstore="volatile") is not None
+            assert new.get_job("one_at_a_time").executor == "slow"
+        finally:
+            await shutdown_gracefully(new, timeout=1)
+
+    asyncio.run(main())
+
+
+def test_an_executor_of_one_thread_still_runs_one_job_at_a_time() -> None:
+    first_started = threading.Event()
+    second_started = threading.Event()
+    overlapped: list[bool] = []
+
+    def first() -> None:
+        first_started.set()
+        # Only a second run allowed at the same time could start while this one waits.
+        overlapped.append(second_started.wait(0.5))
+
+    def second() -> None:
+        second_started.set()
+
+    old = BackgroundScheduler(executors={"slow": ThreadPoolExecutor(1)})
+    now = datetime.now(timezone.utc)
+    old.add_job(first, "date", run_date=now, id="first", executor="slow")
+    old.add_job(second, "date", run_date=now, id="second", executor="slow")
+
+    async def main() -> None:
+        new, _ = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+        new.start()
+        await wait_until_async(second_started.is_set, what="the second run")
+        await shutdown_gracefully(new, timeout=5)
+
+    asyncio.run(main())
+    assert overlapped in ([False], [])  # [] when the second ran first: no overlap either
+    assert first_started.is_set()
+
+
+def test_a_sqlalchemy_store_is_attached_with_its_persisted_jobs(tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy")
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    # The service's first life persisted a job, then stopped.
+    first_life = BackgroundScheduler(jobstores={"db": SQLAlchemyJobStore(url=url)})
+    first_life.start(paused=True)
+    first_life.add_job(
+        persisted_job, "interval", hours=1, args=["sql"], id="persisted", jobstore="db"
+    )
+    first_life.shutdown(wait=False)
+    # Its next life: the legacy scheduler as the service builds it, never started.
+    store = SQLAlchemyJobStore(url=url)
+    old = BackgroundScheduler(jobstores={"db": store})
+    old.add_job(noop, "interval", minutes=5, id="pending", jobstore="db", replace_existing=True)
+    PERSISTED_RUNS.clear()
+
+    async def main() -> Any:
+        new, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+        assert new._jobstores["db"] is store
+        new.start()
+        try:
+            new.modify_job("persisted", jobstore="db", next_run_time=datetime.now(timezone.utc))
+            await wait_until_async(lambda: PERSISTED_RUNS == ["sql"], what="the persisted job")
+            assert {job.id for job in new.get_jobs()} == {"persisted", "pending"}
+        finally:
+            await shutdown_gracefully(new, timeout=5)
+        return report
+
+    report = asyncio.run(main())
+    assert report.ok, report.render()
+    (db,) = [entry for entry in report.stores if entry.alias == "db"]
+    assert db.how == "attached"
+    assert sorted(db.job_ids) == ["pending", "persisted"]
+    assert {job.job_id for job in report.jobs} == {"persisted", "pending"}
+    text = report.render()
+    assert "SQLAlchemyJobStore attached as it is (nothing copied); 2 job(s) run from it" in text
+    assert "copied into" not in text.split("job store 'db'")[1].splitlines()[0]
+
+
+def test_a_persistent_store_of_a_running_old_scheduler_is_a_problem(tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy")
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    old = BackgroundScheduler(
+        jobstores={"db": SQLAlchemyJobStore(url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")}
+    )
+    old.start(paused=True)
+    try:
+        old.add_job(persisted_job, "interval", hours=1, args=["x"], id="persisted", jobstore="db")
+        _, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    finally:
+        old.shutdown(wait=False)
+    assert not report.ok
+    (problem,) = report.problems
+    assert problem.subject == "job store 'db'"
+    assert "shut it down" in problem.message
+
+
+def test_async_jobs_added_after_the_migration_run_on_the_scheduler_loop() -> None:
+    seen: dict[str, str] = {}
+
+    async def legacy_async() -> None:
+        seen["legacy"] = threading.current_thread().name
+
+    async def added_later() -> None:
+        seen["added"] = threading.current_thread().name
+
+    async def decorated_later() -> None:
+        seen["decorated"] = threading.current_thread().name
+
+    async def switched_off() -> None:
+        seen["off"] = threading.current_thread().name
+
+    old = BackgroundScheduler()
+    old.add_job(legacy_async, "interval", seconds=0.05, id="legacy")
+
+    async def main() -> None:
+        new, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+        new.add_job(added_later, "interval", seconds=0.05, id="added")
+        new.scheduled_job("interval", seconds=0.05, id="decorated")(decorated_later)
+        report.switch.switch_off("off")
+        new.add_job(switched_off, "interval", seconds=0.05, id="off")
+        new.start()
+        await wait_until_async(lambda: len(seen) == 4, what="every job")
+        await shutdown_gracefully(new, timeout=5)
+
+    asyncio.run(main())
+    main_thread = threading.main_thread().name
+    assert seen == {
+        "legacy": "compat-bridge",  # present at migration, not switched on: as before
+        "added": main_thread,
+        "decorated": main_thread,
+        "off": "compat-bridge",
+    }
+
+
+# The legacy module's scheduler, which a "manager" job drives.
+legacy_scheduler = BackgroundScheduler()
+
+
+def manager() -> None:
+    """Adds a job on the module's scheduler: after a migration, the old one."""
+    legacy_scheduler.add_job(noop, "interval", minutes=1, id="managed", replace_existing=True)
+
+
+def test_a_job_driving_the_old_scheduler_is_reported_and_a_run_reaches_its_own() -> None:
+    legacy_scheduler.add_job(manager, "interval", minutes=5, id="manager")
+    try:
+        _, report = migrate_scheduler(legacy_scheduler, async_jobs=[], lag_monitor=False)
+    finally:
+        legacy_scheduler.remove_all_jobs()
+    (problem,) = report.problems
+    assert problem.subject == "manager"
+    assert "legacy_scheduler.add_job on line" in problem.message
+    assert "current_scheduled_run().scheduler" in problem.message
+
+    seen: list[Any] = []
+
+    async def reschedules_itself() -> None:
+        run = current_scheduled_run()
+        assert run is not None
+        seen.append(run.scheduler)
+
+    async def main() -> Any:
+        new, _ = migrate_scheduler(BackgroundScheduler(), lag_monitor=False)
+        new.add_job(reschedules_itself, "date", run_date=datetime.now(timezone.utc), id="self")
+        new.start()
+        await wait_until_async(lambda: bool(seen), what="the run")
+        await shutdown_gracefully(new, timeout=5)
+        return new
+
+    new = asyncio.run(main())
+    assert seen == [new]
+
+
+class Maintenance:
+    """Jobs as methods of an object that keeps the scheduler."""
+
+    def __init__(self, scheduler: BackgroundScheduler) -> None:
+        self.scheduler = scheduler
+
+    def pause_reports(self) -> None:
+        self.scheduler.pause_job("report")
+
+    def harmless(self) -> None:
+        """Never touches a scheduler."""
+
+
+def drives_through_the_module() -> None:
+    """Reaches the old scheduler as an attribute of this test module."""
+    tests_module.legacy_scheduler.modify_job("manager", max_instances=2)
+
+
+import tests.unit.test_cron_migrate_carry as tests_module  # noqa: E402
+
+
+def test_uses_through_self_and_a_module_attribute_are_reported() -> None:
+    old = BackgroundScheduler()
+    maintenance = Maintenance(old)
+    old.add_job(maintenance.pause_reports, "interval", minutes=5, id="pause")
+    old.add_job(maintenance.harmless, "interval", minutes=5, id="harmless")
+    _, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    assert [
+        (p.subject, "self.scheduler.pause_job on line" in p.message) for p in report.problems
+    ] == [("pause", True)]
+    legacy_scheduler.add_job(drives_through_the_module, "interval", minutes=5, id="module")
+    try:
+        _, report = migrate_scheduler(legacy_scheduler, async_jobs=[], lag_monitor=False)
+    finally:
+        legacy_scheduler.remove_all_jobs()
+    (problem,) = report.problems
+    assert "tests_module.legacy_scheduler.modify_job on line" in problem.message
+
+
+def test_a_job_on_the_carried_process_pool_runs_in_a_child_process() -> None:
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+
+    old = BackgroundScheduler(executors={"processpool": ProcessPoolExecutor(1)})
+    now = datetime.now(timezone.utc)
+    old.add_job(os.getpid, "date", run_date=now, id="pid", executor="processpool")
+    events: list[Any] = []
+
+    async def main() -> None:
+        new, _ = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+        new.add_listener(events.append, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        new.start()
+        try:
+            await wait_until_async(lambda: bool(events), what="the run in the process pool")
+        finally:
+            await shutdown_gracefully(new, timeout=30)
+
+    asyncio.run(main())
+    (event,) = events
+    assert event.code == EVENT_JOB_EXECUTED, event.exception
+    assert event.retval != os.getpid()
