@@ -19,9 +19,9 @@ migrate.
 
 from typing import TYPE_CHECKING, Any
 
-from ._shadowing import check_not_shadowed
+from ._shadowing import check_not_shadowed as _check_not_shadowed
 
-check_not_shadowed()
+_check_not_shadowed()
 
 from ._context import ScheduledRun, current_scheduled_run  # noqa: E402
 from ._job import (  # noqa: E402
