@@ -17,6 +17,7 @@ scheduler changes; ``python -m cron_migration audit PATH`` lists the call sites 
 migrate.
 """
 
+from . import _apscheduler  # noqa: F401  (first: names the extra when APScheduler is missing)
 from ._context import ScheduledRun, current_scheduled_run
 from ._executor import MigrationExecutor, watch_missed_runs
 from ._job import JobTimeoutError, MigratedJob, ScheduledRunUnknownError, migrated_job

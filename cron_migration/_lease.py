@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
 from commclient._correlation import redact_text
+from commclient._extras import import_extra
 
 from ._context import check_seconds
 
@@ -166,14 +167,9 @@ def _check_url(url: str) -> None:
     shown = redact_text(url)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"lease: {shown!r} is not a Redis URL (redis://host:port/db)")
+    redis_asyncio = import_extra("redis.asyncio", extra="redis", feature="lease=<Redis URL>")
     try:
-        import redis.asyncio
-    except ImportError as exc:
-        raise ImportError(
-            "lease=<Redis URL> needs redis-py: pip install 'commclient[redis]'"
-        ) from exc
-    try:
-        redis.asyncio.ConnectionPool.from_url(url)  # parses only; connects on first use
+        redis_asyncio.ConnectionPool.from_url(url)  # parses only; connects on first use
     except ValueError as exc:
         raise ValueError(f"lease: {shown!r} is not a usable Redis URL: {exc}") from None
 
