@@ -49,7 +49,9 @@ def run(*command: str | Path, cwd: Path = REPO_ROOT, timeout: float = 300) -> st
 @pytest.fixture(scope="session")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    run(uv(), "build", "--sdist", "--wheel", "--out-dir", out, REPO_ROOT)
+    # No --sdist/--wheel: the wheel is built from the sdist, which proves the sdist builds
+    # (and leaves no build/ directory in the clone).
+    run(uv(), "build", "--out-dir", out, REPO_ROOT)
     return out
 
 
