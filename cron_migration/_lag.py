@@ -53,6 +53,7 @@ class EventLoopLagMonitor:
         )
 
     def stop(self) -> None:
+        """Stop probing (the samples and the metric keep what was measured)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None

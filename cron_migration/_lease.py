@@ -93,6 +93,7 @@ class Lease:
         return f"{self.key_prefix}:{job_id}:{when}"
 
     def hold_seconds(self, timeout: float) -> float:
+        """How long a run's lease lives: its ``timeout`` plus the clock skew allowed."""
         return timeout + self.clock_skew
 
     async def acquire(

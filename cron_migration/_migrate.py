@@ -23,6 +23,7 @@ from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
 #: Comma-separated ids of the jobs that run on the loop (``*``: all), read when
 #: ``migrate_scheduler`` gets no ``async_jobs``.
 ASYNC_JOBS_ENV = "CRON_MIGRATION_ASYNC_JOBS"
+"""The variable read when ``async_jobs`` is not given: job ids, comma-separated, or ``*``."""
 # The job attributes carried over one by one; next_run_time is handled on its own.
 _JOB_ATTRIBUTES = ("misfire_grace_time", "coalesce", "max_instances")
 
@@ -65,6 +66,7 @@ class MigrationReport:
         return not self.problems
 
     def render(self) -> str:
+        """The report as text: per job, what it is and where it runs, then the problems."""
         lines = []
         for job in self.jobs:
             lines.append(f"job {job.job_id!r} ({job.name}): {job.kind} {job.func}")

@@ -118,6 +118,6 @@ def test_the_extras_checked_are_the_extras_the_wheel_declares(wheel: Path) -> No
         for line in archive.read(metadata).decode().splitlines()
         if line.startswith("Provides-Extra:")
     }
-    # all: the union of the others; bench and test: from a clone, for this repository's own
-    # benchmarks and tests (the integration environment installs test).
-    assert declared - {"all", "bench", "test"} == set(EXTRAS) - {"core"}, declared
+    # all: the union of the others; bench, docs and test: from a clone, for this repository's
+    # own benchmarks, documentation and tests.
+    assert declared - {"all", "bench", "docs", "test"} == set(EXTRAS) - {"core"}, declared
