@@ -78,6 +78,7 @@ class AsyncServiceClient:
 
     @property
     def config(self) -> ClientConfig:
+        """The client's configuration (frozen)."""
         return self._core.config
 
     async def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:

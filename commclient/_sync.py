@@ -92,6 +92,7 @@ class SyncServiceClient:
 
     @property
     def config(self) -> ClientConfig:
+        """The client's configuration (frozen)."""
         return self._core.config
 
     def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:

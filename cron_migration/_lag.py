@@ -42,6 +42,7 @@ class EventLoopLagMonitor:
 
     @property
     def running(self) -> bool:
+        """Whether the monitor is probing its loop now."""
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:

@@ -131,8 +131,8 @@ def on_files(files: Files, config: Any) -> Files:
 
 
 def undocumented_public_names() -> list[str]:
-    """Public names (``__all__`` of public modules, and their classes' public methods)
-    without a docstring."""
+    """Public names (``__all__`` of public modules, and their classes' public methods and
+    properties) without a docstring."""
     import griffe
 
     missing: list[str] = []
@@ -153,7 +153,7 @@ def undocumented_public_names() -> list[str]:
                         for member_name, member in target.members.items()
                         if not member_name.startswith("_")
                         and not member.is_alias
-                        and member.kind is griffe.Kind.FUNCTION
+                        and (member.kind is griffe.Kind.FUNCTION or "property" in member.labels)
                         and not (member.docstring and member.docstring.value.strip())
                     )
     return sorted(missing)

@@ -91,6 +91,7 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
+        """Where the metrics are served: ``http://host:port/metrics``."""
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
         return f"http://{host}:{self.port}/metrics"
 
