@@ -170,7 +170,7 @@ def run(quick: bool) -> list[Row]:
     """Measure the caller's cost of Redis-backed breaker state against a real redis-server."""
     import redis  # noqa: F401 - a missing client skips this module
 
-    from tests.redis_server import RedisServer, redis_server_executable
+    from benchmarks._redis_server import RedisServer, redis_server_executable
 
     if redis_server_executable() is None:
         print("bench_breaker: redis-server is not installed; skipped", file=sys.stderr)

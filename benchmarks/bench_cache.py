@@ -34,9 +34,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
+from benchmarks._redis_server import RedisServer
 from benchmarks._table import Row
 from commclient.cache import AsyncRedisCache, CacheConfig, SyncRedisCache, _scripts
-from tests.redis_server import RedisServer
 
 REDIS_HIT_LIMIT = 1.3
 LOCAL_HIT_LIMIT_US = 5.0

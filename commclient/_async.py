@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from ._config import ClientConfig
 from ._core import BUILTIN_HEADERS, Attempt, Call, Outcome, Sleep, TransportFailure, build_core
 from ._correlation import redact_transport_logs
+from ._extras import import_extra
 from ._policy import Clock, FailureKind
 from ._response import ServiceResponse
 
@@ -39,13 +40,7 @@ _TRANSPORT_LOGGERS = (
 
 
 def _import_httpx() -> Any:
-    try:
-        import httpx
-    except ImportError as exc:
-        raise ImportError(
-            "AsyncServiceClient needs httpx: pip install 'commclient[async]'"
-        ) from exc
-    return httpx
+    return import_extra("httpx", extra="async", feature="AsyncServiceClient")
 
 
 class AsyncServiceClient:
@@ -83,6 +78,7 @@ class AsyncServiceClient:
 
     @property
     def config(self) -> ClientConfig:
+        """The client's configuration (frozen)."""
         return self._core.config
 
     async def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:

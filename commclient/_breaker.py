@@ -58,6 +58,7 @@ from urllib.parse import urlsplit
 import pybreaker
 
 from ._config import ClientConfig
+from ._extras import import_extra
 from ._policy import Clock, SystemClock
 
 if TYPE_CHECKING:
@@ -395,14 +396,10 @@ class _RedisMirror:
     """
 
     def __init__(self, breaker: Breaker, url: str, interval: float) -> None:
-        try:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-        except ImportError as exc:
-            raise ImportError(
-                "circuit_breaker_redis_url needs the redis client: pip install 'commclient[redis]'"
-            ) from exc
+        redis = import_extra("redis", extra="redis", feature="circuit_breaker_redis_url")
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         self._breaker = weakref.ref(breaker)
         self.url = url
         self.interval = interval

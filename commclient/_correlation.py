@@ -14,6 +14,8 @@ CORRELATION_HEADER = "X-Correlation-ID"
 MAX_CORRELATION_ID_LENGTH = 128
 
 correlation_id_ctx: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+"""The current correlation id: sent as ``X-Correlation-ID`` on every attempt and put on
+every log record (``None``, the default: no header is sent)."""
 
 logger = logging.getLogger("commclient")
 
@@ -54,6 +56,7 @@ class CorrelationIdFilter(logging.Filter):
     """Put the current correlation id on every record as ``record.correlation_id``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Set ``record.correlation_id`` unless the record has one; never drops a record."""
         if not hasattr(record, "correlation_id"):
             record.correlation_id = correlation_id_ctx.get()
         return True

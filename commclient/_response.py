@@ -75,6 +75,7 @@ class ServiceResponse:
 
     @property
     def charset(self) -> str | None:
+        """The ``charset`` parameter of ``Content-Type``, or ``None`` when it names none."""
         for parameter in self.headers.get("content-type", "").split(";")[1:]:
             name, _, value = parameter.strip().partition("=")
             if name.lower() == "charset" and value:

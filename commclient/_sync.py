@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from ._config import ClientConfig
 from ._core import Attempt, Call, Outcome, Sleep, TransportFailure, build_core
 from ._correlation import redact_transport_logs
+from ._extras import import_extra
 from ._policy import Clock, FailureKind
 from ._response import ServiceResponse
 from ._watchdog import attempt_watch, watched_adapter
@@ -44,13 +45,7 @@ _TRANSPORT_LOGGERS = (
 
 
 def _import_requests() -> Any:
-    try:
-        import requests
-    except ImportError as exc:
-        raise ImportError(
-            "SyncServiceClient needs requests: pip install 'commclient[sync]'"
-        ) from exc
-    return requests
+    return import_extra("requests", extra="sync", feature="SyncServiceClient")
 
 
 class SyncServiceClient:
@@ -97,6 +92,7 @@ class SyncServiceClient:
 
     @property
     def config(self) -> ClientConfig:
+        """The client's configuration (frozen)."""
         return self._core.config
 
     def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:

@@ -31,6 +31,7 @@ class _JsonNull:
 
 
 JSON_NULL = _JsonNull()
+"""Pass as ``json=JSON_NULL`` to send the JSON document ``null`` (``json=None`` sends no body)."""
 
 FileValue = bytes | tuple[str, bytes] | tuple[str, bytes, str]
 

@@ -28,10 +28,15 @@ from commclient._inbound import CorrelationIdMiddleware
 from commclient.cache._keys import build_pattern, validate_group, validate_pattern
 
 Scope = MutableMapping[str, Any]
+"""An ASGI connection scope (``type``, ``method``, ``path``, ``headers``...)."""
 Message = MutableMapping[str, Any]
+"""An ASGI event, received or sent (``http.request``, ``http.response.start``...)."""
 Receive = Callable[[], Awaitable[Message]]
+"""The ASGI ``receive`` callable."""
 Send = Callable[[Message], Awaitable[None]]
+"""The ASGI ``send`` callable."""
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+"""An ASGI application: ``await app(scope, receive, send)``."""
 
 MUTATING_METHODS: frozenset[str] = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -54,9 +59,13 @@ logger = logging.getLogger("commclient.cache")
 class SupportsInvalidation(Protocol):
     """What the middleware needs of a cache (any async cache of ``commclient.cache``)."""
 
-    async def invalidate(self, pattern: str, *parts: object) -> int: ...
+    async def invalidate(self, pattern: str, *parts: object) -> int:
+        """Drop the keys matching ``pattern``; the number dropped."""
+        ...
 
-    async def invalidate_group(self, group: str) -> bool: ...
+    async def invalidate_group(self, group: str) -> bool:
+        """Drop every key of ``group`` at once (a new generation)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,13 @@ class FakeClock:
         self.now = start
 
     def monotonic(self) -> float:
+        """The clock's reading, as ``time.monotonic()`` would give it."""
         return self.now
 
     def time(self) -> float:
+        """The clock's reading, as ``time.time()`` would give it."""
         return self.now
 
     def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
         self.now += seconds

@@ -17,7 +17,7 @@ bounded with ``timeout=`` that runs out raises the builtin :class:`TimeoutError`
 
 from __future__ import annotations
 
-ASYNC_EXTRA_HINT = "pip install 'commclient[async]'"
+from commclient._extras import import_extra
 
 
 class BridgeError(RuntimeError):
@@ -42,13 +42,7 @@ class BridgeCancelledError(BridgeError):
 
 def require_anyio(feature: str) -> None:
     """Fail with a message naming the extra to install when anyio is missing."""
-    try:
-        import anyio  # noqa: F401
-    except ImportError as exc:
-        raise ModuleNotFoundError(
-            f"{feature} needs anyio, which the async extra installs: {ASYNC_EXTRA_HINT}",
-            name="anyio",
-        ) from exc
+    import_extra("anyio", extra="async", feature=feature)
 
 
 def require_function(function: object, feature: str, *, asynchronous: bool) -> None:

@@ -54,6 +54,7 @@ FallbackT = TypeVar("FallbackT")
 #: ``"strict"``: errors propagate. ``"legacy"``: the old functions' fallback value is
 #: returned when the service call fails (``ServiceClientError``), logged and counted.
 LegacyMode = Literal["legacy", "strict"]
+"""``"legacy"``: a service failure becomes the old fallback value; ``"strict"``: it is raised."""
 _MODES = ("legacy", "strict")
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Transport timeouts raised before a request leaves the process (httpx, requests).

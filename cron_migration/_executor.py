@@ -78,12 +78,14 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
         self._in_flight: set[asyncio.Future[Any] | concurrent.futures.Future[Any]] = set()
 
     def start(self, scheduler: Any, alias: str) -> None:
+        """Start with ``scheduler`` (APScheduler calls it); watch its missed runs."""
         super().start(scheduler, alias)
         # AsyncIOScheduler sets its loop before it starts its executors.
         self._loop = getattr(scheduler, "_eventloop", None)
         watch_missed_runs(scheduler, registry=self._registry)
 
     def on_async_path(self, job_id: str) -> bool:
+        """Whether an async job ``job_id`` runs on the scheduler's loop (the per-job switch)."""
         return self.async_jobs is None or job_id in self.async_jobs
 
     @property
@@ -93,6 +95,7 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
             return set(self._in_flight)
 
     def shutdown(self, wait: bool = True) -> None:
+        """Cancel the runs on the loop; ``wait`` for the threads' runs (APScheduler calls it)."""
         if self._loop is not None:
             # A loop task cannot be waited for from a sync method on its own loop:
             # shutdown_gracefully() waits before it shuts the scheduler down.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-SCHEDULER_EXTRA = "pip install 'commclient[scheduler]'"
+from commclient._extras import import_extra
 
 
 def import_needing_scheduler(module_name: str, package: str) -> ModuleType:
@@ -15,8 +15,10 @@ def import_needing_scheduler(module_name: str, package: str) -> ModuleType:
     except ImportError as exc:
         if exc.name is None or exc.name.partition(".")[0] != "apscheduler":
             raise
-        raise ImportError(
-            f"cron_migration needs APScheduler 3 to migrate, run or shut down a scheduler: "
-            f"{SCHEDULER_EXTRA} ({exc})",
-            name=exc.name,
-        ) from exc
+        # Raises the error that names the extra; APScheduler is missing, so it cannot return.
+        import_extra(
+            "apscheduler",
+            extra="scheduler",
+            feature="cron_migration (to migrate, run or shut down a scheduler)",
+        )
+        raise

@@ -42,6 +42,7 @@ class EventLoopLagMonitor:
 
     @property
     def running(self) -> bool:
+        """Whether the monitor is probing its loop now."""
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:
@@ -53,6 +54,7 @@ class EventLoopLagMonitor:
         )
 
     def stop(self) -> None:
+        """Stop probing (the samples and the metric keep what was measured)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
 from commclient._correlation import redact_text
+from commclient._extras import import_extra
 
 from ._context import check_seconds
 
@@ -92,6 +93,7 @@ class Lease:
         return f"{self.key_prefix}:{job_id}:{when}"
 
     def hold_seconds(self, timeout: float) -> float:
+        """How long a run's lease lives: its ``timeout`` plus the clock skew allowed."""
         return timeout + self.clock_skew
 
     async def acquire(
@@ -166,14 +168,9 @@ def _check_url(url: str) -> None:
     shown = redact_text(url)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"lease: {shown!r} is not a Redis URL (redis://host:port/db)")
+    redis_asyncio = import_extra("redis.asyncio", extra="redis", feature="lease=<Redis URL>")
     try:
-        import redis.asyncio
-    except ImportError as exc:
-        raise ImportError(
-            "lease=<Redis URL> needs redis-py: pip install 'commclient[redis]'"
-        ) from exc
-    try:
-        redis.asyncio.ConnectionPool.from_url(url)  # parses only; connects on first use
+        redis_asyncio.ConnectionPool.from_url(url)  # parses only; connects on first use
     except ValueError as exc:
         raise ValueError(f"lease: {shown!r} is not a usable Redis URL: {exc}") from None
 

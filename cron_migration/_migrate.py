@@ -46,6 +46,7 @@ from ._routing import LoopSwitch
 #: Comma-separated ids of the jobs that run on the loop (``*``: all), read when
 #: ``migrate_scheduler`` gets no ``async_jobs``.
 ASYNC_JOBS_ENV = "CRON_MIGRATION_ASYNC_JOBS"
+"""The variable read when ``async_jobs`` is not given: job ids, comma-separated, or ``*``."""
 # The job attributes carried over one by one; next_run_time is handled on its own.
 _JOB_ATTRIBUTES = ("misfire_grace_time", "coalesce", "max_instances")
 # The scheduler methods that change jobs: a job calling them on the old scheduler
@@ -134,6 +135,7 @@ class MigrationReport:
         return not self.problems
 
     def render(self) -> str:
+        """The report as text: per job, what it is and where it runs, then the problems."""
         lines = []
         for store in self.stores:
             ids = ", ".join(store.job_ids) or "none"

@@ -22,6 +22,7 @@ from ._protocols import AsyncCache, SyncCache, create_async_cache, create_sync_c
 from ._sync import SyncRedisCache
 
 RedisCache = AsyncRedisCache
+"""The same class as :class:`AsyncRedisCache` (the name the plan uses)."""
 
 __all__ = [
     "AsyncCache",

@@ -329,7 +329,10 @@ class CacheCore:
         self._mismatches_logged.add(seen)
         self.log(
             logging.WARNING,
-            "cached value does not fit the requested model; treated as a miss and kept",
+            # The key and model in the text too: with logging's default format, the only
+            # sign that every read of this key goes to the loader.
+            f"cached value of {plan.key!r} does not fit the model {model_name}; treated as"
+            " a miss and kept",
             error,
             key=plan.key,
             model=model_name,

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager, suppress
 from functools import partial
 from typing import Any, TypeVar
 
+from .._extras import import_extra
 from ._core import rebuild_client
 
 T = TypeVar("T")
@@ -32,9 +33,7 @@ TICKS_FRACTION = 0.25
 
 
 def redis_module() -> Any:
-    import redis.asyncio
-
-    return redis.asyncio
+    return import_extra("redis.asyncio", extra="redis", feature="AsyncRedisCache.from_url")
 
 
 def retry(retries: int) -> Any:

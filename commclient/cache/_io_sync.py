@@ -11,6 +11,7 @@ from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
+from .._extras import import_extra
 from ._core import rebuild_client
 
 T = TypeVar("T")
@@ -26,9 +27,7 @@ LISTENER_JOIN_TIMEOUT = 5.0
 
 
 def redis_module() -> Any:
-    import redis
-
-    return redis
+    return import_extra("redis", extra="redis", feature="SyncRedisCache.from_url")
 
 
 def retry(retries: int) -> Any:

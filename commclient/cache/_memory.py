@@ -70,6 +70,7 @@ class MemoryStore:
     # scripts) hold ``lock`` around them, as Redis runs a script atomically.
 
     def get(self, key: Value) -> bytes | None:
+        """``GET``: the value, or ``None`` when absent or expired (a counter reads as text)."""
         name = _bytes(key)
         with self.lock:
             if name in self._counters:
@@ -84,6 +85,7 @@ class MemoryStore:
             return entry[0]
 
     def set(self, key: Value, value: Value, px: Value | None = None, nx: bool = False) -> bool:
+        """``SET [PX ms] [NX]``: store ``value``; ``False`` when ``nx`` and the key holds one."""
         name = _bytes(key)
         with self.lock:
             if nx and self.get(name) is not None:
@@ -96,6 +98,7 @@ class MemoryStore:
             return True
 
     def pttl(self, key: Value) -> int:
+        """``PTTL``: milliseconds left, ``-1`` without expiry, ``-2`` when absent."""
         name = _bytes(key)
         with self.lock:
             if self.get(name) is None:
@@ -104,12 +107,14 @@ class MemoryStore:
             return -1 if expires_at is None else max(0, round((expires_at - self._clock()) * 1000))
 
     def pexpire(self, key: Value, px: Value) -> int:
+        """``PEXPIRE``: set the expiry of a live key (1), or nothing (0)."""
         name = _bytes(key)
         with self.lock:
             value = self.get(name)
             return 0 if value is None else int(self.set(name, value, px=px))
 
     def delete(self, *keys: Value) -> int:
+        """``DEL``: remove ``keys`` (values and counters); the number that were live."""
         with self.lock:
             removed = 0
             for key in keys:
@@ -121,17 +126,20 @@ class MemoryStore:
             return removed
 
     def incr(self, key: Value) -> int:
+        """``INCR``: add one to a counter (never evicted) and return it."""
         name = _bytes(key)
         with self.lock:
             self._counters[name] = self._counters.get(name, 0) + 1
             return self._counters[name]
 
     def scan(self, match: str) -> list[bytes]:
+        """``SCAN MATCH``: every name matching the glob, at once."""
         with self.lock:
             names = [*self._values, *self._counters]
             return [name for name in names if glob_matches(match, name.decode())]
 
     def publish(self, channel: Value, message: Value) -> int:
+        """``PUBLISH``: hand ``message`` to every subscriber of ``channel``; their number."""
         with self.lock:
             inboxes = list(self._subscribers.get(_bytes(channel), ()))
         for inbox in inboxes:
@@ -139,10 +147,12 @@ class MemoryStore:
         return len(inboxes)
 
     def subscribe(self, channel: Value, inbox: queue.SimpleQueue[dict[str, Any]]) -> None:
+        """``SUBSCRIBE``: deliver ``channel``'s messages into ``inbox`` (as redis-py's dicts)."""
         with self.lock:
             self._subscribers.setdefault(_bytes(channel), []).append(inbox)
 
     def unsubscribe(self, inbox: queue.SimpleQueue[dict[str, Any]]) -> None:
+        """Stop delivering into ``inbox``, on every channel."""
         with self.lock:
             for inboxes in self._subscribers.values():
                 if inbox in inboxes:

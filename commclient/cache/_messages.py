@@ -47,14 +47,17 @@ class InvalidationMessage:
 
     @classmethod
     def for_key(cls, prefix: str, key: str, count: int, origin: str) -> InvalidationMessage:
+        """The message for one deleted ``key``."""
         return cls("key", prefix, count, origin, pattern=escape_glob(key))
 
     @classmethod
     def for_pattern(cls, prefix: str, pattern: str, count: int, origin: str) -> InvalidationMessage:
+        """The message for the keys matching ``pattern``, ``count`` of which held a value."""
         return cls("pattern", prefix, count, origin, pattern=pattern)
 
     @classmethod
     def for_group(cls, prefix: str, group: str, origin: str) -> InvalidationMessage:
+        """The message for a bumped ``group`` (its generation is added by Redis)."""
         return cls("group", prefix, -1, origin, group=group)
 
     def matches(self, key: str) -> bool:
@@ -64,6 +67,7 @@ class InvalidationMessage:
         return self.pattern is not None and glob_matches(self.pattern, key)
 
     def encode(self) -> bytes:
+        """The message as published: compact JSON."""
         body: dict[str, object] = {
             "v": MESSAGE_VERSION,
             "kind": self.kind,

@@ -6,10 +6,17 @@ export DIR`` writes them out as a Grafana provisioning tree. They are generated 
 ``_definitions.py`` by ``python -m commclient.monitoring generate`` (development only).
 """
 
-from ._exposition import MetricsServer, metrics_asgi_app, metrics_registry, start_metrics_server
+from ._exposition import (
+    MetricsASGIApp,
+    MetricsServer,
+    metrics_asgi_app,
+    metrics_registry,
+    start_metrics_server,
+)
 from ._files import export, shipped
 
 __all__ = [
+    "MetricsASGIApp",
     "MetricsServer",
     "export",
     "metrics_asgi_app",

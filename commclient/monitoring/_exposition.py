@@ -28,13 +28,29 @@ def metrics_registry() -> CollectorRegistry:
     return REGISTRY
 
 
-def metrics_asgi_app(registry: CollectorRegistry | None = None) -> Any:
+class MetricsASGIApp:
+    """The ASGI app :func:`metrics_asgi_app` returns: every GET gets the metrics.
+
+    An object, not a function, so that Starlette and FastAPI serve it as an ASGI app at
+    exactly ``/metrics`` with ``app.add_route("/metrics", metrics_asgi_app())``. (A
+    ``Mount`` at ``/metrics`` answers ``/metrics`` itself with a redirect to ``/metrics/``.)
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._app = make_asgi_app(registry)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
+
+
+def metrics_asgi_app(registry: CollectorRegistry | None = None) -> MetricsASGIApp:
     """An ASGI app answering every GET with the metrics of ``registry``.
 
-    Mount it at ``/metrics`` (``app.mount("/metrics", metrics_asgi_app())``). ``None``
+    In FastAPI or Starlette: ``app.add_route("/metrics", metrics_asgi_app())``. ``None``
     exposes :func:`metrics_registry`.
     """
-    return make_asgi_app(metrics_registry() if registry is None else registry)
+    return MetricsASGIApp(metrics_registry() if registry is None else registry)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -75,6 +91,7 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
+        """Where the metrics are served: ``http://host:port/metrics``."""
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
         return f"http://{host}:{self.port}/metrics"
 

@@ -243,10 +243,14 @@ def _add_routes(app: RestApp) -> None:
         return service.pending_batch_jobs()
 
     @route("POST", "/api/batch-jobs/", status_code=201)
-    async def create_batch_job(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+    async def create_batch_job(
+        response: Response,
+        body: dict[str, Any] = Body(...),  # noqa: B008
+    ) -> dict[str, Any]:
         if not isinstance(body.get("job_type"), str):
             raise HTTPException(422, "a batch job needs a job_type (a string)")
-        return service.create("batch-jobs", {"status": "pending", "result": None, **body})
+        document = {"status": "pending", "result": None, **body}
+        return created(response, "/api/batch-jobs/", service.create("batch-jobs", document))
 
     # -- job executions (the run records) ----------------------------------------------------
 
@@ -304,6 +308,12 @@ def _add_routes(app: RestApp) -> None:
         return _describe(app.faults)
 
 
+def created(response: Response, base: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A 201's record, with ``Location`` naming where it can be read."""
+    response.headers["Location"] = f"{base}{record['id']}"
+    return record
+
+
 def _collection_routes(
     route: Callable[..., Callable[[Any], Any]],
     service: RestService,
@@ -327,8 +337,11 @@ def _collection_routes(
     ) -> dict[str, Any]:
         return service.update(collection, record_id, body)
 
-    async def create_record(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
-        return service.create(collection, {**(defaults or {}), **body})
+    async def create_record(
+        response: Response,
+        body: dict[str, Any] = Body(...),  # noqa: B008
+    ) -> dict[str, Any]:
+        return created(response, base, service.create(collection, {**(defaults or {}), **body}))
 
     route("GET", base)(list_records)
     route("GET", base + "{record_id}")(get_record)

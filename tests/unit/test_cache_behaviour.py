@@ -975,3 +975,27 @@ def test_metrics(
         )
         == 1
     )
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_value_of_another_model_is_logged_with_its_key_and_model_in_the_text(
+    kind: str, prefix: str, registry: CollectorRegistry, cache_logs: Any
+) -> None:
+    """With logging's default format the message is all a reader sees: it names both."""
+
+    async def scenario() -> None:
+        async with Facade(kind, "memory").open(None, prefix, registry=registry) as cache:
+            await cache.set("settings:global", {"id": 1, "name": "a", "tools": []})
+            loaded = await cache.get_or_set(
+                "settings:global",
+                lambda: Settings(timezone="UTC", reminder_minutes=5),
+                model=Settings,
+            )
+            assert loaded == Settings(timezone="UTC", reminder_minutes=5)
+        warnings = [m for m in cache_logs.messages(logging.WARNING) if "does not fit" in m]
+        assert warnings == [
+            "cached value of 'settings:global' does not fit the model Settings; treated as a"
+            " miss and kept"
+        ]
+
+    run(scenario())

@@ -66,7 +66,10 @@ def test_cron_migration_imports_without_apscheduler() -> None:
         blocked=("apscheduler",),
     )
     assert result.returncode == 0, result.stderr
-    assert "refused: cron_migration needs APScheduler 3" in result.stdout
+    assert (
+        "refused: cron_migration (to migrate, run or shut down a scheduler) needs apscheduler"
+        in (result.stdout)
+    )
     assert "pip install 'commclient[scheduler]'" in result.stdout
 
 
