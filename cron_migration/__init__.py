@@ -19,8 +19,15 @@ migrate.
 
 from ._context import ScheduledRun, current_scheduled_run
 from ._executor import MigrationExecutor, watch_missed_runs
-from ._job import JobTimeoutError, MigratedJob, ScheduledRunUnknownError, migrated_job
+from ._job import (
+    JobTimeoutError,
+    LeaseRefusedError,
+    MigratedJob,
+    ScheduledRunUnknownError,
+    migrated_job,
+)
 from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
+from ._leader import LeaderElection
 from ._lease import Lease
 from ._migrate import (
     ASYNC_JOBS_ENV,
@@ -31,13 +38,16 @@ from ._migrate import (
 )
 from ._records import RunRecorder, flush_run_records
 from ._shutdown import ShutdownReport, shutdown_gracefully
+from ._slots import UnstableArgumentError
 
 __all__ = [
     "ASYNC_JOBS_ENV",
     "EventLoopLagMonitor",
     "JobMigration",
     "JobTimeoutError",
+    "LeaderElection",
     "Lease",
+    "LeaseRefusedError",
     "MigratedJob",
     "MigrationExecutor",
     "MigrationProblem",
@@ -46,6 +56,7 @@ __all__ = [
     "ScheduledRun",
     "ScheduledRunUnknownError",
     "ShutdownReport",
+    "UnstableArgumentError",
     "current_scheduled_run",
     "flush_run_records",
     "migrate_scheduler",

@@ -17,10 +17,23 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ScheduledRun:
-    """The job id and the scheduled run time of the run in progress."""
+    """The job id and the scheduled run time of the run in progress.
+
+    ``slot``: the slot as every replica names it (the lease's key; "" = the run time);
+    ``slot_ends_at``: when the slot ends (its run time; the end of its window for an
+    interval trigger); ``misfire_grace_time``: seconds after that a run may still start
+    (None: no limit); ``lease_refusal``: why a lease cannot key this job's slots, if so;
+    ``fencing_token``: under a :class:`LeaderElection`, the token of the leadership this
+    run was started under (pass it to writes that must refuse an old leader).
+    """
 
     job_id: str
     scheduled_at: datetime
+    slot: str = ""
+    slot_ends_at: datetime | None = None
+    misfire_grace_time: float | None = None
+    lease_refusal: str | None = None
+    fencing_token: int | None = None
 
 
 _scheduled_run: ContextVar[ScheduledRun | None] = ContextVar(

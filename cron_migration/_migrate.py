@@ -17,8 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from ._context import INTERNAL_LISTENER
 from ._executor import MigrationExecutor
-from ._job import MigratedJob, is_async_callable
+from ._job import MigratedJob, is_async_callable, leased_job_refusal
 from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
+from ._leader import LeaderElection
 
 #: Comma-separated ids of the jobs that run on the loop (``*``: all), read when
 #: ``migrate_scheduler`` gets no ``async_jobs``.
@@ -119,6 +120,7 @@ def migrate_scheduler(
     *,
     registry: CollectorRegistry | None = None,
     lag_monitor: bool = True,
+    leader: LeaderElection | None = None,
 ) -> tuple[AsyncIOScheduler, MigrationReport]:
     """Build an ``AsyncIOScheduler`` carrying every job of ``old``; report what changes.
 
@@ -130,12 +132,15 @@ def migrate_scheduler(
     replaces the job's function. Other async jobs run on compat's background loop, as a
     legacy scheduler with a portal would; sync jobs run in compat's worker pool either
     way. Without ``async_jobs``, the ids come from ``$CRON_MIGRATION_ASYNC_JOBS``
-    (comma-separated). Start the new scheduler on a running loop.
+    (comma-separated). ``leader``: a :class:`LeaderElection`, so that one replica at a
+    time runs the jobs. A leased job whose trigger a lease cannot key is a problem of the
+    report, and the new scheduler refuses to start with it. Start the new scheduler on a
+    running loop.
     """
     jobs: list[Job] = list(old.get_jobs())
     on_loop, replacements = resolve_async_jobs(async_jobs, [job.id for job in jobs])
     report = MigrationReport()
-    executor = MigrationExecutor(async_jobs=on_loop, registry=registry)
+    executor = MigrationExecutor(async_jobs=on_loop, registry=registry, leader=leader)
     new = AsyncIOScheduler(
         timezone=old.timezone,
         job_defaults=dict(old._job_defaults),
@@ -152,7 +157,7 @@ def migrate_scheduler(
         # A job of a scheduler that never started has no next_run_time yet: its trigger
         # gives it one when the new scheduler starts, as the old one would have done.
         options["next_run_time"] = getattr(job, "next_run_time", undefined)
-        new.add_job(
+        added = new.add_job(
             func,
             trigger=job.trigger,
             args=job.args,
@@ -163,6 +168,10 @@ def migrate_scheduler(
             **options,
         )
         report.jobs.append(_describe(old, job, func, on_loop, report))
+        refusal = leased_job_refusal(added)
+        if refusal is not None:
+            # The new scheduler refuses to start with it (MigrationExecutor.start).
+            report.problems.append(MigrationProblem(job.id, f"cannot be leased: {refusal}"))
     if lag_monitor:
         report.lag_monitor = monitor_event_loop_lag(new, EventLoopLagMonitor(registry=registry))
     return new, report

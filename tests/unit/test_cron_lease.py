@@ -26,13 +26,15 @@ from cron_migration import (
     migrated_job,
     shutdown_gracefully,
 )
+from cron_migration._lease import ACQUIRE_SCRIPT, RELEASE_SCRIPT
+from cron_migration._slots import call_digest
 from tests.unit.cron_support import runs, wait_until_async
 
 pytestmark = pytest.mark.facade_async
 
 
 class FakeRedis:
-    """SET NX PX on a dict; ``down`` makes every command fail as a dead server would."""
+    """The lease's two scripts on a dict; ``down`` makes every command fail as a dead server."""
 
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
@@ -40,28 +42,35 @@ class FakeRedis:
         self.down = False
         self.lock = threading.Lock()
 
-    def _set(self, key: str, value: str, nx: bool = False, px: int | None = None) -> bool | None:
+    def _eval(self, script: str, numkeys: int, key: str, *args: Any) -> int:
         if self.down:
             raise ConnectionError("Error 111 connecting to redis: Connection refused")
-        assert nx, "the lease must use NX"
-        assert px is not None, "the lease must expire"
+        assert numkeys == 1
         with self.lock:
-            if key in self.values:
-                return None
-            self.values[key] = value
-            self.expiry_ms[key] = px
-            return True
+            if script == ACQUIRE_SCRIPT:
+                token, px, _give_up = args
+                assert int(px) > 0, "the lease must expire"
+                if key in self.values:
+                    return 0
+                self.values[key] = token
+                self.expiry_ms[key] = int(px)
+                return 1
+            assert script == RELEASE_SCRIPT
+            if self.values.get(key) == args[0]:
+                del self.values[key]
+                return 1
+            return 0
 
 
 class FakeAsyncRedis(FakeRedis):
-    async def set(self, key: str, value: str, nx: bool = False, px: int | None = None) -> Any:
-        return self._set(key, value, nx=nx, px=px)
+    async def eval(self, script: str, numkeys: int, *args: Any) -> Any:
+        return self._eval(script, numkeys, *args)
 
 
 class FakeSyncRedis(FakeRedis):
-    def set(self, key: str, value: str, nx: bool = False, px: int | None = None) -> Any:
+    def eval(self, script: str, numkeys: int, *args: Any) -> Any:
         assert threading.current_thread() is not threading.main_thread(), "blocked the loop"
-        return self._set(key, value, nx=nx, px=px)
+        return self._eval(script, numkeys, *args)
 
 
 def replicas_run(redis: Any, seconds: float = 1.0) -> tuple[Counter[datetime], CollectorRegistry]:
@@ -111,18 +120,20 @@ def test_each_slot_runs_on_one_replica_only(client: type[FakeRedis]) -> None:
     assert skipped >= len(slots) - 2  # the other replica fired the same slots too
     # Never released: every slot's key is still there, one per slot.
     assert len(redis.values) == len(slots)
-    assert set(redis.expiry_ms.values()) == {(5 + 30) * 1000}
+    # Until the slot's window (0.1 s) ends + misfire_grace_time (30 s) + clock skew (30 s),
+    # counted from the moment of the SET, which is after the slot began.
+    assert all(30_000 < ms <= 60_100 for ms in redis.expiry_ms.values()), redis.expiry_ms
 
 
-def test_the_key_is_the_job_id_and_the_utc_run_time() -> None:
+def test_the_key_is_the_job_id_the_utc_slot_and_the_call() -> None:
     lease = Lease("redis://localhost:6379/0", clock_skew=3)
     berlin = datetime(2026, 6, 1, 9, 30, tzinfo=timezone(timedelta(hours=2)))
     utc = datetime(2026, 6, 1, 7, 30, tzinfo=timezone.utc)
     assert lease.key("remind", berlin) == lease.key("remind", utc)
     assert (
-        lease.key("remind", utc) == "cron_migration:lease:remind:2026-06-01T07:30:00.000000+00:00"
+        lease.key("remind", utc, "ab12")
+        == "cron_migration:lease:remind:2026-06-01T07:30:00.000000+00:00:ab12"
     )
-    assert lease.hold_seconds(60) == 63
 
 
 def test_a_lease_without_a_scheduled_run_time_fails_loudly() -> None:
@@ -207,9 +218,10 @@ def test_a_leased_job_called_by_another_takes_its_own_lease_for_the_callers_slot
     assert [name for name, _ in ran] == ["remind", "notify"]
     slot = ran[0][1]
     assert slot is not None
+    no_arguments = call_digest((), {})
     assert set(redis.values) == {
-        Lease(redis).key("remind", slot.scheduled_at),
-        Lease(redis).key("notify", slot.scheduled_at),
+        Lease(redis).key("remind", slot.slot, no_arguments),
+        Lease(redis).key("notify", slot.slot, no_arguments),
     }
     assert runs(registry, "notify", "success") == 1
     assert runs(registry, "notify", "skipped_elsewhere") == 0
