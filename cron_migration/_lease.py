@@ -17,7 +17,9 @@ its own token (a ``SET`` that ran but whose answer was lost).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
+import functools
 import inspect
 import logging
 import math
@@ -97,6 +99,9 @@ class RedisScripts:
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
             weakref.WeakKeyDictionary()
         )
+        # Threads for a sync client's calls (created on first use, daemon-like at exit:
+        # concurrent.futures joins them, and each ends with its client's socket timeout).
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         _script_runners.add(self)
 
     @property
@@ -113,11 +118,19 @@ class RedisScripts:
         if client is None:
             client = self._client_for_this_loop()
         elif not _is_async_client(client):
-            from compat import run_blocking
-
-            command: tuple[Any, ...] = (script, len(keys), *keys, *args)
-            return await run_blocking(client.eval, *command)
+            # Not compat's run_blocking, which waits for the thread even when cancelled: a
+            # frozen Redis must not hold the caller past its give-up time. The thread runs
+            # on until the client's own socket timeout; what it sends then sets nothing.
+            call = functools.partial(client.eval, script, len(keys), *keys, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._threads(), call)
         return await client.eval(script, len(keys), *keys, *args)
+
+    def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=4, thread_name_prefix="cron-migration-redis"
+            )
+        return self._pool
 
     def _client_for_this_loop(self) -> redis.asyncio.Redis:
         # An asyncio Redis client's connections belong to the loop that opened them.
@@ -142,6 +155,7 @@ class RedisScripts:
 
     def forget_clients(self) -> None:
         self._clients = weakref.WeakKeyDictionary()
+        self._pool = None  # its threads stayed in the parent
 
 
 class Lease:
