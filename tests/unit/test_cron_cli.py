@@ -43,6 +43,14 @@ def failing_factory():
 def exiting_factory():
     raise SystemExit(0)
 
+def leased_with_jitter():
+    from cron_migration import migrated_job
+
+    made = BlockingScheduler(timezone="UTC")
+    job = migrated_job(report, timeout=5, lease="redis://127.0.0.1:1/0", name="leased")
+    made.add_job(job, "cron", minute="*", jitter=5, id="leased")
+    return made
+
 unknown_executor = BlockingScheduler(timezone="UTC")
 unknown_executor.add_job(report, "interval", minutes=5, id="report", executor="nope")
 '''
@@ -239,3 +247,11 @@ def test_audit_lists_the_calls_of_helpers_that_make_raw_calls(
     assert all("old_client.fetch() in job makes raw HTTP calls" in line for line in found)
     assert all(f"({package / 'old_client.py'}:4)" in line for line in found)
     assert "3 call site(s) to migrate" in out
+
+
+def test_plan_check_flags_a_leased_job_whose_slots_a_lease_cannot_key(
+    legacy_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", f"{legacy_module}:leased_with_jitter", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "CANNOT MOVE AS IS: leased: cannot be leased: its trigger has jitter=5" in out
