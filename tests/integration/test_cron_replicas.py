@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -179,6 +180,83 @@ def test_a_replica_paused_across_a_slot_within_its_misfire_grace_does_not_run_it
     assert len(runs) == 1, runs
     assert sum(report["runs"]["date"]["skipped_elsewhere"] for report in reports) == 1
     assert sum(report["missed"]["date"] for report in reports) == 0
+
+
+def run_leased_once(url: str, on_redis_error: str) -> tuple[list[str], dict[str, float]]:
+    """One run of a leased job under a MigrationExecutor; what ran and the outcomes."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from prometheus_client import CollectorRegistry
+
+    from cron_migration import Lease, MigrationExecutor, migrated_job, shutdown_gracefully
+    from tests.unit.cron_support import wait_until_async
+
+    registry = CollectorRegistry()
+    ran: list[str] = []
+    lease = Lease(url, on_redis_error=on_redis_error, redis_timeout=0.5)  # type: ignore[arg-type]
+
+    @migrated_job(timeout=5, lease=lease, registry=registry, name="remind")
+    async def remind() -> None:
+        ran.append("ran")
+
+    def outcome(name: str) -> float:
+        value = registry.get_sample_value("cron_job_runs_total", {"job": "remind", "outcome": name})
+        return value or 0.0
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(
+            remind, "interval", hours=1, id="remind", next_run_time=datetime.now(timezone.utc)
+        )
+        scheduler.start()
+        await wait_until_async(
+            lambda: outcome("success") + outcome("skipped_no_lease") >= 1, what="the run"
+        )
+        await shutdown_gracefully(scheduler, timeout=5)
+
+    asyncio.run(main())
+    return ran, {name: outcome(name) for name in ("success", "skipped_no_lease")}
+
+
+@pytest.mark.parametrize("failure", ["killed", "paused"])
+@pytest.mark.parametrize(("on_redis_error", "runs_anyway"), [("skip", False), ("run", True)])
+def test_a_dead_or_hung_redis_follows_the_configured_choice(
+    failure: str, on_redis_error: str, runs_anyway: bool
+) -> None:
+    with RedisServer() as server:
+        if failure == "killed":
+            server.kill()
+        else:
+            server.pause()
+        try:
+            ran, outcomes = run_leased_once(server.url, on_redis_error)
+        finally:
+            server.resume()
+    assert ran == (["ran"] if runs_anyway else [])
+    assert outcomes == {
+        "success": 1.0 if runs_anyway else 0.0,
+        "skipped_no_lease": 0.0 if runs_anyway else 1.0,
+    }
+
+
+def test_the_lease_outlives_the_run_until_its_slot_can_no_longer_start() -> None:
+    before = datetime.now(timezone.utc)
+    with RedisServer() as server:
+        ran, outcomes = run_leased_once(server.url, "skip")
+        assert outcomes["success"] == 1
+        client = redis.Redis.from_url(server.url)
+        keys = list(client.scan_iter("cron_migration:lease:remind:*"))
+        assert ran == ["ran"]
+        assert len(keys) == 1
+        remaining_ms = client.pttl(keys[0])
+        value = client.get(keys[0])
+    # Not released when the run ended; expires when the slot's window (the hour, for
+    # an hourly interval) ends + misfire_grace_time (APScheduler's default, 1 s) + the
+    # clock skew (30 s).
+    now = datetime.now(timezone.utc)
+    window_ends = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    assert 30_000 < remaining_ms <= ((window_ends - before).total_seconds() + 31) * 1000
+    assert value is not None
+    assert f":{os.getpid()}:" in value.decode()
 
 
 def frozen_redis_slot(server: RedisServer, client_kind: str) -> dict[str, Any]:
