@@ -15,8 +15,8 @@ tokens older than the newest it has seen.
 
 When the leader dies, its key expires ``ttl`` after its last renewal and a standby takes
 it at its next attempt: a new leader within ``ttl + ttl / 3`` (+ one Redis timeout).
-A leader that stops cleanly (:meth:`LeaderElection.aclose`, the executor's shutdown)
-deletes its key, so a standby takes over within ``ttl / 3``.
+A leader that stops cleanly (its executor shuts down; ``await`` :meth:`LeaderElection.aclose`
+to wait for it) deletes its key, so a standby takes over within ``ttl / 3``.
 """
 
 from __future__ import annotations
@@ -209,8 +209,9 @@ class LeaderElection:
 
     def stop(self) -> None:
         """Stop campaigning; the campaign resigns as it ends."""
-        if self._campaign is not None:
-            self._campaign.get_loop().call_soon_threadsafe(self._campaign.cancel)
+        campaign = self._campaign
+        if campaign is not None and not campaign.get_loop().is_closed():
+            campaign.get_loop().call_soon_threadsafe(campaign.cancel)
 
     async def aclose(self) -> None:
         """Stop campaigning, resign, and close the Redis client opened for this loop."""

@@ -47,6 +47,8 @@ DEFAULT_CLOCK_SKEW = 30.0
 #: Seconds one Redis command may take before Redis counts as unreachable.
 DEFAULT_REDIS_TIMEOUT = 2.0
 DEFAULT_KEY_PREFIX = "cron_migration:lease"
+#: Longest pause between two attempts to release a key after a give-up (Redis still away).
+MAX_RELEASE_PAUSE = 10.0
 
 OnRedisError = Literal["run", "skip"]
 
@@ -238,14 +240,16 @@ class Lease:
         task.add_done_callback(self._releases.discard)
 
     async def _release(self, key: str, token: str, expires: float) -> None:
-        """Delete ``key`` if it holds ``token``; retried until it answers or expires."""
+        """Delete ``key`` if it holds ``token``; retried (backing off) until answered or expired."""
+        pause = min(0.5, self.redis_timeout)
         while time.time() < expires:
             try:
                 if await self._redis.run(RELEASE_SCRIPT, [key], token):
                     logger.warning("lease %s: a SET given up on had landed; released", key)
                 return
-            except Exception:
-                await asyncio.sleep(min(0.5, self.redis_timeout))
+            except Exception:  # Redis still away: try again
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_RELEASE_PAUSE)
 
     async def aclose(self) -> None:
         """Close the client this lease opened for the current loop (none for a given client)."""
