@@ -55,6 +55,13 @@ from cron_migration import (
 
 OUTCOMES = ("success", "error", "skipped_elsewhere", "skipped_no_lease")
 TENANTS = ("a", "b", "c")
+# KEYS: the runs list, the newest token seen, the refused writes; ARGV: entry, token.
+FENCED_APPEND = """
+local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) < newest then return redis.call('RPUSH', KEYS[3], ARGV[1]) end
+redis.call('SET', KEYS[2], ARGV[2])
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
 
 
 def trigger_of(name: str, config: dict[str, Any]) -> Any:
@@ -118,7 +125,14 @@ async def main(config: dict[str, Any]) -> None:
         run = current_scheduled_run()
         assert run is not None
         entry = f"{job} {run.scheduled_at.timestamp():.6f} {os.getpid()} {argument}"
-        await client.rpush(f"{prefix}:runs", f"{entry} {run.fencing_token}")
+        if run.fencing_token is None:
+            await client.rpush(f"{prefix}:runs", f"{entry} None")
+            return
+        # A write fenced as the README says: refused when a newer leader has written.
+        keys = [f"{prefix}:runs", f"{prefix}:newest_token", f"{prefix}:stale_writes"]
+        await client.eval(
+            FENCED_APPEND, 3, *keys, f"{entry} {run.fencing_token}", run.fencing_token
+        )
 
     def job(name: str) -> Any:
         async def run() -> None:
