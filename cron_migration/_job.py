@@ -258,7 +258,8 @@ class MigratedJob:
 
     def _call_arguments(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         """The arguments that tell calls apart: a method's own instance is not one of them."""
-        if args and inspect.getattr_static(type(args[0]), self.func.__name__, None) is self:
+        name = getattr(self.func, "__name__", None)
+        if args and name and inspect.getattr_static(type(args[0]), name, None) is self:
             return args[1:]
         return args
 
