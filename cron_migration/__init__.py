@@ -12,6 +12,9 @@
     ...
     await shutdown_gracefully(new_scheduler, timeout=30)
 
+Replicas: ``lease=`` runs each call in each slot on one replica; ``LeaderElection``
+(``migrate_scheduler(old, leader=...)``) runs every job on one replica at a time.
+
 ``python -m cron_migration plan module:scheduler [--check]`` prints what migrating a
 scheduler changes; ``python -m cron_migration audit PATH`` lists the call sites still to
 migrate.
