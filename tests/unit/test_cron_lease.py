@@ -434,3 +434,30 @@ def test_a_leased_job_whose_slots_a_lease_cannot_key_is_refused_at_start(
     legacy.remove_job("remind")
     legacy.add_job(migrated_job(lambda: None, registry=CollectorRegistry()), trigger, id="x")
     assert migrate_scheduler(legacy, lag_monitor=False, registry=CollectorRegistry())[1].ok
+
+
+def test_a_leased_job_added_to_a_running_scheduler_with_jitter_fails_each_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    redis = FakeAsyncRedis()
+    ran: list[int] = []
+
+    @migrated_job(timeout=5, lease=redis, registry=registry, name="remind")
+    async def remind() -> None:
+        ran.append(1)
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.start()
+        scheduler.add_job(remind, IntervalTrigger(seconds=0.1, jitter=0.05), id="remind")
+        await wait_until_async(lambda: runs(registry, "remind", "error") >= 1, what="a run")
+        await shutdown_gracefully(scheduler, timeout=5)
+
+    with caplog.at_level(logging.ERROR, logger="cron_migration"):
+        asyncio.run(main())
+    assert ran == []
+    assert redis.values == {}
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("'remind' cannot be leased, every run will fail" in m for m in messages), messages
+    assert any("jitter=0.05" in m for m in messages)
