@@ -68,7 +68,7 @@ def test_thread_schedulers_run_jobs_on_the_leader_only_and_hand_over_on_shutdown
     with RedisServer() as server:
         schedulers = {}
         for replica in ("a", "b"):
-            election = LeaderElection(server.url, name="svc", ttl=1.5, redis_timeout=0.1)
+            election = LeaderElection(server.url, name="svc", ttl=3, redis_timeout=0.2)
             scheduler = BackgroundScheduler(
                 executors={"default": MigrationExecutor(leader=election)}
             )
