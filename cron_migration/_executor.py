@@ -107,8 +107,8 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
         if self.leader is not None:  # it resigns: a standby takes over at its next attempt
             if self._campaign is not None:
                 self._campaign.cancel()
-            else:
-                self.leader.stop()
+            elif self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self.leader.stop)  # after its start
         if self._loop is not None:
             # A loop task cannot be waited for from a sync method on its own loop:
             # shutdown_gracefully() waits before it shuts the scheduler down.

@@ -208,10 +208,9 @@ class LeaderElection:
             )
 
     def stop(self) -> None:
-        """Stop campaigning; the campaign resigns as it ends."""
-        campaign = self._campaign
-        if campaign is not None and not campaign.get_loop().is_closed():
-            campaign.get_loop().call_soon_threadsafe(campaign.cancel)
+        """Stop campaigning (call it on the campaign's loop); the campaign resigns as it ends."""
+        if self._campaign is not None:
+            self._campaign.cancel()
 
     async def aclose(self) -> None:
         """Stop campaigning, resign, and close the Redis client opened for this loop."""

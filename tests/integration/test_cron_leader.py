@@ -87,3 +87,44 @@ def test_thread_schedulers_run_jobs_on_the_leader_only_and_hand_over_on_shutdown
     assert order == sorted(order), order  # a, then b: never both
     assert {token for replica, token in ran if replica == "a"} == {1}
     assert {token for replica, token in ran if replica == "b"} == {2}
+
+
+def test_an_asyncio_leader_resigns_when_its_scheduler_shuts_down() -> None:
+    import redis.asyncio
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from cron_migration import shutdown_gracefully
+    from tests.unit.cron_support import wait_until_async
+
+    ran: list[int] = []
+
+    async def tick() -> None:
+        ran.append(1)
+
+    async def main(url: str) -> bool:
+        client = redis.asyncio.Redis.from_url(url)
+        # A 30 s ttl: the key gone within the test's 10 s wait can only be a resignation.
+        election = LeaderElection(url, name="svc", ttl=30)
+        standby = LeaderElection(url, name="svc", ttl=30)
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor(leader=election)})
+        scheduler.add_job(tick, "interval", seconds=0.1, id="tick")
+        scheduler.start()
+        await wait_until_async(lambda: bool(ran), timeout=10, what="runs as the leader")
+        assert not await standby.campaign_once()
+        await shutdown_gracefully(scheduler, timeout=5)
+        key = "cron_migration:leader:{svc}"
+        await wait_until_async_value(lambda: client.exists(key), 0, what="the key resigned")
+        took_over = await standby.campaign_once()
+        await standby.aclose()
+        await client.aclose()
+        return took_over
+
+    async def wait_until_async_value(read: Any, expected: int, what: str) -> None:
+        for _ in range(1000):
+            if await read() == expected:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    with RedisServer() as server:
+        assert asyncio.run(main(server.url))
