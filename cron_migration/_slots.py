@@ -11,6 +11,8 @@ A lease is only as good as its key: every replica must name one slot the same wa
 - ``jitter`` is drawn by each replica on its own: replicas disagree on a slot's run time,
   and a late draw can fall into the next interval window. Refused with a lease.
 - A combining trigger with an interval in it, or with jitter: refused (as above).
+- Any other trigger (a class of your own) is keyed by its run time: it must give every
+  replica the same run times.
 
 A slot can start up to ``misfire_grace_time`` seconds after it ends (after its run time;
 after its window for an interval trigger); the lease must outlive that.
