@@ -12,6 +12,9 @@
     ...
     await shutdown_gracefully(new_scheduler, timeout=30)
 
+Replicas: ``lease=`` runs each call in each slot on one replica; ``LeaderElection``
+(``migrate_scheduler(old, leader=...)``) runs every job on one replica at a time.
+
 ``python -m cron_migration plan module:scheduler [--check]`` prints what migrating a
 scheduler changes; ``python -m cron_migration audit PATH`` lists the call sites still to
 migrate.
@@ -26,14 +29,17 @@ _check_not_shadowed()
 from ._context import ScheduledRun, current_scheduled_run  # noqa: E402
 from ._job import (  # noqa: E402
     JobTimeoutError,
+    LeaseRefusedError,
     MigratedJob,
     ScheduledRunUnknownError,
     migrated_job,
 )
 from ._lag import EventLoopLagMonitor, monitor_event_loop_lag  # noqa: E402
+from ._leader import LeaderElection  # noqa: E402
 from ._lease import Lease  # noqa: E402
 from ._records import RunRecorder, flush_run_records  # noqa: E402
 from ._routing import LoopSwitch  # noqa: E402
+from ._slots import UnstableArgumentError  # noqa: E402
 
 if TYPE_CHECKING:
     from ._executor import MigrationExecutor, watch_missed_runs
@@ -82,7 +88,9 @@ __all__ = [
     "ExecutorMigration",
     "JobMigration",
     "JobTimeoutError",
+    "LeaderElection",
     "Lease",
+    "LeaseRefusedError",
     "LoopSwitch",
     "MigratedJob",
     "MigrationExecutor",
@@ -93,6 +101,7 @@ __all__ = [
     "ScheduledRunUnknownError",
     "ShutdownReport",
     "StoreMigration",
+    "UnstableArgumentError",
     "current_scheduled_run",
     "flush_run_records",
     "migrate_scheduler",

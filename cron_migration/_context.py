@@ -21,12 +21,23 @@ class ScheduledRun:
 
     ``scheduler`` is the scheduler running the job: a job that adds, reschedules or
     modifies jobs uses it instead of a module-level scheduler object, which after a
-    migration is the old scheduler, never started.
+    migration is the old scheduler, never started. ``slot``: the slot as every replica
+    names it (the lease's key; "" = the run time); ``slot_ends_at``: when the slot ends
+    (its run time; the end of its window for an interval trigger); ``misfire_grace_time``:
+    seconds after that a run may still start (None: no limit); ``lease_refusal``: why a
+    lease cannot key this job's slots, if so; ``fencing_token``: under a
+    :class:`LeaderElection`, the token of the leadership this run was started under (pass
+    it to writes that must refuse an old leader).
     """
 
     job_id: str
     scheduled_at: datetime
     scheduler: Any = field(default=None, compare=False)
+    slot: str = ""
+    slot_ends_at: datetime | None = None
+    misfire_grace_time: float | None = None
+    lease_refusal: str | None = None
+    fencing_token: int | None = None
 
 
 _scheduled_run: ContextVar[ScheduledRun | None] = ContextVar(

@@ -23,7 +23,7 @@ from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
 from prometheus_client import CollectorRegistry
 
-from ._context import ScheduledRun, _run_target, _scheduled_run, mark_internal_listener
+from ._context import _run_target, _scheduled_run, mark_internal_listener
 from ._job import (
     Escaped,
     MigratedJob,
@@ -31,9 +31,13 @@ from ._job import (
     awaited,
     call_escaping,
     is_async_callable,
+    refuse_unkeyable_leases,
+    watch_added_leases,
 )
+from ._leader import LeaderElection
 from ._metrics import CronMetrics
 from ._routing import LoopSwitch, RunSlots
+from ._slots import scheduled_run_of
 
 
 class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
@@ -50,7 +54,10 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
     too); the other async jobs run as under the legacy scheduler, on compat's background
     loop (None: all on the scheduler's loop). This is the per-job switch of an incremental
     migration. ``max_workers``: at most this many runs at once (None: no limit), as a
-    legacy thread pool of that size allowed.
+    legacy thread pool of that size allowed. ``leader``: a :class:`LeaderElection`; the
+    executor campaigns while it runs and runs a job only while Redis confirms this replica
+    leads (standby replicas skip every run). Starting refuses a leased job whose trigger a
+    lease cannot key (see :class:`Lease`).
     """
 
     def __init__(
@@ -59,8 +66,13 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
         *,
         registry: CollectorRegistry | None = None,
         max_workers: int | None = None,
+        leader: LeaderElection | None = None,
     ) -> None:
         super().__init__()
+        if leader is not None and not isinstance(leader, LeaderElection):
+            raise TypeError(f"leader must be a LeaderElection, got {leader!r}")
+        self.leader = leader
+        self._campaign: concurrent.futures.Future[None] | None = None
         if isinstance(async_jobs, str):
             raise TypeError(
                 f"async_jobs must be a collection of job ids, not a string: {async_jobs!r}"
@@ -79,10 +91,19 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
 
     def start(self, scheduler: Any, alias: str) -> None:
         """Start with ``scheduler`` (APScheduler calls it); watch its missed runs."""
+        refuse_unkeyable_leases(scheduler.get_jobs())
         super().start(scheduler, alias)
         # AsyncIOScheduler sets its loop before it starts its executors.
         self._loop = getattr(scheduler, "_eventloop", None)
         watch_missed_runs(scheduler, registry=self._registry)
+        watch_added_leases(scheduler)
+        if self.leader is not None:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self.leader.start)
+            else:
+                from compat import bridge_portal
+
+                self._campaign = bridge_portal().start_task_soon(self.leader.campaign)
 
     def on_async_path(self, job_id: str) -> bool:
         """Whether an async job ``job_id`` runs on the scheduler's loop (the per-job switch)."""
@@ -96,6 +117,11 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
 
     def shutdown(self, wait: bool = True) -> None:
         """Cancel the runs on the loop; ``wait`` for the threads' runs (APScheduler calls it)."""
+        if self.leader is not None:  # it resigns: a standby takes over at its next attempt
+            if self._campaign is not None:
+                self._campaign.cancel()
+            elif self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self.leader.stop)  # after its start
         if self._loop is not None:
             # A loop task cannot be waited for from a sync method on its own loop:
             # shutdown_gracefully() waits before it shuts the scheduler down.
@@ -173,8 +199,16 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                     )
                     self._logger.warning('Run time of job "%s" was missed by %s', job, late)
                     continue
+            fencing_token = None
+            if self.leader is not None:
+                fencing_token = await self.leader.confirm()
+                if fencing_token is None:
+                    self._logger.debug('Job "%s" at %s: standby, not run', job, run_time)
+                    continue
             self._logger.info('Running job "%s" (scheduled at %s)', job, run_time)
-            token = _scheduled_run.set(ScheduledRun(job.id, run_time, self._scheduler))
+            token = _scheduled_run.set(
+                scheduled_run_of(job, run_time, fencing_token, self._scheduler)
+            )
             target_token = _run_target.set(_called_job(job.func))
             try:
                 result = await self._call(job)

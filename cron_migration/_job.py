@@ -32,7 +32,13 @@ from prometheus_client import CollectorRegistry
 
 from commclient import correlation_id_ctx
 
-from ._context import _run_target, check_seconds, current_scheduled_run
+from ._context import (
+    ScheduledRun,
+    _run_target,
+    check_seconds,
+    current_scheduled_run,
+    mark_internal_listener,
+)
 from ._lease import DEFAULT_CLOCK_SKEW, Lease, LeaseDecision, OnRedisError
 from ._metrics import CronMetrics
 from ._records import (
@@ -42,12 +48,28 @@ from ._records import (
     check_capacity,
     check_recorder,
 )
+from ._slots import UnstableArgumentError, call_digest, lease_refusal, utc_text
 
 logger = logging.getLogger("cron_migration")
 
 
 class ScheduledRunUnknownError(RuntimeError):
     """A lease needs the scheduled run time, and the scheduler did not provide it."""
+
+
+class LeaseRefusedError(ValueError):
+    """A lease cannot key this job's slots identically on every replica (see the message)."""
+
+
+def lease_covers_until(scheduled: ScheduledRun, timeout: float) -> float:
+    """The last moment (epoch seconds) a run of this slot may start; the lease covers it.
+
+    The slot's end plus its ``misfire_grace_time``; plus the job's ``timeout`` when the
+    grace is unlimited (``None``), so that a lease can still end.
+    """
+    ends = scheduled.slot_ends_at or scheduled.scheduled_at
+    grace = scheduled.misfire_grace_time
+    return ends.timestamp() + (timeout if grace is None else grace)
 
 
 class JobTimeoutError(TimeoutError):
@@ -166,7 +188,7 @@ class MigratedJob:
         target_token = _run_target.set(None)  # jobs this one calls are not the scheduled run
         try:
             if self.lease is not None:
-                if scheduled_at is None:
+                if scheduled is None:
                     # An error, not a skip: it is how the job is set up, not a Redis outage,
                     # and only an error fires the failing-runs alert.
                     self._metrics.count_run(self.name, "error")
@@ -176,22 +198,70 @@ class MigratedJob:
                         "cron_migration.MigrationExecutor (migrate_scheduler installs it); "
                         "running without it could run the same slot on every replica"
                     )
-                assert self.timeout is not None
-                decision = await self.lease.acquire(job_id, scheduled_at, self.timeout, run_id)
-                if decision is LeaseDecision.HELD_ELSEWHERE:
-                    self._metrics.count_run(self.name, "skipped_elsewhere")
-                    return None
-                if (
-                    decision is LeaseDecision.REDIS_UNAVAILABLE
-                    and self.lease.on_redis_error == "skip"
-                ):
-                    self._metrics.count_run(self.name, "skipped_no_lease")
+                if not await self._take_lease(job_id, scheduled, args, kwargs, run_id):
                     return None
             record = RunRecord(run_id, job_id, self.name, scheduled_at, correlation_id)
             return await self._run_recorded(record, args, kwargs)
         finally:
             _run_target.reset(target_token)
             correlation_id_ctx.reset(token)
+
+    async def _take_lease(
+        self,
+        job_id: str,
+        scheduled: ScheduledRun,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run_id: str,
+    ) -> bool:
+        """Whether this replica runs this call in this slot (counted when it does not)."""
+        lease = self.lease
+        assert lease is not None
+        assert self.timeout is not None
+        if scheduled.lease_refusal is not None:
+            self._metrics.count_run(self.name, "error")
+            raise LeaseRefusedError(f"job {job_id!r} cannot be leased: {scheduled.lease_refusal}")
+        try:
+            digest = call_digest(self._call_arguments(args), kwargs)
+        except UnstableArgumentError as exc:
+            self._metrics.count_run(self.name, "error")
+            raise UnstableArgumentError(f"job {self.name!r}: an argument: {exc}") from None
+        until = lease_covers_until(scheduled, self.timeout)
+        key = lease.key(job_id, scheduled.slot or scheduled.scheduled_at, digest)
+        if time.time() <= until:
+            decision = await lease.acquire(key, until, run_id)
+        else:
+            decision = None
+        if decision is LeaseDecision.HELD_ELSEWHERE:
+            self._metrics.count_run(self.name, "skipped_elsewhere")
+            return False
+        if decision is LeaseDecision.REDIS_UNAVAILABLE:
+            if lease.on_redis_error == "skip":
+                self._metrics.count_run(self.name, "skipped_no_lease")
+                return False
+            return True
+        late = time.time() - until
+        if late > 0:
+            # Past the moment the slot could still start, the lease of a replica that ran
+            # it may be gone: starting now could run the slot a second time.
+            self._metrics.missed.labels(self.name).inc()
+            logger.warning(
+                "job %s: slot %s not run: %.3fs past the last moment it may start "
+                "(slot end + misfire_grace_time, or + timeout without one), which the "
+                "lease covers",
+                self.name,
+                scheduled.slot or utc_text(scheduled.scheduled_at),
+                late,
+            )
+            return False
+        return True
+
+    def _call_arguments(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The arguments that tell calls apart: a method's own instance is not one of them."""
+        name = getattr(self.func, "__name__", None)
+        if args and name and inspect.getattr_static(type(args[0]), name, None) is self:
+            return args[1:]
+        return args
 
     async def _run_recorded(
         self, record: RunRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -364,10 +434,12 @@ def migrated_job(
     ``timeout``: seconds a run may take; then it fails with :class:`JobTimeoutError` (an
     async job is cancelled; a sync job's thread cannot be stopped and runs on, no longer
     waited for). ``lease``: a Redis URL or client, or a :class:`Lease`, to run each
-    scheduled run on one replica only; needs ``timeout``, and the lease lasts ``timeout
-    + lease_clock_skew`` seconds. ``on_redis_error``: with a lease, ``"skip"`` or
-    ``"run"`` a slot when Redis is unreachable. ``recorder``: a :class:`RunRecorder`;
-    records are buffered (at most ``record_capacity`` runs) and retried until delivered.
+    call in each slot on one replica only; needs ``timeout``. The lease lasts until the
+    slot can no longer start (its end plus ``misfire_grace_time``, or plus ``timeout``
+    when the grace is unlimited) plus ``lease_clock_skew`` seconds. ``on_redis_error``:
+    with a lease, ``"skip"`` or ``"run"`` a slot when Redis is unreachable.
+    ``recorder``: a :class:`RunRecorder`; records are buffered (at most
+    ``record_capacity`` runs) and retried until delivered.
     ``name``: the ``job`` label of the metrics and the recorded job name (default: the
     function's name). ``registry``: the Prometheus registry (default: the global one).
     """
@@ -430,7 +502,8 @@ def _decorate(
         lease = Lease(lease, clock_skew=lease_clock_skew, on_redis_error=on_redis_error)
     if lease is not None and timeout is None:
         raise ValueError(
-            f"job {name!r}: a lease needs a timeout; the lease lasts timeout + clock skew"
+            f"job {name!r}: a lease needs a timeout; a leased run must end while its "
+            "replica is known to hold the slot"
         )
     outbox = None
     if recorder is not None:
@@ -451,3 +524,39 @@ def _decorate(
     )
     metrics.declare_job(name)
     return job
+
+
+def leased_job_refusal(job: Any) -> str | None:
+    """Why the scheduler job ``job`` (a leased migrated job) cannot be leased; else None."""
+    target = getattr(job.func, "__func__", job.func)
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not isinstance(target, MigratedJob) or target.lease is None:
+        return None
+    return lease_refusal(job.trigger)
+
+
+def refuse_unkeyable_leases(jobs: Any) -> None:
+    """Raise LeaseRefusedError naming every leased job whose slots a lease cannot key."""
+    refused = [(job.id, leased_job_refusal(job)) for job in jobs]
+    reasons = [f"job {job_id!r}: {reason}" for job_id, reason in refused if reason is not None]
+    if reasons:
+        raise LeaseRefusedError(
+            "a lease cannot key these jobs' slots identically on every replica: "
+            + "; ".join(reasons)
+        )
+
+
+def watch_added_leases(scheduler: Any) -> None:
+    """Log, when it is added to a running scheduler, a leased job that every run will refuse."""
+
+    def on_added(event: Any) -> None:
+        job = scheduler.get_job(event.job_id)
+        reason = None if job is None else leased_job_refusal(job)
+        if reason is not None:
+            logger.error("job %r cannot be leased, every run will fail: %s", event.job_id, reason)
+
+    from apscheduler.events import EVENT_JOB_ADDED
+
+    mark_internal_listener(on_added)
+    scheduler.add_listener(on_added, EVENT_JOB_ADDED)

@@ -39,8 +39,9 @@ from prometheus_client import CollectorRegistry
 
 from ._context import INTERNAL_LISTENER
 from ._executor import MigrationExecutor, _called_job
-from ._job import MigratedJob, is_async_callable
+from ._job import MigratedJob, is_async_callable, leased_job_refusal
 from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
+from ._leader import LeaderElection
 from ._routing import LoopSwitch
 
 #: Comma-separated ids of the jobs that run on the loop (``*``: all), read when
@@ -218,6 +219,7 @@ def migrate_scheduler(
     *,
     registry: CollectorRegistry | None = None,
     lag_monitor: bool = True,
+    leader: LeaderElection | None = None,
 ) -> tuple[AsyncIOScheduler, MigrationReport]:
     """Build an ``AsyncIOScheduler`` carrying every job, store and executor of ``old``.
 
@@ -233,12 +235,15 @@ def migrate_scheduler(
     jobs added to the new scheduler later run on its loop: the switch is a rule, "on the
     loop unless switched off" (``report.switch.switch_off(job_id)``). Sync jobs run in
     compat's bounded worker pool either way. Without ``async_jobs``, the ids come from
-    ``$CRON_MIGRATION_ASYNC_JOBS`` (comma-separated). Start the new scheduler on a
-    running loop.
+    ``$CRON_MIGRATION_ASYNC_JOBS`` (comma-separated). ``leader``: a :class:`LeaderElection`,
+    so that one replica at a time runs the jobs (every carried thread-pool executor checks
+    it; a job on another executor is a problem of the report). A leased job whose trigger a
+    lease cannot key is a problem of the report, and the new scheduler refuses to start with
+    it. Start the new scheduler on a running loop.
     """
     report = MigrationReport()
     old_executors = _old_executors(old)
-    new_executors = _carry_executors(old_executors, report, registry)
+    new_executors = _carry_executors(old_executors, report, registry, leader)
     new = AsyncIOScheduler(
         timezone=old.timezone,
         job_defaults=dict(old._job_defaults),
@@ -268,14 +273,16 @@ def migrate_scheduler(
     for entry in old_jobs:
         job = entry.job
         func = replacements.get(job.id, job.func)
-        if not entry.persisted:
+        if entry.persisted:
+            added = entry.job
+        else:
             options: dict[str, Any] = {
                 attribute: getattr(job, attribute, undefined) for attribute in _JOB_ATTRIBUTES
             }
             # A job of a scheduler that never started has no next_run_time yet: its trigger
             # gives it one when the new scheduler starts, as the old one would have done.
             options["next_run_time"] = getattr(job, "next_run_time", undefined)
-            new.add_job(
+            added = new.add_job(
                 func,
                 trigger=job.trigger,
                 args=job.args,
@@ -288,6 +295,20 @@ def migrate_scheduler(
                 **options,
             )
         report.jobs.append(_describe(old, old_executors, new, entry, func, report))
+        refusal = leased_job_refusal(added)
+        if refusal is not None:
+            # The new scheduler refuses to start with it (MigrationExecutor.start).
+            report.problems.append(MigrationProblem(job.id, f"cannot be leased: {refusal}"))
+        if leader is not None and not isinstance(
+            new_executors.get(job.executor), MigrationExecutor
+        ):
+            report.problems.append(
+                MigrationProblem(
+                    job.id,
+                    f"runs on the executor {job.executor!r}, which does not check the leader "
+                    "election: every replica would run it; move it to a thread-pool executor",
+                )
+            )
     if lag_monitor:
         report.lag_monitor = monitor_event_loop_lag(new, EventLoopLagMonitor(registry=registry))
     return new, report
@@ -309,6 +330,7 @@ def _carry_executors(
     old_executors: Mapping[str, BaseExecutor],
     report: MigrationReport,
     registry: CollectorRegistry | None,
+    leader: LeaderElection | None = None,
 ) -> dict[str, BaseExecutor]:
     """A new executor for each alias of ``old``, same limits; compat's pool made big enough."""
     new: dict[str, BaseExecutor] = {}
@@ -346,7 +368,7 @@ def _carry_executors(
                     "with no limit on runs at once; check that they run correctly there",
                 )
             )
-        new[alias] = MigrationExecutor(registry=registry, max_workers=size)
+        new[alias] = MigrationExecutor(registry=registry, max_workers=size, leader=leader)
         report.executors.append(ExecutorMigration(alias, old_name, "MigrationExecutor", size))
     if threads:
         from compat import blocking_limit, set_blocking_limit

@@ -43,6 +43,14 @@ def failing_factory():
 def exiting_factory():
     raise SystemExit(0)
 
+def leased_with_jitter():
+    from cron_migration import migrated_job
+
+    made = BlockingScheduler(timezone="UTC")
+    job = migrated_job(report, timeout=5, lease="redis://127.0.0.1:1/0", name="leased")
+    made.add_job(job, "cron", minute="*", jitter=5, id="leased")
+    return made
+
 unknown_executor = BlockingScheduler(timezone="UTC")
 unknown_executor.add_job(report, "interval", minutes=5, id="report", executor="nope")
 '''
@@ -312,3 +320,11 @@ def test_audit_finds_jobs_registered_in_a_loop_over_a_schedule_of_another_module
     )
     found = [(Path(f.path).name, f.line, f.code) for f in audit_paths([package])]
     assert found == [("jobs.py", 7, "CM002")]
+
+
+def test_plan_check_flags_a_leased_job_whose_slots_a_lease_cannot_key(
+    legacy_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", f"{legacy_module}:leased_with_jitter", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "CANNOT MOVE AS IS: leased: cannot be leased: its trigger has jitter=5" in out

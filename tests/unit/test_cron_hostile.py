@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -169,12 +170,15 @@ def test_a_forked_child_opens_its_own_lease_connection_and_owns_its_leases() -> 
         loop = asyncio.new_event_loop()  # a loop that lives on, as a service's would
         try:
             first = datetime(2026, 6, 1, 7, 30, tzinfo=timezone.utc)
-            loop.run_until_complete(lease.acquire("remind", first, 5, "parent-run"))
+            until = time.time() + 60
+            loop.run_until_complete(lease.acquire(lease.key("remind", first), until, "parent-run"))
             checker = redis.Redis.from_url(server.url)
 
             def child() -> str:
                 second = datetime(2026, 6, 1, 7, 31, tzinfo=timezone.utc)
-                loop.run_until_complete(lease.acquire("remind", second, 5, "child-run"))
+                loop.run_until_complete(
+                    lease.acquire(lease.key("remind", second), until, "child-run")
+                )
                 owner = checker.get(lease.key("remind", second)).decode()
                 # Its own connection: the parent's, the checker's and the child's.
                 return f"{owner}|{len(checker.client_list())}|{os.getpid()}"

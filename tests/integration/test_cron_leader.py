@@ -1,0 +1,137 @@
+"""LeaderElection against a real redis-server: one leader, fencing, resigning, thread schedulers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+pytest.importorskip("apscheduler")
+pytest.importorskip("redis")
+pytest.importorskip("anyio")
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from cron_migration import LeaderElection, MigrationExecutor, current_scheduled_run
+from tests.redis_server import RedisServer
+from tests.unit.cron_support import wait_until
+
+pytestmark = [pytest.mark.redis_server, pytest.mark.facade_async]
+
+
+def test_one_candidate_leads_with_a_growing_fencing_token_until_it_resigns() -> None:
+    with RedisServer() as server:
+        first = LeaderElection(server.url, name="svc", ttl=1.5, redis_timeout=0.1)
+        second = LeaderElection(server.url, name="svc", ttl=1.5, redis_timeout=0.1)
+
+        async def main() -> list[Any]:
+            seen: list[Any] = [await first.campaign_once(), await second.campaign_once()]
+            seen += [first.fencing_token, await first.confirm(), await second.confirm()]
+            await first.resign()
+            seen += [await second.campaign_once(), second.fencing_token]
+            seen += [await first.campaign_once(), await first.confirm()]
+            for election in (first, second):
+                await election.aclose()
+            return seen
+
+        seen = asyncio.run(main())
+    assert seen == [True, False, 1, 1, None, True, 2, False, None]
+
+
+def test_a_ttl_too_short_for_the_redis_timeout_is_refused() -> None:
+    with pytest.raises(ValueError, match="ttl=1s is too short for redis_timeout=1s"):
+        LeaderElection("redis://127.0.0.1:6379/0", ttl=1)
+    with pytest.raises(ValueError, match="ttl=15s is too short for redis_timeout=2s"):
+        LeaderElection("redis://127.0.0.1:6379/0", redis_timeout=2)
+
+
+def test_the_defaults_are_accepted() -> None:
+    election = LeaderElection("redis://127.0.0.1:6379/0")
+    assert (election.ttl, election.renew_every) == (15.0, 5.0)
+    with pytest.raises(ValueError, match="not a Redis URL"):
+        LeaderElection("http://127.0.0.1:6379/0")
+
+
+def test_thread_schedulers_run_jobs_on_the_leader_only_and_hand_over_on_shutdown() -> None:
+    ran: list[tuple[str, int | None]] = []
+    lock = threading.Lock()
+
+    def job_of(replica: str) -> Callable[[], None]:
+        def tick() -> None:
+            run = current_scheduled_run()
+            assert run is not None
+            with lock:
+                ran.append((replica, run.fencing_token))
+
+        return tick
+
+    def replicas_seen() -> list[str]:
+        with lock:
+            return [replica for replica, _ in ran]
+
+    with RedisServer() as server:
+        schedulers = {}
+        for replica in ("a", "b"):
+            election = LeaderElection(server.url, name="svc", ttl=3, redis_timeout=0.2)
+            scheduler = BackgroundScheduler(
+                executors={"default": MigrationExecutor(leader=election)}
+            )
+            scheduler.add_job(job_of(replica), "interval", seconds=0.1, id="tick")
+            schedulers[replica] = scheduler
+        schedulers["a"].start()
+        wait_until(lambda: len(replicas_seen()) >= 3, what="a's runs as the leader")
+        schedulers["b"].start()
+        wait_until(lambda: len(replicas_seen()) >= 8, what="more runs")
+        assert set(replicas_seen()) == {"a"}  # b stands by
+        schedulers["a"].shutdown(wait=True)  # resigns: b takes over at its next attempt
+        handed_over = len(replicas_seen())
+        wait_until(lambda: "b" in replicas_seen()[handed_over:], what="b leading")
+        schedulers["b"].shutdown(wait=True)
+    order = replicas_seen()
+    assert order == sorted(order), order  # a, then b: never both
+    assert {token for replica, token in ran if replica == "a"} == {1}
+    assert {token for replica, token in ran if replica == "b"} == {2}
+
+
+def test_an_asyncio_leader_resigns_when_its_scheduler_shuts_down() -> None:
+    import redis.asyncio
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from cron_migration import shutdown_gracefully
+    from tests.unit.cron_support import wait_until_async
+
+    ran: list[int] = []
+
+    async def tick() -> None:
+        ran.append(1)
+
+    async def main(url: str) -> bool:
+        client = redis.asyncio.Redis.from_url(url)
+        # A 30 s ttl: the key gone within the test's 10 s wait can only be a resignation.
+        election = LeaderElection(url, name="svc", ttl=30)
+        standby = LeaderElection(url, name="svc", ttl=30)
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor(leader=election)})
+        scheduler.add_job(tick, "interval", seconds=0.1, id="tick")
+        scheduler.start()
+        await wait_until_async(lambda: bool(ran), timeout=10, what="runs as the leader")
+        assert not await standby.campaign_once()
+        await shutdown_gracefully(scheduler, timeout=5)
+        key = "cron_migration:leader:{svc}"
+        await wait_until_async_value(lambda: client.exists(key), 0, what="the key resigned")
+        took_over = await standby.campaign_once()
+        await standby.aclose()
+        await client.aclose()
+        return took_over
+
+    async def wait_until_async_value(read: Any, expected: int, what: str) -> None:
+        for _ in range(1000):
+            if await read() == expected:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    with RedisServer() as server:
+        assert asyncio.run(main(server.url))
