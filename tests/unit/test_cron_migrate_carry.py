@@ -336,3 +336,17 @@ def test_a_job_on_the_carried_process_pool_runs_in_a_child_process() -> None:
     (event,) = events
     assert event.code == EVENT_JOB_EXECUTED, event.exception
     assert event.retval != os.getpid()
+
+
+def test_under_an_election_thread_executors_check_it_and_a_process_pool_is_a_problem() -> None:
+    from cron_migration import LeaderElection
+
+    election = LeaderElection("redis://127.0.0.1:1/0")  # never started: only wired here
+    new, report = migrate_scheduler(
+        legacy_with_aliases(), async_jobs=[], lag_monitor=False, leader=election
+    )
+    assert new._executors["default"].leader is election
+    assert new._executors["slow"].leader is election
+    assert not report.ok
+    assert [problem.subject for problem in report.problems] == ["in_processes"]
+    assert "does not check the leader election" in report.problems[0].message
