@@ -102,7 +102,7 @@ class ClientMetrics:
             registry,
             Gauge,
             "http_client_circuit_breaker_state",
-            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open (max is the worst).",
             ("service", "target_service"),
         ).labels(service, target)
         self.retry_budget_tokens = metric_family(

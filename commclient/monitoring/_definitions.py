@@ -29,8 +29,13 @@ LOOP_LAG = "cron_event_loop_lag_seconds"
 RUN_RECORDS_PENDING = "cron_run_records_pending"
 RUN_RECORDS_DROPPED = "cron_run_records_dropped_total"
 
-#: Breaker gauge values, as the library sets them, and how the dashboard names them.
-BREAKER_STATES = {0: "CLOSED", 1: "OPEN", 2: "HALF-OPEN"}
+#: Breaker gauge values, as the library sets them, and how the dashboard names them: the
+#: worse the state, the higher the value, so ``max`` over replicas shows the worst one.
+BREAKER_STATES = {0: "CLOSED", 1: "HALF-OPEN", 2: "OPEN"}
+#: A pair whose breaker was not closed once over this window is in an outage. Not "open
+#: for a minute": against a target that hangs, each half-open probe holds the state for a
+#: read timeout, and the state cycles open, half-open, open without ever closing.
+BREAKER_WINDOW = "2m"
 
 #: ``status`` values of a failed call: 5xx, 429, transport errors, calls refused by an
 #: open breaker, calls that found every pooled connection busy (``pool_timeout``: the
@@ -108,12 +113,17 @@ class InputSeries:
 
 @dataclass(frozen=True)
 class AlertCase:
-    """A promtool test case: the alert fires with ``labels``, or stays quiet (``None``)."""
+    """A promtool test case: the alert fires with ``labels``, or stays quiet (``None``).
+
+    ``interval`` is the time between two input samples (the scrape interval); rules are
+    evaluated every minute, as Prometheus does by default.
+    """
 
     name: str
     input_series: tuple[InputSeries, ...]
     eval_time: str
     labels: dict[str, str] | None = None
+    interval: str = "1m"
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,8 @@ class Alert:
     firing: AlertCase
     quiet: AlertCase
     runbook: str = ""
+    #: Further promtool cases (recovery, edge cases).
+    more: tuple[AlertCase, ...] = ()
 
     @property
     def expr(self) -> str:
@@ -150,6 +162,40 @@ def _requests(pair: str, status: str, values: str) -> InputSeries:
 
 
 _PAIR_LABELS = 'service="cron_service", target_service="rest_service"'
+
+
+def _breaker_cycling(
+    opens: int,
+    recovers: int,
+    until: int,
+    *,
+    reset_timeout: int = 30,
+    probe_seconds: int = 10,
+    scrape: int = 15,
+) -> str:
+    """The breaker gauge, one sample per ``scrape`` seconds, against a target that hangs.
+
+    Closed until ``opens``; then open for ``reset_timeout``, half-open for as long as the
+    probe waits for its read timeout, open again, ...; the first probe after ``recovers``
+    succeeds and the breaker stays closed until ``until``. The defaults are the library's
+    (``circuit_breaker_reset_timeout=30``, ``timeout=10``) and a 15 s scrape.
+    """
+    cycle = reset_timeout + probe_seconds
+    # The first probe let through once the target answers again closes the breaker.
+    first_probe = opens + reset_timeout
+    closes = first_probe + max(0, -(-(recovers - first_probe) // cycle)) * cycle
+    values = []
+    for now in range(0, until + 1, scrape):
+        if now < opens or now >= closes:
+            state = 0
+        elif (now - opens) % cycle < reset_timeout:
+            state = 2
+        else:
+            state = 1
+        values.append(str(state))
+    return " ".join(values)
+
+
 _PAIR_DICT = {"service": "cron_service", "target_service": "rest_service"}
 
 
@@ -168,32 +214,62 @@ ALERTS = (
     Alert(
         name="CommClientCircuitBreakerOpen",
         title="Circuit breaker open",
-        value=f"max by ({PAIR}) ({BREAKER_STATE} == bool 1)",
+        value=f"max by ({PAIR}) (min_over_time({BREAKER_STATE}[{BREAKER_WINDOW}]))",
         op=">",
         threshold=0,
         for_="1m",
         severity="critical",
         summary="Circuit breaker {{ $labels.service }} -> {{ $labels.target_service }} is open",
         description=(
-            "Calls from {{ $labels.service }} to {{ $labels.target_service }} fail fast with"
-            " ServiceUnavailableError: the target failed too often and is left alone until"
-            " the breaker's reset timeout lets a probe through."
+            "The breaker of {{ $labels.service }} for {{ $labels.target_service }} has not"
+            f" been closed once in {BREAKER_WINDOW} (open, or half-open probes that fail):"
+            " calls fail fast with ServiceUnavailableError."
         ),
         firing=AlertCase(
-            "open for four minutes",
-            (InputSeries(f"{BREAKER_STATE}{{{_PAIR_LABELS}}}", "0 1x10"),),
+            "a hanging target at the default timings: open 30 s, a probe that times out"
+            " after 10 s, open again; scraped every 15 s, and every other rule evaluation"
+            " sees a probe in flight",
+            (InputSeries(f"{BREAKER_STATE}{{{_PAIR_LABELS}}}", _breaker_cycling(50, 600, 900)),),
             "5m",
             _PAIR_DICT,
+            interval="15s",
         ),
         quiet=AlertCase(
-            "half-open probes and a one-minute blip are not an outage",
+            "a 90 s outage ended by a probe, and a half-open moment, are not an outage",
             (
-                InputSeries(f"{BREAKER_STATE}{{{_PAIR_LABELS}}}", "0 1 0 2x8"),
                 InputSeries(
-                    f'{BREAKER_STATE}{{service="cron_service", target_service="other"}}', "0x10"
+                    f"{BREAKER_STATE}{{{_PAIR_LABELS}}}",
+                    _breaker_cycling(60, 150, 900),
+                ),
+                InputSeries(
+                    f'{BREAKER_STATE}{{service="cron_service", target_service="other"}}',
+                    "0x10 1 0x50",
                 ),
             ),
             "5m",
+            interval="15s",
+        ),
+        more=(
+            AlertCase(
+                "resolved two minutes after the cycling ends with a successful probe",
+                (
+                    InputSeries(
+                        f"{BREAKER_STATE}{{{_PAIR_LABELS}}}", _breaker_cycling(50, 600, 900)
+                    ),
+                ),
+                "12m",
+                interval="15s",
+            ),
+            AlertCase(
+                "one replica open, another half-open: the pair is open",
+                (
+                    InputSeries(f'{BREAKER_STATE}{{{_PAIR_LABELS}, instance="a"}}', "0x4 2x40"),
+                    InputSeries(f'{BREAKER_STATE}{{{_PAIR_LABELS}, instance="b"}}', "0x4 1x40"),
+                ),
+                "5m",
+                _PAIR_DICT,
+                interval="15s",
+            ),
         ),
     ),
     Alert(

@@ -260,7 +260,7 @@ def _case(alert: d.Alert, case: d.AlertCase) -> Any:
         )
     return {
         "name": f"{alert.name}: {case.name}",
-        "interval": "1m",
+        "interval": case.interval,
         "input_series": [{"series": s.series, "values": s.values} for s in case.input_series],
         "alert_rule_test": [
             {"eval_time": case.eval_time, "alertname": alert.name, "exp_alerts": expected}
@@ -269,11 +269,15 @@ def _case(alert: d.Alert, case: d.AlertCase) -> Any:
 
 
 def build_prometheus_tests() -> Any:
-    """promtool unit tests: each alert once firing and once quiet."""
+    """promtool unit tests: each alert at least once firing and once quiet."""
     return {
         "rule_files": [PROMETHEUS_RULES_FILE],
         "evaluation_interval": "1m",
-        "tests": [_case(alert, case) for alert in d.ALERTS for case in (alert.firing, alert.quiet)],
+        "tests": [
+            _case(alert, case)
+            for alert in d.ALERTS
+            for case in (alert.firing, alert.quiet, *alert.more)
+        ],
     }
 
 

@@ -222,7 +222,7 @@ def test_breaker_opens_after_fail_max_calls_and_fails_fast(make_harness: MakeHar
     assert len(harness.sent) == 6, "an open breaker sends nothing"
     assert 0 < caught.value.retry_after <= 30
     assert caught.value.attempts == 0
-    assert harness.metric("http_client_circuit_breaker_state") == 1
+    assert harness.metric("http_client_circuit_breaker_state") == 2  # open
     assert (
         harness.metric(
             "http_client_requests_total", method="GET", endpoint="/down", status="circuit_open"

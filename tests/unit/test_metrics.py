@@ -87,7 +87,7 @@ def test_breaker_gauge_follows_every_transition_without_calls() -> None:
 
     assert state() == 0
     testing.force_open("gauge-svc", "gauge-tgt")
-    assert state() == 1
+    assert state() == 2  # open: the worst state has the highest value
     testing.force_closed("gauge-svc", "gauge-tgt")
     assert state() == 0
     testing.reset()

@@ -115,7 +115,7 @@ class TestDashboard:
         (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
         assert mapping["type"] == "value"
         texts = {int(value): option["text"] for value, option in mapping["options"].items()}
-        assert texts == {0: "CLOSED", 1: "OPEN", 2: "HALF-OPEN"} == BREAKER_STATES
+        assert texts == {0: "CLOSED", 1: "HALF-OPEN", 2: "OPEN"} == BREAKER_STATES
 
     def test_breaker_values_are_the_ones_the_library_sets(self) -> None:
         import pybreaker
