@@ -104,6 +104,9 @@ class ClientMetrics:
             "http_client_circuit_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open (max is the worst).",
             ("service", "target_service"),
+            # Multiprocess mode: the worst state of the live workers; an exited worker's
+            # state goes with it (mark_process_dead).
+            multiprocess_mode="livemax",
         ).labels(service, target)
         self.retry_budget_tokens = metric_family(
             registry,
@@ -111,6 +114,8 @@ class ClientMetrics:
             "http_client_retry_budget_tokens",
             "Retry tokens left in the per-target retry budget.",
             ("target_service",),
+            # Each worker has its own budget: the lowest live one is the first to refuse.
+            multiprocess_mode="livemin",
         ).labels(target)
         self._endpoints: set[str] = set()
         self._paths: dict[str, str] = {}

@@ -59,6 +59,8 @@ class CronMetrics:
             "cron_run_records_pending",
             "Runs whose records are not yet delivered to the recorder.",
             [],
+            # Every live worker's backlog adds up; an exited worker's is gone with it.
+            multiprocess_mode="livesum",
         )
         self.records_dropped = metric_family(
             registry,
