@@ -12,6 +12,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
 
+#: Label names of the client's families. None is a label that Prometheus (``job``,
+#: ``instance``) or prometheus-operator (``service``, ``endpoint``, ``namespace``, ``pod``,
+#: ``container``) sets on a scrape target: with the default ``honor_labels: false`` a clash
+#: would rename the library's label ``exported_*`` and put the target's value in its place.
+PAIR_LABELS = ("source_service", "target_service")
+REQUEST_LABELS = (*PAIR_LABELS, "method", "route")
+
 _families: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, object]] = (
     weakref.WeakKeyDictionary()
 )
@@ -81,14 +88,14 @@ class ClientMetrics:
             Counter,
             "http_client_requests_total",
             "Requests sent to another service, by outcome.",
-            ("service", "target_service", "method", "endpoint", "status"),
+            (*REQUEST_LABELS, "status"),
         )
         self._duration = metric_family(
             registry,
             Histogram,
             "http_client_request_duration_seconds",
             "Duration of one attempt, from sending to the decoded response or the error.",
-            ("service", "target_service", "method", "endpoint"),
+            REQUEST_LABELS,
             buckets=DURATION_BUCKETS,
         )
         self._retries = metric_family(
@@ -96,14 +103,14 @@ class ClientMetrics:
             Counter,
             "http_client_retries_total",
             "Attempts repeated after a failure, by the failure that caused them.",
-            ("service", "target_service", "method", "endpoint", "error_type"),
+            (*REQUEST_LABELS, "error_type"),
         )
         self.breaker_state = metric_family(
             registry,
             Gauge,
             "http_client_circuit_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open (max is the worst).",
-            ("service", "target_service"),
+            PAIR_LABELS,
             # Multiprocess mode: the worst state of the live workers; an exited worker's
             # state goes with it (mark_process_dead).
             multiprocess_mode="livemax",
@@ -124,7 +131,7 @@ class ClientMetrics:
         self._retry_children: dict[tuple[str, str, str], Counter] = {}
 
     def endpoint(self, path: str, *, template: bool) -> str:
-        """The ``endpoint`` label: the template as given, else the normalised path."""
+        """The ``route`` label: the template as given, else the normalised path."""
         if template:
             return self._bounded(path)
         endpoint = self._paths.get(path)

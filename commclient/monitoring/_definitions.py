@@ -46,7 +46,7 @@ ERROR_STATUSES = "5..|429|timeout|connect_error|pool_timeout|circuit_open|decode
 CRON_FAILURE_OUTCOMES = "error|timeout"
 
 # Recorded series: level:metric:operation (the Prometheus naming convention).
-PAIR = "service, target_service"
+PAIR = "source_service, target_service"
 REQUEST_RATE = "service_target:http_client_requests:rate5m"
 ERROR_RATE = "service_target:http_client_request_errors:rate5m"
 ERROR_RATIO = "service_target:http_client_request_error_ratio:rate5m"
@@ -59,9 +59,9 @@ CACHE_HIT_RATIO = "cache_name:redis_cache_hit_ratio:rate5m"
 LOOP_LAG_P99 = "instance:cron_event_loop_lag_seconds:p99_5m"
 
 #: Dashboard variables narrowing the client panels to some pairs.
-PAIR_FILTER = 'service=~"$service", target_service=~"$target_service"'
+PAIR_FILTER = 'source_service=~"$source_service", target_service=~"$target_service"'
 #: The variables and what the dashboard puts in place of each when "All" is selected.
-DASHBOARD_VARIABLES = {"service": ".*", "target_service": ".*"}
+DASHBOARD_VARIABLES = {"source_service": ".*", "target_service": ".*"}
 
 DEFAULT_DATASOURCE_UID = "prometheus"
 
@@ -156,12 +156,12 @@ class Alert:
 
 def _requests(pair: str, status: str, values: str) -> InputSeries:
     return InputSeries(
-        f'{REQUESTS}{{{pair}, method="GET", endpoint="/api/users/{{id}}", status="{status}"}}',
+        f'{REQUESTS}{{{pair}, method="GET", route="/api/users/{{id}}", status="{status}"}}',
         values,
     )
 
 
-_PAIR_LABELS = 'service="cron_service", target_service="rest_service"'
+_PAIR_LABELS = 'source_service="cron_service", target_service="rest_service"'
 
 
 def _breaker_cycling(
@@ -196,7 +196,7 @@ def _breaker_cycling(
     return " ".join(values)
 
 
-_PAIR_DICT = {"service": "cron_service", "target_service": "rest_service"}
+_PAIR_DICT = {"source_service": "cron_service", "target_service": "rest_service"}
 
 
 def _lag_buckets(fast: str) -> tuple[InputSeries, ...]:
@@ -219,9 +219,9 @@ ALERTS = (
         threshold=0,
         for_="1m",
         severity="critical",
-        summary="Circuit breaker {{ $labels.service }} -> {{ $labels.target_service }} is open",
+        summary="Circuit breaker {{ $labels.source_service }} -> {{ $labels.target_service }} is open",
         description=(
-            "The breaker of {{ $labels.service }} for {{ $labels.target_service }} has not"
+            "The breaker of {{ $labels.source_service }} for {{ $labels.target_service }} has not"
             f" been closed once in {BREAKER_WINDOW} (open, or half-open probes that fail):"
             " calls fail fast with ServiceUnavailableError."
         ),
@@ -242,7 +242,7 @@ ALERTS = (
                     _breaker_cycling(60, 150, 900),
                 ),
                 InputSeries(
-                    f'{BREAKER_STATE}{{service="cron_service", target_service="other"}}',
+                    f'{BREAKER_STATE}{{source_service="cron_service", target_service="other"}}',
                     "0x10 1 0x50",
                 ),
             ),
@@ -280,7 +280,7 @@ ALERTS = (
         threshold=0.05,
         for_="5m",
         severity="warning",
-        summary="Over 5% of calls {{ $labels.service }} -> {{ $labels.target_service }} fail",
+        summary="Over 5% of calls {{ $labels.source_service }} -> {{ $labels.target_service }} fail",
         description=(
             "Attempts ending in 5xx, 429, a timeout, a connection error, a full connection"
             " pool, an open breaker or an undecodable body, as a share of all attempts over"
@@ -313,7 +313,7 @@ ALERTS = (
         threshold=0.1,
         for_="5m",
         severity="warning",
-        summary="Over 10% of calls {{ $labels.service }} -> {{ $labels.target_service }} retry",
+        summary="Over 10% of calls {{ $labels.source_service }} -> {{ $labels.target_service }} retry",
         description=(
             "Retries per attempt over 5 minutes. The retry budget caps them; a high ratio"
             " means the target is degrading before the breaker opens."
@@ -323,7 +323,7 @@ ALERTS = (
             (
                 _requests(_PAIR_LABELS, "success", "0+60x20"),
                 InputSeries(
-                    f'{RETRIES}{{{_PAIR_LABELS}, method="GET", endpoint="/api/users/{{id}}",'
+                    f'{RETRIES}{{{_PAIR_LABELS}, method="GET", route="/api/users/{{id}}",'
                     f' error_type="timeout"}}',
                     "0+30x20",
                 ),
@@ -336,7 +336,7 @@ ALERTS = (
             (
                 _requests(_PAIR_LABELS, "success", "0+60x20"),
                 InputSeries(
-                    f'{RETRIES}{{{_PAIR_LABELS}, method="GET", endpoint="/api/users/{{id}}",'
+                    f'{RETRIES}{{{_PAIR_LABELS}, method="GET", route="/api/users/{{id}}",'
                     f' error_type="503"}}',
                     "0+1x20",
                 ),
@@ -386,12 +386,12 @@ ALERTS = (
     Alert(
         name="CronJobRunFailures",
         title="Cron job runs failing",
-        value=(f'sum by (job) (increase({CRON_RUNS}{{outcome=~"{CRON_FAILURE_OUTCOMES}"}}[15m]))'),
+        value=(f'sum by (cron_job) (increase({CRON_RUNS}{{outcome=~"{CRON_FAILURE_OUTCOMES}"}}[15m]))'),
         op=">",
         threshold=0,
         for_="0m",
         severity="warning",
-        summary="Cron job {{ $labels.job }} failed in the last 15 minutes",
+        summary="Cron job {{ $labels.cron_job }} failed in the last 15 minutes",
         description=(
             "Runs that raised or hit their timeout. Runs skipped because another replica"
             " holds the lease are not failures."
@@ -399,20 +399,20 @@ ALERTS = (
         firing=AlertCase(
             "one run raised",
             (
-                InputSeries(f'{CRON_RUNS}{{job="send_reminders", outcome="success"}}', "0+1x10"),
-                InputSeries(f'{CRON_RUNS}{{job="send_reminders", outcome="error"}}', "0 0 1x8"),
+                InputSeries(f'{CRON_RUNS}{{cron_job="send_reminders", outcome="success"}}', "0+1x10"),
+                InputSeries(f'{CRON_RUNS}{{cron_job="send_reminders", outcome="error"}}', "0 0 1x8"),
             ),
             "4m",
-            {"job": "send_reminders"},
+            {"cron_job": "send_reminders"},
         ),
         quiet=AlertCase(
             "successes and runs skipped elsewhere",
             (
-                InputSeries(f'{CRON_RUNS}{{job="send_reminders", outcome="success"}}', "0+1x10"),
+                InputSeries(f'{CRON_RUNS}{{cron_job="send_reminders", outcome="success"}}', "0+1x10"),
                 InputSeries(
-                    f'{CRON_RUNS}{{job="send_reminders", outcome="skipped_elsewhere"}}', "0+1x10"
+                    f'{CRON_RUNS}{{cron_job="send_reminders", outcome="skipped_elsewhere"}}', "0+1x10"
                 ),
-                InputSeries(f'{CRON_RUNS}{{job="send_reminders", outcome="error"}}', "0x10"),
+                InputSeries(f'{CRON_RUNS}{{cron_job="send_reminders", outcome="error"}}', "0x10"),
             ),
             "4m",
         ),
@@ -465,7 +465,7 @@ class Row:
     panels: tuple[Panel, ...]
 
 
-_PAIR_LEGEND = "{{service}} → {{target_service}}"
+_PAIR_LEGEND = "{{source_service}} → {{target_service}}"
 
 DASHBOARD_TITLE = "Service Communication"
 DASHBOARD_UID = "commclient-service-communication"
@@ -507,7 +507,7 @@ ROWS = (
                 "The ten busiest endpoints by attempts per second.",
                 (
                     Query(
-                        "topk(10, sum by (service, target_service, method, endpoint)"
+                        "topk(10, sum by (source_service, target_service, method, route)"
                         f" (rate({REQUESTS}{{{PAIR_FILTER}}}[$__rate_interval])))"
                     ),
                 ),
@@ -526,7 +526,7 @@ ROWS = (
                     Query(
                         f"sum by ({PAIR}, error_type)"
                         f" (rate({RETRIES}{{{PAIR_FILTER}}}[$__rate_interval]))",
-                        "{{service}} → {{target_service}} {{error_type}}",
+                        "{{source_service}} → {{target_service}} {{error_type}}",
                     ),
                 ),
             ),
@@ -589,8 +589,8 @@ ROWS = (
                 " (another replica holds the lease), skipped_no_lease (the lease store failed).",
                 (
                     Query(
-                        f"sum by (job, outcome) (increase({CRON_RUNS}[$__rate_interval]))",
-                        "{{job}} {{outcome}}",
+                        f"sum by (cron_job, outcome) (increase({CRON_RUNS}[$__rate_interval]))",
+                        "{{cron_job}} {{outcome}}",
                     ),
                 ),
                 stacked=True,
@@ -602,9 +602,9 @@ ROWS = (
                 "95th percentile of a run's duration per job.",
                 (
                     Query(
-                        "histogram_quantile(0.95, sum by (le, job)"
+                        "histogram_quantile(0.95, sum by (le, cron_job)"
                         f" (rate({CRON_DURATION}_bucket[$__rate_interval])))",
-                        "{{job}}",
+                        "{{cron_job}}",
                     ),
                 ),
             ),
@@ -615,8 +615,8 @@ ROWS = (
                 "Runs the scheduler skipped because they were past their misfire grace time.",
                 (
                     Query(
-                        f"sum by (job) (increase({CRON_MISSED}[$__rate_interval]))",
-                        "{{job}}",
+                        f"sum by (cron_job) (increase({CRON_MISSED}[$__rate_interval]))",
+                        "{{cron_job}}",
                     ),
                 ),
             ),

@@ -124,12 +124,16 @@ def build_dashboard() -> Any:
             .label("Data source")
             .type("prometheus")
         )
-        .with_variable(_pair_variable("service", "Service", f"label_values({d.REQUESTS}, service)"))
+        .with_variable(
+            _pair_variable(
+                "source_service", "Service", f"label_values({d.REQUESTS}, source_service)"
+            )
+        )
         .with_variable(
             _pair_variable(
                 "target_service",
                 "Target",
-                f'label_values({d.REQUESTS}{{service=~"$service"}}, target_service)',
+                f'label_values({d.REQUESTS}{{source_service=~"$source_service"}}, target_service)',
             )
         )
     )

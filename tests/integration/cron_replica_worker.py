@@ -65,7 +65,7 @@ async def main(url: str, prefix: str, interval: float, start: float, end: float)
     await client.aclose()
     counts = {
         outcome: registry.get_sample_value(
-            "cron_job_runs_total", {"job": "remind", "outcome": outcome}
+            "cron_job_runs_total", {"cron_job": "remind", "outcome": outcome}
         )
         or 0.0
         for outcome in OUTCOMES

@@ -97,7 +97,7 @@ def test_an_exited_worker_leaves_no_breaker_state_and_budgets_are_values(
     opened = _start("open", url, multiproc_dir)
     closed = _start("closed", url, multiproc_dir)
     try:
-        pair = (("service", "web"), ("target_service", "rest"))
+        pair = (("source_service", "web"), ("target_service", "rest"))
         # One series per pair, without a pid label: the worst state of the live workers.
         assert _samples("http_client_circuit_breaker_state") == {pair: 2.0}
         # Written as a value, so the multiprocess collector sees it (a set_function gauge

@@ -69,6 +69,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def operator_labels(name: str) -> dict[str, str]:
+    """Target labels as prometheus-operator sets them for a ServiceMonitor's endpoint."""
+    return {
+        "namespace": "prod",
+        "service": f"{name}-svc",
+        "endpoint": "http-metrics",
+        "pod": f"{name}-7d9f-x2",
+        "container": name,
+    }
+
+
 class Prometheus:
     """A prometheus server on loopback with its own storage, stopped at the end."""
 
@@ -80,10 +91,12 @@ class Prometheus:
             "scrape_configs": [
                 {
                     "job_name": name,
-                    # cron_migration labels its series with `job` (the cron job's name);
-                    # without honor_labels Prometheus would rename it exported_job.
-                    "honor_labels": True,
-                    "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+                    # Prometheus' default; the target labels prometheus-operator sets from a
+                    # ServiceMonitor. No library label may clash with them.
+                    "honor_labels": False,
+                    "static_configs": [
+                        {"targets": [f"127.0.0.1:{port}"], "labels": operator_labels(name)}
+                    ],
                 }
                 for name, port in targets.items()
             ],
@@ -366,7 +379,7 @@ def test_breaker_open_alert_is_true_during_the_outage_only(run: Run) -> None:
     expr = _alert_expr("CommClientCircuitBreakerOpen")
     prometheus = run.prometheus
     during = prometheus.query_range(expr, run.outage_started, run.outage_ended)
-    pairs = {(s["metric"]["service"], s["metric"]["target_service"]) for s in during}
+    pairs = {(s["metric"]["source_service"], s["metric"]["target_service"]) for s in during}
     assert pairs == {("cron_service", "rest_service"), ("legacy_service", "rest_service")}
     before = prometheus.query_range(expr, run.started, run.outage_started - 1)
     assert before == []
@@ -381,17 +394,17 @@ def test_breaker_open_alert_went_pending(run: Run) -> None:
         run.outage_started,
         run.outage_ended + 2,
     )
-    assert {s["metric"]["service"] for s in series} == {"cron_service", "legacy_service"}
+    assert {s["metric"]["source_service"] for s in series} == {"cron_service", "legacy_service"}
 
 
 @pytest.mark.parametrize(
     ("alert", "label", "value"),
     [
-        ("CommClientHighErrorRate", "service", "cron_service"),
-        ("CommClientHighRetryRate", "service", "cron_service"),
+        ("CommClientHighErrorRate", "source_service", "cron_service"),
+        ("CommClientHighRetryRate", "source_service", "cron_service"),
         ("CommClientLowCacheHitRate", "cache_name", "assistant_cache"),
-        ("CronJobRunFailures", "job", "send_due_reminders"),
-        ("CronJobRunFailures", "job", "slow_report"),
+        ("CronJobRunFailures", "cron_job", "send_due_reminders"),
+        ("CronJobRunFailures", "cron_job", "slow_report"),
     ],
 )
 def test_provoked_alerts_are_true(run: Run, alert: str, label: str, value: str) -> None:
@@ -402,11 +415,11 @@ def test_provoked_alerts_are_true(run: Run, alert: str, label: str, value: str) 
 def test_cron_job_label_survives_the_scrape(run: Run) -> None:
     series = run.prometheus.query_range(
         # > 0: cron_migration exports every (job, outcome) series at 0 from the start.
-        'sum by (job, outcome) (cron_job_runs_total{outcome=~"success|error|timeout"}) > 0',
+        'sum by (cron_job, outcome) (cron_job_runs_total{outcome=~"success|error|timeout"}) > 0',
         run.started,
         run.ended,
     )
-    seen = {(s["metric"]["job"], s["metric"]["outcome"]) for s in series}
+    seen = {(s["metric"]["cron_job"], s["metric"]["outcome"]) for s in series}
     assert {
         ("send_due_reminders", "success"),
         ("send_due_reminders", "error"),
@@ -414,6 +427,27 @@ def test_cron_job_label_survives_the_scrape(run: Run) -> None:
         ("poll_batch_jobs", "success"),
         ("slow_report", "timeout"),
     } <= seen
+
+
+def test_library_labels_survive_operator_target_labels(run: Run) -> None:
+    """With honor_labels false, the target's service/endpoint/namespace/pod/job labels sit
+    beside the library's own: nothing is renamed exported_*, nothing is overwritten."""
+    series = run.prometheus.query_range(
+        'http_client_requests_total{status="success"}', run.started, run.ended
+    )
+    labels = [s["metric"] for s in series]
+    assert labels
+    assert [name for one in labels for name in one if name.startswith("exported_")] == []
+    by_target = {(one["job"], one["source_service"], one["service"]) for one in labels}
+    assert by_target == {
+        ("cron_service", "cron_service", "cron_service-svc"),
+        ("legacy_service", "legacy_service", "legacy_service-svc"),
+    }
+    assert {one["endpoint"] for one in labels} == {"http-metrics"}
+    assert {one["route"] for one in labels} >= {"/api/global-settings/"}
+    cron = run.prometheus.query_range("cron_job_runs_total", run.started, run.ended)
+    assert {s["metric"]["job"] for s in cron} == {"cron_service"}
+    assert "send_due_reminders" in {s["metric"]["cron_job"] for s in cron}
 
 
 def test_the_rest_service_was_scraped(run: Run) -> None:

@@ -538,8 +538,8 @@ def test_metric_labels_stay_bounded(http_server: ServerProcess, row: Row) -> Non
     for family in registry.collect():
         for sample in family.samples:
             label_sets.setdefault(family.name, set()).add(tuple(sorted(sample.labels.items())))
-            if "endpoint" in sample.labels:
-                endpoints.add(sample.labels["endpoint"])
+            if "route" in sample.labels:
+                endpoints.add(sample.labels["route"])
     biggest = max(len(v) for v in label_sets.values())
     row.scenario = "S5"
     row.title = "Metric label cardinality"

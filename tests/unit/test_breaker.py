@@ -109,7 +109,7 @@ def _trip(core: Core) -> None:
 
 def _state_gauge(registry: CollectorRegistry, service: str, target: str) -> float | None:
     return registry.get_sample_value(
-        "http_client_circuit_breaker_state", {"service": service, "target_service": target}
+        "http_client_circuit_breaker_state", {"source_service": service, "target_service": target}
     )
 
 

@@ -47,17 +47,17 @@ def test_families_have_the_designed_names_and_labels() -> None:
     expected = {
         "http_client_requests": (
             "counter",
-            {"service", "target_service", "method", "endpoint", "status"},
+            {"source_service", "target_service", "method", "route", "status"},
         ),
         "http_client_request_duration_seconds": (
             "histogram",
-            {"service", "target_service", "method", "endpoint"},
+            {"source_service", "target_service", "method", "route"},
         ),
         "http_client_retries": (
             "counter",
-            {"service", "target_service", "method", "endpoint", "error_type"},
+            {"source_service", "target_service", "method", "route", "error_type"},
         ),
-        "http_client_circuit_breaker_state": ("gauge", {"service", "target_service"}),
+        "http_client_circuit_breaker_state": ("gauge", {"source_service", "target_service"}),
     }
     for name, (kind, labels) in expected.items():
         assert families[name].type == kind
@@ -82,7 +82,7 @@ def test_breaker_gauge_follows_every_transition_without_calls() -> None:
     def state() -> float | None:
         return registry.get_sample_value(
             "http_client_circuit_breaker_state",
-            {"service": "gauge-svc", "target_service": "gauge-tgt"},
+            {"source_service": "gauge-svc", "target_service": "gauge-tgt"},
         )
 
     assert state() == 0
@@ -99,7 +99,7 @@ def test_default_registry_is_the_global_one() -> None:
     build_core("http://g.test", name, "tgt", None, None, None)
     assert (
         REGISTRY.get_sample_value(
-            "http_client_circuit_breaker_state", {"service": name, "target_service": "tgt"}
+            "http_client_circuit_breaker_state", {"source_service": name, "target_service": "tgt"}
         )
         == 0
     )
@@ -117,10 +117,10 @@ def test_two_clients_share_one_registry() -> None:
             registry.get_sample_value(
                 "http_client_requests_total",
                 {
-                    "service": service,
+                    "source_service": service,
                     "target_service": "t",
                     "method": "GET",
-                    "endpoint": "/x",
+                    "route": "/x",
                     "status": "success",
                 },
             )

@@ -323,7 +323,7 @@ def cron_exported() -> Exported:
         async with EventLoopLagMonitor(interval=0.005, registry=registry):
             scheduler.start()
             deadline = time.monotonic() + 30
-            while not registry.get_sample_value("cron_job_missed_total", {"job": "late_job"}):
+            while not registry.get_sample_value("cron_job_missed_total", {"cron_job": "late_job"}):
                 assert time.monotonic() < deadline, "the scheduler never reported the missed run"
                 await asyncio.sleep(0.01)
         await shutdown_gracefully(scheduler, timeout=5)
@@ -349,7 +349,7 @@ def test_the_cron_scenario_saw_every_outcome_the_queries_name(cron_exported: Exp
     outcomes = {labels["outcome"] for labels in cron_exported.counted["cron_job_runs_total"]}
     assert {"success", "error", "timeout"} <= outcomes
     missed = cron_exported.counted["cron_job_missed_total"]
-    assert [labels["job"] for labels in missed] == ["late_job"]
+    assert [labels["cron_job"] for labels in missed] == ["late_job"]
     assert "cron_event_loop_lag_seconds_bucket" in cron_exported.labels
 
 
@@ -368,11 +368,11 @@ def test_every_expression_parses(expression: Expression) -> None:
         ("rate(http_client_request_total[1m])", "http_client_request_total is neither"),
         ("http_client_circuit_breaker_state == 3", "compared with 3.0"),
         (
-            "histogram_quantile(0.9, sum by (service)"
+            "histogram_quantile(0.9, sum by (source_service)"
             " (rate(http_client_request_duration_seconds_bucket[1m])))",
             "without le",
         ),
-        ("sum by (endpoint) (service_target:http_client_requests:rate5m)", "by ['endpoint']"),
+        ("sum by (route) (service_target:http_client_requests:rate5m)", "by ['route']"),
     ],
 )
 def test_a_mistake_is_caught(exported: Exported, expr: str, problem: str) -> None:
