@@ -82,9 +82,13 @@ class FailureKind(enum.Enum):
 
     @property
     def status_label(self) -> str:
-        """The ``status`` / ``error_type`` metric label of this failure."""
-        if self is FailureKind.POOL_TIMEOUT:
-            return "pool_timeout"
+        """The ``status`` / ``error_type`` metric label of this failure.
+
+        The caller's own limits are named for what they are, so that the error ratio
+        (which counts ``timeout`` and ``connect_error`` against the target) leaves them out.
+        """
+        if self in (FailureKind.POOL_TIMEOUT, FailureKind.DEADLINE, FailureKind.UNSENDABLE):
+            return str(self.value)
         return "timeout" if self.is_timeout else "connect_error"
 
 

@@ -29,6 +29,7 @@ class Expression:
     def concrete(self, rate_interval: str = "1m") -> str:
         """The expression as Grafana would send it with every variable at "All"."""
         expr = self.expr.replace("$__rate_interval", rate_interval)
+        expr = expr.replace("$__interval", rate_interval)
         for name, value in DASHBOARD_VARIABLES.items():
             expr = expr.replace(f"${name}", value)
         return expr

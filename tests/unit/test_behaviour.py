@@ -347,9 +347,7 @@ def test_metrics_count_attempts_retries_and_durations(make_harness: MakeHarness)
             == 1
         )
     assert (
-        harness.metric(
-            "http_client_request_duration_seconds_count", method="GET", route=endpoint
-        )
+        harness.metric("http_client_request_duration_seconds_count", method="GET", route=endpoint)
         == 3
     )
 
