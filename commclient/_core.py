@@ -823,6 +823,13 @@ def build_core(
         config,
         breakers.get(service_name, target_service, config),
         retry_budgets.get(target_service, config),
-        ClientMetrics(registry, service_name, target_service, config.max_endpoints),
+        ClientMetrics(
+            registry,
+            service_name,
+            target_service,
+            config.max_endpoints,
+            retry_statuses=config.retry_on_status,
+            normalize_route=config.normalize_route,
+        ),
         SystemClock() if clock is None else clock,
     )

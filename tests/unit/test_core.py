@@ -203,7 +203,7 @@ class TestDeadline:
                 },
             )
 
-        assert (count("503"), count("deadline"), count("timeout")) == (1.0, 1.0, None)
+        assert (count("503"), count("deadline"), count("timeout")) == (1.0, 1.0, 0.0)
 
     def test_per_call_deadline_overrides_the_config(self) -> None:
         core = make_core(deadline=100.0)
