@@ -41,6 +41,7 @@ from commclient.monitoring import export, start_metrics_server
 from commclient.monitoring._definitions import ALERTS
 from examples.rest_service import create_app
 from examples.serving import serve
+from tests.http_server import ServerProcess
 from tests.monitoring_queries import (
     Expression,
     grafana_alert_expressions,
@@ -87,14 +88,22 @@ def operator_labels(name: str) -> dict[str, str]:
 class Prometheus:
     """A prometheus server on loopback with its own storage, stopped at the end."""
 
-    def __init__(self, directory: Path, targets: dict[str, int], rules: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        targets: dict[str, int],
+        rules: Path,
+        intervals: dict[str, str] | None = None,
+    ) -> None:
         self.port = _free_port()
+        intervals = intervals or {}
         config = {
             "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": "1s"},
             "rule_files": [str(rules)],
             "scrape_configs": [
                 {
                     "job_name": name,
+                    "scrape_interval": intervals.get(name, SCRAPE_INTERVAL),
                     # Prometheus' default; the target labels prometheus-operator sets from a
                     # ServiceMonitor. No library label may clash with them.
                     "honor_labels": False,
@@ -150,13 +159,30 @@ class Prometheus:
             time.sleep(0.5)
         raise RuntimeError(f"fewer than {count} targets up: {self.get('/api/v1/targets')}")
 
-    def query_range(self, expr: str, start: float, end: float) -> list[Any]:
+    def query_range(self, expr: str, start: float, end: float, step: int = 1) -> list[Any]:
         answer = self.get(
-            "/api/v1/query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step="1"
+            "/api/v1/query_range",
+            query=expr,
+            start=f"{start:.3f}",
+            end=f"{end:.3f}",
+            step=str(step),
         )
         assert answer["status"] == "success", answer
         series: list[Any] = answer["data"]["result"]
         return series
+
+    def query(self, expr: str) -> list[Any]:
+        answer = self.get("/api/v1/query", query=expr)
+        assert answer["status"] == "success", answer
+        result: list[Any] = answer["data"]["result"]
+        return result
+
+    def wait_for(self, expr: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.query(expr):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no result for {expr} in {timeout} s")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -180,6 +206,8 @@ class Run:
     calls: dict[str, int]
     #: Alert name -> expression, as exported for this run.
     alerts: dict[str, str]
+    #: Runs of each cron job, as the cron service's registry counted them at the end.
+    cron_runs: dict[str, float]
 
 
 def _config() -> ClientConfig:
@@ -195,6 +223,33 @@ def _config() -> ClientConfig:
         circuit_breaker_reset_timeout=BREAKER_RESET_SECONDS,
         retry_budget_max_tokens=1000.0,
     )
+
+
+#: Scrape interval of the burst target: its burst of failures fits between two scrapes.
+BURST_SCRAPE_INTERVAL = "5s"
+BURST_CALLS = 30
+BURST_SERIES = (
+    'http_client_requests_total{source_service="burst_service", route="/status/{code}",'
+    ' status="503"}'
+)
+
+
+def _burst(url: str, registry: CollectorRegistry, prometheus: Prometheus) -> None:
+    """A route that succeeded, scraped; then thirty 503s within one scrape interval."""
+    config = ClientConfig(max_retries=1, circuit_breaker_fail_max=1000)
+    with SyncServiceClient(
+        url,
+        service_name="burst_service",
+        target_service="status_service",
+        config=config,
+        registry=registry,
+    ) as client:
+        for _ in range(3):
+            client.get("/status/{code}", path_params={"code": 200})
+        prometheus.wait_for(BURST_SERIES.replace('status="503"', 'status="success"') + " == 3")
+        for _ in range(BURST_CALLS):
+            with contextlib.suppress(ServiceClientError):
+                client.get("/status/{code}", path_params={"code": 503})
 
 
 def _legacy_traffic(url: str, registry: CollectorRegistry, stop: threading.Event) -> int:
@@ -297,11 +352,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     export(directory / "exported", breaker_window=BREAKER_WINDOW)
     rules = directory / "exported" / "prometheus" / "commclient-rules.yml"
     cron_registry, legacy_registry = CollectorRegistry(), CollectorRegistry()
+    burst_registry = CollectorRegistry()
     app = create_app()
+    status_server = ServerProcess()
+    status_server.start()
     with (
         serve(app) as rest_url,
         start_metrics_server(0, registry=cron_registry) as cron_metrics,
         start_metrics_server(0, registry=legacy_registry) as legacy_metrics,
+        start_metrics_server(0, registry=burst_registry) as burst_metrics,
     ):
         prometheus = Prometheus(
             directory,
@@ -309,12 +368,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 "rest_service": int(rest_url.rsplit(":", 1)[1]),
                 "cron_service": cron_metrics.port,
                 "legacy_service": legacy_metrics.port,
+                "burst_service": burst_metrics.port,
             },
             rules,
+            {"burst_service": BURST_SCRAPE_INTERVAL},
         )
         try:
             prometheus.wait_ready()
-            prometheus.wait_targets_up(3)
+            prometheus.wait_targets_up(4)
+            burst = threading.Thread(
+                target=_burst,
+                args=(status_server.base_url, burst_registry, prometheus),
+                daemon=True,
+            )
+            burst.start()
             stop = threading.Event()
             legacy_calls: list[int] = []
             legacy = threading.Thread(
@@ -330,8 +397,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             finally:
                 stop.set()
                 legacy.join(30)
-            # Two more scrapes and rule evaluations see the last values.
-            time.sleep(3)
+                burst.join(60)
+            # Two more scrapes (of the burst target too) and rule evaluations see the last
+            # values.
+            time.sleep(11)
             started, _, outage_started, outage_ended, _ = phases
             yield Run(
                 prometheus,
@@ -346,9 +415,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                     for rule in group["rules"]
                     if "alert" in rule
                 },
+                _runs_per_job(cron_registry),
             )
         finally:
             prometheus.stop()
+            status_server.stop()
 
 
 #: Alerts whose value has data only when the recording rules are not loaded.
@@ -359,6 +430,51 @@ def test_rules_missing_alert_is_quiet_with_the_rules_loaded(run: Run) -> None:
     (name,) = RULES_ABSENT
     # From the third evaluation on: the recorded series need two scrapes.
     assert run.prometheus.query_range(run.alerts[name], run.started + 5, run.ended) == []
+
+
+def _runs_per_job(registry: CollectorRegistry) -> dict[str, float]:
+    runs: dict[str, float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name == "cron_job_runs_total":
+                job = sample.labels["cron_job"]
+                runs[job] = runs.get(job, 0.0) + sample.value
+    return runs
+
+
+def test_a_burst_of_failures_within_one_scrape_counts(run: Run) -> None:
+    """The 503 series existed at 0 before the burst, so increase() sees all of it, and the
+    pair's recorded error ratio is above 0."""
+    raw = run.prometheus.query(f"{BURST_SERIES}[10m]")
+    (series,) = raw
+    values = {float(value) for _, value in series["values"]}
+    # Scraped before and after the burst, never in the middle of it.
+    assert values == {0.0, float(BURST_CALLS)}, values
+    (increase,) = run.prometheus.query(f"increase({BURST_SERIES}[10m])")
+    assert float(increase["value"][1]) >= BURST_CALLS, increase
+    ratio = run.prometheus.query_range(
+        'service_target:http_client_request_error_ratio:rate5m{source_service="burst_service"}',
+        run.started,
+        run.ended,
+    )
+    assert max(_values(ratio)) > 0
+
+
+def test_count_bars_add_up_to_the_true_count(run: Run) -> None:
+    """The runs panel's bars, one per $__interval, sum to the runs the service counted."""
+    (panel,) = [e for e in panel_expressions() if e.source == "Cron runs by outcome A"]
+    step = 5
+    # Grafana's $__rate_interval: four scrapes, at least; $__interval: the step.
+    expr = panel.concrete(rate_interval=f"{4 * step}s", interval=f"{step}s")
+    series = run.prometheus.query_range(expr, run.started - step, run.ended + step, step=step)
+    drawn: dict[str, float] = {}
+    for one in series:
+        job = one["metric"]["cron_job"]
+        drawn[job] = drawn.get(job, 0.0) + sum(float(value) for _, value in one["values"])
+    counted = run.cron_runs["send_due_reminders"]
+    assert counted > 10
+    print(f"bars drawn {drawn['send_due_reminders']:.1f}, runs counted {counted:.0f}")
+    assert 0.75 * counted <= drawn["send_due_reminders"] <= 1.25 * counted, (drawn, counted)
 
 
 def _values(series: list[Any]) -> list[float]:
@@ -465,6 +581,7 @@ def test_library_labels_survive_operator_target_labels(run: Run) -> None:
     assert by_target == {
         ("cron_service", "cron_service", "cron_service-svc"),
         ("legacy_service", "legacy_service", "legacy_service-svc"),
+        ("burst_service", "burst_service", "burst_service-svc"),
     }
     assert {one["endpoint"] for one in labels} == {"http-metrics"}
     assert {one["route"] for one in labels} >= {"/api/global-settings/"}
