@@ -53,6 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="URL where your people read RUNBOOKS.md; each alert's runbook_url is it plus"
         " #alertname (default: %(default)s, the file written next to the rules)",
     )
+    exporting.add_argument(
+        "--selector",
+        default="",
+        help='label matchers every query adds to the series it reads, e.g. namespace="prod"',
+    )
+    exporting.add_argument(
+        "--group-by",
+        default="",
+        help="labels every aggregation keeps apart, e.g. cluster,namespace",
+    )
     generating = commands.add_parser(
         "generate",
         help="regenerate the shipped files from the definitions (needs grafana-foundation-sdk)",
@@ -70,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 slo=args.slo,
                 breaker_window=args.breaker_window,
                 runbook_base=args.runbook_base,
+                selector=args.selector,
+                group_by=tuple(name.strip() for name in args.group_by.split(",") if name.strip()),
             )
         except (ValueError, OSError) as error:
             parser.error(str(error))

@@ -129,6 +129,28 @@ SETTINGS = (
 
 ERROR_BUDGET = error_budget(DEFAULT_SLO)
 
+#: Series the library and cron_migration export, as the queries select them: an export
+#: ``selector`` (e.g. ``namespace="prod"``) narrows each of them.
+RAW_SERIES = (
+    REQUESTS,
+    f"{DURATION}_bucket",
+    RETRIES,
+    BREAKER_STATE,
+    RETRY_BUDGET,
+    CACHE_HITS,
+    CACHE_MISSES,
+    CRON_RUNS,
+    f"{CRON_DURATION}_bucket",
+    CRON_MISSED,
+    f"{LOOP_LAG}_bucket",
+    RUN_RECORDS_PENDING,
+    RUN_RECORDS_DROPPED,
+)
+#: An aggregation (``by (...)``, ``on (...)``) that keeps one of these labels keeps what it
+#: is about apart; an export ``group_by`` (e.g. ``cluster, namespace``) is added to it, so
+#: that the same pair in two namespaces stays two pairs in rules, alerts and panels.
+GROUPED_LABELS = frozenset({SOURCE, TARGET, "cache_name", JOB_LABEL, "instance"})
+
 #: Attempts (or cache lookups) a pair must make in 5 minutes before its ratio may alert:
 #: one failed call among three is 33 %, and says nothing.
 MIN_EVENTS_5M = 20

@@ -88,6 +88,64 @@ def configured(text: str, settings: dict[str, Any]) -> str:
     return text
 
 
+# One label matcher of a selector; the values are plain: no quotes or backslashes inside.
+_MATCHER = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(?:=|!=|=~|!~)\s*"[^"\\]*"\s*'
+_SELECTOR = re.compile(rf"{_MATCHER}(?:,{_MATCHER})*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# A raw series as a query names it: followed by its matchers, a range, or the end of an
+# argument. Longest names first, so that no name matches inside a longer one.
+_RAW_SERIES = re.compile(
+    r"\b("
+    + "|".join(re.escape(name) for name in sorted(d.RAW_SERIES, key=len, reverse=True))
+    + r")(\{|(?=[\[\s),]|$))"
+)
+_AGGREGATION = re.compile(r"\b(by|on) \(([^()]*)\)")
+
+
+def _scope(selector: Any, group_by: Any) -> dict[str, Any]:
+    """The selector and grouping settings, checked."""
+    if not isinstance(selector, str) or (selector and not _SELECTOR.fullmatch(selector)):
+        raise ValueError(
+            'selector must be label matchers such as namespace="prod", cluster=~"eu-.*"'
+            f" (values without quotes or backslashes), got {selector!r}"
+        )
+    if not isinstance(group_by, (tuple, list)) or not all(
+        isinstance(name, str) and _LABEL_NAME.fullmatch(name) for name in group_by
+    ):
+        raise ValueError(
+            f"group_by must be label names such as ('cluster', 'namespace'), got {group_by!r}"
+        )
+    return {"selector": selector.strip(), "group_by": tuple(group_by)}
+
+
+def scoped(text: str, selector: str, group_by: tuple[str, ...], *, json_string: bool) -> str:
+    """``text`` with ``selector`` added to every raw series and ``group_by`` to every
+    aggregation of a pair, a cache, a cron job or an instance.
+
+    ``json_string``: the queries are inside JSON strings (the dashboard), so the quotes of
+    the selector are escaped.
+    """
+    if selector:
+        matchers = json.dumps(selector)[1:-1] if json_string else selector
+
+        def narrow(match: re.Match[str]) -> str:
+            name, brace = match.group(1), match.group(2)
+            return f"{name}{{{matchers}, " if brace else f"{name}{{{matchers}}}"
+
+        text = _RAW_SERIES.sub(narrow, text)
+    if group_by:
+
+        def group(match: re.Match[str]) -> str:
+            labels = [label.strip() for label in match.group(2).split(",") if label.strip()]
+            if not d.GROUPED_LABELS & set(labels):
+                return match.group(0)
+            extra = [label for label in group_by if label not in labels]
+            return f"{match.group(1)} ({', '.join([*extra, *labels])})"
+
+        text = _AGGREGATION.sub(group, text)
+    return text
+
+
 def export(
     directory: str | Path,
     *,
@@ -96,6 +154,8 @@ def export(
     slo: float = d.DEFAULT_SLO,
     breaker_window: str = d.DEFAULT_BREAKER_WINDOW,
     runbook_base: str = d.DEFAULT_RUNBOOK_BASE,
+    selector: str = "",
+    group_by: tuple[str, ...] = (),
 ) -> list[Path]:
     """Write the Grafana provisioning tree, the Prometheus rules and the runbooks.
 
@@ -105,16 +165,24 @@ def export(
     ``slo`` is the share of attempts that must succeed, which the burn-rate alerts defend;
     ``breaker_window`` how long a breaker must stay not closed before its alert;
     ``runbook_base`` the URL of ``RUNBOOKS.md`` as your people read it (each alert's
-    ``runbook_url`` is it plus ``#alertname``). With other settings than the defaults the
-    promtool tests (written for the defaults) are not written. Existing files of the same
-    names are replaced. Returns the files written.
+    ``runbook_url`` is it plus ``#alertname``). ``selector`` (label matchers such as
+    ``namespace="prod"``) narrows every series the queries read, and ``group_by`` (such as
+    ``("cluster", "namespace")``) keeps those labels apart in every aggregation, in the
+    dashboard, the recording rules and both kinds of alert alike. With other settings than
+    the defaults the promtool tests (written for the defaults) are not written. Existing
+    files of the same names are replaced. Returns the files written.
     """
     if not isinstance(datasource_uid, str) or not _UID.fullmatch(datasource_uid):
         raise ValueError(
             f"datasource_uid must be 1 to 40 letters, digits, '-' or '_', got {datasource_uid!r}"
         )
     settings = _settings(slo, breaker_window, runbook_base)
-    defaults = settings == {setting.name: setting.default for setting in d.SETTINGS}
+    scope = _scope(selector, group_by)
+    defaults = (
+        not selector
+        and not group_by
+        and settings == {setting.name: setting.default for setting in d.SETTINGS}
+    )
     root = Path(directory)
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"export target {str(root)!r} exists and is not a directory")
@@ -124,16 +192,18 @@ def export(
     elif not dashboards_path:
         raise ValueError("dashboards_path must not be empty")
     alerts = _DATASOURCE_LINE.sub(rf"\1datasourceUid: {datasource_uid}", shipped(ALERTS_FILE))
+
+    def render(text: str, *, json_string: bool = False) -> str:
+        return scoped(configured(text, settings), **scope, json_string=json_string)
+
     files = {
-        dashboards / DASHBOARD_FILE: shipped(DASHBOARD_FILE),
+        dashboards / DASHBOARD_FILE: render(shipped(DASHBOARD_FILE), json_string=True),
         root / "grafana" / "provisioning" / "dashboards" / DASHBOARD_PROVIDER_FILE: _provider(
             dashboards_path
         ),
-        root / "grafana" / "provisioning" / "alerting" / ALERTS_FILE: configured(alerts, settings),
-        root / "prometheus" / PROMETHEUS_RULES_FILE: configured(
-            shipped(PROMETHEUS_RULES_FILE), settings
-        ),
-        root / RUNBOOKS_FILE: configured(shipped(RUNBOOKS_FILE), settings),
+        root / "grafana" / "provisioning" / "alerting" / ALERTS_FILE: render(alerts),
+        root / "prometheus" / PROMETHEUS_RULES_FILE: render(shipped(PROMETHEUS_RULES_FILE)),
+        root / RUNBOOKS_FILE: render(shipped(RUNBOOKS_FILE)),
     }
     if defaults:
         files[root / "prometheus" / PROMETHEUS_TESTS_FILE] = shipped(PROMETHEUS_TESTS_FILE)

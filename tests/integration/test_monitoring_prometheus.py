@@ -349,7 +349,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     directory = tmp_path_factory.mktemp("prometheus")
     # The breaker alert's window shortened to the run's time scale (the default, 2m, is
     # proved by the shipped promtool tests at the default timings).
-    export(directory / "exported", breaker_window=BREAKER_WINDOW)
+    # Scoped as a prometheus-operator user would: this namespace, and namespaces kept apart.
+    export(
+        directory / "exported",
+        breaker_window=BREAKER_WINDOW,
+        selector='namespace="prod"',
+        group_by=("namespace",),
+    )
     rules = directory / "exported" / "prometheus" / "commclient-rules.yml"
     cron_registry, legacy_registry = CollectorRegistry(), CollectorRegistry()
     burst_registry = CollectorRegistry()
@@ -585,6 +591,13 @@ def test_library_labels_survive_operator_target_labels(run: Run) -> None:
     }
     assert {one["endpoint"] for one in labels} == {"http-metrics"}
     assert {one["route"] for one in labels} >= {"/api/global-settings/"}
+    # The exported rules kept the namespace apart (export group_by): alerts carry it.
+    errors = run.prometheus.query_range(
+        run.alerts["CommClientHighErrorRate"], run.started, run.ended
+    )
+    assert {(s["metric"]["namespace"], s["metric"]["source_service"]) for s in errors} >= {
+        ("prod", "cron_service")
+    }
     cron = run.prometheus.query_range("cron_job_runs_total", run.started, run.ended)
     assert {s["metric"]["job"] for s in cron} == {"cron_service"}
     assert "send_due_reminders" in {s["metric"]["cron_job"] for s in cron}

@@ -3,6 +3,7 @@ checked by promtool; the export command writes a Grafana provisioning tree."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -434,3 +435,77 @@ def test_generate_writes_the_shipped_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(SHIPPED_FILES)
     for name in SHIPPED_FILES:
         assert (tmp_path / name).read_text() == shipped(name)
+
+
+class TestExportSettings:
+    def test_every_setting_is_in_the_files_it_configures(self) -> None:
+        from commclient.monitoring._definitions import SETTINGS
+        from commclient.monitoring._files import ALERTS_FILE, RUNBOOKS_FILE
+
+        for setting in SETTINGS:
+            default = setting.render(setting.default)
+            for name in (PROMETHEUS_RULES_FILE, ALERTS_FILE, RUNBOOKS_FILE):
+                if (setting.name, name) != ("runbook_base", RUNBOOKS_FILE):
+                    assert default in shipped(name), (setting.name, name)
+
+    @pytest.mark.prometheus
+    def test_settings_reach_rules_alerts_runbooks_and_dashboard(self, tmp_path: Path) -> None:
+        written = export(
+            tmp_path,
+            slo=0.999,
+            breaker_window="5m",
+            runbook_base="https://wiki.example.com/commclient/RUNBOOKS.md",
+            selector='namespace="prod", cluster=~"eu-.*"',
+            group_by=("cluster", "namespace"),
+        )
+        names = {path.name for path in written}
+        # The shipped promtool tests hold for the defaults only.
+        assert PROMETHEUS_TESTS_FILE not in names
+        rules = (tmp_path / "prometheus" / PROMETHEUS_RULES_FILE).read_text()
+        result = _promtool("check", "rules", PROMETHEUS_RULES_FILE, cwd=tmp_path / "prometheus")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "(1 - 0.999)" in rules
+        assert "(1 - 0.995)" not in rules
+        assert 'http_client_circuit_breaker_state{namespace="prod", cluster=~"eu-.*"}[5m]' in (
+            rules
+        )
+        assert "sum by (cluster, namespace, source_service, target_service)" in rules
+        assert "runbook_url: https://wiki.example.com/commclient/RUNBOOKS.md#commclient" in rules
+        alerts = yaml.safe_load(
+            (tmp_path / "grafana/provisioning/alerting/commclient-alerts.yaml").read_text()
+        )
+        grafana_exprs = [
+            query["model"]["expr"]
+            for rule in alerts["groups"][0]["rules"]
+            for query in rule["data"]
+            if query["datasourceUid"] != "__expr__"
+        ]
+        assert any("(1 - 0.999)" in expr for expr in grafana_exprs)
+        board = json.loads((tmp_path / "grafana/dashboards/service-communication.json").read_text())
+        exprs = [t["expr"] for p in board["panels"] if p["type"] != "row" for t in p["targets"]]
+        assert any(
+            'http_client_requests_total{namespace="prod", cluster=~"eu-.*", source_service=~'
+            in expr
+            for expr in exprs
+        ), exprs
+        assert all("cluster, namespace" in e for e in exprs if "sum by (" in e), exprs
+
+    @pytest.mark.parametrize(
+        ("setting", "value", "message"),
+        [
+            ("slo", 1.0, "slo must be a number between 0 and 1"),
+            ("slo", "99.9", "slo must be a number between 0 and 1"),
+            ("breaker_window", "2 minutes", "breaker_window must be a Prometheus duration"),
+            ("runbook_base", "has space", "runbook_base must be a URL"),
+            ("selector", "namespace=prod", "selector must be label matchers"),
+            ("selector", 'a="x\\"y"', "selector must be label matchers"),
+            ("group_by", "namespace", "group_by must be label names"),
+            ("group_by", ("bad-name",), "group_by must be label names"),
+        ],
+    )
+    def test_bad_settings_are_refused(
+        self, tmp_path: Path, setting: str, value: Any, message: str
+    ) -> None:
+        with pytest.raises(ValueError, match=message):
+            export(tmp_path, **{setting: value})
+        assert list(tmp_path.iterdir()) == []
