@@ -509,3 +509,12 @@ class TestExportSettings:
         with pytest.raises(ValueError, match=message):
             export(tmp_path, **{setting: value})
         assert list(tmp_path.iterdir()) == []
+
+
+def test_the_readme_documents_every_alert_and_setting() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    from commclient.monitoring._definitions import SETTINGS
+
+    assert [alert.name for alert in ALERTS if f"| `{alert.name}` |" not in readme] == []
+    options = [f"--{setting.name.replace('_', '-')}" for setting in SETTINGS]
+    assert [o for o in [*options, "--selector", "--group-by"] if f"`{o}`" not in readme] == []
