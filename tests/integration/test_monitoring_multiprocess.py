@@ -4,9 +4,13 @@ their metrics to ``PROMETHEUS_MULTIPROC_DIR``, one exits and is marked dead, and
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from commclient.monitoring import metrics_registry
 
 pytestmark = pytest.mark.facade_sync
+
+BREAKER = "http_client_circuit_breaker_state"
+BUDGET = "http_client_retry_budget_tokens"
 
 # A worker: one client; its breaker forced open when told to; a call to a closed port, which
 # counts a connect error; then it waits for its stdin to close, as a gunicorn worker waits
@@ -69,8 +76,6 @@ def _start(state: str, url: str, directory: Path) -> subprocess.Popen[str]:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
@@ -115,3 +120,74 @@ def test_an_exited_worker_leaves_no_breaker_state_and_budgets_are_values(
         for worker in (opened, closed):
             if worker.poll() is None:
                 _stop(worker)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return str(response.read().decode())
+
+
+def _gauge_values(base: str, name: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(_get(f"{base}/metrics"))
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def test_gunicorn_forgets_the_breaker_of_a_worker_that_exits(multiproc_dir: Path) -> None:
+    """gunicorn with the README's child_exit: a worker's open breaker shows while it lives
+    and goes with it; the retry budget reads as a value."""
+    pytest.importorskip("gunicorn")
+    root = Path(__file__).resolve().parents[2]
+    port = int(_closed_port_url().rsplit(":", 1)[1])
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **_env(),
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir),
+        "GUNICORN_TEST_TARGET": _closed_port_url(),
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(root / "tests" / "integration" / "gunicorn_conf.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "tests.integration.gunicorn_app:app",
+        ],
+        env=env,
+        cwd=root,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _get(f"{base}/metrics")
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        opened = int(_get(f"{base}/open"))
+        assert [value for _, value in _gauge_values(base, BREAKER)] == [2.0]
+        assert [labels for labels, _ in _gauge_values(base, BREAKER)] == [
+            {"source_service": "web", "target_service": "rest"}
+        ]
+        assert [value for _, value in _gauge_values(base, BUDGET)] == [10.0]
+
+        os.kill(opened, signal.SIGTERM)
+        # gunicorn reaps the worker, calls child_exit, which removes its live files.
+        deadline = time.monotonic() + 60
+        while list(multiproc_dir.glob(f"gauge_livemax_{opened}.db")):
+            assert time.monotonic() < deadline, "the exited worker was never marked dead"
+            time.sleep(0.1)
+
+        # The other workers' state (closed, or no client built yet): never the dead one's.
+        assert {value for _, value in _gauge_values(base, BREAKER)} <= {0.0}
+    finally:
+        server.terminate()
+        server.wait(60)
