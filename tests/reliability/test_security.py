@@ -501,7 +501,7 @@ def test_rediss_url(row: Row, tmp_path: Path) -> None:
 @pytest.mark.facade_async
 def test_metric_labels_stay_bounded(http_server: ServerProcess, row: Row) -> None:
     """Distinct URLs (ids, words, query strings; 10,000 at full size) give a bounded
-    ``endpoint`` label."""
+    ``route`` label."""
     registry = CollectorRegistry()
     total = sized(2_000, 10_000)
     config = ClientConfig(max_endpoints=200)
@@ -546,7 +546,7 @@ def test_metric_labels_stay_bounded(http_server: ServerProcess, row: Row) -> Non
     row.load = f"{total:,} GETs to distinct URLs (numeric ids, words with digits, hex ids, queries)"
     row.faults = "-"
     row.outcome = (
-        f"{len(endpoints)} endpoint label values (max_endpoints=200); largest family "
+        f"{len(endpoints)} route label values (max_endpoints=200); largest family "
         f"{biggest} series"
     )
     row.lost = "-"
