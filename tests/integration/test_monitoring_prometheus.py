@@ -404,6 +404,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 stop.set()
                 legacy.join(30)
                 burst.join(60)
+                # The burst service goes away: its target is down from the next scrape.
+                burst_metrics.close()
             # Two more scrapes (of the burst target too) and rule evaluations see the last
             # values.
             time.sleep(11)
@@ -464,6 +466,13 @@ def test_a_burst_of_failures_within_one_scrape_counts(run: Run) -> None:
         run.ended,
     )
     assert max(_values(ratio)) > 0
+
+
+def test_target_down_alert_is_true_for_the_service_that_went_away(run: Run) -> None:
+    series = run.prometheus.query_range(
+        run.alerts["CommClientTargetDown"], run.ended - 3, run.ended
+    )
+    assert {s["metric"]["job"] for s in series} == {"burst_service"}
 
 
 def test_count_bars_add_up_to_the_true_count(run: Run) -> None:
