@@ -234,6 +234,32 @@ BURST_SERIES = (
 )
 
 
+#: A target that hangs: every call waits for its read timeout. With these timings the
+#: breaker cycles open (2 s) and half-open (a 1 s probe) and never closes.
+HANG_CONFIG = ClientConfig(
+    timeout=1.0,
+    connect_timeout=0.5,
+    max_retries=1,
+    circuit_breaker_fail_max=2,
+    circuit_breaker_reset_timeout=2.0,
+)
+HANG_PAIR = 'source_service="hang_service", target_service="hanging_service"'
+
+
+def _hanging(url: str, registry: CollectorRegistry, stop: threading.Event) -> None:
+    with SyncServiceClient(
+        url,
+        service_name="hang_service",
+        target_service="hanging_service",
+        config=HANG_CONFIG,
+        registry=registry,
+    ) as client:
+        while not stop.is_set():
+            with contextlib.suppress(ServiceClientError):
+                client.get("/slow", params={"seconds": "30"})
+            stop.wait(0.05)
+
+
 def _burst(url: str, registry: CollectorRegistry, prometheus: Prometheus) -> None:
     """A route that succeeded, scraped; then thirty 503s within one scrape interval."""
     config = ClientConfig(max_retries=1, circuit_breaker_fail_max=1000)
@@ -358,7 +384,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     )
     rules = directory / "exported" / "prometheus" / "commclient-rules.yml"
     cron_registry, legacy_registry = CollectorRegistry(), CollectorRegistry()
-    burst_registry = CollectorRegistry()
+    burst_registry, hang_registry = CollectorRegistry(), CollectorRegistry()
     app = create_app()
     status_server = ServerProcess()
     status_server.start()
@@ -367,6 +393,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         start_metrics_server(0, registry=cron_registry) as cron_metrics,
         start_metrics_server(0, registry=legacy_registry) as legacy_metrics,
         start_metrics_server(0, registry=burst_registry) as burst_metrics,
+        start_metrics_server(0, registry=hang_registry) as hang_metrics,
     ):
         prometheus = Prometheus(
             directory,
@@ -375,19 +402,27 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 "cron_service": cron_metrics.port,
                 "legacy_service": legacy_metrics.port,
                 "burst_service": burst_metrics.port,
+                "hang_service": hang_metrics.port,
             },
             rules,
             {"burst_service": BURST_SCRAPE_INTERVAL},
         )
         try:
             prometheus.wait_ready()
-            prometheus.wait_targets_up(4)
+            prometheus.wait_targets_up(5)
             burst = threading.Thread(
                 target=_burst,
                 args=(status_server.base_url, burst_registry, prometheus),
                 daemon=True,
             )
             burst.start()
+            hang_stop = threading.Event()
+            hanging = threading.Thread(
+                target=_hanging,
+                args=(status_server.base_url, hang_registry, hang_stop),
+                daemon=True,
+            )
+            hanging.start()
             stop = threading.Event()
             legacy_calls: list[int] = []
             legacy = threading.Thread(
@@ -404,6 +439,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 stop.set()
                 legacy.join(30)
                 burst.join(60)
+                hang_stop.set()
+                hanging.join(60)
                 # The burst service goes away: its target is down from the next scrape.
                 burst_metrics.close()
             # Two more scrapes (of the burst target too) and rule evaluations see the last
@@ -468,6 +505,31 @@ def test_a_burst_of_failures_within_one_scrape_counts(run: Run) -> None:
     assert max(_values(ratio)) > 0
 
 
+def test_breaker_alert_holds_through_open_half_open_cycling(run: Run) -> None:
+    """Against a target that hangs, probes hold the breaker half-open for a read timeout
+    at a time: Prometheus sees it cycle and never close, and the alert's expression stays
+    true from one window after the first trip, where "is it open now" keeps dropping."""
+    state = f"http_client_circuit_breaker_state{{{HANG_PAIR}}}"
+    seen = _values(run.prometheus.query_range(state, run.started, run.ended))
+    assert {1.0, 2.0} <= set(seen), seen
+    first_open = min(
+        float(t)
+        for s in run.prometheus.query_range(f"{state} == 2", run.started, run.ended)
+        for t, _ in s["values"]
+    )
+    start, end = first_open + 4, run.outage_ended
+    steps = int(end - start)
+    assert steps > 5
+    alert = run.prometheus.query_range(run.alerts["CommClientCircuitBreakerOpen"], start, end)
+    pairs = {(s["metric"]["source_service"], len(s["values"])) for s in alert}
+    hang_points = [n for source, n in pairs if source == "hang_service"]
+    assert hang_points, pairs
+    assert hang_points[0] >= steps, (pairs, steps)
+    # "Open right now", the old rule, is false at every probe.
+    now_open = run.prometheus.query_range(f"max({state}) == bool 2", start, end)
+    assert 0.0 in _values(now_open)
+
+
 def test_target_down_alert_is_true_for_the_service_that_went_away(run: Run) -> None:
     series = run.prometheus.query_range(
         run.alerts["CommClientTargetDown"], run.ended - 3, run.ended
@@ -529,22 +591,28 @@ def test_every_alert_value_returns_data(run: Run, expression: Expression) -> Non
     assert _values(series), f"no data for {expression.expr}"
 
 
+def _rest_service(series: list[Any]) -> list[Any]:
+    """The series of the pairs calling the REST service (not the hanging target's)."""
+    return [s for s in series if s["metric"]["target_service"] == "rest_service"]
+
+
 def test_breaker_open_alert_is_true_during_the_outage_only(run: Run) -> None:
     expr = run.alerts["CommClientCircuitBreakerOpen"]
     prometheus = run.prometheus
-    during = prometheus.query_range(expr, run.outage_started, run.outage_ended)
+    during = _rest_service(prometheus.query_range(expr, run.outage_started, run.outage_ended))
     pairs = {(s["metric"]["source_service"], s["metric"]["target_service"]) for s in during}
     assert pairs == {("cron_service", "rest_service"), ("legacy_service", "rest_service")}
-    before = prometheus.query_range(expr, run.started, run.outage_started - 1)
+    before = _rest_service(prometheus.query_range(expr, run.started, run.outage_started - 1))
     assert before == []
     # After the restart a probe closes each breaker: the expression is false again.
-    final = prometheus.query_range(expr, run.ended - 2, run.ended)
+    final = _rest_service(prometheus.query_range(expr, run.ended - 2, run.ended))
     assert final == []
 
 
 def test_breaker_open_alert_went_pending(run: Run) -> None:
     series = run.prometheus.query_range(
-        'ALERTS{alertname="CommClientCircuitBreakerOpen", alertstate="pending"}',
+        'ALERTS{alertname="CommClientCircuitBreakerOpen", alertstate="pending",'
+        ' target_service="rest_service"}',
         run.outage_started,
         run.outage_ended + 2,
     )

@@ -546,8 +546,7 @@ def test_metric_labels_stay_bounded(http_server: ServerProcess, row: Row) -> Non
     row.load = f"{total:,} GETs to distinct URLs (numeric ids, words with digits, hex ids, queries)"
     row.faults = "-"
     row.outcome = (
-        f"{len(endpoints)} route label values (max_endpoints=200); largest family "
-        f"{biggest} series"
+        f"{len(endpoints)} route label values (max_endpoints=200); largest family {biggest} series"
     )
     row.lost = "-"
     assert len(endpoints) <= 201, sorted(endpoints)[:20]
