@@ -21,6 +21,8 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 import urllib.parse
@@ -38,7 +40,7 @@ from prometheus_client import CollectorRegistry
 from commclient import ClientConfig, ServiceClientError, SyncServiceClient
 from commclient.cache import AsyncMemoryCache
 from commclient.monitoring import export, start_metrics_server
-from commclient.monitoring._definitions import ALERTS
+from commclient.monitoring._definitions import ALERTS, BREAKER_STATES
 from examples.rest_service import create_app
 from examples.serving import serve
 from tests.http_server import ServerProcess
@@ -260,6 +262,68 @@ def _hanging(url: str, registry: CollectorRegistry, stop: threading.Event) -> No
             stop.wait(0.05)
 
 
+#: Two replicas of one service, each its own process with its own breaker for the pair.
+REPLICA_STATES = ("open", "half_open")
+REPLICA = textwrap.dedent(
+    """
+    import sys, threading, time
+    from commclient import ClientConfig, ServiceClientError, SyncServiceClient, testing
+    from commclient.monitoring import start_metrics_server
+
+    state, url = sys.argv[1], sys.argv[2]
+    server = start_metrics_server(0)
+    client = SyncServiceClient(
+        url, service_name="replica_service", target_service="replica_target",
+        config=ClientConfig(
+            timeout=120, max_retries=1, circuit_breaker_fail_max=1,
+            circuit_breaker_reset_timeout=0.2,
+        ),
+    )
+    if state == "open":
+        testing.force_open("replica_service", "replica_target")
+    else:
+        try:
+            client.get("/status/{code}", path_params={"code": 503})
+        except ServiceClientError:
+            pass
+        time.sleep(0.5)
+        # The probe: a call to a target that hangs holds the breaker half-open.
+        threading.Thread(
+            target=lambda: client.get("/slow", params={"seconds": "300"}), daemon=True
+        ).start()
+        while testing.breaker_state("replica_service", "replica_target") != "half-open":
+            time.sleep(0.01)
+    print(server.port, flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+class _Replica:
+    """A replica process in a given breaker state, serving its metrics."""
+
+    def __init__(self, state: str, url: str) -> None:
+        root = Path(__file__).resolve().parents[2]
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", REPLICA, state, url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 def _burst(url: str, registry: CollectorRegistry, prometheus: Prometheus) -> None:
     """A route that succeeded, scraped; then thirty 503s within one scrape interval."""
     config = ClientConfig(max_retries=1, circuit_breaker_fail_max=1000)
@@ -388,6 +452,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     app = create_app()
     status_server = ServerProcess()
     status_server.start()
+    replicas = {
+        f"replica_{state}": _Replica(state, status_server.base_url) for state in REPLICA_STATES
+    }
     with (
         serve(app) as rest_url,
         start_metrics_server(0, registry=cron_registry) as cron_metrics,
@@ -403,13 +470,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 "legacy_service": legacy_metrics.port,
                 "burst_service": burst_metrics.port,
                 "hang_service": hang_metrics.port,
+                **{name: replica.port for name, replica in replicas.items()},
             },
             rules,
             {"burst_service": BURST_SCRAPE_INTERVAL},
         )
         try:
             prometheus.wait_ready()
-            prometheus.wait_targets_up(5)
+            prometheus.wait_targets_up(5 + len(replicas))
             burst = threading.Thread(
                 target=_burst,
                 args=(status_server.base_url, burst_registry, prometheus),
@@ -465,6 +533,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         finally:
             prometheus.stop()
             status_server.stop()
+            for replica in replicas.values():
+                replica.stop()
 
 
 #: Alerts whose value has data only when the recording rules are not loaded.
@@ -528,6 +598,26 @@ def test_breaker_alert_holds_through_open_half_open_cycling(run: Run) -> None:
     # "Open right now", the old rule, is false at every probe.
     now_open = run.prometheus.query_range(f"max({state}) == bool 2", start, end)
     assert 0.0 in _values(now_open)
+
+
+def test_the_breaker_panel_shows_open_when_one_replica_is_open_and_another_half_open(
+    run: Run,
+) -> None:
+    state = 'http_client_circuit_breaker_state{source_service="replica_service"}'
+    per_replica = {
+        s["metric"]["job"]: set(_values([s]))
+        for s in run.prometheus.query_range(state, run.ended - 5, run.ended)
+    }
+    assert per_replica == {"replica_open": {2.0}, "replica_half_open": {1.0}}
+    (panel,) = [e for e in panel_expressions() if e.source == "Circuit breaker state A"]
+    drawn = run.prometheus.query_range(panel.concrete(), run.ended - 5, run.ended)
+    shown = {
+        BREAKER_STATES[int(value)]
+        for s in drawn
+        if s["metric"]["source_service"] == "replica_service"
+        for value in _values([s])
+    }
+    assert shown == {"OPEN"}
 
 
 def test_target_down_alert_is_true_for_the_service_that_went_away(run: Run) -> None:
