@@ -67,7 +67,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("commclient.breaker")
 
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
-STATE_VALUES = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2}
+#: The state gauge's values, ordered by how bad the state is, so that ``max`` over the
+#: replicas (or the processes) of a pair shows the worst one: one replica open and
+#: another half-open reads open.
+STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 #: Seconds a Redis connect or reply may take in the sync thread before Redis counts as down.
 REDIS_TIMEOUT = 0.25
 #: Seconds the sync thread sleeps at most when it has nothing due.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +60,13 @@ class ClientConfig:
     max_response_bytes: int = 10 * 1024 * 1024
     #: Connections the client keeps open to the target at most.
     max_connections: int = 100
-    #: Distinct ``endpoint`` label values per client before new ones become ``other``.
+    #: Distinct ``route`` label values per (registry, service, target) pair, whichever of
+    #: its clients saw them, before new ones become ``other``.
     max_endpoints: int = 200
+    #: The ``route`` label of a path called without a template (``path_params``); ``None``:
+    #: ids, hashes, prefixed ids, emails and percent-encoded text replaced by placeholders
+    #: (README, "Route labels"). Called once per distinct path; its result is still capped.
+    normalize_route: Callable[[str], str] | None = None
     #: Headers sent with every request (merged under the per-call headers).
     default_headers: tuple[tuple[str, str], ...] = field(default=())
     #: TLS verification: ``True`` (the system's CAs), ``False`` (none), or a CA bundle path.
@@ -113,6 +118,10 @@ class ClientConfig:
             raise ValueError(f"max_redirects must be an integer >= 0, got {self.max_redirects!r}")
         if self.max_redirects < 0:
             raise ValueError(f"max_redirects must be an integer >= 0, got {self.max_redirects!r}")
+        if self.normalize_route is not None and not callable(self.normalize_route):
+            raise ValueError(
+                f"normalize_route must be a function of the path, got {self.normalize_route!r}"
+            )
         self._check_transport()
         if self.retry_min_wait > self.retry_max_wait:
             raise ValueError(

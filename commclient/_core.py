@@ -219,7 +219,7 @@ class Core:
         self.default_headers.update(self.config_headers)
         #: The headers of a call that adds none of its own (shared, never mutated).
         self.plain_headers = dict(self.default_headers.values())
-        metrics.retry_budget_tokens.set_function(lambda: self.current_budget().tokens)
+        budget.attach_gauge(metrics.retry_budget_tokens)
         breaker.attach_gauge(metrics.breaker_state)
 
     def current_budget(self) -> RetryBudget:
@@ -227,6 +227,7 @@ class Core:
         if self._budget_generation != retry_budgets.generation:
             self.budget = retry_budgets.get(self.target_service, self.config)
             self._budget_generation = retry_budgets.generation
+            self.budget.attach_gauge(self.metrics.retry_budget_tokens)
         return self.budget
 
     def call(
@@ -822,6 +823,13 @@ def build_core(
         config,
         breakers.get(service_name, target_service, config),
         retry_budgets.get(target_service, config),
-        ClientMetrics(registry, service_name, target_service, config.max_endpoints),
+        ClientMetrics(
+            registry,
+            service_name,
+            target_service,
+            config.max_endpoints,
+            retry_statuses=config.retry_on_status,
+            normalize_route=config.normalize_route,
+        ),
         SystemClock() if clock is None else clock,
     )

@@ -11,13 +11,17 @@ import enum
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tenacity import RetryCallState, Retrying
 from tenacity.wait import wait_random_exponential
 
 from ._config import IDEMPOTENT_METHODS, ClientConfig
+
+if TYPE_CHECKING:
+    from prometheus_client import Gauge
 
 
 class Clock(Protocol):
@@ -78,9 +82,13 @@ class FailureKind(enum.Enum):
 
     @property
     def status_label(self) -> str:
-        """The ``status`` / ``error_type`` metric label of this failure."""
-        if self is FailureKind.POOL_TIMEOUT:
-            return "pool_timeout"
+        """The ``status`` / ``error_type`` metric label of this failure.
+
+        The caller's own limits are named for what they are, so that the error ratio
+        (which counts ``timeout`` and ``connect_error`` against the target) leaves them out.
+        """
+        if self in (FailureKind.POOL_TIMEOUT, FailureKind.DEADLINE, FailureKind.UNSENDABLE):
+            return str(self.value)
         return "timeout" if self.is_timeout else "connect_error"
 
 
@@ -179,20 +187,39 @@ class RetryBudget:
         self._floor = self._floor_max if min_per_second > 0 else 0.0
         self._floor_at: float | None = None
         self._lock = threading.Lock()
+        self._gauges: weakref.WeakSet[Gauge] = weakref.WeakSet()
 
     @property
     def tokens(self) -> float:
         return self._tokens
 
+    def attach_gauge(self, gauge: Gauge) -> None:
+        """Keep ``gauge`` equal to the tokens left from now on.
+
+        Written as a value at every change, not read by ``set_function`` at scrape time:
+        prometheus_client's multiprocess mode only sees values written to its files.
+        """
+        with self._lock:
+            self._gauges.add(gauge)
+            gauge.set(self._tokens)
+
+    def _publish(self) -> None:
+        # Under the lock, so that two changes reach the gauge in the order they happened.
+        for gauge in list(self._gauges):
+            gauge.set(self._tokens)
+
     def deposit(self) -> None:
         with self._lock:
-            self._tokens = min(self.max_tokens, self._tokens + self.ratio)
+            if self._tokens < self.max_tokens:
+                self._tokens = min(self.max_tokens, self._tokens + self.ratio)
+                self._publish()
 
     def try_withdraw(self, now: float) -> bool:
         """Take one retry token if there is one; ``now`` is a monotonic time."""
         with self._lock:
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
+                self._publish()
                 return True
             if self.min_per_second <= 0:
                 return False

@@ -15,6 +15,9 @@ OUTCOMES = (
     "skipped_elsewhere",
     "skipped_no_lease",
 )
+#: The job's label: not ``job``, which Prometheus sets on every scraped series (the scrape
+#: job) and, with the default ``honor_labels: false``, would replace.
+JOB_LABEL = "cron_job"
 # Loop lag worth seeing starts well below the client's request durations.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -28,14 +31,14 @@ class CronMetrics:
             Counter,
             "cron_job_runs_total",
             "Cron job runs by outcome.",
-            ["job", "outcome"],
+            [JOB_LABEL, "outcome"],
         )
         self.duration = metric_family(
             registry,
             Histogram,
             "cron_job_duration_seconds",
             "How long cron job runs took, whatever their outcome.",
-            ["job"],
+            [JOB_LABEL],
             buckets=DURATION_BUCKETS,
         )
         self.missed = metric_family(
@@ -43,7 +46,7 @@ class CronMetrics:
             Counter,
             "cron_job_missed_total",
             "Scheduled runs the scheduler skipped: later than their misfire grace time.",
-            ["job"],
+            [JOB_LABEL],
         )
         self.loop_lag = metric_family(
             registry,
@@ -59,6 +62,8 @@ class CronMetrics:
             "cron_run_records_pending",
             "Runs whose records are not yet delivered to the recorder.",
             [],
+            # Every live worker's backlog adds up; an exited worker's is gone with it.
+            multiprocess_mode="livesum",
         )
         self.records_dropped = metric_family(
             registry,

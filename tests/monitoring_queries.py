@@ -26,9 +26,14 @@ class Expression:
     expr: str
     legend: str = ""
 
-    def concrete(self, rate_interval: str = "1m") -> str:
-        """The expression as Grafana would send it with every variable at "All"."""
+    def concrete(self, rate_interval: str = "1m", interval: str | None = None) -> str:
+        """The expression as Grafana would send it with every variable at "All".
+
+        ``interval`` is Grafana's ``$__interval`` (the step); ``$__rate_interval`` is at
+        least four scrape intervals.
+        """
         expr = self.expr.replace("$__rate_interval", rate_interval)
+        expr = expr.replace("$__interval", rate_interval if interval is None else interval)
         for name, value in DASHBOARD_VARIABLES.items():
             expr = expr.replace(f"${name}", value)
         return expr

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._definitions import DEFAULT_BREAKER_WINDOW, DEFAULT_RUNBOOK_BASE, DEFAULT_SLO
 from ._files import export
 
 
@@ -33,6 +34,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where Grafana reads DIR/grafana/dashboards, e.g. its path in a container"
         " (default: its absolute path here)",
     )
+    exporting.add_argument(
+        "--slo",
+        type=float,
+        default=DEFAULT_SLO,
+        help="share of a pair's attempts that must succeed; the error-budget burn-rate"
+        " alerts defend it (default: %(default)s)",
+    )
+    exporting.add_argument(
+        "--breaker-window",
+        default=DEFAULT_BREAKER_WINDOW,
+        help="how long a pair's breaker must stay not closed before it alerts"
+        " (default: %(default)s)",
+    )
+    exporting.add_argument(
+        "--runbook-base",
+        default=DEFAULT_RUNBOOK_BASE,
+        help="URL where your people read RUNBOOKS.md; each alert's runbook_url is it plus"
+        " #alertname (default: %(default)s, the file written next to the rules)",
+    )
+    exporting.add_argument(
+        "--selector",
+        default="",
+        help='label matchers every query adds to the series it reads, e.g. namespace="prod"',
+    )
+    exporting.add_argument(
+        "--group-by",
+        default="",
+        help="labels every aggregation keeps apart, e.g. cluster,namespace",
+    )
     generating = commands.add_parser(
         "generate",
         help="regenerate the shipped files from the definitions (needs grafana-foundation-sdk)",
@@ -47,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.directory,
                 datasource_uid=args.datasource_uid,
                 dashboards_path=args.dashboards_path,
+                slo=args.slo,
+                breaker_window=args.breaker_window,
+                runbook_base=args.runbook_base,
+                selector=args.selector,
+                group_by=tuple(name.strip() for name in args.group_by.split(",") if name.strip()),
             )
         except (ValueError, OSError) as error:
             parser.error(str(error))

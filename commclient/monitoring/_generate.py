@@ -8,6 +8,7 @@ typed builders); the Prometheus rules and their promtool tests are plain YAML. N
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,7 @@ from ._files import (
     PROMETHEUS_RULES_FILE,
     PROMETHEUS_TESTS_FILE,
     RULE_GROUP,
+    RUNBOOKS_FILE,
 )
 
 _PANEL_DATASOURCE = dashboard_models.DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -41,6 +43,8 @@ _GRAFANA_EVALUATORS: dict[str, Literal["gt", "lt"]] = {">": "gt", "<": "lt"}
 _STACK_NORMAL: Any = common_models.StackingMode.NORMAL
 #: Fields of the Grafana API's rule model that a provisioning file takes from its group.
 _GROUP_FIELDS = ("folderUID", "orgID", "ruleGroup")
+#: ``{{ $labels.NAME }}`` in an annotation, shown as ``<NAME>`` in the runbooks.
+_LABEL_TEMPLATE = re.compile(r"{{ [$]labels[.](\w+) }}")
 
 
 def _to_plain(built: object) -> Any:
@@ -124,12 +128,16 @@ def build_dashboard() -> Any:
             .label("Data source")
             .type("prometheus")
         )
-        .with_variable(_pair_variable("service", "Service", f"label_values({d.REQUESTS}, service)"))
+        .with_variable(
+            _pair_variable(
+                "source_service", "Service", f"label_values({d.REQUESTS}, source_service)"
+            )
+        )
         .with_variable(
             _pair_variable(
                 "target_service",
                 "Target",
-                f'label_values({d.REQUESTS}{{service=~"$service"}}, target_service)',
+                f'label_values({d.REQUESTS}{{source_service=~"$source_service"}}, target_service)',
             )
         )
     )
@@ -167,8 +175,8 @@ def _grafana_rule(alert: d.Alert) -> Any:
         .ref_id("C")
     )
     rule = (
-        alerting.Rule(alert.title)
-        .uid(f"commclient-{alert.name.lower()}")
+        alerting.Rule(alert.name)
+        .uid(alert.name.lower())
         .condition("C")
         .with_query(
             alerting.Query("A")
@@ -180,8 +188,8 @@ def _grafana_rule(alert: d.Alert) -> Any:
         .with_query(alerting.Query("C").datasource_uid("__expr__").model(threshold))
         .for_val(alert.for_)
         .labels({"severity": alert.severity})
-        .annotations(_annotations(alert))
-        .no_data_state("OK")
+        .annotations(alert.annotations)
+        .no_data_state(alert.no_data)
         .exec_err_state("Error")
         .is_paused(False)
     )
@@ -189,13 +197,6 @@ def _grafana_rule(alert: d.Alert) -> Any:
     for name in _GROUP_FIELDS:
         plain.pop(name, None)
     return plain
-
-
-def _annotations(alert: d.Alert) -> dict[str, str]:
-    annotations = {"summary": alert.summary, "description": alert.description}
-    if alert.runbook:
-        annotations["runbook_url"] = alert.runbook
-    return annotations
 
 
 def build_grafana_alerts() -> Any:
@@ -232,7 +233,7 @@ def build_prometheus_rules() -> Any:
                         "expr": alert.expr,
                         "for": alert.for_,
                         "labels": {"severity": alert.severity},
-                        "annotations": _annotations(alert),
+                        "annotations": alert.annotations,
                     }
                     for alert in d.ALERTS
                 ],
@@ -241,44 +242,45 @@ def build_prometheus_rules() -> Any:
     }
 
 
-def _expand(template: str, labels: dict[str, str]) -> str:
-    for name, value in labels.items():
-        template = template.replace(f"{{{{ $labels.{name} }}}}", value)
-    return template
+def build_prometheus_tests() -> Any:
+    """promtool unit tests: each alert at least once firing and once quiet.
 
-
-def _case(alert: d.Alert, case: d.AlertCase) -> Any:
-    expected = []
-    if case.labels is not None:
-        expected.append(
-            {
-                "exp_labels": {**case.labels, "severity": alert.severity},
-                "exp_annotations": {
-                    name: _expand(text, case.labels) for name, text in _annotations(alert).items()
-                },
-            }
-        )
+    Not the firing case of an alert that needs the recording rules absent: these tests load
+    them; a test of the project loads the alerts alone for that case.
+    """
     return {
-        "name": f"{alert.name}: {case.name}",
-        "interval": "1m",
-        "input_series": [{"series": s.series, "values": s.values} for s in case.input_series],
-        "alert_rule_test": [
-            {"eval_time": case.eval_time, "alertname": alert.name, "exp_alerts": expected}
+        "rule_files": [PROMETHEUS_RULES_FILE],
+        "evaluation_interval": "1m",
+        "tests": [
+            d.promtool_case(alert, case)
+            for alert in d.ALERTS
+            for case in (alert.firing, alert.quiet, *alert.more)
+            if not (alert.recording_rules_absent and case is alert.firing)
         ],
     }
 
 
-def build_prometheus_tests() -> Any:
-    """promtool unit tests: each alert once firing and once quiet."""
-    return {
-        "rule_files": [PROMETHEUS_RULES_FILE],
-        "evaluation_interval": "1m",
-        "tests": [_case(alert, case) for alert in d.ALERTS for case in (alert.firing, alert.quiet)],
-    }
-
-
 def _yaml(document: Any) -> str:
-    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    # No folded lines: export replaces settings as exact text (see _definitions.SETTINGS).
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1_000_000)
+
+
+def build_runbooks() -> str:
+    """RUNBOOKS.md: one section per alert, the target of its ``runbook_url``."""
+    parts = [
+        "# Runbooks of the commclient alerts\n",
+        "Generated by `python -m commclient.monitoring generate`; written by `python -m"
+        " commclient.monitoring export` next to the rules. Each alert's `runbook_url` points"
+        " at its section.\n",
+    ]
+    for alert in d.ALERTS:
+        summary = _LABEL_TEMPLATE.sub(r"<\1>", alert.summary)
+        parts.append(
+            f"## {alert.name}\n\n"
+            f"Severity `{alert.severity}`, for `{alert.for_}`. {summary}.\n\n"
+            f"```promql\n{alert.expr}\n```\n\n{alert.runbook}"
+        )
+    return "\n".join(parts)
 
 
 def rendered() -> dict[str, str]:
@@ -289,6 +291,7 @@ def rendered() -> dict[str, str]:
         ALERTS_FILE: header + _yaml(build_grafana_alerts()),
         PROMETHEUS_RULES_FILE: header + _yaml(build_prometheus_rules()),
         PROMETHEUS_TESTS_FILE: header + _yaml(build_prometheus_tests()),
+        RUNBOOKS_FILE: build_runbooks(),
     }
 
 

@@ -179,7 +179,7 @@ async def main(config: dict[str, Any]) -> None:
     counts = {
         name: {
             outcome: registry.get_sample_value(
-                "cron_job_runs_total", {"job": name, "outcome": outcome}
+                "cron_job_runs_total", {"cron_job": name, "outcome": outcome}
             )
             or 0.0
             for outcome in OUTCOMES
@@ -187,7 +187,7 @@ async def main(config: dict[str, Any]) -> None:
         for name in [*config["jobs"], "sync_tenant"]
     }
     missed = {
-        name: registry.get_sample_value("cron_job_missed_total", {"job": name}) or 0.0
+        name: registry.get_sample_value("cron_job_missed_total", {"cron_job": name}) or 0.0
         for name in config["jobs"]
     }
     print(

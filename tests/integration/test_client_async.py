@@ -481,10 +481,10 @@ async def test_post_refused_then_accepted_reaches_the_server_once(
     retried = registry.get_sample_value(
         "http_client_retries_total",
         {
-            "service": names.service,
+            "source_service": names.service,
             "target_service": names.target,
             "method": "POST",
-            "endpoint": "/echo",
+            "route": "/echo",
             "error_type": "connect_error",
         },
     )
@@ -635,9 +635,9 @@ async def test_metrics_count_every_attempt_by_outcome(
     with testing.no_wait():
         async with make_client(http_server.base_url, names, registry=registry) as client:
             await client.get("/flaky", params={"key": names.key(), "first": "2"})
-    labels = {"service": names.service, "target_service": names.target, "method": "GET"}
+    labels = {"source_service": names.service, "target_service": names.target, "method": "GET"}
     sample = registry.get_sample_value
-    endpoint = {**labels, "endpoint": "/flaky"}
+    endpoint = {**labels, "route": "/flaky"}
     assert sample("http_client_requests_total", {**endpoint, "status": "503"}) == 2
     assert sample("http_client_requests_total", {**endpoint, "status": "success"}) == 1
     assert sample("http_client_retries_total", {**endpoint, "error_type": "503"}) == 2

@@ -199,7 +199,9 @@ def run_leased_once(url: str, on_redis_error: str) -> tuple[list[str], dict[str,
         ran.append("ran")
 
     def outcome(name: str) -> float:
-        value = registry.get_sample_value("cron_job_runs_total", {"job": "remind", "outcome": name})
+        value = registry.get_sample_value(
+            "cron_job_runs_total", {"cron_job": "remind", "outcome": name}
+        )
         return value or 0.0
 
     async def main() -> None:

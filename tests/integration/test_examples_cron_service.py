@@ -87,7 +87,7 @@ def runs_by_job(registry: CollectorRegistry) -> Counter[str]:
                 "timeout",
                 "cancelled",
             ):
-                counts[sample.labels["job"]] += int(sample.value)
+                counts[sample.labels["cron_job"]] += int(sample.value)
     return counts
 
 

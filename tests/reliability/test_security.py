@@ -501,7 +501,7 @@ def test_rediss_url(row: Row, tmp_path: Path) -> None:
 @pytest.mark.facade_async
 def test_metric_labels_stay_bounded(http_server: ServerProcess, row: Row) -> None:
     """Distinct URLs (ids, words, query strings; 10,000 at full size) give a bounded
-    ``endpoint`` label."""
+    ``route`` label."""
     registry = CollectorRegistry()
     total = sized(2_000, 10_000)
     config = ClientConfig(max_endpoints=200)
@@ -538,16 +538,15 @@ def test_metric_labels_stay_bounded(http_server: ServerProcess, row: Row) -> Non
     for family in registry.collect():
         for sample in family.samples:
             label_sets.setdefault(family.name, set()).add(tuple(sorted(sample.labels.items())))
-            if "endpoint" in sample.labels:
-                endpoints.add(sample.labels["endpoint"])
+            if "route" in sample.labels:
+                endpoints.add(sample.labels["route"])
     biggest = max(len(v) for v in label_sets.values())
     row.scenario = "S5"
     row.title = "Metric label cardinality"
     row.load = f"{total:,} GETs to distinct URLs (numeric ids, words with digits, hex ids, queries)"
     row.faults = "-"
     row.outcome = (
-        f"{len(endpoints)} endpoint label values (max_endpoints=200); largest family "
-        f"{biggest} series"
+        f"{len(endpoints)} route label values (max_endpoints=200); largest family {biggest} series"
     )
     row.lost = "-"
     assert len(endpoints) <= 201, sorted(endpoints)[:20]

@@ -15,7 +15,10 @@ from prometheus_client import CollectorRegistry
 
 
 def runs(registry: CollectorRegistry, job: str, outcome: str) -> float:
-    return registry.get_sample_value("cron_job_runs_total", {"job": job, "outcome": outcome}) or 0.0
+    return (
+        registry.get_sample_value("cron_job_runs_total", {"cron_job": job, "outcome": outcome})
+        or 0.0
+    )
 
 
 def sample(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:

@@ -72,7 +72,7 @@ class Harness:
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.registry.get_sample_value(
-            name, {"service": self.service, "target_service": self.target, **labels}
+            name, {"source_service": self.service, "target_service": self.target, **labels}
         )
         return 0.0 if value is None else value
 

@@ -222,10 +222,10 @@ def test_breaker_opens_after_fail_max_calls_and_fails_fast(make_harness: MakeHar
     assert len(harness.sent) == 6, "an open breaker sends nothing"
     assert 0 < caught.value.retry_after <= 30
     assert caught.value.attempts == 0
-    assert harness.metric("http_client_circuit_breaker_state") == 1
+    assert harness.metric("http_client_circuit_breaker_state") == 2  # open
     assert (
         harness.metric(
-            "http_client_requests_total", method="GET", endpoint="/down", status="circuit_open"
+            "http_client_requests_total", method="GET", route="/down", status="circuit_open"
         )
         == 1
     )
@@ -252,7 +252,7 @@ def test_path_params_are_quoted_and_the_template_is_the_endpoint(make_harness: M
         harness.metric(
             "http_client_requests_total",
             method="GET",
-            endpoint="/api/users/{user_id}",
+            route="/api/users/{user_id}",
             status="success",
         )
         == 1
@@ -335,21 +335,19 @@ def test_metrics_count_attempts_retries_and_durations(make_harness: MakeHarness)
     for status in ("timeout", "503", "success"):
         assert (
             harness.metric(
-                "http_client_requests_total", method="GET", endpoint=endpoint, status=status
+                "http_client_requests_total", method="GET", route=endpoint, status=status
             )
             == 1
         )
     for error_type in ("timeout", "503"):
         assert (
             harness.metric(
-                "http_client_retries_total", method="GET", endpoint=endpoint, error_type=error_type
+                "http_client_retries_total", method="GET", route=endpoint, error_type=error_type
             )
             == 1
         )
     assert (
-        harness.metric(
-            "http_client_request_duration_seconds_count", method="GET", endpoint=endpoint
-        )
+        harness.metric("http_client_request_duration_seconds_count", method="GET", route=endpoint)
         == 3
     )
 
@@ -361,7 +359,7 @@ def test_decode_error_is_its_own_status(make_harness: MakeHarness) -> None:
         harness.call("GET", "/html")
     assert (
         harness.metric(
-            "http_client_requests_total", method="GET", endpoint="/html", status="decode_error"
+            "http_client_requests_total", method="GET", route="/html", status="decode_error"
         )
         == 1
     )

@@ -109,7 +109,7 @@ def _trip(core: Core) -> None:
 
 def _state_gauge(registry: CollectorRegistry, service: str, target: str) -> float | None:
     return registry.get_sample_value(
-        "http_client_circuit_breaker_state", {"service": service, "target_service": target}
+        "http_client_circuit_breaker_state", {"source_service": service, "target_service": target}
     )
 
 
@@ -120,7 +120,7 @@ def test_reset_gives_live_clients_the_fresh_breaker() -> None:
     _trip(live)
     with pytest.raises(ServiceUnavailableError):
         next(live.call("GET", "/x").flow())
-    assert _state_gauge(registry, "reset-svc", "reset-tgt") == 1
+    assert _state_gauge(registry, "reset-svc", "reset-tgt") == 2  # open
 
     testing.reset()
 
@@ -142,7 +142,7 @@ def test_reset_gives_live_clients_the_fresh_breaker() -> None:
     testing.force_open("reset-svc", "reset-tgt")
     with pytest.raises(ServiceUnavailableError):
         next(live.call("GET", "/x").flow())
-    assert _state_gauge(registry, "reset-svc", "reset-tgt") == 1
+    assert _state_gauge(registry, "reset-svc", "reset-tgt") == 2  # open
 
 
 def test_a_probe_admitted_before_a_reset_cannot_move_the_fresh_breaker() -> None:

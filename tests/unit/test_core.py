@@ -169,6 +169,42 @@ class TestDeadline:
         assert error.attempts == 1
         assert sleeps(actions) == []
 
+    def test_a_deadline_passed_before_an_attempt_is_counted_as_the_callers(self) -> None:
+        """A sleep that overran the deadline: no attempt is made, and the call is counted
+        with status ``deadline``, not ``timeout``, which the error ratio blames on the
+        target."""
+        registry = CollectorRegistry()
+        clock = testing.FakeClock()
+        core = build_core(
+            "http://svc.test",
+            "deadline-svc",
+            "deadline-target",
+            ClientConfig(deadline=2.0, retry_min_wait=0.5, retry_max_wait=0.5),
+            registry,
+            clock,
+        )
+        flow = core.call("GET", "/x").flow()
+        assert isinstance(next(flow), Attempt)
+        clock.advance(1.0)
+        assert isinstance(flow.send(status(503)), Sleep)
+        clock.advance(5.0)  # a loaded machine overslept
+        with pytest.raises(ServiceClientError):
+            flow.send(None)
+
+        def count(status: str) -> float | None:
+            return registry.get_sample_value(
+                "http_client_requests_total",
+                {
+                    "source_service": "deadline-svc",
+                    "target_service": "deadline-target",
+                    "method": "GET",
+                    "route": "/x",
+                    "status": status,
+                },
+            )
+
+        assert (count("503"), count("deadline"), count("timeout")) == (1.0, 1.0, 0.0)
+
     def test_per_call_deadline_overrides_the_config(self) -> None:
         core = make_core(deadline=100.0)
         actions, _ = drive(core, [status(200)], deadline=0.25)

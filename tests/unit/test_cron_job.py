@@ -283,7 +283,7 @@ def test_a_run_over_its_timeout_fails_and_is_counted(kind: str) -> None:
     released.set()
     assert runs(registry, "slow", "timeout") == 1
     assert runs(registry, "slow", "success") == 0
-    count = registry.get_sample_value("cron_job_duration_seconds_count", {"job": "slow"})
+    count = registry.get_sample_value("cron_job_duration_seconds_count", {"cron_job": "slow"})
     assert count == 1
 
 

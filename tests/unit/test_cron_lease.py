@@ -320,7 +320,7 @@ def test_a_leased_run_later_than_its_lease_covers_is_refused_and_counted_missed(
     asyncio.run(run_late(6.0))  # 1 s past slot + grace: a lease taken now could be a 2nd
     assert ran == []
     assert redis.values == {}
-    assert registry.get_sample_value("cron_job_missed_total", {"job": "remind"}) == 1
+    assert registry.get_sample_value("cron_job_missed_total", {"cron_job": "remind"}) == 1
     asyncio.run(run_late(4.0))  # within the grace: runs
     assert ran == [1]
 

@@ -29,13 +29,13 @@ OUTCOMES = ("success", "error", "timeout", "cancelled", "skipped_elsewhere", "sk
 def zero_series(registry: CollectorRegistry, job: str) -> dict[str, float | None]:
     found: dict[str, float | None] = {
         f"runs:{outcome}": registry.get_sample_value(
-            "cron_job_runs_total", {"job": job, "outcome": outcome}
+            "cron_job_runs_total", {"cron_job": job, "outcome": outcome}
         )
         for outcome in OUTCOMES
     }
-    found["missed"] = registry.get_sample_value("cron_job_missed_total", {"job": job})
+    found["missed"] = registry.get_sample_value("cron_job_missed_total", {"cron_job": job})
     found["duration_count"] = registry.get_sample_value(
-        "cron_job_duration_seconds_count", {"job": job}
+        "cron_job_duration_seconds_count", {"cron_job": job}
     )
     return found
 
@@ -57,8 +57,8 @@ def test_a_decorated_job_exports_every_series_at_zero_before_it_runs(kind: str) 
 
     assert set(zero_series(registry, "send_reminders").values()) == {0.0}
     exposition = generate_latest(registry).decode()
-    assert 'cron_job_runs_total{job="send_reminders",outcome="error"} 0.0' in exposition
-    assert 'cron_job_missed_total{job="send_reminders"} 0.0' in exposition
+    assert 'cron_job_runs_total{cron_job="send_reminders",outcome="error"} 0.0' in exposition
+    assert 'cron_job_missed_total{cron_job="send_reminders"} 0.0' in exposition
 
     with pytest.raises(RuntimeError, match="first failure"):
         job()
@@ -81,14 +81,14 @@ def test_a_plain_job_registered_with_the_executor_exports_its_missed_series_at_z
         scheduler.start()
         scheduler.add_job(after_start, "interval", hours=1, id="late", next_run_time=later)
         await wait_until_async(
-            lambda: registry.get_sample_value("cron_job_missed_total", {"job": "late"}) == 0,
+            lambda: registry.get_sample_value("cron_job_missed_total", {"cron_job": "late"}) == 0,
             what="the missed series of the job added after start",
         )
         await shutdown_gracefully(scheduler, timeout=1)
 
     asyncio.run(main())
-    assert registry.get_sample_value("cron_job_missed_total", {"job": "early"}) == 0
-    assert registry.get_sample_value("cron_job_missed_total", {"job": "late"}) == 0
+    assert registry.get_sample_value("cron_job_missed_total", {"cron_job": "early"}) == 0
+    assert registry.get_sample_value("cron_job_missed_total", {"cron_job": "late"}) == 0
 
 
 def test_watching_a_scheduler_exports_the_missed_series_of_its_plain_jobs() -> None:
@@ -100,4 +100,4 @@ def test_watching_a_scheduler_exports_the_missed_series_of_its_plain_jobs() -> N
     scheduler = AsyncIOScheduler()
     scheduler.add_job(legacy, "interval", hours=1, id="legacy")
     watch_missed_runs(scheduler, registry=registry)
-    assert registry.get_sample_value("cron_job_missed_total", {"job": "legacy"}) == 0
+    assert registry.get_sample_value("cron_job_missed_total", {"cron_job": "legacy"}) == 0

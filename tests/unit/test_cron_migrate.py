@@ -262,7 +262,7 @@ def test_the_report_names_what_cannot_move_as_is() -> None:
 
 
 def count_missed(registry: CollectorRegistry, job: str) -> float:
-    return registry.get_sample_value("cron_job_missed_total", {"job": job}) or 0.0
+    return registry.get_sample_value("cron_job_missed_total", {"cron_job": job}) or 0.0
 
 
 @pytest.mark.parametrize("executor", ["migration", "asyncio"])

@@ -20,22 +20,122 @@ from commclient._metrics import ClientMetrics, normalize_path
         (f"/api/jobs/{uuid.UUID(int=7)}", "/api/jobs/{id}"),
         ("/api/files/0123456789abcdef0123", "/api/files/{id}"),
         ("/api/tokens/dGhpcyBpcyBhIHRva2VuIDEyMw==", "/api/tokens/{id}"),
+        ("/repos/app/commits/a1b2c3d", "/repos/app/commits/{id}"),
+        ("/repos/app/commits/9fceb02d0ae598e95dc970b74767f19372d61af8", "/repos/app/commits/{id}"),
+        ("/api/devices/1a2b3c4d", "/api/devices/{id}"),
+        ("/v1/customers/cus_NffrFeUfNV2Hib", "/v1/customers/{id}"),
+        ("/v1/payment_intents/pi_3MtwBwLkdIwHu7ix28a3tqPa", "/v1/payment_intents/{id}"),
+        ("/api/orders/ORD-2024-00012", "/api/orders/{id}"),
+        ("/api/days/2024-05-01", "/api/days/{id}"),
+        ("/api/phones/+15551234567", "/api/phones/{id}"),
+        ("/api/users/jane.doe@example.com/settings", "/api/users/{email}/settings"),
+        ("/api/users/jane.doe%40example.com", "/api/users/{email}"),
+        ("/api/search/Jane%20Doe", "/api/search/{value}"),
+        ("/api/users/%34%32", "/api/users/{id}"),
+        # Route words stay, whatever their letters or underscores.
         ("/api/users/me", "/api/users/me"),
         ("/api/global-settings/", "/api/global-settings/"),
         ("/api/batch-jobs/", "/api/batch-jobs/"),
+        ("/v1/payment_intents", "/v1/payment_intents"),
+        ("/api/feed/defaced", "/api/feed/defaced"),
+        ("/api/v2/health", "/api/v2/health"),
+        ("/oauth2/token", "/oauth2/token"),
+        ("/api/global_settings/", "/api/global_settings/"),
     ],
 )
 def test_normalize_path(path: str, endpoint: str) -> None:
     assert normalize_path(path) == endpoint
 
 
-def test_endpoint_cardinality_is_bounded_per_client() -> None:
-    metrics = ClientMetrics(CollectorRegistry(), "svc", "tgt", max_endpoints=200)
-    seen = {metrics.endpoint(f"/api/things-{n}/x", template=False) for n in range(500)}
-    assert len(seen) == 201
+def test_a_route_hook_replaces_the_rules_and_is_still_capped() -> None:
+    metrics = ClientMetrics(
+        CollectorRegistry(),
+        "svc",
+        "tgt",
+        max_endpoints=2,
+        normalize_route=lambda path: path.rsplit("/", 1)[0] + "/{slug}",
+    )
+    routes = [
+        metrics.endpoint(f"/{kind}/post-{n}", template=False) for kind in "abc" for n in (1, 2)
+    ]
+    assert routes == ["/a/{slug}", "/a/{slug}", "/b/{slug}", "/b/{slug}", "other", "other"]
+
+
+def test_a_route_hook_must_return_a_str() -> None:
+    metrics = ClientMetrics(CollectorRegistry(), "svc", "tgt", 5, normalize_route=lambda p: None)  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="normalize_route must return a str, got NoneType for '/x'"):
+        metrics.endpoint("/x", template=False)
+
+
+def test_route_ids_of_many_shapes_leave_room_for_real_routes() -> None:
+    """A thousand Stripe-style ids, order numbers and emails are one route each: the real
+    /api/health still gets its own label afterwards."""
+    metrics = ClientMetrics(CollectorRegistry(), "svc", "tgt", max_endpoints=20)
+    for n in range(1000):
+        metrics.endpoint(f"/v1/customers/cus_{uuid.uuid4().hex[:14]}", template=False)
+        metrics.endpoint(f"/api/orders/ORD-2024-{n:05d}", template=False)
+        metrics.endpoint(f"/api/users/user{n}@example.com", template=False)
+    assert metrics.endpoint("/api/health", template=False) == "/api/health"
+
+
+def test_endpoint_cardinality_is_bounded_per_pair_across_clients() -> None:
+    """Ten short-lived clients of one pair, 20 routes each: 20 routes and ``other``."""
+    registry = CollectorRegistry()
+    seen = set()
+    for client in range(10):
+        metrics = ClientMetrics(registry, "svc", "tgt", max_endpoints=20)
+        for n in range(20):
+            route = metrics.endpoint(f"/api/r{client}x{n}y", template=False)
+            metrics.observe("GET", route, "success", 0.01)
+            seen.add(route)
+    assert len(seen) == 21
     assert "other" in seen
-    assert metrics.endpoint("/api/things-3/x", template=False) == "/api/things-3/x"
-    assert metrics.endpoint("/api/{new}", template=True) == "other"
+    routes = {
+        sample.labels["route"]
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "http_client_requests_total"
+    }
+    assert len(routes) == 21
+    # Another pair of the same registry has its own routes.
+    other = ClientMetrics(registry, "svc", "another", max_endpoints=20)
+    assert other.endpoint("/api/new", template=False) == "/api/new"
+    assert metrics.endpoint("/api/new", template=True) == "other"
+
+
+def test_failure_series_exist_at_zero_once_a_route_is_seen() -> None:
+    """So that the first burst of failures shows in increase(): bounded per route."""
+    registry = CollectorRegistry()
+    metrics = ClientMetrics(registry, "svc", "tgt", max_endpoints=5, retry_statuses={503, 429})
+    metrics.observe("GET", "/a", "success", 0.01)
+    labels = {"source_service": "svc", "target_service": "tgt", "method": "GET", "route": "/a"}
+    statuses = {
+        sample.labels["status"]: sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "http_client_requests_total"
+    }
+    assert statuses == {
+        "success": 1.0,
+        "429": 0.0,
+        "503": 0.0,
+        "timeout": 0.0,
+        "connect_error": 0.0,
+        "circuit_open": 0.0,
+    }
+    error_types = {
+        error_type: registry.get_sample_value(
+            "http_client_retries_total", {**labels, "error_type": error_type}
+        )
+        for error_type in ("429", "503", "timeout", "connect_error", "circuit_open")
+    }
+    assert error_types == {
+        "429": 0.0,
+        "503": 0.0,
+        "timeout": 0.0,
+        "connect_error": 0.0,
+        "circuit_open": None,
+    }
 
 
 def test_families_have_the_designed_names_and_labels() -> None:
@@ -47,17 +147,17 @@ def test_families_have_the_designed_names_and_labels() -> None:
     expected = {
         "http_client_requests": (
             "counter",
-            {"service", "target_service", "method", "endpoint", "status"},
+            {"source_service", "target_service", "method", "route", "status"},
         ),
         "http_client_request_duration_seconds": (
             "histogram",
-            {"service", "target_service", "method", "endpoint"},
+            {"source_service", "target_service", "method", "route"},
         ),
         "http_client_retries": (
             "counter",
-            {"service", "target_service", "method", "endpoint", "error_type"},
+            {"source_service", "target_service", "method", "route", "error_type"},
         ),
-        "http_client_circuit_breaker_state": ("gauge", {"service", "target_service"}),
+        "http_client_circuit_breaker_state": ("gauge", {"source_service", "target_service"}),
     }
     for name, (kind, labels) in expected.items():
         assert families[name].type == kind
@@ -82,12 +182,12 @@ def test_breaker_gauge_follows_every_transition_without_calls() -> None:
     def state() -> float | None:
         return registry.get_sample_value(
             "http_client_circuit_breaker_state",
-            {"service": "gauge-svc", "target_service": "gauge-tgt"},
+            {"source_service": "gauge-svc", "target_service": "gauge-tgt"},
         )
 
     assert state() == 0
     testing.force_open("gauge-svc", "gauge-tgt")
-    assert state() == 1
+    assert state() == 2  # open: the worst state has the highest value
     testing.force_closed("gauge-svc", "gauge-tgt")
     assert state() == 0
     testing.reset()
@@ -99,7 +199,7 @@ def test_default_registry_is_the_global_one() -> None:
     build_core("http://g.test", name, "tgt", None, None, None)
     assert (
         REGISTRY.get_sample_value(
-            "http_client_circuit_breaker_state", {"service": name, "target_service": "tgt"}
+            "http_client_circuit_breaker_state", {"source_service": name, "target_service": "tgt"}
         )
         == 0
     )
@@ -117,10 +217,10 @@ def test_two_clients_share_one_registry() -> None:
             registry.get_sample_value(
                 "http_client_requests_total",
                 {
-                    "service": service,
+                    "source_service": service,
                     "target_service": "t",
                     "method": "GET",
-                    "endpoint": "/x",
+                    "route": "/x",
                     "status": "success",
                 },
             )

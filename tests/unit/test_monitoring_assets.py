@@ -3,6 +3,7 @@ checked by promtool; the export command writes a Grafana provisioning tree."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from commclient.monitoring._definitions import (
     BREAKER_STATES,
     DASHBOARD_UID,
     ERROR_STATUSES,
+    promtool_case,
 )
 from commclient.monitoring._files import (
     PROMETHEUS_RULES_FILE,
@@ -51,17 +53,21 @@ def test_shipped_files_are_generated_from_the_definitions() -> None:
 def test_every_status_of_a_failed_call_counts_in_the_error_ratio() -> None:
     """A status the client records for a call that got no answer (pool_timeout among them)
     is an error in the recorded error ratio and its alert; success and other 4xx are not."""
-    failed = {kind.status_label for kind in FailureKind}
-    failed |= {"circuit_open", "decode_error", "429", "500", "503", "599"}
+    failed = {kind.status_label for kind in FailureKind if kind.blames_target}
+    failed |= {"pool_timeout", "circuit_open", "decode_error", "429", "500", "503", "599"}
     # Prometheus anchors a label regex at both ends.
     pattern = re.compile(f"(?:{ERROR_STATUSES})")
     assert sorted(s for s in failed if not pattern.fullmatch(s)) == []
-    assert [s for s in ("success", "200", "404", "409") if pattern.fullmatch(s)] == []
+    # The caller's mistakes and its own deadline are not the target's errors.
+    callers = {FailureKind.DEADLINE.status_label, FailureKind.UNSENDABLE.status_label}
+    assert callers == {"deadline", "unsendable"}
+    not_failed = {"success", "200", "404", "409", *callers}
+    assert [s for s in sorted(not_failed) if pattern.fullmatch(s)] == []
 
 
 def test_every_shipped_file_is_in_the_source_tree() -> None:
     assert sorted(
-        p.name for p in PACKAGE_DIR.iterdir() if p.suffix in {".json", ".yml", ".yaml"}
+        p.name for p in PACKAGE_DIR.iterdir() if p.suffix in {".json", ".yml", ".yaml", ".md"}
     ) == (sorted(SHIPPED_FILES))
 
 
@@ -103,19 +109,22 @@ class TestDashboard:
         assert len(ids) == len(set(ids))
         assert 0 not in ids
 
-    def test_raw_counters_use_the_rate_interval(self) -> None:
-        # Ranges over raw series follow Grafana's $__rate_interval, so that no scrape
-        # interval leaves a panel empty; recorded series carry their own window.
+    def test_rates_use_the_rate_interval_and_counts_the_interval(self) -> None:
+        # Rates over raw series follow Grafana's $__rate_interval, so that no scrape
+        # interval leaves a panel empty; counts per bar are increase() over $__interval,
+        # one bar per step, so the bars add up to the true count (a $__rate_interval of
+        # four scrapes at a step of one would count every event four times).
         for expression in panel_expressions():
-            ranges = re.findall(r"\[([^\]]+)\]", expression.expr)
-            assert all(r == "$__rate_interval" for r in ranges), expression
+            for function, window in re.findall(r"(\w+)\([^\[\]()]*\[([^\]]+)\]", expression.expr):
+                expected = "$__interval" if function == "increase" else "$__rate_interval"
+                assert window == expected, expression
 
     def test_breaker_state_mappings(self) -> None:
         (panel,) = [p for p in panels() if p["title"] == "Circuit breaker state"]
         (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
         assert mapping["type"] == "value"
         texts = {int(value): option["text"] for value, option in mapping["options"].items()}
-        assert texts == {0: "CLOSED", 1: "OPEN", 2: "HALF-OPEN"} == BREAKER_STATES
+        assert texts == {0: "CLOSED", 1: "HALF-OPEN", 2: "OPEN"} == BREAKER_STATES
 
     def test_breaker_values_are_the_ones_the_library_sets(self) -> None:
         import pybreaker
@@ -151,17 +160,19 @@ def _by_ref(rule: Any) -> dict[str, Any]:
 
 
 class TestGrafanaAlerts:
-    def test_six_rules_with_unique_uids(self) -> None:
+    def test_one_name_per_alert_in_grafana_and_prometheus(self) -> None:
+        # Grafana's rule title is its alertname label: routes, silences and inhibitions
+        # written for either match both.
         (group,) = grafana_alerts()["groups"]
         titles = [rule["title"] for rule in group["rules"]]
-        assert titles == [
-            "Circuit breaker open",
-            "High error rate",
-            "High retry rate",
-            "Low cache hit rate",
-            "Cron job runs failing",
-            "Event loop lagging",
+        prometheus = [
+            rule["alert"]
+            for group in prometheus_rules()["groups"]
+            for rule in group["rules"]
+            if "alert" in rule
         ]
+        assert titles == prometheus == [alert.name for alert in ALERTS]
+        assert "CommClientCircuitBreakerOpen" in titles
         uids = [rule["uid"] for rule in group["rules"]]
         assert len(set(uids)) == len(uids)
         assert all(len(uid) <= 40 for uid in uids)
@@ -205,14 +216,19 @@ class TestGrafanaAlerts:
             if "alert" in rule
         }
         grafana = grafana_alerts()["groups"][0]["rules"]
-        assert len(grafana) == len(prometheus) == len(ALERTS) == 6
+        assert len(grafana) == len(prometheus) == len(ALERTS)
         for alert, rule in zip(ALERTS, grafana, strict=True):
             refs = _by_ref(rule)
             (evaluator,) = [c["evaluator"] for c in refs["C"]["model"]["conditions"]]
             op = {"gt": ">", "lt": "<"}[evaluator["type"]]
             (threshold,) = evaluator["params"]
             expected = prometheus[alert.name]
-            assert f"{refs['A']['model']['expr']} {op} {threshold:g}" == expected["expr"]
+            value = refs["A"]["model"]["expr"]
+            assert expected["expr"] in (
+                f"{value} {op} {threshold:g}",
+                f"({value}) {op} {threshold:g}",
+            )
+            assert rule["noDataState"] == alert.no_data
             assert rule["for"] == expected["for"]
             assert rule["labels"] == expected["labels"]
             assert rule["annotations"] == expected["annotations"]
@@ -269,7 +285,24 @@ class TestPromtool:
             for rule in group["rules"]
             if "alert" in rule
         }
-        assert firing == quiet == names
+        rules_absent = {alert.name for alert in ALERTS if alert.recording_rules_absent}
+        assert rules_absent == {"CommClientRecordingRulesMissing"}
+        assert quiet == names
+        assert firing == names - rules_absent
+
+    def test_rules_missing_alert_fires_without_the_recording_rules(self, tmp_path: Path) -> None:
+        """Grafana (or a Prometheus) given the alerts but not the recording rules: the
+        alert that says so fires; with the recording rules (the shipped test) it does not."""
+        rules = prometheus_rules()
+        rules["groups"] = [g for g in rules["groups"] if g["name"].endswith(".alerts")]
+        (tmp_path / "alerts-only.yml").write_text(yaml.safe_dump(rules))
+        cases = [
+            promtool_case(alert, alert.firing) for alert in ALERTS if alert.recording_rules_absent
+        ]
+        tests = {"rule_files": ["alerts-only.yml"], "evaluation_interval": "1m", "tests": cases}
+        (tmp_path / "alerts-only.test.yml").write_text(yaml.safe_dump(tests))
+        result = _promtool("test", "rules", "alerts-only.test.yml", cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 class TestExport:
@@ -277,6 +310,7 @@ class TestExport:
         written = export(tmp_path / "out")
         relative = sorted(str(path.relative_to(tmp_path / "out")) for path in written)
         assert relative == [
+            "RUNBOOKS.md",
             "grafana/dashboards/service-communication.json",
             "grafana/provisioning/alerting/commclient-alerts.yaml",
             "grafana/provisioning/dashboards/commclient.yaml",
@@ -346,7 +380,7 @@ class TestExport:
         )
         assert result.returncode == 0, result.stderr
         printed = result.stdout.split()
-        assert len(printed) == 5
+        assert len(printed) == 6
         assert all(Path(line).is_file() for line in printed)
         assert (
             "datasourceUid: mimir"
@@ -401,3 +435,86 @@ def test_generate_writes_the_shipped_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(SHIPPED_FILES)
     for name in SHIPPED_FILES:
         assert (tmp_path / name).read_text() == shipped(name)
+
+
+class TestExportSettings:
+    def test_every_setting_is_in_the_files_it_configures(self) -> None:
+        from commclient.monitoring._definitions import SETTINGS
+        from commclient.monitoring._files import ALERTS_FILE, RUNBOOKS_FILE
+
+        for setting in SETTINGS:
+            default = setting.render(setting.default)
+            for name in (PROMETHEUS_RULES_FILE, ALERTS_FILE, RUNBOOKS_FILE):
+                if (setting.name, name) != ("runbook_base", RUNBOOKS_FILE):
+                    assert default in shipped(name), (setting.name, name)
+
+    @pytest.mark.prometheus
+    def test_settings_reach_rules_alerts_runbooks_and_dashboard(self, tmp_path: Path) -> None:
+        written = export(
+            tmp_path,
+            slo=0.999,
+            breaker_window="5m",
+            runbook_base="https://wiki.example.com/commclient/RUNBOOKS.md",
+            selector='namespace="prod", cluster=~"eu-.*"',
+            group_by=("cluster", "namespace"),
+        )
+        names = {path.name for path in written}
+        # The shipped promtool tests hold for the defaults only.
+        assert PROMETHEUS_TESTS_FILE not in names
+        rules = (tmp_path / "prometheus" / PROMETHEUS_RULES_FILE).read_text()
+        result = _promtool("check", "rules", PROMETHEUS_RULES_FILE, cwd=tmp_path / "prometheus")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "(1 - 0.999)" in rules
+        assert "(1 - 0.995)" not in rules
+        assert 'http_client_circuit_breaker_state{namespace="prod", cluster=~"eu-.*"}[5m]' in (
+            rules
+        )
+        assert "sum by (cluster, namespace, source_service, target_service)" in rules
+        assert "runbook_url: https://wiki.example.com/commclient/RUNBOOKS.md#commclient" in rules
+        alerts = yaml.safe_load(
+            (tmp_path / "grafana/provisioning/alerting/commclient-alerts.yaml").read_text()
+        )
+        grafana_exprs = [
+            query["model"]["expr"]
+            for rule in alerts["groups"][0]["rules"]
+            for query in rule["data"]
+            if query["datasourceUid"] != "__expr__"
+        ]
+        assert any("(1 - 0.999)" in expr for expr in grafana_exprs)
+        board = json.loads((tmp_path / "grafana/dashboards/service-communication.json").read_text())
+        exprs = [t["expr"] for p in board["panels"] if p["type"] != "row" for t in p["targets"]]
+        assert any(
+            'http_client_requests_total{namespace="prod", cluster=~"eu-.*", source_service=~'
+            in expr
+            for expr in exprs
+        ), exprs
+        assert all("cluster, namespace" in e for e in exprs if "sum by (" in e), exprs
+
+    @pytest.mark.parametrize(
+        ("setting", "value", "message"),
+        [
+            ("slo", 1.0, "slo must be a number between 0 and 1"),
+            ("slo", "99.9", "slo must be a number between 0 and 1"),
+            ("breaker_window", "2 minutes", "breaker_window must be a Prometheus duration"),
+            ("runbook_base", "has space", "runbook_base must be a URL"),
+            ("selector", "namespace=prod", "selector must be label matchers"),
+            ("selector", 'a="x\\"y"', "selector must be label matchers"),
+            ("group_by", "namespace", "group_by must be label names"),
+            ("group_by", ("bad-name",), "group_by must be label names"),
+        ],
+    )
+    def test_bad_settings_are_refused(
+        self, tmp_path: Path, setting: str, value: Any, message: str
+    ) -> None:
+        with pytest.raises(ValueError, match=message):
+            export(tmp_path, **{setting: value})
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_the_readme_documents_every_alert_and_setting() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    from commclient.monitoring._definitions import SETTINGS
+
+    assert [alert.name for alert in ALERTS if f"| `{alert.name}` |" not in readme] == []
+    options = [f"--{setting.name.replace('_', '-')}" for setting in SETTINGS]
+    assert [o for o in [*options, "--selector", "--group-by"] if f"`{o}`" not in readme] == []
