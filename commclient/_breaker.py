@@ -352,6 +352,17 @@ class _GaugeListener(pybreaker.CircuitBreakerListener):
         value = STATE_VALUES[new_state.name]
         for gauge in list(self._gauges):
             gauge.set(value)
+        old_name = None if old_state is None else old_state.name
+        # One record per transition, the breaker's own account (a sampled gauge misses
+        # short states): an opening is a warning, the rest information.
+        logger.log(
+            logging.WARNING if new_state.name == OPEN else logging.INFO,
+            "circuit breaker %s: %s -> %s",
+            cb.name,
+            old_name,
+            new_state.name,
+            extra={"breaker": cb.name, "old_state": old_name, "new_state": new_state.name},
+        )
 
 
 # One round trip per synchronisation. KEYS: state, fail_counter, opened_at.

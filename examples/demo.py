@@ -94,20 +94,48 @@ def phases() -> list[Phase]:
     ]
 
 
+class BreakerTransitions(logging.Handler):
+    """The transitions one breaker logs itself (``commclient.breaker``), none missed.
+
+    While attached, the breaker's records reach this handler even when logging is quieter
+    than INFO; they are then kept from the other handlers, as that setting asks.
+    """
+
+    def __init__(self, breaker: str) -> None:
+        super().__init__(logging.INFO)
+        self.breaker = breaker
+        self.transitions: list[str] = []
+        self._logger = logging.getLogger("commclient.breaker")
+        self._saved = (self._logger.level, self._logger.propagate)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "breaker", None) == self.breaker and hasattr(record, "new_state"):
+            self.transitions.append(f"{getattr(record, 'old_state', None)}->{record.new_state}")
+
+    def __enter__(self) -> BreakerTransitions:
+        if self._logger.getEffectiveLevel() > logging.INFO:
+            self._logger.setLevel(logging.INFO)
+            self._logger.propagate = False
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._saved[0])
+        self._logger.propagate = self._saved[1]
+
+
 @dataclass
 class Observed:
     """What the demo watches while it runs."""
 
-    breaker_states: list[str] = field(default_factory=list)
-
-    def observe_breaker(self, state: str) -> None:
-        if not self.breaker_states or self.breaker_states[-1] != state:
-            self.breaker_states.append(state)
+    breaker: BreakerTransitions = field(
+        default_factory=lambda: BreakerTransitions("cron_service->rest_service")
+    )
 
     @property
     def transitions(self) -> list[str]:
-        states = self.breaker_states
-        return [f"{a}->{b}" for a, b in itertools.pairwise(states)]
+        return self.breaker.transitions
 
 
 def samples(registry: CollectorRegistry, name: str, **labels: str) -> Iterator[Any]:
@@ -186,6 +214,7 @@ async def run_demo(
     stream = f"{STREAM}:demo-{uuid.uuid4().hex[:8]}"
     testing.reset()  # a fresh breaker for this run
     with ExitStack() as stack:
+        stack.enter_context(observed.breaker)
         rest_url = stack.enter_context(serve(app))
         metrics_url = stack.enter_context(serve(make_asgi_app(registry), lifespan="auto"))
         service = CronService(
@@ -246,7 +275,6 @@ async def _watch(
             if live:
                 print(file=out)
             print(f"[{now:5.1f}s] phase: {plan[index].name}", file=out)
-        observed.observe_breaker(testing.breaker_state("cron_service", "rest_service"))
         if now - last_line >= (0.25 if live else 5.0):
             last_line = now
             line = _progress(app, registry, observed, now, plan[index].name)
@@ -267,7 +295,7 @@ def _progress(
     return (
         f"[{now:5.1f}s] {phase:<9} calls {int(total(registry, 'http_client_requests_total')):>4}"
         f" retries {int(total(registry, 'http_client_retries_total')):>3}"
-        f" breaker {observed.breaker_states[-1]:<9}"
+        f" breaker {testing.breaker_state('cron_service', 'rest_service'):<9}"
         f" runs {runs['success']:>3} ok {failed:>2} failed"
         f" recorded {records:>3} +{pending} buffered"
     )
@@ -306,7 +334,7 @@ def _summary(
         ("  of which failed fast, breaker open", f"{int(_failed_fast(registry))}"),
         ("retries", f"{int(total(registry, 'http_client_retries_total'))}"),
         (
-            "breaker transitions (state sampled /20 ms)",
+            "breaker transitions",
             f"{len(transitions)}" + (f" ({', '.join(transitions)})" if transitions else ""),
         ),
         (

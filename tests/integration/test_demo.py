@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -52,6 +53,15 @@ def test_a_short_demo_exits_0_and_prints_the_summary() -> None:
     # The fault window made the client retry and runs fail, and yet every run is recorded.
     assert int(_row(summary, "retries")) > 0
     assert int(_row(summary, "runs failed (error, timeout, cancelled)")) > 0
+    # The breaker's own transitions: a chain (each starts where the last ended) that never
+    # jumps from open to closed, which a sampled state showed when it missed a half-open.
+    (row,) = [line for line in summary.splitlines() if line.startswith("breaker transitions ")]
+    count = _row(summary, "breaker transitions")
+    listed = row.partition("(")[2].rstrip(") ")
+    steps = [step.split("->") for step in listed.split(", ") if step]
+    assert len(steps) == int(count), row
+    assert all(earlier[1] == later[0] for earlier, later in itertools.pairwise(steps)), row
+    assert ["open", "closed"] not in steps
     assert "Traceback" not in finished.stderr
 
 

@@ -99,6 +99,27 @@ def test_a_breaker_reopened_by_a_failed_probe_waits_a_full_reset_timeout() -> No
     assert breaker.admit().probe
 
 
+def test_each_transition_is_logged_once_by_the_breaker_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = testing.FakeClock()
+    breaker = Breaker("logged->target", 1, 10.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="commclient.breaker"):
+        breaker.record_failure(breaker.admit())
+        clock.advance(10.0)
+        breaker.record_success(breaker.admit())
+    seen = [
+        (r.levelname, r.old_state, r.new_state)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "breaker", None) == "logged->target"
+    ]
+    assert seen == [
+        ("WARNING", "closed", "open"),
+        ("INFO", "open", "half-open"),
+        ("INFO", "half-open", "closed"),
+    ]
+
+
 def _trip(core: Core) -> None:
     for _ in range(core.config.circuit_breaker_fail_max):
         flow = core.call("GET", "/x").flow()
@@ -243,7 +264,9 @@ def test_an_unreachable_redis_is_one_warning_without_the_password(
         for _ in range(3):
             breaker.record_failure(breaker.admit())
             mirror.push_now()
-    warnings = [r for r in caplog.records if r.name == "commclient.breaker"]
+    warnings = [
+        r for r in caplog.records if r.name == "commclient.breaker" and not hasattr(r, "new_state")
+    ]
     assert len(warnings) == 1
     assert warnings[0].levelno == logging.WARNING
     message = warnings[0].getMessage()
