@@ -54,6 +54,9 @@ class FailureKind(enum.Enum):
     CONNECTION_LOST = "connection_lost"
     #: Every pooled connection was busy: this client is saturated, the target did nothing.
     POOL_TIMEOUT = "pool_timeout"
+    #: A connect timeout seen so late that this client was too busy to notice the
+    #: handshake: its own saturation, as a pool timeout is (see ``_admission``).
+    SATURATED = "saturated_connect_timeout"
     #: The call's deadline left no time for this attempt: nothing was sent.
     DEADLINE = "deadline"
     #: The transport refused to send the request (a malformed URL or header).
@@ -74,14 +77,19 @@ class FailureKind(enum.Enum):
     @property
     def blames_target(self) -> bool:
         """Whether the failure says anything about the target's health (breaker, retry)."""
-        return self not in (FailureKind.POOL_TIMEOUT, FailureKind.DEADLINE, FailureKind.UNSENDABLE)
+        return self not in _LOCAL_FAILURES
 
     @property
     def status_label(self) -> str:
         """The ``status`` / ``error_type`` metric label of this failure."""
-        if self is FailureKind.POOL_TIMEOUT:
+        if self is FailureKind.POOL_TIMEOUT or self is FailureKind.SATURATED:
             return "pool_timeout"
         return "timeout" if self.is_timeout else "connect_error"
+
+
+_LOCAL_FAILURES = frozenset(
+    {FailureKind.POOL_TIMEOUT, FailureKind.SATURATED, FailureKind.DEADLINE, FailureKind.UNSENDABLE}
+)
 
 
 def may_retry_method(method: str, *, has_idempotency_key: bool) -> bool:
