@@ -153,9 +153,7 @@ def test_callers_beyond_the_limit_are_served_first_come_first_served() -> None:
 @pytest.mark.facade_async
 def test_the_default_limit_is_the_pool_size() -> None:
     async def scenario(client: Any, server: _Server) -> _Server:
-        calls = [
-            asyncio.create_task(client.get("/held", params={"n": str(n)})) for n in range(12)
-        ]
+        calls = [asyncio.create_task(client.get("/held", params={"n": str(n)})) for n in range(12)]
         await _until(lambda: len(server.arrived) == 5 and client._gate.waiting == 7)
         server.release.set()
         await asyncio.gather(*calls)
@@ -273,13 +271,15 @@ def test_a_connect_timeout_the_sync_client_saw_late_does_not_open_the_breaker(
 
     with responses.RequestsMock() as mock, testing.no_wait():
         mock.add_callback("GET", f"{BASE}/x", callback=reply)
-        with SyncServiceClient(
-            BASE,
-            service_name=SERVICE,
-            target_service=TARGET,
-            config=ClientConfig(connect_timeout=0.1, circuit_breaker_fail_max=1),
-            registry=CollectorRegistry(),
-        ) as client:
-            with pytest.raises(ServiceTimeoutError):
-                client.get("/x")
+        with (
+            SyncServiceClient(
+                BASE,
+                service_name=SERVICE,
+                target_service=TARGET,
+                config=ClientConfig(connect_timeout=0.1, circuit_breaker_fail_max=1),
+                registry=CollectorRegistry(),
+            ) as client,
+            pytest.raises(ServiceTimeoutError),
+        ):
+            client.get("/x")
     assert testing.breaker_state(SERVICE, TARGET) == breaker
