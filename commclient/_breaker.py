@@ -55,13 +55,15 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
-import pybreaker
-
 from ._config import ClientConfig
+from ._lazy import import_pybreaker
 from ._policy import Clock, SystemClock
 
 if TYPE_CHECKING:
+    import pybreaker
     from prometheus_client.metrics import Gauge
+else:
+    pybreaker = import_pybreaker()
 
 logger = logging.getLogger("commclient.breaker")
 
