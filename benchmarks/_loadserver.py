@@ -25,6 +25,11 @@ import sys
 import time
 from types import TracebackType
 
+from benchmarks._table import Row
+
+#: The server must serve at least this many times the best rate measured against it.
+HEADROOM_LIMIT = 3.0
+
 BODY = b'{"ok":true}'
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
@@ -199,6 +204,20 @@ class LoadServer:
             timeout=seconds + 60,
         )
         return float(result.stdout.strip())
+
+
+def headroom_row(capacity: float, best: float, measured: str = "best calls/s of this run") -> Row:
+    """The first row of a benchmark on this server: its capacity against the best rate."""
+    return Row(
+        "load server headroom",
+        "raw-socket client (own process)",
+        measured,
+        capacity,
+        best,
+        "calls/s",
+        HEADROOM_LIMIT,
+        "min_ratio",
+    )
 
 
 def _repository_root() -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from benchmarks._loadserver import LoadServer
+from benchmarks._loadserver import LoadServer, headroom_row
 from benchmarks._table import Row, spread
 from commclient import ClientConfig
 
@@ -233,14 +233,4 @@ def run(quick: bool) -> list[Row]:
         rows = asyncio.run(_async_rows(server.base_url, rounds, calls))
         rows += _sync_rows(server.base_url, rounds, calls)
     best = max(1e6 / row.baseline_value for row in rows if row.unit == "µs/call")
-    headroom = Row(
-        "load server headroom",
-        "raw-socket client (own process)",
-        "fastest sequential calls/s of this run",
-        capacity,
-        best,
-        "calls/s",
-        3.0,
-        "min_ratio",
-    )
-    return [headroom, *rows]
+    return [headroom_row(capacity, best, "fastest sequential calls/s of this run"), *rows]
