@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -109,12 +110,13 @@ def _import_rows(rounds: int) -> list[Row]:
     return rows
 
 
-def _allocated(build: Any) -> tuple[float, Any]:
+async def _allocated(build: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    """Bytes still allocated after ``build()`` (what it returns is kept alive meanwhile)."""
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        kept = build()
+        kept = await build()
         gc.collect()
         return tracemalloc.get_traced_memory()[0] - before, kept
     finally:
@@ -134,12 +136,25 @@ async def _memory_rows(base_url: str) -> list[Row]:
             registry=CollectorRegistry(),
         )
 
-    client("warm")  # first-use costs (metric families, breaker registry) paid once
-    per_client, clients = _allocated(lambda: [client(str(i)) for i in range(100)])
-    per_bare, bares = _allocated(lambda: [httpx.AsyncClient() for _ in range(100)])
-    for bare in bares:
-        await bare.aclose()
-    del clients
+    clients_measured = 20
+
+    async def libraries() -> list[AsyncServiceClient]:
+        made = [client(str(i)) for i in range(clients_measured)]
+        for made_client in made:
+            await made_client.get("/ping")  # its pool open, one connection in it
+        return made
+
+    async def bares() -> list[httpx.AsyncClient]:
+        made = [httpx.AsyncClient() for _ in range(clients_measured)]
+        for bare in made:
+            (await bare.get(base_url + "/ping")).raise_for_status()
+        return made
+
+    await (await libraries())[0].aclose()  # first-use costs (metric families, modules) paid
+    per_client, clients = await _allocated(libraries)
+    per_bare, bare_clients = await _allocated(bares)
+    for opened in [*clients, *bare_clients]:
+        await opened.aclose()
 
     async def in_flight(call: Any) -> float:
         await asyncio.gather(*(call() for _ in range(10)))  # connections open, caches warm
@@ -165,10 +180,10 @@ async def _memory_rows(base_url: str) -> list[Row]:
     return [
         Row(
             "memory",
-            "AsyncServiceClient, per client",
-            "httpx.AsyncClient, per client",
-            per_client / 100 / 1024,
-            per_bare / 100 / 1024,
+            "AsyncServiceClient, per client (one connection)",
+            "httpx.AsyncClient, per client (one connection)",
+            per_client / clients_measured / 1024,
+            per_bare / clients_measured / 1024,
             "KiB",
             0,
             "none",
