@@ -17,9 +17,11 @@ from ._core import TransportFailure
 from ._policy import FailureKind
 
 #: A connect timeout observed this much later than it was due (as a fraction of the
-#: connect timeout, and at least ``_LATE_SECONDS``) means the client's loop or threads
-#: were too busy to see the handshake complete: the lateness is the client's, not the
-#: target's. A blackholed target is seen on time and keeps counting against its breaker.
+#: connect timeout, and at least ``_LATE_SECONDS``) means the client's event loop was too
+#: busy to see the handshake complete: the lateness is the client's, not the target's. A
+#: blackholed target is seen on time and keeps counting against its breaker. (httpx's
+#: connect timeout covers the name lookup; urllib3's starts after a lookup of any length,
+#: so the sync facade does not use this rule.)
 _LATE_FRACTION = 0.5
 _LATE_SECONDS = 0.25
 

@@ -6,7 +6,6 @@ whole policy is tested with a fake one.
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import os
 import threading
@@ -137,6 +136,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
     value = value.strip()
     if is_ascii_digits(value):
         return float(value)
+    import email.utils  # only for the rare HTTP-date form; not paid at import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from ._admission import connect_timeout_kind
 from ._config import ClientConfig
 from ._core import Attempt, Call, Outcome, Sleep, TransportFailure, build_core
 from ._correlation import redact_transport_logs
@@ -162,7 +161,6 @@ class SyncServiceClient:
         prepared = self._requests.PreparedRequest()
         prepared.method, prepared.url, prepared.body = request.method, request.url, request.content
         prepared.headers = self._requests.structures.CaseInsensitiveDict(request.headers)
-        sent_at = time.monotonic()
         with attempt_watch(attempt.time_limit) as watch:
             try:
                 response = adapter.send(
@@ -200,11 +198,7 @@ class SyncServiceClient:
                     return TransportFailure(FailureKind.READ_TIMEOUT, exc)
                 if self._closed:
                     raise RuntimeError("this SyncServiceClient was closed during the call") from exc
-                kind = _classify(exc, self._requests.exceptions)
-                if kind is FailureKind.CONNECT_TIMEOUT:
-                    late_by = time.monotonic() - sent_at - attempt.connect_timeout
-                    kind = connect_timeout_kind(late_by, attempt.connect_timeout)
-                return TransportFailure(kind, exc)
+                return TransportFailure(_classify(exc, self._requests.exceptions), exc)
 
     def _open(self) -> requests.adapters.HTTPAdapter:
         if self._closed:

@@ -250,36 +250,3 @@ def test_a_connect_timeout_the_client_saw_late_does_not_open_the_breaker(
 
     asyncio.run(main())
     assert testing.breaker_state(SERVICE, TARGET) == breaker
-
-
-@pytest.mark.facade_sync
-@pytest.mark.parametrize(("late", "breaker"), [(False, "open"), (True, "closed")])
-def test_a_connect_timeout_the_sync_client_saw_late_does_not_open_the_breaker(
-    late: bool, breaker: str
-) -> None:
-    import threading
-
-    import requests
-    import responses
-
-    from commclient import SyncServiceClient
-
-    def reply(request: Any) -> Any:
-        if late:
-            threading.Event().wait(0.6)
-        raise requests.exceptions.ConnectTimeout("connect timed out")
-
-    with responses.RequestsMock() as mock, testing.no_wait():
-        mock.add_callback("GET", f"{BASE}/x", callback=reply)
-        with (
-            SyncServiceClient(
-                BASE,
-                service_name=SERVICE,
-                target_service=TARGET,
-                config=ClientConfig(connect_timeout=0.1, circuit_breaker_fail_max=1),
-                registry=CollectorRegistry(),
-            ) as client,
-            pytest.raises(ServiceTimeoutError),
-        ):
-            client.get("/x")
-    assert testing.breaker_state(SERVICE, TARGET) == breaker
