@@ -86,9 +86,18 @@ def format_number(value: float) -> str:
 
 
 def format_limit(row: Row) -> str:
-    if row.limit_kind == "ratio":
-        return f"<= {row.limit:.2f}x"
-    return f"<= {row.limit:g} {row.unit}"
+    kind = row.limit_kind
+    if kind == "none":
+        return "-"
+    bound = ">=" if kind.startswith("min_") else "<="
+    if kind in ("ratio", "min_ratio"):
+        return f"{bound} {row.limit:.2f}x"
+    return f"{bound} {row.limit:g} {row.unit}"
+
+
+def format_value(value: float, unit: str, spread: float) -> str:
+    text = f"{format_number(value)} {unit}"
+    return f"{text} ±{spread * 100:.0f}%" if spread else text
 
 
 HEADER = ["group", "candidate", "baseline", "candidate value", "baseline value"]
@@ -100,8 +109,8 @@ def table_cells(row: Row) -> list[str]:
         row.group,
         row.candidate,
         row.baseline,
-        f"{format_number(row.candidate_value)} {row.unit}",
-        f"{format_number(row.baseline_value)} {row.unit}",
+        format_value(row.candidate_value, row.unit, row.candidate_spread),
+        format_value(row.baseline_value, row.unit, row.baseline_spread),
         f"{format_number(row.ratio)}x" if row.baseline_value else "-",
         format_limit(row),
         "yes" if row.met else "NO",

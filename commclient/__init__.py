@@ -8,7 +8,6 @@ Neither transport is imported until its facade is used.
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
 from ._config import ClientConfig
@@ -24,12 +23,8 @@ from ._errors import (
 )
 from ._inbound import continue_from_stream_entry, stream_entry_fields
 from ._response import Headers, ServiceResponse
+from ._version import __version__ as __version__
 from ._wire import JSON_NULL
-
-try:
-    __version__ = importlib.metadata.version("commclient")
-except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
-    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from ._async import AsyncServiceClient

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator
 from types import TracebackType
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+from ._admission import AsyncGate, connect_timeout_kind, queue_timeout
 from ._config import ClientConfig
 from ._core import BUILTIN_HEADERS, Attempt, Call, Outcome, Sleep, TransportFailure, build_core
 from ._correlation import redact_transport_logs
@@ -69,6 +71,7 @@ class AsyncServiceClient:
         plain = self._core.plain_headers
         self._pool_headers = plain if plain == BUILTIN_HEADERS else None
         self._client: httpx.AsyncClient | None = None
+        self._gate = self._new_gate()
         self._closer: AsyncGenerator[None, None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[tuple[float, float], httpx.Timeout] = {}
@@ -142,16 +145,33 @@ class AsyncServiceClient:
     async def _send(self, client: httpx.AsyncClient, attempt: Attempt) -> Outcome:
         if self._closed:
             raise RuntimeError("this AsyncServiceClient was closed during the call")
-        if attempt.time_limit is None:
-            return await self._exchange(client, attempt)
+        gate = self._gate
+        time_limit = attempt.time_limit
+        if not gate.try_enter():
+            # Wait in line here, not in httpcore's pool; the wait counts against the deadline.
+            queued_at = time.monotonic()
+            pool_timeout = self.config.pool_timeout
+            by_deadline = time_limit is not None and time_limit <= pool_timeout
+            if not await gate.enter(time_limit if by_deadline else pool_timeout):
+                return queue_timeout(time.monotonic() - queued_at, by_deadline)
+            if time_limit is not None:
+                time_limit -= time.monotonic() - queued_at
         try:
-            return await asyncio.wait_for(self._exchange(client, attempt), attempt.time_limit)
-        except asyncio.TimeoutError as exc:
-            return TransportFailure(FailureKind.READ_TIMEOUT, exc)
+            if time_limit is None:
+                return await self._exchange(client, attempt)
+            if time_limit <= 0:
+                return queue_timeout(attempt.time_limit or 0.0, True)
+            try:
+                return await asyncio.wait_for(self._exchange(client, attempt), time_limit)
+            except asyncio.TimeoutError as exc:
+                return TransportFailure(FailureKind.READ_TIMEOUT, exc)
+        finally:
+            gate.leave()
 
     async def _exchange(self, client: httpx.AsyncClient, attempt: Attempt) -> Outcome:
         request = attempt.request
         httpx = self._httpx
+        sent_at = time.monotonic()
         try:
             response = await client.send(
                 client.build_request(
@@ -177,7 +197,11 @@ class AsyncServiceClient:
         except httpx.HTTPError as exc:
             if self._closed:
                 raise RuntimeError("this AsyncServiceClient was closed during the call") from exc
-            return TransportFailure(_classify(exc, httpx), exc)
+            kind = _classify(exc, httpx)
+            if kind is FailureKind.CONNECT_TIMEOUT:
+                late_by = time.monotonic() - sent_at - attempt.connect_timeout
+                kind = connect_timeout_kind(late_by, attempt.connect_timeout)
+            return TransportFailure(kind, exc)
         except RuntimeError as exc:
             if client.is_closed:
                 # httpx refuses to send on a closed client: the caller closed it meanwhile.
@@ -187,7 +211,7 @@ class AsyncServiceClient:
     def _timeout(self, connect: float, read: float) -> httpx.Timeout:
         timeout = self._timeouts.get((connect, read))
         if timeout is None:
-            timeout = self._httpx.Timeout(read, connect=connect, pool=connect)
+            timeout = self._httpx.Timeout(read, connect=connect, pool=self.config.pool_timeout)
             if len(self._timeouts) < 64:
                 self._timeouts[(connect, read)] = timeout
         return timeout
@@ -209,6 +233,7 @@ class AsyncServiceClient:
                 )
             # First use, or the previous loop is gone and its connections with it.
             client = self._new_client()
+            self._gate = self._new_gate()
             # asyncio.run() finalises the async generators of its loop before closing it:
             # this one closes the pool then, so a client used from successive asyncio.run()
             # calls leaves no sockets open behind it.
@@ -216,6 +241,10 @@ class AsyncServiceClient:
             self._client, self._loop, self._closer = client, loop, closer
         await closer.asend(None)
         return client
+
+    def _new_gate(self) -> AsyncGate:
+        config = self.config
+        return AsyncGate(config.max_concurrency or config.max_connections)
 
     def _new_client(self) -> httpx.AsyncClient:
         config = self.config

@@ -55,14 +55,16 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
-import pybreaker
-
 from ._config import ClientConfig
 from ._extras import import_extra
+from ._lazy import import_pybreaker
 from ._policy import Clock, SystemClock
 
 if TYPE_CHECKING:
+    import pybreaker
     from prometheus_client.metrics import Gauge
+else:
+    pybreaker = import_pybreaker()
 
 logger = logging.getLogger("commclient.breaker")
 
@@ -354,9 +356,9 @@ class _GaugeListener(pybreaker.CircuitBreakerListener):
             gauge.set(value)
         old_name = None if old_state is None else old_state.name
         # One record per transition, the breaker's own account (a sampled gauge misses
-        # short states): an opening is a warning, the rest information.
-        logger.log(
-            logging.WARNING if new_state.name == OPEN else logging.INFO,
+        # short states). Information: the caller's failures and the cache's outage are
+        # already warned about where they happen, and the state gauge feeds the alerts.
+        logger.info(
             "circuit breaker %s: %s -> %s",
             cb.name,
             old_name,

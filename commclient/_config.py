@@ -60,6 +60,15 @@ class ClientConfig:
     max_response_bytes: int = 10 * 1024 * 1024
     #: Connections the client keeps open to the target at most.
     max_connections: int = 100
+    #: Attempts the async client has in flight at most; callers beyond it wait in line,
+    #: first come first served, inside their deadline. ``None``: ``max_connections``, so
+    #: the connection pool never holds more waiters than connections.
+    max_concurrency: int | None = None
+    #: Seconds an attempt may wait for its turn (admission, then a pooled connection),
+    #: bounded also by the call's deadline. Waiting in line is this client's own load:
+    #: a timeout here never counts against the target. (The sync client never waits:
+    #: requests opens a further connection instead.)
+    pool_timeout: float = 30.0
     #: Distinct ``route`` label values per (registry, service, target) pair, whichever of
     #: its clients saw them, before new ones become ``other``.
     max_endpoints: int = 200
@@ -92,6 +101,7 @@ class ClientConfig:
             "retry_after_max",
             "circuit_breaker_reset_timeout",
             "circuit_breaker_redis_sync_interval",
+            "pool_timeout",
         ):
             _require(name, getattr(self, name), positive=True)
         for name in (
@@ -114,6 +124,13 @@ class ClientConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        concurrency = self.max_concurrency
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise ValueError(
+                f"max_concurrency must be an integer >= 1 or None, got {concurrency!r}"
+            )
         if isinstance(self.max_redirects, bool) or not isinstance(self.max_redirects, int):
             raise ValueError(f"max_redirects must be an integer >= 0, got {self.max_redirects!r}")
         if self.max_redirects < 0:

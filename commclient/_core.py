@@ -49,6 +49,7 @@ from ._policy import (
     retry_wait,
 )
 from ._response import Headers, ServiceResponse, decode_json
+from ._version import __version__
 from ._wire import Body, BodyReader, FileValue, declared_size, encode_body
 
 logger = logging.getLogger("commclient")
@@ -62,18 +63,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("commclient")
-    except PackageNotFoundError:
-        return "0"
-
-
 #: Sent with every request unless the caller overrides them.
 BUILTIN_HEADERS = {
-    "User-Agent": f"commclient/{_version()}",
+    "User-Agent": f"commclient/{__version__}",
     "Accept": "*/*",
     # Only what the core can decode under the size limit (see _wire.BodyReader).
     "Accept-Encoding": "gzip, deflate",

@@ -6,7 +6,6 @@ whole policy is tested with a fake one.
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import os
 import threading
@@ -58,6 +57,9 @@ class FailureKind(enum.Enum):
     CONNECTION_LOST = "connection_lost"
     #: Every pooled connection was busy: this client is saturated, the target did nothing.
     POOL_TIMEOUT = "pool_timeout"
+    #: A connect timeout seen so late that this client was too busy to notice the
+    #: handshake: its own saturation, as a pool timeout is (see ``_admission``).
+    SATURATED = "saturated_connect_timeout"
     #: The call's deadline left no time for this attempt: nothing was sent.
     DEADLINE = "deadline"
     #: The transport refused to send the request (a malformed URL or header).
@@ -78,18 +80,26 @@ class FailureKind(enum.Enum):
     @property
     def blames_target(self) -> bool:
         """Whether the failure says anything about the target's health (breaker, retry)."""
-        return self not in (FailureKind.POOL_TIMEOUT, FailureKind.DEADLINE, FailureKind.UNSENDABLE)
+        return self not in _LOCAL_FAILURES
 
     @property
     def status_label(self) -> str:
         """The ``status`` / ``error_type`` metric label of this failure.
 
         The caller's own limits are named for what they are, so that the error ratio
-        (which counts ``timeout`` and ``connect_error`` against the target) leaves them out.
+        (which counts ``timeout`` and ``connect_error`` against the target) leaves them out;
+        a connect timeout the client saw late (its own saturation) is a ``pool_timeout``.
         """
-        if self in (FailureKind.POOL_TIMEOUT, FailureKind.DEADLINE, FailureKind.UNSENDABLE):
+        if self is FailureKind.POOL_TIMEOUT or self is FailureKind.SATURATED:
+            return "pool_timeout"
+        if self in (FailureKind.DEADLINE, FailureKind.UNSENDABLE):
             return str(self.value)
         return "timeout" if self.is_timeout else "connect_error"
+
+
+_LOCAL_FAILURES = frozenset(
+    {FailureKind.POOL_TIMEOUT, FailureKind.SATURATED, FailureKind.DEADLINE, FailureKind.UNSENDABLE}
+)
 
 
 def may_retry_method(method: str, *, has_idempotency_key: bool) -> bool:
@@ -137,6 +147,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
     value = value.strip()
     if is_ascii_digits(value):
         return float(value)
+    import email.utils  # only for the rare HTTP-date form; not paid at import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -92,20 +92,32 @@ async def call_loader(loader: Callable[[], Any] | None) -> Any:
 
 @asynccontextmanager
 async def renewing(interval: float, renew: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
-    """Call ``renew`` every ``interval`` seconds while the body runs."""
+    """Call ``renew`` every ``interval`` seconds while the body runs.
+
+    The renewing task is made only when the loader outlives the first interval (a timer
+    handle costs a miss far less than a task started and cancelled around a quick loader).
+    """
+    loop = asyncio.get_running_loop()
+    task: asyncio.Task[None] | None = None
 
     async def keep_alive() -> None:
         while True:
-            await asyncio.sleep(interval)
             await renew()
+            await asyncio.sleep(interval)
 
-    task = asyncio.get_running_loop().create_task(keep_alive())
+    def start() -> None:
+        nonlocal task
+        task = loop.create_task(keep_alive())
+
+    timer = loop.call_later(interval, start)
     try:
         yield
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        timer.cancel()
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
 
 
 def start_background(function: Callable[[], Coroutine[Any, Any, None]], name: str) -> Any:

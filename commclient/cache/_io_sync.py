@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Hashable
+from contextlib import AbstractContextManager, suppress
 from typing import Any, TypeVar
 
 from .._extras import import_extra
 from ._core import rebuild_client
+from ._renewer import lease_renewer
 
 T = TypeVar("T")
 
@@ -63,22 +64,10 @@ def call_loader(loader: Callable[[], Any] | None) -> Any:
     return loader() if loader is not None else None
 
 
-@contextmanager
-def renewing(interval: float, renew: Callable[[], object]) -> Iterator[None]:
-    """Call ``renew`` every ``interval`` seconds (from a thread) while the body runs."""
-    stop = threading.Event()
-
-    def keep_alive() -> None:
-        while not stop.wait(interval):
-            renew()
-
-    thread = threading.Thread(target=keep_alive, name="commclient-cache-lease", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+def renewing(interval: float, renew: Callable[[], object]) -> AbstractContextManager[None]:
+    """Call ``renew`` every ``interval`` seconds while the body runs (from the process's
+    one renewer thread: a miss starts no thread of its own)."""
+    return lease_renewer.renewing(interval, renew)
 
 
 def start_background(function: Callable[[], None], name: str) -> threading.Thread:

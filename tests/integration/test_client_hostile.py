@@ -170,7 +170,11 @@ def test_pool_timeout_is_not_a_target_failure(
     if facade != "async":
         pytest.skip("requests' pool never waits for a connection: it opens another")
     config = fast_config(
-        max_connections=1, connect_timeout=1.0, timeout=10.0, circuit_breaker_fail_max=1
+        max_connections=1,
+        connect_timeout=1.0,
+        pool_timeout=1.0,
+        timeout=10.0,
+        circuit_breaker_fail_max=1,
     )
 
     async def scenario() -> list[Any]:

@@ -114,7 +114,7 @@ def test_each_transition_is_logged_once_by_the_breaker_itself(
         if getattr(r, "breaker", None) == "logged->target"
     ]
     assert seen == [
-        ("WARNING", "closed", "open"),
+        ("INFO", "closed", "open"),
         ("INFO", "open", "half-open"),
         ("INFO", "half-open", "closed"),
     ]

@@ -1,0 +1,112 @@
+"""One thread renews the leases of every slow loader of the process (the sync driver).
+
+A thread per cache miss cost more than the miss itself (started and joined around a
+loader that mostly returns in microseconds). Here a miss only registers its lease, and
+unregisters it when its loader returns; the one daemon thread renews those whose loader
+outlives the renewal interval. It is started with the first lease of the process and
+stays, asleep while there is nothing due; as a daemon it never delays interpreter exit
+(a renewal cut off at exit leaves the lease to expire, as a crashed process would).
+
+A renewal runs outside the lock, one after another: a slow Redis delays the others'
+renewals by at most its socket timeout, which the renewal interval (a third of the
+lease) absorbs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+logger = logging.getLogger("commclient.cache")
+
+
+class _Lease:
+    __slots__ = ("active", "interval", "renew")
+
+    def __init__(self, interval: float, renew: Callable[[], object]) -> None:
+        self.interval = interval
+        self.renew = renew
+        self.active = True
+
+
+class LeaseRenewer:
+    """Renews registered leases every ``interval`` seconds from one shared thread."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._due: list[tuple[float, int, _Lease]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    @contextmanager
+    def renewing(self, interval: float, renew: Callable[[], object]) -> Iterator[None]:
+        """Call ``renew`` every ``interval`` seconds while the body runs."""
+        lease = self._add(interval, renew)
+        try:
+            yield
+        finally:
+            self._remove(lease)
+
+    def _add(self, interval: float, renew: Callable[[], object]) -> _Lease:
+        lease = _Lease(interval, renew)
+        due = time.monotonic() + interval
+        with self._condition:
+            earliest = self._due[0][0] if self._due else None
+            heapq.heappush(self._due, (due, next(self._order), lease))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="commclient-cache-lease-renewer", daemon=True
+                )
+                self._thread.start()
+            elif earliest is None or due < earliest:
+                self._condition.notify()
+        return lease
+
+    def _remove(self, lease: _Lease) -> None:
+        with self._condition:
+            lease.active = False
+            # Eagerly, so that many quick misses leave nothing behind; the heap only
+            # ever holds the loaders running now.
+            self._due = [entry for entry in self._due if entry[2] is not lease]
+            heapq.heapify(self._due)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while True:
+                    now = time.monotonic()
+                    if self._due and self._due[0][0] <= now:
+                        _, _, lease = heapq.heappop(self._due)
+                        heapq.heappush(self._due, (now + lease.interval, next(self._order), lease))
+                        break
+                    self._condition.wait(None if not self._due else self._due[0][0] - now)
+            if not lease.active:
+                continue
+            try:
+                lease.renew()
+            except Exception:
+                # The driver's commands report their own failures; this one must not end
+                # the thread every lease of the process depends on.
+                logger.exception("renewing a cache lease failed")
+
+    def after_fork_in_child(self) -> None:
+        """The parent's thread does not exist here: no thread, no leases (the loaders
+        that registered them run in the parent), a lock no parent thread holds."""
+        self._condition = threading.Condition(threading.Lock())
+        self._due = []
+        self._thread = None
+
+
+#: The renewer of this process (a forked child gets its own on its first lease).
+lease_renewer = LeaseRenewer()
+os.register_at_fork(after_in_child=lease_renewer.after_fork_in_child)
