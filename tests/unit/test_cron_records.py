@@ -83,7 +83,7 @@ def test_a_recorder_down_for_part_of_the_runs_still_gets_every_record() -> None:
     # Each run's operations arrived in order, each once.
     assert set(map(tuple, calls_of(recorder).values())) == {("create", "start", "complete")}
     assert sample(registry, "cron_run_records_pending") == 0
-    assert sample(registry, "cron_run_records_dropped_total") == 0
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "refused"}) == 0
 
 
 def test_a_failed_run_is_recorded_with_its_error_and_traceback() -> None:
@@ -136,7 +136,7 @@ def test_a_full_buffer_drops_new_runs_counted_and_logged(caplog: pytest.LogCaptu
 
     with caplog.at_level(logging.ERROR, logger="cron_migration"):
         asyncio.run(main())
-    assert sample(registry, "cron_run_records_dropped_total") == 2
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "buffer_full"}) == 2
     assert len(recorder.executions) == 2
     assert runs(registry, "job", "success") == 4
     dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
@@ -166,7 +166,7 @@ def test_a_permanently_refused_record_is_dropped_not_retried_forever() -> None:
         return await flush_run_records(10)
 
     assert asyncio.run(main()) == 0  # a refusal retried forever would still be pending
-    assert sample(registry, "cron_run_records_dropped_total") == 1
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "refused"}) == 1
     assert sample(registry, "cron_run_records_pending") == 0
 
 
@@ -272,7 +272,7 @@ def test_a_recorder_that_refuses_its_arguments_does_not_hold_up_later_records() 
 
     assert asyncio.run(main()) == 0  # a refusal retried forever would still be pending
     assert sorted(e.status for e in recorder.executions.values()) == ["completed", "created"]
-    assert sample(registry, "cron_run_records_dropped_total") == 1
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "refused"}) == 1
 
 
 def test_records_left_when_a_loop_closes_are_delivered_from_the_next_loop() -> None:
