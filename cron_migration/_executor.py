@@ -278,21 +278,27 @@ def watch_missed_runs(scheduler: Any, *, registry: CollectorRegistry | None = No
     if getattr(scheduler, "_cron_migration_watches_missed_runs", False):
         return
     metrics = CronMetrics(registry)
+    # The registry each job id's series live in (a migrated job's own), kept from when the
+    # job was added: a date job is gone from the scheduler by the time its run is missed.
+    metrics_of: dict[str, CronMetrics] = {}
 
-    def missed_series(job_id: str) -> Any:
+    def declare(job_id: str) -> None:
         job = scheduler.get_job(job_id)
         target = getattr(getattr(job, "func", None), "__func__", getattr(job, "func", None))
         if isinstance(target, MigratedJob):
-            return target._metrics.missed.labels(target.name)
-        return metrics.missed.labels(job_id)
+            metrics_of[job_id] = target._metrics
+            target._metrics.declare_job(job_id)  # its series are labelled by job id
+        else:
+            metrics.declare_missed(job_id)
 
     def on_event(event: JobEvent) -> None:
-        series = missed_series(event.job_id)
         if event.code == EVENT_JOB_MISSED:
-            series.inc()
+            metrics_of.get(event.job_id, metrics).missed.labels(event.job_id).inc()
+        else:
+            declare(event.job_id)
 
     mark_internal_listener(on_event)
     scheduler.add_listener(on_event, EVENT_JOB_MISSED | EVENT_JOB_ADDED)
     scheduler._cron_migration_watches_missed_runs = True
     for job in scheduler.get_jobs():
-        missed_series(job.id)
+        declare(job.id)
