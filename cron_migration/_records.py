@@ -455,7 +455,9 @@ class RecordOutbox:
 
     async def _pause(self, delay: float) -> None:
         """Wait ``delay``, less when the recorder answers again or the probe picks us."""
-        first = min(delay, self.retry_initial)
+        # At least a moment, even when woken at once: a run the recorder keeps rejecting,
+        # woken by every success of the others, must not retry in a tight loop.
+        first = min(delay, self.probe_interval)
         await asyncio.sleep(first)
         if delay <= first:
             return
