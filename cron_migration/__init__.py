@@ -2,13 +2,16 @@
 
 ::
 
-    from cron_migration import migrated_job, migrate_scheduler, shutdown_gracefully
+    from cron_migration import migrated_job, migrate_scheduler, run_until_signal
 
     @migrated_job(timeout=60, lease="redis://redis:6379/0", recorder=rest_client)
     async def send_reminders() -> int: ...
 
     new_scheduler, report = migrate_scheduler(old_scheduler, async_jobs={"send_reminders"})
-    new_scheduler.start()                       # on a running event loop
+    run_until_signal(new_scheduler, grace=25)   # a service's main: until SIGTERM/SIGINT
+
+    # or within an async main of your own, on a running event loop:
+    new_scheduler.start()
     ...
     await shutdown_gracefully(new_scheduler, timeout=30)
 
@@ -30,7 +33,7 @@ from ._migrate import (
     migrate_scheduler,
 )
 from ._records import RunRecorder, flush_run_records
-from ._shutdown import ShutdownReport, shutdown_gracefully
+from ._shutdown import ShutdownReport, run_until_signal, shutdown_gracefully
 
 __all__ = [
     "ASYNC_JOBS_ENV",
@@ -51,6 +54,7 @@ __all__ = [
     "migrate_scheduler",
     "migrated_job",
     "monitor_event_loop_lag",
+    "run_until_signal",
     "shutdown_gracefully",
     "watch_missed_runs",
 ]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,9 @@ CANCEL_GRACE = 5.0
 DEFAULT_RECORDS_TIMEOUT = 10.0
 #: Seconds at the end of the records' time kept for recording abandoned runs as such.
 ABANDONED_RECORDS_RESERVE = 1.0
+#: run_until_signal's defaults: within Kubernetes' 30 s termination grace period.
+DEFAULT_SIGNAL_GRACE = 25.0
+DEFAULT_SIGNAL_RECORDS_TIMEOUT = 4.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,62 @@ async def _deliver_records(records_timeout: float, timeout: float) -> int:
             time.monotonic() - started,
         )
     return pending
+
+
+def run_until_signal(
+    scheduler: AsyncIOScheduler,
+    grace: float = DEFAULT_SIGNAL_GRACE,
+    *,
+    records_timeout: float = DEFAULT_SIGNAL_RECORDS_TIMEOUT,
+    signals: Collection[int] = (signal.SIGTERM, signal.SIGINT),
+) -> ShutdownReport:
+    """Run ``scheduler`` until SIGTERM or SIGINT, then :func:`shutdown_gracefully`.
+
+    For a service's main thread: runs an event loop (as ``asyncio.run``), starts the
+    scheduler on it, and on the first of ``signals`` gives runs in progress ``grace``
+    seconds and their records ``records_timeout`` more (the defaults end within
+    Kubernetes' 30 s), then returns the report. A second signal during the shutdown gets
+    its usual effect (stop at once). Threads of abandoned sync runs are daemon threads:
+    the process can exit as soon as this returns.
+    """
+    if not isinstance(scheduler, AsyncIOScheduler):
+        raise TypeError(
+            f"run_until_signal() runs an AsyncIOScheduler, got {type(scheduler).__name__}"
+        )
+    grace = check_seconds("grace", grace, allow_zero=True)
+    records_timeout = check_seconds("records_timeout", records_timeout, allow_zero=True)
+    if scheduler.running:
+        raise RuntimeError("run_until_signal() starts the scheduler itself: do not start it")
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("run_until_signal() must run in the main thread (signal handlers)")
+    return asyncio.run(_serve_until_signal(scheduler, grace, records_timeout, tuple(signals)))
+
+
+async def _serve_until_signal(
+    scheduler: AsyncIOScheduler, grace: float, records_timeout: float, signals: tuple[int, ...]
+) -> ShutdownReport:
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    caught: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        caught.append(signum)
+        loop.call_soon_threadsafe(received.set)
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in signals}
+    try:
+        scheduler.start()
+        await received.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    logger.warning(
+        "received %s: stopping the scheduler; runs get %gs, then records %gs",
+        signal.Signals(caught[0]).name if caught else "a signal",
+        grace,
+        records_timeout,
+    )
+    return await shutdown_gracefully(scheduler, grace, records_timeout=records_timeout)
 
 
 def _in_flight(scheduler: AsyncIOScheduler) -> set[asyncio.Future[Any]]:
