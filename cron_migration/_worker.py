@@ -72,7 +72,7 @@ class _JobShare:
                 return
             waiter: asyncio.Future[None] = loop.create_future()
             self.waiters.append((loop, waiter))
-        logger.info("job %s: waiting for one of its own threads to return", job_id)
+        logger.debug("job %s: waiting for one of its own threads to return", job_id)
         try:
             await waiter  # set once a thread was handed over to this run
         except asyncio.CancelledError:
@@ -230,6 +230,7 @@ async def run_job_thread(
     """
     from compat._run import start_detached
 
+    global _abandoned_threads
     share = _share_of(job_id)
     await share.acquire(job_id)
     try:
@@ -250,7 +251,6 @@ async def run_job_thread(
         return await asyncio.shield(asyncio.wrap_future(thread))
     except asyncio.CancelledError:
         if not thread.done():
-            global _abandoned_threads
             _abandoned_threads += 1
             metrics.abandoned.labels(job_id).inc()
             logger.warning(
