@@ -48,6 +48,7 @@ def test_a_hung_job_stops_only_itself_a_healthy_one_keeps_its_cadence(
     registry = CollectorRegistry()
     entered = {"hung": 0, "healthy": 0}
     skipped: list[JobEvent] = []
+    hung_id = f"hung-{max_instances}"  # threads are counted per job id, process-wide
 
     @migrated_job(timeout=0.15, registry=registry)
     def hung() -> None:
@@ -59,12 +60,12 @@ def test_a_hung_job_stops_only_itself_a_healthy_one_keeps_its_cadence(
         entered["healthy"] += 1
 
     def hung_runs_due() -> int:
-        return int(runs(registry, "hung", "timeout")) + len(skipped)
+        return int(runs(registry, hung_id, "timeout")) + len(skipped)
 
     async def main() -> None:
         scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
         scheduler.add_listener(skipped.append, EVENT_JOB_MAX_INSTANCES)
-        scheduler.add_job(hung, "interval", seconds=0.05, id="hung", max_instances=max_instances)
+        scheduler.add_job(hung, "interval", seconds=0.05, id=hung_id, max_instances=max_instances)
         scheduler.add_job(healthy, "interval", seconds=0.1, id="healthy", max_instances=1)
         scheduler.start()
         # Far more hung runs than compat's pool has threads (16): before, each timed-out
@@ -75,12 +76,13 @@ def test_a_hung_job_stops_only_itself_a_healthy_one_keeps_its_cadence(
             lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
         )
         assert entered["hung"] == min(max_instances, job_thread_limit())
-        assert threads_alive("hung") == entered["hung"]
+        assert threads_alive(hung_id) == entered["hung"]
         await shutdown_gracefully(scheduler, timeout=0, records_timeout=0)
 
     asyncio.run(main())
     # Each timed-out run whose thread works on is counted as abandoned.
-    assert sample(registry, "cron_job_abandoned_runs_total", {"job": "hung"}) == entered["hung"]
+    abandoned = sample(registry, "cron_job_abandoned_runs_total", {"job": hung_id})
+    assert abandoned == entered["hung"]
 
 
 def test_runs_waiting_for_a_worker_honour_their_misfire_grace_and_timeout(
