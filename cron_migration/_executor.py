@@ -73,6 +73,7 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
         self._registry = registry
         self._metrics = CronMetrics(registry)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._bridge_loop: asyncio.AbstractEventLoop | None = None
         # Added by the scheduler's thread, removed by the thread that ends the run.
         self._in_flight_lock = threading.Lock()
         self._in_flight: set[_Run] = set()
@@ -114,12 +115,23 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                 self._run(job, run_times, threads), name=f"cron job {job.id}"
             )
         else:
-            from compat import bridge_portal
-
-            run = bridge_portal().start_task_soon(self._run, job, run_times, threads)
+            # Handed over without waiting for compat's loop: the scheduler calls this
+            # holding the executor's lock, which a run ending on that loop takes.
+            run = asyncio.run_coroutine_threadsafe(
+                self._run(job, run_times, threads), self._compat_loop()
+            )
         with self._in_flight_lock:
             self._in_flight.add(run)
         run.add_done_callback(self._make_done_callback(job.id, threads))
+
+    def _compat_loop(self) -> asyncio.AbstractEventLoop:
+        """compat's loop, where runs go under a thread scheduler (asked once per loop)."""
+        loop = self._bridge_loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            from compat import bridge_portal
+
+            loop = self._bridge_loop = bridge_portal().call(asyncio.get_running_loop)
+        return loop
 
     def _make_done_callback(self, job_id: str, threads: RunThreads) -> Callable[[Any], None]:
         def done(run: Any) -> None:

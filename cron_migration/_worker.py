@@ -98,9 +98,9 @@ class _JobShare:
 
 
 def _hand_over(waiter: asyncio.Future[None], share: _JobShare) -> None:
-    if waiter.done():  # cancelled between the release and this callback
-        share.release()
-    else:
+    # Cancelled since it was picked: its run, finding itself no longer waiting, hands the
+    # place on (see acquire).
+    if not waiter.done():
         waiter.set_result(None)
 
 

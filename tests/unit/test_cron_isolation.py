@@ -16,12 +16,14 @@ pytest.importorskip("anyio")
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
 from prometheus_client import CollectorRegistry
 
 from compat import blocking_limit, set_blocking_limit
 from cron_migration import MigrationExecutor, migrated_job, shutdown_gracefully
 from cron_migration._worker import job_thread_limit, threads_alive
-from tests.unit.cron_support import FakeRecorder, runs, sample, wait_until_async
+from tests.unit.cron_support import FakeRecorder, runs, sample, wait_until, wait_until_async
 
 pytestmark = pytest.mark.facade_async
 
@@ -41,14 +43,16 @@ def pool_size() -> Iterator[Any]:
     set_blocking_limit(previous)
 
 
+@pytest.mark.parametrize("kind", ["asyncio", "background"])
 @pytest.mark.parametrize("max_instances", [1, 100])
 def test_a_hung_job_stops_only_itself_a_healthy_one_keeps_its_cadence(
-    max_instances: int, release: threading.Event
+    kind: str, max_instances: int, release: threading.Event
 ) -> None:
     registry = CollectorRegistry()
     entered = {"hung": 0, "healthy": 0}
     skipped: list[JobEvent] = []
-    hung_id = f"hung-{max_instances}"  # threads are counted per job id, process-wide
+    # Threads are counted per job id, process-wide.
+    hung_id = f"hung-{kind}-{max_instances}"
 
     @migrated_job(timeout=0.15, registry=registry)
     def hung() -> None:
@@ -62,24 +66,47 @@ def test_a_hung_job_stops_only_itself_a_healthy_one_keeps_its_cadence(
     def hung_runs_due() -> int:
         return int(runs(registry, hung_id, "timeout")) + len(skipped)
 
-    async def main() -> None:
-        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+    def add_jobs(scheduler: BaseScheduler) -> None:
         scheduler.add_listener(skipped.append, EVENT_JOB_MAX_INSTANCES)
         scheduler.add_job(hung, "interval", seconds=0.05, id=hung_id, max_instances=max_instances)
-        scheduler.add_job(healthy, "interval", seconds=0.1, id="healthy", max_instances=1)
-        scheduler.start()
-        # Far more hung runs than compat's pool has threads (16): before, each timed-out
-        # run left its thread uncounted and the next one took another, until none was left.
-        await wait_until_async(lambda: hung_runs_due() >= 40, what="40 hung runs due")
-        healthy_then = entered["healthy"]
-        await wait_until_async(
-            lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
-        )
+        scheduler.add_job(healthy, "interval", seconds=0.1, id=f"healthy-{hung_id}")
+
+    # Far more hung runs than compat's pool has threads (16): before, each timed-out run
+    # left its thread uncounted and the next one took another, until none was left.
+    many_hung_runs_due = (lambda: hung_runs_due() >= 40, 30.0, "40 hung runs due")
+
+    def check_threads() -> None:
         assert entered["hung"] == min(max_instances, job_thread_limit())
         assert threads_alive(hung_id) == entered["hung"]
-        await shutdown_gracefully(scheduler, timeout=0, records_timeout=0)
 
-    asyncio.run(main())
+    if kind == "asyncio":
+
+        async def main() -> None:
+            scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+            add_jobs(scheduler)
+            scheduler.start()
+            await wait_until_async(*many_hung_runs_due)
+            healthy_then = entered["healthy"]
+            await wait_until_async(
+                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
+            )
+            check_threads()
+            await shutdown_gracefully(scheduler, timeout=0, records_timeout=0)
+
+        asyncio.run(main())
+    else:
+        scheduler = BackgroundScheduler(executors={"default": MigrationExecutor()})
+        add_jobs(scheduler)
+        scheduler.start()
+        try:
+            wait_until(*many_hung_runs_due)
+            healthy_then = entered["healthy"]
+            wait_until(
+                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
+            )
+            check_threads()
+        finally:
+            scheduler.shutdown(wait=False)
     # Each timed-out run whose thread works on is counted as abandoned.
     abandoned = sample(registry, "cron_job_abandoned_runs_total", {"job": hung_id})
     assert abandoned == entered["hung"]
