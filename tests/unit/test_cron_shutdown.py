@@ -16,7 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from cron_migration import MigrationExecutor, migrated_job, shutdown_gracefully
+from cron_migration import MigrationExecutor, migrated_job, run_until_signal, shutdown_gracefully
 from tests.unit.cron_support import FakeRecorder, runs, wait_until, wait_until_async
 
 pytestmark = pytest.mark.facade_async
@@ -140,6 +140,27 @@ def test_a_thread_scheduler_is_refused_by_name() -> None:
 
     with pytest.raises(TypeError, match="AsyncIOScheduler, got BackgroundScheduler"):
         asyncio.run(main())
+
+
+def test_run_until_signal_refuses_what_it_cannot_run_by_name() -> None:
+    with pytest.raises(TypeError, match="AsyncIOScheduler, got BackgroundScheduler"):
+        run_until_signal(BackgroundScheduler())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="grace must be a number of seconds"):
+        run_until_signal(AsyncIOScheduler(), grace=-1)
+    with pytest.raises(ValueError, match="records_timeout must be a number of seconds"):
+        run_until_signal(AsyncIOScheduler(), records_timeout=float("nan"))
+    errors: list[BaseException] = []
+
+    def in_a_thread() -> None:
+        try:
+            run_until_signal(AsyncIOScheduler())
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert "main thread" in str(errors[0])
 
 
 @pytest.mark.parametrize("timeout", [-1, "30", float("nan"), True])
