@@ -15,6 +15,8 @@ take a further slot, if one is free, or wait for the chain's own.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import math
@@ -222,10 +224,7 @@ async def run_blocking(sync_fn: Callable[P, T], /, *args: P.args, **kwargs: P.kw
 
     pool = _blocking_limit.pool()
     give_back = await pool.take()
-    context = contextvars.copy_context()
-    clear_loop_local(context)
-    slot = _Slot(pool)
-    context.run(held_slots.set, (*held_slots.get(), slot))
+    context, slot = _thread_context(pool)
     call: Callable[[], T] = functools.partial(context.run, sync_fn, *args, **kwargs)
     try:
         return await _to_the_end(anyio.to_thread.run_sync(call, limiter=pool.unlimited))
@@ -233,6 +232,59 @@ async def run_blocking(sync_fn: Callable[P, T], /, *args: P.args, **kwargs: P.kw
         slot.ended = True
         give_back()
         copy_back(context)
+
+
+def _thread_context(pool: _Pool) -> tuple[contextvars.Context, _Slot]:
+    """The caller's context for a worker thread, holding ``pool``'s new slot for its chain."""
+    context = contextvars.copy_context()
+    clear_loop_local(context)
+    slot = _Slot(pool)
+    context.run(held_slots.set, (*held_slots.get(), slot))
+    return context, slot
+
+
+async def start_detached(
+    sync_fn: Callable[..., T], args: tuple[Any, ...], *, thread_name: str
+) -> concurrent.futures.Future[T]:
+    """Start ``sync_fn(*args)`` in a slot of :func:`run_blocking`'s pool; return its outcome.
+
+    For work its caller may stop waiting for (a cron job's timeout, a shutdown): unlike
+    ``run_blocking``, no cancellation waits for the function. Waiting for a slot is
+    cancellable (the function never starts then); once started, the function keeps its
+    slot until it returns, and runs in a daemon thread of its own, so a function that
+    never returns holds up neither its caller nor the interpreter's exit. Context
+    variables are copied in, not back. ``sync_fn`` must not raise KeyboardInterrupt or
+    SystemExit (an awaiting task would end the loop): wrap them first.
+    """
+    require_anyio("compat.run_blocking")
+    pool = _blocking_limit.pool()
+    give_back = await pool.take()
+    loop = asyncio.get_running_loop()
+    context, slot = _thread_context(pool)
+    outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+    outcome.set_running_or_notify_cancel()  # so that cancelling it cannot lose the outcome
+
+    def returned() -> None:
+        slot.ended = True
+        give_back()
+
+    def main() -> None:
+        try:
+            result = context.run(sync_fn, *args)
+        except BaseException as exc:
+            outcome.set_exception(exc)
+        else:
+            outcome.set_result(result)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed: so did its pool
+                loop.call_soon_threadsafe(returned)
+
+    try:
+        threading.Thread(target=main, name=thread_name, daemon=True).start()
+    except BaseException:
+        returned()
+        raise
+    return outcome
 
 
 async def _to_the_end(work: Awaitable[T]) -> T:

@@ -2,13 +2,16 @@
 
 ::
 
-    from cron_migration import migrated_job, migrate_scheduler, shutdown_gracefully
+    from cron_migration import migrated_job, migrate_scheduler, run_until_signal
 
     @migrated_job(timeout=60, lease="redis://redis:6379/0", recorder=rest_client)
     async def send_reminders() -> int: ...
 
     new_scheduler, report = migrate_scheduler(old_scheduler, async_jobs={"send_reminders"})
-    new_scheduler.start()                       # on a running event loop
+    run_until_signal(new_scheduler, grace=25)   # a service's main: until SIGTERM/SIGINT
+
+    # or within an async main of your own, on a running event loop:
+    new_scheduler.start()
     ...
     await shutdown_gracefully(new_scheduler, timeout=30)
 
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
         StoreMigration,
         migrate_scheduler,
     )
-    from ._shutdown import ShutdownReport, shutdown_gracefully
+    from ._shutdown import ShutdownReport, run_until_signal, shutdown_gracefully
 
 # The names that need APScheduler, imported on first use: the audit, the CLI's help and
 # @migrated_job work without it.
@@ -66,6 +69,7 @@ _NEEDS_SCHEDULER = {
     "ShutdownReport": "._shutdown",
     "StoreMigration": "._migrate",
     "migrate_scheduler": "._migrate",
+    "run_until_signal": "._shutdown",
     "shutdown_gracefully": "._shutdown",
     "watch_missed_runs": "._executor",
 }
@@ -107,6 +111,7 @@ __all__ = [
     "migrate_scheduler",
     "migrated_job",
     "monitor_event_loop_lag",
+    "run_until_signal",
     "shutdown_gracefully",
     "watch_missed_runs",
 ]

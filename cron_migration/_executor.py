@@ -38,6 +38,15 @@ from ._leader import LeaderElection
 from ._metrics import CronMetrics
 from ._routing import LoopSwitch, RunSlots
 from ._slots import scheduled_run_of
+from ._worker import (
+    MissedWhileQueued,
+    RunThreads,
+    misfire_window,
+    run_job_thread,
+    tracking_threads,
+)
+
+_Run = asyncio.Future[Any] | concurrent.futures.Future[Any]
 
 
 class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
@@ -84,10 +93,12 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
         )
         self.slots = RunSlots(max_workers)
         self._registry = registry
+        self._metrics = CronMetrics(registry)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._bridge_loop: asyncio.AbstractEventLoop | None = None
         # Added by the scheduler's thread, removed by the thread that ends the run.
         self._in_flight_lock = threading.Lock()
-        self._in_flight: set[asyncio.Future[Any] | concurrent.futures.Future[Any]] = set()
+        self._in_flight: set[_Run] = set()
 
     def start(self, scheduler: Any, alias: str) -> None:
         """Start with ``scheduler`` (APScheduler calls it); watch its missed runs."""
@@ -136,117 +147,136 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                 run.cancel()
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
-        run: asyncio.Future[Any] | concurrent.futures.Future[Any]
+        run: _Run
+        threads = RunThreads()
         if self._loop is not None:
             run = self._loop.create_task(
-                self._run_in_slot(job, run_times), name=f"cron job {job.id}"
+                self._run_in_slot(job, run_times, threads), name=f"cron job {job.id}"
             )
         else:
-            from compat import bridge_portal
-
-            run = bridge_portal().start_task_soon(self._run_in_slot, job, run_times)
+            # Handed over without waiting for compat's loop: the scheduler calls this
+            # holding the executor's lock, which a run ending on that loop takes.
+            run = asyncio.run_coroutine_threadsafe(
+                self._run_in_slot(job, run_times, threads), self._compat_loop()
+            )
         with self._in_flight_lock:
             self._in_flight.add(run)
-        run.add_done_callback(self._make_done_callback(job.id))
+        run.add_done_callback(self._make_done_callback(job.id, threads))
 
-    def _make_done_callback(self, job_id: str) -> Callable[[Any], None]:
+    def _compat_loop(self) -> asyncio.AbstractEventLoop:
+        """compat's loop, where runs go under a thread scheduler (asked once per loop)."""
+        loop = self._bridge_loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            from compat import bridge_portal
+
+            loop = self._bridge_loop = bridge_portal().call(asyncio.get_running_loop)
+        return loop
+
+    def _make_done_callback(self, job_id: str, threads: RunThreads) -> Callable[[Any], None]:
         def done(run: Any) -> None:
             with self._in_flight_lock:
                 self._in_flight.discard(run)
+            if threads.alive:
+                self._logger.warning(
+                    "job %s: its run ended with %d worker thread(s) still working; they "
+                    "count against its max_instances until they return",
+                    job_id,
+                    threads.alive,
+                )
+            # A thread the run stopped waiting for is still an instance of the job.
+            threads.when_all_returned(functools.partial(self._release_instance, job_id))
             if run.cancelled():
-                self._run_job_error(job_id, asyncio.CancelledError("the run was cancelled"))
+                self._logger.error("the run of job %s was cancelled", job_id)
                 return
             error = run.exception()
-            if isinstance(error, _RunInterrupted):
-                self._run_job_success(job_id, error.events)  # the events, its error included
-                self._interrupt(error.error)
-            elif error is not None:
-                self._run_job_error(job_id, error, error.__traceback__)
-            else:
-                self._run_job_success(job_id, run.result())
+            if error is not None:
+                self._logger.error(
+                    "Error running job %s",
+                    job_id,
+                    exc_info=(type(error), error, error.__traceback__),
+                )
+                return
+            for event in run.result():
+                self._scheduler._dispatch_event(event)
 
         return done
 
-    def _interrupt(self, error: BaseException) -> None:
-        """A job raised KeyboardInterrupt or SystemExit: never swallowed."""
-        if self._loop is not None:
-            # In a loop callback asyncio lets these two through: the scheduler's loop
-            # stops and its runner (asyncio.run) raises it, as with a bare job on the loop.
-            raise error
-        # Under a thread scheduler the run is a task on compat's loop, which serves every
-        # bridge of the process: raising it there would end that loop, not the scheduler.
-        # APScheduler's own thread pool reports it as the run's error; so does this, loudly.
-        self._logger.critical(
-            "a job raised %r under a thread scheduler: reported as the run's error; "
-            "it does not stop the scheduler",
-            error,
-        )
+    def _release_instance(self, job_id: str) -> None:
+        with self._lock:
+            self._instances[job_id] -= 1
+            if self._instances[job_id] == 0:
+                del self._instances[job_id]
 
-    async def _run_in_slot(self, job: Job, run_times: list[datetime]) -> list[JobExecutionEvent]:
+    async def _run_in_slot(
+        self, job: Job, run_times: list[datetime], threads: RunThreads
+    ) -> list[JobExecutionEvent]:
         """:meth:`_run` once a slot is free: late runs count as missed, as in a full pool."""
         async with self.slots:
-            return await self._run(job, run_times)
+            return await self._run(job, run_times, threads)
 
-    async def _run(self, job: Job, run_times: list[datetime]) -> list[JobExecutionEvent]:
+    async def _run(
+        self, job: Job, run_times: list[datetime], threads: RunThreads
+    ) -> list[JobExecutionEvent]:
         """What APScheduler's run_job does, with each call told its scheduled run time."""
         events = []
-        for run_time in run_times:
-            if job.misfire_grace_time is not None:
-                late = datetime.now(timezone.utc) - run_time
-                if late > timedelta(seconds=job.misfire_grace_time):
-                    events.append(
-                        JobExecutionEvent(EVENT_JOB_MISSED, job.id, job._jobstore_alias, run_time)
-                    )
-                    self._logger.warning('Run time of job "%s" was missed by %s', job, late)
-                    continue
-            fencing_token = None
-            if self.leader is not None:
-                fencing_token = await self.leader.confirm()
-                if fencing_token is None:
-                    self._logger.debug('Job "%s" at %s: standby, not run', job, run_time)
-                    continue
-            self._logger.info('Running job "%s" (scheduled at %s)', job, run_time)
-            token = _scheduled_run.set(
-                scheduled_run_of(job, run_time, fencing_token, self._scheduler)
-            )
-            target_token = _run_target.set(_called_job(job.func))
-            try:
-                result = await self._call(job)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as caught:
-                exc, tb = caught, caught.__traceback__
-                if isinstance(caught, Escaped):
-                    exc, tb = caught.error, caught.error.__traceback__
-                events.append(
-                    JobExecutionEvent(
-                        EVENT_JOB_ERROR,
-                        job.id,
-                        job._jobstore_alias,
-                        run_time,
-                        exception=exc,
-                        traceback="".join(traceback.format_tb(tb)),
-                    )
-                )
-                self._logger.error('Job "%s" raised an exception', job, exc_info=exc)
-                del tb
-                if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit
-                    raise _RunInterrupted(exc, events) from None
-            else:
-                events.append(
-                    JobExecutionEvent(
-                        EVENT_JOB_EXECUTED, job.id, job._jobstore_alias, run_time, retval=result
-                    )
-                )
-                self._logger.info('Job "%s" executed successfully', job)
-            finally:
-                _run_target.reset(target_token)
-                _scheduled_run.reset(token)
+        with tracking_threads(threads):
+            for run_time in run_times:
+                if job.misfire_grace_time is not None:
+                    late = datetime.now(timezone.utc) - run_time
+                    if late > timedelta(seconds=job.misfire_grace_time):
+                        events.append(self._missed(job, run_time, late))
+                        continue
+                fencing_token = None
+                if self.leader is not None:
+                    fencing_token = await self.leader.confirm()
+                    if fencing_token is None:
+                        self._logger.debug('Job "%s" at %s: standby, not run', job, run_time)
+                        continue
+                self._logger.info('Running job "%s" (scheduled at %s)', job, run_time)
+                events.append(await self._run_once(job, run_time, fencing_token))
         return events
 
-    async def _call(self, job: Job) -> Any:
-        from compat import run_blocking
+    def _missed(self, job: Job, run_time: datetime, late: timedelta) -> JobExecutionEvent:
+        self._logger.warning('Run time of job "%s" was missed by %s', job, late)
+        return JobExecutionEvent(EVENT_JOB_MISSED, job.id, job._jobstore_alias, run_time)
 
+    async def _run_once(
+        self, job: Job, run_time: datetime, fencing_token: int | None
+    ) -> JobExecutionEvent:
+        token = _scheduled_run.set(scheduled_run_of(job, run_time, fencing_token, self._scheduler))
+        target_token = _run_target.set(_called_job(job.func))
+        try:
+            with misfire_window(run_time, job.misfire_grace_time):
+                result = await self._call(job)
+        except asyncio.CancelledError:
+            raise
+        except MissedWhileQueued as missed:
+            return self._missed(job, run_time, missed.late)
+        except BaseException as caught:
+            exc, tb = caught, caught.__traceback__
+            if isinstance(caught, Escaped):
+                exc, tb = caught.error, caught.error.__traceback__
+            # KeyboardInterrupt and SystemExit too: raised by a job, they are its failure,
+            # as under the legacy scheduler; stopping the process is a signal's business
+            # (run_until_signal), which never reaches a job as an exception.
+            self._logger.error('Job "%s" raised an exception', job, exc_info=exc)
+            return JobExecutionEvent(
+                EVENT_JOB_ERROR,
+                job.id,
+                job._jobstore_alias,
+                run_time,
+                exception=exc,
+                traceback="".join(traceback.format_tb(tb)),
+            )
+        finally:
+            _run_target.reset(target_token)
+            _scheduled_run.reset(token)
+        self._logger.info('Job "%s" executed successfully', job)
+        return JobExecutionEvent(
+            EVENT_JOB_EXECUTED, job.id, job._jobstore_alias, run_time, retval=result
+        )
+
+    async def _call(self, job: Job) -> Any:
         func, args, kwargs = job.func, tuple(job.args), dict(job.kwargs)
         target = getattr(func, "__func__", func)
         if isinstance(target, MigratedJob):
@@ -260,7 +290,8 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
             if self._loop is None or self.on_async_path(job.id):
                 return await func(*args, **kwargs)
             return await _on_compat_loop(func, args, kwargs)
-        return await awaited(await run_blocking(call_escaping, func, args, kwargs))
+        threaded = await run_job_thread(job.id, call_escaping, (func, args, kwargs), self._metrics)
+        return await awaited(threaded)
 
 
 def _called_job(func: Callable[..., Any]) -> object:
@@ -303,15 +334,6 @@ async def _on_compat_loop(
         raise
 
 
-class _RunInterrupted(Exception):
-    """A run ended with KeyboardInterrupt or SystemExit (see :class:`Escaped`)."""
-
-    def __init__(self, error: BaseException, events: list[JobExecutionEvent]) -> None:
-        super().__init__(repr(error))
-        self.error = error
-        self.events = events
-
-
 def watch_missed_runs(scheduler: Any, *, registry: CollectorRegistry | None = None) -> None:
     """Count ``cron_job_missed_total{job}`` for every run ``scheduler`` skips as missed.
 
@@ -322,21 +344,27 @@ def watch_missed_runs(scheduler: Any, *, registry: CollectorRegistry | None = No
     if getattr(scheduler, "_cron_migration_watches_missed_runs", False):
         return
     metrics = CronMetrics(registry)
+    # The registry each job id's series live in (a migrated job's own), kept from when the
+    # job was added: a date job is gone from the scheduler by the time its run is missed.
+    metrics_of: dict[str, CronMetrics] = {}
 
-    def missed_series(job_id: str) -> Any:
+    def declare(job_id: str) -> None:
         job = scheduler.get_job(job_id)
         target = getattr(getattr(job, "func", None), "__func__", getattr(job, "func", None))
         if isinstance(target, MigratedJob):
-            return target._metrics.missed.labels(target.name)
-        return metrics.missed.labels(job_id)
+            metrics_of[job_id] = target._metrics
+            target._metrics.declare_job(job_id)  # its series are labelled by job id
+        else:
+            metrics.declare_missed(job_id)
 
     def on_event(event: JobEvent) -> None:
-        series = missed_series(event.job_id)
         if event.code == EVENT_JOB_MISSED:
-            series.inc()
+            metrics_of.get(event.job_id, metrics).missed.labels(event.job_id).inc()
+        else:
+            declare(event.job_id)
 
     mark_internal_listener(on_event)
     scheduler.add_listener(on_event, EVENT_JOB_MISSED | EVENT_JOB_ADDED)
     scheduler._cron_migration_watches_missed_runs = True
     for job in scheduler.get_jobs():
-        missed_series(job.id)
+        declare(job.id)

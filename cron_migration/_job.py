@@ -43,12 +43,14 @@ from ._lease import DEFAULT_CLOCK_SKEW, Lease, LeaseDecision, OnRedisError
 from ._metrics import CronMetrics
 from ._records import (
     DEFAULT_RECORD_CAPACITY,
+    DEFAULT_RECORD_MAX_AGE,
     RecordOutbox,
     RunRecord,
     check_capacity,
     check_recorder,
 )
 from ._slots import UnstableArgumentError, call_digest, lease_refusal, utc_text
+from ._worker import MissedWhileQueued, _misfire, run_job_thread, tracking_threads
 
 logger = logging.getLogger("cron_migration")
 
@@ -150,8 +152,6 @@ class MigratedJob:
         self.lease = lease
         self._outbox = recorder
         self._metrics = metrics
-        # Runs stopped waiting for (timeout, cancellation) whose thread still works.
-        self._abandoned: set[asyncio.Future[Any]] = set()
 
     def __repr__(self) -> str:
         return f"<migrated job {self.name!r} of {self.func!r}>"
@@ -179,19 +179,22 @@ class MigratedJob:
         """One run: correlation id, lease, records, timeout and metrics around the job."""
         scheduled = current_scheduled_run()
         job_id = self.name  # called by another job, or outside any scheduled run
-        if scheduled is not None and _run_target.get() is self:
+        is_scheduled_run = scheduled is not None and _run_target.get() is self
+        if scheduled is not None and is_scheduled_run:
             job_id = scheduled.job_id
         scheduled_at = scheduled.scheduled_at if scheduled is not None else None
         run_id = uuid.uuid4().hex
         correlation_id = uuid.uuid4().hex
         token = correlation_id_ctx.set(correlation_id)
         target_token = _run_target.set(None)  # jobs this one calls are not the scheduled run
+        # Only the scheduled run itself may be late; a job it calls runs when called.
+        misfire_token = None if is_scheduled_run else _misfire.set(None)
         try:
             if self.lease is not None:
                 if scheduled is None:
                     # An error, not a skip: it is how the job is set up, not a Redis outage,
                     # and only an error fires the failing-runs alert.
-                    self._metrics.count_run(self.name, "error")
+                    self._metrics.count_run(job_id, "error")
                     raise ScheduledRunUnknownError(
                         f"job {self.name!r} has a lease but its scheduled run time is unknown: "
                         "run it under a scheduler whose executor is "
@@ -203,6 +206,8 @@ class MigratedJob:
             record = RunRecord(run_id, job_id, self.name, scheduled_at, correlation_id)
             return await self._run_recorded(record, args, kwargs)
         finally:
+            if misfire_token is not None:
+                _misfire.reset(misfire_token)
             _run_target.reset(target_token)
             correlation_id_ctx.reset(token)
 
@@ -219,12 +224,12 @@ class MigratedJob:
         assert lease is not None
         assert self.timeout is not None
         if scheduled.lease_refusal is not None:
-            self._metrics.count_run(self.name, "error")
+            self._metrics.count_run(job_id, "error")
             raise LeaseRefusedError(f"job {job_id!r} cannot be leased: {scheduled.lease_refusal}")
         try:
             digest = call_digest(self._call_arguments(args), kwargs)
         except UnstableArgumentError as exc:
-            self._metrics.count_run(self.name, "error")
+            self._metrics.count_run(job_id, "error")
             raise UnstableArgumentError(f"job {self.name!r}: an argument: {exc}") from None
         until = lease_covers_until(scheduled, self.timeout)
         key = lease.key(job_id, scheduled.slot or scheduled.scheduled_at, digest)
@@ -233,18 +238,18 @@ class MigratedJob:
         else:
             decision = None
         if decision is LeaseDecision.HELD_ELSEWHERE:
-            self._metrics.count_run(self.name, "skipped_elsewhere")
+            self._metrics.count_run(job_id, "skipped_elsewhere")
             return False
         if decision is LeaseDecision.REDIS_UNAVAILABLE:
             if lease.on_redis_error == "skip":
-                self._metrics.count_run(self.name, "skipped_no_lease")
+                self._metrics.count_run(job_id, "skipped_no_lease")
                 return False
             return True
         late = time.time() - until
         if late > 0:
             # Past the moment the slot could still start, the lease of a replica that ran
             # it may be gone: starting now could run the slot a second time.
-            self._metrics.missed.labels(self.name).inc()
+            self._metrics.missed.labels(job_id).inc()
             logger.warning(
                 "job %s: slot %s not run: %.3fs past the last moment it may start "
                 "(slot end + misfire_grace_time, or + timeout without one), which the "
@@ -269,43 +274,78 @@ class MigratedJob:
         outbox = self._outbox
         if outbox is not None:
             outbox.open(record)
-            outbox.start(record)
+        job_id = record.job_id
         started = time.perf_counter()
         outcome = "error"
-        try:
-            result = await self._invoke(args, kwargs)
-        except JobTimeoutError as exc:
-            outcome = "timeout"
-            if outbox is not None:
-                outbox.fail(record, str(exc), "")
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            if outbox is not None:
-                outbox.fail(record, "cancelled: the run was cancelled before it finished", "")
-            raise
-        except BaseException as exc:
-            if outbox is not None:
-                outbox.fail(record, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-            raise
-        else:
-            outcome = "success"
-            if outbox is not None:
-                outbox.complete(record, result)
-            return result
-        finally:
-            self._metrics.duration.labels(self.name).observe(time.perf_counter() - started)
-            self._metrics.count_run(self.name, outcome)
+        with tracking_threads() as threads:
+            try:
+                result = await self._invoke(job_id, args, kwargs, self._on_start(record))
+            except JobTimeoutError as exc:
+                outcome = "timeout"
+                if outbox is not None:
+                    outbox.fail(record, str(exc), "")
+                raise
+            except MissedWhileQueued as exc:
+                outcome = "missed"
+                if outbox is not None:
+                    outbox.fail(record, f"missed: {exc}", "")
+                raise
+            except asyncio.CancelledError:
+                thread = threads.latest()
+                if thread is None:
+                    outcome = "cancelled"
+                    if outbox is not None:
+                        outbox.fail(
+                            record, "cancelled: the run was cancelled before it finished", ""
+                        )
+                else:
+                    # A thread cannot be cancelled: what became of the run is not known yet.
+                    outcome = "abandoned"
+                    if outbox is not None:
+                        outbox.hold(record, thread)
+                raise
+            except BaseException as exc:
+                if outbox is not None:
+                    outbox.fail(record, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                raise
+            else:
+                outcome = "success"
+                if outbox is not None:
+                    outbox.complete(record, result)
+                return result
+            finally:
+                if outcome != "missed":  # counted in cron_job_missed_total instead
+                    self._metrics.duration.labels(job_id).observe(time.perf_counter() - started)
+                    self._metrics.count_run(job_id, outcome)
 
-    async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        work = asyncio.ensure_future(self._call_func(args, kwargs))
+    def _on_start(self, record: RunRecord) -> Callable[[], None]:
+        """What marks ``record`` started: when its function really starts, not when queued."""
+        outbox = self._outbox
+        if outbox is None:
+            return lambda: None
+        if self.is_async:
+            outbox.start(record)
+            return lambda: None
+        loop = asyncio.get_running_loop()
+        return functools.partial(_call_soon, loop, outbox.start, record)
+
+    async def _invoke(
+        self,
+        job_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        on_start: Callable[[], None],
+    ) -> Any:
+        work = asyncio.ensure_future(self._call_func(job_id, args, kwargs, on_start))
         try:
             done, _ = await asyncio.wait({work}, timeout=self.timeout)
         except asyncio.CancelledError:
-            self._abandon(work)
+            _stop(work)
             raise
         if not done:
-            self._abandon(work)
+            # Not started yet (waiting for a worker): it never will. Started: a coroutine
+            # is cancelled, a thread is abandoned (see run_job_thread).
+            _stop(work)
             assert self.timeout is not None
             raise JobTimeoutError(self.name, self.timeout)
         try:
@@ -313,32 +353,40 @@ class MigratedJob:
         except Escaped as escaped:
             raise escaped.error from None
 
-    async def _call_func(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def _call_func(
+        self,
+        job_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        on_start: Callable[[], None],
+    ) -> Any:
         """The job function itself, in its own task (so that a timeout can leave it)."""
         if not self.is_async:
-            from compat import run_blocking
-
-            result = await run_blocking(call_escaping, self.func, args, kwargs)
+            result = await run_job_thread(
+                job_id,
+                call_escaping,
+                (self.func, args, kwargs),
+                self._metrics,
+                on_start=on_start,
+            )
             return await awaited(result)
         return await await_escaping(self.func, args, kwargs)
 
-    def _abandon(self, work: asyncio.Future[Any]) -> None:
-        """Stop waiting for ``work``: cancel a coroutine; a thread cannot be stopped."""
-        if self.is_async:
-            work.cancel()
-        else:
-            logger.warning(
-                "job %s: stopped waiting for its run; its worker thread runs on until the "
-                "function returns",
-                self.name,
-            )
-        self._abandoned.add(work)
-        work.add_done_callback(self._forget)
 
-    def _forget(self, work: asyncio.Future[Any]) -> None:
-        self._abandoned.discard(work)
-        if not work.cancelled() and work.exception() is not None:
-            logger.warning("job %s: an abandoned run ended with %r", self.name, work.exception())
+def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[..., None], *args: Any) -> None:
+    loop.call_soon_threadsafe(func, *args)
+
+
+def _stop(work: asyncio.Future[Any]) -> None:
+    """Cancel ``work``: a run still waiting for a worker never starts; a coroutine is
+    cancelled; a thread it started runs on, abandoned (see run_job_thread)."""
+    work.cancel()
+    work.add_done_callback(_log_stopped_end)
+
+
+def _log_stopped_end(work: asyncio.Future[Any]) -> None:
+    if not work.cancelled() and work.exception() is not None:
+        logger.warning("a stopped run ended with %r", work.exception())
 
 
 class Escaped(Exception):
@@ -399,6 +447,7 @@ def migrated_job(
     lease_clock_skew: float = DEFAULT_CLOCK_SKEW,
     on_redis_error: OnRedisError = "skip",
     record_capacity: int = DEFAULT_RECORD_CAPACITY,
+    record_max_age: float = DEFAULT_RECORD_MAX_AGE,
 ) -> MigratedJob: ...
 
 
@@ -428,20 +477,25 @@ def migrated_job(
     lease_clock_skew: float = DEFAULT_CLOCK_SKEW,
     on_redis_error: OnRedisError = "skip",
     record_capacity: int = DEFAULT_RECORD_CAPACITY,
+    record_max_age: float = DEFAULT_RECORD_MAX_AGE,
 ) -> MigratedJob | Callable[[Callable[..., Any]], MigratedJob]:
     """Make a job run correctly under any APScheduler 3 scheduler, recorded and measured.
 
-    ``timeout``: seconds a run may take; then it fails with :class:`JobTimeoutError` (an
-    async job is cancelled; a sync job's thread cannot be stopped and runs on, no longer
-    waited for). ``lease``: a Redis URL or client, or a :class:`Lease`, to run each
-    call in each slot on one replica only; needs ``timeout``. The lease lasts until the
-    slot can no longer start (its end plus ``misfire_grace_time``, or plus ``timeout``
-    when the grace is unlimited) plus ``lease_clock_skew`` seconds. ``on_redis_error``:
-    with a lease, ``"skip"`` or ``"run"`` a slot when Redis is unreachable.
-    ``recorder``: a :class:`RunRecorder`; records are buffered (at most
-    ``record_capacity`` runs) and retried until delivered.
-    ``name``: the ``job`` label of the metrics and the recorded job name (default: the
-    function's name). ``registry``: the Prometheus registry (default: the global one).
+    ``timeout``: seconds a run may take, waiting for a worker thread included; then it
+    fails with :class:`JobTimeoutError` (a run still waiting never starts; an async job
+    is cancelled; a sync job's thread cannot be stopped and runs on, abandoned: it still
+    counts against the job's ``max_instances`` and its share of the worker pool until it
+    returns). ``lease``: a Redis URL or client, or a :class:`Lease`, to run each call in
+    each slot on one replica only; needs ``timeout``. The lease lasts until the slot can
+    no longer start (its end plus ``misfire_grace_time``, or plus ``timeout`` when the
+    grace is unlimited) plus ``lease_clock_skew`` seconds. ``on_redis_error``: with a
+    lease, ``"skip"`` or ``"run"`` a slot when Redis is unreachable. ``recorder``: a
+    :class:`RunRecorder`; records are buffered (at most ``record_capacity`` runs) and
+    retried until delivered; an operation the recorder keeps rejecting for
+    ``record_max_age`` seconds while it accepts others is given up. ``name``: the
+    recorded job name, and the ``cron_job`` label of the metrics when the job runs outside
+    a scheduler (a scheduled run's label is its job id); default: the function's name.
+    ``registry``: the Prometheus registry (default: the global one).
     """
     decorate = functools.partial(
         _decorate,
@@ -453,6 +507,7 @@ def migrated_job(
         lease_clock_skew=lease_clock_skew,
         on_redis_error=on_redis_error,
         record_capacity=record_capacity,
+        record_max_age=record_max_age,
     )
     return decorate if func is None else decorate(func)
 
@@ -468,6 +523,7 @@ def _decorate(
     lease_clock_skew: float,
     on_redis_error: OnRedisError,
     record_capacity: int,
+    record_max_age: float,
 ) -> MigratedJob:
     if not callable(func):
         raise TypeError(
@@ -493,6 +549,7 @@ def _decorate(
     if timeout is not None:
         timeout = check_seconds("timeout", timeout)
     check_capacity(record_capacity)  # refused even without a recorder: a wrong option
+    record_max_age = check_seconds("record_max_age", record_max_age)
     if name is None:
         name = getattr(func, "__name__", None) or repr(func)
     elif not isinstance(name, str) or not name:
@@ -507,7 +564,9 @@ def _decorate(
         )
     outbox = None
     if recorder is not None:
-        outbox = RecordOutbox(check_recorder(recorder), metrics, capacity=record_capacity)
+        outbox = RecordOutbox(
+            check_recorder(recorder), metrics, capacity=record_capacity, max_age=record_max_age
+        )
     # APScheduler names a callable object after its class (default job names, logs) and
     # references it as module:class-qualname (persistent job stores): a class per job
     # function that carries the function's names makes both come out as the function's.

@@ -14,10 +14,13 @@ OUTCOMES = (
     "cancelled",
     "skipped_elsewhere",
     "skipped_no_lease",
+    "abandoned",
 )
 #: The job's label: not ``job``, which Prometheus sets on every scraped series (the scrape
 #: job) and, with the default ``honor_labels: false``, would replace.
 JOB_LABEL = "cron_job"
+#: ``cron_run_records_dropped_total`` reasons.
+DROP_REASONS = ("buffer_full", "refused", "expired")
 # Loop lag worth seeing starts well below the client's request durations.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -48,6 +51,14 @@ class CronMetrics:
             "Scheduled runs the scheduler skipped: later than their misfire grace time.",
             [JOB_LABEL],
         )
+        self.abandoned = metric_family(
+            registry,
+            Counter,
+            "cron_job_abandoned_runs_total",
+            "Runs given up (timeout, shutdown) while their worker thread kept running; "
+            "the thread counts against the job's max_instances until it returns.",
+            [JOB_LABEL],
+        )
         self.loop_lag = metric_family(
             registry,
             Histogram,
@@ -69,9 +80,12 @@ class CronMetrics:
             registry,
             Counter,
             "cron_run_records_dropped_total",
-            "Runs whose records were given up: buffer full or refused by the recorder.",
-            [],
+            "Runs whose records were given up, by reason: buffer_full, refused by the "
+            "recorder for good, or expired (still rejected after the age limit).",
+            ["reason"],
         )
+        for reason in DROP_REASONS:
+            self.records_dropped.labels(reason)
 
     def declare_job(self, job: str) -> None:
         """Create every series of ``job`` at 0.
@@ -82,6 +96,7 @@ class CronMetrics:
         for outcome in OUTCOMES:
             self.runs.labels(job, outcome)
         self.duration.labels(job)
+        self.abandoned.labels(job)
         self.declare_missed(job)
 
     def declare_missed(self, job: str) -> None:

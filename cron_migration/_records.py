@@ -2,15 +2,19 @@
 
 A recorder failure must neither fail the job nor lose its record. So a run never calls
 the recorder itself: it appends its record operations (create, start, then complete or
-fail) to a :class:`RecordOutbox`, and one delivery task per outbox sends them in order,
-retrying with backoff while the recorder fails. Operations of one run keep their order,
-and the execution id that ``create`` returned is used by the later ones. The outbox is
-bounded in runs; a run that finds it full is not recorded, and is counted and logged.
+fail) to a :class:`RecordOutbox`, which delivers them, retrying with backoff while the
+recorder fails. Operations of one run keep their order (the execution id that ``create``
+returned is used by the later ones); runs are delivered concurrently, so a record the
+recorder keeps rejecting delays no other run, and is given up after an age limit. The
+outbox is bounded in runs; a run that finds it full is not recorded. Every record given
+up is counted (``cron_run_records_dropped_total{reason}``) and logged with its run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import inspect
 import json
 import logging
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from ._context import check_seconds
 from ._metrics import CronMetrics
 
 logger = logging.getLogger("cron_migration")
@@ -37,6 +42,14 @@ DEFAULT_RETRY_MAX = 10.0
 MAX_RECORDED_CHARACTERS = 16_384
 #: Seconds one recorder call may take before it counts as failed and is retried.
 DEFAULT_CALL_TIMEOUT = 30.0
+#: Seconds an operation may keep failing, while the recorder accepts others, before
+#: it is given up: with the last call's timeout, given up within 90 s.
+DEFAULT_RECORD_MAX_AGE = 60.0
+#: Seconds between two tries while every run waits out its backoff: how soon a
+#: recorder's recovery is noticed.
+DEFAULT_PROBE_INTERVAL = 0.5
+#: Recorder calls in flight at once (operations of different runs).
+DEFAULT_DELIVERY_CONCURRENCY = 16
 # 4xx answers other than these mean the recorder will never accept the operation.
 _RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 
@@ -166,11 +179,23 @@ def shortened(text: str) -> str:
 
 
 class RecordOutbox:
-    """Buffers one recorder's operations and delivers them in order, retrying failures.
+    """Buffers one recorder's operations and delivers them, each run's in order.
 
     Operations are appended from any thread (each run appends from the loop it runs
-    on); the delivery task runs on the loop of the run that found no delivery task
-    running, and ends when the buffer is empty.
+    on, an abandoned run's thread when it returns). Delivery runs on one loop, the
+    worker loop (the loop of the first run that found none running): one task per run
+    with undelivered operations, so runs are delivered concurrently (at most
+    ``concurrency`` calls at once) and one run the recorder keeps rejecting holds up
+    only itself.
+
+    While the recorder fails, each run retries with backoff (``retry_initial`` doubling
+    to ``retry_max``), and a probe lets one waiting run try again every
+    ``probe_interval`` seconds: whatever the backoff reached, a recovery is noticed
+    within about that, and the first operation that gets through wakes every waiting
+    run at once. An operation still failing ``max_age`` seconds after its first
+    failure, while the recorder accepted other operations meanwhile, is given up
+    (counted as ``expired``): it is this record the recorder refuses, not an outage,
+    which the records of every run wait out (bounded by ``capacity``).
     """
 
     def __init__(
@@ -182,6 +207,9 @@ class RecordOutbox:
         retry_initial: float = DEFAULT_RETRY_INITIAL,
         retry_max: float = DEFAULT_RETRY_MAX,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        max_age: float = DEFAULT_RECORD_MAX_AGE,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        concurrency: int = DEFAULT_DELIVERY_CONCURRENCY,
     ) -> None:
         check_capacity(capacity)
         self.recorder = recorder
@@ -189,13 +217,29 @@ class RecordOutbox:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.call_timeout = call_timeout
+        self.max_age = check_seconds("record_max_age", max_age)
+        self.probe_interval = probe_interval
+        self.concurrency = concurrency
         self._metrics = metrics
-        self._lock = threading.Lock()
-        self._operations: deque[_Operation] = deque()
-        self._open_runs = 0  # runs accepted whose final operation is not delivered yet
-        self._worker: asyncio.Task[None] | None = None
-        self._worker_loop: asyncio.AbstractEventLoop | None = None
+        self._reset()
         _outboxes.add(self)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        # Undelivered operations per run, runs in the order they were opened. A run
+        # stays until its final operation is delivered (or it is given up).
+        self._runs: dict[RunRecord, deque[_Operation]] = {}
+        # Abandoned runs (their thread works on) and the outcome each waits for.
+        self._held: dict[RunRecord, concurrent.futures.Future[Any]] = {}
+        self._open_runs = 0
+        self._worker_loop: asyncio.AbstractEventLoop | None = None
+        # On the worker loop only:
+        self._tasks: dict[RunRecord, asyncio.Task[None]] = {}
+        self._sending: asyncio.Semaphore | None = None
+        self._pausing: deque[asyncio.Future[None]] = deque()
+        self._prober: asyncio.Task[None] | None = None
+        self._last_success = 0.0
+        self._last_attempt = 0.0
 
     @property
     def pending_runs(self) -> int:
@@ -204,9 +248,10 @@ class RecordOutbox:
 
     @property
     def pending_operations(self) -> int:
-        return len(self._operations)
+        with self._lock:
+            return sum(len(operations) for operations in self._runs.values())
 
-    # -- appending (on the run's loop) -------------------------------------------------
+    # -- appending (any thread) --------------------------------------------------------
 
     def open(self, record: RunRecord) -> bool:
         """Queue the ``create`` of a new run; False (counted, logged) when full."""
@@ -215,12 +260,14 @@ class RecordOutbox:
                 record.dropped = True
             else:
                 self._open_runs += 1
-                self._operations.append(_Operation("create", record))
+                self._runs[record] = deque([_Operation("create", record)])
         if record.dropped:
-            self._count_dropped(record, f"the record buffer is full ({self.capacity} runs)")
+            self._count_dropped(
+                record, "buffer_full", f"the record buffer is full ({self.capacity} runs)"
+            )
             return False
         self._metrics.records_pending.inc()
-        self._ensure_worker()
+        self._kick()
         return True
 
     def start(self, record: RunRecord) -> None:
@@ -233,15 +280,56 @@ class RecordOutbox:
         payload = {"error": shortened(error), "traceback": shortened(traceback)}
         self._append(_Operation("fail", record, payload))
 
+    def hold(self, record: RunRecord, thread: concurrent.futures.Future[Any]) -> None:
+        """The run was abandoned while ``thread`` works on: its outcome is recorded when
+        the thread returns, or as unknown by :meth:`give_up_held` (at shutdown)."""
+        with self._lock:
+            if record.dropped or record not in self._runs:
+                return
+            self._held[record] = thread
+        thread.add_done_callback(lambda done: self._settle(record, done))
+
+    def _settle(self, record: RunRecord, thread: concurrent.futures.Future[Any]) -> None:
+        """An abandoned run's thread returned (in that thread): record what it did."""
+        with self._lock:
+            still_held = self._held.pop(record, None) is not None
+        error = thread.exception()
+        error = getattr(error, "error", error)  # a KeyboardInterrupt/SystemExit it carried
+        if not still_held:
+            logger.warning(
+                "job %s (run %s, correlation id %s): its abandoned thread returned after "
+                "the run was recorded as abandoned; it %s",
+                record.job_id,
+                record.run_id,
+                record.correlation_id,
+                "succeeded" if error is None else f"raised {error!r}",
+            )
+            return
+        if error is None:
+            self.complete(record, thread.result())
+        else:
+            note = "(returned after its run was abandoned) "
+            self.fail(record, f"{note}{type(error).__name__}: {error}", "")
+
+    def give_up_held(self, why: str) -> int:
+        """Record every abandoned run still working as failed, outcome unknown."""
+        with self._lock:
+            held = list(self._held)
+            self._held.clear()
+        for record in held:
+            self.fail(record, f"abandoned: {why}; its outcome is unknown", "")
+        return len(held)
+
     def _append(self, operation: _Operation) -> None:
         with self._lock:
-            if operation.record.dropped:
+            operations = self._runs.get(operation.record)
+            if operation.record.dropped or operations is None:
                 return
-            self._operations.append(operation)
-        self._ensure_worker()
+            operations.append(operation)
+        self._kick()
 
-    def _count_dropped(self, record: RunRecord, why: str) -> None:
-        self._metrics.records_dropped.inc()
+    def _count_dropped(self, record: RunRecord, reason: str, why: str) -> None:
+        self._metrics.records_dropped.labels(reason).inc()
         logger.error(
             "run record of job %s (run %s, scheduled at %s, correlation id %s) dropped: %s",
             record.job_id,
@@ -251,67 +339,150 @@ class RecordOutbox:
             why,
         )
 
-    # -- delivering --------------------------------------------------------------------
+    # -- delivering (on the worker loop) -----------------------------------------------
 
-    def _ensure_worker(self) -> None:
-        """Make sure a delivery task is running; start one on the current loop if not."""
+    def _kick(self) -> None:
+        """Have the worker loop deliver what is pending; make this loop it if it has none."""
         try:
-            loop = asyncio.get_running_loop()
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
-            return  # flush_run_records() or the next run on a loop starts it
+            loop = None
         with self._lock:
-            worker = self._worker
-            if worker is not None and not worker.done():
-                worker_loop = self._worker_loop
-                if worker_loop is not None and not worker_loop.is_closed():
-                    return
-            if not self._operations:
-                return
-            self._worker_loop = loop
-            self._worker = loop.create_task(self._deliver(), name="cron_migration-records")
+            worker_loop = self._worker_loop
+            if worker_loop is None or worker_loop.is_closed() or not worker_loop.is_running():
+                if loop is None:
+                    return  # flush_run_records() or the next run on a loop delivers it
+                worker_loop = self._worker_loop = loop
+                self._tasks = {}  # the tasks of a loop that stopped run no more
+                self._sending = None
+                self._pausing = deque()
+                self._prober = None
+        if worker_loop is loop:
+            self._spawn()
+        else:
+            # Closed meanwhile: the next kick picks another loop.
+            with contextlib.suppress(RuntimeError):
+                worker_loop.call_soon_threadsafe(self._spawn)
 
-    async def _deliver(self) -> None:
-        delay = self.retry_initial
-        attempts = 0
-        while True:
-            with self._lock:
-                if not self._operations:
-                    self._worker = None
-                    return
-                operation = self._operations[0]
-            try:
-                await asyncio.wait_for(self._send(operation), self.call_timeout)
-            except asyncio.CancelledError:
-                with self._lock:
-                    if self._worker is asyncio.current_task():
-                        self._worker = None
-                raise
-            except Exception as exc:
-                attempts += 1
-                if is_permanent_failure(exc):
-                    self._give_up(operation, exc)
-                    attempts = 0
-                    continue
-                logger.warning(
-                    "recording %s of job %s (run %s) failed, attempt %d; retrying in %.1fs: %r",
-                    operation.kind,
-                    operation.record.job_id,
-                    operation.record.run_id,
-                    attempts,
-                    delay,
-                    exc,
+    def _spawn(self) -> None:
+        """A delivery task for every run with undelivered operations and none running."""
+        with self._lock:
+            waiting = [record for record, operations in self._runs.items() if operations]
+        for record in waiting:
+            task = self._tasks.get(record)
+            if task is None or task.done():
+                self._tasks[record] = asyncio.get_running_loop().create_task(
+                    self._deliver_run(record), name="cron_migration-records"
                 )
-                await asyncio.sleep(delay)
+
+    async def _deliver_run(self, record: RunRecord) -> None:
+        if self._sending is None:
+            self._sending = asyncio.Semaphore(self.concurrency)
+        delay = self.retry_initial
+        failing_since: float | None = None
+        attempts = 0
+        try:
+            while True:
+                with self._lock:
+                    operations = self._runs.get(record)
+                    if not operations:
+                        return
+                    operation = operations[0]
+                async with self._sending:
+                    self._last_attempt = attempted = time.monotonic()
+                    try:
+                        await asyncio.wait_for(self._send(operation), self.call_timeout)
+                    except Exception as exc:
+                        error: Exception | None = exc
+                    else:
+                        error = None
+                if error is None:
+                    self._delivered(operation)
+                    delay, failing_since, attempts = self.retry_initial, None, 0
+                    continue
+                attempts += 1
+                if failing_since is None:
+                    failing_since = attempted
+                if is_permanent_failure(error):
+                    self._give_up(
+                        record, "refused", f"the recorder refused {operation.kind}: {error!r}"
+                    )
+                    return
+                if (
+                    self._last_success > failing_since
+                    and time.monotonic() - failing_since >= self.max_age
+                ):
+                    self._give_up(
+                        record,
+                        "expired",
+                        f"the recorder kept rejecting {operation.kind} for "
+                        f"{time.monotonic() - failing_since:.0f}s ({attempts} attempts) while "
+                        f"it accepted other records; last error: {error!r}",
+                    )
+                    return
+                log = logger.warning if attempts == 1 else logger.debug
+                log(
+                    "recording %s of job %s (run %s) failed, attempt %d; retrying: %r",
+                    operation.kind,
+                    record.job_id,
+                    record.run_id,
+                    attempts,
+                    error,
+                )
+                await self._pause(delay)
                 delay = min(delay * 2, self.retry_max)
-                continue
-            attempts = 0
-            delay = self.retry_initial
-            with self._lock:
-                self._operations.popleft()
-                if operation.final:
-                    self._open_runs -= 1
-            if operation.final:
-                self._metrics.records_pending.dec()
+        finally:
+            if self._tasks.get(record) is asyncio.current_task():
+                del self._tasks[record]
+
+    def _delivered(self, operation: _Operation) -> None:
+        self._last_success = time.monotonic()
+        # The recorder answers again: every run waiting out a backoff tries now.
+        while self._pausing:
+            waiter = self._pausing.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+        record = operation.record
+        with self._lock:
+            operations = self._runs.get(record)
+            if operations and operations[0] is operation:
+                operations.popleft()
+            if not operation.final or record not in self._runs:
+                return
+            del self._runs[record]
+            self._open_runs -= 1
+        self._metrics.records_pending.dec()
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay``, less when the recorder answers again or the probe picks us."""
+        # At least a moment, even when woken at once: a run the recorder keeps rejecting,
+        # woken by every success of the others, must not retry in a tight loop.
+        first = min(delay, self.probe_interval)
+        await asyncio.sleep(first)
+        if delay <= first:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._pausing.append(waiter)
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe())
+        try:
+            await asyncio.wait({waiter}, timeout=delay - first)
+        finally:
+            if waiter in self._pausing:
+                self._pausing.remove(waiter)
+            waiter.cancel()
+
+    async def _probe(self) -> None:
+        """While runs wait out their backoff, let the longest-waiting one try now and then."""
+        while self._pausing:
+            await asyncio.sleep(self.probe_interval)
+            if time.monotonic() - self._last_attempt < self.probe_interval:
+                continue  # something was tried meanwhile: no need to ask again
+            while self._pausing:
+                waiter = self._pausing.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
 
     async def _send(self, operation: _Operation) -> None:
         record = operation.record
@@ -341,25 +512,30 @@ class RecordOutbox:
                 record.execution_id, idempotency_key=key, **operation.payload
             )
 
-    def _give_up(self, operation: _Operation, exc: BaseException) -> None:
-        """Drop the run of ``operation``: the recorder refuses it for good."""
-        record = operation.record
+    def _give_up(self, record: RunRecord, reason: str, why: str) -> None:
+        """Drop the rest of ``record``'s run: it cannot be delivered."""
         with self._lock:
             record.dropped = True
-            self._operations = deque(op for op in self._operations if op.record is not record)
+            self._held.pop(record, None)
+            if self._runs.pop(record, None) is None:
+                return
             self._open_runs -= 1
         self._metrics.records_pending.dec()
-        self._count_dropped(record, f"the recorder refused {operation.kind}: {exc!r}")
+        self._count_dropped(record, reason, why)
 
-    async def flush(self, deadline: float) -> int:
+    async def flush(self, deadline: float, *, abandoned_too: bool = False) -> int:
         """Wait until everything is delivered or ``deadline`` (monotonic) passes.
 
+        ``abandoned_too``: wait for abandoned runs to return and be delivered as well.
         Returns the number of runs still pending.
         """
         while True:
-            self._ensure_worker()
-            if not self._operations or time.monotonic() >= deadline:
-                return self._open_runs if self._operations else 0
+            self._kick()
+            with self._lock:
+                waiting = bool(self._held) if abandoned_too else False
+            pending = self.pending_operations or waiting
+            if not pending or time.monotonic() >= deadline:
+                return self._open_runs if pending else 0
             await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
 
@@ -371,20 +547,21 @@ _outboxes: weakref.WeakSet[RecordOutbox] = weakref.WeakSet()
 
 
 def _forget_after_fork() -> None:
-    # The child has neither the delivery task nor its loop, and the buffered operations
+    # The child has neither the delivery tasks nor their loop, and the buffered operations
     # belong to the parent's runs, which the parent delivers itself.
     for outbox in list(_outboxes):
-        outbox._lock = threading.Lock()
-        outbox._operations.clear()
         if outbox._open_runs:  # nor does the child's gauge count them
             outbox._metrics.records_pending.dec(outbox._open_runs)
-        outbox._open_runs = 0
-        outbox._worker = None
-        outbox._worker_loop = None
+        outbox._reset()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def give_up_abandoned_runs(why: str) -> int:
+    """Record every abandoned run whose thread still works as failed, outcome unknown."""
+    return sum(outbox.give_up_held(why) for outbox in list(_outboxes))
 
 
 async def flush_run_records(timeout: float = 10.0) -> int:
@@ -393,8 +570,12 @@ async def flush_run_records(timeout: float = 10.0) -> int:
     Returns the number of runs whose records are still pending (0 when all arrived).
     From synchronous code: ``compat.run_sync(flush_run_records, 10)``.
     """
-    deadline = time.monotonic() + timeout
+    return await wait_for_run_records(time.monotonic() + timeout)
+
+
+async def wait_for_run_records(deadline: float, *, abandoned_too: bool = False) -> int:
+    """:func:`flush_run_records` until ``deadline`` (monotonic) for every outbox."""
     pending = 0
     for outbox in list(_outboxes):
-        pending += await outbox.flush(deadline)
+        pending += await outbox.flush(deadline, abandoned_too=abandoned_too)
     return pending

@@ -1,10 +1,13 @@
-"""shutdown_gracefully: let running jobs finish, cancel the rest, and record every run."""
+"""shutdown_gracefully: let running jobs finish, stop the rest, and record every run."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +19,8 @@ from ._context import check_seconds, mark_internal_listener
 from ._executor import MigrationExecutor
 from ._job import MigratedJob
 from ._lease import Lease
-from ._records import flush_run_records
+from ._records import give_up_abandoned_runs, wait_for_run_records
+from ._worker import abandoned_threads
 
 logger = logging.getLogger("cron_migration")
 
@@ -24,6 +28,11 @@ logger = logging.getLogger("cron_migration")
 CANCEL_GRACE = 5.0
 #: Seconds, after the runs, for the run records still buffered to reach the recorder.
 DEFAULT_RECORDS_TIMEOUT = 10.0
+#: Seconds at the end of the records' time kept for recording abandoned runs as such.
+ABANDONED_RECORDS_RESERVE = 1.0
+#: run_until_signal's defaults: within Kubernetes' 30 s termination grace period.
+DEFAULT_SIGNAL_GRACE = 25.0
+DEFAULT_SIGNAL_RECORDS_TIMEOUT = 4.0
 
 
 @dataclass(frozen=True)
@@ -31,8 +40,12 @@ class ShutdownReport:
     """What :func:`shutdown_gracefully` found running and what became of it."""
 
     finished: int  # runs that ended by themselves within the timeout
-    cancelled: int  # runs cancelled at the timeout (recorded as failed)
+    cancelled: int  # coroutine runs cancelled at the timeout (recorded as cancelled)
     records_pending: int  # runs whose records were still undelivered at the end
+    # Sync runs whose thread still worked at the timeout: a thread cannot be stopped,
+    # so the run is recorded as abandoned, its outcome unknown (or its real outcome, if
+    # the thread returned while the records were being delivered).
+    abandoned: int = 0
 
 
 async def shutdown_gracefully(
@@ -41,13 +54,18 @@ async def shutdown_gracefully(
     *,
     records_timeout: float = DEFAULT_RECORDS_TIMEOUT,
 ) -> ShutdownReport:
-    """Stop ``scheduler`` without losing a run.
+    """Stop ``scheduler`` without losing a run, and record what became of each.
 
-    No run starts after the call; runs in progress get ``timeout`` seconds to finish,
-    then are cancelled (a migrated job records a cancelled run as failed); then the
-    scheduler shuts down and buffered run records get ``records_timeout`` seconds to be
-    delivered. Call it on the scheduler's loop. APScheduler's own ``shutdown()`` cannot
-    wait for coroutine jobs; this does.
+    No run starts after the call; runs in progress get ``timeout`` seconds to finish.
+    Then coroutine runs are cancelled (recorded as cancelled); a sync run's thread
+    cannot be stopped: it is abandoned, and runs on in a daemon thread that never holds
+    up the process exit. The scheduler shuts down and the buffered run records get
+    ``records_timeout`` seconds to be delivered; an abandoned run whose thread returns
+    meanwhile is recorded with its real outcome, the others as abandoned (outcome
+    unknown) before the time is up. Takes at most ``timeout + records_timeout`` seconds
+    (plus up to 5 s for coroutines that do not end when cancelled). Call it on the
+    scheduler's loop. APScheduler's own ``shutdown()`` cannot wait for coroutine jobs;
+    this does.
     """
     if not isinstance(scheduler, AsyncIOScheduler):
         raise TypeError(
@@ -56,7 +74,7 @@ async def shutdown_gracefully(
     timeout = check_seconds("timeout", timeout, allow_zero=True)
     records_timeout = check_seconds("records_timeout", records_timeout, allow_zero=True)
     if not scheduler.running:
-        pending = await flush_run_records(records_timeout)
+        pending = await _deliver_records(records_timeout, timeout)
         return ShutdownReport(finished=0, cancelled=0, records_pending=pending)
     loop = asyncio.get_running_loop()
     if scheduler._eventloop is not loop:
@@ -68,13 +86,21 @@ async def shutdown_gracefully(
     pending_runs: set[Any] = set()
     if runs:
         done, pending_runs = await asyncio.wait(runs, timeout=timeout)
+    abandoned_before = abandoned_threads()
     for run in pending_runs:
         run.cancel()
     if pending_runs:
         logger.warning(
-            "shutdown: %d run(s) still running after %gs cancelled", len(pending_runs), timeout
+            "shutdown: %d run(s) still running after %gs given up", len(pending_runs), timeout
         )
         await asyncio.wait(pending_runs, timeout=CANCEL_GRACE)
+    abandoned = min(len(pending_runs), abandoned_threads() - abandoned_before)
+    if abandoned:
+        logger.warning(
+            "shutdown: %d sync run(s) abandoned: their threads cannot be stopped and work "
+            "on; they will not hold up the process exit",
+            abandoned,
+        )
     # AsyncIOScheduler.shutdown() only schedules the shutdown on the loop: wait for it.
     stopped = asyncio.Event()
 
@@ -88,15 +114,88 @@ async def shutdown_gracefully(
     scheduler.remove_listener(on_shutdown)
     for lease in leases:
         await lease.aclose()  # the Redis connections it opened on this loop
+    pending = await _deliver_records(records_timeout, timeout)
+    return ShutdownReport(
+        finished=len(done),
+        cancelled=len(pending_runs) - abandoned,
+        records_pending=pending,
+        abandoned=abandoned,
+    )
+
+
+async def _deliver_records(records_timeout: float, timeout: float) -> int:
+    """Deliver the buffered records; abandoned runs get until shortly before the end to
+    return, then are recorded as abandoned. Returns the runs still undelivered."""
     started = time.monotonic()
-    pending = await flush_run_records(records_timeout)
+    deadline = started + records_timeout
+    # Time kept for delivering the abandoned runs' records once given up.
+    reserve = min(ABANDONED_RECORDS_RESERVE, records_timeout / 2)
+    await wait_for_run_records(deadline - reserve, abandoned_too=True)
+    give_up_abandoned_runs(f"its thread was still running {timeout:g}s into the shutdown")
+    pending = await wait_for_run_records(deadline)
     if pending:
         logger.error(
             "shutdown: the records of %d run(s) were not delivered within %gs",
             pending,
             time.monotonic() - started,
         )
-    return ShutdownReport(finished=len(done), cancelled=len(pending_runs), records_pending=pending)
+    return pending
+
+
+def run_until_signal(
+    scheduler: AsyncIOScheduler,
+    grace: float = DEFAULT_SIGNAL_GRACE,
+    *,
+    records_timeout: float = DEFAULT_SIGNAL_RECORDS_TIMEOUT,
+    signals: Collection[int] = (signal.SIGTERM, signal.SIGINT),
+) -> ShutdownReport:
+    """Run ``scheduler`` until SIGTERM or SIGINT, then :func:`shutdown_gracefully`.
+
+    For a service's main thread: runs an event loop (as ``asyncio.run``), starts the
+    scheduler on it, and on the first of ``signals`` gives runs in progress ``grace``
+    seconds and their records ``records_timeout`` more (the defaults end within
+    Kubernetes' 30 s), then returns the report. A second signal during the shutdown gets
+    its usual effect (stop at once). Threads of abandoned sync runs are daemon threads:
+    the process can exit as soon as this returns.
+    """
+    if not isinstance(scheduler, AsyncIOScheduler):
+        raise TypeError(
+            f"run_until_signal() runs an AsyncIOScheduler, got {type(scheduler).__name__}"
+        )
+    grace = check_seconds("grace", grace, allow_zero=True)
+    records_timeout = check_seconds("records_timeout", records_timeout, allow_zero=True)
+    if scheduler.running:
+        raise RuntimeError("run_until_signal() starts the scheduler itself: do not start it")
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("run_until_signal() must run in the main thread (signal handlers)")
+    return asyncio.run(_serve_until_signal(scheduler, grace, records_timeout, tuple(signals)))
+
+
+async def _serve_until_signal(
+    scheduler: AsyncIOScheduler, grace: float, records_timeout: float, signals: tuple[int, ...]
+) -> ShutdownReport:
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    caught: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        caught.append(signum)
+        loop.call_soon_threadsafe(received.set)
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in signals}
+    try:
+        scheduler.start()
+        await received.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    logger.warning(
+        "received %s: stopping the scheduler; runs get %gs, then records %gs",
+        signal.Signals(caught[0]).name if caught else "a signal",
+        grace,
+        records_timeout,
+    )
+    return await shutdown_gracefully(scheduler, grace, records_timeout=records_timeout)
 
 
 def _in_flight(scheduler: AsyncIOScheduler) -> set[asyncio.Future[Any]]:

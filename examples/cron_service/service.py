@@ -181,8 +181,9 @@ class CronService:
         self.scheduler.start()
 
     async def stop(self, timeout: float = 30.0) -> ShutdownReport:
-        """Let running jobs finish (cancelled and recorded as failed after ``timeout``),
-        deliver the run records, then close the client, the cache and Redis."""
+        """Let running jobs finish (after ``timeout``: cancelled, or abandoned if in a
+        thread, and recorded as such), deliver the run records, then close the client,
+        the cache and Redis."""
         try:
             return await shutdown_gracefully(self.scheduler, timeout=timeout)
         finally:

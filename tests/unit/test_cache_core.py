@@ -383,9 +383,7 @@ def test_breaker_opens_after_threshold_and_lets_one_probe_through(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # one outage, one warning
     own = [r for r in caplog.records if r.name == "commclient.cache"]
-    assert [r.getMessage() for r in own if r.levelno == logging.INFO] == [
-        "redis cache recovered"
-    ]
+    assert [r.getMessage() for r in own if r.levelno == logging.INFO] == ["redis cache recovered"]
 
 
 def test_a_cancelled_probe_frees_the_half_open_state() -> None:

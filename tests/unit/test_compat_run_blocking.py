@@ -454,3 +454,37 @@ def test_stop_from_a_blocking_function_the_bridge_runs_does_not_wait_for_itself(
 
 async def current_loop_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
     return asyncio.get_running_loop(), threading.current_thread()
+
+
+def test_a_detached_call_keeps_its_slot_until_it_returns_and_never_holds_up_the_exit(
+    limit: None,
+) -> None:
+    from compat._run import start_detached
+
+    set_blocking_limit(1)
+    release = threading.Event()
+    ran: list[str] = []
+
+    def hang() -> str:
+        ran.append("hang")
+        release.wait(30)
+        return "returned"
+
+    async def main() -> None:
+        first = await start_detached(hang, (), thread_name="detached")
+        # The caller stops waiting at once; the thread works on, holding the only slot.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(first)), 0.05)
+        (thread,) = [t for t in threading.enumerate() if t.name == "detached"]
+        assert thread.daemon
+        queued = asyncio.ensure_future(start_detached(ran.append, ("queued",), thread_name="q"))
+        await asyncio.sleep(0.05)
+        assert not queued.done()  # waiting for the slot
+        queued.cancel()  # cancelled while waiting: it never runs
+        release.set()
+        assert await asyncio.wrap_future(first) == "returned"
+        later = await start_detached(ran.append, ("later",), thread_name="later")
+        await asyncio.wrap_future(later)
+
+    asyncio.run(main())
+    assert ran == ["hang", "later"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 from datetime import datetime, timezone
@@ -83,7 +84,7 @@ def test_a_recorder_down_for_part_of_the_runs_still_gets_every_record() -> None:
     # Each run's operations arrived in order, each once.
     assert set(map(tuple, calls_of(recorder).values())) == {("create", "start", "complete")}
     assert sample(registry, "cron_run_records_pending") == 0
-    assert sample(registry, "cron_run_records_dropped_total") == 0
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "refused"}) == 0
 
 
 def test_a_failed_run_is_recorded_with_its_error_and_traceback() -> None:
@@ -136,7 +137,7 @@ def test_a_full_buffer_drops_new_runs_counted_and_logged(caplog: pytest.LogCaptu
 
     with caplog.at_level(logging.ERROR, logger="cron_migration"):
         asyncio.run(main())
-    assert sample(registry, "cron_run_records_dropped_total") == 2
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "buffer_full"}) == 2
     assert len(recorder.executions) == 2
     assert runs(registry, "job", "success") == 4
     dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
@@ -166,7 +167,7 @@ def test_a_permanently_refused_record_is_dropped_not_retried_forever() -> None:
         return await flush_run_records(10)
 
     assert asyncio.run(main()) == 0  # a refusal retried forever would still be pending
-    assert sample(registry, "cron_run_records_dropped_total") == 1
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "refused"}) == 1
     assert sample(registry, "cron_run_records_pending") == 0
 
 
@@ -272,7 +273,7 @@ def test_a_recorder_that_refuses_its_arguments_does_not_hold_up_later_records() 
 
     assert asyncio.run(main()) == 0  # a refusal retried forever would still be pending
     assert sorted(e.status for e in recorder.executions.values()) == ["completed", "created"]
-    assert sample(registry, "cron_run_records_dropped_total") == 1
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "refused"}) == 1
 
 
 def test_records_left_when_a_loop_closes_are_delivered_from_the_next_loop() -> None:
@@ -353,3 +354,80 @@ def test_a_huge_result_or_error_is_cut_so_each_buffered_run_stays_bounded() -> N
         assert text.endswith("characters in all]")
     assert completed.result.startswith('{"export": "xxx')
     assert failed.error.startswith("ValueError: xxx")
+
+
+class PoisonedRecorder(FakeRecorder):
+    """Answers the completion of its first execution with a 500, forever."""
+
+    async def complete_job_execution(
+        self, execution_id: str, *, result: Any, idempotency_key: str
+    ) -> None:
+        if execution_id == "1":
+            error = RuntimeError("500 Internal Server Error")
+            error.status_code = 500  # type: ignore[attr-defined]
+            raise error
+        await super().complete_job_execution(
+            execution_id, result=result, idempotency_key=idempotency_key
+        )
+
+
+def test_a_record_rejected_forever_holds_up_no_other_and_is_given_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    recorder = PoisonedRecorder()
+    count = itertools.count(1)
+
+    @migrated_job(recorder=recorder, registry=registry, record_max_age=1.0)
+    async def job() -> int:
+        return next(count)
+
+    async def main() -> int:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(job, "interval", seconds=0.01, id="job", max_instances=5)
+        scheduler.start()
+        await wait_until_async(lambda: runs(registry, "job", "success") >= 81, what="81 runs")
+        scheduler.pause()
+        await wait_until_async(
+            lambda: len(recorder.by_status("completed")) >= 80, what="the other 80 records"
+        )
+        report = await shutdown_gracefully(scheduler, timeout=5, records_timeout=30)
+        return report.records_pending
+
+    with caplog.at_level(logging.ERROR, logger="cron_migration"):
+        assert asyncio.run(main()) == 0
+    successes = int(runs(registry, "job", "success"))
+    assert len(recorder.by_status("completed")) == successes - 1
+    assert recorder.executions["1"].status == "running"  # its completion was given up
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "expired"}) == 1
+    (dropped,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert "kept rejecting complete" in dropped
+    assert "500 Internal Server Error" in dropped
+
+
+def test_a_recovery_is_noticed_by_the_probe_whatever_the_backoff_reached() -> None:
+    # Any RunRecorder, not only one with a breaker to ask: here a plain fake one.
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    recorder = FakeRecorder(down=True)
+    # A backoff of 60 s: only the probe (every 0.1 s here) can notice the recovery soon.
+    outbox = RecordOutbox(
+        recorder, CronMetrics(CollectorRegistry()), retry_initial=60, probe_interval=0.1
+    )
+    records = [RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}") for n in range(20)]
+
+    async def main() -> None:
+        for record in records:
+            outbox.open(record)
+            outbox.start(record)
+            outbox.complete(record, "done")
+        await wait_until_async(lambda: recorder.failures >= 20, what="every run to fail once")
+        recorder.down = False
+        # Once one run got through, the others, still in their 60 s backoff, try at once.
+        await wait_until_async(
+            lambda: len(recorder.by_status("completed")) == 20, timeout=10, what="the backlog"
+        )
+        assert outbox.pending_runs == 0
+
+    asyncio.run(main())

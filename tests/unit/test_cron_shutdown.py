@@ -16,8 +16,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from cron_migration import MigrationExecutor, migrated_job, shutdown_gracefully
-from tests.unit.cron_support import FakeRecorder, runs, wait_until_async
+from cron_migration import MigrationExecutor, migrated_job, run_until_signal, shutdown_gracefully
+from tests.unit.cron_support import FakeRecorder, runs, wait_until, wait_until_async
 
 pytestmark = pytest.mark.facade_async
 
@@ -54,7 +54,7 @@ def test_shutdown_in_the_middle_of_runs_accounts_for_every_run(executor: str) ->
             scheduler.add_job(job, "interval", seconds=0.1, id=job.name, max_instances=1)
         scheduler.start()
         await wait_until_async(lambda: all(started.values()), what="every job to start")
-        report = await shutdown_gracefully(scheduler, timeout=1.0, records_timeout=20)
+        report = await shutdown_gracefully(scheduler, timeout=1.0, records_timeout=3)
         assert not scheduler.running
         before = dict(started)
         await asyncio.sleep(0.3)
@@ -65,7 +65,8 @@ def test_shutdown_in_the_middle_of_runs_accounts_for_every_run(executor: str) ->
         report = asyncio.run(main())
     finally:
         release_legacy.set()
-    assert report.cancelled == 2  # slow and legacy: quick finished within the timeout
+    # slow cancelled, legacy's thread abandoned: quick finished within the timeout
+    assert (report.cancelled, report.abandoned) == (1, 1)
     assert report.finished >= 1
     assert report.records_pending == 0
 
@@ -75,12 +76,54 @@ def test_shutdown_in_the_middle_of_runs_accounts_for_every_run(executor: str) ->
     for execution in recorder.executions.values():
         by_job.setdefault(execution.job_name, set()).add(execution.status)
     assert by_job == {"quick": {"completed"}, "slow": {"failed"}, "legacy": {"failed"}}
-    for execution in recorder.by_status("failed"):
-        assert execution.error is not None
-        assert execution.error.startswith("cancelled")
+    errors = {e.job_name: e.error or "" for e in recorder.by_status("failed")}
+    assert errors["slow"].startswith("cancelled")
+    # Not "cancelled": a thread cannot be, and the function may still have its effect.
+    assert errors["legacy"].startswith("abandoned")
+    assert "outcome is unknown" in errors["legacy"]
     assert runs(registry, "slow", "cancelled") == 1
-    assert runs(registry, "legacy", "cancelled") == 1
+    assert runs(registry, "legacy", "abandoned") == 1
+    assert runs(registry, "legacy", "cancelled") == 0
     assert runs(registry, "quick", "success") == started["quick"]
+
+
+def test_an_abandoned_run_that_returns_while_records_are_delivered_is_recorded_as_it_ended() -> (
+    None
+):
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    started = threading.Event()
+    release = threading.Event()
+
+    @migrated_job(recorder=recorder, registry=registry)
+    def legacy() -> str:
+        started.set()
+        release.wait(60)
+        return "legacy done"
+
+    def release_once_abandoned() -> None:
+        wait_until(lambda: runs(registry, "legacy", "abandoned") == 1, what="the abandonment")
+        release.set()
+
+    async def main() -> Any:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(legacy, "date", id="legacy")
+        scheduler.start()
+        await asyncio.to_thread(started.wait, 30)
+        releaser = threading.Thread(target=release_once_abandoned)
+        releaser.start()
+        report = await shutdown_gracefully(scheduler, timeout=0.1, records_timeout=30)
+        releaser.join()
+        return report
+
+    try:
+        report = asyncio.run(main())
+    finally:
+        release.set()
+    assert report.abandoned == 1
+    assert report.records_pending == 0
+    (execution,) = recorder.executions.values()
+    assert (execution.status, execution.result) == ("completed", "legacy done")
 
 
 def test_a_scheduler_that_is_not_running_only_flushes_records() -> None:
@@ -97,6 +140,27 @@ def test_a_thread_scheduler_is_refused_by_name() -> None:
 
     with pytest.raises(TypeError, match="AsyncIOScheduler, got BackgroundScheduler"):
         asyncio.run(main())
+
+
+def test_run_until_signal_refuses_what_it_cannot_run_by_name() -> None:
+    with pytest.raises(TypeError, match="AsyncIOScheduler, got BackgroundScheduler"):
+        run_until_signal(BackgroundScheduler())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="grace must be a number of seconds"):
+        run_until_signal(AsyncIOScheduler(), grace=-1)
+    with pytest.raises(ValueError, match="records_timeout must be a number of seconds"):
+        run_until_signal(AsyncIOScheduler(), records_timeout=float("nan"))
+    errors: list[BaseException] = []
+
+    def in_a_thread() -> None:
+        try:
+            run_until_signal(AsyncIOScheduler())
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert "main thread" in str(errors[0])
 
 
 @pytest.mark.parametrize("timeout", [-1, "30", float("nan"), True])

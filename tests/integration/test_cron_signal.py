@@ -1,0 +1,60 @@
+"""A real SIGTERM to a cron service process in the middle of a long sync run: the run is
+recorded as abandoned (not cancelled, not completed), and the process exits within its
+grace period instead of waiting for the thread."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("apscheduler")
+pytest.importorskip("anyio")
+
+from tests.unit.cron_support import wait_until
+
+pytestmark = pytest.mark.facade_async
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GRACE = 1.0
+RECORDS_TIMEOUT = 3.0  # as the worker passes it
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_long_sync_run_records_it_abandoned_and_exits_in_time(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.cron_signal_worker", str(tmp_path), str(GRACE)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: (tmp_path / "started").exists(), timeout=60, what="the run to start")
+        process.send_signal(signum)
+        signalled = time.monotonic()
+        out, err = process.communicate(timeout=50)  # the job alone would take 60 s
+        exited_after = time.monotonic() - signalled
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-3000:]
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["abandoned"] == 1
+    assert report["cancelled"] == 0
+    assert report["records_pending"] == 0
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert [r["op"] for r in records] == ["create", "start", "fail"]
+    assert records[-1]["error"].startswith("abandoned")
+    assert "outcome is unknown" in records[-1]["error"]
+    assert not (tmp_path / "finished").exists()
+    # Grace, then the records' time (the abandoned run is awaited until 1 s before its end),
+    # with room for a loaded machine; without the fix the exit waited for the 60 s run.
+    print(f"exited {exited_after:.1f}s after the signal (grace {GRACE:g}s + {RECORDS_TIMEOUT:g}s)")
+    assert exited_after < GRACE + RECORDS_TIMEOUT + 15

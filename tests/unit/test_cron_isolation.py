@@ -1,0 +1,194 @@
+"""A hung sync job hurts only itself; a run waiting for a worker honours its misfire grace
+time and its timeout. Real AsyncIOSchedulers with MigrationExecutor, compat's real pool."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+pytest.importorskip("apscheduler")
+pytest.importorskip("anyio")
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
+from prometheus_client import CollectorRegistry
+
+from compat import blocking_limit, set_blocking_limit
+from cron_migration import MigrationExecutor, migrated_job, shutdown_gracefully
+from cron_migration._worker import job_thread_limit, threads_alive
+from tests.unit.cron_support import FakeRecorder, runs, sample, wait_until, wait_until_async
+
+pytestmark = pytest.mark.facade_async
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """Set at the end of the test: lets the hung threads return."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def pool_size() -> Iterator[Any]:
+    previous = blocking_limit()
+    yield set_blocking_limit
+    set_blocking_limit(previous)
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "background"])
+@pytest.mark.parametrize("max_instances", [1, 100])
+def test_a_hung_job_stops_only_itself_a_healthy_one_keeps_its_cadence(
+    kind: str, max_instances: int, release: threading.Event
+) -> None:
+    registry = CollectorRegistry()
+    entered = {"hung": 0, "healthy": 0}
+    skipped: list[JobEvent] = []
+    # Threads are counted per job id, process-wide.
+    hung_id = f"hung-{kind}-{max_instances}"
+
+    @migrated_job(timeout=0.15, registry=registry)
+    def hung() -> None:
+        entered["hung"] += 1
+        release.wait(120)  # an upstream that never answers
+
+    @migrated_job(timeout=5, registry=registry)
+    def healthy() -> None:
+        entered["healthy"] += 1
+
+    def hung_runs_due() -> int:
+        return int(runs(registry, hung_id, "timeout")) + len(skipped)
+
+    def add_jobs(scheduler: BaseScheduler) -> None:
+        scheduler.add_listener(skipped.append, EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_job(hung, "interval", seconds=0.05, id=hung_id, max_instances=max_instances)
+        scheduler.add_job(healthy, "interval", seconds=0.1, id=f"healthy-{hung_id}")
+
+    # Far more hung runs than compat's pool has threads (16): before, each timed-out run
+    # left its thread uncounted and the next one took another, until none was left.
+    many_hung_runs_due = (lambda: hung_runs_due() >= 40, 30.0, "40 hung runs due")
+
+    def check_threads() -> None:
+        assert entered["hung"] == min(max_instances, job_thread_limit())
+        assert threads_alive(hung_id) == entered["hung"]
+
+    if kind == "asyncio":
+
+        async def main() -> None:
+            scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+            add_jobs(scheduler)
+            scheduler.start()
+            await wait_until_async(*many_hung_runs_due)
+            healthy_then = entered["healthy"]
+            await wait_until_async(
+                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
+            )
+            check_threads()
+            await shutdown_gracefully(scheduler, timeout=0, records_timeout=0)
+
+        asyncio.run(main())
+    else:
+        scheduler = BackgroundScheduler(executors={"default": MigrationExecutor()})
+        add_jobs(scheduler)
+        scheduler.start()
+        try:
+            wait_until(*many_hung_runs_due)
+            healthy_then = entered["healthy"]
+            wait_until(
+                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
+            )
+            check_threads()
+        finally:
+            scheduler.shutdown(wait=False)
+    # Each timed-out run whose thread works on is counted as abandoned.
+    abandoned = sample(registry, "cron_job_abandoned_runs_total", {"cron_job": hung_id})
+    assert abandoned == entered["hung"]
+
+
+def test_runs_waiting_for_a_worker_honour_their_misfire_grace_and_timeout(
+    release: threading.Event, pool_size: Any
+) -> None:
+    pool_size(1)
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    entered: list[str] = []
+    missed: list[JobEvent] = []
+    blocker_started = threading.Event()
+
+    def blocker() -> None:
+        entered.append("blocker")
+        blocker_started.set()
+        release.wait(120)
+
+    @migrated_job(registry=registry, recorder=recorder)
+    def graced() -> None:
+        entered.append("graced")
+
+    @migrated_job(timeout=0.2, registry=registry, recorder=recorder)
+    def timed() -> None:
+        entered.append("timed")
+
+    def sentinel() -> None:
+        entered.append("sentinel")
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_listener(missed.append, EVENT_JOB_MISSED)
+        scheduler.start()
+        now = datetime.now(timezone.utc)
+        scheduler.add_job(blocker, "date", run_date=now, id="blocker")
+        await asyncio.to_thread(blocker_started.wait, 30)
+        due = datetime.now(timezone.utc)
+        scheduler.add_job(graced, "date", run_date=due, id="graced", misfire_grace_time=1)
+        scheduler.add_job(timed, "date", run_date=due, id="timed")
+        # Both wait for the one worker; the timed one times out while waiting.
+        await wait_until_async(lambda: runs(registry, "timed", "timeout") == 1, what="timeout")
+        await wait_until_async(
+            lambda: datetime.now(timezone.utc) - due > timedelta(seconds=1.2),
+            what="the graced run to be later than its grace",
+        )
+        scheduler.add_job(sentinel, "date", run_date=datetime.now(timezone.utc), id="sentinel")
+        release.set()  # the worker is free: the queued runs get it in turn
+        await wait_until_async(lambda: "sentinel" in entered, what="the sentinel run")
+        await shutdown_gracefully(scheduler, timeout=5, records_timeout=20)
+
+    asyncio.run(main())
+    # Neither queued run started late: one was past its grace, one recorded as timed out.
+    assert entered == ["blocker", "sentinel"]
+    assert [event.job_id for event in missed] == ["graced"]
+    assert sample(registry, "cron_job_missed_total", {"cron_job": "graced"}) == 1
+    assert runs(registry, "graced", "success") == runs(registry, "graced", "error") == 0
+    errors = {e.job_name: e.error or "" for e in recorder.by_status("failed")}
+    assert errors["graced"].startswith("missed")
+    assert "timeout" in errors["timed"]
+    # Neither queued run was marked as started: it never was.
+    assert {op for op, _ in recorder.calls} == {"create", "fail"}
+
+
+def test_two_jobs_sharing_a_function_are_two_series() -> None:
+    registry = CollectorRegistry()
+    done = {"a": 0, "b": 0}
+
+    @migrated_job(registry=registry, name="sync_tenant")
+    async def sync_tenant(tenant: str) -> None:
+        done[tenant] += 1
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(sync_tenant, "interval", seconds=0.05, id="tenant-a", args=["a"])
+        scheduler.add_job(sync_tenant, "interval", seconds=0.05, id="tenant-b", args=["b"])
+        scheduler.start()
+        await wait_until_async(lambda: min(done.values()) >= 2, what="runs of both")
+        await shutdown_gracefully(scheduler, timeout=5, records_timeout=0)
+
+    asyncio.run(main())
+    assert runs(registry, "tenant-a", "success") == done["a"]
+    assert runs(registry, "tenant-b", "success") == done["b"]
+    assert runs(registry, "sync_tenant", "success") == 0
