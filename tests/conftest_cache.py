@@ -118,7 +118,7 @@ class Harness(Protocol):
     kind: str
     cache: Any
 
-    async def get(self, key: str, model: Any = None) -> Any: ...
+    async def get(self, key: str, model: Any = None, **kw: Any) -> Any: ...
     async def get_raw(self, key: str) -> Any: ...
     async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool | None: ...
     async def delete(self, key: str) -> bool: ...
@@ -149,8 +149,8 @@ class AsyncHarness:
         self.cache = cache
         self.kind = kind
 
-    async def get(self, key: str, model: Any = None) -> Any:
-        return await self.cache.get(key, model)
+    async def get(self, key: str, model: Any = None, **kw: Any) -> Any:
+        return await self.cache.get(key, model, **kw)
 
     async def get_raw(self, key: str) -> Any:
         return await self.cache.get_raw(key)
@@ -223,8 +223,8 @@ class SyncHarness:
         self.cache = cache
         self.kind = kind
 
-    async def get(self, key: str, model: Any = None) -> Any:
-        return self.cache.get(key, model)
+    async def get(self, key: str, model: Any = None, **kw: Any) -> Any:
+        return self.cache.get(key, model, **kw)
 
     async def get_raw(self, key: str) -> Any:
         return self.cache.get_raw(key)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 T = TypeVar("T")
+D = TypeVar("D")
 InvalidationCallback = Callable[[InvalidationMessage], object]
 
 
@@ -130,16 +131,20 @@ class AsyncRedisCache(CoreFacade):
     # -- reads --------------------------------------------------------------------------
 
     @overload
-    async def get(self, key: str, model: None = None) -> Any: ...
+    async def get(self, key: str, model: None = None, *, default: Any = None) -> Any: ...
 
     @overload
     async def get(self, key: str, model: type[T]) -> T | None: ...
 
-    async def get(self, key: str, model: Any = None) -> Any:
-        """The value at ``key`` validated as ``model`` (plain JSON without), or ``None``.
+    @overload
+    async def get(self, key: str, model: type[T], *, default: D) -> T | D: ...
 
-        A value stored by code with another model (a rolling deploy) is a miss here and
-        is left alone for the code that can read it.
+    async def get(self, key: str, model: Any = None, *, default: Any = None) -> Any:
+        """The value at ``key`` validated as ``model`` (plain JSON without), or ``default``.
+
+        A cached ``None`` is a hit and reads as ``None``: pass a ``default`` of your own
+        (any object) to tell it from a miss. A value stored by code with another model
+        (a rolling deploy) is a miss here and is left alone for the code that can read it.
         """
         core = self._core
         plan = core.plan(key)
@@ -153,13 +158,13 @@ class AsyncRedisCache(CoreFacade):
         read = await self._read(plan)
         if read is None:
             core.unavailable(plan)
-            return None
+            return default
         value = await self._decode(plan, read, model, epoch)
-        return None if value is MISSING or value is MISMATCH else value
+        return default if value is MISSING or value is MISMATCH else value
 
-    async def get_raw(self, key: str) -> Any:
-        """The decoded JSON at ``key`` without model validation, or ``None``."""
-        return await self.get(key)
+    async def get_raw(self, key: str, *, default: Any = None) -> Any:
+        """The decoded JSON at ``key`` without model validation, or ``default``."""
+        return await self.get(key, default=default)
 
     # -- writes -------------------------------------------------------------------------
 

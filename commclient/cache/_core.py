@@ -463,7 +463,9 @@ class CacheCore:
             key=plan.key,
         )
 
-    def oversized_load(self, plan: KeyPlan, error: Exception) -> None:
+    def unstorable_load(self, plan: KeyPlan, error: Exception) -> None:
+        """A loader's value too large, or not JSON that reads back as it is: returned to
+        the caller, not cached (the next call loads again)."""
         self.metrics.error("get_or_set", type(error).__name__)
         self.log(logging.WARNING, "loaded value not cached", error, key=plan.key)
 

@@ -29,7 +29,7 @@ from ._core import (
     KeyPlan,
     Read,
 )
-from ._exceptions import CacheValueTooLargeError
+from ._exceptions import CacheSerializationError, CacheValueTooLargeError
 from ._keys import build_pattern
 from ._local import MISSING
 from ._messages import InvalidationMessage
@@ -325,8 +325,8 @@ def load_and_store(
     try:
         value = core.validate((yield Load(keep_alive)), job.model)
         data = core.encode(plan.key, value)
-    except CacheValueTooLargeError as error:
-        core.oversized_load(plan, error)
+    except (CacheValueTooLargeError, CacheSerializationError) as error:
+        core.unstorable_load(plan, error)
         yield from release(plan, token)
         return value
     except BaseException:

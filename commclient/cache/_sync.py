@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import redis
 
 T = TypeVar("T")
+D = TypeVar("D")
 InvalidationCallback = Callable[[InvalidationMessage], object]
 
 
@@ -128,16 +129,20 @@ class SyncRedisCache(CoreFacade):
     # -- reads --------------------------------------------------------------------------
 
     @overload
-    def get(self, key: str, model: None = None) -> Any: ...
+    def get(self, key: str, model: None = None, *, default: Any = None) -> Any: ...
 
     @overload
     def get(self, key: str, model: type[T]) -> T | None: ...
 
-    def get(self, key: str, model: Any = None) -> Any:
-        """The value at ``key`` validated as ``model`` (plain JSON without), or ``None``.
+    @overload
+    def get(self, key: str, model: type[T], *, default: D) -> T | D: ...
 
-        A value stored by code with another model (a rolling deploy) is a miss here and
-        is left alone for the code that can read it.
+    def get(self, key: str, model: Any = None, *, default: Any = None) -> Any:
+        """The value at ``key`` validated as ``model`` (plain JSON without), or ``default``.
+
+        A cached ``None`` is a hit and reads as ``None``: pass a ``default`` of your own
+        (any object) to tell it from a miss. A value stored by code with another model
+        (a rolling deploy) is a miss here and is left alone for the code that can read it.
         """
         core = self._core
         plan = core.plan(key)
@@ -151,13 +156,13 @@ class SyncRedisCache(CoreFacade):
         read = self._read(plan)
         if read is None:
             core.unavailable(plan)
-            return None
+            return default
         value = self._decode(plan, read, model, epoch)
-        return None if value is MISSING or value is MISMATCH else value
+        return default if value is MISSING or value is MISMATCH else value
 
-    def get_raw(self, key: str) -> Any:
-        """The decoded JSON at ``key`` without model validation, or ``None``."""
-        return self.get(key)
+    def get_raw(self, key: str, *, default: Any = None) -> Any:
+        """The decoded JSON at ``key`` without model validation, or ``default``."""
+        return self.get(key, default=default)
 
     # -- writes -------------------------------------------------------------------------
 

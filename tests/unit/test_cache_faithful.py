@@ -1,0 +1,162 @@
+"""What a reader gets is what the writer stored: models whatever their alias configuration,
+values JSON would change refused when stored, a cached ``None`` told from a miss; on Redis
+and in memory, sync and async."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pytest
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_serializer
+
+from commclient.cache import CacheSerializationError
+from tests import conftest_cache
+from tests.conftest_cache import Facade, run
+
+pytestmark = pytest.mark.redis_server
+
+redis_server = conftest_cache.redis_server
+redis_url = conftest_cache.redis_url
+prefix = conftest_cache.prefix
+any_facade = conftest_cache.any_facade
+
+
+class Aliased(BaseModel):
+    user_name: str = Field(alias="userName")
+    age: int
+
+
+class PopulatedByName(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    user_name: str = Field(alias="userName")
+
+
+class SerializedByAlias(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    user_name: str = Field(serialization_alias="UserName")
+
+
+class ChoiceAliases(BaseModel):
+    user_name: str = Field(validation_alias=AliasChoices("name", "login"))
+
+
+class NameOnly(BaseModel):
+    model_config = ConfigDict(validate_by_alias=False, validate_by_name=True)
+
+    user_name: str = Field(alias="userName")
+
+
+@dataclasses.dataclass
+class Pair:
+    left: tuple[int, int]
+    right: dict[int, str]
+
+
+class Lossy(BaseModel):
+    when: float
+
+    @field_serializer("when")
+    def _rounded(self, value: float) -> int:
+        return round(value)
+
+
+MODELS = [
+    Aliased(userName="ann", age=3),
+    PopulatedByName(userName="bob"),
+    SerializedByAlias(user_name="cid"),
+    ChoiceAliases(login="dan"),
+    NameOnly(user_name="eve"),
+    Pair((1, 2), {3: "three"}),
+]
+
+
+@pytest.mark.parametrize("value", MODELS, ids=lambda value: type(value).__name__)
+def test_models_round_trip_whatever_their_aliases(
+    any_facade: Facade, redis_url: str, prefix: str, value: Any
+) -> None:
+    model = type(value)
+    loads: list[int] = []
+
+    def loader() -> Any:
+        loads.append(1)
+        return value
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            assert await cache.set("user:1", value) is True
+            assert await cache.get("user:1", model) == value
+            for _ in range(5):
+                assert await cache.get_or_set("user:2", loader, 300, model) == value
+            assert len(loads) == 1
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({1: "low"}, "int key 1"),
+        ((1, 2), "tuple"),
+        ({"a": [1, (2,)]}, r"\['a'\]\[1\] is a tuple"),
+        ({"a": {"b": {True: 1}}}, "bool key"),
+        ({"v": math.nan}, "NaN|JSON"),
+        ({1, 2}, "set|JSON"),
+        (Lossy(when=1.5), "does not validate back"),
+    ],
+)
+def test_values_json_would_change_are_refused_when_stored(
+    any_facade: Facade, redis_url: str, prefix: str, value: Any, problem: str
+) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            with pytest.raises(CacheSerializationError, match=problem):
+                await cache.set("config:1", value)
+            assert await cache.get_raw("config:1") is None
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("value", [{1: "low"}, (1, 2), {"v": math.nan}])
+def test_an_unstorable_loaded_value_is_returned_each_time_not_raised(
+    any_facade: Facade, redis_url: str, prefix: str, value: Any
+) -> None:
+    loads: list[int] = []
+
+    def loader() -> Any:
+        loads.append(1)
+        return value
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            first = await cache.get_or_set("config:1", loader)
+            second = await cache.get_or_set("config:1", loader)
+            # The same value on every call (never a hit of another shape).
+            assert repr(first) == repr(second) == repr(value)
+            assert len(loads) == 2
+
+    run(scenario())
+
+
+def test_a_cached_none_is_a_hit(any_facade: Facade, redis_url: str, prefix: str) -> None:
+    absent = object()
+    loads: list[int] = []
+
+    def loader() -> None:
+        loads.append(1)
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            assert await cache.get("user:1", default=absent) is absent
+            assert await cache.set("user:1", None) is True
+            assert await cache.get("user:1", default=absent) is None
+            assert await cache.get("user:1") is None
+            assert await cache.get("user:2", Aliased, default=absent) is absent
+            for _ in range(3):
+                assert await cache.get_or_set("user:3", loader) is None
+            assert len(loads) == 1
+
+    run(scenario())
