@@ -298,7 +298,7 @@ def _is_structured(value: object) -> bool:
     return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
-def _reads_back(value: object) -> bool:
+def _reads_back(value: Any) -> bool:
     """Whether a model or dataclass instance is equal to what its JSON validates back to
     (a field excluded from dumps, a serializer without its validator: it is not)."""
     kind = _type_of(value)
