@@ -374,20 +374,25 @@ class CacheCore:
         lease_token: str = "",
         explicit: bool = False,
         replaces: bool = False,
+        watched_lease: bool = False,
     ) -> tuple[list[str], list[bytes | str | int]]:
         """KEYS and ARGV of the write script, to the data key of ``generation``.
 
         An explicit ``set`` revokes any load in flight and, if the group moved on, is told
-        the current generation to write to; a loader's write is refused then. An explicit
-        ``set`` and a refresh (``replaces``) tell the other processes' local tiers. A fill
-        writes where there was nothing, which no local tier can hold, and tells nobody.
+        the current generation to write to; a loader's write is refused then. A loader's
+        write holds the lease ``lease_token``, or (``watched_lease``) gave up waiting for
+        its holder ``lease_token``: then it is refused unless that holder still holds it
+        and nothing was stored, so it cannot undo a ``set``, ``delete`` or invalidation
+        made since its wait began. An explicit ``set`` and a refresh (``replaces``) tell
+        the other processes' local tiers. A fill writes where there was nothing, which no
+        local tier can hold, and tells nobody.
         """
         message = self.key_message(plan, 1).encode() if explicit or replaces else b""
         return [plan.generation_key, plan.lease_key, plan.data_key(generation)], [
             data,
             ttl_ms,
             generation,
-            "1" if explicit else "0",
+            "1" if explicit else "2" if watched_lease else "0",
             lease_token,
             self.config.channel,
             message,
@@ -412,9 +417,12 @@ class CacheCore:
         return keys, [guessed, token, self.lease_ms()]
 
     @staticmethod
-    def parse_read_or_lease(reply: Sequence[Any]) -> tuple[Read, bool]:
-        """The read, and whether the lease was taken."""
-        return Read(_text(reply[0]), reply[1], int(reply[2])), int(reply[3]) == 1
+    def parse_read_or_lease(reply: Sequence[Any]) -> tuple[Read, bool, str]:
+        """The read, whether the lease was taken, and the token of the lease's holder
+        when the value was absent and the lease not taken ("" otherwise)."""
+        read = Read(_text(reply[0]), reply[1], int(reply[2]))
+        holder = _text(reply[4]) if len(reply) > 4 else ""
+        return read, int(reply[3]) == 1, holder
 
     @staticmethod
     def new_lease_token() -> str:

@@ -271,9 +271,15 @@ def load(core: CacheCore, job: ReadThrough) -> Flow[Any]:
 
 
 def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
-    """Load a missing value under the lease, or wait for the process holding it."""
+    """Load a missing value under the lease, or wait for the process holding it.
+
+    A waiter that gives up (``lease_wait``) loads too, and stores its value only if the
+    holder it first waited for still holds the lease: any ``set``, ``delete`` or
+    invalidation since then revoked that lease, and its value would be older than theirs.
+    """
     plan = job.plan
     deadline = time.monotonic() + core.config.lease_wait
+    first_holder = ""
     while True:
         token = core.new_lease_token()
         arguments = partial(core.read_or_lease_args, plan, token)
@@ -282,7 +288,7 @@ def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
         )
         if reply is FAILED:
             return (yield from load(core, job))
-        read, leased = core.parse_read_or_lease(reply)
+        read, leased, holder = core.parse_read_or_lease(reply)
         if read.data is not None:
             value = yield from decode(core, plan, read, job.model, job.epoch, count=False)
             if value is MISMATCH:
@@ -291,9 +297,13 @@ def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
             if value is not MISSING:
                 return value
             continue  # it was corrupt, and is deleted: try again at once
-        if leased or time.monotonic() >= deadline:
-            token = token if leased else ""
+        if leased:
             return (yield from load_and_store(core, job, read.generation, token))
+        first_holder = first_holder or holder
+        if time.monotonic() >= deadline:
+            return (
+                yield from load_and_store(core, job, read.generation, first_holder, watched=True)
+            )
         yield Sleep(core.config.lease_poll_interval)
 
 
@@ -310,16 +320,25 @@ def refresh(core: CacheCore, job: ReadThrough, generation: str, stale_value: Any
 
 
 def load_and_store(
-    core: CacheCore, job: ReadThrough, generation: str, token: str, *, replaces: bool = False
+    core: CacheCore,
+    job: ReadThrough,
+    generation: str,
+    token: str,
+    *,
+    replaces: bool = False,
+    watched: bool = False,
 ) -> Flow[Any]:
     """Call the loader and write its value (releasing the lease if it cannot be written).
 
     The lease is renewed while the loader runs, so that a loader slower than the lease
-    TTL still keeps the other processes waiting rather than loading too.
+    TTL still keeps the other processes waiting rather than loading too. With
+    ``watched``, ``token`` is another process's lease, which this load neither renews
+    nor releases (see :func:`fill`).
     """
     plan = job.plan
     keep_alive = None
-    if token:
+    token_held = "" if watched else token
+    if token_held:
         renew_keys, renew_args = core.renew_lease_args(plan, token)
         keep_alive = Call("lease_renew", Command.RENEW_LEASE, keys=renew_keys, args=renew_args)
     try:
@@ -327,14 +346,14 @@ def load_and_store(
         data = core.encode(plan.key, value)
     except (CacheValueTooLargeError, CacheSerializationError) as error:
         core.unstorable_load(plan, error)
-        yield from release(plan, token)
+        yield from release(plan, token_held)
         return value
     except BaseException:
-        yield from release(plan, token)
+        yield from release(plan, token_held)
         raise
     ttl_ms = job.ttl_ms + round(job.stale_s * 1000)
     keys, args = core.write_args(
-        plan, data, ttl_ms, generation, lease_token=token, replaces=replaces
+        plan, data, ttl_ms, generation, lease_token=token, replaces=replaces, watched_lease=watched
     )
     written = yield Call("set", Command.WRITE, keys=keys, args=args)
     core.loaded(plan, data, ttl_ms, job.model, value, job.epoch, stored=written == 1)

@@ -163,16 +163,19 @@ def _read(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> b
 
 
 def _write(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int | bytes:
-    data, px, wanted, explicit, token, channel, message = map(_bytes, args)
+    data, px, wanted, kind, token, channel, message = map(_bytes, args)
     generation = store.get(keys[0]) or b"0"
-    if token:
+    if kind == b"2":
+        if store.get(keys[1]) != token or store.get(keys[2]) is not None:
+            return 0
+    elif token:
         if store.get(keys[1]) != token:
             return 0
         store.delete(keys[1])
-    elif explicit == b"1":
+    elif kind == b"1":
         store.delete(keys[1])
     if wanted != generation:
-        return generation if explicit == b"1" else 0
+        return generation if kind == b"1" else 0
     store.set(keys[2], data, px=px)
     if message:
         store.publish(channel, message)
@@ -215,8 +218,9 @@ def _read_or_lease(
     value = store.get(keys[2])
     if value is not None:
         return [generation, value, store.pttl(keys[2]), 0]
-    leased = store.set(keys[1], args[1], px=args[2], nx=True)
-    return [generation, None, -2, int(leased)]
+    if store.set(keys[1], args[1], px=args[2], nx=True):
+        return [generation, None, -2, 1]
+    return [generation, None, -2, 0, store.get(keys[1]) or b""]
 
 
 ScriptBody = Callable[[MemoryStore, Sequence[Value], Sequence[Value]], Any]

@@ -27,17 +27,26 @@ return generation .. ' ' .. redis.call('PTTL', KEYS[2]) .. ' ' .. value
 
 # KEYS[1] generation key, KEYS[2] lease key, KEYS[3] data key of generation ARGV[3].
 # ARGV[1] JSON value, ARGV[2] PX milliseconds, ARGV[3] the generation to write to,
-# ARGV[4] "1" for an explicit set (it revokes any lease: a load in flight holds older
-# data; and it is meant for the current generation), "0" for a loader's write (meant for
-# the generation it loaded under, and refused if the group moved on since),
-# ARGV[5] lease token the writer must still hold ('' = none),
-# ARGV[6] channel, ARGV[7] message to publish ('' = none).
-# Returns the integer 1 when written; the integer 0 when refused (the lease or, for a
-# loader's write, the group moved on); for an explicit set to a generation that moved
-# on, the current generation as a string (nothing written): write again to that one.
+# ARGV[4] the kind of write:
+#   "1" an explicit set (it revokes any lease: a load in flight holds older data; and it
+#       is meant for the current generation);
+#   "0" a loader's write under its lease ARGV[5] (refused once the lease is not its own:
+#       a set, delete or invalidation revoked it; or if the group moved on);
+#   "2" a loader's write without the lease, by a process that gave up waiting for the
+#       holder ARGV[5]: refused unless that same holder still holds the lease (a set,
+#       delete or invalidation since the wait began revoked it: every later lease has
+#       another token) and nothing is stored yet; the lease is left to its holder.
+# ARGV[5] lease token, ARGV[6] channel, ARGV[7] message to publish ('' = none).
+# Returns the integer 1 when written; the integer 0 when refused; for an explicit set to
+# a generation that moved on, the current generation as a string (nothing written):
+# write again to that one.
 WRITE = """
 local generation = redis.call('GET', KEYS[1]) or '0'
-if ARGV[5] ~= '' then
+if ARGV[4] == '2' then
+  if redis.call('GET', KEYS[2]) ~= ARGV[5] or redis.call('EXISTS', KEYS[3]) == 1 then
+    return 0
+  end
+elseif ARGV[5] ~= '' then
   if redis.call('GET', KEYS[2]) ~= ARGV[5] then
     return 0
   end
@@ -113,8 +122,9 @@ return 0
 # ARGV[1] the guessed generation, ARGV[2] lease token, ARGV[3] lease PX milliseconds.
 # The value if it is there, else the lease if it is free: one atomic step, so that a
 # waiter can never take the lease just after the loader stored the value and released it.
-# Returns {generation, value or nil, pttl, 1 if the lease was taken else 0}; or, when the
-# group moved on, the current generation as a string (no lease taken): ask again.
+# Returns {generation, value or nil, pttl, 1 if the lease was taken else 0, the token of
+# the lease's holder when it was not taken}; or, when the group moved on, the current
+# generation as a string (no lease taken): ask again.
 READ_OR_LEASE = """
 local generation = redis.call('GET', KEYS[1]) or '0'
 if generation ~= ARGV[1] then
@@ -127,5 +137,5 @@ end
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
   return {generation, false, -2, 1}
 end
-return {generation, false, -2, 0}
+return {generation, false, -2, 0, redis.call('GET', KEYS[2]) or ''}
 """

@@ -153,6 +153,7 @@ _KEY_ARGUMENTS = {
     "PTTL": "first",
     "PEXPIRE": "first",
     "INCR": "first",
+    "EXISTS": "all",
     "DEL": "all",
     "UNLINK": "all",
     "PUBLISH": "none",

@@ -9,9 +9,10 @@ import math
 from typing import Any
 
 import pytest
+import redis
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_serializer
 
-from commclient.cache import CacheSerializationError
+from commclient.cache import CacheConfig, CacheSerializationError
 from tests import conftest_cache
 from tests.conftest_cache import Facade, run
 
@@ -158,5 +159,64 @@ def test_a_cached_none_is_a_hit(any_facade: Facade, redis_url: str, prefix: str)
             for _ in range(3):
                 assert await cache.get_or_set("user:3", loader) is None
             assert len(loads) == 1
+
+    run(scenario())
+
+
+# -- writes never go back in time --------------------------------------------------------
+
+GAVE_UP_AT_ONCE = CacheConfig(operation_timeout=2.0, lease_wait=0.0)
+
+
+def _hold_lease(facade: Facade, url: str, prefix: str, key: str) -> None:
+    """Another process's load of ``key`` in flight, holding its lease (a minute)."""
+    lease_key = f"{{{prefix}}}:{key}#L"
+    if facade.backend == "memory":
+        facade.store.set(lease_key, "holder-token", px=60_000)
+    else:
+        redis.Redis.from_url(url).set(lease_key, "holder-token", px=60_000)
+
+
+def _change(cache: Any, key: str, change: str) -> Any:
+    """Make ``change`` to ``key`` through ``cache`` (a coroutine for an async cache)."""
+    if change == "set":
+        return cache.set(key, "new")
+    if change == "delete":
+        return cache.delete(key)
+    if change == "invalidate":
+        return cache.invalidate("user:*")
+    return cache.get(key)
+
+
+async def _load_while(cache: Any, other: Any, key: str, change: str) -> Any:
+    """``get_or_set(key)`` whose loader reads "old", then lets ``other`` make ``change``."""
+    if cache.kind == "async":
+
+        async def load() -> str:
+            await _change(other.cache, key, change)
+            return "old"
+
+        return await cache.cache.get_or_set(key, load)
+
+    def sync_load() -> str:
+        _change(other.cache, key, change)
+        return "old"
+
+    return cache.cache.get_or_set(key, sync_load)
+
+
+@pytest.mark.parametrize("change", ["set", "delete", "invalidate", "nothing"])
+def test_a_load_that_gave_up_waiting_never_undoes_a_later_write(
+    any_facade: Facade, redis_url: str, prefix: str, change: str
+) -> None:
+    async def scenario() -> None:
+        async with (
+            any_facade.open(redis_url, prefix, config=GAVE_UP_AT_ONCE) as cache,
+            any_facade.open(redis_url, prefix, config=GAVE_UP_AT_ONCE) as other,
+        ):
+            _hold_lease(any_facade, redis_url, prefix, "user:1")
+            assert await _load_while(cache, other, "user:1", change) == "old"
+            expected = {"set": "new", "delete": None, "invalidate": None, "nothing": "old"}
+            assert await cache.get("user:1") == expected[change]
 
     run(scenario())
