@@ -273,7 +273,8 @@ async def _async_hits(redis_url: str, rest_url: str, plan: Plan) -> list[Row]:
     await cache.set(KEY, SETTINGS)
     await cache.set(FROZEN_KEY, SETTINGS)
     assert await local.start()
-    raw_key = f"{{bench-async}}:{KEY}#0"
+    generation = (await bare.get(f"{{bench-async}}!gen:{KEY}") or b"").decode()
+    raw_key = f"{{bench-async}}:{KEY}#{generation}"
 
     async def cache_hit() -> Any:
         return await cache.get(KEY)
@@ -381,10 +382,12 @@ def _sync_hits(redis_url: str, rest_url: str, plan: Plan) -> list[Row]:
     cache.set(KEY, SETTINGS)
     cache.set(FROZEN_KEY, SETTINGS)
     assert local.start()
-    raw_key = f"{{bench-sync}}:{KEY}#0"
+    generation = (bare.get(f"{{bench-sync}}!gen:{KEY}") or b"").decode()
+    raw_key = f"{{bench-sync}}:{KEY}#{generation}"
     # The read script (local tier, serve-stale): called by hand, or through redis-py.
     script = bare.register_script(_scripts.READ)
-    script_keys = [f"{{bench-sync}}!gen:{KEY}", raw_key, "0"]  # two KEYS, the guessed generation
+    # two KEYS, the guessed generation
+    script_keys = [f"{{bench-sync}}!gen:{KEY}", raw_key, generation]
 
     def rest_get_typed() -> Any:
         response = session.get(rest_url)

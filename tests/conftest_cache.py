@@ -95,6 +95,19 @@ def run(awaitable: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
+def data_key(store: Any, prefix: str, key: str) -> str:
+    """The Redis key holding ``key``'s value in ``store`` (a ``redis.Redis`` or a
+    :class:`MemoryStore`): under its group's current generation, which a group without
+    one gets as "0" (as a test planting a value needs)."""
+    generation_key = f"{{{prefix}}}!gen:{key.partition(':')[0]}"
+    if isinstance(store, MemoryStore):
+        generation = store.generation(generation_key, "0")
+    else:
+        store.set(generation_key, "0", nx=True)
+        generation = store.get(generation_key)
+    return f"{{{prefix}}}:{key}#{generation.decode()}"
+
+
 def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value

@@ -133,6 +133,13 @@ class Read:
         self.ttl_ms = ttl_ms
 
 
+def fresh_generation() -> str:
+    """A random start for a group's generation (see ``_scripts``): below 2**40, so that
+    Redis's Lua (doubles, printed with 14 digits by cjson) keeps it and its increments
+    exact, and above 0, the generation of the values of earlier versions."""
+    return str(secrets.randbelow(2**40 - 1) + 1)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -222,13 +229,13 @@ class CacheCore:
     # -- generations --------------------------------------------------------------------
 
     def guess(self, plan: KeyPlan) -> str:
-        """The generation of ``plan``'s group as last seen here ("0" if never): see ``_keys``."""
-        return self._generations.get(plan.group, "0")
+        """The generation of ``plan``'s group as last seen here ("" if never): see ``_keys``."""
+        return self._generations.get(plan.group, "")
 
     def generation_moved(self, plan: KeyPlan, guessed: str, seen: bytes | str | None) -> bool:
         """Whether Redis saw the generation ``seen`` (``None``: never bumped) rather than
         the one ``guessed``; if so it is remembered, and the caller tries again with it."""
-        generation = "0" if seen is None else _text(seen)
+        generation = "" if seen is None else _text(seen)
         if generation == guessed:
             return False
         self.remember_generation(plan.group, generation)
@@ -396,6 +403,7 @@ class CacheCore:
             lease_token,
             self.config.channel,
             message,
+            fresh_generation(),
         ]
 
     @staticmethod
@@ -414,7 +422,7 @@ class CacheCore:
     ) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV of the script that reads the value or, if absent, takes the lease."""
         keys = [plan.generation_key, plan.lease_key, plan.data_key(guessed)]
-        return keys, [guessed, token, self.lease_ms()]
+        return keys, [guessed, token, self.lease_ms(), fresh_generation()]
 
     @staticmethod
     def parse_read_or_lease(reply: Sequence[Any]) -> tuple[Read, bool, str]:
@@ -524,7 +532,7 @@ class CacheCore:
         """How many of ``data_keys`` are of their group's current generation: the logical
         keys that held a value (older copies were unreachable already)."""
         current = {
-            key: "0" if generation is None else _text(generation)
+            key: "" if generation is None else _text(generation)
             for key, generation in zip(generation_keys, generations, strict=True)
         }
         count = 0

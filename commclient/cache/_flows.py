@@ -28,6 +28,7 @@ from ._core import (
     CacheCore,
     KeyPlan,
     Read,
+    fresh_generation,
 )
 from ._exceptions import CacheSerializationError, CacheValueTooLargeError
 from ._keys import build_pattern
@@ -224,7 +225,7 @@ def invalidate(core: CacheCore, pattern: str, parts: tuple[object, ...]) -> Flow
 def invalidate_group(core: CacheCore, group: str) -> Flow[bool]:
     message = core.group_message(group)
     keys = [core.layout.generation_key(group)]
-    args: list[str | bytes] = [core.config.channel, message.encode()]
+    args: list[str | bytes] = [core.config.channel, message.encode(), fresh_generation()]
     bumped = yield Call("invalidate_group", Command.BUMP_GENERATION, keys=keys, args=args)
     core.after_local_change(message)
     if bumped is FAILED:

@@ -120,11 +120,22 @@ class MemoryStore:
                 self._counters.pop(name, None)
             return removed
 
-    def incr(self, key: Value) -> int:
+    def incr(self, key: Value, start: Value) -> int:
+        """INCR, except that a missing counter starts at ``start``."""
         name = _bytes(key)
         with self.lock:
-            self._counters[name] = self._counters.get(name, 0) + 1
+            counter = self._counters.get(name)
+            self._counters[name] = int(start) if counter is None else counter + 1
             return self._counters[name]
+
+    def generation(self, key: Value, fresh: Value | None = None) -> bytes:
+        """The counter at ``key`` ('' if none), created as ``fresh`` if given and missing."""
+        with self.lock:
+            current = self.get(key)
+            if current is None and fresh is not None:
+                self._counters[_bytes(key)] = int(fresh)
+                current = _bytes(fresh)
+            return current or b""
 
     def scan(self, match: str) -> list[bytes]:
         with self.lock:
@@ -153,7 +164,7 @@ class MemoryStore:
 
 
 def _read(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> bytes:
-    generation = store.get(keys[0]) or b"0"
+    generation = store.generation(keys[0])
     if generation != _bytes(args[0]):
         return generation
     value = store.get(keys[1])
@@ -163,8 +174,8 @@ def _read(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> b
 
 
 def _write(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int | bytes:
-    data, px, wanted, kind, token, channel, message = map(_bytes, args)
-    generation = store.get(keys[0]) or b"0"
+    data, px, wanted, kind, token, channel, message, fresh = map(_bytes, args)
+    generation = store.generation(keys[0], fresh)
     if kind == b"2":
         if store.get(keys[1]) != token or store.get(keys[2]) is not None:
             return 0
@@ -183,7 +194,7 @@ def _write(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> 
 
 
 def _delete(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int | bytes:
-    generation = store.get(keys[0]) or b"0"
+    generation = store.generation(keys[0])
     if generation != _bytes(args[0]):
         return generation
     store.delete(keys[1])
@@ -191,7 +202,7 @@ def _delete(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) ->
 
 
 def _bump_generation(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
-    generation = store.incr(keys[0])
+    generation = store.incr(keys[0], args[2])
     message = {**json.loads(_bytes(args[1])), "generation": generation}
     store.publish(args[0], json.dumps(message, separators=(",", ":")))
     return generation
@@ -212,7 +223,7 @@ def _delete_if_equal(store: MemoryStore, keys: Sequence[Value], args: Sequence[V
 def _read_or_lease(
     store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]
 ) -> list[Any] | bytes:
-    generation = store.get(keys[0]) or b"0"
+    generation = store.generation(keys[0], args[3])
     if generation != _bytes(args[0]):
         return generation
     value = store.get(keys[2])

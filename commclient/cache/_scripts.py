@@ -8,13 +8,19 @@ before its group's generation is read is explained in ``_keys``.
 
 from __future__ import annotations
 
+# A group without a generation key (never written, or the key was evicted or lost in a
+# restart) has the generation '': no value is ever stored under it, so reads miss. The
+# scripts that store create the key with a random start the client sends (ARGV
+# "fresh"): a generation evicted and created again never repeats an earlier one, so a
+# value invalidated before the eviction can never be addressed again.
+
 # KEYS[1] generation key, KEYS[2] data key of the guessed generation.
 # ARGV[1] the guessed generation.
 # Returns "GENERATION PTTL VALUE" when the value is there, else "GENERATION": absent, or,
 # when GENERATION is not the one guessed, the group moved on (nothing was read). One bulk
 # string is cheaper for the client to parse than an array.
 READ = """
-local generation = redis.call('GET', KEYS[1]) or '0'
+local generation = redis.call('GET', KEYS[1]) or ''
 if generation ~= ARGV[1] then
   return generation
 end
@@ -36,12 +42,17 @@ return generation .. ' ' .. redis.call('PTTL', KEYS[2]) .. ' ' .. value
 #       holder ARGV[5]: refused unless that same holder still holds the lease (a set,
 #       delete or invalidation since the wait began revoked it: every later lease has
 #       another token) and nothing is stored yet; the lease is left to its holder.
-# ARGV[5] lease token, ARGV[6] channel, ARGV[7] message to publish ('' = none).
+# ARGV[5] lease token, ARGV[6] channel, ARGV[7] message to publish ('' = none),
+# ARGV[8] fresh generation (for a group without one).
 # Returns the integer 1 when written; the integer 0 when refused; for an explicit set to
 # a generation that moved on, the current generation as a string (nothing written):
 # write again to that one.
 WRITE = """
-local generation = redis.call('GET', KEYS[1]) or '0'
+local generation = redis.call('GET', KEYS[1])
+if not generation then
+  generation = ARGV[8]
+  redis.call('SET', KEYS[1], generation)
+end
 if ARGV[4] == '2' then
   if redis.call('GET', KEYS[2]) ~= ARGV[5] or redis.call('EXISTS', KEYS[3]) == 1 then
     return 0
@@ -73,7 +84,7 @@ return 1
 # deleted, or, when the group moved on, the current generation as a string (nothing
 # done): delete again with that one.
 DELETE = """
-local generation = redis.call('GET', KEYS[1]) or '0'
+local generation = redis.call('GET', KEYS[1]) or ''
 if generation ~= ARGV[1] then
   return generation
 end
@@ -82,10 +93,16 @@ return redis.call('UNLINK', KEYS[3])
 """
 
 # KEYS[1] generation key. ARGV[1] channel, ARGV[2] message (JSON), published with the new
-# generation added, so that the other processes address the group's keys with it at once.
-# Returns the new generation.
+# generation added, so that the other processes address the group's keys with it at once;
+# ARGV[3] fresh generation (for a group without one). Returns the new generation.
 BUMP_GENERATION = """
-local generation = redis.call('INCR', KEYS[1])
+local generation
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  generation = redis.call('INCR', KEYS[1])
+else
+  generation = tonumber(ARGV[3])
+  redis.call('SET', KEYS[1], ARGV[3])
+end
 local message = cjson.decode(ARGV[2])
 message['generation'] = generation
 redis.call('PUBLISH', ARGV[1], cjson.encode(message))
@@ -119,14 +136,19 @@ return 0
 """
 
 # KEYS[1] generation key, KEYS[2] lease key, KEYS[3] data key of the guessed generation.
-# ARGV[1] the guessed generation, ARGV[2] lease token, ARGV[3] lease PX milliseconds.
+# ARGV[1] the guessed generation, ARGV[2] lease token, ARGV[3] lease PX milliseconds,
+# ARGV[4] fresh generation (for a group without one: the value loaded is stored to it).
 # The value if it is there, else the lease if it is free: one atomic step, so that a
 # waiter can never take the lease just after the loader stored the value and released it.
 # Returns {generation, value or nil, pttl, 1 if the lease was taken else 0, the token of
 # the lease's holder when it was not taken}; or, when the group moved on, the current
 # generation as a string (no lease taken): ask again.
 READ_OR_LEASE = """
-local generation = redis.call('GET', KEYS[1]) or '0'
+local generation = redis.call('GET', KEYS[1])
+if not generation then
+  generation = ARGV[4]
+  redis.call('SET', KEYS[1], generation)
+end
 if generation ~= ARGV[1] then
   return generation
 end

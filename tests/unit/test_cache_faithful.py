@@ -220,3 +220,37 @@ def test_a_load_that_gave_up_waiting_never_undoes_a_later_write(
             assert await cache.get("user:1") == expected[change]
 
     run(scenario())
+
+
+# -- generations never go back ----------------------------------------------------------
+
+
+def _evict_generation(facade: Facade, url: str, prefix: str, group: str) -> None:
+    """What ``allkeys-*`` eviction (or a restart that lost the key) does to a group."""
+    generation_key = f"{{{prefix}}}!gen:{group}"
+    if facade.backend == "memory":
+        facade.store.delete(generation_key)
+    else:
+        redis.Redis.from_url(url).delete(generation_key)
+
+
+def test_an_evicted_generation_never_resurrects_invalidated_values(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            assert await cache.set("user:1", "old") is True
+            assert await cache.invalidate_group("user") is True
+            _evict_generation(any_facade, redis_url, prefix, "user")
+            assert await cache.get("user:1") is None
+            assert await cache.get_or_set("user:1", lambda: "loaded") == "loaded"
+            assert await cache.get("user:1") == "loaded"
+            # Evicted again after a bump: still none of the older values comes back.
+            assert await cache.invalidate_group("user") is True
+            _evict_generation(any_facade, redis_url, prefix, "user")
+            assert await cache.set("user:2", "new") is True
+        async with any_facade.open(redis_url, prefix) as fresh:  # remembers no generation
+            assert await fresh.get("user:1") is None
+            assert await fresh.get("user:2") == "new"
+
+    run(scenario())
