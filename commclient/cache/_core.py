@@ -714,14 +714,17 @@ def no_script_error() -> type[Exception]:
 def is_outage(error: BaseException) -> bool:
     """Tell a failure of Redis itself from an error reply about a key or a command.
 
-    Error replies (``WRONGTYPE``, a script error) say Redis is up; a read-only replica
-    after a failover, connection and timeout errors, and anything unknown say it is not
-    usable.
+    Error replies (``WRONGTYPE``, a script error) say Redis is up, and so does an
+    argument the client could not encode (the caller's error, never sent); a read-only
+    replica after a failover, connection and timeout errors, and anything unknown say
+    it is not usable.
     """
     try:
-        from redis.exceptions import ReadOnlyError
+        from redis.exceptions import DataError, ReadOnlyError
     except ImportError:  # pragma: no cover - the Redis drivers always have redis
         return True
+    if isinstance(error, (UnicodeError, DataError)):
+        return False
     return not is_error_reply(error) or isinstance(error, ReadOnlyError)
 
 

@@ -12,7 +12,8 @@ import pytest
 import redis
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_serializer
 
-from commclient.cache import CacheConfig, CacheSerializationError
+from commclient.cache import CacheConfig, CacheSerializationError, InvalidCacheKeyError
+from commclient.cache._core import is_outage
 from tests import conftest_cache
 from tests.conftest_cache import Facade, run
 
@@ -254,3 +255,38 @@ def test_an_evicted_generation_never_resurrects_invalidated_values(
             assert await fresh.get("user:2") == "new"
 
     run(scenario())
+
+
+# -- keys that cannot be sent -----------------------------------------------------------
+
+
+def test_a_key_that_is_not_utf8_is_the_callers_error_never_an_outage(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """A lone surrogate (what ``json.loads('"\\\\ud800"')`` returns) is refused up front; the
+    breaker, which opens after one failure here, stays closed for every other key."""
+    config = CacheConfig(operation_timeout=2.0, breaker_failure_threshold=1)
+    bad = "user:\ud800"
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix, config=config) as cache:
+            for call in (
+                lambda: cache.get(bad),
+                lambda: cache.set(bad, 1),
+                lambda: cache.delete(bad),
+                lambda: cache.get_or_set(bad, lambda: 1),
+                lambda: cache.invalidate("user:\udfff*"),
+                lambda: cache.invalidate_group("\ud800"),
+            ):
+                with pytest.raises(InvalidCacheKeyError, match="UTF-8"):
+                    await call()
+            assert await cache.set("user:1", 1) is True
+            assert await cache.get("user:1") == 1
+
+    run(scenario())
+
+
+def test_an_argument_the_client_cannot_encode_is_no_outage() -> None:
+    assert not is_outage(UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"))
+    assert not is_outage(redis.exceptions.DataError("Invalid input of type: 'object'"))
+    assert is_outage(redis.exceptions.ConnectionError("gone"))
