@@ -354,7 +354,7 @@ class Facade:
         # Tests that are not about timeouts must not turn a loaded machine into misses.
         config = config or RELAXED
         harness: Harness
-        if self.backend == "memory":
+        if self.backend == "memory" and client is None:
             if self.kind == "async":
                 memory = AsyncMemoryCache(
                     prefix, store=self.store, config=config, registry=registry

@@ -12,6 +12,7 @@ from ._config import CacheConfig
 from ._exceptions import (
     CacheError,
     CacheSerializationError,
+    CacheUnavailableError,
     CacheValueTooLargeError,
     InvalidCacheKeyError,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "CacheConfig",
     "CacheError",
     "CacheSerializationError",
+    "CacheUnavailableError",
     "CacheValueTooLargeError",
     "Glob",
     "InvalidCacheKeyError",

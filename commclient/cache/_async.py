@@ -71,7 +71,6 @@ class AsyncRedisCache(CoreFacade):
         self._commands = flows.commands(
             self._redis,
             self._core.layout.tag,
-            unlink=self._unlink,
             mget=self._mget,
         )
         self._no_script_error = no_script_error()
@@ -183,16 +182,19 @@ class AsyncRedisCache(CoreFacade):
         """Delete ``key`` everywhere (Redis, and every local tier); ``True`` if it existed."""
         return await self._run(flows.delete(self._core, key))
 
-    async def invalidate(self, pattern: str, *parts: object) -> int:
-        """Delete every key matching the glob ``pattern``; return how many, then broadcast.
+    async def invalidate(self, pattern: str, *parts: object, strict: bool = False) -> int:
+        """Delete every key matching the glob ``pattern``, broadcast it; return how many.
 
         With ``parts``, ``pattern`` is a template whose ``{}`` fields are filled with the
-        parts escaped (see :func:`build_pattern`). Runs SCAN + UNLINK in batches; the
-        count is of logical keys that held a value (copies a group invalidation had
-        already made unreachable are removed, not counted). Patterns match per byte of
-        UTF-8, as Redis does: ``?`` matches one byte, so ``"u:??"`` matches ``"u:é"``.
+        parts escaped (see :func:`build_pattern`). Runs SCAN in pages; each page is
+        removed and broadcast in one script. The count is of logical keys that held a
+        value (copies a group invalidation had already made unreachable are removed, not
+        counted). Patterns match per byte of UTF-8, as Redis does: ``?`` matches one
+        byte, so ``"u:??"`` matches ``"u:é"``. When Redis fails midway, the failure is
+        counted and logged, and returns the count so far; with ``strict=True`` it raises
+        :class:`CacheUnavailableError` instead (to retry it, as the middleware does).
         """
-        return await self._run(flows.invalidate(self._core, pattern, parts))
+        return await self._run(flows.invalidate(self._core, pattern, parts, strict=strict))
 
     async def invalidate_group(self, group: str) -> bool:
         """Invalidate every key of ``group`` with one INCR, then broadcast; ``False`` if
@@ -539,8 +541,3 @@ class AsyncRedisCache(CoreFacade):
             return self._core.decode_read(plan, read, model, epoch)
         except CorruptValueError as error:
             return await self._run(flows.drop_corrupt(self._core, plan, read, error, model))
-
-    async def _unlink(self, data_keys: list[str], lease_keys: list[str]) -> int:
-        if lease_keys:
-            await self._redis.delete(*lease_keys)
-        return int(await self._redis.unlink(*data_keys)) if data_keys else 0

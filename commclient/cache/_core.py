@@ -406,10 +406,10 @@ class CacheCore:
             fresh_generation(),
         ]
 
-    @staticmethod
-    def delete_args(plan: KeyPlan, guessed: str) -> tuple[list[str], list[str]]:
-        """KEYS and ARGV of the delete script."""
-        return [plan.generation_key, plan.lease_key, plan.data_key(guessed)], [guessed]
+    def delete_args(self, plan: KeyPlan, guessed: str) -> tuple[list[str], list[str | bytes]]:
+        """KEYS and ARGV of the delete script (which publishes the key's message)."""
+        keys = [plan.generation_key, plan.lease_key, plan.data_key(guessed)]
+        return keys, [guessed, self.config.channel, self.key_message(plan, 0).encode()]
 
     def after_local_change(self, message: InvalidationMessage) -> None:
         """Apply this process's own change to its local tier (after Redis applied it)."""
@@ -543,6 +543,18 @@ class CacheCore:
             key, generation = parts
             count += current.get(self.layout.generation_key(group_of(key))) == generation
         return count
+
+    def invalidation_failed(self, message: InvalidationMessage) -> None:
+        """A pattern invalidation Redis did not complete: counted and logged (the keys
+        removed before the failure were broadcast with their page)."""
+        self.metrics.invalidation(message.kind, "failed")
+        self.log(
+            logging.WARNING,
+            "cache invalidation not completed; redis unavailable",
+            kind=message.kind,
+            pattern=message.pattern,
+            count=message.count,
+        )
 
     def sent(self, message: InvalidationMessage) -> None:
         self.metrics.invalidation(message.kind, "sent")

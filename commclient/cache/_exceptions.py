@@ -6,7 +6,9 @@ mistakes, raised at once so they are found in development::
     CacheError
     ├── InvalidCacheKeyError (also ValueError)   a key, group or pattern that cannot be stored
     ├── CacheSerializationError (also TypeError) a value that is not JSON-serialisable
-    └── CacheValueTooLargeError (also ValueError) a value above ``max_value_bytes``
+    ├── CacheValueTooLargeError (also ValueError) a value above ``max_value_bytes``
+    └── CacheUnavailableError                    only where asked for (``strict=True``):
+                                                 an invalidation Redis did not complete
 """
 
 from __future__ import annotations
@@ -35,3 +37,8 @@ class CacheValueTooLargeError(CacheError, ValueError):
         self.key = key
         self.size = size
         self.limit = limit
+
+
+class CacheUnavailableError(CacheError):
+    """Redis could not be reached to complete an invalidation (raised only when the
+    caller asked to know, with ``strict=True``; otherwise a failure is a miss)."""

@@ -30,7 +30,7 @@ from ._core import (
     Read,
     fresh_generation,
 )
-from ._exceptions import CacheSerializationError, CacheValueTooLargeError
+from ._exceptions import CacheSerializationError, CacheUnavailableError, CacheValueTooLargeError
 from ._keys import build_pattern
 from ._local import MISSING
 from ._messages import InvalidationMessage
@@ -51,7 +51,7 @@ class Command(enum.Enum):
     READ_OR_LEASE = "read_or_lease"
     LEASE = "lease"
     SCAN = "scan"
-    UNLINK = "unlink"
+    UNLINK_AND_PUBLISH = "unlink_and_publish"
     PUBLISH = "publish"
 
 
@@ -59,13 +59,11 @@ def commands(
     client: Any,
     hash_tag: str,
     *,
-    unlink: Callable[..., Any],
     mget: Callable[..., Any],
 ) -> dict[Command, Callable[..., Any]]:
     """What runs each :class:`Command` on ``client`` (``redis.Redis`` or its asyncio twin:
     they have the same methods; or a cluster client); ``hash_tag`` is the tag every key of
-    the cache carries, and the driver's own ``unlink`` (batch removal) and ``mget`` run
-    those commands."""
+    the cache carries, and the driver's own ``mget`` runs that command."""
     scan = client.scan
     if hasattr(client, "get_node_from_key"):
         scan = partial(_scan_slot_owner, client, hash_tag)
@@ -80,7 +78,7 @@ def commands(
         Command.READ_OR_LEASE: client.register_script(_scripts.READ_OR_LEASE),
         Command.LEASE: client.set,
         Command.SCAN: scan,
-        Command.UNLINK: unlink,
+        Command.UNLINK_AND_PUBLISH: client.register_script(_scripts.UNLINK_AND_PUBLISH),
         Command.PUBLISH: client.publish,
     }
 
@@ -181,44 +179,67 @@ def set_value(core: CacheCore, key: str, value: object, ttl_ms: int) -> Flow[boo
 
 
 def delete(core: CacheCore, key: str) -> Flow[bool]:
+    """Delete ``key``; the script broadcasts the deletion in the same step."""
     plan = core.plan(key)
     arguments = partial(core.delete_args, plan)
     deleted = yield from at_current_generation(core, plan, "delete", Command.DELETE, arguments)
     message = core.key_message(plan, 0 if deleted is FAILED else int(deleted))
     core.after_local_change(message)
-    if deleted is not FAILED:
-        yield from publish(core, message)
     return message.count > 0
 
 
-def invalidate(core: CacheCore, pattern: str, parts: tuple[object, ...]) -> Flow[int]:
+def invalidate(
+    core: CacheCore, pattern: str, parts: tuple[object, ...], *, strict: bool = False
+) -> Flow[int]:
+    """Delete the keys matching ``pattern`` page by page; each page is removed and
+    broadcast in one script, so that what was removed is always announced. A pattern
+    matching nothing is broadcast too (a message of count 0). With ``strict``, an
+    invalidation Redis did not complete raises :class:`CacheUnavailableError`."""
     if parts:
         pattern = build_pattern(pattern, *parts)
     match = core.scan_pattern(pattern)
-    deleted, cursor, reachable = 0, 0, True
-    while True:
+    deleted, cursor, reachable, published = 0, 0, True, False
+    while reachable:
         page = yield Call("invalidate_scan", Command.SCAN, cursor, match=match, count=SCAN_BATCH)
         if page is FAILED:
             reachable = False
             break
         cursor, keys = core.parse_scan(page)
         data_keys, lease_keys = core.split_scanned(keys)
-        generation_keys = core.generation_keys_of(data_keys)
-        generations = []
-        if generation_keys:
-            generations = yield Call("invalidate_scan", Command.MGET, *generation_keys)
         if data_keys or lease_keys:
-            removed = yield Call("invalidate_unlink", Command.UNLINK, data_keys, lease_keys)
-            if removed is FAILED or generations is FAILED:
+            generation_keys = core.generation_keys_of(data_keys)
+            generations = []
+            if generation_keys:
+                generations = yield Call("invalidate_scan", Command.MGET, *generation_keys)
+            if generations is FAILED:
                 reachable = False
                 break
-            deleted += core.count_current(data_keys, generation_keys, generations)
+            count = core.count_current(data_keys, generation_keys, generations)
+            page_message = core.pattern_message(pattern, count).encode()
+            removed = yield Call(
+                "invalidate_unlink",
+                Command.UNLINK_AND_PUBLISH,
+                keys=[*data_keys, *lease_keys],
+                args=[core.config.channel, page_message],
+            )
+            reachable = removed is not FAILED
+            deleted += count if reachable else 0
+            published = published or reachable
         if cursor == 0:
             break
     message = core.pattern_message(pattern, deleted)
     core.after_local_change(message)
-    if reachable and (yield from publish(core, message)):
+    if reachable and not published:
+        reachable = yield from publish(core, message)
+    if reachable:
         core.sent(message)
+        return deleted
+    core.invalidation_failed(message)
+    if strict:
+        raise CacheUnavailableError(
+            f"invalidating {pattern!r} did not complete: redis unavailable "
+            f"({deleted} keys removed and broadcast before the failure)"
+        )
     return deleted
 
 

@@ -198,7 +198,16 @@ def _delete(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) ->
     if generation != _bytes(args[0]):
         return generation
     store.delete(keys[1])
-    return store.delete(keys[2])
+    deleted = store.delete(keys[2])
+    message = {**json.loads(_bytes(args[2])), "count": deleted}
+    store.publish(args[1], json.dumps(message, separators=(",", ":")))
+    return deleted
+
+
+def _unlink_and_publish(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
+    removed = store.delete(*keys)
+    store.publish(args[0], args[1])
+    return removed
 
 
 def _bump_generation(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
@@ -240,6 +249,7 @@ SCRIPTS: dict[str, ScriptBody] = {
     _scripts.READ: _read,
     _scripts.WRITE: _write,
     _scripts.DELETE: _delete,
+    _scripts.UNLINK_AND_PUBLISH: _unlink_and_publish,
     _scripts.BUMP_GENERATION: _bump_generation,
     _scripts.RELEASE_LEASE: _release_lease,
     _scripts.RENEW_LEASE: _renew_lease,

@@ -79,7 +79,9 @@ return 1
 """
 
 # KEYS[1] generation key, KEYS[2] lease key, KEYS[3] data key of the guessed generation.
-# ARGV[1] the guessed generation.
+# ARGV[1] the guessed generation, ARGV[2] channel, ARGV[3] the key's invalidation message
+# (JSON), published with the count deleted: in the same step as the delete, so that no
+# delete is ever applied without its broadcast.
 # Deletes the current value and revokes a load in flight; returns the integer number
 # deleted, or, when the group moved on, the current generation as a string (nothing
 # done): delete again with that one.
@@ -89,7 +91,23 @@ if generation ~= ARGV[1] then
   return generation
 end
 redis.call('DEL', KEYS[2])
-return redis.call('UNLINK', KEYS[3])
+local deleted = redis.call('UNLINK', KEYS[3])
+local message = cjson.decode(ARGV[3])
+message['count'] = deleted
+redis.call('PUBLISH', ARGV[2], cjson.encode(message))
+return deleted
+"""
+
+# KEYS: one SCAN page's data and lease keys of an invalidated pattern. ARGV[1] channel,
+# ARGV[2] the pattern's invalidation message: published in the same step as the keys
+# are removed, so that every page removed is broadcast. Returns how many were removed.
+UNLINK_AND_PUBLISH = """
+local removed = 0
+for first = 1, #KEYS, 500 do
+  removed = removed + redis.call('UNLINK', unpack(KEYS, first, math.min(first + 499, #KEYS)))
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return removed
 """
 
 # KEYS[1] generation key. ARGV[1] channel, ARGV[2] message (JSON), published with the new

@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_serializer
 
 from commclient.cache import CacheConfig, CacheSerializationError, InvalidCacheKeyError
 from commclient.cache._core import is_outage
+from commclient.cache._memory import AsyncMemoryClient, MemoryClient
 from tests import conftest_cache
-from tests.conftest_cache import Facade, run
+from tests.conftest_cache import Facade, eventually, run
 
 pytestmark = pytest.mark.redis_server
 
@@ -290,3 +292,58 @@ def test_an_argument_the_client_cannot_encode_is_no_outage() -> None:
     assert not is_outage(UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"))
     assert not is_outage(redis.exceptions.DataError("Invalid input of type: 'object'"))
     assert is_outage(redis.exceptions.ConnectionError("gone"))
+
+
+# -- broadcast with the delete ----------------------------------------------------------
+
+LOCAL = CacheConfig(operation_timeout=2.0, local_tier_size=100)
+
+
+def _client_whose_publish_fails(facade: Facade, url: str) -> Any:
+    """A client on which a PUBLISH of its own fails (the connection dropped at PUBLISH);
+    the scripts still run."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise redis.exceptions.ConnectionError("connection dropped at PUBLISH")
+
+    async def fail_async(*args: Any, **kwargs: Any) -> Any:
+        fail()
+
+    if facade.backend == "memory":
+        inner = MemoryClient(facade.store)
+        client: Any = inner if facade.kind == "sync" else AsyncMemoryClient(facade.store)
+        inner.publish = fail  # type: ignore[method-assign]
+        if facade.kind == "async":
+            client._client.publish = fail
+        return client
+    if facade.kind == "sync":
+        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        client.publish = fail  # type: ignore[method-assign]
+        return client
+    client = redis.asyncio.Redis.from_url(url)
+    client.publish = fail_async  # type: ignore[method-assign]
+    return client
+
+
+def test_a_delete_and_an_invalidation_are_broadcast_in_the_same_step(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        client = _client_whose_publish_fails(any_facade, redis_url)
+        async with (
+            any_facade.open(redis_url, prefix, config=LOCAL, client=client) as cache,
+            any_facade.open(redis_url, prefix, config=LOCAL) as other,
+        ):
+            assert await other.start()
+            for key in ("user:1", "user:2"):
+                assert await other.set(key, "old") is True
+                assert await other.get(key) == "old"  # held in other's local tier
+            assert await cache.delete("user:1") is True
+            assert await cache.invalidate("user:2*") == 1
+
+            async def both_dropped() -> bool:
+                return await other.get("user:1") is None and await other.get("user:2") is None
+
+            await eventually(both_dropped, timeout=5.0)
+
+    run(scenario())
