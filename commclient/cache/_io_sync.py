@@ -173,8 +173,10 @@ def bounded_client(client: Any, timeout: float) -> tuple[Any, bool]:
     A blocking call cannot be interrupted from outside, so its socket timeouts are its
     deadline: a client whose timeouts are missing or longer than ``timeout`` is rebuilt
     on a pool of the cache's own with ``timeout`` and no retries (the caller's client and
-    pool are left as they are).
+    pool are left as they are). A cluster client is rebuilt on the same nodes.
     """
+    if hasattr(client, "get_node_from_key"):
+        return _bounded_cluster_client(client, timeout)
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
     if kwargs is None:
         return client, False
@@ -188,6 +190,30 @@ def bounded_client(client: Any, timeout: float) -> tuple[Any, bool]:
         retry=retry(CONNECT_RETRIES),
     )
     return bounded, True
+
+
+_CLUSTER_OWN_KWARGS = ("redis_connect_func", "oss_cluster_maint_notifications_handler")
+"""Connection settings a ``RedisCluster`` makes for itself (not the caller's)."""
+
+
+def _bounded_cluster_client(client: Any, timeout: float) -> tuple[Any, bool]:
+    """A ``RedisCluster`` like ``client`` whose every call is bounded by ``timeout``: its
+    socket timeouts, and no retries (by default it retries a timed-out command up to
+    ten times, reinitialising between tries)."""
+    kwargs = dict(client.nodes_manager.connection_kwargs)
+    timeouts = (kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout"))
+    retries = getattr(getattr(client, "retry", None), "_retries", 0)
+    if retries == 0 and all(limit is not None and limit <= timeout for limit in timeouts):
+        return client, False
+    for name in _CLUSTER_OWN_KWARGS:
+        kwargs.pop(name, None)
+    kwargs = {name: value for name, value in kwargs.items() if not name.startswith("orig_")}
+    from redis import cluster
+
+    node_class: Any = cluster.ClusterNode  # untyped in redis-py
+    nodes = [node_class(node.host, node.port) for node in client.get_nodes()]
+    kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry(0))
+    return cluster.RedisCluster(startup_nodes=nodes, **kwargs), True
 
 
 def prepare(client: Any) -> None:
