@@ -15,6 +15,7 @@ from ._exceptions import (
     CacheUnavailableError,
     CacheValueTooLargeError,
     InvalidCacheKeyError,
+    LoaderFailedError,
 )
 from ._keys import Glob, build_pattern, escape_glob, glob_matches, group_of
 from ._memory import AsyncMemoryCache, MemoryStore, SyncMemoryCache
@@ -36,6 +37,7 @@ __all__ = [
     "Glob",
     "InvalidCacheKeyError",
     "InvalidationMessage",
+    "LoaderFailedError",
     "MemoryStore",
     "RedisCache",
     "SyncCache",

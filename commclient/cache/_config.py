@@ -39,6 +39,11 @@ class CacheConfig:
     renews its lease while its loader runs, and a crashed one frees it after
     ``lease_ttl``, so this only bounds a loader that hangs."""
 
+    loader_failure_ttl: float = 1.0
+    """How long a loader's failure stands in for its value: the processes waiting for
+    that load, and those asking in the meantime, fail at once with
+    ``LoaderFailedError`` rather than each loading in turn (0: not shared)."""
+
     lease_poll_interval: float = 0.02
     """How often a waiting process looks for the value another process is loading."""
 

@@ -24,6 +24,7 @@ from commclient._correlation import correlation_id_ctx
 
 from ._codec import Codec, CorruptValueError, ModelMismatchError
 from ._config import CacheConfig
+from ._exceptions import LoaderFailedError
 from ._instruments import CacheMetrics
 from ._keys import KeyLayout, group_of, validate_group, validate_key, validate_pattern
 from ._local import MISSING, LocalTier
@@ -63,6 +64,9 @@ MISMATCH: Any = _Marker("MISMATCH")
 
 UNCONFIRMED: Any = _Marker("UNCONFIRMED")
 """A write was sent (or may have been) but no reply came: Redis may apply it."""
+
+FAILURE_MARK = "!"
+"""Starts a lease that holds a loader's failure (tokens are hex: never a "!")."""
 
 _WRITES_TOLD_UNCONFIRMED = frozenset({"set"})
 """Operations whose lost reply the flow is told about (:data:`UNCONFIRMED`); for every
@@ -443,6 +447,25 @@ class CacheCore:
         """How often a loader's lease is extended: three times per lease TTL, so that a
         late renewal or two still keep it."""
         return self.config.lease_ttl / 3
+
+    def release_lease_args(
+        self, plan: KeyPlan, token: str, error: BaseException | None
+    ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV releasing the lease ``token``, leaving the loader's ``error``
+        (an exception, not a cancellation) in its place for ``loader_failure_ttl``."""
+        failure_ms = round(self.config.loader_failure_ttl * 1000)
+        if not isinstance(error, Exception) or failure_ms <= 0:
+            return [plan.lease_key], [token, "", 0]
+        detail = f"{type(error).__name__}: {error}"[:300]
+        marker = FAILURE_MARK + detail.encode("utf-8", "replace").decode()
+        return [plan.lease_key], [token, marker, failure_ms]
+
+    def failed_elsewhere(self, plan: KeyPlan, holder: str) -> LoaderFailedError | None:
+        """The error of another process's failed load if the lease holds one (counted)."""
+        if not holder.startswith(FAILURE_MARK):
+            return None
+        self.metrics.error("get_or_set", "loader_failed_elsewhere")
+        return LoaderFailedError(plan.key, holder[len(FAILURE_MARK) :])
 
     def renew_lease_args(self, plan: KeyPlan, token: str) -> tuple[list[str], list[str | int]]:
         return [plan.lease_key], [token, self.lease_ms()]

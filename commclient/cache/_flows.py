@@ -321,6 +321,9 @@ def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
             continue  # it was corrupt, and is deleted: try again at once
         if leased:
             return (yield from load_and_store(core, job, read.generation, token))
+        failure = core.failed_elsewhere(plan, holder)
+        if failure is not None:
+            raise failure
         first_holder = first_holder or holder
         if time.monotonic() >= deadline:
             return (
@@ -368,10 +371,11 @@ def load_and_store(
         data = core.encode(plan.key, value)
     except (CacheValueTooLargeError, CacheSerializationError) as error:
         core.unstorable_load(plan, error)
-        yield from release(plan, token_held)
+        yield from release(core, plan, token_held)
         return value
-    except BaseException:
-        yield from release(plan, token_held)
+    except BaseException as error:
+        # A refresh's failure serves the stale value: nobody waits on it.
+        yield from release(core, plan, token_held, None if replaces else error)
         raise
     ttl_ms = job.ttl_ms + round(job.stale_s * 1000)
     keys, args = core.write_args(
@@ -382,6 +386,10 @@ def load_and_store(
     return value
 
 
-def release(plan: KeyPlan, token: str) -> Flow[None]:
+def release(
+    core: CacheCore, plan: KeyPlan, token: str, error: BaseException | None = None
+) -> Flow[None]:
+    """Release the lease ``token`` (leaving the loader's ``error`` in it, if any)."""
     if token:
-        yield Call("lease_release", Command.RELEASE_LEASE, keys=[plan.lease_key], args=[token])
+        keys, args = core.release_lease_args(plan, token, error)
+        yield Call("lease_release", Command.RELEASE_LEASE, keys=keys, args=args)

@@ -218,7 +218,12 @@ def _bump_generation(store: MemoryStore, keys: Sequence[Value], args: Sequence[V
 
 
 def _release_lease(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
-    return store.delete(keys[0]) if store.get(keys[0]) == _bytes(args[0]) else 0
+    token, failure, px = args
+    if store.get(keys[0]) != _bytes(token):
+        return 0
+    if not failure:
+        return store.delete(keys[0])
+    return int(store.set(keys[0], failure, px=px))
 
 
 def _renew_lease(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:

@@ -127,12 +127,19 @@ redis.call('PUBLISH', ARGV[1], cjson.encode(message))
 return generation
 """
 
-# KEYS[1] lease key. ARGV[1] token. Deletes the lease only if this token still holds it.
+# KEYS[1] lease key. ARGV[1] token, ARGV[2] what the loader's failure leaves in the lease
+# ('' = nothing), ARGV[3] for how long (PX milliseconds). Only if this token still holds
+# the lease: deletes it, or replaces it by the failure, which the processes waiting for
+# this load read as its outcome (rather than each loading in turn and failing too).
 RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then
   return redis.call('DEL', KEYS[1])
 end
-return 0
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 
 # KEYS[1] lease key. ARGV[1] token, ARGV[2] PX milliseconds. Extends the lease only if

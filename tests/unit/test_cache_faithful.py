@@ -4,8 +4,11 @@ and in memory, sync and async."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -13,7 +16,12 @@ import redis
 import redis.asyncio
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_serializer
 
-from commclient.cache import CacheConfig, CacheSerializationError, InvalidCacheKeyError
+from commclient.cache import (
+    CacheConfig,
+    CacheSerializationError,
+    InvalidCacheKeyError,
+    LoaderFailedError,
+)
 from commclient.cache._core import is_outage
 from commclient.cache._memory import AsyncMemoryClient, MemoryClient
 from tests import conftest_cache
@@ -345,5 +353,103 @@ def test_a_delete_and_an_invalidation_are_broadcast_in_the_same_step(
                 return await other.get("user:1") is None and await other.get("user:2") is None
 
             await eventually(both_dropped, timeout=5.0)
+
+    run(scenario())
+
+
+# -- a loader's failure is shared -------------------------------------------------------
+
+SHARED_FAILURE = CacheConfig(operation_timeout=2.0, loader_failure_ttl=30.0)
+
+
+async def _fail_while_another_waits(first: Any, second: Any) -> tuple[Any, Any, list[int]]:
+    """``first`` loads and fails once ``second`` (another process: its own flights) is
+    asking for the same key; what each call raised, and ``second``'s loader calls."""
+    second_loads: list[int] = []
+
+    def second_loader() -> str:
+        second_loads.append(1)
+        return "loaded"
+
+    if first.kind == "async":
+        first_loading, second_asking = asyncio.Event(), asyncio.Event()
+
+        async def failing() -> str:
+            first_loading.set()
+            await second_asking.wait()
+            raise RuntimeError("database down")
+
+        async def ask() -> Any:
+            await first_loading.wait()
+            second_asking.set()
+            return await second.cache.get_or_set("user:1", second_loader)
+
+        outcomes = await asyncio.gather(
+            first.cache.get_or_set("user:1", failing), ask(), return_exceptions=True
+        )
+        return outcomes[0], outcomes[1], second_loads
+
+    loading, asking = threading.Event(), threading.Event()
+
+    def sync_failing() -> str:
+        loading.set()
+        asking.wait(10)
+        raise RuntimeError("database down")
+
+    def sync_ask() -> Any:
+        loading.wait(10)
+        asking.set()
+        return second.cache.get_or_set("user:1", second_loader)
+
+    def outcome(call: Any) -> Any:
+        try:
+            return call()
+        except Exception as error:
+            return error
+
+    with ThreadPoolExecutor(2) as pool:
+        first_outcome = pool.submit(outcome, lambda: first.cache.get_or_set("user:1", sync_failing))
+        second_outcome = pool.submit(outcome, sync_ask)
+        return first_outcome.result(), second_outcome.result(), second_loads
+
+
+def test_a_loader_failure_reaches_the_processes_waiting_for_it(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with (
+            any_facade.open(redis_url, prefix, config=SHARED_FAILURE) as first,
+            any_facade.open(redis_url, prefix, config=SHARED_FAILURE) as second,
+        ):
+            first_outcome, second_outcome, second_loads = await _fail_while_another_waits(
+                first, second
+            )
+            assert isinstance(first_outcome, RuntimeError)
+            assert isinstance(second_outcome, LoaderFailedError)
+            assert "RuntimeError: database down" in str(second_outcome)
+            assert second_loads == []  # failed with the first, not after a load of its own
+            # A set (or a delete) ends the failure at once.
+            assert await first.set("user:1", "fixed") is True
+            assert await second.get_or_set("user:1", lambda: "not called") == "fixed"
+
+    run(scenario())
+
+
+def test_a_loader_failure_is_not_shared_when_switched_off(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    config = CacheConfig(operation_timeout=2.0, loader_failure_ttl=0)
+
+    async def scenario() -> None:
+        async with (
+            any_facade.open(redis_url, prefix, config=config) as first,
+            any_facade.open(redis_url, prefix, config=config) as second,
+        ):
+            first_outcome, second_outcome, second_loads = await _fail_while_another_waits(
+                first, second
+            )
+            assert isinstance(first_outcome, RuntimeError)
+            assert second_outcome == "loaded"
+            assert second_loads == [1]
 
     run(scenario())
