@@ -24,6 +24,7 @@ from commclient.cache import (
     Glob,
     InvalidationMessage,
     InvalidCacheKeyError,
+    LoaderFailedError,
     MemoryStore,
 )
 from commclient.cache import _flows as flows
@@ -563,7 +564,12 @@ def test_loader_error_reaches_every_waiter(any_facade: Facade, redis_url: str, p
             results = await cache.many_get_or_set(20, "cold:key", failing, delay=0.1)
             assert all(isinstance(result, LookupError) for result in results), results
             assert len(calls) == 1
-            # Nothing was cached and the lease was released: the next caller loads at once.
+            # Nothing was cached; for loader_failure_ttl the failure stands in for the
+            # value (other processes fail with it rather than load in turn) ...
+            with pytest.raises(LoaderFailedError, match="LookupError: rest service said no"):
+                await cache.get_or_set("cold:key", lambda: "ok")
+            # ... unless the key is written or deleted: then the next caller loads at once.
+            await cache.delete("cold:key")
             assert await cache.get_or_set("cold:key", lambda: "ok") == "ok"
 
     run(scenario())
