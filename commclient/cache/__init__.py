@@ -10,6 +10,7 @@ from a URL or ``None``. Importing this package imports neither redis nor pydanti
 from ._async import AsyncRedisCache
 from ._config import CacheConfig
 from ._exceptions import (
+    CacheClosedError,
     CacheError,
     CacheSerializationError,
     CacheUnavailableError,
@@ -29,6 +30,7 @@ __all__ = [
     "AsyncCache",
     "AsyncMemoryCache",
     "AsyncRedisCache",
+    "CacheClosedError",
     "CacheConfig",
     "CacheError",
     "CacheSerializationError",

@@ -35,6 +35,7 @@ from ._core import (
     no_script_error,
     reset_after_fork,
 )
+from ._exceptions import CacheClosedError
 from ._local import MISSING
 from ._messages import InvalidationMessage
 
@@ -256,7 +257,7 @@ class AsyncRedisCache(CoreFacade):
         core = self._core
         plan = core.plan(key)
         ttl_ms = ttl_milliseconds(ttl)
-        stale_s = ttl_seconds(stale_ttl) if stale_ttl else 0.0
+        stale_s = ttl_seconds(stale_ttl, "stale_ttl") if stale_ttl else 0.0
         value = core.local_get(plan, model, stale_s)
         if value is not MISSING:
             return value
@@ -306,6 +307,7 @@ class AsyncRedisCache(CoreFacade):
         itself after a disconnect; messages published while disconnected are lost
         (Pub/Sub delivers at most once).
         """
+        self._check_open()
         await self._listen(callback, drives_local_tier=False, stop=stop or io.Stop())
 
     async def start(self, timeout: float = 5.0) -> bool:
@@ -314,6 +316,7 @@ class AsyncRedisCache(CoreFacade):
         Optional: the listener starts by itself on first use. Without a local tier,
         returns ``False`` at once.
         """
+        self._check_open()
         if not self._core.local_tier_enabled:
             return False
         self._ensure_listener()
@@ -418,7 +421,8 @@ class AsyncRedisCache(CoreFacade):
     # -- lifecycle ----------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Stop the listener and close what this cache owns. Idempotent."""
+        """Stop the listener and close what this cache owns; any later call raises
+        :class:`CacheClosedError`. Idempotent."""
         with self._listener_lock:
             self._closed = True
             listener, self._listener = self._listener, None
@@ -430,6 +434,10 @@ class AsyncRedisCache(CoreFacade):
         if self._owns_client:
             self._owns_client = False
             await io.close_quietly(self._redis)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError(f"cache {self._core.name!r} is closed")
 
     async def __aenter__(self) -> AsyncRedisCache:
         return self
@@ -480,6 +488,7 @@ class AsyncRedisCache(CoreFacade):
     ) -> Any:
         """Run one Redis command within the operation timeout; on failure, :data:`FAILED`
         (or :data:`UNCONFIRMED`, see :meth:`CacheCore.failed`)."""
+        self._check_open()
         core = self._core
         admission = core.admit(operation)
         if admission is None:

@@ -87,13 +87,22 @@ class CacheConfig:
             raise ValueError("CacheConfig.channel must not be empty")
 
 
-def ttl_seconds(ttl: float | timedelta) -> float:
-    """Normalise a TTL given as seconds or ``timedelta``; it must be positive."""
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+"""The longest TTL accepted (ten years), the same for every backend: far below what
+Redis refuses (milliseconds overflowing a 64-bit integer), so a TTL valid in memory is
+valid in Redis."""
+
+
+def ttl_seconds(ttl: float | timedelta, name: str = "ttl") -> float:
+    """Normalise a TTL given as seconds or ``timedelta``: positive, at most
+    :data:`MAX_TTL_SECONDS`."""
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"ttl must be seconds or a timedelta, not {type(ttl).__name__}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"ttl must be positive and finite: {ttl!r}")
+        raise TypeError(f"{name} must be seconds or a timedelta, not {type(ttl).__name__}")
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_TTL_SECONDS:
+        raise ValueError(
+            f"{name} must be positive and at most {MAX_TTL_SECONDS} s (ten years): {ttl!r}"
+        )
     return float(seconds)
 
 

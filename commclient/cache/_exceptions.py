@@ -7,6 +7,7 @@ mistakes, raised at once so they are found in development::
     ├── InvalidCacheKeyError (also ValueError)   a key, group or pattern that cannot be stored
     ├── CacheSerializationError (also TypeError) a value that is not JSON-serialisable
     ├── CacheValueTooLargeError (also ValueError) a value above ``max_value_bytes``
+    ├── CacheClosedError (also RuntimeError)     a cache used after ``close()``
     ├── CacheUnavailableError                    only where asked for (``strict=True``):
     │                                            an invalidation Redis did not complete
     └── LoaderFailedError                        ``get_or_set``: the loader failed in
@@ -54,3 +55,7 @@ class LoaderFailedError(CacheError):
         super().__init__(f"loading cache key {key!r} failed in another process: {detail}")
         self.key = key
         self.detail = detail
+
+
+class CacheClosedError(CacheError, RuntimeError):
+    """The cache was closed: it opens no connection again."""

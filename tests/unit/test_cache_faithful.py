@@ -9,6 +9,7 @@ import dataclasses
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ import redis.asyncio
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_serializer
 
 from commclient.cache import (
+    CacheClosedError,
     CacheConfig,
     CacheSerializationError,
     InvalidCacheKeyError,
@@ -451,5 +453,46 @@ def test_a_loader_failure_is_not_shared_when_switched_off(
             assert isinstance(first_outcome, RuntimeError)
             assert second_outcome == "loaded"
             assert second_loads == [1]
+
+    run(scenario())
+
+
+# -- bounds and lifecycle ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ttl", [1e16, 10 * 365 * 24 * 3600 + 1, timedelta(days=3651), 0, -1])
+def test_ttl_bounds_are_the_same_on_every_backend(
+    any_facade: Facade, redis_url: str, prefix: str, ttl: Any
+) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            with pytest.raises(ValueError, match="ttl must be positive and at most"):
+                await cache.set("user:1", 1, ttl)
+            with pytest.raises(ValueError, match="ttl must be positive and at most"):
+                await cache.get_or_set("user:1", lambda: 1, ttl)
+            with pytest.raises(ValueError, match="stale_ttl must be positive and at most"):
+                await cache.get_or_set("user:1", lambda: 1, 60, stale_ttl=ttl or -1)
+            assert await cache.set("user:1", 1, timedelta(days=3650)) is True
+
+    run(scenario())
+
+
+def test_a_closed_cache_raises_instead_of_reconnecting(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> Any:
+        async with any_facade.open(redis_url, prefix, config=LOCAL) as cache:
+            assert await cache.set("user:1", 1) is True
+        for call in (
+            lambda: cache.get("user:1"),
+            lambda: cache.set("user:1", 2),
+            lambda: cache.delete("user:1"),
+            lambda: cache.invalidate("user:*"),
+            lambda: cache.invalidate_group("user"),
+            lambda: cache.get_or_set("user:2", lambda: 2),
+            lambda: cache.start(),
+        ):
+            with pytest.raises(CacheClosedError, match="is closed"):
+                await call()
 
     run(scenario())
