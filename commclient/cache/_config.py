@@ -22,6 +22,10 @@ class CacheConfig:
     local_tier_size: int = 0
     """Entries in the in-process LRU in front of Redis; 0 (the default) disables it."""
 
+    local_tier_max_bytes: int = 64 * 1024 * 1024
+    """Bytes of JSON the local tier holds at most (its decoded objects come on top,
+    typically a few times as much); a value larger than this is not held locally."""
+
     local_tier_ttl: float = 30.0
     """Cap on how long a local entry lives, whatever its Redis TTL (a safety net under Pub/Sub)."""
 
@@ -71,6 +75,7 @@ class CacheConfig:
         for name in (
             "operation_timeout",
             "max_value_bytes",
+            "local_tier_max_bytes",
             "local_tier_ttl",
             "breaker_failure_threshold",
             "lease_ttl",

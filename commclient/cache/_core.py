@@ -188,7 +188,12 @@ class CacheCore:
         self._admit = self.breaker.admit  # bound once: it runs on every Redis call
         self._outage_lock = threading.Lock()
         self._outage_started_at: float | None = None
-        self.local = LocalTier(self.config.local_tier_size, self.config.local_tier_ttl, self.codec)
+        self.local = LocalTier(
+            self.config.local_tier_size,
+            self.config.local_tier_ttl,
+            self.codec,
+            max_bytes=self.config.local_tier_max_bytes,
+        )
         self.origin = new_origin_id()
         self._listener_outage = False
 

@@ -496,3 +496,36 @@ def test_a_closed_cache_raises_instead_of_reconnecting(
                 await call()
 
     run(scenario())
+
+
+# -- resources --------------------------------------------------------------------------
+
+
+def test_the_local_tier_is_bounded_in_bytes(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    config = CacheConfig(
+        operation_timeout=2.0, local_tier_size=1000, local_tier_max_bytes=1024 * 1024
+    )
+    big = "x" * 200_000
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix, config=config) as cache:
+            assert await cache.start()
+            local = cache.cache._core.local
+            for index in range(12):
+                assert await cache.set(f"doc:{index}", big) is True
+                assert await cache.get(f"doc:{index}") == big
+                assert local.bytes <= config.local_tier_max_bytes
+            assert 3 <= len(local) <= 5
+            assert local.bytes == sum(len(entry.data) for entry in local._entries.values())
+            # Larger than the whole tier: served from Redis, never held.
+            huge = "y" * (config.local_tier_max_bytes + 1)
+            wide = CacheConfig(**{**vars(config), "max_value_bytes": 2 * 1024 * 1024})
+            async with any_facade.open(redis_url, prefix, config=wide) as other:
+                assert await other.start()
+                assert await other.set("doc:huge", huge) is True
+                assert await other.get("doc:huge") == huge
+                assert "doc:huge" not in other.cache._core.local._entries
+
+    run(scenario())
