@@ -596,22 +596,29 @@ class CacheCore:
         )
 
     def received(self, data: bytes | str) -> InvalidationMessage | None:
-        """Parse a message from the channel and apply it to the local tier.
-
-        Messages of another prefix are handed on but not applied; messages this cache
-        sent itself were applied before they were sent, so they are recognised by
-        origin id and not applied twice.
-        """
+        """Parse a message from the channel and apply it (see :meth:`apply`)."""
         message = InvalidationMessage.decode(data)
         if message is None:
-            self.log(logging.DEBUG, "ignored a malformed invalidation message", size=len(data))
+            self.malformed_message(data)
             return None
+        self.apply(message)
+        return message
+
+    def malformed_message(self, data: bytes | str) -> None:
+        self.log(logging.DEBUG, "ignored a malformed invalidation message", size=len(data))
+
+    def apply(self, message: InvalidationMessage) -> None:
+        """Apply a message from the channel to the local tier.
+
+        Messages of another prefix are not applied; messages this cache sent itself
+        were applied before they were sent, so they are recognised by origin id and not
+        applied twice.
+        """
         if message.prefix == self.prefix and message.origin != self.origin:
             self.metrics.invalidation(message.kind, "received")
             self.local.drop(message)
             if message.group is not None and message.generation is not None:
                 self.remember_generation(message.group, str(message.generation))
-        return message
 
     # -- listener state -----------------------------------------------------------------
 

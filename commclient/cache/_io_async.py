@@ -286,6 +286,10 @@ def bounded_client(client: Any, timeout: float) -> tuple[Any, bool]:
     return client, False
 
 
+close_client = close_quietly
+"""Close a client the cache owns (the async driver shares none: see :func:`bounded_client`)."""
+
+
 async def prepare(client: Any) -> None:
     """Let a cluster client learn its slots: it does so on its first command, and its
     Pub/Sub needs them before that."""

@@ -6,6 +6,7 @@ a test fails while this file is out of date.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -43,6 +44,214 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 D = TypeVar("D")
 InvalidationCallback = Callable[[InvalidationMessage], object]
+
+
+def _listen(client: Any, config: CacheConfig, stop: io.Stop, subscription: Any) -> None:
+    """Subscribe to ``config.channel`` on ``client`` and hand what comes to
+    ``subscription`` (its ``subscribed()``, ``message(data)`` and ``lost(error)``) until
+    ``stop`` is set (or the task is cancelled); resubscribe after every disconnect."""
+    wait = config.resubscribe_min_wait
+    while not stop.is_set():
+        pubsub = client.pubsub()
+        try:
+            io.prepare(client)
+            io.bounded(pubsub.subscribe(config.channel), max(config.operation_timeout, 1.0))
+            last_heard = next_ping = time.monotonic()
+            while not stop.is_set():
+                message = pubsub.get_message(
+                    timeout=io.poll_timeout(config.listener_ping_interval)
+                )
+                io.check_cancelled()
+                now = time.monotonic()
+                if message is not None:
+                    last_heard = now
+                elif now - last_heard > 2 * config.listener_ping_interval:
+                    raise ConnectionError("redis did not answer the listener's ping")
+                if now >= next_ping:
+                    next_ping = now + config.listener_ping_interval
+                    pubsub.ping()
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    wait = config.resubscribe_min_wait
+                    subscription.subscribed()
+                elif message["type"] == "message":
+                    subscription.message(message["data"])
+        except Exception as error:
+            subscription.lost(error)
+        finally:
+            io.close_quietly(pubsub)
+        io.wait(stop, wait * random.uniform(0.5, 1.0))
+        wait = min(wait * 2, config.resubscribe_max_wait)
+
+
+class _CallbackSubscription:
+    """A caller's own subscription (:meth:`SyncRedisCache.subscribe_invalidation`)."""
+
+    def __init__(self, core: CacheCore, callback: InvalidationCallback) -> None:
+        self._core = core
+        self._callback = callback
+
+    def subscribed(self) -> None:
+        """Nothing to do: the callback hears every message from now on."""
+
+    def message(self, data: bytes | str) -> None:
+        message = InvalidationMessage.decode(data)
+        if message is None:
+            return
+        try:
+            io.call_loader(partial(self._callback, message))
+        except Exception as error:
+            self._core.callback_failed(error)
+
+    def lost(self, error: BaseException) -> None:
+        self._core.subscriber_lost(error)
+
+
+class Listener:
+    """The local tiers' Pub/Sub subscription: one per Redis client and channel, shared
+    by every cache on that client, however many (one task or thread, one connection).
+
+    Each message is decoded once and applied to the caches of its prefix. Its timings
+    (ping interval, resubscription pauses) are those of the first cache that joined.
+    Its client is a copy of the caches' client whose connections never retry by
+    themselves: redis-py reconnects and resubscribes a Pub/Sub connection silently when
+    retries are on; messages published in that gap would be lost without the listener
+    knowing, and the local tiers would keep what they invalidated. With retries off,
+    every disconnect reaches the listener, which flushes the local tiers.
+    """
+
+    def __init__(self, client: Any, config: CacheConfig) -> None:
+        self.client = client
+        self._config = config
+        self._lock = threading.Lock()
+        self._cores: dict[str, list[CacheCore]] = {}
+        self._live = False
+        self._task: Any = None
+        self._stop = io.Stop()
+        self._pubsub_client: Any = None
+
+    def attach(self, core: CacheCore) -> None:
+        with self._lock:
+            cores = self._cores.setdefault(core.prefix, [])
+            if core not in cores:
+                cores.append(core)
+            if self._live:
+                core.listener_subscribed()
+
+    def detach(self, core: CacheCore) -> bool:
+        """Stop serving ``core``'s local tier; ``True`` if no cache is left."""
+        with self._lock:
+            cores = self._cores.get(core.prefix, [])
+            if core in cores:
+                cores.remove(core)
+            if not cores:
+                self._cores.pop(core.prefix, None)
+            core.listener_stopped()
+            return not self._cores
+
+    def running(self) -> bool:
+        task = self._task
+        return task is not None and not io.ended(task)
+
+    def ensure_running(self) -> None:
+        with self._lock:
+            if self._task is not None and not io.ended(self._task):
+                return
+            if self._task is not None:
+                # Ended with its event loop, and so did its connections.
+                self._pubsub_client = None
+            if self._pubsub_client is None:
+                self._pubsub_client = io.rebuilt_client(self.client, retry=io.retry(0))
+            self._task = io.start_background(self._run, name="commclient-cache-listener")
+
+    def _run(self) -> None:
+        try:
+            _listen(self._pubsub_client, self._config, self._stop, self)
+        finally:
+            with self._lock:
+                self._live = False
+                for core in self._all_cores():
+                    core.listener_stopped()
+
+    def _all_cores(self) -> list[CacheCore]:
+        return [core for cores in self._cores.values() for core in cores]
+
+    def subscribed(self) -> None:
+        with self._lock:
+            self._live = True
+            for core in self._all_cores():
+                core.listener_subscribed()
+
+    def message(self, data: bytes | str) -> None:
+        message = InvalidationMessage.decode(data)
+        with self._lock:
+            cores = list(self._cores.get(message.prefix, ())) if message else self._all_cores()
+        if message is None:
+            if cores:
+                cores[0].malformed_message(data)
+            return
+        for core in cores:
+            core.apply(message)
+
+    def lost(self, error: BaseException) -> None:
+        with self._lock:
+            self._live = False
+            for core in self._all_cores():
+                core.listener_lost(error)
+
+    def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            io.stop_background(task, self._stop)
+        client, self._pubsub_client = self._pubsub_client, None
+        if client is not None and client is not self.client:
+            io.close_quietly(client)
+
+
+class _Listeners:
+    """The shared listeners of this process, by client and channel."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_client: dict[tuple[int, str], Listener] = {}
+
+
+_listeners = _Listeners()
+
+
+def _forget_listeners() -> None:
+    """A forked child shares nothing of its parent's listeners (DESIGN §6)."""
+    global _listeners
+    _listeners = _Listeners()
+
+
+os.register_at_fork(after_in_child=_forget_listeners)
+
+
+def join_listener(client: Any, core: CacheCore) -> Listener:
+    """The listener shared by the caches on ``client`` (created on first use), with
+    ``core`` attached to it."""
+    key = (id(client), core.config.channel)
+    with _listeners.lock:
+        listener = _listeners.by_client.get(key)
+        if listener is None or listener.client is not client:
+            listener = _listeners.by_client[key] = Listener(client, core.config)
+        listener.attach(core)
+    return listener
+
+
+def leave_listener(listener: Listener, core: CacheCore) -> None:
+    """Detach ``core``; the last cache to leave stops the listener."""
+    registry = _listeners
+    with registry.lock:
+        last = listener.detach(core)
+        if last:
+            key = (id(listener.client), core.config.channel)
+            if registry.by_client.get(key) is listener:
+                del registry.by_client[key]
+    if last:
+        listener.stop()
 
 
 class SyncRedisCache(CoreFacade):
@@ -89,16 +298,13 @@ class SyncRedisCache(CoreFacade):
         self._flights = io.Flights()
         timeout = self._core.config.operation_timeout
         self._deadlines = io.Deadlines(timeout, on_loop_closed=self._forget_connections)
-        self._listener: Any = None
-        self._listener_redis: Any = None
+        self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
-        self._stop = io.Stop()
 
     def _forget_connections(self) -> None:
         """Drop the connections of a closed event loop (the async driver), or of the
         parent process (after a fork): the next call opens its own."""
         io.reset_connections(self._redis)
-        self._listener_redis = None
 
     @classmethod
     def from_url(
@@ -306,7 +512,13 @@ class SyncRedisCache(CoreFacade):
         (Pub/Sub delivers at most once).
         """
         self._check_open()
-        self._listen(callback, drives_local_tier=False, stop=stop or io.Stop())
+        client = io.rebuilt_client(self._redis, retry=io.retry(0))
+        try:
+            subscription = _CallbackSubscription(self._core, callback)
+            _listen(client, self._core.config, stop or io.Stop(), subscription)
+        finally:
+            if client is not self._redis:
+                io.close_quietly(client)
 
     def start(self, timeout: float = 5.0) -> bool:
         """Start the local tier's listener and wait until it serves; ``True`` once it does.
@@ -326,95 +538,20 @@ class SyncRedisCache(CoreFacade):
         return self._core.local.active
 
     def _ensure_listener(self) -> None:
-        """Start the local tier's listener, or a new one if the last one ended with the
-        event loop it ran on (``asyncio.run`` per job)."""
+        """Join the listener this cache's client shares (see :class:`Listener`), and
+        start it if it is not running (a new one after the event loop it ran on ended:
+        ``asyncio.run`` per job)."""
         listener = self._listener
-        if listener is not None and not io.ended(listener):
+        if listener is not None and listener.running():
             return
-        if self._core.local_tier_enabled and not self._closed:
-            with self._listener_lock:
-                if (self._listener is None or io.ended(self._listener)) and not self._closed:
-                    self._listener = io.start_background(
-                        partial(self._listen, None, drives_local_tier=True, stop=self._stop),
-                        name=f"commclient-cache-listener-{self._core.name}",
-                    )
-
-    def _listen(
-        self, callback: InvalidationCallback | None, *, drives_local_tier: bool, stop: io.Stop
-    ) -> None:
-        core = self._core
-        config = core.config
-        client = self._listener_client()
-        wait = config.resubscribe_min_wait
-        try:
-            while not stop.is_set():
-                pubsub = client.pubsub()
-                try:
-                    io.prepare(client)
-                    io.bounded(
-                        pubsub.subscribe(config.channel), max(config.operation_timeout, 1.0)
-                    )
-                    last_heard = next_ping = time.monotonic()
-                    while not stop.is_set():
-                        message = pubsub.get_message(
-                            timeout=io.poll_timeout(config.listener_ping_interval)
-                        )
-                        io.check_cancelled()
-                        now = time.monotonic()
-                        if message is not None:
-                            last_heard = now
-                        elif now - last_heard > 2 * config.listener_ping_interval:
-                            raise ConnectionError("redis did not answer the listener's ping")
-                        if now >= next_ping:
-                            next_ping = now + config.listener_ping_interval
-                            pubsub.ping()
-                        if message is None:
-                            continue
-                        if message["type"] == "subscribe":
-                            wait = config.resubscribe_min_wait
-                            if drives_local_tier:
-                                core.listener_subscribed()
-                        elif message["type"] == "message":
-                            self._dispatch(message["data"], callback, drives_local_tier)
-                except Exception as error:
-                    if drives_local_tier:
-                        core.listener_lost(error)
-                    else:
-                        core.subscriber_lost(error)
-                finally:
-                    io.close_quietly(pubsub)
-                io.wait(stop, wait * random.uniform(0.5, 1.0))
-                wait = min(wait * 2, config.resubscribe_max_wait)
-        finally:
-            if drives_local_tier:
-                core.listener_stopped()
-
-    def _dispatch(
-        self, data: bytes | str, callback: InvalidationCallback | None, drives_local_tier: bool
-    ) -> None:
-        if drives_local_tier:
-            self._core.received(data)
+        if not self._core.local_tier_enabled:
             return
-        message = InvalidationMessage.decode(data)
-        if message is None or callback is None:
-            return
-        try:
-            io.call_loader(partial(callback, message))
-        except Exception as error:
-            self._core.callback_failed(error)
-
-    def _listener_client(self) -> Any:
-        """A client for Pub/Sub whose connections never retry by themselves.
-
-        redis-py reconnects and resubscribes a Pub/Sub connection silently when retries
-        are on; messages published in that gap are lost without the listener knowing,
-        and the local tier would keep what they invalidated. With retries off, every
-        disconnect reaches the listener, which flushes the local tier.
-        """
         with self._listener_lock:
-            if self._listener_redis is None:
-                self._listener_redis = io.rebuilt_client(self._redis, retry=io.retry(0))
-            return self._listener_redis
+            if self._closed:
+                return
+            if self._listener is None:
+                self._listener = join_listener(self._redis, self._core)
+            self._listener.ensure_running()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -425,13 +562,10 @@ class SyncRedisCache(CoreFacade):
             self._closed = True
             listener, self._listener = self._listener, None
         if listener is not None:
-            io.stop_background(listener, self._stop)
-        listener_redis, self._listener_redis = self._listener_redis, None
-        if listener_redis is not None and listener_redis is not self._redis:
-            io.close_quietly(listener_redis)
+            leave_listener(listener, self._core)
         if self._owns_client:
             self._owns_client = False
-            io.close_quietly(self._redis)
+            io.close_client(self._redis)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -35,6 +35,7 @@ redis_server = conftest_cache.redis_server
 redis_url = conftest_cache.redis_url
 prefix = conftest_cache.prefix
 any_facade = conftest_cache.any_facade
+facade = conftest_cache.facade
 
 
 class Aliased(BaseModel):
@@ -527,5 +528,71 @@ def test_the_local_tier_is_bounded_in_bytes(
                 assert await other.set("doc:huge", huge) is True
                 assert await other.get("doc:huge") == huge
                 assert "doc:huge" not in other.cache._core.local._entries
+
+    run(scenario())
+
+
+def _pubsub_connections(url: str) -> int:
+    return sum(
+        1
+        for client in redis.Redis.from_url(url).client_list()
+        if client["cmd"] in ("subscribe", "ping") and int(client.get("sub", 0)) > 0
+    )
+
+
+def test_caches_on_one_client_share_one_listener(
+    facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """Fifty caches with local tiers on one client: one listener (thread or task) and one
+    Pub/Sub connection, and each message still reaches only the caches of its prefix."""
+    count = 50
+
+    async def scenario() -> None:
+        if facade.kind == "sync":
+            # The caller's client has no socket timeouts: the caches share one bounded copy.
+            client: Any = redis.Redis.from_url(redis_url)
+            threads_before = threading.active_count()
+        else:
+            client = redis.asyncio.Redis.from_url(redis_url)
+        pubsub_before = _pubsub_connections(redis_url)
+        opened = [
+            facade.open(redis_url, f"{prefix}-{index % 10}", config=LOCAL, client=client)
+            for index in range(count)
+        ]
+        caches = [await context.__aenter__() for context in opened]
+        try:
+            for cache in caches:
+                assert await cache.start()
+            if facade.kind == "sync":
+                assert threading.active_count() - threads_before == 1
+            else:
+                listeners = [
+                    task
+                    for task in asyncio.all_tasks()
+                    if task.get_name() == "commclient-cache-listener"
+                ]
+                assert len(listeners) == 1
+            assert _pubsub_connections(redis_url) - pubsub_before == 1
+            async with facade.open(redis_url, f"{prefix}-0", config=LOCAL) as writer:
+                assert await writer.set("user:1", "old") is True
+                assert await caches[0].get("user:1") == "old"  # held locally
+                assert await caches[10].get("user:1") == "old"  # same prefix, held too
+                assert await caches[1].set("user:1", "other prefix") is True
+                assert await caches[1].get("user:1") == "other prefix"
+                assert await writer.delete("user:1") is True
+
+                async def dropped() -> bool:
+                    return (
+                        await caches[0].get("user:1") is None
+                        and await caches[10].get("user:1") is None
+                    )
+
+                await eventually(dropped)
+                assert await caches[1].get("user:1") == "other prefix"
+        finally:
+            for context in opened:
+                await context.__aexit__(None, None, None)
+        if facade.kind == "sync":
+            assert threading.active_count() == threads_before
 
     run(scenario())
