@@ -275,6 +275,15 @@ class Flights:
             task.exception()
 
 
+def check_decoratable(function: Callable[..., Any], cache: str) -> None:
+    """``cached`` of the async cache decorates coroutine functions."""
+    if not inspect.iscoroutinefunction(function):
+        raise TypeError(
+            f"{cache}.cached decorates coroutine functions (async def), and "
+            f"{getattr(function, '__qualname__', function)!r} is not one: use the sync cache"
+        )
+
+
 def rebuilt_client(client: Any, **overrides: Any) -> Any:
     """A client like ``client`` on a pool of its own, with ``overrides`` applied."""
     return rebuild_client(redis_module, client, overrides)

@@ -5,6 +5,7 @@ The twin of :mod:`._io_async`, name for name, for the driver generated into :mod
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -161,6 +162,16 @@ class Flights:
                     del self._flights[key]
             flight.done.set()
         return flight.value
+
+
+def check_decoratable(function: Callable[..., Any], cache: str) -> None:
+    """``cached`` of the sync cache decorates plain functions."""
+    if inspect.iscoroutinefunction(function):
+        raise TypeError(
+            f"{cache}.cached decorates plain functions, and "
+            f"{getattr(function, '__qualname__', function)!r} is a coroutine function: "
+            "use the async cache"
+        )
 
 
 def rebuilt_client(client: Any, **overrides: Any) -> Any:

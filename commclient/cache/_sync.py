@@ -12,9 +12,9 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from functools import partial
+from functools import partial, wraps
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from prometheus_client import CollectorRegistry
 
@@ -34,6 +34,7 @@ from ._core import (
     no_script_error,
     reset_after_fork,
 )
+from ._decorator import CachedCall
 from ._exceptions import CacheClosedError
 from ._local import MISSING
 from ._messages import InvalidationMessage
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 D = TypeVar("D")
+P = ParamSpec("P")
 InvalidationCallback = Callable[[InvalidationMessage], object]
 
 
@@ -497,6 +499,53 @@ class SyncRedisCache(CoreFacade):
         each caller gets a copy of its own of what the load returned."""
         value = self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
         return caller_copy(value, flight_key[1])
+
+    def cached(
+        self,
+        key: str,
+        ttl: float | timedelta = 300,
+        *,
+        group: str | None = None,
+        stale_ttl: float | timedelta = 0,
+        model: Any = None,
+    ) -> Callable[[Callable[P, T]], Callable[P, T]]:
+        """Decorate a function (a plain ``def`` here) so that its result is cached, as
+        :meth:`get_or_set` caches a loader's (single flight, the lease, ``stale_ttl``,
+        invalidation: all the same)::
+
+            @cache.cached(key="user:{user_id}", ttl=300)
+            def load_user(user_id: int) -> User: ...
+
+        ``key`` is a ``str.format`` template over the function's parameters, filled with
+        each call's arguments (defaults included; ``{user.id}`` and format specs work).
+        With ``group``, the key is put in that group (``"{group}:{key}"``), so that
+        ``invalidate_group(group)`` drops every value of the function; without it, the
+        key's first segment is its group as always. The model is the return annotation
+        (``model`` overrides it; none, ``None`` or ``Any``: plain JSON).
+        """
+        ttl_seconds(ttl)
+        if stale_ttl:
+            ttl_seconds(stale_ttl, "stale_ttl")
+
+        def decorate(function: Callable[P, T]) -> Callable[P, T]:
+            call = CachedCall(function, key, group)
+            io.check_decoratable(function, type(self).__name__)
+            chosen = model if model is not None else call.model
+
+            @wraps(function)
+            def cached_call(*args: P.args, **kwargs: P.kwargs) -> T:
+                result: T = self.get_or_set(
+                    call.key(args, kwargs),
+                    partial(function, *args, **kwargs),
+                    ttl,
+                    chosen,
+                    stale_ttl=stale_ttl,
+                )
+                return result
+
+            return cached_call
+
+        return decorate
 
     # -- Pub/Sub ------------------------------------------------------------------------
 
