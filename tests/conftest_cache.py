@@ -146,6 +146,7 @@ class Harness(Protocol):
         *,
         stale_ttl: float = 0,
         delay: float = 0.0,
+        **kw: Any,
     ) -> Any: ...
     async def many_get_or_set(
         self, count: int, key: str, loader: Callable[[], Any], *, delay: float = 0.0, **kw: Any
@@ -193,13 +194,14 @@ class AsyncHarness:
         *,
         stale_ttl: float = 0,
         delay: float = 0.0,
+        **kw: Any,
     ) -> Any:
         async def load() -> Any:
             if delay:
                 await asyncio.sleep(delay)
             return loader()
 
-        return await self.cache.get_or_set(key, load, ttl, model, stale_ttl=stale_ttl)
+        return await self.cache.get_or_set(key, load, ttl, model, stale_ttl=stale_ttl, **kw)
 
     async def many_get_or_set(
         self, count: int, key: str, loader: Callable[[], Any], *, delay: float = 0.0, **kw: Any
@@ -267,13 +269,14 @@ class SyncHarness:
         *,
         stale_ttl: float = 0,
         delay: float = 0.0,
+        **kw: Any,
     ) -> Any:
         def load() -> Any:
             if delay:
                 time.sleep(delay)
             return loader()
 
-        return self.cache.get_or_set(key, load, ttl, model, stale_ttl=stale_ttl)
+        return self.cache.get_or_set(key, load, ttl, model, stale_ttl=stale_ttl, **kw)
 
     async def get_or_set(
         self,
@@ -284,8 +287,9 @@ class SyncHarness:
         *,
         stale_ttl: float = 0,
         delay: float = 0.0,
+        **kw: Any,
     ) -> Any:
-        return self._get_or_set(key, loader, ttl, model, stale_ttl=stale_ttl, delay=delay)
+        return self._get_or_set(key, loader, ttl, model, stale_ttl=stale_ttl, delay=delay, **kw)
 
     async def many_get_or_set(
         self, count: int, key: str, loader: Callable[[], Any], *, delay: float = 0.0, **kw: Any

@@ -421,6 +421,7 @@ class AsyncRedisCache(CoreFacade):
         model: None = None,
         *,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> T: ...
 
     @overload
@@ -432,6 +433,7 @@ class AsyncRedisCache(CoreFacade):
         model: type[T],
         *,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> T: ...
 
     @overload
@@ -443,6 +445,7 @@ class AsyncRedisCache(CoreFacade):
         model: type[T],
         ttl: float | timedelta = 300,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> T: ...
 
     async def get_or_set(
@@ -453,6 +456,7 @@ class AsyncRedisCache(CoreFacade):
         model: Any = None,
         *,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> Any:
         """The cached value, or ``loader()``'s result stored for ``ttl`` seconds.
 
@@ -461,18 +465,25 @@ class AsyncRedisCache(CoreFacade):
         rather than load too. A loader error reaches every caller waiting for it. With
         ``stale_ttl``, a value is kept that much longer and, once past ``ttl``, served
         while one caller refreshes it; the refreshed value reaches every local tier.
+
+        With ``early_refresh`` (seconds, about how long a load takes), hot keys do not all
+        expire at once: each read refreshes the value before its ``ttl`` ends with a
+        probability that grows as the end nears (XFetch: ``e**(-remaining /
+        early_refresh)``), so one caller reloads it while the others are served.
         """
         core = self._core
         plan = core.plan(key)
         ttl_ms = ttl_milliseconds(ttl)
         stale_s = ttl_seconds(stale_ttl, "stale_ttl") if stale_ttl else 0.0
-        value = core.local_get(plan, model, stale_s)
+        early_s = ttl_seconds(early_refresh, "early_refresh") if early_refresh else 0.0
+        # The local tier does not serve a value in its early-refresh window: Redis decides.
+        value = core.local_get(plan, model, stale_s + early_s)
         if value is not MISSING:
             return value
         self._ensure_listener()
         job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
         flight_key = (key, model)
-        read = await self._read(plan, with_ttl=stale_s > 0)
+        read = await self._read(plan, with_ttl=stale_s > 0 or early_s > 0)
         if read is None:
             core.unavailable(plan)
             return await self._join(flight_key, job.epoch, flows.load(core, job), loader)
@@ -481,7 +492,8 @@ class AsyncRedisCache(CoreFacade):
             return await self._join(flight_key, job.epoch, flows.load(core, job), loader)
         if value is MISSING:
             return await self._join(flight_key, job.epoch, flows.fill(core, job), loader)
-        if core.is_fresh(read, stale_s) or flight_key in self._flights:
+        fresh = core.is_fresh(read, stale_s) and not core.refresh_early(read, stale_s, early_s)
+        if fresh or flight_key in self._flights:
             return value
         refresh = flows.refresh(core, job, read.generation, value)
         try:
@@ -509,11 +521,12 @@ class AsyncRedisCache(CoreFacade):
         *,
         group: str | None = None,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
         model: Any = None,
     ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
         """Decorate a function (``async def`` here) so that its result is cached, as
         :meth:`get_or_set` caches a loader's (single flight, the lease, ``stale_ttl``,
-        invalidation: all the same)::
+        ``early_refresh``, invalidation: all the same)::
 
             @cache.cached(key="user:{user_id}", ttl=300)
             async def load_user(user_id: int) -> User: ...
@@ -528,6 +541,8 @@ class AsyncRedisCache(CoreFacade):
         ttl_seconds(ttl)
         if stale_ttl:
             ttl_seconds(stale_ttl, "stale_ttl")
+        if early_refresh:
+            ttl_seconds(early_refresh, "early_refresh")
 
         def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             call = CachedCall(function, key, group)
@@ -542,6 +557,7 @@ class AsyncRedisCache(CoreFacade):
                     ttl,
                     chosen,
                     stale_ttl=stale_ttl,
+                    early_refresh=early_refresh,
                 )
                 return result
 

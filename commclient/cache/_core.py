@@ -9,7 +9,9 @@ sleep and wait, each in its own world.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import random
 import secrets
 import threading
 import time
@@ -170,6 +172,7 @@ class CacheCore:
         self._plans: dict[str, KeyPlan] = {}
         self._generations: dict[str, str] = {}
         self._mismatches_logged: set[tuple[str, str]] = set()
+        self.random: Callable[[], float] = random.random  # early refresh's draw; tests fix it
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -366,6 +369,15 @@ class CacheCore:
     def unavailable(self, plan: KeyPlan) -> None:
         """A lookup that could not reach Redis: a miss."""
         self.metrics.miss(plan.group)
+
+    def refresh_early(self, read: Read, stale_seconds: float, window: float) -> bool:
+        """Whether this read refreshes a fresh value before its TTL ends (XFetch): with
+        probability ``e**(-remaining / window)``, 1 at the end, 0.37 at ``window`` before
+        it, under 1 % at five windows; never without a ``window``."""
+        if window <= 0:
+            return False
+        remaining = read.ttl_ms / 1000 - stale_seconds
+        return -window * math.log(1.0 - self.random()) >= remaining
 
     @staticmethod
     def is_fresh(read: Read, stale_seconds: float) -> bool:

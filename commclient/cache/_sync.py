@@ -419,6 +419,7 @@ class SyncRedisCache(CoreFacade):
         model: None = None,
         *,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> T: ...
 
     @overload
@@ -430,6 +431,7 @@ class SyncRedisCache(CoreFacade):
         model: type[T],
         *,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> T: ...
 
     @overload
@@ -441,6 +443,7 @@ class SyncRedisCache(CoreFacade):
         model: type[T],
         ttl: float | timedelta = 300,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> T: ...
 
     def get_or_set(
@@ -451,6 +454,7 @@ class SyncRedisCache(CoreFacade):
         model: Any = None,
         *,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> Any:
         """The cached value, or ``loader()``'s result stored for ``ttl`` seconds.
 
@@ -459,18 +463,25 @@ class SyncRedisCache(CoreFacade):
         rather than load too. A loader error reaches every caller waiting for it. With
         ``stale_ttl``, a value is kept that much longer and, once past ``ttl``, served
         while one caller refreshes it; the refreshed value reaches every local tier.
+
+        With ``early_refresh`` (seconds, about how long a load takes), hot keys do not all
+        expire at once: each read refreshes the value before its ``ttl`` ends with a
+        probability that grows as the end nears (XFetch: ``e**(-remaining /
+        early_refresh)``), so one caller reloads it while the others are served.
         """
         core = self._core
         plan = core.plan(key)
         ttl_ms = ttl_milliseconds(ttl)
         stale_s = ttl_seconds(stale_ttl, "stale_ttl") if stale_ttl else 0.0
-        value = core.local_get(plan, model, stale_s)
+        early_s = ttl_seconds(early_refresh, "early_refresh") if early_refresh else 0.0
+        # The local tier does not serve a value in its early-refresh window: Redis decides.
+        value = core.local_get(plan, model, stale_s + early_s)
         if value is not MISSING:
             return value
         self._ensure_listener()
         job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
         flight_key = (key, model)
-        read = self._read(plan, with_ttl=stale_s > 0)
+        read = self._read(plan, with_ttl=stale_s > 0 or early_s > 0)
         if read is None:
             core.unavailable(plan)
             return self._join(flight_key, job.epoch, flows.load(core, job), loader)
@@ -479,7 +490,8 @@ class SyncRedisCache(CoreFacade):
             return self._join(flight_key, job.epoch, flows.load(core, job), loader)
         if value is MISSING:
             return self._join(flight_key, job.epoch, flows.fill(core, job), loader)
-        if core.is_fresh(read, stale_s) or flight_key in self._flights:
+        fresh = core.is_fresh(read, stale_s) and not core.refresh_early(read, stale_s, early_s)
+        if fresh or flight_key in self._flights:
             return value
         refresh = flows.refresh(core, job, read.generation, value)
         try:
@@ -507,11 +519,12 @@ class SyncRedisCache(CoreFacade):
         *,
         group: str | None = None,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
         model: Any = None,
     ) -> Callable[[Callable[P, T]], Callable[P, T]]:
         """Decorate a function (a plain ``def`` here) so that its result is cached, as
         :meth:`get_or_set` caches a loader's (single flight, the lease, ``stale_ttl``,
-        invalidation: all the same)::
+        ``early_refresh``, invalidation: all the same)::
 
             @cache.cached(key="user:{user_id}", ttl=300)
             def load_user(user_id: int) -> User: ...
@@ -526,6 +539,8 @@ class SyncRedisCache(CoreFacade):
         ttl_seconds(ttl)
         if stale_ttl:
             ttl_seconds(stale_ttl, "stale_ttl")
+        if early_refresh:
+            ttl_seconds(early_refresh, "early_refresh")
 
         def decorate(function: Callable[P, T]) -> Callable[P, T]:
             call = CachedCall(function, key, group)
@@ -540,6 +555,7 @@ class SyncRedisCache(CoreFacade):
                     ttl,
                     chosen,
                     stale_ttl=stale_ttl,
+                    early_refresh=early_refresh,
                 )
                 return result
 

@@ -142,3 +142,60 @@ def test_decoration_errors_are_clear(any_facade: Facade, redis_url: str, prefix:
                 cache.cached(key="user:{user_id}", ttl=0)
 
     run(scenario())
+
+
+# -- early refresh ----------------------------------------------------------------------
+
+
+def test_early_refresh_reloads_a_hot_key_before_it_expires(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """XFetch: a read refreshes with probability e**(-remaining / early_refresh); the
+    draw is fixed here (the core's ``random``) to show both sides of it."""
+
+    async def scenario() -> None:
+        async with (
+            any_facade.open(redis_url, prefix) as harness,
+            any_facade.open(redis_url, prefix) as other,
+        ):
+            core = harness.cache._core
+            assert await harness.get_or_set("hot:1", lambda: "v1", 60) == "v1"
+            core.random = lambda: 0.0  # the luckiest draw: refresh only at the very end
+            assert await harness.get_or_set("hot:1", lambda: "v2", 60, early_refresh=10) == "v1"
+            core.random = lambda: 1 - 1e-12  # -10 * ln(1e-12) = 276 s >= 60 s left
+            assert await harness.get_or_set("hot:1", lambda: "v2", 60) == "v1"  # not asked
+            assert await harness.get_or_set("hot:1", lambda: "v2", 60, early_refresh=10) == "v2"
+            assert await other.get("hot:1") == "v2"
+            # Within its window the draw would have to be 1 - e**(-6): near 1 as well.
+            core.random = lambda: 0.5  # -10 * ln(0.5) = 6.9 s < 60 s left
+            assert await harness.get_or_set("hot:1", lambda: "v3", 60, early_refresh=10) == "v2"
+
+    run(scenario())
+
+
+def test_early_refresh_through_the_decorator(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    calls: list[int] = []
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as harness:
+            harness.cache._core.random = lambda: 1 - 1e-12
+            if harness.kind == "async":
+
+                @harness.cache.cached(key="hot:{n}", ttl=60, early_refresh=10)
+                async def load(n: int) -> int:
+                    calls.append(n)
+                    return len(calls)
+
+            else:
+
+                @harness.cache.cached(key="hot:{n}", ttl=60, early_refresh=10)
+                def load(n: int) -> int:
+                    calls.append(n)
+                    return len(calls)
+
+            assert await _call(harness.kind, load, 1) == 1
+            assert await _call(harness.kind, load, 1) == 2  # refreshed early
+
+    run(scenario())
