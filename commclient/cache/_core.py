@@ -139,6 +139,19 @@ class Read:
         self.ttl_ms = ttl_ms
 
 
+def _config_values(reply: Any) -> list[bytes | str]:
+    """The values of a ``CONFIG GET`` reply: a dict or a flat list of one server, or a
+    dict of them by cluster node."""
+    if isinstance(reply, dict):
+        values = list(reply.values())
+        if values and all(isinstance(value, (dict, list)) for value in values):
+            return [found for value in values for found in _config_values(value)]
+        return [value for value in values if isinstance(value, (bytes, str))]
+    if isinstance(reply, list):
+        return [value for value in reply[1::2] if isinstance(value, (bytes, str))]
+    return []
+
+
 def fresh_generation() -> str:
     """A random start for a group's generation (see ``_scripts``): below 2**40, so that
     Redis's Lua (doubles, printed with 14 digits by cjson) keeps it and its increments
@@ -631,6 +644,27 @@ class CacheCore:
             self.local.drop(message)
             if message.group is not None and message.generation is not None:
                 self.remember_generation(message.group, str(message.generation))
+
+    # -- the server -------------------------------------------------------------------
+
+    def eviction_policy(self, reply: Any, error: BaseException | None = None) -> str | None:
+        """Log the ``maxmemory-policy`` in a ``CONFIG GET`` reply (of one server, or of a
+        cluster's nodes); every policy is supported, ``noeviction`` with a warning."""
+        policies = sorted({_text(value) for value in _config_values(reply)})
+        if not policies:
+            self.log(logging.DEBUG, "redis eviction policy unknown", error)
+            return None
+        policy = ",".join(policies)
+        if "noeviction" in policies:
+            self.log(
+                logging.WARNING,
+                "redis maxmemory-policy is noeviction: once redis is full, cache writes "
+                "are refused (set returns False, loaded values are not stored)",
+                policy=policy,
+            )
+        else:
+            self.log(logging.INFO, "redis eviction policy", policy=policy)
+        return policy
 
     # -- listener state -----------------------------------------------------------------
 

@@ -586,12 +586,16 @@ class SyncRedisCache(CoreFacade):
                 io.close_quietly(client)
 
     def start(self, timeout: float = 5.0) -> bool:
-        """Start the local tier's listener and wait until it serves; ``True`` once it does.
+        """Check Redis's eviction policy, start the local tier's listener and wait until
+        it serves; ``True`` once it does.
 
         Optional: the listener starts by itself on first use. Without a local tier,
-        returns ``False`` at once.
+        returns ``False`` after the check. Every eviction policy keeps the cache's
+        guarantee (see the README); ``noeviction`` is logged as a warning, since once
+        Redis is full no write is stored.
         """
         self._check_open()
+        self._check_eviction_policy()
         if not self._core.local_tier_enabled:
             return False
         self._ensure_listener()
@@ -601,6 +605,16 @@ class SyncRedisCache(CoreFacade):
         while not self._core.local.active and time.monotonic() < deadline:
             io.sleep(0.005)
         return self._core.local.active
+
+    def _check_eviction_policy(self) -> None:
+        try:
+            reply = self._deadlines.run(
+                self._execute_command, "CONFIG", "GET", "maxmemory-policy"
+            )
+        except Exception as error:  # CONFIG renamed or refused (managed Redis), no server
+            self._core.eviction_policy(None, error)
+        else:
+            self._core.eviction_policy(reply)
 
     def _ensure_listener(self) -> None:
         """Join the listener this cache's client shares (see :class:`Listener`), and

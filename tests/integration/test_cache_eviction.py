@@ -3,14 +3,19 @@ default: evicting generation keys never brings an invalidated value back."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
 from commclient.cache import CacheConfig, SyncRedisCache
+from tests import conftest_cache
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis_server
+
+cache_logs = conftest_cache.cache_logs
 
 GROUPS = 1500
 CONFIG = CacheConfig(operation_timeout=2.0)
@@ -51,3 +56,18 @@ def test_eviction_never_serves_an_invalidated_value(policy: str) -> None:
 
 def _generations_left(admin: redis.Redis) -> int:
     return sum(1 for _ in admin.scan_iter("{evict}!gen:*", count=1000))
+
+
+@pytest.mark.parametrize(
+    ("policy", "level"), [("allkeys-lru", logging.INFO), ("noeviction", logging.WARNING)]
+)
+def test_start_reports_the_eviction_policy(
+    policy: str, level: int, cache_logs: conftest_cache.LogCapture
+) -> None:
+    with (
+        RedisServer(extra_args=("--maxmemory-policy", policy)) as server,
+        SyncRedisCache.from_url(server.url, "policy", registry=CollectorRegistry()) as cache,
+    ):
+        assert cache.start() is False  # no local tier: only the check
+    reported = [r.levelno for r in cache_logs.records if getattr(r, "policy", None) == policy]
+    assert reported == [level]
