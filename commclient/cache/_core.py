@@ -620,15 +620,6 @@ class CacheCore:
             count=message.count,
         )
 
-    def received(self, data: bytes | str) -> InvalidationMessage | None:
-        """Parse a message from the channel and apply it (see :meth:`apply`)."""
-        message = InvalidationMessage.decode(data)
-        if message is None:
-            self.malformed_message(data)
-            return None
-        self.apply(message)
-        return message
-
     def malformed_message(self, data: bytes | str) -> None:
         self.log(logging.DEBUG, "ignored a malformed invalidation message", size=len(data))
 
