@@ -26,7 +26,7 @@ from commclient._correlation import correlation_id_ctx
 
 from ._codec import Codec, CorruptValueError, ModelMismatchError
 from ._config import CacheConfig
-from ._exceptions import LoaderFailedError
+from ._exceptions import CacheError, LoaderFailedError
 from ._instruments import CacheMetrics
 from ._keys import KeyLayout, group_of, validate_group, validate_key, validate_pattern
 from ._local import MISSING, LocalTier
@@ -404,6 +404,17 @@ class CacheCore:
 
     def validate(self, value: object, model: Any) -> Any:
         return self.codec.validate(value, model)
+
+    def as_read(self, value: Any, model: Any, data: bytes | None = None) -> Any:
+        """A loaded ``value`` as a hit returns it, so that a miss and a hit never differ:
+        without a model, the plain JSON of ``data`` (its stored form; a model instance
+        becomes a dict), or the value itself when it cannot be stored."""
+        if model is not None:
+            return value
+        try:
+            return self.codec.decode(data if data is not None else self.encode("", value))
+        except CacheError:
+            return value
 
     def write_args(
         self,

@@ -288,8 +288,9 @@ def decode(
 
 
 def load(core: CacheCore, job: ReadThrough) -> Flow[Any]:
-    """Only call the loader (Redis is unreachable): its value, validated."""
-    return core.validate((yield LOAD), job.model)
+    """Only call the loader (Redis is unreachable): its value, validated, as a hit
+    would return it."""
+    return core.as_read(core.validate((yield LOAD), job.model), job.model)
 
 
 def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
@@ -382,6 +383,7 @@ def load_and_store(
         plan, data, ttl_ms, generation, lease_token=token, replaces=replaces, watched_lease=watched
     )
     written = yield Call("set", Command.WRITE, keys=keys, args=args)
+    value = core.as_read(value, job.model, data)
     core.loaded(plan, data, ttl_ms, job.model, value, job.epoch, stored=written == 1)
     return value
 

@@ -156,6 +156,19 @@ def test_an_unstorable_loaded_value_is_returned_each_time_not_raised(
     run(scenario())
 
 
+def test_without_a_model_a_miss_returns_what_a_hit_returns(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            load = lambda: {"user": Aliased(userName="ann", age=3), "ok": True}  # noqa: E731
+            miss = await cache.get_or_set("user:1", load)
+            hit = await cache.get_or_set("user:1", load)
+            assert miss == hit == {"user": {"user_name": "ann", "age": 3}, "ok": True}
+
+    run(scenario())
+
+
 def test_a_cached_none_is_a_hit(any_facade: Facade, redis_url: str, prefix: str) -> None:
     absent = object()
     loads: list[int] = []
