@@ -171,6 +171,9 @@ class CacheInvalidationMiddleware:
         self._methods = frozenset().union(*(rule.methods for rule in self.rules))
         self._pending: dict[tuple[str, str], None] = {}
         self._retrier: asyncio.Task[None] | None = None
+        self.failures = 0
+        """Invalidations (a group or a pattern, first tries and retries) that did not
+        complete; the cache counts those Redis failed in its own metrics as well."""
 
     @property
     def pending(self) -> int:
@@ -226,6 +229,7 @@ class CacheInvalidationMiddleware:
             failed, error = targets, timeout_or_failure  # any of them may be incomplete
         if not failed:
             return
+        self.failures += len(failed)
         self._pending.update(dict.fromkeys(failed))
         self._retry_later()
         logger.error(
@@ -272,6 +276,8 @@ class CacheInvalidationMiddleware:
                 except Exception:
                     logger.exception("retrying a cache invalidation failed", extra={kind: name})
                     done = False
-                if done:
+                if not done:
+                    self.failures += 1
+                else:
                     del self._pending[target]
                     logger.info("pending cache invalidation applied", extra={kind: name})

@@ -159,6 +159,7 @@ def test_a_pattern_invalidation_that_failed_is_kept_and_retried(
             sent = await call(middleware, http_scope("PATCH", "/api/users/5"))
         assert sent[0]["status"] == 200
         assert middleware.pending == 1
+        assert middleware.failures == 1
         assert "'user:5'" in str([r.__dict__.get("patterns") for r in caplog.records])
         cache.fail, cache.delay = False, 0  # Redis is back
         while middleware.pending:  # noqa: ASYNC110  # polls the middleware's own state
