@@ -184,3 +184,25 @@ def test_sync_cache_on_a_callers_cluster_client_keeps_to_the_operation_timeout(
     assert cache.get("settings:1") == "v1"
     cache.close()
     client.close()
+
+
+def test_async_cache_on_a_cluster_keeps_to_the_operation_timeout(
+    cluster: RedisClusterServers, prefix: str
+) -> None:
+    config = CacheConfig(operation_timeout=0.2, breaker_failure_threshold=100)
+
+    async def scenario() -> None:
+        client = async_client(cluster)
+        async with AsyncRedisCache(client, prefix, config=config) as cache:
+            assert await cache.set("settings:1", "v1")
+            slot_owner = client.get_node_from_key(f"{{{prefix}}}").port
+            owner = next(node for node in cluster.nodes if node.port == slot_owner)
+            owner.pause()
+            try:
+                # Well under the cluster's node timeout (2 s).
+                assert await asyncio.wait_for(cache.get("settings:1"), 1.5) is None
+            finally:
+                owner.resume()
+        await client.aclose()
+
+    run(scenario())
