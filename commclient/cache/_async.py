@@ -462,7 +462,11 @@ class AsyncRedisCache(CoreFacade):
 
         Concurrent misses of one key share one ``loader`` call in this process, and a
         Redis lease (renewed while the loader runs) makes other processes wait for it
-        rather than load too. A loader error reaches every caller waiting for it. With
+        rather than load too. A loader error reaches every caller waiting for it; in
+        other processes, and for ``loader_failure_ttl`` after it, as
+        :class:`LoaderFailedError`. Without a ``model``, a loaded value is returned as a
+        hit would return it (its JSON, decoded). A loaded value that cannot be stored is
+        returned, not cached (logged). With
         ``stale_ttl``, a value is kept that much longer and, once past ``ttl``, served
         while one caller refreshes it; the refreshed value reaches every local tier.
 
