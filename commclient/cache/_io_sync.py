@@ -192,13 +192,14 @@ class _BoundedClients:
 _bounded = _BoundedClients()
 
 
-def _forget_bounded_clients() -> None:
-    """A forked child shares nothing of its parent's clients (DESIGN §6)."""
-    global _bounded
-    _bounded = _BoundedClients()
+def _unlock_bounded_clients() -> None:
+    """A forked child keeps sharing the rebuilt clients among its caches (each cache
+    drops the parent's connections: see ``reset_connections``), under a lock of its own:
+    another thread of the parent may have held it."""
+    _bounded.lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_bounded_clients)
+os.register_at_fork(after_in_child=_unlock_bounded_clients)
 
 
 def bounded_client(client: Any, timeout: float) -> tuple[Any, bool]:
