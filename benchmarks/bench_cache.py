@@ -11,6 +11,8 @@
 - The read script called by hand with ``EVALSHA`` against redis-py's ``Script`` call.
 - ``invalidate_group`` against ``invalidate(pattern)`` with 10k, 100k and 1M keys in the
   group (target: ``invalidate_group`` flat, 1 ms or less, at every size).
+- The threads and Pub/Sub connections that 50 caches with local tiers on one client add
+  (target: one of each, as for one cache).
 
 Network calls alternate call by call and the median call counts; local hits are timed in
 batches and the median batch counts.
@@ -119,6 +121,11 @@ QUICK = Plan(
     group_repeats=20,
     label=" (quick: 200k instead of 1M)",
 )
+
+
+def _text(reply: bytes | str | None) -> str:
+    """A group's generation as Redis returned it ("" if it has none)."""
+    return reply.decode() if isinstance(reply, bytes) else reply or ""
 
 
 # -- the REST service it replaces --------------------------------------------------------
@@ -273,7 +280,8 @@ async def _async_hits(redis_url: str, rest_url: str, plan: Plan) -> list[Row]:
     await cache.set(KEY, SETTINGS)
     await cache.set(FROZEN_KEY, SETTINGS)
     assert await local.start()
-    raw_key = f"{{bench-async}}:{KEY}#0"
+    generation = _text(await bare.get(f"{{bench-async}}!gen:{KEY}"))
+    raw_key = f"{{bench-async}}:{KEY}#{generation}"
 
     async def cache_hit() -> Any:
         return await cache.get(KEY)
@@ -381,10 +389,12 @@ def _sync_hits(redis_url: str, rest_url: str, plan: Plan) -> list[Row]:
     cache.set(KEY, SETTINGS)
     cache.set(FROZEN_KEY, SETTINGS)
     assert local.start()
-    raw_key = f"{{bench-sync}}:{KEY}#0"
+    generation = _text(bare.get(f"{{bench-sync}}!gen:{KEY}"))
+    raw_key = f"{{bench-sync}}:{KEY}#{generation}"
     # The read script (local tier, serve-stale): called by hand, or through redis-py.
     script = bare.register_script(_scripts.READ)
-    script_keys = [f"{{bench-sync}}!gen:{KEY}", raw_key, "0"]  # two KEYS, the guessed generation
+    # two KEYS, the guessed generation
+    script_keys = [f"{{bench-sync}}!gen:{KEY}", raw_key, generation]
 
     def rest_get_typed() -> Any:
         response = session.get(rest_url)
@@ -532,12 +542,69 @@ async def _invalidation(redis_url: str, plan: Plan) -> list[Row]:
     return rows
 
 
+def _listener_resources(redis_url: str, caches: int) -> tuple[int, int]:
+    """Threads and Pub/Sub connections that ``caches`` sync caches with local tiers on
+    one client add."""
+    import threading
+
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+
+    def pubsub_connections() -> int:
+        return sum(1 for client in admin.client_list() if int(client.get("sub", 0)) > 0)
+
+    threads, connections = threading.active_count(), pubsub_connections()
+    client = redis.Redis.from_url(redis_url)
+    config = CacheConfig(local_tier_size=100)
+    opened = [
+        SyncRedisCache(client, f"res{index}", config=config, registry=CollectorRegistry())
+        for index in range(caches)
+    ]
+    for cache in opened:
+        assert cache.start()
+    used = (threading.active_count() - threads, pubsub_connections() - connections)
+    for cache in opened:
+        cache.close()
+    client.close()
+    admin.close()
+    return used
+
+
+def _resources(redis_url: str) -> list[Row]:
+    one_threads, one_connections = _listener_resources(redis_url, 1)
+    threads, connections = _listener_resources(redis_url, 50)
+    return [
+        Row(
+            group="cache listeners, 50 caches with local tiers on one client",
+            candidate="threads, 50 caches",
+            baseline="threads, 1 cache",
+            candidate_value=threads,
+            baseline_value=one_threads,
+            unit="threads",
+            limit=1,
+            limit_kind="value",
+        ),
+        Row(
+            group="cache listeners, 50 caches with local tiers on one client",
+            candidate="Pub/Sub connections, 50 caches",
+            baseline="Pub/Sub connections, 1 cache",
+            candidate_value=connections,
+            baseline_value=one_connections,
+            unit="connections",
+            limit=1,
+            limit_kind="value",
+        ),
+    ]
+
+
 def run(quick: bool) -> list[Row]:
     plan = QUICK if quick else FULL
     with RedisServer() as server, RestServer() as rest:
         rows = asyncio.run(_async_hits(server.url, rest.url, plan))
         rows += _sync_hits(server.url, rest.url, plan)
         rows += asyncio.run(_invalidation(server.url, plan))
+        rows += _resources(server.url)
     return rows
 
 

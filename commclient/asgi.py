@@ -8,11 +8,13 @@ Pure ASGI (no framework import): wrap any ASGI app, FastAPI and Starlette includ
 After a mutating request (POST, PUT, PATCH, DELETE) whose response is 2xx, the groups and
 patterns of every matching rule are invalidated. This happens when the app starts its
 response and *before* the response leaves, so a client that reads right after its own
-write never reads the old value. A group invalidation that fails (Redis down or paused)
-is logged, the response goes out unchanged, and the group is kept pending: the
-middleware bumps it again in the background, with growing pauses up to
-``retry_max_wait``, until Redis takes it, so an old value cannot outlive the outage by
-its whole TTL. Bumping a group twice is harmless (it only invalidates again).
+write never reads the old value. An invalidation that fails (Redis down or paused, or
+the middleware's ``timeout`` cutting a long pattern scan short) is logged, the response
+goes out unchanged, and the group or pattern is kept pending: the middleware runs it
+again in the background, with growing pauses up to ``retry_max_wait``, until Redis
+completes it, so an old value cannot outlive the outage by its whole TTL. Invalidating
+twice is harmless (it only invalidates again). The cache counts each failure in
+``redis_cache_invalidations_total{direction="failed"}``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from commclient._inbound import CorrelationIdMiddleware
+from commclient.cache._exceptions import CacheUnavailableError
 from commclient.cache._keys import build_pattern, validate_group, validate_pattern
 
 Scope = MutableMapping[str, Any]
@@ -59,8 +62,8 @@ logger = logging.getLogger("commclient.cache")
 class SupportsInvalidation(Protocol):
     """What the middleware needs of a cache (any async cache of ``commclient.cache``)."""
 
-    async def invalidate(self, pattern: str, *parts: object) -> int:
-        """Drop the keys matching ``pattern``; the number dropped."""
+    async def invalidate(self, pattern: str, *parts: object, strict: bool = False) -> int:
+        """Drop the keys matching ``pattern``; the number dropped (``strict``: raise if not all)."""
         ...
 
     async def invalidate_group(self, group: str) -> bool:
@@ -177,12 +180,15 @@ class CacheInvalidationMiddleware:
         self.timeout = timeout
         self.retry_max_wait = retry_max_wait
         self._methods = frozenset().union(*(rule.methods for rule in self.rules))
-        self._pending: dict[str, None] = {}
+        self._pending: dict[tuple[str, str], None] = {}
         self._retrier: asyncio.Task[None] | None = None
+        self.failures = 0
+        """Invalidations (a group or a pattern, first tries and retries) that did not
+        complete; the cache counts those Redis failed in its own metrics as well."""
 
     @property
     def pending(self) -> int:
-        """Groups whose invalidation failed and is being retried."""
+        """Groups and patterns whose invalidation failed and is being retried."""
         return len(self._pending)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -225,49 +231,64 @@ class CacheInvalidationMiddleware:
         return groups, patterns
 
     async def _invalidate(self, scope: Scope, groups: list[str], patterns: list[str]) -> None:
+        targets = [("group", group) for group in groups] + [("pattern", p) for p in patterns]
+        failed: list[tuple[str, str]] = []
         try:
-            await asyncio.wait_for(self._run(groups, patterns), self.timeout)
-        except Exception as error:
-            self._pending.update(dict.fromkeys(groups))
-            self._retry_later()
-            logger.error(
-                "cache invalidation after a successful request failed; the response is sent",
-                extra={
-                    "method": scope.get("method"),
-                    "path": scope.get("path"),
-                    "groups": groups,
-                    "patterns": patterns,
-                    "error_type": type(error).__name__,
-                    "error": str(error)[:300],
-                },
-            )
+            failed = await asyncio.wait_for(self._run(targets), self.timeout)
+            error: BaseException = ConnectionError("the cache could not reach redis")
+        except Exception as timeout_or_failure:
+            failed, error = targets, timeout_or_failure  # any of them may be incomplete
+        if not failed:
+            return
+        self.failures += len(failed)
+        self._pending.update(dict.fromkeys(failed))
+        self._retry_later()
+        logger.error(
+            "cache invalidation after a successful request failed; the response is sent "
+            "and the invalidation retried",
+            extra={
+                "method": scope.get("method"),
+                "path": scope.get("path"),
+                "groups": [name for kind, name in failed if kind == "group"],
+                "patterns": [name for kind, name in failed if kind == "pattern"],
+                "error_type": type(error).__name__,
+                "error": str(error)[:300],
+            },
+        )
 
-    async def _run(self, groups: list[str], patterns: list[str]) -> None:
-        failed: list[str] = []
-        for group in groups:
-            if not await self.cache.invalidate_group(group):
-                failed.append(group)
-        for pattern in patterns:
-            await self.cache.invalidate(pattern)
-        if failed:
-            raise ConnectionError(f"could not reach the cache for groups {', '.join(failed)}")
+    async def _run(self, targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Invalidate every target; the ones Redis did not complete."""
+        return [target for target in targets if not await self._apply(target)]
+
+    async def _apply(self, target: tuple[str, str]) -> bool:
+        kind, name = target
+        if kind == "group":
+            return await self.cache.invalidate_group(name)
+        try:
+            await self.cache.invalidate(name, strict=True)
+        except CacheUnavailableError:
+            return False
+        return True
 
     def _retry_later(self) -> None:
         if self._retrier is None or self._retrier.done():
             self._retrier = asyncio.get_running_loop().create_task(self._retry_pending())
 
     async def _retry_pending(self) -> None:
-        """Bump the pending groups again until Redis takes every one of them."""
+        """Run the pending invalidations again until Redis completes every one of them."""
         wait = min(0.1, self.retry_max_wait)
         while self._pending:
             await asyncio.sleep(wait)
             wait = min(wait * 2, self.retry_max_wait)
-            for group in list(self._pending):
+            for target in list(self._pending):
+                kind, name = target
                 try:
-                    done = await self.cache.invalidate_group(group)
+                    done = await self._apply(target)
                 except Exception:
-                    logger.exception("retrying a cache invalidation failed", extra={"group": group})
+                    logger.exception("retrying a cache invalidation failed", extra={kind: name})
                     done = False
-                if done:
-                    del self._pending[group]
-                    logger.info("pending cache invalidation applied", extra={"group": group})
+                if not done:
+                    self.failures += 1
+                else:
+                    del self._pending[target]
+                    logger.info("pending cache invalidation applied", extra={kind: name})

@@ -35,6 +35,8 @@ TEXT = {
     "``redis.asyncio``": "``redis``",
     "redis.asyncio.Redis": "redis.Redis",
     "for asyncio code": "for blocking code",
+    "(``async def`` here)": "(a plain ``def`` here)",
+    "async def load_user": "def load_user",
     "  # noqa: ASYNC110": "",
 }
 """Phrases of docstrings and comments, and one lint marker that only async code needs."""

@@ -95,6 +95,19 @@ def run(awaitable: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
+def data_key(store: Any, prefix: str, key: str) -> str:
+    """The Redis key holding ``key``'s value in ``store`` (a ``redis.Redis`` or a
+    :class:`MemoryStore`): under its group's current generation, which a group without
+    one gets as "0" (as a test planting a value needs)."""
+    generation_key = f"{{{prefix}}}!gen:{key.partition(':')[0]}"
+    if isinstance(store, MemoryStore):
+        generation = store.generation(generation_key, "0")
+    else:
+        store.set(generation_key, "0", nx=True)
+        generation = store.get(generation_key)
+    return f"{{{prefix}}}:{key}#{generation.decode()}"
+
+
 def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
@@ -118,7 +131,7 @@ class Harness(Protocol):
     kind: str
     cache: Any
 
-    async def get(self, key: str, model: Any = None) -> Any: ...
+    async def get(self, key: str, model: Any = None, **kw: Any) -> Any: ...
     async def get_raw(self, key: str) -> Any: ...
     async def set(self, key: str, value: object, ttl: float | timedelta = 300) -> bool | None: ...
     async def delete(self, key: str) -> bool: ...
@@ -133,6 +146,7 @@ class Harness(Protocol):
         *,
         stale_ttl: float = 0,
         delay: float = 0.0,
+        **kw: Any,
     ) -> Any: ...
     async def many_get_or_set(
         self, count: int, key: str, loader: Callable[[], Any], *, delay: float = 0.0, **kw: Any
@@ -149,8 +163,8 @@ class AsyncHarness:
         self.cache = cache
         self.kind = kind
 
-    async def get(self, key: str, model: Any = None) -> Any:
-        return await self.cache.get(key, model)
+    async def get(self, key: str, model: Any = None, **kw: Any) -> Any:
+        return await self.cache.get(key, model, **kw)
 
     async def get_raw(self, key: str) -> Any:
         return await self.cache.get_raw(key)
@@ -180,13 +194,14 @@ class AsyncHarness:
         *,
         stale_ttl: float = 0,
         delay: float = 0.0,
+        **kw: Any,
     ) -> Any:
         async def load() -> Any:
             if delay:
                 await asyncio.sleep(delay)
             return loader()
 
-        return await self.cache.get_or_set(key, load, ttl, model, stale_ttl=stale_ttl)
+        return await self.cache.get_or_set(key, load, ttl, model, stale_ttl=stale_ttl, **kw)
 
     async def many_get_or_set(
         self, count: int, key: str, loader: Callable[[], Any], *, delay: float = 0.0, **kw: Any
@@ -223,8 +238,8 @@ class SyncHarness:
         self.cache = cache
         self.kind = kind
 
-    async def get(self, key: str, model: Any = None) -> Any:
-        return self.cache.get(key, model)
+    async def get(self, key: str, model: Any = None, **kw: Any) -> Any:
+        return self.cache.get(key, model, **kw)
 
     async def get_raw(self, key: str) -> Any:
         return self.cache.get_raw(key)
@@ -254,13 +269,14 @@ class SyncHarness:
         *,
         stale_ttl: float = 0,
         delay: float = 0.0,
+        **kw: Any,
     ) -> Any:
         def load() -> Any:
             if delay:
                 time.sleep(delay)
             return loader()
 
-        return self.cache.get_or_set(key, load, ttl, model, stale_ttl=stale_ttl)
+        return self.cache.get_or_set(key, load, ttl, model, stale_ttl=stale_ttl, **kw)
 
     async def get_or_set(
         self,
@@ -271,8 +287,9 @@ class SyncHarness:
         *,
         stale_ttl: float = 0,
         delay: float = 0.0,
+        **kw: Any,
     ) -> Any:
-        return self._get_or_set(key, loader, ttl, model, stale_ttl=stale_ttl, delay=delay)
+        return self._get_or_set(key, loader, ttl, model, stale_ttl=stale_ttl, delay=delay, **kw)
 
     async def many_get_or_set(
         self, count: int, key: str, loader: Callable[[], Any], *, delay: float = 0.0, **kw: Any
@@ -341,7 +358,7 @@ class Facade:
         # Tests that are not about timeouts must not turn a loaded machine into misses.
         config = config or RELAXED
         harness: Harness
-        if self.backend == "memory":
+        if self.backend == "memory" and client is None:
             if self.kind == "async":
                 memory = AsyncMemoryCache(
                     prefix, store=self.store, config=config, registry=registry

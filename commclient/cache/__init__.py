@@ -10,10 +10,13 @@ from a URL or ``None``. Importing this package imports neither redis nor pydanti
 from ._async import AsyncRedisCache
 from ._config import CacheConfig
 from ._exceptions import (
+    CacheClosedError,
     CacheError,
     CacheSerializationError,
+    CacheUnavailableError,
     CacheValueTooLargeError,
     InvalidCacheKeyError,
+    LoaderFailedError,
 )
 from ._keys import Glob, build_pattern, escape_glob, glob_matches, group_of
 from ._memory import AsyncMemoryCache, MemoryStore, SyncMemoryCache
@@ -28,13 +31,16 @@ __all__ = [
     "AsyncCache",
     "AsyncMemoryCache",
     "AsyncRedisCache",
+    "CacheClosedError",
     "CacheConfig",
     "CacheError",
     "CacheSerializationError",
+    "CacheUnavailableError",
     "CacheValueTooLargeError",
     "Glob",
     "InvalidCacheKeyError",
     "InvalidationMessage",
+    "LoaderFailedError",
     "MemoryStore",
     "RedisCache",
     "SyncCache",

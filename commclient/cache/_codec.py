@@ -1,7 +1,9 @@
 """JSON serialization of cached values (never pickle), with optional pydantic validation.
 
 Plain JSON values (dict, list, str, int, float, bool, None) go through :mod:`json` with
-``allow_nan=False``, so what is stored is what another process can read back. Pydantic
+``allow_nan=False``, and values JSON would change (tuples, non-``str`` dict keys) are
+refused, so what is stored is what another process reads back. Models are stored by
+field name and read by name or alias, whatever their alias configuration. Pydantic
 models, dataclasses and typing forms (``list[Tool]``) go through a cached pydantic
 ``TypeAdapter``; pydantic is imported only when a model is used. Without pydantic,
 dataclasses of JSON fields still work (built with ``Model(**data)``).
@@ -281,12 +283,63 @@ def _jsonable(value: object) -> Any:
     comes back from the cache is what went in.
     """
     if _has_pydantic() and isinstance(value, _pydantic().BaseModel):
-        return value.model_dump(mode="json")
+        return value.model_dump(mode="json", by_alias=False)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         if _has_pydantic():
-            return _adapter(_type_of(value)).dump_python(value, mode="json")
+            return _adapter(_type_of(value)).dump_python(value, mode="json", by_alias=False)
         return dataclasses.asdict(value)
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _is_structured(value: object) -> bool:
+    """A pydantic model or dataclass instance (stored through :func:`_jsonable`)."""
+    if _has_pydantic() and isinstance(value, _pydantic().BaseModel):
+        return True
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _reads_back(value: Any) -> bool:
+    """Whether a model or dataclass instance is equal to what its JSON validates back to
+    (a field excluded from dumps, a serializer without its validator: it is not)."""
+    kind = _type_of(value)
+    try:
+        if _has_pydantic():
+            adapter = _adapter(kind)
+            data = adapter.dump_json(value, by_alias=False)
+            return bool(adapter.validate_json(data, by_alias=True, by_name=True) == value)
+        return bool(kind(**json.loads(json.dumps(dataclasses.asdict(value)))) == value)
+    except _validation_errors():
+        return False
+
+
+def unfaithful(value: object) -> str | None:
+    """Why ``value`` would not read back from JSON as it is, or ``None`` if it would.
+
+    JSON turns a tuple into a list and an ``int`` key into a ``str``: a reader would get
+    another value than the writer stored (and a cache miss another value than a hit),
+    so such values are refused rather than converted. Iterative: a value nested deeper
+    than Python recurses was already refused by :func:`json.dumps`.
+    """
+    pending: list[tuple[object, str]] = [(value, "the value")]
+    while pending:
+        item, where = pending.pop()
+        if isinstance(item, (str, int, float)) or item is None:
+            continue
+        if isinstance(item, dict):
+            for key, member in item.items():
+                if not isinstance(key, str):
+                    return (
+                        f"{where} has the {type(key).__name__} key {key!r}, "
+                        "which JSON would turn into a str"
+                    )
+                pending.append((member, f"{where}[{key!r}]"))
+        elif isinstance(item, list):
+            pending.extend((member, f"{where}[{index}]") for index, member in enumerate(item))
+        elif isinstance(item, tuple):
+            return f"{where} is a tuple, which JSON would turn into a list"
+        elif _is_structured(item) and not _reads_back(item):
+            return f"{where} (a {type(item).__name__}) does not validate back from its JSON"
+    return None
 
 
 def _validation_errors() -> tuple[type[BaseException], ...]:
@@ -326,6 +379,11 @@ class Codec:
             raise CacheSerializationError(
                 f"value for cache key {key!r} cannot be stored as JSON: {error}"
             ) from error
+        problem = unfaithful(value)
+        if problem is not None:
+            raise CacheSerializationError(
+                f"value for cache key {key!r} would not read back as stored: {problem}"
+            )
         if len(data) > self.max_value_bytes:
             raise CacheValueTooLargeError(key, len(data), self.max_value_bytes)
         return data
@@ -337,7 +395,9 @@ class Codec:
                 # A str skips json's detection of the bytes' encoding (always UTF-8 here).
                 return json.loads(data.decode() if isinstance(data, bytes) else data)
             if _has_pydantic():
-                return _adapter(model).validate_json(data)
+                # By name or by alias: values are stored by field name, and a model
+                # with aliases may validate by alias only.
+                return _adapter(model).validate_json(data, by_alias=True, by_name=True)
             return self._build_without_pydantic(json.loads(data), model)
         except _validation_errors() as error:
             if model is not None and _is_json(data):
@@ -349,7 +409,7 @@ class Codec:
         if model is None:
             return value
         if _has_pydantic():
-            return _adapter(model).validate_python(value)
+            return _adapter(model).validate_python(value, by_alias=True, by_name=True)
         return self._build_without_pydantic(value, model)
 
     @staticmethod

@@ -22,6 +22,10 @@ class CacheConfig:
     local_tier_size: int = 0
     """Entries in the in-process LRU in front of Redis; 0 (the default) disables it."""
 
+    local_tier_max_bytes: int = 64 * 1024 * 1024
+    """Bytes of JSON the local tier holds at most (its decoded objects come on top,
+    typically a few times as much); a value larger than this is not held locally."""
+
     local_tier_ttl: float = 30.0
     """Cap on how long a local entry lives, whatever its Redis TTL (a safety net under Pub/Sub)."""
 
@@ -38,6 +42,11 @@ class CacheConfig:
     """Longest wait for another process's load before loading too. The loading process
     renews its lease while its loader runs, and a crashed one frees it after
     ``lease_ttl``, so this only bounds a loader that hangs."""
+
+    loader_failure_ttl: float = 1.0
+    """How long a loader's failure stands in for its value: the processes waiting for
+    that load, and those asking in the meantime, fail at once with
+    ``LoaderFailedError`` rather than each loading in turn (0: not shared)."""
 
     lease_poll_interval: float = 0.02
     """How often a waiting process looks for the value another process is loading."""
@@ -66,6 +75,7 @@ class CacheConfig:
         for name in (
             "operation_timeout",
             "max_value_bytes",
+            "local_tier_max_bytes",
             "local_tier_ttl",
             "breaker_failure_threshold",
             "lease_ttl",
@@ -82,13 +92,22 @@ class CacheConfig:
             raise ValueError("CacheConfig.channel must not be empty")
 
 
-def ttl_seconds(ttl: float | timedelta) -> float:
-    """Normalise a TTL given as seconds or ``timedelta``; it must be positive."""
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+"""The longest TTL accepted (ten years), the same for every backend: far below what
+Redis refuses (milliseconds overflowing a 64-bit integer), so a TTL valid in memory is
+valid in Redis."""
+
+
+def ttl_seconds(ttl: float | timedelta, name: str = "ttl") -> float:
+    """Normalise a TTL given as seconds or ``timedelta``: positive, at most
+    :data:`MAX_TTL_SECONDS`."""
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"ttl must be seconds or a timedelta, not {type(ttl).__name__}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"ttl must be positive and finite: {ttl!r}")
+        raise TypeError(f"{name} must be seconds or a timedelta, not {type(ttl).__name__}")
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_TTL_SECONDS:
+        raise ValueError(
+            f"{name} must be positive and at most {MAX_TTL_SECONDS} s (ten years): {ttl!r}"
+        )
     return float(seconds)
 
 

@@ -9,7 +9,9 @@ sleep and wait, each in its own world.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import random
 import secrets
 import threading
 import time
@@ -24,6 +26,7 @@ from commclient._correlation import correlation_id_ctx
 
 from ._codec import Codec, CorruptValueError, ModelMismatchError
 from ._config import CacheConfig
+from ._exceptions import CacheError, LoaderFailedError
 from ._instruments import CacheMetrics
 from ._keys import KeyLayout, group_of, validate_group, validate_key, validate_pattern
 from ._local import MISSING, LocalTier
@@ -63,6 +66,9 @@ MISMATCH: Any = _Marker("MISMATCH")
 
 UNCONFIRMED: Any = _Marker("UNCONFIRMED")
 """A write was sent (or may have been) but no reply came: Redis may apply it."""
+
+FAILURE_MARK = "!"
+"""Starts a lease that holds a loader's failure (tokens are hex: never a "!")."""
 
 _WRITES_TOLD_UNCONFIRMED = frozenset({"set"})
 """Operations whose lost reply the flow is told about (:data:`UNCONFIRMED`); for every
@@ -133,6 +139,26 @@ class Read:
         self.ttl_ms = ttl_ms
 
 
+def _config_values(reply: Any) -> list[bytes | str]:
+    """The values of a ``CONFIG GET`` reply: a dict or a flat list of one server, or a
+    dict of them by cluster node."""
+    if isinstance(reply, dict):
+        values = list(reply.values())
+        if values and all(isinstance(value, (dict, list)) for value in values):
+            return [found for value in values for found in _config_values(value)]
+        return [value for value in values if isinstance(value, (bytes, str))]
+    if isinstance(reply, list):
+        return [value for value in reply[1::2] if isinstance(value, (bytes, str))]
+    return []
+
+
+def fresh_generation() -> str:
+    """A random start for a group's generation (see ``_scripts``): below 2**40, so that
+    Redis's Lua (doubles, printed with 14 digits by cjson) keeps it and its increments
+    exact, and above 0, the generation of the values of earlier versions."""
+    return str(secrets.randbelow(2**40 - 1) + 1)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -159,6 +185,7 @@ class CacheCore:
         self._plans: dict[str, KeyPlan] = {}
         self._generations: dict[str, str] = {}
         self._mismatches_logged: set[tuple[str, str]] = set()
+        self.random: Callable[[], float] = random.random  # early refresh's draw; tests fix it
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -177,7 +204,12 @@ class CacheCore:
         self._admit = self.breaker.admit  # bound once: it runs on every Redis call
         self._outage_lock = threading.Lock()
         self._outage_started_at: float | None = None
-        self.local = LocalTier(self.config.local_tier_size, self.config.local_tier_ttl, self.codec)
+        self.local = LocalTier(
+            self.config.local_tier_size,
+            self.config.local_tier_ttl,
+            self.codec,
+            max_bytes=self.config.local_tier_max_bytes,
+        )
         self.origin = new_origin_id()
         self._listener_outage = False
 
@@ -222,13 +254,13 @@ class CacheCore:
     # -- generations --------------------------------------------------------------------
 
     def guess(self, plan: KeyPlan) -> str:
-        """The generation of ``plan``'s group as last seen here ("0" if never): see ``_keys``."""
-        return self._generations.get(plan.group, "0")
+        """The generation of ``plan``'s group as last seen here ("" if never): see ``_keys``."""
+        return self._generations.get(plan.group, "")
 
     def generation_moved(self, plan: KeyPlan, guessed: str, seen: bytes | str | None) -> bool:
         """Whether Redis saw the generation ``seen`` (``None``: never bumped) rather than
         the one ``guessed``; if so it is remembered, and the caller tries again with it."""
-        generation = "0" if seen is None else _text(seen)
+        generation = "" if seen is None else _text(seen)
         if generation == guessed:
             return False
         self.remember_generation(plan.group, generation)
@@ -354,6 +386,15 @@ class CacheCore:
         """A lookup that could not reach Redis: a miss."""
         self.metrics.miss(plan.group)
 
+    def refresh_early(self, read: Read, stale_seconds: float, window: float) -> bool:
+        """Whether this read refreshes a fresh value before its TTL ends (XFetch): with
+        probability ``e**(-remaining / window)``, 1 at the end, 0.37 at ``window`` before
+        it, under 1 % at five windows; never without a ``window``."""
+        if window <= 0:
+            return False
+        remaining = read.ttl_ms / 1000 - stale_seconds
+        return -window * math.log(1.0 - self.random()) >= remaining
+
     @staticmethod
     def is_fresh(read: Read, stale_seconds: float) -> bool:
         """With serve-stale, the last ``stale_seconds`` of a value's Redis TTL are stale."""
@@ -367,6 +408,17 @@ class CacheCore:
     def validate(self, value: object, model: Any) -> Any:
         return self.codec.validate(value, model)
 
+    def as_read(self, value: Any, model: Any, data: bytes | None = None) -> Any:
+        """A loaded ``value`` as a hit returns it, so that a miss and a hit never differ:
+        without a model, the plain JSON of ``data`` (its stored form; a model instance
+        becomes a dict), or the value itself when it cannot be stored."""
+        if model is not None:
+            return value
+        try:
+            return self.codec.decode(data if data is not None else self.encode("", value))
+        except CacheError:
+            return value
+
     def write_args(
         self,
         plan: KeyPlan,
@@ -377,29 +429,35 @@ class CacheCore:
         lease_token: str = "",
         explicit: bool = False,
         replaces: bool = False,
+        watched_lease: bool = False,
     ) -> tuple[list[str], list[bytes | str | int]]:
         """KEYS and ARGV of the write script, to the data key of ``generation``.
 
         An explicit ``set`` revokes any load in flight and, if the group moved on, is told
-        the current generation to write to; a loader's write is refused then. An explicit
-        ``set`` and a refresh (``replaces``) tell the other processes' local tiers. A fill
-        writes where there was nothing, which no local tier can hold, and tells nobody.
+        the current generation to write to; a loader's write is refused then. A loader's
+        write holds the lease ``lease_token``, or (``watched_lease``) gave up waiting for
+        its holder ``lease_token``: then it is refused unless that holder still holds it
+        and nothing was stored, so it cannot undo a ``set``, ``delete`` or invalidation
+        made since its wait began. An explicit ``set`` and a refresh (``replaces``) tell
+        the other processes' local tiers. A fill writes where there was nothing, which no
+        local tier can hold, and tells nobody.
         """
         message = self.key_message(plan, 1).encode() if explicit or replaces else b""
         return [plan.generation_key, plan.lease_key, plan.data_key(generation)], [
             data,
             ttl_ms,
             generation,
-            "1" if explicit else "0",
+            "1" if explicit else "2" if watched_lease else "0",
             lease_token,
             self.config.channel,
             message,
+            fresh_generation(),
         ]
 
-    @staticmethod
-    def delete_args(plan: KeyPlan, guessed: str) -> tuple[list[str], list[str]]:
-        """KEYS and ARGV of the delete script."""
-        return [plan.generation_key, plan.lease_key, plan.data_key(guessed)], [guessed]
+    def delete_args(self, plan: KeyPlan, guessed: str) -> tuple[list[str], list[str | bytes]]:
+        """KEYS and ARGV of the delete script (which publishes the key's message)."""
+        keys = [plan.generation_key, plan.lease_key, plan.data_key(guessed)]
+        return keys, [guessed, self.config.channel, self.key_message(plan, 0).encode()]
 
     def after_local_change(self, message: InvalidationMessage) -> None:
         """Apply this process's own change to its local tier (after Redis applied it)."""
@@ -412,12 +470,15 @@ class CacheCore:
     ) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV of the script that reads the value or, if absent, takes the lease."""
         keys = [plan.generation_key, plan.lease_key, plan.data_key(guessed)]
-        return keys, [guessed, token, self.lease_ms()]
+        return keys, [guessed, token, self.lease_ms(), fresh_generation()]
 
     @staticmethod
-    def parse_read_or_lease(reply: Sequence[Any]) -> tuple[Read, bool]:
-        """The read, and whether the lease was taken."""
-        return Read(_text(reply[0]), reply[1], int(reply[2])), int(reply[3]) == 1
+    def parse_read_or_lease(reply: Sequence[Any]) -> tuple[Read, bool, str]:
+        """The read, whether the lease was taken, and the token of the lease's holder
+        when the value was absent and the lease not taken ("" otherwise)."""
+        read = Read(_text(reply[0]), reply[1], int(reply[2]))
+        holder = _text(reply[4]) if len(reply) > 4 else ""
+        return read, int(reply[3]) == 1, holder
 
     @staticmethod
     def new_lease_token() -> str:
@@ -430,6 +491,25 @@ class CacheCore:
         """How often a loader's lease is extended: three times per lease TTL, so that a
         late renewal or two still keep it."""
         return self.config.lease_ttl / 3
+
+    def release_lease_args(
+        self, plan: KeyPlan, token: str, error: BaseException | None
+    ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV releasing the lease ``token``, leaving the loader's ``error``
+        (an exception, not a cancellation) in its place for ``loader_failure_ttl``."""
+        failure_ms = round(self.config.loader_failure_ttl * 1000)
+        if not isinstance(error, Exception) or failure_ms <= 0:
+            return [plan.lease_key], [token, "", 0]
+        detail = f"{type(error).__name__}: {error}"[:300]
+        marker = FAILURE_MARK + detail.encode("utf-8", "replace").decode()
+        return [plan.lease_key], [token, marker, failure_ms]
+
+    def failed_elsewhere(self, plan: KeyPlan, holder: str) -> LoaderFailedError | None:
+        """The error of another process's failed load if the lease holds one (counted)."""
+        if not holder.startswith(FAILURE_MARK):
+            return None
+        self.metrics.error("get_or_set", "loader_failed_elsewhere")
+        return LoaderFailedError(plan.key, holder[len(FAILURE_MARK) :])
 
     def renew_lease_args(self, plan: KeyPlan, token: str) -> tuple[list[str], list[str | int]]:
         return [plan.lease_key], [token, self.lease_ms()]
@@ -466,7 +546,9 @@ class CacheCore:
             key=plan.key,
         )
 
-    def oversized_load(self, plan: KeyPlan, error: Exception) -> None:
+    def unstorable_load(self, plan: KeyPlan, error: Exception) -> None:
+        """A loader's value too large, or not JSON that reads back as it is: returned to
+        the caller, not cached (the next call loads again)."""
         self.metrics.error("get_or_set", type(error).__name__)
         self.log(logging.WARNING, "loaded value not cached", error, key=plan.key)
 
@@ -517,7 +599,7 @@ class CacheCore:
         """How many of ``data_keys`` are of their group's current generation: the logical
         keys that held a value (older copies were unreachable already)."""
         current = {
-            key: "0" if generation is None else _text(generation)
+            key: "" if generation is None else _text(generation)
             for key, generation in zip(generation_keys, generations, strict=True)
         }
         count = 0
@@ -528,6 +610,18 @@ class CacheCore:
             key, generation = parts
             count += current.get(self.layout.generation_key(group_of(key))) == generation
         return count
+
+    def invalidation_failed(self, message: InvalidationMessage) -> None:
+        """A pattern invalidation Redis did not complete: counted and logged (the keys
+        removed before the failure were broadcast with their page)."""
+        self.metrics.invalidation(message.kind, "failed")
+        self.log(
+            logging.WARNING,
+            "cache invalidation not completed; redis unavailable",
+            kind=message.kind,
+            pattern=message.pattern,
+            count=message.count,
+        )
 
     def sent(self, message: InvalidationMessage) -> None:
         self.metrics.invalidation(message.kind, "sent")
@@ -540,23 +634,42 @@ class CacheCore:
             count=message.count,
         )
 
-    def received(self, data: bytes | str) -> InvalidationMessage | None:
-        """Parse a message from the channel and apply it to the local tier.
+    def malformed_message(self, data: bytes | str) -> None:
+        self.log(logging.DEBUG, "ignored a malformed invalidation message", size=len(data))
 
-        Messages of another prefix are handed on but not applied; messages this cache
-        sent itself were applied before they were sent, so they are recognised by
-        origin id and not applied twice.
+    def apply(self, message: InvalidationMessage) -> None:
+        """Apply a message from the channel to the local tier.
+
+        Messages of another prefix are not applied; messages this cache sent itself
+        were applied before they were sent, so they are recognised by origin id and not
+        applied twice.
         """
-        message = InvalidationMessage.decode(data)
-        if message is None:
-            self.log(logging.DEBUG, "ignored a malformed invalidation message", size=len(data))
-            return None
         if message.prefix == self.prefix and message.origin != self.origin:
             self.metrics.invalidation(message.kind, "received")
             self.local.drop(message)
             if message.group is not None and message.generation is not None:
                 self.remember_generation(message.group, str(message.generation))
-        return message
+
+    # -- the server -------------------------------------------------------------------
+
+    def eviction_policy(self, reply: Any, error: BaseException | None = None) -> str | None:
+        """Log the ``maxmemory-policy`` in a ``CONFIG GET`` reply (of one server, or of a
+        cluster's nodes); every policy is supported, ``noeviction`` with a warning."""
+        policies = sorted({_text(value) for value in _config_values(reply)})
+        if not policies:
+            self.log(logging.DEBUG, "redis eviction policy unknown", error)
+            return None
+        policy = ",".join(policies)
+        if "noeviction" in policies:
+            self.log(
+                logging.WARNING,
+                "redis maxmemory-policy is noeviction: once redis is full, cache writes "
+                "are refused (set returns False, loaded values are not stored)",
+                policy=policy,
+            )
+        else:
+            self.log(logging.INFO, "redis eviction policy", policy=policy)
+        return policy
 
     # -- listener state -----------------------------------------------------------------
 
@@ -699,14 +812,17 @@ def no_script_error() -> type[Exception]:
 def is_outage(error: BaseException) -> bool:
     """Tell a failure of Redis itself from an error reply about a key or a command.
 
-    Error replies (``WRONGTYPE``, a script error) say Redis is up; a read-only replica
-    after a failover, connection and timeout errors, and anything unknown say it is not
-    usable.
+    Error replies (``WRONGTYPE``, a script error) say Redis is up, and so does an
+    argument the client could not encode (the caller's error, never sent); a read-only
+    replica after a failover, connection and timeout errors, and anything unknown say
+    it is not usable.
     """
     try:
-        from redis.exceptions import ReadOnlyError
+        from redis.exceptions import DataError, ReadOnlyError
     except ImportError:  # pragma: no cover - the Redis drivers always have redis
         return True
+    if isinstance(error, (UnicodeError, DataError)):
+        return False
     return not is_error_reply(error) or isinstance(error, ReadOnlyError)
 
 

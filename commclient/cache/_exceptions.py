@@ -6,7 +6,12 @@ mistakes, raised at once so they are found in development::
     CacheError
     ├── InvalidCacheKeyError (also ValueError)   a key, group or pattern that cannot be stored
     ├── CacheSerializationError (also TypeError) a value that is not JSON-serialisable
-    └── CacheValueTooLargeError (also ValueError) a value above ``max_value_bytes``
+    ├── CacheValueTooLargeError (also ValueError) a value above ``max_value_bytes``
+    ├── CacheClosedError (also RuntimeError)     a cache used after ``close()``
+    ├── CacheUnavailableError                    only where asked for (``strict=True``):
+    │                                            an invalidation Redis did not complete
+    └── LoaderFailedError                        ``get_or_set``: the loader failed in
+                                                 another process moments ago
 """
 
 from __future__ import annotations
@@ -35,3 +40,22 @@ class CacheValueTooLargeError(CacheError, ValueError):
         self.key = key
         self.size = size
         self.limit = limit
+
+
+class CacheUnavailableError(CacheError):
+    """Redis could not be reached to complete an invalidation (raised only when the
+    caller asked to know, with ``strict=True``; otherwise a failure is a miss)."""
+
+
+class LoaderFailedError(CacheError):
+    """The load ``get_or_set`` waited for (or would have repeated) failed in another
+    process less than ``CacheConfig.loader_failure_ttl`` ago; ``detail`` is its error."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"loading cache key {key!r} failed in another process: {detail}")
+        self.key = key
+        self.detail = detail
+
+
+class CacheClosedError(CacheError, RuntimeError):
+    """The cache was closed: it opens no connection again."""

@@ -28,8 +28,9 @@ from ._core import (
     CacheCore,
     KeyPlan,
     Read,
+    fresh_generation,
 )
-from ._exceptions import CacheValueTooLargeError
+from ._exceptions import CacheSerializationError, CacheUnavailableError, CacheValueTooLargeError
 from ._keys import build_pattern
 from ._local import MISSING
 from ._messages import InvalidationMessage
@@ -50,7 +51,7 @@ class Command(enum.Enum):
     READ_OR_LEASE = "read_or_lease"
     LEASE = "lease"
     SCAN = "scan"
-    UNLINK = "unlink"
+    UNLINK_AND_PUBLISH = "unlink_and_publish"
     PUBLISH = "publish"
 
 
@@ -58,13 +59,11 @@ def commands(
     client: Any,
     hash_tag: str,
     *,
-    unlink: Callable[..., Any],
     mget: Callable[..., Any],
 ) -> dict[Command, Callable[..., Any]]:
     """What runs each :class:`Command` on ``client`` (``redis.Redis`` or its asyncio twin:
     they have the same methods; or a cluster client); ``hash_tag`` is the tag every key of
-    the cache carries, and the driver's own ``unlink`` (batch removal) and ``mget`` run
-    those commands."""
+    the cache carries, and the driver's own ``mget`` runs that command."""
     scan = client.scan
     if hasattr(client, "get_node_from_key"):
         scan = partial(_scan_slot_owner, client, hash_tag)
@@ -79,7 +78,7 @@ def commands(
         Command.READ_OR_LEASE: client.register_script(_scripts.READ_OR_LEASE),
         Command.LEASE: client.set,
         Command.SCAN: scan,
-        Command.UNLINK: unlink,
+        Command.UNLINK_AND_PUBLISH: client.register_script(_scripts.UNLINK_AND_PUBLISH),
         Command.PUBLISH: client.publish,
     }
 
@@ -180,51 +179,74 @@ def set_value(core: CacheCore, key: str, value: object, ttl_ms: int) -> Flow[boo
 
 
 def delete(core: CacheCore, key: str) -> Flow[bool]:
+    """Delete ``key``; the script broadcasts the deletion in the same step."""
     plan = core.plan(key)
     arguments = partial(core.delete_args, plan)
     deleted = yield from at_current_generation(core, plan, "delete", Command.DELETE, arguments)
     message = core.key_message(plan, 0 if deleted is FAILED else int(deleted))
     core.after_local_change(message)
-    if deleted is not FAILED:
-        yield from publish(core, message)
     return message.count > 0
 
 
-def invalidate(core: CacheCore, pattern: str, parts: tuple[object, ...]) -> Flow[int]:
+def invalidate(
+    core: CacheCore, pattern: str, parts: tuple[object, ...], *, strict: bool = False
+) -> Flow[int]:
+    """Delete the keys matching ``pattern`` page by page; each page is removed and
+    broadcast in one script, so that what was removed is always announced. A pattern
+    matching nothing is broadcast too (a message of count 0). With ``strict``, an
+    invalidation Redis did not complete raises :class:`CacheUnavailableError`."""
     if parts:
         pattern = build_pattern(pattern, *parts)
     match = core.scan_pattern(pattern)
-    deleted, cursor, reachable = 0, 0, True
-    while True:
+    deleted, cursor, reachable, published = 0, 0, True, False
+    while reachable:
         page = yield Call("invalidate_scan", Command.SCAN, cursor, match=match, count=SCAN_BATCH)
         if page is FAILED:
             reachable = False
             break
         cursor, keys = core.parse_scan(page)
         data_keys, lease_keys = core.split_scanned(keys)
-        generation_keys = core.generation_keys_of(data_keys)
-        generations = []
-        if generation_keys:
-            generations = yield Call("invalidate_scan", Command.MGET, *generation_keys)
         if data_keys or lease_keys:
-            removed = yield Call("invalidate_unlink", Command.UNLINK, data_keys, lease_keys)
-            if removed is FAILED or generations is FAILED:
+            generation_keys = core.generation_keys_of(data_keys)
+            generations = []
+            if generation_keys:
+                generations = yield Call("invalidate_scan", Command.MGET, *generation_keys)
+            if generations is FAILED:
                 reachable = False
                 break
-            deleted += core.count_current(data_keys, generation_keys, generations)
+            count = core.count_current(data_keys, generation_keys, generations)
+            page_message = core.pattern_message(pattern, count).encode()
+            removed = yield Call(
+                "invalidate_unlink",
+                Command.UNLINK_AND_PUBLISH,
+                keys=[*data_keys, *lease_keys],
+                args=[core.config.channel, page_message],
+            )
+            reachable = removed is not FAILED
+            deleted += count if reachable else 0
+            published = published or reachable
         if cursor == 0:
             break
     message = core.pattern_message(pattern, deleted)
     core.after_local_change(message)
-    if reachable and (yield from publish(core, message)):
+    if reachable and not published:
+        reachable = yield from publish(core, message)
+    if reachable:
         core.sent(message)
+        return deleted
+    core.invalidation_failed(message)
+    if strict:
+        raise CacheUnavailableError(
+            f"invalidating {pattern!r} did not complete: redis unavailable "
+            f"({deleted} keys removed and broadcast before the failure)"
+        )
     return deleted
 
 
 def invalidate_group(core: CacheCore, group: str) -> Flow[bool]:
     message = core.group_message(group)
     keys = [core.layout.generation_key(group)]
-    args: list[str | bytes] = [core.config.channel, message.encode()]
+    args: list[str | bytes] = [core.config.channel, message.encode(), fresh_generation()]
     bumped = yield Call("invalidate_group", Command.BUMP_GENERATION, keys=keys, args=args)
     core.after_local_change(message)
     if bumped is FAILED:
@@ -266,14 +288,21 @@ def decode(
 
 
 def load(core: CacheCore, job: ReadThrough) -> Flow[Any]:
-    """Only call the loader (Redis is unreachable): its value, validated."""
-    return core.validate((yield LOAD), job.model)
+    """Only call the loader (Redis is unreachable): its value, validated, as a hit
+    would return it."""
+    return core.as_read(core.validate((yield LOAD), job.model), job.model)
 
 
 def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
-    """Load a missing value under the lease, or wait for the process holding it."""
+    """Load a missing value under the lease, or wait for the process holding it.
+
+    A waiter that gives up (``lease_wait``) loads too, and stores its value only if the
+    holder it first waited for still holds the lease: any ``set``, ``delete`` or
+    invalidation since then revoked that lease, and its value would be older than theirs.
+    """
     plan = job.plan
     deadline = time.monotonic() + core.config.lease_wait
+    first_holder = ""
     while True:
         token = core.new_lease_token()
         arguments = partial(core.read_or_lease_args, plan, token)
@@ -282,7 +311,7 @@ def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
         )
         if reply is FAILED:
             return (yield from load(core, job))
-        read, leased = core.parse_read_or_lease(reply)
+        read, leased, holder = core.parse_read_or_lease(reply)
         if read.data is not None:
             value = yield from decode(core, plan, read, job.model, job.epoch, count=False)
             if value is MISMATCH:
@@ -291,9 +320,16 @@ def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
             if value is not MISSING:
                 return value
             continue  # it was corrupt, and is deleted: try again at once
-        if leased or time.monotonic() >= deadline:
-            token = token if leased else ""
+        if leased:
             return (yield from load_and_store(core, job, read.generation, token))
+        failure = core.failed_elsewhere(plan, holder)
+        if failure is not None:
+            raise failure
+        first_holder = first_holder or holder
+        if time.monotonic() >= deadline:
+            return (
+                yield from load_and_store(core, job, read.generation, first_holder, watched=True)
+            )
         yield Sleep(core.config.lease_poll_interval)
 
 
@@ -310,37 +346,52 @@ def refresh(core: CacheCore, job: ReadThrough, generation: str, stale_value: Any
 
 
 def load_and_store(
-    core: CacheCore, job: ReadThrough, generation: str, token: str, *, replaces: bool = False
+    core: CacheCore,
+    job: ReadThrough,
+    generation: str,
+    token: str,
+    *,
+    replaces: bool = False,
+    watched: bool = False,
 ) -> Flow[Any]:
     """Call the loader and write its value (releasing the lease if it cannot be written).
 
     The lease is renewed while the loader runs, so that a loader slower than the lease
-    TTL still keeps the other processes waiting rather than loading too.
+    TTL still keeps the other processes waiting rather than loading too. With
+    ``watched``, ``token`` is another process's lease, which this load neither renews
+    nor releases (see :func:`fill`).
     """
     plan = job.plan
     keep_alive = None
-    if token:
+    token_held = "" if watched else token
+    if token_held:
         renew_keys, renew_args = core.renew_lease_args(plan, token)
         keep_alive = Call("lease_renew", Command.RENEW_LEASE, keys=renew_keys, args=renew_args)
     try:
         value = core.validate((yield Load(keep_alive)), job.model)
         data = core.encode(plan.key, value)
-    except CacheValueTooLargeError as error:
-        core.oversized_load(plan, error)
-        yield from release(plan, token)
+    except (CacheValueTooLargeError, CacheSerializationError) as error:
+        core.unstorable_load(plan, error)
+        yield from release(core, plan, token_held)
         return value
-    except BaseException:
-        yield from release(plan, token)
+    except BaseException as error:
+        # A refresh's failure serves the stale value: nobody waits on it.
+        yield from release(core, plan, token_held, None if replaces else error)
         raise
     ttl_ms = job.ttl_ms + round(job.stale_s * 1000)
     keys, args = core.write_args(
-        plan, data, ttl_ms, generation, lease_token=token, replaces=replaces
+        plan, data, ttl_ms, generation, lease_token=token, replaces=replaces, watched_lease=watched
     )
     written = yield Call("set", Command.WRITE, keys=keys, args=args)
+    value = core.as_read(value, job.model, data)
     core.loaded(plan, data, ttl_ms, job.model, value, job.epoch, stored=written == 1)
     return value
 
 
-def release(plan: KeyPlan, token: str) -> Flow[None]:
+def release(
+    core: CacheCore, plan: KeyPlan, token: str, error: BaseException | None = None
+) -> Flow[None]:
+    """Release the lease ``token`` (leaving the loader's ``error`` in it, if any)."""
     if token:
-        yield Call("lease_release", Command.RELEASE_LEASE, keys=[plan.lease_key], args=[token])
+        keys, args = core.release_lease_args(plan, token, error)
+        yield Call("lease_release", Command.RELEASE_LEASE, keys=keys, args=args)

@@ -132,7 +132,8 @@ class CacheMetrics:
             registry,
             Counter,
             "redis_cache_invalidations_total",
-            "Invalidations sent (key, pattern, group) and received from other processes.",
+            "Invalidations sent (key, pattern, group), received from other processes, and "
+            "failed (Redis did not complete them).",
             ("cache_name", "kind", "direction"),
         )
         self._lock = threading.Lock()

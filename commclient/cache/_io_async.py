@@ -286,6 +286,15 @@ class Flights:
             task.exception()
 
 
+def check_decoratable(function: Callable[..., Any], cache: str) -> None:
+    """``cached`` of the async cache decorates coroutine functions."""
+    if not inspect.iscoroutinefunction(function):
+        raise TypeError(
+            f"{cache}.cached decorates coroutine functions (async def), and "
+            f"{getattr(function, '__qualname__', function)!r} is not one: use the sync cache"
+        )
+
+
 def rebuilt_client(client: Any, **overrides: Any) -> Any:
     """A client like ``client`` on a pool of its own, with ``overrides`` applied."""
     return rebuild_client(redis_module, client, overrides)
@@ -295,6 +304,10 @@ def bounded_client(client: Any, timeout: float) -> tuple[Any, bool]:
     """The client to use, and whether the cache owns it: here the caller's own client,
     since :class:`Deadlines` bounds every call whatever its socket timeouts."""
     return client, False
+
+
+close_client = close_quietly
+"""Close a client the cache owns (the async driver shares none: see :func:`bounded_client`)."""
 
 
 async def prepare(client: Any) -> None:

@@ -5,6 +5,8 @@ The twin of :mod:`._io_async`, name for name, for the driver generated into :mod
 
 from __future__ import annotations
 
+import inspect
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -150,32 +152,121 @@ class Flights:
         return flight.value
 
 
+def check_decoratable(function: Callable[..., Any], cache: str) -> None:
+    """``cached`` of the sync cache decorates plain functions."""
+    if inspect.iscoroutinefunction(function):
+        raise TypeError(
+            f"{cache}.cached decorates plain functions, and "
+            f"{getattr(function, '__qualname__', function)!r} is a coroutine function: "
+            "use the async cache"
+        )
+
+
 def rebuilt_client(client: Any, **overrides: Any) -> Any:
     """A client like ``client`` on a pool of its own, with ``overrides`` applied."""
     return rebuild_client(redis_module, client, overrides)
 
 
+class _BoundedClients:
+    """The clients rebuilt with an operation timeout, by caller's client and timeout:
+    every cache on one client shares one rebuilt client (one pool, one listener)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_caller: dict[tuple[int, float], tuple[Any, Any]] = {}
+        self.users: dict[int, int] = {}  # id of a rebuilt client -> caches using it
+
+
+_bounded = _BoundedClients()
+
+
+def _unlock_bounded_clients() -> None:
+    """A forked child keeps sharing the rebuilt clients among its caches (each cache
+    drops the parent's connections: see ``reset_connections``), under a lock of its own:
+    another thread of the parent may have held it."""
+    _bounded.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_unlock_bounded_clients)
+
+
 def bounded_client(client: Any, timeout: float) -> tuple[Any, bool]:
-    """The client to use, and whether the cache owns it.
+    """The client to use, and whether the cache must hand it to :func:`close_client`.
 
     A blocking call cannot be interrupted from outside, so its socket timeouts are its
-    deadline: a client whose timeouts are missing or longer than ``timeout`` is rebuilt
-    on a pool of the cache's own with ``timeout`` and no retries (the caller's client and
-    pool are left as they are).
+    deadline: a client whose timeouts are missing or longer than ``timeout`` (or, for a
+    cluster client, that retries) is rebuilt on a pool of its own with ``timeout`` and
+    no retries (the caller's client and pool are left as they are), once for all the
+    caches on that client.
     """
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
-    if kwargs is None:
+    rebuild = _cluster_rebuild if hasattr(client, "get_node_from_key") else _plain_rebuild
+    if not rebuild(client, timeout, check_only=True):
         return client, False
+    key = (id(client), timeout)
+    with _bounded.lock:
+        shared = _bounded.by_caller.get(key)
+        if shared is None or shared[0] is not client:
+            shared = _bounded.by_caller[key] = (client, rebuild(client, timeout))
+        bounded = shared[1]
+        _bounded.users[id(bounded)] = _bounded.users.get(id(bounded), 0) + 1
+    return bounded, True
+
+
+def close_client(client: Any) -> None:
+    """Close a client the cache owns; a shared rebuilt client once its last cache closes."""
+    with _bounded.lock:
+        users = _bounded.users.get(id(client))
+        if users is not None:
+            if users > 1:
+                _bounded.users[id(client)] = users - 1
+                return
+            del _bounded.users[id(client)]
+            for key, (_, bounded) in list(_bounded.by_caller.items()):
+                if bounded is client:
+                    del _bounded.by_caller[key]
+    close_quietly(client)
+
+
+def _within(kwargs: dict[str, Any], timeout: float) -> bool:
     timeouts = (kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout"))
-    if all(limit is not None and limit <= timeout for limit in timeouts):
-        return client, False
-    bounded = rebuilt_client(
+    return all(limit is not None and limit <= timeout for limit in timeouts)
+
+
+def _plain_rebuild(client: Any, timeout: float, *, check_only: bool = False) -> Any:
+    """A client like ``client`` bounded by ``timeout`` (or, ``check_only``, whether one
+    is needed)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if check_only:
+        return kwargs is not None and not _within(kwargs, timeout)
+    return rebuilt_client(
         client,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=retry(CONNECT_RETRIES),
     )
-    return bounded, True
+
+
+_CLUSTER_OWN_KWARGS = ("redis_connect_func", "oss_cluster_maint_notifications_handler")
+"""Connection settings a ``RedisCluster`` makes for itself (not the caller's)."""
+
+
+def _cluster_rebuild(client: Any, timeout: float, *, check_only: bool = False) -> Any:
+    """A ``RedisCluster`` like ``client`` whose every call is bounded by ``timeout``: its
+    socket timeouts, and no retries (by default it retries a timed-out command up to
+    ten times, reinitialising between tries); or, ``check_only``, whether one is needed."""
+    kwargs = dict(client.nodes_manager.connection_kwargs)
+    if check_only:
+        retries = getattr(getattr(client, "retry", None), "_retries", 0)
+        return retries != 0 or not _within(kwargs, timeout)
+    for name in _CLUSTER_OWN_KWARGS:
+        kwargs.pop(name, None)
+    kwargs = {name: value for name, value in kwargs.items() if not name.startswith("orig_")}
+    from redis import cluster
+
+    node_class: Any = cluster.ClusterNode  # untyped in redis-py
+    nodes = [node_class(node.host, node.port) for node in client.get_nodes()]
+    kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry(0))
+    return cluster.RedisCluster(startup_nodes=nodes, **kwargs)
 
 
 def prepare(client: Any) -> None:

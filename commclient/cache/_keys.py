@@ -54,7 +54,18 @@ def validate_key(key: str) -> str:
         )
     if not group_of(key):
         raise InvalidCacheKeyError(f"cache key {key!r} has an empty group (it starts with ':')")
+    _check_encodable("cache key", key)
     return key
+
+
+def _check_encodable(what: str, text: str) -> None:
+    """Redis keys are UTF-8: a lone surrogate (``json.loads`` of ``"\\ud800"`` makes one)
+    cannot be sent, and must be refused here as the caller's error, not fail in the
+    client as if Redis were down."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        raise InvalidCacheKeyError(f"{what} {text!r} is not valid UTF-8 text: {error}") from None
 
 
 def validate_group(group: str) -> str:
@@ -71,6 +82,10 @@ def validate_prefix(prefix: str) -> str:
         raise ValueError(f"prefix must be non-empty without '#' or control characters: {prefix!r}")
     if not _GLOB_SPECIALS.isdisjoint(prefix) or not _PREFIX_FORBIDDEN.isdisjoint(prefix):
         raise ValueError(f"prefix must not contain glob characters, '!', '{{' or '}}': {prefix!r}")
+    try:
+        prefix.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"prefix must be valid UTF-8 text: {prefix!r}") from None
     return prefix
 
 
@@ -109,6 +124,7 @@ def validate_pattern(pattern: str) -> str:
         raise InvalidCacheKeyError(
             f"pattern {pattern!r} contains '#' or a control character, which no key has"
         )
+    _check_encodable("pattern", pattern)
     return pattern
 
 

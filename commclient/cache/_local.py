@@ -1,4 +1,4 @@
-"""The local tier: a size-bounded, TTL-capped cache in front of Redis, kept honest by Pub/Sub.
+"""The local tier: bounded in entries and bytes, TTL-capped, kept honest by Pub/Sub.
 
 Pub/Sub delivers at most once, so the tier is only *active* while its listener is
 subscribed: a disconnect flushes and deactivates it, and the subscribe confirmation
@@ -68,8 +68,11 @@ class LocalTier:
         max_ttl: float,
         codec: Codec,
         clock: Callable[[], float] = time.monotonic,
+        max_bytes: int = 0,
     ) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes or float("inf")
+        self.bytes = 0  # of JSON held (the decoded objects come on top)
         self.max_ttl = max_ttl
         self._codec = codec
         self._clock = clock
@@ -96,7 +99,7 @@ class LocalTier:
         if entry.expires_at <= now:
             with self._lock:
                 if self._entries.get(key) is entry:
-                    del self._entries[key]
+                    self._remove(key)
             return MISSING
         if stale_seconds and entry.redis_expires_at - stale_seconds <= now:
             return MISSING
@@ -109,7 +112,7 @@ class LocalTier:
         """Store ``data`` (``ttl``: its remaining life in Redis) unless an invalidation was
         applied since ``epoch`` was read. ``value``, what the caller gets, is kept only as
         a copy that no caller holds (or shared, when immutable)."""
-        if ttl <= 0:
+        if ttl <= 0 or len(data) > self.max_bytes:
             return
         copy = copier(model)
         decoded = MISSING
@@ -129,15 +132,23 @@ class LocalTier:
             if not self.active or epoch != self.epoch:
                 return
             entries = self._entries
+            if key in entries:
+                self._remove(key)
             entries[key] = entry
-            entries.move_to_end(key)
+            self.bytes += len(data)
             chances = len(entries)  # a bound, should hits keep marking entries meanwhile
-            while len(entries) > self.max_entries:
+            while len(entries) > self.max_entries or self.bytes > self.max_bytes:
                 oldest, candidate = entries.popitem(last=False)
                 if chances and (candidate.used or candidate is entry):
                     chances -= 1
                     candidate.used = False
                     entries[oldest] = candidate
+                else:
+                    self.bytes -= len(candidate.data)
+
+    def _remove(self, key: str) -> None:
+        """Remove ``key``'s entry (the lock held)."""
+        self.bytes -= len(self._entries.pop(key).data)
 
     def drop(self, message: InvalidationMessage) -> int:
         """Drop the entries ``message`` invalidates; return how many."""
@@ -148,7 +159,7 @@ class LocalTier:
             else:
                 doomed = [key for key in self._entries if message.matches(key)]
             for key in doomed:
-                del self._entries[key]
+                self._remove(key)
             return len(doomed)
 
     def activate(self) -> None:
@@ -156,6 +167,7 @@ class LocalTier:
         with self._lock:
             self.epoch += 1
             self._entries.clear()
+            self.bytes = 0
             self.active = True
 
     def deactivate(self) -> None:
@@ -163,4 +175,5 @@ class LocalTier:
         with self._lock:
             self.epoch += 1
             self._entries.clear()
+            self.bytes = 0
             self.active = False

@@ -125,12 +125,22 @@ class MemoryStore:
                 self._counters.pop(name, None)
             return removed
 
-    def incr(self, key: Value) -> int:
-        """``INCR``: add one to a counter (never evicted) and return it."""
+    def incr(self, key: Value, start: Value) -> int:
+        """``INCR``, except that a missing counter starts at ``start``."""
         name = _bytes(key)
         with self.lock:
-            self._counters[name] = self._counters.get(name, 0) + 1
+            counter = self._counters.get(name)
+            self._counters[name] = int(start) if counter is None else counter + 1
             return self._counters[name]
+
+    def generation(self, key: Value, fresh: Value | None = None) -> bytes:
+        """The counter at ``key`` ('' if none), created as ``fresh`` if given and missing."""
+        with self.lock:
+            current = self.get(key)
+            if current is None and fresh is not None:
+                self._counters[_bytes(key)] = int(fresh)
+                current = _bytes(fresh)
+            return current or b""
 
     def scan(self, match: str) -> list[bytes]:
         """``SCAN MATCH``: every name matching the glob, at once."""
@@ -163,7 +173,7 @@ class MemoryStore:
 
 
 def _read(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> bytes:
-    generation = store.get(keys[0]) or b"0"
+    generation = store.generation(keys[0])
     if generation != _bytes(args[0]):
         return generation
     value = store.get(keys[1])
@@ -173,16 +183,19 @@ def _read(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> b
 
 
 def _write(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int | bytes:
-    data, px, wanted, explicit, token, channel, message = map(_bytes, args)
-    generation = store.get(keys[0]) or b"0"
-    if token:
+    data, px, wanted, kind, token, channel, message, fresh = map(_bytes, args)
+    generation = store.generation(keys[0], fresh)
+    if kind == b"2":
+        if store.get(keys[1]) != token or store.get(keys[2]) is not None:
+            return 0
+    elif token:
         if store.get(keys[1]) != token:
             return 0
         store.delete(keys[1])
-    elif explicit == b"1":
+    elif kind == b"1":
         store.delete(keys[1])
     if wanted != generation:
-        return generation if explicit == b"1" else 0
+        return generation if kind == b"1" else 0
     store.set(keys[2], data, px=px)
     if message:
         store.publish(channel, message)
@@ -190,22 +203,36 @@ def _write(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> 
 
 
 def _delete(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int | bytes:
-    generation = store.get(keys[0]) or b"0"
+    generation = store.generation(keys[0])
     if generation != _bytes(args[0]):
         return generation
     store.delete(keys[1])
-    return store.delete(keys[2])
+    deleted = store.delete(keys[2])
+    message = {**json.loads(_bytes(args[2])), "count": deleted}
+    store.publish(args[1], json.dumps(message, separators=(",", ":")))
+    return deleted
+
+
+def _unlink_and_publish(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
+    removed = store.delete(*keys)
+    store.publish(args[0], args[1])
+    return removed
 
 
 def _bump_generation(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
-    generation = store.incr(keys[0])
+    generation = store.incr(keys[0], args[2])
     message = {**json.loads(_bytes(args[1])), "generation": generation}
     store.publish(args[0], json.dumps(message, separators=(",", ":")))
     return generation
 
 
 def _release_lease(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
-    return store.delete(keys[0]) if store.get(keys[0]) == _bytes(args[0]) else 0
+    token, failure, px = args
+    if store.get(keys[0]) != _bytes(token):
+        return 0
+    if not failure:
+        return store.delete(keys[0])
+    return int(store.set(keys[0], failure, px=px))
 
 
 def _renew_lease(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> int:
@@ -219,14 +246,15 @@ def _delete_if_equal(store: MemoryStore, keys: Sequence[Value], args: Sequence[V
 def _read_or_lease(
     store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]
 ) -> list[Any] | bytes:
-    generation = store.get(keys[0]) or b"0"
+    generation = store.generation(keys[0], args[3])
     if generation != _bytes(args[0]):
         return generation
     value = store.get(keys[2])
     if value is not None:
         return [generation, value, store.pttl(keys[2]), 0]
-    leased = store.set(keys[1], args[1], px=args[2], nx=True)
-    return [generation, None, -2, int(leased)]
+    if store.set(keys[1], args[1], px=args[2], nx=True):
+        return [generation, None, -2, 1]
+    return [generation, None, -2, 0, store.get(keys[1]) or b""]
 
 
 ScriptBody = Callable[[MemoryStore, Sequence[Value], Sequence[Value]], Any]
@@ -235,6 +263,7 @@ SCRIPTS: dict[str, ScriptBody] = {
     _scripts.READ: _read,
     _scripts.WRITE: _write,
     _scripts.DELETE: _delete,
+    _scripts.UNLINK_AND_PUBLISH: _unlink_and_publish,
     _scripts.BUMP_GENERATION: _bump_generation,
     _scripts.RELEASE_LEASE: _release_lease,
     _scripts.RENEW_LEASE: _renew_lease,

@@ -8,13 +8,19 @@ before its group's generation is read is explained in ``_keys``.
 
 from __future__ import annotations
 
+# A group without a generation key (never written, or the key was evicted or lost in a
+# restart) has the generation '': no value is ever stored under it, so reads miss. The
+# scripts that store create the key with a random start the client sends (ARGV
+# "fresh"): a generation evicted and created again never repeats an earlier one, so a
+# value invalidated before the eviction can never be addressed again.
+
 # KEYS[1] generation key, KEYS[2] data key of the guessed generation.
 # ARGV[1] the guessed generation.
 # Returns "GENERATION PTTL VALUE" when the value is there, else "GENERATION": absent, or,
 # when GENERATION is not the one guessed, the group moved on (nothing was read). One bulk
 # string is cheaper for the client to parse than an array.
 READ = """
-local generation = redis.call('GET', KEYS[1]) or '0'
+local generation = redis.call('GET', KEYS[1]) or ''
 if generation ~= ARGV[1] then
   return generation
 end
@@ -27,17 +33,31 @@ return generation .. ' ' .. redis.call('PTTL', KEYS[2]) .. ' ' .. value
 
 # KEYS[1] generation key, KEYS[2] lease key, KEYS[3] data key of generation ARGV[3].
 # ARGV[1] JSON value, ARGV[2] PX milliseconds, ARGV[3] the generation to write to,
-# ARGV[4] "1" for an explicit set (it revokes any lease: a load in flight holds older
-# data; and it is meant for the current generation), "0" for a loader's write (meant for
-# the generation it loaded under, and refused if the group moved on since),
-# ARGV[5] lease token the writer must still hold ('' = none),
-# ARGV[6] channel, ARGV[7] message to publish ('' = none).
-# Returns the integer 1 when written; the integer 0 when refused (the lease or, for a
-# loader's write, the group moved on); for an explicit set to a generation that moved
-# on, the current generation as a string (nothing written): write again to that one.
+# ARGV[4] the kind of write:
+#   "1" an explicit set (it revokes any lease: a load in flight holds older data; and it
+#       is meant for the current generation);
+#   "0" a loader's write under its lease ARGV[5] (refused once the lease is not its own:
+#       a set, delete or invalidation revoked it; or if the group moved on);
+#   "2" a loader's write without the lease, by a process that gave up waiting for the
+#       holder ARGV[5]: refused unless that same holder still holds the lease (a set,
+#       delete or invalidation since the wait began revoked it: every later lease has
+#       another token) and nothing is stored yet; the lease is left to its holder.
+# ARGV[5] lease token, ARGV[6] channel, ARGV[7] message to publish ('' = none),
+# ARGV[8] fresh generation (for a group without one).
+# Returns the integer 1 when written; the integer 0 when refused; for an explicit set to
+# a generation that moved on, the current generation as a string (nothing written):
+# write again to that one.
 WRITE = """
-local generation = redis.call('GET', KEYS[1]) or '0'
-if ARGV[5] ~= '' then
+local generation = redis.call('GET', KEYS[1])
+if not generation then
+  generation = ARGV[8]
+  redis.call('SET', KEYS[1], generation)
+end
+if ARGV[4] == '2' then
+  if redis.call('GET', KEYS[2]) ~= ARGV[5] or redis.call('EXISTS', KEYS[3]) == 1 then
+    return 0
+  end
+elseif ARGV[5] ~= '' then
   if redis.call('GET', KEYS[2]) ~= ARGV[5] then
     return 0
   end
@@ -59,36 +79,67 @@ return 1
 """
 
 # KEYS[1] generation key, KEYS[2] lease key, KEYS[3] data key of the guessed generation.
-# ARGV[1] the guessed generation.
+# ARGV[1] the guessed generation, ARGV[2] channel, ARGV[3] the key's invalidation message
+# (JSON), published with the count deleted: in the same step as the delete, so that no
+# delete is ever applied without its broadcast.
 # Deletes the current value and revokes a load in flight; returns the integer number
 # deleted, or, when the group moved on, the current generation as a string (nothing
 # done): delete again with that one.
 DELETE = """
-local generation = redis.call('GET', KEYS[1]) or '0'
+local generation = redis.call('GET', KEYS[1]) or ''
 if generation ~= ARGV[1] then
   return generation
 end
 redis.call('DEL', KEYS[2])
-return redis.call('UNLINK', KEYS[3])
+local deleted = redis.call('UNLINK', KEYS[3])
+local message = cjson.decode(ARGV[3])
+message['count'] = deleted
+redis.call('PUBLISH', ARGV[2], cjson.encode(message))
+return deleted
+"""
+
+# KEYS: one SCAN page's data and lease keys of an invalidated pattern. ARGV[1] channel,
+# ARGV[2] the pattern's invalidation message: published in the same step as the keys
+# are removed, so that every page removed is broadcast. Returns how many were removed.
+UNLINK_AND_PUBLISH = """
+local removed = 0
+for first = 1, #KEYS, 500 do
+  removed = removed + redis.call('UNLINK', unpack(KEYS, first, math.min(first + 499, #KEYS)))
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return removed
 """
 
 # KEYS[1] generation key. ARGV[1] channel, ARGV[2] message (JSON), published with the new
-# generation added, so that the other processes address the group's keys with it at once.
-# Returns the new generation.
+# generation added, so that the other processes address the group's keys with it at once;
+# ARGV[3] fresh generation (for a group without one). Returns the new generation.
 BUMP_GENERATION = """
-local generation = redis.call('INCR', KEYS[1])
+local generation
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  generation = redis.call('INCR', KEYS[1])
+else
+  generation = tonumber(ARGV[3])
+  redis.call('SET', KEYS[1], ARGV[3])
+end
 local message = cjson.decode(ARGV[2])
 message['generation'] = generation
 redis.call('PUBLISH', ARGV[1], cjson.encode(message))
 return generation
 """
 
-# KEYS[1] lease key. ARGV[1] token. Deletes the lease only if this token still holds it.
+# KEYS[1] lease key. ARGV[1] token, ARGV[2] what the loader's failure leaves in the lease
+# ('' = nothing), ARGV[3] for how long (PX milliseconds). Only if this token still holds
+# the lease: deletes it, or replaces it by the failure, which the processes waiting for
+# this load read as its outcome (rather than each loading in turn and failing too).
 RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then
   return redis.call('DEL', KEYS[1])
 end
-return 0
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 
 # KEYS[1] lease key. ARGV[1] token, ARGV[2] PX milliseconds. Extends the lease only if
@@ -110,13 +161,19 @@ return 0
 """
 
 # KEYS[1] generation key, KEYS[2] lease key, KEYS[3] data key of the guessed generation.
-# ARGV[1] the guessed generation, ARGV[2] lease token, ARGV[3] lease PX milliseconds.
+# ARGV[1] the guessed generation, ARGV[2] lease token, ARGV[3] lease PX milliseconds,
+# ARGV[4] fresh generation (for a group without one: the value loaded is stored to it).
 # The value if it is there, else the lease if it is free: one atomic step, so that a
 # waiter can never take the lease just after the loader stored the value and released it.
-# Returns {generation, value or nil, pttl, 1 if the lease was taken else 0}; or, when the
-# group moved on, the current generation as a string (no lease taken): ask again.
+# Returns {generation, value or nil, pttl, 1 if the lease was taken else 0, the token of
+# the lease's holder when it was not taken}; or, when the group moved on, the current
+# generation as a string (no lease taken): ask again.
 READ_OR_LEASE = """
-local generation = redis.call('GET', KEYS[1]) or '0'
+local generation = redis.call('GET', KEYS[1])
+if not generation then
+  generation = ARGV[4]
+  redis.call('SET', KEYS[1], generation)
+end
 if generation ~= ARGV[1] then
   return generation
 end
@@ -127,5 +184,5 @@ end
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
   return {generation, false, -2, 1}
 end
-return {generation, false, -2, 0}
+return {generation, false, -2, 0, redis.call('GET', KEYS[2]) or ''}
 """

@@ -6,14 +6,15 @@ a test fails while this file is out of date.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from functools import partial
+from functools import partial, wraps
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from prometheus_client import CollectorRegistry
 
@@ -33,6 +34,8 @@ from ._core import (
     no_script_error,
     reset_after_fork,
 )
+from ._decorator import CachedCall
+from ._exceptions import CacheClosedError
 from ._local import MISSING
 from ._messages import InvalidationMessage
 
@@ -40,7 +43,217 @@ if TYPE_CHECKING:
     import redis
 
 T = TypeVar("T")
+D = TypeVar("D")
+P = ParamSpec("P")
 InvalidationCallback = Callable[[InvalidationMessage], object]
+
+
+def _listen(client: Any, config: CacheConfig, stop: io.Stop, subscription: Any) -> None:
+    """Subscribe to ``config.channel`` on ``client`` and hand what comes to
+    ``subscription`` (its ``subscribed()``, ``message(data)`` and ``lost(error)``) until
+    ``stop`` is set (or the task is cancelled); resubscribe after every disconnect."""
+    wait = config.resubscribe_min_wait
+    while not stop.is_set():
+        pubsub = client.pubsub()
+        try:
+            io.prepare(client)
+            io.bounded(pubsub.subscribe(config.channel), max(config.operation_timeout, 1.0))
+            last_heard = next_ping = time.monotonic()
+            while not stop.is_set():
+                message = pubsub.get_message(
+                    timeout=io.poll_timeout(config.listener_ping_interval)
+                )
+                io.check_cancelled()
+                now = time.monotonic()
+                if message is not None:
+                    last_heard = now
+                elif now - last_heard > 2 * config.listener_ping_interval:
+                    raise ConnectionError("redis did not answer the listener's ping")
+                if now >= next_ping:
+                    next_ping = now + config.listener_ping_interval
+                    pubsub.ping()
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    wait = config.resubscribe_min_wait
+                    subscription.subscribed()
+                elif message["type"] == "message":
+                    subscription.message(message["data"])
+        except Exception as error:
+            subscription.lost(error)
+        finally:
+            io.close_quietly(pubsub)
+        io.wait(stop, wait * random.uniform(0.5, 1.0))
+        wait = min(wait * 2, config.resubscribe_max_wait)
+
+
+class _CallbackSubscription:
+    """A caller's own subscription (:meth:`SyncRedisCache.subscribe_invalidation`)."""
+
+    def __init__(self, core: CacheCore, callback: InvalidationCallback) -> None:
+        self._core = core
+        self._callback = callback
+
+    def subscribed(self) -> None:
+        """Nothing to do: the callback hears every message from now on."""
+
+    def message(self, data: bytes | str) -> None:
+        message = InvalidationMessage.decode(data)
+        if message is None:
+            return
+        try:
+            io.call_loader(partial(self._callback, message))
+        except Exception as error:
+            self._core.callback_failed(error)
+
+    def lost(self, error: BaseException) -> None:
+        self._core.subscriber_lost(error)
+
+
+class Listener:
+    """The local tiers' Pub/Sub subscription: one per Redis client and channel, shared
+    by every cache on that client, however many (one task or thread, one connection).
+
+    Each message is decoded once and applied to the caches of its prefix. Its timings
+    (ping interval, resubscription pauses) are those of the first cache that joined.
+    Its client is a copy of the caches' client whose connections never retry by
+    themselves: redis-py reconnects and resubscribes a Pub/Sub connection silently when
+    retries are on; messages published in that gap would be lost without the listener
+    knowing, and the local tiers would keep what they invalidated. With retries off,
+    every disconnect reaches the listener, which flushes the local tiers.
+    """
+
+    def __init__(self, client: Any, config: CacheConfig) -> None:
+        self.client = client
+        self._config = config
+        self._lock = threading.Lock()
+        self._cores: dict[str, list[CacheCore]] = {}
+        self._live = False
+        self._task: Any = None
+        self._stop = io.Stop()
+        self._pubsub_client: Any = None
+
+    def attach(self, core: CacheCore) -> None:
+        with self._lock:
+            cores = self._cores.setdefault(core.prefix, [])
+            if core not in cores:
+                cores.append(core)
+            if self._live:
+                core.listener_subscribed()
+
+    def detach(self, core: CacheCore) -> bool:
+        """Stop serving ``core``'s local tier; ``True`` if no cache is left."""
+        with self._lock:
+            cores = self._cores.get(core.prefix, [])
+            if core in cores:
+                cores.remove(core)
+            if not cores:
+                self._cores.pop(core.prefix, None)
+            core.listener_stopped()
+            return not self._cores
+
+    def running(self) -> bool:
+        task = self._task
+        return task is not None and not io.ended(task)
+
+    def ensure_running(self) -> None:
+        with self._lock:
+            if self._task is not None and not io.ended(self._task):
+                return
+            if self._task is not None:
+                # Ended with its event loop, and so did its connections.
+                self._pubsub_client = None
+            if self._pubsub_client is None:
+                self._pubsub_client = io.rebuilt_client(self.client, retry=io.retry(0))
+            self._task = io.start_background(self._run, name="commclient-cache-listener")
+
+    def _run(self) -> None:
+        try:
+            _listen(self._pubsub_client, self._config, self._stop, self)
+        finally:
+            with self._lock:
+                self._live = False
+                for core in self._all_cores():
+                    core.listener_stopped()
+
+    def _all_cores(self) -> list[CacheCore]:
+        return [core for cores in self._cores.values() for core in cores]
+
+    def subscribed(self) -> None:
+        with self._lock:
+            self._live = True
+            for core in self._all_cores():
+                core.listener_subscribed()
+
+    def message(self, data: bytes | str) -> None:
+        message = InvalidationMessage.decode(data)
+        with self._lock:
+            cores = list(self._cores.get(message.prefix, ())) if message else self._all_cores()
+        if message is None:
+            if cores:
+                cores[0].malformed_message(data)
+            return
+        for core in cores:
+            core.apply(message)
+
+    def lost(self, error: BaseException) -> None:
+        with self._lock:
+            self._live = False
+            for core in self._all_cores():
+                core.listener_lost(error)
+
+    def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            io.stop_background(task, self._stop)
+        client, self._pubsub_client = self._pubsub_client, None
+        if client is not None and client is not self.client:
+            io.close_quietly(client)
+
+
+class _Listeners:
+    """The shared listeners of this process, by client and channel."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_client: dict[tuple[int, str], Listener] = {}
+
+
+_listeners = _Listeners()
+
+
+def _forget_listeners() -> None:
+    """A forked child shares nothing of its parent's listeners (DESIGN §6)."""
+    global _listeners
+    _listeners = _Listeners()
+
+
+os.register_at_fork(after_in_child=_forget_listeners)
+
+
+def join_listener(client: Any, core: CacheCore) -> Listener:
+    """The listener shared by the caches on ``client`` (created on first use), with
+    ``core`` attached to it."""
+    key = (id(client), core.config.channel)
+    with _listeners.lock:
+        listener = _listeners.by_client.get(key)
+        if listener is None or listener.client is not client:
+            listener = _listeners.by_client[key] = Listener(client, core.config)
+        listener.attach(core)
+    return listener
+
+
+def leave_listener(listener: Listener, core: CacheCore) -> None:
+    """Detach ``core``; the last cache to leave stops the listener."""
+    registry = _listeners
+    with registry.lock:
+        last = listener.detach(core)
+        if last:
+            key = (id(listener.client), core.config.channel)
+            if registry.by_client.get(key) is listener:
+                del registry.by_client[key]
+    if last:
+        listener.stop()
 
 
 class SyncRedisCache(CoreFacade):
@@ -68,7 +281,6 @@ class SyncRedisCache(CoreFacade):
         self._commands = flows.commands(
             self._redis,
             self._core.layout.tag,
-            unlink=self._unlink,
             mget=self._mget,
         )
         self._no_script_error = no_script_error()
@@ -88,16 +300,13 @@ class SyncRedisCache(CoreFacade):
         self._flights = io.Flights()
         timeout = self._core.config.operation_timeout
         self._deadlines = io.Deadlines(timeout, on_loop_closed=self._forget_connections)
-        self._listener: Any = None
-        self._listener_redis: Any = None
+        self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
-        self._stop = io.Stop()
 
     def _forget_connections(self) -> None:
         """Drop the connections of a closed event loop (the async driver), or of the
         parent process (after a fork): the next call opens its own."""
         io.reset_connections(self._redis)
-        self._listener_redis = None
 
     @classmethod
     def from_url(
@@ -128,16 +337,20 @@ class SyncRedisCache(CoreFacade):
     # -- reads --------------------------------------------------------------------------
 
     @overload
-    def get(self, key: str, model: None = None) -> Any: ...
+    def get(self, key: str, model: None = None, *, default: Any = None) -> Any: ...
 
     @overload
     def get(self, key: str, model: type[T]) -> T | None: ...
 
-    def get(self, key: str, model: Any = None) -> Any:
-        """The value at ``key`` validated as ``model`` (plain JSON without), or ``None``.
+    @overload
+    def get(self, key: str, model: type[T], *, default: D) -> T | D: ...
 
-        A value stored by code with another model (a rolling deploy) is a miss here and
-        is left alone for the code that can read it.
+    def get(self, key: str, model: Any = None, *, default: Any = None) -> Any:
+        """The value at ``key`` validated as ``model`` (plain JSON without), or ``default``.
+
+        A cached ``None`` is a hit and reads as ``None``: pass a ``default`` of your own
+        (any object) to tell it from a miss. A value stored by code with another model
+        (a rolling deploy) is a miss here and is left alone for the code that can read it.
         """
         core = self._core
         plan = core.plan(key)
@@ -151,13 +364,13 @@ class SyncRedisCache(CoreFacade):
         read = self._read(plan)
         if read is None:
             core.unavailable(plan)
-            return None
+            return default
         value = self._decode(plan, read, model, epoch)
-        return None if value is MISSING or value is MISMATCH else value
+        return default if value is MISSING or value is MISMATCH else value
 
-    def get_raw(self, key: str) -> Any:
-        """The decoded JSON at ``key`` without model validation, or ``None``."""
-        return self.get(key)
+    def get_raw(self, key: str, *, default: Any = None) -> Any:
+        """The decoded JSON at ``key`` without model validation, or ``default``."""
+        return self.get(key, default=default)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -176,16 +389,19 @@ class SyncRedisCache(CoreFacade):
         """Delete ``key`` everywhere (Redis, and every local tier); ``True`` if it existed."""
         return self._run(flows.delete(self._core, key))
 
-    def invalidate(self, pattern: str, *parts: object) -> int:
-        """Delete every key matching the glob ``pattern``; return how many, then broadcast.
+    def invalidate(self, pattern: str, *parts: object, strict: bool = False) -> int:
+        """Delete every key matching the glob ``pattern``, broadcast it; return how many.
 
         With ``parts``, ``pattern`` is a template whose ``{}`` fields are filled with the
-        parts escaped (see :func:`build_pattern`). Runs SCAN + UNLINK in batches; the
-        count is of logical keys that held a value (copies a group invalidation had
-        already made unreachable are removed, not counted). Patterns match per byte of
-        UTF-8, as Redis does: ``?`` matches one byte, so ``"u:??"`` matches ``"u:é"``.
+        parts escaped (see :func:`build_pattern`). Runs SCAN in pages; each page is
+        removed and broadcast in one script. The count is of logical keys that held a
+        value (copies a group invalidation had already made unreachable are removed, not
+        counted). Patterns match per byte of UTF-8, as Redis does: ``?`` matches one
+        byte, so ``"u:??"`` matches ``"u:é"``. When Redis fails midway, the failure is
+        counted and logged, and returns the count so far; with ``strict=True`` it raises
+        :class:`CacheUnavailableError` instead (to retry it, as the middleware does).
         """
-        return self._run(flows.invalidate(self._core, pattern, parts))
+        return self._run(flows.invalidate(self._core, pattern, parts, strict=strict))
 
     def invalidate_group(self, group: str) -> bool:
         """Invalidate every key of ``group`` with one INCR, then broadcast; ``False`` if
@@ -203,6 +419,7 @@ class SyncRedisCache(CoreFacade):
         model: None = None,
         *,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> T: ...
 
     @overload
@@ -214,6 +431,7 @@ class SyncRedisCache(CoreFacade):
         model: type[T],
         *,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> T: ...
 
     @overload
@@ -225,6 +443,7 @@ class SyncRedisCache(CoreFacade):
         model: type[T],
         ttl: float | timedelta = 300,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> T: ...
 
     def get_or_set(
@@ -235,26 +454,38 @@ class SyncRedisCache(CoreFacade):
         model: Any = None,
         *,
         stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
     ) -> Any:
         """The cached value, or ``loader()``'s result stored for ``ttl`` seconds.
 
         Concurrent misses of one key share one ``loader`` call in this process, and a
         Redis lease (renewed while the loader runs) makes other processes wait for it
-        rather than load too. A loader error reaches every caller waiting for it. With
+        rather than load too. A loader error reaches every caller waiting for it; in
+        other processes, and for ``loader_failure_ttl`` after it, as
+        :class:`LoaderFailedError`. Without a ``model``, a loaded value is returned as a
+        hit would return it (its JSON, decoded). A loaded value that cannot be stored is
+        returned, not cached (logged). With
         ``stale_ttl``, a value is kept that much longer and, once past ``ttl``, served
         while one caller refreshes it; the refreshed value reaches every local tier.
+
+        With ``early_refresh`` (seconds, about how long a load takes), hot keys do not all
+        expire at once: each read refreshes the value before its ``ttl`` ends with a
+        probability that grows as the end nears (XFetch: ``e**(-remaining /
+        early_refresh)``), so one caller reloads it while the others are served.
         """
         core = self._core
         plan = core.plan(key)
         ttl_ms = ttl_milliseconds(ttl)
-        stale_s = ttl_seconds(stale_ttl) if stale_ttl else 0.0
-        value = core.local_get(plan, model, stale_s)
+        stale_s = ttl_seconds(stale_ttl, "stale_ttl") if stale_ttl else 0.0
+        early_s = ttl_seconds(early_refresh, "early_refresh") if early_refresh else 0.0
+        # The local tier does not serve a value in its early-refresh window: Redis decides.
+        value = core.local_get(plan, model, stale_s + early_s)
         if value is not MISSING:
             return value
         self._ensure_listener()
         job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
         flight_key = (key, model)
-        read = self._read(plan, with_ttl=stale_s > 0)
+        read = self._read(plan, with_ttl=stale_s > 0 or early_s > 0)
         if read is None:
             core.unavailable(plan)
             return self._join(flight_key, job.epoch, flows.load(core, job), loader)
@@ -263,7 +494,8 @@ class SyncRedisCache(CoreFacade):
             return self._join(flight_key, job.epoch, flows.load(core, job), loader)
         if value is MISSING:
             return self._join(flight_key, job.epoch, flows.fill(core, job), loader)
-        if core.is_fresh(read, stale_s) or flight_key in self._flights:
+        fresh = core.is_fresh(read, stale_s) and not core.refresh_early(read, stale_s, early_s)
+        if fresh or flight_key in self._flights:
             return value
         refresh = flows.refresh(core, job, read.generation, value)
         try:
@@ -284,6 +516,57 @@ class SyncRedisCache(CoreFacade):
         value = self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
         return caller_copy(value, flight_key[1])
 
+    def cached(
+        self,
+        key: str,
+        ttl: float | timedelta = 300,
+        *,
+        group: str | None = None,
+        stale_ttl: float | timedelta = 0,
+        early_refresh: float | timedelta = 0,
+        model: Any = None,
+    ) -> Callable[[Callable[P, T]], Callable[P, T]]:
+        """Decorate a function (a plain ``def`` here) so that its result is cached, as
+        :meth:`get_or_set` caches a loader's (single flight, the lease, ``stale_ttl``,
+        ``early_refresh``, invalidation: all the same)::
+
+            @cache.cached(key="user:{user_id}", ttl=300)
+            def load_user(user_id: int) -> User: ...
+
+        ``key`` is a ``str.format`` template over the function's parameters, filled with
+        each call's arguments (defaults included; ``{user.id}`` and format specs work).
+        With ``group``, the key is put in that group (``"{group}:{key}"``), so that
+        ``invalidate_group(group)`` drops every value of the function; without it, the
+        key's first segment is its group as always. The model is the return annotation
+        (``model`` overrides it; none, ``None`` or ``Any``: plain JSON).
+        """
+        ttl_seconds(ttl)
+        if stale_ttl:
+            ttl_seconds(stale_ttl, "stale_ttl")
+        if early_refresh:
+            ttl_seconds(early_refresh, "early_refresh")
+
+        def decorate(function: Callable[P, T]) -> Callable[P, T]:
+            call = CachedCall(function, key, group)
+            io.check_decoratable(function, type(self).__name__)
+            chosen = model if model is not None else call.model
+
+            @wraps(function)
+            def cached_call(*args: P.args, **kwargs: P.kwargs) -> T:
+                result: T = self.get_or_set(
+                    call.key(args, kwargs),
+                    partial(function, *args, **kwargs),
+                    ttl,
+                    chosen,
+                    stale_ttl=stale_ttl,
+                    early_refresh=early_refresh,
+                )
+                return result
+
+            return cached_call
+
+        return decorate
+
     # -- Pub/Sub ------------------------------------------------------------------------
 
     def subscribe_invalidation(
@@ -297,14 +580,26 @@ class SyncRedisCache(CoreFacade):
         itself after a disconnect; messages published while disconnected are lost
         (Pub/Sub delivers at most once).
         """
-        self._listen(callback, drives_local_tier=False, stop=stop or io.Stop())
+        self._check_open()
+        client = io.rebuilt_client(self._redis, retry=io.retry(0))
+        try:
+            subscription = _CallbackSubscription(self._core, callback)
+            _listen(client, self._core.config, stop or io.Stop(), subscription)
+        finally:
+            if client is not self._redis:
+                io.close_quietly(client)
 
     def start(self, timeout: float = 5.0) -> bool:
-        """Start the local tier's listener and wait until it serves; ``True`` once it does.
+        """Check Redis's eviction policy, start the local tier's listener and wait until
+        it serves; ``True`` once it does.
 
         Optional: the listener starts by itself on first use. Without a local tier,
-        returns ``False`` at once.
+        returns ``False`` after the check. Every eviction policy keeps the cache's
+        guarantee (see the README); ``noeviction`` is logged as a warning, since once
+        Redis is full no write is stored.
         """
+        self._check_open()
+        self._check_eviction_policy()
         if not self._core.local_tier_enabled:
             return False
         self._ensure_listener()
@@ -315,112 +610,49 @@ class SyncRedisCache(CoreFacade):
             io.sleep(0.005)
         return self._core.local.active
 
+    def _check_eviction_policy(self) -> None:
+        try:
+            reply = self._deadlines.run(
+                self._execute_command, "CONFIG", "GET", "maxmemory-policy"
+            )
+        except Exception as error:  # CONFIG renamed or refused (managed Redis), no server
+            self._core.eviction_policy(None, error)
+        else:
+            self._core.eviction_policy(reply)
+
     def _ensure_listener(self) -> None:
-        """Start the local tier's listener, or a new one if the last one ended with the
-        event loop it ran on (``asyncio.run`` per job)."""
+        """Join the listener this cache's client shares (see :class:`Listener`), and
+        start it if it is not running (a new one after the event loop it ran on ended:
+        ``asyncio.run`` per job)."""
         listener = self._listener
-        if listener is not None and not io.ended(listener):
+        if listener is not None and listener.running():
             return
-        if self._core.local_tier_enabled and not self._closed:
-            with self._listener_lock:
-                if (self._listener is None or io.ended(self._listener)) and not self._closed:
-                    self._listener = io.start_background(
-                        partial(self._listen, None, drives_local_tier=True, stop=self._stop),
-                        name=f"commclient-cache-listener-{self._core.name}",
-                    )
-
-    def _listen(
-        self, callback: InvalidationCallback | None, *, drives_local_tier: bool, stop: io.Stop
-    ) -> None:
-        core = self._core
-        config = core.config
-        client = self._listener_client()
-        wait = config.resubscribe_min_wait
-        try:
-            while not stop.is_set():
-                pubsub = client.pubsub()
-                try:
-                    io.prepare(client)
-                    io.bounded(
-                        pubsub.subscribe(config.channel), max(config.operation_timeout, 1.0)
-                    )
-                    last_heard = next_ping = time.monotonic()
-                    while not stop.is_set():
-                        message = pubsub.get_message(
-                            timeout=io.poll_timeout(config.listener_ping_interval)
-                        )
-                        io.check_cancelled()
-                        now = time.monotonic()
-                        if message is not None:
-                            last_heard = now
-                        elif now - last_heard > 2 * config.listener_ping_interval:
-                            raise ConnectionError("redis did not answer the listener's ping")
-                        if now >= next_ping:
-                            next_ping = now + config.listener_ping_interval
-                            pubsub.ping()
-                        if message is None:
-                            continue
-                        if message["type"] == "subscribe":
-                            wait = config.resubscribe_min_wait
-                            if drives_local_tier:
-                                core.listener_subscribed()
-                        elif message["type"] == "message":
-                            self._dispatch(message["data"], callback, drives_local_tier)
-                except Exception as error:
-                    if drives_local_tier:
-                        core.listener_lost(error)
-                    else:
-                        core.subscriber_lost(error)
-                finally:
-                    io.close_quietly(pubsub)
-                io.wait(stop, wait * random.uniform(0.5, 1.0))
-                wait = min(wait * 2, config.resubscribe_max_wait)
-        finally:
-            if drives_local_tier:
-                core.listener_stopped()
-
-    def _dispatch(
-        self, data: bytes | str, callback: InvalidationCallback | None, drives_local_tier: bool
-    ) -> None:
-        if drives_local_tier:
-            self._core.received(data)
+        if not self._core.local_tier_enabled:
             return
-        message = InvalidationMessage.decode(data)
-        if message is None or callback is None:
-            return
-        try:
-            io.call_loader(partial(callback, message))
-        except Exception as error:
-            self._core.callback_failed(error)
-
-    def _listener_client(self) -> Any:
-        """A client for Pub/Sub whose connections never retry by themselves.
-
-        redis-py reconnects and resubscribes a Pub/Sub connection silently when retries
-        are on; messages published in that gap are lost without the listener knowing,
-        and the local tier would keep what they invalidated. With retries off, every
-        disconnect reaches the listener, which flushes the local tier.
-        """
         with self._listener_lock:
-            if self._listener_redis is None:
-                self._listener_redis = io.rebuilt_client(self._redis, retry=io.retry(0))
-            return self._listener_redis
+            if self._closed:
+                return
+            if self._listener is None:
+                self._listener = join_listener(self._redis, self._core)
+            self._listener.ensure_running()
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the listener and close what this cache owns. Idempotent."""
+        """Stop the listener and close what this cache owns; any later call raises
+        :class:`CacheClosedError`. Idempotent."""
         with self._listener_lock:
             self._closed = True
             listener, self._listener = self._listener, None
         if listener is not None:
-            io.stop_background(listener, self._stop)
-        listener_redis, self._listener_redis = self._listener_redis, None
-        if listener_redis is not None and listener_redis is not self._redis:
-            io.close_quietly(listener_redis)
+            leave_listener(listener, self._core)
         if self._owns_client:
             self._owns_client = False
-            io.close_quietly(self._redis)
+            io.close_client(self._redis)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError(f"cache {self._core.name!r} is closed")
 
     def __enter__(self) -> SyncRedisCache:
         return self
@@ -471,6 +703,7 @@ class SyncRedisCache(CoreFacade):
     ) -> Any:
         """Run one Redis command within the operation timeout; on failure, :data:`FAILED`
         (or :data:`UNCONFIRMED`, see :meth:`CacheCore.failed`)."""
+        self._check_open()
         core = self._core
         admission = core.admit(operation)
         if admission is None:
@@ -532,8 +765,3 @@ class SyncRedisCache(CoreFacade):
             return self._core.decode_read(plan, read, model, epoch)
         except CorruptValueError as error:
             return self._run(flows.drop_corrupt(self._core, plan, read, error, model))
-
-    def _unlink(self, data_keys: list[str], lease_keys: list[str]) -> int:
-        if lease_keys:
-            self._redis.delete(*lease_keys)
-        return int(self._redis.unlink(*data_keys)) if data_keys else 0

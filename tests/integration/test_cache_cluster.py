@@ -4,6 +4,7 @@ in one hash slot, scripts, SCAN-based invalidation and Pub/Sub invalidation incl
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -155,3 +156,53 @@ def test_operations_after_another_cache_moved_the_group(
         assert not client.exists(f"{{{prefix}}}:assistant:2#L")
     client.close()
     other_client.close()
+
+
+def test_sync_cache_on_a_callers_cluster_client_keeps_to_the_operation_timeout(
+    cluster: RedisClusterServers, prefix: str
+) -> None:
+    """The caller's cluster client has no socket timeout and retries ten times: the
+    cache's calls through it must still end after about one operation timeout."""
+    client = sync_client(cluster)
+    config = CacheConfig(operation_timeout=0.2, breaker_failure_threshold=100)
+    cache = SyncRedisCache(client, prefix, config=config)
+    assert cache.set("settings:1", "v1")
+    slot_owner = client.get_node_from_key(f"{{{prefix}}}").port
+    owner = next(node for node in cluster.nodes if node.port == slot_owner)
+    results: list[Any] = []
+    reader = threading.Thread(target=lambda: results.append(cache.get("settings:1")), daemon=True)
+    owner.pause()
+    try:
+        reader.start()
+        # Well under the cluster's node timeout (2 s): the other primaries keep it.
+        reader.join(timeout=1.5)
+        assert not reader.is_alive(), "get() blocked on a paused cluster primary"
+        assert results == [None]
+    finally:
+        owner.resume()
+        reader.join(timeout=10)
+    assert cache.get("settings:1") == "v1"
+    cache.close()
+    client.close()
+
+
+def test_async_cache_on_a_cluster_keeps_to_the_operation_timeout(
+    cluster: RedisClusterServers, prefix: str
+) -> None:
+    config = CacheConfig(operation_timeout=0.2, breaker_failure_threshold=100)
+
+    async def scenario() -> None:
+        client = async_client(cluster)
+        async with AsyncRedisCache(client, prefix, config=config) as cache:
+            assert await cache.set("settings:1", "v1")
+            slot_owner = client.get_node_from_key(f"{{{prefix}}}").port
+            owner = next(node for node in cluster.nodes if node.port == slot_owner)
+            owner.pause()
+            try:
+                # Well under the cluster's node timeout (2 s).
+                assert await asyncio.wait_for(cache.get("settings:1"), 1.5) is None
+            finally:
+                owner.resume()
+        await client.aclose()
+
+    run(scenario())

@@ -20,7 +20,7 @@ import redis
 
 from commclient.cache import CacheConfig, SyncRedisCache
 from tests import conftest_cache
-from tests.conftest_cache import Facade, Harness, eventually, run
+from tests.conftest_cache import Facade, Harness, data_key, eventually, run
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis_server
@@ -216,10 +216,10 @@ def test_a_value_of_another_model_is_a_miss_not_deleted(
 def test_invalid_json_is_still_dropped(facade: Facade, redis_url: str, prefix: str) -> None:
     async def scenario() -> None:
         async with facade.open(redis_url, prefix) as cache:
-            data_key = cache.cache._core.layout.data_key("broken", "0")
-            raw_client(redis_url).set(data_key, b"{not json")
+            stored_key = data_key(raw_client(redis_url), prefix, "broken")
+            raw_client(redis_url).set(stored_key, b"{not json")
             assert await cache.get("broken") is None
-            assert raw_client(redis_url).exists(data_key) == 0
+            assert raw_client(redis_url).exists(stored_key) == 0
 
     run(scenario())
 

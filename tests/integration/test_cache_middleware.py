@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from commclient.asgi import CacheInvalidationMiddleware, Receive, Scope, Send
+from commclient.asgi import (
+    DEFAULT_INVALIDATION_RULES,
+    CacheInvalidationMiddleware,
+    InvalidationRule,
+    Receive,
+    Scope,
+    Send,
+)
 from commclient.cache import AsyncRedisCache, SyncRedisCache
 from tests import conftest_cache
 from tests.redis_server import free_port
@@ -127,14 +134,24 @@ def test_an_unreachable_cache_does_not_break_the_response(reader: SyncRedisCache
             )
 
 
-def test_an_invalidation_that_failed_is_applied_once_redis_is_back(prefix: str) -> None:
+@pytest.mark.parametrize(
+    "rules",
+    [
+        DEFAULT_INVALIDATION_RULES,
+        (InvalidationRule("/api/global-settings", patterns=("global_settings",)),),
+    ],
+    ids=["group", "pattern"],
+)
+def test_an_invalidation_that_failed_is_applied_once_redis_is_back(
+    prefix: str, rules: tuple[InvalidationRule, ...]
+) -> None:
     from commclient.cache import CacheConfig
     from tests.redis_server import RedisServer
 
     with RedisServer() as redis_server_alone:
         config = CacheConfig(operation_timeout=0.2, breaker_cooldown=0.2)
         cache = AsyncRedisCache.from_url(redis_server_alone.url, prefix, config=config)
-        middleware = CacheInvalidationMiddleware(rest_app, cache, retry_max_wait=0.3)
+        middleware = CacheInvalidationMiddleware(rest_app, cache, rules, retry_max_wait=0.3)
         with (
             Server(middleware) as running,
             SyncRedisCache.from_url(redis_server_alone.url, prefix) as writer,

@@ -14,7 +14,7 @@ import redis
 
 from commclient.cache import AsyncRedisCache, CacheConfig, SyncRedisCache
 from tests import conftest_cache
-from tests.conftest_cache import LogCapture, eventually, run
+from tests.conftest_cache import LogCapture, data_key, eventually, run
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis_server
@@ -103,7 +103,8 @@ def test_async_cache_survives_redis_dying_mid_run(
         own_redis_server.start()
         observed.phase = "after"
         # Written behind the cache's back: only a flushed local tier can show it.
-        redis.Redis.from_url(own_redis_server.url).set(f"{{{prefix}}}:settings#0", b'"fresh"')
+        admin = redis.Redis.from_url(own_redis_server.url)
+        admin.set(data_key(admin, prefix, "settings"), b'"fresh"')
 
         async def recovered() -> bool:
             return cache.local_tier_active and await cache.get("settings") == "fresh"
@@ -160,7 +161,8 @@ def test_sync_cache_survives_redis_dying_mid_run(
         time.sleep(0.5)
         own_redis_server.start()
         observed.phase = "after"
-        redis.Redis.from_url(own_redis_server.url).set(f"{{{prefix}}}:settings#0", b'"fresh"')
+        admin = redis.Redis.from_url(own_redis_server.url)
+        admin.set(data_key(admin, prefix, "settings"), b'"fresh"')
         deadline = time.monotonic() + 10
         while not (cache.local_tier_active and cache.get("settings") == "fresh"):
             assert time.monotonic() < deadline, "no recovery"

@@ -4,7 +4,10 @@ connections found through Sentinel too."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio.sentinel
@@ -67,5 +70,47 @@ def test_async_cache_through_sentinel(sentinel: RedisSentinelServer, prefix: str
                 return await reader.get("assistant:1") is None
 
             await eventually(reader_dropped, timeout=5.0)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_cache_through_sentinel_keeps_to_the_operation_timeout(
+    sentinel: RedisSentinelServer, prefix: str, kind: str
+) -> None:
+    """The primary stalls (SIGSTOP) under a client without a socket timeout of its own:
+    a read still ends after about one operation timeout, as a miss."""
+    config = CacheConfig(operation_timeout=0.2, breaker_failure_threshold=100)
+    address = [("127.0.0.1", sentinel.port)]
+    if kind == "sync":
+        client = redis.sentinel.Sentinel(address, socket_timeout=1.0).master_for(sentinel.service)
+        cache = SyncRedisCache(client, prefix, config=config)
+        assert cache.set("settings:1", "v1")
+        results: list[Any] = []
+        reader = threading.Thread(target=lambda: results.append(cache.get("settings:1")))
+        sentinel.master.pause()
+        try:
+            reader.start()
+            reader.join(timeout=1.5)
+            assert not reader.is_alive(), "get() blocked on a paused primary"
+            assert results == [None]
+        finally:
+            sentinel.master.resume()
+            reader.join(timeout=10)
+        cache.close()
+        client.close()
+        return
+
+    async def scenario() -> None:
+        manager = redis.asyncio.sentinel.Sentinel(address, socket_timeout=1.0)
+        async with AsyncRedisCache(
+            manager.master_for(sentinel.service), prefix, config=config
+        ) as async_cache:
+            assert await async_cache.set("settings:1", "v1")
+            sentinel.master.pause()
+            try:
+                assert await asyncio.wait_for(async_cache.get("settings:1"), 1.5) is None
+            finally:
+                sentinel.master.resume()
 
     run(scenario())

@@ -17,7 +17,7 @@ from commclient.asgi import (
     Scope,
     Send,
 )
-from commclient.cache import AsyncMemoryCache
+from commclient.cache import AsyncMemoryCache, CacheUnavailableError
 from tests.conftest_cache import run
 
 
@@ -30,10 +30,12 @@ class RecordingCache:
         self.raise_error = raise_error
         self.delay = delay
 
-    async def invalidate(self, pattern: str, *parts: object) -> int:
+    async def invalidate(self, pattern: str, *parts: object, strict: bool = False) -> int:
         await self._maybe_fail()
         self.calls.append(("pattern", pattern))
-        return 1
+        if self.fail and strict:
+            raise CacheUnavailableError("redis unavailable")
+        return 0 if self.fail else 1
 
     async def invalidate_group(self, group: str) -> bool:
         await self._maybe_fail()
@@ -135,6 +137,36 @@ def test_a_slow_invalidation_is_bounded() -> None:
     )
     sent = run(asyncio.wait_for(call(middleware, http_scope("PUT", "/api/assistants/1")), 5))
     assert sent[0]["status"] == 200
+
+
+USER_PATTERN = InvalidationRule("/api/users/{user_id}", patterns=("user:{user_id}",))
+
+
+@pytest.mark.parametrize(
+    "cache", [RecordingCache(fail=True), RecordingCache(delay=10)], ids=["unavailable", "slow"]
+)
+def test_a_pattern_invalidation_that_failed_is_kept_and_retried(
+    cache: RecordingCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis did not complete it, or the middleware's timeout cut the scan short: the
+    pattern stays pending, is logged, and is run again until it completes."""
+
+    async def scenario() -> None:
+        middleware = CacheInvalidationMiddleware(
+            app_returning(200), cache, [USER_PATTERN], timeout=0.05, retry_max_wait=0.05
+        )
+        with caplog.at_level(logging.ERROR, logger="commclient.cache"):
+            sent = await call(middleware, http_scope("PATCH", "/api/users/5"))
+        assert sent[0]["status"] == 200
+        assert middleware.pending == 1
+        assert middleware.failures == 1
+        assert "'user:5'" in str([r.__dict__.get("patterns") for r in caplog.records])
+        cache.fail, cache.delay = False, 0  # Redis is back
+        while middleware.pending:  # noqa: ASYNC110  # polls the middleware's own state
+            await asyncio.sleep(0.01)
+        assert cache.calls[-1] == ("pattern", "user:5")
+
+    run(asyncio.wait_for(scenario(), 10))
 
 
 def test_patterns_capture_path_segments_and_escape_them() -> None:

@@ -153,6 +153,7 @@ _KEY_ARGUMENTS = {
     "PTTL": "first",
     "PEXPIRE": "first",
     "INCR": "first",
+    "EXISTS": "all",
     "DEL": "all",
     "UNLINK": "all",
     "PUBLISH": "none",
@@ -210,7 +211,8 @@ def test_every_key_a_script_touches_is_declared() -> None:
             undeclared += [
                 f"{name}: {command} {key}"
                 for key in positions
-                if not re.fullmatch(r"KEYS\[\d+\]", key)
+                # KEYS[n], or a run of KEYS (``unpack(KEYS, first, last)``)
+                if not re.fullmatch(r"KEYS\[\d+\]|unpack\(KEYS\b.*\)", key)
             ]
     assert undeclared == []
 

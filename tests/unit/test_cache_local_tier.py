@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from commclient.cache import CacheConfig
 from tests import conftest_cache
-from tests.conftest_cache import Facade, Harness, LogCapture, eventually, run
+from tests.conftest_cache import Facade, Harness, LogCapture, data_key, eventually, run
 
 pytestmark = pytest.mark.redis_server
 
@@ -144,7 +144,7 @@ def test_listener_disconnect_flushes_and_bypasses_the_local_tier(
             # Drop every Pub/Sub connection, then change the value behind the cache's back:
             # no message can tell this cache about the change.
             admin.client_kill_filter(_type="pubsub")
-            admin.set(f"{{{prefix}}}:settings#0", b'"new"')
+            admin.set(data_key(admin, prefix, "settings"), b'"new"')
 
             async def noticed() -> bool:
                 return DISCONNECTED in cache_logs.messages()

@@ -14,7 +14,16 @@ from prometheus_client import CollectorRegistry
 
 from commclient.cache import AsyncRedisCache, CacheConfig, SyncRedisCache
 from tests import conftest_cache
-from tests.conftest_cache import AsyncHarness, Facade, Harness, LogCapture, eventually, metric, run
+from tests.conftest_cache import (
+    AsyncHarness,
+    Facade,
+    Harness,
+    LogCapture,
+    data_key,
+    eventually,
+    metric,
+    run,
+)
 from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.redis_server
@@ -312,10 +321,10 @@ def test_set_tells_a_lost_reply_from_a_write_not_applied(
                 own_redis_server.resume()
 
             async def applied() -> bool:
-                return raw.get(f"{{{prefix}}}:settings#0") == b"2"
+                return raw.get(data_key(raw, prefix, "settings")) == b"2"
 
             await eventually(applied, timeout=5.0, interval=0.05)
-            assert raw.exists(f"{{{prefix}}}:skipped#0") == 0
+            assert raw.exists(data_key(raw, prefix, "skipped")) == 0
 
     run(scenario())
     raw.close()

@@ -1,0 +1,65 @@
+"""What ``@cache.cached(...)`` knows of the function it decorates: its key and its model.
+
+The key is a ``str.format`` template over the function's parameters, filled with the
+arguments of each call (defaults included): ``"user:{user_id}"``, ``"user:{user.id}"``,
+``"report:{day:%Y-%m-%d}"``. With ``group``, the key is put in that group
+(``"{group}:{key}"``), so that ``invalidate_group(group)`` drops every value the function
+cached. The model is the function's return annotation (``None``, ``Any`` or none: plain
+JSON).
+"""
+
+from __future__ import annotations
+
+import inspect
+import string
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from ._keys import validate_group, validate_key
+
+
+class CachedCall:
+    """The key template and the model of one decorated function."""
+
+    def __init__(self, function: Callable[..., Any], template: str, group: str | None) -> None:
+        self.signature = inspect.signature(function)
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field]
+        if not fields and "{" not in template:
+            self.constant: str | None = template
+        else:
+            self.constant = None
+        for field in fields:
+            name = field.split(".", 1)[0].split("[", 1)[0]
+            if not name.isidentifier() or name not in self.signature.parameters:
+                raise ValueError(
+                    f"key template {template!r} uses {{{field}}}, which is not a parameter "
+                    f"of {function.__qualname__}{self.signature}"
+                )
+        self.template = template
+        self.prefix = f"{validate_group(group)}:" if group else ""
+        if self.constant is not None:
+            validate_key(self.prefix + self.constant)
+        self.model = _model_of(function)
+
+    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The cache key of one call (validated when the cache uses it)."""
+        if self.constant is not None:
+            return self.prefix + self.constant
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return self.prefix + self.template.format(**bound.arguments)
+
+
+def _model_of(function: Callable[..., Any]) -> Any:
+    """The return annotation (resolved), or ``None`` for plain JSON."""
+    try:
+        annotation = typing.get_type_hints(function).get("return")
+    except Exception as error:
+        raise TypeError(
+            f"the return annotation of {function.__qualname__} cannot be resolved ({error}); "
+            "pass model= to cached()"
+        ) from error
+    if annotation in (None, type(None), Any):
+        return None
+    return annotation
