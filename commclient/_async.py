@@ -6,14 +6,23 @@ import asyncio
 import os
 import threading
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from ._config import ClientConfig
-from ._core import BUILTIN_HEADERS, Attempt, Call, Outcome, Sleep, TransportFailure, build_core
+from ._core import (
+    BUILTIN_HEADERS,
+    Attempt,
+    Call,
+    Outcome,
+    Sleep,
+    TransportFailure,
+    build_core,
+    deadline_cut_off,
+)
 from ._correlation import redact_transport_logs
 from ._policy import Clock, FailureKind
 from ._response import ServiceResponse
@@ -147,13 +156,18 @@ class AsyncServiceClient:
         if self._closed:
             raise RuntimeError("this AsyncServiceClient was closed during the call")
         if attempt.time_limit is None:
-            return await self._exchange(client, attempt)
+            return await self._exchange(client, attempt, None)
+        progress = _Progress()
         try:
-            return await asyncio.wait_for(self._exchange(client, attempt), attempt.time_limit)
+            return await asyncio.wait_for(
+                self._exchange(client, attempt, {"trace": progress.trace}), attempt.time_limit
+            )
         except asyncio.TimeoutError as exc:
-            return TransportFailure(FailureKind.READ_TIMEOUT, exc)
+            return deadline_cut_off(progress.sending, exc)
 
-    async def _exchange(self, client: httpx.AsyncClient, attempt: Attempt) -> Outcome:
+    async def _exchange(
+        self, client: httpx.AsyncClient, attempt: Attempt, extensions: dict[str, Any] | None
+    ) -> Outcome:
         request = attempt.request
         httpx = self._httpx
         try:
@@ -164,6 +178,7 @@ class AsyncServiceClient:
                     content=request.content,
                     headers=None if request.headers is self._pool_headers else request.headers,
                     timeout=self._timeout(attempt.connect_timeout, attempt.read_timeout),
+                    extensions=extensions,
                 ),
                 stream=True,
             )
@@ -264,6 +279,20 @@ class AsyncServiceClient:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class _Progress:
+    """How far an attempt with a deadline got, from httpcore's trace events."""
+
+    __slots__ = ("sending",)
+
+    def __init__(self) -> None:
+        #: The connection is established and the request is going out.
+        self.sending = False
+
+    async def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        if not self.sending and ".send_request_headers." in event:
+            self.sending = True
 
 
 async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:

@@ -163,6 +163,22 @@ class TransportFailure(NamedTuple):
     error: BaseException
 
 
+def deadline_cut_off(connected: bool, cause: BaseException | None) -> TransportFailure:
+    """The failure of an attempt that the call's deadline ended.
+
+    Before the connection was established (lookup, connect, TLS handshake) nothing was
+    sent: a connect timeout, which may be retried whatever the method.
+    """
+    if connected:
+        error = TimeoutError("the call's deadline ended the attempt mid-response")
+        kind = FailureKind.READ_TIMEOUT
+    else:
+        error = TimeoutError("the call's deadline ended the attempt while connecting")
+        kind = FailureKind.CONNECT_TIMEOUT
+    error.__cause__ = cause
+    return TransportFailure(kind, error)
+
+
 Outcome = Response | Unreadable | TransportFailure
 Flow = Generator[Attempt | Sleep, Outcome | None, Any]
 

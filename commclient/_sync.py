@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from ._config import ClientConfig
-from ._core import Attempt, Call, Outcome, Sleep, TransportFailure, build_core
+from ._core import Attempt, Call, Outcome, Sleep, TransportFailure, build_core, deadline_cut_off
 from ._correlation import redact_transport_logs
 from ._policy import Clock, FailureKind
 from ._response import ServiceResponse
-from ._watchdog import attempt_watch, watched_adapter
+from ._watchdog import LookupsExhausted, attempt_watch, watched_adapter
 
 if TYPE_CHECKING:
     import requests
@@ -182,10 +182,7 @@ class SyncServiceClient:
                     # The watchdog shut the socket down mid-exchange: http.client takes the
                     # end of a head that was still arriving for its end, which would make a
                     # 200 with no headers and no body of an attempt the deadline cut off.
-                    return TransportFailure(
-                        FailureKind.READ_TIMEOUT,
-                        TimeoutError("the call's deadline ended the attempt mid-response"),
-                    )
+                    return deadline_cut_off(watch.connected, None)
                 return outcome
             except self._unsendable as exc:
                 if exc.args and isinstance(exc.args[0], self._bad_response_head):
@@ -193,9 +190,12 @@ class SyncServiceClient:
                     # Content-Length values); requests reports that as a request error.
                     return TransportFailure(FailureKind.CONNECTION_LOST, exc)
                 return TransportFailure(FailureKind.UNSENDABLE, exc)
+            except LookupsExhausted as exc:
+                # This process's lookup threads are all taken: not the target's doing.
+                return TransportFailure(FailureKind.POOL_TIMEOUT, exc)
             except self._transport_errors as exc:
                 if watch.fired:
-                    return TransportFailure(FailureKind.READ_TIMEOUT, exc)
+                    return deadline_cut_off(watch.connected, exc)
                 if self._closed:
                     raise RuntimeError("this SyncServiceClient was closed during the call") from exc
                 return TransportFailure(_classify(exc, self._requests.exceptions), exc)

@@ -1,0 +1,207 @@
+"""A slow network on loopback: name lookups that hang, TLS handshakes that trickle.
+
+Name lookups are slowed by a resolver wrapped around the real ``getaddrinfo`` (a test
+cannot point the system resolver at a slow DNS server); sockets, TLS and HTTP are real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from commclient import ServiceConnectionError, ServiceTimeoutError, testing
+from tests.http_server import ServerProcess
+from tests.integration.conftest import Names, fast_config
+
+SLOW_NAME = "slow-dns.test"
+
+
+class SlowResolver:
+    """``getaddrinfo`` that holds lookups of :data:`SLOW_NAME` until released or timed out."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.released = threading.Event()
+        self.started = threading.Semaphore(0)
+        self._real = socket.getaddrinfo
+
+    def __call__(self, host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in (SLOW_NAME, SLOW_NAME.encode()):
+            self.started.release()
+            self.released.wait(self.delay)
+            host = "127.0.0.1"
+        return self._real(host, *args, **kwargs)
+
+
+@pytest.fixture
+def slow_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowResolver]:
+    resolver = SlowResolver(delay=30.0)
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    yield resolver
+    resolver.released.set()
+
+
+class TricklingTLSServer:
+    """Accepts TCP connections and answers a ClientHello with a TLS record header, then one
+    byte every ``interval`` seconds: every read is quick, the handshake never ends."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+
+    def _trickle(self, connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            connection.recv(65536)
+            # A handshake record announcing 16 kB, which never completes.
+            connection.sendall(b"\x16\x03\x03\x40\x00")
+            for _ in range(int(20 / self.interval)):
+                if self._stop.wait(self.interval):
+                    return
+                connection.sendall(b"\x02")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def trickling_tls() -> Iterator[TricklingTLSServer]:
+    server = TricklingTLSServer()
+    yield server
+    server.close()
+
+
+def test_one_deadline_holds_through_a_slow_lookup_and_a_trickling_handshake(
+    make: Any, slow_resolver: SlowResolver, trickling_tls: TricklingTLSServer
+) -> None:
+    slow_resolver.delay = 0.6
+    call = make(
+        fast_config(max_retries=1, connect_timeout=5.0, timeout=5.0),
+        base_url=f"https://{SLOW_NAME}:{trickling_tls.port}",
+    )
+    started = time.monotonic()
+    with pytest.raises(ServiceTimeoutError) as info:
+        call("get", "/echo", deadline=1.0)
+    elapsed = time.monotonic() - started
+    # Never sent: the lookup and the handshake are the connection's, not a read.
+    assert "read timeout" not in str(info.value)
+    # Generous for a loaded machine, well below the 1.6 s of a lookup plus a fresh
+    # handshake share (and the 5 s of the connect timeout).
+    assert elapsed < 1.45, elapsed
+
+
+def test_a_trickling_handshake_is_cut_at_the_deadline(
+    make: Any, trickling_tls: TricklingTLSServer
+) -> None:
+    call = make(
+        fast_config(max_retries=1, connect_timeout=5.0, timeout=5.0),
+        base_url=f"https://127.0.0.1:{trickling_tls.port}",
+    )
+    started = time.monotonic()
+    with pytest.raises(ServiceTimeoutError) as info:
+        call("get", "/echo", deadline=0.5)
+    assert time.monotonic() - started < 3.0
+    assert "read timeout" not in str(info.value)
+
+
+@pytest.mark.facade_sync
+def test_hanging_lookups_of_one_name_do_not_starve_other_hosts(
+    http_server: ServerProcess, names: Names, slow_resolver: SlowResolver
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from commclient import SyncServiceClient
+
+    slow = SyncServiceClient(
+        f"http://{SLOW_NAME}:{http_server.port}",
+        service_name=names.service,
+        target_service=f"{names.target}-slow",
+        config=fast_config(max_retries=1),
+        registry=CollectorRegistry(),
+    )
+    healthy = SyncServiceClient(
+        f"http://localhost:{http_server.port}",
+        service_name=names.service,
+        target_service=names.target,
+        config=fast_config(max_retries=1, circuit_breaker_fail_max=5),
+        registry=CollectorRegistry(),
+    )
+    with slow, healthy:
+        # Eight calls whose lookups hang far beyond their deadline, from eight threads.
+        barrier = threading.Barrier(8)
+
+        def slow_call() -> None:
+            barrier.wait()
+            with contextlib.suppress(ServiceTimeoutError, ServiceConnectionError):
+                slow.get("/echo", deadline=0.2)
+
+        threads = [threading.Thread(target=slow_call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        # The healthy host's lookups still run, each call succeeds, its breaker stays shut.
+        for _ in range(6):
+            assert healthy.get("/echo", deadline=2.0)["method"] == "GET"
+        assert testing.breaker_state(names.service, names.target) == "closed"
+        # The hung lookups of the slow name stay out of the way of new ones of that name too:
+        # at most one of a name runs at a time, and its callers share its answer.
+        slow_resolver.released.set()
+        assert slow.get("/echo", deadline=2.0)["method"] == "GET"
+
+
+@pytest.mark.facade_sync
+def test_lookups_exhausted_in_this_process_never_count_against_the_target(
+    http_server: ServerProcess,
+    names: Names,
+    slow_resolver: SlowResolver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from commclient import SyncServiceClient, _watchdog
+
+    monkeypatch.setattr(_watchdog, "MAX_LOOKUPS", 1)
+    slow = SyncServiceClient(
+        f"http://{SLOW_NAME}:{http_server.port}",
+        service_name=names.service,
+        target_service=f"{names.target}-slow",
+        config=fast_config(max_retries=1),
+        registry=CollectorRegistry(),
+    )
+    other = SyncServiceClient(
+        f"http://localhost:{http_server.port}",
+        service_name=names.service,
+        target_service=names.target,
+        config=fast_config(max_retries=1, circuit_breaker_fail_max=1),
+        registry=CollectorRegistry(),
+    )
+    with slow, other:
+        with pytest.raises(ServiceTimeoutError):
+            slow.get("/echo", deadline=0.2)
+        assert slow_resolver.started.acquire(timeout=5)
+        for _ in range(3):
+            with pytest.raises(ServiceTimeoutError, match="name lookups"):
+                other.get("/echo", deadline=1.0)
+        assert testing.breaker_state(names.service, names.target) == "closed"
+        slow_resolver.released.set()
