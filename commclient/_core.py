@@ -511,6 +511,11 @@ class Call:
         max_attempts = 1 if admission.probe else config.max_retries
         deadline_at = None if self.deadline is None else clock.monotonic() + self.deadline
         judged = False
+        # The call's failure is counted at its first failed attempt, before any wait: a
+        # caller that gives up during the backoff (asyncio.timeout, anyio.fail_after, a
+        # job's timeout) must not take the target's failures away with it. A later
+        # success of the same call forgets it, as a success always does.
+        failure_recorded = False
         try:
             number = 0
             while True:
@@ -528,12 +533,13 @@ class Call:
                     core.breaker.record_success(admission)
                 if failure is not True:
                     return self._finish(outcome, status_label, duration, number)
+                if not failure_recorded:
+                    failure_recorded = judged = True
+                    core.breaker.record_failure(admission)
                 core.metrics.observe(method, self.endpoint, status_label, duration)
                 self._log(logging.DEBUG, "attempt failed", status_label, number, duration)
                 wait = self._next_wait(outcome, retryable, number, max_attempts, deadline_at)
                 if wait is None:
-                    judged = True
-                    core.breaker.record_failure(admission)
                     raise self._final_error(outcome, number)
                 core.metrics.retried(method, self.endpoint, status_label)
                 self._log(logging.WARNING, "retrying", status_label, number, duration, wait=wait)

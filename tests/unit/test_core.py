@@ -269,6 +269,35 @@ class TestBreaker:
         assert core.breaker.circuit.fail_counter == 0
         assert core.breaker.state == "closed"
 
+    def test_a_failure_counts_before_the_backoff_even_if_the_caller_gives_up_then(
+        self,
+    ) -> None:
+        core = make_core(circuit_breaker_fail_max=3)
+        for _ in range(2):
+            flow = core.call("GET", "/x").flow()
+            assert isinstance(next(flow), Attempt)
+            assert isinstance(flow.send(status(503)), Sleep)
+            flow.close()  # the caller's timeout cancels it during the backoff
+        assert core.breaker.circuit.fail_counter == 2
+        # The third failure opens the breaker at once: the call does not retry into it.
+        actions, error = drive(core, [status(503)] * 3)
+        assert (len(actions), type(error)) == (1, ServiceResponseError)
+        assert core.breaker.state == "open"
+
+    def test_a_retry_that_succeeds_forgets_the_failure_of_its_call(self) -> None:
+        core = make_core(circuit_breaker_fail_max=2)
+        for _ in range(3):
+            drive(core, [status(503), status(200)])
+        assert core.breaker.state == "closed"
+        assert core.breaker.circuit.fail_counter == 0
+
+    def test_a_failed_call_counts_once_whatever_its_attempts(self) -> None:
+        core = make_core(circuit_breaker_fail_max=2, max_retries=3)
+        _, error = drive(core, [status(503)] * 3)
+        assert isinstance(error, ServiceResponseError)
+        assert core.breaker.circuit.fail_counter == 1
+        assert core.breaker.state == "closed"
+
     def test_an_open_breaker_refuses_when_the_flow_is_made(self) -> None:
         core = make_core(circuit_breaker_fail_max=1)
         drive(core, [status(503)] * 3)
