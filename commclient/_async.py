@@ -188,6 +188,12 @@ class AsyncServiceClient:
                     async for chunk in response.aiter_raw():
                         if not reader.feed(chunk):
                             break
+                if reader.stray_body:
+                    # httpcore would keep the stray bytes and read them as the next
+                    # response's status line; a closed stream is dropped from the pool.
+                    stream = response.extensions.get("network_stream")
+                    if stream is not None:
+                        await stream.aclose()
                 return attempt.response(response.status_code, response.headers, reader)
             finally:
                 await response.aclose()

@@ -211,7 +211,7 @@ class BodyReader:
     reader does not know is kept as it came, with its ``Content-Encoding`` header.
     """
 
-    __slots__ = ("_chunks", "_decoders", "_size", "error", "limit", "too_large")
+    __slots__ = ("_chunks", "_decoders", "_size", "error", "limit", "stray_body", "too_large")
 
     def __init__(self, headers: Mapping[str, str], limit: int, *, announced: bool = True) -> None:
         self.limit = limit
@@ -220,6 +220,12 @@ class BodyReader:
         self.error: str | None = None
         size = declared_size(headers) if announced else None
         self.too_large = size is not None and size > limit
+        #: A response that carries no body (to a HEAD, a 204, a 304) announces one: a
+        #: broken server may send it anyway, after the head, where the next response on
+        #: the connection would be read. The connection is not to be used again.
+        self.stray_body = not announced and (
+            "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0"
+        )
         if announced:
             self.error = content_length_error(headers)
         encoding = headers.get("content-encoding")

@@ -205,3 +205,26 @@ def test_lookups_exhausted_in_this_process_never_count_against_the_target(
                 other.get("/echo", deadline=1.0)
         assert testing.breaker_state(names.service, names.target) == "closed"
         slow_resolver.released.set()
+
+
+# --- bytes after a response's end ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+def test_a_body_sent_after_a_bodiless_response_does_not_poison_the_next_call(
+    make: Any, method: str
+) -> None:
+    """The test server sends a body to a HEAD and after a 304 too, as broken servers do:
+    the connection is dropped, and the next call on the client gets its own answer."""
+    call = make(fast_config(max_retries=1, circuit_breaker_fail_max=1))
+    for _ in range(3):
+        if method == "HEAD":
+            response = call("request_raw", "HEAD", "/echo")
+            assert response.status_code == 200
+            assert response.content == b""
+        else:
+            response = call("request_raw", "GET", "/reply", params={"status": "304"})
+            assert response.status_code == 304
+        echo = call("post", "/echo", json={"n": 1})
+        assert echo["body"] == {"n": 1}
+    assert call.breaker == "closed"
