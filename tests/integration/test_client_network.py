@@ -7,6 +7,8 @@ cannot point the system resolver at a slow DNS server); sockets, TLS and HTTP ar
 from __future__ import annotations
 
 import contextlib
+import gzip
+import os
 import socket
 import threading
 import time
@@ -15,9 +17,15 @@ from typing import Any
 
 import pytest
 
-from commclient import ServiceConnectionError, ServiceTimeoutError, testing
+from commclient import (
+    ServiceConnectionError,
+    ServiceResponseTooLargeError,
+    ServiceTimeoutError,
+    testing,
+)
 from tests.http_server import ServerProcess
 from tests.integration.conftest import Names, fast_config
+from tests.reliability.hostile_server import HostileServer
 
 SLOW_NAME = "slow-dns.test"
 
@@ -228,3 +236,37 @@ def test_a_body_sent_after_a_bodiless_response_does_not_poison_the_next_call(
         echo = call("post", "/echo", json={"n": 1})
         assert echo["body"] == {"n": 1}
     assert call.breaker == "closed"
+
+
+# --- the size limit is on decoded bytes --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileServer]:
+    with HostileServer() as server:
+        yield server
+
+
+def _raw_response(body: bytes, encoding: str) -> bytes:
+    head = (
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Encoding: {encoding}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_body_of_exactly_the_limit_is_read_whatever_its_encoding_adds(
+    make: Any, hostile: HostileServer, layers: int
+) -> None:
+    body = os.urandom(4096)
+    wire = body
+    for _ in range(layers):
+        wire = gzip.compress(wire)
+    assert len(wire) > 4096  # random bytes grow under gzip
+    hostile.script(_raw_response(wire, ", ".join(["gzip"] * layers)))
+    call = make(fast_config(max_retries=1, max_response_bytes=4096), base_url=hostile.url)
+    assert call("request_raw", "GET", "/script").content == body
+    hostile.script(_raw_response(gzip.compress(body + b"!"), "gzip"))
+    with pytest.raises(ServiceResponseTooLargeError):
+        call("request_raw", "GET", "/script")

@@ -466,6 +466,40 @@ class TestBodyReader:
         assert self.read(body, {"content-encoding": "gzip"}, 100).too_large
         assert self.read(gzip.compress(b"x" * 100), {"content-encoding": "gzip"}, 100).body()
 
+    def test_the_limit_of_a_doubly_encoded_body_is_on_the_decoded_bytes(self) -> None:
+        exact = os.urandom(4096)
+        twice = gzip.compress(gzip.compress(exact))
+        headers = {"content-encoding": "gzip, gzip", "content-length": str(len(twice))}
+        # Random bytes grow under gzip: the middle layer is larger than the limit.
+        assert len(gzip.compress(exact)) > 4096
+        assert self.read(twice, headers, 4096, chunk=100).body() == exact
+        assert self.read(gzip.compress(gzip.compress(exact + b"!")), headers, 4096).too_large
+
+    def test_a_bomb_in_the_middle_layer_stays_bounded(self) -> None:
+        bomb = gzip.compress(gzip.compress(b"0" * 50_000_000))
+        reader = self.read(bomb, {"content-encoding": "gzip, gzip"}, 1000, chunk=len(bomb))
+        assert reader.too_large
+
+    @pytest.mark.parametrize("wbits", [-zlib.MAX_WBITS, zlib.MAX_WBITS])
+    def test_deflate_decodes_whatever_the_size_of_its_first_chunk(self, wbits: int) -> None:
+        compressor = zlib.compressobj(wbits=wbits)
+        deflated = compressor.compress(b"hello world" * 100) + compressor.flush()
+        for chunk in (1, 2, 3):
+            reader = self.read(deflated, {"content-encoding": "deflate"}, 10_000, chunk=chunk)
+            assert reader.body() == b"hello world" * 100, chunk
+
+    def test_an_encoded_body_is_not_refused_by_its_length_on_the_wire(self) -> None:
+        body = os.urandom(4096)
+        wire = gzip.compress(body)
+        assert len(wire) > 4096
+        headers = {"content-encoding": "gzip", "content-length": str(len(wire))}
+        assert BodyReader(headers, 4096).wants_more
+        assert self.read(wire, headers, 4096).body() == body
+        # Unencoded, the announced size is the decoded size: refused before reading.
+        assert BodyReader({"content-length": "4097"}, 4096).too_large
+        # A length no encoding of the limit could need is refused unread too.
+        assert BodyReader({"content-encoding": "gzip", "content-length": "9000"}, 4096).too_large
+
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_budget_locked_by_another_thread_at_fork_works_in_the_child() -> None:
