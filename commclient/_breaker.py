@@ -22,7 +22,9 @@ reaches ``fail_max``, and returns the shared state, which the breaker then adopt
 frozen or dead Redis never stalls an event loop nor serialises threads: it only delays
 what other processes learn. Redis calls have short socket timeouts and no retries; when
 Redis cannot be reached (at start or later) the breaker goes on with its local state,
-logs one warning per outage, and pushes what happened meanwhile once Redis answers.
+logs one warning per outage, and pushes what happened meanwhile once Redis answers. A
+Redis that refuses the URL's credentials is logged as an error, once, and no longer
+asked: the breaker stays on its local state.
 
 The keys are pybreaker's ``CircuitRedisStorage`` layout (``<namespace>:pybreaker:state``,
 ``fail_counter``, ``opened_at`` in whole epoch seconds). That storage itself is not used
@@ -423,6 +425,12 @@ class _RedisMirror:
             ) from None
         self._script = self._client.register_script(_SYNC_SCRIPT)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        # Redis answered, and said no: waiting will not change that, a fixed URL will.
+        self._refusals: tuple[type[BaseException], ...] = (
+            redis.AuthenticationError,
+            redis.exceptions.AuthorizationError,
+            redis.exceptions.NoPermissionError,
+        )
         namespace = f"commclient:{breaker.name.replace('->', ':')}:pybreaker"
         self.keys = [f"{namespace}:state", f"{namespace}:fail_counter", f"{namespace}:opened_at"]
         self._push_lock = threading.Lock()
@@ -472,6 +480,17 @@ class _RedisMirror:
                     breaker.fail_max,
                 ],
             )
+        except self._refusals as exc:
+            self.reachable = False
+            logger.error(
+                "breaker %s: Redis at %s refused the credentials of circuit_breaker_redis_url "
+                "(%s); the breaker keeps this process's state and no longer synchronises: "
+                "fix the URL's user or password",
+                breaker.name,
+                self.where,
+                exc,
+            )
+            return False
         except self._errors as exc:
             with breaker._lock:
                 # Keep the events for the next round trip, in their order.
