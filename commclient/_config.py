@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -140,6 +141,43 @@ class ClientConfig:
         for name in ("trust_env", "follow_redirects"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+def check_tls_files(config: ClientConfig) -> None:
+    """Refuse, when a client is built, TLS files that every call would fail on.
+
+    Both transports open these files at their first connection, each failing its own way
+    (``OSError``, ``FileNotFoundError`` without the path, ``ssl.SSLError``); the caller
+    gets one ``ValueError`` naming the field and the path instead, before any call.
+    """
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if isinstance(config.verify, str):
+        path = config.verify
+        try:
+            if os.path.isdir(path):
+                context.load_verify_locations(capath=path)
+            else:
+                context.load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"verify: cannot load the CA bundle {path!r}: {_reason(exc)}"
+            ) from None
+    if config.cert is not None:
+        certfile, keyfile = (config.cert, None) if isinstance(config.cert, str) else config.cert
+        for field_name, file in (("cert", certfile), ("cert (key)", keyfile)):
+            if file is not None and not os.path.isfile(file):
+                raise ValueError(f"{field_name}: no such file {file!r}")
+        try:
+            context.load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            where = repr(certfile) if keyfile is None else f"{certfile!r} with key {keyfile!r}"
+            raise ValueError(f"cert: cannot load {where}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
 
 
 def _statuses(value: object) -> frozenset[int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any, NamedTuple, TypedDict, TypeVar
 from urllib.parse import parse_qsl, quote, quote_plus, urljoin, urlsplit, urlunsplit
@@ -19,7 +20,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, urljoin, urlsplit, urluns
 from prometheus_client import CollectorRegistry
 
 from ._breaker import Admission, Breaker, breakers
-from ._config import ClientConfig, check_headers, require_seconds
+from ._config import ClientConfig, check_headers, check_tls_files, require_seconds
 from ._correlation import (
     CORRELATION_HEADER,
     REDACTED,
@@ -721,7 +722,9 @@ class Call:
             cls: type[ServiceClientError]
             cls = ServiceTimeoutError if kind.is_timeout else ServiceConnectionError
             redact_exception(outcome.error)
-            reason = redact_text(str(outcome.error)) or type(outcome.error).__name__
+            reason = _socket_reason(outcome.error, self.request.url) or (
+                redact_text(str(outcome.error)) or type(outcome.error).__name__
+            )
             error = self._error(cls, f"{kind.value.replace('_', ' ')}: {reason}", attempts=number)
             error.__cause__ = outcome.error
         elif isinstance(outcome, Unreadable):
@@ -794,6 +797,32 @@ class Call:
         )
 
 
+def _socket_reason(error: BaseException, url: str) -> str | None:
+    """What the socket said, in words that name neither transport nor its pool.
+
+    Both transports wrap the socket's error in their own (requests in urllib3's pool
+    errors, httpx in httpcore's); the chain of causes leads to it on both.
+    """
+    seen: set[int] = set()
+    current: object = error
+    while isinstance(current, BaseException) and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            host = urlsplit(url).hostname
+            return f"cannot resolve {host!r}: {current.strerror or current}"
+        if isinstance(current, ConnectionRefusedError):
+            _, host, port = _origin(url)
+            return f"{host}:{port} refused the connection"
+        args = current.args
+        current = (
+            getattr(current, "reason", None)
+            or current.__cause__
+            or current.__context__
+            or (args[0] if args else None)
+        )
+    return None
+
+
 def _label(outcome: Outcome) -> str:
     if isinstance(outcome, TransportFailure):
         return outcome.kind.status_label
@@ -837,6 +866,7 @@ def build_core(
     config = ClientConfig() if config is None else config
     if not isinstance(config, ClientConfig):
         raise TypeError(f"config must be a ClientConfig, got {type(config).__name__}")
+    check_tls_files(config)
     return Core(
         base_url,
         service_name,

@@ -5,6 +5,7 @@ Run on both facades through :class:`Driver`, against the real loopback server.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -229,6 +230,32 @@ def test_cert_presents_a_client_certificate(
                 anonymous("get", "/echo")
         finally:
             anonymous.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("verify", "verify: cannot load the CA bundle"),
+        ("cert", "cert: no such file"),
+        ("key", "cert (key): no such file"),
+        ("bad_pem", "cert: cannot load"),
+    ],
+)
+def test_tls_files_are_checked_when_the_client_is_built(
+    facade: str, tls_files: dict[str, str], names: Names, tmp_path: Path, field: str, message: str
+) -> None:
+    missing = str(tmp_path / "missing.pem")
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate")
+    overrides: dict[str, Any] = {
+        "verify": {"verify": missing},
+        "cert": {"cert": (missing, tls_files["client_key"])},
+        "key": {"cert": (tls_files["client_cert"], missing)},
+        "bad_pem": {"cert": str(not_pem)},
+    }[field]
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        Driver(facade, "https://127.0.0.1:1", names, fast_config(**overrides))
+    assert str(missing if field != "bad_pem" else not_pem) in str(info.value)
 
 
 def test_head_of_a_large_resource_is_not_refused(make: Any) -> None:

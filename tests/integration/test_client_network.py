@@ -270,3 +270,33 @@ def test_a_body_of_exactly_the_limit_is_read_whatever_its_encoding_adds(
     hostile.script(_raw_response(gzip.compress(body + b"!"), "gzip"))
     with pytest.raises(ServiceResponseTooLargeError):
         call("request_raw", "GET", "/script")
+
+
+# --- what a caller reads when the target cannot be reached -----------------------------------
+
+
+def test_a_name_that_does_not_resolve_reads_the_same_on_both_facades(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = socket.getaddrinfo
+
+    def unknown(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("unknown-host.test", b"unknown-host.test"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    call = make(fast_config(max_retries=1), base_url="http://unknown-host.test:8000")
+    with pytest.raises(ServiceConnectionError) as info:
+        call("get", "/echo")
+    assert str(info.value) == (
+        "connect: cannot resolve 'unknown-host.test': Name or service not known "
+        f"(GET http://unknown-host.test:8000/echo -> {call.names.target}, attempts=1)"
+    )
+
+
+def test_a_refused_connection_reads_the_same_on_both_facades(make: Any, refused_port: int) -> None:
+    call = make(fast_config(max_retries=1), base_url=f"http://127.0.0.1:{refused_port}")
+    with pytest.raises(ServiceConnectionError) as info:
+        call("get", "/echo")
+    assert str(info.value).startswith(f"connect: 127.0.0.1:{refused_port} refused the connection")
