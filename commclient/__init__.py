@@ -8,10 +8,11 @@ Neither transport is imported until its facade is used.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ._config import ClientConfig
-from ._correlation import CorrelationIdFilter, correlation_id_ctx
+from ._correlation import CorrelationIdFilter, correlation_id_ctx, log_correlation_ids
 from ._errors import (
     ServiceClientError,
     ServiceConnectionError,
@@ -44,7 +45,12 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which test_packaging checks
     "ServiceUnavailableError",
     "SyncServiceClient",
     "correlation_id_ctx",
+    "log_correlation_ids",
 ]
+
+# A library's records go where the application sends them: with no logging set up, they
+# are not printed to stderr by logging's last-resort handler.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str) -> Any:

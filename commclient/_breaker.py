@@ -60,6 +60,7 @@ from urllib.parse import urlsplit
 import pybreaker
 
 from ._config import ClientConfig
+from ._correlation import redact_text
 from ._policy import Clock, SystemClock
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ class Breaker:
             else _RedisMirror(self, settings.redis_url, settings.sync_interval)
         )
         self._start_sync = self._mirror is not None
+        self._warned_unlike = False
         for gauge in list(self._gauges):
             gauge.set(STATE_VALUES[CLOSED])
 
@@ -248,6 +250,37 @@ class Breaker:
             with self._lock:
                 if admission is self._probe:
                     self._probe = None
+
+    def warn_if_unlike(self, settings: Settings) -> None:
+        """Say once that a later client asked for other settings than this breaker has.
+
+        The pair has one breaker, set up by its first client: the later client's
+        settings are not used, which must not go unnoticed.
+        """
+        current = self.settings
+        differences = [
+            f"{name}={theirs!r} (the breaker has {ours!r})"
+            for name, ours, theirs in (
+                ("circuit_breaker_fail_max", current.fail_max, settings.fail_max),
+                ("circuit_breaker_reset_timeout", current.reset_timeout, settings.reset_timeout),
+                ("circuit_breaker_redis_url", current.redis_url, settings.redis_url),
+                (
+                    "circuit_breaker_redis_sync_interval",
+                    current.sync_interval,
+                    settings.sync_interval,
+                ),
+            )
+            if ours != theirs
+        ]
+        if not differences or self._warned_unlike:
+            return
+        self._warned_unlike = True
+        logger.warning(
+            "breaker %s is shared by every client of the pair and keeps the settings of its "
+            "first client; this client's %s are not used",
+            self.name,
+            ", ".join(redact_text(text) for text in differences),
+        )
 
     def attach_gauge(self, gauge: Gauge) -> None:
         """Keep ``gauge`` equal to the state from now on, on every transition."""
@@ -606,6 +639,7 @@ class Breakers:
         with self._lock:
             breaker = self._breakers.get(key)
             if breaker is not None:
+                breaker.warn_if_unlike(settings)
                 return breaker
             breaker = self._retired.pop(key, None)
             if breaker is None:

@@ -17,6 +17,8 @@ scheduler changes; ``python -m cron_migration audit PATH`` lists the call sites 
 migrate.
 """
 
+import logging
+
 from ._context import ScheduledRun, current_scheduled_run
 from ._executor import MigrationExecutor, watch_missed_runs
 from ._job import JobTimeoutError, MigratedJob, ScheduledRunUnknownError, migrated_job
@@ -54,3 +56,6 @@ __all__ = [
     "shutdown_gracefully",
     "watch_missed_runs",
 ]
+
+# With no logging set up, its records are not printed to stderr by the last resort.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
