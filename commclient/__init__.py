@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ._auth import Auth, BasicAuth, BearerAuth
 from ._config import ClientConfig
+from ._core import Request
 from ._correlation import CorrelationIdFilter, correlation_id_ctx, log_correlation_ids
 from ._errors import (
     ServiceClientError,
@@ -31,10 +33,14 @@ if TYPE_CHECKING:
 
 __all__ = [  # noqa: RUF022 - plain sorted(), which test_packaging checks
     "AsyncServiceClient",
+    "Auth",
+    "BasicAuth",
+    "BearerAuth",
     "ClientConfig",
     "CorrelationIdFilter",
     "Headers",
     "JSON_NULL",
+    "Request",
     "ServiceClientError",
     "ServiceConnectionError",
     "ServiceDecodeError",

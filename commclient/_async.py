@@ -8,15 +8,17 @@ import threading
 import weakref
 from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from prometheus_client import CollectorRegistry
 
+from ._auth import Auth
 from ._config import ClientConfig
 from ._core import (
     BUILTIN_HEADERS,
     Attempt,
     Call,
+    ModelT,
     Outcome,
     Sleep,
     TransportFailure,
@@ -74,10 +76,13 @@ class AsyncServiceClient:
         config: ClientConfig | None = None,
         registry: CollectorRegistry | None = None,
         clock: Clock | None = None,
+        auth: Auth | None = None,
     ) -> None:
         self._httpx = _import_httpx()
         redact_transport_logs(_TRANSPORT_LOGGERS)
-        self._core = build_core(base_url, service_name, target_service, config, registry, clock)
+        self._core = build_core(
+            base_url, service_name, target_service, config, registry, clock, auth
+        )
         # The pool sends the built-in headers itself: a call that adds none passes no headers
         # and spares httpx normalising the same three on every request.
         plain = self._core.plain_headers
@@ -94,44 +99,134 @@ class AsyncServiceClient:
     def config(self) -> ClientConfig:
         return self._core.config
 
-    async def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        response_model: type[ModelT],
+        **options: Unpack[CallOptions],
+    ) -> ModelT: ...
+
+    @overload
+    async def request(
+        self, method: str, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def request(
+        self, method: str, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """Call ``method path`` with retries and the breaker; return the decoded JSON body.
 
         ``path`` may be a template (``/api/users/{user_id}``) filled from ``path_params``;
         the template is then the metrics' endpoint label. One body at most: ``json=``
         (``JSON_NULL`` sends ``null``), ``content=`` bytes, ``data=`` form fields and/or
-        ``files=``. ``deadline`` bounds the whole call, ``timeout`` each read of this call.
+        ``files=``. ``deadline`` bounds the whole call; ``timeout``, ``connect_timeout``,
+        ``max_retries`` and ``auth`` replace the client's for this call.
+        ``response_model``: a pydantic model or dataclass the body is validated into
+        (``ServiceDecodeError`` naming the field when it does not fit).
         """
-        return await self._run(self._core.call(method, path, **options))
+        call = self._core.call(method, path, response_model=response_model, **options)
+        return await self._run(call)
 
     async def request_raw(
         self, method: str, path: str, **options: Unpack[CallOptions]
     ) -> ServiceResponse:
         """Like :meth:`request`, but return the response undecoded (any status below 400)."""
-        call = self._core.call(method, path, raw=True, **options)
-        response: ServiceResponse = await self._run(call)
+        response: ServiceResponse = await self._run(
+            self._core.call(method, path, raw=True, **options)
+        )
         return response
 
-    async def get(self, path: str, **options: Unpack[CallOptions]) -> Any:
-        """``GET`` through :meth:`request`."""
-        return await self.request("GET", path, **options)
+    async def head(self, path: str, **options: Unpack[CallOptions]) -> ServiceResponse:
+        """``HEAD`` through :meth:`request_raw`: the status and headers, no body."""
+        return await self.request_raw("HEAD", path, **options)
 
-    async def post(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    async def options(self, path: str, **options: Unpack[CallOptions]) -> ServiceResponse:
+        """``OPTIONS`` through :meth:`request_raw` (its ``Allow`` header, its body if any)."""
+        return await self.request_raw("OPTIONS", path, **options)
+
+    @overload
+    async def get(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    async def get(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def get(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
+        """``GET`` through :meth:`request`."""
+        return await self.request("GET", path, response_model=response_model, **options)
+
+    @overload
+    async def post(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    async def post(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def post(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """``POST`` through :meth:`request`; repeated only when it never reached the server,
         or with ``idempotency_key``."""
-        return await self.request("POST", path, **options)
+        return await self.request("POST", path, response_model=response_model, **options)
 
-    async def put(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    async def put(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    async def put(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def put(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """``PUT`` through :meth:`request`."""
-        return await self.request("PUT", path, **options)
+        return await self.request("PUT", path, response_model=response_model, **options)
 
-    async def patch(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    async def patch(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    async def patch(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def patch(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """``PATCH`` through :meth:`request`; repeated like :meth:`post`."""
-        return await self.request("PATCH", path, **options)
+        return await self.request("PATCH", path, response_model=response_model, **options)
 
-    async def delete(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    async def delete(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    async def delete(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def delete(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """``DELETE`` through :meth:`request`."""
-        return await self.request("DELETE", path, **options)
+        return await self.request("DELETE", path, response_model=response_model, **options)
 
     async def _run(self, call: Call) -> Any:
         client = self._client
@@ -194,7 +289,9 @@ class AsyncServiceClient:
                     stream = response.extensions.get("network_stream")
                     if stream is not None:
                         await stream.aclose()
-                return attempt.response(response.status_code, response.headers, reader)
+                return attempt.response(
+                    response.status_code, response.headers, reader, response.reason_phrase
+                )
             finally:
                 await response.aclose()
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:

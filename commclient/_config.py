@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
@@ -80,6 +83,16 @@ class ClientConfig:
     follow_redirects: bool = False
     #: Redirect hops one attempt may follow before the redirect is surfaced.
     max_redirects: int = 5
+    #: A tenacity retry strategy deciding which outcomes are retried, in place of
+    #: ``retry_on_status`` and transport failures: ``retry_if_exception_type(...)`` sees
+    #: the error the call would raise, ``retry_if_result(...)`` the value it would return.
+    #: Within the core's rules still: a request that may have reached the server is
+    #: repeated only when idempotent, and ``max_retries``, the retry budget, the deadline
+    #: and the breaker still end the retries.
+    retry: Callable[[RetryCallState], Any] | None = None
+    #: A tenacity wait strategy (``wait_exponential(...)``, ``wait_fixed(2)``) in place of
+    #: the jittered backoff; a server's ``Retry-After`` still comes first.
+    wait: Callable[[RetryCallState], Any] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -115,6 +128,12 @@ class ClientConfig:
         if self.max_redirects < 0:
             raise ValueError(f"max_redirects must be an integer >= 0, got {self.max_redirects!r}")
         self._check_transport()
+        for name in ("retry", "wait"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise ValueError(
+                    f"{name} must be a tenacity {name} strategy (a callable of the retry "
+                    f"state), got {getattr(self, name)!r}"
+                )
         if self.retry_min_wait > self.retry_max_wait:
             raise ValueError(
                 f"retry_min_wait ({self.retry_min_wait}) must not exceed "
