@@ -142,6 +142,11 @@ class ClientConfig:
         object.__setattr__(self, "retry_on_status", _statuses(self.retry_on_status))
         object.__setattr__(self, "default_headers", _default_headers(self.default_headers))
 
+    @property
+    def has_strategies(self) -> bool:
+        """Whether a tenacity ``retry=`` or ``wait=`` strategy is set."""
+        return self.retry is not None or self.wait is not None
+
     def _check_transport(self) -> None:
         if not isinstance(self.verify, (bool, str)) or self.verify == "":
             raise ValueError(f"verify must be True, False or a CA bundle path, got {self.verify!r}")

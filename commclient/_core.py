@@ -582,7 +582,8 @@ class Call:
                 duration = clock.monotonic() - started
                 status_label, retryable, failure = self._judge(outcome)
                 state = None
-                if failure is not None and (core.config.retry or core.config.wait) is not None:
+                if failure is not None and core.config.has_strategies:
+                    # The caller's tenacity strategies see what the call would return or raise.
                     state = self._retry_state(outcome, status_label, duration, number)
                     if core.config.retry is not None:
                         retryable = self._user_retries(core.config.retry, state, outcome)
