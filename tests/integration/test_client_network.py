@@ -102,7 +102,7 @@ def trickling_tls() -> Iterator[TricklingTLSServer]:
 def test_one_deadline_holds_through_a_slow_lookup_and_a_trickling_handshake(
     make: Any, slow_resolver: SlowResolver, trickling_tls: TricklingTLSServer
 ) -> None:
-    slow_resolver.delay = 0.6
+    slow_resolver.delay = 0.8
     call = make(
         fast_config(max_retries=1, connect_timeout=5.0, timeout=5.0),
         base_url=f"https://{SLOW_NAME}:{trickling_tls.port}",
@@ -111,11 +111,11 @@ def test_one_deadline_holds_through_a_slow_lookup_and_a_trickling_handshake(
     with pytest.raises(ServiceTimeoutError) as info:
         call("get", "/echo", deadline=1.0)
     elapsed = time.monotonic() - started
+    # Half a second of slack for a loaded machine, below the 1.8 s of a lookup followed by
+    # a handshake given a full share of the deadline of its own.
+    assert elapsed < 1.5, elapsed
     # Never sent: the lookup and the handshake are the connection's, not a read.
     assert "read timeout" not in str(info.value)
-    # Generous for a loaded machine, well below the 1.6 s of a lookup plus a fresh
-    # handshake share (and the 5 s of the connect timeout).
-    assert elapsed < 1.45, elapsed
 
 
 def test_a_trickling_handshake_is_cut_at_the_deadline(
