@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
@@ -27,6 +29,7 @@ from ._core import (
 )
 from ._correlation import redact_transport_logs
 from ._policy import Clock, FailureKind
+from ._resolver import LookupsExhausted, is_address, resolver
 from ._response import ServiceResponse
 
 if TYPE_CHECKING:
@@ -296,6 +299,9 @@ class AsyncServiceClient:
                 await response.aclose()
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             return TransportFailure(FailureKind.UNSENDABLE, exc)
+        except LookupsExhausted as exc:
+            # This process's lookup threads are all taken: not the target's doing.
+            return TransportFailure(FailureKind.POOL_TIMEOUT, exc)
         except httpx.HTTPError as exc:
             if self._closed:
                 raise RuntimeError("this AsyncServiceClient was closed during the call") from exc
@@ -341,9 +347,9 @@ class AsyncServiceClient:
 
     def _new_client(self) -> httpx.AsyncClient:
         config = self.config
-        transport = self._httpx
-        client: httpx.AsyncClient = transport.AsyncClient(
-            limits=transport.Limits(max_connections=config.max_connections),
+        transports = self._httpx
+        client: httpx.AsyncClient = transports.AsyncClient(
+            limits=transports.Limits(max_connections=config.max_connections),
             headers=BUILTIN_HEADERS,
             # Redirects are the core's: bounded, inside the deadline, never to another
             # origin with credentials.
@@ -353,6 +359,8 @@ class AsyncServiceClient:
             proxy=config.proxy,
             trust_env=config.trust_env,
         )
+        # Not transport=: httpx would then ignore the proxies of the environment.
+        _resolve_names_apart(getattr(client, "_transport", None))
         return client
 
     async def close(self) -> None:
@@ -382,6 +390,70 @@ class AsyncServiceClient:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _resolve_names_apart(transport: Any) -> None:
+    """Have ``transport`` resolve names with :mod:`._resolver`, not asyncio's executor.
+
+    httpcore resolves through anyio on the loop's default executor, a handful of threads
+    that lookups of one hanging name fill, stalling the lookups of every other host (and
+    everything else run in that executor). httpcore's pool takes its network backend as
+    a constructor argument that httpx does not pass on, hence the attributes; with another
+    httpx or httpcore that lacks them, names resolve as httpcore does. Requests through a
+    proxy use httpx's proxy transports, which are left as they are.
+    """
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if backend is not None:
+        pool._network_backend = _ResolvingBackend(backend)  # type: ignore[union-attr]
+
+
+class _ResolvingBackend:
+    """An httpcore network backend that resolves a name itself, then connects to an address.
+
+    TLS still names the host (httpcore passes the request's host as ``server_hostname``).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> Any:
+        if is_address(host):
+            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        import httpcore
+
+        started = time.monotonic()
+        try:
+            addresses = await asyncio.wait_for(resolver.resolve_async(host, port), timeout)
+        except asyncio.TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"resolving {host} outlived the connect timeout") from exc
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        error: Exception | None = None
+        for *_, address in addresses:
+            remaining = (
+                None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            )
+            try:
+                return await self._inner.connect_tcp(
+                    address[0], port, remaining, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        raise error or httpcore.ConnectError(f"{host} resolved to no address")
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._inner.connect_unix_socket(*args, **kwargs)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
 
 
 class _Progress:

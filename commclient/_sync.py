@@ -29,8 +29,9 @@ from ._core import (
 )
 from ._correlation import redact_transport_logs
 from ._policy import Clock, FailureKind
+from ._resolver import LookupsExhausted
 from ._response import ServiceResponse
-from ._watchdog import LookupsExhausted, attempt_watch, watched_adapter
+from ._watchdog import attempt_watch, watched_adapter
 
 if TYPE_CHECKING:
     import requests

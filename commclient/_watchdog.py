@@ -10,23 +10,22 @@ deadline after the lookup) and the TLS handshake (cut through a duplicate of the
 since the TLS layer owns the original while it shakes hands).
 
 Name resolution (``getaddrinfo``) has no socket to cut: while a deadline runs, new
-connections resolve names on threads of their own and stop waiting when the deadline
-passes (the lookup itself finishes in the background). One lookup per name and port runs
-at a time, and later callers share its answer, so that a name whose lookups hang holds
-one thread, never the lookups of other hosts.
+connections resolve names with :mod:`._resolver` and stop waiting when the deadline passes
+(the lookup itself finishes in the background).
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
-import ipaddress
 import itertools
 import os
 import socket
 import threading
 import time
 from typing import Any
+
+from ._resolver import is_address, resolver
 
 
 class Watch:
@@ -195,78 +194,6 @@ def watched_adapter(requests: Any, max_connections: int) -> Any:
     return _adapter_class(pool_connections=1, pool_maxsize=max_connections, max_retries=0)
 
 
-#: Names (with their port) whose lookups may run at once in a process; more is this
-#: process's exhaustion, reported as such and never counted against a target.
-MAX_LOOKUPS = 64
-
-
-class LookupsExhausted(Exception):
-    """Every lookup thread is taken by names whose lookups still run."""
-
-
-class _Lookup:
-    __slots__ = ("addresses", "done", "error")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.addresses: list[Any] = []
-        self.error: BaseException | None = None
-
-
-class _Resolver:
-    """``getaddrinfo`` on threads of its own, waited for no longer than a deadline.
-
-    A lookup cannot be cancelled, only abandoned; so one runs per (name, port) at a time
-    and every caller of that name waits for it, instead of each taking a thread that a
-    hanging name would keep from the lookups of every other host.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._lock = threading.Lock()
-        self._running: dict[tuple[str, int], _Lookup] = {}
-
-    def resolve(self, host: str, port: int, at: float) -> list[Any]:
-        key = (host, port)
-        with self._lock:
-            lookup = self._running.get(key)
-            if lookup is None:
-                if len(self._running) >= MAX_LOOKUPS:
-                    raise LookupsExhausted(
-                        f"{MAX_LOOKUPS} name lookups are still running in this process"
-                    )
-                lookup = self._running[key] = _Lookup()
-                threading.Thread(
-                    target=self._look_up,
-                    args=(key, lookup),
-                    name="commclient-resolver",
-                    daemon=True,
-                ).start()
-        if not lookup.done.wait(max(0.0, at - time.monotonic())):
-            raise TimeoutError(f"resolving {host} outlived the deadline of the call")
-        if lookup.error is not None:
-            raise lookup.error
-        return lookup.addresses
-
-    def _look_up(self, key: tuple[str, int], lookup: _Lookup) -> None:
-        # A daemon thread: at interpreter exit a lookup still hanging is abandoned.
-        try:
-            lookup.addresses = socket.getaddrinfo(key[0], key[1], 0, socket.SOCK_STREAM)
-        except BaseException as exc:  # handed to every caller waiting for this name
-            lookup.error = exc
-        finally:
-            with self._lock:
-                if self._running.get(key) is lookup:
-                    del self._running[key]
-            lookup.done.set()
-
-
-resolver = _Resolver()
-os.register_at_fork(after_in_child=resolver.reset)
-
-
 def _make_adapter_class(requests: Any) -> Any:
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -277,7 +204,7 @@ def _make_adapter_class(requests: Any) -> Any:
         host = self._dns_host
         if watch is None:
             return super(type(self), self)._new_conn()  # type: ignore[no-any-return]
-        if _is_address(host):
+        if is_address(host):
             sock = super(type(self), self)._new_conn()
             watchdog.guard_handshake(self, sock)
             return sock  # type: ignore[no-any-return]
@@ -361,11 +288,3 @@ def _make_adapter_class(requests: Any) -> Any:
             return manager
 
     return WatchedAdapter
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True

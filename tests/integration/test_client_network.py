@@ -6,41 +6,51 @@ cannot point the system resolver at a slow DNS server); sockets, TLS and HTTP ar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from commclient import (
+    AsyncServiceClient,
+    ServiceClientError,
     ServiceConnectionError,
     ServiceResponseTooLargeError,
     ServiceTimeoutError,
+    SyncServiceClient,
+    _resolver,
     testing,
 )
 from tests.http_server import ServerProcess
 from tests.integration.conftest import Names, fast_config
 from tests.reliability.hostile_server import HostileServer
 
-SLOW_NAME = "slow-dns.test"
-
 
 class SlowResolver:
-    """``getaddrinfo`` that holds lookups of :data:`SLOW_NAME` until released or timed out."""
+    """``getaddrinfo`` that holds lookups of ``name`` until released or timed out.
+
+    The name is new for each test: lookups are shared per name by the whole process, and a
+    lookup another test left hanging must not answer for this one.
+    """
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
+        self.name = f"slow-{uuid.uuid4().hex[:12]}.test"
         self.released = threading.Event()
         self.started = threading.Semaphore(0)
         self._real = socket.getaddrinfo
 
     def __call__(self, host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host in (SLOW_NAME, SLOW_NAME.encode()):
+        if host in (self.name, self.name.encode()):
             self.started.release()
             self.released.wait(self.delay)
             host = "127.0.0.1"
@@ -105,7 +115,7 @@ def test_one_deadline_holds_through_a_slow_lookup_and_a_trickling_handshake(
     slow_resolver.delay = 0.8
     call = make(
         fast_config(max_retries=1, connect_timeout=5.0, timeout=5.0),
-        base_url=f"https://{SLOW_NAME}:{trickling_tls.port}",
+        base_url=f"https://{slow_resolver.name}:{trickling_tls.port}",
     )
     started = time.monotonic()
     with pytest.raises(ServiceTimeoutError) as info:
@@ -132,87 +142,133 @@ def test_a_trickling_handshake_is_cut_at_the_deadline(
     assert "read timeout" not in str(info.value)
 
 
-@pytest.mark.facade_sync
-def test_hanging_lookups_of_one_name_do_not_starve_other_hosts(
-    http_server: ServerProcess, names: Names, slow_resolver: SlowResolver
-) -> None:
-    from prometheus_client import CollectorRegistry
+class TwoTargets:
+    """A client of a name whose lookups hang and one of a healthy host, on one facade.
 
-    from commclient import SyncServiceClient
+    The async clients share one event loop (and so its executor), as in a service.
+    """
 
-    slow = SyncServiceClient(
-        f"http://{SLOW_NAME}:{http_server.port}",
-        service_name=names.service,
-        target_service=f"{names.target}-slow",
-        config=fast_config(max_retries=1),
-        registry=CollectorRegistry(),
-    )
-    healthy = SyncServiceClient(
-        f"http://localhost:{http_server.port}",
-        service_name=names.service,
-        target_service=names.target,
-        config=fast_config(max_retries=1, circuit_breaker_fail_max=5),
-        registry=CollectorRegistry(),
-    )
-    with slow, healthy:
-        # Eight calls whose lookups hang far beyond their deadline, from eight threads.
-        barrier = threading.Barrier(8)
+    def __init__(
+        self, facade: str, slow_name: str, port: int, names: Names, **healthy_config: Any
+    ) -> None:
+        self.facade = facade
+        cls: Any = SyncServiceClient if facade == "sync" else AsyncServiceClient
+        self.slow = cls(
+            f"http://{slow_name}:{port}",
+            service_name=names.service,
+            target_service=f"{names.target}-slow",
+            config=fast_config(max_retries=1),
+            registry=CollectorRegistry(),
+        )
+        self.healthy = cls(
+            f"http://localhost:{port}",
+            service_name=names.service,
+            target_service=names.target,
+            config=fast_config(max_retries=1, **healthy_config),
+            registry=CollectorRegistry(),
+        )
+        self.loop = asyncio.new_event_loop() if facade == "async" else None
+
+    def run(self, slow_calls: int, healthy_calls: int, healthy_deadline: float) -> list[Any]:
+        """Start the slow calls together, then make the healthy ones; their outcomes."""
+        if self.loop is not None:
+            return self.loop.run_until_complete(
+                self._run_async(slow_calls, healthy_calls, healthy_deadline)
+            )
+        barrier = threading.Barrier(slow_calls)
 
         def slow_call() -> None:
             barrier.wait()
             with contextlib.suppress(ServiceTimeoutError, ServiceConnectionError):
-                slow.get("/echo", deadline=0.2)
+                self.slow.get("/echo", deadline=0.2)
 
-        threads = [threading.Thread(target=slow_call) for _ in range(8)]
+        threads = [threading.Thread(target=slow_call) for _ in range(slow_calls)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(10)
-        # The healthy host's lookups still run, each call succeeds, its breaker stays shut.
-        for _ in range(6):
-            assert healthy.get("/echo", deadline=2.0)["method"] == "GET"
+        outcomes = []
+        for _ in range(healthy_calls):
+            try:
+                outcomes.append(self.healthy.get("/echo", deadline=healthy_deadline))
+            except ServiceClientError as error:
+                outcomes.append(error)
+        return outcomes
+
+    async def _run_async(
+        self, slow_calls: int, healthy_calls: int, healthy_deadline: float
+    ) -> list[Any]:
+        async def slow_call() -> None:
+            with contextlib.suppress(ServiceTimeoutError, ServiceConnectionError):
+                await self.slow.get("/echo", deadline=0.2)
+
+        await asyncio.gather(*(slow_call() for _ in range(slow_calls)))
+        outcomes = []
+        for _ in range(healthy_calls):
+            try:
+                outcomes.append(await self.healthy.get("/echo", deadline=healthy_deadline))
+            except ServiceClientError as error:
+                outcomes.append(error)
+        return outcomes
+
+    def call(self, client: Any, deadline: float) -> Any:
+        """One GET of ``client``, on the facade's side."""
+        result = client.get("/echo", deadline=deadline)
+        return result if self.loop is None else self.loop.run_until_complete(result)
+
+    def close(self) -> None:
+        if self.loop is None:
+            self.slow.close()
+            self.healthy.close()
+            return
+        self.loop.run_until_complete(self.slow.close())
+        self.loop.run_until_complete(self.healthy.close())
+        self.loop.close()
+
+
+def test_hanging_lookups_of_one_name_do_not_starve_other_hosts(
+    facade: str, http_server: ServerProcess, names: Names, slow_resolver: SlowResolver
+) -> None:
+    # More hanging lookups than asyncio's default executor has threads (min(32, CPUs + 4)).
+    targets = TwoTargets(
+        facade, slow_resolver.name, http_server.port, names, circuit_breaker_fail_max=5
+    )
+    try:
+        outcomes = targets.run(slow_calls=40, healthy_calls=6, healthy_deadline=2.0)
+        # The healthy host's lookups still run: each call succeeds, its breaker stays shut.
+        assert [outcome["method"] for outcome in outcomes] == ["GET"] * 6
         assert testing.breaker_state(names.service, names.target) == "closed"
-        # The hung lookups of the slow name stay out of the way of new ones of that name too:
-        # at most one of a name runs at a time, and its callers share its answer.
+        # Once the name resolves, its own calls go through again.
         slow_resolver.released.set()
-        assert slow.get("/echo", deadline=2.0)["method"] == "GET"
+        assert targets.call(targets.slow, deadline=2.0)["method"] == "GET"
+    finally:
+        slow_resolver.released.set()
+        targets.close()
 
 
-@pytest.mark.facade_sync
 def test_lookups_exhausted_in_this_process_never_count_against_the_target(
+    facade: str,
     http_server: ServerProcess,
     names: Names,
     slow_resolver: SlowResolver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from commclient import SyncServiceClient, _watchdog
-
-    monkeypatch.setattr(_watchdog, "MAX_LOOKUPS", 1)
-    slow = SyncServiceClient(
-        f"http://{SLOW_NAME}:{http_server.port}",
-        service_name=names.service,
-        target_service=f"{names.target}-slow",
-        config=fast_config(max_retries=1),
-        registry=CollectorRegistry(),
+    # A process of its own: no lookup left running by another test, one allowed at a time.
+    monkeypatch.setattr(_resolver.resolver, "_running", {})
+    monkeypatch.setattr(_resolver, "MAX_LOOKUPS", 1)
+    targets = TwoTargets(
+        facade, slow_resolver.name, http_server.port, names, circuit_breaker_fail_max=1
     )
-    other = SyncServiceClient(
-        f"http://localhost:{http_server.port}",
-        service_name=names.service,
-        target_service=names.target,
-        config=fast_config(max_retries=1, circuit_breaker_fail_max=1),
-        registry=CollectorRegistry(),
-    )
-    with slow, other:
-        with pytest.raises(ServiceTimeoutError):
-            slow.get("/echo", deadline=0.2)
+    try:
+        outcomes = targets.run(slow_calls=1, healthy_calls=3, healthy_deadline=1.0)
         assert slow_resolver.started.acquire(timeout=5)
-        for _ in range(3):
-            with pytest.raises(ServiceTimeoutError, match="name lookups"):
-                other.get("/echo", deadline=1.0)
+        for outcome in outcomes:
+            assert isinstance(outcome, ServiceTimeoutError), outcome
+            assert "name lookups are still running" in str(outcome)
         assert testing.breaker_state(names.service, names.target) == "closed"
+    finally:
         slow_resolver.released.set()
+        targets.close()
 
 
 # --- bytes after a response's end ------------------------------------------------------------
@@ -250,7 +306,9 @@ def hostile() -> Iterator[HostileServer]:
 def _raw_response(body: bytes, encoding: str) -> bytes:
     head = (
         "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-        f"Content-Encoding: {encoding}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Encoding: {encoding}\r\nContent-Length: {len(body)}\r\n"
+        # The hostile server closes after each answer: no client may reuse the connection.
+        "Connection: close\r\n\r\n"
     )
     return head.encode() + body
 
