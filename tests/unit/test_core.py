@@ -26,7 +26,16 @@ from commclient import (
     ServiceUnavailableError,
     testing,
 )
-from commclient._core import Attempt, Core, Outcome, Response, Sleep, TransportFailure, build_core
+from commclient._core import (
+    Attempt,
+    Core,
+    Outcome,
+    Request,
+    Response,
+    Sleep,
+    TransportFailure,
+    build_core,
+)
 from commclient._policy import (
     FailureKind,
     RetryBudget,
@@ -426,6 +435,28 @@ class TestWire:
 
     def test_retry_after_must_be_ascii_digits(self) -> None:
         assert parse_retry_after({"retry-after": "\u00b2"}, 0.0) is None
+
+
+class TestAuth:
+    def test_a_signer_signs_each_attempt_and_never_another_origin(self) -> None:
+        core = make_core(follow_redirects=True)
+        tokens = iter(["t1", "t2", "t3"])
+
+        def sign(request: Request) -> dict[str, str]:
+            return {"authorization": f"Bearer {next(tokens)}"}
+
+        moved = status(307, Location="http://elsewhere.test/y")
+        actions, _ = drive(core, [status(503), moved, status(200)], auth=sign)
+        sent = [dict(a.request.headers) for a in attempts(actions)]
+        assert [h.get("authorization") for h in sent] == ["Bearer t1", "Bearer t2", None]
+
+    def test_a_fixed_credential_stays_with_the_client_origin(self) -> None:
+        core = make_core(follow_redirects=True)
+        moved = status(307, Location="http://elsewhere.test/y")
+        actions, _ = drive(core, [moved, status(200)], auth=("u", "p"))
+        sent = [a.request.headers for a in attempts(actions)]
+        assert sent[0]["Authorization"] == "Basic dTpw"
+        assert "Authorization" not in sent[1]
 
 
 class TestBodyReader:
