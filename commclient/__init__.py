@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._auth import Auth, BasicAuth, BearerAuth
 from ._config import ClientConfig
-from ._core import Request
 from ._correlation import CorrelationIdFilter, correlation_id_ctx, log_correlation_ids
 from ._errors import (
     ServiceClientError,
@@ -25,7 +24,7 @@ from ._errors import (
     ServiceUnavailableError,
 )
 from ._response import Headers, ServiceResponse
-from ._wire import JSON_NULL
+from ._wire import JSON_NULL, Request
 
 if TYPE_CHECKING:
     from ._async import AsyncServiceClient

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ._config import check_headers
 
 if TYPE_CHECKING:
-    from ._core import Request
+    from ._wire import Request
 
 
 class BasicAuth(NamedTuple):

@@ -55,7 +55,7 @@ from ._policy import (
     retry_wait,
 )
 from ._response import Headers, ServiceResponse, decode_json
-from ._wire import Body, BodyReader, FileValue, declared_size, encode_body
+from ._wire import Body, BodyReader, FileValue, Request, declared_size, encode_body
 
 logger = logging.getLogger("commclient")
 
@@ -105,15 +105,6 @@ class CallOptions(TypedDict, total=False):
     connect_timeout: float | None
     max_retries: int | None
     auth: Auth | None
-
-
-class Request(NamedTuple):
-    """What the transport sends: the URL with its query, and the exact body bytes."""
-
-    method: str
-    url: str
-    headers: dict[str, str]
-    content: bytes | None
 
 
 class Attempt(NamedTuple):

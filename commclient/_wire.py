@@ -35,6 +35,18 @@ JSON_NULL = _JsonNull()
 FileValue = bytes | tuple[str, bytes] | tuple[str, bytes, str]
 
 
+class Request(NamedTuple):
+    """What the transport sends: the URL with its query, and the exact body bytes.
+
+    An ``auth=`` callable receives it for each attempt, to sign it.
+    """
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    content: bytes | None
+
+
 class Body(NamedTuple):
     content: bytes
     content_type: str

@@ -92,10 +92,9 @@ def test_transport_records_lose_credentials_and_secret_values(
 
 
 def test_with_no_logging_set_up_the_libraries_print_nothing() -> None:
+    import importlib.util
     import subprocess
     import sys
-
-    import importlib.util
 
     packages = ["commclient", "compat"]
     if importlib.util.find_spec("apscheduler") is not None:  # the scheduler extra
