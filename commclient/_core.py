@@ -838,8 +838,11 @@ class Call:
             cls: type[ServiceClientError]
             cls = ServiceTimeoutError if kind.is_timeout else ServiceConnectionError
             redact_exception(outcome.error)
-            reason = _socket_reason(outcome.error, self.request.url) or (
-                redact_text(str(outcome.error)) or type(outcome.error).__name__
+            reason = (
+                _socket_reason(outcome.error, self.request.url)
+                or _timeout_reason(kind, outcome.error)
+                or redact_text(str(outcome.error))
+                or type(outcome.error).__name__
             )
             error = self._error(cls, f"{kind.value.replace('_', ' ')}: {reason}", attempts=number)
             error.__cause__ = outcome.error
@@ -936,6 +939,20 @@ def _socket_reason(error: BaseException, url: str) -> str | None:
             or (args[0] if args else None)
         )
     return None
+
+
+_TIMEOUT_REASONS = {
+    FailureKind.CONNECT_TIMEOUT: "no connection within the connect timeout",
+    FailureKind.READ_TIMEOUT: "no response within the read timeout",
+}
+
+
+def _timeout_reason(kind: FailureKind, error: BaseException) -> str | None:
+    """A transport's timeout in the same words on both facades (each names its own pool,
+    or nothing at all); a deadline's cut-off (a plain ``TimeoutError``) keeps its own."""
+    if type(error) is TimeoutError:
+        return None
+    return _TIMEOUT_REASONS.get(kind)
 
 
 def _label(outcome: Outcome) -> str:

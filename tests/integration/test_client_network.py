@@ -358,3 +358,10 @@ def test_a_refused_connection_reads_the_same_on_both_facades(make: Any, refused_
     with pytest.raises(ServiceConnectionError) as info:
         call("get", "/echo")
     assert str(info.value).startswith(f"connect: 127.0.0.1:{refused_port} refused the connection")
+
+
+def test_a_read_timeout_reads_the_same_on_both_facades(make: Any) -> None:
+    call = make(fast_config(max_retries=1, timeout=0.3))
+    with pytest.raises(ServiceTimeoutError) as info:
+        call("get", "/slow", params={"seconds": "3"})
+    assert str(info.value).startswith("read timeout: no response within the read timeout (GET ")
