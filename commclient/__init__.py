@@ -8,10 +8,12 @@ Neither transport is imported until its facade is used.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
+from ._auth import Auth, BasicAuth, BearerAuth
 from ._config import ClientConfig
-from ._correlation import CorrelationIdFilter, correlation_id_ctx
+from ._correlation import CorrelationIdFilter, correlation_id_ctx, log_correlation_ids
 from ._errors import (
     ServiceClientError,
     ServiceConnectionError,
@@ -24,7 +26,7 @@ from ._errors import (
 from ._inbound import continue_from_stream_entry, stream_entry_fields
 from ._response import Headers, ServiceResponse
 from ._version import __version__ as __version__
-from ._wire import JSON_NULL
+from ._wire import JSON_NULL, Request
 
 if TYPE_CHECKING:
     from ._async import AsyncServiceClient
@@ -32,10 +34,14 @@ if TYPE_CHECKING:
 
 __all__ = [  # noqa: RUF022 - plain sorted(), which test_packaging checks
     "AsyncServiceClient",
+    "Auth",
+    "BasicAuth",
+    "BearerAuth",
     "ClientConfig",
     "CorrelationIdFilter",
     "Headers",
     "JSON_NULL",
+    "Request",
     "ServiceClientError",
     "ServiceConnectionError",
     "ServiceDecodeError",
@@ -47,8 +53,13 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which test_packaging checks
     "SyncServiceClient",
     "continue_from_stream_entry",
     "correlation_id_ctx",
+    "log_correlation_ids",
     "stream_entry_fields",
 ]
+
+# A library's records go where the application sends them: with no logging set up, they
+# are not printed to stderr by logging's last-resort handler.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str) -> Any:

@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from prometheus_client import CollectorRegistry
 
 from ._admission import AsyncGate, connect_timeout_kind, queue_timeout
+from ._auth import Auth
 from ._config import ClientConfig
-from ._core import BUILTIN_HEADERS, Attempt, Call, Outcome, Sleep, TransportFailure, build_core
+from ._core import (
+    BUILTIN_HEADERS,
+    Attempt,
+    Call,
+    ModelT,
+    Outcome,
+    Sleep,
+    TransportFailure,
+    build_core,
+    deadline_cut_off,
+)
 from ._correlation import redact_transport_logs
 from ._extras import import_extra
 from ._policy import Clock, FailureKind
+from ._resolver import LookupsExhausted, is_address, resolver
 from ._response import ServiceResponse
 
 if TYPE_CHECKING:
@@ -62,10 +75,13 @@ class AsyncServiceClient:
         config: ClientConfig | None = None,
         registry: CollectorRegistry | None = None,
         clock: Clock | None = None,
+        auth: Auth | None = None,
     ) -> None:
         self._httpx = _import_httpx()
         redact_transport_logs(_TRANSPORT_LOGGERS)
-        self._core = build_core(base_url, service_name, target_service, config, registry, clock)
+        self._core = build_core(
+            base_url, service_name, target_service, config, registry, clock, auth
+        )
         # The pool sends the built-in headers itself: a call that adds none passes no headers
         # and spares httpx normalising the same three on every request.
         plain = self._core.plain_headers
@@ -84,44 +100,134 @@ class AsyncServiceClient:
         """The client's configuration (frozen)."""
         return self._core.config
 
-    async def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        response_model: type[ModelT],
+        **options: Unpack[CallOptions],
+    ) -> ModelT: ...
+
+    @overload
+    async def request(
+        self, method: str, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def request(
+        self, method: str, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """Call ``method path`` with retries and the breaker; return the decoded JSON body.
 
         ``path`` may be a template (``/api/users/{user_id}``) filled from ``path_params``;
         the template is then the metrics' endpoint label. One body at most: ``json=``
         (``JSON_NULL`` sends ``null``), ``content=`` bytes, ``data=`` form fields and/or
-        ``files=``. ``deadline`` bounds the whole call, ``timeout`` each read of this call.
+        ``files=``. ``deadline`` bounds the whole call; ``timeout``, ``connect_timeout``,
+        ``max_retries`` and ``auth`` replace the client's for this call.
+        ``response_model``: a pydantic model or dataclass the body is validated into
+        (``ServiceDecodeError`` naming the field when it does not fit).
         """
-        return await self._run(self._core.call(method, path, **options))
+        call = self._core.call(method, path, response_model=response_model, **options)
+        return await self._run(call)
 
     async def request_raw(
         self, method: str, path: str, **options: Unpack[CallOptions]
     ) -> ServiceResponse:
         """Like :meth:`request`, but return the response undecoded (any status below 400)."""
-        call = self._core.call(method, path, raw=True, **options)
-        response: ServiceResponse = await self._run(call)
+        response: ServiceResponse = await self._run(
+            self._core.call(method, path, raw=True, **options)
+        )
         return response
 
-    async def get(self, path: str, **options: Unpack[CallOptions]) -> Any:
-        """``GET`` through :meth:`request`."""
-        return await self.request("GET", path, **options)
+    async def head(self, path: str, **options: Unpack[CallOptions]) -> ServiceResponse:
+        """``HEAD`` through :meth:`request_raw`: the status and headers, no body."""
+        return await self.request_raw("HEAD", path, **options)
 
-    async def post(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    async def options(self, path: str, **options: Unpack[CallOptions]) -> ServiceResponse:
+        """``OPTIONS`` through :meth:`request_raw` (its ``Allow`` header, its body if any)."""
+        return await self.request_raw("OPTIONS", path, **options)
+
+    @overload
+    async def get(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    async def get(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def get(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
+        """``GET`` through :meth:`request`."""
+        return await self.request("GET", path, response_model=response_model, **options)
+
+    @overload
+    async def post(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    async def post(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def post(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """``POST`` through :meth:`request`; repeated only when it never reached the server,
         or with ``idempotency_key``."""
-        return await self.request("POST", path, **options)
+        return await self.request("POST", path, response_model=response_model, **options)
 
-    async def put(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    async def put(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    async def put(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def put(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """``PUT`` through :meth:`request`."""
-        return await self.request("PUT", path, **options)
+        return await self.request("PUT", path, response_model=response_model, **options)
 
-    async def patch(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    async def patch(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    async def patch(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def patch(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """``PATCH`` through :meth:`request`; repeated like :meth:`post`."""
-        return await self.request("PATCH", path, **options)
+        return await self.request("PATCH", path, response_model=response_model, **options)
 
-    async def delete(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    async def delete(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    async def delete(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    async def delete(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """``DELETE`` through :meth:`request`."""
-        return await self.request("DELETE", path, **options)
+        return await self.request("DELETE", path, response_model=response_model, **options)
 
     async def _run(self, call: Call) -> Any:
         client = self._client
@@ -158,17 +264,22 @@ class AsyncServiceClient:
                 time_limit -= time.monotonic() - queued_at
         try:
             if time_limit is None:
-                return await self._exchange(client, attempt)
+                return await self._exchange(client, attempt, None)
             if time_limit <= 0:
                 return queue_timeout(attempt.time_limit or 0.0, True)
+            progress = _Progress()
             try:
-                return await asyncio.wait_for(self._exchange(client, attempt), time_limit)
+                return await asyncio.wait_for(
+                    self._exchange(client, attempt, {"trace": progress.trace}), time_limit
+                )
             except asyncio.TimeoutError as exc:
-                return TransportFailure(FailureKind.READ_TIMEOUT, exc)
+                return deadline_cut_off(progress.sending, exc)
         finally:
             gate.leave()
 
-    async def _exchange(self, client: httpx.AsyncClient, attempt: Attempt) -> Outcome:
+    async def _exchange(
+        self, client: httpx.AsyncClient, attempt: Attempt, extensions: dict[str, Any] | None
+    ) -> Outcome:
         request = attempt.request
         httpx = self._httpx
         sent_at = time.monotonic()
@@ -180,6 +291,7 @@ class AsyncServiceClient:
                     content=request.content,
                     headers=None if request.headers is self._pool_headers else request.headers,
                     timeout=self._timeout(attempt.connect_timeout, attempt.read_timeout),
+                    extensions=extensions,
                 ),
                 stream=True,
             )
@@ -189,11 +301,22 @@ class AsyncServiceClient:
                     async for chunk in response.aiter_raw():
                         if not reader.feed(chunk):
                             break
-                return attempt.response(response.status_code, response.headers, reader)
+                if reader.stray_body:
+                    # httpcore would keep the stray bytes and read them as the next
+                    # response's status line; a closed stream is dropped from the pool.
+                    stream = response.extensions.get("network_stream")
+                    if stream is not None:
+                        await stream.aclose()
+                return attempt.response(
+                    response.status_code, response.headers, reader, response.reason_phrase
+                )
             finally:
                 await response.aclose()
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             return TransportFailure(FailureKind.UNSENDABLE, exc)
+        except LookupsExhausted as exc:
+            # This process's lookup threads are all taken: not the target's doing.
+            return TransportFailure(FailureKind.POOL_TIMEOUT, exc)
         except httpx.HTTPError as exc:
             if self._closed:
                 raise RuntimeError("this AsyncServiceClient was closed during the call") from exc
@@ -248,9 +371,9 @@ class AsyncServiceClient:
 
     def _new_client(self) -> httpx.AsyncClient:
         config = self.config
-        transport = self._httpx
-        client: httpx.AsyncClient = transport.AsyncClient(
-            limits=transport.Limits(max_connections=config.max_connections),
+        transports = self._httpx
+        client: httpx.AsyncClient = transports.AsyncClient(
+            limits=transports.Limits(max_connections=config.max_connections),
             headers=BUILTIN_HEADERS,
             # Redirects are the core's: bounded, inside the deadline, never to another
             # origin with credentials.
@@ -260,6 +383,8 @@ class AsyncServiceClient:
             proxy=config.proxy,
             trust_env=config.trust_env,
         )
+        # Not transport=: httpx would then ignore the proxies of the environment.
+        _resolve_names_apart(getattr(client, "_transport", None))
         return client
 
     async def close(self) -> None:
@@ -289,6 +414,84 @@ class AsyncServiceClient:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _resolve_names_apart(transport: Any) -> None:
+    """Have ``transport`` resolve names with :mod:`._resolver`, not asyncio's executor.
+
+    httpcore resolves through anyio on the loop's default executor, a handful of threads
+    that lookups of one hanging name fill, stalling the lookups of every other host (and
+    everything else run in that executor). httpcore's pool takes its network backend as
+    a constructor argument that httpx does not pass on, hence the attributes; with another
+    httpx or httpcore that lacks them, names resolve as httpcore does. Requests through a
+    proxy use httpx's proxy transports, which are left as they are.
+    """
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if backend is not None:
+        pool._network_backend = _ResolvingBackend(backend)  # type: ignore[union-attr]
+
+
+class _ResolvingBackend:
+    """An httpcore network backend that resolves a name itself, then connects to an address.
+
+    TLS still names the host (httpcore passes the request's host as ``server_hostname``).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> Any:
+        if is_address(host):
+            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        import httpcore
+
+        started = time.monotonic()
+        try:
+            addresses = await asyncio.wait_for(resolver.resolve_async(host, port), timeout)
+        except asyncio.TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"resolving {host} outlived the connect timeout") from exc
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        error: Exception | None = None
+        for *_, address in addresses:
+            remaining = (
+                None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            )
+            try:
+                return await self._inner.connect_tcp(
+                    address[0], port, remaining, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        raise error or httpcore.ConnectError(f"{host} resolved to no address")
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._inner.connect_unix_socket(*args, **kwargs)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _Progress:
+    """How far an attempt with a deadline got, from httpcore's trace events."""
+
+    __slots__ = ("sending",)
+
+    def __init__(self) -> None:
+        #: The connection is established and the request is going out.
+        self.sending = False
+
+    async def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        if not self.sending and ".send_request_headers." in event:
+            self.sending = True
 
 
 async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:

@@ -22,7 +22,9 @@ reaches ``fail_max``, and returns the shared state, which the breaker then adopt
 frozen or dead Redis never stalls an event loop nor serialises threads: it only delays
 what other processes learn. Redis calls have short socket timeouts and no retries; when
 Redis cannot be reached (at start or later) the breaker goes on with its local state,
-logs one warning per outage, and pushes what happened meanwhile once Redis answers.
+logs one warning per outage, and pushes what happened meanwhile once Redis answers. A
+Redis that refuses the URL's credentials is logged as an error, once, and no longer
+asked: the breaker stays on its local state.
 
 The keys are pybreaker's ``CircuitRedisStorage`` layout (``<namespace>:pybreaker:state``,
 ``fail_counter``, ``opened_at`` in whole epoch seconds). That storage itself is not used
@@ -56,6 +58,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from ._config import ClientConfig
+from ._correlation import redact_text
 from ._extras import import_extra
 from ._lazy import import_pybreaker
 from ._policy import Clock, SystemClock
@@ -150,6 +153,7 @@ class Breaker:
             else _RedisMirror(self, settings.redis_url, settings.sync_interval)
         )
         self._start_sync = self._mirror is not None
+        self._warned_unlike = False
         for gauge in list(self._gauges):
             gauge.set(STATE_VALUES[CLOSED])
 
@@ -252,6 +256,37 @@ class Breaker:
             with self._lock:
                 if admission is self._probe:
                     self._probe = None
+
+    def warn_if_unlike(self, settings: Settings) -> None:
+        """Say once that a later client asked for other settings than this breaker has.
+
+        The pair has one breaker, set up by its first client: the later client's
+        settings are not used, which must not go unnoticed.
+        """
+        current = self.settings
+        differences = [
+            f"{name}={theirs!r} (the breaker has {ours!r})"
+            for name, ours, theirs in (
+                ("circuit_breaker_fail_max", current.fail_max, settings.fail_max),
+                ("circuit_breaker_reset_timeout", current.reset_timeout, settings.reset_timeout),
+                ("circuit_breaker_redis_url", current.redis_url, settings.redis_url),
+                (
+                    "circuit_breaker_redis_sync_interval",
+                    current.sync_interval,
+                    settings.sync_interval,
+                ),
+            )
+            if ours != theirs
+        ]
+        if not differences or self._warned_unlike:
+            return
+        self._warned_unlike = True
+        logger.warning(
+            "breaker %s is shared by every client of the pair and keeps the settings of its "
+            "first client; this client's %s are not used",
+            self.name,
+            ", ".join(redact_text(text) for text in differences),
+        )
 
     def attach_gauge(self, gauge: Gauge) -> None:
         """Keep ``gauge`` equal to the state from now on, on every transition."""
@@ -436,6 +471,12 @@ class _RedisMirror:
             ) from None
         self._script = self._client.register_script(_SYNC_SCRIPT)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        # Redis answered, and said no: waiting will not change that, a fixed URL will.
+        self._refusals: tuple[type[BaseException], ...] = (
+            redis.AuthenticationError,
+            redis.exceptions.AuthorizationError,
+            redis.exceptions.NoPermissionError,
+        )
         namespace = f"commclient:{breaker.name.replace('->', ':')}:pybreaker"
         self.keys = [f"{namespace}:state", f"{namespace}:fail_counter", f"{namespace}:opened_at"]
         self._push_lock = threading.Lock()
@@ -485,6 +526,17 @@ class _RedisMirror:
                     breaker.fail_max,
                 ],
             )
+        except self._refusals as exc:
+            self.reachable = False
+            logger.error(
+                "breaker %s: Redis at %s refused the credentials of circuit_breaker_redis_url "
+                "(%s); the breaker keeps this process's state and no longer synchronises: "
+                "fix the URL's user or password",
+                breaker.name,
+                self.where,
+                exc,
+            )
+            return False
         except self._errors as exc:
             with breaker._lock:
                 # Keep the events for the next round trip, in their order.
@@ -600,6 +652,7 @@ class Breakers:
         with self._lock:
             breaker = self._breakers.get(key)
             if breaker is not None:
+                breaker.warn_if_unlike(settings)
                 return breaker
             breaker = self._retired.pop(key, None)
             if breaker is None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
@@ -93,6 +97,16 @@ class ClientConfig:
     follow_redirects: bool = False
     #: Redirect hops one attempt may follow before the redirect is surfaced.
     max_redirects: int = 5
+    #: A tenacity retry strategy deciding which outcomes are retried, in place of
+    #: ``retry_on_status`` and transport failures: ``retry_if_exception_type(...)`` sees
+    #: the error the call would raise, ``retry_if_result(...)`` the value it would return.
+    #: Within the core's rules still: a request that may have reached the server is
+    #: repeated only when idempotent, and ``max_retries``, the retry budget, the deadline
+    #: and the breaker still end the retries.
+    retry: Callable[[RetryCallState], Any] | None = None
+    #: A tenacity wait strategy (``wait_exponential(...)``, ``wait_fixed(2)``) in place of
+    #: the jittered backoff; a server's ``Retry-After`` still comes first.
+    wait: Callable[[RetryCallState], Any] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -140,6 +154,12 @@ class ClientConfig:
                 f"normalize_route must be a function of the path, got {self.normalize_route!r}"
             )
         self._check_transport()
+        for name in ("retry", "wait"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise ValueError(
+                    f"{name} must be a tenacity {name} strategy (a callable of the retry "
+                    f"state), got {getattr(self, name)!r}"
+                )
         if self.retry_min_wait > self.retry_max_wait:
             raise ValueError(
                 f"retry_min_wait ({self.retry_min_wait}) must not exceed "
@@ -147,6 +167,11 @@ class ClientConfig:
             )
         object.__setattr__(self, "retry_on_status", _statuses(self.retry_on_status))
         object.__setattr__(self, "default_headers", _default_headers(self.default_headers))
+
+    @property
+    def has_strategies(self) -> bool:
+        """Whether a tenacity ``retry=`` or ``wait=`` strategy is set."""
+        return self.retry is not None or self.wait is not None
 
     def _check_transport(self) -> None:
         if not isinstance(self.verify, (bool, str)) or self.verify == "":
@@ -166,6 +191,43 @@ class ClientConfig:
         for name in ("trust_env", "follow_redirects"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+def check_tls_files(config: ClientConfig) -> None:
+    """Refuse, when a client is built, TLS files that every call would fail on.
+
+    Both transports open these files at their first connection, each failing its own way
+    (``OSError``, ``FileNotFoundError`` without the path, ``ssl.SSLError``); the caller
+    gets one ``ValueError`` naming the field and the path instead, before any call.
+    """
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if isinstance(config.verify, str):
+        path = config.verify
+        try:
+            if os.path.isdir(path):
+                context.load_verify_locations(capath=path)
+            else:
+                context.load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"verify: cannot load the CA bundle {path!r}: {_reason(exc)}"
+            ) from None
+    if config.cert is not None:
+        certfile, keyfile = (config.cert, None) if isinstance(config.cert, str) else config.cert
+        for field_name, file in (("cert", certfile), ("cert (key)", keyfile)):
+            if file is not None and not os.path.isfile(file):
+                raise ValueError(f"{field_name}: no such file {file!r}")
+        try:
+            context.load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            where = repr(certfile) if keyfile is None else f"{certfile!r} with key {keyfile!r}"
+            raise ValueError(f"cert: cannot load {where}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
 
 
 def _statuses(value: object) -> frozenset[int]:

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Generator, Mapping, Sequence
+import socket
+from collections.abc import Callable, Generator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, NamedTuple, TypedDict, TypeVar
 from urllib.parse import parse_qsl, quote, quote_plus, urljoin, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry
+from tenacity import RetryCallState
 
+from ._auth import Auth, Signer, auth_header, sign
 from ._breaker import Admission, Breaker, breakers
-from ._config import ClientConfig, check_headers, require_seconds
+from ._config import ClientConfig, check_headers, check_tls_files, require_seconds
 from ._correlation import (
     CORRELATION_HEADER,
     REDACTED,
@@ -38,7 +42,9 @@ from ._errors import (
     ServiceUnavailableError,
 )
 from ._metrics import ClientMetrics
+from ._models import ModelMismatch, model_name, validate_model
 from ._policy import (
+    NO_RETRYING,
     Clock,
     FailureKind,
     RetryBudget,
@@ -50,12 +56,14 @@ from ._policy import (
 )
 from ._response import Headers, ServiceResponse, decode_json
 from ._version import __version__
-from ._wire import Body, BodyReader, FileValue, declared_size, encode_body
+from ._wire import Body, BodyReader, FileValue, Request, declared_size, encode_body
 
 logger = logging.getLogger("commclient")
 
 DETAIL_LIMIT = 500
 ErrorT = TypeVar("ErrorT", bound=ServiceClientError)
+#: The type ``response_model=`` asks for, and so the type the call returns.
+ModelT = TypeVar("ModelT")
 #: Query parameters: a mapping (a list value repeats the name) or a sequence of pairs.
 QueryParams = Mapping[str, Any] | Sequence[tuple[str, Any]]
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -86,15 +94,9 @@ class CallOptions(TypedDict, total=False):
     idempotency_key: str | None
     deadline: float | None
     timeout: float | None
-
-
-class Request(NamedTuple):
-    """What the transport sends: the URL with its query, and the exact body bytes."""
-
-    method: str
-    url: str
-    headers: dict[str, str]
-    content: bytes | None
+    connect_timeout: float | None
+    max_retries: int | None
+    auth: Auth | None
 
 
 class Attempt(NamedTuple):
@@ -118,11 +120,13 @@ class Attempt(NamedTuple):
         bodiless = self.request.method == "HEAD" or status in (204, 304)
         return BodyReader(headers, self.max_response_bytes, announced=not bodiless)
 
-    def response(self, status: int, headers: Mapping[str, str], reader: BodyReader) -> Outcome:
+    def response(
+        self, status: int, headers: Mapping[str, str], reader: BodyReader, reason: str = ""
+    ) -> Outcome:
         """The outcome of a response whose body was fed into ``reader``."""
         if reader.too_large or reader.error is not None:
             return Unreadable(status, headers, reader.error)
-        return Response(status, headers, reader.body())
+        return Response(status, headers, reader.body(), reason)
 
 
 class Sleep(NamedTuple):
@@ -137,6 +141,8 @@ class Response(NamedTuple):
     status: int
     headers: Mapping[str, str]
     body: bytes
+    #: The status line's text, as the server sent it.
+    reason: str = ""
 
 
 class Unreadable(NamedTuple):
@@ -153,6 +159,22 @@ class TransportFailure(NamedTuple):
 
     kind: FailureKind
     error: BaseException
+
+
+def deadline_cut_off(connected: bool, cause: BaseException | None) -> TransportFailure:
+    """The failure of an attempt that the call's deadline ended.
+
+    Before the connection was established (lookup, connect, TLS handshake) nothing was
+    sent: a connect timeout, which may be retried whatever the method.
+    """
+    if connected:
+        error = TimeoutError("the call's deadline ended the attempt mid-response")
+        kind = FailureKind.READ_TIMEOUT
+    else:
+        error = TimeoutError("the call's deadline ended the attempt while connecting")
+        kind = FailureKind.CONNECT_TIMEOUT
+    error.__cause__ = cause
+    return TransportFailure(kind, error)
 
 
 Outcome = Response | Unreadable | TransportFailure
@@ -172,6 +194,7 @@ class Core:
         budget: RetryBudget,
         metrics: ClientMetrics,
         clock: Clock,
+        auth: Auth | None = None,
     ) -> None:
         if not isinstance(base_url, str):
             raise TypeError(f"base_url must be a string, got {type(base_url).__name__}")
@@ -205,6 +228,14 @@ class Core:
             default_headers["Authorization"] = (
                 "Basic " + base64.b64encode(userinfo.encode("latin-1", errors="replace")).decode()
             )
+        #: The client's ``auth=`` callable, which signs every attempt of every call.
+        self.signer: Signer | None = None
+        if auth is not None:
+            header = auth_header(auth)
+            if header is None:
+                self.signer = auth  # type: ignore[assignment]
+            else:
+                default_headers["Authorization"] = header[1]
         #: Default headers by lower-case name, for a case-insensitive merge per call.
         self.default_headers = _by_lower_name(default_headers)
         self.config_headers = _by_lower_name(dict(config.default_headers))
@@ -237,7 +268,11 @@ class Core:
         idempotency_key: str | None = None,
         deadline: float | None = None,
         timeout: float | None = None,
+        connect_timeout: float | None = None,
+        max_retries: int | None = None,
+        auth: Auth | None = None,
         raw: bool = False,
+        response_model: Any = None,
     ) -> Call:
         """Prepare one call; nothing is sent until its flow is driven.
 
@@ -269,6 +304,14 @@ class Core:
         if json is not None or content is not None or data is not None or files is not None:
             body = encode_body(json_value=json, content=content, data=data, files=files)
         correlation_id = outgoing_correlation_id()
+        signer = self.signer
+        if auth is not None:
+            fixed = auth_header(auth)
+            if fixed is None:
+                signer = auth  # type: ignore[assignment]
+            else:
+                signer = None
+                headers = {**(headers or {}), fixed[0]: fixed[1]}
         if (
             headers
             or body is not None
@@ -284,6 +327,12 @@ class Core:
             deadline = require_seconds("deadline", deadline)
         if timeout is not None:
             timeout = require_seconds("timeout", timeout)
+        if connect_timeout is not None:
+            connect_timeout = require_seconds("connect_timeout", connect_timeout)
+        if max_retries is not None and (
+            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1
+        ):
+            raise ValueError(f"max_retries must be an integer >= 1, got {max_retries!r}")
         wire_path = url_path
         if not _PLAIN_PATH.fullmatch(url_path):
             wire_path = quote(url_path, safe=_PATH_SAFE)
@@ -305,6 +354,10 @@ class Core:
             timeout if timeout is not None else self.config.timeout,
             correlation_id,
             raw,
+            connect_timeout if connect_timeout is not None else self.config.connect_timeout,
+            max_retries if max_retries is not None else self.config.max_retries,
+            signer,
+            response_model,
         )
 
     def _headers(
@@ -406,15 +459,19 @@ class Call:
     """One logical call: its attempts, waits and final result or error."""
 
     __slots__ = (
+        "connect_timeout",
         "core",
         "correlation_id",
         "deadline",
         "endpoint",
+        "max_attempts",
         "query",
         "raw",
         "read_timeout",
         "request",
+        "response_model",
         "retry_after_send",
+        "signer",
         "wire_path",
     )
 
@@ -430,6 +487,10 @@ class Call:
         read_timeout: float,
         correlation_id: str | None,
         raw: bool,
+        connect_timeout: float,
+        max_attempts: int,
+        signer: Signer | None,
+        response_model: Any,
     ) -> None:
         self.core = core
         self.request = request
@@ -441,6 +502,10 @@ class Call:
         self.read_timeout = read_timeout
         self.correlation_id = correlation_id
         self.raw = raw
+        self.connect_timeout = connect_timeout
+        self.max_attempts = max_attempts
+        self.signer = signer
+        self.response_model = response_model
 
     @property
     def safe_url(self) -> str:
@@ -477,7 +542,6 @@ class Call:
 
     def _attempts(self) -> Flow:
         core = self.core
-        config = core.config
         clock = core.clock
         method = self.request.method
         admission = core.breaker.admit()
@@ -485,9 +549,14 @@ class Call:
             raise self._rejected(admission)
         budget = core.current_budget()
         budget.deposit()
-        max_attempts = 1 if admission.probe else config.max_retries
+        max_attempts = 1 if admission.probe else self.max_attempts
         deadline_at = None if self.deadline is None else clock.monotonic() + self.deadline
         judged = False
+        # The call's failure is counted at its first failed attempt, before any wait: a
+        # caller that gives up during the backoff (asyncio.timeout, anyio.fail_after, a
+        # job's timeout) must not take the target's failures away with it. A later
+        # success of the same call forgets it, as a success always does.
+        failure_recorded = False
         try:
             number = 0
             while True:
@@ -496,6 +565,12 @@ class Call:
                 outcome = yield from self._exchange(number, deadline_at)
                 duration = clock.monotonic() - started
                 status_label, retryable, failure = self._judge(outcome)
+                state = None
+                if failure is not None and core.config.has_strategies:
+                    # The caller's tenacity strategies see what the call would return or raise.
+                    state = self._retry_state(outcome, status_label, duration, number)
+                    if core.config.retry is not None:
+                        retryable = self._user_retries(core.config.retry, state, outcome)
                 if failure is None:
                     # Nothing the target did: the breaker neither counts nor forgets.
                     judged = True
@@ -503,14 +578,17 @@ class Call:
                 elif not failure:
                     judged = True
                     core.breaker.record_success(admission)
-                if failure is not True:
+                if failure is not True and not retryable:
+                    return self._finish(outcome, status_label, duration, number)
+                if failure and not failure_recorded:
+                    failure_recorded = judged = True
+                    core.breaker.record_failure(admission)
+                wait = self._next_wait(outcome, retryable, number, max_attempts, deadline_at, state)
+                if wait is None and not failure:
                     return self._finish(outcome, status_label, duration, number)
                 core.metrics.observe(method, self.endpoint, status_label, duration)
                 self._log(logging.DEBUG, "attempt failed", status_label, number, duration)
-                wait = self._next_wait(outcome, retryable, number, max_attempts, deadline_at)
                 if wait is None:
-                    judged = True
-                    core.breaker.record_failure(admission)
                     raise self._final_error(outcome, number)
                 core.metrics.retried(method, self.endpoint, status_label)
                 self._log(logging.WARNING, "retrying", status_label, number, duration, wait=wait)
@@ -531,7 +609,7 @@ class Call:
         previous: Outcome | None = None
         hops = 0
         while True:
-            connect_timeout, read_timeout = config.connect_timeout, self.read_timeout
+            connect_timeout, read_timeout = self.connect_timeout, self.read_timeout
             remaining = None
             if deadline_at is not None:
                 remaining = deadline_at - core.clock.monotonic()
@@ -544,8 +622,13 @@ class Call:
                     )
                 connect_timeout = min(connect_timeout, remaining)
                 read_timeout = min(read_timeout, remaining)
+            sent = request
+            if self.signer is not None and _origin(request.url) == core.origin:
+                # Signed afresh for every attempt and hop: a refreshed token is the one
+                # a retry sends; another origin is never signed for.
+                sent = sign(self.signer, request)
             outcome = yield Attempt(
-                request,
+                sent,
                 number,
                 connect_timeout,
                 read_timeout,
@@ -628,13 +711,14 @@ class Call:
         number: int,
         max_attempts: int,
         deadline_at: float | None,
+        state: RetryCallState | None = None,
     ) -> float | None:
         """Seconds to wait before the next attempt, or None to give up now."""
         if not retryable or number >= max_attempts:
             return None
         core = self.core
         headers = outcome.headers if not isinstance(outcome, TransportFailure) else None
-        wait = retry_wait(number, headers, core.config, core.clock)
+        wait = retry_wait(number, headers, core.config, core.clock, state)
         now = core.clock.monotonic()
         if deadline_at is not None and now + wait >= deadline_at:
             return None
@@ -644,17 +728,35 @@ class Call:
 
     def _finish(self, outcome: Outcome, status_label: str, duration: float, number: int) -> Any:
         """The call's result, or the error of an outcome that does not blame the target."""
+        value, error, status_label = self._result(outcome, status_label, duration, number)
+        self.core.metrics.observe(self.request.method, self.endpoint, status_label, duration)
+        if error is not None:
+            if isinstance(outcome, TransportFailure):
+                self._log(logging.WARNING, "call failed", _label(outcome), number, None)
+            raise error
+        self._log(logging.DEBUG, "call succeeded", status_label, number, duration)
+        return value
+
+    def _result(
+        self, outcome: Outcome, status_label: str, duration: float, number: int
+    ) -> tuple[Any, ServiceClientError | None, str]:
+        """What the caller gets of ``outcome``: (value, error, status label); no side effect."""
         error: ServiceClientError | None = None
         value: Any = None
         if isinstance(outcome, TransportFailure):
-            error = self._final_error(outcome, number)
+            error = self._outcome_error(outcome, number)
         elif isinstance(outcome, Unreadable):
             error = self._unreadable_error(outcome, number)
         elif status_label != "success":
             error = self._response_error(outcome, number)
         elif self.raw:
             value = ServiceResponse(
-                outcome.status, Headers(outcome.headers), outcome.body, self.safe_url
+                outcome.status,
+                Headers(outcome.headers),
+                outcome.body,
+                self.safe_url,
+                outcome.reason,
+                timedelta(seconds=duration),
             )
         elif outcome.status != 204 and outcome.body.strip():
             try:
@@ -667,11 +769,43 @@ class Call:
                     attempts=number,
                 )
                 error.__cause__ = exc
-        self.core.metrics.observe(self.request.method, self.endpoint, status_label, duration)
-        if error is not None:
-            raise error
-        self._log(logging.DEBUG, "call succeeded", status_label, number, duration)
-        return value
+        if error is None and self.response_model is not None and not self.raw:
+            try:
+                value = validate_model(value, self.response_model)
+            except ModelMismatch as exc:
+                status_label = "decode_error"
+                error = self._error(
+                    ServiceDecodeError,
+                    f"the response is not a {model_name(self.response_model)}: {exc}",
+                    attempts=number,
+                )
+                error.__cause__ = exc.__cause__
+        return value, error, status_label
+
+    def _user_retries(
+        self, retry: Callable[[RetryCallState], Any], state: RetryCallState, outcome: Outcome
+    ) -> bool:
+        """The caller's ``retry=`` strategy, within the core's rule on repeating a request:
+        one that may have reached the server is repeated only when it is idempotent."""
+        if not (
+            self.retry_after_send
+            or (isinstance(outcome, TransportFailure) and not outcome.kind.reached_server)
+        ):
+            return False
+        return bool(retry(state))
+
+    def _retry_state(
+        self, outcome: Outcome, status_label: str, duration: float, number: int
+    ) -> RetryCallState:
+        """The attempt as tenacity's strategies see it: its result, or the error it raises."""
+        value, error, _ = self._result(outcome, status_label, duration, number)
+        state = RetryCallState(NO_RETRYING, None, (), {})
+        state.attempt_number = number
+        if error is None:
+            state.set_result(value)
+        else:
+            state.set_exception((type(error), error, None))
+        return state
 
     def _unreadable_error(self, outcome: Unreadable, number: int) -> ServiceClientError:
         if outcome.error is not None:
@@ -686,20 +820,29 @@ class Call:
         )
 
     def _final_error(self, outcome: Outcome, number: int) -> ServiceClientError:
+        error = self._outcome_error(outcome, number)
+        self._log(logging.WARNING, "call failed", _label(outcome), number, None)
+        return error
+
+    def _outcome_error(self, outcome: Outcome, number: int) -> ServiceClientError:
         error: ServiceClientError
         if isinstance(outcome, TransportFailure):
             kind = outcome.kind
             cls: type[ServiceClientError]
             cls = ServiceTimeoutError if kind.is_timeout else ServiceConnectionError
             redact_exception(outcome.error)
-            reason = redact_text(str(outcome.error)) or type(outcome.error).__name__
+            reason = (
+                _socket_reason(outcome.error, self.request.url)
+                or _timeout_reason(kind, outcome.error)
+                or redact_text(str(outcome.error))
+                or type(outcome.error).__name__
+            )
             error = self._error(cls, f"{kind.value.replace('_', ' ')}: {reason}", attempts=number)
             error.__cause__ = outcome.error
         elif isinstance(outcome, Unreadable):
             error = self._response_error(Response(outcome.status, outcome.headers, b""), number)
         else:
             error = self._response_error(outcome, number)
-        self._log(logging.WARNING, "call failed", _label(outcome), number, None)
         return error
 
     def _response_error(self, response: Response, number: int) -> ServiceResponseError:
@@ -765,6 +908,46 @@ class Call:
         )
 
 
+def _socket_reason(error: BaseException, url: str) -> str | None:
+    """What the socket said, in words that name neither transport nor its pool.
+
+    Both transports wrap the socket's error in their own (requests in urllib3's pool
+    errors, httpx in httpcore's); the chain of causes leads to it on both.
+    """
+    seen: set[int] = set()
+    current: object = error
+    while isinstance(current, BaseException) and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            host = urlsplit(url).hostname
+            return f"cannot resolve {host!r}: {current.strerror or current}"
+        if isinstance(current, ConnectionRefusedError):
+            _, host, port = _origin(url)
+            return f"{host}:{port} refused the connection"
+        args = current.args
+        current = (
+            getattr(current, "reason", None)
+            or current.__cause__
+            or current.__context__
+            or (args[0] if args else None)
+        )
+    return None
+
+
+_TIMEOUT_REASONS = {
+    FailureKind.CONNECT_TIMEOUT: "no connection within the connect timeout",
+    FailureKind.READ_TIMEOUT: "no response within the read timeout",
+}
+
+
+def _timeout_reason(kind: FailureKind, error: BaseException) -> str | None:
+    """A transport's timeout in the same words on both facades (each names its own pool,
+    or nothing at all); a deadline's cut-off (a plain ``TimeoutError``) keeps its own."""
+    if type(error) is TimeoutError:
+        return None
+    return _TIMEOUT_REASONS.get(kind)
+
+
 def _label(outcome: Outcome) -> str:
     if isinstance(outcome, TransportFailure):
         return outcome.kind.status_label
@@ -800,6 +983,7 @@ def build_core(
     config: ClientConfig | None,
     registry: CollectorRegistry | None,
     clock: Clock | None,
+    auth: Auth | None = None,
 ) -> Core:
     """The core of a new client, wired to the process's shared breaker and budget."""
     for name, value in (("service_name", service_name), ("target_service", target_service)):
@@ -808,6 +992,7 @@ def build_core(
     config = ClientConfig() if config is None else config
     if not isinstance(config, ClientConfig):
         raise TypeError(f"config must be a ClientConfig, got {type(config).__name__}")
+    check_tls_files(config)
     return Core(
         base_url,
         service_name,
@@ -824,4 +1009,5 @@ def build_core(
             normalize_route=config.normalize_route,
         ),
         SystemClock() if clock is None else clock,
+        auth,
     )

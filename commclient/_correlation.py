@@ -62,6 +62,19 @@ class CorrelationIdFilter(logging.Filter):
         return True
 
 
+def log_correlation_ids(*handlers: logging.Handler) -> None:
+    """Give every record these handlers format a ``correlation_id`` (``None`` when unset).
+
+    One line after the logging set-up (``logging.basicConfig(...)``, ``dictConfig``): a
+    format with ``%(correlation_id)s`` then works for the application's own records too,
+    not only for commclient's. Without arguments, every handler of the root logger.
+    Calling it again adds no second filter.
+    """
+    for handler in handlers or tuple(logging.getLogger().handlers):
+        if not any(isinstance(f, CorrelationIdFilter) for f in handler.filters):
+            handler.addFilter(CorrelationIdFilter())
+
+
 _SENSITIVE_NAME = re.compile(r"token|secret|passw|key|auth|signature|credential|session", re.I)
 _SENSITIVE_PAIR = re.compile(
     r"(?P<name>[\w.\-]*(?:token|secret|passw|key|auth|signature|credential|session)[\w.\-]*)"

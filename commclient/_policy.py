@@ -120,7 +120,8 @@ def counts_as_breaker_failure(status: int) -> bool:
     return status >= 500 or status == 429
 
 
-_NO_RETRYING = Retrying()
+#: The ``retry_object`` of the per-call states handed to tenacity's strategies (never run).
+NO_RETRYING = Retrying()
 
 
 def backoff(attempt_number: int, config: ClientConfig) -> float:
@@ -129,7 +130,7 @@ def backoff(attempt_number: int, config: ClientConfig) -> float:
     tenacity's strategy only reads ``attempt_number`` from the state; the state is
     made per call, never shared, so concurrent calls cannot see each other's.
     """
-    state = RetryCallState(_NO_RETRYING, None, (), {})
+    state = RetryCallState(NO_RETRYING, None, (), {})
     state.attempt_number = attempt_number
     strategy = wait_random_exponential(
         multiplier=max(config.retry_min_wait, 1e-3),
@@ -168,13 +169,20 @@ def retry_wait(
     headers: Mapping[str, str] | None,
     config: ClientConfig,
     clock: Clock,
+    state: RetryCallState | None = None,
 ) -> float:
-    """The wait before the next attempt: the server's ``Retry-After`` if any, else backoff."""
+    """The wait before the next attempt: the server's ``Retry-After`` if any, else the
+    ``wait=`` strategy of the config (asked with ``state``), else the jittered backoff."""
     if TestingSwitch.no_wait:
         return 0.0
     server_wait = parse_retry_after(headers, clock.time()) if headers is not None else None
     if server_wait is not None:
         return min(server_wait, config.retry_after_max)
+    if config.wait is not None and state is not None:
+        wait = float(config.wait(state))
+        if not wait >= 0:
+            raise ValueError(f"the wait= strategy returned {wait!r} seconds, not a number >= 0")
+        return wait
     return backoff(attempt_number, config)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from typing import Any
 
 
@@ -54,14 +55,26 @@ class Headers(Mapping[str, str]):
 class ServiceResponse:
     """A response the client read completely (decoded, at most ``max_response_bytes``)."""
 
-    __slots__ = ("content", "headers", "status_code", "url")
+    __slots__ = ("content", "elapsed", "headers", "reason_phrase", "status_code", "url")
 
-    def __init__(self, status_code: int, headers: Headers, content: bytes, url: str) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        headers: Headers,
+        content: bytes,
+        url: str,
+        reason_phrase: str = "",
+        elapsed: timedelta = timedelta(0),
+    ) -> None:
         self.status_code = status_code
         self.headers = headers
         self.content = content
         #: The URL that answered (after redirects), without credentials or secret values.
         self.url = url
+        #: The status line's text (``"Not Found"``), as the server sent it.
+        self.reason_phrase = reason_phrase
+        #: From sending the request of the attempt that answered to its body's last byte.
+        self.elapsed = elapsed
 
     @property
     def text(self) -> str:

@@ -11,15 +11,26 @@ import os
 import time
 import weakref
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from prometheus_client import CollectorRegistry
 
+from ._auth import Auth
 from ._config import ClientConfig
-from ._core import Attempt, Call, Outcome, Sleep, TransportFailure, build_core
+from ._core import (
+    Attempt,
+    Call,
+    ModelT,
+    Outcome,
+    Sleep,
+    TransportFailure,
+    build_core,
+    deadline_cut_off,
+)
 from ._correlation import redact_transport_logs
 from ._extras import import_extra
 from ._policy import Clock, FailureKind
+from ._resolver import LookupsExhausted
 from ._response import ServiceResponse
 from ._watchdog import attempt_watch, watched_adapter
 
@@ -64,6 +75,7 @@ class SyncServiceClient:
         config: ClientConfig | None = None,
         registry: CollectorRegistry | None = None,
         clock: Clock | None = None,
+        auth: Auth | None = None,
     ) -> None:
         self._requests = _import_requests()
         redact_transport_logs(_TRANSPORT_LOGGERS)
@@ -84,7 +96,9 @@ class SyncServiceClient:
             UnicodeError,
         )
         self._bad_response_head = self._requests.packages.urllib3.exceptions.InvalidHeader
-        self._core = build_core(base_url, service_name, target_service, config, registry, clock)
+        self._core = build_core(
+            base_url, service_name, target_service, config, registry, clock, auth
+        )
         self._settings = _TransportSettings(self._requests, self._core.config, self._core.base_url)
         self._adapter: requests.adapters.HTTPAdapter | None = None
         self._closed = False
@@ -95,15 +109,36 @@ class SyncServiceClient:
         """The client's configuration (frozen)."""
         return self._core.config
 
-    def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        response_model: type[ModelT],
+        **options: Unpack[CallOptions],
+    ) -> ModelT: ...
+
+    @overload
+    def request(
+        self, method: str, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    def request(
+        self, method: str, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """Call ``method path`` with retries and the breaker; return the decoded JSON body.
 
         ``path`` may be a template (``/api/users/{user_id}``) filled from ``path_params``;
         the template is then the metrics' endpoint label. One body at most: ``json=``
         (``JSON_NULL`` sends ``null``), ``content=`` bytes, ``data=`` form fields and/or
-        ``files=``. ``deadline`` bounds the whole call, ``timeout`` each read of this call.
+        ``files=``. ``deadline`` bounds the whole call; ``timeout``, ``connect_timeout``,
+        ``max_retries`` and ``auth`` replace the client's for this call.
+        ``response_model``: a pydantic model or dataclass the body is validated into
+        (``ServiceDecodeError`` naming the field when it does not fit).
         """
-        return self._run(self._core.call(method, path, **options))
+        call = self._core.call(method, path, response_model=response_model, **options)
+        return self._run(call)
 
     def request_raw(
         self, method: str, path: str, **options: Unpack[CallOptions]
@@ -112,26 +147,88 @@ class SyncServiceClient:
         response: ServiceResponse = self._run(self._core.call(method, path, raw=True, **options))
         return response
 
-    def get(self, path: str, **options: Unpack[CallOptions]) -> Any:
-        """``GET`` through :meth:`request`."""
-        return self.request("GET", path, **options)
+    def head(self, path: str, **options: Unpack[CallOptions]) -> ServiceResponse:
+        """``HEAD`` through :meth:`request_raw`: the status and headers, no body."""
+        return self.request_raw("HEAD", path, **options)
 
-    def post(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    def options(self, path: str, **options: Unpack[CallOptions]) -> ServiceResponse:
+        """``OPTIONS`` through :meth:`request_raw` (its ``Allow`` header, its body if any)."""
+        return self.request_raw("OPTIONS", path, **options)
+
+    @overload
+    def get(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    def get(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    def get(self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]) -> Any:
+        """``GET`` through :meth:`request`."""
+        return self.request("GET", path, response_model=response_model, **options)
+
+    @overload
+    def post(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    def post(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    def post(self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]) -> Any:
         """``POST`` through :meth:`request`; repeated only when it never reached the server,
         or with ``idempotency_key``."""
-        return self.request("POST", path, **options)
+        return self.request("POST", path, response_model=response_model, **options)
 
-    def put(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    def put(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    def put(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    def put(self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]) -> Any:
         """``PUT`` through :meth:`request`."""
-        return self.request("PUT", path, **options)
+        return self.request("PUT", path, response_model=response_model, **options)
 
-    def patch(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    def patch(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    def patch(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    def patch(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """``PATCH`` through :meth:`request`; repeated like :meth:`post`."""
-        return self.request("PATCH", path, **options)
+        return self.request("PATCH", path, response_model=response_model, **options)
 
-    def delete(self, path: str, **options: Unpack[CallOptions]) -> Any:
+    @overload
+    def delete(
+        self, path: str, *, response_model: type[ModelT], **options: Unpack[CallOptions]
+    ) -> ModelT: ...
+
+    @overload
+    def delete(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any: ...
+
+    def delete(
+        self, path: str, *, response_model: Any = None, **options: Unpack[CallOptions]
+    ) -> Any:
         """``DELETE`` through :meth:`request`."""
-        return self.request("DELETE", path, **options)
+        return self.request("DELETE", path, response_model=response_model, **options)
 
     def _run(self, call: Call) -> Any:
         adapter = self._adapter or self._open()
@@ -173,15 +270,14 @@ class SyncServiceClient:
                         for chunk in response.raw.stream(_CHUNK, decode_content=False):
                             if not reader.feed(chunk):
                                 break
-                    outcome = attempt.response(response.status_code, response.headers, reader)
+                    outcome = attempt.response(
+                        response.status_code, response.headers, reader, response.reason or ""
+                    )
                 if watch.fired:
                     # The watchdog shut the socket down mid-exchange: http.client takes the
                     # end of a head that was still arriving for its end, which would make a
                     # 200 with no headers and no body of an attempt the deadline cut off.
-                    return TransportFailure(
-                        FailureKind.READ_TIMEOUT,
-                        TimeoutError("the call's deadline ended the attempt mid-response"),
-                    )
+                    return deadline_cut_off(watch.connected, None)
                 return outcome
             except self._unsendable as exc:
                 if exc.args and isinstance(exc.args[0], self._bad_response_head):
@@ -189,9 +285,12 @@ class SyncServiceClient:
                     # Content-Length values); requests reports that as a request error.
                     return TransportFailure(FailureKind.CONNECTION_LOST, exc)
                 return TransportFailure(FailureKind.UNSENDABLE, exc)
+            except LookupsExhausted as exc:
+                # This process's lookup threads are all taken: not the target's doing.
+                return TransportFailure(FailureKind.POOL_TIMEOUT, exc)
             except self._transport_errors as exc:
                 if watch.fired:
-                    return TransportFailure(FailureKind.READ_TIMEOUT, exc)
+                    return deadline_cut_off(watch.connected, exc)
                 if self._closed:
                     raise RuntimeError("this SyncServiceClient was closed during the call") from exc
                 return TransportFailure(_classify(exc, self._requests.exceptions), exc)

@@ -4,18 +4,20 @@ requests bounds each connect and each read, never an exchange: a server that sen
 its headers a byte at a time, or a chain of redirects, outlives any deadline. One
 daemon thread per process keeps the deadlines of the attempts in flight; when one
 passes, it shuts down the socket of that attempt's connection, so that the blocked
-read returns at once and the facade reports a timeout. Name resolution
-(``getaddrinfo``) has no socket to cut: while a deadline runs, new connections resolve
-names on a small thread pool and stop waiting when the deadline passes (the lookup itself
-finishes in the background).
+read returns at once and the facade reports a timeout. The watch covers the connection
+from its first step: the name lookup, the TCP connect (its timeout is what remains of the
+deadline after the lookup) and the TLS handshake (cut through a duplicate of the socket,
+since the TLS layer owns the original while it shakes hands).
+
+Name resolution (``getaddrinfo``) has no socket to cut: while a deadline runs, new
+connections resolve names with :mod:`._resolver` and stop waiting when the deadline passes
+(the lookup itself finishes in the background).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import heapq
-import ipaddress
 import itertools
 import os
 import socket
@@ -23,17 +25,22 @@ import threading
 import time
 from typing import Any
 
+from ._resolver import is_address, resolver
+
 
 class Watch:
     """The deadline of one attempt, and the connection it is using."""
 
-    __slots__ = ("at", "connection", "done", "fired")
+    __slots__ = ("at", "connected", "connection", "done", "fired")
 
     def __init__(self, at: float) -> None:
         self.at = at
         self.connection: Any = None
         self.done = False
         self.fired = False
+        #: The connection was established: a cut from now on interrupts the exchange, and
+        #: before, the lookup, the connect or the handshake (no request was sent).
+        self.connected = False
 
 
 class _Watchdog:
@@ -68,6 +75,8 @@ class _Watchdog:
             if watch is None:
                 return
             watch.connection = connection
+            if connection.sock is not None:
+                watch.connected = True
             if watch.fired:
                 _cut(connection)
 
@@ -100,12 +109,31 @@ class _Watchdog:
                 if connection is not None and connection._commclient_watch is watch:
                     _cut(connection)
 
+    def guard_handshake(self, connection: Any, sock: socket.socket) -> None:
+        """``sock`` is connected; keep a duplicate to cut while TLS wraps the original."""
+        with self.lock:
+            if connection._commclient_watch is None:
+                return
+            connection._commclient_handshake = sock.dup()
+            if connection._commclient_watch.fired:
+                _cut(connection)
+
+    def connected(self, connection: Any, established: bool) -> None:
+        """The connection is established (or failed): its handshake needs no guard."""
+        with self.lock:
+            watch = connection._commclient_watch
+            if watch is not None and established:
+                watch.connected = True
+            duplicate, connection._commclient_handshake = connection._commclient_handshake, None
+        if duplicate is not None:
+            duplicate.close()
+
 
 def _cut(connection: Any) -> None:
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    for sock in (connection._commclient_handshake, getattr(connection, "sock", None)):
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 watchdog = _Watchdog()
@@ -115,6 +143,7 @@ _current = threading.local()
 
 class _NoWatch:
     fired = False
+    connected = True
 
     def __enter__(self) -> _NoWatch:
         return self
@@ -135,6 +164,10 @@ class _AttemptWatch:
     @property
     def fired(self) -> bool:
         return self.watch.fired
+
+    @property
+    def connected(self) -> bool:
+        return self.watch.connected
 
     def __enter__(self) -> _AttemptWatch:
         _current.watch = self.watch
@@ -161,32 +194,6 @@ def watched_adapter(requests: Any, max_connections: int) -> Any:
     return _adapter_class(pool_connections=1, pool_maxsize=max_connections, max_retries=0)
 
 
-class _Resolver:
-    """``getaddrinfo`` on worker threads, waited for no longer than a deadline."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def resolve(self, host: str, port: int, at: float) -> list[Any]:
-        with self._lock:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    4, thread_name_prefix="commclient-resolver"
-                )
-            pool = self._pool
-        lookup = pool.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
-        addresses: list[Any] = lookup.result(timeout=max(0.0, at - time.monotonic()))
-        return addresses
-
-
-resolver = _Resolver()
-os.register_at_fork(after_in_child=resolver.reset)
-
-
 def _make_adapter_class(requests: Any) -> Any:
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -195,28 +202,53 @@ def _make_adapter_class(requests: Any) -> Any:
     def new_conn(self: Any) -> socket.socket:
         watch = getattr(_current, "watch", None)
         host = self._dns_host
-        if watch is None or _is_address(host):
+        if watch is None:
             return super(type(self), self)._new_conn()  # type: ignore[no-any-return]
+        if is_address(host):
+            sock = super(type(self), self)._new_conn()
+            watchdog.guard_handshake(self, sock)
+            return sock  # type: ignore[no-any-return]
         try:
             addresses = resolver.resolve(host, self.port, watch.at)
-        except concurrent.futures.TimeoutError:
-            raise ConnectTimeoutError(
-                self, f"resolving {host} outlived the deadline of the call"
-            ) from None
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, str(exc)) from None
         except socket.gaierror as exc:
             raise NameResolutionError(self.host, self, exc) from exc
-        # Connect to what was resolved, trying each address in turn as create_connection does.
+        # Connect to what was resolved, trying each address in turn as create_connection
+        # does, within what the lookup left of the deadline.
         error: Exception | None = None
+        timeout = self.timeout
         try:
             for *_, address in addresses:
                 self._dns_host = address[0]
+                remaining = watch.at - time.monotonic()
+                if remaining <= 0:
+                    raise ConnectTimeoutError(self, f"connecting to {host} outlived the deadline")
+                if not isinstance(timeout, (int, float)) or remaining < timeout:
+                    self.timeout = remaining
                 try:
-                    return super(type(self), self)._new_conn()  # type: ignore[no-any-return]
+                    sock = super(type(self), self)._new_conn()
+                    watchdog.guard_handshake(self, sock)
+                    return sock  # type: ignore[no-any-return]
                 except NewConnectionError as exc:
                     error = exc
         finally:
             self._dns_host = host
+            self.timeout = timeout
         raise error or NewConnectionError(self, f"{host} resolved to no address")
+
+    def connect(self: Any) -> None:
+        watch = getattr(_current, "watch", None)
+        if watch is None:
+            super(type(self), self).connect()
+            return
+        watchdog.attach(watch, self)
+        established = False
+        try:
+            super(type(self), self).connect()
+            established = True
+        finally:
+            watchdog.connected(self, established)
 
     def request(self: Any, *args: Any, **kwargs: Any) -> None:
         watch = getattr(_current, "watch", None)
@@ -224,7 +256,13 @@ def _make_adapter_class(requests: Any) -> Any:
             watchdog.attach(watch, self)
         super(type(self), self).request(*args, **kwargs)
 
-    members = {"request": request, "_new_conn": new_conn, "_commclient_watch": None}
+    members = {
+        "request": request,
+        "connect": connect,
+        "_new_conn": new_conn,
+        "_commclient_watch": None,
+        "_commclient_handshake": None,
+    }
     http_connection = type("WatchedHTTPConnection", (HTTPConnection,), members)
     https_connection = type("WatchedHTTPSConnection", (HTTPSConnection,), members)
     pool_classes = {
@@ -250,11 +288,3 @@ def _make_adapter_class(requests: Any) -> Any:
             return manager
 
     return WatchedAdapter
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from ._policy import is_ascii_digits
@@ -34,6 +34,18 @@ JSON_NULL = _JsonNull()
 """Pass as ``json=JSON_NULL`` to send the JSON document ``null`` (``json=None`` sends no body)."""
 
 FileValue = bytes | tuple[str, bytes] | tuple[str, bytes, str]
+
+
+class Request(NamedTuple):
+    """What the transport sends: the URL with its query, and the exact body bytes.
+
+    An ``auth=`` callable receives it for each attempt, to sign it.
+    """
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    content: bytes | None
 
 
 class Body(NamedTuple):
@@ -168,61 +180,87 @@ def content_length_error(headers: Mapping[str, str]) -> str | None:
     return f"the response's Content-Length {length!r} is not one size in bytes"
 
 
+#: Decoded bytes one layer of a nested encoding hands on at a time: memory stays bounded
+#: whatever a middle layer inflates to, and only the last layer counts against the limit.
+_PIECE = 64 * 1024
+
+
 class _Inflater:
-    """gzip or deflate, inflated at most ``room`` bytes at a time (no decompression bomb)."""
+    """gzip or deflate, inflated a bounded piece at a time (no decompression bomb)."""
 
     def __init__(self, gzip: bool) -> None:
+        self._gzip = gzip
         self._wbits = 16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS
         self._inflater = zlib.decompressobj(self._wbits)
-        self._first = not gzip
+        # "deflate" in the wild is often raw deflate without the zlib header; the first
+        # two bytes tell which (RFC 1950's header check), so they are held until both came.
+        self._start = b"" if not gzip else None
 
-    def inflate(self, data: bytes, room: int) -> tuple[bytes, bool]:
-        """Inflate ``data``; return the output and whether more than ``room`` bytes came."""
-        output = b""
-        while data:
-            try:
-                piece = self._inflater.decompress(data, room + 1 - len(output))
-            except zlib.error:
-                if not self._first:
-                    raise
-                # "deflate" in the wild is often raw deflate without the zlib header.
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        """The inflated form of ``data``, in pieces of at most ``_PIECE`` bytes."""
+        if self._start is not None:
+            data = self._start + data
+            if len(data) < 2:
+                self._start = data
+                return
+            self._start = None
+            if not _is_zlib_header(data):
                 self._wbits = -zlib.MAX_WBITS
                 self._inflater = zlib.decompressobj(self._wbits)
-                self._first = False
-                continue
-            self._first = False
-            output += piece
-            if len(output) > room or self._inflater.unconsumed_tail:
-                return output, True
-            data = self._inflater.unused_data if self._inflater.eof else b""
-            if data:
+        while data:
+            piece = self._inflater.decompress(data, _PIECE)
+            if piece:
+                yield piece
+            if self._inflater.unconsumed_tail:
+                data = self._inflater.unconsumed_tail
+            elif self._inflater.eof and self._gzip:
                 # A gzip body may hold several members one after the other.
-                self._inflater = zlib.decompressobj(self._wbits)
-        return output, False
+                data = self._inflater.unused_data
+                if data:
+                    self._inflater = zlib.decompressobj(self._wbits)
+            else:
+                data = b""
+
+
+def _is_zlib_header(data: bytes) -> bool:
+    return data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
 
 
 _CODINGS = {"gzip": True, "x-gzip": True, "deflate": False}
+#: Bytes an encoding may add to what it encodes: deflate's stored blocks add 5 bytes per
+#: 64 kB, gzip a header and a trailer. An encoded body announcing more than the limit
+#: plus this (per layer) cannot decode within the limit, and is refused unread.
+_OVERHEAD = 1024
 
 
 class BodyReader:
     """Collects a response body from raw chunks: decoded, and never past ``limit`` bytes.
 
     The limit applies to the decoded bytes: a 65 kB gzip body that would inflate to
-    64 MiB stops being read (and inflated) at ``limit + 1`` bytes. An encoding this
-    reader does not know is kept as it came, with its ``Content-Encoding`` header.
+    64 MiB stops being read (and inflated) at ``limit + 1`` bytes, and a gzip body of
+    random bytes a little larger on the wire than the limit is read when it decodes
+    within it. An encoding this reader does not know is kept as it came, with its
+    ``Content-Encoding`` header.
     """
 
-    __slots__ = ("_chunks", "_decoders", "_size", "error", "limit", "too_large")
+    __slots__ = (
+        "_chunks",
+        "_decoders",
+        "_size",
+        "_wire_limit",
+        "_wire_size",
+        "error",
+        "limit",
+        "stray_body",
+        "too_large",
+    )
 
     def __init__(self, headers: Mapping[str, str], limit: int, *, announced: bool = True) -> None:
         self.limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
+        self._wire_size = 0
         self.error: str | None = None
-        size = declared_size(headers) if announced else None
-        self.too_large = size is not None and size > limit
-        if announced:
-            self.error = content_length_error(headers)
         encoding = headers.get("content-encoding")
         self._decoders: list[_Inflater] = []
         if encoding:
@@ -231,6 +269,19 @@ class BodyReader:
                 self._decoders = [
                     _Inflater(_CODINGS[c]) for c in reversed(codings) if c in _CODINGS
                 ]
+        # Raw bytes read at most: the limit itself when nothing is decoded; with encodings,
+        # what an encoding of ``limit`` bytes can take (empty gzip members add up too).
+        self._wire_limit = limit + len(self._decoders) * (limit // 8192 * 5 + _OVERHEAD)
+        size = declared_size(headers) if announced else None
+        self.too_large = size is not None and size > self._wire_limit
+        #: A response that carries no body (to a HEAD, a 204, a 304) announces one: a
+        #: broken server may send it anyway, after the head, where the next response on
+        #: the connection would be read. The connection is not to be used again.
+        self.stray_body = not announced and (
+            "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0"
+        )
+        if announced:
+            self.error = content_length_error(headers)
 
     @property
     def wants_more(self) -> bool:
@@ -239,23 +290,26 @@ class BodyReader:
 
     def feed(self, chunk: bytes) -> bool:
         """Take one raw chunk; return whether reading should go on."""
-        room = self.limit - self._size
+        self._wire_size += len(chunk)
+        if self._wire_size > self._wire_limit:
+            self.too_large = True
+            return False
         try:
-            for decoder in self._decoders:
-                chunk, over = decoder.inflate(chunk, room)
-                if over:
-                    self.too_large = True
-                    return False
+            return self._decode(0, chunk)
         except zlib.error as exc:
             self.error = f"the body does not decode as its Content-Encoding says: {exc}"
             return False
-        self._size += len(chunk)
-        if self._size > self.limit:
-            self.too_large = True
-            return False
-        if chunk:
-            self._chunks.append(chunk)
-        return True
+
+    def _decode(self, layer: int, data: bytes) -> bool:
+        if layer == len(self._decoders):
+            self._size += len(data)
+            if self._size > self.limit:
+                self.too_large = True
+                return False
+            if data:
+                self._chunks.append(data)
+            return True
+        return all(self._decode(layer + 1, piece) for piece in self._decoders[layer].pieces(data))
 
     def body(self) -> bytes:
         return b"".join(self._chunks)

@@ -27,6 +27,8 @@ Typing: ``run_sync`` and ``run_blocking`` keep the callee's parameter and result
 ``rest: CronRestApi = sync_proxy(client)``.
 """
 
+import logging
+
 from ._bridge import bridge_portal, start_bridge, stop_bridge
 from ._errors import BridgeCancelledError, BridgeError, BridgeStoppedError, EventLoopRunningError
 from ._legacy import LegacyMode, LegacyShim
@@ -51,3 +53,6 @@ __all__ = [
     "stop_bridge",
     "sync_proxy",
 ]
+
+# With no logging set up, its records are not printed to stderr by the last resort.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -124,13 +124,17 @@ class SyncProxy(Generic[T]):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool:
+    ) -> bool | None:
+        # Not ``-> bool``: type checkers read that as "may swallow any exception" and then
+        # report every name bound inside a ``with sync_proxy(...)`` block as possibly
+        # unbound after it. The proxy suppresses only what the object's own ``__aexit__``
+        # suppresses (True); otherwise it returns None, like a client's ``__aexit__``.
         with self.__lock:
             held = self.__held
             object.__setattr__(self, "_SyncProxy__held", None)
         if held is None:
-            return False
-        return self.__bridge_for_calls().exit(held, (exc_type, exc, traceback))
+            return None
+        return True if self.__bridge_for_calls().exit(held, (exc_type, exc, traceback)) else None
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_SyncProxy__"):

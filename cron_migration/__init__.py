@@ -23,6 +23,7 @@ scheduler changes; ``python -m cron_migration audit PATH`` lists the call sites 
 migrate.
 """
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ._shadowing import check_not_shadowed as _check_not_shadowed
@@ -115,3 +116,6 @@ __all__ = [
     "shutdown_gracefully",
     "watch_missed_runs",
 ]
+
+# With no logging set up, its records are not printed to stderr by the last resort.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -203,7 +203,9 @@ def mixed_calls(http_server: ServerProcess, names: Names) -> MixedCalls:
 class Driver:
     """A client of one facade, called synchronously (the async one on its own loop)."""
 
-    def __init__(self, facade: str, base_url: str, names: Names, config: ClientConfig) -> None:
+    def __init__(
+        self, facade: str, base_url: str, names: Names, config: ClientConfig, **options: Any
+    ) -> None:
         self.facade = facade
         self.names = names
         cls = SyncServiceClient if facade == "sync" else AsyncServiceClient
@@ -214,6 +216,7 @@ class Driver:
             target_service=names.target,
             config=config,
             registry=CollectorRegistry(),
+            **options,
         )
 
     def __call__(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -236,8 +239,12 @@ class Driver:
 def make(facade: str, http_server: ServerProcess, names: Names) -> Iterator[Any]:
     drivers: list[Driver] = []
 
-    def make_driver(config: ClientConfig | None = None, base_url: str | None = None) -> Driver:
-        driver = Driver(facade, base_url or http_server.base_url, names, config or fast_config())
+    def make_driver(
+        config: ClientConfig | None = None, base_url: str | None = None, **options: Any
+    ) -> Driver:
+        driver = Driver(
+            facade, base_url or http_server.base_url, names, config or fast_config(), **options
+        )
         drivers.append(driver)
         return driver
 

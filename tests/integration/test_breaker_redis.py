@@ -345,3 +345,36 @@ def test_a_forked_child_pushes_only_its_own_events(server: RedisServer) -> None:
     connection.close()
     # 3 here + 1 there; the parent's 3 pushed twice would make 7 and open it.
     assert (counter, state) == (b"4", b"closed")
+
+
+def test_a_wrong_redis_password_is_an_auth_error_logged_once_and_not_retried(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="commclient.breaker")
+    admin = redis.Redis.from_url(server.url, socket_timeout=2)
+    admin.config_set("requirepass", "right")
+    admin = redis.Redis.from_url(server.url, password="right", socket_timeout=2)
+    wrong = server.url.replace("redis://", "redis://:wrong@")
+    service, target = _names("auth")
+    client = _client_of_nowhere(wrong, service, target)
+    try:
+        _trip(client)
+
+        def refused() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name == "commclient.breaker"]
+
+        _eventually(lambda: bool(refused()), "the refusal is logged")
+        connections = admin.info("stats")["total_connections_received"]
+        time.sleep(20 * SYNC_INTERVAL)  # many synchronisations would be due meanwhile
+        [record] = refused()
+        assert record.levelno == logging.ERROR
+        message = record.getMessage()
+        assert "refused the credentials" in message
+        assert "cannot be reached" not in message
+        assert "wrong" not in message
+        # Not asked again: the only new connection is the one reading the statistics.
+        assert admin.info("stats")["total_connections_received"] - connections <= 1
+        assert testing.breaker_state(service, target) == "open"
+    finally:
+        client.close()
+        admin.close()

@@ -219,8 +219,9 @@ async def test_server_restart_opens_the_breaker_and_one_probe_closes_it(
             assert [type(error) for error in errors] == [ServiceConnectionError] * 3 + [
                 ServiceUnavailableError
             ] * 3
+            # The third call's first failure opens the breaker, which ends its retries.
+            assert [error.attempts for error in errors[:3]] == [2, 2, 1]
             for error in errors[:3]:
-                assert error.attempts == 2
                 assert isinstance(error.__cause__, transport_errors().TransportError)
             assert all(error.attempts == 0 for error in errors[3:])
             assert testing.breaker_state(names.service, names.target) == "open"
@@ -693,3 +694,45 @@ async def test_hundred_tasks_on_one_client_each_get_their_own_outcome(
     assert len(outcomes) == len(calls)
     for call, outcome in zip(calls, outcomes, strict=True):
         mixed_calls.check(call, outcome)
+
+
+@pytest.mark.parametrize("give_up", ["wait_for", "timeout", "fail_after"])
+def test_a_caller_giving_up_during_the_backoff_keeps_the_targets_failures(
+    http_server: ServerProcess, names: Names, give_up: str
+) -> None:
+    import anyio
+
+    async def scenario() -> list[str]:
+        client = make_client(
+            http_server.base_url,
+            names,
+            fast_config(retry_min_wait=5.0, retry_max_wait=5.0, circuit_breaker_fail_max=5),
+        )
+        outcomes = []
+        async with client:
+            for _ in range(8):
+                call = client.get("/status/503")
+                try:
+                    if give_up == "wait_for":
+                        await asyncio.wait_for(call, 0.3)
+                    elif give_up == "timeout":
+                        async with asyncio.timeout(0.3):
+                            await call
+                    else:
+                        with anyio.fail_after(0.3):
+                            await call
+                except (TimeoutError, asyncio.TimeoutError):
+                    outcomes.append("gave up")
+                except ServiceUnavailableError:
+                    outcomes.append("rejected")
+                except ServiceResponseError:
+                    outcomes.append("failed")
+        return outcomes
+
+    if give_up == "timeout" and not hasattr(asyncio, "timeout"):
+        pytest.skip("asyncio.timeout needs Python 3.11")
+    outcomes = asyncio.run(scenario())
+    # Four calls each got a 503 and gave up in the backoff; the fifth 503 opens the breaker,
+    # so that call does not wait for a retry, and the next ones are rejected.
+    assert outcomes == ["gave up"] * 4 + ["failed"] + ["rejected"] * 3
+    assert testing.breaker_state(names.service, names.target) == "open"

@@ -5,17 +5,26 @@ Run on both facades through :class:`Driver`, against the real loopback server.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
+from tenacity import RetryCallState, retry_if_exception_type, retry_if_result
 
 from commclient import (
     JSON_NULL,
+    BasicAuth,
+    BearerAuth,
+    Request,
     ServiceConnectionError,
+    ServiceDecodeError,
     ServiceResponse,
     ServiceResponseError,
     ServiceTimeoutError,
@@ -232,8 +241,171 @@ def test_cert_presents_a_client_certificate(
             anonymous.close()
 
 
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("verify", "verify: cannot load the CA bundle"),
+        ("cert", "cert: no such file"),
+        ("key", "cert (key): no such file"),
+        ("bad_pem", "cert: cannot load"),
+    ],
+)
+def test_tls_files_are_checked_when_the_client_is_built(
+    facade: str, tls_files: dict[str, str], names: Names, tmp_path: Path, field: str, message: str
+) -> None:
+    missing = str(tmp_path / "missing.pem")
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate")
+    overrides: dict[str, Any] = {
+        "verify": {"verify": missing},
+        "cert": {"cert": (missing, tls_files["client_key"])},
+        "key": {"cert": (tls_files["client_cert"], missing)},
+        "bad_pem": {"cert": str(not_pem)},
+    }[field]
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        Driver(facade, "https://127.0.0.1:1", names, fast_config(**overrides))
+    assert str(missing if field != "bad_pem" else not_pem) in str(info.value)
+
+
 def test_head_of_a_large_resource_is_not_refused(make: Any) -> None:
     call = make(fast_config(max_response_bytes=1000))
     response = call("request_raw", "HEAD", "/large", params={"bytes": "100000"})
     assert response.headers["content-length"] == "100000"
     assert response.content == b""
+
+
+# --- auth= -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        (("user", "pa:ss"), "Basic dXNlcjpwYTpzcw=="),
+        (BasicAuth("user", "pa:ss"), "Basic dXNlcjpwYTpzcw=="),
+        (BearerAuth("t0ken"), "Bearer t0ken"),
+    ],
+)
+def test_auth_sends_a_fixed_credential_per_call_or_per_client(
+    make: Any, auth: Any, expected: str
+) -> None:
+    call = make()
+    assert call("get", "/echo", auth=auth)["headers"]["authorization"] == expected
+    assert "authorization" not in call("get", "/echo")["headers"]
+    client_wide = make(auth=auth)
+    assert client_wide("get", "/echo")["headers"]["authorization"] == expected
+
+
+def test_an_auth_callable_signs_every_attempt_afresh(make: Any, names: Names) -> None:
+    tokens = iter(["t1", "t2", "t3"])
+    signed: list[str] = []
+
+    def sign(request: Request) -> dict[str, str]:
+        token = next(tokens)
+        signed.append(f"{request.method} {request.url.split('?')[0].rsplit('/', 1)[1]}")
+        return {"Authorization": f"Bearer {token}"}
+
+    call = make()
+    with testing.no_wait():
+        echo = call("get", "/flaky", params={"first": "1", "key": names.key("sign")}, auth=sign)
+    # The retry went out with a new token: a refreshed credential reaches the server.
+    assert echo["headers"]["authorization"] == "Bearer t2"
+    assert signed == ["GET flaky", "GET flaky"]
+
+
+def test_a_bad_auth_is_refused_before_anything_is_sent(make: Any) -> None:
+    call = make()
+    with pytest.raises(TypeError, match="auth must be"):
+        call("get", "/echo", auth=42)
+    with pytest.raises(ValueError, match="printable ASCII") as info:
+        call("get", "/echo", auth=BearerAuth("s3cret\n"))
+    assert "s3cret" not in str(info.value)
+
+
+# --- head(), options(), per-call overrides, elapsed and reason_phrase ------------------------
+
+
+def test_head_and_options_return_the_response(make: Any) -> None:
+    call = make()
+    head = call("head", "/echo")
+    assert (head.status_code, head.content, head.reason_phrase) == (200, b"", "OK")
+    options = call("options", "/echo")
+    assert options.json()["method"] == "OPTIONS"
+    assert options.elapsed > timedelta(0)
+    created = call("request_raw", "GET", "/reply", params={"status": "201"})
+    assert created.reason_phrase == "Created"
+
+
+def test_retries_and_timeouts_are_overridden_per_call(make: Any, names: Names) -> None:
+    call = make(fast_config(max_retries=3))
+    with testing.no_wait(), pytest.raises(ServiceResponseError) as info:
+        call("get", "/status/503", max_retries=1)
+    assert info.value.attempts == 1
+    with pytest.raises(ServiceTimeoutError):
+        call("get", "/slow", params={"seconds": "3"}, timeout=0.2, max_retries=1)
+    for bad in ({"max_retries": 0}, {"connect_timeout": -1}, {"timeout": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            call("get", "/echo", **bad)
+
+
+# --- response_model= ---------------------------------------------------------------------
+
+
+class EchoModel(BaseModel):
+    method: str
+    path: str
+
+
+@dataclass
+class EchoRecord:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    calls: int
+
+
+class WrongEcho(BaseModel):
+    method: str
+    calls: list[int]
+
+
+def test_response_model_validates_the_body_into_a_model_or_a_dataclass(make: Any) -> None:
+    call = make()
+    model = call("get", "/echo", response_model=EchoModel)
+    assert model == EchoModel(method="GET", path="/echo")
+    record = call("post", "/echo", json={"a": 1}, response_model=EchoRecord)
+    assert isinstance(record, EchoRecord)
+    assert record.body == {"a": 1}
+    with pytest.raises(ServiceDecodeError, match="not a WrongEcho: field 'calls'"):
+        call("get", "/echo", response_model=WrongEcho)
+    assert call.breaker == "closed"
+
+
+# --- tenacity strategies in ClientConfig -------------------------------------------------
+
+
+def test_a_tenacity_retry_predicate_decides_within_the_core_rules(make: Any, names: Names) -> None:
+    waits: list[int] = []
+
+    def wait(state: RetryCallState) -> float:
+        waits.append(state.attempt_number)
+        return 0.0
+
+    call = make(
+        fast_config(
+            max_retries=4,
+            retry=retry_if_result(lambda echo: echo["calls"] < 3),
+            wait=wait,
+        )
+    )
+    echo = call("get", "/echo", params={"key": names.key("until")})
+    assert echo["calls"] == 3
+    assert waits == [1, 2]
+    # A POST that reached the server is never repeated, whatever the predicate says.
+    post = call("post", "/echo", params={"key": names.key("post")}, json={})
+    assert post["calls"] == 1
+    only_timeouts = make(fast_config(retry=retry_if_exception_type(ServiceTimeoutError), wait=wait))
+    with pytest.raises(ServiceResponseError) as info:
+        only_timeouts("get", "/status/503")
+    assert info.value.attempts == 1

@@ -33,6 +33,7 @@ from commclient import (
     ServiceUnavailableError,
     testing,
 )
+from commclient._breaker import breakers
 from tests.http_server import ServerProcess
 from tests.integration.conftest import Driver, Names, fast_config
 from tests.reliability.hostile_server import HostileServer
@@ -398,7 +399,7 @@ def test_params_as_pairs_in_errors_and_debug_logs(
 
 
 def test_close_during_a_call_is_a_clear_error_not_a_target_failure(make: Any) -> None:
-    call = make(fast_config(retry_min_wait=1.0, retry_max_wait=1.0, circuit_breaker_fail_max=1))
+    call = make(fast_config(retry_min_wait=1.0, retry_max_wait=1.0, circuit_breaker_fail_max=2))
     client = call.client
     if call.loop is None:
         closer = threading.Timer(0.3, client.close)
@@ -416,7 +417,9 @@ def test_close_during_a_call_is_a_clear_error_not_a_target_failure(make: Any) ->
                 await task
 
         call.loop.run_until_complete(scenario())
+    # The 503 counts; the close does not.
     assert call.breaker == "closed"
+    assert breakers.find(call.names.service, call.names.target).circuit.fail_counter == 1
 
 
 # --- 15. fork --------------------------------------------------------------------------------

@@ -111,3 +111,14 @@ def test_retry_on_status_accepts_any_iterable() -> None:
     config = ClientConfig(retry_on_status={503})  # type: ignore[arg-type]
     assert config.retry_on_status == frozenset({503})
     assert hash(config) == hash(ClientConfig(retry_on_status=frozenset({503})))
+
+
+def test_retry_and_wait_take_tenacity_strategies_only() -> None:
+    from tenacity import retry_if_exception_type, wait_fixed
+
+    config = ClientConfig(retry=retry_if_exception_type(), wait=wait_fixed(1))
+    assert config.has_strategies
+    assert not ClientConfig().has_strategies
+    for name in ("retry", "wait"):
+        with pytest.raises(ValueError, match=f"{name} must be a tenacity {name} strategy"):
+            ClientConfig(**{name: 3})

@@ -26,7 +26,16 @@ from commclient import (
     ServiceUnavailableError,
     testing,
 )
-from commclient._core import Attempt, Core, Outcome, Response, Sleep, TransportFailure, build_core
+from commclient._core import (
+    Attempt,
+    Core,
+    Outcome,
+    Request,
+    Response,
+    Sleep,
+    TransportFailure,
+    build_core,
+)
 from commclient._policy import (
     FailureKind,
     RetryBudget,
@@ -305,6 +314,35 @@ class TestBreaker:
         assert core.breaker.circuit.fail_counter == 0
         assert core.breaker.state == "closed"
 
+    def test_a_failure_counts_before_the_backoff_even_if_the_caller_gives_up_then(
+        self,
+    ) -> None:
+        core = make_core(circuit_breaker_fail_max=3)
+        for _ in range(2):
+            flow = core.call("GET", "/x").flow()
+            assert isinstance(next(flow), Attempt)
+            assert isinstance(flow.send(status(503)), Sleep)
+            flow.close()  # the caller's timeout cancels it during the backoff
+        assert core.breaker.circuit.fail_counter == 2
+        # The third failure opens the breaker at once: the call does not retry into it.
+        actions, error = drive(core, [status(503)] * 3)
+        assert (len(actions), type(error)) == (1, ServiceResponseError)
+        assert core.breaker.state == "open"
+
+    def test_a_retry_that_succeeds_forgets_the_failure_of_its_call(self) -> None:
+        core = make_core(circuit_breaker_fail_max=2)
+        for _ in range(3):
+            drive(core, [status(503), status(200)])
+        assert core.breaker.state == "closed"
+        assert core.breaker.circuit.fail_counter == 0
+
+    def test_a_failed_call_counts_once_whatever_its_attempts(self) -> None:
+        core = make_core(circuit_breaker_fail_max=2, max_retries=3)
+        _, error = drive(core, [status(503)] * 3)
+        assert isinstance(error, ServiceResponseError)
+        assert core.breaker.circuit.fail_counter == 1
+        assert core.breaker.state == "closed"
+
     def test_an_open_breaker_refuses_when_the_flow_is_made(self) -> None:
         core = make_core(circuit_breaker_fail_max=1)
         drive(core, [status(503)] * 3)
@@ -435,6 +473,28 @@ class TestWire:
         assert parse_retry_after({"retry-after": "\u00b2"}, 0.0) is None
 
 
+class TestAuth:
+    def test_a_signer_signs_each_attempt_and_never_another_origin(self) -> None:
+        core = make_core(follow_redirects=True)
+        tokens = iter(["t1", "t2", "t3"])
+
+        def sign(request: Request) -> dict[str, str]:
+            return {"authorization": f"Bearer {next(tokens)}"}
+
+        moved = status(307, Location="http://elsewhere.test/y")
+        actions, _ = drive(core, [status(503), moved, status(200)], auth=sign)
+        sent = [dict(a.request.headers) for a in attempts(actions)]
+        assert [h.get("authorization") for h in sent] == ["Bearer t1", "Bearer t2", None]
+
+    def test_a_fixed_credential_stays_with_the_client_origin(self) -> None:
+        core = make_core(follow_redirects=True)
+        moved = status(307, Location="http://elsewhere.test/y")
+        actions, _ = drive(core, [moved, status(200)], auth=("u", "p"))
+        sent = [a.request.headers for a in attempts(actions)]
+        assert sent[0]["Authorization"] == "Basic dTpw"
+        assert "Authorization" not in sent[1]
+
+
 class TestBodyReader:
     """The decoded-size limit and the decoders, without a socket."""
 
@@ -472,6 +532,40 @@ class TestBodyReader:
         assert len(body) < 100
         assert self.read(body, {"content-encoding": "gzip"}, 100).too_large
         assert self.read(gzip.compress(b"x" * 100), {"content-encoding": "gzip"}, 100).body()
+
+    def test_the_limit_of_a_doubly_encoded_body_is_on_the_decoded_bytes(self) -> None:
+        exact = os.urandom(4096)
+        twice = gzip.compress(gzip.compress(exact))
+        headers = {"content-encoding": "gzip, gzip", "content-length": str(len(twice))}
+        # Random bytes grow under gzip: the middle layer is larger than the limit.
+        assert len(gzip.compress(exact)) > 4096
+        assert self.read(twice, headers, 4096, chunk=100).body() == exact
+        assert self.read(gzip.compress(gzip.compress(exact + b"!")), headers, 4096).too_large
+
+    def test_a_bomb_in_the_middle_layer_stays_bounded(self) -> None:
+        bomb = gzip.compress(gzip.compress(b"0" * 50_000_000))
+        reader = self.read(bomb, {"content-encoding": "gzip, gzip"}, 1000, chunk=len(bomb))
+        assert reader.too_large
+
+    @pytest.mark.parametrize("wbits", [-zlib.MAX_WBITS, zlib.MAX_WBITS])
+    def test_deflate_decodes_whatever_the_size_of_its_first_chunk(self, wbits: int) -> None:
+        compressor = zlib.compressobj(wbits=wbits)
+        deflated = compressor.compress(b"hello world" * 100) + compressor.flush()
+        for chunk in (1, 2, 3):
+            reader = self.read(deflated, {"content-encoding": "deflate"}, 10_000, chunk=chunk)
+            assert reader.body() == b"hello world" * 100, chunk
+
+    def test_an_encoded_body_is_not_refused_by_its_length_on_the_wire(self) -> None:
+        body = os.urandom(4096)
+        wire = gzip.compress(body)
+        assert len(wire) > 4096
+        headers = {"content-encoding": "gzip", "content-length": str(len(wire))}
+        assert BodyReader(headers, 4096).wants_more
+        assert self.read(wire, headers, 4096).body() == body
+        # Unencoded, the announced size is the decoded size: refused before reading.
+        assert BodyReader({"content-length": "4097"}, 4096).too_large
+        # A length no encoding of the limit could need is refused unread too.
+        assert BodyReader({"content-encoding": "gzip", "content-length": "9000"}, 4096).too_large
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -89,3 +89,81 @@ def test_transport_records_lose_credentials_and_secret_values(
     assert TransportRedactionFilter().filter(record)
     assert "S3cr3t" not in repr(vars(record))
     assert "GET" in record.getMessage()
+
+
+def test_with_no_logging_set_up_the_libraries_print_nothing() -> None:
+    import importlib.util
+    import subprocess
+    import sys
+
+    packages = ["commclient", "compat"]
+    if importlib.util.find_spec("apscheduler") is not None:  # the scheduler extra
+        packages.append("cron_migration")
+    script = (
+        f"import logging, {', '.join(packages)}\n"
+        f"for name in {[*packages, 'commclient.breaker']!r}:\n"
+        "    logging.getLogger(name).warning('a failure the application did not ask to see')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stderr == ""
+
+
+def test_one_line_makes_correlation_ids_formattable_on_every_record() -> None:
+    import io
+
+    from commclient import log_correlation_ids
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(correlation_id)s %(name)s %(message)s"))
+    app = logging.getLogger("an_application")
+    app.addHandler(handler)
+    app.propagate = False
+    try:
+        log_correlation_ids(handler)
+        log_correlation_ids(handler)  # a second call adds no second filter
+        app.warning("before any id")  # raised KeyError without the filter
+        token = correlation_id_ctx.set("cid-42")
+        try:
+            app.warning("inside a request")
+        finally:
+            correlation_id_ctx.reset(token)
+    finally:
+        app.removeHandler(handler)
+        app.propagate = True
+    assert stream.getvalue().splitlines() == [
+        "None an_application before any id",
+        "cid-42 an_application inside a request",
+    ]
+    assert len(handler.filters) == 1
+
+
+def test_a_client_asking_for_other_breaker_settings_is_told_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from commclient._core import build_core
+
+    def client(**settings: Any) -> None:
+        build_core(
+            "http://a.test",
+            "warn-svc",
+            "warn-tgt",
+            ClientConfig(**settings),
+            CollectorRegistry(),
+            None,
+        )
+
+    caplog.set_level(logging.WARNING, logger="commclient.breaker")
+    client(circuit_breaker_fail_max=5)
+    client(circuit_breaker_fail_max=5)
+    assert caplog.records == []
+    client(circuit_breaker_fail_max=2, circuit_breaker_reset_timeout=5.0)
+    client(circuit_breaker_fail_max=3)
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "circuit_breaker_fail_max=2 (the breaker has 5)" in message
+    assert "circuit_breaker_reset_timeout=5.0 (the breaker has 30.0)" in message
