@@ -55,6 +55,8 @@ from ._policy import (
     retry_wait,
 )
 from ._response import Headers, ServiceResponse, decode_json
+from ._tracecontext import outgoing_trace_headers
+from ._tracing import CallTrace, active_tracer, rejected_call
 from ._version import __version__
 from ._wire import Body, BodyReader, FileValue, Request, declared_size, encode_body
 
@@ -209,6 +211,7 @@ class Core:
             (parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", "")
         )
         self.origin = _origin(self.base_url)
+        self.host = parts.hostname or ""
         self.service_name = service_name
         self.target_service = target_service
         self.config = config
@@ -531,6 +534,9 @@ class Call:
         """Count a breaker rejection and return its error."""
         core = self.core
         core.metrics.observe(self.request.method, self.endpoint, "circuit_open", None)
+        tracer = active_tracer()
+        if tracer is not None:
+            rejected_call(tracer, self._span_name(), self._span_attributes(), refusal.retry_after)
         return ServiceUnavailableError(
             core.open_message,
             method=self.request.method,
@@ -552,19 +558,29 @@ class Call:
         max_attempts = 1 if admission.probe else self.max_attempts
         deadline_at = None if self.deadline is None else clock.monotonic() + self.deadline
         judged = False
+        tracer = active_tracer()
+        trace: CallTrace | None = None
+        if tracer is not None:
+            attributes = self._span_attributes()
+            attributes["commclient.breaker.decision"] = "probe" if admission.probe else "admitted"
+            trace = CallTrace(tracer, self._span_name(), attributes)
+        number = 0
+        last_status: int | None = None
+        error_type: str | None = "cancelled"  # until the call returns or raises
         # The call's failure is counted at its first failed attempt, before any wait: a
         # caller that gives up during the backoff (asyncio.timeout, anyio.fail_after, a
         # job's timeout) must not take the target's failures away with it. A later
         # success of the same call forgets it, as a success always does.
         failure_recorded = False
         try:
-            number = 0
             while True:
                 number += 1
                 started = clock.monotonic()
-                outcome = yield from self._exchange(number, deadline_at)
+                outcome = yield from self._exchange(number, deadline_at, trace)
                 duration = clock.monotonic() - started
                 status_label, retryable, failure = self._judge(outcome)
+                last_status = None if isinstance(outcome, TransportFailure) else outcome.status
+                error_type = None if status_label == "success" else status_label
                 state = None
                 if failure is not None and core.config.has_strategies:
                     # The caller's tenacity strategies see what the call would return or raise.
@@ -592,15 +608,27 @@ class Call:
                     raise self._final_error(outcome, number)
                 core.metrics.retried(method, self.endpoint, status_label)
                 self._log(logging.WARNING, "retrying", status_label, number, duration, wait=wait)
+                if trace is not None:
+                    trace.event(
+                        "backoff",
+                        {
+                            "commclient.wait_seconds": wait,
+                            "commclient.retry_reason": status_label,
+                            "http.request.resend_count": number,
+                        },
+                    )
                 if wait > 0:
                     yield Sleep(wait)
+                error_type = "cancelled"
         finally:
             if not judged:
                 # Cancelled or interrupted: the target did nothing wrong.
                 core.breaker.release(admission)
+            if trace is not None:
+                trace.end(last_status, error_type, number)
 
     def _exchange(
-        self, number: int, deadline_at: float | None
+        self, number: int, deadline_at: float | None, trace: CallTrace | None
     ) -> Generator[Attempt, Outcome | None, Outcome]:
         """One attempt: a request and the redirects it is allowed to follow."""
         core = self.core
@@ -627,6 +655,7 @@ class Call:
                 # Signed afresh for every attempt and hop: a refreshed token is the one
                 # a retry sends; another origin is never signed for.
                 sent = sign(self.signer, request)
+            sent = self._traced(sent, number, trace)
             outcome = yield Attempt(
                 sent,
                 number,
@@ -637,6 +666,13 @@ class Call:
             )
             if outcome is None:
                 raise RuntimeError("a facade resumed an attempt without an outcome")
+            if trace is not None:
+                if isinstance(outcome, TransportFailure):
+                    trace.attempt_done(None, outcome.kind.status_label)
+                else:
+                    trace.attempt_done(
+                        outcome.status, None if outcome.status < 400 else str(outcome.status)
+                    )
             if isinstance(outcome, TransportFailure) and outcome.kind is FailureKind.UNSENDABLE:
                 if previous is None:
                     # The caller's URL or headers: a bug to fix, not a target's failure.
@@ -651,6 +687,40 @@ class Call:
                 return outcome
             request, previous = following, outcome
             hops += 1
+
+    def _traced(self, request: Request, number: int, trace: CallTrace | None) -> Request:
+        """``request`` with the W3C trace context of this attempt (module ``_tracing``).
+
+        With OpenTelemetry on, it names the attempt's span; otherwise it continues the
+        inbound trace, or the trace the correlation id stands for, with a new span id.
+        """
+        headers = dict(request.headers)
+        if trace is not None:
+            attributes = self._span_attributes()
+            attributes["url.full"] = self.safe_url
+            if number > 1:
+                attributes["http.request.resend_count"] = number - 1
+            trace.attempt(self._span_name(), attributes, headers)
+        else:
+            trace_headers = outgoing_trace_headers(self.correlation_id)
+            if not trace_headers:
+                return request
+            headers.update(trace_headers)
+        return Request(request.method, request.url, headers, request.content)
+
+    def _span_name(self) -> str:
+        return f"{self.request.method} {self.endpoint}"
+
+    def _span_attributes(self) -> dict[str, Any]:
+        """Attributes every span of this call carries (HTTP semantic conventions)."""
+        core = self.core
+        return {
+            "http.request.method": self.request.method,
+            "url.template": self.endpoint,
+            "server.address": core.host,
+            "commclient.source_service": core.service_name,
+            "commclient.target_service": core.target_service,
+        }
 
     def _redirect(self, request: Request, outcome: Outcome) -> Request | None:
         """The request a redirect asks for, or ``None`` when it is not to be followed."""

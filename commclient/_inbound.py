@@ -28,10 +28,12 @@ from ._tracecontext import (
     TRACEPARENT_HEADER,
     TRACESTATE_HEADER,
     TraceParent,
+    format_traceparent,
     inbound_trace_ctx,
     outgoing_trace_headers,
     parse_traceparent,
 )
+from ._tracing import active_tracer, extracted_context
 
 logger = logging.getLogger("commclient")
 
@@ -61,6 +63,19 @@ def enter(correlation_id: str, trace: TraceParent | None) -> None:
     """Set the chain in the current context (for a context that is thrown away afterwards)."""
     correlation_id_ctx.set(correlation_id)
     inbound_trace_ctx.set(trace)
+    _attach_otel(trace)
+
+
+def _attach_otel(trace: TraceParent | None) -> object | None:
+    """With OpenTelemetry on, make the inbound trace the current one; the detach token."""
+    if trace is None or active_tracer() is None:
+        return None
+    from opentelemetry import context
+
+    carrier = {TRACEPARENT_HEADER: format_traceparent(trace.trace_id, trace.flags, trace.parent_id)}
+    if trace.tracestate:
+        carrier[TRACESTATE_HEADER] = trace.tracestate
+    return context.attach(extracted_context(carrier))
 
 
 @contextlib.contextmanager
@@ -73,9 +88,14 @@ def continued(
     chosen, trace = chosen_context(correlation_id, traceparent, tracestate)
     id_token = correlation_id_ctx.set(chosen)
     trace_token = inbound_trace_ctx.set(trace)
+    otel_token = _attach_otel(trace)
     try:
         yield chosen
     finally:
+        if otel_token is not None:
+            from opentelemetry import context
+
+            context.detach(otel_token)  # type: ignore[arg-type]
         inbound_trace_ctx.reset(trace_token)
         correlation_id_ctx.reset(id_token)
 
@@ -88,7 +108,15 @@ def stream_entry_fields() -> dict[str, str]:
     correlation_id = outgoing_correlation_id()
     if correlation_id is None:
         return {}
-    return {CORRELATION_FIELD: correlation_id, **outgoing_trace_headers(correlation_id)}
+    fields = {CORRELATION_FIELD: correlation_id}
+    if active_tracer() is not None:
+        from opentelemetry import propagate
+
+        propagate.inject(fields)  # the current span: the consumer's work is its child
+        if TRACEPARENT_HEADER in fields:
+            return fields
+    fields.update(outgoing_trace_headers(correlation_id))
+    return fields
 
 
 def continue_from_stream_entry(

@@ -31,6 +31,7 @@ from typing import Any, overload
 from prometheus_client import CollectorRegistry
 
 from commclient import correlation_id_ctx
+from commclient._tracing import RunSpan, active_tracer
 
 from ._context import (
     ScheduledRun,
@@ -189,6 +190,21 @@ class MigratedJob:
         target_token = _run_target.set(None)  # jobs this one calls are not the scheduled run
         # Only the scheduled run itself may be late; a job it calls runs when called.
         misfire_token = None if is_scheduled_run else _misfire.set(None)
+        tracer = active_tracer()
+        span = None
+        if tracer is not None:
+            span = RunSpan(
+                tracer,
+                f"cron run {job_id}",
+                {
+                    "cron.job_id": job_id,
+                    "cron.scheduled_at": "" if scheduled_at is None else utc_text(scheduled_at),
+                    "cron.run_id": run_id,
+                    "commclient.correlation_id": correlation_id,
+                },
+            )
+            span.__enter__()
+        exc_info: tuple[Any, ...] = (None, None, None)
         try:
             if self.lease is not None:
                 if scheduled is None:
@@ -202,10 +218,22 @@ class MigratedJob:
                         "running without it could run the same slot on every replica"
                     )
                 if not await self._take_lease(job_id, scheduled, args, kwargs, run_id):
+                    if span is not None:
+                        span.span.set_attribute("cron.lease", "not taken")
                     return None
+                if span is not None:
+                    span.span.set_attribute("cron.lease", "taken")
             record = RunRecord(run_id, job_id, self.name, scheduled_at, correlation_id)
-            return await self._run_recorded(record, args, kwargs)
+            result = await self._run_recorded(record, args, kwargs)
+            if span is not None:
+                span.span.set_attribute("cron.outcome", "success")
+            return result
+        except BaseException as error:
+            exc_info = (type(error), error, error.__traceback__)
+            raise
         finally:
+            if span is not None:
+                span.__exit__(*exc_info)
             if misfire_token is not None:
                 _misfire.reset(misfire_token)
             _run_target.reset(target_token)

@@ -25,6 +25,7 @@ PRESENT = {
     "async": ["httpx", "anyio", "sniffio"],
     "redis": ["redis"],
     "scheduler": ["apscheduler", "anyio"],
+    "otel": ["opentelemetry"],
 }
 ABSENT = {
     "core": ["requests", "httpx", "anyio", "redis", "apscheduler"],
@@ -32,6 +33,7 @@ ABSENT = {
     "async": ["requests", "redis", "apscheduler"],
     "redis": ["requests", "httpx", "apscheduler"],
     "scheduler": ["requests", "httpx", "redis"],
+    "otel": ["requests", "httpx", "redis", "apscheduler"],
 }
 
 
@@ -173,12 +175,27 @@ def check_scheduler(_: str | None) -> str:
     return "migrate_scheduler, one migrated sync job run, shutdown_gracefully"
 
 
+def check_otel(_: str | None) -> str:
+    import commclient
+    from commclient._tracing import active_tracer
+
+    # Importing the library imports no OpenTelemetry; the API alone (no SDK, no provider
+    # set) traces nothing.
+    assert "opentelemetry" not in sys.modules, "import commclient imported opentelemetry"
+    import opentelemetry.trace
+
+    assert active_tracer() is None
+    assert isinstance(commclient.stream_entry_fields(), dict)
+    return f"API {opentelemetry.trace.__name__} importable, nothing traced without a provider"
+
+
 CHECKS: dict[str, Callable[[str | None], str]] = {
     "core": check_core,
     "sync": check_sync,
     "async": check_async,
     "redis": check_redis,
     "scheduler": check_scheduler,
+    "otel": check_otel,
 }
 
 

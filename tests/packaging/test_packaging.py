@@ -23,7 +23,7 @@ from benchmarks._redis_server import RedisServer, redis_server_executable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("extra_check.py")
-EXTRAS = ["core", "sync", "async", "redis", "scheduler"]
+EXTRAS = ["core", "sync", "async", "redis", "scheduler", "otel"]
 
 
 def uv() -> str:

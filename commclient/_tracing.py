@@ -1,0 +1,140 @@
+"""OpenTelemetry spans, when the application has set a tracer provider (optional).
+
+Nothing here imports OpenTelemetry: a tracer is used only when the application has imported
+``opentelemetry.trace`` itself and set a real tracer provider (not the API's default proxy),
+so without the ``otel`` extra, or with the API but no SDK, a call costs one dictionary lookup
+(and one provider check).
+
+Spans: one per call (``INTERNAL``, named ``{METHOD} {route}``) with a ``CLIENT`` child per
+attempt (HTTP semantic-convention attributes), events for backoff waits and breaker
+rejections; one per cron run (``cron_migration``). The attempt's ``traceparent`` names the
+attempt span, so the receiving service continues the trace.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from ._version import __version__
+
+_cached: tuple[Any, Any] = (None, None)  # (provider, tracer)
+
+
+def active_tracer() -> Any | None:
+    """The library's tracer, or None when no tracer provider is set (the common case)."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
+    global _cached
+    cached_provider, tracer = _cached
+    if cached_provider is not provider:
+        tracer = provider.get_tracer("commclient", __version__)
+        _cached = (provider, tracer)
+    return tracer
+
+
+def inject(headers: dict[str, str], span: Any) -> None:
+    """Write the W3C trace context naming ``span`` into ``headers``."""
+    from opentelemetry import propagate, trace
+
+    propagate.inject(headers, context=trace.set_span_in_context(span))
+
+
+def extracted_context(headers: Mapping[str, str]) -> Any:
+    """The OpenTelemetry context a request's ``traceparent``/``tracestate`` carry."""
+    from opentelemetry import propagate
+
+    return propagate.extract(headers)
+
+
+class CallTrace:
+    """The spans of one client call: the call, its attempts, its waits."""
+
+    __slots__ = ("_attempt", "_trace", "_tracer", "span")
+
+    def __init__(self, tracer: Any, name: str, attributes: Mapping[str, Any]) -> None:
+        from opentelemetry import trace
+
+        self._trace = trace
+        self._tracer = tracer
+        self._attempt: Any = None
+        self.span = tracer.start_span(name, kind=trace.SpanKind.INTERNAL, attributes=attributes)
+
+    def attempt(self, name: str, attributes: Mapping[str, Any], headers: dict[str, str]) -> None:
+        """Start an attempt's span and put its trace context into ``headers``."""
+        trace = self._trace
+        self._attempt = self._tracer.start_span(
+            name,
+            context=trace.set_span_in_context(self.span),
+            kind=trace.SpanKind.CLIENT,
+            attributes=attributes,
+        )
+        inject(headers, self._attempt)
+
+    def attempt_done(self, status: int | None, error_type: str | None) -> None:
+        span, self._attempt = self._attempt, None
+        if span is None:
+            return
+        _conclude(self._trace, span, status, error_type)
+        span.end()
+
+    def event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        self.span.add_event(name, attributes)
+
+    def end(self, status: int | None, error_type: str | None, attempts: int) -> None:
+        """End the call's span (and an attempt left open by a cancellation)."""
+        if self._attempt is not None:
+            self.attempt_done(None, error_type or "cancelled")
+        self.span.set_attribute("commclient.attempts", attempts)
+        _conclude(self._trace, self.span, status, error_type)
+        self.span.end()
+
+    def trace_id(self) -> str | None:
+        """The call's trace id (32 hex digits), for an exemplar."""
+        context = self.span.get_span_context()
+        return f"{context.trace_id:032x}" if context.is_valid else None
+
+
+def _conclude(trace: Any, span: Any, status: int | None, error_type: str | None) -> None:
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+    if error_type is not None:
+        span.set_attribute("error.type", error_type)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, error_type))
+
+
+def rejected_call(
+    tracer: Any, name: str, attributes: Mapping[str, Any], retry_after: float
+) -> None:
+    """A call the breaker refused: a span with one event, in error."""
+    trace = CallTrace(tracer, name, attributes)
+    trace.event("breaker_rejected", {"commclient.retry_after": retry_after})
+    trace.span.set_attribute("commclient.breaker.decision", "rejected")
+    trace.end(None, "circuit_open", 0)
+
+
+class RunSpan:
+    """The span of one cron run, current while the run works (its calls are its children)."""
+
+    __slots__ = ("_scope", "span")
+
+    def __init__(self, tracer: Any, name: str, attributes: Mapping[str, Any]) -> None:
+        from opentelemetry import trace
+
+        self.span = tracer.start_span(name, kind=trace.SpanKind.INTERNAL, attributes=attributes)
+        self._scope = trace.use_span(self.span, end_on_exit=True, record_exception=True)
+
+    def __enter__(self) -> RunSpan:
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        error = exc_info[1]
+        if error is not None:
+            self.span.set_attribute("cron.outcome", type(error).__name__)
+        self._scope.__exit__(*exc_info)
