@@ -24,8 +24,11 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import functools
 import hashlib
 import json
+import re
+import types
 import uuid
 from collections.abc import Mapping
 from pathlib import PurePath
@@ -139,14 +142,40 @@ def _stable(value: Any) -> Any:
     dump = getattr(value, "model_dump", None)  # pydantic v2
     if callable(dump):
         return [_type_name(value), _stable(dump(mode="json"))]
+    if isinstance(value, functools.partial):
+        parts = [value.func, value.args, value.keywords]
+        return [_type_name(value), [_stable(part) for part in parts]]
+    if isinstance(value, types.MethodType):
+        return [_type_name(value), [_stable(value.__self__), _stable(value.__func__)]]
+    if isinstance(value, type | types.FunctionType | types.BuiltinFunctionType):
+        return ["named", _qualified_name(value)]
     own_repr: object = type(value).__repr__
     if own_repr is not object.__repr__:
-        return [_type_name(value), repr(value)]
+        shown = repr(value)
+        if not _MEMORY_ADDRESS.search(shown):
+            return [_type_name(value), shown]
     raise UnstableArgumentError(
-        f"{_type_name(value)} has no value-based form (its repr is its memory address), so "
-        "replicas would key the same call differently; pass something plain (an id, a "
+        f"{_type_name(value)} has no value-based form (its repr shows its memory address), "
+        "so replicas would key the same call differently; pass something plain (an id, a "
         "dataclass, a pydantic model) or give the class a __repr__ that names its value"
     )
+
+
+# How CPython shows an object's address in a repr ("<... object at 0x7f...>").
+_MEMORY_ADDRESS = re.compile(r"\bat 0x[0-9a-fA-F]+")
+
+
+def _qualified_name(value: Any) -> str:
+    """A function's or class's module and qualified name; refused when it names no one thing."""
+    module = getattr(value, "__module__", None) or ""
+    name = getattr(value, "__qualname__", None) or ""
+    if not name or "<lambda>" in name or "<locals>" in name:
+        raise UnstableArgumentError(
+            f"{value!r} is a lambda or a function defined inside another: its name does not "
+            "tell one such function from another, so different calls could share a key; "
+            "pass a module-level function, or the value it stands for"
+        )
+    return f"{module}.{name}"
 
 
 def _type_name(value: Any) -> str:
