@@ -4,7 +4,9 @@ Every replica keeps its scheduler ticking, and its :class:`MigrationExecutor` as
 election before each run. The leader holds a Redis key (``<prefix>:{name}``) whose value
 is its id and a fencing token; it renews the key every ``ttl / 3`` seconds, and standby
 replicas try to take it just as often. A fencing token comes from ``INCR`` on every new
-leadership, so it only grows.
+leadership, so it only grows; a missing counter (the first election, or Redis lost its
+data) starts from Redis's clock in milliseconds, above every token handed out before as
+long as that clock does not go back.
 
 Before each run the executor checks, in Redis, that the key still holds this replica's
 id and token: a leader paused (SIGSTOP, a long GC, a frozen VM) past its ``ttl`` finds a
@@ -43,7 +45,8 @@ DEFAULT_LEADER_PREFIX = "cron_migration:leader"
 
 # KEYS: the leader key, the fencing counter; ARGV: candidate id, ttl ms, give-up ms.
 # Returns the fencing token when this candidate leads (now or already), 0 when another
-# does, -1 when the call arrived after the candidate gave up on it.
+# does, -1 when the call arrived after the candidate gave up on it. ``ms`` is Redis's
+# clock (GIVE_UP_CHECK).
 CAMPAIGN_SCRIPT = (
     GIVE_UP_CHECK
     + """
@@ -57,7 +60,14 @@ if current then
   return 0
 end
 local fence = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. fence, 'PX', ARGV[2])
+if fence == 1 then
+  -- No counter: the first election, or a Redis that lost its data (restarted without
+  -- persistence, the key evicted). Counting from Redis's clock in milliseconds keeps
+  -- every token above those handed out before.
+  fence = ms
+  redis.call('SET', KEYS[2], string.format('%d', fence))
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. string.format('%d', fence), 'PX', ARGV[2])
 return fence
 """
 )
