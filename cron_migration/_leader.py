@@ -120,6 +120,7 @@ class LeaderElection:
         self._fencing_token: int | None = None
         self._leads_until = 0.0  # time.monotonic(): when the key may have expired
         self._campaign: asyncio.Task[None] | None = None
+        self._campaign_failing = False  # the last campaign got no answer
 
     @property
     def renew_every(self) -> float:
@@ -158,9 +159,8 @@ class LeaderElection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if self._fencing_token is not None:
-                logger.error("leader election %s: renewal failed (%r)", self.name, exc)
-            answer = -1
+            answer = exc
+        self._note_campaign_failure(answer)
         was = self.is_leader
         if isinstance(answer, int) and answer > 0:
             if answer != self._fencing_token:
@@ -175,6 +175,30 @@ class LeaderElection:
             logger.warning("leader election %s: leadership lost to another replica", self.name)
             self._fencing_token = None
         return self.is_leader
+
+    def _note_campaign_failure(self, answer: object) -> None:
+        """Log a campaign that got no answer: each for a leader, the first of a streak else.
+
+        A standby that cannot reach Redis (down, a wrong password, a Cluster node that
+        answers MOVED) never leads: when that is every replica, no job runs anywhere.
+        """
+        if isinstance(answer, int) and answer >= 0:
+            if self._campaign_failing:
+                logger.warning("leader election %s: Redis answers again", self.name)
+            self._campaign_failing = False
+            return
+        if answer == -1:
+            answer = "Redis answered after this replica's give-up time"
+        if self._fencing_token is not None:
+            logger.error("leader election %s: renewal failed (%r)", self.name, answer)
+        elif not self._campaign_failing:
+            logger.error(
+                "leader election %s: cannot campaign (%r); this replica runs no job until "
+                "it reaches Redis",
+                self.name,
+                answer,
+            )
+        self._campaign_failing = True
 
     async def confirm(self) -> int | None:
         """The fencing token if Redis still names this replica the leader, else None."""

@@ -164,3 +164,29 @@ def test_the_fencing_token_keeps_growing_after_redis_restarts_without_its_data()
         before, again, after_restart = asyncio.run(tokens())
     assert None not in (before, again, after_restart)
     assert before < again < after_restart, (before, again, after_restart)  # type: ignore[operator]
+
+
+def test_a_replica_that_cannot_campaign_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    # A wrong password (or a Cluster node that answers MOVED) makes every replica a
+    # standby: no job runs anywhere, which must not go unseen.
+    import logging
+
+    import redis
+
+    with RedisServer() as server:
+        with redis.Redis.from_url(server.url) as admin:
+            admin.config_set("requirepass", "right")
+        url = server.url.replace("redis://", "redis://:wrong@")
+        election = LeaderElection(url, name="svc", ttl=1.5, redis_timeout=0.1)
+
+        async def campaign_twice() -> list[bool]:
+            seen = [await election.campaign_once(), await election.campaign_once()]
+            await election.aclose()
+            return seen
+
+        with caplog.at_level(logging.DEBUG, logger="cron_migration"):
+            assert asyncio.run(campaign_twice()) == [False, False]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors  # once, not on every attempt
+    assert "svc" in errors[0]
+    assert "wrong" not in errors[0]
