@@ -121,6 +121,7 @@ class LeaderElection:
         self._leads_until = 0.0  # time.monotonic(): when the key may have expired
         self._campaign: asyncio.Task[None] | None = None
         self._campaign_failing = False  # the last campaign got no answer
+        self._answered = False  # a campaign got an answer from Redis
 
     @property
     def renew_every(self) -> float:
@@ -183,6 +184,7 @@ class LeaderElection:
         answers MOVED) never leads: when that is every replica, no job runs anywhere.
         """
         if isinstance(answer, int) and answer >= 0:
+            self._answered = True
             if self._campaign_failing:
                 logger.warning("leader election %s: Redis answers again", self.name)
             self._campaign_failing = False
@@ -202,6 +204,10 @@ class LeaderElection:
 
     async def confirm(self) -> int | None:
         """The fencing token if Redis still names this replica the leader, else None."""
+        if not self._answered:
+            # Runs due at the scheduler's first tick (a replica started mid-slot, missed
+            # runs within their grace) come before the campaign's first answer.
+            await self.campaign_once()
         token = self.fencing_token
         if token is None:
             return None

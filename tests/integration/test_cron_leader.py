@@ -190,3 +190,41 @@ def test_a_replica_that_cannot_campaign_says_so(caplog: pytest.LogCaptureFixture
     assert len(errors) == 1, errors  # once, not on every attempt
     assert "svc" in errors[0]
     assert "wrong" not in errors[0]
+
+
+def test_a_slot_due_when_the_leader_starts_runs_on_it() -> None:
+    # A replica started mid-slot (a deploy, a persistent job store's missed run within
+    # its grace): the run is due at the scheduler's first tick, before the election's
+    # first answer from Redis. The legacy scheduler ran it; the leader must too.
+    from datetime import datetime, timedelta, timezone
+
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from cron_migration import shutdown_gracefully
+    from tests.unit.cron_support import wait_until_async
+
+    ran: list[int | None] = []
+
+    async def once() -> None:
+        run = current_scheduled_run()
+        ran.append(None if run is None else run.fencing_token)
+
+    async def main(url: str) -> None:
+        election = LeaderElection(url, name="svc", ttl=3, redis_timeout=0.2)
+        executor = MigrationExecutor(leader=election)
+        scheduler = AsyncIOScheduler(executors={"default": executor})
+        due = datetime.now(timezone.utc) - timedelta(seconds=1)
+        scheduler.add_job(once, "date", run_date=due, id="once", misfire_grace_time=60)
+        scheduler.start()
+        await wait_until_async(
+            lambda: scheduler.get_job("once") is None and not executor.in_flight,
+            timeout=10,
+            what="the due run submitted and ended",
+        )
+        await wait_until_async(lambda: election.is_leader, timeout=10, what="leading")
+        await shutdown_gracefully(scheduler, timeout=5)
+
+    with RedisServer() as server:
+        asyncio.run(main(server.url))
+    assert len(ran) == 1, ran
+    assert ran[0] is not None
