@@ -178,9 +178,10 @@ class MigratedJob:
     async def run_async(self, *args: Any, **kwargs: Any) -> Any:
         """One run: correlation id, lease, records, timeout and metrics around the job."""
         scheduled = current_scheduled_run()
-        job_id = self.name  # called by another job, or outside any scheduled run
+        job_id = lease_id = self.name  # called by another job, or outside any scheduled run
         if scheduled is not None and _run_target.get() is self:
             job_id = scheduled.job_id
+            lease_id = scheduled.lease_id or job_id
         scheduled_at = scheduled.scheduled_at if scheduled is not None else None
         run_id = uuid.uuid4().hex
         correlation_id = uuid.uuid4().hex
@@ -198,7 +199,7 @@ class MigratedJob:
                         "cron_migration.MigrationExecutor (migrate_scheduler installs it); "
                         "running without it could run the same slot on every replica"
                     )
-                if not await self._take_lease(job_id, scheduled, args, kwargs, run_id):
+                if not await self._take_lease(job_id, lease_id, scheduled, args, kwargs, run_id):
                     return None
             record = RunRecord(run_id, job_id, self.name, scheduled_at, correlation_id)
             return await self._run_recorded(record, args, kwargs)
@@ -209,12 +210,16 @@ class MigratedJob:
     async def _take_lease(
         self,
         job_id: str,
+        lease_id: str,
         scheduled: ScheduledRun,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         run_id: str,
     ) -> bool:
-        """Whether this replica runs this call in this slot (counted when it does not)."""
+        """Whether this replica runs this call in this slot (counted when it does not).
+
+        ``lease_id``: the job as every replica names it (see ``lease_id_of``).
+        """
         lease = self.lease
         assert lease is not None
         assert self.timeout is not None
@@ -227,7 +232,7 @@ class MigratedJob:
             self._metrics.count_run(self.name, "error")
             raise UnstableArgumentError(f"job {self.name!r}: an argument: {exc}") from None
         until = lease_covers_until(scheduled, self.timeout)
-        key = lease.key(job_id, scheduled.slot or scheduled.scheduled_at, digest)
+        key = lease.key(lease_id, scheduled.slot or scheduled.scheduled_at, digest)
         if time.time() <= until:
             decision = await lease.acquire(key, until, run_id)
         else:

@@ -13,6 +13,8 @@ A lease is only as good as its key: every replica must name one slot the same wa
 - A combining trigger with an interval in it, or with jitter: refused (as above).
 - Any other trigger (a class of your own) is keyed by its run time: it must give every
   replica the same run times.
+- A job added without ``id=`` has a random id in each process: its key names it by its
+  name and trigger instead.
 
 A slot can start up to ``misfire_grace_time`` seconds after it ends (after its run time;
 after its window for an interval trigger); the lease must outlive that.
@@ -96,7 +98,24 @@ def scheduled_run_of(
         misfire_grace_time=None if grace is None else float(grace),
         lease_refusal=refusal,
         fencing_token=fencing_token,
+        lease_id=lease_id_of(job),
     )
+
+
+# The id APScheduler 3 gives a job added without ``id=``: ``uuid4().hex``.
+_DRAWN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def lease_id_of(job: Any) -> str:
+    """The job as every replica names it: its id, unless APScheduler drew it at random.
+
+    A job added without ``id=`` gets a random id in each process; its name and trigger
+    (the same on every replica running the same code) name it instead.
+    """
+    if not _DRAWN_ID.fullmatch(job.id):
+        return str(job.id)
+    trigger = hashlib.sha256(str(job.trigger).encode()).hexdigest()[:8]
+    return f"{job.name}@{trigger}"
 
 
 class UnstableArgumentError(TypeError):

@@ -434,3 +434,50 @@ def test_leader_election_fails_over_and_fences_a_paused_leader() -> None:
         f"(ttl {ttl:g}s: bound ttl + ttl/3 + 2 x redis_timeout = {ttl * 4 / 3 + 0.4:.2f}s); "
         f"stale writes refused by the fencing token: {stale_writes}"
     )
+
+
+def test_a_leased_job_added_without_an_id_runs_once_across_replicas() -> None:
+    # add_job() without id= (APScheduler's default) draws a random id in each process:
+    # a key made of it would differ on every replica, and every replica would run.
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from prometheus_client import CollectorRegistry
+
+    from cron_migration import (
+        MigrationExecutor,
+        current_scheduled_run,
+        migrated_job,
+        shutdown_gracefully,
+    )
+    from tests.unit.cron_support import runs, wait_until_async
+
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    ran: list[tuple[str, datetime]] = []
+
+    def fired() -> float:
+        outcomes = ("success", "skipped_elsewhere")
+        return sum(runs(registry, "remind", name) for registry in registries for name in outcomes)
+
+    async def main(url: str) -> None:
+        slot = datetime.now(timezone.utc) + timedelta(seconds=0.5)
+        schedulers = []
+        for registry in registries:
+
+            @migrated_job(timeout=5, lease=url, registry=registry)
+            async def remind(tenant: str) -> None:
+                run = current_scheduled_run()
+                assert run is not None
+                ran.append((tenant, run.scheduled_at))
+
+            scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+            scheduler.add_job(remind, "date", run_date=slot, args=["a"])
+            scheduler.add_job(remind, "cron", second="*", args=["b"])  # one more, no id
+            scheduler.start()
+            schedulers.append(scheduler)
+        await wait_until_async(lambda: fired() >= 6, timeout=15, what="both replicas fire")
+        for scheduler in schedulers:
+            await shutdown_gracefully(scheduler, timeout=5)
+
+    with RedisServer() as server:
+        asyncio.run(main(server.url))
+    assert [tenant for tenant, _ in ran].count("a") == 1, ran
+    assert len(ran) == len(set(ran)), Counter(ran).most_common(2)  # each slot once
