@@ -99,9 +99,12 @@ class RedisScripts:
             self._client = redis_or_url
         else:
             raise TypeError(f"{what} must be a Redis URL or a Redis client, got {redis_or_url!r}")
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._what = what
+        # Set when the URL's server answered MOVED: its clients are Redis Cluster clients.
+        self._cluster = False
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, redis.asyncio.Redis | redis.asyncio.RedisCluster
+        ] = weakref.WeakKeyDictionary()
         # Threads for a sync client's calls (created on first use, daemon-like at exit:
         # concurrent.futures joins them, and each ends with its client's socket timeout).
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -119,7 +122,23 @@ class RedisScripts:
     async def _eval(self, script: str, keys: list[str], *args: str | int) -> Any:
         client = self._client
         if client is None:
+            import redis.exceptions
+
             client = self._client_for_this_loop()
+            try:
+                return await client.eval(script, len(keys), *keys, *args)
+            except redis.exceptions.AskError:  # MOVED too: the URL names a Cluster node
+                if self._cluster:
+                    raise
+                logger.warning(
+                    "%s: the Redis URL names a Redis Cluster node: using the cluster", self._what
+                )
+                self._cluster = True
+                stale = self._clients.pop(asyncio.get_running_loop(), None)
+                if stale is not None:
+                    await stale.aclose()
+                client = self._client_for_this_loop()
+                return await client.eval(script, len(keys), *keys, *args)
         elif not _is_async_client(client):
             # Not compat's run_blocking, which waits for the thread even when cancelled: a
             # frozen Redis must not hold the caller past its give-up time. The thread runs
@@ -135,7 +154,7 @@ class RedisScripts:
             )
         return self._pool
 
-    def _client_for_this_loop(self) -> redis.asyncio.Redis:
+    def _client_for_this_loop(self) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
         # An asyncio Redis client's connections belong to the loop that opened them.
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
@@ -143,7 +162,8 @@ class RedisScripts:
             import redis.asyncio
 
             assert self._url is not None
-            client = redis.asyncio.Redis.from_url(
+            kind = redis.asyncio.RedisCluster if self._cluster else redis.asyncio.Redis
+            client = kind.from_url(
                 self._url,
                 socket_timeout=self.redis_timeout,
                 socket_connect_timeout=self.redis_timeout,

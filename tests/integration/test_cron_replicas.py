@@ -481,3 +481,28 @@ def test_a_leased_job_added_without_an_id_runs_once_across_replicas() -> None:
         asyncio.run(main(server.url))
     assert [tenant for tenant, _ in ran].count("a") == 1, ran
     assert len(ran) == len(set(ran)), Counter(ran).most_common(2)  # each slot once
+
+
+def test_a_url_of_a_redis_cluster_node_leases_and_elects() -> None:
+    # A Redis URL is what users pass; on Redis Cluster it names one node, which answers
+    # MOVED for keys it does not own: every slot would be skipped as "Redis unreachable"
+    # and no replica would ever lead.
+    from cron_migration import LeaderElection, Lease
+    from cron_migration._lease import LeaseDecision
+    from tests.redis_server import RedisClusterServers
+
+    async def main(url: str) -> list[Any]:
+        lease = Lease(url, redis_timeout=0.5)
+        until = time.time() + 5
+        keys = [f"cron_migration:lease:job{n}:slot" for n in range(8)]  # on every node
+        decisions = [await lease.acquire(key, until, "run") for key in keys]
+        decisions.append(await lease.acquire(keys[0], until, "another run"))
+        await lease.aclose()
+        election = LeaderElection(url, name="svc", ttl=3, redis_timeout=0.2)
+        led = [await election.campaign_once(), await election.confirm() is not None]
+        await election.aclose()
+        return [*decisions, *led]
+
+    with RedisClusterServers() as cluster:
+        seen = asyncio.run(main(f"redis://127.0.0.1:{cluster.ports[0]}/0"))
+    assert seen == [LeaseDecision.ACQUIRED] * 8 + [LeaseDecision.HELD_ELSEWHERE, True, True]
