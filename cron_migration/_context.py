@@ -53,6 +53,13 @@ _scheduled_run: ContextVar[ScheduledRun | None] = ContextVar(
 _run_target: ContextVar[object | None] = ContextVar("cron_migration_run_target", default=None)
 
 
+# Called in the worker thread right before a sync job function starts: raises when the
+# run may no longer start (its replica's leadership lapsed while it waited for a thread).
+_run_guard: ContextVar[Callable[[], None] | None] = ContextVar(
+    "cron_migration_run_guard", default=None
+)
+
+
 def current_scheduled_run() -> ScheduledRun | None:
     """The run the scheduler started this call for; None outside a :class:`MigrationExecutor`."""
     return _scheduled_run.get()

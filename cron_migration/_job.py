@@ -34,6 +34,7 @@ from commclient import correlation_id_ctx
 
 from ._context import (
     ScheduledRun,
+    _run_guard,
     _run_target,
     check_seconds,
     current_scheduled_run,
@@ -360,7 +361,13 @@ class Escaped(Exception):
 
 
 def call_escaping(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``func(*args, **kwargs)`` in a worker thread, KeyboardInterrupt/SystemExit wrapped."""
+    """``func(*args, **kwargs)`` in a worker thread, KeyboardInterrupt/SystemExit wrapped.
+
+    A run that may no longer start (see ``_run_guard``) raises instead of calling ``func``.
+    """
+    guard = _run_guard.get()
+    if guard is not None:
+        guard()
     try:
         return func(*args, **kwargs)
     except Exception:

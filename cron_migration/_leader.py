@@ -82,6 +82,10 @@ return 0
 """
 
 
+class LeadershipLostError(RuntimeError):
+    """A run confirmed under a leadership that lapsed before its job function started."""
+
+
 class LeaderElection:
     """Elects one replica to run a scheduler's jobs, through a Redis key with fencing.
 
@@ -224,6 +228,19 @@ class LeaderElection:
             return None
         # Paused between the check and here past the lease: not the leader any more.
         return self.fencing_token
+
+    def check_leads(self, token: int) -> None:
+        """Raise :class:`LeadershipLostError` unless this replica still leads with ``token``.
+
+        Local, without Redis: for a run confirmed earlier that waited (for a worker
+        thread) before starting; the leadership lapses ``ttl`` after the last renewal.
+        """
+        if self.fencing_token != token:
+            raise LeadershipLostError(
+                f"leader election {self.name}: the leadership this run was confirmed under "
+                f"(fencing token {token}) lapsed before it started; another replica may "
+                "lead, so it is not started"
+            )
 
     async def campaign(self) -> None:
         """Campaign every :attr:`renew_every` seconds until cancelled; then resign."""

@@ -228,3 +228,66 @@ def test_a_slot_due_when_the_leader_starts_runs_on_it() -> None:
         asyncio.run(main(server.url))
     assert len(ran) == 1, ran
     assert ran[0] is not None
+
+
+def test_a_run_waiting_for_a_worker_thread_does_not_start_once_leadership_lapsed() -> None:
+    # The leadership is confirmed before a sync run waits for one of compat's worker
+    # threads; a run still waiting when the leadership lapses (here Redis is gone, as
+    # in a partition, past the ttl) must not start: another replica may lead by then.
+    import logging
+    from datetime import datetime, timezone
+
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    import compat
+    from cron_migration import shutdown_gracefully
+    from tests.unit.cron_support import wait_until_async
+
+    holding, release, confirmed = threading.Event(), threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    class Confirmed(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message.startswith("Running job") and ".queued " in message:
+                confirmed.set()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(30)
+
+    def queued() -> None:
+        ran.append("queued")
+
+    async def main(server: RedisServer) -> None:
+        election = LeaderElection(server.url, name="svc", ttl=1.5, redis_timeout=0.1)
+        executor = MigrationExecutor(leader=election)
+        scheduler = AsyncIOScheduler(executors={"default": executor})
+        now = datetime.now(timezone.utc)
+        scheduler.add_job(hold, "date", run_date=now, id="hold", misfire_grace_time=60)
+        scheduler.start()
+        await wait_until_async(holding.is_set, timeout=10, what="the worker thread held")
+        scheduler.add_job(queued, "date", run_date=now, id="queued", misfire_grace_time=60)
+        await wait_until_async(confirmed.is_set, timeout=10, what="queued confirmed")
+        server.kill()
+        await wait_until_async(lambda: not election.is_leader, timeout=10, what="lapsed")
+        release.set()
+        await wait_until_async(lambda: not executor.in_flight, timeout=10, what="runs ended")
+        await shutdown_gracefully(scheduler, timeout=5)
+
+    handler = Confirmed()
+    logger = logging.getLogger("apscheduler")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    limit = compat.blocking_limit()
+    compat.set_blocking_limit(1)
+    try:
+        with RedisServer() as server:
+            asyncio.run(main(server))
+    finally:
+        compat.set_blocking_limit(limit)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        release.set()
+    assert ran == []
