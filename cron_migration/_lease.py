@@ -227,7 +227,7 @@ class Lease:
         try:
             answer = await self._redis.run(ACQUIRE_SCRIPT, [key], token, milliseconds, give_up_ms)
         except asyncio.CancelledError:
-            self._release_after_give_up(key, token, until)
+            self._release_after_give_up(key, token, until, give_up_ms / 1000)
             raise
         except Exception as exc:
             answer = exc
@@ -250,27 +250,39 @@ class Lease:
             self.on_redis_error,
         )
         if self.on_redis_error == "skip":
-            self._release_after_give_up(key, token, until)
+            self._release_after_give_up(key, token, until, give_up_ms / 1000)
         return LeaseDecision.REDIS_UNAVAILABLE
 
-    def _release_after_give_up(self, key: str, token: str, until: float) -> None:
+    def _release_after_give_up(self, key: str, token: str, until: float, gave_up: float) -> None:
+        # A copy of the SET passes the give-up check until Redis's clock reads ``gave_up``:
+        # up to clock_skew later by this replica's clock when Redis's clock lags behind.
+        settled = gave_up + self.clock_skew
         task = asyncio.get_running_loop().create_task(
-            self._release(key, token, until + self.clock_skew), name=f"release {key}"
+            self._release(key, token, settled, until + self.clock_skew), name=f"release {key}"
         )
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
-    async def _release(self, key: str, token: str, expires: float) -> None:
-        """Delete ``key`` if it holds ``token``; retried (backing off) until answered or expired."""
+    async def _release(self, key: str, token: str, settled: float, expires: float) -> None:
+        """Delete ``key`` if it holds ``token``, until a try sent after ``settled`` is answered.
+
+        An answer before ``settled`` may come before a late copy of the SET lands (each
+        copy redis-py resends is one more), so tries go on every ``2 x redis_timeout``.
+        Retried, backing off, while Redis is away; never past ``expires`` (the key's end).
+        """
         pause = min(0.5, self.redis_timeout)
-        while time.time() < expires:
+        while (sent := time.time()) < expires:
             try:
                 if await self._redis.run(RELEASE_SCRIPT, [key], token):
                     logger.warning("lease %s: a SET given up on had landed; released", key)
-                return
             except Exception:  # Redis still away: try again
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MAX_RELEASE_PAUSE)
+                continue
+            if sent >= settled:
+                return
+            # Tried again every 2 x redis_timeout: a late copy holds the key that long.
+            await asyncio.sleep(min(settled, expires, sent + self._redis.wait_seconds) - sent)
 
     async def aclose(self) -> None:
         """Close the client this lease opened for the current loop (none for a given client)."""

@@ -506,3 +506,62 @@ def test_a_url_of_a_redis_cluster_node_leases_and_elects() -> None:
     with RedisClusterServers() as cluster:
         seen = asyncio.run(main(f"redis://127.0.0.1:{cluster.ports[0]}/0"))
     assert seen == [LeaseDecision.ACQUIRED] * 8 + [LeaseDecision.HELD_ELSEWHERE, True, True]
+
+
+class LateSet:
+    """An asyncio Redis client whose lease SET reaches Redis 1.5 s late (a slow network),
+    whether or not its caller still waits; its other commands go straight through."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.deliveries: list[asyncio.Task[Any]] = []
+
+    async def eval(self, script: str, *args: Any) -> Any:
+        from cron_migration._lease import ACQUIRE_SCRIPT
+
+        if script != ACQUIRE_SCRIPT:
+            return await self.client.eval(script, *args)
+
+        async def deliver() -> Any:
+            await asyncio.sleep(1.5)
+            return await self.client.eval(script, *args)
+
+        self.deliveries.append(asyncio.ensure_future(deliver()))
+        return await asyncio.shield(self.deliveries[-1])
+
+
+def test_a_set_landing_after_the_give_up_under_a_lagging_redis_clock_is_released(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Redis's clock 3 s behind the replica's (within clock_skew): the give-up check lets
+    # a SET that reaches Redis 1.5 s late land after the replica gave up. Its release
+    # must still remove it, even when the release's first answer came before it landed.
+    import types
+
+    import redis.asyncio
+
+    from cron_migration import Lease
+    from cron_migration import _lease as lease_module
+    from cron_migration._lease import LeaseDecision
+
+    ahead = types.SimpleNamespace(time=lambda: time.time() + 3.0)
+    key = "cron_migration:lease:remind:2026-01-01T00:00:00.000000+00:00"
+
+    async def main(url: str) -> list[Any]:
+        late = LateSet(redis.asyncio.Redis.from_url(url))
+        a = Lease(late, redis_timeout=0.25, clock_skew=4)
+        monkeypatch.setattr(lease_module, "time", ahead)
+        gave_up = await a.acquire(key, time.time() + 20, "a")
+        landed = await asyncio.gather(*late.deliveries, return_exceptions=True)
+        await asyncio.gather(*a._releases)
+        monkeypatch.undo()
+        b = Lease(url, redis_timeout=0.25)
+        took = await b.acquire(key, time.time() + 20, "b")
+        await b.aclose()
+        await late.client.aclose()
+        return [gave_up, landed, took]
+
+    with RedisServer() as server:
+        seen = asyncio.run(main(server.url))
+    # The late SET did land (1), and was released: B takes the key.
+    assert seen == [LeaseDecision.REDIS_UNAVAILABLE, [1], LeaseDecision.ACQUIRED]
