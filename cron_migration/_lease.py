@@ -100,11 +100,14 @@ class RedisScripts:
         else:
             raise TypeError(f"{what} must be a Redis URL or a Redis client, got {redis_or_url!r}")
         self._what = what
+        # The loop a given asyncio client was first used on (its connections are there).
+        self._home: weakref.ref[asyncio.AbstractEventLoop] | None = None
         # Set when the URL's server answered MOVED: its clients are Redis Cluster clients.
         self._cluster = False
-        self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, redis.asyncio.Redis | redis.asyncio.RedisCluster
-        ] = weakref.WeakKeyDictionary()
+        # Per loop: the URL's client, or a copy of a given asyncio client (closed by aclose).
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
         # Threads for a sync client's calls (created on first use, daemon-like at exit:
         # concurrent.futures joins them, and each ends with its client's socket timeout).
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -145,7 +148,29 @@ class RedisScripts:
             # on until the client's own socket timeout; what it sends then sets nothing.
             call = functools.partial(client.eval, script, len(keys), *keys, *args)
             return await asyncio.get_running_loop().run_in_executor(self._threads(), call)
+        client = self._given_client_for_this_loop(client)
         return await client.eval(script, len(keys), *keys, *args)
+
+    def _given_client_for_this_loop(self, client: Any) -> Any:
+        """The given asyncio client on the first loop that uses it; a copy on any other.
+
+        Its connections belong to the loop that opened them: another loop (compat's, a
+        new ``asyncio.run``) gets a client like it on a pool of its own.
+        """
+        loop = asyncio.get_running_loop()
+        if self._home is None:
+            self._home = weakref.ref(loop)
+        if self._home() is loop:
+            return client
+        copy = self._clients.get(loop)
+        if copy is None:
+            import redis.asyncio
+
+            from commclient.cache._core import rebuild_client
+
+            copy = rebuild_client(lambda: redis.asyncio, client, {})
+            self._clients[loop] = copy
+        return copy
 
     def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._pool is None:
@@ -184,8 +209,8 @@ class RedisScripts:
 class Lease:
     """A ``SET NX PX`` lease per (job id, slot, call) in Redis.
 
-    ``redis_or_url``: a URL, a ``redis.asyncio.Redis`` client (used on the loop the job runs on)
-    or a ``redis.Redis`` client (its calls run in a worker thread; give it a
+    ``redis_or_url``: a URL, a ``redis.asyncio.Redis`` client (used as is on the first loop
+    that uses it; any other loop gets a copy on a pool of its own) or a ``redis.Redis`` client (its calls run in a worker thread; give it a
     ``socket_timeout``, or a frozen Redis holds that thread until the server wakes).
     ``on_redis_error``: what a replica does with a slot when Redis cannot be reached:
     ``"skip"`` (the default: at most once; the run is counted ``skipped_no_lease``) or

@@ -565,3 +565,30 @@ def test_a_set_landing_after_the_give_up_under_a_lagging_redis_clock_is_released
         seen = asyncio.run(main(server.url))
     # The late SET did land (1), and was released: B takes the key.
     assert seen == [LeaseDecision.REDIS_UNAVAILABLE, [1], LeaseDecision.ACQUIRED]
+
+
+def test_a_lease_given_an_asyncio_client_works_on_every_loop() -> None:
+    # An asyncio client's connections belong to the loop that opened them. Runs on two
+    # loops (a LoopSwitch's legacy path on compat's loop, a scheduler started again in a
+    # new asyncio.run) must not skip their slots as "Redis unreachable".
+    import redis.asyncio
+
+    from cron_migration import Lease
+    from cron_migration._lease import LeaseDecision
+
+    with RedisServer() as server:
+        client = redis.asyncio.Redis.from_url(server.url)
+        lease = Lease(client, redis_timeout=0.5)
+
+        async def take(key: str) -> LeaseDecision:
+            decision = await lease.acquire(key, time.time() + 5, "run")
+            await lease.aclose()
+            return decision
+
+        seen = [asyncio.run(take("first loop"))]
+        other: list[LeaseDecision] = []
+        thread = threading.Thread(target=lambda: other.append(asyncio.run(take("other loop"))))
+        thread.start()
+        thread.join()
+        seen += [*other, asyncio.run(take("a new loop"))]
+    assert seen == [LeaseDecision.ACQUIRED] * 3
