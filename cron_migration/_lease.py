@@ -210,8 +210,9 @@ class Lease:
     """A ``SET NX PX`` lease per (job id, slot, call) in Redis.
 
     ``redis_or_url``: a URL, a ``redis.asyncio.Redis`` client (used as is on the first loop
-    that uses it; any other loop gets a copy on a pool of its own) or a ``redis.Redis`` client (its calls run in a worker thread; give it a
-    ``socket_timeout``, or a frozen Redis holds that thread until the server wakes).
+    that uses it; any other loop gets a copy on a pool of its own) or a ``redis.Redis``
+    client (its calls run in a worker thread; a frozen Redis holds that thread until the
+    server answers or the client's own timeouts and retries give up).
     ``on_redis_error``: what a replica does with a slot when Redis cannot be reached:
     ``"skip"`` (the default: at most once; the run is counted ``skipped_no_lease``) or
     ``"run"`` (at least once: every replica that cannot reach Redis runs the slot).
