@@ -109,13 +109,22 @@ _DRAWN_ID = re.compile(r"[0-9a-f]{32}")
 def lease_id_of(job: Any) -> str:
     """The job as every replica names it: its id, unless APScheduler drew it at random.
 
-    A job added without ``id=`` gets a random id in each process; its name and trigger
-    (the same on every replica running the same code) name it instead.
+    A job added without ``id=`` gets a random id in each process; its name (a migrated
+    job's own) and trigger, the same on every replica running the same code, name it
+    instead.
     """
     if not _DRAWN_ID.fullmatch(job.id):
         return str(job.id)
+    from ._job import MigratedJob
+
+    target = job.func
+    while isinstance(target, functools.partial):
+        target = target.func
+    target = getattr(target, "__func__", target)
+    # A migrated job's own name: jobs made by one factory share their function's name.
+    name = target.name if isinstance(target, MigratedJob) else job.name
     trigger = hashlib.sha256(str(job.trigger).encode()).hexdigest()[:8]
-    return f"{job.name}@{trigger}"
+    return f"{name}@{trigger}"
 
 
 class UnstableArgumentError(TypeError):

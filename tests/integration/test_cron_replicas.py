@@ -438,7 +438,8 @@ def test_leader_election_fails_over_and_fences_a_paused_leader() -> None:
 
 def test_a_leased_job_added_without_an_id_runs_once_across_replicas() -> None:
     # add_job() without id= (APScheduler's default) draws a random id in each process:
-    # a key made of it would differ on every replica, and every replica would run.
+    # a key made of it would differ on every replica, and every replica would run. Two
+    # jobs made by one factory (one function name) stay two jobs.
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
     from prometheus_client import CollectorRegistry
 
@@ -452,35 +453,46 @@ def test_a_leased_job_added_without_an_id_runs_once_across_replicas() -> None:
 
     registries = [CollectorRegistry(), CollectorRegistry()]
     ran: list[tuple[str, datetime]] = []
+    names = ("remind", "cron_a", "cron_b")
 
     def fired() -> float:
         outcomes = ("success", "skipped_elsewhere")
-        return sum(runs(registry, "remind", name) for registry in registries for name in outcomes)
+        return sum(
+            runs(registry, name, outcome)
+            for registry in registries
+            for name in names
+            for outcome in outcomes
+        )
+
+    def leased(name: str, url: str, registry: CollectorRegistry) -> Any:
+        async def run() -> None:
+            scheduled = current_scheduled_run()
+            assert scheduled is not None
+            ran.append((name, scheduled.scheduled_at))
+
+        return migrated_job(run, timeout=5, lease=url, registry=registry, name=name)
 
     async def main(url: str) -> None:
         slot = datetime.now(timezone.utc) + timedelta(seconds=0.5)
         schedulers = []
         for registry in registries:
-
-            @migrated_job(timeout=5, lease=url, registry=registry)
-            async def remind(tenant: str) -> None:
-                run = current_scheduled_run()
-                assert run is not None
-                ran.append((tenant, run.scheduled_at))
-
             scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
-            scheduler.add_job(remind, "date", run_date=slot, args=["a"])
-            scheduler.add_job(remind, "cron", second="*", args=["b"])  # one more, no id
+            scheduler.add_job(leased("remind", url, registry), "date", run_date=slot)
+            for name in ("cron_a", "cron_b"):  # one trigger, one function name, no ids
+                scheduler.add_job(leased(name, url, registry), "cron", second="*")
             scheduler.start()
             schedulers.append(scheduler)
-        await wait_until_async(lambda: fired() >= 6, timeout=15, what="both replicas fire")
+        await wait_until_async(lambda: fired() >= 10, timeout=15, what="both replicas fire")
         for scheduler in schedulers:
             await shutdown_gracefully(scheduler, timeout=5)
 
     with RedisServer() as server:
         asyncio.run(main(server.url))
-    assert [tenant for tenant, _ in ran].count("a") == 1, ran
+    assert [name for name, _ in ran].count("remind") == 1, ran
     assert len(ran) == len(set(ran)), Counter(ran).most_common(2)  # each slot once
+    slots = {name: {at for each, at in ran if each == name} for name in ("cron_a", "cron_b")}
+    common = slots["cron_a"] & slots["cron_b"]
+    assert common, slots  # both jobs ran the same slots, neither skipped for the other
 
 
 def test_a_url_of_a_redis_cluster_node_leases_and_elects() -> None:
