@@ -560,7 +560,7 @@ def refuse_unkeyable_leases(jobs: Any) -> None:
 
 
 def watch_added_leases(scheduler: Any) -> None:
-    """Log, when it is added to a running scheduler, a leased job that every run will refuse."""
+    """Log, when it is added or changed (rescheduled), a leased job every run will refuse."""
 
     def on_added(event: Any) -> None:
         job = scheduler.get_job(event.job_id)
@@ -568,7 +568,7 @@ def watch_added_leases(scheduler: Any) -> None:
         if reason is not None:
             logger.error("job %r cannot be leased, every run will fail: %s", event.job_id, reason)
 
-    from apscheduler.events import EVENT_JOB_ADDED
+    from apscheduler.events import EVENT_JOB_ADDED, EVENT_JOB_MODIFIED
 
     mark_internal_listener(on_added)
-    scheduler.add_listener(on_added, EVENT_JOB_ADDED)
+    scheduler.add_listener(on_added, EVENT_JOB_ADDED | EVENT_JOB_MODIFIED)

@@ -464,6 +464,26 @@ def test_a_leased_job_added_to_a_running_scheduler_with_jitter_fails_each_run(
     assert any("jitter=0.05" in m for m in messages)
 
 
+def test_a_leased_job_rescheduled_with_jitter_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    redis = FakeAsyncRedis()
+
+    @migrated_job(timeout=5, lease=redis, registry=CollectorRegistry(), name="remind")
+    async def remind() -> None:
+        """Never due within the test."""
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(remind, "cron", hour=3, id="remind")
+        scheduler.start()
+        scheduler.reschedule_job("remind", trigger="interval", hours=1, jitter=30)
+        await shutdown_gracefully(scheduler, timeout=5)
+
+    with caplog.at_level(logging.ERROR, logger="cron_migration"):
+        asyncio.run(main())
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("'remind' cannot be leased, every run will fail" in m for m in messages), messages
+
+
 # Each argument as two separate processes build it: a lease key must be the same in both.
 _DIGEST_IN_A_PROCESS = """
 import functools, threading
