@@ -39,7 +39,7 @@ from ._job import (  # noqa: E402
     migrated_job,
 )
 from ._lag import EventLoopLagMonitor, monitor_event_loop_lag  # noqa: E402
-from ._leader import LeaderElection  # noqa: E402
+from ._leader import LeaderElection, LeadershipLostError  # noqa: E402
 from ._lease import Lease  # noqa: E402
 from ._records import RunRecorder, flush_run_records  # noqa: E402
 from ._routing import LoopSwitch  # noqa: E402
@@ -94,6 +94,7 @@ __all__ = [
     "JobMigration",
     "JobTimeoutError",
     "LeaderElection",
+    "LeadershipLostError",
     "Lease",
     "LeaseRefusedError",
     "LoopSwitch",

@@ -27,7 +27,8 @@ class ScheduledRun:
     seconds after that a run may still start (None: no limit); ``lease_refusal``: why a
     lease cannot key this job's slots, if so; ``fencing_token``: under a
     :class:`LeaderElection`, the token of the leadership this run was started under (pass
-    it to writes that must refuse an old leader).
+    it to writes that must refuse an old leader); ``lease_id``: the job as lease keys name
+    it on every replica ("" = ``job_id``).
     """
 
     job_id: str
@@ -38,6 +39,7 @@ class ScheduledRun:
     misfire_grace_time: float | None = None
     lease_refusal: str | None = None
     fencing_token: int | None = None
+    lease_id: str = ""
 
 
 _scheduled_run: ContextVar[ScheduledRun | None] = ContextVar(
@@ -49,6 +51,13 @@ _scheduled_run: ContextVar[ScheduledRun | None] = ContextVar(
 # scheduled run. A migrated job it calls in turn runs within the slot under its own name,
 # so that its lease and record are its own, not a second claim on the caller's key.
 _run_target: ContextVar[object | None] = ContextVar("cron_migration_run_target", default=None)
+
+
+# Called in the worker thread right before a sync job function starts: raises when the
+# run may no longer start (its replica's leadership lapsed while it waited for a thread).
+_run_guard: ContextVar[Callable[[], None] | None] = ContextVar(
+    "cron_migration_run_guard", default=None
+)
 
 
 def current_scheduled_run() -> ScheduledRun | None:

@@ -23,7 +23,7 @@ from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
 from prometheus_client import CollectorRegistry
 
-from ._context import _run_target, _scheduled_run, mark_internal_listener
+from ._context import _run_guard, _run_target, _scheduled_run, mark_internal_listener
 from ._job import (
     Escaped,
     MigratedJob,
@@ -245,6 +245,12 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
     ) -> JobExecutionEvent:
         token = _scheduled_run.set(scheduled_run_of(job, run_time, fencing_token, self._scheduler))
         target_token = _run_target.set(_called_job(job.func))
+        # A run that waits for a worker thread starts only while this replica still leads.
+        guard_token = _run_guard.set(
+            None
+            if self.leader is None or fencing_token is None
+            else functools.partial(self.leader.check_leads, fencing_token)
+        )
         try:
             with misfire_window(run_time, job.misfire_grace_time):
                 result = await self._call(job)
@@ -269,6 +275,7 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                 traceback="".join(traceback.format_tb(tb)),
             )
         finally:
+            _run_guard.reset(guard_token)
             _run_target.reset(target_token)
             _scheduled_run.reset(token)
         self._logger.info('Job "%s" executed successfully', job)

@@ -35,6 +35,7 @@ from commclient._tracing import RunSpan, active_tracer
 
 from ._context import (
     ScheduledRun,
+    _run_guard,
     _run_target,
     check_seconds,
     current_scheduled_run,
@@ -179,10 +180,11 @@ class MigratedJob:
     async def run_async(self, *args: Any, **kwargs: Any) -> Any:
         """One run: correlation id, lease, records, timeout and metrics around the job."""
         scheduled = current_scheduled_run()
-        job_id = self.name  # called by another job, or outside any scheduled run
+        job_id = lease_id = self.name  # called by another job, or outside any scheduled run
         is_scheduled_run = scheduled is not None and _run_target.get() is self
         if scheduled is not None and is_scheduled_run:
             job_id = scheduled.job_id
+            lease_id = scheduled.lease_id or job_id
         scheduled_at = scheduled.scheduled_at if scheduled is not None else None
         run_id = uuid.uuid4().hex
         correlation_id = uuid.uuid4().hex
@@ -217,7 +219,7 @@ class MigratedJob:
                         "cron_migration.MigrationExecutor (migrate_scheduler installs it); "
                         "running without it could run the same slot on every replica"
                     )
-                if not await self._take_lease(job_id, scheduled, args, kwargs, run_id):
+                if not await self._take_lease(job_id, lease_id, scheduled, args, kwargs, run_id):
                     if span is not None:
                         span.span.set_attribute("cron.lease", "not taken")
                     return None
@@ -242,12 +244,16 @@ class MigratedJob:
     async def _take_lease(
         self,
         job_id: str,
+        lease_id: str,
         scheduled: ScheduledRun,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         run_id: str,
     ) -> bool:
-        """Whether this replica runs this call in this slot (counted when it does not)."""
+        """Whether this replica runs this call in this slot (counted when it does not).
+
+        ``lease_id``: the job as every replica names it (see ``lease_id_of``).
+        """
         lease = self.lease
         assert lease is not None
         assert self.timeout is not None
@@ -260,7 +266,7 @@ class MigratedJob:
             self._metrics.count_run(job_id, "error")
             raise UnstableArgumentError(f"job {self.name!r}: an argument: {exc}") from None
         until = lease_covers_until(scheduled, self.timeout)
-        key = lease.key(job_id, scheduled.slot or scheduled.scheduled_at, digest)
+        key = lease.key(lease_id, scheduled.slot or scheduled.scheduled_at, digest)
         if time.time() <= until:
             decision = await lease.acquire(key, until, run_id)
         else:
@@ -431,7 +437,13 @@ class Escaped(Exception):
 
 
 def call_escaping(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``func(*args, **kwargs)`` in a worker thread, KeyboardInterrupt/SystemExit wrapped."""
+    """``func(*args, **kwargs)`` in a worker thread, KeyboardInterrupt/SystemExit wrapped.
+
+    A run that may no longer start (see ``_run_guard``) raises instead of calling ``func``.
+    """
+    guard = _run_guard.get()
+    if guard is not None:
+        guard()
     try:
         return func(*args, **kwargs)
     except Exception:
@@ -635,7 +647,7 @@ def refuse_unkeyable_leases(jobs: Any) -> None:
 
 
 def watch_added_leases(scheduler: Any) -> None:
-    """Log, when it is added to a running scheduler, a leased job that every run will refuse."""
+    """Log, when it is added or changed (rescheduled), a leased job every run will refuse."""
 
     def on_added(event: Any) -> None:
         job = scheduler.get_job(event.job_id)
@@ -643,7 +655,7 @@ def watch_added_leases(scheduler: Any) -> None:
         if reason is not None:
             logger.error("job %r cannot be leased, every run will fail: %s", event.job_id, reason)
 
-    from apscheduler.events import EVENT_JOB_ADDED
+    from apscheduler.events import EVENT_JOB_ADDED, EVENT_JOB_MODIFIED
 
     mark_internal_listener(on_added)
-    scheduler.add_listener(on_added, EVENT_JOB_ADDED)
+    scheduler.add_listener(on_added, EVENT_JOB_ADDED | EVENT_JOB_MODIFIED)

@@ -4,7 +4,9 @@ Every replica keeps its scheduler ticking, and its :class:`MigrationExecutor` as
 election before each run. The leader holds a Redis key (``<prefix>:{name}``) whose value
 is its id and a fencing token; it renews the key every ``ttl / 3`` seconds, and standby
 replicas try to take it just as often. A fencing token comes from ``INCR`` on every new
-leadership, so it only grows.
+leadership, so it only grows; a missing counter (the first election, or Redis lost its
+data) starts from Redis's clock in milliseconds, above every token handed out before as
+long as that clock does not go back.
 
 Before each run the executor checks, in Redis, that the key still holds this replica's
 id and token: a leader paused (SIGSTOP, a long GC, a frozen VM) past its ``ttl`` finds a
@@ -43,7 +45,8 @@ DEFAULT_LEADER_PREFIX = "cron_migration:leader"
 
 # KEYS: the leader key, the fencing counter; ARGV: candidate id, ttl ms, give-up ms.
 # Returns the fencing token when this candidate leads (now or already), 0 when another
-# does, -1 when the call arrived after the candidate gave up on it.
+# does, -1 when the call arrived after the candidate gave up on it. ``ms`` is Redis's
+# clock (GIVE_UP_CHECK).
 CAMPAIGN_SCRIPT = (
     GIVE_UP_CHECK
     + """
@@ -57,7 +60,14 @@ if current then
   return 0
 end
 local fence = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. fence, 'PX', ARGV[2])
+if fence == 1 then
+  -- No counter: the first election, or a Redis that lost its data (restarted without
+  -- persistence, the key evicted). Counting from Redis's clock in milliseconds keeps
+  -- every token above those handed out before.
+  fence = ms
+  redis.call('SET', KEYS[2], string.format('%d', fence))
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. string.format('%d', fence), 'PX', ARGV[2])
 return fence
 """
 )
@@ -70,6 +80,10 @@ RESIGN_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class LeadershipLostError(RuntimeError):
+    """A run confirmed under a leadership that lapsed before its job function started."""
 
 
 class LeaderElection:
@@ -110,6 +124,8 @@ class LeaderElection:
         self._fencing_token: int | None = None
         self._leads_until = 0.0  # time.monotonic(): when the key may have expired
         self._campaign: asyncio.Task[None] | None = None
+        self._campaign_failing = False  # the last campaign got no answer
+        self._answered = False  # a campaign got an answer from Redis
 
     @property
     def renew_every(self) -> float:
@@ -148,9 +164,8 @@ class LeaderElection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if self._fencing_token is not None:
-                logger.error("leader election %s: renewal failed (%r)", self.name, exc)
-            answer = -1
+            answer = exc
+        self._note_campaign_failure(answer)
         was = self.is_leader
         if isinstance(answer, int) and answer > 0:
             if answer != self._fencing_token:
@@ -166,8 +181,37 @@ class LeaderElection:
             self._fencing_token = None
         return self.is_leader
 
+    def _note_campaign_failure(self, answer: object) -> None:
+        """Log a campaign that got no answer: each for a leader, the first of a streak else.
+
+        A standby that cannot reach Redis (down, a wrong password, a Cluster node that
+        answers MOVED) never leads: when that is every replica, no job runs anywhere.
+        """
+        if isinstance(answer, int) and answer >= 0:
+            self._answered = True
+            if self._campaign_failing:
+                logger.warning("leader election %s: Redis answers again", self.name)
+            self._campaign_failing = False
+            return
+        if answer == -1:
+            answer = "Redis answered after this replica's give-up time"
+        if self._fencing_token is not None:
+            logger.error("leader election %s: renewal failed (%r)", self.name, answer)
+        elif not self._campaign_failing:
+            logger.error(
+                "leader election %s: cannot campaign (%r); this replica runs no job until "
+                "it reaches Redis",
+                self.name,
+                answer,
+            )
+        self._campaign_failing = True
+
     async def confirm(self) -> int | None:
         """The fencing token if Redis still names this replica the leader, else None."""
+        if not self._answered:
+            # Runs due at the scheduler's first tick (a replica started mid-slot, missed
+            # runs within their grace) come before the campaign's first answer.
+            await self.campaign_once()
         token = self.fencing_token
         if token is None:
             return None
@@ -184,6 +228,19 @@ class LeaderElection:
             return None
         # Paused between the check and here past the lease: not the leader any more.
         return self.fencing_token
+
+    def check_leads(self, token: int) -> None:
+        """Raise :class:`LeadershipLostError` unless this replica still leads with ``token``.
+
+        Local, without Redis: for a run confirmed earlier that waited (for a worker
+        thread) before starting; the leadership lapses ``ttl`` after the last renewal.
+        """
+        if self.fencing_token != token:
+            raise LeadershipLostError(
+                f"leader election {self.name}: the leadership this run was confirmed under "
+                f"(fencing token {token}) lapsed before it started; another replica may "
+                "lead, so it is not started"
+            )
 
     async def campaign(self) -> None:
         """Campaign every :attr:`renew_every` seconds until cancelled; then resign."""

@@ -99,7 +99,13 @@ class RedisScripts:
             self._client = redis_or_url
         else:
             raise TypeError(f"{what} must be a Redis URL or a Redis client, got {redis_or_url!r}")
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+        self._what = what
+        # The loop a given asyncio client was first used on (its connections are there).
+        self._home: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        # Set when the URL's server answered MOVED: its clients are Redis Cluster clients.
+        self._cluster = False
+        # Per loop: the URL's client, or a copy of a given asyncio client (closed by aclose).
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
         # Threads for a sync client's calls (created on first use, daemon-like at exit:
@@ -119,14 +125,52 @@ class RedisScripts:
     async def _eval(self, script: str, keys: list[str], *args: str | int) -> Any:
         client = self._client
         if client is None:
+            import redis.exceptions
+
             client = self._client_for_this_loop()
+            try:
+                return await client.eval(script, len(keys), *keys, *args)
+            except redis.exceptions.AskError:  # MOVED too: the URL names a Cluster node
+                if self._cluster:
+                    raise
+                logger.warning(
+                    "%s: the Redis URL names a Redis Cluster node: using the cluster", self._what
+                )
+                self._cluster = True
+                stale = self._clients.pop(asyncio.get_running_loop(), None)
+                if stale is not None:
+                    await stale.aclose()
+                client = self._client_for_this_loop()
+                return await client.eval(script, len(keys), *keys, *args)
         elif not _is_async_client(client):
             # Not compat's run_blocking, which waits for the thread even when cancelled: a
             # frozen Redis must not hold the caller past its give-up time. The thread runs
             # on until the client's own socket timeout; what it sends then sets nothing.
             call = functools.partial(client.eval, script, len(keys), *keys, *args)
             return await asyncio.get_running_loop().run_in_executor(self._threads(), call)
+        client = self._given_client_for_this_loop(client)
         return await client.eval(script, len(keys), *keys, *args)
+
+    def _given_client_for_this_loop(self, client: Any) -> Any:
+        """The given asyncio client on the first loop that uses it; a copy on any other.
+
+        Its connections belong to the loop that opened them: another loop (compat's, a
+        new ``asyncio.run``) gets a client like it on a pool of its own.
+        """
+        loop = asyncio.get_running_loop()
+        if self._home is None:
+            self._home = weakref.ref(loop)
+        if self._home() is loop:
+            return client
+        copy = self._clients.get(loop)
+        if copy is None:
+            import redis.asyncio
+
+            from commclient.cache._core import rebuild_client
+
+            copy = rebuild_client(lambda: redis.asyncio, client, {})
+            self._clients[loop] = copy
+        return copy
 
     def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._pool is None:
@@ -135,7 +179,7 @@ class RedisScripts:
             )
         return self._pool
 
-    def _client_for_this_loop(self) -> redis.asyncio.Redis:
+    def _client_for_this_loop(self) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
         # An asyncio Redis client's connections belong to the loop that opened them.
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
@@ -143,7 +187,8 @@ class RedisScripts:
             import redis.asyncio
 
             assert self._url is not None
-            client = redis.asyncio.Redis.from_url(
+            kind = redis.asyncio.RedisCluster if self._cluster else redis.asyncio.Redis
+            client = kind.from_url(
                 self._url,
                 socket_timeout=self.redis_timeout,
                 socket_connect_timeout=self.redis_timeout,
@@ -164,9 +209,10 @@ class RedisScripts:
 class Lease:
     """A ``SET NX PX`` lease per (job id, slot, call) in Redis.
 
-    ``redis_or_url``: a URL, a ``redis.asyncio.Redis`` client (used on the loop the job runs on)
-    or a ``redis.Redis`` client (its calls run in a worker thread; give it a
-    ``socket_timeout``, or a frozen Redis holds that thread until the server wakes).
+    ``redis_or_url``: a URL, a ``redis.asyncio.Redis`` client (used as is on the first loop
+    that uses it; any other loop gets a copy on a pool of its own) or a ``redis.Redis``
+    client (its calls run in a worker thread; a frozen Redis holds that thread until the
+    server answers or the client's own timeouts and retries give up).
     ``on_redis_error``: what a replica does with a slot when Redis cannot be reached:
     ``"skip"`` (the default: at most once; the run is counted ``skipped_no_lease``) or
     ``"run"`` (at least once: every replica that cannot reach Redis runs the slot).
@@ -207,7 +253,7 @@ class Lease:
         try:
             answer = await self._redis.run(ACQUIRE_SCRIPT, [key], token, milliseconds, give_up_ms)
         except asyncio.CancelledError:
-            self._release_after_give_up(key, token, until)
+            self._release_after_give_up(key, token, until, give_up_ms / 1000)
             raise
         except Exception as exc:
             answer = exc
@@ -230,27 +276,39 @@ class Lease:
             self.on_redis_error,
         )
         if self.on_redis_error == "skip":
-            self._release_after_give_up(key, token, until)
+            self._release_after_give_up(key, token, until, give_up_ms / 1000)
         return LeaseDecision.REDIS_UNAVAILABLE
 
-    def _release_after_give_up(self, key: str, token: str, until: float) -> None:
+    def _release_after_give_up(self, key: str, token: str, until: float, gave_up: float) -> None:
+        # A copy of the SET passes the give-up check until Redis's clock reads ``gave_up``:
+        # up to clock_skew later by this replica's clock when Redis's clock lags behind.
+        settled = gave_up + self.clock_skew
         task = asyncio.get_running_loop().create_task(
-            self._release(key, token, until + self.clock_skew), name=f"release {key}"
+            self._release(key, token, settled, until + self.clock_skew), name=f"release {key}"
         )
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
-    async def _release(self, key: str, token: str, expires: float) -> None:
-        """Delete ``key`` if it holds ``token``; retried (backing off) until answered or expired."""
+    async def _release(self, key: str, token: str, settled: float, expires: float) -> None:
+        """Delete ``key`` if it holds ``token``, until a try sent after ``settled`` is answered.
+
+        An answer before ``settled`` may come before a late copy of the SET lands (each
+        copy redis-py resends is one more), so tries go on every ``2 x redis_timeout``.
+        Retried, backing off, while Redis is away; never past ``expires`` (the key's end).
+        """
         pause = min(0.5, self.redis_timeout)
-        while time.time() < expires:
+        while (sent := time.time()) < expires:
             try:
                 if await self._redis.run(RELEASE_SCRIPT, [key], token):
                     logger.warning("lease %s: a SET given up on had landed; released", key)
-                return
             except Exception:  # Redis still away: try again
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MAX_RELEASE_PAUSE)
+                continue
+            if sent >= settled:
+                return
+            # Tried again every 2 x redis_timeout: a late copy holds the key that long.
+            await asyncio.sleep(min(settled, expires, sent + self._redis.wait_seconds) - sent)
 
     async def aclose(self) -> None:
         """Close the client this lease opened for the current loop (none for a given client)."""

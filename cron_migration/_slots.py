@@ -13,6 +13,8 @@ A lease is only as good as its key: every replica must name one slot the same wa
 - A combining trigger with an interval in it, or with jitter: refused (as above).
 - Any other trigger (a class of your own) is keyed by its run time: it must give every
   replica the same run times.
+- A job added without ``id=`` has a random id in each process: its key names it by its
+  name and trigger instead.
 
 A slot can start up to ``misfire_grace_time`` seconds after it ends (after its run time;
 after its window for an interval trigger); the lease must outlive that.
@@ -24,8 +26,11 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import functools
 import hashlib
 import json
+import re
+import types
 import uuid
 from collections.abc import Mapping
 from pathlib import PurePath
@@ -93,7 +98,33 @@ def scheduled_run_of(
         misfire_grace_time=None if grace is None else float(grace),
         lease_refusal=refusal,
         fencing_token=fencing_token,
+        lease_id=lease_id_of(job),
     )
+
+
+# The id APScheduler 3 gives a job added without ``id=``: ``uuid4().hex``.
+_DRAWN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def lease_id_of(job: Any) -> str:
+    """The job as every replica names it: its id, unless APScheduler drew it at random.
+
+    A job added without ``id=`` gets a random id in each process; its name (a migrated
+    job's own) and trigger, the same on every replica running the same code, name it
+    instead.
+    """
+    if not _DRAWN_ID.fullmatch(job.id):
+        return str(job.id)
+    from ._job import MigratedJob
+
+    target = job.func
+    while isinstance(target, functools.partial):
+        target = target.func
+    target = getattr(target, "__func__", target)
+    # A migrated job's own name: jobs made by one factory share their function's name.
+    name = target.name if isinstance(target, MigratedJob) else job.name
+    trigger = hashlib.sha256(str(job.trigger).encode()).hexdigest()[:8]
+    return f"{name}@{trigger}"
 
 
 class UnstableArgumentError(TypeError):
@@ -139,14 +170,40 @@ def _stable(value: Any) -> Any:
     dump = getattr(value, "model_dump", None)  # pydantic v2
     if callable(dump):
         return [_type_name(value), _stable(dump(mode="json"))]
+    if isinstance(value, functools.partial):
+        parts = [value.func, value.args, value.keywords]
+        return [_type_name(value), [_stable(part) for part in parts]]
+    if isinstance(value, types.MethodType):
+        return [_type_name(value), [_stable(value.__self__), _stable(value.__func__)]]
+    if isinstance(value, type | types.FunctionType | types.BuiltinFunctionType):
+        return ["named", _qualified_name(value)]
     own_repr: object = type(value).__repr__
     if own_repr is not object.__repr__:
-        return [_type_name(value), repr(value)]
+        shown = repr(value)
+        if not _MEMORY_ADDRESS.search(shown):
+            return [_type_name(value), shown]
     raise UnstableArgumentError(
-        f"{_type_name(value)} has no value-based form (its repr is its memory address), so "
-        "replicas would key the same call differently; pass something plain (an id, a "
+        f"{_type_name(value)} has no value-based form (its repr shows its memory address), "
+        "so replicas would key the same call differently; pass something plain (an id, a "
         "dataclass, a pydantic model) or give the class a __repr__ that names its value"
     )
+
+
+# How CPython shows an object's address in a repr ("<... object at 0x7f...>").
+_MEMORY_ADDRESS = re.compile(r"\bat 0x[0-9a-fA-F]+")
+
+
+def _qualified_name(value: Any) -> str:
+    """A function's or class's module and qualified name; refused when it names no one thing."""
+    module = getattr(value, "__module__", None) or ""
+    name = getattr(value, "__qualname__", None) or ""
+    if not name or "<lambda>" in name or "<locals>" in name:
+        raise UnstableArgumentError(
+            f"{value!r} is a lambda or a function defined inside another: its name does not "
+            "tell one such function from another, so different calls could share a key; "
+            "pass a module-level function, or the value it stands for"
+        )
+    return f"{module}.{name}"
 
 
 def _type_name(value: Any) -> str:

@@ -436,3 +436,173 @@ def test_leader_election_fails_over_and_fences_a_paused_leader() -> None:
         f"(ttl {ttl:g}s: bound ttl + ttl/3 + 2 x redis_timeout = {ttl * 4 / 3 + 0.4:.2f}s); "
         f"stale writes refused by the fencing token: {stale_writes}"
     )
+
+
+def test_a_leased_job_added_without_an_id_runs_once_across_replicas() -> None:
+    # add_job() without id= (APScheduler's default) draws a random id in each process:
+    # a key made of it would differ on every replica, and every replica would run. Two
+    # jobs made by one factory (one function name) stay two jobs.
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from prometheus_client import CollectorRegistry
+
+    from cron_migration import (
+        MigrationExecutor,
+        current_scheduled_run,
+        migrated_job,
+        shutdown_gracefully,
+    )
+    from tests.unit.cron_support import runs, wait_until_async
+
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    ran: list[tuple[str, datetime]] = []
+    names = ("remind", "cron_a", "cron_b")
+
+    def fired() -> float:
+        outcomes = ("success", "skipped_elsewhere")
+        return sum(
+            runs(registry, name, outcome)
+            for registry in registries
+            for name in names
+            for outcome in outcomes
+        )
+
+    def leased(name: str, url: str, registry: CollectorRegistry) -> Any:
+        async def run() -> None:
+            scheduled = current_scheduled_run()
+            assert scheduled is not None
+            ran.append((name, scheduled.scheduled_at))
+
+        return migrated_job(run, timeout=5, lease=url, registry=registry, name=name)
+
+    async def main(url: str) -> None:
+        slot = datetime.now(timezone.utc) + timedelta(seconds=0.5)
+        schedulers = []
+        for registry in registries:
+            scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+            scheduler.add_job(leased("remind", url, registry), "date", run_date=slot)
+            for name in ("cron_a", "cron_b"):  # one trigger, one function name, no ids
+                scheduler.add_job(leased(name, url, registry), "cron", second="*")
+            scheduler.start()
+            schedulers.append(scheduler)
+        await wait_until_async(lambda: fired() >= 10, timeout=15, what="both replicas fire")
+        for scheduler in schedulers:
+            await shutdown_gracefully(scheduler, timeout=5)
+
+    with RedisServer() as server:
+        asyncio.run(main(server.url))
+    assert [name for name, _ in ran].count("remind") == 1, ran
+    assert len(ran) == len(set(ran)), Counter(ran).most_common(2)  # each slot once
+    slots = {name: {at for each, at in ran if each == name} for name in ("cron_a", "cron_b")}
+    common = slots["cron_a"] & slots["cron_b"]
+    assert common, slots  # both jobs ran the same slots, neither skipped for the other
+
+
+def test_a_url_of_a_redis_cluster_node_leases_and_elects() -> None:
+    # A Redis URL is what users pass; on Redis Cluster it names one node, which answers
+    # MOVED for keys it does not own: every slot would be skipped as "Redis unreachable"
+    # and no replica would ever lead.
+    from cron_migration import LeaderElection, Lease
+    from cron_migration._lease import LeaseDecision
+    from tests.redis_server import RedisClusterServers
+
+    async def main(url: str) -> list[Any]:
+        lease = Lease(url, redis_timeout=0.5)
+        until = time.time() + 5
+        keys = [f"cron_migration:lease:job{n}:slot" for n in range(8)]  # on every node
+        decisions = [await lease.acquire(key, until, "run") for key in keys]
+        decisions.append(await lease.acquire(keys[0], until, "another run"))
+        await lease.aclose()
+        election = LeaderElection(url, name="svc", ttl=3, redis_timeout=0.2)
+        led = [await election.campaign_once(), await election.confirm() is not None]
+        await election.aclose()
+        return [*decisions, *led]
+
+    with RedisClusterServers() as cluster:
+        seen = asyncio.run(main(f"redis://127.0.0.1:{cluster.ports[0]}/0"))
+    assert seen == [LeaseDecision.ACQUIRED] * 8 + [LeaseDecision.HELD_ELSEWHERE, True, True]
+
+
+class LateSet:
+    """An asyncio Redis client whose lease SET reaches Redis 1.5 s late (a slow network),
+    whether or not its caller still waits; its other commands go straight through."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.deliveries: list[asyncio.Task[Any]] = []
+
+    async def eval(self, script: str, *args: Any) -> Any:
+        from cron_migration._lease import ACQUIRE_SCRIPT
+
+        if script != ACQUIRE_SCRIPT:
+            return await self.client.eval(script, *args)
+
+        async def deliver() -> Any:
+            await asyncio.sleep(1.5)
+            return await self.client.eval(script, *args)
+
+        self.deliveries.append(asyncio.ensure_future(deliver()))
+        return await asyncio.shield(self.deliveries[-1])
+
+
+def test_a_set_landing_after_the_give_up_under_a_lagging_redis_clock_is_released(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Redis's clock 3 s behind the replica's (within clock_skew): the give-up check lets
+    # a SET that reaches Redis 1.5 s late land after the replica gave up. Its release
+    # must still remove it, even when the release's first answer came before it landed.
+    import types
+
+    import redis.asyncio
+
+    from cron_migration import Lease
+    from cron_migration import _lease as lease_module
+    from cron_migration._lease import LeaseDecision
+
+    ahead = types.SimpleNamespace(time=lambda: time.time() + 3.0)
+    key = "cron_migration:lease:remind:2026-01-01T00:00:00.000000+00:00"
+
+    async def main(url: str) -> list[Any]:
+        late = LateSet(redis.asyncio.Redis.from_url(url))
+        a = Lease(late, redis_timeout=0.25, clock_skew=4)
+        monkeypatch.setattr(lease_module, "time", ahead)
+        gave_up = await a.acquire(key, time.time() + 20, "a")
+        landed = await asyncio.gather(*late.deliveries, return_exceptions=True)
+        await asyncio.gather(*a._releases)
+        monkeypatch.undo()
+        b = Lease(url, redis_timeout=0.25)
+        took = await b.acquire(key, time.time() + 20, "b")
+        await b.aclose()
+        await late.client.aclose()
+        return [gave_up, landed, took]
+
+    with RedisServer() as server:
+        seen = asyncio.run(main(server.url))
+    # The late SET did land (1), and was released: B takes the key.
+    assert seen == [LeaseDecision.REDIS_UNAVAILABLE, [1], LeaseDecision.ACQUIRED]
+
+
+def test_a_lease_given_an_asyncio_client_works_on_every_loop() -> None:
+    # An asyncio client's connections belong to the loop that opened them. Runs on two
+    # loops (a LoopSwitch's legacy path on compat's loop, a scheduler started again in a
+    # new asyncio.run) must not skip their slots as "Redis unreachable".
+    import redis.asyncio
+
+    from cron_migration import Lease
+    from cron_migration._lease import LeaseDecision
+
+    with RedisServer() as server:
+        client = redis.asyncio.Redis.from_url(server.url)
+        lease = Lease(client, redis_timeout=0.5)
+
+        async def take(key: str) -> LeaseDecision:
+            decision = await lease.acquire(key, time.time() + 5, "run")
+            await lease.aclose()
+            return decision
+
+        seen = [asyncio.run(take("first loop"))]
+        other: list[LeaseDecision] = []
+        thread = threading.Thread(target=lambda: other.append(asyncio.run(take("other loop"))))
+        thread.start()
+        thread.join()
+        seen += [*other, asyncio.run(take("a new loop"))]
+    assert seen == [LeaseDecision.ACQUIRED] * 3

@@ -250,7 +250,8 @@ def test_a_set_whose_answer_was_lost_is_released_by_the_replica_that_gave_up() -
 
     async def main() -> Any:
         decision = await lease.acquire(key, time.time() + 60, "run-1")
-        await wait_until_async(lambda: not lease._releases, what="the release")
+        # Released at once; the release goes on trying until a late copy can no longer land.
+        await wait_until_async(lambda: key not in redis.values, what="the release")
         # Another replica, firing the slot afterwards, takes it.
         return decision, await lease.acquire(key, time.time() + 60, "run-2")
 
@@ -461,3 +462,69 @@ def test_a_leased_job_added_to_a_running_scheduler_with_jitter_fails_each_run(
     messages = [record.getMessage() for record in caplog.records]
     assert any("'remind' cannot be leased, every run will fail" in m for m in messages), messages
     assert any("jitter=0.05" in m for m in messages)
+
+
+def test_a_leased_job_rescheduled_with_jitter_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    redis = FakeAsyncRedis()
+
+    @migrated_job(timeout=5, lease=redis, registry=CollectorRegistry(), name="remind")
+    async def remind() -> None:
+        """Never due within the test."""
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(remind, "cron", hour=3, id="remind")
+        scheduler.start()
+        scheduler.reschedule_job("remind", trigger="interval", hours=1, jitter=30)
+        await shutdown_gracefully(scheduler, timeout=5)
+
+    with caplog.at_level(logging.ERROR, logger="cron_migration"):
+        asyncio.run(main())
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("'remind' cannot be leased, every run will fail" in m for m in messages), messages
+
+
+# Each argument as two separate processes build it: a lease key must be the same in both.
+_DIGEST_IN_A_PROCESS = """
+import functools, threading
+from cron_migration._slots import call_digest
+def notify(): pass
+class Service:
+    def __repr__(self): return "Service()"
+    def sync(self): pass
+arguments = {
+    "function": notify,
+    "builtin": print,
+    "class": Service,
+    "partial": functools.partial(notify),
+    "bound method": Service().sync,
+    "lock": threading.Lock(),
+}
+for name, argument in arguments.items():
+    try:
+        print(name, call_digest((argument,), {}))
+    except TypeError as exc:
+        print(name, "refused:", type(exc).__name__)
+"""
+
+
+def test_a_call_digest_is_the_same_in_every_process_or_the_argument_is_refused() -> None:
+    # A repr that shows a memory address (functions, partials, locks...) differs in every
+    # replica: each would take its own key and run the same call.
+    import subprocess
+    import sys
+
+    def digests() -> dict[str, str]:
+        out = subprocess.run(
+            [sys.executable, "-c", _DIGEST_IN_A_PROCESS], check=True, capture_output=True, text=True
+        ).stdout
+        return dict(line.split(" ", 1) for line in out.splitlines())
+
+    first, second = digests(), digests()
+    assert first == second
+    assert first["lock"] == "refused: UnstableArgumentError"
+    assert len({first[name] for name in ("function", "builtin", "class", "partial")}) == 4
+    from cron_migration import UnstableArgumentError
+
+    with pytest.raises(UnstableArgumentError, match="lambda"):
+        call_digest((lambda: None,), {})
