@@ -22,9 +22,11 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from commclient._callables import require_function
+
 from ._bridge import checked_timeout, default_bridge, reset_in_forked_child
 from ._context import clear_loop_local, copy_back, held_slots
-from ._errors import require_anyio, require_function
+from ._errors import require_anyio
 
 if TYPE_CHECKING:
     from anyio import Event

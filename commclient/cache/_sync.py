@@ -244,6 +244,7 @@ class SyncRedisCache(CoreFacade):
         ``stale_ttl``, a value is kept that much longer and, once past ``ttl``, served
         while one caller refreshes it; the refreshed value reaches every local tier.
         """
+        io.check_loader(loader, f"{type(self).__name__}.get_or_set()")
         core = self._core
         plan = core.plan(key)
         ttl_ms = ttl_milliseconds(ttl)
@@ -297,6 +298,7 @@ class SyncRedisCache(CoreFacade):
         itself after a disconnect; messages published while disconnected are lost
         (Pub/Sub delivers at most once).
         """
+        io.check_loader(callback, f"{type(self).__name__}.subscribe_invalidation()")
         self._listen(callback, drives_local_tier=False, stop=stop or io.Stop())
 
     def start(self, timeout: float = 5.0) -> bool:
