@@ -86,6 +86,14 @@ class InvalidationRule:
     _segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for name in ("groups", "patterns", "methods"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                # A string is iterable: its characters would be the groups (or methods).
+                raise TypeError(
+                    f"rule for {self.path!r}: {name} takes a collection of strings, "
+                    f"got the string {value!r}; write ({value!r},)"
+                )
         if not self.path.startswith("/"):
             raise ValueError(f"rule path must start with '/': {self.path!r}")
         if not self.groups and not self.patterns:
