@@ -18,6 +18,7 @@ its whole TTL. Bumping a group twice is harmless (it only invalidates again).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import string
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
@@ -160,6 +161,26 @@ DEFAULT_INVALIDATION_RULES: tuple[InvalidationRule, ...] = (
 ``global_settings``, ``user:…`` and ``user_secretary:…``."""
 
 
+def _check_arguments(cache: object, rules: Sequence[object], timeout: float | None) -> None:
+    """Refuse at set-up what would fail on the first mutating request, or never invalidate."""
+    for rule in rules:
+        if not isinstance(rule, InvalidationRule):
+            raise TypeError(
+                f"rules takes InvalidationRule objects, got {type(rule).__name__} {rule!r}"
+            )
+    for name in ("invalidate", "invalidate_group"):
+        method = getattr(cache, name, None)
+        # unwrap: a coroutine function behind a functools.wraps decorator counts.
+        if not callable(method) or not inspect.iscoroutinefunction(inspect.unwrap(method)):
+            raise TypeError(
+                f"the cache's {name} must be a coroutine function (an async cache of "
+                f"commclient.cache, such as AsyncRedisCache); {type(cache).__name__} has "
+                + ("a blocking one" if callable(method) else "none")
+            )
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be > 0 or None (no bound), got {timeout!r}")
+
+
 class CacheInvalidationMiddleware:
     """Invalidate cache groups and patterns after successful mutating requests.
 
@@ -184,6 +205,7 @@ class CacheInvalidationMiddleware:
         self.rules: Sequence[InvalidationRule] = tuple(rules)
         self.timeout = timeout
         self.retry_max_wait = retry_max_wait
+        _check_arguments(cache, self.rules, timeout)
         self._methods = frozenset().union(*(rule.methods for rule in self.rules))
         self._pending: dict[str, None] = {}
         self._retrier: asyncio.Task[None] | None = None
