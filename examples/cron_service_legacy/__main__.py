@@ -19,7 +19,8 @@ from examples.cron_service_legacy.scheduler import build_scheduler
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="Run the legacy cron service (BlockingScheduler) until interrupted."
+        prog="python -m examples.cron_service_legacy",
+        description="Run the legacy cron service (BlockingScheduler) until interrupted.",
     )
     parser.add_argument(
         "--rest-url",

@@ -50,6 +50,8 @@ def test_example_answers_help_and_exits(module: str, form: str, tmp_path: Path) 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage:"), result.stdout[:500]
+    # Not "usage: __main__.py": the usage names the command that runs the example.
+    assert "__main__" not in result.stdout.splitlines()[0], result.stdout.splitlines()[0]
     assert "Adding job" not in result.stderr, "--help started the scheduler"
 
 
