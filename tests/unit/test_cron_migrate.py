@@ -305,3 +305,22 @@ def test_missed_runs_are_counted(executor: str) -> None:
     asyncio.run(main())
     assert count_missed(registry, "late_job") == 1
     assert count_missed(registry, "bare") == 1
+
+
+def legacy_scheduler_factory() -> BackgroundScheduler:
+    return BackgroundScheduler()
+
+
+@pytest.mark.parametrize(
+    ("old", "message"),
+    [
+        (legacy_scheduler_factory, r"got the function legacy_scheduler_factory; call it"),
+        (BackgroundScheduler, r"got the class BackgroundScheduler; pass an instance"),
+        (None, r"got NoneType None"),
+    ],
+    ids=["factory", "class", "none"],
+)
+def test_what_is_not_a_scheduler_is_refused_by_name(old: Any, message: str) -> None:
+    # It failed with "'function' object has no attribute '_executors'".
+    with pytest.raises(TypeError, match=rf"takes an APScheduler 3 scheduler .*{message}"):
+        migrate_scheduler(old)
