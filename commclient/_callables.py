@@ -11,17 +11,23 @@ import inspect
 
 
 def require_function(
-    function: object, feature: str, *, asynchronous: bool | None, async_hint: str = "await it"
+    function: object,
+    feature: str,
+    *,
+    asynchronous: bool | None,
+    async_hint: str = "await it",
+    wanted: str | None = None,
 ) -> None:
     """Refuse what cannot be called as ``feature`` calls it, naming the mistake.
 
     ``asynchronous``: ``True`` when ``feature`` takes an async function, ``False`` when it
     takes a blocking one (an async function is refused, with ``async_hint``), ``None`` when
-    it takes either.
+    it takes either. ``wanted`` names what is expected when "a function" says too little.
     """
-    wanted = {True: "an async function", False: "a blocking function", None: "a function"}[
-        asynchronous
-    ]
+    if wanted is None:
+        wanted = {True: "an async function", False: "a blocking function", None: "a function"}[
+            asynchronous
+        ]
     name = getattr(function, "__qualname__", function)
     if inspect.isawaitable(function):
         raise TypeError(
