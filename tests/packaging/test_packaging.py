@@ -121,3 +121,22 @@ def test_the_extras_checked_are_the_extras_the_wheel_declares(wheel: Path) -> No
     # all: the union of the others; bench, docs and test: from a clone, for this repository's
     # own benchmarks, documentation and tests.
     assert declared - {"all", "bench", "docs", "test"} == set(EXTRAS) - {"core"}, declared
+
+
+def test_the_test_extra_installs_every_module_the_tests_import(wheel: Path, tmp_path: Path) -> None:
+    # `pip install -e '.[all,test]'` then `pytest tests/` (CONTRIBUTING.md): nothing may be
+    # skipped, or fail, for want of a package.
+    venv = tmp_path / "venv-test"
+    run(uv(), "venv", "--quiet", "--python", sys.executable, venv)
+    python = venv / "bin" / "python"
+    run(
+        uv(),
+        "pip",
+        "install",
+        "--quiet",
+        "--python",
+        python,
+        f"commclient[test] @ {wheel.as_uri()}",
+    )
+    output = run(python, "-I", Path(__file__).with_name("tests_imports.py"), REPO_ROOT / "tests")
+    print(output.strip())
