@@ -33,12 +33,12 @@ from apscheduler.job import Job
 from apscheduler.jobstores.base import BaseJobStore
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.schedulers.base import STATE_STOPPED, BaseScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.util import get_callable_name, undefined
 from prometheus_client import CollectorRegistry
 
 from ._context import INTERNAL_LISTENER
-from ._executor import MigrationExecutor, _called_job
+from ._executor import MigrationExecutor, _called_job, require_scheduler
 from ._job import MigratedJob, is_async_callable, leased_job_refusal
 from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
 from ._leader import LeaderElection
@@ -241,18 +241,7 @@ def migrate_scheduler(
     lease cannot key is a problem of the report, and the new scheduler refuses to start with
     it. Start the new scheduler on a running loop.
     """
-    if not isinstance(old, BaseScheduler):
-        if isinstance(old, type):
-            given = f"the class {old.__qualname__}; pass an instance"
-        elif callable(old):
-            name = getattr(old, "__qualname__", repr(old))
-            given = f"the function {name}; call it and pass the scheduler it returns"
-        else:
-            given = f"{type(old).__name__} {old!r}"
-        raise TypeError(
-            "migrate_scheduler() takes an APScheduler 3 scheduler (BlockingScheduler, "
-            f"BackgroundScheduler, ...), got {given}"
-        )
+    require_scheduler(old, "migrate_scheduler()")
     report = MigrationReport()
     old_executors = _old_executors(old)
     new_executors = _carry_executors(old_executors, report, registry, leader)
