@@ -91,6 +91,13 @@ def test_the_sdist_carries_the_license_tests_and_examples(dist: Path) -> None:
         "examples/rest_service/__init__.py",
     ):
         assert expected in names, f"{expected} is not in the sdist"
+    # Every file of the test suite: its data and notes too, not only its code.
+    tests = {
+        path.relative_to(REPO_ROOT).as_posix()
+        for path in (REPO_ROOT / "tests").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+    assert not tests - names, f"not in the sdist: {sorted(tests - names)}"
 
 
 @pytest.mark.parametrize("extra", EXTRAS)
