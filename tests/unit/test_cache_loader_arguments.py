@@ -54,16 +54,17 @@ def test_the_async_cache_refuses_a_loader_that_is_not_a_function(loader: Any, me
 
 
 @pytest.mark.parametrize(
-    ("loader", "message"),
+    ("make", "message"),
     [
-        (passing_a_call(), r"SyncMemoryCache.get_or_set\(\) takes a blocking function .*awaitable"),
-        (None, r"get_or_set\(\) takes a blocking function; got NoneType"),
-        (load_settings, r"'load_settings' is an async function: use the async cache"),
+        (passing_a_call, r"SyncMemoryCache.get_or_set\(\) takes a blocking function .*awaitable"),
+        (lambda: None, r"get_or_set\(\) takes a blocking function; got NoneType"),
+        (lambda: load_settings, r"'load_settings' is an async function: use the async cache"),
     ],
     ids=["coroutine-object", "none", "async-function"],
 )
-def test_the_sync_cache_refuses_a_loader_it_cannot_call(loader: Any, message: str) -> None:
+def test_the_sync_cache_refuses_a_loader_it_cannot_call(make: Any, message: str) -> None:
     cache = create_sync_cache(None, prefix="loader")
+    loader = make()
     try:
         with pytest.raises(TypeError, match=message):
             cache.get_or_set("settings", loader, ttl=60)
