@@ -102,6 +102,9 @@ class Admission(NamedTuple):
 
 ADMITTED = Admission(permitted=True, probe=False, retry_after=0.0)
 
+Watcher = Callable[[str, str], None]
+"""Told ``(old_state, new_state)`` of each transition (``closed``, ``open``, ``half-open``)."""
+
 
 class Breaker:
     """A pybreaker circuit plus the one-probe rule of the half-open state."""
@@ -120,6 +123,7 @@ class Breaker:
         """``storage``: where the local state lives (a closed memory storage by default)."""
         self.name = name
         self._gauges: weakref.WeakSet[Gauge] = weakref.WeakSet()
+        self._watchers: list[Watcher] = []
         self._lock = threading.Lock()
         self._configure(Settings(fail_max, reset_timeout, clock, redis_url, sync_interval), storage)
         _live_breakers.add(self)
@@ -163,7 +167,7 @@ class Breaker:
             reset_timeout=self.reset_timeout,
             state_storage=self._storage,
             name=self.name,
-            listeners=[_GaugeListener(self._gauges)],
+            listeners=[_StateListener(self._gauges, self._watchers)],
         )
 
     @property
@@ -288,6 +292,16 @@ class Breaker:
             ", ".join(redact_text(text) for text in differences),
         )
 
+    def watch(self, watcher: Watcher) -> Callable[[], None]:
+        """Call ``watcher(old, new)`` on every transition from now on; returns the stop."""
+        self._watchers.append(watcher)
+
+        def stop() -> None:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+
+        return stop
+
     def attach_gauge(self, gauge: Gauge) -> None:
         """Keep ``gauge`` equal to the state from now on, on every transition."""
         self._gauges.add(gauge)
@@ -381,25 +395,35 @@ class Breaker:
             self._start_sync = True
 
 
-class _GaugeListener(pybreaker.CircuitBreakerListener):
-    def __init__(self, gauges: weakref.WeakSet[Gauge]) -> None:
+class _StateListener(pybreaker.CircuitBreakerListener):
+    """Keeps the state gauges and tells the watchers, on every transition."""
+
+    def __init__(self, gauges: weakref.WeakSet[Gauge], watchers: list[Watcher]) -> None:
         self._gauges = gauges
+        self._watchers = watchers
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
         value = STATE_VALUES[new_state.name]
         for gauge in list(self._gauges):
             gauge.set(value)
-        old_name = None if old_state is None else old_state.name
+        old = getattr(old_state, "name", None)
+        if old is None or old == new_state.name:  # pybreaker also notifies closed -> closed
+            return
         # One record per transition, the breaker's own account (a sampled gauge misses
         # short states). Information: the caller's failures and the cache's outage are
         # already warned about where they happen, and the state gauge feeds the alerts.
         logger.info(
             "circuit breaker %s: %s -> %s",
             cb.name,
-            old_name,
+            old,
             new_state.name,
-            extra={"breaker": cb.name, "old_state": old_name, "new_state": new_state.name},
+            extra={"breaker": cb.name, "old_state": old, "new_state": new_state.name},
         )
+        for watcher in list(self._watchers):
+            try:
+                watcher(old, new_state.name)
+            except Exception:
+                logger.exception("a breaker watcher failed", extra={"breaker": cb.name})
 
 
 # One round trip per synchronisation. KEYS: state, fail_counter, opened_at.

@@ -11,8 +11,8 @@ from types import ModuleType
 
 
 def extra_hint(extra: str) -> str:
-    """The command that installs ``extra`` (from a clone: ``pip install -e '.[extra]'``)."""
-    return f"pip install 'commclient[{extra}]'"
+    """The commands that install ``extra``: by name (once published), and from a clone."""
+    return f"pip install 'commclient[{extra}]' (from a clone: pip install -e '.[{extra}]')"
 
 
 def import_extra(module: str, *, extra: str, feature: str) -> ModuleType:

@@ -20,6 +20,7 @@ twice is harmless (it only invalidates again). The cache counts each failure in
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import string
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
@@ -89,6 +90,14 @@ class InvalidationRule:
     _segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for name in ("groups", "patterns", "methods"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                # A string is iterable: its characters would be the groups (or methods).
+                raise TypeError(
+                    f"rule for {self.path!r}: {name} takes a collection of strings, "
+                    f"got the string {value!r}; write ({value!r},)"
+                )
         if not self.path.startswith("/"):
             raise ValueError(f"rule path must start with '/': {self.path!r}")
         if not self.groups and not self.patterns:
@@ -155,6 +164,26 @@ DEFAULT_INVALIDATION_RULES: tuple[InvalidationRule, ...] = (
 ``global_settings``, ``user:…`` and ``user_secretary:…``."""
 
 
+def _check_arguments(cache: object, rules: Sequence[object], timeout: float | None) -> None:
+    """Refuse at set-up what would fail on the first mutating request, or never invalidate."""
+    for rule in rules:
+        if not isinstance(rule, InvalidationRule):
+            raise TypeError(
+                f"rules takes InvalidationRule objects, got {type(rule).__name__} {rule!r}"
+            )
+    for name in ("invalidate", "invalidate_group"):
+        method = getattr(cache, name, None)
+        # unwrap: a coroutine function behind a functools.wraps decorator counts.
+        if not callable(method) or not inspect.iscoroutinefunction(inspect.unwrap(method)):
+            raise TypeError(
+                f"the cache's {name} must be a coroutine function (an async cache of "
+                f"commclient.cache, such as AsyncRedisCache); {type(cache).__name__} has "
+                + ("a blocking one" if callable(method) else "none")
+            )
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be > 0 or None (no bound), got {timeout!r}")
+
+
 class CacheInvalidationMiddleware:
     """Invalidate cache groups and patterns after successful mutating requests.
 
@@ -179,6 +208,7 @@ class CacheInvalidationMiddleware:
         self.rules: Sequence[InvalidationRule] = tuple(rules)
         self.timeout = timeout
         self.retry_max_wait = retry_max_wait
+        _check_arguments(cache, self.rules, timeout)
         self._methods = frozenset().union(*(rule.methods for rule in self.rules))
         self._pending: dict[tuple[str, str], None] = {}
         self._retrier: asyncio.Task[None] | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ._breaker import breakers
@@ -16,6 +16,7 @@ __all__ = [
     "no_wait",
     "reset",
     "set_testing",
+    "watch_breaker",
 ]
 
 
@@ -48,6 +49,20 @@ def force_closed(service_name: str, target_service: str) -> None:
 def breaker_state(service_name: str, target_service: str) -> str:
     """``closed``, ``open`` or ``half-open``."""
     return breakers.find(service_name, target_service).state
+
+
+def watch_breaker(
+    service_name: str, target_service: str, watcher: Callable[[str, str], None]
+) -> Callable[[], None]:
+    """Call ``watcher(old_state, new_state)`` on every transition of a pair's breaker.
+
+    The states are ``closed``, ``open`` and ``half-open``; every transition is told, even
+    one that lasts less than a call (a probe that closes the breaker at once), which
+    polling :func:`breaker_state` can miss. The watcher runs in the thread that makes the
+    transition, under the breaker's lock: keep it short, and never call a client from it
+    (an exception it raises is logged). Returns a function that stops the calls.
+    """
+    return breakers.find(service_name, target_service).watch(watcher)
 
 
 def reset() -> None:

@@ -20,7 +20,9 @@ from ._inbound import chosen_context, enter
 __all__ = ["CorrelationIdMiddleware", "StartResponse", "WSGIApp"]
 
 StartResponse = Callable[..., Any]
+"""The WSGI ``start_response(status, headers, exc_info=None)`` callable."""
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+"""A WSGI application: ``app(environ, start_response)`` returns the body's chunks."""
 
 
 class CorrelationIdMiddleware:

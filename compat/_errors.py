@@ -43,27 +43,3 @@ class BridgeCancelledError(BridgeError):
 def require_anyio(feature: str) -> None:
     """Fail with a message naming the extra to install when anyio is missing."""
     import_extra("anyio", extra="async", feature=feature)
-
-
-def require_function(function: object, feature: str, *, asynchronous: bool) -> None:
-    """Refuse what cannot be called as ``feature`` calls it, naming the mistake.
-
-    The common one is passing a coroutine object (``f()``) where the function (``f``) and
-    its arguments are expected.
-    """
-    import inspect
-
-    wanted = "an async function" if asynchronous else "a blocking function"
-    if inspect.isawaitable(function):
-        raise TypeError(
-            f"{feature} takes {wanted} and its arguments, not an awaitable: got "
-            f"{type(function).__name__} {getattr(function, '__qualname__', function)!r}; "
-            "pass the function and its arguments (f, x), not a call (f(x))"
-        )
-    if not callable(function):
-        raise TypeError(f"{feature} takes {wanted}; got {type(function).__name__} {function!r}")
-    if not asynchronous and inspect.iscoroutinefunction(function):
-        raise TypeError(
-            f"{feature} runs a blocking function in a thread; "
-            f"{getattr(function, '__qualname__', function)!r} is an async function: await it"
-        )

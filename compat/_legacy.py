@@ -41,6 +41,7 @@ from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overl
 from prometheus_client import CollectorRegistry, Counter
 
 from commclient import ServiceClientError, ServiceTimeoutError
+from commclient._callables import require_function
 from commclient._metrics import metric_family
 
 from ._bridge import Bridge, _Held, default_bridge, reset_in_forked_child
@@ -80,6 +81,13 @@ class LegacyShim(Generic[ClientT]):
         mode: LegacyMode = "strict",
         registry: CollectorRegistry | None = None,
     ) -> None:
+        require_function(
+            client_factory,
+            "compat.LegacyShim()",
+            asynchronous=False,
+            async_hint="the factory must return the client itself (its class will do)",
+            wanted="a function that makes the client (its class, or lambda: Client(...))",
+        )
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         self.name = name

@@ -173,12 +173,33 @@ def sync_proxy(async_object: T, *, timeout: float | None = None) -> SyncProxy[T]
     caller gets :class:`TimeoutError` (``with proxy:`` itself is not bounded). Given a
     proxy, returns it, or a proxy of its object with this ``timeout``.
     """
+    _require_instance(async_object)
     timeout = checked_timeout(timeout)
     if isinstance(async_object, SyncProxy):
         if timeout is None or async_object.timeout == timeout:
             return async_object
         async_object = async_object.async_object
     return proxy_type(type(async_object))(async_object, timeout=timeout)
+
+
+def _require_instance(async_object: object) -> None:
+    """Refuse what has no async methods to proxy: a call, a function or a class.
+
+    Each would make a proxy without methods, failing only at its first use.
+    """
+    name = getattr(async_object, "__qualname__", None) or type(async_object).__name__
+    if inspect.isawaitable(async_object):
+        raise TypeError(
+            f"compat.sync_proxy() takes an object with async methods, not an awaitable: got "
+            f"{type(async_object).__name__} {name!r}; make the object first "
+            "(compat.run_sync(factory) runs an async factory)"
+        )
+    if inspect.isclass(async_object) or inspect.isroutine(async_object):
+        kind = "class" if inspect.isclass(async_object) else "function"
+        raise TypeError(
+            f"compat.sync_proxy() takes an object with async methods; got the {kind} "
+            f"{name!r}: pass an instance, or call a function with compat.run_sync()"
+        )
 
 
 def proxy_type(cls: type[T]) -> type[SyncProxy[T]]:

@@ -24,9 +24,11 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from commclient._callables import require_function
+
 from ._bridge import checked_timeout, default_bridge, reset_in_forked_child
 from ._context import clear_loop_local, copy_back, held_slots
-from ._errors import require_anyio, require_function
+from ._errors import require_anyio
 
 if TYPE_CHECKING:
     from anyio import Event
@@ -62,6 +64,10 @@ def run_sync(  # type: ignore[misc]  # the implementation of both overloads
     **kwargs: Any,
 ) -> Any:
     """Run ``async_fn(*args, **kwargs)`` on the shared background loop; block until done.
+
+    The opposite of anyio's ``to_thread.run_sync`` (that is :func:`run_blocking`): this is
+    asgiref's ``async_to_sync(async_fn)(*args)`` and anyio's ``from_thread.run``, without a
+    portal of the caller's.
 
     For synchronous code only. The loop is started on first use and lives until the
     interpreter exits, so async objects used through it keep their connection pools.
@@ -203,12 +209,14 @@ def blocking_limit() -> int:
 async def run_blocking(sync_fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run the blocking ``sync_fn(*args, **kwargs)`` in a worker thread; await its result.
 
-    For async code calling legacy blocking functions: the event loop keeps serving other
-    tasks meanwhile. At most :func:`blocking_limit` calls run at once per loop; more wait
-    their turn without blocking the loop. A call nested inside another (``run_blocking``
-    -> ``run_sync`` -> ``run_blocking``) uses its caller's slot rather than waiting for a
-    second one. Context variables are copied into the thread, and the function's changes
-    to them are copied back.
+    anyio's ``to_thread.run_sync`` and asgiref's ``sync_to_async(sync_fn)(*args)`` (not
+    :func:`run_sync`, which goes the other way). For async code calling legacy blocking
+    functions: the event loop keeps serving other tasks meanwhile. At most
+    :func:`blocking_limit` calls run at once per loop; more wait their turn without blocking
+    the loop. A call nested inside another (``run_blocking`` -> ``run_sync`` ->
+    ``run_blocking``) uses its caller's slot rather than waiting for a second one. Context
+    variables are copied into the thread, and the function's changes to them are copied
+    back.
 
     Cancellation: a call still waiting for its turn is cancelled at once and never runs.
     A running function cannot be: a thread cannot be interrupted. Cancelling the awaiting

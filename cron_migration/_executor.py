@@ -341,6 +341,29 @@ async def _on_compat_loop(
         raise
 
 
+def require_scheduler(scheduler: object, feature: str, *, asyncio_only: bool = False) -> None:
+    """Refuse what is not an APScheduler 3 scheduler (an ``AsyncIOScheduler`` with
+    ``asyncio_only``), saying what to pass instead: a factory or a class is a common slip."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.schedulers.base import BaseScheduler
+
+    if isinstance(scheduler, AsyncIOScheduler if asyncio_only else BaseScheduler):
+        return
+    wanted = (
+        "an AsyncIOScheduler"
+        if asyncio_only
+        else "an APScheduler 3 scheduler (BlockingScheduler, BackgroundScheduler, ...)"
+    )
+    if isinstance(scheduler, type):
+        given = f"the class {scheduler.__qualname__}; pass an instance"
+    elif callable(scheduler):
+        name = getattr(scheduler, "__qualname__", repr(scheduler))
+        given = f"the function {name}; call it and pass the scheduler it returns"
+    else:
+        given = f"{type(scheduler).__name__} {scheduler!r}"
+    raise TypeError(f"{feature} takes {wanted}, got {given}")
+
+
 def watch_missed_runs(scheduler: Any, *, registry: CollectorRegistry | None = None) -> None:
     """Count ``cron_job_missed_total{job}`` for every run ``scheduler`` skips as missed.
 
@@ -348,6 +371,7 @@ def watch_missed_runs(scheduler: Any, *, registry: CollectorRegistry | None = No
     other executors. Calling it again for the same scheduler changes nothing. The series
     of every job the scheduler has or gets exists at 0 from then on.
     """
+    require_scheduler(scheduler, "watch_missed_runs()")
     if getattr(scheduler, "_cron_migration_watches_missed_runs", False):
         return
     metrics = CronMetrics(registry)

@@ -100,6 +100,9 @@ def monitor_event_loop_lag(
     """Run ``monitor`` (a new one by default) while the ``AsyncIOScheduler`` runs."""
     from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN, EVENT_SCHEDULER_STARTED
 
+    from ._executor import require_scheduler
+
+    require_scheduler(scheduler, "monitor_event_loop_lag()", asyncio_only=True)
     lag = monitor if monitor is not None else EventLoopLagMonitor()
 
     def on_event(event: Any) -> None:

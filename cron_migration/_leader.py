@@ -281,3 +281,5 @@ class LeaderElection:
             await asyncio.gather(campaign, return_exceptions=True)
         await self.resign()
         await self._redis.aclose()
+
+    close = aclose

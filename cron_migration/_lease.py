@@ -314,6 +314,8 @@ class Lease:
         """Close the client this lease opened for the current loop (none for a given client)."""
         await self._redis.aclose()
 
+    close = aclose
+
 
 def _check_url(url: str, what: str) -> None:
     """Refuse, when the job is decorated, a URL every run would fail to connect with."""

@@ -38,7 +38,7 @@ from apscheduler.util import get_callable_name, undefined
 from prometheus_client import CollectorRegistry
 
 from ._context import INTERNAL_LISTENER
-from ._executor import MigrationExecutor, _called_job
+from ._executor import MigrationExecutor, _called_job, require_scheduler
 from ._job import MigratedJob, is_async_callable, leased_job_refusal
 from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
 from ._leader import LeaderElection
@@ -241,6 +241,7 @@ def migrate_scheduler(
     lease cannot key is a problem of the report, and the new scheduler refuses to start with
     it. Start the new scheduler on a running loop.
     """
+    require_scheduler(old, "migrate_scheduler()")
     report = MigrationReport()
     old_executors = _old_executors(old)
     new_executors = _carry_executors(old_executors, report, registry, leader)

@@ -16,7 +16,7 @@ from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ._context import check_seconds, mark_internal_listener
-from ._executor import MigrationExecutor
+from ._executor import MigrationExecutor, require_scheduler
 from ._job import MigratedJob
 from ._lease import Lease
 from ._records import give_up_abandoned_runs, wait_for_run_records
@@ -67,10 +67,7 @@ async def shutdown_gracefully(
     scheduler's loop. APScheduler's own ``shutdown()`` cannot wait for coroutine jobs;
     this does.
     """
-    if not isinstance(scheduler, AsyncIOScheduler):
-        raise TypeError(
-            f"shutdown_gracefully() stops an AsyncIOScheduler, got {type(scheduler).__name__}"
-        )
+    require_scheduler(scheduler, "shutdown_gracefully()", asyncio_only=True)
     timeout = check_seconds("timeout", timeout, allow_zero=True)
     records_timeout = check_seconds("records_timeout", records_timeout, allow_zero=True)
     if not scheduler.running:

@@ -130,36 +130,62 @@ def on_files(files: Files, config: Any) -> Files:
     return files
 
 
+def public_modules() -> list[Any]:
+    """The packages and their public modules (no ``_`` in the name), as griffe modules."""
+    import griffe
+
+    found: list[Any] = []
+    for package in PACKAGES:
+        modules = [griffe.load(package, search_paths=[str(ROOT)], resolve_aliases=True)]
+        while modules:
+            module = modules.pop()
+            modules.extend(sub for name, sub in module.modules.items() if not name.startswith("_"))
+            found.append(module)
+    return found
+
+
+def unreferenced_modules() -> list[str]:
+    """Public modules with an ``__all__`` that no page of ``docs/reference/`` renders."""
+    rendered = {
+        match.group(1)
+        for page in (ROOT / "docs" / "reference").glob("*.md")
+        for match in re.finditer(r"^::: ([\w.]+)\s*$", page.read_text(encoding="utf-8"), re.M)
+    }
+    return sorted(
+        module.path for module in public_modules() if module.exports and module.path not in rendered
+    )
+
+
 def undocumented_public_names() -> list[str]:
     """Public names (``__all__`` of public modules, and their classes' public methods and
     properties) without a docstring."""
     import griffe
 
     missing: list[str] = []
-    for package in PACKAGES:
-        root = griffe.load(package, search_paths=[str(ROOT)], resolve_aliases=True)
-        modules = [root]
-        while modules:
-            module = modules.pop()
-            modules.extend(sub for name, sub in module.modules.items() if not name.startswith("_"))
-            for export in module.exports or ():
-                name = str(export)
-                target = module[name].final_target if module[name].is_alias else module[name]
-                if not (target.docstring and target.docstring.value.strip()):
-                    missing.append(f"{module.path}.{name}")
-                if target.kind is griffe.Kind.CLASS:
-                    missing.extend(
-                        f"{module.path}.{name}.{member_name}"
-                        for member_name, member in target.members.items()
-                        if not member_name.startswith("_")
-                        and not member.is_alias
-                        and (member.kind is griffe.Kind.FUNCTION or "property" in member.labels)
-                        and not (member.docstring and member.docstring.value.strip())
-                    )
+    for module in public_modules():
+        for export in module.exports or ():
+            name = str(export)
+            target = module[name].final_target if module[name].is_alias else module[name]
+            if not (target.docstring and target.docstring.value.strip()):
+                missing.append(f"{module.path}.{name}")
+            if target.kind is griffe.Kind.CLASS:
+                missing.extend(
+                    f"{module.path}.{name}.{member_name}"
+                    for member_name, member in target.members.items()
+                    if not member_name.startswith("_")
+                    and not member.is_alias
+                    and (member.kind is griffe.Kind.FUNCTION or "property" in member.labels)
+                    and not (member.docstring and member.docstring.value.strip())
+                )
     return sorted(missing)
 
 
 def on_pre_build(config: Any) -> None:
+    unreferenced = unreferenced_modules()
+    if unreferenced:
+        raise PluginError(
+            "public modules without an API reference page: " + ", ".join(unreferenced)
+        )
     missing = undocumented_public_names()
     if missing:
         raise PluginError("public names without a docstring: " + ", ".join(missing))

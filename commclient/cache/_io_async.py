@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager, suppress
 from functools import partial
 from typing import Any, TypeVar
 
+from .._callables import require_function
 from .._extras import import_extra
 from ._core import rebuild_client
 
@@ -80,6 +81,11 @@ else:
 
     def check_cancelled() -> None:
         """Python 3.10 cannot tell; ``aclose`` sets the listener's stop event as well."""
+
+
+def check_loader(loader: object, feature: str) -> None:
+    """Refuse a loader or callback that is not a function (a call, ``load()``, most often)."""
+    require_function(loader, feature, asynchronous=None)
 
 
 async def call_loader(loader: Callable[[], Any] | None) -> Any:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable
 from contextlib import AbstractContextManager, suppress
 from typing import Any, TypeVar
 
+from .._callables import require_function
 from .._extras import import_extra
 from ._core import rebuild_client
 from ._renewer import lease_renewer
@@ -60,6 +61,14 @@ def bounded(result: T, seconds: float) -> T:
 
 def check_cancelled() -> None:
     """Threads are stopped through their stop event."""
+
+
+def check_loader(loader: object, feature: str) -> None:
+    """Refuse a loader or callback that is not a blocking function: a call (``load()``), or
+    an async function, whose coroutine this driver would store or drop un-awaited."""
+    require_function(
+        loader, feature, asynchronous=False, async_hint="use the async cache, or a blocking loader"
+    )
 
 
 def call_loader(loader: Callable[[], Any] | None) -> Any:

@@ -473,6 +473,7 @@ class SyncRedisCache(CoreFacade):
         probability that grows as the end nears (XFetch: ``e**(-remaining /
         early_refresh)``), so one caller reloads it while the others are served.
         """
+        io.check_loader(loader, f"{type(self).__name__}.get_or_set()")
         core = self._core
         plan = core.plan(key)
         ttl_ms = ttl_milliseconds(ttl)
@@ -581,6 +582,7 @@ class SyncRedisCache(CoreFacade):
         (Pub/Sub delivers at most once).
         """
         self._check_open()
+        io.check_loader(callback, f"{type(self).__name__}.subscribe_invalidation()")
         client = io.rebuilt_client(self._redis, retry=io.retry(0))
         try:
             subscription = _CallbackSubscription(self._core, callback)

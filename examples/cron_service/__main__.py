@@ -49,7 +49,9 @@ async def run(metrics_port: int, shutdown_timeout: float, intervals: dict[str, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.cron_service", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--metrics-port", type=int, default=9100)
     parser.add_argument("--shutdown-timeout", type=float, default=30.0)
     parser.add_argument(

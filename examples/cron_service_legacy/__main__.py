@@ -19,7 +19,8 @@ from examples.cron_service_legacy.scheduler import build_scheduler
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="Run the legacy cron service (BlockingScheduler) until interrupted."
+        prog="python -m examples.cron_service_legacy",
+        description="Run the legacy cron service (BlockingScheduler) until interrupted.",
     )
     parser.add_argument(
         "--rest-url",
@@ -35,7 +36,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     jobs.configure(args.rest_url, args.redis_url)
     print(f"legacy cron service: REST service at {args.rest_url}", flush=True)
-    build_scheduler().start()
+    scheduler = build_scheduler()
+    try:
+        scheduler.start()
+    except KeyboardInterrupt:
+        # Ctrl-C ends the service, as the help says: no traceback; a run in progress
+        # finishes before the interpreter exits.
+        scheduler.shutdown(wait=False)
+        print("legacy cron service: stopped", flush=True)
 
 
 if __name__ == "__main__":

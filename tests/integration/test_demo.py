@@ -63,6 +63,18 @@ def test_a_short_demo_exits_0_and_prints_the_summary() -> None:
     assert all(earlier[1] == later[0] for earlier, later in itertools.pairwise(steps)), row
     assert ["open", "closed"] not in steps
     assert "Traceback" not in finished.stderr
+    # The breaker's own transitions, in order (whether the short fault window opens the
+    # breaker depends on the machine): a sampled state could skip the half-open of a
+    # quick probe and show "open->closed".
+    (line,) = [line for line in summary.splitlines() if line.startswith("breaker transitions ")]
+    count = _row(summary, "breaker transitions")
+    listed = line.partition("(")[2].rstrip(")")
+    transitions = listed.split(", ") if listed else []
+    assert len(transitions) == int(count), line
+    assert "open->closed" not in transitions, line  # only a probe closes it: via half-open
+    assert transitions[:1] in ([], ["closed->open"]), line
+    for before, after in itertools.pairwise(transitions):
+        assert before.split("->")[1] == after.split("->")[0], line
 
 
 def test_a_run_the_rest_service_refuses_to_record_fails_the_demo(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,8 @@ def test_example_answers_help_and_exits(module: str, form: str, tmp_path: Path) 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage:"), result.stdout[:500]
+    # Not "usage: __main__.py": the usage names the command that runs the example.
+    assert "__main__" not in result.stdout.splitlines()[0], result.stdout.splitlines()[0]
     assert "Adding job" not in result.stderr, "--help started the scheduler"
 
 
@@ -69,3 +72,34 @@ def test_rest_service_prints_where_it_listens() -> None:
         process.terminate()
         process.wait(30)
     assert f"http://127.0.0.1:{port}" in first_line
+
+
+def test_the_legacy_service_stops_on_ctrl_c_without_a_traceback() -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "examples.cron_service_legacy",
+            "--rest-url",
+            f"http://127.0.0.1:{free_port()}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": ""},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if "Scheduler started" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    assert "Traceback" not in stderr, stderr
+    assert process.returncode == 0, stderr
+    assert "legacy cron service: stopped" in stdout

@@ -91,6 +91,13 @@ def test_the_sdist_carries_the_license_tests_and_examples(dist: Path) -> None:
         "examples/rest_service/__init__.py",
     ):
         assert expected in names, f"{expected} is not in the sdist"
+    # Every file of the test suite: its data and notes too, not only its code.
+    tests = {
+        path.relative_to(REPO_ROOT).as_posix()
+        for path in (REPO_ROOT / "tests").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+    assert not tests - names, f"not in the sdist: {sorted(tests - names)}"
 
 
 @pytest.mark.parametrize("extra", EXTRAS)
@@ -121,3 +128,22 @@ def test_the_extras_checked_are_the_extras_the_wheel_declares(wheel: Path) -> No
     # all: the union of the others; bench, docs and test: from a clone, for this repository's
     # own benchmarks, documentation and tests.
     assert declared - {"all", "bench", "docs", "test"} == set(EXTRAS) - {"core"}, declared
+
+
+def test_the_test_extra_installs_every_module_the_tests_import(wheel: Path, tmp_path: Path) -> None:
+    # `pip install -e '.[all,test]'` then `pytest tests/` (CONTRIBUTING.md): nothing may be
+    # skipped, or fail, for want of a package.
+    venv = tmp_path / "venv-test"
+    run(uv(), "venv", "--quiet", "--python", sys.executable, venv)
+    python = venv / "bin" / "python"
+    run(
+        uv(),
+        "pip",
+        "install",
+        "--quiet",
+        "--python",
+        python,
+        f"commclient[test] @ {wheel.as_uri()}",
+    )
+    output = run(python, "-I", Path(__file__).with_name("tests_imports.py"), REPO_ROOT / "tests")
+    print(output.strip())

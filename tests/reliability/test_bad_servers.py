@@ -25,7 +25,7 @@ from commclient import (
     SyncServiceClient,
 )
 from commclient.cache import CacheConfig, CacheError, SyncRedisCache
-from tests.conftest import IN_CI
+from tests.prerequisites import missing
 from tests.redis_server import RedisServer, free_port
 from tests.reliability._results import Row, sized
 
@@ -166,10 +166,7 @@ def _nginx() -> str:
         "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
     )
     if found is None:
-        message = "nginx is not installed (apt-get install nginx)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing("nginx is not installed (apt-get install nginx)")
     return found
 
 

@@ -275,3 +275,45 @@ def test_an_unreachable_redis_is_one_warning_without_the_password(
     # The local state carries on: the breaker opened on its own failures.
     assert breaker.state == "open"
     breaker.reset()
+
+
+def test_watch_breaker_tells_every_transition_even_one_shorter_than_a_poll() -> None:
+    clock = testing.FakeClock()
+    breaker = breakers.get(
+        "watch-svc", "watch-tgt", ClientConfig(circuit_breaker_fail_max=2), clock
+    )
+    told: list[tuple[str, str]] = []
+    stop = testing.watch_breaker("watch-svc", "watch-tgt", lambda old, new: told.append((old, new)))
+    for _ in range(2):
+        breaker.record_failure(breaker.admit())
+    clock.advance(60.0)
+    breaker.record_failure(breaker.admit())  # a failed probe: open again
+    clock.advance(60.0)
+    breaker.record_success(breaker.admit())  # half-open and closed within one call
+    testing.force_closed("watch-svc", "watch-tgt")  # closed already: no transition
+    assert told == [
+        ("closed", "open"),
+        ("open", "half-open"),
+        ("half-open", "open"),
+        ("open", "half-open"),
+        ("half-open", "closed"),
+    ]
+    stop()
+    testing.force_open("watch-svc", "watch-tgt")
+    assert len(told) == 5
+
+
+def test_a_failing_watcher_is_logged_and_the_breaker_still_moves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    breaker = breakers.get("watch2-svc", "watch2-tgt", ClientConfig(circuit_breaker_fail_max=1))
+
+    def broken(old: str, new: str) -> None:
+        raise RuntimeError("watcher bug")
+
+    stop = testing.watch_breaker("watch2-svc", "watch2-tgt", broken)
+    with caplog.at_level(logging.ERROR, logger="commclient.breaker"):
+        breaker.record_failure(breaker.admit())
+    stop()
+    assert breaker.state == "open"
+    assert "a breaker watcher failed" in caplog.text

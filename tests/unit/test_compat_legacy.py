@@ -418,3 +418,24 @@ def test_a_write_that_timed_out_after_sending_is_logged_as_unknown_not_failed(
         assert "failed with" in message
         assert "unknown" not in message
     assert swallowed(registry, "update_reminder", type(failure).__name__, outcome) == 1
+
+
+async def make_fake_client() -> FakeRestClient:
+    return FakeRestClient()
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        # It failed at the first old call: "'FakeRestClient' object is not callable".
+        (FakeRestClient(), r"takes a function that makes the client .*; got FakeRestClient"),
+        # It failed at the first old call: "'coroutine' object has no attribute ...".
+        (make_fake_client, r"'make_fake_client' is an async function: the factory must return"),
+    ],
+    ids=["client-instance", "async-factory"],
+)
+def test_a_client_factory_that_cannot_make_the_client_is_refused(
+    factory: Any, message: str, registry: CollectorRegistry
+) -> None:
+    with pytest.raises(TypeError, match=message):
+        LegacyShim(factory, name="old_rest_client", registry=registry)

@@ -367,3 +367,32 @@ def test_a_proxy_timeout_cancels_the_call_and_raises_timeout_error() -> None:
 def test_a_bad_proxy_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match="timeout must be a positive"):
         sync_proxy(RemindersClient(), timeout=-1)
+
+
+async def make_reminders_client() -> RemindersClient:
+    return RemindersClient()
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("call", r"not an awaitable: got coroutine 'make_reminders_client'; make the object"),
+        ("function", r"got the function 'make_reminders_client': pass an instance"),
+        ("class", r"got the class 'RemindersClient': pass an instance"),
+    ],
+)
+def test_what_has_no_methods_to_proxy_is_refused_at_once(argument: str, message: str) -> None:
+    # Each made a proxy without methods, failing at its first use
+    # ("'coroutine' object has no attribute 'get'").
+    makers: dict[str, Callable[[], object]] = {
+        "call": make_reminders_client,
+        "function": lambda: make_reminders_client,
+        "class": lambda: RemindersClient,
+    }
+    given = makers[argument]()
+    try:
+        with pytest.raises(TypeError, match=message):
+            sync_proxy(given)
+    finally:
+        if inspect.iscoroutine(given):
+            given.close()

@@ -518,3 +518,14 @@ def test_run_blocking_refuses_an_async_function_and_a_coroutine() -> None:
             coroutine.close()
 
     asyncio.run(main())
+
+
+def test_the_docstrings_name_the_anyio_and_asgiref_equivalents() -> None:
+    # run_sync is named like anyio's to_thread.run_sync and does the opposite: the help a
+    # user reads in an editor or the API reference says so, not only the README.
+    assert run_sync.__doc__ is not None
+    assert run_blocking.__doc__ is not None
+    assert "opposite of anyio's ``to_thread.run_sync``" in run_sync.__doc__
+    assert "``async_to_sync(async_fn)(*args)``" in run_sync.__doc__
+    assert "anyio's ``to_thread.run_sync``" in run_blocking.__doc__
+    assert "``sync_to_async(sync_fn)(*args)``" in run_blocking.__doc__

@@ -305,3 +305,36 @@ def test_missed_runs_are_counted(executor: str) -> None:
     asyncio.run(main())
     assert count_missed(registry, "late") == 1  # labelled by job id
     assert count_missed(registry, "bare") == 1
+
+
+def legacy_scheduler_factory() -> BackgroundScheduler:
+    return BackgroundScheduler()
+
+
+@pytest.mark.parametrize(
+    ("old", "message"),
+    [
+        (legacy_scheduler_factory, r"got the function legacy_scheduler_factory; call it"),
+        (BackgroundScheduler, r"got the class BackgroundScheduler; pass an instance"),
+        (None, r"got NoneType None"),
+    ],
+    ids=["factory", "class", "none"],
+)
+def test_what_is_not_a_scheduler_is_refused_by_name(old: Any, message: str) -> None:
+    # It failed with "'function' object has no attribute '_executors'".
+    with pytest.raises(TypeError, match=rf"takes an APScheduler 3 scheduler .*{message}"):
+        migrate_scheduler(old)
+
+
+def test_the_other_scheduler_functions_refuse_what_is_not_their_scheduler() -> None:
+    from cron_migration import monitor_event_loop_lag, shutdown_gracefully, watch_missed_runs
+
+    # Both failed with "'NoneType' object has no attribute 'add_listener'".
+    with pytest.raises(TypeError, match=r"watch_missed_runs\(\) takes an APScheduler 3 .*None"):
+        watch_missed_runs(None)
+    with pytest.raises(TypeError, match=r"monitor_event_loop_lag\(\) takes an AsyncIOScheduler"):
+        monitor_event_loop_lag(BackgroundScheduler())
+    with pytest.raises(
+        TypeError, match=r"shutdown_gracefully\(\) takes an AsyncIOScheduler, got the"
+    ):
+        asyncio.run(shutdown_gracefully(AsyncIOScheduler))  # type: ignore[arg-type]

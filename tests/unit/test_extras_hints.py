@@ -104,6 +104,8 @@ def test_a_missing_optional_package_names_its_extra(feature: str) -> None:
     assert outcome["name"].partition(".")[0] == hidden[0]
     assert f"needs {hidden[0]}, which the {extra!r} extra installs" in outcome["message"]
     assert f"pip install 'commclient[{extra}]'" in outcome["message"]
+    # The package is not published yet: the hint gives the install from a clone too.
+    assert f"from a clone: pip install -e '.[{extra}]'" in outcome["message"]
 
 
 def test_a_benchmark_without_its_dependency_names_the_bench_extra() -> None:

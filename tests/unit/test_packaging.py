@@ -105,8 +105,17 @@ def test_all_is_sorted_and_unique(name: str) -> None:
 @pytest.mark.parametrize("name", [*PUBLIC_PACKAGES, *PUBLIC_MODULES])
 def test_all_names_exist(name: str) -> None:
     module = import_or_skip(name)
-    missing = [attr for attr in getattr(module, "__all__", []) if not hasattr(module, attr)]
+    missing = [attr for attr in getattr(module, "__all__", []) if not _has(module, attr)]
     assert missing == [], f"{name}.__all__ names what the package lacks"
+
+
+def _has(module: object, attr: str) -> bool:
+    """``hasattr``, where a name loaded lazily from an extra that is not installed counts
+    when its error names the extra (cron_migration's names without APScheduler)."""
+    try:
+        return hasattr(module, attr)
+    except ModuleNotFoundError as exc:
+        return "extra installs: pip install 'commclient[" in str(exc)
 
 
 @pytest.mark.parametrize("name", PUBLIC_PACKAGES)
