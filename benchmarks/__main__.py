@@ -92,6 +92,8 @@ def format_limit(row: Row) -> str:
     bound = ">=" if kind.startswith("min_") else "<="
     if kind in ("ratio", "min_ratio"):
         return f"{bound} {row.limit:.2f}x"
+    if kind == "difference":
+        return f"{bound} +{row.limit:g} {row.unit}"
     return f"{bound} {row.limit:g} {row.unit}"
 
 

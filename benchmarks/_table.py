@@ -7,7 +7,7 @@ from dataclasses import dataclass
 #: How a row's limit reads: ``ratio``/``value`` are upper bounds on candidate / baseline or
 #: on the candidate's value, ``min_ratio``/``min_value`` lower bounds (a throughput), and
 #: ``none`` a row shown for comparison only (a peer library, the bare transport's figures).
-LIMIT_KINDS = ("ratio", "value", "min_ratio", "min_value", "none")
+LIMIT_KINDS = ("ratio", "value", "difference", "min_ratio", "min_value", "none")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class Row:
         kind = self.limit_kind
         if kind == "none":
             return True
+        if kind == "difference":
+            return self.candidate_value - self.baseline_value <= self.limit
         measured = self.ratio if kind in ("ratio", "min_ratio") else self.candidate_value
         return measured >= self.limit if kind.startswith("min_") else measured <= self.limit
 

@@ -28,13 +28,15 @@ def active_tracer() -> Any | None:
     if trace is None:
         return None
     provider = trace.get_tracer_provider()
-    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
-        return None
     global _cached
     cached_provider, tracer = _cached
-    if cached_provider is not provider:
+    if provider is cached_provider:
+        return tracer
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        tracer = None
+    else:
         tracer = provider.get_tracer("commclient", __version__)
-        _cached = (provider, tracer)
+    _cached = (provider, tracer)
     return tracer
 
 
