@@ -391,6 +391,14 @@ class Core:
         return dict(merged.values())
 
 
+def _exemplar(trace: CallTrace | None) -> dict[str, str] | None:
+    """The duration's exemplar: the call's trace id, when the call is traced."""
+    if trace is None:
+        return None
+    trace_id = trace.trace_id()
+    return None if trace_id is None else {"trace_id": trace_id}
+
+
 _METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 _PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/%!$&'()*+,;=:@._~-]*")
@@ -595,14 +603,16 @@ class Call:
                     judged = True
                     core.breaker.record_success(admission)
                 if failure is not True and not retryable:
-                    return self._finish(outcome, status_label, duration, number)
+                    return self._finish(outcome, status_label, duration, number, trace)
                 if failure and not failure_recorded:
                     failure_recorded = judged = True
                     core.breaker.record_failure(admission)
                 wait = self._next_wait(outcome, retryable, number, max_attempts, deadline_at, state)
                 if wait is None and not failure:
-                    return self._finish(outcome, status_label, duration, number)
-                core.metrics.observe(method, self.endpoint, status_label, duration)
+                    return self._finish(outcome, status_label, duration, number, trace)
+                core.metrics.observe(
+                    method, self.endpoint, status_label, duration, _exemplar(trace)
+                )
                 self._log(logging.DEBUG, "attempt failed", status_label, number, duration)
                 if wait is None:
                     raise self._final_error(outcome, number)
@@ -796,10 +806,19 @@ class Call:
             return None
         return wait
 
-    def _finish(self, outcome: Outcome, status_label: str, duration: float, number: int) -> Any:
+    def _finish(
+        self,
+        outcome: Outcome,
+        status_label: str,
+        duration: float,
+        number: int,
+        trace: CallTrace | None,
+    ) -> Any:
         """The call's result, or the error of an outcome that does not blame the target."""
         value, error, status_label = self._result(outcome, status_label, duration, number)
-        self.core.metrics.observe(self.request.method, self.endpoint, status_label, duration)
+        self.core.metrics.observe(
+            self.request.method, self.endpoint, status_label, duration, _exemplar(trace)
+        )
         if error is not None:
             if isinstance(outcome, TransportFailure):
                 self._log(logging.WARNING, "call failed", _label(outcome), number, None)

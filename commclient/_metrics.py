@@ -255,8 +255,19 @@ class ClientMetrics:
                     self.service, self.target, method, endpoint, error_type
                 )
 
-    def observe(self, method: str, endpoint: str, status: str, seconds: float | None) -> None:
-        """Count one attempt (or one breaker rejection, which has no duration)."""
+    def observe(
+        self,
+        method: str,
+        endpoint: str,
+        status: str,
+        seconds: float | None,
+        exemplar: dict[str, str] | None = None,
+    ) -> None:
+        """Count one attempt (or one breaker rejection, which has no duration).
+
+        ``exemplar``: labels (the trace id) kept with the duration's bucket, shown by
+        Prometheus when it scrapes the OpenMetrics format.
+        """
         key = (method, endpoint, status)
         counter = self._request_children.get(key)
         if counter is None:
@@ -273,7 +284,7 @@ class ClientMetrics:
                 histogram = self._duration_children[(method, endpoint)] = self._duration.labels(
                     self.service, self.target, method, endpoint
                 )
-            histogram.observe(seconds)
+            histogram.observe(seconds, exemplar)
 
     def retried(self, method: str, endpoint: str, error_type: str) -> None:
         key = (method, endpoint, error_type)

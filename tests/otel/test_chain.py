@@ -228,3 +228,29 @@ def test_a_cron_runs_reminder_is_continued_through_a_redis_stream(
     assert call.parent is not None
     assert call.parent.span_id == run.context.span_id
     assert consumed == [run.attributes["commclient.correlation_id"]]  # type: ignore[index]
+
+
+def test_the_duration_histogram_carries_the_calls_trace_id_as_exemplar(
+    spans: InMemorySpanExporter,
+) -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    testing.reset()
+    registry = CollectorRegistry()
+    with serve(chain_app("service_c", None, failures=[])) as c_url:
+
+        async def main() -> None:
+            async with AsyncServiceClient(
+                c_url, service_name="edge", target_service="c", config=FAST, registry=registry
+            ) as client:
+                await client.get("/work")
+
+        asyncio.run(main())
+    (call,) = [
+        s
+        for s in by_name(spans.get_finished_spans(), "GET /work")
+        if s.kind is trace.SpanKind.INTERNAL
+    ]
+    exposition = generate_latest(registry).decode()
+    assert f'# {{trace_id="{call.context.trace_id:032x}"}}' in exposition
