@@ -528,7 +528,7 @@ def _code_of(func: Callable[..., Any]) -> Any:
 
 
 def _old_scheduler_uses(old: Any, func: Callable[..., Any]) -> list[str]:
-    """Where the job's own code uses ``old`` by a global name, a module or ``self``.
+    """Where the job's own code uses ``old`` by a global or closure name, a module or ``self``.
 
     Best effort, from the function's source: names bound elsewhere are not followed.
     """
@@ -537,6 +537,12 @@ def _old_scheduler_uses(old: Any, func: Callable[..., Any]) -> list[str]:
     if not isinstance(module_globals, dict):
         return []
     names = {name for name, value in module_globals.items() if value is old}
+    # A job defined in the function that builds the scheduler reaches it through its closure.
+    names |= {
+        name
+        for name, cell in zip(code.__code__.co_freevars, code.__closure__ or (), strict=True)
+        if _cell_value(cell) is old
+    }
     modules = {
         name: {attribute for attribute, value in vars(value).items() if value is old}
         for name, value in module_globals.items()
@@ -569,6 +575,13 @@ def _old_scheduler_uses(old: Any, func: Callable[..., Any]) -> list[str]:
         ):
             uses.append(f"{ast.unparse(node)} on line {first_line + node.lineno - 1}")
     return uses
+
+
+def _cell_value(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a variable not bound yet
+        return None
 
 
 def _attribute_uses(tree: ast.AST) -> Iterator[tuple[ast.Attribute, ast.expr]]:

@@ -350,3 +350,21 @@ def test_under_an_election_thread_executors_check_it_and_a_process_pool_is_a_pro
     assert not report.ok
     assert [problem.subject for problem in report.problems] == ["in_processes"]
     assert "does not check the leader election" in report.problems[0].message
+
+
+def build_legacy_with_a_manager() -> BackgroundScheduler:
+    """The factory layout: the manager job reaches the scheduler through its closure."""
+    scheduler = BackgroundScheduler()
+
+    def manager() -> None:
+        scheduler.add_job(noop, "interval", minutes=1, id="managed", replace_existing=True)
+
+    scheduler.add_job(manager, "interval", minutes=5, id="manager")
+    return scheduler
+
+
+def test_a_job_driving_the_old_scheduler_through_a_closure_is_reported() -> None:
+    _, report = migrate_scheduler(build_legacy_with_a_manager(), async_jobs=[], lag_monitor=False)
+    assert [(p.subject, "scheduler.add_job on line" in p.message) for p in report.problems] == [
+        ("manager", True)
+    ]
