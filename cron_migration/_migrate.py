@@ -231,7 +231,8 @@ def migrate_scheduler(
     ``async_jobs`` is the per-job switch for the async jobs the scheduler has now: the
     ids that run on the new scheduler's loop (``"*"`` for all), or a mapping of job id to
     an async function that replaces the job's function. The async jobs it does not name
-    run on compat's background loop, as a legacy scheduler with a portal would. Async
+    run on compat's background loop, as a legacy scheduler with a portal would, except
+    those an ``AsyncIOScheduler`` ``old`` awaited on its loop: they stay on the loop. Async
     jobs added to the new scheduler later run on its loop: the switch is a rule, "on the
     loop unless switched off" (``report.switch.switch_off(job_id)``). Sync jobs run in
     compat's bounded worker pool either way. Without ``async_jobs``, the ids come from
@@ -264,6 +265,7 @@ def migrate_scheduler(
         for entry in old_jobs
         if is_async_callable(replacements.get(entry.job.id, entry.job.func))
         and entry.job.id not in on_loop
+        and not _awaited_on_old_loop(old, old_executors.get(entry.job.executor), entry.job.id)
     ):
         report.switch.switch_off(job_id)
     for executor in new_executors.values():
@@ -312,6 +314,15 @@ def migrate_scheduler(
     if lag_monitor:
         report.lag_monitor = monitor_event_loop_lag(new, EventLoopLagMonitor(registry=registry))
     return new, report
+
+
+def _awaited_on_old_loop(old: Any, executor: BaseExecutor | None, job_id: str) -> bool:
+    """Whether ``old`` awaited the async job on its own loop: it stays on the loop."""
+    if not isinstance(old, AsyncIOScheduler):
+        return False
+    if isinstance(executor, MigrationExecutor):
+        return executor.on_async_path(job_id)
+    return isinstance(executor, AsyncIOExecutor)
 
 
 def _old_executors(old: Any) -> dict[str, BaseExecutor]:

@@ -368,3 +368,27 @@ def test_a_job_driving_the_old_scheduler_through_a_closure_is_reported() -> None
     assert [(p.subject, "scheduler.add_job on line" in p.message) for p in report.problems] == [
         ("manager", True)
     ]
+
+
+def test_async_jobs_an_old_asyncio_scheduler_awaited_on_its_loop_stay_on_the_loop() -> None:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    seen: dict[str, str] = {}
+
+    async def on_the_loop() -> None:
+        seen["loop"] = threading.current_thread().name
+
+    async def main() -> Any:
+        old = AsyncIOScheduler()
+        old.add_job(on_the_loop, "interval", seconds=0.05, id="loop")
+        new, report = migrate_scheduler(old, lag_monitor=False)
+        new.start()
+        await wait_until_async(lambda: bool(seen), what="the run")
+        await shutdown_gracefully(new, timeout=5)
+        return report
+
+    report = asyncio.run(main())
+    assert seen == {"loop": threading.main_thread().name}
+    assert report.switch.off == frozenset()
+    (job,) = report.jobs
+    assert job.path == "the scheduler's event loop (awaited)"
