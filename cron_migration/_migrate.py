@@ -439,9 +439,27 @@ def _carry_stores(old: Any, new: AsyncIOScheduler, report: MigrationReport) -> l
                 old_jobs.append(_OldJob(job, alias, False, persisted=False))
                 job_ids.append(job.id)
         for job, pending_alias, replace_existing in list(old._pending_jobs):
-            if pending_alias == alias:
-                old_jobs.append(_OldJob(job, alias, replace_existing, persisted=False))
-                job_ids.append(job.id)
+            if pending_alias != alias:
+                continue
+            if job.id in job_ids:
+                # The code adds a persisted job again at each start: one job, the added one.
+                old_jobs[:] = [
+                    e
+                    for e in old_jobs
+                    if not (e.persisted and e.store == alias and e.job.id == job.id)
+                ]
+                job_ids.remove(job.id)
+                if not replace_existing:
+                    report.problems.append(
+                        MigrationProblem(
+                            job.id,
+                            f"added again to the job store {alias!r}, which already holds it, "
+                            "without replace_existing=True: starting the scheduler raises "
+                            "ConflictingIdError",
+                        )
+                    )
+            old_jobs.append(_OldJob(job, alias, replace_existing, persisted=False))
+            job_ids.append(job.id)
         how = "attached" if persistent else "copied"
         report.stores.append(StoreMigration(alias, type(store).__name__, how, tuple(job_ids)))
     return old_jobs

@@ -392,3 +392,32 @@ def test_async_jobs_an_old_asyncio_scheduler_awaited_on_its_loop_stay_on_the_loo
     assert report.switch.off == frozenset()
     (job,) = report.jobs
     assert job.path == "the scheduler's event loop (awaited)"
+
+
+def test_a_job_the_code_adds_again_to_its_persistent_store_is_one_job(tmp_path: Path) -> None:
+    """The usual persistent-store layout: every start adds the job with replace_existing."""
+    pytest.importorskip("sqlalchemy")
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+
+    def service_scheduler() -> BackgroundScheduler:
+        scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(url=url)})
+        scheduler.add_job(
+            persisted_job, "interval", hours=1, args=["x"], id="nightly", replace_existing=True
+        )
+        return scheduler
+
+    first_life = service_scheduler()
+    first_life.start(paused=True)
+    first_life.shutdown(wait=False)
+
+    async def replacement(label: str) -> None:
+        """The async version of the job."""
+
+    _, report = migrate_scheduler(
+        service_scheduler(), async_jobs={"nightly": replacement}, lag_monitor=False
+    )
+    assert [job.job_id for job in report.jobs] == ["nightly"]
+    assert [store.job_ids for store in report.stores] == [("nightly",)]
+    assert "1 job(s) run from it" in report.render()
