@@ -882,9 +882,14 @@ def _is_ignored(finding: Finding, ignored: dict[int, frozenset[str] | None]) -> 
 # --- baselines and output formats ------------------------------------------------------
 
 
+# Where a CM003/CM004 message says the helper makes its request: "(path:line)".
+_HELPER_PLACE = re.compile(r"\((?P<path>[^()\s]+):\d+\)")
+
+
 def _fingerprint(finding: Finding, line_text: str) -> str:
-    """What identifies a finding across edits elsewhere in its file (not its line number)."""
-    text = f"{finding.path}\0{finding.code}\0{finding.message}\0{line_text.strip()}"
+    """What identifies a finding across edits elsewhere (not its line, nor its helper's)."""
+    message = _HELPER_PLACE.sub(r"(\g<path>)", finding.message)
+    text = f"{finding.path}\0{finding.code}\0{message}\0{line_text.strip()}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

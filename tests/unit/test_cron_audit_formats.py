@@ -132,6 +132,26 @@ def test_a_baseline_reports_only_new_findings(
     assert status == 2
 
 
+def test_a_baseline_keeps_helper_calls_when_the_helper_module_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CM003/CM004 message names the helper's raw call; editing that module is no change."""
+    package = tmp_path / "svc"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    client = package / "rest_client.py"
+    client.write_text(LEGACY)
+    (package / "jobs.py").write_text(
+        "from .rest_client import fetch\n\n\nasync def job():\n    return fetch()\n"
+    )
+    baseline = tmp_path / "baseline.json"
+    status, out = run(capsys, str(package), "--write-baseline", str(baseline))
+    assert "3 finding(s) written" in out
+    client.write_text('"""The old client."""\n\n' + LEGACY)
+    status, out = run(capsys, str(package), "--baseline", str(baseline), "--check")
+    assert (status, out) == (0, "0 call site(s) to migrate\n")
+
+
 def test_a_pep_263_coding_line_is_honoured(tmp_path: Path) -> None:
     source = tmp_path / "latin.py"
     source.write_bytes(
