@@ -13,9 +13,10 @@ The rules, each with a code (:data:`RULES`):
   old helper that makes one): it stalls the scheduler's loop; await the async equivalent or
   wrap it in ``compat.run_blocking``.
 - ``CM004`` a call, from another module, of a function or method of the audited tree that
-  makes a raw request itself (an old client helper such as ``rest_client.fetch_reminders()``
-  or ``LEGACY_CLIENT.fetch()``): the call sites to move onto the service client before the
-  old helpers can be removed.
+  makes a raw request, itself or through other functions of the tree (an old client helper
+  such as ``rest_client.fetch_reminders()``, or ``LEGACY_CLIENT.fetch()`` over the client's
+  own ``_request()``): the call sites to move onto the service client before the old
+  helpers can be removed.
 
 Names are followed through imports (absolute and relative), module-level and local
 assignments, ``with ... as`` targets, parameter and return annotations, ``self`` attributes
@@ -635,6 +636,7 @@ class _HelperCall:
     target: str
     context_where: str
     in_async: bool
+    owner: str | None  # the module-level function or method the call is in
 
 
 class _Auditor:
@@ -738,7 +740,7 @@ class _Auditor:
             return
         if name in self.project.functions:
             self.helper_calls.append(
-                _HelperCall(self.module.name, node, name, where, context.in_async)
+                _HelperCall(self.module.name, node, name, where, context.in_async, context.owner)
             )
 
     def _add(self, node: ast.AST, code: str, message: str) -> Finding:
@@ -827,6 +829,7 @@ def _audit_modules(modules: list[_Module]) -> list[Finding]:
     for auditor in auditors:
         auditor.run()
         helpers.update(auditor.raw_callers)
+    _add_indirect_helpers(helpers, [call for auditor in auditors for call in auditor.helper_calls])
     findings: list[Finding] = []
     for auditor in auditors:
         findings.extend(auditor.findings)
@@ -862,6 +865,21 @@ def _audit_modules(modules: list[_Module]) -> list[Finding]:
                 )
     by_path = {module.path: _ignored_codes(module.source) for module in modules}
     return [f for f in findings if not _is_ignored(f, by_path.get(f.path, {}))]
+
+
+def _add_indirect_helpers(
+    helpers: dict[str, tuple[Finding, bool]], calls: Sequence[_HelperCall]
+) -> None:
+    """A function calling a helper makes its request too (a client's ``pending()`` over its
+    ``_request()``): add it to ``helpers``, with the request it ends in."""
+    changed = True
+    while changed:
+        changed = False
+        for call in calls:
+            helper = helpers.get(call.target)
+            if helper is not None and call.owner is not None and call.owner not in helpers:
+                helpers[call.owner] = helper
+                changed = True
 
 
 def _module_part(project: _Project, qualified: str) -> str:
