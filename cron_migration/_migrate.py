@@ -462,6 +462,15 @@ def _carry_stores(old: Any, new: AsyncIOScheduler, report: MigrationReport) -> l
             job_ids.append(job.id)
         how = "attached" if persistent else "copied"
         report.stores.append(StoreMigration(alias, type(store).__name__, how, tuple(job_ids)))
+    copied = [entry for entry in old_jobs if not entry.persisted]
+    if started and copied:
+        report.problems.append(
+            MigrationProblem(
+                "the old scheduler",
+                f"it is running, and runs each of its {len(copied)} job(s) too (copied, not "
+                "moved): shut it down (old.shutdown()) before starting the new scheduler",
+            )
+        )
     return old_jobs
 
 

@@ -421,3 +421,19 @@ def test_a_job_the_code_adds_again_to_its_persistent_store_is_one_job(tmp_path: 
     assert [job.job_id for job in report.jobs] == ["nightly"]
     assert [store.job_ids for store in report.stores] == [("nightly",)]
     assert "1 job(s) run from it" in report.render()
+
+
+def test_a_running_old_scheduler_with_memory_jobs_is_a_problem() -> None:
+    """A legacy module that starts its scheduler at import: both would run every job."""
+    old = BackgroundScheduler()
+    old.add_job(noop, "interval", minutes=5, id="reminders")
+    old.start()
+    try:
+        _, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    finally:
+        old.shutdown(wait=False)
+    assert not report.ok
+    (problem,) = report.problems
+    assert problem.subject == "the old scheduler"
+    assert "runs each of its 1 job(s) too" in problem.message
+    assert "old.shutdown()" in problem.message
