@@ -192,6 +192,8 @@ class _Binding:
     kind: str  # "ref" (import, def, class), "expr", "annotation", "instance", "loop", "unknown"
     target: str | ast.expr
     scope: _Scope | None = None
+    # An annotated assignment's value, for when its annotation names no class we know.
+    value: ast.expr | None = None
 
 
 @dataclass
@@ -314,10 +316,7 @@ class _Project:
             for target in node.targets:
                 self._bind_target(target, node.value, scope)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if node.value is not None:
-                scope.names[node.target.id] = _Binding("expr", node.value, scope)
-            else:
-                scope.names[node.target.id] = _Binding("annotation", node.annotation, scope)
+            scope.names[node.target.id] = _Binding("annotation", node.annotation, scope, node.value)
         elif isinstance(node, ast.With | ast.AsyncWith):
             for item in node.items:
                 if item.optional_vars is not None:
@@ -357,13 +356,18 @@ class _Project:
             for inner in ast.walk(node):
                 if isinstance(inner, ast.Assign | ast.AnnAssign) and inner.value is not None:
                     targets = inner.targets if isinstance(inner, ast.Assign) else [inner.target]
+                    binding = (
+                        _Binding("expr", inner.value, local)
+                        if isinstance(inner, ast.Assign)
+                        else _Binding("annotation", inner.annotation, local, inner.value)
+                    )
                     for target in targets:
                         if (
                             isinstance(target, ast.Attribute)
                             and isinstance(target.value, ast.Name)
                             and target.value.id == self_name
                         ):
-                            cls.attributes[target.attr] = _Binding("expr", inner.value, local)
+                            cls.attributes[target.attr] = binding
 
     # Resolution: what an expression stands for, as far as the syntax tells.
 
@@ -415,11 +419,16 @@ class _Project:
         assert binding.scope is not None
         target = binding.target
         if binding.kind == "annotation":
+            # The declared type first (a dataclass field's default_factory, an untyped
+            # factory); the assigned value when the annotation names no class we know.
             if isinstance(target, ast.Constant) and isinstance(target.value, str):
-                return self._instance_of(
-                    self._string_annotation(target.value, binding.scope, depth)
-                )
-            return self._instance_of(self.resolve(target, binding.scope, depth))
+                declared = self._string_annotation(target.value, binding.scope, depth)
+            else:
+                declared = self.resolve(target, binding.scope, depth)
+            instance = self._instance_of(declared)
+            if instance is None and binding.value is not None:
+                return self.resolve(binding.value, binding.scope, depth)
+            return instance
         return self.resolve(target, binding.scope, depth)
 
     def _instance_of(self, value: Value | None) -> Value | None:
@@ -544,9 +553,11 @@ class _Project:
                 return self._literal(node.func.value, scope, depth + 1)
             return None
         binding = scope.lookup(node.id) if isinstance(node, ast.Name) else None
-        if binding is not None and binding.kind == "expr" and binding.scope is not None:
-            assert isinstance(binding.target, ast.expr)
-            return self._literal(binding.target, binding.scope, depth + 1)
+        if binding is None or binding.scope is None:
+            return None
+        value = binding.target if binding.kind == "expr" else binding.value
+        if isinstance(value, ast.expr):  # SCHEDULE = {...}, or SCHEDULE: dict[...] = {...}
+            return self._literal(value, binding.scope, depth + 1)
         return None
 
     def _job_target(self, target: ast.expr, scope: _Scope) -> str | None:
@@ -557,6 +568,8 @@ class _Project:
             module, _, attribute = target.value.partition(":")
             return f"{module}.{attribute}" if attribute else None
         resolved = self.resolve(target, scope)
+        if isinstance(resolved, Instance):  # an object of the tree's: its __call__ runs
+            resolved = self._member(resolved.cls, "__call__", 0)
         if isinstance(resolved, Ref):
             return resolved.name
         return None
