@@ -601,8 +601,18 @@ def _old_scheduler_uses(old: Any, func: Callable[..., Any]) -> list[str]:
         tree = ast.parse(source)
     except (OSError, TypeError, SyntaxError):
         return []
+    # The source of a lambda is its whole line (often the add_job that registers it): only
+    # the lambdas' code counts, and only the names the function's code refers to.
+    roots = (
+        [n for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
+        if code.__name__ == "<lambda>"
+        else [tree]
+    )
+    referenced = _names_in(code.__code__)
     uses = []
-    for node, via in _attribute_uses(tree):
+    for node, via in (use for root in roots for use in _attribute_uses(root)):
+        if node.attr not in referenced:
+            continue
         if (isinstance(via, ast.Name) and via.id in names) or (
             isinstance(via, ast.Attribute)
             and isinstance(via.value, ast.Name)
@@ -612,7 +622,16 @@ def _old_scheduler_uses(old: Any, func: Callable[..., Any]) -> list[str]:
             )
         ):
             uses.append(f"{ast.unparse(node)} on line {first_line + node.lineno - 1}")
-    return uses
+    return list(dict.fromkeys(uses))
+
+
+def _names_in(code: types.CodeType) -> set[str]:
+    """The global, attribute and closure names ``code`` and the code nested in it use."""
+    names = {*code.co_names, *code.co_freevars}
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _names_in(constant)
+    return names
 
 
 def _cell_value(cell: types.CellType) -> Any:

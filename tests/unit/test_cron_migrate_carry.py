@@ -297,6 +297,24 @@ def drives_through_the_module() -> None:
 import tests.unit.test_cron_migrate_carry as tests_module  # noqa: E402
 
 
+def cleanup(days: int) -> None:
+    """A legacy job taking an argument, registered through a lambda."""
+
+
+def test_a_lambda_job_registered_on_the_old_scheduler_is_not_a_use_of_it() -> None:
+    """The registration line holds the lambda: only the lambda's own code counts."""
+    legacy_scheduler.add_job(lambda: cleanup(days=30), "cron", hour=3, id="cleanup")
+    legacy_scheduler.add_job(lambda: legacy_scheduler.pause_job("cleanup"), "cron", id="pause")
+    try:
+        _, report = migrate_scheduler(legacy_scheduler, async_jobs=[], lag_monitor=False)
+    finally:
+        legacy_scheduler.remove_all_jobs()
+    assert [(p.subject, p.message.count("legacy_scheduler.")) for p in report.problems] == [
+        ("pause", 1)
+    ]
+    assert "legacy_scheduler.pause_job on line" in report.problems[0].message
+
+
 def test_uses_through_self_and_a_module_attribute_are_reported() -> None:
     old = BackgroundScheduler()
     maintenance = Maintenance(old)
