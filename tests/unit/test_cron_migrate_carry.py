@@ -462,3 +462,17 @@ def test_a_running_old_scheduler_with_memory_jobs_is_a_problem() -> None:
     assert problem.subject == "the old scheduler"
     assert "runs each of its 1 job(s) too" in problem.message
     assert "old.shutdown()" in problem.message
+
+
+# A module-level scheduler whose job is registered by its decorator.
+decorated_scheduler = BackgroundScheduler()
+
+
+@decorated_scheduler.scheduled_job("interval", minutes=5, id="report")
+def decorated_report() -> None:
+    """Its source starts with the decorator, which is not the job's code."""
+
+
+def test_a_job_registered_by_the_old_schedulers_decorator_is_not_a_use_of_it() -> None:
+    _, report = migrate_scheduler(decorated_scheduler, async_jobs=[], lag_monitor=False)
+    assert report.ok, report.render()
