@@ -19,8 +19,9 @@ The rules, each with a code (:data:`RULES`):
   helpers can be removed.
 
 Names are followed through imports (absolute and relative), module-level and local
-assignments, ``with ... as`` targets, parameter and return annotations, ``self`` attributes
-and class attributes, so ``SESSION = requests.Session()`` at module level makes ``SESSION.get()`` a
+assignments (annotated ones by their declared type first), ``with ... as`` targets,
+parameter and return annotations, what factories and properties of the tree return,
+``self`` attributes and class attributes, so ``SESSION = requests.Session()`` at module level makes ``SESSION.get()`` a
 raw request wherever ``SESSION`` is imported. Jobs are the functions decorated with
 ``@migrated_job`` or ``@<scheduler>.scheduled_job(...)``, and those passed to ``add_job``
 (positionally, as ``func=``, as a ``"module:function"`` string, a partial, a lambda, or from
@@ -462,6 +463,9 @@ class _Project:
         if known is None:
             return Ref(f"{cls}.{attribute}")
         if attribute in known.methods:
+            method = self.functions.get(f"{cls}.{attribute}")
+            if method is not None and _is_property(method):
+                return self._returned(method, depth + 1)
             return Ref(f"{cls}.{attribute}")
         binding = known.attributes.get(attribute)
         if binding is not None:
@@ -486,11 +490,23 @@ class _Project:
             # migrated_job(function), partial(function, ...): the function, for jobs.
             return self.resolve(node.args[0], scope, depth)
         function = self.functions.get(callee.name) if isinstance(callee, Ref) else None
-        if function is not None and function.returns is not None:
-            # A factory of the tree: what its return annotation names.
-            local = self.function_scopes[function]
-            return self._value(_Binding("annotation", function.returns, local), depth)
+        if function is not None:
+            return self._returned(function, depth)  # a factory of the tree
         return self._instance_of(callee)
+
+    def _returned(
+        self, function: ast.FunctionDef | ast.AsyncFunctionDef, depth: int
+    ) -> Value | None:
+        """What ``function`` returns: its return annotation, else its return statements."""
+        local = self.function_scopes[function]
+        if function.returns is not None:
+            return self._value(_Binding("annotation", function.returns, local), depth)
+        for node in _own_nodes(function):
+            if isinstance(node, ast.Return) and node.value is not None:
+                value = self.resolve(node.value, local, depth)
+                if value is not None:
+                    return value
+        return None
 
     # Jobs: what add_job, scheduled_job and migrated_job name, across the tree.
 
@@ -591,6 +607,24 @@ def _statements(statement: ast.stmt) -> Iterator[ast.stmt]:
         for case in statement.cases:
             for inner in case.body:
                 yield from _statements(inner)
+
+
+def _own_nodes(function: ast.FunctionDef | ast.AsyncFunctionDef) -> Iterator[ast.AST]:
+    """The nodes of ``function``'s body, not those of the functions and classes nested in it."""
+    pending: list[ast.AST] = list(function.body)
+    while pending:
+        node = pending.pop()
+        yield node
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            pending.extend(ast.iter_child_nodes(node))
+
+
+def _is_property(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """``@property`` or ``@cached_property`` (``functools.cached_property``): read, not called."""
+    return any(
+        (_dotted(d) or "").rpartition(".")[2] in ("property", "cached_property")
+        for d in node.decorator_list
+    )
 
 
 def _is_static(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
