@@ -21,13 +21,14 @@ The rules, each with a code (:data:`RULES`):
 Names are followed through imports (absolute and relative), module-level and local
 assignments (annotated ones by their declared type first), ``with ... as`` targets,
 parameter and return annotations, what factories and properties of the tree return,
-``self`` attributes and class attributes, so ``SESSION = requests.Session()`` at module level makes ``SESSION.get()`` a
-raw request wherever ``SESSION`` is imported. Jobs are the functions decorated with
-``@migrated_job`` or ``@<scheduler>.scheduled_job(...)``, and those passed to ``add_job``
-(positionally, as ``func=``, as a ``"module:function"`` string, a partial, a lambda, or from
-a loop over a literal collection of jobs) from any module of the tree; a function nested in
-a job belongs to it. Constructing a client, an exception or a
-type annotation is not a call site. Source files are decoded by their PEP 263 coding line.
+``self`` attributes and class attributes, so ``SESSION = requests.Session()`` at module
+level makes ``SESSION.get()`` a raw request wherever ``SESSION`` is imported. Jobs are
+the functions decorated with ``@migrated_job`` or ``@<scheduler>.scheduled_job(...)``, and
+those passed to ``add_job`` (positionally, as ``func=``, as a ``"module:function"`` string,
+a partial, a lambda, an object of the tree by its ``__call__``, or from a loop over a
+literal collection of jobs) from any module of the tree; a function nested in a job belongs
+to it. Constructing a client, an exception or a type annotation is not a call site.
+Source files are decoded by their PEP 263 coding line.
 
 A finding is ignored by a comment on its line, ``# cron-migration: ignore[CM001]`` (several
 codes comma-separated; no brackets: every code), or by a baseline file.
@@ -851,6 +852,9 @@ def audit_paths(paths: Iterable[Path]) -> list[Finding]:
                     Finding(str(path), exc.lineno or 0, exc.offset or 0, "CM000", message)
                 )
                 continue
+            except ValueError as exc:  # a null byte, on Python 3.10
+                findings.append(Finding(str(path), 0, 0, "CM000", f"cannot parse: {exc}"))
+                continue
             name, package = _module_of(path)
             modules.append(_Module(name, str(path), source, tree, package))
     findings.extend(_audit_modules(modules))
@@ -865,6 +869,8 @@ def audit_source(source: str, path: str, module: str = "audited") -> list[Findin
         return [
             Finding(path, exc.lineno or 0, exc.offset or 0, "CM000", f"cannot parse: {exc.msg}")
         ]
+    except ValueError as exc:  # a null byte, on Python 3.10
+        return [Finding(path, 0, 0, "CM000", f"cannot parse: {exc}")]
     return sorted(_audit_modules([_Module(module, path, source, tree, "")]))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cron_migration._audit import RULES, audit_paths
+from cron_migration._audit import RULES, audit_paths, audit_source
 from cron_migration._cli import main
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -164,3 +164,13 @@ def test_a_pep_263_coding_line_is_honoured(tmp_path: Path) -> None:
     wrong.write_bytes(b"# caf\xe9\n")
     (unreadable,) = audit_paths([wrong])
     assert unreadable.code == "CM000"
+
+
+def test_a_file_with_a_null_byte_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    """Python 3.10's parser raises ValueError for it (3.11+: SyntaxError)."""
+    broken = tmp_path / "broken.py"
+    broken.write_bytes(b"x = 1\x00\n")
+    (tmp_path / "legacy.py").write_text(LEGACY)
+    found = [(Path(f.path).name, f.code) for f in audit_paths([tmp_path])]
+    assert found == [("broken.py", "CM000"), ("legacy.py", "CM001")]
+    assert [f.code for f in audit_source("x = 1\x00\n", "broken.py")] == ["CM000"]
