@@ -49,10 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Directories never audited: the clients themselves, environments, caches.
-SKIPPED_DIRECTORIES = frozenset(
-    {"commclient", "compat", "cron_migration", "__pycache__", "node_modules", "site-packages"}
-)
+#: Directories never audited: environments, caches.
+SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages"})
+#: The clients themselves, skipped where they sit side by side (as installed or vendored);
+#: an application's own package of one of these names, alone, is audited.
+OUR_PACKAGES = frozenset({"commclient", "compat", "cron_migration"})
 
 #: code -> (name, what it finds and what to do). The README and SARIF's rules come from here.
 RULES: dict[str, tuple[str, str]] = {
@@ -144,8 +145,13 @@ def iter_python_files(root: Path) -> Iterator[Path]:
         yield root
         return
     for directory, subdirectories, files in os.walk(root):
+        ours = OUR_PACKAGES.intersection(subdirectories)
+        if len(ours) < 2:
+            ours = frozenset()
         subdirectories[:] = sorted(
-            d for d in subdirectories if not d.startswith(".") and d not in SKIPPED_DIRECTORIES
+            d
+            for d in subdirectories
+            if not d.startswith(".") and d not in SKIPPED_DIRECTORIES and d not in ours
         )
         for name in sorted(files):
             if name.endswith(".py"):

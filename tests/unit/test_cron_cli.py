@@ -193,17 +193,31 @@ def test_audit_walks_a_tree_skips_the_clients_and_reports_unparsable_files(
     (tmp_path / "service" / "jobs.py").write_text(AUDITED)
     (tmp_path / "service" / "broken.py").write_text("def (:\n")
     (tmp_path / "service" / "latin1.py").write_bytes(b"# caf\xe9\n")
-    (tmp_path / "commclient").mkdir()
-    (tmp_path / "commclient" / "_sync.py").write_text("import requests\nrequests.get('x')\n")
+    # The packages themselves, side by side as installed or vendored: skipped.
+    for package in ("commclient", "compat"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "_sync.py").write_text("import requests\nrequests.get('x')\n")
     assert main(["audit", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "commclient" not in out
+    assert "/compat/" not in out
     assert "broken.py:1:" in out
     assert "CM000 cannot parse" in out
     assert "latin1.py:0:0: CM000 cannot read:" in out
     assert "11 call site(s) to migrate" in out
     assert main(["audit", str(tmp_path), "--check"]) == 1
     assert main(["audit", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_users_own_package_named_like_ours_is_audited(tmp_path: Path) -> None:
+    """An application's own compat package (no commclient beside it) is its code."""
+    (tmp_path / "app" / "compat").mkdir(parents=True)
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (tmp_path / "app" / "compat" / "__init__.py").write_text(
+        "import requests\n\ndef fetch(url):\n    return requests.get(url)\n"
+    )
+    found = [(Path(f.path).parent.name, f.code) for f in audit_paths([tmp_path / "app"])]
+    assert found == [("compat", "CM001")]
 
 
 def test_the_module_runs_as_a_command(legacy_module: str, tmp_path: Path) -> None:
