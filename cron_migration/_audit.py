@@ -124,7 +124,8 @@ _BLOCKING_CALLS = frozenset(
     }
 )
 _JOB_DECORATORS = ("scheduled_job", "migrated_job")
-_IGNORE = re.compile(r"#\s*cron-migration:\s*ignore(?:\[(?P<codes>[A-Z0-9,\s]*)\])?")
+# Codes are read case-insensitively; a bracket that names no code ignores nothing.
+_IGNORE = re.compile(r"#\s*cron-migration:\s*ignore(?:\[(?P<codes>[^\]]*)\])?")
 _MAX_DEPTH = 24
 
 
@@ -826,7 +827,7 @@ def _ignored_codes(source: str) -> dict[int, frozenset[str] | None]:
         ignored[token.start[0]] = (
             None
             if codes is None
-            else frozenset(code.strip() for code in codes.split(",") if code.strip())
+            else frozenset(code.strip().upper() for code in codes.split(",") if code.strip())
         )
     return ignored
 

@@ -111,6 +111,18 @@ def test_an_inline_comment_ignores_the_codes_it_names(tmp_path: Path) -> None:
     assert found == [(4, "CM003"), (7, "CM001"), (7, "CM003")]
 
 
+def test_a_misspelt_ignore_comment_never_ignores_more_than_it_names(tmp_path: Path) -> None:
+    source = tmp_path / "jobs.py"
+    source.write_text(
+        "import requests\n\n"
+        "async def job():\n"
+        "    requests.get('x')  # cron-migration: ignore[cm001]\n"
+        "    requests.get('y')  # cron-migration: ignore[CM-001]\n"
+    )
+    found = [(f.line, f.code) for f in audit_paths([source])]
+    assert found == [(4, "CM003"), (5, "CM001"), (5, "CM003")]
+
+
 def test_a_baseline_reports_only_new_findings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
