@@ -333,6 +333,15 @@ def _old_executors(old: Any) -> dict[str, BaseExecutor]:
     return executors
 
 
+# The executor types carried with their limits; a subclass loses what it adds.
+_CARRIED_EXECUTORS: tuple[type[BaseExecutor], ...] = (
+    MigrationExecutor,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    AsyncIOExecutor,
+)
+
+
 def _pool_size(executor: BaseExecutor) -> int:
     return int(executor._pool._max_workers)
 
@@ -349,6 +358,15 @@ def _carry_executors(
     for alias, executor in sorted(old_executors.items()):
         kind = type(executor).__name__
         size: int | None
+        base = next((b for b in _CARRIED_EXECUTORS if isinstance(executor, b)), None)
+        if base is not None and type(executor) is not base:
+            report.problems.append(
+                MigrationProblem(
+                    f"executor {alias!r}",
+                    f"{kind} is a subclass of {base.__name__}: it is carried as a "
+                    f"{base.__name__} would be, without what {kind} adds",
+                )
+            )
         if isinstance(executor, ProcessPoolExecutor):
             processes = _pool_size(executor)
             new[alias] = ProcessPoolExecutor(processes, pool_kwargs=dict(executor.pool_kwargs))

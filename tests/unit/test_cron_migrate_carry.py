@@ -476,3 +476,24 @@ def decorated_report() -> None:
 def test_a_job_registered_by_the_old_schedulers_decorator_is_not_a_use_of_it() -> None:
     _, report = migrate_scheduler(decorated_scheduler, async_jobs=[], lag_monitor=False)
     assert report.ok, report.render()
+
+
+class InstrumentedThreadPool(ThreadPoolExecutor):  # type: ignore[misc]
+    """A team's own executor: counts its submissions."""
+
+    submitted = 0
+
+    def _do_submit_job(self, job: Any, run_times: Any) -> None:
+        InstrumentedThreadPool.submitted += 1
+        super()._do_submit_job(job, run_times)
+
+
+def test_a_subclass_of_a_pool_executor_is_a_problem_not_silently_replaced() -> None:
+    old = BackgroundScheduler(executors={"default": InstrumentedThreadPool(5)})
+    old.add_job(noop, "interval", minutes=5, id="job")
+    _, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    (problem,) = report.problems
+    assert problem.subject == "executor 'default'"
+    assert "InstrumentedThreadPool" in problem.message
+    (executor,) = report.executors
+    assert (executor.new, executor.max_workers) == ("MigrationExecutor", 5)
