@@ -554,6 +554,15 @@ def _describe(
                 "awaiting it, so it has never run; the new one awaits it",
             )
         )
+    for where in _old_scheduler_arguments(old, job, func):
+        report.problems.append(
+            MigrationProblem(
+                job.id,
+                f"it is given the old scheduler as an argument ({where}): after the migration "
+                "that scheduler never runs, so what the job changes there is lost; use the "
+                "scheduler running the job, current_scheduled_run().scheduler",
+            )
+        )
     for use in _old_scheduler_uses(old, func):
         report.problems.append(
             MigrationProblem(
@@ -573,6 +582,22 @@ def _describe(
         changes=tuple(changes),
         jobstore=entry.store,
     )
+
+
+def _old_scheduler_arguments(old: Any, job: Job, func: Callable[..., Any]) -> list[str]:
+    """Where the job's arguments (its own, or a partial's) hold ``old``."""
+    found = [f"args[{i}]" for i, value in enumerate(job.args) if value is old]
+    found += [f"kwargs[{name!r}]" for name, value in job.kwargs.items() if value is old]
+    partial: Any = func
+    while isinstance(partial, functools.partial):
+        found += [f"a partial's args[{i}]" for i, v in enumerate(partial.args) if v is old]
+        found += [
+            f"a partial's kwargs[{name!r}]"
+            for name, value in partial.keywords.items()
+            if value is old
+        ]
+        partial = partial.func
+    return found
 
 
 def _code_of(func: Callable[..., Any]) -> Any:

@@ -497,3 +497,24 @@ def test_a_subclass_of_a_pool_executor_is_a_problem_not_silently_replaced() -> N
     assert "InstrumentedThreadPool" in problem.message
     (executor,) = report.executors
     assert (executor.new, executor.max_workers) == ("MigrationExecutor", 5)
+
+
+def manage(scheduler: Any, every: int) -> None:
+    """Gets the scheduler to drive as an argument."""
+    scheduler.reschedule_job("report", trigger="interval", minutes=every)
+
+
+def test_a_job_given_the_old_scheduler_as_an_argument_is_reported() -> None:
+    import functools
+
+    old = BackgroundScheduler()
+    old.add_job(manage, "interval", minutes=5, args=[old, 5], id="positional")
+    old.add_job(manage, "interval", minutes=5, kwargs={"scheduler": old, "every": 5}, id="kw")
+    old.add_job(functools.partial(manage, old), "interval", minutes=5, args=[5], id="partial")
+    old.add_job(manage, "interval", minutes=5, args=[None, 5], id="other")
+    _, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    assert sorted((p.subject, "old scheduler" in p.message) for p in report.problems) == [
+        ("kw", True),
+        ("partial", True),
+        ("positional", True),
+    ]
