@@ -161,12 +161,17 @@ def iter_python_files(root: Path) -> Iterator[Path]:
 
 def module_name(path: Path) -> str:
     """The dotted module name of ``path``, from the packages (``__init__.py``) above it."""
+    return _name_and_root(path)[0]
+
+
+def _name_and_root(path: Path) -> tuple[str, Path]:
+    """``path``'s module name, and the directory it is imported from (on ``sys.path``)."""
     parts = [] if path.stem == "__init__" else [path.stem]
     parent = path.resolve().parent
     while (parent / "__init__.py").exists():
         parts.insert(0, parent.name)
         parent = parent.parent
-    return ".".join(parts)
+    return ".".join(parts), parent
 
 
 def read_source(path: Path) -> str:
@@ -237,10 +242,19 @@ class _Module:
     source: str
     tree: ast.Module
     package: str  # the package relative imports start from
+    # Top-level names that several roots of the tree have (two script directories with a
+    # helpers.py, two services with an app package) -> the name of this root's one.
+    tops: dict[str, str] = field(default_factory=dict)
     scope: _Scope = field(init=False)
 
     def __post_init__(self) -> None:
         self.scope = _Scope(self)
+
+    def absolute(self, dotted: str) -> str:
+        """``dotted`` as this module imports it: its own root's module of an ambiguous name."""
+        top, dot, rest = dotted.partition(".")
+        renamed = self.tops.get(top)
+        return dotted if renamed is None else f"{renamed}{dot}{rest}"
 
 
 def _dotted(node: ast.expr) -> str | None:
@@ -266,17 +280,19 @@ def _absolute(module: _Module, node: ast.ImportFrom) -> str | None:
 
 
 def _bind_import(scope: _Scope, node: ast.Import | ast.ImportFrom) -> None:
+    module = scope.module
     if isinstance(node, ast.Import):
         for alias in node.names:
             if alias.asname:
-                scope.names[alias.asname] = _Binding("ref", alias.name)
+                scope.names[alias.asname] = _Binding("ref", module.absolute(alias.name))
             else:
                 root = alias.name.partition(".")[0]
-                scope.names[root] = _Binding("ref", root)
+                scope.names[root] = _Binding("ref", module.absolute(root))
         return
-    source = _absolute(scope.module, node)
+    source = _absolute(module, node)
     if source is None:
         return
+    source = module.absolute(source)
     for alias in node.names:
         if alias.name != "*":
             scope.names[alias.asname or alias.name] = _Binding("ref", f"{source}.{alias.name}")
@@ -590,7 +606,7 @@ class _Project:
             return None
         if isinstance(target, ast.Constant) and isinstance(target.value, str):
             module, _, attribute = target.value.partition(":")
-            return f"{module}.{attribute}" if attribute else None
+            return f"{scope.module.absolute(module)}.{attribute}" if attribute else None
         resolved = self.resolve(target, scope)
         if isinstance(resolved, Instance):  # an object of the tree's: its __call__ runs
             resolved = self._member(resolved.cls, "__call__", 0)
@@ -832,16 +848,35 @@ def _ignored_codes(source: str) -> dict[int, frozenset[str] | None]:
     return ignored
 
 
-def _module_of(path: Path) -> tuple[str, str]:
-    name = module_name(path)
-    package = name if path.stem == "__init__" else name.rpartition(".")[0]
-    return name, package
+def _modules_of(parsed: list[tuple[Path, str, ast.Module]]) -> list[_Module]:
+    """The modules of the files, each named as its root imports it, ambiguous names apart."""
+    named = [(path, source, tree, *_name_and_root(path)) for path, source, tree in parsed]
+    roots: dict[str, set[Path]] = {}
+    for _, _, _, name, root in named:
+        roots.setdefault(name.partition(".")[0], set()).add(root)
+    labels: dict[tuple[str, Path], str] = {}  # (top-level name, root) -> "<root>:<name>"
+    for top, of_top in roots.items():
+        if len(of_top) < 2:
+            continue
+        ordered = sorted(of_top)
+        names = [root.name.replace(".", "_") or "root" for root in ordered]
+        for index, (root, label) in enumerate(zip(ordered, names, strict=True)):
+            unique = label if names.count(label) == 1 else f"{label}{index}"
+            labels[(top, root)] = f"{unique}:{top}"
+    modules = []
+    for path, source, tree, name, root in named:
+        tops = {top: label for (top, at), label in labels.items() if at == root}
+        module = _Module("", str(path), source, tree, "", tops)
+        module.name = module.absolute(name)
+        module.package = module.name if path.stem == "__init__" else module.name.rpartition(".")[0]
+        modules.append(module)
+    return modules
 
 
 def audit_paths(paths: Iterable[Path]) -> list[Finding]:
     """Every finding under ``paths`` (files or directories), sorted by place."""
     findings: list[Finding] = []
-    modules: list[_Module] = []
+    parsed: list[tuple[Path, str, ast.Module]] = []
     for root in paths:
         if not root.exists():
             raise FileNotFoundError(f"audit: {root} does not exist")
@@ -862,9 +897,8 @@ def audit_paths(paths: Iterable[Path]) -> list[Finding]:
             except ValueError as exc:  # a null byte, on Python 3.10
                 findings.append(Finding(str(path), 0, 0, "CM000", f"cannot parse: {exc}"))
                 continue
-            name, package = _module_of(path)
-            modules.append(_Module(name, str(path), source, tree, package))
-    findings.extend(_audit_modules(modules))
+            parsed.append((path, source, tree))
+    findings.extend(_audit_modules(_modules_of(parsed)))
     return sorted(findings)
 
 

@@ -220,6 +220,41 @@ def test_a_users_own_package_named_like_ours_is_audited(tmp_path: Path) -> None:
     assert found == [("compat", "CM001")]
 
 
+@pytest.mark.parametrize("layout", ["script directories", "services of a monorepo"])
+def test_modules_of_one_name_in_different_roots_are_not_confused(
+    tmp_path: Path, layout: str
+) -> None:
+    """Each directory's own helpers: only the cron one makes a request."""
+    if layout == "script directories":  # no __init__.py: each directory is on sys.path
+        cron, web, imported = tmp_path / "cron", tmp_path / "web", "helpers"
+    else:  # services/<name>/app/...: each service's directory is its root
+        cron = tmp_path / "services" / "cron" / "app"
+        web = tmp_path / "services" / "web" / "app"
+        imported = "app.helpers"
+        for package in (cron, web):
+            package.mkdir(parents=True)
+            (package / "__init__.py").write_text("")
+    for directory in (cron, web):
+        directory.mkdir(parents=True, exist_ok=True)
+    (cron / "helpers.py").write_text(
+        "import requests\n\ndef fetch():\n    return requests.get('x')\n"
+    )
+    (web / "helpers.py").write_text("def fetch():\n    return 1\n")
+    for directory, name in ((cron, "jobs.py"), (web, "views.py")):
+        (directory / name).write_text(
+            f"import {imported}\n\nasync def run():\n    return {imported}.fetch()\n"
+        )
+    found = sorted(
+        (Path(f.path).relative_to(tmp_path).as_posix(), f.code) for f in audit_paths([tmp_path])
+    )
+    where = cron.relative_to(tmp_path).as_posix()
+    assert found == [
+        (f"{where}/helpers.py", "CM001"),
+        (f"{where}/jobs.py", "CM003"),
+        (f"{where}/jobs.py", "CM004"),
+    ]
+
+
 def test_the_module_runs_as_a_command(legacy_module: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cron_migration", "plan", f"{legacy_module}:scheduler", "--check"],
