@@ -709,3 +709,11 @@ def _copy_listeners(old: Any, new: AsyncIOScheduler, report: MigrationReport) ->
         report.notes.append(
             f"listener {name} copied; it now runs on the event loop thread and must not block"
         )
+        for use in _old_scheduler_uses(old, callback):
+            report.problems.append(
+                MigrationProblem(
+                    f"listener {name}",
+                    f"its code uses the old scheduler ({use}): after the migration that "
+                    "scheduler never runs, so the change is lost; use the new scheduler",
+                )
+            )

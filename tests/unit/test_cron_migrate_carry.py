@@ -518,3 +518,21 @@ def test_a_job_given_the_old_scheduler_as_an_argument_is_reported() -> None:
         ("partial", True),
         ("positional", True),
     ]
+
+
+def pause_failing_job(event: Any) -> None:
+    """A listener of the legacy module: pauses a job that failed, on the module's scheduler."""
+    legacy_scheduler.pause_job(event.job_id)
+
+
+def test_a_listener_driving_the_old_scheduler_is_reported() -> None:
+    from apscheduler.events import EVENT_JOB_ERROR
+
+    legacy_scheduler.add_listener(pause_failing_job, EVENT_JOB_ERROR)
+    try:
+        _, report = migrate_scheduler(legacy_scheduler, async_jobs=[], lag_monitor=False)
+    finally:
+        legacy_scheduler.remove_listener(pause_failing_job)
+    (problem,) = report.problems
+    assert problem.subject == "listener pause_failing_job"
+    assert "legacy_scheduler.pause_job on line" in problem.message
