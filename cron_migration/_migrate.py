@@ -20,6 +20,7 @@ import ast
 import functools
 import inspect
 import os
+import pickle
 import textwrap
 import types
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -435,8 +436,9 @@ def _carry_stores(old: Any, new: AsyncIOScheduler, report: MigrationReport) -> l
                         "both run the store's jobs",
                     )
                 )
+            unrestorable: list[_Unrestorable] = []
             try:
-                persisted = _persisted_jobs(store, new, alias)
+                persisted = _persisted_jobs(store, new, alias, unrestorable)
             except Exception as exc:
                 report.problems.append(
                     MigrationProblem(
@@ -446,6 +448,16 @@ def _carry_stores(old: Any, new: AsyncIOScheduler, report: MigrationReport) -> l
                     )
                 )
                 persisted = []
+            report.problems.extend(
+                MigrationProblem(
+                    failed.id,
+                    f"persisted in the job store {alias!r}, it cannot be restored "
+                    f"({failed.error}): APScheduler deletes such a job from its store when a "
+                    "scheduler reads it at start; make its function importable again (or "
+                    "remove the job) before starting the new scheduler",
+                )
+                for failed in unrestorable
+            )
             for job in persisted:
                 old_jobs.append(_OldJob(job, alias, False, persisted=True))
                 job_ids.append(job.id)
@@ -492,12 +504,53 @@ def _carry_stores(old: Any, new: AsyncIOScheduler, report: MigrationReport) -> l
     return old_jobs
 
 
-def _persisted_jobs(store: BaseJobStore, new: AsyncIOScheduler, alias: str) -> list[Job]:
+@dataclass
+class _Unrestorable:
+    """A persisted job its store cannot rebuild (its function is gone), left in the store."""
+
+    id: str
+    error: Exception
+    next_run_time: None = None  # what a store sorting its jobs reads
+
+
+def _persisted_jobs(
+    store: BaseJobStore, new: AsyncIOScheduler, alias: str, unrestorable: list[_Unrestorable]
+) -> list[Job]:
+    """The jobs of ``store``, read without deleting those that cannot be restored.
+
+    APScheduler's persistent stores delete a job they fail to rebuild as they read it;
+    reading for a report (``plan`` included) must not change the store, so those jobs are
+    collected in ``unrestorable`` instead.
+    """
     if store._scheduler is None:
         # Never started: its jobs can only be read once it is bound; the new scheduler
         # binds it again when it starts.
         store.start(new, alias)
-    return list(store.get_all_jobs())
+    reconstitute = getattr(store, "_reconstitute_job", None)
+    if reconstitute is None:
+        return list(store.get_all_jobs())
+
+    def tolerant(job_state: Any) -> Any:
+        try:
+            return reconstitute(job_state)
+        except Exception as exc:
+            failed = _Unrestorable(_persisted_id(job_state), exc)
+            unrestorable.append(failed)
+            return failed
+
+    store._reconstitute_job = tolerant
+    try:
+        jobs = list(store.get_all_jobs())
+    finally:
+        del store._reconstitute_job
+    return [job for job in jobs if not isinstance(job, _Unrestorable)]
+
+
+def _persisted_id(job_state: Any) -> str:
+    try:
+        return str(pickle.loads(job_state)["id"])
+    except Exception:
+        return "(a job whose id cannot be read)"
 
 
 def _describe(

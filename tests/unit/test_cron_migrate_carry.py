@@ -536,3 +536,39 @@ def test_a_listener_driving_the_old_scheduler_is_reported() -> None:
     (problem,) = report.problems
     assert problem.subject == "listener pause_failing_job"
     assert "legacy_scheduler.pause_job on line" in problem.message
+
+
+def test_a_persisted_job_that_cannot_be_restored_is_a_problem_and_stays_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose function was renamed since it was persisted: plan must not delete it."""
+    pytest.importorskip("sqlalchemy")
+    import importlib
+    import sqlite3
+    import sys
+
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    (tmp_path / "renamed_jobs.py").write_text("def nightly() -> None:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("renamed_jobs")
+    database = tmp_path / "jobs.sqlite"
+    first_life = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(f"sqlite:///{database}")}
+    )
+    first_life.start(paused=True)
+    first_life.add_job(module.nightly, "interval", hours=1, id="nightly")
+    first_life.add_job(persisted_job, "interval", hours=1, args=["kept"], id="kept")
+    first_life.shutdown(wait=False)
+    (tmp_path / "renamed_jobs.py").unlink()
+    del sys.modules["renamed_jobs"]
+
+    old = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(f"sqlite:///{database}")})
+    _, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    (problem,) = report.problems
+    assert problem.subject == "nightly"
+    assert "cannot be restored" in problem.message
+    assert "renamed_jobs:nightly" in problem.message
+    assert [store.job_ids for store in report.stores] == [("kept",)]
+    rows = sqlite3.connect(database).execute("select id from apscheduler_jobs").fetchall()
+    assert sorted(rows) == [("kept",), ("nightly",)]
