@@ -35,7 +35,7 @@ from apscheduler.jobstores.base import BaseJobStore
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
-from apscheduler.util import get_callable_name, undefined
+from apscheduler.util import get_callable_name, obj_to_ref, undefined
 from prometheus_client import CollectorRegistry
 
 from ._context import INTERNAL_LISTENER
@@ -298,6 +298,17 @@ def migrate_scheduler(
                 **options,
             )
         report.jobs.append(_describe(old, old_executors, new, entry, func, report))
+        if not entry.persisted:
+            unstorable = _unstorable(new._jobstores.get(entry.store), func, job)
+            if unstorable is not None:
+                report.problems.append(
+                    MigrationProblem(
+                        job.id,
+                        f"cannot be stored in the job store {entry.store!r} ({unstorable}): "
+                        "the new scheduler would fail to start; give it a module-level "
+                        "function (and picklable arguments)",
+                    )
+                )
         refusal = leased_job_refusal(added)
         if refusal is not None:
             # The new scheduler refuses to start with it (MigrationExecutor.start).
@@ -544,6 +555,21 @@ def _persisted_jobs(
     finally:
         del store._reconstitute_job
     return [job for job in jobs if not isinstance(job, _Unrestorable)]
+
+
+def _unstorable(store: BaseJobStore | None, func: Callable[..., Any], job: Job) -> str | None:
+    """Why a persistent ``store`` cannot hold the job with ``func``, if it cannot.
+
+    It stores the function as its "module:name" reference and pickles the arguments.
+    """
+    if store is None or isinstance(store, MemoryJobStore):
+        return None
+    try:
+        obj_to_ref(func)
+        pickle.dumps((job.args, job.kwargs))
+    except Exception as exc:
+        return str(exc)
+    return None
 
 
 def _persisted_id(job_state: Any) -> str:

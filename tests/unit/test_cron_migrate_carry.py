@@ -572,3 +572,28 @@ def test_a_persisted_job_that_cannot_be_restored_is_a_problem_and_stays_stored(
     assert [store.job_ids for store in report.stores] == [("kept",)]
     rows = sqlite3.connect(database).execute("select id from apscheduler_jobs").fetchall()
     assert sorted(rows) == [("kept",), ("nightly",)]
+
+
+def test_a_function_a_persistent_store_cannot_reference_is_a_problem(tmp_path: Path) -> None:
+    """The store keeps "module:name"; a closure or a wrapper made at run time has none."""
+    pytest.importorskip("sqlalchemy")
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    old = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")}
+    )
+    old.add_job(persisted_job, "interval", hours=1, args=["x"], id="nightly")
+
+    async def nightly_async(label: str) -> None:
+        """An async version made where the service is built: a closure."""
+
+    new, report = migrate_scheduler(old, async_jobs={"nightly": nightly_async}, lag_monitor=False)
+    (problem,) = report.problems
+    assert problem.subject == "nightly"
+    assert "cannot be stored" in problem.message
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="cannot be serialized"):
+            new.start()
+
+    asyncio.run(main())
