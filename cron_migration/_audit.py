@@ -4,7 +4,8 @@ The rules, each with a code (:data:`RULES`):
 
 - ``CM001`` a raw ``requests``/``httpx`` request outside the clients (``requests.get``,
   ``SESSION.get`` on a ``requests.Session``, ``await client.get`` on an
-  ``httpx.AsyncClient``): it has no retry, breaker, metrics or correlation id; use
+  ``httpx.AsyncClient``, or one handed to a thread: ``run_blocking(SESSION.get, url)``):
+  it has no retry, breaker, metrics or correlation id; use
   ``SyncServiceClient``/``AsyncServiceClient`` instead.
 - ``CM002`` ``asyncio.run``, ``get_event_loop``, ``new_event_loop`` or ``run_until_complete``
   inside a job: a new loop per run breaks clients bound to a loop, and ``get_event_loop()``
@@ -123,6 +124,15 @@ _BLOCKING_CALLS = frozenset(
         "compat.run_sync",
     }
 )
+# Calls that run the function they are given in a thread: its position among the arguments.
+_FORWARDERS = {
+    "asyncio.to_thread": 0,
+    "compat.run_blocking": 0,
+    "anyio.to_thread.run_sync": 0,
+}
+# Methods that do so whatever their object (an executor, a loop): ``submit(fn, ...)``,
+# ``run_in_executor(executor, fn, ...)``.
+_FORWARDING_METHODS = {"submit": 0, "run_in_executor": 1}
 _JOB_DECORATORS = ("scheduled_job", "migrated_job")
 # Codes are read case-insensitively; a bracket that names no code ignores nothing.
 _IGNORE = re.compile(r"#\s*cron-migration:\s*ignore(?:\[(?P<codes>[^\]]*)\])?")
@@ -779,6 +789,7 @@ class _Auditor:
     def _call(self, node: ast.Call, scope: _Scope, context: _Context) -> None:
         callee = self.project.resolve(node.func, scope)
         name = callee.name if isinstance(callee, Ref) else None
+        self._forwarded_call(node, name, scope, context)
         if (
             name is None
             and isinstance(node.func, ast.Attribute)
@@ -812,6 +823,37 @@ class _Auditor:
         if name in self.project.functions:
             self.helper_calls.append(
                 _HelperCall(self.module.name, node, name, where, context.in_async, context.owner)
+            )
+
+    def _forwarded_call(
+        self, node: ast.Call, name: str | None, scope: _Scope, context: _Context
+    ) -> None:
+        """A function handed to a thread (``run_blocking(SESSION.get, url)``): still called.
+
+        Off the loop it blocks nothing (no CM003), but a raw request is still raw (CM001)
+        and an old helper still an old helper (CM004).
+        """
+        position = _FORWARDERS.get(name or "")
+        if position is None and isinstance(node.func, ast.Attribute):
+            position = _FORWARDING_METHODS.get(node.func.attr)
+        if position is None or len(node.args) <= position:
+            return
+        forwarded = self.project.resolve(node.args[position], scope)
+        if not isinstance(forwarded, Ref):
+            return
+        where = context.where()
+        if forwarded.name in _RAW_CALLS:
+            finding = self._add(
+                node,
+                "CM001",
+                f"raw {forwarded.name}() run in a thread {where}: use "
+                "SyncServiceClient/AsyncServiceClient",
+            )
+            if context.owner is not None:
+                self.raw_callers.setdefault(context.owner, (finding, False))
+        elif forwarded.name in self.project.functions:
+            self.helper_calls.append(
+                _HelperCall(self.module.name, node, forwarded.name, where, False, context.owner)
             )
 
     def _add(self, node: ast.AST, code: str, message: str) -> Finding:

@@ -57,6 +57,7 @@ def test_the_corpus_lists_findings_of_every_rule() -> None:
         "notifier",
         "payments_worker",
         "reports_service",
+        "shipping_async",
     }
 
 
@@ -69,6 +70,6 @@ def test_the_audit_finds_exactly_the_corpus_findings() -> None:
     precision, recall, missed, extra = precision_recall()
     assert missed == KNOWN_MISSES, f"missed: {sorted(missed)}"
     assert not extra, f"false positives: {sorted(extra)}"
-    # The README's figures: 80 expected findings, 79 found, none found wrongly.
-    assert sum(expected_findings().values()) == 80
-    assert (precision, recall) == (1.0, 79 / 80)
+    # The README's figures: 85 expected findings, 84 found, none found wrongly.
+    assert sum(expected_findings().values()) == 85
+    assert (precision, recall) == (1.0, 84 / 85)
