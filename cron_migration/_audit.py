@@ -8,8 +8,9 @@ The rules, each with a code (:data:`RULES`):
   it has no retry, breaker, metrics or correlation id; use
   ``SyncServiceClient``/``AsyncServiceClient`` instead.
 - ``CM002`` ``asyncio.run``, ``get_event_loop``, ``new_event_loop`` or ``run_until_complete``
-  inside a job: a new loop per run breaks clients bound to a loop, and ``get_event_loop()``
-  fails in a worker thread.
+  inside a job, or in a function of the tree a job calls (a ``run_async(coro)`` helper):
+  a new loop per run breaks clients bound to a loop, and ``get_event_loop()`` fails in a
+  worker thread.
 - ``CM003`` a blocking call inside ``async def`` (``time.sleep``, a sync request, a call of an
   old helper that makes one): it stalls the scheduler's loop; await the async equivalent or
   wrap it in ``compat.run_blocking``.
@@ -48,7 +49,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 #: Directories never audited: environments, caches.
 SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages"})
@@ -134,6 +135,7 @@ _FORWARDERS = {
 # ``run_in_executor(executor, fn, ...)``.
 _FORWARDING_METHODS = {"submit": 0, "run_in_executor": 1}
 _JOB_DECORATORS = ("scheduled_job", "migrated_job")
+_Place = TypeVar("_Place")
 # Codes are read case-insensitively; a bracket that names no code ignores nothing.
 _IGNORE = re.compile(r"#\s*cron-migration:\s*ignore(?:\[(?P<codes>[^\]]*)\])?")
 _MAX_DEPTH = 24
@@ -718,6 +720,7 @@ class _HelperCall:
     context_where: str
     in_async: bool
     owner: str | None  # the module-level function or method the call is in
+    in_job: bool = False
 
 
 class _Auditor:
@@ -729,6 +732,7 @@ class _Auditor:
         self.jobs = jobs
         self.findings: list[Finding] = []
         self.raw_callers: dict[str, tuple[Finding, bool]] = {}  # owner -> (finding, blocking)
+        self.loop_makers: dict[str, Finding] = {}  # owner -> where it makes or looks up a loop
         self.helper_calls: list[_HelperCall] = []
 
     def run(self) -> None:
@@ -810,8 +814,12 @@ class _Auditor:
                 self._add(node, "CM003", f"blocking {name}() {where}: it stalls the event loop")
             return
         if name in _LOOP_CALLS or name.endswith(".run_until_complete"):
+            message = f"{name}() {where}: a job must not make or look up a loop"
+            place = Finding(self.module.path, node.lineno, node.col_offset, "CM002", message)
+            if context.owner is not None:
+                self.loop_makers.setdefault(context.owner, place)
             if context.in_job:
-                self._add(node, "CM002", f"{name}() {where}: a job must not make or look up a loop")
+                self.findings.append(place)
             return
         if context.in_async and name in _BLOCKING_CALLS:
             self._add(
@@ -822,7 +830,15 @@ class _Auditor:
             return
         if name in self.project.functions:
             self.helper_calls.append(
-                _HelperCall(self.module.name, node, name, where, context.in_async, context.owner)
+                _HelperCall(
+                    self.module.name,
+                    node,
+                    name,
+                    where,
+                    context.in_async,
+                    context.owner,
+                    context.in_job,
+                )
             )
 
     def _forwarded_call(
@@ -853,7 +869,15 @@ class _Auditor:
                 self.raw_callers.setdefault(context.owner, (finding, False))
         elif forwarded.name in self.project.functions:
             self.helper_calls.append(
-                _HelperCall(self.module.name, node, forwarded.name, where, False, context.owner)
+                _HelperCall(
+                    self.module.name,
+                    node,
+                    forwarded.name,
+                    where,
+                    False,
+                    context.owner,
+                    context.in_job,
+                )
             )
 
     def _add(self, node: ast.AST, code: str, message: str) -> Finding:
@@ -962,14 +986,30 @@ def _audit_modules(modules: list[_Module]) -> list[Finding]:
     jobs = project.jobs()
     auditors = [_Auditor(project, module, jobs) for module in modules]
     helpers: dict[str, tuple[Finding, bool]] = {}
+    loop_makers: dict[str, Finding] = {}
     for auditor in auditors:
         auditor.run()
         helpers.update(auditor.raw_callers)
-    _add_indirect_helpers(helpers, [call for auditor in auditors for call in auditor.helper_calls])
+        loop_makers.update(auditor.loop_makers)
+    calls = [call for auditor in auditors for call in auditor.helper_calls]
+    _add_indirect(helpers, calls)
+    _add_indirect(loop_makers, calls)
     findings: list[Finding] = []
     for auditor in auditors:
         findings.extend(auditor.findings)
         for call in auditor.helper_calls:
+            loop = loop_makers.get(call.target)
+            if loop is not None and call.in_job:
+                findings.append(
+                    Finding(
+                        auditor.module.path,
+                        call.node.lineno,
+                        call.node.col_offset,
+                        "CM002",
+                        f"{'.'.join(call.target.split('.')[-2:])}() {call.context_where} makes "
+                        f"or looks up an event loop ({loop.path}:{loop.line}): a job must not",
+                    )
+                )
             helper = helpers.get(call.target)
             if helper is None:
                 continue
@@ -1003,18 +1043,17 @@ def _audit_modules(modules: list[_Module]) -> list[Finding]:
     return [f for f in findings if not _is_ignored(f, by_path.get(f.path, {}))]
 
 
-def _add_indirect_helpers(
-    helpers: dict[str, tuple[Finding, bool]], calls: Sequence[_HelperCall]
-) -> None:
-    """A function calling a helper makes its request too (a client's ``pending()`` over its
-    ``_request()``): add it to ``helpers``, with the request it ends in."""
+def _add_indirect(found: dict[str, _Place], calls: Sequence[_HelperCall]) -> None:
+    """A function calling one of ``found`` does what it does too (a client's ``pending()``
+    over its ``_request()``, a job over a helper running ``asyncio.run``): add it, with the
+    place where that happens."""
     changed = True
     while changed:
         changed = False
         for call in calls:
-            helper = helpers.get(call.target)
-            if helper is not None and call.owner is not None and call.owner not in helpers:
-                helpers[call.owner] = helper
+            place = found.get(call.target)
+            if place is not None and call.owner is not None and call.owner not in found:
+                found[call.owner] = place
                 changed = True
 
 
