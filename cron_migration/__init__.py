@@ -26,24 +26,32 @@ migrate.
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ._shadowing import ShadowedPackageError as _ShadowedPackageError
 from ._shadowing import check_not_shadowed as _check_not_shadowed
+from ._shadowing import running_the_command_line as _running_the_command_line
 
-_check_not_shadowed()
+try:
+    _check_not_shadowed()
+except _ShadowedPackageError:
+    # `python -m cron_migration` in a project with a compat.py of its own: the audit and
+    # --help import neither package; `plan`, which does, fails with this error.
+    if not _running_the_command_line():
+        raise
 
-from ._context import ScheduledRun, current_scheduled_run  # noqa: E402
-from ._job import (  # noqa: E402
+from ._context import ScheduledRun, current_scheduled_run
+from ._job import (
     JobTimeoutError,
     LeaseRefusedError,
     MigratedJob,
     ScheduledRunUnknownError,
     migrated_job,
 )
-from ._lag import EventLoopLagMonitor, monitor_event_loop_lag  # noqa: E402
-from ._leader import LeaderElection, LeadershipLostError  # noqa: E402
-from ._lease import Lease  # noqa: E402
-from ._records import RunRecorder, flush_run_records  # noqa: E402
-from ._routing import LoopSwitch  # noqa: E402
-from ._slots import UnstableArgumentError  # noqa: E402
+from ._lag import EventLoopLagMonitor, monitor_event_loop_lag
+from ._leader import LeaderElection, LeadershipLostError
+from ._lease import Lease
+from ._records import RunRecorder, flush_run_records
+from ._routing import LoopSwitch
+from ._slots import UnstableArgumentError
 
 if TYPE_CHECKING:
     from ._executor import MigrationExecutor, watch_missed_runs

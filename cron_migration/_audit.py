@@ -4,28 +4,33 @@ The rules, each with a code (:data:`RULES`):
 
 - ``CM001`` a raw ``requests``/``httpx`` request outside the clients (``requests.get``,
   ``SESSION.get`` on a ``requests.Session``, ``await client.get`` on an
-  ``httpx.AsyncClient``): it has no retry, breaker, metrics or correlation id; use
+  ``httpx.AsyncClient``, or one handed to a thread: ``run_blocking(SESSION.get, url)``):
+  it has no retry, breaker, metrics or correlation id; use
   ``SyncServiceClient``/``AsyncServiceClient`` instead.
 - ``CM002`` ``asyncio.run``, ``get_event_loop``, ``new_event_loop`` or ``run_until_complete``
-  inside a job: a new loop per run breaks clients bound to a loop, and ``get_event_loop()``
-  fails in a worker thread.
+  inside a job, or in a function of the tree a job calls (a ``run_async(coro)`` helper):
+  a new loop per run breaks clients bound to a loop, and ``get_event_loop()`` fails in a
+  worker thread.
 - ``CM003`` a blocking call inside ``async def`` (``time.sleep``, a sync request, a call of an
   old helper that makes one): it stalls the scheduler's loop; await the async equivalent or
   wrap it in ``compat.run_blocking``.
 - ``CM004`` a call, from another module, of a function or method of the audited tree that
-  makes a raw request itself (an old client helper such as ``rest_client.fetch_reminders()``
-  or ``LEGACY_CLIENT.fetch()``): the call sites to move onto the service client before the
-  old helpers can be removed.
+  makes a raw request, itself or through other functions of the tree (an old client helper
+  such as ``rest_client.fetch_reminders()``, or ``LEGACY_CLIENT.fetch()`` over the client's
+  own ``_request()``): the call sites to move onto the service client before the old
+  helpers can be removed.
 
 Names are followed through imports (absolute and relative), module-level and local
-assignments, ``with ... as`` targets, parameter and return annotations, ``self`` attributes
-and class attributes, so ``SESSION = requests.Session()`` at module level makes ``SESSION.get()`` a
-raw request wherever ``SESSION`` is imported. Jobs are the functions decorated with
-``@migrated_job`` or ``@<scheduler>.scheduled_job(...)``, and those passed to ``add_job``
-(positionally, as ``func=``, as a ``"module:function"`` string, a partial, a lambda, or from
-a loop over a literal collection of jobs) from any module of the tree; a function nested in
-a job belongs to it. Constructing a client, an exception or a
-type annotation is not a call site. Source files are decoded by their PEP 263 coding line.
+assignments (annotated ones by their declared type first), ``with ... as`` targets,
+parameter and return annotations, what factories and properties of the tree return,
+``self`` attributes and class attributes, so ``SESSION = requests.Session()`` at module
+level makes ``SESSION.get()`` a raw request wherever ``SESSION`` is imported. Jobs are
+the functions decorated with ``@migrated_job`` or ``@<scheduler>.scheduled_job(...)``, and
+those passed to ``add_job`` (positionally, as ``func=``, as a ``"module:function"`` string,
+a partial, a lambda, an object of the tree by its ``__call__``, or from a loop over a
+literal collection of jobs) from any module of the tree; a function nested in a job belongs
+to it. Constructing a client, an exception or a type annotation is not a call site.
+Source files are decoded by their PEP 263 coding line.
 
 A finding is ignored by a comment on its line, ``# cron-migration: ignore[CM001]`` (several
 codes comma-separated; no brackets: every code), or by a baseline file.
@@ -44,12 +49,13 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-#: Directories never audited: the clients themselves, environments, caches.
-SKIPPED_DIRECTORIES = frozenset(
-    {"commclient", "compat", "cron_migration", "__pycache__", "node_modules", "site-packages"}
-)
+#: Directories never audited: environments, caches.
+SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages"})
+#: The clients themselves, skipped where they sit side by side (as installed or vendored);
+#: an application's own package of one of these names, alone, is audited.
+OUR_PACKAGES = frozenset({"commclient", "compat", "cron_migration"})
 
 #: code -> (name, what it finds and what to do). The README and SARIF's rules come from here.
 RULES: dict[str, tuple[str, str]] = {
@@ -119,8 +125,19 @@ _BLOCKING_CALLS = frozenset(
         "compat.run_sync",
     }
 )
+# Calls that run the function they are given in a thread: its position among the arguments.
+_FORWARDERS = {
+    "asyncio.to_thread": 0,
+    "compat.run_blocking": 0,
+    "anyio.to_thread.run_sync": 0,
+}
+# Methods that do so whatever their object (an executor, a loop): ``submit(fn, ...)``,
+# ``run_in_executor(executor, fn, ...)``.
+_FORWARDING_METHODS = {"submit": 0, "run_in_executor": 1}
 _JOB_DECORATORS = ("scheduled_job", "migrated_job")
-_IGNORE = re.compile(r"#\s*cron-migration:\s*ignore(?:\[(?P<codes>[A-Z0-9,\s]*)\])?")
+_Place = TypeVar("_Place")
+# Codes are read case-insensitively; a bracket that names no code ignores nothing.
+_IGNORE = re.compile(r"#\s*cron-migration:\s*ignore(?:\[(?P<codes>[^\]]*)\])?")
 _MAX_DEPTH = 24
 
 
@@ -141,8 +158,13 @@ def iter_python_files(root: Path) -> Iterator[Path]:
         yield root
         return
     for directory, subdirectories, files in os.walk(root):
+        ours = OUR_PACKAGES.intersection(subdirectories)
+        if len(ours) < 2:
+            ours = frozenset()
         subdirectories[:] = sorted(
-            d for d in subdirectories if not d.startswith(".") and d not in SKIPPED_DIRECTORIES
+            d
+            for d in subdirectories
+            if not d.startswith(".") and d not in SKIPPED_DIRECTORIES and d not in ours
         )
         for name in sorted(files):
             if name.endswith(".py"):
@@ -151,12 +173,17 @@ def iter_python_files(root: Path) -> Iterator[Path]:
 
 def module_name(path: Path) -> str:
     """The dotted module name of ``path``, from the packages (``__init__.py``) above it."""
+    return _name_and_root(path)[0]
+
+
+def _name_and_root(path: Path) -> tuple[str, Path]:
+    """``path``'s module name, and the directory it is imported from (on ``sys.path``)."""
     parts = [] if path.stem == "__init__" else [path.stem]
     parent = path.resolve().parent
     while (parent / "__init__.py").exists():
         parts.insert(0, parent.name)
         parent = parent.parent
-    return ".".join(parts)
+    return ".".join(parts), parent
 
 
 def read_source(path: Path) -> str:
@@ -191,6 +218,8 @@ class _Binding:
     kind: str  # "ref" (import, def, class), "expr", "annotation", "instance", "loop", "unknown"
     target: str | ast.expr
     scope: _Scope | None = None
+    # An annotated assignment's value, for when its annotation names no class we know.
+    value: ast.expr | None = None
 
 
 @dataclass
@@ -225,10 +254,19 @@ class _Module:
     source: str
     tree: ast.Module
     package: str  # the package relative imports start from
+    # Top-level names that several roots of the tree have (two script directories with a
+    # helpers.py, two services with an app package) -> the name of this root's one.
+    tops: dict[str, str] = field(default_factory=dict)
     scope: _Scope = field(init=False)
 
     def __post_init__(self) -> None:
         self.scope = _Scope(self)
+
+    def absolute(self, dotted: str) -> str:
+        """``dotted`` as this module imports it: its own root's module of an ambiguous name."""
+        top, dot, rest = dotted.partition(".")
+        renamed = self.tops.get(top)
+        return dotted if renamed is None else f"{renamed}{dot}{rest}"
 
 
 def _dotted(node: ast.expr) -> str | None:
@@ -254,17 +292,19 @@ def _absolute(module: _Module, node: ast.ImportFrom) -> str | None:
 
 
 def _bind_import(scope: _Scope, node: ast.Import | ast.ImportFrom) -> None:
+    module = scope.module
     if isinstance(node, ast.Import):
         for alias in node.names:
             if alias.asname:
-                scope.names[alias.asname] = _Binding("ref", alias.name)
+                scope.names[alias.asname] = _Binding("ref", module.absolute(alias.name))
             else:
                 root = alias.name.partition(".")[0]
-                scope.names[root] = _Binding("ref", root)
+                scope.names[root] = _Binding("ref", module.absolute(root))
         return
-    source = _absolute(scope.module, node)
+    source = _absolute(module, node)
     if source is None:
         return
+    source = module.absolute(source)
     for alias in node.names:
         if alias.name != "*":
             scope.names[alias.asname or alias.name] = _Binding("ref", f"{source}.{alias.name}")
@@ -313,10 +353,7 @@ class _Project:
             for target in node.targets:
                 self._bind_target(target, node.value, scope)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if node.value is not None:
-                scope.names[node.target.id] = _Binding("expr", node.value, scope)
-            else:
-                scope.names[node.target.id] = _Binding("annotation", node.annotation, scope)
+            scope.names[node.target.id] = _Binding("annotation", node.annotation, scope, node.value)
         elif isinstance(node, ast.With | ast.AsyncWith):
             for item in node.items:
                 if item.optional_vars is not None:
@@ -356,13 +393,18 @@ class _Project:
             for inner in ast.walk(node):
                 if isinstance(inner, ast.Assign | ast.AnnAssign) and inner.value is not None:
                     targets = inner.targets if isinstance(inner, ast.Assign) else [inner.target]
+                    binding = (
+                        _Binding("expr", inner.value, local)
+                        if isinstance(inner, ast.Assign)
+                        else _Binding("annotation", inner.annotation, local, inner.value)
+                    )
                     for target in targets:
                         if (
                             isinstance(target, ast.Attribute)
                             and isinstance(target.value, ast.Name)
                             and target.value.id == self_name
                         ):
-                            cls.attributes[target.attr] = _Binding("expr", inner.value, local)
+                            cls.attributes[target.attr] = binding
 
     # Resolution: what an expression stands for, as far as the syntax tells.
 
@@ -414,11 +456,16 @@ class _Project:
         assert binding.scope is not None
         target = binding.target
         if binding.kind == "annotation":
+            # The declared type first (a dataclass field's default_factory, an untyped
+            # factory); the assigned value when the annotation names no class we know.
             if isinstance(target, ast.Constant) and isinstance(target.value, str):
-                return self._instance_of(
-                    self._string_annotation(target.value, binding.scope, depth)
-                )
-            return self._instance_of(self.resolve(target, binding.scope, depth))
+                declared = self._string_annotation(target.value, binding.scope, depth)
+            else:
+                declared = self.resolve(target, binding.scope, depth)
+            instance = self._instance_of(declared)
+            if instance is None and binding.value is not None:
+                return self.resolve(binding.value, binding.scope, depth)
+            return instance
         return self.resolve(target, binding.scope, depth)
 
     def _instance_of(self, value: Value | None) -> Value | None:
@@ -452,6 +499,9 @@ class _Project:
         if known is None:
             return Ref(f"{cls}.{attribute}")
         if attribute in known.methods:
+            method = self.functions.get(f"{cls}.{attribute}")
+            if method is not None and _is_property(method):
+                return self._returned(method, depth + 1)
             return Ref(f"{cls}.{attribute}")
         binding = known.attributes.get(attribute)
         if binding is not None:
@@ -476,11 +526,23 @@ class _Project:
             # migrated_job(function), partial(function, ...): the function, for jobs.
             return self.resolve(node.args[0], scope, depth)
         function = self.functions.get(callee.name) if isinstance(callee, Ref) else None
-        if function is not None and function.returns is not None:
-            # A factory of the tree: what its return annotation names.
-            local = self.function_scopes[function]
-            return self._value(_Binding("annotation", function.returns, local), depth)
+        if function is not None:
+            return self._returned(function, depth)  # a factory of the tree
         return self._instance_of(callee)
+
+    def _returned(
+        self, function: ast.FunctionDef | ast.AsyncFunctionDef, depth: int
+    ) -> Value | None:
+        """What ``function`` returns: its return annotation, else its return statements."""
+        local = self.function_scopes[function]
+        if function.returns is not None:
+            return self._value(_Binding("annotation", function.returns, local), depth)
+        for node in _own_nodes(function):
+            if isinstance(node, ast.Return) and node.value is not None:
+                value = self.resolve(node.value, local, depth)
+                if value is not None:
+                    return value
+        return None
 
     # Jobs: what add_job, scheduled_job and migrated_job name, across the tree.
 
@@ -543,9 +605,11 @@ class _Project:
                 return self._literal(node.func.value, scope, depth + 1)
             return None
         binding = scope.lookup(node.id) if isinstance(node, ast.Name) else None
-        if binding is not None and binding.kind == "expr" and binding.scope is not None:
-            assert isinstance(binding.target, ast.expr)
-            return self._literal(binding.target, binding.scope, depth + 1)
+        if binding is None or binding.scope is None:
+            return None
+        value = binding.target if binding.kind == "expr" else binding.value
+        if isinstance(value, ast.expr):  # SCHEDULE = {...}, or SCHEDULE: dict[...] = {...}
+            return self._literal(value, binding.scope, depth + 1)
         return None
 
     def _job_target(self, target: ast.expr, scope: _Scope) -> str | None:
@@ -554,8 +618,10 @@ class _Project:
             return None
         if isinstance(target, ast.Constant) and isinstance(target.value, str):
             module, _, attribute = target.value.partition(":")
-            return f"{module}.{attribute}" if attribute else None
+            return f"{scope.module.absolute(module)}.{attribute}" if attribute else None
         resolved = self.resolve(target, scope)
+        if isinstance(resolved, Instance):  # an object of the tree's: its __call__ runs
+            resolved = self._member(resolved.cls, "__call__", 0)
         if isinstance(resolved, Ref):
             return resolved.name
         return None
@@ -577,6 +643,24 @@ def _statements(statement: ast.stmt) -> Iterator[ast.stmt]:
         for case in statement.cases:
             for inner in case.body:
                 yield from _statements(inner)
+
+
+def _own_nodes(function: ast.FunctionDef | ast.AsyncFunctionDef) -> Iterator[ast.AST]:
+    """The nodes of ``function``'s body, not those of the functions and classes nested in it."""
+    pending: list[ast.AST] = list(function.body)
+    while pending:
+        node = pending.pop()
+        yield node
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            pending.extend(ast.iter_child_nodes(node))
+
+
+def _is_property(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """``@property`` or ``@cached_property`` (``functools.cached_property``): read, not called."""
+    return any(
+        (_dotted(d) or "").rpartition(".")[2] in ("property", "cached_property")
+        for d in node.decorator_list
+    )
 
 
 def _is_static(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -635,6 +719,8 @@ class _HelperCall:
     target: str
     context_where: str
     in_async: bool
+    owner: str | None  # the module-level function or method the call is in
+    in_job: bool = False
 
 
 class _Auditor:
@@ -646,6 +732,7 @@ class _Auditor:
         self.jobs = jobs
         self.findings: list[Finding] = []
         self.raw_callers: dict[str, tuple[Finding, bool]] = {}  # owner -> (finding, blocking)
+        self.loop_makers: dict[str, Finding] = {}  # owner -> where it makes or looks up a loop
         self.helper_calls: list[_HelperCall] = []
 
     def run(self) -> None:
@@ -706,6 +793,7 @@ class _Auditor:
     def _call(self, node: ast.Call, scope: _Scope, context: _Context) -> None:
         callee = self.project.resolve(node.func, scope)
         name = callee.name if isinstance(callee, Ref) else None
+        self._forwarded_call(node, name, scope, context)
         if (
             name is None
             and isinstance(node.func, ast.Attribute)
@@ -726,8 +814,12 @@ class _Auditor:
                 self._add(node, "CM003", f"blocking {name}() {where}: it stalls the event loop")
             return
         if name in _LOOP_CALLS or name.endswith(".run_until_complete"):
+            message = f"{name}() {where}: a job must not make or look up a loop"
+            place = Finding(self.module.path, node.lineno, node.col_offset, "CM002", message)
+            if context.owner is not None:
+                self.loop_makers.setdefault(context.owner, place)
             if context.in_job:
-                self._add(node, "CM002", f"{name}() {where}: a job must not make or look up a loop")
+                self.findings.append(place)
             return
         if context.in_async and name in _BLOCKING_CALLS:
             self._add(
@@ -738,7 +830,54 @@ class _Auditor:
             return
         if name in self.project.functions:
             self.helper_calls.append(
-                _HelperCall(self.module.name, node, name, where, context.in_async)
+                _HelperCall(
+                    self.module.name,
+                    node,
+                    name,
+                    where,
+                    context.in_async,
+                    context.owner,
+                    context.in_job,
+                )
+            )
+
+    def _forwarded_call(
+        self, node: ast.Call, name: str | None, scope: _Scope, context: _Context
+    ) -> None:
+        """A function handed to a thread (``run_blocking(SESSION.get, url)``): still called.
+
+        Off the loop it blocks nothing (no CM003), but a raw request is still raw (CM001)
+        and an old helper still an old helper (CM004).
+        """
+        position = _FORWARDERS.get(name or "")
+        if position is None and isinstance(node.func, ast.Attribute):
+            position = _FORWARDING_METHODS.get(node.func.attr)
+        if position is None or len(node.args) <= position:
+            return
+        forwarded = self.project.resolve(node.args[position], scope)
+        if not isinstance(forwarded, Ref):
+            return
+        where = context.where()
+        if forwarded.name in _RAW_CALLS:
+            finding = self._add(
+                node,
+                "CM001",
+                f"raw {forwarded.name}() run in a thread {where}: use "
+                "SyncServiceClient/AsyncServiceClient",
+            )
+            if context.owner is not None:
+                self.raw_callers.setdefault(context.owner, (finding, False))
+        elif forwarded.name in self.project.functions:
+            self.helper_calls.append(
+                _HelperCall(
+                    self.module.name,
+                    node,
+                    forwarded.name,
+                    where,
+                    False,
+                    context.owner,
+                    context.in_job,
+                )
             )
 
     def _add(self, node: ast.AST, code: str, message: str) -> Finding:
@@ -770,21 +909,40 @@ def _ignored_codes(source: str) -> dict[int, frozenset[str] | None]:
         ignored[token.start[0]] = (
             None
             if codes is None
-            else frozenset(code.strip() for code in codes.split(",") if code.strip())
+            else frozenset(code.strip().upper() for code in codes.split(",") if code.strip())
         )
     return ignored
 
 
-def _module_of(path: Path) -> tuple[str, str]:
-    name = module_name(path)
-    package = name if path.stem == "__init__" else name.rpartition(".")[0]
-    return name, package
+def _modules_of(parsed: list[tuple[Path, str, ast.Module]]) -> list[_Module]:
+    """The modules of the files, each named as its root imports it, ambiguous names apart."""
+    named = [(path, source, tree, *_name_and_root(path)) for path, source, tree in parsed]
+    roots: dict[str, set[Path]] = {}
+    for _, _, _, name, root in named:
+        roots.setdefault(name.partition(".")[0], set()).add(root)
+    labels: dict[tuple[str, Path], str] = {}  # (top-level name, root) -> "<root>:<name>"
+    for top, of_top in roots.items():
+        if len(of_top) < 2:
+            continue
+        ordered = sorted(of_top)
+        names = [root.name.replace(".", "_") or "root" for root in ordered]
+        for index, (root, label) in enumerate(zip(ordered, names, strict=True)):
+            unique = label if names.count(label) == 1 else f"{label}{index}"
+            labels[(top, root)] = f"{unique}:{top}"
+    modules = []
+    for path, source, tree, name, root in named:
+        tops = {top: label for (top, at), label in labels.items() if at == root}
+        module = _Module("", str(path), source, tree, "", tops)
+        module.name = module.absolute(name)
+        module.package = module.name if path.stem == "__init__" else module.name.rpartition(".")[0]
+        modules.append(module)
+    return modules
 
 
 def audit_paths(paths: Iterable[Path]) -> list[Finding]:
     """Every finding under ``paths`` (files or directories), sorted by place."""
     findings: list[Finding] = []
-    modules: list[_Module] = []
+    parsed: list[tuple[Path, str, ast.Module]] = []
     for root in paths:
         if not root.exists():
             raise FileNotFoundError(f"audit: {root} does not exist")
@@ -802,9 +960,11 @@ def audit_paths(paths: Iterable[Path]) -> list[Finding]:
                     Finding(str(path), exc.lineno or 0, exc.offset or 0, "CM000", message)
                 )
                 continue
-            name, package = _module_of(path)
-            modules.append(_Module(name, str(path), source, tree, package))
-    findings.extend(_audit_modules(modules))
+            except ValueError as exc:  # a null byte, on Python 3.10
+                findings.append(Finding(str(path), 0, 0, "CM000", f"cannot parse: {exc}"))
+                continue
+            parsed.append((path, source, tree))
+    findings.extend(_audit_modules(_modules_of(parsed)))
     return sorted(findings)
 
 
@@ -816,6 +976,8 @@ def audit_source(source: str, path: str, module: str = "audited") -> list[Findin
         return [
             Finding(path, exc.lineno or 0, exc.offset or 0, "CM000", f"cannot parse: {exc.msg}")
         ]
+    except ValueError as exc:  # a null byte, on Python 3.10
+        return [Finding(path, 0, 0, "CM000", f"cannot parse: {exc}")]
     return sorted(_audit_modules([_Module(module, path, source, tree, "")]))
 
 
@@ -824,13 +986,30 @@ def _audit_modules(modules: list[_Module]) -> list[Finding]:
     jobs = project.jobs()
     auditors = [_Auditor(project, module, jobs) for module in modules]
     helpers: dict[str, tuple[Finding, bool]] = {}
+    loop_makers: dict[str, Finding] = {}
     for auditor in auditors:
         auditor.run()
         helpers.update(auditor.raw_callers)
+        loop_makers.update(auditor.loop_makers)
+    calls = [call for auditor in auditors for call in auditor.helper_calls]
+    _add_indirect(helpers, calls)
+    _add_indirect(loop_makers, calls)
     findings: list[Finding] = []
     for auditor in auditors:
         findings.extend(auditor.findings)
         for call in auditor.helper_calls:
+            loop = loop_makers.get(call.target)
+            if loop is not None and call.in_job:
+                findings.append(
+                    Finding(
+                        auditor.module.path,
+                        call.node.lineno,
+                        call.node.col_offset,
+                        "CM002",
+                        f"{'.'.join(call.target.split('.')[-2:])}() {call.context_where} makes "
+                        f"or looks up an event loop ({loop.path}:{loop.line}): a job must not",
+                    )
+                )
             helper = helpers.get(call.target)
             if helper is None:
                 continue
@@ -864,6 +1043,20 @@ def _audit_modules(modules: list[_Module]) -> list[Finding]:
     return [f for f in findings if not _is_ignored(f, by_path.get(f.path, {}))]
 
 
+def _add_indirect(found: dict[str, _Place], calls: Sequence[_HelperCall]) -> None:
+    """A function calling one of ``found`` does what it does too (a client's ``pending()``
+    over its ``_request()``, a job over a helper running ``asyncio.run``): add it, with the
+    place where that happens."""
+    changed = True
+    while changed:
+        changed = False
+        for call in calls:
+            place = found.get(call.target)
+            if place is not None and call.owner is not None and call.owner not in found:
+                found[call.owner] = place
+                changed = True
+
+
 def _module_part(project: _Project, qualified: str) -> str:
     """The module a function's or method's dotted name belongs to."""
     name = qualified
@@ -882,9 +1075,14 @@ def _is_ignored(finding: Finding, ignored: dict[int, frozenset[str] | None]) -> 
 # --- baselines and output formats ------------------------------------------------------
 
 
+# Where a CM003/CM004 message says the helper makes its request: "(path:line)".
+_HELPER_PLACE = re.compile(r"\((?P<path>[^()\s]+):\d+\)")
+
+
 def _fingerprint(finding: Finding, line_text: str) -> str:
-    """What identifies a finding across edits elsewhere in its file (not its line number)."""
-    text = f"{finding.path}\0{finding.code}\0{finding.message}\0{line_text.strip()}"
+    """What identifies a finding across edits elsewhere (not its line, nor its helper's)."""
+    message = _HELPER_PLACE.sub(r"(\g<path>)", finding.message)
+    text = f"{finding.path}\0{finding.code}\0{message}\0{line_text.strip()}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ._audit import apply_baseline, audit_paths, to_json, to_sarif, write_baseline
 from ._extras import import_needing_scheduler
+from ._shadowing import ShadowedPackageError, check_not_shadowed
 
 
 class UsageError(Exception):
@@ -20,6 +21,10 @@ class UsageError(Exception):
 
 def load_scheduler(spec: str) -> Any:
     """The scheduler ``module:attribute`` names (or a function returning one)."""
+    try:
+        check_not_shadowed()
+    except ShadowedPackageError as exc:
+        raise UsageError(str(exc)) from exc
     try:
         BaseScheduler = import_needing_scheduler(
             "apscheduler.schedulers.base", "cron_migration"

@@ -20,6 +20,7 @@ import ast
 import functools
 import inspect
 import os
+import pickle
 import textwrap
 import types
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -34,7 +35,7 @@ from apscheduler.jobstores.base import BaseJobStore
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
-from apscheduler.util import get_callable_name, undefined
+from apscheduler.util import get_callable_name, obj_to_ref, undefined
 from prometheus_client import CollectorRegistry
 
 from ._context import INTERNAL_LISTENER
@@ -231,7 +232,8 @@ def migrate_scheduler(
     ``async_jobs`` is the per-job switch for the async jobs the scheduler has now: the
     ids that run on the new scheduler's loop (``"*"`` for all), or a mapping of job id to
     an async function that replaces the job's function. The async jobs it does not name
-    run on compat's background loop, as a legacy scheduler with a portal would. Async
+    run on compat's background loop, as a legacy scheduler with a portal would, except
+    those an ``AsyncIOScheduler`` ``old`` awaited on its loop: they stay on the loop. Async
     jobs added to the new scheduler later run on its loop: the switch is a rule, "on the
     loop unless switched off" (``report.switch.switch_off(job_id)``). Sync jobs run in
     compat's bounded worker pool either way. Without ``async_jobs``, the ids come from
@@ -265,6 +267,7 @@ def migrate_scheduler(
         for entry in old_jobs
         if is_async_callable(replacements.get(entry.job.id, entry.job.func))
         and entry.job.id not in on_loop
+        and not _awaited_on_old_loop(old, old_executors.get(entry.job.executor), entry.job.id)
     ):
         report.switch.switch_off(job_id)
     for executor in new_executors.values():
@@ -296,6 +299,17 @@ def migrate_scheduler(
                 **options,
             )
         report.jobs.append(_describe(old, old_executors, new, entry, func, report))
+        if not entry.persisted:
+            unstorable = _unstorable(new._jobstores.get(entry.store), func, job)
+            if unstorable is not None:
+                report.problems.append(
+                    MigrationProblem(
+                        job.id,
+                        f"cannot be stored in the job store {entry.store!r} ({unstorable}): "
+                        "the new scheduler would fail to start; give it a module-level "
+                        "function (and picklable arguments)",
+                    )
+                )
         refusal = leased_job_refusal(added)
         if refusal is not None:
             # The new scheduler refuses to start with it (MigrationExecutor.start).
@@ -315,12 +329,30 @@ def migrate_scheduler(
     return new, report
 
 
+def _awaited_on_old_loop(old: Any, executor: BaseExecutor | None, job_id: str) -> bool:
+    """Whether ``old`` awaited the async job on its own loop: it stays on the loop."""
+    if not isinstance(old, AsyncIOScheduler):
+        return False
+    if isinstance(executor, MigrationExecutor):
+        return executor.on_async_path(job_id)
+    return isinstance(executor, AsyncIOExecutor)
+
+
 def _old_executors(old: Any) -> dict[str, BaseExecutor]:
     executors = dict(old._executors)
     if "default" not in executors:
         # Not started yet: the default executor is made at start.
         executors["default"] = old._create_default_executor()
     return executors
+
+
+# The executor types carried with their limits; a subclass loses what it adds.
+_CARRIED_EXECUTORS: tuple[type[BaseExecutor], ...] = (
+    MigrationExecutor,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    AsyncIOExecutor,
+)
 
 
 def _pool_size(executor: BaseExecutor) -> int:
@@ -339,6 +371,15 @@ def _carry_executors(
     for alias, executor in sorted(old_executors.items()):
         kind = type(executor).__name__
         size: int | None
+        base = next((b for b in _CARRIED_EXECUTORS if isinstance(executor, b)), None)
+        if base is not None and type(executor) is not base:
+            report.problems.append(
+                MigrationProblem(
+                    f"executor {alias!r}",
+                    f"{kind} is a subclass of {base.__name__}: it is carried as a "
+                    f"{base.__name__} would be, without what {kind} adds",
+                )
+            )
         if isinstance(executor, ProcessPoolExecutor):
             processes = _pool_size(executor)
             new[alias] = ProcessPoolExecutor(processes, pool_kwargs=dict(executor.pool_kwargs))
@@ -407,8 +448,9 @@ def _carry_stores(old: Any, new: AsyncIOScheduler, report: MigrationReport) -> l
                         "both run the store's jobs",
                     )
                 )
+            unrestorable: list[_Unrestorable] = []
             try:
-                persisted = _persisted_jobs(store, new, alias)
+                persisted = _persisted_jobs(store, new, alias, unrestorable)
             except Exception as exc:
                 report.problems.append(
                     MigrationProblem(
@@ -418,6 +460,16 @@ def _carry_stores(old: Any, new: AsyncIOScheduler, report: MigrationReport) -> l
                     )
                 )
                 persisted = []
+            report.problems.extend(
+                MigrationProblem(
+                    failed.id,
+                    f"persisted in the job store {alias!r}, it cannot be restored "
+                    f"({failed.error}): APScheduler deletes such a job from its store when a "
+                    "scheduler reads it at start; make its function importable again (or "
+                    "remove the job) before starting the new scheduler",
+                )
+                for failed in unrestorable
+            )
             for job in persisted:
                 old_jobs.append(_OldJob(job, alias, False, persisted=True))
                 job_ids.append(job.id)
@@ -429,20 +481,103 @@ def _carry_stores(old: Any, new: AsyncIOScheduler, report: MigrationReport) -> l
                 old_jobs.append(_OldJob(job, alias, False, persisted=False))
                 job_ids.append(job.id)
         for job, pending_alias, replace_existing in list(old._pending_jobs):
-            if pending_alias == alias:
-                old_jobs.append(_OldJob(job, alias, replace_existing, persisted=False))
-                job_ids.append(job.id)
+            if pending_alias != alias:
+                continue
+            if job.id in job_ids:
+                # The code adds a persisted job again at each start: one job, the added one.
+                old_jobs[:] = [
+                    e
+                    for e in old_jobs
+                    if not (e.persisted and e.store == alias and e.job.id == job.id)
+                ]
+                job_ids.remove(job.id)
+                if not replace_existing:
+                    report.problems.append(
+                        MigrationProblem(
+                            job.id,
+                            f"added again to the job store {alias!r}, which already holds it, "
+                            "without replace_existing=True: starting the scheduler raises "
+                            "ConflictingIdError",
+                        )
+                    )
+            old_jobs.append(_OldJob(job, alias, replace_existing, persisted=False))
+            job_ids.append(job.id)
         how = "attached" if persistent else "copied"
         report.stores.append(StoreMigration(alias, type(store).__name__, how, tuple(job_ids)))
+    copied = [entry for entry in old_jobs if not entry.persisted]
+    if started and copied:
+        report.problems.append(
+            MigrationProblem(
+                "the old scheduler",
+                f"it is running, and runs each of its {len(copied)} job(s) too (copied, not "
+                "moved): shut it down (old.shutdown()) before starting the new scheduler",
+            )
+        )
     return old_jobs
 
 
-def _persisted_jobs(store: BaseJobStore, new: AsyncIOScheduler, alias: str) -> list[Job]:
+@dataclass
+class _Unrestorable:
+    """A persisted job its store cannot rebuild (its function is gone), left in the store."""
+
+    id: str
+    error: Exception
+    next_run_time: None = None  # what a store sorting its jobs reads
+
+
+def _persisted_jobs(
+    store: BaseJobStore, new: AsyncIOScheduler, alias: str, unrestorable: list[_Unrestorable]
+) -> list[Job]:
+    """The jobs of ``store``, read without deleting those that cannot be restored.
+
+    APScheduler's persistent stores delete a job they fail to rebuild as they read it;
+    reading for a report (``plan`` included) must not change the store, so those jobs are
+    collected in ``unrestorable`` instead.
+    """
     if store._scheduler is None:
         # Never started: its jobs can only be read once it is bound; the new scheduler
         # binds it again when it starts.
         store.start(new, alias)
-    return list(store.get_all_jobs())
+    reconstitute = getattr(store, "_reconstitute_job", None)
+    if reconstitute is None:
+        return list(store.get_all_jobs())
+
+    def tolerant(job_state: Any) -> Any:
+        try:
+            return reconstitute(job_state)
+        except Exception as exc:
+            failed = _Unrestorable(_persisted_id(job_state), exc)
+            unrestorable.append(failed)
+            return failed
+
+    store._reconstitute_job = tolerant
+    try:
+        jobs = list(store.get_all_jobs())
+    finally:
+        del store._reconstitute_job
+    return [job for job in jobs if not isinstance(job, _Unrestorable)]
+
+
+def _unstorable(store: BaseJobStore | None, func: Callable[..., Any], job: Job) -> str | None:
+    """Why a persistent ``store`` cannot hold the job with ``func``, if it cannot.
+
+    It stores the function as its "module:name" reference and pickles the arguments.
+    """
+    if store is None or isinstance(store, MemoryJobStore):
+        return None
+    try:
+        obj_to_ref(func)
+        pickle.dumps((job.args, job.kwargs))
+    except Exception as exc:
+        return str(exc)
+    return None
+
+
+def _persisted_id(job_state: Any) -> str:
+    try:
+        return str(pickle.loads(job_state)["id"])
+    except Exception:
+        return "(a job whose id cannot be read)"
 
 
 def _describe(
@@ -499,6 +634,15 @@ def _describe(
                 "awaiting it, so it has never run; the new one awaits it",
             )
         )
+    for where in _old_scheduler_arguments(old, job, func):
+        report.problems.append(
+            MigrationProblem(
+                job.id,
+                f"it is given the old scheduler as an argument ({where}): after the migration "
+                "that scheduler never runs, so what the job changes there is lost; use the "
+                "scheduler running the job, current_scheduled_run().scheduler",
+            )
+        )
     for use in _old_scheduler_uses(old, func):
         report.problems.append(
             MigrationProblem(
@@ -520,6 +664,22 @@ def _describe(
     )
 
 
+def _old_scheduler_arguments(old: Any, job: Job, func: Callable[..., Any]) -> list[str]:
+    """Where the job's arguments (its own, or a partial's) hold ``old``."""
+    found = [f"args[{i}]" for i, value in enumerate(job.args) if value is old]
+    found += [f"kwargs[{name!r}]" for name, value in job.kwargs.items() if value is old]
+    partial: Any = func
+    while isinstance(partial, functools.partial):
+        found += [f"a partial's args[{i}]" for i, v in enumerate(partial.args) if v is old]
+        found += [
+            f"a partial's kwargs[{name!r}]"
+            for name, value in partial.keywords.items()
+            if value is old
+        ]
+        partial = partial.func
+    return found
+
+
 def _code_of(func: Callable[..., Any]) -> Any:
     """The plain function whose source is the job's code."""
     target: Any = _called_job(func)
@@ -529,7 +689,7 @@ def _code_of(func: Callable[..., Any]) -> Any:
 
 
 def _old_scheduler_uses(old: Any, func: Callable[..., Any]) -> list[str]:
-    """Where the job's own code uses ``old`` by a global name, a module or ``self``.
+    """Where the job's own code uses ``old`` by a global or closure name, a module or ``self``.
 
     Best effort, from the function's source: names bound elsewhere are not followed.
     """
@@ -538,6 +698,12 @@ def _old_scheduler_uses(old: Any, func: Callable[..., Any]) -> list[str]:
     if not isinstance(module_globals, dict):
         return []
     names = {name for name, value in module_globals.items() if value is old}
+    # A job defined in the function that builds the scheduler reaches it through its closure.
+    names |= {
+        name
+        for name, cell in zip(code.__code__.co_freevars, code.__closure__ or (), strict=True)
+        if _cell_value(cell) is old
+    }
     modules = {
         name: {attribute for attribute, value in vars(value).items() if value is old}
         for name, value in module_globals.items()
@@ -558,8 +724,18 @@ def _old_scheduler_uses(old: Any, func: Callable[..., Any]) -> list[str]:
         tree = ast.parse(source)
     except (OSError, TypeError, SyntaxError):
         return []
+    # The source of a lambda is its whole line (often the add_job that registers it): only
+    # the lambdas' code counts, and only the names the function's code refers to.
+    roots = (
+        [n for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
+        if code.__name__ == "<lambda>"
+        else [tree]
+    )
+    referenced = _names_in(code.__code__)
     uses = []
-    for node, via in _attribute_uses(tree):
+    for node, via in (use for root in roots for use in _attribute_uses(root)):
+        if node.attr not in referenced:
+            continue
         if (isinstance(via, ast.Name) and via.id in names) or (
             isinstance(via, ast.Attribute)
             and isinstance(via.value, ast.Name)
@@ -569,7 +745,23 @@ def _old_scheduler_uses(old: Any, func: Callable[..., Any]) -> list[str]:
             )
         ):
             uses.append(f"{ast.unparse(node)} on line {first_line + node.lineno - 1}")
-    return uses
+    return list(dict.fromkeys(uses))
+
+
+def _names_in(code: types.CodeType) -> set[str]:
+    """The global, attribute and closure names ``code`` and the code nested in it use."""
+    names = {*code.co_names, *code.co_freevars}
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _names_in(constant)
+    return names
+
+
+def _cell_value(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a variable not bound yet
+        return None
 
 
 def _attribute_uses(tree: ast.AST) -> Iterator[tuple[ast.Attribute, ast.expr]]:
@@ -597,3 +789,11 @@ def _copy_listeners(old: Any, new: AsyncIOScheduler, report: MigrationReport) ->
         report.notes.append(
             f"listener {name} copied; it now runs on the event loop thread and must not block"
         )
+        for use in _old_scheduler_uses(old, callback):
+            report.problems.append(
+                MigrationProblem(
+                    f"listener {name}",
+                    f"its code uses the old scheduler ({use}): after the migration that "
+                    "scheduler never runs, so the change is lost; use the new scheduler",
+                )
+            )

@@ -3,7 +3,9 @@
 cron_migration imports ``compat`` (and ``commclient``) by their top-level names, some of
 them only when the first job runs. A ``compat.py`` of the user's earlier on ``sys.path``
 would be imported instead and fail there with an ImportError naming neither file; this
-check fails at ``import cron_migration`` instead, saying what shadows what.
+check fails at ``import cron_migration`` instead, saying what shadows what; except under
+``python -m cron_migration``, where ``audit`` and ``--help`` need neither package and
+``plan`` fails with that error.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ def _origin(name: str) -> Path | None:
             return None
         origin = None if spec is None else spec.origin
     return None if origin is None else Path(origin).resolve()
+
+
+def running_the_command_line() -> bool:
+    """Whether this process is ``python -m cron_migration`` (its package is being imported)."""
+    argv: list[str] = list(getattr(sys, "orig_argv", ()))
+    for position, argument in enumerate(argv):
+        if argument == "-m":
+            return argv[position + 1 : position + 2] == [__package__]
+        if argument.startswith("-m"):
+            return argument[2:] == __package__
+    return False
 
 
 def check_not_shadowed(packages: tuple[str, ...] = SIBLING_PACKAGES) -> None:

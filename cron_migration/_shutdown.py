@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import signal
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 
 from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN, SchedulerEvent
 from apscheduler.executors.asyncio import AsyncIOExecutor
+from apscheduler.executors.pool import ProcessPoolExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ._context import check_seconds, mark_internal_listener
@@ -65,7 +67,8 @@ async def shutdown_gracefully(
     unknown) before the time is up. Takes at most ``timeout + records_timeout`` seconds
     (plus up to 5 s for coroutines that do not end when cancelled). Call it on the
     scheduler's loop. APScheduler's own ``shutdown()`` cannot wait for coroutine jobs;
-    this does.
+    this does. Runs on a process pool are waited for too, and at the timeout the pool's
+    worker processes are terminated.
     """
     require_scheduler(scheduler, "shutdown_gracefully()", asyncio_only=True)
     timeout = check_seconds("timeout", timeout, allow_zero=True)
@@ -78,7 +81,8 @@ async def shutdown_gracefully(
         raise RuntimeError("shutdown_gracefully() must be awaited on the scheduler's event loop")
     scheduler.pause()  # _process_jobs submits nothing while paused
     leases = _leases_of(scheduler)
-    runs = _in_flight(scheduler)
+    process_runs = _process_pool_runs(scheduler)
+    runs = _in_flight(scheduler) | set(process_runs)
     done: set[Any] = set()
     pending_runs: set[Any] = set()
     if runs:
@@ -91,6 +95,8 @@ async def shutdown_gracefully(
             "shutdown: %d run(s) still running after %gs given up", len(pending_runs), timeout
         )
         await asyncio.wait(pending_runs, timeout=CANCEL_GRACE)
+        # A child process's run cannot be cancelled: its process is ended.
+        await _end_processes({process_runs[run] for run in pending_runs if run in process_runs})
     abandoned = min(len(pending_runs), abandoned_threads() - abandoned_before)
     if abandoned:
         logger.warning(
@@ -204,6 +210,33 @@ def _in_flight(scheduler: AsyncIOScheduler) -> set[asyncio.Future[Any]]:
             # AsyncIOExecutor keeps its running jobs' futures there; it has no public view.
             runs.update(getattr(executor, "_pending_futures", ()))
     return runs
+
+
+def _process_pool_runs(
+    scheduler: AsyncIOScheduler,
+) -> dict[asyncio.Future[Any], concurrent.futures.ProcessPoolExecutor]:
+    """The runs queued or running in the scheduler's process pools, with their pool."""
+    runs: dict[asyncio.Future[Any], concurrent.futures.ProcessPoolExecutor] = {}
+    for executor in scheduler._executors.values():
+        pool = getattr(executor, "_pool", None)
+        if isinstance(executor, ProcessPoolExecutor) and isinstance(
+            pool, concurrent.futures.ProcessPoolExecutor
+        ):
+            # The pool keeps its unfinished work items there; it has no public view.
+            for item in list(getattr(pool, "_pending_work_items", {}).values()):
+                runs[asyncio.wrap_future(item.future)] = pool
+    return runs
+
+
+async def _end_processes(pools: set[concurrent.futures.ProcessPoolExecutor]) -> None:
+    """Terminate the worker processes of ``pools`` and wait until they are gone."""
+    for pool in pools:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            await asyncio.to_thread(process.join, CANCEL_GRACE)
 
 
 def _leases_of(scheduler: AsyncIOScheduler) -> list[Lease]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cron_migration._audit import RULES, audit_paths
+from cron_migration._audit import RULES, audit_paths, audit_source
 from cron_migration._cli import main
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -111,6 +111,18 @@ def test_an_inline_comment_ignores_the_codes_it_names(tmp_path: Path) -> None:
     assert found == [(4, "CM003"), (7, "CM001"), (7, "CM003")]
 
 
+def test_a_misspelt_ignore_comment_never_ignores_more_than_it_names(tmp_path: Path) -> None:
+    source = tmp_path / "jobs.py"
+    source.write_text(
+        "import requests\n\n"
+        "async def job():\n"
+        "    requests.get('x')  # cron-migration: ignore[cm001]\n"
+        "    requests.get('y')  # cron-migration: ignore[CM-001]\n"
+    )
+    found = [(f.line, f.code) for f in audit_paths([source])]
+    assert found == [(4, "CM003"), (5, "CM001"), (5, "CM003")]
+
+
 def test_a_baseline_reports_only_new_findings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -132,6 +144,26 @@ def test_a_baseline_reports_only_new_findings(
     assert status == 2
 
 
+def test_a_baseline_keeps_helper_calls_when_the_helper_module_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CM003/CM004 message names the helper's raw call; editing that module is no change."""
+    package = tmp_path / "svc"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    client = package / "rest_client.py"
+    client.write_text(LEGACY)
+    (package / "jobs.py").write_text(
+        "from .rest_client import fetch\n\n\nasync def job():\n    return fetch()\n"
+    )
+    baseline = tmp_path / "baseline.json"
+    status, out = run(capsys, str(package), "--write-baseline", str(baseline))
+    assert "3 finding(s) written" in out
+    client.write_text('"""The old client."""\n\n' + LEGACY)
+    status, out = run(capsys, str(package), "--baseline", str(baseline), "--check")
+    assert (status, out) == (0, "0 call site(s) to migrate\n")
+
+
 def test_a_pep_263_coding_line_is_honoured(tmp_path: Path) -> None:
     source = tmp_path / "latin.py"
     source.write_bytes(
@@ -144,3 +176,13 @@ def test_a_pep_263_coding_line_is_honoured(tmp_path: Path) -> None:
     wrong.write_bytes(b"# caf\xe9\n")
     (unreadable,) = audit_paths([wrong])
     assert unreadable.code == "CM000"
+
+
+def test_a_file_with_a_null_byte_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    """Python 3.10's parser raises ValueError for it (3.11+: SyntaxError)."""
+    broken = tmp_path / "broken.py"
+    broken.write_bytes(b"x = 1\x00\n")
+    (tmp_path / "legacy.py").write_text(LEGACY)
+    found = [(Path(f.path).name, f.code) for f in audit_paths([tmp_path])]
+    assert found == [("broken.py", "CM000"), ("legacy.py", "CM001")]
+    assert [f.code for f in audit_source("x = 1\x00\n", "broken.py")] == ["CM000"]

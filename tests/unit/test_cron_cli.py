@@ -193,17 +193,66 @@ def test_audit_walks_a_tree_skips_the_clients_and_reports_unparsable_files(
     (tmp_path / "service" / "jobs.py").write_text(AUDITED)
     (tmp_path / "service" / "broken.py").write_text("def (:\n")
     (tmp_path / "service" / "latin1.py").write_bytes(b"# caf\xe9\n")
-    (tmp_path / "commclient").mkdir()
-    (tmp_path / "commclient" / "_sync.py").write_text("import requests\nrequests.get('x')\n")
+    # The packages themselves, side by side as installed or vendored: skipped.
+    for package in ("commclient", "compat"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "_sync.py").write_text("import requests\nrequests.get('x')\n")
     assert main(["audit", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "commclient" not in out
+    assert "/compat/" not in out
     assert "broken.py:1:" in out
     assert "CM000 cannot parse" in out
     assert "latin1.py:0:0: CM000 cannot read:" in out
     assert "11 call site(s) to migrate" in out
     assert main(["audit", str(tmp_path), "--check"]) == 1
     assert main(["audit", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_users_own_package_named_like_ours_is_audited(tmp_path: Path) -> None:
+    """An application's own compat package (no commclient beside it) is its code."""
+    (tmp_path / "app" / "compat").mkdir(parents=True)
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (tmp_path / "app" / "compat" / "__init__.py").write_text(
+        "import requests\n\ndef fetch(url):\n    return requests.get(url)\n"
+    )
+    found = [(Path(f.path).parent.name, f.code) for f in audit_paths([tmp_path / "app"])]
+    assert found == [("compat", "CM001")]
+
+
+@pytest.mark.parametrize("layout", ["script directories", "services of a monorepo"])
+def test_modules_of_one_name_in_different_roots_are_not_confused(
+    tmp_path: Path, layout: str
+) -> None:
+    """Each directory's own helpers: only the cron one makes a request."""
+    if layout == "script directories":  # no __init__.py: each directory is on sys.path
+        cron, web, imported = tmp_path / "cron", tmp_path / "web", "helpers"
+    else:  # services/<name>/app/...: each service's directory is its root
+        cron = tmp_path / "services" / "cron" / "app"
+        web = tmp_path / "services" / "web" / "app"
+        imported = "app.helpers"
+        for package in (cron, web):
+            package.mkdir(parents=True)
+            (package / "__init__.py").write_text("")
+    for directory in (cron, web):
+        directory.mkdir(parents=True, exist_ok=True)
+    (cron / "helpers.py").write_text(
+        "import requests\n\ndef fetch():\n    return requests.get('x')\n"
+    )
+    (web / "helpers.py").write_text("def fetch():\n    return 1\n")
+    for directory, name in ((cron, "jobs.py"), (web, "views.py")):
+        (directory / name).write_text(
+            f"import {imported}\n\nasync def run():\n    return {imported}.fetch()\n"
+        )
+    found = sorted(
+        (Path(f.path).relative_to(tmp_path).as_posix(), f.code) for f in audit_paths([tmp_path])
+    )
+    where = cron.relative_to(tmp_path).as_posix()
+    assert found == [
+        (f"{where}/helpers.py", "CM001"),
+        (f"{where}/jobs.py", "CM003"),
+        (f"{where}/jobs.py", "CM004"),
+    ]
 
 
 def test_the_module_runs_as_a_command(legacy_module: str, tmp_path: Path) -> None:

@@ -44,6 +44,13 @@ def run_python(
     )
 
 
+LEGACY_JOB = """\
+import requests
+
+def fetch():
+    return requests.get("http://x")
+"""
+
 RUN_CLI = """
 import runpy, sys
 sys.argv = ["cron_migration", *sys.argv[1:]]
@@ -144,6 +151,31 @@ def test_a_users_compat_module_first_on_the_path_is_named_at_import(users_compat
         result.stderr
     )
     assert str(REPO_ROOT / "compat" / "__init__.py") in result.stderr
+
+
+def test_the_audit_runs_in_a_project_with_its_own_compat_module(users_compat: Path) -> None:
+    """A legacy codebase's root often has a compat.py; `python -m` puts it first on the path."""
+    (users_compat / "jobs.py").write_text(LEGACY_JOB)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cron_migration", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=users_compat,
+            env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+            check=False,
+        )
+
+    audit = cli("audit", "jobs.py")
+    assert (audit.returncode, audit.stderr) == (0, "")
+    assert "jobs.py:4:11: CM001 raw requests.get()" in audit.stdout
+    assert cli("--help").returncode == 0
+    plan = cli("plan", "jobs:scheduler")
+    assert plan.returncode == 2
+    assert "shadows commclient's package 'compat'" in plan.stderr
+    assert "Traceback" not in plan.stderr
 
 
 def test_a_users_compat_module_added_later_cannot_break_a_run(users_compat: Path) -> None:

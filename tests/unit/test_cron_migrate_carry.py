@@ -297,6 +297,24 @@ def drives_through_the_module() -> None:
 import tests.unit.test_cron_migrate_carry as tests_module  # noqa: E402
 
 
+def cleanup(days: int) -> None:
+    """A legacy job taking an argument, registered through a lambda."""
+
+
+def test_a_lambda_job_registered_on_the_old_scheduler_is_not_a_use_of_it() -> None:
+    """The registration line holds the lambda: only the lambda's own code counts."""
+    legacy_scheduler.add_job(lambda: cleanup(days=30), "cron", hour=3, id="cleanup")
+    legacy_scheduler.add_job(lambda: legacy_scheduler.pause_job("cleanup"), "cron", id="pause")
+    try:
+        _, report = migrate_scheduler(legacy_scheduler, async_jobs=[], lag_monitor=False)
+    finally:
+        legacy_scheduler.remove_all_jobs()
+    assert [(p.subject, p.message.count("legacy_scheduler.")) for p in report.problems] == [
+        ("pause", 1)
+    ]
+    assert "legacy_scheduler.pause_job on line" in report.problems[0].message
+
+
 def test_uses_through_self_and_a_module_attribute_are_reported() -> None:
     old = BackgroundScheduler()
     maintenance = Maintenance(old)
@@ -320,7 +338,14 @@ def test_a_job_on_the_carried_process_pool_runs_in_a_child_process() -> None:
 
     old = BackgroundScheduler(executors={"processpool": ProcessPoolExecutor(1)})
     now = datetime.now(timezone.utc)
-    old.add_job(os.getpid, "date", run_date=now, id="pid", executor="processpool")
+    old.add_job(
+        os.getpid,
+        "date",
+        run_date=now,
+        id="pid",
+        executor="processpool",
+        misfire_grace_time=None,  # a spawned child on a loaded machine starts late
+    )
     events: list[Any] = []
 
     async def main() -> None:
@@ -350,3 +375,225 @@ def test_under_an_election_thread_executors_check_it_and_a_process_pool_is_a_pro
     assert not report.ok
     assert [problem.subject for problem in report.problems] == ["in_processes"]
     assert "does not check the leader election" in report.problems[0].message
+
+
+def build_legacy_with_a_manager() -> BackgroundScheduler:
+    """The factory layout: the manager job reaches the scheduler through its closure."""
+    scheduler = BackgroundScheduler()
+
+    def manager() -> None:
+        scheduler.add_job(noop, "interval", minutes=1, id="managed", replace_existing=True)
+
+    scheduler.add_job(manager, "interval", minutes=5, id="manager")
+    return scheduler
+
+
+def test_a_job_driving_the_old_scheduler_through_a_closure_is_reported() -> None:
+    _, report = migrate_scheduler(build_legacy_with_a_manager(), async_jobs=[], lag_monitor=False)
+    assert [(p.subject, "scheduler.add_job on line" in p.message) for p in report.problems] == [
+        ("manager", True)
+    ]
+
+
+def test_async_jobs_an_old_asyncio_scheduler_awaited_on_its_loop_stay_on_the_loop() -> None:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    seen: dict[str, str] = {}
+
+    async def on_the_loop() -> None:
+        seen["loop"] = threading.current_thread().name
+
+    async def main() -> Any:
+        old = AsyncIOScheduler()
+        old.add_job(on_the_loop, "interval", seconds=0.05, id="loop")
+        new, report = migrate_scheduler(old, lag_monitor=False)
+        new.start()
+        await wait_until_async(lambda: bool(seen), what="the run")
+        await shutdown_gracefully(new, timeout=5)
+        return report
+
+    report = asyncio.run(main())
+    assert seen == {"loop": threading.main_thread().name}
+    assert report.switch.off == frozenset()
+    (job,) = report.jobs
+    assert job.path == "the scheduler's event loop (awaited)"
+
+
+def test_a_job_the_code_adds_again_to_its_persistent_store_is_one_job(tmp_path: Path) -> None:
+    """The usual persistent-store layout: every start adds the job with replace_existing."""
+    pytest.importorskip("sqlalchemy")
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+
+    def service_scheduler() -> BackgroundScheduler:
+        scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(url=url)})
+        scheduler.add_job(
+            persisted_job, "interval", hours=1, args=["x"], id="nightly", replace_existing=True
+        )
+        return scheduler
+
+    first_life = service_scheduler()
+    first_life.start(paused=True)
+    first_life.shutdown(wait=False)
+
+    async def replacement(label: str) -> None:
+        """The async version of the job."""
+
+    _, report = migrate_scheduler(
+        service_scheduler(), async_jobs={"nightly": replacement}, lag_monitor=False
+    )
+    assert [job.job_id for job in report.jobs] == ["nightly"]
+    assert [store.job_ids for store in report.stores] == [("nightly",)]
+    assert "1 job(s) run from it" in report.render()
+
+
+def test_a_running_old_scheduler_with_memory_jobs_is_a_problem() -> None:
+    """A legacy module that starts its scheduler at import: both would run every job."""
+    old = BackgroundScheduler()
+    old.add_job(noop, "interval", minutes=5, id="reminders")
+    old.start()
+    try:
+        _, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    finally:
+        old.shutdown(wait=False)
+    assert not report.ok
+    (problem,) = report.problems
+    assert problem.subject == "the old scheduler"
+    assert "runs each of its 1 job(s) too" in problem.message
+    assert "old.shutdown()" in problem.message
+
+
+# A module-level scheduler whose job is registered by its decorator.
+decorated_scheduler = BackgroundScheduler()
+
+
+@decorated_scheduler.scheduled_job("interval", minutes=5, id="report")
+def decorated_report() -> None:
+    """Its source starts with the decorator, which is not the job's code."""
+
+
+def test_a_job_registered_by_the_old_schedulers_decorator_is_not_a_use_of_it() -> None:
+    _, report = migrate_scheduler(decorated_scheduler, async_jobs=[], lag_monitor=False)
+    assert report.ok, report.render()
+
+
+class InstrumentedThreadPool(ThreadPoolExecutor):  # type: ignore[misc]
+    """A team's own executor: counts its submissions."""
+
+    submitted = 0
+
+    def _do_submit_job(self, job: Any, run_times: Any) -> None:
+        InstrumentedThreadPool.submitted += 1
+        super()._do_submit_job(job, run_times)
+
+
+def test_a_subclass_of_a_pool_executor_is_a_problem_not_silently_replaced() -> None:
+    old = BackgroundScheduler(executors={"default": InstrumentedThreadPool(5)})
+    old.add_job(noop, "interval", minutes=5, id="job")
+    _, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    (problem,) = report.problems
+    assert problem.subject == "executor 'default'"
+    assert "InstrumentedThreadPool" in problem.message
+    (executor,) = report.executors
+    assert (executor.new, executor.max_workers) == ("MigrationExecutor", 5)
+
+
+def manage(scheduler: Any, every: int) -> None:
+    """Gets the scheduler to drive as an argument."""
+    scheduler.reschedule_job("report", trigger="interval", minutes=every)
+
+
+def test_a_job_given_the_old_scheduler_as_an_argument_is_reported() -> None:
+    import functools
+
+    old = BackgroundScheduler()
+    old.add_job(manage, "interval", minutes=5, args=[old, 5], id="positional")
+    old.add_job(manage, "interval", minutes=5, kwargs={"scheduler": old, "every": 5}, id="kw")
+    old.add_job(functools.partial(manage, old), "interval", minutes=5, args=[5], id="partial")
+    old.add_job(manage, "interval", minutes=5, args=[None, 5], id="other")
+    _, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    assert sorted((p.subject, "old scheduler" in p.message) for p in report.problems) == [
+        ("kw", True),
+        ("partial", True),
+        ("positional", True),
+    ]
+
+
+def pause_failing_job(event: Any) -> None:
+    """A listener of the legacy module: pauses a job that failed, on the module's scheduler."""
+    legacy_scheduler.pause_job(event.job_id)
+
+
+def test_a_listener_driving_the_old_scheduler_is_reported() -> None:
+    from apscheduler.events import EVENT_JOB_ERROR
+
+    legacy_scheduler.add_listener(pause_failing_job, EVENT_JOB_ERROR)
+    try:
+        _, report = migrate_scheduler(legacy_scheduler, async_jobs=[], lag_monitor=False)
+    finally:
+        legacy_scheduler.remove_listener(pause_failing_job)
+    (problem,) = report.problems
+    assert problem.subject == "listener pause_failing_job"
+    assert "legacy_scheduler.pause_job on line" in problem.message
+
+
+def test_a_persisted_job_that_cannot_be_restored_is_a_problem_and_stays_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose function was renamed since it was persisted: plan must not delete it."""
+    pytest.importorskip("sqlalchemy")
+    import importlib
+    import sqlite3
+    import sys
+
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    (tmp_path / "renamed_jobs.py").write_text("def nightly() -> None:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("renamed_jobs")
+    database = tmp_path / "jobs.sqlite"
+    first_life = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(f"sqlite:///{database}")}
+    )
+    first_life.start(paused=True)
+    first_life.add_job(module.nightly, "interval", hours=1, id="nightly")
+    first_life.add_job(persisted_job, "interval", hours=1, args=["kept"], id="kept")
+    first_life.shutdown(wait=False)
+    (tmp_path / "renamed_jobs.py").unlink()
+    del sys.modules["renamed_jobs"]
+
+    old = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(f"sqlite:///{database}")})
+    _, report = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+    (problem,) = report.problems
+    assert problem.subject == "nightly"
+    assert "cannot be restored" in problem.message
+    assert "renamed_jobs:nightly" in problem.message
+    assert [store.job_ids for store in report.stores] == [("kept",)]
+    rows = sqlite3.connect(database).execute("select id from apscheduler_jobs").fetchall()
+    assert sorted(rows) == [("kept",), ("nightly",)]
+
+
+def test_a_function_a_persistent_store_cannot_reference_is_a_problem(tmp_path: Path) -> None:
+    """The store keeps "module:name"; a closure or a wrapper made at run time has none."""
+    pytest.importorskip("sqlalchemy")
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    old = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")}
+    )
+    old.add_job(persisted_job, "interval", hours=1, args=["x"], id="nightly")
+
+    async def nightly_async(label: str) -> None:
+        """An async version made where the service is built: a closure."""
+
+    new, report = migrate_scheduler(old, async_jobs={"nightly": nightly_async}, lag_monitor=False)
+    (problem,) = report.problems
+    assert problem.subject == "nightly"
+    assert "cannot be stored" in problem.message
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="cannot be serialized"):
+            new.start()
+
+    asyncio.run(main())

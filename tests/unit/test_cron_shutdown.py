@@ -263,3 +263,62 @@ def test_a_job_that_swallows_its_cancellation_is_still_accounted_for(
     assert execution.status == "failed"
     assert runs(registry, "stubborn", "cancelled") == 1
     assert runs(registry, "stubborn", "success") == 0
+
+
+def held_in_a_child_process(directory: str) -> None:
+    """A process-pool job: says it started (with its pid), runs until released."""
+    import os
+    import time
+    from pathlib import Path
+
+    folder = Path(directory)
+    (folder / "started").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not (folder / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (folder / "done").write_text("done")
+
+
+def process_is_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("released", [True, False])
+def test_runs_on_a_carried_process_pool_are_waited_for_or_ended(
+    tmp_path: Any, released: bool
+) -> None:
+    from apscheduler.executors.pool import ProcessPoolExecutor
+
+    from cron_migration import migrate_scheduler
+
+    old = BackgroundScheduler(executors={"processpool": ProcessPoolExecutor(1)})
+    old.add_job(
+        held_in_a_child_process,
+        "date",
+        run_date=datetime.now(timezone.utc),
+        args=[str(tmp_path)],
+        executor="processpool",
+        id="held",
+        misfire_grace_time=None,  # a spawned child on a loaded machine starts late
+    )
+
+    async def main() -> Any:
+        new, _ = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
+        new.start()
+        await wait_until_async((tmp_path / "started").exists, what="the run in the child")
+        shutdown = asyncio.ensure_future(shutdown_gracefully(new, timeout=60 if released else 0))
+        if released:
+            (tmp_path / "release").write_text("")
+        report = await shutdown
+        return report, (tmp_path / "done").exists()
+
+    report, done = asyncio.run(main())
+    if released:
+        assert (report.finished, report.cancelled, done) == (1, 0, True)
+    else:
+        assert (report.finished, report.cancelled, done) == (0, 1, False)
+        assert process_is_gone(int((tmp_path / "started").read_text()))

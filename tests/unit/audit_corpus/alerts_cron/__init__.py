@@ -1,0 +1,1 @@
+"""An alerting cron: sync jobs reach async code through a helper that makes a loop."""

@@ -1,0 +1,1 @@
+"""A contacts sync service: dataclass clients, typed attributes and a callable job object."""
