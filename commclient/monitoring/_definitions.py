@@ -65,6 +65,9 @@ CACHE_MISS_RATE = "cache_name:redis_cache_misses:rate5m"
 CACHE_LOOKUP_RATE = "cache_name:redis_cache_lookups:rate5m"
 CACHE_HIT_RATIO = "cache_name:redis_cache_hit_ratio:rate5m"
 LOOP_LAG_P99 = "instance:cron_event_loop_lag_seconds:p99_5m"
+#: 1 for each target (job, instance) that has exported client or cron metrics, for as long
+#: as Prometheus still knows the target (its ``up`` exists), however long it has been down.
+COMMCLIENT_TARGET = "job_instance:commclient_target:present"
 
 #: Windows of the error ratio that the burn-rate alerts compare (5m is ERROR_RATIO).
 BURN_WINDOWS = ("30m", "1h", "2h", "6h", "1d", "3d")
@@ -203,6 +206,16 @@ RECORDING_RULES = (
     RecordingRule(
         LOOP_LAG_P99,
         f"histogram_quantile(0.99, sum by (le, job, instance) (rate({LOOP_LAG}_bucket[5m])))",
+    ),
+    # A target that exported these metrics recently, or that this rule remembered at its
+    # last evaluations and that is still a scrape target: a target down for longer than the
+    # look-back stays one (a look-back alone would resolve the alert in the outage).
+    RecordingRule(
+        COMMCLIENT_TARGET,
+        "group by (job, instance)"
+        f" (present_over_time({REQUESTS}[1h]) or present_over_time({CRON_RUNS}[1h]))"
+        f" or group by (job, instance) (last_over_time({COMMCLIENT_TARGET}[10m]))"
+        " and on (job, instance) up",
     ),
 )
 
@@ -709,18 +722,15 @@ acceptable.
     ),
     Alert(
         name="CommClientTargetDown",
-        value=(
-            "up and on (job, instance) group by (job, instance)"
-            f" (present_over_time({REQUESTS}[1h]) or present_over_time({CRON_RUNS}[1h]))"
-        ),
+        value=f"up and on (job, instance) {COMMCLIENT_TARGET}",
         op="<",
         threshold=1,
         for_="5m",
         severity="critical",
         summary="{{ $labels.job }} at {{ $labels.instance }} cannot be scraped",
         description=(
-            "A target that exported commclient or cron_migration metrics in the last hour"
-            " fails its scrapes: none of its other alerts can fire while it does."
+            "A target that exported commclient or cron_migration metrics fails its scrapes:"
+            " none of its other alerts can fire while it does."
         ),
         firing=AlertCase(
             "a service with client metrics stops answering its scrapes",
@@ -747,6 +757,21 @@ acceptable.
                 ),
             ),
             "15m",
+        ),
+        more=(
+            AlertCase(
+                "still firing two hours into the outage, long after its last metrics",
+                (
+                    InputSeries(f"up{{{_TARGET_LABELS}}}", "1x30 0x180"),
+                    InputSeries(
+                        f'{REQUESTS}{{{_TARGET_LABELS}, {_PAIR_LABELS}, method="GET",'
+                        f' {ROUTE}="/x", status="success"}}',
+                        "0+10x30",
+                    ),
+                ),
+                "2h30m",
+                {"job": "cron_service", "instance": "10.0.0.7:8001"},
+            ),
         ),
         # `up` exists for every target Prometheus knows: no data means Prometheus lost them.
         no_data="NoData",
