@@ -54,7 +54,7 @@ PAIR = ", ".join(PAIR_LABELS)
 ROUTE = REQUEST_LABELS[-1]
 
 # Recorded series: level:metric:operation (the Prometheus naming convention).
-REQUEST_RATE = "service_target:http_client_requests:rate5m"
+REQUEST_RATE = "service_target:http_client_requests:rate5m"  # request_rate("5m")
 ERROR_RATE = "service_target:http_client_request_errors:rate5m"
 ERROR_RATIO = "service_target:http_client_request_error_ratio:rate5m"
 RETRY_RATE = "service_target:http_client_retries:rate5m"
@@ -71,6 +71,11 @@ COMMCLIENT_TARGET = "job_instance:commclient_target:present"
 
 #: Windows of the error ratio that the burn-rate alerts compare (5m is ERROR_RATIO).
 BURN_WINDOWS = ("30m", "1h", "2h", "6h", "1d", "3d")
+
+
+def request_rate(window: str) -> str:
+    """The recorded attempts per second of a pair over ``window``."""
+    return f"service_target:http_client_requests:rate{window}"
 
 
 def error_ratio(window: str) -> str:
@@ -154,14 +159,17 @@ RAW_SERIES = (
 #: that the same pair in two namespaces stays two pairs in rules, alerts and panels.
 GROUPED_LABELS = frozenset({SOURCE, TARGET, "cache_name", JOB_LABEL, "instance"})
 
-#: Attempts (or cache lookups) a pair must make in 5 minutes before its ratio may alert:
-#: one failed call among three is 33 %, and says nothing.
-MIN_EVENTS_5M = 20
+#: Attempts (or cache lookups) a pair must make in the window of its ratio (5 minutes, or
+#: the long window of a burn rate) before the ratio may alert: one failed call among three
+#: is 33 %, and says nothing.
+MIN_EVENTS = 20
+_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 
 
-def _at_least(rate: str, on: str) -> str:
-    """``and`` the series whose 5-minute ``rate`` made at least MIN_EVENTS_5M events."""
-    return f"and on ({on}) {rate} * 300 >= {MIN_EVENTS_5M}"
+def _at_least(rate: str, on: str, window: str = "5m") -> str:
+    """``and`` the series whose ``rate`` over ``window`` made at least MIN_EVENTS events."""
+    seconds = int(window[:-1]) * _SECONDS[window[-1]]
+    return f"and on ({on}) {rate} * {seconds} >= {MIN_EVENTS}"
 
 
 @dataclass(frozen=True)
@@ -172,7 +180,7 @@ class RecordingRule:
 
 def _ratio_over(window: str) -> str:
     errors = f'sum by ({PAIR}) (rate({REQUESTS}{{status=~"{ERROR_STATUSES}"}}[{window}]))'
-    total = f"sum by ({PAIR}) (rate({REQUESTS}[{window}]))"
+    total = request_rate(window)
     return f"({errors} or {total} * 0) / {total}"
 
 
@@ -184,7 +192,14 @@ RECORDING_RULES = (
     # A pair without a single error has no error series: count it as zero errors, so that
     # its ratio is 0 and not absent.
     RecordingRule(ERROR_RATIO, f"({ERROR_RATE} or {REQUEST_RATE} * 0) / {REQUEST_RATE}"),
-    *(RecordingRule(error_ratio(window), _ratio_over(window)) for window in BURN_WINDOWS),
+    *(
+        rule
+        for window in BURN_WINDOWS
+        for rule in (
+            RecordingRule(request_rate(window), f"sum by ({PAIR}) (rate({REQUESTS}[{window}]))"),
+            RecordingRule(error_ratio(window), _ratio_over(window)),
+        )
+    ),
     RecordingRule(RETRY_RATE, f"sum by ({PAIR}) (rate({RETRIES}[5m]))"),
     RecordingRule(RETRY_RATIO, f"({RETRY_RATE} or {REQUEST_RATE} * 0) / {REQUEST_RATE}"),
     RecordingRule(
@@ -373,8 +388,10 @@ def _lag_buckets(fast: str) -> tuple[InputSeries, ...]:
 
 
 def _burn(long: str, short: str, factor: float) -> str:
+    """Both windows burn ``factor`` times the budget, with MIN_EVENTS in the long one."""
     return (
         f"{error_ratio(long)} > ({factor:g} * {ERROR_BUDGET})"
+        f" {_at_least(request_rate(long), PAIR, long)}"
         f" and {error_ratio(short)} > ({factor:g} * {ERROR_BUDGET})"
     )
 
@@ -385,6 +402,16 @@ def _error_share(
     return (
         _requests(_PAIR_LABELS, "success", f"0+{successes_per_minute}x{minutes}"),
         _requests(_PAIR_LABELS, "503", f"0+{errors_per_minute}x{minutes}"),
+    )
+
+
+def _poller(calls: int, failed_at: int, until: int) -> tuple[InputSeries, ...]:
+    """A pair under the traffic floor: one call every 5 minutes (``calls`` of them, one a
+    minute samples), of which the one at minute ``failed_at`` gets a 503."""
+    answered = " ".join(f"{n}x4" for n in range(calls))
+    return (
+        _requests(_PAIR_LABELS, "success", f"{answered} {calls - 1}x{until - 5 * calls}"),
+        _requests(_PAIR_LABELS, "503", f"0x{failed_at - 1} 1x{until - failed_at}"),
     )
 
 
@@ -481,7 +508,8 @@ ALERTS = (
         description=(
             "Calls {{ $labels.source_service }} -> {{ $labels.target_service }} fail 14.4 times"
             " faster than the SLO allows over 1 h and 5 min (2 % of a 30-day budget an hour),"
-            " or 6 times faster over 6 h and 30 min."
+            " or 6 times faster over 6 h and 30 min (with at least"
+            f" {MIN_EVENTS} attempts in the long window)."
         ),
         firing=AlertCase(
             "one attempt in ten fails for an hour",
@@ -502,6 +530,11 @@ ALERTS = (
                     _requests(_PAIR_LABELS, "503", "0x360 0+100x4 400x35"),
                 ),
                 "6h5m",
+            ),
+            AlertCase(
+                "under the traffic floor: a call every 5 minutes, the thirteenth gets a 503",
+                _poller(13, 62, 80),
+                "66m",
             ),
         ),
         no_data="OK",
@@ -533,12 +566,20 @@ work on.
         description=(
             "Calls {{ $labels.source_service }} -> {{ $labels.target_service }} fail 3 times"
             " faster than the SLO allows over 1 day and 2 h, or faster than it allows over"
-            " 3 days and 6 h: the budget will not last the month."
+            f" 3 days and 6 h (with at least {MIN_EVENTS} attempts in the long window): the"
+            " budget will not last the month."
         ),
         firing=AlertCase(
             "2 % of attempts fail for three hours", _error_share("2", 200), "3h", _PAIR_DICT
         ),
         quiet=AlertCase("0.3 % of attempts fail", _error_share("0.3", 200), "3h"),
+        more=(
+            AlertCase(
+                "under the traffic floor: a new pair's tenth call, one every 5 minutes, fails",
+                _poller(10, 47, 100),
+                "1h20m",
+            ),
+        ),
         no_data="OK",
         runbook="""\
 **Meaning.** A steady share of the pair's calls fail, more than the SLO allows: not an
@@ -564,7 +605,7 @@ or one status (a `429` from rate limiting, a `504` from a slow dependency) makes
         description=(
             "Attempts ending in 5xx, 429, a timeout, a connection error, a full connection"
             " pool, an open breaker or an undecodable body, as a share of all attempts over"
-            f" 5 minutes, for pairs with at least {MIN_EVENTS_5M} attempts in 5 minutes."
+            f" 5 minutes, for pairs with at least {MIN_EVENTS} attempts in 5 minutes."
         ),
         firing=AlertCase(
             "one attempt in seven gets a 503",
