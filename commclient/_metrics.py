@@ -63,14 +63,18 @@ _ID_SEGMENT = re.compile(
       | [a-z][a-z0-9]{0,9}_(?=\w*\d|\w*[A-Z]\w*[a-z]|\w*[a-z]\w*[A-Z])[A-Za-z0-9]{8,}
                                                       # prefixed ids: cus_NffrFeUfNV2Hib
       | [A-Za-z]+(?:[-_]\d+)+                         # business numbers: ORD-2024-00012
-      | \d+(?:[-_.:]\d+)+                             # dates, times, versions of data
+      | \+?\d+(?:[-_.:]\d+)+                          # dates, times, phone numbers
+      | eyJ[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]*){1,4}    # JSON Web Tokens
       | (?=[A-Za-z0-9_\-]*\d)[A-Za-z0-9_\-]{20,}={0,2}  # base64-ish tokens
     )$""",
     re.VERBOSE,
 )
+#: What a route word is made of; anything else (spaces, commas, ``;`` parameters, letters
+#: outside ASCII, a stray ``%``) is text a URL would percent-encode, such as a name.
+_ROUTE_WORD = re.compile(r"[A-Za-z0-9._~:+\-]*")
 ID_PLACEHOLDER = "{id}"
 EMAIL_PLACEHOLDER = "{email}"
-#: A percent-encoded segment that is no id: free text (a name, a search), never a label.
+#: A segment of free text (a name, a search), percent-encoded or not: never a label.
 VALUE_PLACEHOLDER = "{value}"
 OTHER_ENDPOINT = "other"
 _PATH_CACHE_SIZE = 2048
@@ -85,7 +89,9 @@ def _segment(segment: str) -> str:
             return placeholder if placeholder != decoded else VALUE_PLACEHOLDER
     if "@" in segment:
         return EMAIL_PLACEHOLDER
-    return ID_PLACEHOLDER if _ID_SEGMENT.match(segment) else segment
+    if _ID_SEGMENT.match(segment):
+        return ID_PLACEHOLDER
+    return segment if _ROUTE_WORD.fullmatch(segment) else VALUE_PLACEHOLDER
 
 
 def normalize_path(path: str) -> str:
@@ -93,7 +99,9 @@ def normalize_path(path: str) -> str:
 
     Each segment that is an id (numbers, UUIDs, hex such as git SHAs, prefixed ids such as
     ``cus_NffrFeUfNV2Hib``, business numbers such as ``ORD-2024-00012``, long tokens)
-    becomes ``{id}``; an email ``{email}``; any other percent-encoded text ``{value}``.
+    becomes ``{id}``; an email ``{email}``; any other text that is percent-encoded or that
+    has characters a route word has not (spaces, commas, ``;``, letters outside ASCII)
+    ``{value}``.
     """
     path = path.split("?", 1)[0]
     return "/".join(_segment(s) for s in path.split("/"))

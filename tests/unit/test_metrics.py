@@ -32,6 +32,23 @@ from commclient._metrics import ClientMetrics, normalize_path
         ("/api/users/jane.doe%40example.com", "/api/users/{email}"),
         ("/api/search/Jane%20Doe", "/api/search/{value}"),
         ("/api/users/%34%32", "/api/users/{id}"),
+        # Text as the caller wrote it is the same text its percent-encoding would be.
+        ("/api/users/José/orders", "/api/users/{value}/orders"),
+        ("/api/users/Жанна", "/api/users/{value}"),
+        ("/api/search/Jane Doe", "/api/search/{value}"),
+        ("/api/cards/4111 1111 1111 1111", "/api/cards/{value}"),
+        ("/api/users/me;jsessionid=1A2B3C4D5E6F7A8B", "/api/users/{value}"),
+        ("/api/items/1,2,3", "/api/items/{value}"),
+        ("/api/raw/%ZZ", "/api/raw/{value}"),
+        # A JSON Web Token (dots between its parts), an international phone number.
+        (
+            "/api/reset/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
+            "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+            "/api/reset/{id}",
+        ),
+        ("/api/phones/+1-555-123-4567", "/api/phones/{id}"),
+        ("/v1/projects/p1:batchGet", "/v1/projects/p1:batchGet"),
+        ("/static/app.min.js", "/static/app.min.js"),
         # Route words stay, whatever their letters or underscores.
         ("/api/users/me", "/api/users/me"),
         ("/api/global-settings/", "/api/global-settings/"),
