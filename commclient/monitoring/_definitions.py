@@ -968,8 +968,20 @@ class Panel:
     #: Value -> text of the gauge (the breaker state).
     mappings: dict[int, str] = field(default_factory=dict)
     #: Stacked bars, one per ``$__interval``: the queries give counts per interval
-    #: (``increase(...[$__interval])``), so the bars add up to the true count.
+    #: (:func:`count_per_bar`), so the bars add up to the true count.
     stacked: bool = False
+
+
+def count_per_bar(by: str, series: str) -> str:
+    """Events of ``series`` per bar of one ``$__interval``, summed ``by`` labels.
+
+    Not ``increase(...[$__interval])``: at the dashboard's default range Grafana's
+    ``$__interval`` falls to the scrape interval, and a window of one scrape holds one
+    sample, so every bar is empty. Not ``increase(...[$__rate_interval])`` either: a window
+    of four scrapes at a step of one counts each event four times. The rate over
+    ``$__rate_interval`` times the step counts each event once, in total, at any step.
+    """
+    return f"sum by ({by}) (rate({series}[$__rate_interval])) * $__interval_ms / 1000"
 
 
 @dataclass(frozen=True)
@@ -1102,7 +1114,7 @@ ROWS = (
                 " (another replica holds the lease), skipped_no_lease (the lease store failed).",
                 (
                     Query(
-                        f"sum by ({JOB_LABEL}, outcome) (increase({CRON_RUNS}[$__interval]))",
+                        count_per_bar(f"{JOB_LABEL}, outcome", CRON_RUNS),
                         "{{cron_job}} {{outcome}}",
                     ),
                 ),
@@ -1128,7 +1140,7 @@ ROWS = (
                 "Runs the scheduler skipped because they were past their misfire grace time.",
                 (
                     Query(
-                        f"sum by ({JOB_LABEL}) (increase({CRON_MISSED}[$__interval]))",
+                        count_per_bar(JOB_LABEL, CRON_MISSED),
                         "{{cron_job}}",
                     ),
                 ),
@@ -1157,7 +1169,7 @@ ROWS = (
                         f"sum by (job, instance) ({RUN_RECORDS_PENDING})", "pending {{instance}}"
                     ),
                     Query(
-                        f"sum by (job, instance) (increase({RUN_RECORDS_DROPPED}[$__interval]))",
+                        count_per_bar("job, instance", RUN_RECORDS_DROPPED),
                         "dropped {{instance}}",
                     ),
                 ),

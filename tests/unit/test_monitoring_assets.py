@@ -111,13 +111,18 @@ class TestDashboard:
 
     def test_rates_use_the_rate_interval_and_counts_the_interval(self) -> None:
         # Rates over raw series follow Grafana's $__rate_interval, so that no scrape
-        # interval leaves a panel empty; counts per bar are increase() over $__interval,
-        # one bar per step, so the bars add up to the true count (a $__rate_interval of
-        # four scrapes at a step of one would count every event four times).
+        # interval leaves a panel empty; counts per bar are that rate times the step
+        # ($__interval_ms), so the bars add up to the true count: increase() over
+        # $__interval is empty when the step is one scrape (one sample per window), and
+        # over $__rate_interval counts every event four times.
         for expression in panel_expressions():
             for function, window in re.findall(r"(\w+)\([^\[\]()]*\[([^\]]+)\]", expression.expr):
-                expected = "$__interval" if function == "increase" else "$__rate_interval"
-                assert window == expected, expression
+                assert function != "increase", expression
+                assert window == "$__rate_interval", expression
+        for panel in panels():
+            if panel["fieldConfig"]["defaults"].get("custom", {}).get("drawStyle") == "bars":
+                for target in panel["targets"]:
+                    assert target["expr"].endswith(" * $__interval_ms / 1000"), target
 
     def test_breaker_state_mappings(self) -> None:
         (panel,) = [p for p in panels() if p["title"] == "Circuit breaker state"]
