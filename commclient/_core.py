@@ -562,6 +562,8 @@ class Call:
             )
             if outcome is None:
                 raise RuntimeError("a facade resumed an attempt without an outcome")
+            if remaining is not None and isinstance(outcome, TransportFailure):
+                outcome = _cut_short(outcome, remaining, config.connect_timeout, self.read_timeout)
             if isinstance(outcome, TransportFailure) and outcome.kind is FailureKind.UNSENDABLE:
                 if previous is None:
                     # The caller's URL or headers: a bug to fix, not a target's failure.
@@ -771,6 +773,21 @@ class Call:
                 **fields,
             },
         )
+
+
+def _cut_short(
+    failure: TransportFailure, remaining: float, connect_timeout: float, read_timeout: float
+) -> TransportFailure:
+    """A timeout of an attempt whose timeout the deadline had cut short is the deadline's.
+
+    The target had less time than its timeout to answer: it failed the caller's deadline,
+    not its own timeout, so neither the error ratio nor the breaker blames it.
+    """
+    limit = {FailureKind.CONNECT_TIMEOUT: connect_timeout, FailureKind.READ_TIMEOUT: read_timeout}
+    configured = limit.get(failure.kind)
+    if configured is not None and remaining < configured:
+        return TransportFailure(FailureKind.DEADLINE, failure.error)
+    return failure
 
 
 def _label(outcome: Outcome) -> str:

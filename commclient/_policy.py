@@ -58,7 +58,8 @@ class FailureKind(enum.Enum):
     CONNECTION_LOST = "connection_lost"
     #: Every pooled connection was busy: this client is saturated, the target did nothing.
     POOL_TIMEOUT = "pool_timeout"
-    #: The call's deadline left no time for this attempt: nothing was sent.
+    #: The call's deadline left no time for this attempt (nothing was sent), or it had cut
+    #: the attempt's timeout short and ran out during it.
     DEADLINE = "deadline"
     #: The transport refused to send the request (a malformed URL or header).
     UNSENDABLE = "unsendable"
