@@ -236,6 +236,11 @@ class RetryBudget:
     def after_fork(self) -> None:
         # A lock held by a thread of the parent at fork() would never be released here.
         self._lock = threading.Lock()
+        # In multiprocess mode each process has its own gauge files, where a value never
+        # written reads 0: write the inherited tokens there, or a worker forked from a
+        # master that built a client would show an empty budget until its next change.
+        with self._lock:
+            self._publish()
 
 
 class RetryBudgets:
