@@ -234,6 +234,16 @@ RECORDING_RULES = (
     ),
 )
 
+#: Recorded series that exist whenever client metrics do and that the alerts read: one of
+#: them missing (an older or hand-edited rules file) silences the alerts that read it.
+CLIENT_RECORDED = (
+    REQUEST_RATE,
+    ERROR_RATIO,
+    RETRY_RATIO,
+    *(series for window in BURN_WINDOWS for series in (request_rate(window), error_ratio(window))),
+    COMMCLIENT_TARGET,
+)
+
 
 @dataclass(frozen=True)
 class InputSeries:
@@ -829,15 +839,19 @@ mode, whether `PROMETHEUS_MULTIPROC_DIR` is writable.
     ),
     Alert(
         name="CommClientRecordingRulesMissing",
-        value=f"count({REQUESTS}) unless on () count({REQUEST_RATE})",
+        value=f"count({REQUESTS}) unless on () ("
+        + " and on () ".join(f"count({series})" for series in CLIENT_RECORDED)
+        + ")",
         op=">",
         threshold=0,
         for_="10m",
         severity="warning",
-        summary="commclient's recording rules are not loaded",
+        summary="commclient's recording rules are not loaded, or not all of them",
         description=(
-            "Client metrics are scraped but service_target:* series are not recorded: the"
-            " dashboard and the error, retry and burn-rate alerts read them and stay silent."
+            "Client metrics are scraped but some of the recorded series the alerts read"
+            " (service_target:*, job_instance:commclient_target:present) are not recorded:"
+            " the dashboard and the error, retry, burn-rate and target-down alerts read them"
+            " and stay silent."
         ),
         recording_rules_absent=True,
         firing=AlertCase(
@@ -853,8 +867,9 @@ mode, whether `PROMETHEUS_MULTIPROC_DIR` is writable.
         ),
         no_data="OK",
         runbook="""\
-**Meaning.** `commclient-rules.yml` is not in Prometheus' `rule_files` (or fails to load),
-so the recorded series the dashboard and most alerts read do not exist. Only Grafana can
+**Meaning.** `commclient-rules.yml` is not in Prometheus' `rule_files` (or fails to load,
+or is an older or edited copy that lacks some rules), so recorded series the dashboard and
+most alerts read do not exist. Only Grafana can
 raise this one: Prometheus loads it from the same file.
 
 **Check.** Prometheus' `/rules` page and its log for rule-file errors; the `rule_files`

@@ -310,6 +310,38 @@ class TestPromtool:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _client_series_the_alerts_read() -> list[str]:
+    """Recorded series that exist whenever client metrics do and that an alert reads."""
+    rules = prometheus_rules()["groups"]
+    recorded = [rule["record"] for group in rules for rule in group["rules"] if "record" in rule]
+    alerts = " ".join(rule["expr"] for group in rules for rule in group["rules"] if "alert" in rule)
+    return [
+        name
+        for name in recorded
+        if name.startswith(("service_target:", "job_instance:"))
+        and re.search(rf"{re.escape(name)}\b(?!:)", alerts)
+        and "_errors:" not in name  # absent while a pair has no error; ratios fill it in
+    ]
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("missing", _client_series_the_alerts_read())
+def test_rules_missing_alert_fires_when_one_recording_rule_is_missing(
+    tmp_path: Path, missing: str
+) -> None:
+    """A rules file one recording rule short (an older copy, a hand-edited PrometheusRule):
+    the alerts that read it stay silent, so the alert that says rules are missing fires."""
+    rules = prometheus_rules()
+    for group in rules["groups"]:
+        group["rules"] = [rule for rule in group["rules"] if rule.get("record") != missing]
+    (tmp_path / "short.yml").write_text(yaml.safe_dump(rules))
+    cases = [promtool_case(alert, alert.firing) for alert in ALERTS if alert.recording_rules_absent]
+    tests = {"rule_files": ["short.yml"], "evaluation_interval": "1m", "tests": cases}
+    (tmp_path / "short.test.yml").write_text(yaml.safe_dump(tests))
+    result = _promtool("test", "rules", "short.test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 class TestExport:
     def test_writes_a_grafana_provisioning_tree(self, tmp_path: Path) -> None:
         written = export(tmp_path / "out")
