@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
 import threading
 import weakref
@@ -10,6 +12,7 @@ from typing import TypeVar
 from urllib.parse import unquote
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import mark_process_dead
 
 MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
 
@@ -19,6 +22,25 @@ MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
 #: would rename the library's label ``exported_*`` and put the target's value in its place.
 PAIR_LABELS = ("source_service", "target_service")
 REQUEST_LABELS = (*PAIR_LABELS, "method", "route")
+
+#: Set (before the service starts) for prometheus_client's multiprocess mode.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _forget_live_gauges_at_exit() -> None:
+    """In multiprocess mode, remove this process's ``live*`` gauge files as it exits.
+
+    gunicorn calls ``mark_process_dead`` from ``child_exit`` (README); uvicorn
+    ``--workers`` and other process managers have no such hook, and an exited worker's
+    open breaker would be read as live for ever. Inherited by forked children, where it
+    runs with the child's pid.
+    """
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory and os.path.isdir(directory):
+        mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+
+atexit.register(_forget_live_gauges_at_exit)
 
 _families: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, object]] = (
     weakref.WeakKeyDictionary()

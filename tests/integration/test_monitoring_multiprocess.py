@@ -122,6 +122,26 @@ def test_an_exited_worker_leaves_no_breaker_state_and_budgets_are_values(
                 _stop(worker)
 
 
+def test_a_worker_that_exits_without_a_hook_takes_its_breaker_state_with_it(
+    multiproc_dir: Path,
+) -> None:
+    """uvicorn --workers has no child_exit: a worker that exits normally, never marked dead
+    by its manager, must not report its open breaker for ever."""
+    url = _closed_port_url()
+    opened = _start("open", url, multiproc_dir)
+    closed = _start("closed", url, multiproc_dir)
+    try:
+        pair = (("source_service", "web"), ("target_service", "rest"))
+        assert _samples(BREAKER) == {pair: 2.0}
+        _stop(opened)
+        assert _samples(BREAKER) == {pair: 0.0}
+        assert not list(multiproc_dir.glob(f"gauge_live*_{opened.pid}.db"))
+    finally:
+        for worker in (opened, closed):
+            if worker.poll() is None:
+                _stop(worker)
+
+
 # A master that builds its client before forking its worker (gunicorn's preload_app, Celery
 # prefork); the worker makes one call, which the budget does not need, and stays a live
 # worker: the test never marks it dead.
