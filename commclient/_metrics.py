@@ -82,8 +82,10 @@ _ID_SEGMENT = re.compile(
       | [0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}  # UUIDs
       | (?=[a-fA-F]*\d)[0-9a-fA-F]{7,}               # hex with a digit: git SHAs, 8-hex ids
       | [0-9a-fA-F]{16,}                              # long hex
-      | [a-z][a-z0-9]{0,9}_(?=\w*\d|\w*[A-Z]\w*[a-z]|\w*[a-z]\w*[A-Z])[A-Za-z0-9]{8,}
+      | [a-z][a-z0-9]{0,9}_(?=\D*\d|(?=[^A-Z]*[A-Z])[^a-z]*[a-z])[A-Za-z0-9]{8,}
                                                       # prefixed ids: cus_NffrFeUfNV2Hib
+                                                      # (a digit or both cases; each
+                                                      # look-ahead linear, no \w*...\w*)
       | [A-Za-z]+(?:[-_]\d+)+                         # business numbers: ORD-2024-00012
       | \+?\d+(?:[-_.:]\d+)+                          # dates, times, phone numbers
       | eyJ[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]*){1,4}    # JSON Web Tokens

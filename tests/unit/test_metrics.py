@@ -64,6 +64,26 @@ def test_normalize_path(path: str, endpoint: str) -> None:
     assert normalize_path(path) == endpoint
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "segment",
+    [
+        "a_" + "A" * 300_000,  # a prefixed id's tail without a lower-case letter
+        "a_" + "a" * 300_000 + "!",
+        "eyJ" + "a." * 150_000 + "!",
+        "1-" * 150_000 + "x",
+        "A" * 300_000 + "-",
+        "f" * 300_000 + "g",
+    ],
+    ids=["prefixed-upper", "prefixed-lower", "jwt-dots", "digit-groups", "business", "hex"],
+)
+def test_a_hostile_segment_is_normalised_in_linear_time(segment: str) -> None:
+    """A path built from input (``f"/search/{query}"``) is normalised on every call: no rule
+    may backtrack quadratically on a long segment (300,000 characters: seconds of CPU,
+    holding the GIL, if one did; this test's timeout fails it)."""
+    assert normalize_path(f"/api/{segment}").startswith("/api/")
+
+
 def test_a_route_hook_replaces_the_rules_and_is_still_capped() -> None:
     metrics = ClientMetrics(
         CollectorRegistry(),
