@@ -96,6 +96,9 @@ _ID_SEGMENT = re.compile(
 #: What a route word is made of; anything else (spaces, commas, ``;`` parameters, letters
 #: outside ASCII, a stray ``%``) is text a URL would percent-encode, such as a name.
 _ROUTE_WORD = re.compile(r"[A-Za-z0-9._~:+\-]*")
+#: ... and is at most this long: a longer segment is a query or a slug, and as a label
+#: would make every scrape carry it (a 300,000-character search, once per distinct one).
+_MAX_ROUTE_WORD = 48
 ID_PLACEHOLDER = "{id}"
 EMAIL_PLACEHOLDER = "{email}"
 #: A segment of free text (a name, a search), percent-encoded or not: never a label.
@@ -115,7 +118,9 @@ def _segment(segment: str) -> str:
         return EMAIL_PLACEHOLDER
     if _ID_SEGMENT.match(segment):
         return ID_PLACEHOLDER
-    return segment if _ROUTE_WORD.fullmatch(segment) else VALUE_PLACEHOLDER
+    if len(segment) > _MAX_ROUTE_WORD or not _ROUTE_WORD.fullmatch(segment):
+        return VALUE_PLACEHOLDER
+    return segment
 
 
 def normalize_path(path: str) -> str:
@@ -123,9 +128,9 @@ def normalize_path(path: str) -> str:
 
     Each segment that is an id (numbers, UUIDs, hex such as git SHAs, prefixed ids such as
     ``cus_NffrFeUfNV2Hib``, business numbers such as ``ORD-2024-00012``, long tokens)
-    becomes ``{id}``; an email ``{email}``; any other text that is percent-encoded or that
-    has characters a route word has not (spaces, commas, ``;``, letters outside ASCII)
-    ``{value}``.
+    becomes ``{id}``; an email ``{email}``; any other text that is percent-encoded, that
+    has characters a route word has not (spaces, commas, ``;``, letters outside ASCII) or
+    that is longer than 48 characters ``{value}``.
     """
     path = path.split("?", 1)[0]
     return "/".join(_segment(s) for s in path.split("/"))

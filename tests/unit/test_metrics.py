@@ -48,6 +48,10 @@ from commclient._metrics import ClientMetrics, normalize_path
         ),
         ("/api/phones/+1-555-123-4567", "/api/phones/{id}"),
         ("/v1/projects/p1:batchGet", "/v1/projects/p1:batchGet"),
+        # A route word is short: a longer segment is text (a query, a slug), not a route.
+        ("/api/search/" + "xyz" * 100_000, "/api/search/{value}"),
+        ("/blog/how-to-bake-the-best-sourdough-bread-at-home-without-a-kit", "/blog/{value}"),
+        ("/api/customer-notification-preferences", "/api/customer-notification-preferences"),
         ("/static/app.min.js", "/static/app.min.js"),
         # Route words stay, whatever their letters or underscores.
         ("/api/users/me", "/api/users/me"),
