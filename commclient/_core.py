@@ -676,6 +676,8 @@ class Call:
             )
             if outcome is None:
                 raise RuntimeError("a facade resumed an attempt without an outcome")
+            if remaining is not None and isinstance(outcome, TransportFailure):
+                outcome = _cut_short(outcome, remaining, config.connect_timeout, self.read_timeout)
             if trace is not None:
                 if isinstance(outcome, TransportFailure):
                     trace.attempt_done(None, outcome.kind.status_label)
@@ -1035,6 +1037,21 @@ def _timeout_reason(kind: FailureKind, error: BaseException) -> str | None:
     if type(error) is TimeoutError:
         return None
     return _TIMEOUT_REASONS.get(kind)
+
+
+def _cut_short(
+    failure: TransportFailure, remaining: float, connect_timeout: float, read_timeout: float
+) -> TransportFailure:
+    """A timeout of an attempt whose timeout the deadline had cut short is the deadline's.
+
+    The target had less time than its timeout to answer: it failed the caller's deadline,
+    not its own timeout, so neither the error ratio nor the breaker blames it.
+    """
+    limit = {FailureKind.CONNECT_TIMEOUT: connect_timeout, FailureKind.READ_TIMEOUT: read_timeout}
+    configured = limit.get(failure.kind)
+    if configured is not None and remaining < configured:
+        return TransportFailure(FailureKind.DEADLINE, failure.error)
+    return failure
 
 
 def _label(outcome: Outcome) -> str:

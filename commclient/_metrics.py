@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
 import threading
 import weakref
@@ -10,6 +12,7 @@ from typing import TypeVar
 from urllib.parse import unquote
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import mark_process_dead
 
 MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
 
@@ -19,6 +22,25 @@ MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
 #: would rename the library's label ``exported_*`` and put the target's value in its place.
 PAIR_LABELS = ("source_service", "target_service")
 REQUEST_LABELS = (*PAIR_LABELS, "method", "route")
+
+#: Set (before the service starts) for prometheus_client's multiprocess mode.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _forget_live_gauges_at_exit() -> None:
+    """In multiprocess mode, remove this process's ``live*`` gauge files as it exits.
+
+    gunicorn calls ``mark_process_dead`` from ``child_exit`` (README); uvicorn
+    ``--workers`` and other process managers have no such hook, and an exited worker's
+    open breaker would be read as live for ever. Inherited by forked children, where it
+    runs with the child's pid.
+    """
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory and os.path.isdir(directory):
+        mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+
+atexit.register(_forget_live_gauges_at_exit)
 
 _families: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, object]] = (
     weakref.WeakKeyDictionary()
@@ -60,17 +82,26 @@ _ID_SEGMENT = re.compile(
       | [0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}  # UUIDs
       | (?=[a-fA-F]*\d)[0-9a-fA-F]{7,}               # hex with a digit: git SHAs, 8-hex ids
       | [0-9a-fA-F]{16,}                              # long hex
-      | [a-z][a-z0-9]{0,9}_(?=\w*\d|\w*[A-Z]\w*[a-z]|\w*[a-z]\w*[A-Z])[A-Za-z0-9]{8,}
+      | [a-z][a-z0-9]{0,9}_(?=\D*\d|(?=[^A-Z]*[A-Z])[^a-z]*[a-z])[A-Za-z0-9]{8,}
                                                       # prefixed ids: cus_NffrFeUfNV2Hib
+                                                      # (a digit or both cases; each
+                                                      # look-ahead linear, no \w*...\w*)
       | [A-Za-z]+(?:[-_]\d+)+                         # business numbers: ORD-2024-00012
-      | \d+(?:[-_.:]\d+)+                             # dates, times, versions of data
+      | \+?\d+(?:[-_.:]\d+)+                          # dates, times, phone numbers
+      | eyJ[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]*){1,4}    # JSON Web Tokens
       | (?=[A-Za-z0-9_\-]*\d)[A-Za-z0-9_\-]{20,}={0,2}  # base64-ish tokens
     )$""",
     re.VERBOSE,
 )
+#: What a route word is made of; anything else (spaces, commas, ``;`` parameters, letters
+#: outside ASCII, a stray ``%``) is text a URL would percent-encode, such as a name.
+_ROUTE_WORD = re.compile(r"[A-Za-z0-9._~:+\-]*")
+#: ... and is at most this long: a longer segment is a query or a slug, and as a label
+#: would make every scrape carry it (a 300,000-character search, once per distinct one).
+_MAX_ROUTE_WORD = 48
 ID_PLACEHOLDER = "{id}"
 EMAIL_PLACEHOLDER = "{email}"
-#: A percent-encoded segment that is no id: free text (a name, a search), never a label.
+#: A segment of free text (a name, a search), percent-encoded or not: never a label.
 VALUE_PLACEHOLDER = "{value}"
 OTHER_ENDPOINT = "other"
 _PATH_CACHE_SIZE = 2048
@@ -85,7 +116,11 @@ def _segment(segment: str) -> str:
             return placeholder if placeholder != decoded else VALUE_PLACEHOLDER
     if "@" in segment:
         return EMAIL_PLACEHOLDER
-    return ID_PLACEHOLDER if _ID_SEGMENT.match(segment) else segment
+    if _ID_SEGMENT.match(segment):
+        return ID_PLACEHOLDER
+    if len(segment) > _MAX_ROUTE_WORD or not _ROUTE_WORD.fullmatch(segment):
+        return VALUE_PLACEHOLDER
+    return segment
 
 
 def normalize_path(path: str) -> str:
@@ -93,7 +128,9 @@ def normalize_path(path: str) -> str:
 
     Each segment that is an id (numbers, UUIDs, hex such as git SHAs, prefixed ids such as
     ``cus_NffrFeUfNV2Hib``, business numbers such as ``ORD-2024-00012``, long tokens)
-    becomes ``{id}``; an email ``{email}``; any other percent-encoded text ``{value}``.
+    becomes ``{id}``; an email ``{email}``; any other text that is percent-encoded, that
+    has characters a route word has not (spaces, commas, ``;``, letters outside ASCII) or
+    that is longer than 48 characters ``{value}``.
     """
     path = path.split("?", 1)[0]
     return "/".join(_segment(s) for s in path.split("/"))

@@ -60,7 +60,8 @@ class FailureKind(enum.Enum):
     #: A connect timeout seen so late that this client was too busy to notice the
     #: handshake: its own saturation, as a pool timeout is (see ``_admission``).
     SATURATED = "saturated_connect_timeout"
-    #: The call's deadline left no time for this attempt: nothing was sent.
+    #: The call's deadline left no time for this attempt (nothing was sent), or it had cut
+    #: the attempt's timeout short and ran out during it.
     DEADLINE = "deadline"
     #: The transport refused to send the request (a malformed URL or header).
     UNSENDABLE = "unsendable"
@@ -255,6 +256,11 @@ class RetryBudget:
     def after_fork(self) -> None:
         # A lock held by a thread of the parent at fork() would never be released here.
         self._lock = threading.Lock()
+        # In multiprocess mode each process has its own gauge files, where a value never
+        # written reads 0: write the inherited tokens there, or a worker forked from a
+        # master that built a client would show an empty budget until its next change.
+        with self._lock:
+            self._publish()
 
 
 class RetryBudgets:

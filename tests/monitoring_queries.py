@@ -17,6 +17,13 @@ from commclient.monitoring._definitions import DASHBOARD_VARIABLES
 from commclient.monitoring._files import ALERTS_FILE, DASHBOARD_FILE, PROMETHEUS_RULES_FILE
 
 
+def _milliseconds(duration: str) -> int:
+    """A Prometheus duration of one unit (``5s``, ``1m``) in milliseconds."""
+    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+    unit = "ms" if duration.endswith("ms") else duration[-1]
+    return int(duration[: -len(unit)]) * units[unit]
+
+
 @dataclass(frozen=True)
 class Expression:
     """One expression and where it comes from (``source`` names the panel or rule)."""
@@ -32,8 +39,10 @@ class Expression:
         ``interval`` is Grafana's ``$__interval`` (the step); ``$__rate_interval`` is at
         least four scrape intervals.
         """
+        interval = rate_interval if interval is None else interval
         expr = self.expr.replace("$__rate_interval", rate_interval)
-        expr = expr.replace("$__interval", rate_interval if interval is None else interval)
+        expr = expr.replace("$__interval_ms", str(_milliseconds(interval)))
+        expr = expr.replace("$__interval", interval)
         for name, value in DASHBOARD_VARIABLES.items():
             expr = expr.replace(f"${name}", value)
         return expr

@@ -54,7 +54,7 @@ PAIR = ", ".join(PAIR_LABELS)
 ROUTE = REQUEST_LABELS[-1]
 
 # Recorded series: level:metric:operation (the Prometheus naming convention).
-REQUEST_RATE = "service_target:http_client_requests:rate5m"
+REQUEST_RATE = "service_target:http_client_requests:rate5m"  # request_rate("5m")
 ERROR_RATE = "service_target:http_client_request_errors:rate5m"
 ERROR_RATIO = "service_target:http_client_request_error_ratio:rate5m"
 RETRY_RATE = "service_target:http_client_retries:rate5m"
@@ -65,9 +65,17 @@ CACHE_MISS_RATE = "cache_name:redis_cache_misses:rate5m"
 CACHE_LOOKUP_RATE = "cache_name:redis_cache_lookups:rate5m"
 CACHE_HIT_RATIO = "cache_name:redis_cache_hit_ratio:rate5m"
 LOOP_LAG_P99 = "instance:cron_event_loop_lag_seconds:p99_5m"
+#: 1 for each target (job, instance) that has exported client or cron metrics, for as long
+#: as Prometheus still knows the target (its ``up`` exists), however long it has been down.
+COMMCLIENT_TARGET = "job_instance:commclient_target:present"
 
 #: Windows of the error ratio that the burn-rate alerts compare (5m is ERROR_RATIO).
 BURN_WINDOWS = ("30m", "1h", "2h", "6h", "1d", "3d")
+
+
+def request_rate(window: str) -> str:
+    """The recorded attempts per second of a pair over ``window``."""
+    return f"service_target:http_client_requests:rate{window}"
 
 
 def error_ratio(window: str) -> str:
@@ -151,14 +159,17 @@ RAW_SERIES = (
 #: that the same pair in two namespaces stays two pairs in rules, alerts and panels.
 GROUPED_LABELS = frozenset({SOURCE, TARGET, "cache_name", JOB_LABEL, "instance"})
 
-#: Attempts (or cache lookups) a pair must make in 5 minutes before its ratio may alert:
-#: one failed call among three is 33 %, and says nothing.
-MIN_EVENTS_5M = 20
+#: Attempts (or cache lookups) a pair must make in the window of its ratio (5 minutes, or
+#: the long window of a burn rate) before the ratio may alert: one failed call among three
+#: is 33 %, and says nothing.
+MIN_EVENTS = 20
+_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 
 
-def _at_least(rate: str, on: str) -> str:
-    """``and`` the series whose 5-minute ``rate`` made at least MIN_EVENTS_5M events."""
-    return f"and on ({on}) {rate} * 300 >= {MIN_EVENTS_5M}"
+def _at_least(rate: str, on: str, window: str = "5m") -> str:
+    """``and`` the series whose ``rate`` over ``window`` made at least MIN_EVENTS events."""
+    seconds = int(window[:-1]) * _SECONDS[window[-1]]
+    return f"and on ({on}) {rate} * {seconds} >= {MIN_EVENTS}"
 
 
 @dataclass(frozen=True)
@@ -169,7 +180,7 @@ class RecordingRule:
 
 def _ratio_over(window: str) -> str:
     errors = f'sum by ({PAIR}) (rate({REQUESTS}{{status=~"{ERROR_STATUSES}"}}[{window}]))'
-    total = f"sum by ({PAIR}) (rate({REQUESTS}[{window}]))"
+    total = request_rate(window)
     return f"({errors} or {total} * 0) / {total}"
 
 
@@ -181,7 +192,14 @@ RECORDING_RULES = (
     # A pair without a single error has no error series: count it as zero errors, so that
     # its ratio is 0 and not absent.
     RecordingRule(ERROR_RATIO, f"({ERROR_RATE} or {REQUEST_RATE} * 0) / {REQUEST_RATE}"),
-    *(RecordingRule(error_ratio(window), _ratio_over(window)) for window in BURN_WINDOWS),
+    *(
+        rule
+        for window in BURN_WINDOWS
+        for rule in (
+            RecordingRule(request_rate(window), f"sum by ({PAIR}) (rate({REQUESTS}[{window}]))"),
+            RecordingRule(error_ratio(window), _ratio_over(window)),
+        )
+    ),
     RecordingRule(RETRY_RATE, f"sum by ({PAIR}) (rate({RETRIES}[5m]))"),
     RecordingRule(RETRY_RATIO, f"({RETRY_RATE} or {REQUEST_RATE} * 0) / {REQUEST_RATE}"),
     RecordingRule(
@@ -204,6 +222,26 @@ RECORDING_RULES = (
         LOOP_LAG_P99,
         f"histogram_quantile(0.99, sum by (le, job, instance) (rate({LOOP_LAG}_bucket[5m])))",
     ),
+    # A target that exported these metrics recently, or that this rule remembered at its
+    # last evaluations and that is still a scrape target: a target down for longer than the
+    # look-back stays one (a look-back alone would resolve the alert in the outage).
+    RecordingRule(
+        COMMCLIENT_TARGET,
+        "group by (job, instance)"
+        f" (present_over_time({REQUESTS}[1h]) or present_over_time({CRON_RUNS}[1h]))"
+        f" or group by (job, instance) (last_over_time({COMMCLIENT_TARGET}[10m]))"
+        " and on (job, instance) up",
+    ),
+)
+
+#: Recorded series that exist whenever client metrics do and that the alerts read: one of
+#: them missing (an older or hand-edited rules file) silences the alerts that read it.
+CLIENT_RECORDED = (
+    REQUEST_RATE,
+    ERROR_RATIO,
+    RETRY_RATIO,
+    *(series for window in BURN_WINDOWS for series in (request_rate(window), error_ratio(window))),
+    COMMCLIENT_TARGET,
 )
 
 
@@ -360,8 +398,10 @@ def _lag_buckets(fast: str) -> tuple[InputSeries, ...]:
 
 
 def _burn(long: str, short: str, factor: float) -> str:
+    """Both windows burn ``factor`` times the budget, with MIN_EVENTS in the long one."""
     return (
         f"{error_ratio(long)} > ({factor:g} * {ERROR_BUDGET})"
+        f" {_at_least(request_rate(long), PAIR, long)}"
         f" and {error_ratio(short)} > ({factor:g} * {ERROR_BUDGET})"
     )
 
@@ -372,6 +412,16 @@ def _error_share(
     return (
         _requests(_PAIR_LABELS, "success", f"0+{successes_per_minute}x{minutes}"),
         _requests(_PAIR_LABELS, "503", f"0+{errors_per_minute}x{minutes}"),
+    )
+
+
+def _poller(calls: int, failed_at: int, until: int) -> tuple[InputSeries, ...]:
+    """A pair under the traffic floor: one call every 5 minutes (``calls`` of them, one a
+    minute samples), of which the one at minute ``failed_at`` gets a 503."""
+    answered = " ".join(f"{n}x4" for n in range(calls))
+    return (
+        _requests(_PAIR_LABELS, "success", f"{answered} {calls - 1}x{until - 5 * calls}"),
+        _requests(_PAIR_LABELS, "503", f"0x{failed_at - 1} 1x{until - failed_at}"),
     )
 
 
@@ -468,7 +518,8 @@ ALERTS = (
         description=(
             "Calls {{ $labels.source_service }} -> {{ $labels.target_service }} fail 14.4 times"
             " faster than the SLO allows over 1 h and 5 min (2 % of a 30-day budget an hour),"
-            " or 6 times faster over 6 h and 30 min."
+            " or 6 times faster over 6 h and 30 min (with at least"
+            f" {MIN_EVENTS} attempts in the long window)."
         ),
         firing=AlertCase(
             "one attempt in ten fails for an hour",
@@ -489,6 +540,11 @@ ALERTS = (
                     _requests(_PAIR_LABELS, "503", "0x360 0+100x4 400x35"),
                 ),
                 "6h5m",
+            ),
+            AlertCase(
+                "under the traffic floor: a call every 5 minutes, the thirteenth gets a 503",
+                _poller(13, 62, 80),
+                "66m",
             ),
         ),
         no_data="OK",
@@ -520,12 +576,20 @@ work on.
         description=(
             "Calls {{ $labels.source_service }} -> {{ $labels.target_service }} fail 3 times"
             " faster than the SLO allows over 1 day and 2 h, or faster than it allows over"
-            " 3 days and 6 h: the budget will not last the month."
+            f" 3 days and 6 h (with at least {MIN_EVENTS} attempts in the long window): the"
+            " budget will not last the month."
         ),
         firing=AlertCase(
             "2 % of attempts fail for three hours", _error_share("2", 200), "3h", _PAIR_DICT
         ),
         quiet=AlertCase("0.3 % of attempts fail", _error_share("0.3", 200), "3h"),
+        more=(
+            AlertCase(
+                "under the traffic floor: a new pair's tenth call, one every 5 minutes, fails",
+                _poller(10, 47, 100),
+                "1h20m",
+            ),
+        ),
         no_data="OK",
         runbook="""\
 **Meaning.** A steady share of the pair's calls fail, more than the SLO allows: not an
@@ -551,7 +615,7 @@ or one status (a `429` from rate limiting, a `504` from a slow dependency) makes
         description=(
             "Attempts ending in 5xx, 429, a timeout, a connection error, a full connection"
             " pool, an open breaker or an undecodable body, as a share of all attempts over"
-            f" 5 minutes, for pairs with at least {MIN_EVENTS_5M} attempts in 5 minutes."
+            f" 5 minutes, for pairs with at least {MIN_EVENTS} attempts in 5 minutes."
         ),
         firing=AlertCase(
             "one attempt in seven gets a 503",
@@ -709,18 +773,15 @@ acceptable.
     ),
     Alert(
         name="CommClientTargetDown",
-        value=(
-            "up and on (job, instance) group by (job, instance)"
-            f" (present_over_time({REQUESTS}[1h]) or present_over_time({CRON_RUNS}[1h]))"
-        ),
+        value=f"up and on (job, instance) {COMMCLIENT_TARGET}",
         op="<",
         threshold=1,
         for_="5m",
         severity="critical",
         summary="{{ $labels.job }} at {{ $labels.instance }} cannot be scraped",
         description=(
-            "A target that exported commclient or cron_migration metrics in the last hour"
-            " fails its scrapes: none of its other alerts can fire while it does."
+            "A target that exported commclient or cron_migration metrics fails its scrapes:"
+            " none of its other alerts can fire while it does."
         ),
         firing=AlertCase(
             "a service with client metrics stops answering its scrapes",
@@ -748,6 +809,21 @@ acceptable.
             ),
             "15m",
         ),
+        more=(
+            AlertCase(
+                "still firing two hours into the outage, long after its last metrics",
+                (
+                    InputSeries(f"up{{{_TARGET_LABELS}}}", "1x30 0x180"),
+                    InputSeries(
+                        f'{REQUESTS}{{{_TARGET_LABELS}, {_PAIR_LABELS}, method="GET",'
+                        f' {ROUTE}="/x", status="success"}}',
+                        "0+10x30",
+                    ),
+                ),
+                "2h30m",
+                {"job": "cron_service", "instance": "10.0.0.7:8001"},
+            ),
+        ),
         # `up` exists for every target Prometheus knows: no data means Prometheus lost them.
         no_data="NoData",
         runbook="""\
@@ -763,15 +839,19 @@ mode, whether `PROMETHEUS_MULTIPROC_DIR` is writable.
     ),
     Alert(
         name="CommClientRecordingRulesMissing",
-        value=f"count({REQUESTS}) unless on () count({REQUEST_RATE})",
+        value=f"count({REQUESTS}) unless on () ("
+        + " and on () ".join(f"count({series})" for series in CLIENT_RECORDED)
+        + ")",
         op=">",
         threshold=0,
         for_="10m",
         severity="warning",
-        summary="commclient's recording rules are not loaded",
+        summary="commclient's recording rules are not loaded, or not all of them",
         description=(
-            "Client metrics are scraped but service_target:* series are not recorded: the"
-            " dashboard and the error, retry and burn-rate alerts read them and stay silent."
+            "Client metrics are scraped but some of the recorded series the alerts read"
+            " (service_target:*, job_instance:commclient_target:present) are not recorded:"
+            " the dashboard and the error, retry, burn-rate and target-down alerts read them"
+            " and stay silent."
         ),
         recording_rules_absent=True,
         firing=AlertCase(
@@ -787,8 +867,9 @@ mode, whether `PROMETHEUS_MULTIPROC_DIR` is writable.
         ),
         no_data="OK",
         runbook="""\
-**Meaning.** `commclient-rules.yml` is not in Prometheus' `rule_files` (or fails to load),
-so the recorded series the dashboard and most alerts read do not exist. Only Grafana can
+**Meaning.** `commclient-rules.yml` is not in Prometheus' `rule_files` (or fails to load,
+or is an older or edited copy that lacks some rules), so recorded series the dashboard and
+most alerts read do not exist. Only Grafana can
 raise this one: Prometheus loads it from the same file.
 
 **Check.** Prometheus' `/rules` page and its log for rule-file errors; the `rule_files`
@@ -902,8 +983,20 @@ class Panel:
     #: Value -> text of the gauge (the breaker state).
     mappings: dict[int, str] = field(default_factory=dict)
     #: Stacked bars, one per ``$__interval``: the queries give counts per interval
-    #: (``increase(...[$__interval])``), so the bars add up to the true count.
+    #: (:func:`count_per_bar`), so the bars add up to the true count.
     stacked: bool = False
+
+
+def count_per_bar(by: str, series: str) -> str:
+    """Events of ``series`` per bar of one ``$__interval``, summed ``by`` labels.
+
+    Not ``increase(...[$__interval])``: at the dashboard's default range Grafana's
+    ``$__interval`` falls to the scrape interval, and a window of one scrape holds one
+    sample, so every bar is empty. Not ``increase(...[$__rate_interval])`` either: a window
+    of four scrapes at a step of one counts each event four times. The rate over
+    ``$__rate_interval`` times the step counts each event once, in total, at any step.
+    """
+    return f"sum by ({by}) (rate({series}[$__rate_interval])) * $__interval_ms / 1000"
 
 
 @dataclass(frozen=True)
@@ -1036,7 +1129,7 @@ ROWS = (
                 " (another replica holds the lease), skipped_no_lease (the lease store failed).",
                 (
                     Query(
-                        f"sum by ({JOB_LABEL}, outcome) (increase({CRON_RUNS}[$__interval]))",
+                        count_per_bar(f"{JOB_LABEL}, outcome", CRON_RUNS),
                         "{{cron_job}} {{outcome}}",
                     ),
                 ),
@@ -1062,7 +1155,7 @@ ROWS = (
                 "Runs the scheduler skipped because they were past their misfire grace time.",
                 (
                     Query(
-                        f"sum by ({JOB_LABEL}) (increase({CRON_MISSED}[$__interval]))",
+                        count_per_bar(JOB_LABEL, CRON_MISSED),
                         "{{cron_job}}",
                     ),
                 ),
@@ -1091,7 +1184,7 @@ ROWS = (
                         f"sum by (job, instance) ({RUN_RECORDS_PENDING})", "pending {{instance}}"
                     ),
                     Query(
-                        f"sum by (job, instance) (increase({RUN_RECORDS_DROPPED}[$__interval]))",
+                        count_per_bar("job, instance", RUN_RECORDS_DROPPED),
                         "dropped {{instance}}",
                     ),
                 ),

@@ -122,6 +122,73 @@ def test_an_exited_worker_leaves_no_breaker_state_and_budgets_are_values(
                 _stop(worker)
 
 
+def test_a_worker_that_exits_without_a_hook_takes_its_breaker_state_with_it(
+    multiproc_dir: Path,
+) -> None:
+    """uvicorn --workers has no child_exit: a worker that exits normally, never marked dead
+    by its manager, must not report its open breaker for ever."""
+    url = _closed_port_url()
+    opened = _start("open", url, multiproc_dir)
+    closed = _start("closed", url, multiproc_dir)
+    try:
+        pair = (("source_service", "web"), ("target_service", "rest"))
+        assert _samples(BREAKER) == {pair: 2.0}
+        _stop(opened)
+        assert _samples(BREAKER) == {pair: 0.0}
+        assert not list(multiproc_dir.glob(f"gauge_live*_{opened.pid}.db"))
+    finally:
+        for worker in (opened, closed):
+            if worker.poll() is None:
+                _stop(worker)
+
+
+# A master that builds its client before forking its worker (gunicorn's preload_app, Celery
+# prefork); the worker makes one call, which the budget does not need, and stays a live
+# worker: the test never marks it dead.
+PRELOADED = textwrap.dedent(
+    """
+    import os, sys
+    from commclient import ClientConfig, ServiceClientError, SyncServiceClient
+
+    client = SyncServiceClient(
+        sys.argv[1], service_name="web", target_service="rest",
+        config=ClientConfig(max_retries=1),
+    )
+    pid = os.fork()
+    if pid == 0:
+        try:
+            client.get("/api/health")
+        except ServiceClientError:
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("ready", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_a_worker_forked_from_a_master_with_a_client_shows_its_full_budget(
+    multiproc_dir: Path,
+) -> None:
+    master = subprocess.Popen(
+        [sys.executable, "-c", PRELOADED, _closed_port_url()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**_env(), "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)},
+    )
+    try:
+        assert master.stdout is not None
+        assert master.stdout.readline().strip() == "ready"
+        # The worker's gauges start in its own files: the budget it inherited, full, and
+        # not the 0 of a value never written there.
+        assert _samples(BUDGET) == {(("target_service", "rest"),): 10.0}
+        assert sum(_samples("http_client_requests_total").values()) == 1.0
+    finally:
+        _stop(master)
+
+
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=30) as response:
         return str(response.read().decode())

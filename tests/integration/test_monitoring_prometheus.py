@@ -645,6 +645,23 @@ def test_count_bars_add_up_to_the_true_count(run: Run) -> None:
     assert 0.75 * counted <= drawn["send_due_reminders"] <= 1.25 * counted, (drawn, counted)
 
 
+def test_count_bars_add_up_when_the_step_is_one_scrape(run: Run) -> None:
+    """At the dashboard's default range (1 h) Grafana's $__interval falls to its floor, the
+    data source's scrape interval: one bar per scrape must still add up to the runs."""
+    (panel,) = [e for e in panel_expressions() if e.source == "Cron runs by outcome A"]
+    expr = panel.concrete(rate_interval=RATE_INTERVAL, interval=SCRAPE_INTERVAL)
+    series = run.prometheus.query_range(expr, run.started - 1, run.ended + 1, step=1)
+    drawn = sum(
+        float(value)
+        for one in series
+        if one["metric"]["cron_job"] == "send_due_reminders"
+        for _, value in one["values"]
+    )
+    counted = run.cron_runs["send_due_reminders"]
+    print(f"bars drawn at a one-scrape step {drawn:.1f}, runs counted {counted:.0f}")
+    assert 0.75 * counted <= drawn <= 1.25 * counted, (drawn, counted)
+
+
 def _values(series: list[Any]) -> list[float]:
     return [float(value) for s in series for _, value in s["values"] if value != "NaN"]
 

@@ -163,7 +163,7 @@ class TestDeadline:
         core = make_core(
             timeout=10.0, connect_timeout=3.0, deadline=4.0, retry_min_wait=0.5, retry_max_wait=0.5
         )
-        actions, _ = drive(core, [TIMEOUT, status(200)], attempt_seconds=1.0)
+        actions, _ = drive(core, [status(503), status(200)], attempt_seconds=1.0)
         first, second = attempts(actions)
         assert (first.connect_timeout, first.read_timeout) == (3.0, 4.0)
         # 1 s spent in the first attempt and 0.5 s asleep: 2.5 s remain.
@@ -213,6 +213,56 @@ class TestDeadline:
             )
 
         assert (count("503"), count("deadline"), count("timeout")) == (1.0, 1.0, 0.0)
+
+    def test_a_timeout_cut_short_by_the_deadline_is_the_callers(self) -> None:
+        """A healthy target slower than the caller's deadline: each attempt's read timeout
+        is cut to the deadline and runs out. That is the caller's deadline, not the
+        target's timeout: counted ``deadline``, kept out of the breaker (five calls leave it
+        closed), and still a ServiceTimeoutError for the caller."""
+        registry = CollectorRegistry()
+        clock = testing.FakeClock()
+        core = build_core(
+            "http://svc.test",
+            "deadline-svc",
+            "deadline-target",
+            ClientConfig(timeout=10.0, connect_timeout=3.0),
+            registry,
+            clock,
+        )
+        for _ in range(core.config.circuit_breaker_fail_max):
+            flow = core.call("GET", "/x", deadline=0.3).flow()
+            attempt = next(flow)
+            assert isinstance(attempt, Attempt)
+            assert attempt.read_timeout == pytest.approx(0.3)
+            clock.advance(0.3)
+            with pytest.raises(ServiceTimeoutError):
+                flow.send(TIMEOUT)
+        # A connect timeout cut short by the deadline, too.
+        flow = core.call("GET", "/x", deadline=2.0).flow()
+        next(flow)
+        clock.advance(2.0)
+        with pytest.raises(ServiceTimeoutError):
+            flow.send(TransportFailure(FailureKind.CONNECT_TIMEOUT, TimeoutError("connect")))
+        labels = {
+            "source_service": "deadline-svc",
+            "target_service": "deadline-target",
+            "method": "GET",
+            "route": "/x",
+        }
+        counts = {
+            status: registry.get_sample_value(
+                "http_client_requests_total", {**labels, "status": status}
+            )
+            for status in ("deadline", "timeout")
+        }
+        assert counts == {"deadline": 6.0, "timeout": 0.0}
+        assert core.breaker.state == "closed"
+
+    def test_a_timeout_within_the_deadline_is_the_targets(self) -> None:
+        core = make_core(timeout=1.0, deadline=30.0, max_retries=1)
+        _actions, error = drive(core, [TIMEOUT])
+        assert isinstance(error, ServiceTimeoutError)
+        assert core.breaker.circuit.fail_counter == 1
 
     def test_per_call_deadline_overrides_the_config(self) -> None:
         core = make_core(deadline=100.0)

@@ -32,6 +32,27 @@ from commclient._metrics import ClientMetrics, normalize_path
         ("/api/users/jane.doe%40example.com", "/api/users/{email}"),
         ("/api/search/Jane%20Doe", "/api/search/{value}"),
         ("/api/users/%34%32", "/api/users/{id}"),
+        # Text as the caller wrote it is the same text its percent-encoding would be.
+        ("/api/users/José/orders", "/api/users/{value}/orders"),
+        ("/api/users/Жанна", "/api/users/{value}"),
+        ("/api/search/Jane Doe", "/api/search/{value}"),
+        ("/api/cards/4111 1111 1111 1111", "/api/cards/{value}"),
+        ("/api/users/me;jsessionid=1A2B3C4D5E6F7A8B", "/api/users/{value}"),
+        ("/api/items/1,2,3", "/api/items/{value}"),
+        ("/api/raw/%ZZ", "/api/raw/{value}"),
+        # A JSON Web Token (dots between its parts), an international phone number.
+        (
+            "/api/reset/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
+            "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+            "/api/reset/{id}",
+        ),
+        ("/api/phones/+1-555-123-4567", "/api/phones/{id}"),
+        ("/v1/projects/p1:batchGet", "/v1/projects/p1:batchGet"),
+        # A route word is short: a longer segment is text (a query, a slug), not a route.
+        ("/api/search/" + "xyz" * 100_000, "/api/search/{value}"),
+        ("/blog/how-to-bake-the-best-sourdough-bread-at-home-without-a-kit", "/blog/{value}"),
+        ("/api/customer-notification-preferences", "/api/customer-notification-preferences"),
+        ("/static/app.min.js", "/static/app.min.js"),
         # Route words stay, whatever their letters or underscores.
         ("/api/users/me", "/api/users/me"),
         ("/api/global-settings/", "/api/global-settings/"),
@@ -45,6 +66,26 @@ from commclient._metrics import ClientMetrics, normalize_path
 )
 def test_normalize_path(path: str, endpoint: str) -> None:
     assert normalize_path(path) == endpoint
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "segment",
+    [
+        "a_" + "A" * 300_000,  # a prefixed id's tail without a lower-case letter
+        "a_" + "a" * 300_000 + "!",
+        "eyJ" + "a." * 150_000 + "!",
+        "1-" * 150_000 + "x",
+        "A" * 300_000 + "-",
+        "f" * 300_000 + "g",
+    ],
+    ids=["prefixed-upper", "prefixed-lower", "jwt-dots", "digit-groups", "business", "hex"],
+)
+def test_a_hostile_segment_is_normalised_in_linear_time(segment: str) -> None:
+    """A path built from input (``f"/search/{query}"``) is normalised on every call: no rule
+    may backtrack quadratically on a long segment (300,000 characters: seconds of CPU,
+    holding the GIL, if one did; this test's timeout fails it)."""
+    assert normalize_path(f"/api/{segment}").startswith("/api/")
 
 
 def test_a_route_hook_replaces_the_rules_and_is_still_capped() -> None:

@@ -111,13 +111,18 @@ class TestDashboard:
 
     def test_rates_use_the_rate_interval_and_counts_the_interval(self) -> None:
         # Rates over raw series follow Grafana's $__rate_interval, so that no scrape
-        # interval leaves a panel empty; counts per bar are increase() over $__interval,
-        # one bar per step, so the bars add up to the true count (a $__rate_interval of
-        # four scrapes at a step of one would count every event four times).
+        # interval leaves a panel empty; counts per bar are that rate times the step
+        # ($__interval_ms), so the bars add up to the true count: increase() over
+        # $__interval is empty when the step is one scrape (one sample per window), and
+        # over $__rate_interval counts every event four times.
         for expression in panel_expressions():
             for function, window in re.findall(r"(\w+)\([^\[\]()]*\[([^\]]+)\]", expression.expr):
-                expected = "$__interval" if function == "increase" else "$__rate_interval"
-                assert window == expected, expression
+                assert function != "increase", expression
+                assert window == "$__rate_interval", expression
+        for panel in panels():
+            if panel["fieldConfig"]["defaults"].get("custom", {}).get("drawStyle") == "bars":
+                for target in panel["targets"]:
+                    assert target["expr"].endswith(" * $__interval_ms / 1000"), target
 
     def test_breaker_state_mappings(self) -> None:
         (panel,) = [p for p in panels() if p["title"] == "Circuit breaker state"]
@@ -303,6 +308,38 @@ class TestPromtool:
         (tmp_path / "alerts-only.test.yml").write_text(yaml.safe_dump(tests))
         result = _promtool("test", "rules", "alerts-only.test.yml", cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _client_series_the_alerts_read() -> list[str]:
+    """Recorded series that exist whenever client metrics do and that an alert reads."""
+    rules = prometheus_rules()["groups"]
+    recorded = [rule["record"] for group in rules for rule in group["rules"] if "record" in rule]
+    alerts = " ".join(rule["expr"] for group in rules for rule in group["rules"] if "alert" in rule)
+    return [
+        name
+        for name in recorded
+        if name.startswith(("service_target:", "job_instance:"))
+        and re.search(rf"{re.escape(name)}\b(?!:)", alerts)
+        and "_errors:" not in name  # absent while a pair has no error; ratios fill it in
+    ]
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("missing", _client_series_the_alerts_read())
+def test_rules_missing_alert_fires_when_one_recording_rule_is_missing(
+    tmp_path: Path, missing: str
+) -> None:
+    """A rules file one recording rule short (an older copy, a hand-edited PrometheusRule):
+    the alerts that read it stay silent, so the alert that says rules are missing fires."""
+    rules = prometheus_rules()
+    for group in rules["groups"]:
+        group["rules"] = [rule for rule in group["rules"] if rule.get("record") != missing]
+    (tmp_path / "short.yml").write_text(yaml.safe_dump(rules))
+    cases = [promtool_case(alert, alert.firing) for alert in ALERTS if alert.recording_rules_absent]
+    tests = {"rule_files": ["short.yml"], "evaluation_interval": "1m", "tests": cases}
+    (tmp_path / "short.test.yml").write_text(yaml.safe_dump(tests))
+    result = _promtool("test", "rules", "short.test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 class TestExport:
