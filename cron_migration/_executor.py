@@ -37,7 +37,7 @@ from ._job import (
 from ._leader import LeaderElection
 from ._metrics import CronMetrics
 from ._routing import LoopSwitch, RunSlots
-from ._slots import scheduled_run_of
+from ._slots import scheduled_run_of, stable_job_id
 from ._worker import (
     MissedWhileQueued,
     RunThreads,
@@ -297,7 +297,8 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
             if self._loop is None or self.on_async_path(job.id):
                 return await func(*args, **kwargs)
             return await _on_compat_loop(func, args, kwargs)
-        threaded = await run_job_thread(job.id, call_escaping, (func, args, kwargs), self._metrics)
+        label = stable_job_id(job.id, job.name)
+        threaded = await run_job_thread(label, call_escaping, (func, args, kwargs), self._metrics)
         return await awaited(threaded)
 
 
@@ -379,18 +380,23 @@ def watch_missed_runs(scheduler: Any, *, registry: CollectorRegistry | None = No
     # job was added: a date job is gone from the scheduler by the time its run is missed.
     metrics_of: dict[str, CronMetrics] = {}
 
+    labels: dict[str, str] = {}  # job id -> its label (stable_job_id)
+
     def declare(job_id: str) -> None:
         job = scheduler.get_job(job_id)
         target = getattr(getattr(job, "func", None), "__func__", getattr(job, "func", None))
+        name = target.name if isinstance(target, MigratedJob) else getattr(job, "name", job_id)
+        label = labels[job_id] = stable_job_id(job_id, str(name))
         if isinstance(target, MigratedJob):
             metrics_of[job_id] = target._metrics
-            target._metrics.declare_job(job_id)  # its series are labelled by job id
+            target._metrics.declare_job(label)  # its series are labelled by job id
         else:
-            metrics.declare_missed(job_id)
+            metrics.declare_missed(label)
 
     def on_event(event: JobEvent) -> None:
         if event.code == EVENT_JOB_MISSED:
-            metrics_of.get(event.job_id, metrics).missed.labels(event.job_id).inc()
+            label = labels.get(event.job_id, event.job_id)
+            metrics_of.get(event.job_id, metrics).missed.labels(label).inc()
         else:
             declare(event.job_id)
 

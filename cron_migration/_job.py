@@ -51,7 +51,7 @@ from ._records import (
     check_capacity,
     check_recorder,
 )
-from ._slots import UnstableArgumentError, call_digest, lease_refusal, utc_text
+from ._slots import UnstableArgumentError, call_digest, lease_refusal, stable_job_id, utc_text
 from ._worker import MissedWhileQueued, _misfire, run_job_thread, tracking_threads
 
 logger = logging.getLogger("cron_migration")
@@ -183,7 +183,7 @@ class MigratedJob:
         job_id = lease_id = self.name  # called by another job, or outside any scheduled run
         is_scheduled_run = scheduled is not None and _run_target.get() is self
         if scheduled is not None and is_scheduled_run:
-            job_id = scheduled.job_id
+            job_id = stable_job_id(scheduled.job_id, self.name)
             lease_id = scheduled.lease_id or job_id
         scheduled_at = scheduled.scheduled_at if scheduled is not None else None
         run_id = uuid.uuid4().hex

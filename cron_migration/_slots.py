@@ -106,6 +106,13 @@ def scheduled_run_of(
 _DRAWN_ID = re.compile(r"[0-9a-f]{32}")
 
 
+def stable_job_id(job_id: str, name: str) -> str:
+    """The id metrics and run records use: ``job_id``, unless APScheduler drew it at random
+    (a job added without ``id=``), then ``name``: the same in every process and after every
+    restart, so the job keeps one series instead of a new one per process."""
+    return name if _DRAWN_ID.fullmatch(job_id) else job_id
+
+
 def lease_id_of(job: Any) -> str:
     """The job as every replica names it: its id, unless APScheduler drew it at random.
 

@@ -101,3 +101,36 @@ def test_watching_a_scheduler_exports_the_missed_series_of_its_plain_jobs() -> N
     scheduler.add_job(legacy, "interval", hours=1, id="legacy")
     watch_missed_runs(scheduler, registry=registry)
     assert registry.get_sample_value("cron_job_missed_total", {"cron_job": "legacy"}) == 0
+
+
+def test_a_job_added_without_an_id_is_labelled_by_its_name_not_a_random_id() -> None:
+    registry = CollectorRegistry()
+
+    @migrated_job(timeout=5, registry=registry, name="nightly_report")
+    def nightly_report() -> None:
+        """Added without id=: APScheduler draws a random one per process."""
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor(registry=registry)})
+        scheduler.add_job(nightly_report, "date")
+        scheduler.start()
+        try:
+            await wait_until_async(
+                lambda: bool(
+                    registry.get_sample_value(
+                        "cron_job_runs_total", {"cron_job": "nightly_report", "outcome": "success"}
+                    )
+                ),
+                what="the run counted under the job's name",
+            )
+        finally:
+            await shutdown_gracefully(scheduler, timeout=5)
+
+    asyncio.run(main())
+    labels = {
+        sample.labels["cron_job"]
+        for metric in registry.collect()
+        for sample in metric.samples
+        if "cron_job" in sample.labels
+    }
+    assert labels == {"nightly_report"}
