@@ -9,7 +9,9 @@ stays, asleep while there is nothing due; as a daemon it never delays interprete
 
 A renewal runs outside the lock, one after another: a slow Redis delays the others'
 renewals by at most its socket timeout, which the renewal interval (a third of the
-lease) absorbs.
+lease) absorbs. A miss does not wake the thread either: idle, it sleeps one renewal
+interval at a time, so a lease registered meanwhile is due no earlier than its wake-up
+(it is woken only for a lease due sooner, one of a shorter interval).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class LeaseRenewer:
         self._due: list[tuple[float, int, _Lease]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
+        self._idle_wait = 0.0  # how long the thread sleeps with nothing due
+        self._wakes_at = float("inf")  # when the sleeping thread wakes by itself
+        self.notified = 0  # wake-ups asked of the thread (a quick miss asks none)
 
     @property
     def started(self) -> bool:
@@ -61,14 +66,15 @@ class LeaseRenewer:
         lease = _Lease(interval, renew)
         due = time.monotonic() + interval
         with self._condition:
-            earliest = self._due[0][0] if self._due else None
             heapq.heappush(self._due, (due, next(self._order), lease))
+            self._idle_wait = interval
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="commclient-cache-lease-renewer", daemon=True
                 )
                 self._thread.start()
-            elif earliest is None or due < earliest:
+            elif due < self._wakes_at:
+                self.notified += 1
                 self._condition.notify()
         return lease
 
@@ -89,7 +95,9 @@ class LeaseRenewer:
                         _, _, lease = heapq.heappop(self._due)
                         heapq.heappush(self._due, (now + lease.interval, next(self._order), lease))
                         break
-                    self._condition.wait(None if not self._due else self._due[0][0] - now)
+                    # Idle, one interval at a time (see the module's docstring).
+                    self._wakes_at = self._due[0][0] if self._due else now + self._idle_wait
+                    self._condition.wait(self._wakes_at - now)
             if not lease.active:
                 continue
             try:
@@ -105,6 +113,7 @@ class LeaseRenewer:
         self._condition = threading.Condition(threading.Lock())
         self._due = []
         self._thread = None
+        self._wakes_at = float("inf")
 
 
 #: The renewer of this process (a forked child gets its own on its first lease).
