@@ -47,7 +47,6 @@ class LeaseRenewer:
         self._thread: threading.Thread | None = None
         self._idle_wait = 0.0  # how long the thread sleeps with nothing due
         self._wakes_at = float("inf")  # when the sleeping thread wakes by itself
-        self.notified = 0  # wake-ups asked of the thread (a quick miss asks none)
 
     @property
     def started(self) -> bool:
@@ -74,7 +73,6 @@ class LeaseRenewer:
                 )
                 self._thread.start()
             elif due < self._wakes_at:
-                self.notified += 1
                 self._condition.notify()
         return lease
 

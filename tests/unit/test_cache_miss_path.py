@@ -359,16 +359,26 @@ def test_a_caller_cancelled_while_the_lease_is_granted_releases_it(
 
 
 @pytest.mark.facade_sync
-def test_quick_sync_misses_do_not_wake_the_renewer(redis_url: str, prefix: str) -> None:
+def test_quick_sync_misses_do_not_wake_the_renewer(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from commclient.cache import SyncRedisCache
 
     cache: Any = SyncRedisCache.from_url(redis_url, prefix, config=RELAXED)
     try:
         cache.get_or_set("warm:0", lambda: 0)
         cache.get_or_set("warm:1", lambda: 1)  # the renewer is started and asleep
-        before = lease_renewer.notified
+        condition = lease_renewer._condition
+        wake_ups: list[int] = []
+        notify = condition.notify
+
+        def counted(n: int = 1) -> None:
+            wake_ups.append(n)
+            notify(n)
+
+        monkeypatch.setattr(condition, "notify", counted)
         for number in range(2, 30):
             assert cache.get_or_set(f"warm:{number}", lambda n=number: n) == number
-        assert lease_renewer.notified == before
+        assert wake_ups == []
     finally:
         cache.close()
