@@ -112,10 +112,17 @@ class _Flight:
     __slots__ = ("done", "epoch", "error", "value")
 
     def __init__(self, epoch: int) -> None:
-        self.done = threading.Event()
+        # Held by the leader until the load ends: a follower waits by acquiring it (a
+        # bare lock is cheaper to make than an Event, and a miss makes one).
+        self.done = threading.Lock()
+        self.done.acquire()
         self.epoch = epoch
         self.value: Any = ABANDONED
         self.error: Exception | None = None
+
+    def wait(self) -> None:
+        with self.done:
+            pass
 
 
 class Flights:
@@ -139,7 +146,7 @@ class Flights:
                 if flight is None or flight.epoch != epoch:
                     flight = self._flights[key] = _Flight(epoch)
                     break
-            flight.done.wait()
+            flight.wait()
             if flight.error is not None:
                 raise flight.error
             if flight.value is not ABANDONED:
@@ -165,7 +172,7 @@ class Flights:
             with self._lock:
                 if self._flights.get(key) is flight:
                     del self._flights[key]
-            flight.done.set()
+            flight.done.release()
         return value, True
 
 
