@@ -504,12 +504,25 @@ class CacheCore:
         return keys, [guessed, token, self.lease_ms(), fresh_generation()]
 
     @staticmethod
-    def parse_read_or_lease(reply: Sequence[Any]) -> tuple[Read, bool, str]:
+    def read_or_lease_moved(reply: bytes | str) -> bytes | str | None:
+        """The generation a read-or-lease reply says the group moved on to, or ``None``
+        (the reply is a read)."""
+        separator: Any = b" " if isinstance(reply, bytes) else " "
+        return None if separator in reply else reply
+
+    @staticmethod
+    def parse_read_or_lease(reply: bytes | str) -> tuple[Read, bool, str]:
         """The read, whether the lease was taken, and the token of the lease's holder
         when the value was absent and the lease not taken ("" otherwise)."""
-        read = Read(_text(reply[0]), reply[1], int(reply[2]))
-        holder = _text(reply[4]) if len(reply) > 4 else ""
-        return read, int(reply[3]) == 1, holder
+        separator: Any = b" " if isinstance(reply, bytes) else " "
+        generation, _, rest = reply.partition(separator)
+        kind, _, rest = rest.partition(separator)
+        kind = _text(kind)
+        if kind == "V":
+            ttl_ms, _, data = rest.partition(separator)
+            return Read(_text(generation), data, int(ttl_ms)), False, ""
+        holder = _text(rest) if kind == "H" else ""
+        return Read(_text(generation), None, -2), kind == "L", holder
 
     @staticmethod
     def new_lease_token() -> str:

@@ -151,16 +151,19 @@ def at_current_generation(
     operation: str,
     command: Command,
     arguments: Callable[[str], tuple[list[str], list[Any]]],
+    moved_to: Callable[[Any], Any] | None = None,
 ) -> Flow[Any]:
     """Run a script addressed to the generation ``core`` guesses for ``plan``'s group
     (``arguments(generation)`` are its KEYS and ARGV); while it answers that the group
-    moved on (the current generation, a string), run it again with that generation.
+    moved on (the current generation, a string; or what ``moved_to(reply)`` finds in a
+    reply that is a string either way), run it again with that generation.
     The reply, or :data:`FAILED` (counted, logged) once it moved on every attempt."""
     for _ in range(GENERATION_ATTEMPTS):
         guessed = core.guess(plan)
         keys, args = arguments(guessed)
         reply = yield Call(operation, command, keys=keys, args=args)
-        if not isinstance(reply, (bytes, str)) or not core.generation_moved(plan, guessed, reply):
+        seen = reply if moved_to is None or reply is FAILED else moved_to(reply)
+        if not isinstance(seen, (bytes, str)) or not core.generation_moved(plan, guessed, seen):
             return reply
     return core.moved_too_often(operation, plan)
 
@@ -314,7 +317,12 @@ def fill(core: CacheCore, job: ReadThrough, *, first_read: bool = False) -> Flow
         arguments = partial(core.read_or_lease_args, plan, token)
         try:
             reply = yield from at_current_generation(
-                core, plan, "lease_acquire", Command.READ_OR_LEASE, arguments
+                core,
+                plan,
+                "lease_acquire",
+                Command.READ_OR_LEASE,
+                arguments,
+                core.read_or_lease_moved,
             )
         except GeneratorExit:
             raise
