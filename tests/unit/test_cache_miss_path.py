@@ -303,7 +303,12 @@ def test_a_cancelled_leader_leaves_its_followers_to_load(redis_url: str, prefix:
                 asyncio.get_running_loop().create_task(cache.get_or_set("k:1", quick))
                 for _ in range(3)
             ]
-            await asyncio.sleep(0.05)  # they read, miss and join the load in flight
+
+            async def joined() -> bool:  # they read, missed and wait for the load in flight
+                flight = cache._flights._flights.get(("k:1", None))
+                return flight is not None and len(flight.followers) == 3
+
+            await conftest_cache.eventually(joined)
             leader.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await leader
