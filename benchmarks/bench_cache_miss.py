@@ -1,11 +1,12 @@
 """A ``get_or_set`` miss against the bare redis-py work it stands for: a GET that misses and
 a SET of the loaded value (goal: at most 1.6 x; the lease is the one extra round trip).
 
-Every call misses (a key of its own) and its loader returns at once, so the row measures
-what the cache adds around a quick loader: reads, the lease, the write, and no thread
-(sync) or task (async) per miss. Calls alternate candidate / baseline one by one and the
-median call counts; the spread is that of the medians of rounds. A real ``redis-server``
-on loopback. Run: ``python -m benchmarks --only cache_miss``.
+Every call misses (a key of its own, in each row's own namespace: a baseline GET that hit
+a key an earlier row wrote would skip its SET, and is refused) and its loader returns at
+once, so the row measures what the cache adds around a quick loader: reads, the lease,
+the write, and no thread (sync) or task (async) per miss. Calls alternate candidate /
+baseline one by one and the median call counts; the spread is that of the medians of
+rounds. A real ``redis-server`` on loopback. Run: ``python -m benchmarks --only cache_miss``.
 """
 
 from __future__ import annotations
@@ -66,10 +67,12 @@ def _sync_rows(url: str, rounds: int, calls: int) -> list[Row]:
         return clock() - started
 
     def baseline() -> float:
-        key = f"bare-miss:{next(keys)}"
+        key = f"bare-miss-sync:{next(keys)}"
         started = clock()
         if bare.get(key) is None:
             bare.set(key, json.dumps(_loader()), ex=TTL)
+        else:
+            raise AssertionError(f"the baseline's GET of {key} hit: it must miss")
         return clock() - started
 
     results = []
@@ -108,10 +111,12 @@ async def _async_rows(url: str, rounds: int, calls: int) -> list[Row]:
         return clock() - started
 
     async def baseline() -> float:
-        key = f"bare-miss:{next(keys)}"
+        key = f"bare-miss-async:{next(keys)}"
         started = clock()
         if await bare.get(key) is None:
             await bare.set(key, json.dumps(_loader()), ex=TTL)
+        else:
+            raise AssertionError(f"the baseline's GET of {key} hit: it must miss")
         return clock() - started
 
     order: tuple[Callable[[], Awaitable[float]], ...] = (candidate, baseline)

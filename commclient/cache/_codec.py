@@ -359,6 +359,12 @@ def _is_json(data: bytes | str) -> bool:
     return True
 
 
+_ENCODER = json.JSONEncoder(
+    default=_jsonable, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+)
+"""Built once: ``json.dumps`` with options builds an encoder on every call."""
+
+
 class Codec:
     """Encode values to JSON bytes and decode them back, within a size limit."""
 
@@ -368,13 +374,7 @@ class Codec:
     def encode(self, key: str, value: object) -> bytes:
         """Return the JSON bytes of ``value``; raise if it is not JSON or too large."""
         try:
-            data = json.dumps(
-                value,
-                default=_jsonable,
-                ensure_ascii=False,
-                allow_nan=False,
-                separators=(",", ":"),
-            ).encode()
+            data = _ENCODER.encode(value).encode()
         except (TypeError, ValueError, RecursionError) as error:
             raise CacheSerializationError(
                 f"value for cache key {key!r} cannot be stored as JSON: {error}"

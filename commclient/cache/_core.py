@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from commclient._correlation import correlation_id_ctx
 
-from ._codec import Codec, CorruptValueError, ModelMismatchError
+from ._codec import Codec, CorruptValueError, ModelMismatchError, caller_copy
 from ._config import CacheConfig
 from ._exceptions import CacheError, LoaderFailedError
 from ._instruments import CacheMetrics
@@ -46,6 +46,14 @@ GENERATION_ATTEMPTS = 3
 
 SCAN_BATCH = 1000
 """COUNT hint of each SCAN page, and so the most keys one UNLINK removes."""
+
+MISS_RATE_WEIGHT = 1 / 16
+"""Weight of each ``get_or_set`` read in the cache's running miss rate."""
+
+LEASE_FIRST_ABOVE = 0.25
+"""The running miss rate above which ``get_or_set`` reads with the read-or-lease script
+(a miss in two round trips, a hit a few microseconds dearer) rather than a plain ``MGET``
+(a hit as cheap as a ``GET``, a miss in three): about where the two cost the same."""
 
 
 class _Marker:
@@ -152,11 +160,19 @@ def _config_values(reply: Any) -> list[bytes | str]:
     return []
 
 
+_generations = random.Random()  # seeded from the OS; again in a forked child
+os.register_at_fork(after_in_child=_generations.seed)
+
+
 def fresh_generation() -> str:
     """A random start for a group's generation (see ``_scripts``): below 2**40, so that
     Redis's Lua (doubles, printed with 14 digits by cjson) keeps it and its increments
-    exact, and above 0, the generation of the values of earlier versions."""
-    return str(secrets.randbelow(2**40 - 1) + 1)
+    exact, and above 0, the generation of the values of earlier versions.
+
+    Drawn from a generator of the cache's own (a caller seeding ``random`` cannot make
+    processes draw alike), seeded by the OS: every miss and write sends one, and the
+    OS's own randomness costs a system call each time."""
+    return str(_generations.randrange(1, 2**40))
 
 
 def _text(value: bytes | str) -> str:
@@ -186,6 +202,7 @@ class CacheCore:
         self._generations: dict[str, str] = {}
         self._mismatches_logged: set[tuple[str, str]] = set()
         self.random: Callable[[], float] = random.random  # early refresh's draw; tests fix it
+        self.miss_rate = 0.0  # of get_or_set's reads, decayed (unlocked: an estimate)
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -382,8 +399,21 @@ class CacheCore:
             logging.WARNING, "corrupt cache value dropped", error, key=plan.key, model=model_name
         )
 
+    def lease_first(self) -> bool:
+        """Whether ``get_or_set`` should read with the read-or-lease script: its recent
+        reads mostly missed (see :data:`LEASE_FIRST_ABOVE`)."""
+        return self.miss_rate > LEASE_FIRST_ABOVE
+
+    def read_through(self, missed: bool) -> None:
+        """Count a ``get_or_set`` read (a hit or a miss) in the running miss rate."""
+        self.miss_rate += (missed - self.miss_rate) * MISS_RATE_WEIGHT
+
     def unavailable(self, plan: KeyPlan) -> None:
         """A lookup that could not reach Redis: a miss."""
+        self.missed(plan)
+
+    def missed(self, plan: KeyPlan) -> None:
+        """Count a miss of ``plan``'s key."""
         self.metrics.miss(plan.group)
 
     def refresh_early(self, read: Read, stale_seconds: float, window: float) -> bool:
@@ -411,13 +441,14 @@ class CacheCore:
     def as_read(self, value: Any, model: Any, data: bytes | None = None) -> Any:
         """A loaded ``value`` as a hit returns it, so that a miss and a hit never differ:
         without a model, the plain JSON of ``data`` (its stored form; a model instance
-        becomes a dict), or the value itself when it cannot be stored."""
+        becomes a dict), or a deep copy of the value when it cannot be stored: either
+        way an object that the loader does not hold, and the caller may keep."""
         if model is not None:
             return value
         try:
             return self.codec.decode(data if data is not None else self.encode("", value))
         except CacheError:
-            return value
+            return caller_copy(value, None)  # the loader's object, not shared with it
 
     def write_args(
         self,
@@ -473,12 +504,25 @@ class CacheCore:
         return keys, [guessed, token, self.lease_ms(), fresh_generation()]
 
     @staticmethod
-    def parse_read_or_lease(reply: Sequence[Any]) -> tuple[Read, bool, str]:
+    def read_or_lease_moved(reply: bytes | str) -> bytes | str | None:
+        """The generation a read-or-lease reply says the group moved on to, or ``None``
+        (the reply is a read)."""
+        separator: Any = b" " if isinstance(reply, bytes) else " "
+        return None if separator in reply else reply
+
+    @staticmethod
+    def parse_read_or_lease(reply: bytes | str) -> tuple[Read, bool, str]:
         """The read, whether the lease was taken, and the token of the lease's holder
         when the value was absent and the lease not taken ("" otherwise)."""
-        read = Read(_text(reply[0]), reply[1], int(reply[2]))
-        holder = _text(reply[4]) if len(reply) > 4 else ""
-        return read, int(reply[3]) == 1, holder
+        separator: Any = b" " if isinstance(reply, bytes) else " "
+        generation, _, rest = reply.partition(separator)
+        kind, _, rest = rest.partition(separator)
+        kind = _text(kind)
+        if kind == "V":
+            ttl_ms, _, data = rest.partition(separator)
+            return Read(_text(generation), data, int(ttl_ms)), False, ""
+        holder = _text(rest) if kind == "H" else ""
+        return Read(_text(generation), None, -2), kind == "L", holder
 
     @staticmethod
     def new_lease_token() -> str:

@@ -60,25 +60,27 @@ def commands(
     hash_tag: str,
     *,
     mget: Callable[..., Any],
+    script: Callable[[str], Callable[..., Any]],
 ) -> dict[Command, Callable[..., Any]]:
     """What runs each :class:`Command` on ``client`` (``redis.Redis`` or its asyncio twin:
     they have the same methods; or a cluster client); ``hash_tag`` is the tag every key of
-    the cache carries, and the driver's own ``mget`` runs that command."""
+    the cache carries, the driver's own ``mget`` runs that command, and ``script(text)``
+    is what runs a script (called with ``keys=`` and ``args=``)."""
     scan = client.scan
     if hasattr(client, "get_node_from_key"):
         scan = partial(_scan_slot_owner, client, hash_tag)
     return {
-        Command.WRITE: client.register_script(_scripts.WRITE),
-        Command.DELETE: client.register_script(_scripts.DELETE),
-        Command.DELETE_IF_EQUAL: client.register_script(_scripts.DELETE_IF_EQUAL),
-        Command.BUMP_GENERATION: client.register_script(_scripts.BUMP_GENERATION),
-        Command.RELEASE_LEASE: client.register_script(_scripts.RELEASE_LEASE),
-        Command.RENEW_LEASE: client.register_script(_scripts.RENEW_LEASE),
+        Command.WRITE: script(_scripts.WRITE),
+        Command.DELETE: script(_scripts.DELETE),
+        Command.DELETE_IF_EQUAL: script(_scripts.DELETE_IF_EQUAL),
+        Command.BUMP_GENERATION: script(_scripts.BUMP_GENERATION),
+        Command.RELEASE_LEASE: script(_scripts.RELEASE_LEASE),
+        Command.RENEW_LEASE: script(_scripts.RENEW_LEASE),
         Command.MGET: mget,
-        Command.READ_OR_LEASE: client.register_script(_scripts.READ_OR_LEASE),
+        Command.READ_OR_LEASE: script(_scripts.READ_OR_LEASE),
         Command.LEASE: client.set,
         Command.SCAN: scan,
-        Command.UNLINK_AND_PUBLISH: client.register_script(_scripts.UNLINK_AND_PUBLISH),
+        Command.UNLINK_AND_PUBLISH: script(_scripts.UNLINK_AND_PUBLISH),
         Command.PUBLISH: client.publish,
     }
 
@@ -149,16 +151,19 @@ def at_current_generation(
     operation: str,
     command: Command,
     arguments: Callable[[str], tuple[list[str], list[Any]]],
+    moved_to: Callable[[Any], Any] | None = None,
 ) -> Flow[Any]:
     """Run a script addressed to the generation ``core`` guesses for ``plan``'s group
     (``arguments(generation)`` are its KEYS and ARGV); while it answers that the group
-    moved on (the current generation, a string), run it again with that generation.
+    moved on (the current generation, a string; or what ``moved_to(reply)`` finds in a
+    reply that is a string either way), run it again with that generation.
     The reply, or :data:`FAILED` (counted, logged) once it moved on every attempt."""
     for _ in range(GENERATION_ATTEMPTS):
         guessed = core.guess(plan)
         keys, args = arguments(guessed)
         reply = yield Call(operation, command, keys=keys, args=args)
-        if not isinstance(reply, (bytes, str)) or not core.generation_moved(plan, guessed, reply):
+        seen = reply if moved_to is None or reply is FAILED else moved_to(reply)
+        if not isinstance(seen, (bytes, str)) or not core.generation_moved(plan, guessed, seen):
             return reply
     return core.moved_too_often(operation, plan)
 
@@ -293,12 +298,16 @@ def load(core: CacheCore, job: ReadThrough) -> Flow[Any]:
     return core.as_read(core.validate((yield LOAD), job.model), job.model)
 
 
-def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
+def fill(core: CacheCore, job: ReadThrough, *, first_read: bool = False) -> Flow[Any]:
     """Load a missing value under the lease, or wait for the process holding it.
 
     A waiter that gives up (``lease_wait``) loads too, and stores its value only if the
     holder it first waited for still holds the lease: any ``set``, ``delete`` or
     invalidation since then revoked that lease, and its value would be older than theirs.
+
+    With ``first_read``, the caller has not read the key yet: the read-or-lease script is
+    its read (a hit is served from it, and counted as the caller's hit or miss), which
+    saves a miss the round trip of a plain read first.
     """
     plan = job.plan
     deadline = time.monotonic() + core.config.lease_wait
@@ -306,20 +315,41 @@ def fill(core: CacheCore, job: ReadThrough) -> Flow[Any]:
     while True:
         token = core.new_lease_token()
         arguments = partial(core.read_or_lease_args, plan, token)
-        reply = yield from at_current_generation(
-            core, plan, "lease_acquire", Command.READ_OR_LEASE, arguments
-        )
+        try:
+            reply = yield from at_current_generation(
+                core,
+                plan,
+                "lease_acquire",
+                Command.READ_OR_LEASE,
+                arguments,
+                core.read_or_lease_moved,
+            )
+        except GeneratorExit:
+            raise
+        except BaseException:
+            # Interrupted (a cancelled caller) while Redis may have granted the lease:
+            # release it, or every other process would wait for it to expire.
+            yield from release(core, plan, token)
+            raise
         if reply is FAILED:
+            if first_read:
+                core.unavailable(plan)
             return (yield from load(core, job))
         read, leased, holder = core.parse_read_or_lease(reply)
+        if first_read:
+            core.read_through(read.data is None)
         if read.data is not None:
-            value = yield from decode(core, plan, read, job.model, job.epoch, count=False)
+            value = yield from decode(core, plan, read, job.model, job.epoch, count=first_read)
             if value is MISMATCH:
                 # Another version's value: serve ours without replacing theirs.
                 return (yield from load(core, job))
             if value is not MISSING:
                 return value
-            continue  # it was corrupt, and is deleted: try again at once
+            first_read = False  # counted as a miss: corrupt, and deleted
+            continue  # try again at once
+        if first_read:
+            core.missed(plan)
+            first_read = False
         if leased:
             return (yield from load_and_store(core, job, read.generation, token))
         failure = core.failed_elsewhere(plan, holder)
@@ -373,7 +403,7 @@ def load_and_store(
     except (CacheValueTooLargeError, CacheSerializationError) as error:
         core.unstorable_load(plan, error)
         yield from release(core, plan, token_held)
-        return value
+        return core.as_read(value, job.model)
     except BaseException as error:
         # A refresh's failure serves the stale value: nobody waits on it.
         yield from release(core, plan, token_held, None if replaces else error)

@@ -12,9 +12,8 @@ import asyncio
 import inspect
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
-from contextlib import asynccontextmanager, suppress
-from functools import partial
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from contextlib import suppress
 from typing import Any, TypeVar
 
 from .._callables import require_function
@@ -96,34 +95,44 @@ async def call_loader(loader: Callable[[], Any] | None) -> Any:
     return result
 
 
-@asynccontextmanager
-async def renewing(interval: float, renew: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
-    """Call ``renew`` every ``interval`` seconds while the body runs.
+def renewing(interval: float, renew: Callable[[], Awaitable[object]]) -> _Renewal:
+    """Call ``renew`` every ``interval`` seconds while the body (``async with``) runs."""
+    return _Renewal(interval, renew)
 
-    The renewing task is made only when the loader outlives the first interval (a timer
-    handle costs a miss far less than a task started and cancelled around a quick loader).
-    """
-    loop = asyncio.get_running_loop()
-    task: asyncio.Task[None] | None = None
 
-    async def keep_alive() -> None:
-        while True:
-            await renew()
-            await asyncio.sleep(interval)
+class _Renewal:
+    """The renewing task is made only when the loader outlives the first interval (a
+    timer handle costs a miss far less than a task started and cancelled around a quick
+    loader); a class rather than ``asynccontextmanager``, whose generator costs a miss
+    a few microseconds more."""
 
-    def start() -> None:
-        nonlocal task
-        task = loop.create_task(keep_alive())
+    __slots__ = ("_interval", "_renew", "_task", "_timer")
 
-    timer = loop.call_later(interval, start)
-    try:
-        yield
-    finally:
-        timer.cancel()
+    def __init__(self, interval: float, renew: Callable[[], Awaitable[object]]) -> None:
+        self._interval = interval
+        self._renew = renew
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._interval, self._start)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        task = self._task
         if task is not None:
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await self._renew()
+            await asyncio.sleep(self._interval)
 
 
 def start_background(function: Callable[[], Coroutine[Any, Any, None]], name: str) -> Any:
@@ -245,16 +254,26 @@ else:
         return True  # Python 3.10 keeps no count of cancellation requests
 
 
-class _Flight:
-    __slots__ = ("epoch", "task")
+ABANDONED: Any = object()
+"""What a follower hears when the caller leading its load was cancelled: load again."""
 
-    def __init__(self, task: asyncio.Task[Any], epoch: int) -> None:
-        self.task = task
+
+class _Flight:
+    __slots__ = ("epoch", "followers")
+
+    def __init__(self, epoch: int) -> None:
         self.epoch = epoch
+        self.followers: list[asyncio.Future[Any]] = []
 
 
 class Flights:
-    """Single flight: concurrent misses of one key share one load task.
+    """Single flight: concurrent misses of one key share one load.
+
+    The first caller runs the load itself, in its own task (a miss that nobody joins
+    costs no task and no extra turn of the event loop); each caller that joins waits on
+    a future of its own, so that its cancellation cancels only its own wait. A leader's
+    error reaches every follower; a leader cancelled mid-load leaves the followers to
+    load again, one leading (the load released its lease: see ``_flows``).
 
     A load is joined only by callers that saw the same ``epoch`` (the local tier's
     invalidation count): a load that began before an invalidation applied here may carry
@@ -269,27 +288,50 @@ class Flights:
 
     async def join(
         self, key: Hashable, epoch: int, load: Callable[[], Coroutine[Any, Any, Any]]
-    ) -> Any:
-        """Wait for the load of ``key`` in flight, or start ``load``; its value or error.
+    ) -> tuple[Any, bool]:
+        """Wait for the load of ``key`` in flight, or run ``load``: its value (and
+        whether this caller ran it), or its error."""
+        while True:
+            flight = self._flights.get(key)
+            if flight is None or flight.epoch != epoch:
+                return await self._lead(key, epoch, load)
+            waiter = asyncio.get_running_loop().create_future()
+            flight.followers.append(waiter)
+            value = await waiter
+            if value is not ABANDONED:
+                return value, False
 
-        The load runs in its own task, so a caller's cancellation does not cancel it
-        for the others.
-        """
-        flight = self._flights.get(key)
-        if flight is None or flight.epoch != epoch:
-            task = asyncio.get_running_loop().create_task(load())
-            flight = _Flight(task, epoch)
-            self._flights[key] = flight
-            task.add_done_callback(partial(self._done, key, flight))
-        return await asyncio.shield(flight.task)
+    async def lead(
+        self, key: Hashable, epoch: int, load: Callable[[], Coroutine[Any, Any, Any]]
+    ) -> tuple[Any, bool] | None:
+        """Run ``load`` as :meth:`join` would, unless a load of ``key`` is in flight:
+        then ``None`` (the caller reads first, and joins only if its read missed)."""
+        if key in self._flights:
+            return None
+        return await self._lead(key, epoch, load)
 
-    def _done(self, key: Hashable, flight: _Flight, task: asyncio.Task[Any]) -> None:
+    async def _lead(
+        self, key: Hashable, epoch: int, load: Callable[[], Coroutine[Any, Any, Any]]
+    ) -> tuple[Any, bool]:
+        flight = self._flights[key] = _Flight(epoch)
+        try:
+            value = await load()
+        except BaseException as error:
+            self._end(key, flight, ABANDONED if not isinstance(error, Exception) else error)
+            raise
+        self._end(key, flight, value)
+        return value, True
+
+    def _end(self, key: Hashable, flight: _Flight, outcome: Any) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
-        if not task.cancelled():
-            # Retrieved here so that a load whose callers were all cancelled does not
-            # log "exception was never retrieved".
-            task.exception()
+        for waiter in flight.followers:
+            if waiter.done():  # that follower was cancelled
+                continue
+            if isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
 
 
 def check_decoratable(function: Callable[..., Any], cache: str) -> None:

@@ -112,21 +112,32 @@ class Deadlines:
         return command(*args, **kwargs)
 
 
+ABANDONED: Any = object()
+"""What a follower hears when the load it waited for ended without an outcome to share
+(its thread interrupted): load again."""
+
+
 class _Flight:
     __slots__ = ("done", "epoch", "error", "value")
 
     def __init__(self, epoch: int) -> None:
-        self.done = threading.Event()
+        # Held by the leader until the load ends: a follower waits by acquiring it (a
+        # bare lock is cheaper to make than an Event, and a miss makes one).
+        self.done = threading.Lock()
+        self.done.acquire()
         self.epoch = epoch
-        self.value: Any = None
-        self.error: BaseException | None = None
+        self.value: Any = ABANDONED
+        self.error: Exception | None = None
+
+    def wait(self) -> None:
+        with self.done:
+            pass
 
 
 class Flights:
-    """Single flight: concurrent misses of one key in this process share one load.
-
-    Joined only by callers that saw the same ``epoch`` (see :class:`._io_async.Flights`).
-    """
+    """Single flight: concurrent misses of one key in this process share one load, run
+    by the first caller; the others wait for it. Joined only by callers that saw the
+    same ``epoch`` (see :class:`._io_async.Flights`, whose twin this is)."""
 
     def __init__(self) -> None:
         self._flights: dict[Hashable, _Flight] = {}
@@ -135,30 +146,43 @@ class Flights:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._flights
 
-    def join(self, key: Hashable, epoch: int, load: Callable[[], Any]) -> Any:
-        """Wait for the load of ``key`` in flight, or run ``load``; its value or error."""
-        with self._lock:
-            flight = self._flights.get(key)
-            leader = flight is None or flight.epoch != epoch
-            if flight is None or leader:
-                flight = _Flight(epoch)
-                self._flights[key] = flight
-        if not leader:
-            flight.done.wait()
+    def join(self, key: Hashable, epoch: int, load: Callable[[], Any]) -> tuple[Any, bool]:
+        """Wait for the load of ``key`` in flight, or run ``load``: its value (and
+        whether this caller ran it), or its error."""
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                if flight is None or flight.epoch != epoch:
+                    flight = self._flights[key] = _Flight(epoch)
+                    break
+            flight.wait()
             if flight.error is not None:
                 raise flight.error
-            return flight.value
+            if flight.value is not ABANDONED:
+                return flight.value, False
+        return self._lead(key, flight, load)
+
+    def lead(self, key: Hashable, epoch: int, load: Callable[[], Any]) -> tuple[Any, bool] | None:
+        """Run ``load`` as :meth:`join` would, unless a load of ``key`` is in flight:
+        then ``None`` (the caller reads first, and joins only if its read missed)."""
+        with self._lock:
+            if key in self._flights:
+                return None
+            flight = self._flights[key] = _Flight(epoch)
+        return self._lead(key, flight, load)
+
+    def _lead(self, key: Hashable, flight: _Flight, load: Callable[[], Any]) -> tuple[Any, bool]:
         try:
-            flight.value = load()
-        except BaseException as error:
+            value = flight.value = load()
+        except Exception as error:
             flight.error = error
             raise
         finally:
             with self._lock:
                 if self._flights.get(key) is flight:
                     del self._flights[key]
-            flight.done.set()
-        return flight.value
+            flight.done.release()
+        return value, True
 
 
 def check_decoratable(function: Callable[..., Any], cache: str) -> None:

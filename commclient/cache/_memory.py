@@ -243,18 +243,16 @@ def _delete_if_equal(store: MemoryStore, keys: Sequence[Value], args: Sequence[V
     return store.delete(keys[0]) if store.get(keys[0]) == _bytes(args[0]) else 0
 
 
-def _read_or_lease(
-    store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]
-) -> list[Any] | bytes:
+def _read_or_lease(store: MemoryStore, keys: Sequence[Value], args: Sequence[Value]) -> bytes:
     generation = store.generation(keys[0], args[3])
     if generation != _bytes(args[0]):
         return generation
     value = store.get(keys[2])
     if value is not None:
-        return [generation, value, store.pttl(keys[2]), 0]
+        return b"%s V %d %s" % (generation, store.pttl(keys[2]), value)
     if store.set(keys[1], args[1], px=args[2], nx=True):
-        return [generation, None, -2, 1]
-    return [generation, None, -2, 0, store.get(keys[1]) or b""]
+        return generation + b" L"
+    return generation + b" H " + (store.get(keys[1]) or b"")
 
 
 ScriptBody = Callable[[MemoryStore, Sequence[Value], Sequence[Value]], Any]

@@ -9,7 +9,9 @@ stays, asleep while there is nothing due; as a daemon it never delays interprete
 
 A renewal runs outside the lock, one after another: a slow Redis delays the others'
 renewals by at most its socket timeout, which the renewal interval (a third of the
-lease) absorbs.
+lease) absorbs. A miss does not wake the thread either: idle, it sleeps one renewal
+interval at a time, so a lease registered meanwhile is due no earlier than its wake-up
+(it is woken only for a lease due sooner, one of a shorter interval).
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 logger = logging.getLogger("commclient.cache")
 
@@ -35,6 +36,26 @@ class _Lease:
         self.active = True
 
 
+class _Renewal:
+    """One lease registered while a loader runs (a class: ``contextmanager``'s generator
+    costs every miss a few microseconds more)."""
+
+    __slots__ = ("_interval", "_lease", "_renew", "_renewer")
+
+    def __init__(self, renewer: LeaseRenewer, interval: float, renew: Callable[[], object]) -> None:
+        self._renewer = renewer
+        self._interval = interval
+        self._renew = renew
+        self._lease: _Lease | None = None
+
+    def __enter__(self) -> None:
+        self._lease = self._renewer._add(self._interval, self._renew)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._lease is not None:
+            self._renewer._remove(self._lease)
+
+
 class LeaseRenewer:
     """Renews registered leases every ``interval`` seconds from one shared thread."""
 
@@ -43,32 +64,29 @@ class LeaseRenewer:
         self._due: list[tuple[float, int, _Lease]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
+        self._idle_wait = 0.0  # how long the thread sleeps with nothing due
+        self._wakes_at = float("inf")  # when the sleeping thread wakes by itself
 
     @property
     def started(self) -> bool:
         return self._thread is not None
 
-    @contextmanager
-    def renewing(self, interval: float, renew: Callable[[], object]) -> Iterator[None]:
-        """Call ``renew`` every ``interval`` seconds while the body runs."""
-        lease = self._add(interval, renew)
-        try:
-            yield
-        finally:
-            self._remove(lease)
+    def renewing(self, interval: float, renew: Callable[[], object]) -> _Renewal:
+        """Call ``renew`` every ``interval`` seconds while the body (``with``) runs."""
+        return _Renewal(self, interval, renew)
 
     def _add(self, interval: float, renew: Callable[[], object]) -> _Lease:
         lease = _Lease(interval, renew)
         due = time.monotonic() + interval
         with self._condition:
-            earliest = self._due[0][0] if self._due else None
             heapq.heappush(self._due, (due, next(self._order), lease))
+            self._idle_wait = interval
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="commclient-cache-lease-renewer", daemon=True
                 )
                 self._thread.start()
-            elif earliest is None or due < earliest:
+            elif due < self._wakes_at:
                 self._condition.notify()
         return lease
 
@@ -89,7 +107,9 @@ class LeaseRenewer:
                         _, _, lease = heapq.heappop(self._due)
                         heapq.heappush(self._due, (now + lease.interval, next(self._order), lease))
                         break
-                    self._condition.wait(None if not self._due else self._due[0][0] - now)
+                    # Idle, one interval at a time (see the module's docstring).
+                    self._wakes_at = self._due[0][0] if self._due else now + self._idle_wait
+                    self._condition.wait(self._wakes_at - now)
             if not lease.active:
                 continue
             try:
@@ -105,6 +125,7 @@ class LeaseRenewer:
         self._condition = threading.Condition(threading.Lock())
         self._due = []
         self._thread = None
+        self._wakes_at = float("inf")
 
 
 #: The renewer of this process (a forked child gets its own on its first lease).

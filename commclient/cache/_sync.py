@@ -277,14 +277,15 @@ class SyncRedisCache(CoreFacade):
         self._core = CacheCore(prefix, config, name, registry)
         timeout = self._core.config.operation_timeout
         self._redis, self._owns_client = io.bounded_client(redis_client, timeout)
-        self._read_script = self._redis.register_script(_scripts.READ)
+        self._no_script_error = no_script_error()
+        self._execute_command: Callable[..., Any] = self._redis.execute_command
+        self._read_reply = self._script(_scripts.READ)
         self._commands = flows.commands(
             self._redis,
             self._core.layout.tag,
             mget=self._mget,
+            script=self._script,
         )
-        self._no_script_error = no_script_error()
-        self._execute_command: Callable[..., Any] = self._redis.execute_command
         self._closed = False
         self._build_local_state()
         reset_after_fork(self)
@@ -486,11 +487,19 @@ class SyncRedisCache(CoreFacade):
         self._ensure_listener()
         job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
         flight_key = (key, model)
+        if not (stale_s or early_s) and core.lease_first():
+            # Mostly misses of late: read with the lease (a miss in two round trips),
+            # unless a load of this key is in flight here (then read, and join on a miss).
+            fill = partial(self._run, flows.fill(core, job, first_read=True), loader)
+            shared = self._flights.lead(flight_key, job.epoch, fill)
+            if shared is not None:
+                return self._private(shared, model)
         read = self._read(plan, with_ttl=stale_s > 0 or early_s > 0)
         if read is None:
             core.unavailable(plan)
             return self._join(flight_key, job.epoch, flows.load(core, job), loader)
         value = self._decode(plan, read, model, job.epoch)
+        core.read_through(value is MISSING)
         if value is MISMATCH:
             return self._join(flight_key, job.epoch, flows.load(core, job), loader)
         if value is MISSING:
@@ -514,8 +523,16 @@ class SyncRedisCache(CoreFacade):
     ) -> Any:
         """Wait for the load of ``flight_key`` in flight, or run ``flow`` with ``loader``;
         each caller gets a copy of its own of what the load returned."""
-        value = self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
-        return caller_copy(value, flight_key[1])
+        shared = self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
+        return self._private(shared, flight_key[1])
+
+    @staticmethod
+    def _private(shared: tuple[Any, bool], model: Any) -> Any:
+        """A caller's own copy of a shared load's value. Without a model, the caller that
+        ran the load keeps its value: it is a fresh decode that nobody else holds (see
+        :meth:`CacheCore.as_read`); a model instance may be the loader's own object."""
+        value, led = shared
+        return value if led and model is None else caller_copy(value, model)
 
     def cached(
         self,
@@ -749,18 +766,18 @@ class SyncRedisCache(CoreFacade):
     def _mget(self, *keys: str) -> Any:
         return self._execute_command("MGET", *keys)
 
-    def _read_reply(self, keys: list[str], args: list[str]) -> Any:
-        """Run the read script by its SHA, without redis-py's ``Script`` wrapper.
+    def _script(self, text: str) -> Callable[..., Any]:
+        """What runs the script ``text`` (with ``keys=`` and ``args=``) by its SHA."""
+        return partial(self._evalsha, self._redis.register_script(text))
 
-        This is every read with a local tier; the wrapper's per-call work is a visible
-        share of it.
-        """
+    def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` by its SHA, without redis-py's ``Script`` wrapper: every read
+        with a local tier and every step of a miss runs a script, and the wrapper's
+        per-call work is a visible share of them."""
         try:
-            return self._execute_command(
-                "EVALSHA", self._read_script.sha, len(keys), *keys, *args
-            )
+            return self._execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         except self._no_script_error:
-            return self._read_script(keys=keys, args=args)  # loads the script, then runs it
+            return script(keys=keys, args=args)  # loads the script, then runs it
 
     def _decode(self, plan: KeyPlan, read: Read, model: Any, epoch: int) -> Any:
         try:
