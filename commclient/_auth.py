@@ -42,6 +42,8 @@ class BearerAuth(NamedTuple):
 #: content) and returns the headers to add to it, e.g. ``{"Authorization": ...}``.
 Signer = Callable[["Request"], Mapping[str, str]]
 Auth = BasicAuth | BearerAuth | tuple[str, str] | Signer
+"""What ``auth=`` takes: ``BasicAuth``, ``BearerAuth``, a ``(user, password)`` pair, or a
+callable that signs every attempt (:data:`Signer`)."""
 
 
 def auth_header(auth: Auth) -> tuple[str, str] | None:
