@@ -67,11 +67,20 @@ def enter(correlation_id: str, trace: TraceParent | None) -> None:
 
 
 def _attach_otel(trace: TraceParent | None) -> object | None:
-    """With OpenTelemetry on, make the inbound trace the current one; the detach token."""
+    """With OpenTelemetry on, make the inbound trace the current one; the detach token.
+
+    A server span of that trace already current (FastAPI's own telemetry, OpenTelemetry's
+    ASGI/FastAPI/Flask instrumentations wrap the app outside this middleware) stays current:
+    the request's calls are its children, not siblings beside it under the caller's span.
+    """
     if trace is None or active_tracer() is None:
         return None
     from opentelemetry import context
+    from opentelemetry import trace as otel_trace
 
+    current = otel_trace.get_current_span().get_span_context()
+    if current.is_valid and f"{current.trace_id:032x}" == trace.trace_id:
+        return None
     carrier = {TRACEPARENT_HEADER: format_traceparent(trace.trace_id, trace.flags, trace.parent_id)}
     if trace.tracestate:
         carrier[TRACESTATE_HEADER] = trace.tracestate
