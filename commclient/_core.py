@@ -666,7 +666,7 @@ class Call:
                 # a retry sends; another origin is never signed for.
                 sent = sign(self.signer, request)
             sent = self._traced(sent, number, trace)
-            outcome = yield Attempt(
+            attempt = Attempt(
                 sent,
                 number,
                 connect_timeout,
@@ -674,6 +674,15 @@ class Call:
                 remaining,
                 config.max_response_bytes,
             )
+            if trace is None:
+                outcome = yield attempt
+            else:
+                # The attempt's span is current while the facade sends it (module _tracing).
+                token = trace.sending()
+                try:
+                    outcome = yield attempt
+                finally:
+                    trace.sent(token)
             if outcome is None:
                 raise RuntimeError("a facade resumed an attempt without an outcome")
             if trace is not None:

@@ -40,6 +40,13 @@ def active_tracer() -> Any | None:
     return tracer
 
 
+def _suppress_http_key() -> Any:
+    """The context key OpenTelemetry's HTTP instrumentations check before making a span."""
+    from opentelemetry import context
+
+    return getattr(context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", None)
+
+
 def inject(headers: dict[str, str], span: Any) -> None:
     """Write the W3C trace context naming ``span`` into ``headers``."""
     from opentelemetry import propagate, trace
@@ -77,6 +84,27 @@ class CallTrace:
             attributes=attributes,
         )
         inject(headers, self._attempt)
+
+    def sending(self) -> object:
+        """Make the attempt's span current while it is sent; the token for :meth:`sent`.
+
+        OpenTelemetry's HTTP instrumentations (httpx, requests, urllib3) are suppressed
+        meanwhile, as they allow: the attempt is the request's CLIENT span, and the
+        ``traceparent`` it sent is not replaced by theirs (which would name a span outside
+        the call, in a trace of its own when no span was current).
+        """
+        from opentelemetry import context
+
+        current = self._trace.set_span_in_context(self._attempt)
+        suppress = _suppress_http_key()
+        if suppress is not None:
+            current = context.set_value(suppress, True, current)
+        return context.attach(current)
+
+    def sent(self, token: object) -> None:
+        from opentelemetry import context
+
+        context.detach(token)  # type: ignore[arg-type]
 
     def attempt_done(self, status: int | None, error_type: str | None) -> None:
         span, self._attempt = self._attempt, None

@@ -7,8 +7,10 @@ that the chain stays one trace, with one span per request, when they are on.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from fastapi import FastAPI, Request
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -37,6 +39,41 @@ def echo_app(downstream: str | None, seen: list[str]) -> FastAPI:
 
     app.add_middleware(CorrelationIdMiddleware)
     return app
+
+
+@pytest.fixture
+def httpx_instrumented() -> Iterator[None]:
+    module = pytest.importorskip("opentelemetry.instrumentation.httpx")
+    instrumentor = module.HTTPXClientInstrumentor()
+    instrumentor.instrument()
+    yield
+    instrumentor.uninstrument()
+
+
+def test_with_the_httpx_instrumentation_the_attempt_is_the_one_client_span_sent(
+    spans: InMemorySpanExporter, httpx_instrumented: None
+) -> None:
+    testing.reset()
+    seen: list[str] = []
+    with serve(echo_app(None, seen)) as url:
+
+        async def main() -> Any:
+            async with AsyncServiceClient(
+                url, service_name="edge", target_service="c", config=FAST
+            ) as client:
+                return await client.get("/work")
+
+        assert asyncio.run(main()) == {"done": True}
+    finished = spans.get_finished_spans()
+    client_spans = [s for s in finished if s.kind is trace.SpanKind.CLIENT]
+    # One CLIENT span for the one request: the attempt's, whose id the server received.
+    assert [s.instrumentation_scope.name for s in client_spans] == ["commclient"]
+    (attempt,) = client_spans
+    (received,) = seen
+    assert received.split("-")[1:3] == [
+        f"{attempt.context.trace_id:032x}",
+        f"{attempt.context.span_id:016x}",
+    ]
 
 
 def test_calls_are_children_of_fastapis_server_span(spans: InMemorySpanExporter) -> None:
@@ -68,3 +105,40 @@ def test_calls_are_children_of_fastapis_server_span(spans: InMemorySpanExporter)
     # B's call is within B's server span (under FastAPI's endpoint span), never beside it.
     assert server.context.span_id in ancestors(b_call, finished)
     assert len({s.context.trace_id for s in finished}) == 1
+
+
+def test_a_call_cancelled_mid_attempt_ends_its_spans_and_restores_the_callers_span(
+    spans: InMemorySpanExporter, httpx_instrumented: None
+) -> None:
+    testing.reset()
+    tracer = trace.get_tracer("test")
+
+    async def main() -> bool:
+        arrived, release = asyncio.Event(), asyncio.Event()
+
+        async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            arrived.set()
+            await release.wait()
+            writer.close()
+
+        server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            with tracer.start_as_current_span("handler") as handler:
+                async with AsyncServiceClient(
+                    f"http://127.0.0.1:{port}", service_name="a", target_service="b", config=FAST
+                ) as client:
+                    call = asyncio.ensure_future(client.get("/slow"))
+                    await arrived.wait()
+                    call.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await call
+                    release.set()
+                    return trace.get_current_span() is handler
+
+    assert asyncio.run(main())
+    finished = spans.get_finished_spans()
+    ours = [s for s in finished if s.name == "GET /slow"]
+    assert sorted(s.kind.name for s in ours) == ["CLIENT", "INTERNAL"]
+    assert {s.attributes["error.type"] for s in ours} == {"cancelled"}  # type: ignore[index]
