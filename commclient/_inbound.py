@@ -190,8 +190,14 @@ class CorrelationIdMiddleware:
 
 
 def _asgi_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The first value of each header, names lower-cased (ASGI sends them lower-cased)."""
+    """Each header's value, names lower-cased; a repeated header's values joined by commas.
+
+    As a WSGI server joins them (RFC 9110 5.3): repeated ``tracestate`` headers are one
+    list, and two ``traceparent`` headers make a value that is no valid ``traceparent``
+    (W3C: neither is the caller's, a new trace starts).
+    """
     headers: dict[str, str] = {}
     for name, value in raw:
-        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers[key] = f"{headers[key]},{text}" if key in headers else text
     return headers

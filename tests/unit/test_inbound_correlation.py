@@ -130,6 +130,33 @@ def test_asgi_replaces_a_hostile_id_and_never_propagates_it(
     assert all(hostile not in r.getMessage() for r in caplog.records if hostile)
 
 
+def test_asgi_reads_repeated_trace_headers_as_w3c_says() -> None:
+    # Two traceparent headers: neither is the caller's (W3C's test suite expects a new
+    # trace); several tracestate headers are one list, combined in order (RFC 9110 5.3),
+    # as a WSGI server combines them into one environ value.
+    other = f"00-{'1' * 32}-00f067aa0ba902b7-01"
+    seen = asyncio.run(
+        asgi_request(
+            [
+                (b"traceparent", TRACEPARENT.encode()),
+                (b"traceparent", other.encode()),
+                (b"tracestate", b"a=1"),
+            ]
+        )
+    )
+    assert seen["outgoing"]["traceparent"].split("-")[1] not in (TRACE_ID, "1" * 32)
+    seen = asyncio.run(
+        asgi_request(
+            [
+                (b"traceparent", TRACEPARENT.encode()),
+                (b"tracestate", b"a=1"),
+                (b"tracestate", b"b=2"),
+            ]
+        )
+    )
+    assert seen["outgoing"]["tracestate"] == "a=1,b=2"
+
+
 def test_asgi_echo_can_be_turned_off_and_lifespan_passes_through() -> None:
     seen = asyncio.run(asgi_request([(b"x-correlation-id", b"req-8")], echo=False))
     assert b"x-correlation-id" not in seen["response_headers"]
