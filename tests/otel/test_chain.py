@@ -264,3 +264,42 @@ def test_the_duration_histogram_carries_the_calls_trace_id_as_exemplar(
     ]
     exposition = generate_latest(registry).decode()
     assert f'# {{trace_id="{call.context.trace_id:032x}"}}' in exposition
+
+
+def test_each_redirect_hop_is_a_client_span_naming_where_it_went(
+    spans: InMemorySpanExporter,
+) -> None:
+    from fastapi.responses import RedirectResponse
+
+    testing.reset()
+    app = FastAPI()
+
+    @app.get("/old")
+    async def old() -> Any:
+        return RedirectResponse("/new?token=s3cret&page=2", status_code=307)
+
+    @app.get("/new")
+    async def new() -> Any:
+        return {"moved": True}
+
+    config = ClientConfig(follow_redirects=True, timeout=5)
+    with serve(app) as url:
+
+        async def main() -> Any:
+            async with AsyncServiceClient(
+                url, service_name="edge", target_service="mover", config=config
+            ) as client:
+                return await client.get("/old")
+
+        assert asyncio.run(main()) == {"moved": True}
+    hops = [
+        s
+        for s in by_name(spans.get_finished_spans(), "GET /old")
+        if s.kind is trace.SpanKind.CLIENT
+    ]
+    assert [s.attributes["http.response.status_code"] for s in hops] == [307, 200]  # type: ignore[index]
+    assert [s.attributes["url.full"] for s in hops] == [  # type: ignore[index]
+        f"{url}/old",
+        f"{url}/new?token=[REDACTED]&page=2",
+    ]
+    assert [s.attributes.get("http.request.resend_count") for s in hops] == [None, 1]  # type: ignore[union-attr]
