@@ -149,22 +149,30 @@ def rejected_call(
 
 
 class RunSpan:
-    """The span of one cron run, current while the run works (its calls are its children)."""
+    """The span of one cron run, current while the run works (its calls are its children).
 
-    __slots__ = ("_scope", "span")
+    ``cron.outcome`` is the outcome ``cron_job_runs_total`` counts the run under (``error``
+    for a failure before the run started; the exception itself is the span's event).
+    """
+
+    __slots__ = ("_outcome", "_scope", "span")
 
     def __init__(self, tracer: Any, name: str, attributes: Mapping[str, Any]) -> None:
         from opentelemetry import trace
 
         self.span = tracer.start_span(name, kind=trace.SpanKind.INTERNAL, attributes=attributes)
         self._scope = trace.use_span(self.span, end_on_exit=True, record_exception=True)
+        self._outcome: str | None = None
+
+    def outcome(self, outcome: str) -> None:
+        self._outcome = outcome
+        self.span.set_attribute("cron.outcome", outcome)
 
     def __enter__(self) -> RunSpan:
         self._scope.__enter__()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        error = exc_info[1]
-        if error is not None:
-            self.span.set_attribute("cron.outcome", type(error).__name__)
+        if exc_info[1] is not None and self._outcome is None:
+            self.outcome("error")
         self._scope.__exit__(*exc_info)
