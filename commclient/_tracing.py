@@ -125,9 +125,12 @@ class CallTrace:
         self.span.end()
 
     def trace_id(self) -> str | None:
-        """The call's trace id (32 hex digits), for an exemplar."""
+        """The call's trace id (32 hex digits), for an exemplar; None when the trace is not
+        sampled (the exemplar would point at a trace no backend has)."""
         context = self.span.get_span_context()
-        return f"{context.trace_id:032x}" if context.is_valid else None
+        if not (context.is_valid and context.trace_flags.sampled):
+            return None
+        return f"{context.trace_id:032x}"
 
 
 def _conclude(trace: Any, span: Any, status: int | None, error_type: str | None) -> None:

@@ -303,3 +303,28 @@ def test_each_redirect_hop_is_a_client_span_naming_where_it_went(
         f"{url}/new?token=[REDACTED]&page=2",
     ]
     assert [s.attributes.get("http.request.resend_count") for s in hops] == [None, 1]  # type: ignore[union-attr]
+
+
+def test_an_unsampled_call_leaves_no_exemplar_pointing_at_a_trace_never_recorded(
+    spans: InMemorySpanExporter,
+) -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    testing.reset()
+    registry = CollectorRegistry()
+    unsampled = f"00-{'a' * 32}-{'b' * 16}-00"  # the caller decided not to record this trace
+    with serve(chain_app("service_c", None, failures=[])) as c_url:
+
+        async def main() -> None:
+            async with AsyncServiceClient(
+                c_url, service_name="edge", target_service="c", config=FAST, registry=registry
+            ) as client:
+                with continue_from_stream_entry({"traceparent": unsampled}):
+                    await client.get("/work")
+
+        asyncio.run(main())
+    assert by_name(spans.get_finished_spans(), "GET /work") == []
+    exposition = generate_latest(registry).decode()
+    assert "http_client_request_duration_seconds_count{" in exposition
+    assert "trace_id" not in exposition
