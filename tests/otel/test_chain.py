@@ -328,3 +328,24 @@ def test_an_unsampled_call_leaves_no_exemplar_pointing_at_a_trace_never_recorded
     exposition = generate_latest(registry).decode()
     assert "http_client_request_duration_seconds_count{" in exposition
     assert "trace_id" not in exposition
+
+
+def test_url_full_carries_no_secret_of_the_query(spans: InMemorySpanExporter) -> None:
+    testing.reset()
+    with serve(chain_app("service_c", None, failures=[])) as c_url:
+
+        async def main() -> None:
+            async with AsyncServiceClient(
+                c_url, service_name="edge", target_service="c", config=FAST
+            ) as client:
+                await client.get("/work", params={"sig": "sas-signature", "access_token": "t0k"})
+
+        asyncio.run(main())
+    (attempt,) = [
+        s
+        for s in by_name(spans.get_finished_spans(), "GET /work")
+        if s.kind is trace.SpanKind.CLIENT
+    ]
+    assert attempt.attributes["url.full"] == (  # type: ignore[index]
+        f"{c_url}/work?sig=[REDACTED]&access_token=[REDACTED]"
+    )
