@@ -246,3 +246,20 @@ def test_a_stream_entry_carries_the_chain_to_its_consumer() -> None:
 def test_a_stream_entry_without_fields_starts_a_new_chain() -> None:
     with continue_from_stream_entry({"type": "reminder"}) as correlation_id:
         assert len(correlation_id) == 32
+
+
+def test_the_example_trigger_carries_the_run_chain_to_the_assistant() -> None:
+    from examples.secretary_queue import InProcessQueue
+
+    queue = InProcessQueue()
+    token = correlation_id_ctx.set("run-11")
+    try:
+        queue.append_reminder({"id": 3, "user_id": 7, "text": "call"})
+    finally:
+        correlation_id_ctx.reset(token)
+    (trigger,) = queue.triggers()
+    assert trigger["reminder_id"] == "3"
+    with continue_from_stream_entry(trigger) as correlation_id:
+        assert correlation_id == "run-11"
+        onward = outgoing_trace_headers(correlation_id)
+    assert onward["traceparent"].split("-")[1] == trace_id_for("run-11")
