@@ -28,12 +28,11 @@ from ._tracecontext import (
     TRACEPARENT_HEADER,
     TRACESTATE_HEADER,
     TraceParent,
-    format_traceparent,
     inbound_trace_ctx,
     outgoing_trace_headers,
     parse_traceparent,
 )
-from ._tracing import active_tracer, extracted_context
+from ._tracing import active_tracer, inbound_context
 
 logger = logging.getLogger("commclient")
 
@@ -60,18 +59,18 @@ def chosen_context(
 
 
 def enter(correlation_id: str, trace: TraceParent | None) -> None:
-    """Set the chain in the current context (for a context that is thrown away afterwards)."""
+    """Set the chain in the current context (for a context that is thrown away afterwards).
+
+    OpenTelemetry's current span is left alone: see :func:`continued`.
+    """
     correlation_id_ctx.set(correlation_id)
     inbound_trace_ctx.set(trace)
-    _attach_otel(trace)
 
 
 def _attach_otel(trace: TraceParent | None) -> object | None:
     """With OpenTelemetry on, make the inbound trace the current one; the detach token.
 
-    A server span of that trace already current (FastAPI's own telemetry, OpenTelemetry's
-    ASGI/FastAPI/Flask instrumentations wrap the app outside this middleware) stays current:
-    the request's calls are its children, not siblings beside it under the caller's span.
+    A span of that trace already current stays current.
     """
     if trace is None or active_tracer() is None:
         return None
@@ -81,10 +80,7 @@ def _attach_otel(trace: TraceParent | None) -> object | None:
     current = otel_trace.get_current_span().get_span_context()
     if current.is_valid and f"{current.trace_id:032x}" == trace.trace_id:
         return None
-    carrier = {TRACEPARENT_HEADER: format_traceparent(trace.trace_id, trace.flags, trace.parent_id)}
-    if trace.tracestate:
-        carrier[TRACESTATE_HEADER] = trace.tracestate
-    return context.attach(extracted_context(carrier))
+    return context.attach(inbound_context(trace))
 
 
 @contextlib.contextmanager
@@ -92,12 +88,21 @@ def continued(
     correlation_id: str | None,
     traceparent: str | None = None,
     tracestate: str | None = None,
+    *,
+    current_span: bool = True,
 ) -> Iterator[str]:
-    """Set the correlation id and trace context of inbound work for the block; yield the id."""
+    """Set the correlation id and trace context of inbound work for the block; yield the id.
+
+    ``current_span``: with OpenTelemetry on, make the inbound trace OpenTelemetry's current
+    context too (a stream consumer's own spans continue it). The middlewares leave it out:
+    an instrumentation inside them (Flask's, OpenTelemetry's WSGI or ASGI middleware) makes
+    its SERVER span only when no span is current; the library's own spans start from the
+    inbound trace when no span is current (``_tracing.parent_context``).
+    """
     chosen, trace = chosen_context(correlation_id, traceparent, tracestate)
     id_token = correlation_id_ctx.set(chosen)
     trace_token = inbound_trace_ctx.set(trace)
-    otel_token = _attach_otel(trace)
+    otel_token = _attach_otel(trace) if current_span else None
     try:
         yield chosen
     finally:
@@ -174,6 +179,7 @@ class CorrelationIdMiddleware:
             headers.get(CORRELATION_HEADER.lower()),
             headers.get(TRACEPARENT_HEADER),
             headers.get(TRACESTATE_HEADER),
+            current_span=False,
         ) as correlation_id:
             if not self.echo or scope["type"] != "http":
                 await self.app(scope, receive, send)

@@ -17,6 +17,13 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from ._tracecontext import (
+    TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
+    TraceParent,
+    format_traceparent,
+    inbound_trace_ctx,
+)
 from ._version import __version__
 
 _cached: tuple[Any, Any] = (None, None)  # (provider, tracer)
@@ -61,6 +68,25 @@ def extracted_context(headers: Mapping[str, str]) -> Any:
     return propagate.extract(headers)
 
 
+def inbound_context(trace: TraceParent) -> Any:
+    """The OpenTelemetry context of an inbound trace (its caller's span as a remote parent)."""
+    carrier = {TRACEPARENT_HEADER: format_traceparent(trace.trace_id, trace.flags, trace.parent_id)}
+    if trace.tracestate:
+        carrier[TRACESTATE_HEADER] = trace.tracestate
+    return extracted_context(carrier)
+
+
+def parent_context() -> Any:
+    """Where a span of the library starts: the current span, or, when none is current, the
+    trace the request being handled came with (``None``: the current context)."""
+    from opentelemetry import trace
+
+    inbound = inbound_trace_ctx.get()
+    if inbound is None or trace.get_current_span().get_span_context().is_valid:
+        return None
+    return inbound_context(inbound)
+
+
 class CallTrace:
     """The spans of one client call: the call, its attempts, its waits."""
 
@@ -72,7 +98,9 @@ class CallTrace:
         self._trace = trace
         self._tracer = tracer
         self._attempt: Any = None
-        self.span = tracer.start_span(name, kind=trace.SpanKind.INTERNAL, attributes=attributes)
+        self.span = tracer.start_span(
+            name, context=parent_context(), kind=trace.SpanKind.INTERNAL, attributes=attributes
+        )
 
     def attempt(self, name: str, attributes: Mapping[str, Any], headers: dict[str, str]) -> None:
         """Start an attempt's span and put its trace context into ``headers``."""
@@ -163,7 +191,9 @@ class RunSpan:
     def __init__(self, tracer: Any, name: str, attributes: Mapping[str, Any]) -> None:
         from opentelemetry import trace
 
-        self.span = tracer.start_span(name, kind=trace.SpanKind.INTERNAL, attributes=attributes)
+        self.span = tracer.start_span(
+            name, context=parent_context(), kind=trace.SpanKind.INTERNAL, attributes=attributes
+        )
         self._scope = trace.use_span(self.span, end_on_exit=True, record_exception=True)
         self._outcome: str | None = None
 

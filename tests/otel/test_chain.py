@@ -349,3 +349,45 @@ def test_url_full_carries_no_secret_of_the_query(spans: InMemorySpanExporter) ->
     assert attempt.attributes["url.full"] == (  # type: ignore[index]
         f"{c_url}/work?sig=[REDACTED]&access_token=[REDACTED]"
     )
+
+
+def test_without_a_server_span_a_call_continues_the_inbound_trace(
+    spans: InMemorySpanExporter,
+) -> None:
+    from commclient.asgi import CorrelationIdMiddleware as AsgiMiddleware
+
+    testing.reset()
+    with serve(chain_app("service_c", None, failures=[])) as c_url:
+
+        async def handler(scope: Any, receive: Any, send: Any) -> None:  # a bare ASGI app
+            async with AsyncServiceClient(
+                c_url, service_name="bare", target_service="c", config=FAST
+            ) as client:
+                await client.get("/work")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        async def main() -> None:
+            scope = {
+                "type": "http",
+                "method": "GET",
+                "path": "/",
+                "headers": [(b"traceparent", f"00-{'6' * 32}-{'7' * 16}-01".encode())],
+            }
+
+            async def receive() -> Any:
+                return {"type": "http.request", "body": b""}
+
+            async def send(message: Any) -> None:
+                pass
+
+            await AsgiMiddleware(handler)(scope, receive, send)
+
+        asyncio.run(main())
+    (call,) = [
+        s
+        for s in by_name(spans.get_finished_spans(), "GET /work")
+        if s.kind is trace.SpanKind.INTERNAL
+    ]
+    assert call.parent is not None
+    assert (call.context.trace_id, call.parent.span_id) == (int("6" * 32, 16), int("7" * 16, 16))

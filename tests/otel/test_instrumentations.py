@@ -142,3 +142,51 @@ def test_a_call_cancelled_mid_attempt_ends_its_spans_and_restores_the_callers_sp
     ours = [s for s in finished if s.name == "GET /slow"]
     assert sorted(s.kind.name for s in ours) == ["CLIENT", "INTERNAL"]
     assert {s.attributes["error.type"] for s in ours} == {"cancelled"}  # type: ignore[index]
+
+
+def test_an_instrumented_app_inside_the_middleware_keeps_its_server_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    # Flask's and the WSGI/ASGI instrumentations make a SERVER span only when no span is
+    # current (else an INTERNAL one): with OpenTelemetry's auto-instrumentation, Flask's
+    # app.wsgi_app is instrumented when the app is made, inside the middleware wrapped
+    # around it afterwards (the README's recipe).
+    wsgi = pytest.importorskip("opentelemetry.instrumentation.wsgi")
+    from commclient import SyncServiceClient
+    from commclient.wsgi import CorrelationIdMiddleware as WsgiMiddleware
+
+    testing.reset()
+    seen: list[str] = []
+    with serve(echo_app(None, seen)) as url:
+        client = SyncServiceClient(url, service_name="flask", target_service="c", config=FAST)
+
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            client.get("/work")
+            start_response("200 OK", [])
+            return [b"ok"]
+
+        wrapped = WsgiMiddleware(wsgi.OpenTelemetryMiddleware(app))
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/page",
+            "SERVER_NAME": "flask.test",
+            "SERVER_PORT": "80",
+            "HTTP_HOST": "flask.test",
+            "wsgi.url_scheme": "http",
+            "HTTP_TRACEPARENT": f"00-{'4' * 32}-{'5' * 16}-01",
+        }
+        body = wrapped(environ, lambda *_: None)
+        assert list(body) == [b"ok"]
+        getattr(body, "close", lambda: None)()
+        client.close()
+    finished = spans.get_finished_spans()
+    (server,) = [s for s in finished if s.name == "GET /page"]
+    assert server.kind is trace.SpanKind.SERVER
+    assert server.parent is not None
+    assert (server.context.trace_id, server.parent.span_id) == (
+        int("4" * 32, 16),
+        int("5" * 16, 16),
+    )
+    (call,) = [s for s in finished if s.name == "GET /work" and s.kind is trace.SpanKind.INTERNAL]
+    assert call.parent is not None
+    assert call.parent.span_id == server.context.span_id
