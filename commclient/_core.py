@@ -665,8 +665,8 @@ class Call:
                 # Signed afresh for every attempt and hop: a refreshed token is the one
                 # a retry sends; another origin is never signed for.
                 sent = sign(self.signer, request)
-            sent = self._traced(sent, number, trace)
-            outcome = yield Attempt(
+            sent = self._traced(sent, number, hops, trace)
+            attempt = Attempt(
                 sent,
                 number,
                 connect_timeout,
@@ -674,6 +674,15 @@ class Call:
                 remaining,
                 config.max_response_bytes,
             )
+            if trace is None:
+                outcome = yield attempt
+            else:
+                # The attempt's span is current while the facade sends it (module _tracing).
+                token = trace.sending()
+                try:
+                    outcome = yield attempt
+                finally:
+                    trace.sent(token)
             if outcome is None:
                 raise RuntimeError("a facade resumed an attempt without an outcome")
             if remaining is not None and isinstance(outcome, TransportFailure):
@@ -700,18 +709,24 @@ class Call:
             request, previous = following, outcome
             hops += 1
 
-    def _traced(self, request: Request, number: int, trace: CallTrace | None) -> Request:
+    def _traced(self, request: Request, number: int, hops: int, trace: CallTrace | None) -> Request:
         """``request`` with the W3C trace context of this attempt (module ``_tracing``).
 
-        With OpenTelemetry on, it names the attempt's span; otherwise it continues the
-        inbound trace, or the trace the correlation id stands for, with a new span id.
+        With OpenTelemetry on, it names the attempt's span (one per redirect hop: the URL
+        it went to, redacted as in the logs); otherwise it continues the inbound trace, or
+        the trace the correlation id stands for, with a new span id.
         """
         headers = dict(request.headers)
         if trace is not None:
             attributes = self._span_attributes()
-            attributes["url.full"] = self.safe_url
-            if number > 1:
-                attributes["http.request.resend_count"] = number - 1
+            if hops:
+                attributes["url.full"] = redact_text(request.url)
+                attributes["server.address"] = urlsplit(request.url).hostname or ""
+            else:
+                attributes["url.full"] = self.safe_url
+            if number + hops > 1:
+                # Semantic conventions: resends for any reason, redirects included.
+                attributes["http.request.resend_count"] = number - 1 + hops
             trace.attempt(self._span_name(), attributes, headers)
         else:
             trace_headers = outgoing_trace_headers(self.correlation_id)

@@ -75,9 +75,13 @@ def log_correlation_ids(*handlers: logging.Handler) -> None:
             handler.addFilter(CorrelationIdFilter())
 
 
-_SENSITIVE_NAME = re.compile(r"token|secret|passw|key|auth|signature|credential|session", re.I)
+# ``sig`` alone: an Azure SAS or a signed URL's signature (OpenTelemetry's url.full list).
+_SENSITIVE_NAME = re.compile(
+    r"token|secret|passw|key|auth|signature|credential|session|^sig$", re.I
+)
 _SENSITIVE_PAIR = re.compile(
-    r"(?P<name>[\w.\-]*(?:token|secret|passw|key|auth|signature|credential|session)[\w.\-]*)"
+    r"(?P<name>[\w.\-]*(?:token|secret|passw|key|auth|signature|credential|session)[\w.\-]*"
+    r"|(?<![\w.\-])sig)"
     r"=(?P<value>[^&\s'\";,)]*)",
     re.I,
 )

@@ -28,12 +28,11 @@ from ._tracecontext import (
     TRACEPARENT_HEADER,
     TRACESTATE_HEADER,
     TraceParent,
-    format_traceparent,
     inbound_trace_ctx,
     outgoing_trace_headers,
     parse_traceparent,
 )
-from ._tracing import active_tracer, extracted_context
+from ._tracing import active_tracer, inbound_context
 
 logger = logging.getLogger("commclient")
 
@@ -60,22 +59,28 @@ def chosen_context(
 
 
 def enter(correlation_id: str, trace: TraceParent | None) -> None:
-    """Set the chain in the current context (for a context that is thrown away afterwards)."""
+    """Set the chain in the current context (for a context that is thrown away afterwards).
+
+    OpenTelemetry's current span is left alone: see :func:`continued`.
+    """
     correlation_id_ctx.set(correlation_id)
     inbound_trace_ctx.set(trace)
-    _attach_otel(trace)
 
 
 def _attach_otel(trace: TraceParent | None) -> object | None:
-    """With OpenTelemetry on, make the inbound trace the current one; the detach token."""
+    """With OpenTelemetry on, make the inbound trace the current one; the detach token.
+
+    A span of that trace already current stays current.
+    """
     if trace is None or active_tracer() is None:
         return None
     from opentelemetry import context
+    from opentelemetry import trace as otel_trace
 
-    carrier = {TRACEPARENT_HEADER: format_traceparent(trace.trace_id, trace.flags, trace.parent_id)}
-    if trace.tracestate:
-        carrier[TRACESTATE_HEADER] = trace.tracestate
-    return context.attach(extracted_context(carrier))
+    current = otel_trace.get_current_span().get_span_context()
+    if current.is_valid and f"{current.trace_id:032x}" == trace.trace_id:
+        return None
+    return context.attach(inbound_context(trace))
 
 
 @contextlib.contextmanager
@@ -83,12 +88,21 @@ def continued(
     correlation_id: str | None,
     traceparent: str | None = None,
     tracestate: str | None = None,
+    *,
+    current_span: bool = True,
 ) -> Iterator[str]:
-    """Set the correlation id and trace context of inbound work for the block; yield the id."""
+    """Set the correlation id and trace context of inbound work for the block; yield the id.
+
+    ``current_span``: with OpenTelemetry on, make the inbound trace OpenTelemetry's current
+    context too (a stream consumer's own spans continue it). The middlewares leave it out:
+    an instrumentation inside them (Flask's, OpenTelemetry's WSGI or ASGI middleware) makes
+    its SERVER span only when no span is current; the library's own spans start from the
+    inbound trace when no span is current (``_tracing.parent_context``).
+    """
     chosen, trace = chosen_context(correlation_id, traceparent, tracestate)
     id_token = correlation_id_ctx.set(chosen)
     trace_token = inbound_trace_ctx.set(trace)
-    otel_token = _attach_otel(trace)
+    otel_token = _attach_otel(trace) if current_span else None
     try:
         yield chosen
     finally:
@@ -165,6 +179,7 @@ class CorrelationIdMiddleware:
             headers.get(CORRELATION_HEADER.lower()),
             headers.get(TRACEPARENT_HEADER),
             headers.get(TRACESTATE_HEADER),
+            current_span=False,
         ) as correlation_id:
             if not self.echo or scope["type"] != "http":
                 await self.app(scope, receive, send)
@@ -181,8 +196,14 @@ class CorrelationIdMiddleware:
 
 
 def _asgi_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The first value of each header, names lower-cased (ASGI sends them lower-cased)."""
+    """Each header's value, names lower-cased; a repeated header's values joined by commas.
+
+    As a WSGI server joins them (RFC 9110 5.3): repeated ``tracestate`` headers are one
+    list, and two ``traceparent`` headers make a value that is no valid ``traceparent``
+    (W3C: neither is the caller's, a new trace starts).
+    """
     headers: dict[str, str] = {}
     for name, value in raw:
-        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers[key] = f"{headers[key]},{text}" if key in headers else text
     return headers

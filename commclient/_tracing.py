@@ -17,6 +17,13 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from ._tracecontext import (
+    TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
+    TraceParent,
+    format_traceparent,
+    inbound_trace_ctx,
+)
 from ._version import __version__
 
 _cached: tuple[Any, Any] = (None, None)  # (provider, tracer)
@@ -40,6 +47,13 @@ def active_tracer() -> Any | None:
     return tracer
 
 
+def _suppress_http_key() -> Any:
+    """The context key OpenTelemetry's HTTP instrumentations check before making a span."""
+    from opentelemetry import context
+
+    return getattr(context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", None)
+
+
 def inject(headers: dict[str, str], span: Any) -> None:
     """Write the W3C trace context naming ``span`` into ``headers``."""
     from opentelemetry import propagate, trace
@@ -54,6 +68,25 @@ def extracted_context(headers: Mapping[str, str]) -> Any:
     return propagate.extract(headers)
 
 
+def inbound_context(trace: TraceParent) -> Any:
+    """The OpenTelemetry context of an inbound trace (its caller's span as a remote parent)."""
+    carrier = {TRACEPARENT_HEADER: format_traceparent(trace.trace_id, trace.flags, trace.parent_id)}
+    if trace.tracestate:
+        carrier[TRACESTATE_HEADER] = trace.tracestate
+    return extracted_context(carrier)
+
+
+def parent_context() -> Any:
+    """Where a span of the library starts: the current span, or, when none is current, the
+    trace the request being handled came with (``None``: the current context)."""
+    from opentelemetry import trace
+
+    inbound = inbound_trace_ctx.get()
+    if inbound is None or trace.get_current_span().get_span_context().is_valid:
+        return None
+    return inbound_context(inbound)
+
+
 class CallTrace:
     """The spans of one client call: the call, its attempts, its waits."""
 
@@ -65,7 +98,9 @@ class CallTrace:
         self._trace = trace
         self._tracer = tracer
         self._attempt: Any = None
-        self.span = tracer.start_span(name, kind=trace.SpanKind.INTERNAL, attributes=attributes)
+        self.span = tracer.start_span(
+            name, context=parent_context(), kind=trace.SpanKind.INTERNAL, attributes=attributes
+        )
 
     def attempt(self, name: str, attributes: Mapping[str, Any], headers: dict[str, str]) -> None:
         """Start an attempt's span and put its trace context into ``headers``."""
@@ -77,6 +112,27 @@ class CallTrace:
             attributes=attributes,
         )
         inject(headers, self._attempt)
+
+    def sending(self) -> object:
+        """Make the attempt's span current while it is sent; the token for :meth:`sent`.
+
+        OpenTelemetry's HTTP instrumentations (httpx, requests, urllib3) are suppressed
+        meanwhile, as they allow: the attempt is the request's CLIENT span, and the
+        ``traceparent`` it sent is not replaced by theirs (which would name a span outside
+        the call, in a trace of its own when no span was current).
+        """
+        from opentelemetry import context
+
+        current = self._trace.set_span_in_context(self._attempt)
+        suppress = _suppress_http_key()
+        if suppress is not None:
+            current = context.set_value(suppress, True, current)
+        return context.attach(current)
+
+    def sent(self, token: object) -> None:
+        from opentelemetry import context
+
+        context.detach(token)  # type: ignore[arg-type]
 
     def attempt_done(self, status: int | None, error_type: str | None) -> None:
         span, self._attempt = self._attempt, None
@@ -97,9 +153,12 @@ class CallTrace:
         self.span.end()
 
     def trace_id(self) -> str | None:
-        """The call's trace id (32 hex digits), for an exemplar."""
+        """The call's trace id (32 hex digits), for an exemplar; None when the trace is not
+        sampled (the exemplar would point at a trace no backend has)."""
         context = self.span.get_span_context()
-        return f"{context.trace_id:032x}" if context.is_valid else None
+        if not (context.is_valid and context.trace_flags.sampled):
+            return None
+        return f"{context.trace_id:032x}"
 
 
 def _conclude(trace: Any, span: Any, status: int | None, error_type: str | None) -> None:
@@ -121,22 +180,32 @@ def rejected_call(
 
 
 class RunSpan:
-    """The span of one cron run, current while the run works (its calls are its children)."""
+    """The span of one cron run, current while the run works (its calls are its children).
 
-    __slots__ = ("_scope", "span")
+    ``cron.outcome`` is the outcome ``cron_job_runs_total`` counts the run under (``error``
+    for a failure before the run started; the exception itself is the span's event).
+    """
+
+    __slots__ = ("_outcome", "_scope", "span")
 
     def __init__(self, tracer: Any, name: str, attributes: Mapping[str, Any]) -> None:
         from opentelemetry import trace
 
-        self.span = tracer.start_span(name, kind=trace.SpanKind.INTERNAL, attributes=attributes)
+        self.span = tracer.start_span(
+            name, context=parent_context(), kind=trace.SpanKind.INTERNAL, attributes=attributes
+        )
         self._scope = trace.use_span(self.span, end_on_exit=True, record_exception=True)
+        self._outcome: str | None = None
+
+    def outcome(self, outcome: str) -> None:
+        self._outcome = outcome
+        self.span.set_attribute("cron.outcome", outcome)
 
     def __enter__(self) -> RunSpan:
         self._scope.__enter__()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        error = exc_info[1]
-        if error is not None:
-            self.span.set_attribute("cron.outcome", type(error).__name__)
+        if exc_info[1] is not None and self._outcome is None:
+            self.outcome("error")
         self._scope.__exit__(*exc_info)

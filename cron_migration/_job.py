@@ -219,17 +219,15 @@ class MigratedJob:
                         "cron_migration.MigrationExecutor (migrate_scheduler installs it); "
                         "running without it could run the same slot on every replica"
                     )
-                if not await self._take_lease(job_id, lease_id, scheduled, args, kwargs, run_id):
-                    if span is not None:
-                        span.span.set_attribute("cron.lease", "not taken")
-                    return None
+                skipped = await self._take_lease(job_id, lease_id, scheduled, args, kwargs, run_id)
                 if span is not None:
-                    span.span.set_attribute("cron.lease", "taken")
+                    span.span.set_attribute("cron.lease", "not taken" if skipped else "taken")
+                if skipped is not None:
+                    if span is not None:
+                        span.outcome(skipped)
+                    return None
             record = RunRecord(run_id, job_id, self.name, scheduled_at, correlation_id)
-            result = await self._run_recorded(record, args, kwargs)
-            if span is not None:
-                span.span.set_attribute("cron.outcome", "success")
-            return result
+            return await self._run_recorded(record, args, kwargs, span)
         except BaseException as error:
             exc_info = (type(error), error, error.__traceback__)
             raise
@@ -249,8 +247,9 @@ class MigratedJob:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         run_id: str,
-    ) -> bool:
-        """Whether this replica runs this call in this slot (counted when it does not).
+    ) -> str | None:
+        """``None`` when this replica runs this call in this slot, else the outcome it
+        counted (``skipped_elsewhere``, ``skipped_no_lease``, ``missed``).
 
         ``lease_id``: the job as every replica names it (see ``lease_id_of``).
         """
@@ -273,12 +272,12 @@ class MigratedJob:
             decision = None
         if decision is LeaseDecision.HELD_ELSEWHERE:
             self._metrics.count_run(job_id, "skipped_elsewhere")
-            return False
+            return "skipped_elsewhere"
         if decision is LeaseDecision.REDIS_UNAVAILABLE:
             if lease.on_redis_error == "skip":
                 self._metrics.count_run(job_id, "skipped_no_lease")
-                return False
-            return True
+                return "skipped_no_lease"
+            return None
         late = time.time() - until
         if late > 0:
             # Past the moment the slot could still start, the lease of a replica that ran
@@ -292,8 +291,8 @@ class MigratedJob:
                 scheduled.slot or utc_text(scheduled.scheduled_at),
                 late,
             )
-            return False
-        return True
+            return "missed"
+        return None
 
     def _call_arguments(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         """The arguments that tell calls apart: a method's own instance is not one of them."""
@@ -303,7 +302,11 @@ class MigratedJob:
         return args
 
     async def _run_recorded(
-        self, record: RunRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        record: RunRecord,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: RunSpan | None = None,
     ) -> Any:
         outbox = self._outbox
         if outbox is not None:
@@ -348,6 +351,8 @@ class MigratedJob:
                     outbox.complete(record, result)
                 return result
             finally:
+                if span is not None:
+                    span.outcome(outcome)
                 if outcome != "missed":  # counted in cron_job_missed_total instead
                     self._metrics.duration.labels(job_id).observe(time.perf_counter() - started)
                     self._metrics.count_run(job_id, outcome)

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from commclient import stream_entry_fields
 from examples.domain import reminder_trigger
 
 STREAM = "queue:to_secretary"
@@ -44,10 +45,16 @@ class AsyncTriggerQueue(Protocol):
     async def append_reminder(self, reminder: Mapping[str, Any]) -> bool: ...
 
 
+def _entry(reminder: Mapping[str, Any]) -> dict[str, str]:
+    """The trigger of ``reminder`` with the chain of the run appending it: the assistant
+    continues it with ``commclient.continue_from_stream_entry(fields)``."""
+    return {**reminder_trigger(reminder), **stream_entry_fields()}
+
+
 def _script_arguments(
     stream: str, reminder: Mapping[str, Any], marker_ttl: int
 ) -> tuple[list[str], list[str]]:
-    trigger = reminder_trigger(reminder)
+    trigger = _entry(reminder)
     keys = [f"{stream}:appended:{trigger['reminder_id']}", stream]
     arguments = [str(marker_ttl)]
     for field, value in trigger.items():
@@ -64,7 +71,7 @@ class InProcessQueue:
         self.entries: list[dict[str, str]] = []
 
     def append_reminder(self, reminder: Mapping[str, Any]) -> bool:
-        trigger = reminder_trigger(reminder)
+        trigger = _entry(reminder)
         with self._lock:
             if trigger["reminder_id"] in self._appended:
                 return False

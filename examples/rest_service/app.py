@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict
 from commclient.asgi import (
     ASGIApp,
     CacheInvalidationMiddleware,
+    CorrelationIdMiddleware,
     Message,
     Receive,
     Scope,
@@ -127,7 +128,8 @@ def create_app(
         CollectorRegistry() if registry is None else registry,
     )
     _add_routes(app)
-    # add_middleware wraps: the last one added runs first. A request meets metrics, then
+    # add_middleware wraps: the last one added runs first. A request meets the caller's
+    # correlation id and trace (continued for the whole request), metrics, then
     # the faults (an injected 503 is never stored as an idempotent answer), then
     # idempotency, then the invalidation right around the routes.
     if cache is not None:
@@ -135,6 +137,8 @@ def create_app(
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(FaultMiddleware, control=app.faults)
     app.add_middleware(MetricsMiddleware, registry=app.registry)
+    # Outermost: every log record of the request carries the caller's correlation id.
+    app.add_middleware(CorrelationIdMiddleware)
     return app
 
 

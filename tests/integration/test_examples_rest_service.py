@@ -382,3 +382,10 @@ def test_bodies_that_are_not_json_objects_are_refused(served: Served) -> None:
     assert served.http.post("/api/conversations/", json=["a"]).status_code == 422
     assert served.http.patch("/api/reminders/1", json="sent").status_code == 422
     assert served.app.service.records["batch-jobs"] == {}
+
+
+def test_the_service_continues_the_callers_correlation_id(served: Served) -> None:
+    answer = served.http.get("/api/reminders/scheduled", headers={"X-Correlation-ID": "req-77"})
+    assert answer.headers["X-Correlation-ID"] == "req-77"
+    hostile = served.http.get("/api/reminders/scheduled", headers={"X-Correlation-ID": "x" * 500})
+    assert len(hostile.headers["X-Correlation-ID"]) == 32

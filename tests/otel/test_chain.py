@@ -27,6 +27,7 @@ from commclient import (
 )
 from commclient.asgi import CorrelationIdMiddleware
 from examples.serving import serve
+from tests.otel.spantree import ancestors
 
 FAST = ClientConfig(max_retries=3, retry_min_wait=0.01, retry_max_wait=0.02, timeout=5)
 
@@ -114,9 +115,18 @@ def test_three_services_share_one_trace_and_one_correlation_id(
     its_attempts = [s for s in attempts if s.parent and s.parent.span_id == last.context.span_id]
     assert [s.attributes["http.response.status_code"] for s in its_attempts] == [503, 503, 200]  # type: ignore[index]
     assert [s.status.status_code for s in its_attempts][:2] == [trace.StatusCode.ERROR] * 2
-    # Each service's call is a child of the attempt that reached it.
+    # Each service's call descends from the attempt that reached it, through the service's
+    # own server span (FastAPI makes one once a provider is set).
     attempt_ids = {s.context.span_id for s in attempts}
-    assert sum(1 for s in internal if s.parent and s.parent.span_id in attempt_ids) == 2
+    servers = {s.context.span_id for s in finished if s.kind is trace.SpanKind.SERVER}
+    reached = 0
+    for call in internal:
+        above = ancestors(call, finished)
+        hops = [index for index, span_id in enumerate(above) if span_id in attempt_ids]
+        if hops:
+            reached += 1
+            assert any(span_id in servers for span_id in above[: hops[0]])
+    assert reached == 2
     ids = {cid for name, cid in records.seen}
     assert {name for name, _ in records.seen} == {"service_a", "service_b", "service_c"}
     assert ids == {"req-42"}
@@ -254,3 +264,130 @@ def test_the_duration_histogram_carries_the_calls_trace_id_as_exemplar(
     ]
     exposition = generate_latest(registry).decode()
     assert f'# {{trace_id="{call.context.trace_id:032x}"}}' in exposition
+
+
+def test_each_redirect_hop_is_a_client_span_naming_where_it_went(
+    spans: InMemorySpanExporter,
+) -> None:
+    from fastapi.responses import RedirectResponse
+
+    testing.reset()
+    app = FastAPI()
+
+    @app.get("/old")
+    async def old() -> Any:
+        return RedirectResponse("/new?token=s3cret&page=2", status_code=307)
+
+    @app.get("/new")
+    async def new() -> Any:
+        return {"moved": True}
+
+    config = ClientConfig(follow_redirects=True, timeout=5)
+    with serve(app) as url:
+
+        async def main() -> Any:
+            async with AsyncServiceClient(
+                url, service_name="edge", target_service="mover", config=config
+            ) as client:
+                return await client.get("/old")
+
+        assert asyncio.run(main()) == {"moved": True}
+    hops = [
+        s
+        for s in by_name(spans.get_finished_spans(), "GET /old")
+        if s.kind is trace.SpanKind.CLIENT
+    ]
+    assert [s.attributes["http.response.status_code"] for s in hops] == [307, 200]  # type: ignore[index]
+    assert [s.attributes["url.full"] for s in hops] == [  # type: ignore[index]
+        f"{url}/old",
+        f"{url}/new?token=[REDACTED]&page=2",
+    ]
+    assert [s.attributes.get("http.request.resend_count") for s in hops] == [None, 1]  # type: ignore[union-attr]
+
+
+def test_an_unsampled_call_leaves_no_exemplar_pointing_at_a_trace_never_recorded(
+    spans: InMemorySpanExporter,
+) -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    testing.reset()
+    registry = CollectorRegistry()
+    unsampled = f"00-{'a' * 32}-{'b' * 16}-00"  # the caller decided not to record this trace
+    with serve(chain_app("service_c", None, failures=[])) as c_url:
+
+        async def main() -> None:
+            async with AsyncServiceClient(
+                c_url, service_name="edge", target_service="c", config=FAST, registry=registry
+            ) as client:
+                with continue_from_stream_entry({"traceparent": unsampled}):
+                    await client.get("/work")
+
+        asyncio.run(main())
+    assert by_name(spans.get_finished_spans(), "GET /work") == []
+    exposition = generate_latest(registry).decode()
+    assert "http_client_request_duration_seconds_count{" in exposition
+    assert "trace_id" not in exposition
+
+
+def test_url_full_carries_no_secret_of_the_query(spans: InMemorySpanExporter) -> None:
+    testing.reset()
+    with serve(chain_app("service_c", None, failures=[])) as c_url:
+
+        async def main() -> None:
+            async with AsyncServiceClient(
+                c_url, service_name="edge", target_service="c", config=FAST
+            ) as client:
+                await client.get("/work", params={"sig": "sas-signature", "access_token": "t0k"})
+
+        asyncio.run(main())
+    (attempt,) = [
+        s
+        for s in by_name(spans.get_finished_spans(), "GET /work")
+        if s.kind is trace.SpanKind.CLIENT
+    ]
+    assert attempt.attributes["url.full"] == (  # type: ignore[index]
+        f"{c_url}/work?sig=[REDACTED]&access_token=[REDACTED]"
+    )
+
+
+def test_without_a_server_span_a_call_continues_the_inbound_trace(
+    spans: InMemorySpanExporter,
+) -> None:
+    from commclient.asgi import CorrelationIdMiddleware as AsgiMiddleware
+
+    testing.reset()
+    with serve(chain_app("service_c", None, failures=[])) as c_url:
+
+        async def handler(scope: Any, receive: Any, send: Any) -> None:  # a bare ASGI app
+            async with AsyncServiceClient(
+                c_url, service_name="bare", target_service="c", config=FAST
+            ) as client:
+                await client.get("/work")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        async def main() -> None:
+            scope = {
+                "type": "http",
+                "method": "GET",
+                "path": "/",
+                "headers": [(b"traceparent", f"00-{'6' * 32}-{'7' * 16}-01".encode())],
+            }
+
+            async def receive() -> Any:
+                return {"type": "http.request", "body": b""}
+
+            async def send(message: Any) -> None:
+                pass
+
+            await AsgiMiddleware(handler)(scope, receive, send)
+
+        asyncio.run(main())
+    (call,) = [
+        s
+        for s in by_name(spans.get_finished_spans(), "GET /work")
+        if s.kind is trace.SpanKind.INTERNAL
+    ]
+    assert call.parent is not None
+    assert (call.context.trace_id, call.parent.span_id) == (int("6" * 32, 16), int("7" * 16, 16))

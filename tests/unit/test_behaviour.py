@@ -285,15 +285,18 @@ def test_credentials_and_secrets_never_reach_errors_or_logs(
         harness.call(
             "GET",
             "/private",
-            params={"api_key": "s3cr3t-key", "page": "2"},
+            # sig: an Azure SAS or a signed URL's signature (semantic conventions' list)
+            params={"api_key": "s3cr3t-key", "page": "2", "sig": "sas-signature"},
             headers={"Authorization": "Bearer tok-123"},
         )
     logged = [record.getMessage() + repr(vars(record)) for record in caplog.records]
     assert logged, "the failed call was logged"
     text = str(caught.value) + repr(caught.value.args) + caught.value.url + "".join(logged)
-    for secret in ("hunter2", "s3cr3t-key", "tok-123"):
+    for secret in ("hunter2", "s3cr3t-key", "tok-123", "sas-signature"):
         assert secret not in text
-    assert caught.value.url == "http://rest.test:8000/private?api_key=[REDACTED]&page=2"
+    assert (
+        caught.value.url == "http://rest.test:8000/private?api_key=[REDACTED]&page=2&sig=[REDACTED]"
+    )
 
 
 def test_correlation_id_is_sent_on_every_attempt(make_harness: MakeHarness) -> None:

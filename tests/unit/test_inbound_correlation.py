@@ -130,6 +130,33 @@ def test_asgi_replaces_a_hostile_id_and_never_propagates_it(
     assert all(hostile not in r.getMessage() for r in caplog.records if hostile)
 
 
+def test_asgi_reads_repeated_trace_headers_as_w3c_says() -> None:
+    # Two traceparent headers: neither is the caller's (W3C's test suite expects a new
+    # trace); several tracestate headers are one list, combined in order (RFC 9110 5.3),
+    # as a WSGI server combines them into one environ value.
+    other = f"00-{'1' * 32}-00f067aa0ba902b7-01"
+    seen = asyncio.run(
+        asgi_request(
+            [
+                (b"traceparent", TRACEPARENT.encode()),
+                (b"traceparent", other.encode()),
+                (b"tracestate", b"a=1"),
+            ]
+        )
+    )
+    assert seen["outgoing"]["traceparent"].split("-")[1] not in (TRACE_ID, "1" * 32)
+    seen = asyncio.run(
+        asgi_request(
+            [
+                (b"traceparent", TRACEPARENT.encode()),
+                (b"tracestate", b"a=1"),
+                (b"tracestate", b"b=2"),
+            ]
+        )
+    )
+    assert seen["outgoing"]["tracestate"] == "a=1,b=2"
+
+
 def test_asgi_echo_can_be_turned_off_and_lifespan_passes_through() -> None:
     seen = asyncio.run(asgi_request([(b"x-correlation-id", b"req-8")], echo=False))
     assert b"x-correlation-id" not in seen["response_headers"]
@@ -219,3 +246,20 @@ def test_a_stream_entry_carries_the_chain_to_its_consumer() -> None:
 def test_a_stream_entry_without_fields_starts_a_new_chain() -> None:
     with continue_from_stream_entry({"type": "reminder"}) as correlation_id:
         assert len(correlation_id) == 32
+
+
+def test_the_example_trigger_carries_the_run_chain_to_the_assistant() -> None:
+    from examples.secretary_queue import InProcessQueue
+
+    queue = InProcessQueue()
+    token = correlation_id_ctx.set("run-11")
+    try:
+        queue.append_reminder({"id": 3, "user_id": 7, "text": "call"})
+    finally:
+        correlation_id_ctx.reset(token)
+    (trigger,) = queue.triggers()
+    assert trigger["reminder_id"] == "3"
+    with continue_from_stream_entry(trigger) as correlation_id:
+        assert correlation_id == "run-11"
+        onward = outgoing_trace_headers(correlation_id)
+    assert onward["traceparent"].split("-")[1] == trace_id_for("run-11")
