@@ -549,9 +549,8 @@ class AsyncRedisCache(CoreFacade):
             ttl_seconds(early_refresh, "early_refresh")
 
         def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-            call = CachedCall(function, key, group)
+            call = CachedCall(function, key, group, model)
             io.check_decoratable(function, type(self).__name__)
-            chosen = model if model is not None else call.model
 
             @wraps(function)
             async def cached_call(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -559,7 +558,7 @@ class AsyncRedisCache(CoreFacade):
                     call.key(args, kwargs),
                     partial(function, *args, **kwargs),
                     ttl,
-                    chosen,
+                    call.model,
                     stale_ttl=stale_ttl,
                     early_refresh=early_refresh,
                 )

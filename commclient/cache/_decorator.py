@@ -22,7 +22,9 @@ from ._keys import validate_group, validate_key
 class CachedCall:
     """The key template and the model of one decorated function."""
 
-    def __init__(self, function: Callable[..., Any], template: str, group: str | None) -> None:
+    def __init__(
+        self, function: Callable[..., Any], template: str, group: str | None, model: Any = None
+    ) -> None:
         self.signature = inspect.signature(function)
         fields = [field for _, field, _, _ in string.Formatter().parse(template) if field]
         if not fields and "{" not in template:
@@ -40,7 +42,9 @@ class CachedCall:
         self.prefix = f"{validate_group(group)}:" if group else ""
         if self.constant is not None:
             validate_key(self.prefix + self.constant)
-        self.model = _model_of(function)
+        # An explicit model stands for the annotation, which then need not resolve (a
+        # name imported under ``TYPE_CHECKING``, a class defined further down).
+        self.model = model if model is not None else _model_of(function)
 
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The cache key of one call (validated when the cache uses it)."""

@@ -547,9 +547,8 @@ class SyncRedisCache(CoreFacade):
             ttl_seconds(early_refresh, "early_refresh")
 
         def decorate(function: Callable[P, T]) -> Callable[P, T]:
-            call = CachedCall(function, key, group)
+            call = CachedCall(function, key, group, model)
             io.check_decoratable(function, type(self).__name__)
-            chosen = model if model is not None else call.model
 
             @wraps(function)
             def cached_call(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -557,7 +556,7 @@ class SyncRedisCache(CoreFacade):
                     call.key(args, kwargs),
                     partial(function, *args, **kwargs),
                     ttl,
-                    chosen,
+                    call.model,
                     stale_ttl=stale_ttl,
                     early_refresh=early_refresh,
                 )
