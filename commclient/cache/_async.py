@@ -385,10 +385,12 @@ class AsyncRedisCache(CoreFacade):
         skipped Redis, or Redis refused the command. Both are falsy, so ``if await
         cache.set(...)`` still reads "confirmed"; every local tier drops the key either way.
         """
+        self._check_open()
         return await self._run(flows.set_value(self._core, key, value, ttl_milliseconds(ttl)))
 
     async def delete(self, key: str) -> bool:
         """Delete ``key`` everywhere (Redis, and every local tier); ``True`` if it existed."""
+        self._check_open()
         return await self._run(flows.delete(self._core, key))
 
     async def invalidate(self, pattern: str, *parts: object, strict: bool = False) -> int:
@@ -403,11 +405,13 @@ class AsyncRedisCache(CoreFacade):
         counted and logged, and returns the count so far; with ``strict=True`` it raises
         :class:`CacheUnavailableError` instead (to retry it, as the middleware does).
         """
+        self._check_open()
         return await self._run(flows.invalidate(self._core, pattern, parts, strict=strict))
 
     async def invalidate_group(self, group: str) -> bool:
         """Invalidate every key of ``group`` with one INCR, then broadcast; ``False`` if
         Redis could not be reached."""
+        self._check_open()
         return await self._run(flows.invalidate_group(self._core, group))
 
     # -- read-through -------------------------------------------------------------------
@@ -652,6 +656,8 @@ class AsyncRedisCache(CoreFacade):
             await io.close_client(self._redis)
 
     def _check_open(self) -> None:
+        """Refuse an operation begun after :meth:`aclose` (a closed cache's local tier is
+        flushed, so reads reach :meth:`_read`, which checks)."""
         if self._closed:
             raise CacheClosedError(f"cache {self._core.name!r} is closed")
 
@@ -703,8 +709,14 @@ class AsyncRedisCache(CoreFacade):
         self, operation: str, command: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
     ) -> Any:
         """Run one Redis command within the operation timeout; on failure, :data:`FAILED`
-        (or :data:`UNCONFIRMED`, see :meth:`CacheCore.failed`)."""
-        self._check_open()
+        (or :data:`UNCONFIRMED`, see :meth:`CacheCore.failed`).
+
+        A call made after :meth:`aclose` by an operation already in flight is
+        :data:`FAILED` without Redis: the operation ends as in an outage (a loader's value
+        is returned, not stored), while every operation begun later raises
+        :class:`CacheClosedError` (see :meth:`_check_open`)."""
+        if self._closed:
+            return FAILED
         core = self._core
         admission = core.admit(operation)
         if admission is None:
@@ -728,6 +740,7 @@ class AsyncRedisCache(CoreFacade):
         The hot path of every Redis hit, kept out of the flows (a flow costs it a few
         percent); without a TTL it needs no Lua, which costs the server more than the GET.
         """
+        self._check_open()  # every get and get_or_set that the local tier did not serve
         core = self._core
         fast = not with_ttl and not core.local_tier_enabled
         for _ in range(GENERATION_ATTEMPTS):

@@ -10,6 +10,7 @@ import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -508,6 +509,47 @@ def test_a_closed_cache_raises_instead_of_reconnecting(
         ):
             with pytest.raises(CacheClosedError, match="is closed"):
                 await call()
+
+    run(scenario())
+
+
+def test_a_call_in_flight_when_the_cache_closes_returns_its_loaded_value(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """Shutting down (a lifespan's exit, SIGTERM) closes the cache while requests still
+    run: their loaders succeed, and they return what was loaded, not stored, rather than
+    fail with CacheClosedError after the work was done."""
+
+    async def scenario() -> None:
+        loading = threading.Event()
+        finish = threading.Event()
+
+        def loader() -> dict[str, int]:
+            loading.set()
+            finish.wait(10)
+            return {"id": 1}
+
+        async with any_facade.open(redis_url, prefix, config=LOCAL) as harness:
+            cache = harness.cache
+            with ThreadPoolExecutor(1) as pool:
+                if harness.kind == "async":
+                    in_flight: Any = asyncio.ensure_future(
+                        cache.get_or_set("user:1", partial(asyncio.to_thread, loader))
+                    )
+                    await asyncio.to_thread(loading.wait, 10)
+                    await cache.aclose()
+                    finish.set()
+                    assert await in_flight == {"id": 1}
+                else:
+                    future = pool.submit(cache.get_or_set, "user:1", loader)
+                    assert loading.wait(10)
+                    cache.close()
+                    finish.set()
+                    assert future.result(10) == {"id": 1}
+            with pytest.raises(CacheClosedError, match="is closed"):
+                await harness.get_or_set("user:1", lambda: {"id": 2})
+        async with any_facade.open(redis_url, prefix, config=LOCAL) as other:
+            assert await other.get("user:1") is None  # loaded after close: not stored
 
     run(scenario())
 
