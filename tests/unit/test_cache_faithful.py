@@ -374,6 +374,44 @@ def test_a_delete_and_an_invalidation_are_broadcast_in_the_same_step(
     run(scenario())
 
 
+def test_a_change_redis_cannot_broadcast_is_not_applied(
+    facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """An ACL user without channel permissions (Redis 7's default for new users,
+    ``acl-pubsub-default resetchannels``): the scripts' PUBLISH is refused. A script is
+    not undone by an error, so a change made before its PUBLISH stayed, unannounced,
+    while the call reported failure: every script publishes before it changes anything."""
+    admin = redis.Redis.from_url(redis_url)
+    user = f"nochannels-{prefix}"
+    admin.acl_setuser(
+        user, enabled=True, passwords=["+secret"], keys=["*"], commands=["+@all"], reset=True
+    )
+    assert admin.acl_getuser(user)["channels"] in ([], "")  # no channel permitted
+    restricted = redis_url.replace("redis://", f"redis://{user}:secret@")
+
+    async def scenario() -> None:
+        async with (
+            facade.open(redis_url, prefix) as writer,
+            facade.open(restricted, prefix) as cache,
+        ):
+            assert await writer.set("user:1", "old") is True
+            assert await cache.get("user:1") == "old"  # reads are allowed
+            assert await cache.set("user:1", "new") is False
+            assert await writer.get("user:1") == "old"  # False: surely not applied
+            assert await cache.delete("user:1") is False
+            assert await writer.get("user:1") == "old"
+            assert await cache.invalidate("user:*") == 0
+            assert await writer.get("user:1") == "old"
+            assert await cache.invalidate_group("user") is False
+            assert await writer.get("user:1") == "old"
+
+    try:
+        run(scenario())
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
+
+
 # -- a loader's failure is shared -------------------------------------------------------
 
 SHARED_FAILURE = CacheConfig(operation_timeout=2.0, loader_failure_ttl=30.0)
