@@ -494,16 +494,16 @@ class AsyncRedisCache(CoreFacade):
         read = await self._read(plan, with_ttl=stale_s > 0 or early_s > 0)
         if read is None:
             core.unavailable(plan)
-            return await self._join(flight_key, job.epoch, flows.load(core, job), loader)
+            return await self._join(flight_key, job.epoch, partial(flows.load, core, job), loader)
         value = await self._decode(plan, read, model, job.epoch)
         if value is MISMATCH:
-            return await self._join(flight_key, job.epoch, flows.load(core, job), loader)
+            return await self._join(flight_key, job.epoch, partial(flows.load, core, job), loader)
         if value is MISSING:
-            return await self._join(flight_key, job.epoch, flows.fill(core, job), loader)
+            return await self._join(flight_key, job.epoch, partial(flows.fill, core, job), loader)
         fresh = core.is_fresh(read, stale_s) and not core.refresh_early(read, stale_s, early_s)
         if fresh or flight_key in self._flights:
             return value
-        refresh = flows.refresh(core, job, read.generation, value)
+        refresh = partial(flows.refresh, core, job, read.generation, value)
         try:
             return await self._join(flight_key, job.epoch, refresh, loader)
         except Exception as error:
@@ -514,13 +514,30 @@ class AsyncRedisCache(CoreFacade):
         self,
         flight_key: tuple[str, Any],
         epoch: int,
-        flow: flows.Flow[Any],
+        flow: Callable[[], flows.Flow[Any]],
         loader: Callable[[], Awaitable[Any]],
     ) -> Any:
-        """Wait for the load of ``flight_key`` in flight, or run ``flow`` with ``loader``;
-        each caller gets a copy of its own of what the load returned."""
-        value = await self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
+        """Wait for the load of ``flight_key`` in flight, or run ``flow()`` with ``loader``;
+        each caller gets a copy of its own of what the load returned.
+
+        A load whose write Redis refused was overtaken by a ``set``, ``delete`` or
+        invalidation (:class:`flows.Superseded`): its value may be older than that
+        change, which callers that joined it may have asked after (without a local
+        tier, nothing tells this process of another's invalidation). Its first caller
+        asked before and keeps it; the others load again, on their own.
+        """
+        outcome, led = await self._flights.join(
+            flight_key, epoch, partial(self._run_flow, flow, loader)
+        )
+        if isinstance(outcome, flows.Superseded) and not led:
+            outcome = await self._run(flow(), loader)
+        value = outcome.value if isinstance(outcome, flows.Superseded) else outcome
         return caller_copy(value, flight_key[1])
+
+    async def _run_flow(
+        self, flow: Callable[[], flows.Flow[T]], loader: Callable[[], Awaitable[Any]]
+    ) -> T:
+        return await self._run(flow(), loader)
 
     def cached(
         self,

@@ -263,19 +263,21 @@ class Flights:
 
     async def join(
         self, key: Hashable, epoch: int, load: Callable[[], Coroutine[Any, Any, Any]]
-    ) -> Any:
-        """Wait for the load of ``key`` in flight, or start ``load``; its value or error.
+    ) -> tuple[Any, bool]:
+        """Wait for the load of ``key`` in flight, or start ``load``; its value (or error),
+        and whether this caller started it.
 
         The load runs in its own task, so a caller's cancellation does not cancel it
         for the others.
         """
         flight = self._flights.get(key)
-        if flight is None or flight.epoch != epoch:
+        led = flight is None or flight.epoch != epoch
+        if flight is None or led:
             task = asyncio.get_running_loop().create_task(load())
             flight = _Flight(task, epoch)
             self._flights[key] = flight
             task.add_done_callback(partial(self._done, key, flight))
-        return await asyncio.shield(flight.task)
+        return await asyncio.shield(flight.task), led
 
     def _done(self, key: Hashable, flight: _Flight, task: asyncio.Task[Any]) -> None:
         if self._flights.get(key) is flight:

@@ -126,8 +126,9 @@ class Flights:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._flights
 
-    def join(self, key: Hashable, epoch: int, load: Callable[[], Any]) -> Any:
-        """Wait for the load of ``key`` in flight, or run ``load``; its value or error."""
+    def join(self, key: Hashable, epoch: int, load: Callable[[], Any]) -> tuple[Any, bool]:
+        """Wait for the load of ``key`` in flight, or run ``load``; its value (or error),
+        and whether this caller ran it."""
         with self._lock:
             flight = self._flights.get(key)
             leader = flight is None or flight.epoch != epoch
@@ -138,7 +139,7 @@ class Flights:
             flight.done.wait()
             if flight.error is not None:
                 raise flight.error
-            return flight.value
+            return flight.value, False
         try:
             flight.value = load()
         except BaseException as error:
@@ -149,7 +150,7 @@ class Flights:
                 if self._flights.get(key) is flight:
                     del self._flights[key]
             flight.done.set()
-        return flight.value
+        return flight.value, True
 
 
 def check_decoratable(function: Callable[..., Any], cache: str) -> None:

@@ -492,16 +492,16 @@ class SyncRedisCache(CoreFacade):
         read = self._read(plan, with_ttl=stale_s > 0 or early_s > 0)
         if read is None:
             core.unavailable(plan)
-            return self._join(flight_key, job.epoch, flows.load(core, job), loader)
+            return self._join(flight_key, job.epoch, partial(flows.load, core, job), loader)
         value = self._decode(plan, read, model, job.epoch)
         if value is MISMATCH:
-            return self._join(flight_key, job.epoch, flows.load(core, job), loader)
+            return self._join(flight_key, job.epoch, partial(flows.load, core, job), loader)
         if value is MISSING:
-            return self._join(flight_key, job.epoch, flows.fill(core, job), loader)
+            return self._join(flight_key, job.epoch, partial(flows.fill, core, job), loader)
         fresh = core.is_fresh(read, stale_s) and not core.refresh_early(read, stale_s, early_s)
         if fresh or flight_key in self._flights:
             return value
-        refresh = flows.refresh(core, job, read.generation, value)
+        refresh = partial(flows.refresh, core, job, read.generation, value)
         try:
             return self._join(flight_key, job.epoch, refresh, loader)
         except Exception as error:
@@ -512,13 +512,30 @@ class SyncRedisCache(CoreFacade):
         self,
         flight_key: tuple[str, Any],
         epoch: int,
-        flow: flows.Flow[Any],
+        flow: Callable[[], flows.Flow[Any]],
         loader: Callable[[], Any],
     ) -> Any:
-        """Wait for the load of ``flight_key`` in flight, or run ``flow`` with ``loader``;
-        each caller gets a copy of its own of what the load returned."""
-        value = self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
+        """Wait for the load of ``flight_key`` in flight, or run ``flow()`` with ``loader``;
+        each caller gets a copy of its own of what the load returned.
+
+        A load whose write Redis refused was overtaken by a ``set``, ``delete`` or
+        invalidation (:class:`flows.Superseded`): its value may be older than that
+        change, which callers that joined it may have asked after (without a local
+        tier, nothing tells this process of another's invalidation). Its first caller
+        asked before and keeps it; the others load again, on their own.
+        """
+        outcome, led = self._flights.join(
+            flight_key, epoch, partial(self._run_flow, flow, loader)
+        )
+        if isinstance(outcome, flows.Superseded) and not led:
+            outcome = self._run(flow(), loader)
+        value = outcome.value if isinstance(outcome, flows.Superseded) else outcome
         return caller_copy(value, flight_key[1])
+
+    def _run_flow(
+        self, flow: Callable[[], flows.Flow[T]], loader: Callable[[], Any]
+    ) -> T:
+        return self._run(flow(), loader)
 
     def cached(
         self,

@@ -3,13 +3,16 @@ the behaviour is not about Redis), on a real redis-server started for the sessio
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import json
 import logging
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from typing import Any, get_origin
 
 import pytest
@@ -672,6 +675,61 @@ def test_a_load_overtaken_by_a_delete_is_not_stored(
 
                 assert await cache.get_or_set("user:1", sync_load) == "old"
             assert await cache.get("user:1") is None
+
+    run(scenario())
+
+
+def test_a_caller_after_an_invalidation_never_joins_the_load_it_overtook(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """Without a local tier no listener tells this process of another's invalidation,
+    so a miss asked after it found the older load in flight and joined it: it got a
+    value read before the invalidation had returned. The load's write is refused then;
+    the callers that joined it load again (its first caller asked before, and keeps it)."""
+
+    async def scenario() -> None:
+        async with (
+            any_facade.open(redis_url, prefix) as cache,
+            any_facade.open(redis_url, prefix) as other,
+        ):
+            loading, finish, joined = threading.Event(), threading.Event(), threading.Event()
+            flights = cache.cache._flights
+            join = flights.join
+
+            def watched_join(*args: Any) -> Any:
+                if args[0] in flights:
+                    joined.set()
+                return join(*args)
+
+            flights.join = watched_join
+
+            def old_load() -> str:
+                loading.set()
+                finish.wait(10)
+                return "old"
+
+            with ThreadPoolExecutor(2) as pool:
+                if cache.kind == "async":
+                    first: Any = asyncio.ensure_future(
+                        cache.cache.get_or_set("user:1", partial(asyncio.to_thread, old_load))
+                    )
+                    await asyncio.to_thread(loading.wait, 10)
+                    assert await other.invalidate_group("user") is True
+                    second: Any = asyncio.ensure_future(cache.get_or_set("user:1", lambda: "new"))
+                    await asyncio.to_thread(joined.wait, 10)
+                    finish.set()
+                    assert await first == "old"  # asked before the invalidation
+                    assert await second == "new"
+                else:
+                    sync_first = pool.submit(cache.cache.get_or_set, "user:1", old_load)
+                    assert loading.wait(10)
+                    assert await other.invalidate_group("user") is True
+                    sync_second = pool.submit(cache.cache.get_or_set, "user:1", lambda: "new")
+                    assert joined.wait(10)
+                    finish.set()
+                    assert sync_first.result(10) == "old"
+                    assert sync_second.result(10) == "new"
+            assert await other.get("user:1") == "new"
 
     run(scenario())
 
