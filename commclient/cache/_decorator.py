@@ -56,9 +56,23 @@ class CachedCall:
 
 
 def _model_of(function: Callable[..., Any]) -> Any:
-    """The return annotation (resolved), or ``None`` for plain JSON."""
+    """The return annotation (resolved), or ``None`` for plain JSON.
+
+    Only the return annotation is resolved: a parameter's may name what exists for type
+    checkers alone (``if TYPE_CHECKING:``) and is no business of the cache's.
+    """
+    target = inspect.unwrap(function)
+    annotations = getattr(target, "__annotations__", None) or {}
+    if "return" not in annotations:
+        return None
+
+    def returns() -> None: ...
+
+    returns.__annotations__ = {"return": annotations["return"]}
     try:
-        annotation = typing.get_type_hints(function).get("return")
+        annotation = typing.get_type_hints(
+            returns, globalns=getattr(target, "__globals__", None)
+        ).get("return")
     except Exception as error:
         raise TypeError(
             f"the return annotation of {function.__qualname__} cannot be resolved ({error}); "

@@ -225,6 +225,19 @@ def test_model_stands_for_an_annotation_that_does_not_resolve(
 
             with pytest.raises(TypeError, match="pass model= to cached"):
                 cached(key="user:{user_id}")(load_user)
+            if harness.kind == "async":
+
+                async def by_name(name: TypeCheckedUser, user_id: int) -> User:
+                    return User(id=user_id, displayName="five")
+
+            else:
+
+                def by_name(name: TypeCheckedUser, user_id: int) -> User:
+                    return User(id=user_id, displayName="five")
+
+            # Only the return annotation is the cache's business: a parameter's that
+            # does not resolve is no error.
+            assert cached(key="named:{user_id}")(by_name) is not None
             cached_load = cached(key="user:{user_id}", model=User)(load_user)
             assert await _call(harness.kind, cached_load, 5) == User(id=5, displayName="five")
             assert await harness.get("user:5", User) == User(id=5, displayName="five")
