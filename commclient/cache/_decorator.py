@@ -11,12 +11,19 @@ JSON).
 from __future__ import annotations
 
 import inspect
+import re
 import string
 import typing
 from collections.abc import Callable
 from typing import Any
 
 from ._keys import validate_group, validate_key
+
+# What ``str()`` of an object without a ``__str__`` or ``__repr__`` of its own looks like:
+# ``<Account object at 0x7f...>``. Its address is no identity: another object has it once
+# this one is gone, and forked workers' objects share addresses from the start, so a key
+# holding one would serve one object's value for another.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")
 
 
 class CachedCall:
@@ -52,7 +59,14 @@ class CachedCall:
             return self.prefix + self.constant
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        return self.prefix + self.template.format(**bound.arguments)
+        key = self.prefix + self.template.format(**bound.arguments)
+        if _ADDRESS.search(key):
+            raise TypeError(
+                f"cache key {key!r} (template {self.template!r}) holds an object's address, "
+                "which another object may have later or in another process: name an "
+                "attribute that identifies it ({account.id}) or give it a __str__"
+            )
+        return key
 
 
 def _model_of(function: Callable[..., Any]) -> Any:

@@ -243,3 +243,38 @@ def test_model_stands_for_an_annotation_that_does_not_resolve(
             assert await harness.get("user:5", User) == User(id=5, displayName="five")
 
     run(scenario())
+
+
+def test_a_key_holding_an_objects_address_is_refused(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """``{account}`` of an object without ``__str__`` is ``<Account object at 0x...>``:
+    another account gets that address once this one is gone (and forked workers' objects
+    share addresses), so its cached value would be served for the wrong account."""
+
+    class Account:
+        def __init__(self, balance: int) -> None:
+            self.id = balance
+            self.balance = balance
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as harness:
+            cached = harness.cache.cached
+            if harness.kind == "async":
+
+                async def balance(account: Account) -> int:
+                    return account.balance
+
+            else:
+
+                def balance(account: Account) -> int:
+                    return account.balance
+
+            by_address = cached(key="balance:{account}")(balance)
+            with pytest.raises(TypeError, match=r"holds an object's address.*\{account\.id\}"):
+                await _call(harness.kind, by_address, Account(100))
+            by_id = cached(key="balance:{account.id}")(balance)
+            assert await _call(harness.kind, by_id, Account(100)) == 100
+            assert await harness.get("balance:100") == 100
+
+    run(scenario())
