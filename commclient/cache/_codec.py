@@ -279,14 +279,19 @@ def _object_copier(
 def _jsonable(value: object) -> Any:
     """``json.dumps``'s fallback: models and dataclasses become JSON data, nothing else.
 
+    Computed fields are left out: they are computed again when the value is read, and a
+    model that forbids extras would refuse them as such.
+
     Sets, bytes and arbitrary objects are refused rather than converted, so that what
     comes back from the cache is what went in.
     """
     if _has_pydantic() and isinstance(value, _pydantic().BaseModel):
-        return value.model_dump(mode="json", by_alias=False)
+        return value.model_dump(mode="json", by_alias=False, exclude_computed_fields=True)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         if _has_pydantic():
-            return _adapter(_type_of(value)).dump_python(value, mode="json", by_alias=False)
+            return _adapter(_type_of(value)).dump_python(
+                value, mode="json", by_alias=False, exclude_computed_fields=True
+            )
         return dataclasses.asdict(value)
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
@@ -305,7 +310,7 @@ def _reads_back(value: Any) -> bool:
     try:
         if _has_pydantic():
             adapter = _adapter(kind)
-            data = adapter.dump_json(value, by_alias=False)
+            data = adapter.dump_json(value, by_alias=False, exclude_computed_fields=True)
             return bool(adapter.validate_json(data, by_alias=True, by_name=True) == value)
         return bool(kind(**json.loads(json.dumps(dataclasses.asdict(value)))) == value)
     except _validation_errors():

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_serializer
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_serializer
 
 from commclient.cache import (
     CacheClosedError,
@@ -80,6 +80,19 @@ class Lossy(BaseModel):
         return round(value)
 
 
+class Strict(BaseModel):
+    """Extras forbidden, and a computed field: its dump carries the computed field, which
+    its own validation refuses as an extra, unless it is stored without it."""
+
+    model_config = ConfigDict(extra="forbid")
+    cents: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def euros(self) -> float:
+        return self.cents / 100
+
+
 MODELS = [
     Aliased(userName="ann", age=3),
     PopulatedByName(userName="bob"),
@@ -87,6 +100,7 @@ MODELS = [
     ChoiceAliases(login="dan"),
     NameOnly(user_name="eve"),
     Pair((1, 2), {3: "three"}),
+    Strict(cents=250),
 ]
 
 
