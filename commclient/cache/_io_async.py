@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from .._extras import import_extra
 from ._core import rebuild_client
+from ._exceptions import CacheLoopError
 
 T = TypeVar("T")
 
@@ -166,9 +167,15 @@ class Deadlines:
     ``timeout * (1 + TICKS_FRACTION)`` seconds.
     """
 
-    def __init__(self, timeout: float, on_loop_closed: Callable[[], None]) -> None:
+    def __init__(
+        self, timeout: float, on_loop_closed: Callable[[], None], *, one_loop: bool = True
+    ) -> None:
+        """``one_loop``: the client's connections belong to the loop they were opened on,
+        so calls from a second loop while the first still runs are refused
+        (:class:`CacheLoopError`); the memory client has no connections."""
         self.timeout = timeout
         self._on_loop_closed = on_loop_closed
+        self._one_loop = one_loop
         self._tick = timeout * TICKS_FRACTION
         self._calls: set[_Call] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -192,9 +199,18 @@ class Deadlines:
     def _start(self) -> _Call:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
+            old = self._loop
+            if self._one_loop and old is not None and old.is_running():
+                # Another thread's loop still uses the connections and the timer: taking
+                # them over would break its calls, and using them here fails.
+                raise CacheLoopError(
+                    "this async cache is in use on another event loop, which is still "
+                    "running (asyncio.run in two threads at once?): use one cache per "
+                    "event loop, or SyncRedisCache from threads"
+                )
             # Used from a new event loop: the old loop's calls and timer are gone with it,
             # and so are the connections opened on it (``asyncio.run`` per job).
-            if self._loop is not None and self._loop.is_closed():
+            if old is not None and old.is_closed():
                 self._on_loop_closed()
             self._loop, self._timer = loop, None
             self._calls = set()
@@ -252,14 +268,16 @@ class Flights:
 
     A load is joined only by callers that saw the same ``epoch`` (the local tier's
     invalidation count): a load that began before an invalidation applied here may carry
-    the old data, so later callers start their own instead of joining it.
+    the old data, so later callers start their own instead of joining it. And only on its
+    own event loop: a memory cache may serve two running loops at once, and one loop
+    cannot await another's task.
     """
 
     def __init__(self) -> None:
-        self._flights: dict[Hashable, _Flight] = {}
+        self._flights: dict[tuple[asyncio.AbstractEventLoop, Hashable], _Flight] = {}
 
     def __contains__(self, key: Hashable) -> bool:
-        return key in self._flights
+        return (asyncio.get_running_loop(), key) in self._flights
 
     async def join(
         self, key: Hashable, epoch: int, load: Callable[[], Coroutine[Any, Any, Any]]
@@ -270,16 +288,23 @@ class Flights:
         The load runs in its own task, so a caller's cancellation does not cancel it
         for the others.
         """
-        flight = self._flights.get(key)
+        loop = asyncio.get_running_loop()
+        on_loop = (loop, key)
+        flight = self._flights.get(on_loop)
         led = flight is None or flight.epoch != epoch
         if flight is None or led:
-            task = asyncio.get_running_loop().create_task(load())
+            task = loop.create_task(load())
             flight = _Flight(task, epoch)
-            self._flights[key] = flight
-            task.add_done_callback(partial(self._done, key, flight))
+            self._flights[on_loop] = flight
+            task.add_done_callback(partial(self._done, on_loop, flight))
         return await asyncio.shield(flight.task), led
 
-    def _done(self, key: Hashable, flight: _Flight, task: asyncio.Task[Any]) -> None:
+    def _done(
+        self,
+        key: tuple[asyncio.AbstractEventLoop, Hashable],
+        flight: _Flight,
+        task: asyncio.Task[Any],
+    ) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
         if not task.cancelled():

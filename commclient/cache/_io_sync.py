@@ -96,7 +96,9 @@ def close_quietly(resource: Any) -> None:
 class Deadlines:
     """Blocking calls are bounded by their client's socket timeouts (see ``_bounded_client``)."""
 
-    def __init__(self, timeout: float, on_loop_closed: Callable[[], None]) -> None:
+    def __init__(
+        self, timeout: float, on_loop_closed: Callable[[], None], *, one_loop: bool = True
+    ) -> None:
         self.timeout = timeout
 
     def run(self, command: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -418,7 +418,10 @@ class AsyncMemoryClient:
 
 
 class AsyncMemoryCache(AsyncRedisCache):
-    """:class:`AsyncRedisCache` on a :class:`MemoryStore` (default: a new one)."""
+    """:class:`AsyncRedisCache` on a :class:`MemoryStore` (default: a new one), which any
+    number of event loops may use at once."""
+
+    _connections_bound_to_a_loop = False
 
     def __init__(
         self,

@@ -35,7 +35,7 @@ from ._core import (
     reset_after_fork,
 )
 from ._decorator import CachedCall
-from ._exceptions import CacheClosedError
+from ._exceptions import CacheClosedError, CacheLoopError
 from ._local import MISSING
 from ._messages import InvalidationMessage
 
@@ -263,7 +263,12 @@ class SyncRedisCache(CoreFacade):
     by ``config.operation_timeout`` whatever the client's own timeout and retry settings.
     ``prefix`` namespaces the keys; ``name`` (default: the prefix) is the ``cache_name``
     metric label; ``registry`` is the Prometheus registry (``None``: the default one).
+    Used from one running event loop at a time (a second raises :class:`CacheLoopError`);
+    the memory cache from any number.
     """
+
+    # redis-py's asyncio connections belong to the loop that opened them.
+    _connections_bound_to_a_loop = True
 
     def __init__(
         self,
@@ -299,7 +304,11 @@ class SyncRedisCache(CoreFacade):
         self._core.after_fork()
         self._flights = io.Flights()
         timeout = self._core.config.operation_timeout
-        self._deadlines = io.Deadlines(timeout, on_loop_closed=self._forget_connections)
+        self._deadlines = io.Deadlines(
+            timeout,
+            on_loop_closed=self._forget_connections,
+            one_loop=self._connections_bound_to_a_loop,
+        )
         self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
 
@@ -739,6 +748,9 @@ class SyncRedisCache(CoreFacade):
         started = time.perf_counter()
         try:
             result = self._deadlines.run(command, *args, **kwargs)
+        except CacheLoopError:
+            core.abandoned(admission)  # the caller's mistake, not an outage
+            raise
         except Exception as error:
             return core.failed(operation, error, admission)
         except BaseException:

@@ -21,7 +21,10 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
 from commclient.cache import (
+    AsyncMemoryCache,
+    AsyncRedisCache,
     CacheConfig,
+    CacheLoopError,
     CacheSerializationError,
     CacheValueTooLargeError,
     Glob,
@@ -32,7 +35,7 @@ from commclient.cache import (
 )
 from commclient.cache import _flows as flows
 from tests import conftest_cache
-from tests.conftest_cache import Facade, data_key, eventually, metric, run
+from tests.conftest_cache import RELAXED, Facade, data_key, eventually, metric, run
 
 pytestmark = pytest.mark.redis_server
 
@@ -732,6 +735,97 @@ def test_a_caller_after_an_invalidation_never_joins_the_load_it_overtook(
             assert await other.get("user:1") == "new"
 
     run(scenario())
+
+
+@pytest.mark.facade_async
+@pytest.mark.redis_server
+def test_an_async_cache_used_from_a_second_running_loop_says_so(
+    redis_url: str, prefix: str
+) -> None:
+    """One async cache used from two event loops at once (``asyncio.run`` in two threads):
+    the second loop's calls failed inside redis-py ("attached to a different loop"),
+    counted as a Redis outage that opened the breaker for the first loop too, and the
+    second loop took over the deadline timer of the first loop's calls. Now the second
+    loop gets a clear CacheLoopError, the first is untouched, and once the first loop
+    has ended the cache serves the next one."""
+    cache = AsyncRedisCache.from_url(redis_url, prefix, config=RELAXED)
+    loading, finish = threading.Event(), threading.Event()
+
+    async def first() -> Any:
+        async def load() -> str:
+            loading.set()
+            await asyncio.to_thread(finish.wait, 10)
+            return "loaded"
+
+        return await cache.get_or_set("user:1", load)
+
+    async def second() -> list[str]:
+        await asyncio.to_thread(loading.wait, 10)
+        errors = []
+        for _ in range(RELAXED.breaker_failure_threshold + 1):
+            with pytest.raises(CacheLoopError, match="another event loop, which is still running"):
+                await cache.get("user:2")
+            errors.append("refused")
+        return errors
+
+    with ThreadPoolExecutor(2) as pool:
+        loaded = pool.submit(asyncio.run, first())
+        refused = pool.submit(asyncio.run, second()).result(20)
+        finish.set()
+        assert loaded.result(20) == "loaded"
+    assert len(refused) == RELAXED.breaker_failure_threshold + 1
+
+    async def later() -> Any:
+        try:
+            return await cache.get("user:1")
+        finally:
+            await cache.aclose()
+
+    assert asyncio.run(later()) == "loaded"  # stored, and no outage was counted
+
+
+@pytest.mark.facade_async
+def test_a_memory_cache_serves_two_running_loops_at_once(prefix: str) -> None:
+    """The memory cache has no connections bound to a loop: two loops may use it at once
+    (the example's REST service and its client share one). A miss on the second loop
+    found the first loop's load in flight and awaited its task, which raised
+    RuntimeError ("attached to a different loop"); each loop has its flights now, and
+    the lease makes the second wait for the first's value."""
+    cache = AsyncMemoryCache(prefix, config=RELAXED)
+    loading, finish, second_joined = threading.Event(), threading.Event(), threading.Event()
+    join = cache._flights.join
+    calls: list[int] = []
+
+    def watched_join(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            second_joined.set()
+        return join(*args)
+
+    cache._flights.join = watched_join  # type: ignore[method-assign]
+
+    async def first() -> Any:
+        async def load() -> str:
+            loading.set()
+            await asyncio.to_thread(finish.wait, 10)
+            return "loaded once"
+
+        return await cache.get_or_set("user:1", load)
+
+    async def second() -> Any:
+        await asyncio.to_thread(loading.wait, 10)
+
+        async def load() -> str:
+            return "loaded twice"
+
+        return await cache.get_or_set("user:1", load)
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = [pool.submit(asyncio.run, first()), pool.submit(asyncio.run, second())]
+        assert second_joined.wait(10)
+        finish.set()
+        assert [outcome.result(20) for outcome in outcomes] == ["loaded once"] * 2
+    asyncio.run(cache.aclose())
 
 
 def test_serve_stale_while_one_caller_refreshes(
