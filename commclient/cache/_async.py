@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial, wraps
@@ -116,7 +117,9 @@ class Listener:
     """The local tiers' Pub/Sub subscription: one per Redis client and channel, shared
     by every cache on that client, however many (one task or thread, one connection).
 
-    Each message is decoded once and applied to the caches of its prefix. Its timings
+    Each message is decoded once and applied to the caches of its prefix. It holds them
+    weakly: a cache dropped without ``close()`` (one made per request, say) goes with
+    its local tier instead of being kept and fed for ever. Its timings
     (ping interval, resubscription pauses) are those of the first cache that joined.
     Its client is a copy of the caches' client whose connections never retry by
     themselves: redis-py reconnects and resubscribes a Pub/Sub connection silently when
@@ -129,7 +132,7 @@ class Listener:
         self.client = client
         self._config = config
         self._lock = threading.Lock()
-        self._cores: dict[str, list[CacheCore]] = {}
+        self._cores: dict[str, weakref.WeakSet[CacheCore]] = {}
         self._live = False
         self._task: Any = None
         self._stop = io.Stop()
@@ -137,20 +140,16 @@ class Listener:
 
     def attach(self, core: CacheCore) -> None:
         with self._lock:
-            cores = self._cores.setdefault(core.prefix, [])
-            if core not in cores:
-                cores.append(core)
+            self._cores.setdefault(core.prefix, weakref.WeakSet()).add(core)
             if self._live:
                 core.listener_subscribed()
 
     def detach(self, core: CacheCore) -> bool:
         """Stop serving ``core``'s local tier; ``True`` if no cache is left."""
         with self._lock:
-            cores = self._cores.get(core.prefix, [])
-            if core in cores:
-                cores.remove(core)
-            if not cores:
-                self._cores.pop(core.prefix, None)
+            self._cores.get(core.prefix, weakref.WeakSet()).discard(core)
+            # Prefixes whose caches all left, or were dropped without close().
+            self._cores = {prefix: cores for prefix, cores in self._cores.items() if cores}
             core.listener_stopped()
             return not self._cores
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import math
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from functools import partial
@@ -19,16 +21,18 @@ import redis.asyncio
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_serializer
 
 from commclient.cache import (
+    AsyncRedisCache,
     CacheClosedError,
     CacheConfig,
     CacheSerializationError,
     InvalidCacheKeyError,
     LoaderFailedError,
+    SyncRedisCache,
 )
 from commclient.cache._core import is_outage
 from commclient.cache._memory import AsyncMemoryClient, MemoryClient
 from tests import conftest_cache
-from tests.conftest_cache import Facade, eventually, run
+from tests.conftest_cache import AsyncHarness, Facade, eventually, run
 
 pytestmark = pytest.mark.redis_server
 
@@ -645,6 +649,48 @@ def _pubsub_connections(url: str) -> int:
         for client in redis.Redis.from_url(url).client_list()
         if client["cmd"] in ("subscribe", "ping") and int(client.get("sub", 0)) > 0
     )
+
+
+def test_a_cache_dropped_without_close_is_not_kept_by_the_shared_listener(
+    facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """Caches made per request on one shared client and never closed: the shared listener
+    kept every one of them, local tier included, and applied each message to all (200
+    such caches, each holding one 100 KB value, kept 20 MiB for ever)."""
+    cache_class = SyncRedisCache if facade.kind == "sync" else AsyncRedisCache
+
+    async def scenario() -> None:
+        if facade.kind == "sync":
+            client: Any = redis.Redis.from_url(redis_url, socket_timeout=2.0)
+        else:
+            client = redis.asyncio.Redis.from_url(redis_url)
+        async with facade.open(redis_url, prefix, config=LOCAL, client=client) as kept:
+            assert await kept.set("user:1", "x" * 100_000) is True
+            cores = []
+            for _ in range(3):
+                cache = cache_class(client, prefix, config=LOCAL)
+                harness = conftest_cache.SyncHarness if facade.kind == "sync" else AsyncHarness
+                one = harness(cache, facade.kind)
+                assert await one.start()
+                assert await one.get("user:1") == "x" * 100_000  # held in its local tier
+                cores.append(weakref.ref(cache._core))
+                del cache, one
+
+            async def all_gone() -> bool:
+                # The async cache's deadline timer may still hold one until it ticks.
+                gc.collect()
+                return [core() for core in cores] == [None, None, None]
+
+            await eventually(all_gone)
+            assert await kept.get("user:1") == "x" * 100_000  # the listener still serves
+            assert await kept.delete("user:1") is True
+            assert await kept.get("user:1") is None
+        if facade.kind == "async":
+            await client.aclose()
+        else:
+            client.close()
+
+    run(scenario())
 
 
 def test_caches_on_one_client_share_one_listener(
