@@ -168,13 +168,14 @@ class Deadlines:
     """
 
     def __init__(
-        self, timeout: float, on_loop_closed: Callable[[], None], *, one_loop: bool = True
+        self, timeout: float, on_loop_left: Callable[[], None], *, one_loop: bool = True
     ) -> None:
-        """``one_loop``: the client's connections belong to the loop they were opened on,
+        """``on_loop_left`` drops the connections of a loop the calls moved away from.
+        ``one_loop``: the client's connections belong to the loop they were opened on,
         so calls from a second loop while the first still runs are refused
         (:class:`CacheLoopError`); the memory client has no connections."""
         self.timeout = timeout
-        self._on_loop_closed = on_loop_closed
+        self._on_loop_left = on_loop_left
         self._one_loop = one_loop
         self._tick = timeout * TICKS_FRACTION
         self._calls: set[_Call] = set()
@@ -209,9 +210,11 @@ class Deadlines:
                     "event loop, or SyncRedisCache from threads"
                 )
             # Used from a new event loop: the old loop's calls and timer are gone with it,
-            # and so are the connections opened on it (``asyncio.run`` per job).
-            if old is not None and old.is_closed():
-                self._on_loop_closed()
+            # and the connections opened on it cannot serve this one, whether it was
+            # closed (``asyncio.run`` per job) or only stopped (a loop per worker thread,
+            # run with ``run_until_complete``, used in turn).
+            if old is not None and (self._one_loop or old.is_closed()):
+                self._on_loop_left()
             self._loop, self._timer = loop, None
             self._calls = set()
         task = asyncio.current_task()

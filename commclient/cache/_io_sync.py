@@ -97,7 +97,7 @@ class Deadlines:
     """Blocking calls are bounded by their client's socket timeouts (see ``_bounded_client``)."""
 
     def __init__(
-        self, timeout: float, on_loop_closed: Callable[[], None], *, one_loop: bool = True
+        self, timeout: float, on_loop_left: Callable[[], None], *, one_loop: bool = True
     ) -> None:
         self.timeout = timeout
 

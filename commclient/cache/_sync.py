@@ -305,15 +305,16 @@ class SyncRedisCache(CoreFacade):
         timeout = self._core.config.operation_timeout
         self._deadlines = io.Deadlines(
             timeout,
-            on_loop_closed=self._forget_connections,
+            on_loop_left=self._forget_connections,
             one_loop=self._connections_bound_to_a_loop,
         )
         self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
 
     def _forget_connections(self) -> None:
-        """Drop the connections of a closed event loop (the async driver), or of the
-        parent process (after a fork): the next call opens its own."""
+        """Drop the connections of an event loop left behind, closed or stopped (the
+        async driver), or of the parent process (after a fork): the next call opens its
+        own."""
         io.reset_connections(self._redis)
 
     @classmethod

@@ -785,6 +785,34 @@ def test_an_async_cache_used_from_a_second_running_loop_says_so(
 
 
 @pytest.mark.facade_async
+@pytest.mark.redis_server
+def test_an_async_cache_used_in_turn_by_loops_that_stay_open(
+    redis_url: str, prefix: str, registry: CollectorRegistry
+) -> None:
+    """A loop per worker thread, run with ``run_until_complete`` and never closed: each
+    call on the other loop than the last reused connections opened on a loop that was
+    only stopped, and every write failed as a Redis outage (RuntimeError)."""
+    cache = AsyncRedisCache.from_url(redis_url, prefix, config=RELAXED, registry=registry)
+    loops = [asyncio.new_event_loop(), asyncio.new_event_loop()]
+    try:
+        for turn in range(6):
+            loop = loops[turn % 2]
+            assert loop.run_until_complete(cache.set("user:1", turn)) is True
+            assert loop.run_until_complete(cache.get("user:1")) == turn
+        errors = [
+            sample
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == "redis_cache_errors_total" and sample.value
+        ]
+        assert errors == []
+        loops[0].run_until_complete(cache.aclose())
+    finally:
+        for loop in loops:
+            loop.close()
+
+
+@pytest.mark.facade_async
 def test_a_memory_cache_serves_two_running_loops_at_once(prefix: str) -> None:
     """The memory cache has no connections bound to a loop: two loops may use it at once
     (the example's REST service and its client share one). A miss on the second loop
