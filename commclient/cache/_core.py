@@ -680,6 +680,10 @@ class CacheCore:
             self.log(logging.INFO, "cache invalidation listener resubscribed")
         self.local.activate()
 
+    def listener_heard(self) -> None:
+        """The listener has run: the local tier may serve for a while more."""
+        self.local.heard()
+
     def listener_lost(self, error: BaseException) -> None:
         """Messages may be lost from now on: flush and bypass the local tier."""
         self.local.deactivate()

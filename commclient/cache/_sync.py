@@ -51,7 +51,8 @@ InvalidationCallback = Callable[[InvalidationMessage], object]
 
 def _listen(client: Any, config: CacheConfig, stop: io.Stop, subscription: Any) -> None:
     """Subscribe to ``config.channel`` on ``client`` and hand what comes to
-    ``subscription`` (its ``subscribed()``, ``message(data)`` and ``lost(error)``) until
+    ``subscription`` (its ``subscribed()``, ``message(data)``, ``lost(error)``, and
+    ``heard()`` after every read, a message or none) until
     ``stop`` is set (or the task is cancelled); resubscribe after every disconnect."""
     wait = config.resubscribe_min_wait
     while not stop.is_set():
@@ -65,6 +66,7 @@ def _listen(client: Any, config: CacheConfig, stop: io.Stop, subscription: Any) 
                     timeout=io.poll_timeout(config.listener_ping_interval)
                 )
                 io.check_cancelled()
+                subscription.heard()
                 now = time.monotonic()
                 if message is not None:
                     last_heard = now
@@ -97,6 +99,9 @@ class _CallbackSubscription:
 
     def subscribed(self) -> None:
         """Nothing to do: the callback hears every message from now on."""
+
+    def heard(self) -> None:
+        """Nothing to do: the callback is told of messages, not of silence."""
 
     def message(self, data: bytes | str) -> None:
         message = InvalidationMessage.decode(data)
@@ -177,6 +182,12 @@ class Listener:
 
     def _all_cores(self) -> list[CacheCore]:
         return [core for cores in self._cores.values() for core in cores]
+
+    def heard(self) -> None:
+        with self._lock:
+            cores = self._all_cores()
+        for core in cores:
+            core.listener_heard()
 
     def subscribed(self) -> None:
         with self._lock:
