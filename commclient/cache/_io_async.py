@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .._extras import import_extra
-from ._core import rebuild_client
+from ._core import rebuild_client, reentered
 from ._exceptions import CacheLoopError
 
 T = TypeVar("T")
@@ -296,6 +296,8 @@ class Flights:
         on_loop = (loop, key)
         flight = self._flights.get(on_loop)
         led = flight is None or flight.epoch != epoch
+        if flight is not None and not led and flight.task is asyncio.current_task():
+            raise RecursionError(reentered(key))
         if flight is None or led:
             task = loop.create_task(load())
             flight = _Flight(task, epoch)

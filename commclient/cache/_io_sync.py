@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, suppress
 from typing import Any, TypeVar
 
 from .._extras import import_extra
-from ._core import rebuild_client
+from ._core import rebuild_client, reentered
 from ._renewer import lease_renewer
 
 T = TypeVar("T")
@@ -106,9 +106,10 @@ class Deadlines:
 
 
 class _Flight:
-    __slots__ = ("done", "epoch", "error", "value")
+    __slots__ = ("done", "epoch", "error", "thread", "value")
 
     def __init__(self, epoch: int) -> None:
+        self.thread = threading.get_ident()  # the leader's, which runs the load
         self.done = threading.Event()
         self.epoch = epoch
         self.value: Any = None
@@ -137,6 +138,8 @@ class Flights:
             if flight is None or leader:
                 flight = _Flight(epoch)
                 self._flights[key] = flight
+        if not leader and flight.thread == threading.get_ident():
+            raise RecursionError(reentered(key))
         if not leader:
             flight.done.wait()
             if flight.error is not None:

@@ -1194,3 +1194,43 @@ def test_a_value_of_another_model_is_logged_with_its_key_and_model_in_the_text(
         ]
 
     run(scenario())
+
+
+def test_a_loader_asking_for_its_own_key_fails_instead_of_waiting_for_ever(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """Single flight made a loader that asks for its own key wait for its own load: the
+    call hung for ever (the async one until a timeout cut it)."""
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as harness:
+            cache = harness.cache
+            if harness.kind == "async":
+
+                async def loader() -> Any:
+                    return await cache.get_or_set("user:1", loader)
+
+                with pytest.raises(RecursionError, match="'user:1' asked for that key again"):
+                    await asyncio.wait_for(cache.get_or_set("user:1", loader), 10)
+            else:
+
+                def sync_loader() -> Any:
+                    return cache.get_or_set("user:1", sync_loader)
+
+                outcome: list[BaseException] = []
+
+                def call() -> None:
+                    try:
+                        cache.get_or_set("user:1", sync_loader)
+                    except BaseException as error:
+                        outcome.append(error)
+
+                caller = threading.Thread(target=call, daemon=True)  # a hang must not hang us
+                caller.start()
+                caller.join(10)
+                assert not caller.is_alive()
+                assert isinstance(outcome[0], RecursionError)
+                assert "'user:1' asked for that key again" in str(outcome[0])
+            assert await harness.get("user:1") is None  # nothing was stored
+
+    run(scenario())
