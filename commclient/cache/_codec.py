@@ -317,6 +317,17 @@ def _reads_back(value: Any) -> bool:
         return False
 
 
+def _reads_back_as(model: Any, data: bytes, value: object) -> bool:
+    """Whether ``data`` validates as ``model`` to a value equal to ``value``."""
+    if not _has_pydantic():
+        return False
+    try:
+        read = _adapter(model).validate_json(data, by_alias=True, by_name=True)
+    except _validation_errors():
+        return False
+    return bool(read == value) and type(read) is type(value)
+
+
 def unfaithful(value: object) -> str | None:
     """Why ``value`` would not read back from JSON as it is, or ``None`` if it would.
 
@@ -370,8 +381,11 @@ class Codec:
     def __init__(self, max_value_bytes: int) -> None:
         self.max_value_bytes = max_value_bytes
 
-    def encode(self, key: str, value: object) -> bytes:
-        """Return the JSON bytes of ``value``; raise if it is not JSON or too large."""
+    def encode(self, key: str, value: object, model: Any = None) -> bytes:
+        """Return the JSON bytes of ``value``; raise if it is not JSON or too large, or
+        would not read back as it is: as plain JSON, or, with a ``model`` (a loader's
+        value), as that model (a ``NamedTuple``, ``tuple[int, str]``, ``dict[int, str]``
+        read back faithfully through it)."""
         try:
             data = json.dumps(
                 value,
@@ -385,6 +399,8 @@ class Codec:
                 f"value for cache key {key!r} cannot be stored as JSON: {error}"
             ) from error
         problem = unfaithful(value)
+        if problem is not None and model is not None and _reads_back_as(model, data, value):
+            problem = None
         if problem is not None:
             raise CacheSerializationError(
                 f"value for cache key {key!r} would not read back as stored: {problem}"

@@ -413,8 +413,8 @@ class CacheCore:
 
     # -- writes -------------------------------------------------------------------------
 
-    def encode(self, key: str, value: object) -> bytes:
-        return self.codec.encode(key, value)
+    def encode(self, key: str, value: object, model: Any = None) -> bytes:
+        return self.codec.encode(key, value, model)
 
     def validate(self, value: object, model: Any) -> Any:
         return self.codec.validate(value, model)

@@ -381,7 +381,7 @@ def load_and_store(
         keep_alive = Call("lease_renew", Command.RENEW_LEASE, keys=renew_keys, args=renew_args)
     try:
         value = core.validate((yield Load(keep_alive)), job.model)
-        data = core.encode(plan.key, value)
+        data = core.encode(plan.key, value, job.model)
     except (CacheValueTooLargeError, CacheSerializationError) as error:
         core.unstorable_load(plan, error)
         yield from release(core, plan, token_held)

@@ -13,7 +13,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import redis
@@ -126,6 +126,47 @@ def test_models_round_trip_whatever_their_aliases(
             for _ in range(5):
                 assert await cache.get_or_set("user:2", loader, 300, model) == value
             assert len(loads) == 1
+
+    run(scenario())
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+@pytest.mark.parametrize(
+    ("model", "value"),
+    [
+        (Point, Point(1, 2)),
+        (tuple[int, str], (1, "one")),
+        (dict[int, str], {1: "low"}),
+        (list[Point], [Point(3, 4)]),
+    ],
+    ids=["NamedTuple", "tuple", "int keys", "list of NamedTuple"],
+)
+def test_a_model_that_reads_back_a_tuple_or_int_keys_is_cached(
+    any_facade: Facade, redis_url: str, prefix: str, model: Any, value: Any
+) -> None:
+    """JSON turns tuples into lists and int keys into str, so such plain values are refused;
+    but a model that declares them reads them back as they were, and a loader's value of
+    that model was refused too: get_or_set loaded on every call."""
+    loads: list[int] = []
+
+    def loader() -> Any:
+        loads.append(1)
+        return value
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            for _ in range(3):
+                assert await cache.get_or_set("user:1", loader, 300, model) == value
+            assert len(loads) == 1
+            read = await cache.get("user:1", model)
+            assert read == value
+            assert type(read) is type(value)
+            with pytest.raises(CacheSerializationError, match="would not read back"):
+                await cache.set("user:2", value)  # no model: a plain reader gets a list
 
     run(scenario())
 
