@@ -12,6 +12,7 @@ from ._config import CacheConfig
 from ._exceptions import (
     CacheClosedError,
     CacheError,
+    CacheLoopError,
     CacheSerializationError,
     CacheUnavailableError,
     CacheValueTooLargeError,
@@ -34,6 +35,7 @@ __all__ = [
     "CacheClosedError",
     "CacheConfig",
     "CacheError",
+    "CacheLoopError",
     "CacheSerializationError",
     "CacheUnavailableError",
     "CacheValueTooLargeError",

@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial, wraps
@@ -37,7 +38,7 @@ from ._core import (
     reset_after_fork,
 )
 from ._decorator import CachedCall
-from ._exceptions import CacheClosedError
+from ._exceptions import CacheClosedError, CacheLoopError
 from ._local import MISSING
 from ._messages import InvalidationMessage
 
@@ -52,7 +53,8 @@ InvalidationCallback = Callable[[InvalidationMessage], object]
 
 async def _listen(client: Any, config: CacheConfig, stop: io.Stop, subscription: Any) -> None:
     """Subscribe to ``config.channel`` on ``client`` and hand what comes to
-    ``subscription`` (its ``subscribed()``, ``message(data)`` and ``lost(error)``) until
+    ``subscription`` (its ``subscribed()``, ``message(data)``, ``lost(error)``, and
+    ``heard()`` after every read, a message or none) until
     ``stop`` is set (or the task is cancelled); resubscribe after every disconnect."""
     wait = config.resubscribe_min_wait
     while not stop.is_set():
@@ -66,6 +68,7 @@ async def _listen(client: Any, config: CacheConfig, stop: io.Stop, subscription:
                     timeout=io.poll_timeout(config.listener_ping_interval)
                 )
                 io.check_cancelled()
+                subscription.heard()
                 now = time.monotonic()
                 if message is not None:
                     last_heard = now
@@ -99,6 +102,9 @@ class _CallbackSubscription:
     def subscribed(self) -> None:
         """Nothing to do: the callback hears every message from now on."""
 
+    def heard(self) -> None:
+        """Nothing to do: the callback is told of messages, not of silence."""
+
     async def message(self, data: bytes | str) -> None:
         message = InvalidationMessage.decode(data)
         if message is None:
@@ -116,7 +122,9 @@ class Listener:
     """The local tiers' Pub/Sub subscription: one per Redis client and channel, shared
     by every cache on that client, however many (one task or thread, one connection).
 
-    Each message is decoded once and applied to the caches of its prefix. Its timings
+    Each message is decoded once and applied to the caches of its prefix. It holds them
+    weakly: a cache dropped without ``close()`` (one made per request, say) goes with
+    its local tier instead of being kept and fed for ever. Its timings
     (ping interval, resubscription pauses) are those of the first cache that joined.
     Its client is a copy of the caches' client whose connections never retry by
     themselves: redis-py reconnects and resubscribes a Pub/Sub connection silently when
@@ -129,7 +137,7 @@ class Listener:
         self.client = client
         self._config = config
         self._lock = threading.Lock()
-        self._cores: dict[str, list[CacheCore]] = {}
+        self._cores: dict[str, weakref.WeakSet[CacheCore]] = {}
         self._live = False
         self._task: Any = None
         self._stop = io.Stop()
@@ -137,20 +145,16 @@ class Listener:
 
     def attach(self, core: CacheCore) -> None:
         with self._lock:
-            cores = self._cores.setdefault(core.prefix, [])
-            if core not in cores:
-                cores.append(core)
+            self._cores.setdefault(core.prefix, weakref.WeakSet()).add(core)
             if self._live:
                 core.listener_subscribed()
 
     def detach(self, core: CacheCore) -> bool:
         """Stop serving ``core``'s local tier; ``True`` if no cache is left."""
         with self._lock:
-            cores = self._cores.get(core.prefix, [])
-            if core in cores:
-                cores.remove(core)
-            if not cores:
-                self._cores.pop(core.prefix, None)
+            self._cores.get(core.prefix, weakref.WeakSet()).discard(core)
+            # Prefixes whose caches all left, or were dropped without close().
+            self._cores = {prefix: cores for prefix, cores in self._cores.items() if cores}
             core.listener_stopped()
             return not self._cores
 
@@ -180,6 +184,12 @@ class Listener:
 
     def _all_cores(self) -> list[CacheCore]:
         return [core for cores in self._cores.values() for core in cores]
+
+    def heard(self) -> None:
+        with self._lock:
+            cores = self._all_cores()
+        for core in cores:
+            core.listener_heard()
 
     def subscribed(self) -> None:
         with self._lock:
@@ -265,7 +275,12 @@ class AsyncRedisCache(CoreFacade):
     by ``config.operation_timeout`` whatever the client's own timeout and retry settings.
     ``prefix`` namespaces the keys; ``name`` (default: the prefix) is the ``cache_name``
     metric label; ``registry`` is the Prometheus registry (``None``: the default one).
+    Used from one running event loop at a time (a second raises :class:`CacheLoopError`);
+    the memory cache from any number.
     """
+
+    # redis-py's asyncio connections belong to the loop that opened them.
+    _connections_bound_to_a_loop = True
 
     def __init__(
         self,
@@ -302,13 +317,18 @@ class AsyncRedisCache(CoreFacade):
         self._core.after_fork()
         self._flights = io.Flights()
         timeout = self._core.config.operation_timeout
-        self._deadlines = io.Deadlines(timeout, on_loop_closed=self._forget_connections)
+        self._deadlines = io.Deadlines(
+            timeout,
+            on_loop_left=self._forget_connections,
+            one_loop=self._connections_bound_to_a_loop,
+        )
         self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
 
     def _forget_connections(self) -> None:
-        """Drop the connections of a closed event loop (the async driver), or of the
-        parent process (after a fork): the next call opens its own."""
+        """Drop the connections of an event loop left behind, closed or stopped (the
+        async driver), or of the parent process (after a fork): the next call opens its
+        own."""
         io.reset_connections(self._redis)
 
     @classmethod
@@ -386,10 +406,12 @@ class AsyncRedisCache(CoreFacade):
         skipped Redis, or Redis refused the command. Both are falsy, so ``if await
         cache.set(...)`` still reads "confirmed"; every local tier drops the key either way.
         """
+        self._check_open()
         return await self._run(flows.set_value(self._core, key, value, ttl_milliseconds(ttl)))
 
     async def delete(self, key: str) -> bool:
         """Delete ``key`` everywhere (Redis, and every local tier); ``True`` if it existed."""
+        self._check_open()
         return await self._run(flows.delete(self._core, key))
 
     async def invalidate(self, pattern: str, *parts: object, strict: bool = False) -> int:
@@ -404,11 +426,13 @@ class AsyncRedisCache(CoreFacade):
         counted and logged, and returns the count so far; with ``strict=True`` it raises
         :class:`CacheUnavailableError` instead (to retry it, as the middleware does).
         """
+        self._check_open()
         return await self._run(flows.invalidate(self._core, pattern, parts, strict=strict))
 
     async def invalidate_group(self, group: str) -> bool:
         """Invalidate every key of ``group`` with one INCR, then broadcast; ``False`` if
         Redis could not be reached."""
+        self._check_open()
         return await self._run(flows.invalidate_group(self._core, group))
 
     # -- read-through -------------------------------------------------------------------
@@ -499,17 +523,17 @@ class AsyncRedisCache(CoreFacade):
         read = await self._read(plan, with_ttl=stale_s > 0 or early_s > 0)
         if read is None:
             core.unavailable(plan)
-            return await self._join(flight_key, job.epoch, flows.load(core, job), loader)
+            return await self._join(flight_key, job.epoch, partial(flows.load, core, job), loader)
         value = await self._decode(plan, read, model, job.epoch)
         core.read_through(value is MISSING)
         if value is MISMATCH:
-            return await self._join(flight_key, job.epoch, flows.load(core, job), loader)
+            return await self._join(flight_key, job.epoch, partial(flows.load, core, job), loader)
         if value is MISSING:
-            return await self._join(flight_key, job.epoch, flows.fill(core, job), loader)
+            return await self._join(flight_key, job.epoch, partial(flows.fill, core, job), loader)
         fresh = core.is_fresh(read, stale_s) and not core.refresh_early(read, stale_s, early_s)
         if fresh or flight_key in self._flights:
             return value
-        refresh = flows.refresh(core, job, read.generation, value)
+        refresh = partial(flows.refresh, core, job, read.generation, value)
         try:
             return await self._join(flight_key, job.epoch, refresh, loader)
         except Exception as error:
@@ -520,12 +544,21 @@ class AsyncRedisCache(CoreFacade):
         self,
         flight_key: tuple[str, Any],
         epoch: int,
-        flow: flows.Flow[Any],
+        flow: Callable[[], flows.Flow[Any]],
         loader: Callable[[], Awaitable[Any]],
     ) -> Any:
-        """Wait for the load of ``flight_key`` in flight, or run ``flow`` with ``loader``;
-        each caller gets a copy of its own of what the load returned."""
-        shared = await self._flights.join(flight_key, epoch, partial(self._run, flow, loader))
+        """Wait for the load of ``flight_key`` in flight, or run ``flow()`` with ``loader``;
+        each caller gets a copy of its own of what the load returned.
+
+        A load whose write Redis refused was overtaken by a ``set``, ``delete`` or
+        invalidation (:class:`flows.Superseded`): its value may be older than that
+        change, which callers that joined it may have asked after (without a local
+        tier, nothing tells this process of another's invalidation). Its first caller
+        asked before and keeps it; the others load again, on their own.
+        """
+        shared = await self._flights.join(flight_key, epoch, partial(self._run_flow, flow, loader))
+        if isinstance(shared[0], flows.Superseded) and not shared[1]:
+            shared = await self._run(flow(), loader), True
         return self._private(shared, flight_key[1])
 
     @staticmethod
@@ -534,7 +567,14 @@ class AsyncRedisCache(CoreFacade):
         ran the load keeps its value: it is a fresh decode that nobody else holds (see
         :meth:`CacheCore.as_read`); a model instance may be the loader's own object."""
         value, led = shared
+        if isinstance(value, flows.Superseded):
+            value = value.value
         return value if led and model is None else caller_copy(value, model)
+
+    async def _run_flow(
+        self, flow: Callable[[], flows.Flow[T]], loader: Callable[[], Awaitable[Any]]
+    ) -> T:
+        return await self._run(flow(), loader)
 
     def cached(
         self,
@@ -567,9 +607,8 @@ class AsyncRedisCache(CoreFacade):
             ttl_seconds(early_refresh, "early_refresh")
 
         def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-            call = CachedCall(function, key, group)
+            call = CachedCall(function, key, group, model)
             io.check_decoratable(function, type(self).__name__)
-            chosen = model if model is not None else call.model
 
             @wraps(function)
             async def cached_call(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -577,7 +616,7 @@ class AsyncRedisCache(CoreFacade):
                     call.key(args, kwargs),
                     partial(function, *args, **kwargs),
                     ttl,
-                    chosen,
+                    call.model,
                     stale_ttl=stale_ttl,
                     early_refresh=early_refresh,
                 )
@@ -672,6 +711,8 @@ class AsyncRedisCache(CoreFacade):
             await io.close_client(self._redis)
 
     def _check_open(self) -> None:
+        """Refuse an operation begun after :meth:`aclose` (a closed cache's local tier is
+        flushed, so reads reach :meth:`_read`, which checks)."""
         if self._closed:
             raise CacheClosedError(f"cache {self._core.name!r} is closed")
 
@@ -723,8 +764,14 @@ class AsyncRedisCache(CoreFacade):
         self, operation: str, command: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
     ) -> Any:
         """Run one Redis command within the operation timeout; on failure, :data:`FAILED`
-        (or :data:`UNCONFIRMED`, see :meth:`CacheCore.failed`)."""
-        self._check_open()
+        (or :data:`UNCONFIRMED`, see :meth:`CacheCore.failed`).
+
+        A call made after :meth:`aclose` by an operation already in flight is
+        :data:`FAILED` without Redis: the operation ends as in an outage (a loader's value
+        is returned, not stored), while every operation begun later raises
+        :class:`CacheClosedError` (see :meth:`_check_open`)."""
+        if self._closed:
+            return FAILED
         core = self._core
         admission = core.admit(operation)
         if admission is None:
@@ -732,6 +779,9 @@ class AsyncRedisCache(CoreFacade):
         started = time.perf_counter()
         try:
             result = await self._deadlines.run(command, *args, **kwargs)
+        except CacheLoopError:
+            core.abandoned(admission)  # the caller's mistake, not an outage
+            raise
         except Exception as error:
             return core.failed(operation, error, admission)
         except BaseException:
@@ -748,6 +798,7 @@ class AsyncRedisCache(CoreFacade):
         The hot path of every Redis hit, kept out of the flows (a flow costs it a few
         percent); without a TTL it needs no Lua, which costs the server more than the GET.
         """
+        self._check_open()  # every get and get_or_set that the local tier did not serve
         core = self._core
         fast = not with_ttl and not core.local_tier_enabled
         for _ in range(GENERATION_ATTEMPTS):

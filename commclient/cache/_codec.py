@@ -279,14 +279,19 @@ def _object_copier(
 def _jsonable(value: object) -> Any:
     """``json.dumps``'s fallback: models and dataclasses become JSON data, nothing else.
 
+    Computed fields are left out: they are computed again when the value is read, and a
+    model that forbids extras would refuse them as such.
+
     Sets, bytes and arbitrary objects are refused rather than converted, so that what
     comes back from the cache is what went in.
     """
     if _has_pydantic() and isinstance(value, _pydantic().BaseModel):
-        return value.model_dump(mode="json", by_alias=False)
+        return value.model_dump(mode="json", by_alias=False, exclude_computed_fields=True)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         if _has_pydantic():
-            return _adapter(_type_of(value)).dump_python(value, mode="json", by_alias=False)
+            return _adapter(_type_of(value)).dump_python(
+                value, mode="json", by_alias=False, exclude_computed_fields=True
+            )
         return dataclasses.asdict(value)
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
@@ -305,11 +310,22 @@ def _reads_back(value: Any) -> bool:
     try:
         if _has_pydantic():
             adapter = _adapter(kind)
-            data = adapter.dump_json(value, by_alias=False)
+            data = adapter.dump_json(value, by_alias=False, exclude_computed_fields=True)
             return bool(adapter.validate_json(data, by_alias=True, by_name=True) == value)
         return bool(kind(**json.loads(json.dumps(dataclasses.asdict(value)))) == value)
     except _validation_errors():
         return False
+
+
+def _reads_back_as(model: Any, data: bytes, value: object) -> bool:
+    """Whether ``data`` validates as ``model`` to a value equal to ``value``."""
+    if not _has_pydantic():
+        return False
+    try:
+        read = _adapter(model).validate_json(data, by_alias=True, by_name=True)
+    except _validation_errors():
+        return False
+    return bool(read == value) and type(read) is type(value)
 
 
 def unfaithful(value: object) -> str | None:
@@ -371,8 +387,11 @@ class Codec:
     def __init__(self, max_value_bytes: int) -> None:
         self.max_value_bytes = max_value_bytes
 
-    def encode(self, key: str, value: object) -> bytes:
-        """Return the JSON bytes of ``value``; raise if it is not JSON or too large."""
+    def encode(self, key: str, value: object, model: Any = None) -> bytes:
+        """Return the JSON bytes of ``value``; raise if it is not JSON or too large, or
+        would not read back as it is: as plain JSON, or, with a ``model`` (a loader's
+        value), as that model (a ``NamedTuple``, ``tuple[int, str]``, ``dict[int, str]``
+        read back faithfully through it)."""
         try:
             data = _ENCODER.encode(value).encode()
         except (TypeError, ValueError, RecursionError) as error:
@@ -380,6 +399,8 @@ class Codec:
                 f"value for cache key {key!r} cannot be stored as JSON: {error}"
             ) from error
         problem = unfaithful(value)
+        if problem is not None and model is not None and _reads_back_as(model, data, value):
+            problem = None
         if problem is not None:
             raise CacheSerializationError(
                 f"value for cache key {key!r} would not read back as stored: {problem}"

@@ -93,6 +93,17 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def reentered(flight_key: Any) -> str:
+    """Why a loader that asks for its own key (``flight_key``: the key and the model)
+    fails: waiting for itself, it would wait for ever (without the cache, it would
+    recurse without end)."""
+    key = flight_key[0] if isinstance(flight_key, tuple) else flight_key
+    return (
+        f"the loader of cache key {key!r} asked for that key again "
+        "(get_or_set or a cached function re-entered from its own loader)"
+    )
+
+
 def reset_after_fork(cache: Any) -> None:
     """Call ``cache._in_forked_child()`` in every child forked from now on (DESIGN §6)."""
     _forkable.add(cache)
@@ -432,8 +443,8 @@ class CacheCore:
 
     # -- writes -------------------------------------------------------------------------
 
-    def encode(self, key: str, value: object) -> bytes:
-        return self.codec.encode(key, value)
+    def encode(self, key: str, value: object, model: Any = None) -> bytes:
+        return self.codec.encode(key, value, model)
 
     def validate(self, value: object, model: Any) -> Any:
         return self.codec.validate(value, model)
@@ -723,6 +734,10 @@ class CacheCore:
             self._listener_outage = False
             self.log(logging.INFO, "cache invalidation listener resubscribed")
         self.local.activate()
+
+    def listener_heard(self) -> None:
+        """The listener has run: the local tier may serve for a while more."""
+        self.local.heard()
 
     def listener_lost(self, error: BaseException) -> None:
         """Messages may be lost from now on: flush and bypass the local tier."""

@@ -8,6 +8,8 @@ mistakes, raised at once so they are found in development::
     ├── CacheSerializationError (also TypeError) a value that is not JSON-serialisable
     ├── CacheValueTooLargeError (also ValueError) a value above ``max_value_bytes``
     ├── CacheClosedError (also RuntimeError)     a cache used after ``close()``
+    ├── CacheLoopError (also RuntimeError)       an async cache used from a second event
+    │                                            loop while the first still runs
     ├── CacheUnavailableError                    only where asked for (``strict=True``):
     │                                            an invalidation Redis did not complete
     └── LoaderFailedError                        ``get_or_set``: the loader failed in
@@ -59,3 +61,9 @@ class LoaderFailedError(CacheError):
 
 class CacheClosedError(CacheError, RuntimeError):
     """The cache was closed: it opens no connection again."""
+
+
+class CacheLoopError(CacheError, RuntimeError):
+    """The async cache was used from an event loop while the loop it is bound to still
+    runs (``asyncio.run`` in two threads at once): its connections and deadlines belong
+    to one running loop. Use a cache per loop, or the sync cache from threads."""

@@ -125,6 +125,18 @@ class Load:
 
 LOAD = Load()
 
+
+class Superseded:
+    """What a load returns when Redis refused its write: a ``set``, ``delete`` or
+    invalidation came while it loaded, so ``value`` may be older than that change
+    (see ``AsyncRedisCache._join``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 Step = Call | Sleep | Load
 Flow = Generator[Step, Any, T]
 
@@ -399,7 +411,7 @@ def load_and_store(
         keep_alive = Call("lease_renew", Command.RENEW_LEASE, keys=renew_keys, args=renew_args)
     try:
         value = core.validate((yield Load(keep_alive)), job.model)
-        data = core.encode(plan.key, value)
+        data = core.encode(plan.key, value, job.model)
     except (CacheValueTooLargeError, CacheSerializationError) as error:
         core.unstorable_load(plan, error)
         yield from release(core, plan, token_held)
@@ -415,7 +427,7 @@ def load_and_store(
     written = yield Call("set", Command.WRITE, keys=keys, args=args)
     value = core.as_read(value, job.model, data)
     core.loaded(plan, data, ttl_ms, job.model, value, job.epoch, stored=written == 1)
-    return value
+    return Superseded(value) if written == 0 else value
 
 
 def release(

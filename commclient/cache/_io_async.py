@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from .._callables import require_function
 from .._extras import import_extra
-from ._core import rebuild_client
+from ._core import rebuild_client, reentered
+from ._exceptions import CacheLoopError
 
 T = TypeVar("T")
 
@@ -52,8 +53,9 @@ async def wait(stop: Stop, seconds: float) -> None:
 
 
 def poll_timeout(ping_interval: float) -> float:
-    """How long one Pub/Sub read may wait: cancellation interrupts it, so the full interval."""
-    return ping_interval
+    """How long one Pub/Sub read may wait: short, so that the listener shows it runs well
+    within ``LISTENER_SILENCE`` (see ``_local``)."""
+    return min(ping_interval, 0.1)
 
 
 if sys.version_info >= (3, 11):
@@ -181,9 +183,16 @@ class Deadlines:
     ``timeout * (1 + TICKS_FRACTION)`` seconds.
     """
 
-    def __init__(self, timeout: float, on_loop_closed: Callable[[], None]) -> None:
+    def __init__(
+        self, timeout: float, on_loop_left: Callable[[], None], *, one_loop: bool = True
+    ) -> None:
+        """``on_loop_left`` drops the connections of a loop the calls moved away from.
+        ``one_loop``: the client's connections belong to the loop they were opened on,
+        so calls from a second loop while the first still runs are refused
+        (:class:`CacheLoopError`); the memory client has no connections."""
         self.timeout = timeout
-        self._on_loop_closed = on_loop_closed
+        self._on_loop_left = on_loop_left
+        self._one_loop = one_loop
         self._tick = timeout * TICKS_FRACTION
         self._calls: set[_Call] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -207,10 +216,21 @@ class Deadlines:
     def _start(self) -> _Call:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
+            old = self._loop
+            if self._one_loop and old is not None and old.is_running():
+                # Another thread's loop still uses the connections and the timer: taking
+                # them over would break its calls, and using them here fails.
+                raise CacheLoopError(
+                    "this async cache is in use on another event loop, which is still "
+                    "running (asyncio.run in two threads at once?): use one cache per "
+                    "event loop, or SyncRedisCache from threads"
+                )
             # Used from a new event loop: the old loop's calls and timer are gone with it,
-            # and so are the connections opened on it (``asyncio.run`` per job).
-            if self._loop is not None and self._loop.is_closed():
-                self._on_loop_closed()
+            # and the connections opened on it cannot serve this one, whether it was
+            # closed (``asyncio.run`` per job) or only stopped (a loop per worker thread,
+            # run with ``run_until_complete``, used in turn).
+            if old is not None and (self._one_loop or old.is_closed()):
+                self._on_loop_left()
             self._loop, self._timer = loop, None
             self._calls = set()
         task = asyncio.current_task()
@@ -259,10 +279,11 @@ ABANDONED: Any = object()
 
 
 class _Flight:
-    __slots__ = ("epoch", "followers")
+    __slots__ = ("epoch", "followers", "task")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
+        self.task = asyncio.current_task()  # the leader's, which runs the load
         self.followers: list[asyncio.Future[Any]] = []
 
 
@@ -273,29 +294,37 @@ class Flights:
     costs no task and no extra turn of the event loop); each caller that joins waits on
     a future of its own, so that its cancellation cancels only its own wait. A leader's
     error reaches every follower; a leader cancelled mid-load leaves the followers to
-    load again, one leading (the load released its lease: see ``_flows``).
+    load again, one leading (the load released its lease: see ``_flows``). A loader
+    that asks for its own key (in the leader's task) raises :class:`RecursionError`
+    rather than wait for itself.
 
     A load is joined only by callers that saw the same ``epoch`` (the local tier's
     invalidation count): a load that began before an invalidation applied here may carry
-    the old data, so later callers start their own instead of joining it.
+    the old data, so later callers start their own instead of joining it. And only on its
+    own event loop: a memory cache may serve two running loops at once, and one loop's
+    future cannot be awaited on another.
     """
 
     def __init__(self) -> None:
-        self._flights: dict[Hashable, _Flight] = {}
+        self._flights: dict[tuple[asyncio.AbstractEventLoop, Hashable], _Flight] = {}
 
     def __contains__(self, key: Hashable) -> bool:
-        return key in self._flights
+        return (asyncio.get_running_loop(), key) in self._flights
 
     async def join(
         self, key: Hashable, epoch: int, load: Callable[[], Coroutine[Any, Any, Any]]
     ) -> tuple[Any, bool]:
         """Wait for the load of ``key`` in flight, or run ``load``: its value (and
         whether this caller ran it), or its error."""
+        loop = asyncio.get_running_loop()
+        on_loop = (loop, key)
         while True:
-            flight = self._flights.get(key)
+            flight = self._flights.get(on_loop)
             if flight is None or flight.epoch != epoch:
-                return await self._lead(key, epoch, load)
-            waiter = asyncio.get_running_loop().create_future()
+                return await self._lead(on_loop, epoch, load)
+            if flight.task is asyncio.current_task():
+                raise RecursionError(reentered(key))
+            waiter = loop.create_future()
             flight.followers.append(waiter)
             value = await waiter
             if value is not ABANDONED:
@@ -306,25 +335,31 @@ class Flights:
     ) -> tuple[Any, bool] | None:
         """Run ``load`` as :meth:`join` would, unless a load of ``key`` is in flight:
         then ``None`` (the caller reads first, and joins only if its read missed)."""
-        if key in self._flights:
+        on_loop = (asyncio.get_running_loop(), key)
+        if on_loop in self._flights:
             return None
-        return await self._lead(key, epoch, load)
+        return await self._lead(on_loop, epoch, load)
 
     async def _lead(
-        self, key: Hashable, epoch: int, load: Callable[[], Coroutine[Any, Any, Any]]
+        self,
+        on_loop: tuple[asyncio.AbstractEventLoop, Hashable],
+        epoch: int,
+        load: Callable[[], Coroutine[Any, Any, Any]],
     ) -> tuple[Any, bool]:
-        flight = self._flights[key] = _Flight(epoch)
+        flight = self._flights[on_loop] = _Flight(epoch)
         try:
             value = await load()
         except BaseException as error:
-            self._end(key, flight, ABANDONED if not isinstance(error, Exception) else error)
+            self._end(on_loop, flight, ABANDONED if not isinstance(error, Exception) else error)
             raise
-        self._end(key, flight, value)
+        self._end(on_loop, flight, value)
         return value, True
 
-    def _end(self, key: Hashable, flight: _Flight, outcome: Any) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
+    def _end(
+        self, on_loop: tuple[asyncio.AbstractEventLoop, Hashable], flight: _Flight, outcome: Any
+    ) -> None:
+        if self._flights.get(on_loop) is flight:
+            del self._flights[on_loop]
         for waiter in flight.followers:
             if waiter.done():  # that follower was cancelled
                 continue

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from .._callables import require_function
 from .._extras import import_extra
-from ._core import rebuild_client
+from ._core import rebuild_client, reentered
 from ._renewer import lease_renewer
 
 T = TypeVar("T")
@@ -105,7 +105,9 @@ def close_quietly(resource: Any) -> None:
 class Deadlines:
     """Blocking calls are bounded by their client's socket timeouts (see ``_bounded_client``)."""
 
-    def __init__(self, timeout: float, on_loop_closed: Callable[[], None]) -> None:
+    def __init__(
+        self, timeout: float, on_loop_left: Callable[[], None], *, one_loop: bool = True
+    ) -> None:
         self.timeout = timeout
 
     def run(self, command: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -118,9 +120,10 @@ ABANDONED: Any = object()
 
 
 class _Flight:
-    __slots__ = ("done", "epoch", "error", "value")
+    __slots__ = ("done", "epoch", "error", "thread", "value")
 
     def __init__(self, epoch: int) -> None:
+        self.thread = threading.get_ident()  # the leader's, which runs the load
         # Held by the leader until the load ends: a follower waits by acquiring it (a
         # bare lock is cheaper to make than an Event, and a miss makes one).
         self.done = threading.Lock()
@@ -137,7 +140,9 @@ class _Flight:
 class Flights:
     """Single flight: concurrent misses of one key in this process share one load, run
     by the first caller; the others wait for it. Joined only by callers that saw the
-    same ``epoch`` (see :class:`._io_async.Flights`, whose twin this is)."""
+    same ``epoch`` (see :class:`._io_async.Flights`, whose twin this is). A loader that
+    asks for its own key (in the leader's thread) raises :class:`RecursionError` rather
+    than wait for itself."""
 
     def __init__(self) -> None:
         self._flights: dict[Hashable, _Flight] = {}
@@ -155,6 +160,8 @@ class Flights:
                 if flight is None or flight.epoch != epoch:
                     flight = self._flights[key] = _Flight(epoch)
                     break
+            if flight.thread == threading.get_ident():
+                raise RecursionError(reentered(key))
             flight.wait()
             if flight.error is not None:
                 raise flight.error

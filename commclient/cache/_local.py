@@ -35,6 +35,12 @@ from ._messages import InvalidationMessage
 
 MISSING: Any = object()
 
+LISTENER_SILENCE = 0.25
+"""How long the local tier serves after its listener last ran (it runs at least every
+0.1 s, see ``poll_timeout``). A listener that stopped running (the event loop it is on
+was stopped between ``run_until_complete`` calls, or blocked) may have invalidations
+waiting in its socket: the tier must not serve until it has read them."""
+
 
 class _Entry:
     __slots__ = ("copy", "data", "decoded", "expires_at", "model", "redis_expires_at", "used")
@@ -80,6 +86,7 @@ class LocalTier:
         self._lock = threading.Lock()
         self.active = False  # serving: changed under the lock, read without it
         self.epoch = 0
+        self.heard_until = float("inf")  # see heard(); a tier no listener drives: always
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -96,6 +103,8 @@ class LocalTier:
         if entry is None:
             return MISSING
         now = self._clock()
+        if now >= self.heard_until:
+            return MISSING
         if entry.expires_at <= now:
             with self._lock:
                 if self._entries.get(key) is entry:
@@ -161,6 +170,10 @@ class LocalTier:
             for key in doomed:
                 self._remove(key)
             return len(doomed)
+
+    def heard(self) -> None:
+        """The listener has just read what its socket held: serve for a while."""
+        self.heard_until = self._clock() + LISTENER_SILENCE
 
     def activate(self) -> None:
         """Start serving, from empty: called when the listener has (re)subscribed."""

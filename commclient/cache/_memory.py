@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,8 +43,20 @@ def _bytes(value: Value) -> bytes:
     return value.encode() if isinstance(value, str) else str(value).encode()
 
 
+_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+
+
+def _empty_stores_after_fork() -> None:
+    for store in list(_stores):
+        store._start_empty()
+
+
+os.register_at_fork(after_in_child=_empty_stores_after_fork)
+
+
 class MemoryStore:
-    """Thread-safe storage shared by the memory caches of one process.
+    """Thread-safe storage shared by the memory caches of one process (a forked child
+    starts with it empty: see :meth:`_start_empty`).
 
     Bounded to ``max_entries`` values (least recently used first out; group counters
     are kept apart and never evicted, so that an old generation cannot come back);
@@ -58,6 +72,14 @@ class MemoryStore:
             raise ValueError("max_entries must be > 0")
         self.max_entries = max_entries
         self._clock = clock
+        self._start_empty()
+        _stores.add(self)
+
+    def _start_empty(self) -> None:
+        """Empty, with a free lock: a new store, or the one a forked child inherited. The
+        child must not serve the parent's values (the parent may change or delete them
+        without the child ever hearing of it), nor wait on a lock that a thread of the
+        parent held at the fork."""
         self.lock = threading.RLock()
         self._values: OrderedDict[bytes, tuple[bytes, float | None]] = OrderedDict()
         self._counters: dict[bytes, int] = {}
@@ -394,7 +416,10 @@ class AsyncMemoryClient:
 
 
 class AsyncMemoryCache(AsyncRedisCache):
-    """:class:`AsyncRedisCache` on a :class:`MemoryStore` (default: a new one)."""
+    """:class:`AsyncRedisCache` on a :class:`MemoryStore` (default: a new one), which any
+    number of event loops may use at once."""
+
+    _connections_bound_to_a_loop = False
 
     def __init__(
         self,

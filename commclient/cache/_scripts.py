@@ -8,6 +8,12 @@ before its group's generation is read is explained in ``_keys``.
 
 from __future__ import annotations
 
+# A script that publishes does so before it changes anything: Redis does not undo a
+# script that fails midway, and PUBLISH is the command most likely to be refused (an ACL
+# user without channel permissions, Redis 7's default for new users). A change made
+# before a refused PUBLISH would stay, unannounced to the local tiers, while the caller
+# is told it failed; a PUBLISH made before a refused change costs a needless drop.
+
 # A group without a generation key (never written, or the key was evicted or lost in a
 # restart) has the generation '': no value is ever stored under it, so reads miss. The
 # scripts that store create the key with a random start the client sends (ARGV
@@ -53,28 +59,30 @@ if not generation then
   generation = ARGV[8]
   redis.call('SET', KEYS[1], generation)
 end
+local revokes = ARGV[4] == '1' or (ARGV[4] == '0' and ARGV[5] ~= '')
 if ARGV[4] == '2' then
   if redis.call('GET', KEYS[2]) ~= ARGV[5] or redis.call('EXISTS', KEYS[3]) == 1 then
     return 0
   end
-elseif ARGV[5] ~= '' then
-  if redis.call('GET', KEYS[2]) ~= ARGV[5] then
-    return 0
-  end
-  redis.call('DEL', KEYS[2])
-elseif ARGV[4] == '1' then
-  redis.call('DEL', KEYS[2])
+elseif ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then
+  return 0
 end
 if ARGV[3] ~= generation then
+  if revokes then
+    redis.call('DEL', KEYS[2])
+  end
   if ARGV[4] == '1' then
     return generation
   end
   return 0
 end
-redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 if ARGV[7] ~= '' then
   redis.call('PUBLISH', ARGV[6], ARGV[7])
 end
+if revokes then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
@@ -90,11 +98,12 @@ local generation = redis.call('GET', KEYS[1]) or ''
 if generation ~= ARGV[1] then
   return generation
 end
-redis.call('DEL', KEYS[2])
-local deleted = redis.call('UNLINK', KEYS[3])
+local deleted = redis.call('EXISTS', KEYS[3])
 local message = cjson.decode(ARGV[3])
 message['count'] = deleted
 redis.call('PUBLISH', ARGV[2], cjson.encode(message))
+redis.call('DEL', KEYS[2])
+redis.call('UNLINK', KEYS[3])
 return deleted
 """
 
@@ -102,11 +111,11 @@ return deleted
 # ARGV[2] the pattern's invalidation message: published in the same step as the keys
 # are removed, so that every page removed is broadcast. Returns how many were removed.
 UNLINK_AND_PUBLISH = """
+redis.call('PUBLISH', ARGV[1], ARGV[2])
 local removed = 0
 for first = 1, #KEYS, 500 do
   removed = removed + redis.call('UNLINK', unpack(KEYS, first, math.min(first + 499, #KEYS)))
 end
-redis.call('PUBLISH', ARGV[1], ARGV[2])
 return removed
 """
 
@@ -114,16 +123,18 @@ return removed
 # generation added, so that the other processes address the group's keys with it at once;
 # ARGV[3] fresh generation (for a group without one). Returns the new generation.
 BUMP_GENERATION = """
-local generation
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  generation = redis.call('INCR', KEYS[1])
-else
-  generation = tonumber(ARGV[3])
-  redis.call('SET', KEYS[1], ARGV[3])
+local current = redis.call('GET', KEYS[1])
+local generation = tonumber(ARGV[3])
+if current then
+  generation = tonumber(current) + 1
 end
 local message = cjson.decode(ARGV[2])
 message['generation'] = generation
 redis.call('PUBLISH', ARGV[1], cjson.encode(message))
+if current then
+  return redis.call('INCR', KEYS[1])
+end
+redis.call('SET', KEYS[1], ARGV[3])
 return generation
 """
 

@@ -3,13 +3,16 @@ the behaviour is not about Redis), on a real redis-server started for the sessio
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import json
 import logging
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from typing import Any, get_origin
 
 import pytest
@@ -18,7 +21,10 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
 from commclient.cache import (
+    AsyncMemoryCache,
+    AsyncRedisCache,
     CacheConfig,
+    CacheLoopError,
     CacheSerializationError,
     CacheValueTooLargeError,
     Glob,
@@ -29,7 +35,7 @@ from commclient.cache import (
 )
 from commclient.cache import _flows as flows
 from tests import conftest_cache
-from tests.conftest_cache import Facade, data_key, eventually, metric, run
+from tests.conftest_cache import RELAXED, Facade, data_key, eventually, metric, run
 
 pytestmark = pytest.mark.redis_server
 
@@ -676,6 +682,183 @@ def test_a_load_overtaken_by_a_delete_is_not_stored(
     run(scenario())
 
 
+@pytest.mark.parametrize("misses_dominate", [False, True], ids=["read-first", "lease-first"])
+def test_a_caller_after_an_invalidation_never_joins_the_load_it_overtook(
+    any_facade: Facade, redis_url: str, prefix: str, misses_dominate: bool
+) -> None:
+    """Without a local tier no listener tells this process of another's invalidation,
+    so a miss asked after it found the older load in flight and joined it: it got a
+    value read before the invalidation had returned. The load's write is refused then;
+    the callers that joined it load again (its first caller asked before, and keeps it)."""
+
+    async def scenario() -> None:
+        async with (
+            any_facade.open(redis_url, prefix) as cache,
+            any_facade.open(redis_url, prefix) as other,
+        ):
+            loading, finish, joined = threading.Event(), threading.Event(), threading.Event()
+            if misses_dominate:  # the first caller reads with the lease (``lead``)
+                cache.cache._core.miss_rate = 1.0
+            flights = cache.cache._flights
+            join = flights.join
+
+            def watched_join(*args: Any) -> Any:
+                if args[0] in flights:
+                    joined.set()
+                return join(*args)
+
+            flights.join = watched_join
+
+            def old_load() -> str:
+                loading.set()
+                finish.wait(10)
+                return "old"
+
+            with ThreadPoolExecutor(2) as pool:
+                if cache.kind == "async":
+                    first: Any = asyncio.ensure_future(
+                        cache.cache.get_or_set("user:1", partial(asyncio.to_thread, old_load))
+                    )
+                    await asyncio.to_thread(loading.wait, 10)
+                    assert await other.invalidate_group("user") is True
+                    second: Any = asyncio.ensure_future(cache.get_or_set("user:1", lambda: "new"))
+                    await asyncio.to_thread(joined.wait, 10)
+                    finish.set()
+                    assert await first == "old"  # asked before the invalidation
+                    assert await second == "new"
+                else:
+                    sync_first = pool.submit(cache.cache.get_or_set, "user:1", old_load)
+                    assert loading.wait(10)
+                    assert await other.invalidate_group("user") is True
+                    sync_second = pool.submit(cache.cache.get_or_set, "user:1", lambda: "new")
+                    assert joined.wait(10)
+                    finish.set()
+                    assert sync_first.result(10) == "old"
+                    assert sync_second.result(10) == "new"
+            assert await other.get("user:1") == "new"
+
+    run(scenario())
+
+
+@pytest.mark.facade_async
+@pytest.mark.redis_server
+def test_an_async_cache_used_from_a_second_running_loop_says_so(
+    redis_url: str, prefix: str
+) -> None:
+    """One async cache used from two event loops at once (``asyncio.run`` in two threads):
+    the second loop's calls failed inside redis-py ("attached to a different loop"),
+    counted as a Redis outage that opened the breaker for the first loop too, and the
+    second loop took over the deadline timer of the first loop's calls. Now the second
+    loop gets a clear CacheLoopError, the first is untouched, and once the first loop
+    has ended the cache serves the next one."""
+    cache = AsyncRedisCache.from_url(redis_url, prefix, config=RELAXED)
+    loading, finish = threading.Event(), threading.Event()
+
+    async def first() -> Any:
+        async def load() -> str:
+            loading.set()
+            await asyncio.to_thread(finish.wait, 10)
+            return "loaded"
+
+        return await cache.get_or_set("user:1", load)
+
+    async def second() -> list[str]:
+        await asyncio.to_thread(loading.wait, 10)
+        errors = []
+        for _ in range(RELAXED.breaker_failure_threshold + 1):
+            with pytest.raises(CacheLoopError, match="another event loop, which is still running"):
+                await cache.get("user:2")
+            errors.append("refused")
+        return errors
+
+    with ThreadPoolExecutor(2) as pool:
+        loaded = pool.submit(asyncio.run, first())
+        refused = pool.submit(asyncio.run, second()).result(20)
+        finish.set()
+        assert loaded.result(20) == "loaded"
+    assert len(refused) == RELAXED.breaker_failure_threshold + 1
+
+    async def later() -> Any:
+        try:
+            return await cache.get("user:1")
+        finally:
+            await cache.aclose()
+
+    assert asyncio.run(later()) == "loaded"  # stored, and no outage was counted
+
+
+@pytest.mark.facade_async
+@pytest.mark.redis_server
+def test_an_async_cache_used_in_turn_by_loops_that_stay_open(
+    redis_url: str, prefix: str, registry: CollectorRegistry
+) -> None:
+    """A loop per worker thread, run with ``run_until_complete`` and never closed: each
+    call on the other loop than the last reused connections opened on a loop that was
+    only stopped, and every write failed as a Redis outage (RuntimeError)."""
+    cache = AsyncRedisCache.from_url(redis_url, prefix, config=RELAXED, registry=registry)
+    loops = [asyncio.new_event_loop(), asyncio.new_event_loop()]
+    try:
+        for turn in range(6):
+            loop = loops[turn % 2]
+            assert loop.run_until_complete(cache.set("user:1", turn)) is True
+            assert loop.run_until_complete(cache.get("user:1")) == turn
+        errors = [
+            sample
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == "redis_cache_errors_total" and sample.value
+        ]
+        assert errors == []
+        loops[0].run_until_complete(cache.aclose())
+    finally:
+        for loop in loops:
+            loop.close()
+
+
+@pytest.mark.facade_async
+def test_a_memory_cache_serves_two_running_loops_at_once(prefix: str) -> None:
+    """The memory cache has no connections bound to a loop: two loops may use it at once
+    (the example's REST service and its client share one). A miss on the second loop
+    found the first loop's load in flight and awaited its task, which raised
+    RuntimeError ("attached to a different loop"); each loop has its flights now, and
+    the lease makes the second wait for the first's value."""
+    cache = AsyncMemoryCache(prefix, config=RELAXED)
+    loading, finish, second_joined = threading.Event(), threading.Event(), threading.Event()
+    join = cache._flights.join
+    calls: list[int] = []
+
+    def watched_join(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            second_joined.set()
+        return join(*args)
+
+    cache._flights.join = watched_join  # type: ignore[method-assign]
+
+    async def first() -> Any:
+        async def load() -> str:
+            loading.set()
+            await asyncio.to_thread(finish.wait, 10)
+            return "loaded once"
+
+        return await cache.get_or_set("user:1", load)
+
+    async def second() -> Any:
+        await asyncio.to_thread(loading.wait, 10)
+
+        async def load() -> str:
+            return "loaded twice"
+
+        return await cache.get_or_set("user:1", load)
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = [pool.submit(asyncio.run, first()), pool.submit(asyncio.run, second())]
+        assert second_joined.wait(10)
+        finish.set()
+        assert [outcome.result(20) for outcome in outcomes] == ["loaded once"] * 2
+    asyncio.run(cache.aclose())
+
+
 def test_serve_stale_while_one_caller_refreshes(
     any_facade: Facade, redis_url: str, prefix: str
 ) -> None:
@@ -1012,5 +1195,48 @@ def test_a_value_of_another_model_is_logged_with_its_key_and_model_in_the_text(
             "cached value of 'settings:global' does not fit the model Settings; treated as a"
             " miss and kept"
         ]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("misses_dominate", [False, True], ids=["read-first", "lease-first"])
+def test_a_loader_asking_for_its_own_key_fails_instead_of_waiting_for_ever(
+    any_facade: Facade, redis_url: str, prefix: str, misses_dominate: bool
+) -> None:
+    """Single flight made a loader that asks for its own key wait for its own load: the
+    call hung for ever (the async one until a timeout cut it)."""
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as harness:
+            cache = harness.cache
+            if misses_dominate:  # the first call reads with the lease (``lead``)
+                cache._core.miss_rate = 1.0
+            if harness.kind == "async":
+
+                async def loader() -> Any:
+                    return await cache.get_or_set("user:1", loader)
+
+                with pytest.raises(RecursionError, match="'user:1' asked for that key again"):
+                    await asyncio.wait_for(cache.get_or_set("user:1", loader), 10)
+            else:
+
+                def sync_loader() -> Any:
+                    return cache.get_or_set("user:1", sync_loader)
+
+                outcome: list[BaseException] = []
+
+                def call() -> None:
+                    try:
+                        cache.get_or_set("user:1", sync_loader)
+                    except BaseException as error:
+                        outcome.append(error)
+
+                caller = threading.Thread(target=call, daemon=True)  # a hang must not hang us
+                caller.start()
+                caller.join(10)
+                assert not caller.is_alive()
+                assert isinstance(outcome[0], RecursionError)
+                assert "'user:1' asked for that key again" in str(outcome[0])
+            assert await harness.get("user:1") is None  # nothing was stored
 
     run(scenario())

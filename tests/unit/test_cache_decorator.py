@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import BaseModel, Field
 
 from tests import conftest_cache
 from tests.conftest_cache import Facade, run
+
+if TYPE_CHECKING:
+    from tests.unit.test_cache_decorator import User as TypeCheckedUser
 
 pytestmark = pytest.mark.redis_server
 
@@ -197,5 +200,81 @@ def test_early_refresh_through_the_decorator(
 
             assert await _call(harness.kind, load, 1) == 1
             assert await _call(harness.kind, load, 1) == 2  # refreshed early
+
+    run(scenario())
+
+
+def test_model_stands_for_an_annotation_that_does_not_resolve(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """A return type imported under ``TYPE_CHECKING`` (or defined further down) cannot be
+    resolved at decoration; ``model=`` is what the error asks for, and is enough."""
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as harness:
+            cached = harness.cache.cached
+            if harness.kind == "async":
+
+                async def load_user(user_id: int) -> TypeCheckedUser:
+                    return User(id=user_id, displayName="five")
+
+            else:
+
+                def load_user(user_id: int) -> TypeCheckedUser:
+                    return User(id=user_id, displayName="five")
+
+            with pytest.raises(TypeError, match="pass model= to cached"):
+                cached(key="user:{user_id}")(load_user)
+            if harness.kind == "async":
+
+                async def by_name(name: TypeCheckedUser, user_id: int) -> User:
+                    return User(id=user_id, displayName="five")
+
+            else:
+
+                def by_name(name: TypeCheckedUser, user_id: int) -> User:
+                    return User(id=user_id, displayName="five")
+
+            # Only the return annotation is the cache's business: a parameter's that
+            # does not resolve is no error.
+            assert cached(key="named:{user_id}")(by_name) is not None
+            cached_load = cached(key="user:{user_id}", model=User)(load_user)
+            assert await _call(harness.kind, cached_load, 5) == User(id=5, displayName="five")
+            assert await harness.get("user:5", User) == User(id=5, displayName="five")
+
+    run(scenario())
+
+
+def test_a_key_holding_an_objects_address_is_refused(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """``{account}`` of an object without ``__str__`` is ``<Account object at 0x...>``:
+    another account gets that address once this one is gone (and forked workers' objects
+    share addresses), so its cached value would be served for the wrong account."""
+
+    class Account:
+        def __init__(self, balance: int) -> None:
+            self.id = balance
+            self.balance = balance
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as harness:
+            cached = harness.cache.cached
+            if harness.kind == "async":
+
+                async def balance(account: Account) -> int:
+                    return account.balance
+
+            else:
+
+                def balance(account: Account) -> int:
+                    return account.balance
+
+            by_address = cached(key="balance:{account}")(balance)
+            with pytest.raises(TypeError, match=r"holds an object's address.*\{account\.id\}"):
+                await _call(harness.kind, by_address, Account(100))
+            by_id = cached(key="balance:{account.id}")(balance)
+            assert await _call(harness.kind, by_id, Account(100)) == 100
+            assert await harness.get("balance:100") == 100
 
     run(scenario())

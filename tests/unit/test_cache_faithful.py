@@ -6,28 +6,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import math
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import pytest
 import redis
 import redis.asyncio
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_serializer
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_serializer
 
 from commclient.cache import (
+    AsyncRedisCache,
     CacheClosedError,
     CacheConfig,
     CacheSerializationError,
     InvalidCacheKeyError,
     LoaderFailedError,
+    SyncRedisCache,
 )
 from commclient.cache._core import is_outage
 from commclient.cache._memory import AsyncMemoryClient, MemoryClient
 from tests import conftest_cache
-from tests.conftest_cache import Facade, eventually, run
+from tests.conftest_cache import AsyncHarness, Facade, eventually, run
 
 pytestmark = pytest.mark.redis_server
 
@@ -79,6 +84,19 @@ class Lossy(BaseModel):
         return round(value)
 
 
+class Strict(BaseModel):
+    """Extras forbidden, and a computed field: its dump carries the computed field, which
+    its own validation refuses as an extra, unless it is stored without it."""
+
+    model_config = ConfigDict(extra="forbid")
+    cents: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def euros(self) -> float:
+        return self.cents / 100
+
+
 MODELS = [
     Aliased(userName="ann", age=3),
     PopulatedByName(userName="bob"),
@@ -86,6 +104,7 @@ MODELS = [
     ChoiceAliases(login="dan"),
     NameOnly(user_name="eve"),
     Pair((1, 2), {3: "three"}),
+    Strict(cents=250),
 ]
 
 
@@ -107,6 +126,47 @@ def test_models_round_trip_whatever_their_aliases(
             for _ in range(5):
                 assert await cache.get_or_set("user:2", loader, 300, model) == value
             assert len(loads) == 1
+
+    run(scenario())
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+@pytest.mark.parametrize(
+    ("model", "value"),
+    [
+        (Point, Point(1, 2)),
+        (tuple[int, str], (1, "one")),
+        (dict[int, str], {1: "low"}),
+        (list[Point], [Point(3, 4)]),
+    ],
+    ids=["NamedTuple", "tuple", "int keys", "list of NamedTuple"],
+)
+def test_a_model_that_reads_back_a_tuple_or_int_keys_is_cached(
+    any_facade: Facade, redis_url: str, prefix: str, model: Any, value: Any
+) -> None:
+    """JSON turns tuples into lists and int keys into str, so such plain values are refused;
+    but a model that declares them reads them back as they were, and a loader's value of
+    that model was refused too: get_or_set loaded on every call."""
+    loads: list[int] = []
+
+    def loader() -> Any:
+        loads.append(1)
+        return value
+
+    async def scenario() -> None:
+        async with any_facade.open(redis_url, prefix) as cache:
+            for _ in range(3):
+                assert await cache.get_or_set("user:1", loader, 300, model) == value
+            assert len(loads) == 1
+            read = await cache.get("user:1", model)
+            assert read == value
+            assert type(read) is type(value)
+            with pytest.raises(CacheSerializationError, match="would not read back"):
+                await cache.set("user:2", value)  # no model: a plain reader gets a list
 
     run(scenario())
 
@@ -373,6 +433,44 @@ def test_a_delete_and_an_invalidation_are_broadcast_in_the_same_step(
     run(scenario())
 
 
+def test_a_change_redis_cannot_broadcast_is_not_applied(
+    facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """An ACL user without channel permissions (Redis 7's default for new users,
+    ``acl-pubsub-default resetchannels``): the scripts' PUBLISH is refused. A script is
+    not undone by an error, so a change made before its PUBLISH stayed, unannounced,
+    while the call reported failure: every script publishes before it changes anything."""
+    admin = redis.Redis.from_url(redis_url)
+    user = f"nochannels-{prefix}"
+    admin.acl_setuser(
+        user, enabled=True, passwords=["+secret"], keys=["*"], commands=["+@all"], reset=True
+    )
+    assert admin.acl_getuser(user)["channels"] in ([], "")  # no channel permitted
+    restricted = redis_url.replace("redis://", f"redis://{user}:secret@")
+
+    async def scenario() -> None:
+        async with (
+            facade.open(redis_url, prefix) as writer,
+            facade.open(restricted, prefix) as cache,
+        ):
+            assert await writer.set("user:1", "old") is True
+            assert await cache.get("user:1") == "old"  # reads are allowed
+            assert await cache.set("user:1", "new") is False
+            assert await writer.get("user:1") == "old"  # False: surely not applied
+            assert await cache.delete("user:1") is False
+            assert await writer.get("user:1") == "old"
+            assert await cache.invalidate("user:*") == 0
+            assert await writer.get("user:1") == "old"
+            assert await cache.invalidate_group("user") is False
+            assert await writer.get("user:1") == "old"
+
+    try:
+        run(scenario())
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
+
+
 # -- a loader's failure is shared -------------------------------------------------------
 
 SHARED_FAILURE = CacheConfig(operation_timeout=2.0, loader_failure_ttl=30.0)
@@ -512,6 +610,47 @@ def test_a_closed_cache_raises_instead_of_reconnecting(
     run(scenario())
 
 
+def test_a_call_in_flight_when_the_cache_closes_returns_its_loaded_value(
+    any_facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """Shutting down (a lifespan's exit, SIGTERM) closes the cache while requests still
+    run: their loaders succeed, and they return what was loaded, not stored, rather than
+    fail with CacheClosedError after the work was done."""
+
+    async def scenario() -> None:
+        loading = threading.Event()
+        finish = threading.Event()
+
+        def loader() -> dict[str, int]:
+            loading.set()
+            finish.wait(10)
+            return {"id": 1}
+
+        async with any_facade.open(redis_url, prefix, config=LOCAL) as harness:
+            cache = harness.cache
+            with ThreadPoolExecutor(1) as pool:
+                if harness.kind == "async":
+                    in_flight: Any = asyncio.ensure_future(
+                        cache.get_or_set("user:1", partial(asyncio.to_thread, loader))
+                    )
+                    await asyncio.to_thread(loading.wait, 10)
+                    await cache.aclose()
+                    finish.set()
+                    assert await in_flight == {"id": 1}
+                else:
+                    future = pool.submit(cache.get_or_set, "user:1", loader)
+                    assert loading.wait(10)
+                    cache.close()
+                    finish.set()
+                    assert future.result(10) == {"id": 1}
+            with pytest.raises(CacheClosedError, match="is closed"):
+                await harness.get_or_set("user:1", lambda: {"id": 2})
+        async with any_facade.open(redis_url, prefix, config=LOCAL) as other:
+            assert await other.get("user:1") is None  # loaded after close: not stored
+
+    run(scenario())
+
+
 # -- resources --------------------------------------------------------------------------
 
 
@@ -551,6 +690,48 @@ def _pubsub_connections(url: str) -> int:
         for client in redis.Redis.from_url(url).client_list()
         if client["cmd"] in ("subscribe", "ping") and int(client.get("sub", 0)) > 0
     )
+
+
+def test_a_cache_dropped_without_close_is_not_kept_by_the_shared_listener(
+    facade: Facade, redis_url: str, prefix: str
+) -> None:
+    """Caches made per request on one shared client and never closed: the shared listener
+    kept every one of them, local tier included, and applied each message to all (200
+    such caches, each holding one 100 KB value, kept 20 MiB for ever)."""
+    cache_class = SyncRedisCache if facade.kind == "sync" else AsyncRedisCache
+
+    async def scenario() -> None:
+        if facade.kind == "sync":
+            client: Any = redis.Redis.from_url(redis_url, socket_timeout=2.0)
+        else:
+            client = redis.asyncio.Redis.from_url(redis_url)
+        async with facade.open(redis_url, prefix, config=LOCAL, client=client) as kept:
+            assert await kept.set("user:1", "x" * 100_000) is True
+            cores = []
+            for _ in range(3):
+                cache = cache_class(client, prefix, config=LOCAL)
+                harness = conftest_cache.SyncHarness if facade.kind == "sync" else AsyncHarness
+                one = harness(cache, facade.kind)
+                assert await one.start()
+                assert await one.get("user:1") == "x" * 100_000  # held in its local tier
+                cores.append(weakref.ref(cache._core))
+                del cache, one
+
+            async def all_gone() -> bool:
+                # The async cache's deadline timer may still hold one until it ticks.
+                gc.collect()
+                return [core() for core in cores] == [None, None, None]
+
+            await eventually(all_gone)
+            assert await kept.get("user:1") == "x" * 100_000  # the listener still serves
+            assert await kept.delete("user:1") is True
+            assert await kept.get("user:1") is None
+        if facade.kind == "async":
+            await client.aclose()
+        else:
+            client.close()
+
+    run(scenario())
 
 
 def test_caches_on_one_client_share_one_listener(

@@ -3,6 +3,7 @@ invalidation from elsewhere, flushed and bypassed while its listener is disconne
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -288,3 +289,36 @@ def test_callers_sharing_one_load_get_objects_of_their_own(
                     assert all(other == stored for other in others)
 
     run(scenario())
+
+
+@pytest.mark.facade_async
+def test_a_loop_that_was_stopped_does_not_serve_before_its_listener_runs(
+    redis_url: str, prefix: str
+) -> None:
+    """A loop kept between jobs (``run_until_complete`` per Celery task, say) is stopped
+    in between, and so is the listener task on it: an invalidation published meanwhile
+    waits in its socket, and the next job's first read was a local hit of the value
+    invalidated, however long ago. The local tier serves only while its listener has
+    run within ``LISTENER_SILENCE`` (the tier's clock is moved here instead of waiting)."""
+    from commclient.cache import AsyncRedisCache, SyncRedisCache
+    from commclient.cache._local import LISTENER_SILENCE
+
+    cache = AsyncRedisCache.from_url(redis_url, prefix, config=LOCAL)
+    other = SyncRedisCache.from_url(redis_url, prefix, config=LOCAL)
+    moved = [0.0]
+    tier = cache._core.local
+    real_clock = tier._clock
+    tier._clock = lambda: real_clock() + moved[0]
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(cache.start()) is True
+        assert other.set("settings:1", "v1") is True
+        assert loop.run_until_complete(cache.get("settings:1")) == "v1"
+        assert loop.run_until_complete(cache.get("settings:1")) == "v1"  # a local hit
+        assert other.set("settings:1", "v2") is True  # its message waits in the socket
+        moved[0] += 2 * LISTENER_SILENCE  # the loop stayed stopped that long
+        assert loop.run_until_complete(cache.get("settings:1")) == "v2"
+        loop.run_until_complete(cache.aclose())
+    finally:
+        other.close()
+        loop.close()

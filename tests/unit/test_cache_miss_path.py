@@ -305,7 +305,8 @@ def test_a_cancelled_leader_leaves_its_followers_to_load(redis_url: str, prefix:
             ]
 
             async def joined() -> bool:  # they read, missed and wait for the load in flight
-                flight = cache._flights._flights.get(("k:1", None))
+                on_loop = (asyncio.get_running_loop(), ("k:1", None))
+                flight = cache._flights._flights.get(on_loop)
                 return flight is not None and len(flight.followers) == 3
 
             await conftest_cache.eventually(joined)
