@@ -17,6 +17,7 @@ import builtins
 import inspect
 import os
 import sys
+import types
 from collections.abc import Callable
 from datetime import date
 from functools import partial
@@ -122,7 +123,12 @@ def namespace(names: set[str], asynchronous: bool, directive: str | None) -> dic
     unknown = sorted(names - set(factories))
     if unknown:
         raise SystemExit(f"the block uses names the README test does not provide: {unknown}")
-    return {"__name__": "__readme__", **{name: factories[name]() for name in sorted(names)}}
+    # The block runs as a module of its own, as a reader's script does: dataclasses, pickle
+    # and typing look classes up in sys.modules by their __module__.
+    module = types.ModuleType("__readme__")
+    sys.modules[module.__name__] = module
+    module.__dict__.update({name: factories[name]() for name in sorted(names)})
+    return module.__dict__
 
 
 def check_metrics_endpoints(scope: dict[str, Any]) -> None:
