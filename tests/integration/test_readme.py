@@ -55,8 +55,8 @@ class Services:
 @pytest.fixture(scope="module")
 def services() -> Iterator[Services]:
     rest = create_app()
-    for user in range(1, 6):  # the quick start reads user 5
-        rest.service.create("users", {"name": f"user {user}"})
+    for user in range(1, 6):  # the quick start reads user 5, as does the typed responses' block
+        rest.service.create("users", {"name": f"user {user}", "email": f"user{user}@example.com"})
     with RedisServer() as redis, ServerProcess() as echo, serve(rest) as rest_url:
         # What the README's cache block reads: the example's settings, cached in this Redis.
         asyncio.run(run_demo(redis.url, verbose=False))
