@@ -57,6 +57,8 @@ def services() -> Iterator[Services]:
     rest = create_app()
     for user in range(1, 6):  # the quick start reads user 5, as does the typed responses' block
         rest.service.create("users", {"name": f"user {user}", "email": f"user{user}@example.com"})
+    # The tenacity block reads batch job 1: done, so it is not polled again.
+    rest.service.create("batch-jobs", {"job_type": "nightly", "status": "completed", "result": {}})
     with RedisServer() as redis, ServerProcess() as echo, serve(rest) as rest_url:
         # What the README's cache block reads: the example's settings, cached in this Redis.
         asyncio.run(run_demo(redis.url, verbose=False))
