@@ -100,8 +100,24 @@ def run_block(block: Block, services: Services, workdir: Path) -> str:
     return output
 
 
-def following_text_block(block: Block) -> Block:
-    return next(other for other in BLOCKS if other.line > block.line)
+SETTING_OPTIONS = ("--slo", "--breaker-window", "--runbook-base", "--selector", "--group-by")
+
+
+def check_exported_files(block: Block, workdir: Path) -> None:
+    """An export block wrote what the section's listing says: every file with the default
+    settings, all but the promtool tests (written for the defaults) with other settings."""
+    section = [other for other in BLOCKS if other.heading == block.heading]
+    listing = next(other for other in section if not other.is_code)
+    listed = [line.split()[0] for line in listing.code.splitlines() if line.strip()]
+    assert listed
+    assert all(path.startswith("monitoring/") for path in listed), listed
+    assert any(path.endswith(".test.yml") for path in listed), listed
+    target = block.code.split(" export ", 1)[1].split()[0]
+    defaults = not any(option in block.code for option in SETTING_OPTIONS)
+    for path in listed:
+        written = workdir / target / path.removeprefix("monitoring/")
+        expected = defaults or not path.endswith(".test.yml")
+        assert written.is_file() == expected, (block.line, written, expected)
 
 
 @pytest.mark.parametrize("block", RUN, ids=[block.name for block in RUN])
@@ -121,11 +137,7 @@ def test_the_readme_block_runs(block: Block, services: Services, tmp_path: Path)
     elif heading.startswith("Exposing"):
         assert "METRICS OK" in output, output
     elif heading.startswith("Dashboard, alerts"):
-        listed = following_text_block(block).code.split()
-        written = [path for path in listed if path.startswith("monitoring/")]
-        assert written
-        for path in written:
-            assert (tmp_path / path).is_file(), path
+        check_exported_files(block, tmp_path)
 
 
 def test_the_request_raw_block_reads_a_created_location(services: Services) -> None:
