@@ -134,6 +134,9 @@ def test_the_readme_block_runs(block: Block, services: Services, tmp_path: Path)
         # The example cached the settings under this prefix and key: a hit, no load.
         assert "LOADER CALLED" not in output, output
         assert "does not fit the model" not in output, output
+    elif "run_until_signal(" in block.code:
+        # The runner's SIGTERM ended run_until_signal, and the scheduler it served stopped.
+        assert "STOPPED ON SIGTERM" in output, output
     elif heading.startswith("Exposing"):
         assert "METRICS OK" in output, output
     elif heading.startswith("Dashboard, alerts"):
