@@ -1,6 +1,6 @@
 """The REST service as a FastAPI application over :class:`RestService`.
 
-Endpoints (each also answers without its trailing slash):
+Endpoints (each also answers without its trailing slash; every GET also answers HEAD):
 
 =====================================================  ========================================
 ``GET  /api/reminders/scheduled?due_before=T``         reminders still to send, by time
@@ -188,13 +188,16 @@ def _add_routes(app: RestApp) -> None:
     def route(methods: str, path: str, status_code: int = 200) -> Callable[[Any], Any]:
         """Register ``path`` with and without its trailing slash."""
 
+        # Every GET answers HEAD too (RFC 9110 9.3.2): its status and headers, no body.
+        verbs = methods.split() + (["HEAD"] if "GET" in methods.split() else [])
+
         def register(endpoint: Any) -> Any:
             bare = path.rstrip("/")
             for variant in dict.fromkeys((path, bare, bare + "/")):
                 app.add_api_route(
                     variant,
                     endpoint,
-                    methods=methods.split(),
+                    methods=verbs,
                     status_code=status_code,
                     include_in_schema=variant == path,
                 )

@@ -6,7 +6,8 @@ here, and only those are defined: each one is what the README means by it, bound
 services the test started on loopback (``README_REST_URL``: the example REST service,
 ``README_ECHO_URL``: an echo server, ``README_REDIS_URL``: a redis-server). A free name this
 module does not know fails the run, naming it. A block with a top-level ``await`` runs on an
-event loop. Prints ``BLOCK OK`` at the end (a forked child of the block exits silently).
+event loop; a block serving ``run_until_signal`` gets its SIGTERM once its scheduler runs.
+Prints ``BLOCK OK`` at the end (a forked child of the block exits silently).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import asyncio
 import builtins
 import inspect
 import os
+import signal
 import sys
+import threading
+import time
+import types
 from collections.abc import Callable
 from datetime import date
 from functools import partial
@@ -122,7 +127,34 @@ def namespace(names: set[str], asynchronous: bool, directive: str | None) -> dic
     unknown = sorted(names - set(factories))
     if unknown:
         raise SystemExit(f"the block uses names the README test does not provide: {unknown}")
-    return {"__name__": "__readme__", **{name: factories[name]() for name in sorted(names)}}
+    # The block runs as a module of its own, as a reader's script does: dataclasses, pickle
+    # and typing look classes up in sys.modules by their __module__.
+    module = types.ModuleType("__readme__")
+    sys.modules[module.__name__] = module
+    module.__dict__.update({name: factories[name]() for name in sorted(names)})
+    return module.__dict__
+
+
+def schedulers(scope: dict[str, Any]) -> list[Any]:
+    from apscheduler.schedulers.base import BaseScheduler
+
+    return [value for value in list(scope.values()) if isinstance(value, BaseScheduler)]
+
+
+def stop_when_serving(scope: dict[str, Any]) -> threading.Event:
+    """For a block ending in ``run_until_signal``: send the SIGTERM it waits for, as the
+    service's supervisor would, once a scheduler of the block is running. The event is set
+    when it was sent."""
+    sent = threading.Event()
+
+    def watch() -> None:
+        while not any(scheduler.running for scheduler in schedulers(scope)):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+        sent.set()
+
+    threading.Thread(target=watch, name="readme-supervisor", daemon=True).start()
+    return sent
 
 
 def check_metrics_endpoints(scope: dict[str, Any]) -> None:
@@ -158,6 +190,8 @@ def main() -> None:
     scope = namespace(free_names(tree), async_client, directive)
     code = compile(source, str(path), "exec", flags=FLAGS)
     pid = os.getpid()
+    supervised = "run_until_signal(" in source
+    sent = stop_when_serving(scope) if supervised else None
     if asynchronous:
         asyncio.run(eval(code, scope))
     else:
@@ -165,6 +199,10 @@ def main() -> None:
     if os.getpid() != pid:
         os._exit(0)  # a child the block forked: the parent reports
     check_metrics_endpoints(scope)
+    if sent is not None:
+        assert sent.is_set(), "run_until_signal returned before its SIGTERM"
+        assert not any(scheduler.running for scheduler in schedulers(scope))
+        print("STOPPED ON SIGTERM")
     print("BLOCK OK")
 
 

@@ -82,6 +82,17 @@ def test_a_reminder_is_read_and_changed_by_id(served: Served) -> None:
     assert not_a_number.status_code == 422
 
 
+def test_every_get_answers_head_with_its_status_and_headers_and_no_body(served: Served) -> None:
+    served.app.service.create("users", {"name": "Ada"})
+    for path in ("/api/users/1", "/api/users/", "/api/global-settings", "/healthz"):
+        got = served.http.get(path)
+        head = served.http.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-length"] == got.headers["content-length"], path
+    assert served.http.head("/api/users/2").status_code == 404
+    assert served.http.head("/api/job-executions/1/start").status_code == 405  # a POST only
+
+
 def test_global_settings_are_read_replaced_and_merged_with_or_without_the_slash(
     served: Served,
 ) -> None:

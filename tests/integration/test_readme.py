@@ -55,8 +55,10 @@ class Services:
 @pytest.fixture(scope="module")
 def services() -> Iterator[Services]:
     rest = create_app()
-    for user in range(1, 6):  # the quick start reads user 5
-        rest.service.create("users", {"name": f"user {user}"})
+    for user in range(1, 6):  # the quick start reads user 5, as does the typed responses' block
+        rest.service.create("users", {"name": f"user {user}", "email": f"user{user}@example.com"})
+    # The tenacity block reads batch job 1: done, so it is not polled again.
+    rest.service.create("batch-jobs", {"job_type": "nightly", "status": "completed", "result": {}})
     with RedisServer() as redis, ServerProcess() as echo, serve(rest) as rest_url:
         # What the README's cache block reads: the example's settings, cached in this Redis.
         asyncio.run(run_demo(redis.url, verbose=False))
@@ -98,8 +100,24 @@ def run_block(block: Block, services: Services, workdir: Path) -> str:
     return output
 
 
-def following_text_block(block: Block) -> Block:
-    return next(other for other in BLOCKS if other.line > block.line)
+SETTING_OPTIONS = ("--slo", "--breaker-window", "--runbook-base", "--selector", "--group-by")
+
+
+def check_exported_files(block: Block, workdir: Path) -> None:
+    """An export block wrote what the section's listing says: every file with the default
+    settings, all but the promtool tests (written for the defaults) with other settings."""
+    section = [other for other in BLOCKS if other.heading == block.heading]
+    listing = next(other for other in section if not other.is_code)
+    listed = [line.split()[0] for line in listing.code.splitlines() if line.strip()]
+    assert listed
+    assert all(path.startswith("monitoring/") for path in listed), listed
+    assert any(path.endswith(".test.yml") for path in listed), listed
+    target = block.code.split(" export ", 1)[1].split()[0]
+    defaults = not any(option in block.code for option in SETTING_OPTIONS)
+    for path in listed:
+        written = workdir / target / path.removeprefix("monitoring/")
+        expected = defaults or not path.endswith(".test.yml")
+        assert written.is_file() == expected, (block.line, written, expected)
 
 
 @pytest.mark.parametrize("block", RUN, ids=[block.name for block in RUN])
@@ -116,14 +134,13 @@ def test_the_readme_block_runs(block: Block, services: Services, tmp_path: Path)
         # The example cached the settings under this prefix and key: a hit, no load.
         assert "LOADER CALLED" not in output, output
         assert "does not fit the model" not in output, output
+    elif "run_until_signal(" in block.code:
+        # The runner's SIGTERM ended run_until_signal, and the scheduler it served stopped.
+        assert "STOPPED ON SIGTERM" in output, output
     elif heading.startswith("Exposing"):
         assert "METRICS OK" in output, output
     elif heading.startswith("Dashboard, alerts"):
-        listed = following_text_block(block).code.split()
-        written = [path for path in listed if path.startswith("monitoring/")]
-        assert written
-        for path in written:
-            assert (tmp_path / path).is_file(), path
+        check_exported_files(block, tmp_path)
 
 
 def test_the_request_raw_block_reads_a_created_location(services: Services) -> None:
