@@ -78,14 +78,22 @@ def _check(headers: Mapping[str, str]) -> None:
 
 
 def sign(signer: Signer, request: Request) -> Request:
-    """``request`` with the headers ``signer`` returns for it."""
-    added = signer(request)
+    """``request`` with the headers ``signer`` returns for it.
+
+    The signer gets the attempt's own copy of the headers: one that sets a header on the
+    request (as httpx's ``auth_flow`` does) signs this attempt, never the headers the
+    client shares between its calls, where the credential would reach every later call.
+    """
+    own = request._replace(headers=dict(request.headers))
+    added = signer(own)
     if not isinstance(added, Mapping):
         raise TypeError(f"an auth callable must return a mapping of headers, got {added!r}")
-    _check(added)
     replaced = {name.lower() for name in added}
-    headers = {
-        name: value for name, value in request.headers.items() if name.lower() not in replaced
-    }
+    headers = {name: value for name, value in own.headers.items() if name.lower() not in replaced}
     headers.update(added)
-    return request._replace(headers=headers)
+    _check(added)
+    # What the signer set on the request itself is checked as what it returns is.
+    _check(
+        {name: value for name, value in own.headers.items() if request.headers.get(name) != value}
+    )
+    return own._replace(headers=headers)

@@ -312,6 +312,23 @@ def test_an_auth_callable_signs_every_attempt_afresh(make: Any, names: Names) ->
     assert signed == ["GET flaky", "GET flaky"]
 
 
+def test_an_auth_callable_that_sets_the_header_on_the_request_signs_that_call_only(
+    make: Any,
+) -> None:
+    """httpx's ``auth_flow`` sets ``request.headers[...]``: a callable written that way signs
+    its own attempt, and its credential never rides along on the client's other calls."""
+
+    def set_in_place(request: Request) -> dict[str, str]:
+        request.headers["Authorization"] = "Bearer alice-secret"
+        return {}
+
+    call = make()
+    signed = call("get", "/echo", auth=set_in_place)
+    assert signed["headers"]["authorization"] == "Bearer alice-secret"
+    assert "authorization" not in call("get", "/echo")["headers"]
+    assert "authorization" not in call("get", "/echo", headers={"X-A": "1"})["headers"]
+
+
 def test_a_bad_auth_is_refused_before_anything_is_sent(make: Any) -> None:
     call = make()
     with pytest.raises(TypeError, match="auth must be"):
