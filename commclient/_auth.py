@@ -10,6 +10,7 @@ origin loses it, as it loses every credential.
 from __future__ import annotations
 
 import base64
+import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -42,6 +43,11 @@ class BearerAuth(NamedTuple):
 #: content) and returns the headers to add to it, e.g. ``{"Authorization": ...}``.
 Signer = Callable[["Request"], Mapping[str, str]]
 Auth = BasicAuth | BearerAuth | tuple[str, str] | Signer
+_ASYNC_SIGNER = (
+    "an auth callable must be a plain function returning the headers, not a coroutine "
+    "function: it signs each attempt inside the call (fetch a token beforehand, e.g. "
+    "BearerAuth(await get_token()) per call)"
+)
 
 
 def auth_header(auth: Auth) -> tuple[str, str] | None:
@@ -54,6 +60,8 @@ def auth_header(auth: Auth) -> tuple[str, str] | None:
         user_pass = f"{auth[0]}:{auth[1]}".encode()
         return _checked("Basic " + base64.b64encode(user_pass).decode())
     if callable(auth):
+        if inspect.iscoroutinefunction(auth) or inspect.iscoroutinefunction(type(auth).__call__):
+            raise TypeError(_ASYNC_SIGNER)
         return None
     raise TypeError(
         "auth must be (username, password), BasicAuth, BearerAuth or a callable that "
@@ -87,6 +95,9 @@ def sign(signer: Signer, request: Request) -> Request:
     own = request._replace(headers=dict(request.headers))
     added = signer(own)
     if not isinstance(added, Mapping):
+        if inspect.isawaitable(added):
+            _close(added)
+            raise TypeError(_ASYNC_SIGNER)
         raise TypeError(f"an auth callable must return a mapping of headers, got {added!r}")
     replaced = {name.lower() for name in added}
     headers = {name: value for name, value in own.headers.items() if name.lower() not in replaced}
@@ -97,3 +108,9 @@ def sign(signer: Signer, request: Request) -> Request:
         {name: value for name, value in own.headers.items() if request.headers.get(name) != value}
     )
     return own._replace(headers=headers)
+
+
+def _close(awaitable: object) -> None:
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()  # a coroutine never awaited would warn at garbage collection

@@ -338,6 +338,24 @@ def test_a_bad_auth_is_refused_before_anything_is_sent(make: Any) -> None:
     assert "s3cret" not in str(info.value)
 
 
+async def _token_headers(request: Request) -> dict[str, str]:
+    return {"Authorization": "Bearer from-a-coroutine"}
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_an_async_auth_callable_is_refused_with_a_reason(make: Any) -> None:
+    # The core signs each attempt inside the call, synchronously: a coroutine function
+    # would send no credential at all, so it is refused (per call and per client) before
+    # anything is sent, and a callable returning an awaitable leaves no coroutine behind.
+    call = make()
+    with pytest.raises(TypeError, match="not a coroutine function"):
+        call("get", "/echo", auth=_token_headers)
+    with pytest.raises(TypeError, match="not a coroutine function"):
+        make(auth=_token_headers)
+    with pytest.raises(TypeError, match="not a coroutine function"):
+        call("get", "/echo", auth=lambda request: _token_headers(request))
+
+
 # --- head(), options(), per-call overrides, elapsed and reason_phrase ------------------------
 
 
