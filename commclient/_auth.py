@@ -93,7 +93,7 @@ def sign(signer: Signer, request: Request) -> Request:
     client shares between its calls, where the credential would reach every later call.
     """
     own = request._replace(headers=dict(request.headers))
-    added = signer(own)
+    added: object = signer(own)
     if not isinstance(added, Mapping):
         if inspect.isawaitable(added):
             _close(added)
