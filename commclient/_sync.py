@@ -266,6 +266,13 @@ class SyncServiceClient:
                 )
                 with response:
                     reader = attempt.reader(response.status_code, response.headers)
+                    if reader.stray_body:
+                        # A body the server sends anyway may arrive after urllib3 checked
+                        # the pooled connection for unread bytes, and be read as the next
+                        # response's status line: the connection is not used again.
+                        connection = response.raw.connection
+                        if connection is not None:
+                            connection.close()
                     if reader.wants_more:
                         for chunk in response.raw.stream(_CHUNK, decode_content=False):
                             if not reader.feed(chunk):

@@ -294,6 +294,77 @@ def test_a_body_sent_after_a_bodiless_response_does_not_poison_the_next_call(
     assert call.breaker == "closed"
 
 
+class LateStrayBodyServer:
+    """Answers a HEAD with ``Content-Length: 5`` and no body, and sends the 5 bytes only
+    when the next request arrives on that connection, just before its answer: the stray
+    bytes come late, as a server's second write does behind Nagle and a delayed ACK.
+
+    ``requests`` counts what it answered, by method; no timing decides what happens.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.requests: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self._listener.accept()
+                threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        pending = b""
+        buffer = b""
+        with connection, contextlib.suppress(OSError):
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = connection.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method = lines[0].split(" ")[0]
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                while len(buffer) < length:
+                    buffer += connection.recv(65536)
+                buffer = buffer[length:]
+                self.requests.append(method)
+                if method == "HEAD":
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+                    pending = b"hello"
+                    continue
+                body = b'{"ok": true}'
+                connection.sendall(
+                    pending + b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                pending = b""
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_body_sent_late_after_a_head_does_not_poison_the_next_call(make: Any) -> None:
+    server = LateStrayBodyServer()
+    try:
+        call = make(fast_config(max_retries=1, circuit_breaker_fail_max=1), base_url=server.url)
+        for _ in range(2):
+            assert call("head", "/x").status_code == 200
+            # The POST was processed: it must be reported so, not as a broken connection.
+            assert call("post", "/y", json={}) == {"ok": True}
+        assert server.requests == ["HEAD", "POST", "HEAD", "POST"]
+        assert call.breaker == "closed"
+    finally:
+        server.close()
+
+
 # --- the size limit is on decoded bytes --------------------------------------------------
 
 
