@@ -24,6 +24,7 @@ from commclient import (
     AsyncServiceClient,
     ServiceClientError,
     ServiceConnectionError,
+    ServiceDecodeError,
     ServiceResponseTooLargeError,
     ServiceTimeoutError,
     SyncServiceClient,
@@ -399,6 +400,27 @@ def test_a_body_of_exactly_the_limit_is_read_whatever_its_encoding_adds(
     hostile.script(_raw_response(gzip.compress(body + b"!"), "gzip"))
     with pytest.raises(ServiceResponseTooLargeError):
         call("request_raw", "GET", "/script")
+
+
+@pytest.mark.parametrize("layers", [6, 1200])
+def test_a_chain_of_too_many_encodings_is_a_decode_error_on_both_facades(
+    make: Any, hostile: HostileServer, layers: int
+) -> None:
+    # Each layer adds a decoder (and, unbounded, a level of recursion: 1,200 of them
+    # raised RecursionError on the async facade); the sync transport refused 6 as a lost
+    # connection in its own words. At most five are decoded, as urllib3 and curl do.
+    wire = b'{"a": 1}'
+    for _ in range(layers):
+        wire = gzip.compress(wire)
+    hostile.script(_raw_response(wire, ", ".join(["gzip"] * layers)))
+    call = make(fast_config(max_retries=1), base_url=hostile.url)
+    with pytest.raises(ServiceDecodeError, match=r"Content-Encoding .* at most 5"):
+        call("get", "/script")
+    five = b'{"a": 1}'
+    for _ in range(5):
+        five = gzip.compress(five)
+    hostile.script(_raw_response(five, ", ".join(["gzip"] * 5)))
+    assert call("get", "/script") == {"a": 1}
 
 
 # --- what a caller reads when the target cannot be reached -----------------------------------
