@@ -565,12 +565,8 @@ class Call:
                 outcome = yield from self._exchange(number, deadline_at)
                 duration = clock.monotonic() - started
                 status_label, retryable, failure = self._judge(outcome)
-                state = None
-                if failure is not None and core.config.has_strategies:
-                    # The caller's tenacity strategies see what the call would return or raise.
-                    state = self._retry_state(outcome, status_label, duration, number)
-                    if core.config.retry is not None:
-                        retryable = self._user_retries(core.config.retry, state, outcome)
+                # The breaker hears what the target did before the caller's strategies run:
+                # a strategy that raises must not take the target's failure away with it.
                 if failure is None:
                     # Nothing the target did: the breaker neither counts nor forgets.
                     judged = True
@@ -578,11 +574,17 @@ class Call:
                 elif not failure:
                     judged = True
                     core.breaker.record_success(admission)
-                if failure is not True and not retryable:
-                    return self._finish(outcome, status_label, duration, number)
-                if failure and not failure_recorded:
+                elif not failure_recorded:
                     failure_recorded = judged = True
                     core.breaker.record_failure(admission)
+                state = None
+                if failure is not None and core.config.has_strategies:
+                    # The caller's tenacity strategies see what the call would return or raise.
+                    state = self._retry_state(outcome, status_label, duration, number)
+                    if core.config.retry is not None:
+                        retryable = self._user_retries(core.config.retry, state, outcome)
+                if failure is not True and not retryable:
+                    return self._finish(outcome, status_label, duration, number)
                 wait = self._next_wait(outcome, retryable, number, max_attempts, deadline_at, state)
                 if wait is None and not failure:
                     return self._finish(outcome, status_label, duration, number)

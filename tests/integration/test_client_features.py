@@ -444,3 +444,16 @@ def test_a_tenacity_retry_predicate_decides_within_the_core_rules(make: Any, nam
     with pytest.raises(ServiceResponseError) as info:
         only_timeouts("get", "/status/503")
     assert info.value.attempts == 1
+
+
+def test_a_retry_predicate_that_raises_keeps_the_targets_failure_counted(make: Any) -> None:
+    # The caller's strategy fails (its bug, raised as it is, as tenacity would); the
+    # target's 503 it was asked about still counts against the target.
+    def broken(state: RetryCallState) -> bool:
+        raise KeyError("state")
+
+    call = make(fast_config(retry=broken, circuit_breaker_fail_max=2))
+    for _ in range(2):
+        with pytest.raises(KeyError):
+            call("get", "/status/503")
+    assert call.breaker == "open"
