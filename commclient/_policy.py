@@ -180,8 +180,13 @@ def retry_wait(
         return min(server_wait, config.retry_after_max)
     if config.wait is not None and state is not None:
         wait = float(config.wait(state))
-        if not wait >= 0:
-            raise ValueError(f"the wait= strategy returned {wait!r} seconds, not a number >= 0")
+        # Beyond TIMEOUT_MAX time.sleep() overflows while asyncio.sleep() never returns:
+        # the facades would part ways on the caller's mistake.
+        if not 0 <= wait <= threading.TIMEOUT_MAX:
+            raise ValueError(
+                f"the wait= strategy returned {wait!r} seconds, not a number from 0 to "
+                f"{threading.TIMEOUT_MAX:.0f}"
+            )
         return wait
     return backoff(attempt_number, config)
 

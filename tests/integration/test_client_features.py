@@ -5,6 +5,7 @@ Run on both facades through :class:`Driver`, against the real loopback server.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -456,4 +457,17 @@ def test_a_retry_predicate_that_raises_keeps_the_targets_failure_counted(make: A
     for _ in range(2):
         with pytest.raises(KeyError):
             call("get", "/status/503")
+    assert call.breaker == "open"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("seconds", [math.inf, 1e12])
+def test_a_wait_no_sleep_can_take_is_refused_alike_on_both_facades(
+    make: Any, seconds: float
+) -> None:
+    # Without the check the sync facade raised OverflowError from time.sleep and the async
+    # one slept for ever; the strategy's value is the caller's mistake, named as such.
+    call = make(fast_config(wait=lambda state: seconds, circuit_breaker_fail_max=1))
+    with pytest.raises(ValueError, match="the wait= strategy returned"):
+        call("get", "/status/503")
     assert call.breaker == "open"
