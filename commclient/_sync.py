@@ -296,7 +296,9 @@ class SyncServiceClient:
                 # This process's lookup threads are all taken: not the target's doing.
                 return TransportFailure(FailureKind.POOL_TIMEOUT, exc)
             except self._transport_errors as exc:
-                if watch.fired:
+                # The lookup gives up at the deadline as the watchdog fires: either may
+                # come first, and the deadline is what ended the attempt.
+                if watch.expired:
                     return deadline_cut_off(watch.connected, exc)
                 if self._closed:
                     raise RuntimeError("this SyncServiceClient was closed during the call") from exc

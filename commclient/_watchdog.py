@@ -143,6 +143,7 @@ _current = threading.local()
 
 class _NoWatch:
     fired = False
+    expired = False
     connected = True
 
     def __enter__(self) -> _NoWatch:
@@ -164,6 +165,11 @@ class _AttemptWatch:
     @property
     def fired(self) -> bool:
         return self.watch.fired
+
+    @property
+    def expired(self) -> bool:
+        """The deadline has passed, whether or not the watchdog has acted on it yet."""
+        return self.watch.fired or time.monotonic() >= self.watch.at
 
     @property
     def connected(self) -> bool:

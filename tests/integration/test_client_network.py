@@ -129,6 +129,21 @@ def test_one_deadline_holds_through_a_slow_lookup_and_a_trickling_handshake(
     assert "read timeout" not in str(info.value)
 
 
+def test_a_lookup_the_deadline_ends_reads_as_the_deadline_on_both_facades(
+    make: Any, slow_resolver: SlowResolver
+) -> None:
+    # The sync facade's lookup gave up at the deadline as the watchdog fired: whichever
+    # came first decided the words, and half the time a 5 s connect timeout was blamed.
+    call = make(
+        fast_config(max_retries=1, connect_timeout=5.0, timeout=5.0),
+        base_url=f"http://{slow_resolver.name}:1",
+    )
+    for _ in range(8):
+        with pytest.raises(ServiceTimeoutError) as info:
+            call("get", "/echo", deadline=0.1)
+        assert "the call's deadline ended the attempt while connecting" in str(info.value)
+
+
 def test_a_trickling_handshake_is_cut_at_the_deadline(
     make: Any, trickling_tls: TricklingTLSServer
 ) -> None:
