@@ -301,7 +301,7 @@ class AsyncServiceClient:
                     async for chunk in response.aiter_raw():
                         if not reader.feed(chunk):
                             break
-                if reader.stray_body:
+                if reader.stray_body or _bytes_past_the_end(response):
                     # httpcore would keep the stray bytes and read them as the next
                     # response's status line; a closed stream is dropped from the pool.
                     stream = response.extensions.get("network_stream")
@@ -478,6 +478,21 @@ class _ResolvingBackend:
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+def _bytes_past_the_end(response: httpx.Response) -> bool:
+    """Whether the server sent more than this response: bytes after its body (past its
+    ``Content-Length``) that arrived with it wait in h11's buffer, not on the socket, where
+    httpcore's check of an idle connection would see them.
+
+    The parser is reached through the private attributes of httpx and httpcore; with
+    versions that lack them, nothing is found (and such bytes poison the next call).
+    """
+    stream = getattr(getattr(response.stream, "_stream", None), "_httpcore_stream", None)
+    connection = getattr(getattr(stream, "_stream", None), "_connection", None)
+    parser = getattr(connection, "_h11_state", None)
+    trailing = getattr(parser, "trailing_data", None)
+    return isinstance(trailing, tuple) and bool(trailing[0])
 
 
 class _Progress:

@@ -310,12 +310,13 @@ def test_a_body_sent_after_a_bodiless_response_does_not_poison_the_next_call(
     assert call.breaker == "closed"
 
 
-class LateStrayBodyServer:
-    """Answers a HEAD with ``Content-Length: 5`` and no body, and sends the 5 bytes only
-    when the next request arrives on that connection, just before its answer: the stray
-    bytes come late, as a server's second write does behind Nagle and a delayed ACK.
+class StrayBytesServer:
+    """Sends bytes where no response is: a HEAD gets ``Content-Length: 5`` and no body, the
+    5 bytes going out only when the next request arrives on that connection, just before
+    its answer (late, as a server's second write comes behind Nagle and a delayed ACK);
+    ``/long`` gets its JSON body and 7 bytes more, in the same write.
 
-    ``requests`` counts what it answered, by method; no timing decides what happens.
+    ``requests`` lists what it answered, by method; no timing decides what happens.
     """
 
     def __init__(self) -> None:
@@ -357,9 +358,10 @@ class LateStrayBodyServer:
                     pending = b"hello"
                     continue
                 body = b'{"ok": true}'
+                extra = b"garbage" if lines[0].split(" ")[1] == "/long" else b""
                 connection.sendall(
                     pending + b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                    b"Content-Length: %d\r\n\r\n%s%s" % (len(body), body, extra)
                 )
                 pending = b""
 
@@ -368,7 +370,7 @@ class LateStrayBodyServer:
 
 
 def test_a_body_sent_late_after_a_head_does_not_poison_the_next_call(make: Any) -> None:
-    server = LateStrayBodyServer()
+    server = StrayBytesServer()
     try:
         call = make(fast_config(max_retries=1, circuit_breaker_fail_max=1), base_url=server.url)
         for _ in range(2):
@@ -376,6 +378,21 @@ def test_a_body_sent_late_after_a_head_does_not_poison_the_next_call(make: Any) 
             # The POST was processed: it must be reported so, not as a broken connection.
             assert call("post", "/y", json={}) == {"ok": True}
         assert server.requests == ["HEAD", "POST", "HEAD", "POST"]
+        assert call.breaker == "closed"
+    finally:
+        server.close()
+
+
+def test_bytes_past_a_bodys_content_length_do_not_poison_the_next_call(make: Any) -> None:
+    # They arrive with the body and wait in the HTTP parser's buffer, where the async
+    # transport read them as the next response's status line.
+    server = StrayBytesServer()
+    try:
+        call = make(fast_config(max_retries=1, circuit_breaker_fail_max=1), base_url=server.url)
+        for _ in range(2):
+            assert call("get", "/long") == {"ok": True}
+            assert call("post", "/y", json={}) == {"ok": True}
+        assert server.requests == ["GET", "POST", "GET", "POST"]
         assert call.breaker == "closed"
     finally:
         server.close()
