@@ -834,7 +834,7 @@ class Call:
             cls = ServiceTimeoutError if kind.is_timeout else ServiceConnectionError
             redact_exception(outcome.error)
             reason = (
-                _socket_reason(outcome.error, self.request.url)
+                _socket_reason(outcome.error, self.request.url, self.core.config.proxy)
                 or _timeout_reason(kind, outcome.error)
                 or redact_text(str(outcome.error))
                 or type(outcome.error).__name__
@@ -910,22 +910,26 @@ class Call:
         )
 
 
-def _socket_reason(error: BaseException, url: str) -> str | None:
+def _socket_reason(error: BaseException, url: str, proxy: str | None = None) -> str | None:
     """What the socket said, in words that name neither transport nor its pool.
 
     Both transports wrap the socket's error in their own (requests in urllib3's pool
-    errors, httpx in httpcore's); the chain of causes leads to it on both.
+    errors, httpx in httpcore's); the chain of causes leads to it on both. Through a
+    proxy the client connects to the proxy alone (the proxy reaches the target), so a
+    lookup or a connection that failed is the proxy's.
     """
     seen: set[int] = set()
     current: object = error
+    peer = "" if proxy is None else "proxy "
+    where = url if proxy is None else proxy
     while isinstance(current, BaseException) and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, socket.gaierror):
-            host = urlsplit(url).hostname
-            return f"cannot resolve {host!r}: {current.strerror or current}"
+            host = urlsplit(where).hostname
+            return f"cannot resolve {peer}{host!r}: {current.strerror or current}"
         if isinstance(current, ConnectionRefusedError):
-            _, host, port = _origin(url)
-            return f"{host}:{port} refused the connection"
+            _, host, port = _origin(where)
+            return f"{peer}{host}:{port} refused the connection"
         args = current.args
         current = (
             getattr(current, "reason", None)

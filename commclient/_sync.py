@@ -384,7 +384,12 @@ def _origin(url: str) -> str:
 
 def _classify(exc: Exception, exceptions: Any) -> FailureKind:
     """Map requests' and urllib3's exceptions onto what the core needs: did the request leave?"""
-    from urllib3.exceptions import NewConnectionError, ReadTimeoutError
+    from urllib3.exceptions import (
+        ConnectTimeoutError,
+        NewConnectionError,
+        ProxyError,
+        ReadTimeoutError,
+    )
 
     if isinstance(exc, exceptions.ConnectTimeout):
         return FailureKind.CONNECT_TIMEOUT
@@ -392,6 +397,16 @@ def _classify(exc: Exception, exceptions: Any) -> FailureKind:
         return FailureKind.READ_TIMEOUT
     if isinstance(exc, exceptions.ConnectionError) and exc.args:
         reason = getattr(exc.args[0], "reason", exc.args[0])
+        if isinstance(reason, ProxyError):
+            # urllib3 says so only before it reached the proxy (or its tunnel was set
+            # up): nothing was sent to the target.
+            original = reason.original_error
+            # urllib3's NewConnectionError is a ConnectTimeoutError too.
+            if isinstance(original, ConnectTimeoutError) and not isinstance(
+                original, NewConnectionError
+            ):
+                return FailureKind.CONNECT_TIMEOUT
+            return FailureKind.CONNECT
         if isinstance(reason, ReadTimeoutError):
             # requests reports a timeout while streaming the body as a ConnectionError.
             return FailureKind.READ_TIMEOUT

@@ -122,6 +122,24 @@ def test_a_configured_proxy_carries_every_request(
         driver.close()
 
 
+def test_a_proxy_that_refuses_is_a_connect_failure_naming_the_proxy(
+    facade: str, names: Names, refused_port: int
+) -> None:
+    # Nothing reached the target: the sync facade called it a lost connection (a POST was
+    # then not repeated), and both named the target's address as the one refusing.
+    config = fast_config(proxy=f"http://127.0.0.1:{refused_port}", max_retries=2)
+    driver = Driver(facade, "http://service.invalid:8000", names, config)
+    try:
+        with testing.no_wait(), pytest.raises(ServiceConnectionError) as info:
+            driver("post", "/echo", json={})
+        assert info.value.attempts == 2
+        assert str(info.value).startswith(
+            f"connect: proxy 127.0.0.1:{refused_port} refused the connection"
+        )
+    finally:
+        driver.close()
+
+
 def test_trust_env_reads_the_proxy_once_when_the_client_is_built(
     facade: str, http_server: ServerProcess, names: Names, monkeypatch: pytest.MonkeyPatch
 ) -> None:
