@@ -279,6 +279,11 @@ class Core:
         Every mistake of the caller raises here (``ValueError``/``TypeError`` naming
         it), before the breaker or the target is involved.
         """
+        if raw and response_model is not None:
+            raise TypeError(
+                "response_model= is for request() and get() ... delete(); request_raw(), "
+                "head() and options() return the ServiceResponse"
+            )
         if method not in _METHODS:
             if not isinstance(method, str) or not _TOKEN.fullmatch(method):
                 raise ValueError(f"method must be an HTTP method name, got {method!r}")

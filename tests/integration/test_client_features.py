@@ -436,6 +436,19 @@ def test_response_model_validates_the_body_into_a_model_or_a_dataclass(make: Any
     assert call.breaker == "closed"
 
 
+def test_response_model_on_a_raw_call_is_refused_not_ignored(
+    make: Any, http_server: ServerProcess, names: Names
+) -> None:
+    # head(), options() and request_raw() return the response: a model given to them was
+    # dropped without a word, and the caller got a ServiceResponse where a model was due.
+    call = make()
+    key = names.key("raw-model")
+    for method, args in (("head", ()), ("options", ()), ("request_raw", ("GET",))):
+        with pytest.raises(TypeError, match="response_model"):
+            call(method, *args, "/echo", params={"key": key}, response_model=EchoModel)
+    assert http_server.calls(key) == []
+
+
 # --- tenacity strategies in ClientConfig -------------------------------------------------
 
 
