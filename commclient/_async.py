@@ -349,9 +349,15 @@ class AsyncServiceClient:
             if self._client is not None and self._loop is loop:
                 return self._client
             if self._loop is not None and not self._loop.is_closed():
+                state = (
+                    " that is still running"
+                    if self._loop.is_running()
+                    else ", which is not closed (its connections are still open there; "
+                    "close it, as asyncio.run() does, to move the client on)"
+                )
                 raise RuntimeError(
-                    "this AsyncServiceClient belongs to another event loop that is still "
-                    "running; create one client per event loop, or call it from that loop "
+                    f"this AsyncServiceClient belongs to another event loop{state}; "
+                    "create one client per event loop, or call it from that loop "
                     "(compat.sync_proxy runs a client on one shared loop for sync code)"
                 )
             # First use, or the previous loop is gone and its connections with it.
