@@ -245,16 +245,20 @@ def _make_adapter_class(requests: Any) -> Any:
 
     def connect(self: Any) -> None:
         watch = getattr(_current, "watch", None)
-        if watch is None:
-            super(type(self), self).connect()
-            return
-        watchdog.attach(watch, self)
+        if watch is not None:
+            watchdog.attach(watch, self)
         established = False
         try:
             super(type(self), self).connect()
             established = True
+        except TimeoutError as exc:
+            # The TCP connect raises urllib3's own ConnectTimeoutError: a socket timeout
+            # here is the TLS handshake (or a proxy's tunnel), which urllib3 would report
+            # as a read timeout although nothing was sent yet.
+            raise ConnectTimeoutError(self, f"no connection to {self.host} in time") from exc
         finally:
-            watchdog.connected(self, established)
+            if watch is not None:
+                watchdog.connected(self, established)
 
     def request(self: Any, *args: Any, **kwargs: Any) -> None:
         watch = getattr(_current, "watch", None)

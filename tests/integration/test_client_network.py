@@ -158,6 +158,21 @@ def test_a_trickling_handshake_is_cut_at_the_deadline(
     assert "read timeout" not in str(info.value)
 
 
+def test_a_handshake_that_times_out_is_a_connect_timeout_on_both_facades(
+    make: Any, trickling_tls: TricklingTLSServer
+) -> None:
+    # urllib3 reports a handshake that outlives the connect timeout as a read timeout: a
+    # POST was then not repeated although nothing had been sent.
+    call = make(
+        fast_config(max_retries=2, connect_timeout=0.3, timeout=5.0),
+        base_url=f"https://127.0.0.1:{trickling_tls.port}",
+    )
+    with testing.no_wait(), pytest.raises(ServiceTimeoutError) as info:
+        call("post", "/echo", json={})
+    assert str(info.value).startswith("connect timeout: no connection within the connect timeout")
+    assert info.value.attempts == 2
+
+
 class TwoTargets:
     """A client of a name whose lookups hang and one of a healthy host, on one facade.
 
