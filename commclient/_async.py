@@ -455,11 +455,15 @@ class _ResolvingBackend:
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> Any:
+        started = time.monotonic()
+        expires_at = None if timeout is None else started + timeout
         if is_address(host):
-            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+            stream = await self._inner.connect_tcp(
+                host, port, timeout, local_address, socket_options
+            )
+            return _ConnectingStream(stream, expires_at)
         import httpcore
 
-        started = time.monotonic()
         try:
             addresses = await asyncio.wait_for(resolver.resolve_async(host, port), timeout)
         except asyncio.TimeoutError as exc:
@@ -472,9 +476,10 @@ class _ResolvingBackend:
                 None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
             )
             try:
-                return await self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     address[0], port, remaining, local_address, socket_options
                 )
+                return _ConnectingStream(stream, expires_at)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         raise error or httpcore.ConnectError(f"{host} resolved to no address")
@@ -499,6 +504,43 @@ def _bytes_past_the_end(response: httpx.Response) -> bool:
     parser = getattr(connection, "_h11_state", None)
     trailing = getattr(parser, "trailing_data", None)
     return isinstance(trailing, tuple) and bool(trailing[0])
+
+
+class _ConnectingStream:
+    """A TCP stream whose TLS handshake gets what the connect timeout left of it.
+
+    httpcore gives the handshake a connect timeout of its own after the lookup and the TCP
+    connect: opening a connection could take twice the connect timeout, and the lateness
+    rule (``_admission.connect_timeout_kind``) then took a target whose handshake hangs
+    for this client's own saturation. Everything else is the stream's own.
+    """
+
+    __slots__ = ("_expires_at", "_inner")
+
+    def __init__(self, inner: Any, expires_at: float | None) -> None:
+        self._inner = inner
+        self._expires_at = expires_at
+
+    async def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> Any:
+        if self._expires_at is not None:
+            left = max(0.0, self._expires_at - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
+        return await self._inner.start_tls(ssl_context, server_hostname, timeout)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data: bytes = await self._inner.read(max_bytes, timeout)
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
 
 
 class _Progress:

@@ -173,6 +173,23 @@ def test_a_handshake_that_times_out_is_a_connect_timeout_on_both_facades(
     assert info.value.attempts == 2
 
 
+def test_a_slow_lookup_and_a_hanging_handshake_share_one_connect_timeout(
+    make: Any, slow_resolver: SlowResolver, trickling_tls: TricklingTLSServer
+) -> None:
+    # httpcore gives the handshake a connect timeout of its own after the lookup and the
+    # TCP connect: the attempt took 1.6 s of a 1 s connect timeout, and that lateness made
+    # the async facade call a hanging target its own saturation (not counted against it).
+    slow_resolver.delay = 0.6
+    call = make(
+        fast_config(max_retries=1, connect_timeout=1.0, timeout=5.0, circuit_breaker_fail_max=1),
+        base_url=f"https://{slow_resolver.name}:{trickling_tls.port}",
+    )
+    with pytest.raises(ServiceTimeoutError) as info:
+        call("get", "/echo")
+    assert str(info.value).startswith("connect timeout: no connection within the connect timeout")
+    assert call.breaker == "open"
+
+
 class TwoTargets:
     """A client of a name whose lookups hang and one of a healthy host, on one facade.
 
