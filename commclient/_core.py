@@ -842,6 +842,7 @@ class Call:
                 _socket_reason(outcome.error, self.request.url, self.core.config.proxy)
                 or _timeout_reason(kind, outcome.error)
                 or redact_text(str(outcome.error))
+                or _LOCAL_REASONS.get(kind)
                 or type(outcome.error).__name__
             )
             error = self._error(cls, f"{kind.value.replace('_', ' ')}: {reason}", attempts=number)
@@ -948,6 +949,14 @@ def _socket_reason(error: BaseException, url: str, proxy: str | None = None) -> 
 _TIMEOUT_REASONS = {
     FailureKind.CONNECT_TIMEOUT: "no connection within the connect timeout",
     FailureKind.READ_TIMEOUT: "no response within the read timeout",
+}
+#: This client's own limits, for a transport's exception that says nothing of them.
+_LOCAL_REASONS = {
+    FailureKind.SATURATED: (
+        "no connection within the connect timeout, seen late: this client was too busy "
+        "to notice the connection (not counted against the target)"
+    ),
+    FailureKind.POOL_TIMEOUT: "no connection free within pool_timeout (this client's own load)",
 }
 
 
