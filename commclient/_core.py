@@ -123,7 +123,8 @@ class Attempt(NamedTuple):
     def response(
         self, status: int, headers: Mapping[str, str], reader: BodyReader, reason: str = ""
     ) -> Outcome:
-        """The outcome of a response whose body was fed into ``reader``."""
+        """The outcome of a response whose body was fed into ``reader``, to its end."""
+        reader.finish()
         if reader.too_large or reader.error is not None:
             return Unreadable(status, headers, reader.error)
         return Response(status, headers, reader.body(), reason)

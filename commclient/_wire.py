@@ -195,9 +195,19 @@ class _Inflater:
         # "deflate" in the wild is often raw deflate without the zlib header; the first
         # two bytes tell which (RFC 1950's header check), so they are held until both came.
         self._start = b"" if not gzip else None
+        self._fed = False
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream is complete: nothing was fed, or its end was inflated."""
+        if self._start is not None:
+            return not self._start
+        return self._fed is False or self._inflater.eof
 
     def pieces(self, data: bytes) -> Iterator[bytes]:
         """The inflated form of ``data``, in pieces of at most ``_PIECE`` bytes."""
+        if data:
+            self._fed = True
         if self._start is not None:
             data = self._start + data
             if len(data) < 2:
@@ -320,6 +330,16 @@ class BodyReader:
                 self._chunks.append(data)
             return True
         return all(self._decode(layer + 1, piece) for piece in self._decoders[layer].pieces(data))
+
+    def finish(self) -> None:
+        """The body has been read to its end: a compressed stream must have ended too.
+
+        A body cut short whose ``Content-Length`` says the shorter size (or that ends with
+        its connection) frames nothing wrong for the transport; only the encoding knows.
+        """
+        complete = all(decoder.ended for decoder in self._decoders)
+        if self.error is None and not self.too_large and not complete:
+            self.error = "the response body ends before its encoding does (cut short)"
 
     def body(self) -> bytes:
         return b"".join(self._chunks)

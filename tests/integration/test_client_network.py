@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -485,6 +486,24 @@ def test_a_chain_of_too_many_encodings_is_a_decode_error_on_both_facades(
         five = gzip.compress(five)
     hostile.script(_raw_response(five, ", ".join(["gzip"] * 5)))
     assert call("get", "/script") == {"a": 1}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "gzip, gzip"])
+def test_a_compressed_body_cut_short_is_a_decode_error_not_a_shorter_body(
+    make: Any, hostile: HostileServer, encoding: str
+) -> None:
+    # Its Content-Length is the truncated size, so the transport sees nothing wrong; the
+    # compressed stream knows it has not ended. A CSV lost its last rows without a word.
+    rows = b"id,name\n" + b"".join(b"%d,row%d\n" % (i, i) for i in range(2000))
+    wire = rows
+    for coding in reversed(encoding.split(", ")):
+        wire = gzip.compress(wire) if coding == "gzip" else zlib.compress(wire)
+    call = make(fast_config(max_retries=1), base_url=hostile.url)
+    hostile.script(_raw_response(wire, encoding))
+    assert call("request_raw", "GET", "/script").content == rows
+    hostile.script(_raw_response(wire[:-100], encoding))
+    with pytest.raises(ServiceDecodeError, match="ends before its encoding does"):
+        call("request_raw", "GET", "/script")
 
 
 # --- what a caller reads when the target cannot be reached -----------------------------------
