@@ -25,7 +25,7 @@ from commclient import (
     SyncServiceClient,
 )
 from commclient.cache import CacheConfig, CacheError, SyncRedisCache
-from tests.conftest import IN_CI
+from tests.prerequisites import IN_CI
 from tests.redis_server import RedisServer, free_port
 from tests.reliability._results import Row, sized
 
