@@ -260,6 +260,13 @@ class AsyncServiceClient:
             by_deadline = time_limit is not None and time_limit <= pool_timeout
             if not await gate.enter(time_limit if by_deadline else pool_timeout):
                 return queue_timeout(time.monotonic() - queued_at, by_deadline)
+            if self._core.breaker.state == "open":
+                # The target failed enough while this attempt waited in line: it is not
+                # sent (the core fails the call fast), and its turn goes to the next.
+                gate.leave()
+                return TransportFailure(
+                    FailureKind.OPENED, RuntimeError("the breaker opened while it waited in line")
+                )
             if time_limit is not None:
                 time_limit -= time.monotonic() - queued_at
         try:

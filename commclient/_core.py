@@ -533,7 +533,7 @@ class Call:
             raise self._rejected(refusal)
         return self._attempts()
 
-    def _rejected(self, refusal: Admission) -> ServiceUnavailableError:
+    def _rejected(self, refusal: Admission, attempts: int = 0) -> ServiceUnavailableError:
         """Count a breaker rejection and return its error."""
         core = self.core
         core.metrics.observe(self.request.method, self.endpoint, "circuit_open", None)
@@ -542,7 +542,7 @@ class Call:
             method=self.request.method,
             url=self.safe_url,
             target_service=core.target_service,
-            attempts=0,
+            attempts=attempts,
             retry_after=refusal.retry_after,
         )
 
@@ -569,6 +569,15 @@ class Call:
                 number += 1
                 started = clock.monotonic()
                 outcome = yield from self._exchange(number, deadline_at)
+                if isinstance(outcome, TransportFailure) and outcome.kind is FailureKind.OPENED:
+                    # Admitted before the breaker opened, then held in the client's own
+                    # line: fail fast, as a call made now would, instead of sending.
+                    judged = True
+                    core.breaker.release(admission)
+                    refusal = core.breaker.refusal() or Admission(
+                        False, False, core.breaker.reset_timeout
+                    )
+                    raise self._rejected(refusal, number - 1)
                 duration = clock.monotonic() - started
                 status_label, retryable, failure = self._judge(outcome)
                 # The breaker hears what the target did before the caller's strategies run:

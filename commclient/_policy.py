@@ -64,6 +64,8 @@ class FailureKind(enum.Enum):
     DEADLINE = "deadline"
     #: The transport refused to send the request (a malformed URL or header).
     UNSENDABLE = "unsendable"
+    #: The breaker opened while the attempt waited for its turn: it was not sent.
+    OPENED = "circuit_open"
 
     @property
     def reached_server(self) -> bool:
@@ -92,13 +94,19 @@ class FailureKind(enum.Enum):
         """
         if self is FailureKind.POOL_TIMEOUT or self is FailureKind.SATURATED:
             return "pool_timeout"
-        if self in (FailureKind.DEADLINE, FailureKind.UNSENDABLE):
+        if self in (FailureKind.DEADLINE, FailureKind.UNSENDABLE, FailureKind.OPENED):
             return str(self.value)
         return "timeout" if self.is_timeout else "connect_error"
 
 
 _LOCAL_FAILURES = frozenset(
-    {FailureKind.POOL_TIMEOUT, FailureKind.SATURATED, FailureKind.DEADLINE, FailureKind.UNSENDABLE}
+    {
+        FailureKind.POOL_TIMEOUT,
+        FailureKind.SATURATED,
+        FailureKind.DEADLINE,
+        FailureKind.UNSENDABLE,
+        FailureKind.OPENED,
+    }
 )
 
 
