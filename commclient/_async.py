@@ -260,6 +260,13 @@ class AsyncServiceClient:
             by_deadline = time_limit is not None and time_limit <= pool_timeout
             if not await gate.enter(time_limit if by_deadline else pool_timeout):
                 return queue_timeout(time.monotonic() - queued_at, by_deadline)
+            if self._core.breaker.state == "open":
+                # The target failed enough while this attempt waited in line: it is not
+                # sent (the core fails the call fast), and its turn goes to the next.
+                gate.leave()
+                return TransportFailure(
+                    FailureKind.OPENED, RuntimeError("the breaker opened while it waited in line")
+                )
             if time_limit is not None:
                 time_limit -= time.monotonic() - queued_at
         try:
@@ -301,7 +308,7 @@ class AsyncServiceClient:
                     async for chunk in response.aiter_raw():
                         if not reader.feed(chunk):
                             break
-                if reader.stray_body:
+                if reader.stray_body or _bytes_past_the_end(response):
                     # httpcore would keep the stray bytes and read them as the next
                     # response's status line; a closed stream is dropped from the pool.
                     stream = response.extensions.get("network_stream")
@@ -349,9 +356,15 @@ class AsyncServiceClient:
             if self._client is not None and self._loop is loop:
                 return self._client
             if self._loop is not None and not self._loop.is_closed():
+                state = (
+                    " that is still running"
+                    if self._loop.is_running()
+                    else ", which is not closed (its connections are still open there; "
+                    "close it, as asyncio.run() does, to move the client on)"
+                )
                 raise RuntimeError(
-                    "this AsyncServiceClient belongs to another event loop that is still "
-                    "running; create one client per event loop, or call it from that loop "
+                    f"this AsyncServiceClient belongs to another event loop{state}; "
+                    "create one client per event loop, or call it from that loop "
                     "(compat.sync_proxy runs a client on one shared loop for sync code)"
                 )
             # First use, or the previous loop is gone and its connections with it.
@@ -449,11 +462,15 @@ class _ResolvingBackend:
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> Any:
+        started = time.monotonic()
+        expires_at = None if timeout is None else started + timeout
         if is_address(host):
-            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+            stream = await self._inner.connect_tcp(
+                host, port, timeout, local_address, socket_options
+            )
+            return _ConnectingStream(stream, expires_at)
         import httpcore
 
-        started = time.monotonic()
         try:
             addresses = await asyncio.wait_for(resolver.resolve_async(host, port), timeout)
         except asyncio.TimeoutError as exc:
@@ -466,9 +483,10 @@ class _ResolvingBackend:
                 None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
             )
             try:
-                return await self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     address[0], port, remaining, local_address, socket_options
                 )
+                return _ConnectingStream(stream, expires_at)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         raise error or httpcore.ConnectError(f"{host} resolved to no address")
@@ -478,6 +496,58 @@ class _ResolvingBackend:
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+def _bytes_past_the_end(response: httpx.Response) -> bool:
+    """Whether the server sent more than this response: bytes after its body (past its
+    ``Content-Length``) that arrived with it wait in h11's buffer, not on the socket, where
+    httpcore's check of an idle connection would see them.
+
+    The parser is reached through the private attributes of httpx and httpcore; with
+    versions that lack them, nothing is found (and such bytes poison the next call).
+    """
+    stream = getattr(getattr(response.stream, "_stream", None), "_httpcore_stream", None)
+    connection = getattr(getattr(stream, "_stream", None), "_connection", None)
+    parser = getattr(connection, "_h11_state", None)
+    trailing = getattr(parser, "trailing_data", None)
+    return isinstance(trailing, tuple) and bool(trailing[0])
+
+
+class _ConnectingStream:
+    """A TCP stream whose TLS handshake gets what the connect timeout left of it.
+
+    httpcore gives the handshake a connect timeout of its own after the lookup and the TCP
+    connect: opening a connection could take twice the connect timeout, and the lateness
+    rule (``_admission.connect_timeout_kind``) then took a target whose handshake hangs
+    for this client's own saturation. Everything else is the stream's own.
+    """
+
+    __slots__ = ("_expires_at", "_inner")
+
+    def __init__(self, inner: Any, expires_at: float | None) -> None:
+        self._inner = inner
+        self._expires_at = expires_at
+
+    async def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> Any:
+        if self._expires_at is not None:
+            left = max(0.0, self._expires_at - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
+        return await self._inner.start_tls(ssl_context, server_hostname, timeout)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data: bytes = await self._inner.read(max_bytes, timeout)
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
 
 
 class _Progress:

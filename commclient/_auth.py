@@ -10,6 +10,7 @@ origin loses it, as it loses every credential.
 from __future__ import annotations
 
 import base64
+import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -45,6 +46,12 @@ Auth = BasicAuth | BearerAuth | tuple[str, str] | Signer
 """What ``auth=`` takes: ``BasicAuth``, ``BearerAuth``, a ``(user, password)`` pair, or a
 callable that signs every attempt (:data:`Signer`)."""
 
+_ASYNC_SIGNER = (
+    "an auth callable must be a plain function returning the headers, not a coroutine "
+    "function: it signs each attempt inside the call (fetch a token beforehand, e.g. "
+    "BearerAuth(await get_token()) per call)"
+)
+
 
 def auth_header(auth: Auth) -> tuple[str, str] | None:
     """The ``Authorization`` header of a fixed credential; ``None`` for a signer."""
@@ -56,6 +63,8 @@ def auth_header(auth: Auth) -> tuple[str, str] | None:
         user_pass = f"{auth[0]}:{auth[1]}".encode()
         return _checked("Basic " + base64.b64encode(user_pass).decode())
     if callable(auth):
+        if inspect.iscoroutinefunction(auth) or inspect.iscoroutinefunction(type(auth).__call__):
+            raise TypeError(_ASYNC_SIGNER)
         return None
     raise TypeError(
         "auth must be (username, password), BasicAuth, BearerAuth or a callable that "
@@ -80,14 +89,31 @@ def _check(headers: Mapping[str, str]) -> None:
 
 
 def sign(signer: Signer, request: Request) -> Request:
-    """``request`` with the headers ``signer`` returns for it."""
-    added = signer(request)
+    """``request`` with the headers ``signer`` returns for it.
+
+    The signer gets the attempt's own copy of the headers: one that sets a header on the
+    request (as httpx's ``auth_flow`` does) signs this attempt, never the headers the
+    client shares between its calls, where the credential would reach every later call.
+    """
+    own = request._replace(headers=dict(request.headers))
+    added: object = signer(own)
     if not isinstance(added, Mapping):
+        if inspect.isawaitable(added):
+            _close(added)
+            raise TypeError(_ASYNC_SIGNER)
         raise TypeError(f"an auth callable must return a mapping of headers, got {added!r}")
-    _check(added)
     replaced = {name.lower() for name in added}
-    headers = {
-        name: value for name, value in request.headers.items() if name.lower() not in replaced
-    }
+    headers = {name: value for name, value in own.headers.items() if name.lower() not in replaced}
     headers.update(added)
-    return request._replace(headers=headers)
+    _check(added)
+    # What the signer set on the request itself is checked as what it returns is.
+    _check(
+        {name: value for name, value in own.headers.items() if request.headers.get(name) != value}
+    )
+    return own._replace(headers=headers)
+
+
+def _close(awaitable: object) -> None:
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()  # a coroutine never awaited would warn at garbage collection

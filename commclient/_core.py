@@ -125,7 +125,8 @@ class Attempt(NamedTuple):
     def response(
         self, status: int, headers: Mapping[str, str], reader: BodyReader, reason: str = ""
     ) -> Outcome:
-        """The outcome of a response whose body was fed into ``reader``."""
+        """The outcome of a response whose body was fed into ``reader``, to its end."""
+        reader.finish()
         if reader.too_large or reader.error is not None:
             return Unreadable(status, headers, reader.error)
         return Response(status, headers, reader.body(), reason)
@@ -282,6 +283,11 @@ class Core:
         Every mistake of the caller raises here (``ValueError``/``TypeError`` naming
         it), before the breaker or the target is involved.
         """
+        if raw and response_model is not None:
+            raise TypeError(
+                "response_model= is for request() and get() ... delete(); request_raw(), "
+                "head() and options() return the ServiceResponse"
+            )
         if method not in _METHODS:
             if not isinstance(method, str) or not _TOKEN.fullmatch(method):
                 raise ValueError(f"method must be an HTTP method name, got {method!r}")
@@ -538,7 +544,7 @@ class Call:
             raise self._rejected(refusal)
         return self._attempts()
 
-    def _rejected(self, refusal: Admission) -> ServiceUnavailableError:
+    def _rejected(self, refusal: Admission, attempts: int = 0) -> ServiceUnavailableError:
         """Count a breaker rejection and return its error."""
         core = self.core
         core.metrics.observe(self.request.method, self.endpoint, "circuit_open", None)
@@ -550,7 +556,7 @@ class Call:
             method=self.request.method,
             url=self.safe_url,
             target_service=core.target_service,
-            attempts=0,
+            attempts=attempts,
             retry_after=refusal.retry_after,
         )
 
@@ -585,16 +591,22 @@ class Call:
                 number += 1
                 started = clock.monotonic()
                 outcome = yield from self._exchange(number, deadline_at, trace)
+                if isinstance(outcome, TransportFailure) and outcome.kind is FailureKind.OPENED:
+                    # Admitted before the breaker opened, then held in the client's own
+                    # line: fail fast, as a call made now would, instead of sending.
+                    judged = True
+                    core.breaker.release(admission)
+                    refusal = core.breaker.refusal() or Admission(
+                        False, False, core.breaker.reset_timeout
+                    )
+                    error_type = "circuit_open"
+                    raise self._rejected(refusal, number - 1)
                 duration = clock.monotonic() - started
                 status_label, retryable, failure = self._judge(outcome)
                 last_status = None if isinstance(outcome, TransportFailure) else outcome.status
                 error_type = None if status_label == "success" else status_label
-                state = None
-                if failure is not None and core.config.has_strategies:
-                    # The caller's tenacity strategies see what the call would return or raise.
-                    state = self._retry_state(outcome, status_label, duration, number)
-                    if core.config.retry is not None:
-                        retryable = self._user_retries(core.config.retry, state, outcome)
+                # The breaker hears what the target did before the caller's strategies run:
+                # a strategy that raises must not take the target's failure away with it.
                 if failure is None:
                     # Nothing the target did: the breaker neither counts nor forgets.
                     judged = True
@@ -602,11 +614,17 @@ class Call:
                 elif not failure:
                     judged = True
                     core.breaker.record_success(admission)
-                if failure is not True and not retryable:
-                    return self._finish(outcome, status_label, duration, number, trace)
-                if failure and not failure_recorded:
+                elif not failure_recorded:
                     failure_recorded = judged = True
                     core.breaker.record_failure(admission)
+                state = None
+                if failure is not None and core.config.has_strategies:
+                    # The caller's tenacity strategies see what the call would return or raise.
+                    state = self._retry_state(outcome, status_label, duration, number)
+                    if core.config.retry is not None:
+                        retryable = self._user_retries(core.config.retry, state, outcome)
+                if failure is not True and not retryable:
+                    return self._finish(outcome, status_label, duration, number, trace)
                 wait = self._next_wait(outcome, retryable, number, max_attempts, deadline_at, state)
                 if wait is None and not failure:
                     return self._finish(outcome, status_label, duration, number, trace)
@@ -938,9 +956,10 @@ class Call:
             cls = ServiceTimeoutError if kind.is_timeout else ServiceConnectionError
             redact_exception(outcome.error)
             reason = (
-                _socket_reason(outcome.error, self.request.url)
+                _socket_reason(outcome.error, self.request.url, self.core.config.proxy)
                 or _timeout_reason(kind, outcome.error)
                 or redact_text(str(outcome.error))
+                or _LOCAL_REASONS.get(kind)
                 or type(outcome.error).__name__
             )
             error = self._error(cls, f"{kind.value.replace('_', ' ')}: {reason}", attempts=number)
@@ -1014,22 +1033,26 @@ class Call:
         )
 
 
-def _socket_reason(error: BaseException, url: str) -> str | None:
+def _socket_reason(error: BaseException, url: str, proxy: str | None = None) -> str | None:
     """What the socket said, in words that name neither transport nor its pool.
 
     Both transports wrap the socket's error in their own (requests in urllib3's pool
-    errors, httpx in httpcore's); the chain of causes leads to it on both.
+    errors, httpx in httpcore's); the chain of causes leads to it on both. Through a
+    proxy the client connects to the proxy alone (the proxy reaches the target), so a
+    lookup or a connection that failed is the proxy's.
     """
     seen: set[int] = set()
     current: object = error
+    peer = "" if proxy is None else "proxy "
+    where = url if proxy is None else proxy
     while isinstance(current, BaseException) and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, socket.gaierror):
-            host = urlsplit(url).hostname
-            return f"cannot resolve {host!r}: {current.strerror or current}"
+            host = urlsplit(where).hostname
+            return f"cannot resolve {peer}{host!r}: {current.strerror or current}"
         if isinstance(current, ConnectionRefusedError):
-            _, host, port = _origin(url)
-            return f"{host}:{port} refused the connection"
+            _, host, port = _origin(where)
+            return f"{peer}{host}:{port} refused the connection"
         args = current.args
         current = (
             getattr(current, "reason", None)
@@ -1043,6 +1066,14 @@ def _socket_reason(error: BaseException, url: str) -> str | None:
 _TIMEOUT_REASONS = {
     FailureKind.CONNECT_TIMEOUT: "no connection within the connect timeout",
     FailureKind.READ_TIMEOUT: "no response within the read timeout",
+}
+#: This client's own limits, for a transport's exception that says nothing of them.
+_LOCAL_REASONS = {
+    FailureKind.SATURATED: (
+        "no connection within the connect timeout, seen late: this client was too busy "
+        "to notice the connection (not counted against the target)"
+    ),
+    FailureKind.POOL_TIMEOUT: "no connection free within pool_timeout (this client's own load)",
 }
 
 

@@ -65,6 +65,8 @@ class FailureKind(enum.Enum):
     DEADLINE = "deadline"
     #: The transport refused to send the request (a malformed URL or header).
     UNSENDABLE = "unsendable"
+    #: The breaker opened while the attempt waited for its turn: it was not sent.
+    OPENED = "circuit_open"
 
     @property
     def reached_server(self) -> bool:
@@ -93,13 +95,19 @@ class FailureKind(enum.Enum):
         """
         if self is FailureKind.POOL_TIMEOUT or self is FailureKind.SATURATED:
             return "pool_timeout"
-        if self in (FailureKind.DEADLINE, FailureKind.UNSENDABLE):
+        if self in (FailureKind.DEADLINE, FailureKind.UNSENDABLE, FailureKind.OPENED):
             return str(self.value)
         return "timeout" if self.is_timeout else "connect_error"
 
 
 _LOCAL_FAILURES = frozenset(
-    {FailureKind.POOL_TIMEOUT, FailureKind.SATURATED, FailureKind.DEADLINE, FailureKind.UNSENDABLE}
+    {
+        FailureKind.POOL_TIMEOUT,
+        FailureKind.SATURATED,
+        FailureKind.DEADLINE,
+        FailureKind.UNSENDABLE,
+        FailureKind.OPENED,
+    }
 )
 
 
@@ -181,8 +189,13 @@ def retry_wait(
         return min(server_wait, config.retry_after_max)
     if config.wait is not None and state is not None:
         wait = float(config.wait(state))
-        if not wait >= 0:
-            raise ValueError(f"the wait= strategy returned {wait!r} seconds, not a number >= 0")
+        # Beyond TIMEOUT_MAX time.sleep() overflows while asyncio.sleep() never returns:
+        # the facades would part ways on the caller's mistake.
+        if not 0 <= wait <= threading.TIMEOUT_MAX:
+            raise ValueError(
+                f"the wait= strategy returned {wait!r} seconds, not a number from 0 to "
+                f"{threading.TIMEOUT_MAX:.0f}"
+            )
         return wait
     return backoff(attempt_number, config)
 

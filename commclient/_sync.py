@@ -266,6 +266,13 @@ class SyncServiceClient:
                 )
                 with response:
                     reader = attempt.reader(response.status_code, response.headers)
+                    if reader.stray_body:
+                        # A body the server sends anyway may arrive after urllib3 checked
+                        # the pooled connection for unread bytes, and be read as the next
+                        # response's status line: the connection is not used again.
+                        connection = response.raw.connection
+                        if connection is not None:
+                            connection.close()
                     if reader.wants_more:
                         for chunk in response.raw.stream(_CHUNK, decode_content=False):
                             if not reader.feed(chunk):
@@ -289,7 +296,9 @@ class SyncServiceClient:
                 # This process's lookup threads are all taken: not the target's doing.
                 return TransportFailure(FailureKind.POOL_TIMEOUT, exc)
             except self._transport_errors as exc:
-                if watch.fired:
+                # The lookup gives up at the deadline as the watchdog fires: either may
+                # come first, and the deadline is what ended the attempt.
+                if watch.expired:
                     return deadline_cut_off(watch.connected, exc)
                 if self._closed:
                     raise RuntimeError("this SyncServiceClient was closed during the call") from exc
@@ -375,7 +384,12 @@ def _origin(url: str) -> str:
 
 def _classify(exc: Exception, exceptions: Any) -> FailureKind:
     """Map requests' and urllib3's exceptions onto what the core needs: did the request leave?"""
-    from urllib3.exceptions import NewConnectionError, ReadTimeoutError
+    from urllib3.exceptions import (
+        ConnectTimeoutError,
+        NewConnectionError,
+        ProxyError,
+        ReadTimeoutError,
+    )
 
     if isinstance(exc, exceptions.ConnectTimeout):
         return FailureKind.CONNECT_TIMEOUT
@@ -383,6 +397,16 @@ def _classify(exc: Exception, exceptions: Any) -> FailureKind:
         return FailureKind.READ_TIMEOUT
     if isinstance(exc, exceptions.ConnectionError) and exc.args:
         reason = getattr(exc.args[0], "reason", exc.args[0])
+        if isinstance(reason, ProxyError):
+            # urllib3 says so only before it reached the proxy (or its tunnel was set
+            # up): nothing was sent to the target.
+            original = reason.original_error
+            # urllib3's NewConnectionError is a ConnectTimeoutError too.
+            if isinstance(original, ConnectTimeoutError) and not isinstance(
+                original, NewConnectionError
+            ):
+                return FailureKind.CONNECT_TIMEOUT
+            return FailureKind.CONNECT
         if isinstance(reason, ReadTimeoutError):
             # requests reports a timeout while streaming the body as a ConnectionError.
             return FailureKind.READ_TIMEOUT

@@ -143,6 +143,7 @@ _current = threading.local()
 
 class _NoWatch:
     fired = False
+    expired = False
     connected = True
 
     def __enter__(self) -> _NoWatch:
@@ -164,6 +165,11 @@ class _AttemptWatch:
     @property
     def fired(self) -> bool:
         return self.watch.fired
+
+    @property
+    def expired(self) -> bool:
+        """The deadline has passed, whether or not the watchdog has acted on it yet."""
+        return self.watch.fired or time.monotonic() >= self.watch.at
 
     @property
     def connected(self) -> bool:
@@ -239,16 +245,20 @@ def _make_adapter_class(requests: Any) -> Any:
 
     def connect(self: Any) -> None:
         watch = getattr(_current, "watch", None)
-        if watch is None:
-            super(type(self), self).connect()
-            return
-        watchdog.attach(watch, self)
+        if watch is not None:
+            watchdog.attach(watch, self)
         established = False
         try:
             super(type(self), self).connect()
             established = True
+        except TimeoutError as exc:
+            # The TCP connect raises urllib3's own ConnectTimeoutError: a socket timeout
+            # here is the TLS handshake (or a proxy's tunnel), which urllib3 would report
+            # as a read timeout although nothing was sent yet.
+            raise ConnectTimeoutError(self, f"no connection to {self.host} in time") from exc
         finally:
-            watchdog.connected(self, established)
+            if watch is not None:
+                watchdog.connected(self, established)
 
     def request(self: Any, *args: Any, **kwargs: Any) -> None:
         watch = getattr(_current, "watch", None)

@@ -195,9 +195,19 @@ class _Inflater:
         # "deflate" in the wild is often raw deflate without the zlib header; the first
         # two bytes tell which (RFC 1950's header check), so they are held until both came.
         self._start = b"" if not gzip else None
+        self._fed = False
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream is complete: nothing was fed, or its end was inflated."""
+        if self._start is not None:
+            return not self._start
+        return self._fed is False or self._inflater.eof
 
     def pieces(self, data: bytes) -> Iterator[bytes]:
         """The inflated form of ``data``, in pieces of at most ``_PIECE`` bytes."""
+        if data:
+            self._fed = True
         if self._start is not None:
             data = self._start + data
             if len(data) < 2:
@@ -227,6 +237,8 @@ def _is_zlib_header(data: bytes) -> bool:
 
 
 _CODINGS = {"gzip": True, "x-gzip": True, "deflate": False}
+#: Encodings one response may chain, as urllib3 (since 2.6) and curl allow.
+MAX_ENCODINGS = 5
 #: Bytes an encoding may add to what it encodes: deflate's stored blocks add 5 bytes per
 #: 64 kB, gzip a header and a trailer. An encoded body announcing more than the limit
 #: plus this (per layer) cannot decode within the limit, and is refused unread.
@@ -266,9 +278,17 @@ class BodyReader:
         if encoding:
             codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
             if all(c in _CODINGS or c == "identity" for c in codings):
-                self._decoders = [
-                    _Inflater(_CODINGS[c]) for c in reversed(codings) if c in _CODINGS
-                ]
+                decoded = [_CODINGS[c] for c in reversed(codings) if c in _CODINGS]
+                if len(decoded) > MAX_ENCODINGS:
+                    # Each layer is a decoder and a level of recursion per piece: a server
+                    # could otherwise exhaust the stack (or the CPU) with a long header.
+                    if announced:
+                        self.error = (
+                            f"the response's Content-Encoding chains {len(decoded)} "
+                            f"encodings; at most {MAX_ENCODINGS} are decoded"
+                        )
+                    decoded = []
+                self._decoders = [_Inflater(gzip) for gzip in decoded]
         # Raw bytes read at most: the limit itself when nothing is decoded; with encodings,
         # what an encoding of ``limit`` bytes can take (empty gzip members add up too).
         self._wire_limit = limit + len(self._decoders) * (limit // 8192 * 5 + _OVERHEAD)
@@ -280,7 +300,7 @@ class BodyReader:
         self.stray_body = not announced and (
             "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0"
         )
-        if announced:
+        if announced and self.error is None:
             self.error = content_length_error(headers)
 
     @property
@@ -310,6 +330,16 @@ class BodyReader:
                 self._chunks.append(data)
             return True
         return all(self._decode(layer + 1, piece) for piece in self._decoders[layer].pieces(data))
+
+    def finish(self) -> None:
+        """The body has been read to its end: a compressed stream must have ended too.
+
+        A body cut short whose ``Content-Length`` says the shorter size (or that ends with
+        its connection) frames nothing wrong for the transport; only the encoding knows.
+        """
+        complete = all(decoder.ended for decoder in self._decoders)
+        if self.error is None and not self.too_large and not complete:
+            self.error = "the response body ends before its encoding does (cut short)"
 
     def body(self) -> bytes:
         return b"".join(self._chunks)

@@ -736,3 +736,31 @@ def test_a_caller_giving_up_during_the_backoff_keeps_the_targets_failures(
     # so that call does not wait for a retry, and the next ones are rejected.
     assert outcomes == ["gave up"] * 4 + ["failed"] + ["rejected"] * 3
     assert testing.breaker_state(names.service, names.target) == "open"
+
+
+# --- the admission line and the breaker -----------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_callers_waiting_in_line_fail_fast_once_the_breaker_opens(
+    http_server: ServerProcess, names: Names
+) -> None:
+    # Admitted while the breaker was closed, 40 callers queued behind two slots each
+    # still sent their request to a target that had opened the breaker: a line of a
+    # thousand behind a dead target hammers it for minutes and keeps every caller waiting.
+    config = fast_config(max_retries=1, max_concurrency=2, circuit_breaker_fail_max=2)
+    client = make_client(http_server.base_url, names, config)
+    key = names.key("line")
+    try:
+        outcomes = await asyncio.gather(
+            *(client.get("/status/503", params={"key": key}) for _ in range(40)),
+            return_exceptions=True,
+        )
+    finally:
+        await client.close()
+    sent = len(http_server.calls(key))
+    refused = [o for o in outcomes if isinstance(o, ServiceUnavailableError)]
+    assert sent <= 4, sent
+    assert len(refused) == 40 - sent
+    assert all(o.attempts == 0 for o in refused)
+    assert testing.breaker_state(names.service, names.target) == "open"

@@ -5,6 +5,7 @@ Run on both facades through :class:`Driver`, against the real loopback server.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -117,6 +118,24 @@ def test_a_configured_proxy_carries_every_request(
     driver = Driver(facade, "http://service.invalid:8000", names, config)
     try:
         assert driver("get", "/echo", params={"via": "proxy"})["query"] == {"via": "proxy"}
+    finally:
+        driver.close()
+
+
+def test_a_proxy_that_refuses_is_a_connect_failure_naming_the_proxy(
+    facade: str, names: Names, refused_port: int
+) -> None:
+    # Nothing reached the target: the sync facade called it a lost connection (a POST was
+    # then not repeated), and both named the target's address as the one refusing.
+    config = fast_config(proxy=f"http://127.0.0.1:{refused_port}", max_retries=2)
+    driver = Driver(facade, "http://service.invalid:8000", names, config)
+    try:
+        with testing.no_wait(), pytest.raises(ServiceConnectionError) as info:
+            driver("post", "/echo", json={})
+        assert info.value.attempts == 2
+        assert str(info.value).startswith(
+            f"connect: proxy 127.0.0.1:{refused_port} refused the connection"
+        )
     finally:
         driver.close()
 
@@ -312,6 +331,23 @@ def test_an_auth_callable_signs_every_attempt_afresh(make: Any, names: Names) ->
     assert signed == ["GET flaky", "GET flaky"]
 
 
+def test_an_auth_callable_that_sets_the_header_on_the_request_signs_that_call_only(
+    make: Any,
+) -> None:
+    """httpx's ``auth_flow`` sets ``request.headers[...]``: a callable written that way signs
+    its own attempt, and its credential never rides along on the client's other calls."""
+
+    def set_in_place(request: Request) -> dict[str, str]:
+        request.headers["Authorization"] = "Bearer alice-secret"
+        return {}
+
+    call = make()
+    signed = call("get", "/echo", auth=set_in_place)
+    assert signed["headers"]["authorization"] == "Bearer alice-secret"
+    assert "authorization" not in call("get", "/echo")["headers"]
+    assert "authorization" not in call("get", "/echo", headers={"X-A": "1"})["headers"]
+
+
 def test_a_bad_auth_is_refused_before_anything_is_sent(make: Any) -> None:
     call = make()
     with pytest.raises(TypeError, match="auth must be"):
@@ -319,6 +355,24 @@ def test_a_bad_auth_is_refused_before_anything_is_sent(make: Any) -> None:
     with pytest.raises(ValueError, match="printable ASCII") as info:
         call("get", "/echo", auth=BearerAuth("s3cret\n"))
     assert "s3cret" not in str(info.value)
+
+
+async def _token_headers(request: Request) -> dict[str, str]:
+    return {"Authorization": "Bearer from-a-coroutine"}
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_an_async_auth_callable_is_refused_with_a_reason(make: Any) -> None:
+    # The core signs each attempt inside the call, synchronously: a coroutine function
+    # would send no credential at all, so it is refused (per call and per client) before
+    # anything is sent, and a callable returning an awaitable leaves no coroutine behind.
+    call = make()
+    with pytest.raises(TypeError, match="not a coroutine function"):
+        call("get", "/echo", auth=_token_headers)
+    with pytest.raises(TypeError, match="not a coroutine function"):
+        make(auth=_token_headers)
+    with pytest.raises(TypeError, match="not a coroutine function"):
+        call("get", "/echo", auth=lambda request: _token_headers(request))
 
 
 # --- head(), options(), per-call overrides, elapsed and reason_phrase ------------------------
@@ -382,6 +436,19 @@ def test_response_model_validates_the_body_into_a_model_or_a_dataclass(make: Any
     assert call.breaker == "closed"
 
 
+def test_response_model_on_a_raw_call_is_refused_not_ignored(
+    make: Any, http_server: ServerProcess, names: Names
+) -> None:
+    # head(), options() and request_raw() return the response: a model given to them was
+    # dropped without a word, and the caller got a ServiceResponse where a model was due.
+    call = make()
+    key = names.key("raw-model")
+    for method, args in (("head", ()), ("options", ()), ("request_raw", ("GET",))):
+        with pytest.raises(TypeError, match="response_model"):
+            call(method, *args, "/echo", params={"key": key}, response_model=EchoModel)
+    assert http_server.calls(key) == []
+
+
 # --- tenacity strategies in ClientConfig -------------------------------------------------
 
 
@@ -409,3 +476,29 @@ def test_a_tenacity_retry_predicate_decides_within_the_core_rules(make: Any, nam
     with pytest.raises(ServiceResponseError) as info:
         only_timeouts("get", "/status/503")
     assert info.value.attempts == 1
+
+
+def test_a_retry_predicate_that_raises_keeps_the_targets_failure_counted(make: Any) -> None:
+    # The caller's strategy fails (its bug, raised as it is, as tenacity would); the
+    # target's 503 it was asked about still counts against the target.
+    def broken(state: RetryCallState) -> bool:
+        raise KeyError("state")
+
+    call = make(fast_config(retry=broken, circuit_breaker_fail_max=2))
+    for _ in range(2):
+        with pytest.raises(KeyError):
+            call("get", "/status/503")
+    assert call.breaker == "open"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("seconds", [math.inf, 1e12])
+def test_a_wait_no_sleep_can_take_is_refused_alike_on_both_facades(
+    make: Any, seconds: float
+) -> None:
+    # Without the check the sync facade raised OverflowError from time.sleep and the async
+    # one slept for ever; the strategy's value is the caller's mistake, named as such.
+    call = make(fast_config(wait=lambda state: seconds, circuit_breaker_fail_max=1))
+    with pytest.raises(ValueError, match="the wait= strategy returned"):
+        call("get", "/status/503")
+    assert call.breaker == "open"

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from commclient import (
     AsyncServiceClient,
     ServiceClientError,
     ServiceConnectionError,
+    ServiceDecodeError,
     ServiceResponseTooLargeError,
     ServiceTimeoutError,
     SyncServiceClient,
@@ -128,6 +130,21 @@ def test_one_deadline_holds_through_a_slow_lookup_and_a_trickling_handshake(
     assert "read timeout" not in str(info.value)
 
 
+def test_a_lookup_the_deadline_ends_reads_as_the_deadline_on_both_facades(
+    make: Any, slow_resolver: SlowResolver
+) -> None:
+    # The sync facade's lookup gave up at the deadline as the watchdog fired: whichever
+    # came first decided the words, and half the time a 5 s connect timeout was blamed.
+    call = make(
+        fast_config(max_retries=1, connect_timeout=5.0, timeout=5.0),
+        base_url=f"http://{slow_resolver.name}:1",
+    )
+    for _ in range(8):
+        with pytest.raises(ServiceTimeoutError) as info:
+            call("get", "/echo", deadline=0.1)
+        assert "the call's deadline ended the attempt while connecting" in str(info.value)
+
+
 def test_a_trickling_handshake_is_cut_at_the_deadline(
     make: Any, trickling_tls: TricklingTLSServer
 ) -> None:
@@ -140,6 +157,38 @@ def test_a_trickling_handshake_is_cut_at_the_deadline(
         call("get", "/echo", deadline=0.5)
     assert time.monotonic() - started < 3.0
     assert "read timeout" not in str(info.value)
+
+
+def test_a_handshake_that_times_out_is_a_connect_timeout_on_both_facades(
+    make: Any, trickling_tls: TricklingTLSServer
+) -> None:
+    # urllib3 reports a handshake that outlives the connect timeout as a read timeout: a
+    # POST was then not repeated although nothing had been sent.
+    call = make(
+        fast_config(max_retries=2, connect_timeout=0.3, timeout=5.0),
+        base_url=f"https://127.0.0.1:{trickling_tls.port}",
+    )
+    with testing.no_wait(), pytest.raises(ServiceTimeoutError) as info:
+        call("post", "/echo", json={})
+    assert str(info.value).startswith("connect timeout: no connection within the connect timeout")
+    assert info.value.attempts == 2
+
+
+def test_a_slow_lookup_and_a_hanging_handshake_share_one_connect_timeout(
+    make: Any, slow_resolver: SlowResolver, trickling_tls: TricklingTLSServer
+) -> None:
+    # httpcore gives the handshake a connect timeout of its own after the lookup and the
+    # TCP connect: the attempt took 1.6 s of a 1 s connect timeout, and that lateness made
+    # the async facade call a hanging target its own saturation (not counted against it).
+    slow_resolver.delay = 0.6
+    call = make(
+        fast_config(max_retries=1, connect_timeout=1.0, timeout=5.0, circuit_breaker_fail_max=1),
+        base_url=f"https://{slow_resolver.name}:{trickling_tls.port}",
+    )
+    with pytest.raises(ServiceTimeoutError) as info:
+        call("get", "/echo")
+    assert str(info.value).startswith("connect timeout: no connection within the connect timeout")
+    assert call.breaker == "open"
 
 
 class TwoTargets:
@@ -294,6 +343,94 @@ def test_a_body_sent_after_a_bodiless_response_does_not_poison_the_next_call(
     assert call.breaker == "closed"
 
 
+class StrayBytesServer:
+    """Sends bytes where no response is: a HEAD gets ``Content-Length: 5`` and no body, the
+    5 bytes going out only when the next request arrives on that connection, just before
+    its answer (late, as a server's second write comes behind Nagle and a delayed ACK);
+    ``/long`` gets its JSON body and 7 bytes more, in the same write.
+
+    ``requests`` lists what it answered, by method; no timing decides what happens.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.requests: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self._listener.accept()
+                threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        pending = b""
+        buffer = b""
+        with connection, contextlib.suppress(OSError):
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = connection.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method = lines[0].split(" ")[0]
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                while len(buffer) < length:
+                    buffer += connection.recv(65536)
+                buffer = buffer[length:]
+                self.requests.append(method)
+                if method == "HEAD":
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+                    pending = b"hello"
+                    continue
+                body = b'{"ok": true}'
+                extra = b"garbage" if lines[0].split(" ")[1] == "/long" else b""
+                connection.sendall(
+                    pending + b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s%s" % (len(body), body, extra)
+                )
+                pending = b""
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_body_sent_late_after_a_head_does_not_poison_the_next_call(make: Any) -> None:
+    server = StrayBytesServer()
+    try:
+        call = make(fast_config(max_retries=1, circuit_breaker_fail_max=1), base_url=server.url)
+        for _ in range(2):
+            assert call("head", "/x").status_code == 200
+            # The POST was processed: it must be reported so, not as a broken connection.
+            assert call("post", "/y", json={}) == {"ok": True}
+        assert server.requests == ["HEAD", "POST", "HEAD", "POST"]
+        assert call.breaker == "closed"
+    finally:
+        server.close()
+
+
+def test_bytes_past_a_bodys_content_length_do_not_poison_the_next_call(make: Any) -> None:
+    # They arrive with the body and wait in the HTTP parser's buffer, where the async
+    # transport read them as the next response's status line.
+    server = StrayBytesServer()
+    try:
+        call = make(fast_config(max_retries=1, circuit_breaker_fail_max=1), base_url=server.url)
+        for _ in range(2):
+            assert call("get", "/long") == {"ok": True}
+            assert call("post", "/y", json={}) == {"ok": True}
+        assert server.requests == ["GET", "POST", "GET", "POST"]
+        assert call.breaker == "closed"
+    finally:
+        server.close()
+
+
 # --- the size limit is on decoded bytes --------------------------------------------------
 
 
@@ -327,6 +464,45 @@ def test_a_body_of_exactly_the_limit_is_read_whatever_its_encoding_adds(
     assert call("request_raw", "GET", "/script").content == body
     hostile.script(_raw_response(gzip.compress(body + b"!"), "gzip"))
     with pytest.raises(ServiceResponseTooLargeError):
+        call("request_raw", "GET", "/script")
+
+
+@pytest.mark.parametrize("layers", [6, 1200])
+def test_a_chain_of_too_many_encodings_is_a_decode_error_on_both_facades(
+    make: Any, hostile: HostileServer, layers: int
+) -> None:
+    # Each layer adds a decoder (and, unbounded, a level of recursion: 1,200 of them
+    # raised RecursionError on the async facade); the sync transport refused 6 as a lost
+    # connection in its own words. At most five are decoded, as urllib3 and curl do.
+    wire = b'{"a": 1}'
+    for _ in range(layers):
+        wire = gzip.compress(wire)
+    hostile.script(_raw_response(wire, ", ".join(["gzip"] * layers)))
+    call = make(fast_config(max_retries=1), base_url=hostile.url)
+    with pytest.raises(ServiceDecodeError, match=r"Content-Encoding .* at most 5"):
+        call("get", "/script")
+    five = b'{"a": 1}'
+    for _ in range(5):
+        five = gzip.compress(five)
+    hostile.script(_raw_response(five, ", ".join(["gzip"] * 5)))
+    assert call("get", "/script") == {"a": 1}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "gzip, gzip"])
+def test_a_compressed_body_cut_short_is_a_decode_error_not_a_shorter_body(
+    make: Any, hostile: HostileServer, encoding: str
+) -> None:
+    # Its Content-Length is the truncated size, so the transport sees nothing wrong; the
+    # compressed stream knows it has not ended. A CSV lost its last rows without a word.
+    rows = b"id,name\n" + b"".join(b"%d,row%d\n" % (i, i) for i in range(2000))
+    wire = rows
+    for coding in reversed(encoding.split(", ")):
+        wire = gzip.compress(wire) if coding == "gzip" else zlib.compress(wire)
+    call = make(fast_config(max_retries=1), base_url=hostile.url)
+    hostile.script(_raw_response(wire, encoding))
+    assert call("request_raw", "GET", "/script").content == rows
+    hostile.script(_raw_response(wire[:-100], encoding))
+    with pytest.raises(ServiceDecodeError, match="ends before its encoding does"):
         call("request_raw", "GET", "/script")
 
 

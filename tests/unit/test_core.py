@@ -641,3 +641,25 @@ def test_a_budget_locked_by_another_thread_at_fork_works_in_the_child() -> None:
     holder.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+class _TransportTimeout(Exception):
+    """A transport's timeout: its message names its own pool, or nothing at all."""
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        (FailureKind.SATURATED, "no connection within the connect timeout, seen late"),
+        (FailureKind.POOL_TIMEOUT, "no connection free within pool_timeout"),
+    ],
+)
+def test_a_local_timeout_of_a_transport_reads_in_the_cores_words(
+    kind: FailureKind, reason: str
+) -> None:
+    # Without words of their own these read 'saturated connect timeout: ConnectTimeout'
+    # and 'pool timeout: PoolTimeout', the transport's class names.
+    _, error = drive(make_core(), [TransportFailure(kind, _TransportTimeout())])
+    assert isinstance(error, ServiceTimeoutError)
+    assert reason in str(error)
+    assert "_TransportTimeout" not in str(error)

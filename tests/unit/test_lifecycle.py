@@ -106,6 +106,29 @@ def test_use_from_a_second_running_loop_is_a_clear_error() -> None:
         other.close()
 
 
+@pytest.mark.facade_async
+def test_use_from_a_second_loop_while_the_first_is_open_says_what_to_do() -> None:
+    import httpx
+    import respx
+
+    from commclient import AsyncServiceClient
+
+    client = AsyncServiceClient(
+        BASE, service_name="life", target_service="open-loop", registry=CollectorRegistry()
+    )
+    first = asyncio.new_event_loop()
+    try:
+        with respx.mock() as mock:
+            mock.get(BASE + "/x").mock(return_value=httpx.Response(200, json=1))
+            assert first.run_until_complete(client.get("/x")) == 1
+            # The first loop is idle, not running: the error said it was still running.
+            with pytest.raises(RuntimeError, match="another event loop, which is not closed"):
+                asyncio.run(client.get("/x"))
+            first.run_until_complete(client.close())
+    finally:
+        first.close()
+
+
 @pytest.mark.parametrize(
     ("facade", "module", "extra"),
     [("SyncServiceClient", "requests", "sync"), ("AsyncServiceClient", "httpx", "async")],
