@@ -542,18 +542,30 @@ def _persisted_jobs(
     if reconstitute is None:
         return list(store.get_all_jobs())
 
+    # The id of the job being rebuilt, read from the state APScheduler has already
+    # unpickled when it hands it to Job.__setstate__ (this module never unpickles).
+    ids: list[str] = []
+    setstate = Job.__setstate__
+
+    def recording_setstate(job: Job, state: dict[str, Any]) -> None:
+        ids.append(str(state.get("id", "(a persisted job)")))
+        setstate(job, state)
+
     def tolerant(job_state: Any) -> Any:
+        ids.clear()
         try:
             return reconstitute(job_state)
         except Exception as exc:
-            failed = _Unrestorable(_persisted_id(job_state), exc)
+            failed = _Unrestorable(ids[-1] if ids else "(a persisted job)", exc)
             unrestorable.append(failed)
             return failed
 
     store._reconstitute_job = tolerant
+    Job.__setstate__ = recording_setstate
     try:
         jobs = list(store.get_all_jobs())
     finally:
+        Job.__setstate__ = setstate
         del store._reconstitute_job
     return [job for job in jobs if not isinstance(job, _Unrestorable)]
 
@@ -561,7 +573,8 @@ def _persisted_jobs(
 def _unstorable(store: BaseJobStore | None, func: Callable[..., Any], job: Job) -> str | None:
     """Why a persistent ``store`` cannot hold the job with ``func``, if it cannot.
 
-    It stores the function as its "module:name" reference and pickles the arguments.
+    It stores the function as its "module:name" reference and pickles the arguments:
+    serialising them here tells whether it can (nothing is ever unpickled).
     """
     if store is None or isinstance(store, MemoryJobStore):
         return None
@@ -571,13 +584,6 @@ def _unstorable(store: BaseJobStore | None, func: Callable[..., Any], job: Job) 
     except Exception as exc:
         return str(exc)
     return None
-
-
-def _persisted_id(job_state: Any) -> str:
-    try:
-        return str(pickle.loads(job_state)["id"])
-    except Exception:
-        return "(a job whose id cannot be read)"
 
 
 def _describe(
