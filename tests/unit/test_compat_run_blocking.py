@@ -473,7 +473,7 @@ def test_a_detached_call_keeps_its_slot_until_it_returns_and_never_holds_up_the_
     async def main() -> None:
         first = await start_detached(hang, (), thread_name="detached")
         # The caller stops waiting at once; the thread works on, holding the only slot.
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # TimeoutError from Python 3.11 on
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(first)), 0.05)
         (thread,) = [t for t in threading.enumerate() if t.name == "detached"]
         assert thread.daemon
