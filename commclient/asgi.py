@@ -44,11 +44,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MUTATING_METHODS: frozenset[str] = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-__all__ = [  # noqa: RUF022  # plain sorted(), as the packaging test checks
+__all__ = [  # plain sorted(), as the packaging test checks
     "ASGIApp",
     "CacheInvalidationMiddleware",
     "CorrelationIdMiddleware",
-    "DEFAULT_INVALIDATION_RULES",
     "InvalidationRule",
     "Message",
     "Receive",
@@ -151,19 +150,6 @@ def _fill(template: str, captured: dict[str, str]) -> str:
     return build_pattern(positional, *(captured[name] for name in names))
 
 
-DEFAULT_INVALIDATION_RULES: tuple[InvalidationRule, ...] = (
-    InvalidationRule("/api/assistants", groups=("assistant",)),
-    # An assistant's configuration lists its tools.
-    InvalidationRule("/api/tools", groups=("tool", "assistant")),
-    InvalidationRule("/api/global-settings", groups=("global_settings",)),
-    # Removing or changing a user changes their secretary link too.
-    InvalidationRule("/api/users", groups=("user", "user_secretary")),
-    InvalidationRule("/api/user-secretaries", groups=("user_secretary",)),
-)
-"""The plan's rules; the cache keys they drop are named ``assistant:…``, ``tool:…``,
-``global_settings``, ``user:…`` and ``user_secretary:…``."""
-
-
 def _check_arguments(cache: object, rules: Sequence[object], timeout: float | None) -> None:
     """Refuse at set-up what would fail on the first mutating request, or never invalidate."""
     for rule in rules:
@@ -187,6 +173,9 @@ def _check_arguments(cache: object, rules: Sequence[object], timeout: float | No
 class CacheInvalidationMiddleware:
     """Invalidate cache groups and patterns after successful mutating requests.
 
+    ``rules``: which paths invalidate which groups and patterns, the application's own
+    (an empty list invalidates nothing; there are no built-in rules).
+
     ``timeout`` bounds the invalidation of one request (each Redis call is bounded by
     the cache's own operation timeout too); ``None`` waits for it to finish.
     ``retry_max_wait`` is the longest pause between retries of failed group bumps.
@@ -196,7 +185,7 @@ class CacheInvalidationMiddleware:
         self,
         app: ASGIApp,
         cache: SupportsInvalidation,
-        rules: Iterable[InvalidationRule] = DEFAULT_INVALIDATION_RULES,
+        rules: Iterable[InvalidationRule],
         *,
         timeout: float | None = 5.0,
         retry_max_wait: float = 30.0,

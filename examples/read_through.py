@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from commclient import AsyncServiceClient
 from commclient.asgi import CacheInvalidationMiddleware, Receive, Scope, Send
 from commclient.cache import AsyncCache, CacheConfig, create_async_cache
+from examples.invalidation_rules import INVALIDATION_RULES
 from examples.rest_service import create_app
 from examples.serving import serve
 
@@ -119,7 +120,7 @@ async def run_demo(
     counted = CountingApp(rest)
     # The REST service's side: its own cache object, invalidating after each change.
     rest_cache = create_async_cache(redis_url, prefix=prefix, config=config)
-    app = CacheInvalidationMiddleware(counted, rest_cache)
+    app = CacheInvalidationMiddleware(counted, rest_cache, INVALIDATION_RULES)
     # The assistant's side. Without Redis, both sides must share one in-memory store.
     cache = create_async_cache(redis_url, prefix=prefix, config=config) if redis_url else rest_cache
     reads: dict[str, int] = {}

@@ -54,6 +54,7 @@ from commclient.asgi import (
     Send,
     SupportsInvalidation,
 )
+from examples.invalidation_rules import INVALIDATION_RULES
 from examples.rest_service.faults import FaultControl, FaultMiddleware
 from examples.rest_service.idempotency import IdempotencyMiddleware
 from examples.rest_service.store import ConflictError, NotFoundError, RestService
@@ -133,7 +134,7 @@ def create_app(
     # the faults (an injected 503 is never stored as an idempotent answer), then
     # idempotency, then the invalidation right around the routes.
     if cache is not None:
-        app.add_middleware(CacheInvalidationMiddleware, cache=cache)
+        app.add_middleware(CacheInvalidationMiddleware, cache=cache, rules=INVALIDATION_RULES)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(FaultMiddleware, control=app.faults)
     app.add_middleware(MetricsMiddleware, registry=app.registry)

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from commclient.asgi import (
-    DEFAULT_INVALIDATION_RULES,
     CacheInvalidationMiddleware,
     InvalidationRule,
     Receive,
@@ -22,6 +21,7 @@ from commclient.asgi import (
     Send,
 )
 from commclient.cache import AsyncRedisCache, SyncRedisCache
+from examples.invalidation_rules import INVALIDATION_RULES
 from tests import conftest_cache
 from tests.redis_server import free_port
 
@@ -102,7 +102,7 @@ def reader(redis_url: str, prefix: str) -> Iterator[SyncRedisCache]:
 @pytest.fixture
 def server(redis_url: str, prefix: str) -> Iterator[Server]:
     cache = AsyncRedisCache.from_url(redis_url, prefix)
-    with Server(CacheInvalidationMiddleware(rest_app, cache)) as running:
+    with Server(CacheInvalidationMiddleware(rest_app, cache, INVALIDATION_RULES)) as running:
         yield running
 
 
@@ -126,7 +126,7 @@ def test_successful_put_invalidates_and_failed_put_does_not(
 
 def test_an_unreachable_cache_does_not_break_the_response(reader: SyncRedisCache) -> None:
     dead = AsyncRedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0", "dead")
-    with Server(CacheInvalidationMiddleware(rest_app, dead)) as running:
+    with Server(CacheInvalidationMiddleware(rest_app, dead, INVALIDATION_RULES)) as running:
         for _ in range(3):
             assert running.put("/api/global-settings/", {"timezone": "CET"}) == (
                 200,
@@ -137,7 +137,7 @@ def test_an_unreachable_cache_does_not_break_the_response(reader: SyncRedisCache
 @pytest.mark.parametrize(
     "rules",
     [
-        DEFAULT_INVALIDATION_RULES,
+        INVALIDATION_RULES,
         (InvalidationRule("/api/global-settings", patterns=("global_settings",)),),
     ],
     ids=["group", "pattern"],

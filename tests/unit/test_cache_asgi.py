@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from commclient.asgi import (
-    DEFAULT_INVALIDATION_RULES,
     CacheInvalidationMiddleware,
     InvalidationRule,
     Message,
@@ -18,6 +17,7 @@ from commclient.asgi import (
     Send,
 )
 from commclient.cache import AsyncMemoryCache, CacheUnavailableError
+from examples.invalidation_rules import INVALIDATION_RULES
 from tests.conftest_cache import run
 
 
@@ -100,7 +100,7 @@ def test_default_rules(
     method: str, path: str, status: int, expected: list[tuple[str, str]]
 ) -> None:
     cache = RecordingCache()
-    middleware = CacheInvalidationMiddleware(app_returning(status), cache)
+    middleware = CacheInvalidationMiddleware(app_returning(status), cache, INVALIDATION_RULES)
     sent = run(call(middleware, http_scope(method, path)))
     assert cache.calls == expected
     assert sent[0]["status"] == status
@@ -114,7 +114,9 @@ def test_invalidation_happens_before_the_response_leaves() -> None:
             events.append("invalidated")
             return True
 
-    middleware = CacheInvalidationMiddleware(app_returning(200, events), OrderedCache())
+    middleware = CacheInvalidationMiddleware(
+        app_returning(200, events), OrderedCache(), INVALIDATION_RULES
+    )
     run(call(middleware, http_scope("PUT", "/api/assistants/1")))
     assert events == ["invalidated", "started"]
 
@@ -123,7 +125,7 @@ def test_invalidation_happens_before_the_response_leaves() -> None:
 def test_a_failing_invalidation_never_changes_the_response(
     cache: RecordingCache, caplog: pytest.LogCaptureFixture
 ) -> None:
-    middleware = CacheInvalidationMiddleware(app_returning(200), cache)
+    middleware = CacheInvalidationMiddleware(app_returning(200), cache, INVALIDATION_RULES)
     with caplog.at_level(logging.ERROR, logger="commclient.cache"):
         sent = run(call(middleware, http_scope("PUT", "/api/assistants/1")))
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
@@ -133,7 +135,7 @@ def test_a_failing_invalidation_never_changes_the_response(
 
 def test_a_slow_invalidation_is_bounded() -> None:
     middleware = CacheInvalidationMiddleware(
-        app_returning(200), RecordingCache(delay=10), timeout=0.05
+        app_returning(200), RecordingCache(delay=10), INVALIDATION_RULES, timeout=0.05
     )
     sent = run(asyncio.wait_for(call(middleware, http_scope("PUT", "/api/assistants/1")), 5))
     assert sent[0]["status"] == 200
@@ -187,7 +189,7 @@ def test_patterns_capture_path_segments_and_escape_them() -> None:
 
 def test_root_path_is_understood() -> None:
     cache = RecordingCache()
-    middleware = CacheInvalidationMiddleware(app_returning(200), cache)
+    middleware = CacheInvalidationMiddleware(app_returning(200), cache, INVALIDATION_RULES)
     run(call(middleware, http_scope("PUT", "/rest/api/assistants/1", root_path="/rest")))
     assert cache.calls == [("group", "assistant")]
 
@@ -195,7 +197,7 @@ def test_root_path_is_understood() -> None:
 def test_other_scopes_pass_through() -> None:
     events: list[str] = []
     cache = RecordingCache()
-    middleware = CacheInvalidationMiddleware(app_returning(200, events), cache)
+    middleware = CacheInvalidationMiddleware(app_returning(200, events), cache, INVALIDATION_RULES)
 
     async def receive() -> Message:
         return {"type": "lifespan.startup"}
@@ -229,10 +231,21 @@ def test_works_with_the_memory_cache() -> None:
     async def scenario() -> None:
         await cache.set("global_settings", {"timezone": "UTC"})
         await cache.set("assistant:1", {"name": "a"})
-        middleware = CacheInvalidationMiddleware(app_returning(200), cache)
+        middleware = CacheInvalidationMiddleware(app_returning(200), cache, INVALIDATION_RULES)
         await call(middleware, http_scope("PUT", "/api/global-settings"))
         assert await cache.get("global_settings") is None
         assert await cache.get("assistant:1") == {"name": "a"}
 
     run(scenario())
-    assert len(DEFAULT_INVALIDATION_RULES) == 5
+
+
+def test_the_middleware_has_no_rules_of_its_own() -> None:
+    import commclient.asgi
+
+    assert not hasattr(commclient.asgi, "DEFAULT_INVALIDATION_RULES")
+    with pytest.raises(TypeError, match="rules"):
+        CacheInvalidationMiddleware(app_returning(200), RecordingCache())  # type: ignore[call-arg]
+    cache = RecordingCache()
+    middleware = CacheInvalidationMiddleware(app_returning(200), cache, [])
+    run(call(middleware, http_scope("PUT", "/api/global-settings")))
+    assert cache.calls == []  # no rules: nothing is invalidated
