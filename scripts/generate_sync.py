@@ -98,7 +98,9 @@ def generate(source: str) -> str:
     output = source
     for start, end, replacement in sorted(edits, reverse=True):
         output = output[:start] + replacement + output[end:]
-    return output
+    # An async alias of a renamed name (``close = aclose``) becomes ``close = close``: the
+    # sync driver has the name already, so the line and the comment above it go.
+    return re.sub(r"\n(?:[ \t]*#:[^\n]*\n)*[ \t]*(\w+) = \1\n", "", output)
 
 
 def _rewrite_text(text: str) -> str:

@@ -710,6 +710,9 @@ class AsyncRedisCache(CoreFacade):
             self._owns_client = False
             await io.close_client(self._redis)
 
+    #: ``await cache.close()`` is :meth:`aclose`, as on the clients.
+    close = aclose
+
     def _check_open(self) -> None:
         """Refuse an operation begun after :meth:`aclose` (a closed cache's local tier is
         flushed, so reads reach :meth:`_read`, which checks)."""

@@ -8,9 +8,14 @@ import inspect
 
 import pytest
 
-# commclient.cache is not listed: the caches' closing is settled with their generated sync
-# twin (close there, aclose here) and tested with them.
-MODULES = ("commclient", "commclient.asgi", "commclient.monitoring", "compat", "cron_migration")
+MODULES = (
+    "commclient",
+    "commclient.asgi",
+    "commclient.cache",
+    "commclient.monitoring",
+    "compat",
+    "cron_migration",
+)
 
 
 def async_closers() -> list[tuple[str, type]]:
@@ -36,7 +41,11 @@ def async_closers() -> list[tuple[str, type]]:
 def test_the_async_objects_include_the_client_the_lease_and_the_election() -> None:
     pytest.importorskip("apscheduler")  # cron_migration's names need the scheduler extra
     names = {name for name, _ in async_closers()}
-    assert {"cron_migration.Lease", "cron_migration.LeaderElection"} <= names, names
+    assert {
+        "cron_migration.Lease",
+        "cron_migration.LeaderElection",
+        "commclient.cache.AsyncRedisCache",
+    } <= names, names
 
 
 @pytest.mark.parametrize(
