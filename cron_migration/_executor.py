@@ -178,8 +178,9 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                 self._in_flight.discard(run)
             if threads.alive:
                 self._logger.warning(
-                    "job %s: its run ended with %d worker thread(s) still working; they "
-                    "count against its max_instances until they return",
+                    "job %s: its run ended with %d worker thread(s) or cancelled "
+                    "coroutine(s) still working; they count against its max_instances "
+                    "until they return",
                     job_id,
                     threads.alive,
                 )

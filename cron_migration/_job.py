@@ -50,7 +50,13 @@ from ._records import (
     check_recorder,
 )
 from ._slots import UnstableArgumentError, call_digest, lease_refusal, utc_text
-from ._worker import MissedWhileQueued, _misfire, run_job_thread, tracking_threads
+from ._worker import (
+    MissedWhileQueued,
+    _misfire,
+    count_until_unwound,
+    run_job_thread,
+    tracking_threads,
+)
 
 logger = logging.getLogger("cron_migration")
 
@@ -292,12 +298,17 @@ class MigratedJob:
                 raise
             except asyncio.CancelledError:
                 thread = threads.latest()
-                if thread is None:
+                if thread is None or isinstance(thread, asyncio.Future):
                     outcome = "cancelled"
-                    if outbox is not None:
+                    if outbox is None:
+                        raise
+                    if thread is None:
                         outbox.fail(
                             record, "cancelled: the run was cancelled before it finished", ""
                         )
+                    else:
+                        # A coroutine not unwound yet: recorded as what it ends with.
+                        outbox.hold(record, thread)
                 else:
                     # A thread cannot be cancelled: what became of the run is not known yet.
                     outcome = "abandoned"
@@ -337,15 +348,18 @@ class MigratedJob:
         on_start: Callable[[], None],
     ) -> Any:
         work = asyncio.ensure_future(self._call_func(job_id, args, kwargs, on_start))
+        # A thread the run stops waiting for is counted by run_job_thread; a coroutine
+        # still unwinding from its cancellation is counted here.
+        unwinding = job_id if self.is_async else None
         try:
             done, _ = await asyncio.wait({work}, timeout=self.timeout)
         except asyncio.CancelledError:
-            _stop(work)
+            _stop(work, unwinding)
             raise
         if not done:
             # Not started yet (waiting for a worker): it never will. Started: a coroutine
             # is cancelled, a thread is abandoned (see run_job_thread).
-            _stop(work)
+            _stop(work, unwinding)
             assert self.timeout is not None
             raise JobTimeoutError(self.name, self.timeout)
         try:
@@ -377,11 +391,14 @@ def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[..., None], *args
     loop.call_soon_threadsafe(func, *args)
 
 
-def _stop(work: asyncio.Future[Any]) -> None:
+def _stop(work: asyncio.Future[Any], unwinding: str | None) -> None:
     """Cancel ``work``: a run still waiting for a worker never starts; a coroutine is
-    cancelled; a thread it started runs on, abandoned (see run_job_thread)."""
+    cancelled, and counts (as job ``unwinding``) until it has unwound; a thread it
+    started runs on, abandoned (see run_job_thread)."""
     work.cancel()
     work.add_done_callback(_log_stopped_end)
+    if unwinding is not None:
+        count_until_unwound(unwinding, work)
 
 
 def _log_stopped_end(work: asyncio.Future[Any]) -> None:

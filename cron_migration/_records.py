@@ -13,7 +13,6 @@ up is counted (``cron_run_records_dropped_total{reason}``) and logged with its r
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import inspect
 import json
@@ -29,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ._context import check_seconds
 from ._metrics import CronMetrics
+from ._worker import Work
 
 logger = logging.getLogger("cron_migration")
 
@@ -230,7 +230,7 @@ class RecordOutbox:
         # stays until its final operation is delivered (or it is given up).
         self._runs: dict[RunRecord, deque[_Operation]] = {}
         # Abandoned runs (their thread works on) and the outcome each waits for.
-        self._held: dict[RunRecord, concurrent.futures.Future[Any]] = {}
+        self._held: dict[RunRecord, Work] = {}
         self._open_runs = 0
         self._worker_loop: asyncio.AbstractEventLoop | None = None
         # On the worker loop only:
@@ -280,19 +280,24 @@ class RecordOutbox:
         payload = {"error": shortened(error), "traceback": shortened(traceback)}
         self._append(_Operation("fail", record, payload))
 
-    def hold(self, record: RunRecord, thread: concurrent.futures.Future[Any]) -> None:
-        """The run was abandoned while ``thread`` works on: its outcome is recorded when
-        the thread returns, or as unknown by :meth:`give_up_held` (at shutdown)."""
+    def hold(self, record: RunRecord, thread: Work) -> None:
+        """The run was abandoned while ``thread`` (or a cancelled coroutine) works on: its
+        outcome is recorded when it ends, or as unknown by :meth:`give_up_held` (at
+        shutdown)."""
         with self._lock:
             if record.dropped or record not in self._runs:
                 return
             self._held[record] = thread
         thread.add_done_callback(lambda done: self._settle(record, done))
 
-    def _settle(self, record: RunRecord, thread: concurrent.futures.Future[Any]) -> None:
+    def _settle(self, record: RunRecord, thread: Work) -> None:
         """An abandoned run's thread returned (in that thread): record what it did."""
         with self._lock:
             still_held = self._held.pop(record, None) is not None
+        if thread.cancelled():  # a coroutine that unwound from its cancellation
+            if still_held:
+                self.fail(record, "cancelled: the run was cancelled before it finished", "")
+            return
         error = thread.exception()
         error = getattr(error, "error", error)  # a KeyboardInterrupt/SystemExit it carried
         if not still_held:

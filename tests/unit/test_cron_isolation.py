@@ -112,6 +112,72 @@ def test_a_hung_job_stops_only_itself_a_healthy_one_keeps_its_cadence(
     assert abandoned == entered["hung"]
 
 
+@pytest.mark.parametrize("kind", ["asyncio", "background"])
+def test_an_async_job_stuck_in_run_blocking_stops_only_itself(
+    kind: str, release: threading.Event
+) -> None:
+    """A half-migrated async job awaiting a blocking call that hangs: cancelling it at its
+    timeout cannot stop the thread, so its coroutine works on. Before, its run ended
+    anyway, max_instances=1 let the next one start, and each stuck run held one more of
+    compat's 16 threads until the healthy sync job had none."""
+    from compat import run_blocking
+
+    registry = CollectorRegistry()
+    entered = {"stuck": 0, "healthy": 0}
+    skipped: list[JobEvent] = []
+    stuck_id = f"stuck-in-run-blocking-{kind}"
+
+    def upstream() -> None:
+        entered["stuck"] += 1
+        release.wait(120)  # an upstream that never answers
+
+    @migrated_job(timeout=0.15, registry=registry)
+    async def stuck() -> None:
+        await run_blocking(upstream)
+
+    @migrated_job(timeout=5, registry=registry)
+    def healthy() -> None:
+        entered["healthy"] += 1
+
+    def add_jobs(scheduler: BaseScheduler) -> None:
+        scheduler.add_listener(skipped.append, EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_job(stuck, "interval", seconds=0.05, id=stuck_id, max_instances=1)
+        scheduler.add_job(healthy, "interval", seconds=0.1, id=f"healthy-{stuck_id}")
+
+    # Far more stuck runs due than compat's pool has threads (16).
+    many_due = (lambda: len(skipped) >= 40, 30.0, "40 runs of the stuck job due")
+
+    if kind == "asyncio":
+
+        async def main() -> None:
+            scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+            add_jobs(scheduler)
+            scheduler.start()
+            await wait_until_async(*many_due)
+            healthy_then = entered["healthy"]
+            await wait_until_async(
+                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
+            )
+            await shutdown_gracefully(scheduler, timeout=0, records_timeout=0)
+
+        asyncio.run(main())
+    else:
+        scheduler = BackgroundScheduler(executors={"default": MigrationExecutor()})
+        add_jobs(scheduler)
+        scheduler.start()
+        try:
+            wait_until(*many_due)
+            healthy_then = entered["healthy"]
+            wait_until(
+                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
+            )
+        finally:
+            scheduler.shutdown(wait=False)
+    # One stuck run at a time: it holds the job's only instance until its thread returns.
+    assert entered["stuck"] == 1
+    assert runs(registry, stuck_id, "timeout") == 1
+
+
 def test_runs_waiting_for_a_worker_honour_their_misfire_grace_and_timeout(
     release: threading.Event, pool_size: Any
 ) -> None:
