@@ -435,7 +435,9 @@ async def await_escaping(
     """``await func(*args, **kwargs)``, KeyboardInterrupt/SystemExit wrapped."""
     try:
         return await func(*args, **kwargs)
-    except (Exception, asyncio.CancelledError):
+    except (Exception, asyncio.CancelledError, GeneratorExit):
+        # GeneratorExit: the coroutine is being closed (a loop left it behind), not a job's
+        # failure; wrapped, close() would fail with "coroutine ignored GeneratorExit".
         raise
     except BaseException as exc:
         raise Escaped(exc) from None

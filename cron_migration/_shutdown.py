@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,9 @@ ABANDONED_RECORDS_RESERVE = 1.0
 #: run_until_signal's defaults: within Kubernetes' 30 s termination grace period.
 DEFAULT_SIGNAL_GRACE = 25.0
 DEFAULT_SIGNAL_RECORDS_TIMEOUT = 4.0
+#: Seconds run_until_signal's loop gives tasks left at its end (and each of its other
+#: closing steps) before leaving them behind.
+LOOP_CLOSE_GRACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,50 @@ def run_until_signal(
         raise RuntimeError("run_until_signal() starts the scheduler itself: do not start it")
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("run_until_signal() must run in the main thread (signal handlers)")
-    return asyncio.run(_serve_until_signal(scheduler, grace, records_timeout, tuple(signals)))
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(
+            _serve_until_signal(scheduler, grace, records_timeout, tuple(signals))
+        )
+    finally:
+        try:
+            _close_loop(loop)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """What ``asyncio.run`` does on its way out, each step bounded.
+
+    ``asyncio.run`` waits for every task left to end once cancelled: a coroutine that
+    ignores its cancellation (or awaits a blocking call that hangs) would keep the process
+    past its termination grace period. Such a task is left behind, and logged.
+    """
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.wait(tasks, timeout=LOOP_CLOSE_GRACE))
+    left = [task for task in tasks if not task.done()]
+    if left:
+        logger.warning(
+            "shutdown: %d task(s) did not end %gs after being cancelled (%s); left behind",
+            len(left),
+            LOOP_CLOSE_GRACE,
+            ", ".join(sorted(task.get_name() for task in left)),
+        )
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            logger.error("task %s ended with %r", task.get_name(), task.exception())
+    for step in (loop.shutdown_asyncgens(), loop.shutdown_default_executor()):
+        loop.run_until_complete(_bounded(step, LOOP_CLOSE_GRACE))
+
+
+async def _bounded(step: Coroutine[Any, Any, None], seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(step, seconds)
 
 
 async def _serve_until_signal(

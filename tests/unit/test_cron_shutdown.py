@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -11,6 +14,7 @@ import pytest
 
 pytest.importorskip("apscheduler")
 pytest.importorskip("anyio")
+
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -263,3 +267,46 @@ def test_a_job_that_swallows_its_cancellation_is_still_accounted_for(
     assert execution.status == "failed"
     assert runs(registry, "stubborn", "cancelled") == 1
     assert runs(registry, "stubborn", "success") == 0
+
+
+def test_run_until_signal_returns_though_a_coroutine_ignores_its_cancellation() -> None:
+    """A job that swallows CancelledError (a retry loop around ``await``, a library
+    doing so): before, run_until_signal's loop waited for it to end, forever, so the
+    process outlived its termination grace period until it was killed."""
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    started = threading.Event()
+    stop_ignoring = threading.Event()  # set by the watchdog only if the call hangs
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def stubborn() -> None:
+        started.set()
+        while not stop_ignoring.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+
+    def signal_once_started() -> None:
+        started.wait(30)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    watchdog = threading.Timer(60, stop_ignoring.set)
+    watchdog.start()
+    signaller = threading.Thread(target=signal_once_started)
+    signaller.start()
+    scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+    scheduler.add_job(stubborn, "date", id="stubborn")
+    try:
+        report = run_until_signal(scheduler, grace=0.2, records_timeout=1)
+        returned_while_it_worked = not stop_ignoring.is_set()
+    finally:
+        watchdog.cancel()
+        stop_ignoring.set()
+        signaller.join()
+    assert returned_while_it_worked
+    assert report.records_pending == 0
+    (execution,) = recorder.executions.values()
+    # It never ended: not "cancelled", which would say it stopped.
+    assert execution.status == "failed"
+    assert execution.error is not None
+    assert execution.error.startswith("abandoned")
+    assert "outcome is unknown" in execution.error
