@@ -50,6 +50,9 @@ DEFAULT_RECORD_MAX_AGE = 60.0
 DEFAULT_PROBE_INTERVAL = 0.5
 #: Recorder calls in flight at once (operations of different runs).
 DEFAULT_DELIVERY_CONCURRENCY = 16
+#: Seconds after which an unanswered call stops counting against that concurrency, and
+#: the recorder is treated as hanging (one call per probe interval) until a call succeeds.
+DEFAULT_STALL_AFTER = 1.0
 # 4xx answers other than these mean the recorder will never accept the operation.
 _RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 
@@ -210,6 +213,7 @@ class RecordOutbox:
         max_age: float = DEFAULT_RECORD_MAX_AGE,
         probe_interval: float = DEFAULT_PROBE_INTERVAL,
         concurrency: int = DEFAULT_DELIVERY_CONCURRENCY,
+        stall_after: float = DEFAULT_STALL_AFTER,
     ) -> None:
         check_capacity(capacity)
         self.recorder = recorder
@@ -220,6 +224,7 @@ class RecordOutbox:
         self.max_age = check_seconds("record_max_age", max_age)
         self.probe_interval = probe_interval
         self.concurrency = concurrency
+        self.stall_after = stall_after
         self._metrics = metrics
         self._reset()
         _outboxes.add(self)
@@ -240,6 +245,10 @@ class RecordOutbox:
         self._prober: asyncio.Task[None] | None = None
         self._last_success = 0.0
         self._last_attempt = 0.0
+        # When a call first went unanswered for stall_after seconds, since the last success.
+        self._stalled_since: float | None = None
+        self._answered: asyncio.Future[None] | None = None
+        self._answered_call_started = 0.0  # when the latest call answered was made
 
     @property
     def pending_runs(self) -> int:
@@ -362,6 +371,8 @@ class RecordOutbox:
                 self._sending = None
                 self._pausing = deque()
                 self._prober = None
+                self._stalled_since = None
+                self._answered = None
         if worker_loop is loop:
             self._spawn()
         else:
@@ -393,18 +404,14 @@ class RecordOutbox:
                     if not operations:
                         return
                     operation = operations[0]
-                async with self._sending:
-                    self._last_attempt = attempted = time.monotonic()
-                    try:
-                        await asyncio.wait_for(self._send(operation), self.call_timeout)
-                    except Exception as exc:
-                        error: Exception | None = exc
-                    else:
-                        error = None
+                attempted = time.monotonic()
+                error = await self._attempt(operation)
                 if error is None:
                     self._delivered(operation)
                     delay, failing_since, attempts = self.retry_initial, None, 0
                     continue
+                if isinstance(error, _Superseded):
+                    continue  # the recorder answers again: at once
                 attempts += 1
                 if failing_since is None:
                     failing_since = attempted
@@ -440,8 +447,88 @@ class RecordOutbox:
             if self._tasks.get(record) is asyncio.current_task():
                 del self._tasks[record]
 
+    async def _attempt(self, operation: _Operation) -> Exception | None:
+        """Send ``operation``; its error, or None once delivered.
+
+        A call still unanswered after ``stall_after`` seconds gives its place among the
+        ``concurrency`` calls back (it is still awaited, up to ``call_timeout``): calls
+        that hang (a recorder whose connections go nowhere) must not hold every place,
+        or no call could show the recorder's recovery until they time out. Until a call
+        succeeds again, only the probe's pick tries (see :meth:`_wait_turn`).
+        """
+        assert self._sending is not None
+        picked = False
+        while True:
+            if self._stalled_since is not None and not picked:
+                await self._wait_turn()
+                picked = True
+            await self._sending.acquire()
+            if self._stalled_since is None or picked:
+                break
+            self._sending.release()  # calls began hanging while this one waited its place
+        holding = True
+        self._last_attempt = started = time.monotonic()
+        call = asyncio.ensure_future(asyncio.wait_for(self._send(operation), self.call_timeout))
+        try:
+            done, _ = await asyncio.wait({call}, timeout=self.stall_after)
+            if not done:
+                self._sending.release()
+                holding = False
+                if self._stalled_since is None:
+                    self._stalled_since = started
+                    logger.warning(
+                        "the recorder has not answered a call for %gs: until one succeeds, "
+                        "one call is tried every %gs",
+                        self.stall_after,
+                        self.probe_interval,
+                    )
+                while not call.done():
+                    if self._answered_call_started > started:
+                        # A call made after this one was answered: this one is lost (a
+                        # connection going nowhere); the same idempotency key, sent again,
+                        # cannot record twice.
+                        call.cancel()
+                        return _Superseded("superseded by a later call the recorder answered")
+                    answered = self._answered_future()
+                    await asyncio.wait({call, answered}, return_when=asyncio.FIRST_COMPLETED)
+            call.result()
+            self._answered_call_started = max(self._answered_call_started, started)
+            if self._answered is not None and not self._answered.done():
+                self._answered.set_result(None)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        except Exception as exc:
+            return exc
+        finally:
+            if holding:
+                self._sending.release()
+        return None
+
+    def _answered_future(self) -> asyncio.Future[None]:
+        """Set when the recorder next answers a call."""
+        if self._answered is None or self._answered.done():
+            self._answered = asyncio.get_running_loop().create_future()
+        return self._answered
+
+    async def _wait_turn(self) -> None:
+        """Wait until the probe picks this run or a call succeeds."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._pausing.append(waiter)
+        self._start_prober()
+        try:
+            await waiter
+        finally:
+            if waiter in self._pausing:
+                self._pausing.remove(waiter)
+
+    def _start_prober(self) -> None:
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe())
+
     def _delivered(self, operation: _Operation) -> None:
         self._last_success = time.monotonic()
+        self._stalled_since = None
         # The recorder answers again: every run waiting out a backoff tries now.
         while self._pausing:
             waiter = self._pausing.popleft()
@@ -468,8 +555,7 @@ class RecordOutbox:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._pausing.append(waiter)
-        if self._prober is None or self._prober.done():
-            self._prober = asyncio.get_running_loop().create_task(self._probe())
+        self._start_prober()
         try:
             await asyncio.wait({waiter}, timeout=delay - first)
         finally:
@@ -542,6 +628,10 @@ class RecordOutbox:
             if not pending or time.monotonic() >= deadline:
                 return self._open_runs if pending else 0
             await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+
+
+class _Superseded(Exception):
+    """A hanging call given up because a later one was answered: sent again at once."""
 
 
 class _BadExecutionId(Exception):

@@ -431,3 +431,58 @@ def test_a_recovery_is_noticed_by_the_probe_whatever_the_backoff_reached() -> No
         assert outbox.pending_runs == 0
 
     asyncio.run(main())
+
+
+def test_a_recorder_whose_calls_hang_is_noticed_when_it_answers_again() -> None:
+    """Calls that hang instead of failing (connections going nowhere): before, 16 of them
+    held every place until their 30 s call timeout, so nothing got through for up to 30 s
+    after the recorder answered again."""
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    answering = asyncio.Event()
+    completed: list[str] = []
+    hanging = [0]
+
+    class HangingRecorder:
+        async def _call(self) -> None:
+            if not answering.is_set():
+                hanging[0] += 1
+                await asyncio.Event().wait()  # a call made while down never returns
+
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            await self._call()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+            completed.append(execution_id)
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+    recorder = HangingRecorder()
+    assert isinstance(recorder, RunRecorder)
+    outbox = RecordOutbox(recorder, CronMetrics(CollectorRegistry()))  # 30 s call timeout
+    records = [RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}") for n in range(200)]
+
+    async def main() -> None:
+        for record in records:
+            outbox.open(record)
+            outbox.start(record)
+            outbox.complete(record, "done")
+        # Every place held by a hanging call, and then some.
+        await wait_until_async(lambda: hanging[0] >= 16, what="16 calls to hang")
+        answering.set()
+        # Well under the 30 s the hanging calls would take to time out.
+        await wait_until_async(
+            lambda: len(completed) == 200, timeout=20, what="the backlog after the recovery"
+        )
+        assert outbox.pending_runs == 0
+
+    asyncio.run(main())
+    # Each run recorded once, whatever was sent again.
+    assert sorted(completed) == sorted(f"run-{n}:create" for n in range(200))
