@@ -410,8 +410,6 @@ class RecordOutbox:
                     self._delivered(operation)
                     delay, failing_since, attempts = self.retry_initial, None, 0
                     continue
-                if isinstance(error, _Superseded):
-                    continue  # the recorder answers again: at once
                 attempts += 1
                 if failing_since is None:
                     failing_since = attempted
@@ -441,6 +439,8 @@ class RecordOutbox:
                     attempts,
                     error,
                 )
+                if isinstance(error, _Superseded):
+                    continue  # the recorder answers others again: this one at once
                 await self._pause(delay)
                 delay = min(delay * 2, self.retry_max)
         finally:

@@ -486,3 +486,50 @@ def test_a_recorder_whose_calls_hang_is_noticed_when_it_answers_again() -> None:
     asyncio.run(main())
     # Each run recorded once, whatever was sent again.
     assert sorted(completed) == sorted(f"run-{n}:create" for n in range(200))
+
+
+def test_a_record_whose_calls_hang_while_others_are_answered_is_given_up() -> None:
+    """One run's calls hang while the recorder answers every other run: sent again each
+    time a later call is answered, it still ages, and is given up at record_max_age."""
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    registry = CollectorRegistry()
+    completed: list[str] = []
+
+    class OneRunHangs:
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            if kwargs["correlation_id"] == "poisoned":
+                await asyncio.Event().wait()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            completed.append(execution_id)
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+    outbox = RecordOutbox(OneRunHangs(), CronMetrics(registry), max_age=2)
+
+    def expired() -> float:
+        return sample(registry, "cron_run_records_dropped_total", {"reason": "expired"})
+
+    async def main() -> None:
+        poisoned = RunRecord("poisoned", "job", "job", None, "poisoned")
+        outbox.open(poisoned)
+        outbox.complete(poisoned, "done")
+        n = 0
+        while expired() == 0 and n < 600:  # other runs, answered, meanwhile
+            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
+            outbox.open(record)
+            outbox.complete(record, "done")
+            n += 1
+            await asyncio.sleep(0.05)
+        assert expired() == 1
+        await wait_until_async(lambda: len(completed) == n, what="every other run")
+        assert outbox.pending_runs == 0
+
+    asyncio.run(main())
