@@ -482,6 +482,7 @@ def migrated_job(
     lease_clock_skew: float = DEFAULT_CLOCK_SKEW,
     on_redis_error: OnRedisError = "skip",
     record_capacity: int = DEFAULT_RECORD_CAPACITY,
+    record_max_age: float = DEFAULT_RECORD_MAX_AGE,
 ) -> Callable[[Callable[..., Any]], MigratedJob]: ...
 
 
