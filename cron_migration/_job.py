@@ -504,9 +504,10 @@ def migrated_job(
     ``timeout``: seconds a run may take, waiting for a worker thread included; then it
     fails with :class:`JobTimeoutError` (a run still waiting never starts; an async job
     is cancelled; a sync job's thread cannot be stopped and runs on, abandoned: it still
-    counts against the job's ``max_instances`` and its share of the worker pool until it
-    returns). ``lease``: a Redis URL or client, or a :class:`Lease`, to run each call in
-    each slot on one replica only; needs ``timeout``. The lease lasts until the slot can
+    counts against its share of the worker pool until it returns, and under a
+    :class:`MigrationExecutor` against the job's ``max_instances`` too). ``lease``: a
+    Redis URL or client, or a :class:`Lease`, to run each call in each slot on one
+    replica only; needs ``timeout``. The lease lasts until the slot can
     no longer start (its end plus ``misfire_grace_time``, or plus ``timeout`` when the
     grace is unlimited) plus ``lease_clock_skew`` seconds. ``on_redis_error``: with a
     lease, ``"skip"`` or ``"run"`` a slot when Redis is unreachable. ``recorder``: a

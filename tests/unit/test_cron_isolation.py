@@ -258,3 +258,36 @@ def test_two_jobs_sharing_a_function_are_two_series() -> None:
     assert runs(registry, "tenant-a", "success") == done["a"]
     assert runs(registry, "tenant-b", "success") == done["b"]
     assert runs(registry, "sync_tenant", "success") == 0
+
+
+def test_under_another_executor_a_hung_job_holds_at_most_its_share(
+    release: threading.Event,
+) -> None:
+    """The legacy thread pool releases a run's instance when the timed-out call returns, so
+    max_instances=1 does not count the abandoned threads there (the README says so); the
+    job's share of compat's pool still caps them, and a healthy job goes on."""
+    registry = CollectorRegistry()
+    entered = {"hung": 0, "healthy": 0}
+    hung_id = "hung-under-a-thread-pool"
+
+    @migrated_job(timeout=0.15, registry=registry, name=hung_id)
+    def hung() -> None:
+        entered["hung"] += 1
+        release.wait(120)
+
+    @migrated_job(timeout=5, registry=registry)
+    def healthy() -> None:
+        entered["healthy"] += 1
+
+    scheduler = BackgroundScheduler()  # its own ThreadPoolExecutor
+    scheduler.add_job(hung, "interval", seconds=0.05, id=hung_id, max_instances=1)
+    scheduler.add_job(healthy, "interval", seconds=0.1, id="healthy-beside-a-thread-pool")
+    scheduler.start()
+    try:
+        wait_until(lambda: runs(registry, hung_id, "timeout") >= 40, what="40 timed-out runs")
+        healthy_then = entered["healthy"]
+        wait_until(lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job")
+    finally:
+        scheduler.shutdown(wait=False)
+    assert entered["hung"] == job_thread_limit()
+    assert threads_alive(hung_id) == job_thread_limit()
