@@ -354,12 +354,12 @@ class MigratedJob:
         try:
             done, _ = await asyncio.wait({work}, timeout=self.timeout)
         except asyncio.CancelledError:
-            _stop(work, unwinding)
+            await _stop(work, unwinding)
             raise
         if not done:
             # Not started yet (waiting for a worker): it never will. Started: a coroutine
             # is cancelled, a thread is abandoned (see run_job_thread).
-            _stop(work, unwinding)
+            await _stop(work, unwinding)
             assert self.timeout is not None
             raise JobTimeoutError(self.name, self.timeout)
         try:
@@ -391,13 +391,19 @@ def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[..., None], *args
     loop.call_soon_threadsafe(func, *args)
 
 
-def _stop(work: asyncio.Future[Any], unwinding: str | None) -> None:
+#: Seconds a cancelled coroutine run gets to unwind before it counts as still working.
+UNWIND_GRACE = 0.1
+
+
+async def _stop(work: asyncio.Future[Any], unwinding: str | None) -> None:
     """Cancel ``work``: a run still waiting for a worker never starts; a coroutine is
-    cancelled, and counts (as job ``unwinding``) until it has unwound; a thread it
-    started runs on, abandoned (see run_job_thread)."""
+    cancelled, and if it has not unwound within :data:`UNWIND_GRACE` counts (as job
+    ``unwinding``) until it has; a thread it started runs on, abandoned (see
+    run_job_thread)."""
     work.cancel()
     work.add_done_callback(_log_stopped_end)
     if unwinding is not None:
+        await asyncio.wait({work}, timeout=UNWIND_GRACE)
         count_until_unwound(unwinding, work)
 
 

@@ -191,7 +191,7 @@ _run_threads: ContextVar[RunThreads | None] = ContextVar("cron_migration_run_thr
 
 
 def count_until_unwound(job_id: str, work: asyncio.Future[Any]) -> None:
-    """A coroutine run just cancelled: it counts as still working until it has unwound.
+    """A cancelled coroutine run that has not unwound: it counts until it has.
 
     Cancelling a coroutine only asks it to stop: one awaiting ``compat.run_blocking``
     (whose thread cannot be stopped) or ignoring the cancellation works on. Counted in
@@ -203,20 +203,13 @@ def count_until_unwound(job_id: str, work: asyncio.Future[Any]) -> None:
     if runs is None or work.done():
         return
     runs.add(work)
+    logger.warning(
+        "job %s: its cancelled run still works (a coroutine that has not unwound, e.g. "
+        "awaiting a blocking call); it counts against the job's max_instances until it ends",
+        job_id,
+    )
     started = time.monotonic()
-
-    def still_working() -> None:
-        # Its cancellation was delivered first (scheduled before this): it did not end.
-        if not work.done():
-            logger.warning(
-                "job %s: its cancelled run still works (a coroutine that has not unwound, "
-                "e.g. awaiting a blocking call); it counts against the job's "
-                "max_instances until it ends",
-                job_id,
-            )
-            work.add_done_callback(lambda done: _log_abandoned_end(job_id, started, done))
-
-    asyncio.get_running_loop().call_soon(still_working)
+    work.add_done_callback(lambda done: _log_abandoned_end(job_id, started, done))
 
 
 @contextlib.contextmanager

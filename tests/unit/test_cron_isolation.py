@@ -291,3 +291,27 @@ def test_under_another_executor_a_hung_job_holds_at_most_its_share(
         scheduler.shutdown(wait=False)
     assert entered["hung"] == job_thread_limit()
     assert threads_alive(hung_id) == job_thread_limit()
+
+
+def test_an_async_run_that_unwinds_at_its_timeout_is_not_reported_as_still_working(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    started: list[int] = []
+
+    @migrated_job(timeout=0.05, registry=registry)
+    async def slow() -> None:
+        started.append(1)
+        await asyncio.sleep(30)  # cancelled at the timeout, and unwinds at once
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(slow, "interval", seconds=0.1, id="unwinds", max_instances=1)
+        scheduler.start()
+        await wait_until_async(lambda: runs(registry, "unwinds", "timeout") >= 3)
+        await shutdown_gracefully(scheduler, timeout=5, records_timeout=0)
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(main())
+    assert len(started) >= 3  # its instance was released each time
+    assert not [r for r in caplog.records if "still work" in r.getMessage()]
