@@ -298,19 +298,15 @@ class MigratedJob:
                 raise
             except asyncio.CancelledError:
                 thread = threads.latest()
-                if thread is None or isinstance(thread, asyncio.Future):
+                if thread is None:
                     outcome = "cancelled"
-                    if outbox is None:
-                        raise
-                    if thread is None:
+                    if outbox is not None:
                         outbox.fail(
                             record, "cancelled: the run was cancelled before it finished", ""
                         )
-                    else:
-                        # A coroutine not unwound yet: recorded as what it ends with.
-                        outbox.hold(record, thread)
                 else:
-                    # A thread cannot be cancelled: what became of the run is not known yet.
+                    # A thread cannot be cancelled, a coroutine may not unwind: what became
+                    # of the run is not known yet.
                     outcome = "abandoned"
                     if outbox is not None:
                         outbox.hold(record, thread)
@@ -354,12 +350,12 @@ class MigratedJob:
         try:
             done, _ = await asyncio.wait({work}, timeout=self.timeout)
         except asyncio.CancelledError:
-            await _stop(work, unwinding)
+            await _stop(work, unwinding, self._metrics)
             raise
         if not done:
             # Not started yet (waiting for a worker): it never will. Started: a coroutine
             # is cancelled, a thread is abandoned (see run_job_thread).
-            await _stop(work, unwinding)
+            await _stop(work, unwinding, self._metrics)
             assert self.timeout is not None
             raise JobTimeoutError(self.name, self.timeout)
         try:
@@ -395,7 +391,7 @@ def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[..., None], *args
 UNWIND_GRACE = 0.1
 
 
-async def _stop(work: asyncio.Future[Any], unwinding: str | None) -> None:
+async def _stop(work: asyncio.Future[Any], unwinding: str | None, metrics: CronMetrics) -> None:
     """Cancel ``work``: a run still waiting for a worker never starts; a coroutine is
     cancelled, and if it has not unwound within :data:`UNWIND_GRACE` counts (as job
     ``unwinding``) until it has; a thread it started runs on, abandoned (see
@@ -404,7 +400,7 @@ async def _stop(work: asyncio.Future[Any], unwinding: str | None) -> None:
     work.add_done_callback(_log_stopped_end)
     if unwinding is not None:
         await asyncio.wait({work}, timeout=UNWIND_GRACE)
-        count_until_unwound(unwinding, work)
+        count_until_unwound(unwinding, work, metrics)
 
 
 def _log_stopped_end(work: asyncio.Future[Any]) -> None:

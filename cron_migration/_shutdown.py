@@ -46,9 +46,10 @@ class ShutdownReport:
     finished: int  # runs that ended by themselves within the timeout
     cancelled: int  # coroutine runs cancelled at the timeout (recorded as cancelled)
     records_pending: int  # runs whose records were still undelivered at the end
-    # Sync runs whose thread still worked at the timeout: a thread cannot be stopped,
-    # so the run is recorded as abandoned, its outcome unknown (or its real outcome, if
-    # the thread returned while the records were being delivered).
+    # Sync runs whose thread still worked at the timeout (a thread cannot be stopped),
+    # and coroutine runs that did not unwind when cancelled: recorded as abandoned, the
+    # outcome unknown (or the real outcome, if the run ended while the records were being
+    # delivered).
     abandoned: int = 0
 
 

@@ -190,7 +190,7 @@ class RunThreads:
 _run_threads: ContextVar[RunThreads | None] = ContextVar("cron_migration_run_threads", default=None)
 
 
-def count_until_unwound(job_id: str, work: asyncio.Future[Any]) -> None:
+def count_until_unwound(job_id: str, work: asyncio.Future[Any], metrics: CronMetrics) -> None:
     """A cancelled coroutine run that has not unwound: it counts until it has.
 
     Cancelling a coroutine only asks it to stop: one awaiting ``compat.run_blocking``
@@ -199,10 +199,13 @@ def count_until_unwound(job_id: str, work: asyncio.Future[Any]) -> None:
     as an abandoned thread does, so a job stuck that way cannot start a new stuck run
     every interval until compat's pool is held.
     """
+    global _abandoned_threads
     runs = _run_threads.get()
     if runs is None or work.done():
         return
     runs.add(work)
+    _abandoned_threads += 1
+    metrics.abandoned.labels(job_id).inc()
     logger.warning(
         "job %s: its cancelled run still works (a coroutine that has not unwound, e.g. "
         "awaiting a blocking call); it counts against the job's max_instances until it ends",

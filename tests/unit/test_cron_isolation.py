@@ -176,6 +176,8 @@ def test_an_async_job_stuck_in_run_blocking_stops_only_itself(
     # One stuck run at a time: it holds the job's only instance until its thread returns.
     assert entered["stuck"] == 1
     assert runs(registry, stuck_id, "timeout") == 1
+    abandoned = sample(registry, "cron_job_abandoned_runs_total", {"cron_job": stuck_id})
+    assert abandoned == 1
 
 
 def test_runs_waiting_for_a_worker_honour_their_misfire_grace_and_timeout(
