@@ -249,6 +249,10 @@ class RecordOutbox:
         self._stalled_since: float | None = None
         self._answered: asyncio.Future[None] | None = None
         self._answered_call_started = 0.0  # when the latest call answered was made
+        # Whether a call failed or hung since the last success, and when the recorder
+        # answered again after that: the age limit counts no time before.
+        self._down = False
+        self._answering_since = 0.0
 
     @property
     def pending_runs(self) -> int:
@@ -396,7 +400,12 @@ class RecordOutbox:
             self._sending = asyncio.Semaphore(self.concurrency)
         delay = self.retry_initial
         failing_since: float | None = None
+        # Time this operation kept failing while the recorder accepted other operations:
+        # an interval between two of its failures counts when something succeeded in it.
+        rejected_for = 0.0
+        counted_until = 0.0
         attempts = 0
+        resend = False  # a hung call given up: sent again at once
         try:
             while True:
                 with self._lock:
@@ -405,23 +414,26 @@ class RecordOutbox:
                         return
                     operation = operations[0]
                 attempted = time.monotonic()
-                error = await self._attempt(operation)
+                error = await self._attempt(operation, picked=resend)
+                resend = isinstance(error, _Superseded)
                 if error is None:
                     self._delivered(operation)
-                    delay, failing_since, attempts = self.retry_initial, None, 0
+                    delay, failing_since, attempts, rejected_for = self.retry_initial, None, 0, 0.0
                     continue
                 attempts += 1
                 if failing_since is None:
-                    failing_since = attempted
+                    failing_since = counted_until = attempted
+                failed_at = time.monotonic()
+                if self._last_success > counted_until:
+                    rejected_for += failed_at - max(counted_until, self._answering_since)
+                counted_until = failed_at
+                self._down = True
                 if is_permanent_failure(error):
                     self._give_up(
                         record, "refused", f"the recorder refused {operation.kind}: {error!r}"
                     )
                     return
-                if (
-                    self._last_success > failing_since
-                    and time.monotonic() - failing_since >= self.max_age
-                ):
+                if rejected_for >= self.max_age:
                     self._give_up(
                         record,
                         "expired",
@@ -447,7 +459,7 @@ class RecordOutbox:
             if self._tasks.get(record) is asyncio.current_task():
                 del self._tasks[record]
 
-    async def _attempt(self, operation: _Operation) -> Exception | None:
+    async def _attempt(self, operation: _Operation, *, picked: bool) -> Exception | None:
         """Send ``operation``; its error, or None once delivered.
 
         A call still unanswered after ``stall_after`` seconds gives its place among the
@@ -457,7 +469,6 @@ class RecordOutbox:
         succeeds again, only the probe's pick tries (see :meth:`_wait_turn`).
         """
         assert self._sending is not None
-        picked = False
         while True:
             if self._stalled_since is not None and not picked:
                 await self._wait_turn()
@@ -474,6 +485,7 @@ class RecordOutbox:
             if not done:
                 self._sending.release()
                 holding = False
+                self._down = True
                 if self._stalled_since is None:
                     self._stalled_since = started
                     logger.warning(
@@ -485,10 +497,10 @@ class RecordOutbox:
                 while not call.done():
                     if self._answered_call_started > started:
                         # A call made after this one was answered: this one is lost (a
-                        # connection going nowhere); the same idempotency key, sent again,
-                        # cannot record twice.
+                        # connection going nowhere); the same idempotency key, sent again
+                        # at once, cannot record twice.
                         call.cancel()
-                        return _Superseded("superseded by a later call the recorder answered")
+                        return _Superseded("a hanging call, sent again")
                     answered = self._answered_future()
                     await asyncio.wait({call, answered}, return_when=asyncio.FIRST_COMPLETED)
             call.result()
@@ -529,6 +541,9 @@ class RecordOutbox:
     def _delivered(self, operation: _Operation) -> None:
         self._last_success = time.monotonic()
         self._stalled_since = None
+        if self._down:  # the first success after failures: the recorder answers since
+            self._answering_since = self._last_success
+            self._down = False
         # The recorder answers again: every run waiting out a backoff tries now.
         while self._pausing:
             waiter = self._pausing.popleft()

@@ -533,3 +533,58 @@ def test_a_record_whose_calls_hang_while_others_are_answered_is_given_up() -> No
         assert outbox.pending_runs == 0
 
     asyncio.run(main())
+
+
+def test_an_outage_longer_than_record_max_age_expires_nothing() -> None:
+    """The age limit counts only time the recorder accepted other records: before, a run
+    failing through an outage longer than record_max_age was given up at its first
+    failure after the recovery (a hung call sent again), lost though the recorder was
+    back."""
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    registry = CollectorRegistry()
+    answering = asyncio.Event()
+    completed: list[str] = []
+    hanging = [0]
+
+    class HangingRecorder:
+        async def _call(self) -> None:
+            if not answering.is_set():
+                hanging[0] += 1
+                await asyncio.Event().wait()
+
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            await self._call()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+            completed.append(execution_id)
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+    # Hung calls noticed after 0.1 s, the age limit 1 s: an outage of many times that.
+    outbox = RecordOutbox(
+        HangingRecorder(), CronMetrics(registry), max_age=1, stall_after=0.1, probe_interval=0.05
+    )
+
+    async def main() -> None:
+        for n in range(200):
+            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
+            outbox.open(record)
+            outbox.start(record)
+            outbox.complete(record, "done")
+        # The first 16 calls hang at once, then one per probe (0.05 s at most): 30 more
+        # take over 1.5 s, longer than record_max_age.
+        await wait_until_async(lambda: hanging[0] >= 16 + 30, what="an outage of over 1.5 s")
+        answering.set()
+        await wait_until_async(lambda: outbox.pending_runs == 0, timeout=20, what="the backlog")
+
+    asyncio.run(main())
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "expired"}) == 0
+    assert len(completed) == 200
