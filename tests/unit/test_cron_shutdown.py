@@ -315,3 +315,32 @@ def test_run_until_signal_returns_though_a_coroutine_ignores_its_cancellation() 
     assert execution.error is not None
     assert execution.error.startswith("abandoned")
     assert "outcome is unknown" in execution.error
+
+
+def test_an_abandoned_run_is_not_logged_as_cancelled(caplog: pytest.LogCaptureFixture) -> None:
+    """A sync run whose thread works on after a shutdown was logged at ERROR as "cancelled"
+    beside the warning that it was abandoned: the log said it stopped, which it did not."""
+    started = threading.Event()
+    release = threading.Event()
+
+    @migrated_job(registry=CollectorRegistry())
+    def legacy() -> None:
+        started.set()
+        release.wait(60)
+
+    async def main() -> Any:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(legacy, "date", id="abandoned-legacy")
+        scheduler.start()
+        await asyncio.to_thread(started.wait, 30)
+        return await shutdown_gracefully(scheduler, timeout=0.1, records_timeout=0)
+
+    try:
+        with caplog.at_level("WARNING"):
+            report = asyncio.run(main())
+    finally:
+        release.set()
+    assert report.abandoned == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("abandoned, not stopped" in m for m in messages)
+    assert not [m for m in messages if "abandoned-legacy was cancelled" in m]
