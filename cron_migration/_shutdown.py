@@ -174,11 +174,27 @@ def run_until_signal(
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("run_until_signal() must run in the main thread (signal handlers)")
     loop = asyncio.new_event_loop()
+    caught: list[int] = []
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(
-            _serve_until_signal(scheduler, grace, records_timeout, tuple(signals))
+        serving = loop.create_task(
+            _serve_until_signal(scheduler, grace, records_timeout, tuple(signals), caught)
         )
+        while True:
+            try:
+                return loop.run_until_complete(serving)
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # asyncio re-raises these out of the loop when a task ends with one: a
+                # job's sub-task (asyncio.gather over a legacy call that calls sys.exit)
+                # would stop the service. Before a signal, that is a job's failure (its
+                # run records it): the loop goes on. A second signal stops it.
+                if caught or serving.done():
+                    raise
+                logger.error(
+                    "a task on the scheduler's loop raised %r; the scheduler goes on "
+                    "(stopping the service is a signal's business)",
+                    exc,
+                )
     finally:
         try:
             _close_loop(loop)
@@ -220,11 +236,14 @@ async def _bounded(step: Coroutine[Any, Any, None], seconds: float) -> None:
 
 
 async def _serve_until_signal(
-    scheduler: AsyncIOScheduler, grace: float, records_timeout: float, signals: tuple[int, ...]
+    scheduler: AsyncIOScheduler,
+    grace: float,
+    records_timeout: float,
+    signals: tuple[int, ...],
+    caught: list[int],
 ) -> ShutdownReport:
     loop = asyncio.get_running_loop()
     received = asyncio.Event()
-    caught: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
         caught.append(signum)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -344,3 +345,45 @@ def test_an_abandoned_run_is_not_logged_as_cancelled(caplog: pytest.LogCaptureFi
     messages = [r.getMessage() for r in caplog.records]
     assert any("abandoned, not stopped" in m for m in messages)
     assert not [m for m in messages if "abandoned-legacy was cancelled" in m]
+
+
+def test_a_system_exit_in_a_jobs_sub_task_does_not_stop_run_until_signal() -> None:
+    """An async job gathering legacy calls, one of which calls sys.exit(): asyncio re-raises
+    a SystemExit that ends a task out of the loop itself, so before, the service stopped
+    at the job's first run instead of recording its failure and going on."""
+    from compat import run_blocking
+
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    healthy_runs = [0]
+
+    def legacy_fatal() -> None:
+        sys.exit(2)
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def fan_out() -> None:
+        await asyncio.gather(run_blocking(legacy_fatal), asyncio.sleep(0.01))
+
+    @migrated_job(registry=registry)
+    async def healthy() -> None:
+        healthy_runs[0] += 1
+
+    def signal_after_failures() -> None:
+        wait_until(lambda: runs(registry, "fan-out", "error") >= 2, what="two failed runs")
+        ran = healthy_runs[0]
+        wait_until(lambda: healthy_runs[0] >= ran + 3, what="the healthy job to go on")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signaller = threading.Thread(target=signal_after_failures)
+    signaller.start()
+    scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+    scheduler.add_job(fan_out, "interval", seconds=0.05, id="fan-out")
+    scheduler.add_job(healthy, "interval", seconds=0.05, id="healthy-beside-fan-out")
+    try:
+        report = run_until_signal(scheduler, grace=1, records_timeout=1)
+    finally:
+        signaller.join()
+    assert report.records_pending == 0
+    failed = recorder.by_status("failed")
+    assert len(failed) >= 2
+    assert {execution.error for execution in failed} == {"SystemExit: 2"}
