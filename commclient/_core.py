@@ -734,8 +734,8 @@ class Call:
         it went to, redacted as in the logs); otherwise it continues the inbound trace, or
         the trace the correlation id stands for, with a new span id.
         """
-        headers = dict(request.headers)
         if trace is not None:
+            headers = dict(request.headers)
             attributes = self._span_attributes()
             if hops:
                 attributes["url.full"] = redact_text(request.url)
@@ -750,7 +750,7 @@ class Call:
             trace_headers = outgoing_trace_headers(self.correlation_id)
             if not trace_headers:
                 return request
-            headers.update(trace_headers)
+            headers = {**request.headers, **trace_headers}
         return Request(request.method, request.url, headers, request.content)
 
     def _span_name(self) -> str:
