@@ -309,7 +309,11 @@ def test_runs_on_a_carried_process_pool_are_waited_for_or_ended(
     async def main() -> Any:
         new, _ = migrate_scheduler(old, async_jobs=[], lag_monitor=False)
         new.start()
-        await wait_until_async((tmp_path / "started").exists, what="the run in the child")
+        started = tmp_path / "started"
+        # The child writes its pid after creating the file: wait for the pid, not the file.
+        await wait_until_async(
+            lambda: started.exists() and bool(started.read_text()), what="the run in the child"
+        )
         shutdown = asyncio.ensure_future(shutdown_gracefully(new, timeout=60 if released else 0))
         if released:
             (tmp_path / "release").write_text("")
