@@ -479,7 +479,7 @@ class RecordOutbox:
             self._sending.release()  # calls began hanging while this one waited its place
         holding = True
         self._last_attempt = started = time.monotonic()
-        call = asyncio.ensure_future(asyncio.wait_for(self._send(operation), self.call_timeout))
+        call = asyncio.ensure_future(self._send_within_timeout(operation))
         try:
             done, _ = await asyncio.wait({call}, timeout=self.stall_after)
             if not done:
@@ -589,6 +589,11 @@ class RecordOutbox:
                 if not waiter.done():
                     waiter.set_result(None)
                     break
+
+    async def _send_within_timeout(self, operation: _Operation) -> None:
+        # The send's coroutine is made inside the task: a task cancelled before it starts
+        # (its loop closing) would otherwise leave a coroutine that was never awaited.
+        await asyncio.wait_for(self._send(operation), self.call_timeout)
 
     async def _send(self, operation: _Operation) -> None:
         record = operation.record
