@@ -178,15 +178,18 @@ class MigrationExecutor(BaseExecutor):  # type: ignore[misc]
                 self._in_flight.discard(run)
             if threads.alive:
                 self._logger.warning(
-                    "job %s: its run ended with %d worker thread(s) still working; they "
-                    "count against its max_instances until they return",
+                    "job %s: its run ended with %d worker thread(s) or cancelled "
+                    "coroutine(s) still working (abandoned, not stopped); they count "
+                    "against its max_instances until they return",
                     job_id,
                     threads.alive,
                 )
             # A thread the run stopped waiting for is still an instance of the job.
+            still_working = threads.alive
             threads.when_all_returned(functools.partial(self._release_instance, job_id))
             if run.cancelled():
-                self._logger.error("the run of job %s was cancelled", job_id)
+                if not still_working:  # else abandoned, as logged above: not stopped
+                    self._logger.error("the run of job %s was cancelled", job_id)
                 return
             error = run.exception()
             if error is not None:

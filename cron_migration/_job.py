@@ -52,7 +52,13 @@ from ._records import (
     check_recorder,
 )
 from ._slots import UnstableArgumentError, call_digest, lease_refusal, stable_job_id, utc_text
-from ._worker import MissedWhileQueued, _misfire, run_job_thread, tracking_threads
+from ._worker import (
+    MissedWhileQueued,
+    _misfire,
+    count_until_unwound,
+    run_job_thread,
+    tracking_threads,
+)
 
 logger = logging.getLogger("cron_migration")
 
@@ -336,7 +342,8 @@ class MigratedJob:
                             record, "cancelled: the run was cancelled before it finished", ""
                         )
                 else:
-                    # A thread cannot be cancelled: what became of the run is not known yet.
+                    # A thread cannot be cancelled, a coroutine may not unwind: what became
+                    # of the run is not known yet.
                     outcome = "abandoned"
                     if outbox is not None:
                         outbox.hold(record, thread)
@@ -376,15 +383,18 @@ class MigratedJob:
         on_start: Callable[[], None],
     ) -> Any:
         work = asyncio.ensure_future(self._call_func(job_id, args, kwargs, on_start))
+        # A thread the run stops waiting for is counted by run_job_thread; a coroutine
+        # still unwinding from its cancellation is counted here.
+        unwinding = job_id if self.is_async else None
         try:
             done, _ = await asyncio.wait({work}, timeout=self.timeout)
         except asyncio.CancelledError:
-            _stop(work)
+            await _stop(work, unwinding, self._metrics)
             raise
         if not done:
             # Not started yet (waiting for a worker): it never will. Started: a coroutine
             # is cancelled, a thread is abandoned (see run_job_thread).
-            _stop(work)
+            await _stop(work, unwinding, self._metrics)
             assert self.timeout is not None
             raise JobTimeoutError(self.name, self.timeout)
         try:
@@ -416,11 +426,20 @@ def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[..., None], *args
     loop.call_soon_threadsafe(func, *args)
 
 
-def _stop(work: asyncio.Future[Any]) -> None:
+#: Seconds a cancelled coroutine run gets to unwind before it counts as still working.
+UNWIND_GRACE = 0.1
+
+
+async def _stop(work: asyncio.Future[Any], unwinding: str | None, metrics: CronMetrics) -> None:
     """Cancel ``work``: a run still waiting for a worker never starts; a coroutine is
-    cancelled; a thread it started runs on, abandoned (see run_job_thread)."""
+    cancelled, and if it has not unwound within :data:`UNWIND_GRACE` counts (as job
+    ``unwinding``) until it has; a thread it started runs on, abandoned (see
+    run_job_thread)."""
     work.cancel()
     work.add_done_callback(_log_stopped_end)
+    if unwinding is not None:
+        await asyncio.wait({work}, timeout=UNWIND_GRACE)
+        count_until_unwound(unwinding, work, metrics)
 
 
 def _log_stopped_end(work: asyncio.Future[Any]) -> None:
@@ -463,7 +482,9 @@ async def await_escaping(
     """``await func(*args, **kwargs)``, KeyboardInterrupt/SystemExit wrapped."""
     try:
         return await func(*args, **kwargs)
-    except (Exception, asyncio.CancelledError):
+    except (Exception, asyncio.CancelledError, GeneratorExit):
+        # GeneratorExit: the coroutine is being closed (a loop left it behind), not a job's
+        # failure; wrapped, close() would fail with "coroutine ignored GeneratorExit".
         raise
     except BaseException as exc:
         raise Escaped(exc) from None
@@ -508,6 +529,7 @@ def migrated_job(
     lease_clock_skew: float = DEFAULT_CLOCK_SKEW,
     on_redis_error: OnRedisError = "skip",
     record_capacity: int = DEFAULT_RECORD_CAPACITY,
+    record_max_age: float = DEFAULT_RECORD_MAX_AGE,
 ) -> Callable[[Callable[..., Any]], MigratedJob]: ...
 
 
@@ -529,9 +551,10 @@ def migrated_job(
     ``timeout``: seconds a run may take, waiting for a worker thread included; then it
     fails with :class:`JobTimeoutError` (a run still waiting never starts; an async job
     is cancelled; a sync job's thread cannot be stopped and runs on, abandoned: it still
-    counts against the job's ``max_instances`` and its share of the worker pool until it
-    returns). ``lease``: a Redis URL or client, or a :class:`Lease`, to run each call in
-    each slot on one replica only; needs ``timeout``. The lease lasts until the slot can
+    counts against its share of the worker pool until it returns, and under a
+    :class:`MigrationExecutor` against the job's ``max_instances`` too). ``lease``: a
+    Redis URL or client, or a :class:`Lease`, to run each call in each slot on one
+    replica only; needs ``timeout``. The lease lasts until the slot can
     no longer start (its end plus ``misfire_grace_time``, or plus ``timeout`` when the
     grace is unlimited) plus ``lease_clock_skew`` seconds. ``on_redis_error``: with a
     lease, ``"skip"`` or ``"run"`` a slot when Redis is unreachable. ``recorder``: a

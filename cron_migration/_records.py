@@ -13,7 +13,6 @@ up is counted (``cron_run_records_dropped_total{reason}``) and logged with its r
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import inspect
 import json
@@ -29,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ._context import check_seconds
 from ._metrics import CronMetrics
+from ._worker import Work
 
 logger = logging.getLogger("cron_migration")
 
@@ -50,6 +50,9 @@ DEFAULT_RECORD_MAX_AGE = 60.0
 DEFAULT_PROBE_INTERVAL = 0.5
 #: Recorder calls in flight at once (operations of different runs).
 DEFAULT_DELIVERY_CONCURRENCY = 16
+#: Seconds after which an unanswered call stops counting against that concurrency, and
+#: the recorder is treated as hanging (one call per probe interval) until a call succeeds.
+DEFAULT_STALL_AFTER = 1.0
 # 4xx answers other than these mean the recorder will never accept the operation.
 _RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 
@@ -210,6 +213,7 @@ class RecordOutbox:
         max_age: float = DEFAULT_RECORD_MAX_AGE,
         probe_interval: float = DEFAULT_PROBE_INTERVAL,
         concurrency: int = DEFAULT_DELIVERY_CONCURRENCY,
+        stall_after: float = DEFAULT_STALL_AFTER,
     ) -> None:
         check_capacity(capacity)
         self.recorder = recorder
@@ -220,6 +224,7 @@ class RecordOutbox:
         self.max_age = check_seconds("record_max_age", max_age)
         self.probe_interval = probe_interval
         self.concurrency = concurrency
+        self.stall_after = stall_after
         self._metrics = metrics
         self._reset()
         _outboxes.add(self)
@@ -230,7 +235,7 @@ class RecordOutbox:
         # stays until its final operation is delivered (or it is given up).
         self._runs: dict[RunRecord, deque[_Operation]] = {}
         # Abandoned runs (their thread works on) and the outcome each waits for.
-        self._held: dict[RunRecord, concurrent.futures.Future[Any]] = {}
+        self._held: dict[RunRecord, Work] = {}
         self._open_runs = 0
         self._worker_loop: asyncio.AbstractEventLoop | None = None
         # On the worker loop only:
@@ -240,6 +245,14 @@ class RecordOutbox:
         self._prober: asyncio.Task[None] | None = None
         self._last_success = 0.0
         self._last_attempt = 0.0
+        # When a call first went unanswered for stall_after seconds, since the last success.
+        self._stalled_since: float | None = None
+        self._answered: asyncio.Future[None] | None = None
+        self._answered_call_started = 0.0  # when the latest call answered was made
+        # Whether a call failed or hung since the last success, and when the recorder
+        # answered again after that: the age limit counts no time before.
+        self._down = False
+        self._answering_since = 0.0
 
     @property
     def pending_runs(self) -> int:
@@ -280,19 +293,24 @@ class RecordOutbox:
         payload = {"error": shortened(error), "traceback": shortened(traceback)}
         self._append(_Operation("fail", record, payload))
 
-    def hold(self, record: RunRecord, thread: concurrent.futures.Future[Any]) -> None:
-        """The run was abandoned while ``thread`` works on: its outcome is recorded when
-        the thread returns, or as unknown by :meth:`give_up_held` (at shutdown)."""
+    def hold(self, record: RunRecord, thread: Work) -> None:
+        """The run was abandoned while ``thread`` (or a cancelled coroutine) works on: its
+        outcome is recorded when it ends, or as unknown by :meth:`give_up_held` (at
+        shutdown)."""
         with self._lock:
             if record.dropped or record not in self._runs:
                 return
             self._held[record] = thread
         thread.add_done_callback(lambda done: self._settle(record, done))
 
-    def _settle(self, record: RunRecord, thread: concurrent.futures.Future[Any]) -> None:
+    def _settle(self, record: RunRecord, thread: Work) -> None:
         """An abandoned run's thread returned (in that thread): record what it did."""
         with self._lock:
             still_held = self._held.pop(record, None) is not None
+        if thread.cancelled():  # a coroutine that unwound from its cancellation
+            if still_held:
+                self.fail(record, "cancelled: the run was cancelled before it finished", "")
+            return
         error = thread.exception()
         error = getattr(error, "error", error)  # a KeyboardInterrupt/SystemExit it carried
         if not still_held:
@@ -357,6 +375,8 @@ class RecordOutbox:
                 self._sending = None
                 self._pausing = deque()
                 self._prober = None
+                self._stalled_since = None
+                self._answered = None
         if worker_loop is loop:
             self._spawn()
         else:
@@ -380,7 +400,12 @@ class RecordOutbox:
             self._sending = asyncio.Semaphore(self.concurrency)
         delay = self.retry_initial
         failing_since: float | None = None
+        # Time this operation kept failing while the recorder accepted other operations:
+        # an interval between two of its failures counts when something succeeded in it.
+        rejected_for = 0.0
+        counted_until = 0.0
         attempts = 0
+        resend = False  # a hung call given up: sent again at once
         try:
             while True:
                 with self._lock:
@@ -388,30 +413,27 @@ class RecordOutbox:
                     if not operations:
                         return
                     operation = operations[0]
-                async with self._sending:
-                    self._last_attempt = attempted = time.monotonic()
-                    try:
-                        await asyncio.wait_for(self._send(operation), self.call_timeout)
-                    except Exception as exc:
-                        error: Exception | None = exc
-                    else:
-                        error = None
+                attempted = time.monotonic()
+                error = await self._attempt(operation, picked=resend)
+                resend = isinstance(error, _Superseded)
                 if error is None:
                     self._delivered(operation)
-                    delay, failing_since, attempts = self.retry_initial, None, 0
+                    delay, failing_since, attempts, rejected_for = self.retry_initial, None, 0, 0.0
                     continue
                 attempts += 1
                 if failing_since is None:
-                    failing_since = attempted
+                    failing_since = counted_until = attempted
+                failed_at = time.monotonic()
+                if self._last_success > counted_until:
+                    rejected_for += failed_at - max(counted_until, self._answering_since)
+                counted_until = failed_at
+                self._down = True
                 if is_permanent_failure(error):
                     self._give_up(
                         record, "refused", f"the recorder refused {operation.kind}: {error!r}"
                     )
                     return
-                if (
-                    self._last_success > failing_since
-                    and time.monotonic() - failing_since >= self.max_age
-                ):
+                if rejected_for >= self.max_age:
                     self._give_up(
                         record,
                         "expired",
@@ -429,14 +451,99 @@ class RecordOutbox:
                     attempts,
                     error,
                 )
+                if isinstance(error, _Superseded):
+                    continue  # the recorder answers others again: this one at once
                 await self._pause(delay)
                 delay = min(delay * 2, self.retry_max)
         finally:
             if self._tasks.get(record) is asyncio.current_task():
                 del self._tasks[record]
 
+    async def _attempt(self, operation: _Operation, *, picked: bool) -> Exception | None:
+        """Send ``operation``; its error, or None once delivered.
+
+        A call still unanswered after ``stall_after`` seconds gives its place among the
+        ``concurrency`` calls back (it is still awaited, up to ``call_timeout``): calls
+        that hang (a recorder whose connections go nowhere) must not hold every place,
+        or no call could show the recorder's recovery until they time out. Until a call
+        succeeds again, only the probe's pick tries (see :meth:`_wait_turn`).
+        """
+        assert self._sending is not None
+        while True:
+            if self._stalled_since is not None and not picked:
+                await self._wait_turn()
+                picked = True
+            await self._sending.acquire()
+            if self._stalled_since is None or picked:
+                break
+            self._sending.release()  # calls began hanging while this one waited its place
+        holding = True
+        self._last_attempt = started = time.monotonic()
+        call = asyncio.ensure_future(self._send_within_timeout(operation))
+        try:
+            done, _ = await asyncio.wait({call}, timeout=self.stall_after)
+            if not done:
+                self._sending.release()
+                holding = False
+                self._down = True
+                if self._stalled_since is None:
+                    self._stalled_since = started
+                    logger.warning(
+                        "the recorder has not answered a call for %gs: until one succeeds, "
+                        "one call is tried every %gs",
+                        self.stall_after,
+                        self.probe_interval,
+                    )
+                while not call.done():
+                    if self._answered_call_started > started:
+                        # A call made after this one was answered: this one is lost (a
+                        # connection going nowhere); the same idempotency key, sent again
+                        # at once, cannot record twice.
+                        call.cancel()
+                        return _Superseded("a hanging call, sent again")
+                    answered = self._answered_future()
+                    await asyncio.wait({call, answered}, return_when=asyncio.FIRST_COMPLETED)
+            call.result()
+            self._answered_call_started = max(self._answered_call_started, started)
+            if self._answered is not None and not self._answered.done():
+                self._answered.set_result(None)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        except Exception as exc:
+            return exc
+        finally:
+            if holding:
+                self._sending.release()
+        return None
+
+    def _answered_future(self) -> asyncio.Future[None]:
+        """Set when the recorder next answers a call."""
+        if self._answered is None or self._answered.done():
+            self._answered = asyncio.get_running_loop().create_future()
+        return self._answered
+
+    async def _wait_turn(self) -> None:
+        """Wait until the probe picks this run or a call succeeds."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._pausing.append(waiter)
+        self._start_prober()
+        try:
+            await waiter
+        finally:
+            if waiter in self._pausing:
+                self._pausing.remove(waiter)
+
+    def _start_prober(self) -> None:
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe())
+
     def _delivered(self, operation: _Operation) -> None:
         self._last_success = time.monotonic()
+        self._stalled_since = None
+        if self._down:  # the first success after failures: the recorder answers since
+            self._answering_since = self._last_success
+            self._down = False
         # The recorder answers again: every run waiting out a backoff tries now.
         while self._pausing:
             waiter = self._pausing.popleft()
@@ -463,8 +570,7 @@ class RecordOutbox:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._pausing.append(waiter)
-        if self._prober is None or self._prober.done():
-            self._prober = asyncio.get_running_loop().create_task(self._probe())
+        self._start_prober()
         try:
             await asyncio.wait({waiter}, timeout=delay - first)
         finally:
@@ -483,6 +589,11 @@ class RecordOutbox:
                 if not waiter.done():
                     waiter.set_result(None)
                     break
+
+    async def _send_within_timeout(self, operation: _Operation) -> None:
+        # The send's coroutine is made inside the task: a task cancelled before it starts
+        # (its loop closing) would otherwise leave a coroutine that was never awaited.
+        await asyncio.wait_for(self._send(operation), self.call_timeout)
 
     async def _send(self, operation: _Operation) -> None:
         record = operation.record
@@ -537,6 +648,10 @@ class RecordOutbox:
             if not pending or time.monotonic() >= deadline:
                 return self._open_runs if pending else 0
             await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+
+
+class _Superseded(Exception):
+    """A hanging call given up because a later one was answered: sent again at once."""
 
 
 class _BadExecutionId(Exception):

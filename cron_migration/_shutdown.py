@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ ABANDONED_RECORDS_RESERVE = 1.0
 #: run_until_signal's defaults: within Kubernetes' 30 s termination grace period.
 DEFAULT_SIGNAL_GRACE = 25.0
 DEFAULT_SIGNAL_RECORDS_TIMEOUT = 4.0
+#: Seconds run_until_signal's loop gives tasks left at its end (and each of its other
+#: closing steps) before leaving them behind.
+LOOP_CLOSE_GRACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,10 @@ class ShutdownReport:
     finished: int  # runs that ended by themselves within the timeout
     cancelled: int  # coroutine runs cancelled at the timeout (recorded as cancelled)
     records_pending: int  # runs whose records were still undelivered at the end
-    # Sync runs whose thread still worked at the timeout: a thread cannot be stopped,
-    # so the run is recorded as abandoned, its outcome unknown (or its real outcome, if
-    # the thread returned while the records were being delivered).
+    # Sync runs whose thread still worked at the timeout (a thread cannot be stopped),
+    # and coroutine runs that did not unwind when cancelled: recorded as abandoned, the
+    # outcome unknown (or the real outcome, if the run ended while the records were being
+    # delivered).
     abandoned: int = 0
 
 
@@ -171,15 +176,77 @@ def run_until_signal(
         raise RuntimeError("run_until_signal() starts the scheduler itself: do not start it")
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("run_until_signal() must run in the main thread (signal handlers)")
-    return asyncio.run(_serve_until_signal(scheduler, grace, records_timeout, tuple(signals)))
+    loop = asyncio.new_event_loop()
+    caught: list[int] = []
+    try:
+        asyncio.set_event_loop(loop)
+        serving = loop.create_task(
+            _serve_until_signal(scheduler, grace, records_timeout, tuple(signals), caught)
+        )
+        while True:
+            try:
+                return loop.run_until_complete(serving)
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # asyncio re-raises these out of the loop when a task ends with one: a
+                # job's sub-task (asyncio.gather over a legacy call that calls sys.exit)
+                # would stop the service. Before a signal, that is a job's failure (its
+                # run records it): the loop goes on. A second signal stops it.
+                if caught or serving.done():
+                    raise
+                logger.error(
+                    "a task on the scheduler's loop raised %r; the scheduler goes on "
+                    "(stopping the service is a signal's business)",
+                    exc,
+                )
+    finally:
+        try:
+            _close_loop(loop)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """What ``asyncio.run`` does on its way out, each step bounded.
+
+    ``asyncio.run`` waits for every task left to end once cancelled: a coroutine that
+    ignores its cancellation (or awaits a blocking call that hangs) would keep the process
+    past its termination grace period. Such a task is left behind, and logged.
+    """
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.wait(tasks, timeout=LOOP_CLOSE_GRACE))
+    left = [task for task in tasks if not task.done()]
+    if left:
+        logger.warning(
+            "shutdown: %d task(s) did not end %gs after being cancelled (%s); left behind",
+            len(left),
+            LOOP_CLOSE_GRACE,
+            ", ".join(sorted(task.get_name() for task in left)),
+        )
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            logger.error("task %s ended with %r", task.get_name(), task.exception())
+    for step in (loop.shutdown_asyncgens(), loop.shutdown_default_executor()):
+        loop.run_until_complete(_bounded(step, LOOP_CLOSE_GRACE))
+
+
+async def _bounded(step: Coroutine[Any, Any, None], seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(step, seconds)
 
 
 async def _serve_until_signal(
-    scheduler: AsyncIOScheduler, grace: float, records_timeout: float, signals: tuple[int, ...]
+    scheduler: AsyncIOScheduler,
+    grace: float,
+    records_timeout: float,
+    signals: tuple[int, ...],
+    caught: list[int],
 ) -> ShutdownReport:
     loop = asyncio.get_running_loop()
     received = asyncio.Event()
-    caught: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
         caught.append(signum)

@@ -134,8 +134,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+#: What a run leaves working when it stops waiting: a worker thread, or a coroutine that
+#: has not unwound from its cancellation yet (one awaiting ``compat.run_blocking``).
+Work = concurrent.futures.Future[Any] | asyncio.Future[Any]
+
+
 class RunThreads:
-    """The worker threads one run started and that have not returned yet.
+    """The worker threads (and unwinding coroutines) one run started, not returned yet.
 
     Runs nest (the executor's run of a migrated job, the job's own run): a thread counts
     in every enclosing run, so each knows whether something it started still works.
@@ -143,11 +148,11 @@ class RunThreads:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._alive: set[concurrent.futures.Future[Any]] = set()
+        self._alive: set[Work] = set()
         self._when_all_returned: list[Callable[[], None]] = []
         self._parent: RunThreads | None = None
 
-    def add(self, thread: concurrent.futures.Future[Any]) -> None:
+    def add(self, thread: Work) -> None:
         with self._lock:
             self._alive.add(thread)
         thread.add_done_callback(self._returned)
@@ -159,7 +164,7 @@ class RunThreads:
         with self._lock:
             return len(self._alive)
 
-    def latest(self) -> concurrent.futures.Future[Any] | None:
+    def latest(self) -> Work | None:
         """A thread still working, if any."""
         with self._lock:
             return next(iter(self._alive), None)
@@ -172,7 +177,7 @@ class RunThreads:
                 return
         callback()
 
-    def _returned(self, thread: concurrent.futures.Future[Any]) -> None:
+    def _returned(self, thread: Work) -> None:
         with self._lock:
             self._alive.discard(thread)
             callbacks = [] if self._alive else self._when_all_returned
@@ -183,6 +188,31 @@ class RunThreads:
 
 
 _run_threads: ContextVar[RunThreads | None] = ContextVar("cron_migration_run_threads", default=None)
+
+
+def count_until_unwound(job_id: str, work: asyncio.Future[Any], metrics: CronMetrics) -> None:
+    """A cancelled coroutine run that has not unwound: it counts until it has.
+
+    Cancelling a coroutine only asks it to stop: one awaiting ``compat.run_blocking``
+    (whose thread cannot be stopped) or ignoring the cancellation works on. Counted in
+    the enclosing runs, it holds its job's instance (``max_instances``) until it ends,
+    as an abandoned thread does, so a job stuck that way cannot start a new stuck run
+    every interval until compat's pool is held.
+    """
+    global _abandoned_threads
+    runs = _run_threads.get()
+    if runs is None or work.done():
+        return
+    runs.add(work)
+    _abandoned_threads += 1
+    metrics.abandoned.labels(job_id).inc()
+    logger.warning(
+        "job %s: its cancelled run still works (a coroutine that has not unwound, e.g. "
+        "awaiting a blocking call); it counts against the job's max_instances until it ends",
+        job_id,
+    )
+    started = time.monotonic()
+    work.add_done_callback(lambda done: _log_abandoned_end(job_id, started, done))
 
 
 @contextlib.contextmanager
@@ -290,8 +320,8 @@ def _checked_start(
     return start
 
 
-def _log_abandoned_end(job_id: str, started: float, thread: concurrent.futures.Future[Any]) -> None:
-    error = thread.exception()
+def _log_abandoned_end(job_id: str, started: float, thread: Work) -> None:
+    error = None if thread.cancelled() else thread.exception()
     logger.warning(
         "job %s: an abandoned run's thread returned after %.1fs%s",
         job_id,

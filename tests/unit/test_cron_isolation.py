@@ -112,6 +112,74 @@ def test_a_hung_job_stops_only_itself_a_healthy_one_keeps_its_cadence(
     assert abandoned == entered["hung"]
 
 
+@pytest.mark.parametrize("kind", ["asyncio", "background"])
+def test_an_async_job_stuck_in_run_blocking_stops_only_itself(
+    kind: str, release: threading.Event
+) -> None:
+    """A half-migrated async job awaiting a blocking call that hangs: cancelling it at its
+    timeout cannot stop the thread, so its coroutine works on. Before, its run ended
+    anyway, max_instances=1 let the next one start, and each stuck run held one more of
+    compat's 16 threads until the healthy sync job had none."""
+    from compat import run_blocking
+
+    registry = CollectorRegistry()
+    entered = {"stuck": 0, "healthy": 0}
+    skipped: list[JobEvent] = []
+    stuck_id = f"stuck-in-run-blocking-{kind}"
+
+    def upstream() -> None:
+        entered["stuck"] += 1
+        release.wait(120)  # an upstream that never answers
+
+    @migrated_job(timeout=0.15, registry=registry)
+    async def stuck() -> None:
+        await run_blocking(upstream)
+
+    @migrated_job(timeout=5, registry=registry)
+    def healthy() -> None:
+        entered["healthy"] += 1
+
+    def add_jobs(scheduler: BaseScheduler) -> None:
+        scheduler.add_listener(skipped.append, EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_job(stuck, "interval", seconds=0.05, id=stuck_id, max_instances=1)
+        scheduler.add_job(healthy, "interval", seconds=0.1, id=f"healthy-{stuck_id}")
+
+    # Far more stuck runs due than compat's pool has threads (16).
+    many_due = (lambda: len(skipped) >= 40, 30.0, "40 runs of the stuck job due")
+
+    if kind == "asyncio":
+
+        async def main() -> None:
+            scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+            add_jobs(scheduler)
+            scheduler.start()
+            await wait_until_async(*many_due)
+            healthy_then = entered["healthy"]
+            await wait_until_async(
+                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
+            )
+            await shutdown_gracefully(scheduler, timeout=0, records_timeout=0)
+
+        asyncio.run(main())
+    else:
+        scheduler = BackgroundScheduler(executors={"default": MigrationExecutor()})
+        add_jobs(scheduler)
+        scheduler.start()
+        try:
+            wait_until(*many_due)
+            healthy_then = entered["healthy"]
+            wait_until(
+                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
+            )
+        finally:
+            scheduler.shutdown(wait=False)
+    # One stuck run at a time: it holds the job's only instance until its thread returns.
+    assert entered["stuck"] == 1
+    assert runs(registry, stuck_id, "timeout") == 1
+    abandoned = sample(registry, "cron_job_abandoned_runs_total", {"cron_job": stuck_id})
+    assert abandoned == 1
+
+
 def test_runs_waiting_for_a_worker_honour_their_misfire_grace_and_timeout(
     release: threading.Event, pool_size: Any
 ) -> None:
@@ -192,3 +260,60 @@ def test_two_jobs_sharing_a_function_are_two_series() -> None:
     assert runs(registry, "tenant-a", "success") == done["a"]
     assert runs(registry, "tenant-b", "success") == done["b"]
     assert runs(registry, "sync_tenant", "success") == 0
+
+
+def test_under_another_executor_a_hung_job_holds_at_most_its_share(
+    release: threading.Event,
+) -> None:
+    """The legacy thread pool releases a run's instance when the timed-out call returns, so
+    max_instances=1 does not count the abandoned threads there (the README says so); the
+    job's share of compat's pool still caps them, and a healthy job goes on."""
+    registry = CollectorRegistry()
+    entered = {"hung": 0, "healthy": 0}
+    hung_id = "hung-under-a-thread-pool"
+
+    @migrated_job(timeout=0.15, registry=registry, name=hung_id)
+    def hung() -> None:
+        entered["hung"] += 1
+        release.wait(120)
+
+    @migrated_job(timeout=5, registry=registry)
+    def healthy() -> None:
+        entered["healthy"] += 1
+
+    scheduler = BackgroundScheduler()  # its own ThreadPoolExecutor
+    scheduler.add_job(hung, "interval", seconds=0.05, id=hung_id, max_instances=1)
+    scheduler.add_job(healthy, "interval", seconds=0.1, id="healthy-beside-a-thread-pool")
+    scheduler.start()
+    try:
+        wait_until(lambda: runs(registry, hung_id, "timeout") >= 40, what="40 timed-out runs")
+        healthy_then = entered["healthy"]
+        wait_until(lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job")
+    finally:
+        scheduler.shutdown(wait=False)
+    assert entered["hung"] == job_thread_limit()
+    assert threads_alive(hung_id) == job_thread_limit()
+
+
+def test_an_async_run_that_unwinds_at_its_timeout_is_not_reported_as_still_working(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    started: list[int] = []
+
+    @migrated_job(timeout=0.05, registry=registry)
+    async def slow() -> None:
+        started.append(1)
+        await asyncio.sleep(30)  # cancelled at the timeout, and unwinds at once
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(slow, "interval", seconds=0.1, id="unwinds", max_instances=1)
+        scheduler.start()
+        await wait_until_async(lambda: runs(registry, "unwinds", "timeout") >= 3)
+        await shutdown_gracefully(scheduler, timeout=5, records_timeout=0)
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(main())
+    assert len(started) >= 3  # its instance was released each time
+    assert not [r for r in caplog.records if "still work" in r.getMessage()]

@@ -431,3 +431,160 @@ def test_a_recovery_is_noticed_by_the_probe_whatever_the_backoff_reached() -> No
         assert outbox.pending_runs == 0
 
     asyncio.run(main())
+
+
+def test_a_recorder_whose_calls_hang_is_noticed_when_it_answers_again() -> None:
+    """Calls that hang instead of failing (connections going nowhere): before, 16 of them
+    held every place until their 30 s call timeout, so nothing got through for up to 30 s
+    after the recorder answered again."""
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    answering = asyncio.Event()
+    completed: list[str] = []
+    hanging = [0]
+
+    class HangingRecorder:
+        async def _call(self) -> None:
+            if not answering.is_set():
+                hanging[0] += 1
+                await asyncio.Event().wait()  # a call made while down never returns
+
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            await self._call()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+            completed.append(execution_id)
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+    recorder = HangingRecorder()
+    assert isinstance(recorder, RunRecorder)
+    outbox = RecordOutbox(recorder, CronMetrics(CollectorRegistry()))  # 30 s call timeout
+    records = [RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}") for n in range(200)]
+
+    async def main() -> None:
+        for record in records:
+            outbox.open(record)
+            outbox.start(record)
+            outbox.complete(record, "done")
+        # Every place held by a hanging call, and then some.
+        await wait_until_async(lambda: hanging[0] >= 16, what="16 calls to hang")
+        answering.set()
+        # Well under the 30 s the hanging calls would take to time out.
+        await wait_until_async(
+            lambda: len(completed) == 200, timeout=20, what="the backlog after the recovery"
+        )
+        assert outbox.pending_runs == 0
+
+    asyncio.run(main())
+    # Each run recorded once, whatever was sent again.
+    assert sorted(completed) == sorted(f"run-{n}:create" for n in range(200))
+
+
+def test_a_record_whose_calls_hang_while_others_are_answered_is_given_up() -> None:
+    """One run's calls hang while the recorder answers every other run: sent again each
+    time a later call is answered, it still ages, and is given up at record_max_age."""
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    registry = CollectorRegistry()
+    completed: list[str] = []
+
+    class OneRunHangs:
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            if kwargs["correlation_id"] == "poisoned":
+                await asyncio.Event().wait()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            completed.append(execution_id)
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+    outbox = RecordOutbox(OneRunHangs(), CronMetrics(registry), max_age=2)
+
+    def expired() -> float:
+        return sample(registry, "cron_run_records_dropped_total", {"reason": "expired"})
+
+    async def main() -> None:
+        poisoned = RunRecord("poisoned", "job", "job", None, "poisoned")
+        outbox.open(poisoned)
+        outbox.complete(poisoned, "done")
+        n = 0
+        while expired() == 0 and n < 600:  # other runs, answered, meanwhile
+            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
+            outbox.open(record)
+            outbox.complete(record, "done")
+            n += 1
+            await asyncio.sleep(0.05)
+        assert expired() == 1
+        await wait_until_async(lambda: len(completed) == n, what="every other run")
+        assert outbox.pending_runs == 0
+
+    asyncio.run(main())
+
+
+def test_an_outage_longer_than_record_max_age_expires_nothing() -> None:
+    """The age limit counts only time the recorder accepted other records: before, a run
+    failing through an outage longer than record_max_age was given up at its first
+    failure after the recovery (a hung call sent again), lost though the recorder was
+    back."""
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    registry = CollectorRegistry()
+    answering = asyncio.Event()
+    completed: list[str] = []
+    hanging = [0]
+
+    class HangingRecorder:
+        async def _call(self) -> None:
+            if not answering.is_set():
+                hanging[0] += 1
+                await asyncio.Event().wait()
+
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            await self._call()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+            completed.append(execution_id)
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+    # Hung calls noticed after 0.1 s, the age limit 1 s: an outage of many times that.
+    outbox = RecordOutbox(
+        HangingRecorder(), CronMetrics(registry), max_age=1, stall_after=0.1, probe_interval=0.05
+    )
+
+    async def main() -> None:
+        for n in range(200):
+            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
+            outbox.open(record)
+            outbox.start(record)
+            outbox.complete(record, "done")
+        # The first 16 calls hang at once, then one per probe (0.05 s at most): 30 more
+        # take over 1.5 s, longer than record_max_age.
+        await wait_until_async(lambda: hanging[0] >= 16 + 30, what="an outage of over 1.5 s")
+        answering.set()
+        await wait_until_async(lambda: outbox.pending_runs == 0, timeout=20, what="the backlog")
+
+    asyncio.run(main())
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "expired"}) == 0
+    assert len(completed) == 200

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import sys
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -11,6 +15,7 @@ import pytest
 
 pytest.importorskip("apscheduler")
 pytest.importorskip("anyio")
+
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -251,17 +256,21 @@ def test_a_job_that_swallows_its_cancellation_is_still_accounted_for(
         scheduler.start()
         scheduler.modify_job("stubborn", next_run_time=datetime.now(timezone.utc))
         await started.wait()
-        report = await shutdown_gracefully(scheduler, timeout=0.1, records_timeout=10)
+        # The abandoned body is awaited until shortly before the records' time is up.
+        report = await shutdown_gracefully(scheduler, timeout=0.1, records_timeout=1)
         release.set()  # the abandoned body ends; its run is already accounted for
         await asyncio.sleep(0.05)
         return report
 
     report = asyncio.run(main())
-    assert report.cancelled == 1
-    assert report.records_pending == 0
+    # It did not stop when cancelled: abandoned (its outcome unknown), not "cancelled".
+    assert (report.abandoned, report.cancelled, report.records_pending) == (1, 0, 0)
     (execution,) = recorder.executions.values()
     assert execution.status == "failed"
-    assert runs(registry, "stubborn", "cancelled") == 1
+    assert execution.error is not None
+    assert execution.error.startswith("abandoned")
+    assert runs(registry, "stubborn", "abandoned") == 1
+    assert runs(registry, "stubborn", "cancelled") == 0
     assert runs(registry, "stubborn", "success") == 0
 
 
@@ -326,3 +335,118 @@ def test_runs_on_a_carried_process_pool_are_waited_for_or_ended(
     else:
         assert (report.finished, report.cancelled, done) == (0, 1, False)
         assert process_is_gone(int((tmp_path / "started").read_text()))
+
+
+def test_run_until_signal_returns_though_a_coroutine_ignores_its_cancellation() -> None:
+    """A job that swallows CancelledError (a retry loop around ``await``, a library
+    doing so): before, run_until_signal's loop waited for it to end, forever, so the
+    process outlived its termination grace period until it was killed."""
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    started = threading.Event()
+    stop_ignoring = threading.Event()  # set by the watchdog only if the call hangs
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def stubborn() -> None:
+        started.set()
+        while not stop_ignoring.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+
+    def signal_once_started() -> None:
+        started.wait(30)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    watchdog = threading.Timer(60, stop_ignoring.set)
+    watchdog.start()
+    signaller = threading.Thread(target=signal_once_started)
+    signaller.start()
+    scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+    scheduler.add_job(stubborn, "date", id="stubborn")
+    try:
+        report = run_until_signal(scheduler, grace=0.2, records_timeout=1)
+        returned_while_it_worked = not stop_ignoring.is_set()
+    finally:
+        watchdog.cancel()
+        stop_ignoring.set()
+        signaller.join()
+    assert returned_while_it_worked
+    assert (report.abandoned, report.cancelled, report.records_pending) == (1, 0, 0)
+    assert runs(registry, "stubborn", "abandoned") == 1
+    (execution,) = recorder.executions.values()
+    # It never ended: not "cancelled", which would say it stopped.
+    assert execution.status == "failed"
+    assert execution.error is not None
+    assert execution.error.startswith("abandoned")
+    assert "outcome is unknown" in execution.error
+
+
+def test_an_abandoned_run_is_not_logged_as_cancelled(caplog: pytest.LogCaptureFixture) -> None:
+    """A sync run whose thread works on after a shutdown was logged at ERROR as "cancelled"
+    beside the warning that it was abandoned: the log said it stopped, which it did not."""
+    started = threading.Event()
+    release = threading.Event()
+
+    @migrated_job(registry=CollectorRegistry())
+    def legacy() -> None:
+        started.set()
+        release.wait(60)
+
+    async def main() -> Any:
+        scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+        scheduler.add_job(legacy, "date", id="abandoned-legacy")
+        scheduler.start()
+        await asyncio.to_thread(started.wait, 30)
+        return await shutdown_gracefully(scheduler, timeout=0.1, records_timeout=0)
+
+    try:
+        with caplog.at_level("WARNING"):
+            report = asyncio.run(main())
+    finally:
+        release.set()
+    assert report.abandoned == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("abandoned, not stopped" in m for m in messages)
+    assert not [m for m in messages if "abandoned-legacy was cancelled" in m]
+
+
+def test_a_system_exit_in_a_jobs_sub_task_does_not_stop_run_until_signal() -> None:
+    """An async job gathering legacy calls, one of which calls sys.exit(): asyncio re-raises
+    a SystemExit that ends a task out of the loop itself, so before, the service stopped
+    at the job's first run instead of recording its failure and going on."""
+    from compat import run_blocking
+
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    healthy_runs = [0]
+
+    def legacy_fatal() -> None:
+        sys.exit(2)
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def fan_out() -> None:
+        await asyncio.gather(run_blocking(legacy_fatal), asyncio.sleep(0.01))
+
+    @migrated_job(registry=registry)
+    async def healthy() -> None:
+        healthy_runs[0] += 1
+
+    def signal_after_failures() -> None:
+        wait_until(lambda: runs(registry, "fan-out", "error") >= 2, what="two failed runs")
+        ran = healthy_runs[0]
+        wait_until(lambda: healthy_runs[0] >= ran + 3, what="the healthy job to go on")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signaller = threading.Thread(target=signal_after_failures)
+    signaller.start()
+    scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+    scheduler.add_job(fan_out, "interval", seconds=0.05, id="fan-out")
+    scheduler.add_job(healthy, "interval", seconds=0.05, id="healthy-beside-fan-out")
+    try:
+        report = run_until_signal(scheduler, grace=1, records_timeout=1)
+    finally:
+        signaller.join()
+    assert report.records_pending == 0
+    failed = recorder.by_status("failed")
+    assert len(failed) >= 2
+    assert {execution.error for execution in failed} == {"SystemExit: 2"}
