@@ -7,14 +7,16 @@ so without the ``otel`` extra, or with the API but no SDK, a call costs one dict
 
 Spans: one per call (``INTERNAL``, named ``{METHOD} {route}``) with a ``CLIENT`` child per
 attempt (HTTP semantic-convention attributes), events for backoff waits and breaker
-rejections; one per cron run (``cron_migration``). The attempt's ``traceparent`` names the
-attempt span, so the receiving service continues the trace.
+rejections; one per cron run (``cron_migration``); one per public cache operation
+(:class:`CacheSpan`). The attempt's ``traceparent`` names the attempt span, so the
+receiving service continues the trace.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from ._tracecontext import (
@@ -209,3 +211,70 @@ class RunSpan:
         if exc_info[1] is not None and self._outcome is None:
             self.outcome("error")
         self._scope.__exit__(*exc_info)
+
+
+CACHE_RESULT = "commclient.cache.result"
+
+_cache_span: ContextVar[CacheSpan | None] = ContextVar("commclient_cache_span", default=None)
+
+
+class CacheSpan:
+    """The span of one cache operation, current while it runs (a loader's calls are its
+    children). What the operation found is told by :func:`cache_result` and
+    :func:`cache_event`, from where the cache counts it, to the span of the operation
+    running in this context.
+
+    An error that escapes the operation sets ``error.type`` and the span's status, as a
+    call's span does; the exception's text is not recorded (a loader's error may carry
+    anything).
+    """
+
+    __slots__ = ("_scope", "_token", "_trace", "open", "span")
+
+    def __init__(self, tracer: Any, name: str, attributes: Mapping[str, Any]) -> None:
+        from opentelemetry import trace
+
+        self._trace = trace
+        self.span = tracer.start_span(
+            name, context=parent_context(), kind=trace.SpanKind.INTERNAL, attributes=attributes
+        )
+        self._scope = trace.use_span(
+            self.span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        )
+        self.open = False
+
+    def __enter__(self) -> CacheSpan:
+        self._scope.__enter__()
+        self._token = _cache_span.set(self)
+        self.open = True
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        # Tasks and threads started meanwhile (the local tier's listener) keep a copy of
+        # this context: ``open`` stops them telling an ended span.
+        self.open = False
+        _cache_span.reset(self._token)
+        error = exc_info[1]
+        if error is not None:
+            _conclude(self._trace, self.span, None, type(error).__name__)
+        self._scope.__exit__(*exc_info)
+
+
+def _current_cache_span() -> CacheSpan | None:
+    span = _cache_span.get()
+    return span if span is not None and span.open else None
+
+
+def cache_result(result: str) -> None:
+    """What the cache operation running here found (the last word counts: a hit found
+    stale is ``stale``)."""
+    span = _current_cache_span()
+    if span is not None:
+        span.span.set_attribute(CACHE_RESULT, result)
+
+
+def cache_event(name: str, attributes: Mapping[str, Any]) -> None:
+    """Something that happened during the cache operation running here."""
+    span = _current_cache_span()
+    if span is not None:
+        span.span.add_event(name, attributes)
