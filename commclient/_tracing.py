@@ -14,6 +14,7 @@ receiving service continues the trace.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -29,6 +30,9 @@ from ._tracecontext import (
 from ._version import __version__
 
 _cached: tuple[Any, Any] = (None, None)  # (provider, tracer)
+_UNKNOWN = object()
+# A provider named by the environment, which the API sets on its first request for one.
+_PROVIDER_IN_ENVIRONMENT = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
 def active_tracer() -> Any | None:
@@ -36,7 +40,13 @@ def active_tracer() -> Any | None:
     trace = sys.modules.get("opentelemetry.trace")
     if trace is None:
         return None
-    provider = trace.get_tracer_provider()
+    # The provider set, read as the API's own proxy tracers read it: while none is set,
+    # get_tracer_provider() looks the environment up on every call (most of a µs).
+    provider: Any = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is None and not _PROVIDER_IN_ENVIRONMENT:
+        return None
+    if provider is None or provider is _UNKNOWN:
+        provider = trace.get_tracer_provider()
     global _cached
     cached_provider, tracer = _cached
     if provider is cached_provider:
