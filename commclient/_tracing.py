@@ -239,22 +239,20 @@ class CacheSpan:
     anything).
     """
 
-    __slots__ = ("_scope", "_token", "_trace", "open", "span")
+    __slots__ = ("_context", "_otel_token", "_token", "_trace", "open", "span")
 
     def __init__(self, tracer: Any, name: str, attributes: Mapping[str, Any]) -> None:
-        from opentelemetry import trace
+        from opentelemetry import context, trace
 
         self._trace = trace
+        self._context = context
         self.span = tracer.start_span(
             name, context=parent_context(), kind=trace.SpanKind.INTERNAL, attributes=attributes
-        )
-        self._scope = trace.use_span(
-            self.span, end_on_exit=True, record_exception=False, set_status_on_exception=False
         )
         self.open = False
 
     def __enter__(self) -> CacheSpan:
-        self._scope.__enter__()
+        self._otel_token = self._context.attach(self._trace.set_span_in_context(self.span))
         self._token = _cache_span.set(self)
         self.open = True
         return self
@@ -264,10 +262,11 @@ class CacheSpan:
         # this context: ``open`` stops them telling an ended span.
         self.open = False
         _cache_span.reset(self._token)
+        self._context.detach(self._otel_token)
         error = exc_info[1]
         if error is not None:
             _conclude(self._trace, self.span, None, type(error).__name__)
-        self._scope.__exit__(*exc_info)
+        self.span.end()
 
 
 def _current_cache_span() -> CacheSpan | None:
