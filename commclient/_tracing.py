@@ -269,21 +269,16 @@ class CacheSpan:
         self.span.end()
 
 
-def _current_cache_span() -> CacheSpan | None:
-    span = _cache_span.get()
-    return span if span is not None and span.open else None
-
-
 def cache_result(result: str) -> None:
     """What the cache operation running here found (the last word counts: a hit found
-    stale is ``stale``)."""
-    span = _current_cache_span()
-    if span is not None:
+    stale is ``stale``). Called on every hit: one context variable read when untraced."""
+    span = _cache_span.get()
+    if span is not None and span.open:
         span.span.set_attribute(CACHE_RESULT, result)
 
 
 def cache_event(name: str, attributes: Mapping[str, Any]) -> None:
     """Something that happened during the cache operation running here."""
-    span = _current_cache_span()
-    if span is not None:
+    span = _cache_span.get()
+    if span is not None and span.open:
         span.span.add_event(name, attributes)
