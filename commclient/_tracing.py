@@ -7,14 +7,17 @@ so without the ``otel`` extra, or with the API but no SDK, a call costs one dict
 
 Spans: one per call (``INTERNAL``, named ``{METHOD} {route}``) with a ``CLIENT`` child per
 attempt (HTTP semantic-convention attributes), events for backoff waits and breaker
-rejections; one per cron run (``cron_migration``). The attempt's ``traceparent`` names the
-attempt span, so the receiving service continues the trace.
+rejections; one per cron run (``cron_migration``); one per public cache operation
+(:class:`CacheSpan`). The attempt's ``traceparent`` names the attempt span, so the
+receiving service continues the trace.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from ._tracecontext import (
@@ -27,6 +30,9 @@ from ._tracecontext import (
 from ._version import __version__
 
 _cached: tuple[Any, Any] = (None, None)  # (provider, tracer)
+_UNKNOWN = object()
+# A provider named by the environment, which the API sets on its first request for one.
+_PROVIDER_IN_ENVIRONMENT = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
 def active_tracer() -> Any | None:
@@ -34,7 +40,13 @@ def active_tracer() -> Any | None:
     trace = sys.modules.get("opentelemetry.trace")
     if trace is None:
         return None
-    provider = trace.get_tracer_provider()
+    # The provider set, read as the API's own proxy tracers read it: while none is set,
+    # get_tracer_provider() looks the environment up on every call (most of a µs).
+    provider: Any = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is None and not _PROVIDER_IN_ENVIRONMENT:
+        return None
+    if provider is None or provider is _UNKNOWN:
+        provider = trace.get_tracer_provider()
     global _cached
     cached_provider, tracer = _cached
     if provider is cached_provider:
@@ -209,3 +221,64 @@ class RunSpan:
         if exc_info[1] is not None and self._outcome is None:
             self.outcome("error")
         self._scope.__exit__(*exc_info)
+
+
+CACHE_RESULT = "commclient.cache.result"
+
+_cache_span: ContextVar[CacheSpan | None] = ContextVar("commclient_cache_span", default=None)
+
+
+class CacheSpan:
+    """The span of one cache operation, current while it runs (a loader's calls are its
+    children). What the operation found is told by :func:`cache_result` and
+    :func:`cache_event`, from where the cache counts it, to the span of the operation
+    running in this context.
+
+    An error that escapes the operation sets ``error.type`` and the span's status, as a
+    call's span does; the exception's text is not recorded (a loader's error may carry
+    anything).
+    """
+
+    __slots__ = ("_context", "_otel_token", "_token", "_trace", "open", "span")
+
+    def __init__(self, tracer: Any, name: str, attributes: Mapping[str, Any]) -> None:
+        from opentelemetry import context, trace
+
+        self._trace = trace
+        self._context = context
+        self.span = tracer.start_span(
+            name, context=parent_context(), kind=trace.SpanKind.INTERNAL, attributes=attributes
+        )
+        self.open = False
+
+    def __enter__(self) -> CacheSpan:
+        self._otel_token = self._context.attach(self._trace.set_span_in_context(self.span))
+        self._token = _cache_span.set(self)
+        self.open = True
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        # Tasks and threads started meanwhile (the local tier's listener) keep a copy of
+        # this context: ``open`` stops them telling an ended span.
+        self.open = False
+        _cache_span.reset(self._token)
+        self._context.detach(self._otel_token)
+        error = exc_info[1]
+        if error is not None:
+            _conclude(self._trace, self.span, None, type(error).__name__)
+        self.span.end()
+
+
+def cache_result(result: str) -> None:
+    """What the cache operation running here found (the last word counts: a hit found
+    stale is ``stale``). Called on every hit: one context variable read when untraced."""
+    span = _cache_span.get()
+    if span is not None and span.open:
+        span.span.set_attribute(CACHE_RESULT, result)
+
+
+def cache_event(name: str, attributes: Mapping[str, Any]) -> None:
+    """Something that happened during the cache operation running here."""
+    span = _cache_span.get()
+    if span is not None and span.open:
+        span.span.add_event(name, attributes)

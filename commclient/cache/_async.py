@@ -377,19 +377,20 @@ class AsyncRedisCache(CoreFacade):
         """
         core = self._core
         plan = core.plan(key)
-        epoch = 0
-        if core.local_tier_enabled:
-            value = core.local_get(plan, model)
-            if value is not MISSING:
-                return value
-            self._ensure_listener()
-            epoch = core.local_epoch()
-        read = await self._read(plan)
-        if read is None:
-            core.unavailable(plan)
-            return default
-        value = await self._decode(plan, read, model, epoch)
-        return default if value is MISSING or value is MISMATCH else value
+        with core.traced("get", key):
+            epoch = 0
+            if core.local_tier_enabled:
+                value = core.local_get(plan, model)
+                if value is not MISSING:
+                    return value
+                self._ensure_listener()
+                epoch = core.local_epoch()
+            read = await self._read(plan)
+            if read is None:
+                core.unavailable(plan)
+                return default
+            value = await self._decode(plan, read, model, epoch)
+            return default if value is MISSING or value is MISMATCH else value
 
     async def get_raw(self, key: str, *, default: Any = None) -> Any:
         """The decoded JSON at ``key`` without model validation, or ``default``."""
@@ -407,12 +408,14 @@ class AsyncRedisCache(CoreFacade):
         cache.set(...)`` still reads "confirmed"; every local tier drops the key either way.
         """
         self._check_open()
-        return await self._run(flows.set_value(self._core, key, value, ttl_milliseconds(ttl)))
+        with self._core.traced("set", key):
+            return await self._run(flows.set_value(self._core, key, value, ttl_milliseconds(ttl)))
 
     async def delete(self, key: str) -> bool:
         """Delete ``key`` everywhere (Redis, and every local tier); ``True`` if it existed."""
         self._check_open()
-        return await self._run(flows.delete(self._core, key))
+        with self._core.traced("delete", key):
+            return await self._run(flows.delete(self._core, key))
 
     async def invalidate(self, pattern: str, *parts: object, strict: bool = False) -> int:
         """Delete every key matching the glob ``pattern``, broadcast it; return how many.
@@ -427,13 +430,15 @@ class AsyncRedisCache(CoreFacade):
         :class:`CacheUnavailableError` instead (to retry it, as the middleware does).
         """
         self._check_open()
-        return await self._run(flows.invalidate(self._core, pattern, parts, strict=strict))
+        with self._core.traced("invalidate", pattern=pattern):
+            return await self._run(flows.invalidate(self._core, pattern, parts, strict=strict))
 
     async def invalidate_group(self, group: str) -> bool:
         """Invalidate every key of ``group`` with one INCR, then broadcast; ``False`` if
         Redis could not be reached."""
         self._check_open()
-        return await self._run(flows.invalidate_group(self._core, group))
+        with self._core.traced("invalidate_group", group=group):
+            return await self._run(flows.invalidate_group(self._core, group))
 
     # -- read-through -------------------------------------------------------------------
 
@@ -506,39 +511,46 @@ class AsyncRedisCache(CoreFacade):
         ttl_ms = ttl_milliseconds(ttl)
         stale_s = ttl_seconds(stale_ttl, "stale_ttl") if stale_ttl else 0.0
         early_s = ttl_seconds(early_refresh, "early_refresh") if early_refresh else 0.0
-        # The local tier does not serve a value in its early-refresh window: Redis decides.
-        value = core.local_get(plan, model, stale_s + early_s)
-        if value is not MISSING:
-            return value
-        self._ensure_listener()
-        job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
-        flight_key = (key, model)
-        if not (stale_s or early_s) and core.lease_first():
-            # Mostly misses of late: read with the lease (a miss in two round trips),
-            # unless a load of this key is in flight here (then read, and join on a miss).
-            fill = partial(self._run, flows.fill(core, job, first_read=True), loader)
-            shared = await self._flights.lead(flight_key, job.epoch, fill)
-            if shared is not None:
-                return self._private(shared, model)
-        read = await self._read(plan, with_ttl=stale_s > 0 or early_s > 0)
-        if read is None:
-            core.unavailable(plan)
-            return await self._join(flight_key, job.epoch, partial(flows.load, core, job), loader)
-        value = await self._decode(plan, read, model, job.epoch)
-        core.read_through(value is MISSING)
-        if value is MISMATCH:
-            return await self._join(flight_key, job.epoch, partial(flows.load, core, job), loader)
-        if value is MISSING:
-            return await self._join(flight_key, job.epoch, partial(flows.fill, core, job), loader)
-        fresh = core.is_fresh(read, stale_s) and not core.refresh_early(read, stale_s, early_s)
-        if fresh or flight_key in self._flights:
-            return value
-        refresh = partial(flows.refresh, core, job, read.generation, value)
-        try:
-            return await self._join(flight_key, job.epoch, refresh, loader)
-        except Exception as error:
-            core.refresh_failed(plan, error)
-            return value
+        with core.traced("get_or_set", key):
+            # The local tier does not serve a value in its early-refresh window: Redis decides.
+            value = core.local_get(plan, model, stale_s + early_s)
+            if value is not MISSING:
+                return value
+            self._ensure_listener()
+            job = flows.ReadThrough(plan, ttl_ms, stale_s, model, core.local_epoch())
+            flight_key = (key, model)
+            if not (stale_s or early_s) and core.lease_first():
+                # Mostly misses of late: read with the lease (a miss in two round trips),
+                # unless a load of this key is in flight here (then read, and join on a miss).
+                fill = partial(self._run, flows.fill(core, job, first_read=True), loader)
+                shared = await self._flights.lead(flight_key, job.epoch, fill)
+                if shared is not None:
+                    return self._private(shared, model)
+            read = await self._read(plan, with_ttl=stale_s > 0 or early_s > 0)
+            if read is None:
+                core.unavailable(plan)
+                return await self._join(
+                    flight_key, job.epoch, partial(flows.load, core, job), loader
+                )
+            value = await self._decode(plan, read, model, job.epoch)
+            core.read_through(value is MISSING)
+            if value is MISMATCH:
+                return await self._join(
+                    flight_key, job.epoch, partial(flows.load, core, job), loader
+                )
+            if value is MISSING:
+                return await self._join(
+                    flight_key, job.epoch, partial(flows.fill, core, job), loader
+                )
+            fresh = core.is_fresh(read, stale_s) and not core.refresh_early(read, stale_s, early_s)
+            if fresh or flight_key in self._flights:
+                return value
+            refresh = partial(flows.refresh, core, job, read.generation, value)
+            try:
+                return await self._join(flight_key, job.epoch, refresh, loader)
+            except Exception as error:
+                core.refresh_failed(plan, error)
+                return value
 
     async def _join(
         self,

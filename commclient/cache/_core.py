@@ -17,17 +17,19 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from commclient._correlation import correlation_id_ctx
+from commclient._tracing import CacheSpan, active_tracer, cache_event, cache_result
 
 from ._codec import Codec, CorruptValueError, ModelMismatchError, caller_copy
 from ._config import CacheConfig
 from ._exceptions import CacheError, LoaderFailedError
-from ._instruments import CacheMetrics
+from ._instruments import LOCAL_HIT, STALE, CacheMetrics
 from ._keys import KeyLayout, group_of, validate_group, validate_key, validate_pattern
 from ._local import MISSING, LocalTier
 from ._messages import InvalidationMessage, new_origin_id
@@ -54,6 +56,9 @@ LEASE_FIRST_ABOVE = 0.25
 """The running miss rate above which ``get_or_set`` reads with the read-or-lease script
 (a miss in two round trips, a hit a few microseconds dearer) rather than a plain ``MGET``
 (a hit as cheap as a ``GET``, a miss in three): about where the two cost the same."""
+
+
+_UNTRACED: AbstractContextManager[None] = nullcontext()
 
 
 class _Marker:
@@ -259,6 +264,33 @@ class CacheCore:
             extra["error"] = str(error)[:300]
         logger.log(level, message, extra=extra, exc_info=exc_info)
 
+    def traced(
+        self,
+        operation: str,
+        key: str | None = None,
+        *,
+        group: str | None = None,
+        pattern: str | None = None,
+    ) -> AbstractContextManager[object]:
+        """The span of the public ``operation`` (``with``), when a tracer provider is set;
+        otherwise a context that does nothing (module ``commclient._tracing``).
+
+        Its attributes are those the logs carry: the cache's name, the key or pattern as
+        given, and the group (the key's, or the one invalidated).
+        """
+        tracer = active_tracer()
+        if tracer is None:
+            return _UNTRACED
+        attributes = {"commclient.cache.name": self.name}
+        if key is not None:
+            attributes["commclient.cache.key"] = key
+            group = group_of(key)
+        if group is not None:
+            attributes["commclient.cache.group"] = group
+        if pattern is not None:
+            attributes["commclient.cache.pattern"] = pattern
+        return CacheSpan(tracer, f"cache {operation}", attributes)
+
     # -- keys ---------------------------------------------------------------------------
 
     def plan(self, key: str) -> KeyPlan:
@@ -345,7 +377,7 @@ class CacheCore:
             # for another model, which Redis will answer (and reject) just the same.
             return MISSING
         if value is not MISSING:
-            self.metrics.hit(plan.group)
+            self.metrics.hit(plan.group, LOCAL_HIT)
         return value
 
     def local_epoch(self) -> int:
@@ -438,8 +470,12 @@ class CacheCore:
 
     @staticmethod
     def is_fresh(read: Read, stale_seconds: float) -> bool:
-        """With serve-stale, the last ``stale_seconds`` of a value's Redis TTL are stale."""
-        return stale_seconds <= 0 or read.ttl_ms > stale_seconds * 1000
+        """With serve-stale, the last ``stale_seconds`` of a value's Redis TTL are stale
+        (a hit, which the operation's span calls ``stale``)."""
+        if stale_seconds <= 0 or read.ttl_ms > stale_seconds * 1000:
+            return True
+        cache_result(STALE)
+        return False
 
     # -- writes -------------------------------------------------------------------------
 
@@ -565,6 +601,12 @@ class CacheCore:
             return None
         self.metrics.error("get_or_set", "loader_failed_elsewhere")
         return LoaderFailedError(plan.key, holder[len(FAILURE_MARK) :])
+
+    @staticmethod
+    def waiting_for_lease() -> None:
+        """Another process holds the key's lease: this caller waits for its value (an
+        event of the operation's span)."""
+        cache_event("lease_wait", {})
 
     def renew_lease_args(self, plan: KeyPlan, token: str) -> tuple[list[str], list[str | int]]:
         return [plan.lease_key], [token, self.lease_ms()]

@@ -367,7 +367,9 @@ def fill(core: CacheCore, job: ReadThrough, *, first_read: bool = False) -> Flow
         failure = core.failed_elsewhere(plan, holder)
         if failure is not None:
             raise failure
-        first_holder = first_holder or holder
+        if not first_holder:
+            core.waiting_for_lease()
+            first_holder = holder
         if time.monotonic() >= deadline:
             return (
                 yield from load_and_store(core, job, read.generation, first_holder, watched=True)

@@ -18,8 +18,17 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
 
 from commclient._metrics import metric_family
+from commclient._tracing import cache_event, cache_result
 
 OTHER_KEY_PATTERN = "other"
+
+# What a lookup found, as its span says (``commclient.cache.result``): the hits and misses
+# counted here, a hit told apart by where it came from, and a Redis hit past its ``ttl``
+# (served while refreshed, with ``stale_ttl``) called stale.
+HIT = "hit"
+LOCAL_HIT = "local_hit"
+MISS = "miss"
+STALE = "stale"
 DURATION_BUCKETS = (
     0.0001,
     0.00025,
@@ -171,17 +180,19 @@ class CacheMetrics:
         )
         return hit, miss
 
-    def hit(self, group: str) -> None:
+    def hit(self, group: str, result: str = HIT) -> None:
         tick = self._hits.get(group)
         if tick is None:
             tick = self._pattern_children(group)[0]
         tick()
+        cache_result(result)
 
     def miss(self, group: str) -> None:
         child = self._misses.get(group)
         if child is None:
             child = self._pattern_children(group)[1]
         child.inc()
+        cache_result(MISS)
 
     def observe(self, operation: str, seconds: float) -> None:
         child = self._durations.get(operation)
@@ -203,6 +214,9 @@ class CacheMetrics:
                 lambda: self._errors_family.labels(self.cache_name, operation, error_type),
             )
         child.inc()
+        cache_event(
+            "cache_error", {"commclient.cache.operation": operation, "error.type": error_type}
+        )
 
     def invalidation(self, kind: str, direction: str) -> None:
         label = (kind, direction)

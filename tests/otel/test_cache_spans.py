@@ -1,0 +1,269 @@
+"""A span per cache operation (sync and async caches, a real redis-server): what the lookup
+found, in the words of the cache's metrics, the group, errors, lease waits, and the
+loader's calls as its children."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import CollectorRegistry
+
+from commclient import AsyncServiceClient, ClientConfig, SyncServiceClient
+from commclient.cache import AsyncRedisCache, CacheConfig, SyncRedisCache
+from tests.http_server import ServerProcess
+from tests.otel.spantree import ancestors
+from tests.redis_server import RedisServer, free_port
+
+WORLDS = ["sync", "async"]
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def http_url() -> Iterator[str]:
+    with ServerProcess() as server:
+        yield server.base_url
+
+
+async def settle(result: Any) -> Any:
+    """A sync cache's result, or an async cache's, awaited."""
+    return await result if inspect.isawaitable(result) else result
+
+
+def make_cache(world: str, url: str, prefix: str, **config: Any) -> Any:
+    kind = SyncRedisCache if world == "sync" else AsyncRedisCache
+    return kind.from_url(url, prefix, config=CacheConfig(**config), registry=CollectorRegistry())
+
+
+async def close(cache: Any) -> None:
+    await settle(cache.close())
+
+
+def cache_spans(spans: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [s for s in spans.get_finished_spans() if s.name.startswith("cache ")]
+
+
+def summary(span: ReadableSpan) -> tuple[str, object, object, object]:
+    attributes = span.attributes or {}
+    return (
+        span.name,
+        attributes.get("commclient.cache.key"),
+        attributes.get("commclient.cache.group"),
+        attributes.get("commclient.cache.result"),
+    )
+
+
+def run(body: Callable[[], Any]) -> Any:
+    return asyncio.run(body())
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_reads_say_hit_miss_and_local_hit(
+    world: str, redis_url: str, spans: InMemorySpanExporter
+) -> None:
+    async def body() -> None:
+        cache = make_cache(world, redis_url, f"reads-{world}", local_tier_size=100)
+        assert await settle(cache.start())
+        await settle(cache.set("user:1", {"name": "Ada"}))
+        spans.clear()
+        assert await settle(cache.get("user:1")) == {"name": "Ada"}  # from Redis
+        assert await settle(cache.get("user:1")) == {"name": "Ada"}  # kept locally
+        assert await settle(cache.get("user:2")) is None
+        await close(cache)
+
+    run(body)
+    found = cache_spans(spans)
+    assert [summary(s) for s in found] == [
+        ("cache get", "user:1", "user", "hit"),
+        ("cache get", "user:1", "user", "local_hit"),
+        ("cache get", "user:2", "user", "miss"),
+    ]
+    for span in found:
+        assert span.kind is SpanKind.INTERNAL
+        assert span.attributes is not None
+        assert span.attributes["commclient.cache.name"] == f"reads-{world}"
+        assert span.status.status_code is StatusCode.UNSET
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_a_value_past_its_ttl_is_stale_and_refreshed_inside_the_span(
+    world: str, redis_url: str, spans: InMemorySpanExporter
+) -> None:
+    loads: list[int] = []
+
+    def load() -> dict[str, int]:
+        loads.append(1)
+        return {"theme": 2}
+
+    async def aload() -> dict[str, int]:
+        return load()
+
+    async def body() -> Any:
+        cache = make_cache(world, redis_url, f"stale-{world}")
+        # 30 s left of a value kept 60 s past its ttl: in its stale window.
+        await settle(cache.set("settings:global", {"theme": 1}, ttl=30))
+        spans.clear()
+        loader = load if world == "sync" else aload
+        value = await settle(cache.get_or_set("settings:global", loader, stale_ttl=60))
+        await close(cache)
+        return value
+
+    assert run(body) == {"theme": 2}  # this caller refreshed it (others are served the old)
+    assert loads == [1]
+    assert [summary(s) for s in cache_spans(spans)] == [
+        ("cache get_or_set", "settings:global", "settings", "stale")
+    ]
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_a_loaders_call_is_a_child_of_the_get_or_set_span(
+    world: str, redis_url: str, http_url: str, spans: InMemorySpanExporter
+) -> None:
+    config = ClientConfig(max_retries=1, timeout=5)
+
+    async def body() -> Any:
+        cache = make_cache(world, redis_url, f"loader-{world}")
+        if world == "sync":
+            client: Any = SyncServiceClient(
+                http_url, service_name="cache-test", target_service="users", config=config
+            )
+
+            def loader() -> Any:
+                return client.get("/echo/users/7")["path"]
+
+        else:
+            client = AsyncServiceClient(
+                http_url, service_name="cache-test", target_service="users", config=config
+            )
+
+            async def loader() -> Any:  # type: ignore[misc]
+                return (await client.get("/echo/users/7"))["path"]
+
+        spans.clear()
+        value = await settle(cache.get_or_set("user:7", loader))
+        await settle(client.close())
+        await close(cache)
+        return value
+
+    assert run(body) == "/echo/users/7"
+    finished = spans.get_finished_spans()
+    [outer] = cache_spans(spans)
+    assert summary(outer) == ("cache get_or_set", "user:7", "user", "miss")
+    calls = [s for s in finished if s.name.startswith("GET ")]
+    assert calls, [s.name for s in finished]
+    for call in calls:
+        assert outer.context.span_id in ancestors(call, finished)
+        assert call.context.trace_id == outer.context.trace_id
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_writes_and_invalidations_have_spans_with_their_group(
+    world: str, redis_url: str, spans: InMemorySpanExporter
+) -> None:
+    async def body() -> None:
+        cache = make_cache(world, redis_url, f"writes-{world}")
+        spans.clear()
+        await settle(cache.set("order:1", {"total": 3}))
+        await settle(cache.delete("order:1"))
+        await settle(cache.invalidate("order:*"))
+        await settle(cache.invalidate_group("order"))
+        await close(cache)
+
+    run(body)
+    found = cache_spans(spans)
+    assert [summary(s) for s in found] == [
+        ("cache set", "order:1", "order", None),
+        ("cache delete", "order:1", "order", None),
+        ("cache invalidate", None, None, None),
+        ("cache invalidate_group", None, "order", None),
+    ]
+    assert (found[2].attributes or {}).get("commclient.cache.pattern") == "order:*"
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_a_failing_loader_sets_the_error_type(
+    world: str, redis_url: str, spans: InMemorySpanExporter
+) -> None:
+    def load() -> Any:
+        raise LookupError("no such user")
+
+    async def aload() -> Any:
+        return load()
+
+    async def body() -> None:
+        cache = make_cache(world, redis_url, f"errors-{world}")
+        spans.clear()
+        with pytest.raises(LookupError):
+            await settle(cache.get_or_set("user:9", load if world == "sync" else aload))
+        await close(cache)
+
+    run(body)
+    [span] = cache_spans(spans)
+    assert summary(span) == ("cache get_or_set", "user:9", "user", "miss")
+    assert (span.attributes or {}).get("error.type") == "LookupError"
+    assert span.status.status_code is StatusCode.ERROR
+    assert "no such user" not in str(span.status.description)
+    assert not span.events  # the text of a loader's error is not recorded
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_redis_unreachable_is_a_miss_with_the_failure_as_an_event(
+    world: str, spans: InMemorySpanExporter
+) -> None:
+    async def body() -> Any:
+        cache = make_cache(world, f"redis://127.0.0.1:{free_port()}/0", f"down-{world}")
+        spans.clear()
+        value = await settle(cache.get("user:1", default="absent"))
+        await close(cache)
+        return value
+
+    assert run(body) == "absent"
+    [span] = cache_spans(spans)
+    assert summary(span) == ("cache get", "user:1", "user", "miss")
+    assert span.status.status_code is StatusCode.UNSET  # the cache absorbed the failure
+    [event] = span.events
+    assert event.name == "cache_error"
+    assert dict(event.attributes or {}) == {
+        "commclient.cache.operation": "get",
+        "error.type": "ConnectionError",
+    }
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_waiting_for_another_process_lease_is_an_event(
+    world: str, redis_url: str, spans: InMemorySpanExporter
+) -> None:
+    async def body() -> Any:
+        cache = make_cache(
+            world, redis_url, f"lease-{world}", lease_wait=0.05, lease_poll_interval=0.01
+        )
+        lease_key = cache._core.plan("report:1").lease_key
+        redis.Redis.from_url(redis_url).set(lease_key, "another-process", px=60_000)
+
+        def load() -> str:
+            return "mine"
+
+        async def aload() -> str:
+            return load()
+
+        spans.clear()
+        value = await settle(cache.get_or_set("report:1", load if world == "sync" else aload))
+        await close(cache)
+        return value
+
+    assert run(body) == "mine"
+    [span] = cache_spans(spans)
+    assert summary(span) == ("cache get_or_set", "report:1", "report", "miss")
+    assert [event.name for event in span.events] == ["lease_wait"]
