@@ -55,8 +55,9 @@ def install(pool: Any) -> bool:
         hasattr(pool, name) for name in _POOL_ATTRIBUTES
     ):
         return False
-    pool._next_sweep = 0.0
-    pool._assign_requests_to_connections = types.MethodType(assign, pool)
+    target: Any = pool  # attributes httpcore's class does not declare
+    target._next_sweep = 0.0
+    target._assign_requests_to_connections = types.MethodType(assign, target)
     return True
 
 
@@ -88,9 +89,7 @@ def assign(pool: Any) -> list[Any]:
                 connection = pool.create_connection(origin)
                 connections.append(connection)
             else:
-                idle = next(
-                    (c for c in connections if c.is_idle() and id(c) not in promised), None
-                )
+                idle = next((c for c in connections if c.is_idle() and id(c) not in promised), None)
                 if idle is None:
                     continue  # waits for a connection to be released
                 connections.remove(idle)
@@ -127,10 +126,9 @@ def _sweep(pool: Any, closing: list[Any], now: float) -> None:
     for connection in list(connections):
         if connection.is_closed():
             connections.remove(connection)
-        elif connection.has_expired():
-            connections.remove(connection)
-            closing.append(connection)
-        elif connection.is_idle() and len(connections) > pool._max_keepalive_connections:
+        elif connection.has_expired() or (
+            connection.is_idle() and len(connections) > pool._max_keepalive_connections
+        ):
             connections.remove(connection)
             closing.append(connection)
     pool._next_sweep = now + SWEEP_SECONDS
