@@ -334,12 +334,41 @@ def unfaithful(value: object) -> str | None:
     JSON turns a tuple into a list and an ``int`` key into a ``str``: a reader would get
     another value than the writer stored (and a cache miss another value than a hit),
     so such values are refused rather than converted. Iterative: a value nested deeper
-    than Python recurses was already refused by :func:`json.dumps`.
+    than Python recurses was already refused by :func:`json.dumps`. Every loaded value
+    is checked: the walk that names where the problem is runs only once one was found.
     """
+    if _plain_json(value):
+        return None
+    return _where_unfaithful(value)
+
+
+_PLAIN = (str, int, float)
+
+
+def _plain_json(value: object) -> bool:
+    """Whether ``value`` is made of dicts with ``str`` keys, lists and scalars only."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, _PLAIN) or item is None:
+            continue
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    return False
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        else:
+            return False
+    return True
+
+
+def _where_unfaithful(value: object) -> str | None:
     pending: list[tuple[object, str]] = [(value, "the value")]
     while pending:
         item, where = pending.pop()
-        if isinstance(item, (str, int, float)) or item is None:
+        if isinstance(item, _PLAIN) or item is None:
             continue
         if isinstance(item, dict):
             for key, member in item.items():

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import secrets
 import threading
 import time
 import weakref
@@ -183,7 +182,7 @@ def fresh_generation() -> str:
     Drawn from a generator of the cache's own (a caller seeding ``random`` cannot make
     processes draw alike), seeded by the OS: every miss and write sends one, and the
     OS's own randomness costs a system call each time."""
-    return str(_generations.randrange(1, 2**40))
+    return str(_generations.getrandbits(40) or 1)
 
 
 def _text(value: bytes | str) -> str:
@@ -537,7 +536,10 @@ class CacheCore:
 
     @staticmethod
     def new_lease_token() -> str:
-        return secrets.token_hex(16)
+        """A lease's owner: 128 random bits from the cache's own generator (distinct per
+        process, forked children included; a system call per miss for the OS's would
+        cost more than the rest of the token)."""
+        return f"{_generations.getrandbits(128):032x}"
 
     def lease_ms(self) -> int:
         return max(1, round(self.config.lease_ttl * 1000))

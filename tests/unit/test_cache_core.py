@@ -30,12 +30,14 @@ from commclient.cache import (
     glob_matches,
     group_of,
 )
+from commclient.cache import _core as _core_module
 from commclient.cache._codec import Codec, CorruptValueError, ModelMismatchError, copier, share
 from commclient.cache._core import CacheCore
 from commclient.cache._instruments import CacheMetrics
 from commclient.cache._keys import KeyLayout, validate_key, validate_prefix
 from commclient.cache._local import MISSING, LocalTier
 from tests import conftest_cache
+from tests.forking import in_forked_child, needs_fork
 
 redis_server = conftest_cache.redis_server
 redis_url = conftest_cache.redis_url
@@ -531,3 +533,21 @@ def test_config_defaults() -> None:
     assert config.operation_timeout == 0.1
     assert config.local_tier_size == 0
     assert config.channel == "cache:invalidation"
+
+
+@needs_fork
+def test_lease_tokens_are_128_random_bits_of_their_own_in_a_forked_child() -> None:
+    tokens = {CacheCore.new_lease_token() for _ in range(100)}
+    assert len(tokens) == 100
+    assert all(re.fullmatch("[0-9a-f]{32}", token) for token in tokens)
+    generator = _core_module._generations
+    before = generator.getstate()
+    parent_next = CacheCore.new_lease_token()
+    # The child inherits the state that drew ``parent_next``: only its reseeding at the
+    # fork makes its token another one.
+    generator.setstate(before)
+
+    def child() -> int:
+        return 1 if CacheCore.new_lease_token() != parent_next else 0
+
+    assert in_forked_child(child, timeout=10) == 1
