@@ -208,6 +208,7 @@ class CacheCore:
         self.codec = Codec(self.config.max_value_bytes)
         self.metrics = CacheMetrics(registry, self.name, self.config.max_key_patterns)
         self.local_tier_enabled = self.config.local_tier_size > 0
+        self._lease_ms = max(1, round(self.config.lease_ttl * 1000))
         self._plans: dict[str, KeyPlan] = {}
         self._generations: dict[str, str] = {}
         self._mismatches_logged: set[tuple[str, str]] = set()
@@ -542,7 +543,7 @@ class CacheCore:
         return f"{_generations.getrandbits(128):032x}"
 
     def lease_ms(self) -> int:
-        return max(1, round(self.config.lease_ttl * 1000))
+        return self._lease_ms
 
     def lease_renew_interval(self) -> float:
         """How often a loader's lease is extended: three times per lease TTL, so that a
