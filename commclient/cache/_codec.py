@@ -404,6 +404,22 @@ def _is_json(data: bytes | str) -> bool:
     return True
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)``, through the scanner alone when ``text`` is one JSON value
+    with nothing around it (every value this cache stores): ``json.loads`` adds two
+    regular-expression matches and two Python calls to each read and miss."""
+    try:
+        value, end = _DECODER.scan_once(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        end = -1
+    if end != len(text):
+        return json.loads(text)  # whitespace around it, more after it, or not JSON
+    return value
+
+
 _ENCODER = json.JSONEncoder(
     default=_jsonable, ensure_ascii=False, allow_nan=False, separators=(",", ":")
 )
@@ -443,7 +459,7 @@ class Codec:
         try:
             if model is None:
                 # A str skips json's detection of the bytes' encoding (always UTF-8 here).
-                return json.loads(data.decode() if isinstance(data, bytes) else data)
+                return _loads(data.decode() if isinstance(data, bytes) else data)
             if _has_pydantic():
                 # By name or by alias: values are stored by field name, and a model
                 # with aliases may validate by alias only.

@@ -78,31 +78,35 @@ class LeaseRenewer:
 
     def _add(self, interval: float, renew: Callable[[], object]) -> _Lease:
         lease = _Lease(interval, renew, time.monotonic() + interval)
-        with self._condition:
-            self._leases.add(lease)
-            self._idle_wait = interval
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="commclient-cache-lease-renewer", daemon=True
-                )
-                self._thread.start()
-            elif lease.due < self._wakes_at:
-                self._condition.notify()
+        # A set's add and discard are atomic: the lock is only for waking the thread.
+        self._leases.add(lease)
+        if self._thread is None or lease.due < self._wakes_at:
+            with self._condition:
+                self._idle_wait = interval
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="commclient-cache-lease-renewer", daemon=True
+                    )
+                    self._thread.start()
+                elif lease.due < self._wakes_at:
+                    self._condition.notify()
         return lease
 
     def _remove(self, lease: _Lease) -> None:
-        with self._condition:
-            self._leases.discard(lease)
+        self._leases.discard(lease)
 
     def _next_due(self, now: float) -> _Lease | None:
         """A lease due by ``now``, rescheduled, if any; else ``None`` and ``_wakes_at`` set."""
         soonest = now + self._idle_wait
-        for lease in self._leases:
+        for lease in list(self._leases):  # a copy: misses add and remove meanwhile
             if lease.due <= now:
                 lease.due = now + lease.interval
                 return lease
             soonest = min(soonest, lease.due)
         self._wakes_at = soonest
+        # A lease added while the copy was made compared its due time with the previous
+        # ``_wakes_at`` (without the lock): it is in the set by now.
+        self._wakes_at = min([soonest, *(lease.due for lease in list(self._leases))])
         return None
 
     def _run(self) -> None:
