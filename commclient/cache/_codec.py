@@ -404,7 +404,7 @@ def _is_json(data: bytes | str) -> bool:
     return True
 
 
-_DECODER = json.JSONDecoder()
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _loads(text: str) -> Any:
@@ -412,7 +412,7 @@ def _loads(text: str) -> Any:
     with nothing around it (every value this cache stores): ``json.loads`` adds two
     regular-expression matches and two Python calls to each read and miss."""
     try:
-        value, end = _DECODER.scan_once(text, 0)
+        value, end = _SCAN(text, 0)
     except (StopIteration, ValueError, RecursionError):
         end = -1
     if end != len(text):
