@@ -551,3 +551,40 @@ def test_lease_tokens_are_128_random_bits_of_their_own_in_a_forked_child() -> No
         return 1 if CacheCore.new_lease_token() != parent_next else 0
 
     assert in_forked_child(child, timeout=10) == 1
+
+
+def test_duration_and_miss_metrics_read_as_prometheus_own_would() -> None:
+    from prometheus_client import Counter, Histogram
+
+    from commclient.cache._instruments import DURATION_BUCKETS
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    metrics = CacheMetrics(ours, "timed", 64)
+    plain = Histogram(
+        "redis_cache_operations_duration_seconds",
+        "d",
+        ("cache_name", "operation"),
+        buckets=DURATION_BUCKETS,
+        registry=theirs,
+    ).labels("timed", "get")
+    misses = Counter("redis_cache_misses", "m", ("cache_name", "key_pattern"), registry=theirs)
+    samples = [0.0, 0.00005, 0.0001, 0.00011, 0.003, 0.25, 0.9999, 1.0, 7.5, 1e9]
+    for seconds in samples:
+        metrics.observe("get", seconds)
+        plain.observe(seconds)
+        metrics.miss("user")
+        misses.labels("timed", "user").inc()
+
+    def read(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name, sample.labels.get("le", "")): sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+            and sample.name.startswith(("redis_cache_operations", "redis_cache_misses"))
+        }
+
+    expected = read(theirs)
+    assert read(ours) == expected
+    assert expected[("redis_cache_operations_duration_seconds_count", "")] == len(samples)
+    assert expected[("redis_cache_misses_total", "")] == len(samples)
