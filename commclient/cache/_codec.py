@@ -404,6 +404,14 @@ def _is_json(data: bytes | str) -> bool:
     return True
 
 
+def _equal(read: object, value: object) -> bool:
+    """``read == value``, ``False`` where comparing them fails."""
+    try:
+        return bool(read == value)
+    except Exception:
+        return False
+
+
 _SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
@@ -437,22 +445,32 @@ class Codec:
         would not read back as it is: as plain JSON, or, with a ``model`` (a loader's
         value), as that model (a ``NamedTuple``, ``tuple[int, str]``, ``dict[int, str]``
         read back faithfully through it)."""
+        return self.encode_and_read(key, value, model)[0]
+
+    def encode_and_read(self, key: str, value: object, model: Any = None) -> tuple[bytes, Any]:
+        """:meth:`encode`, and what its JSON decodes to (a new object, equal to ``value``
+        when it is plain JSON). The decoded copy is also the faithfulness check: a value
+        equal to what its JSON reads back as needs no walk through it; any other is
+        walked, to find what would change (or, for a model instance, to accept it)."""
         try:
-            data = _ENCODER.encode(value).encode()
+            text = _ENCODER.encode(value)
+            data = text.encode()
         except (TypeError, ValueError, RecursionError) as error:
             raise CacheSerializationError(
                 f"value for cache key {key!r} cannot be stored as JSON: {error}"
             ) from error
-        problem = unfaithful(value)
-        if problem is not None and model is not None and _reads_back_as(model, data, value):
-            problem = None
-        if problem is not None:
-            raise CacheSerializationError(
-                f"value for cache key {key!r} would not read back as stored: {problem}"
-            )
+        read = _loads(text)
+        if not _equal(read, value):
+            problem = unfaithful(value)
+            if problem is not None and model is not None and _reads_back_as(model, data, value):
+                problem = None
+            if problem is not None:
+                raise CacheSerializationError(
+                    f"value for cache key {key!r} would not read back as stored: {problem}"
+                )
         if len(data) > self.max_value_bytes:
             raise CacheValueTooLargeError(key, len(data), self.max_value_bytes)
-        return data
+        return data, read
 
     def decode(self, data: bytes | str, model: Any = None) -> Any:
         """Return the value in ``data``, validated as ``model`` when one is given."""

@@ -446,6 +446,12 @@ class CacheCore:
     def encode(self, key: str, value: object, model: Any = None) -> bytes:
         return self.codec.encode(key, value, model)
 
+    def encode_loaded(self, key: str, value: object, model: Any) -> tuple[bytes, Any]:
+        """A loaded ``value``'s JSON bytes, and the value as a hit returns it (see
+        :meth:`as_read`), from one encoding and one decoding."""
+        data, read = self.codec.encode_and_read(key, value, model)
+        return data, (value if model is not None else read)
+
     def validate(self, value: object, model: Any) -> Any:
         return self.codec.validate(value, model)
 

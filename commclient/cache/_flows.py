@@ -411,7 +411,7 @@ def load_and_store(
         keep_alive = Call("lease_renew", Command.RENEW_LEASE, renew_keys, renew_args)
     try:
         value = core.validate((yield Load(keep_alive)), job.model)
-        data = core.encode(plan.key, value, job.model)
+        data, read = core.encode_loaded(plan.key, value, job.model)
     except (CacheValueTooLargeError, CacheSerializationError) as error:
         core.unstorable_load(plan, error)
         yield from release(core, plan, token_held)
@@ -425,9 +425,8 @@ def load_and_store(
         plan, data, ttl_ms, generation, lease_token=token, replaces=replaces, watched_lease=watched
     )
     written = yield Call("set", Command.WRITE, keys, args)
-    value = core.as_read(value, job.model, data)
-    core.loaded(plan, data, ttl_ms, job.model, value, job.epoch, stored=written == 1)
-    return Superseded(value) if written == 0 else value
+    core.loaded(plan, data, ttl_ms, job.model, read, job.epoch, stored=written == 1)
+    return Superseded(read) if written == 0 else read
 
 
 def release(
