@@ -588,3 +588,22 @@ def test_duration_and_miss_metrics_read_as_prometheus_own_would() -> None:
     assert read(ours) == expected
     assert expected[("redis_cache_operations_duration_seconds_count", "")] == len(samples)
     assert expected[("redis_cache_misses_total", "")] == len(samples)
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (b'{"a":[1,2.5,null,true]}', {"a": [1, 2.5, None, True]}),
+        (b' {"a":1}\n', {"a": 1}),  # whitespace around the value, as json.loads allows
+        ('"caf\u00e9"'.encode(), "caf\u00e9"),
+        (b"7", 7),
+    ],
+)
+def test_stored_json_decodes_as_json_loads_would(stored: bytes, expected: Any) -> None:
+    assert Codec(1000).decode(stored) == expected
+
+
+@pytest.mark.parametrize("stored", [b'{"a":1}x', b"", b"[1,", b"nul", b"[" * 100_000])
+def test_stored_text_that_is_not_one_json_value_is_corrupt(stored: bytes) -> None:
+    with pytest.raises(CorruptValueError):
+        Codec(1000).decode(stored)
