@@ -41,6 +41,10 @@ T = TypeVar("T")
 class Command(enum.Enum):
     """The Redis commands and scripts a flow may ask for."""
 
+    # Members are singletons: hashed by identity, a driver's lookup of the command to
+    # run spares a call of ``Enum.__hash__`` (Python code) on every Redis call of a flow.
+    __hash__ = object.__hash__
+
     WRITE = "write"
     DELETE = "delete"
     DELETE_IF_EQUAL = "delete_if_equal"
