@@ -19,7 +19,9 @@ does (same connections reused, created, closed) but:
   and nothing is free), so an idle connection is closed at most that much later than
   its keep-alive expiry;
 - never hands an idle connection to a request while another request it was handed to
-  has not started on it.
+  has not started on it;
+- looks for a free connection from after the one it found last, where the one freed
+  first usually is, rather than from the first connection of the pool each time.
 
 Pools of other classes, or of an httpcore that lacks the attributes this relies on,
 are left as they are.
@@ -57,6 +59,8 @@ def install(pool: Any) -> bool:
         return False
     target: Any = pool  # attributes httpcore's class does not declare
     target._next_sweep = 0.0
+    target._scan_from = 0
+    target._promised = {}
     target._assign_requests_to_connections = types.MethodType(assign, target)
     return True
 
@@ -71,12 +75,7 @@ def assign(pool: Any) -> list[Any]:
     queued = [request for request in pool._requests if request.connection is None]
     if not queued:
         return closing
-    # Idle connections already handed to a request that has not started on them yet.
-    promised = {
-        id(request.connection)
-        for request in pool._requests
-        if request.connection is not None and request.connection.is_idle()
-    }
+    promised = _promised(pool)
     for request in queued:
         origin = request.request.url.origin
         connection = _available(pool, origin, promised, closing)
@@ -97,18 +96,39 @@ def assign(pool: Any) -> list[Any]:
                 connection = pool.create_connection(origin)
                 connections.append(connection)
         if connection.is_idle():
-            promised.add(id(connection))
+            promised[id(connection)] = (connection, request)
         request.assign_to_connection(connection)
     return closing
 
 
-def _available(pool: Any, origin: Any, promised: set[int], closing: list[Any]) -> Any:
-    """The first connection that can take a request for ``origin`` now, checked first."""
+def _promised(pool: Any) -> dict[int, tuple[Any, Any]]:
+    """The idle connections handed to a request that has not started on them yet (by
+    id), kept from one assignment to the next: a promise ends when its connection is
+    busy (the request started), or its request left the pool or was given another."""
+    promised: dict[int, tuple[Any, Any]] = pool._promised
+    if promised:
+        present = set(map(id, pool._requests))
+        for key, (connection, request) in list(promised.items()):
+            if not (
+                connection.is_idle() and request.connection is connection and id(request) in present
+            ):
+                del promised[key]
+    return promised
+
+
+def _available(pool: Any, origin: Any, promised: Any, closing: list[Any]) -> Any:
+    """The first connection that can take a request for ``origin`` now, checked first.
+
+    The search starts after the connection found last: requests end about in the order
+    they started, so the connection freed first is the one handed out longest ago, found
+    there at once rather than behind every busy connection of a full pool.
+    """
     connections: list[Any] = pool._connections
-    for connection in list(connections):
-        if id(connection) in promised or not connection.can_handle_request(origin):
+    start = pool._scan_from % len(connections) if connections else 0
+    for offset, connection in enumerate(connections[start:] + connections[:start]):
+        if id(connection) in promised or not connection.is_available():
             continue
-        if not connection.is_available():
+        if not connection.can_handle_request(origin):
             continue
         if connection.is_closed():
             connections.remove(connection)
@@ -116,6 +136,7 @@ def _available(pool: Any, origin: Any, promised: set[int], closing: list[Any]) -
             connections.remove(connection)
             closing.append(connection)
         else:
+            pool._scan_from = start + offset + 1
             return connection
     return None
 

@@ -96,6 +96,20 @@ def test_an_idle_connection_promised_to_a_request_is_not_handed_to_another() -> 
     assert late.connection is only
 
 
+def test_the_search_for_a_free_connection_starts_after_the_last_one_found() -> None:
+    connections = [FakeConnection() for _ in range(3)]
+    pool = _pool(connections)
+    handed = []
+    for _ in range(4):
+        (request,) = _queue(pool, 1)
+        _assign(pool)
+        handed.append(request.connection)
+        pool._requests.remove(request)  # served: its connection is idle again
+    # Round the pool, not the first connection again and again (found behind every
+    # busy connection of a full pool).
+    assert handed == [connections[0], connections[1], connections[2], connections[0]]
+
+
 def test_only_the_connection_handed_out_is_checked_between_sweeps() -> None:
     connections = [FakeConnection() for _ in range(50)]
     pool = _pool(connections, max_connections=100)
