@@ -9,7 +9,8 @@ every call (failed ones included) and the failed calls, medians of interleaved r
 with their spread.
 
 The server is :mod:`benchmarks._loadserver`; its capacity, measured with a raw-socket
-client in its own process, is printed as the first row, against the best rate any
+client in its own process over as many connections as the largest pool here opens, is
+printed as the first row, against the best rate any
 candidate reached: a headroom below 3x would mean the server, not the client, set the
 pace.
 
@@ -317,7 +318,7 @@ def _rows(
 def run(quick: bool) -> list[Row]:
     plan = QUICK if quick else FULL
     with LoadServer() as server:
-        capacity = server.capacity(seconds=1.0 if quick else 3.0)
+        capacity = server.capacity(seconds=1.0 if quick else 3.0, connections=MAX_CONNECTIONS)
         async_results = asyncio.run(_async_scale(server.base_url, plan))
         sync_results = _sync_scale(server.base_url, plan)
     async_rows = _rows("async", "tasks", "AsyncServiceClient", "httpx.AsyncClient", async_results)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 import threading
 import time
@@ -31,6 +32,7 @@ from ._core import (
 from ._correlation import redact_transport_logs
 from ._extras import import_extra
 from ._policy import Clock, FailureKind
+from ._pool import install as install_pool_assignment
 from ._resolver import LookupsExhausted, is_address, resolver
 from ._response import ServiceResponse
 
@@ -397,7 +399,9 @@ class AsyncServiceClient:
             trust_env=config.trust_env,
         )
         # Not transport=: httpx would then ignore the proxies of the environment.
-        _resolve_names_apart(getattr(client, "_transport", None))
+        transport = getattr(client, "_transport", None)
+        _resolve_names_apart(transport)
+        install_pool_assignment(getattr(transport, "_pool", None))
         return client
 
     async def close(self) -> None:
@@ -514,19 +518,30 @@ def _bytes_past_the_end(response: httpx.Response) -> bool:
 
 
 class _ConnectingStream:
-    """A TCP stream whose TLS handshake gets what the connect timeout left of it.
+    """A TCP stream whose TLS handshake gets what the connect timeout left of it, and
+    whose readability check costs one ``poll``.
 
     httpcore gives the handshake a connect timeout of its own after the lookup and the TCP
     connect: opening a connection could take twice the connect timeout, and the lateness
     rule (``_admission.connect_timeout_kind``) then took a target whose handshake hangs
-    for this client's own saturation. Everything else is the stream's own.
+    for this client's own saturation.
+
+    httpcore's pool asks every idle connection whether its socket is readable (the server
+    closed it) each time a request starts or ends, and again after each request that
+    found its assigned connection taken: with many connections, that check is most of a
+    call's CPU. anyio answers it by building its table of socket attributes (two
+    ``getpeername``/``getsockname`` calls among them) and a new ``poll`` object every
+    time; here the socket and its ``poll`` are looked up once. Everything else is the
+    stream's own.
     """
 
-    __slots__ = ("_expires_at", "_inner")
+    __slots__ = ("_expires_at", "_inner", "_poll", "_socket")
 
     def __init__(self, inner: Any, expires_at: float | None) -> None:
         self._inner = inner
         self._expires_at = expires_at
+        self._socket: Any = None
+        self._poll: Any = None
 
     async def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
@@ -534,7 +549,8 @@ class _ConnectingStream:
         if self._expires_at is not None:
             left = max(0.0, self._expires_at - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
-        return await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        stream = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        return _ConnectingStream(stream, None)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         data: bytes = await self._inner.read(max_bytes, timeout)
@@ -547,7 +563,25 @@ class _ConnectingStream:
         await self._inner.aclose()
 
     def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return self._is_readable()
         return self._inner.get_extra_info(info)
+
+    def _is_readable(self) -> bool:
+        """What httpcore's ``is_readable`` answers: data or EOF waits on the socket, or
+        the socket is gone."""
+        poll = self._poll
+        if poll is None:
+            sock = self._inner.get_extra_info("socket")
+            if sock is None or not hasattr(select, "poll") or sock.fileno() < 0:
+                return bool(self._inner.get_extra_info("is_readable"))
+            poll = select.poll()
+            poll.register(sock.fileno(), select.POLLIN)
+            self._socket, self._poll = sock, poll
+        # A closed socket's descriptor may be another socket's by now: never poll it.
+        if self._socket.fileno() < 0:
+            return True
+        return bool(poll.poll(0))
 
 
 class _Progress:

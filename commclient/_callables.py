@@ -8,6 +8,7 @@ callable``, or not at all.
 from __future__ import annotations
 
 import inspect
+from types import FunctionType
 
 
 def require_function(
@@ -24,6 +25,13 @@ def require_function(
     takes a blocking one (an async function is refused, with ``async_hint``), ``None`` when
     it takes either. ``wanted`` names what is expected when "a function" says too little.
     """
+    # A plain function is neither an awaitable nor uncallable: only its kind is checked
+    # (every cache miss checks its loader).
+    plain = type(function) is FunctionType
+    refused = not plain and (inspect.isawaitable(function) or not callable(function))
+    coroutine = asynchronous is False and inspect.iscoroutinefunction(function)
+    if not (refused or coroutine):
+        return
     if wanted is None:
         wanted = {True: "an async function", False: "a blocking function", None: "a function"}[
             asynchronous
@@ -37,5 +45,4 @@ def require_function(
         )
     if not callable(function):
         raise TypeError(f"{feature} takes {wanted}; got {type(function).__name__} {function!r}")
-    if asynchronous is False and inspect.iscoroutinefunction(function):
-        raise TypeError(f"{feature} takes {wanted}; {name!r} is an async function: {async_hint}")
+    raise TypeError(f"{feature} takes {wanted}; {name!r} is an async function: {async_hint}")

@@ -753,7 +753,8 @@ class AsyncRedisCache(CoreFacade):
             while True:
                 try:
                     if isinstance(step, flows.Call):
-                        reply = await self._do(step)
+                        command = self._commands[step.command]
+                        reply = await self._call(step.operation, command, *step.args, **step.kwargs)
                     elif isinstance(step, flows.Sleep):
                         await io.sleep(step.seconds)
                         reply = None
@@ -835,7 +836,7 @@ class AsyncRedisCache(CoreFacade):
         return await self._execute_command("MGET", *keys)
 
     def _script(self, text: str) -> Callable[..., Awaitable[Any]]:
-        """What runs the script ``text`` (with ``keys=`` and ``args=``) by its SHA."""
+        """What runs the script ``text`` (given its KEYS and ARGV) by its SHA."""
         return partial(self._evalsha, self._redis.register_script(text))
 
     async def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:

@@ -334,12 +334,41 @@ def unfaithful(value: object) -> str | None:
     JSON turns a tuple into a list and an ``int`` key into a ``str``: a reader would get
     another value than the writer stored (and a cache miss another value than a hit),
     so such values are refused rather than converted. Iterative: a value nested deeper
-    than Python recurses was already refused by :func:`json.dumps`.
+    than Python recurses was already refused by :func:`json.dumps`. Every loaded value
+    is checked: the walk that names where the problem is runs only once one was found.
     """
+    if _plain_json(value):
+        return None
+    return _where_unfaithful(value)
+
+
+_PLAIN = (str, int, float)
+
+
+def _plain_json(value: object) -> bool:
+    """Whether ``value`` is made of dicts with ``str`` keys, lists and scalars only."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, _PLAIN) or item is None:
+            continue
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    return False
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        else:
+            return False
+    return True
+
+
+def _where_unfaithful(value: object) -> str | None:
     pending: list[tuple[object, str]] = [(value, "the value")]
     while pending:
         item, where = pending.pop()
-        if isinstance(item, (str, int, float)) or item is None:
+        if isinstance(item, _PLAIN) or item is None:
             continue
         if isinstance(item, dict):
             for key, member in item.items():
@@ -375,6 +404,30 @@ def _is_json(data: bytes | str) -> bool:
     return True
 
 
+def _equal(read: object, value: object) -> bool:
+    """``read == value``, ``False`` where comparing them fails."""
+    try:
+        return bool(read == value)
+    except Exception:
+        return False
+
+
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)``, through the scanner alone when ``text`` is one JSON value
+    with nothing around it (every value this cache stores): ``json.loads`` adds two
+    regular-expression matches and two Python calls to each read and miss."""
+    try:
+        value, end = _SCAN(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        end = -1
+    if end != len(text):
+        return json.loads(text)  # whitespace around it, more after it, or not JSON
+    return value
+
+
 _ENCODER = json.JSONEncoder(
     default=_jsonable, ensure_ascii=False, allow_nan=False, separators=(",", ":")
 )
@@ -392,29 +445,39 @@ class Codec:
         would not read back as it is: as plain JSON, or, with a ``model`` (a loader's
         value), as that model (a ``NamedTuple``, ``tuple[int, str]``, ``dict[int, str]``
         read back faithfully through it)."""
+        return self.encode_and_read(key, value, model)[0]
+
+    def encode_and_read(self, key: str, value: object, model: Any = None) -> tuple[bytes, Any]:
+        """:meth:`encode`, and what its JSON decodes to (a new object, equal to ``value``
+        when it is plain JSON). The decoded copy is also the faithfulness check: a value
+        equal to what its JSON reads back as needs no walk through it; any other is
+        walked, to find what would change (or, for a model instance, to accept it)."""
         try:
-            data = _ENCODER.encode(value).encode()
+            text = _ENCODER.encode(value)
+            data = text.encode()
         except (TypeError, ValueError, RecursionError) as error:
             raise CacheSerializationError(
                 f"value for cache key {key!r} cannot be stored as JSON: {error}"
             ) from error
-        problem = unfaithful(value)
-        if problem is not None and model is not None and _reads_back_as(model, data, value):
-            problem = None
-        if problem is not None:
-            raise CacheSerializationError(
-                f"value for cache key {key!r} would not read back as stored: {problem}"
-            )
+        read = _loads(text)
+        if not _equal(read, value):
+            problem = unfaithful(value)
+            if problem is not None and model is not None and _reads_back_as(model, data, value):
+                problem = None
+            if problem is not None:
+                raise CacheSerializationError(
+                    f"value for cache key {key!r} would not read back as stored: {problem}"
+                )
         if len(data) > self.max_value_bytes:
             raise CacheValueTooLargeError(key, len(data), self.max_value_bytes)
-        return data
+        return data, read
 
     def decode(self, data: bytes | str, model: Any = None) -> Any:
         """Return the value in ``data``, validated as ``model`` when one is given."""
         try:
             if model is None:
                 # A str skips json's detection of the bytes' encoding (always UTF-8 here).
-                return json.loads(data.decode() if isinstance(data, bytes) else data)
+                return _loads(data.decode() if isinstance(data, bytes) else data)
             if _has_pydantic():
                 # By name or by alias: values are stored by field name, and a model
                 # with aliases may validate by alias only.

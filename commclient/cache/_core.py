@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import secrets
 import threading
 import time
 import weakref
@@ -188,7 +187,7 @@ def fresh_generation() -> str:
     Drawn from a generator of the cache's own (a caller seeding ``random`` cannot make
     processes draw alike), seeded by the OS: every miss and write sends one, and the
     OS's own randomness costs a system call each time."""
-    return str(_generations.randrange(1, 2**40))
+    return str(_generations.getrandbits(40) or 1)
 
 
 def _text(value: bytes | str) -> str:
@@ -214,6 +213,7 @@ class CacheCore:
         self.codec = Codec(self.config.max_value_bytes)
         self.metrics = CacheMetrics(registry, self.name, self.config.max_key_patterns)
         self.local_tier_enabled = self.config.local_tier_size > 0
+        self._lease_ms = max(1, round(self.config.lease_ttl * 1000))
         self._plans: dict[str, KeyPlan] = {}
         self._generations: dict[str, str] = {}
         self._mismatches_logged: set[tuple[str, str]] = set()
@@ -482,6 +482,12 @@ class CacheCore:
     def encode(self, key: str, value: object, model: Any = None) -> bytes:
         return self.codec.encode(key, value, model)
 
+    def encode_loaded(self, key: str, value: object, model: Any) -> tuple[bytes, Any]:
+        """A loaded ``value``'s JSON bytes, and the value as a hit returns it (see
+        :meth:`as_read`), from one encoding and one decoding."""
+        data, read = self.codec.encode_and_read(key, value, model)
+        return data, (value if model is not None else read)
+
     def validate(self, value: object, model: Any) -> Any:
         return self.codec.validate(value, model)
 
@@ -573,10 +579,13 @@ class CacheCore:
 
     @staticmethod
     def new_lease_token() -> str:
-        return secrets.token_hex(16)
+        """A lease's owner: 128 random bits from the cache's own generator (distinct per
+        process, forked children included; a system call per miss for the OS's would
+        cost more than the rest of the token)."""
+        return f"{_generations.getrandbits(128):032x}"
 
     def lease_ms(self) -> int:
-        return max(1, round(self.config.lease_ttl * 1000))
+        return self._lease_ms
 
     def lease_renew_interval(self) -> float:
         """How often a loader's lease is extended: three times per lease TTL, so that a

@@ -41,6 +41,10 @@ T = TypeVar("T")
 class Command(enum.Enum):
     """The Redis commands and scripts a flow may ask for."""
 
+    # Members are singletons: hashed by identity, a driver's lookup of the command to
+    # run spares a call of ``Enum.__hash__`` (Python code) on every Redis call of a flow.
+    __hash__ = object.__hash__
+
     WRITE = "write"
     DELETE = "delete"
     DELETE_IF_EQUAL = "delete_if_equal"
@@ -65,7 +69,7 @@ def commands(
     """What runs each :class:`Command` on ``client`` (``redis.Redis`` or its asyncio twin:
     they have the same methods; or a cluster client); ``hash_tag`` is the tag every key of
     the cache carries, the driver's own ``mget`` runs that command, and ``script(text)``
-    is what runs a script (called with ``keys=`` and ``args=``)."""
+    is what runs a script (called with its KEYS and ARGV, two lists)."""
     scan = client.scan
     if hasattr(client, "get_node_from_key"):
         scan = partial(_scan_slot_owner, client, hash_tag)
@@ -173,7 +177,7 @@ def at_current_generation(
     for _ in range(GENERATION_ATTEMPTS):
         guessed = core.guess(plan)
         keys, args = arguments(guessed)
-        reply = yield Call(operation, command, keys=keys, args=args)
+        reply = yield Call(operation, command, keys, args)
         seen = reply if moved_to is None or reply is FAILED else moved_to(reply)
         if not isinstance(seen, (bytes, str)) or not core.generation_moved(plan, guessed, seen):
             return reply
@@ -236,8 +240,8 @@ def invalidate(
             removed = yield Call(
                 "invalidate_unlink",
                 Command.UNLINK_AND_PUBLISH,
-                keys=[*data_keys, *lease_keys],
-                args=[core.config.channel, page_message],
+                [*data_keys, *lease_keys],
+                [core.config.channel, page_message],
             )
             reachable = removed is not FAILED
             deleted += count if reachable else 0
@@ -264,7 +268,7 @@ def invalidate_group(core: CacheCore, group: str) -> Flow[bool]:
     message = core.group_message(group)
     keys = [core.layout.generation_key(group)]
     args: list[str | bytes] = [core.config.channel, message.encode(), fresh_generation()]
-    bumped = yield Call("invalidate_group", Command.BUMP_GENERATION, keys=keys, args=args)
+    bumped = yield Call("invalidate_group", Command.BUMP_GENERATION, keys, args)
     core.after_local_change(message)
     if bumped is FAILED:
         return False
@@ -287,7 +291,7 @@ def drop_corrupt(
     """Count and log a corrupt value, delete it (only it); :data:`MISSING`."""
     core.corrupt(plan, error, model)
     keys, args = core.delete_corrupt_args(plan, read)
-    yield Call("delete", Command.DELETE_IF_EQUAL, keys=keys, args=args)
+    yield Call("delete", Command.DELETE_IF_EQUAL, keys, args)
     return MISSING
 
 
@@ -410,10 +414,10 @@ def load_and_store(
     token_held = "" if watched else token
     if token_held:
         renew_keys, renew_args = core.renew_lease_args(plan, token)
-        keep_alive = Call("lease_renew", Command.RENEW_LEASE, keys=renew_keys, args=renew_args)
+        keep_alive = Call("lease_renew", Command.RENEW_LEASE, renew_keys, renew_args)
     try:
         value = core.validate((yield Load(keep_alive)), job.model)
-        data = core.encode(plan.key, value, job.model)
+        data, read = core.encode_loaded(plan.key, value, job.model)
     except (CacheValueTooLargeError, CacheSerializationError) as error:
         core.unstorable_load(plan, error)
         yield from release(core, plan, token_held)
@@ -426,10 +430,9 @@ def load_and_store(
     keys, args = core.write_args(
         plan, data, ttl_ms, generation, lease_token=token, replaces=replaces, watched_lease=watched
     )
-    written = yield Call("set", Command.WRITE, keys=keys, args=args)
-    value = core.as_read(value, job.model, data)
-    core.loaded(plan, data, ttl_ms, job.model, value, job.epoch, stored=written == 1)
-    return Superseded(value) if written == 0 else value
+    written = yield Call("set", Command.WRITE, keys, args)
+    core.loaded(plan, data, ttl_ms, job.model, read, job.epoch, stored=written == 1)
+    return Superseded(read) if written == 0 else read
 
 
 def release(
@@ -438,4 +441,4 @@ def release(
     """Release the lease ``token`` (leaving the loader's ``error`` in it, if any)."""
     if token:
         keys, args = core.release_lease_args(plan, token, error)
-        yield Call("lease_release", Command.RELEASE_LEASE, keys=keys, args=args)
+        yield Call("lease_release", Command.RELEASE_LEASE, keys, args)

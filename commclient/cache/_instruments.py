@@ -1,10 +1,10 @@
 """Cache metrics: the families of DESIGN.md §4 plus errors and invalidations.
 
 Label children are cached per cache instance so that a hit costs one dictionary lookup
-and an increment, not a ``.labels()`` call; the hit counters' increment takes no lock
-(:class:`_TickingValue`). ``key_pattern`` is the key's group, capped at
-``max_key_patterns`` distinct values (then ``other``) so that a caller putting ids in
-the first key segment cannot blow up the series count.
+and an increment, not a ``.labels()`` call; the increments of the hit and miss counters
+and of the duration buckets take no lock (:class:`_TickingValue`). ``key_pattern`` is
+the key's group, capped at ``max_key_patterns`` distinct values (then ``other``) so that
+a caller putting ids in the first key segment cannot blow up the series count.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +101,38 @@ def _incrementer(child: Any) -> Callable[[], object]:
     return inc
 
 
+def _observer(child: Any) -> Callable[[float], object]:
+    """The cheapest exact ``observe()`` of the Histogram child ``child``: its buckets'
+    counts tick as :func:`_incrementer`'s do (only the sum of the observed durations,
+    a float, takes its lock), and the bucket is found by bisection; ``child.observe``
+    where its values are not this process's own."""
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    with _ticking_lock:
+        buckets = getattr(child, "_buckets", None)
+        bounds = getattr(child, "_upper_bounds", None)
+        if (
+            gil
+            and buckets
+            and bounds is not None
+            and len(buckets) == len(bounds)
+            and all(type(v) is values.MutexValue or isinstance(v, _TickingValue) for v in buckets)
+        ):
+            for index, value in enumerate(buckets):
+                if type(value) is values.MutexValue:
+                    buckets[index] = _TickingValue(buckets[index].get())
+            ticks = [value.tick for value in buckets]
+            limits = list(bounds)  # the last is +Inf: every duration has a bucket
+            add = child._sum.inc
+
+            def observe(seconds: float) -> None:
+                add(seconds)
+                ticks[bisect_left(limits, seconds)]()
+
+            return observe
+    observe_: Callable[[float], object] = child.observe
+    return observe_
+
+
 class CacheMetrics:
     """The metric children of one cache, created on first use and then reused."""
 
@@ -176,7 +209,9 @@ class CacheMetrics:
             lambda: _incrementer(self._hits_family.labels(self.cache_name, label)),
         )
         miss = self._child(
-            self._misses, label, lambda: self._misses_family.labels(self.cache_name, label)
+            self._misses,
+            label,
+            lambda: _incrementer(self._misses_family.labels(self.cache_name, label)),
         )
         return hit, miss
 
@@ -188,21 +223,21 @@ class CacheMetrics:
         cache_result(result)
 
     def miss(self, group: str) -> None:
-        child = self._misses.get(group)
-        if child is None:
-            child = self._pattern_children(group)[1]
-        child.inc()
+        tick = self._misses.get(group)
+        if tick is None:
+            tick = self._pattern_children(group)[1]
+        tick()
         cache_result(MISS)
 
     def observe(self, operation: str, seconds: float) -> None:
-        child = self._durations.get(operation)
-        if child is None:
-            child = self._child(
+        observe = self._durations.get(operation)
+        if observe is None:
+            observe = self._child(
                 self._durations,
                 operation,
-                lambda: self._duration_family.labels(self.cache_name, operation),
+                lambda: _observer(self._duration_family.labels(self.cache_name, operation)),
             )
-        child.observe(seconds)
+        observe(seconds)
 
     def error(self, operation: str, error_type: str) -> None:
         label = (operation, error_type)

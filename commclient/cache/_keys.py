@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from ._exceptions import InvalidCacheKeyError
 
@@ -205,8 +205,9 @@ class KeyLayout:
 
     prefix: str
 
-    @property
+    @cached_property
     def tag(self) -> str:
+        """``{prefix}`` (computed once: every key of a miss is built from it)."""
         return f"{{{self.prefix}}}"
 
     def data_base(self, key: str) -> str:

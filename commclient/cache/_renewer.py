@@ -16,8 +16,6 @@ interval at a time, so a lease registered meanwhile is due no earlier than its w
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import os
 import threading
@@ -28,12 +26,12 @@ logger = logging.getLogger("commclient.cache")
 
 
 class _Lease:
-    __slots__ = ("active", "interval", "renew")
+    __slots__ = ("due", "interval", "renew")
 
-    def __init__(self, interval: float, renew: Callable[[], object]) -> None:
+    def __init__(self, interval: float, renew: Callable[[], object], due: float) -> None:
         self.interval = interval
         self.renew = renew
-        self.active = True
+        self.due = due
 
 
 class _Renewal:
@@ -57,12 +55,15 @@ class _Renewal:
 
 
 class LeaseRenewer:
-    """Renews registered leases every ``interval`` seconds from one shared thread."""
+    """Renews registered leases every ``interval`` seconds from one shared thread.
+
+    The leases of the loaders running now are a set: a miss adds its lease and removes
+    it in constant time, and only the thread, when it wakes, looks for those due.
+    """
 
     def __init__(self) -> None:
         self._condition = threading.Condition(threading.Lock())
-        self._due: list[tuple[float, int, _Lease]] = []
-        self._order = itertools.count()
+        self._leases: set[_Lease] = set()
         self._thread: threading.Thread | None = None
         self._idle_wait = 0.0  # how long the thread sleeps with nothing due
         self._wakes_at = float("inf")  # when the sleeping thread wakes by itself
@@ -76,42 +77,50 @@ class LeaseRenewer:
         return _Renewal(self, interval, renew)
 
     def _add(self, interval: float, renew: Callable[[], object]) -> _Lease:
-        lease = _Lease(interval, renew)
-        due = time.monotonic() + interval
-        with self._condition:
-            heapq.heappush(self._due, (due, next(self._order), lease))
-            self._idle_wait = interval
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="commclient-cache-lease-renewer", daemon=True
-                )
-                self._thread.start()
-            elif due < self._wakes_at:
-                self._condition.notify()
+        lease = _Lease(interval, renew, time.monotonic() + interval)
+        # A set's add and discard are atomic: the lock is only for waking the thread.
+        self._leases.add(lease)
+        if self._thread is None or lease.due < self._wakes_at:
+            with self._condition:
+                self._idle_wait = interval
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="commclient-cache-lease-renewer", daemon=True
+                    )
+                    self._thread.start()
+                elif lease.due < self._wakes_at:
+                    self._condition.notify()
         return lease
 
     def _remove(self, lease: _Lease) -> None:
-        with self._condition:
-            lease.active = False
-            # Eagerly, so that many quick misses leave nothing behind; the heap only
-            # ever holds the loaders running now.
-            self._due = [entry for entry in self._due if entry[2] is not lease]
-            heapq.heapify(self._due)
+        self._leases.discard(lease)
+
+    def _next_due(self, now: float) -> _Lease | None:
+        """A lease due by ``now``, rescheduled, if any; else ``None`` and ``_wakes_at`` set."""
+        soonest = now + self._idle_wait
+        for lease in list(self._leases):  # a copy: misses add and remove meanwhile
+            if lease.due <= now:
+                lease.due = now + lease.interval
+                return lease
+            soonest = min(soonest, lease.due)
+        self._wakes_at = soonest
+        # A lease added while the copy was made compared its due time with the previous
+        # ``_wakes_at`` (without the lock): it is in the set by now.
+        self._wakes_at = min([soonest, *(lease.due for lease in list(self._leases))])
+        return None
 
     def _run(self) -> None:
         while True:
             with self._condition:
                 while True:
                     now = time.monotonic()
-                    if self._due and self._due[0][0] <= now:
-                        _, _, lease = heapq.heappop(self._due)
-                        heapq.heappush(self._due, (now + lease.interval, next(self._order), lease))
+                    lease = self._next_due(now)
+                    if lease is not None:
                         break
                     # Idle, one interval at a time (see the module's docstring).
-                    self._wakes_at = self._due[0][0] if self._due else now + self._idle_wait
                     self._condition.wait(self._wakes_at - now)
-            if not lease.active:
-                continue
+            if lease not in self._leases:
+                continue  # its loader returned meanwhile
             try:
                 lease.renew()
             except Exception:
@@ -123,7 +132,7 @@ class LeaseRenewer:
         """The parent's thread does not exist here: no thread, no leases (the loaders
         that registered them run in the parent), a lock no parent thread holds."""
         self._condition = threading.Condition(threading.Lock())
-        self._due = []
+        self._leases = set()
         self._thread = None
         self._wakes_at = float("inf")
 

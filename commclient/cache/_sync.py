@@ -748,7 +748,8 @@ class SyncRedisCache(CoreFacade):
             while True:
                 try:
                     if isinstance(step, flows.Call):
-                        reply = self._do(step)
+                        command = self._commands[step.command]
+                        reply = self._call(step.operation, command, *step.args, **step.kwargs)
                     elif isinstance(step, flows.Sleep):
                         io.sleep(step.seconds)
                         reply = None
@@ -830,7 +831,7 @@ class SyncRedisCache(CoreFacade):
         return self._execute_command("MGET", *keys)
 
     def _script(self, text: str) -> Callable[..., Any]:
-        """What runs the script ``text`` (with ``keys=`` and ``args=``) by its SHA."""
+        """What runs the script ``text`` (given its KEYS and ARGV) by its SHA."""
         return partial(self._evalsha, self._redis.register_script(text))
 
     def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:

@@ -30,12 +30,14 @@ from commclient.cache import (
     glob_matches,
     group_of,
 )
+from commclient.cache import _core as _core_module
 from commclient.cache._codec import Codec, CorruptValueError, ModelMismatchError, copier, share
 from commclient.cache._core import CacheCore
 from commclient.cache._instruments import CacheMetrics
 from commclient.cache._keys import KeyLayout, validate_key, validate_prefix
 from commclient.cache._local import MISSING, LocalTier
 from tests import conftest_cache
+from tests.forking import in_forked_child, needs_fork
 
 redis_server = conftest_cache.redis_server
 redis_url = conftest_cache.redis_url
@@ -531,3 +533,77 @@ def test_config_defaults() -> None:
     assert config.operation_timeout == 0.1
     assert config.local_tier_size == 0
     assert config.channel == "cache:invalidation"
+
+
+@needs_fork
+def test_lease_tokens_are_128_random_bits_of_their_own_in_a_forked_child() -> None:
+    tokens = {CacheCore.new_lease_token() for _ in range(100)}
+    assert len(tokens) == 100
+    assert all(re.fullmatch("[0-9a-f]{32}", token) for token in tokens)
+    generator = _core_module._generations
+    before = generator.getstate()
+    parent_next = CacheCore.new_lease_token()
+    # The child inherits the state that drew ``parent_next``: only its reseeding at the
+    # fork makes its token another one.
+    generator.setstate(before)
+
+    def child() -> int:
+        return 1 if CacheCore.new_lease_token() != parent_next else 0
+
+    assert in_forked_child(child, timeout=10) == 1
+
+
+def test_duration_and_miss_metrics_read_as_prometheus_own_would() -> None:
+    from prometheus_client import Counter, Histogram
+
+    from commclient.cache._instruments import DURATION_BUCKETS
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    metrics = CacheMetrics(ours, "timed", 64)
+    plain = Histogram(
+        "redis_cache_operations_duration_seconds",
+        "d",
+        ("cache_name", "operation"),
+        buckets=DURATION_BUCKETS,
+        registry=theirs,
+    ).labels("timed", "get")
+    misses = Counter("redis_cache_misses", "m", ("cache_name", "key_pattern"), registry=theirs)
+    samples = [0.0, 0.00005, 0.0001, 0.00011, 0.003, 0.25, 0.9999, 1.0, 7.5, 1e9]
+    for seconds in samples:
+        metrics.observe("get", seconds)
+        plain.observe(seconds)
+        metrics.miss("user")
+        misses.labels("timed", "user").inc()
+
+    def read(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name, sample.labels.get("le", "")): sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+            and sample.name.startswith(("redis_cache_operations", "redis_cache_misses"))
+        }
+
+    expected = read(theirs)
+    assert read(ours) == expected
+    assert expected[("redis_cache_operations_duration_seconds_count", "")] == len(samples)
+    assert expected[("redis_cache_misses_total", "")] == len(samples)
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (b'{"a":[1,2.5,null,true]}', {"a": [1, 2.5, None, True]}),
+        (b' {"a":1}\n', {"a": 1}),  # whitespace around the value, as json.loads allows
+        ('"caf\u00e9"'.encode(), "caf\u00e9"),
+        (b"7", 7),
+    ],
+)
+def test_stored_json_decodes_as_json_loads_would(stored: bytes, expected: Any) -> None:
+    assert Codec(1000).decode(stored) == expected
+
+
+@pytest.mark.parametrize("stored", [b'{"a":1}x', b"", b"[1,", b"nul", b"[" * 100_000])
+def test_stored_text_that_is_not_one_json_value_is_corrupt(stored: bytes) -> None:
+    with pytest.raises(CorruptValueError):
+        Codec(1000).decode(stored)

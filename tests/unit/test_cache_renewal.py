@@ -43,6 +43,19 @@ def test_quick_sync_loads_start_no_thread(thread_starts: list[str]) -> None:
     assert thread_starts == []
 
 
+def test_quick_sync_loads_leave_no_lease_behind() -> None:
+    from commclient.cache._renewer import lease_renewer
+
+    renewed = threading.Event()
+    with _io_sync.renewing(60.0, renewed.set), _io_sync.renewing(60.0, renewed.set):
+        assert len(lease_renewer._leases) >= 2
+    for _ in range(100):
+        with _io_sync.renewing(60.0, renewed.set):
+            pass
+    assert not lease_renewer._leases
+    assert not renewed.is_set()
+
+
 def test_a_slow_sync_load_is_renewed_by_the_shared_renewer(thread_starts: list[str]) -> None:
     renewals: list[int] = []
     twice = threading.Event()

@@ -1,0 +1,155 @@
+"""httpcore's connection pool, assigning requests at a cost that does not grow with it.
+
+``AsyncConnectionPool._assign_requests_to_connections`` runs whenever a request enters
+or leaves the pool. httpcore's version checks every connection each time (whether it
+expired, whether its idle socket is readable: a system call), counts the connections
+again for every idle one (quadratic in the pool's size), and hands the first idle
+connection to every request queued, including a connection already handed to a
+request that has not started on it yet: all but one of them then find it taken
+(``ConnectionNotAvailable``) and go through the pool again. With a hundred connections
+that bookkeeping, not the calls, fills the event loop, and a client with many callers
+serves fewer calls per second than one with a few.
+
+:func:`install` replaces it on one pool by :func:`assign`, which decides as httpcore
+does (same connections reused, created, closed) but:
+
+- checks a connection for expiry and server disconnection when it is about to be
+  handed out, and sweeps the whole pool for expired, closed and surplus idle
+  connections at most every :data:`SWEEP_SECONDS` (and at once when the pool is full
+  and nothing is free), so an idle connection is closed at most that much later than
+  its keep-alive expiry;
+- never hands an idle connection to a request while another request it was handed to
+  has not started on it;
+- looks for a free connection from after the one it found last, where the one freed
+  first usually is, rather than from the first connection of the pool each time.
+
+Pools of other classes, or of an httpcore that lacks the attributes this relies on,
+are left as they are.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+from typing import Any
+
+#: The longest a pool goes without checking every connection.
+SWEEP_SECONDS = 0.25
+
+_POOL_ATTRIBUTES = (
+    "_assign_requests_to_connections",
+    "_connections",
+    "_requests",
+    "_max_connections",
+    "_max_keepalive_connections",
+    "create_connection",
+)
+
+
+def install(pool: Any) -> bool:
+    """Have ``pool`` (an ``httpcore.AsyncConnectionPool``) assign with :func:`assign`;
+    ``False`` when it is not one this module knows."""
+    try:
+        import httpcore
+    except ImportError:  # pragma: no cover - httpx depends on httpcore
+        return False
+    if type(pool) is not httpcore.AsyncConnectionPool or not all(
+        hasattr(pool, name) for name in _POOL_ATTRIBUTES
+    ):
+        return False
+    target: Any = pool  # attributes httpcore's class does not declare
+    target._next_sweep = 0.0
+    target._scan_from = 0
+    target._promised = {}
+    target._assign_requests_to_connections = types.MethodType(assign, target)
+    return True
+
+
+def assign(pool: Any) -> list[Any]:
+    """Assign the queued requests of ``pool`` to connections; the connections to close."""
+    closing: list[Any] = []
+    connections: list[Any] = pool._connections
+    now = time.monotonic()
+    if now >= pool._next_sweep:
+        _sweep(pool, closing, now)
+    queued = [request for request in pool._requests if request.connection is None]
+    if not queued:
+        return closing
+    promised = _promised(pool)
+    for request in queued:
+        origin = request.request.url.origin
+        connection = _available(pool, origin, promised, closing)
+        if connection is None and len(connections) >= pool._max_connections:
+            # Full: what the last sweep left may since have closed or expired.
+            _sweep(pool, closing, time.monotonic())
+            connection = _available(pool, origin, promised, closing)
+        if connection is None:
+            if len(connections) < pool._max_connections:
+                connection = pool.create_connection(origin)
+                connections.append(connection)
+            else:
+                idle = next((c for c in connections if c.is_idle() and id(c) not in promised), None)
+                if idle is None:
+                    continue  # waits for a connection to be released
+                connections.remove(idle)
+                closing.append(idle)
+                connection = pool.create_connection(origin)
+                connections.append(connection)
+        if connection.is_idle():
+            promised[id(connection)] = (connection, request)
+        request.assign_to_connection(connection)
+    return closing
+
+
+def _promised(pool: Any) -> dict[int, tuple[Any, Any]]:
+    """The idle connections handed to a request that has not started on them yet (by
+    id), kept from one assignment to the next: a promise ends when its connection is
+    busy (the request started), or its request left the pool or was given another."""
+    promised: dict[int, tuple[Any, Any]] = pool._promised
+    if promised:
+        present = set(map(id, pool._requests))
+        for key, (connection, request) in list(promised.items()):
+            if not (
+                connection.is_idle() and request.connection is connection and id(request) in present
+            ):
+                del promised[key]
+    return promised
+
+
+def _available(pool: Any, origin: Any, promised: Any, closing: list[Any]) -> Any:
+    """The first connection that can take a request for ``origin`` now, checked first.
+
+    The search starts after the connection found last: requests end about in the order
+    they started, so the connection freed first is the one handed out longest ago, found
+    there at once rather than behind every busy connection of a full pool.
+    """
+    connections: list[Any] = pool._connections
+    start = pool._scan_from % len(connections) if connections else 0
+    for offset, connection in enumerate(connections[start:] + connections[:start]):
+        if id(connection) in promised or not connection.is_available():
+            continue
+        if not connection.can_handle_request(origin):
+            continue
+        if connection.is_closed():
+            connections.remove(connection)
+        elif connection.has_expired():
+            connections.remove(connection)
+            closing.append(connection)
+        else:
+            pool._scan_from = start + offset + 1
+            return connection
+    return None
+
+
+def _sweep(pool: Any, closing: list[Any], now: float) -> None:
+    """httpcore's clean-up: drop closed connections, close expired and surplus idle ones."""
+    connections: list[Any] = pool._connections
+    for connection in list(connections):
+        if connection.is_closed():
+            connections.remove(connection)
+        elif connection.has_expired() or (
+            connection.is_idle() and len(connections) > pool._max_keepalive_connections
+        ):
+            connections.remove(connection)
+            closing.append(connection)
+    pool._next_sweep = now + SWEEP_SECONDS

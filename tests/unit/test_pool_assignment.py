@@ -1,0 +1,222 @@
+"""How the async client's httpcore pool hands connections to requests: never one idle
+connection to two requests, each connection checked when handed out rather than every
+connection each time, and an idle socket's readability read with one ``poll``."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from commclient import AsyncServiceClient
+from commclient import _pool as pool_assignment
+
+pytestmark = pytest.mark.facade_async
+
+ORIGIN_URL = "http://pool.test/"
+
+
+class FakeConnection:
+    """A connection of the pool's interface whose state a test sets."""
+
+    def __init__(self, state: str = "idle", *, expired: bool = False) -> None:
+        self.state = state
+        self.expired = expired
+        self.expiry_checks = 0
+
+    def can_handle_request(self, origin: Any) -> bool:
+        return True
+
+    def is_available(self) -> bool:
+        return self.state == "idle"
+
+    def is_idle(self) -> bool:
+        return self.state == "idle"
+
+    def is_closed(self) -> bool:
+        return self.state == "closed"
+
+    def has_expired(self) -> bool:
+        self.expiry_checks += 1
+        return self.expired
+
+
+def _pool(connections: list[FakeConnection], max_connections: int = 10) -> Any:
+    import httpcore
+
+    pool = httpcore.AsyncConnectionPool(max_connections=max_connections)
+    assert pool_assignment.install(pool)
+    pool._connections.extend(connections)
+    return pool
+
+
+def _assign(pool: Any) -> list[Any]:
+    """One assignment, run as the pool runs it: inside the event loop (it sets events)."""
+
+    async def main() -> list[Any]:
+        closing: list[Any] = pool._assign_requests_to_connections()
+        return closing
+
+    return asyncio.run(main())
+
+
+def _queue(pool: Any, count: int) -> list[Any]:
+    import httpcore
+    from httpcore._async.connection_pool import AsyncPoolRequest
+
+    requests = [AsyncPoolRequest(httpcore.Request("GET", ORIGIN_URL)) for _ in range(count)]
+    pool._requests.extend(requests)
+    return requests
+
+
+def test_requests_queued_together_get_different_idle_connections() -> None:
+    first, second = FakeConnection(), FakeConnection()
+    pool = _pool([first, second])
+    requests = _queue(pool, 2)
+    assert _assign(pool) == []
+    # httpcore's own assignment hands ``first`` to both: one of them then finds it taken.
+    assert [r.connection for r in requests] == [first, second]
+
+
+def test_an_idle_connection_promised_to_a_request_is_not_handed_to_another() -> None:
+    only = FakeConnection()
+    pool = _pool([only], max_connections=1)
+    (early,) = _queue(pool, 1)
+    _assign(pool)
+    assert early.connection is only
+    (late,) = _queue(pool, 1)
+    _assign(pool)
+    # ``early`` has not started on it yet: ``late`` waits for a connection instead.
+    assert late.connection is None
+    pool._requests.remove(early)
+    _assign(pool)
+    assert late.connection is only
+
+
+def test_the_search_for_a_free_connection_starts_after_the_last_one_found() -> None:
+    connections = [FakeConnection() for _ in range(3)]
+    pool = _pool(connections)
+    handed = []
+    for _ in range(4):
+        (request,) = _queue(pool, 1)
+        _assign(pool)
+        handed.append(request.connection)
+        pool._requests.remove(request)  # served: its connection is idle again
+    # Round the pool, not the first connection again and again (found behind every
+    # busy connection of a full pool).
+    assert handed == [connections[0], connections[1], connections[2], connections[0]]
+
+
+def test_only_the_connection_handed_out_is_checked_between_sweeps() -> None:
+    connections = [FakeConnection() for _ in range(50)]
+    pool = _pool(connections, max_connections=100)
+    pool._next_sweep = float("inf")  # the last sweep is recent
+    requests = _queue(pool, 1)
+    _assign(pool)
+    assert requests[0].connection is connections[0]
+    assert [c.expiry_checks for c in connections] == [1] + [0] * 49
+
+
+def test_a_sweep_checks_every_connection_when_due() -> None:
+    stale = FakeConnection(expired=True)
+    gone = FakeConnection("closed")
+    busy = FakeConnection("active")
+    pool = _pool([stale, gone, busy])
+    assert _assign(pool) == [stale]
+    assert pool._connections == [busy]
+    assert pool._next_sweep > 0
+
+
+def test_an_expired_connection_is_closed_not_handed_out() -> None:
+    stale, fresh = FakeConnection(expired=True), FakeConnection()
+    pool = _pool([stale, fresh])
+    pool._next_sweep = float("inf")
+    (request,) = _queue(pool, 1)
+    assert _assign(pool) == [stale]
+    assert request.connection is fresh
+    assert pool._connections == [fresh]
+
+
+def test_a_full_pool_sweeps_before_a_request_waits() -> None:
+    gone = FakeConnection("closed")
+    busy = FakeConnection("active")
+    pool = _pool([gone, busy], max_connections=2)
+    pool._next_sweep = float("inf")
+    (request,) = _queue(pool, 1)
+    _assign(pool)
+    # The closed connection no longer holds a place: a new one was made for the request.
+    assert gone not in pool._connections
+    assert request.connection is not None
+    assert request.connection not in (gone, busy)
+
+
+def test_a_full_pool_replaces_an_idle_connection_it_cannot_use() -> None:
+    class OtherOrigin(FakeConnection):
+        def can_handle_request(self, origin: Any) -> bool:
+            return False
+
+    elsewhere = OtherOrigin()
+    pool = _pool([elsewhere], max_connections=1)
+    (request,) = _queue(pool, 1)
+    assert _assign(pool) == [elsewhere]
+    assert request.connection is not None
+    assert pool._connections == [request.connection]
+
+
+def test_other_pools_are_left_as_they_are() -> None:
+    class Pool:
+        def _assign_requests_to_connections(self) -> list[Any]:
+            return []
+
+    other = Pool()
+    assert not pool_assignment.install(other)
+    assert not pool_assignment.install(None)
+    assert "_next_sweep" not in vars(other)
+
+
+def test_the_client_pool_assigns_with_it() -> None:
+    async def main() -> Any:
+        client = AsyncServiceClient(
+            ORIGIN_URL,
+            service_name="pool",
+            target_service="assignment",
+            registry=CollectorRegistry(),
+        )
+        async with client:
+            transport = await client._open()
+            return transport._transport._pool._assign_requests_to_connections
+
+    method = asyncio.run(main())
+    assert method.__func__ is pool_assignment.assign
+
+
+def test_an_idle_socket_is_readable_once_the_server_closes_it() -> None:
+    from commclient._async import _ConnectingStream
+
+    class Inner:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+            self.asked: list[str] = []
+
+        def get_extra_info(self, info: str) -> Any:
+            self.asked.append(info)
+            return self.sock if info == "socket" else None
+
+    ours, theirs = socket.socketpair()
+    inner = Inner(ours)
+    stream = _ConnectingStream(inner, None)
+    try:
+        assert stream.get_extra_info("is_readable") is False
+        assert stream.get_extra_info("is_readable") is False
+        theirs.close()
+        assert stream.get_extra_info("is_readable") is True
+        # The socket was looked up once, not at every check.
+        assert inner.asked == ["socket"]
+        ours.close()
+        assert stream.get_extra_info("is_readable") is True
+    finally:
+        ours.close()
+        theirs.close()
