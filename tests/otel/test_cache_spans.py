@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,10 +16,11 @@ import pytest
 import redis
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from commclient import AsyncServiceClient, ClientConfig, SyncServiceClient
+from commclient import AsyncServiceClient, ClientConfig, SyncServiceClient, correlation_id_ctx
 from commclient.cache import AsyncRedisCache, CacheConfig, SyncRedisCache
 from tests.http_server import ServerProcess
 from tests.otel.spantree import ancestors
@@ -267,3 +271,78 @@ def test_waiting_for_another_process_lease_is_an_event(
     [span] = cache_spans(spans)
     assert summary(span) == ("cache get_or_set", "report:1", "report", "miss")
     assert [event.name for event in span.events] == ["lease_wait"]
+
+
+class _Witness(logging.Handler):
+    """Keeps, per cache log message, the correlation id it carried and the trace that was
+    current where it was logged (what a log-to-trace correlation would stamp on it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[str, tuple[object, int]] = {}
+        self.heard = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        current = trace.get_current_span().get_span_context().trace_id
+        self.seen[record.getMessage()] = (getattr(record, "correlation_id", None), current)
+        if record.getMessage() == LISTENER_LOST:
+            self.heard.set()
+
+
+LISTENER_LOST = "cache invalidation listener disconnected; local tier flushed and bypassed"
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_the_listener_started_by_an_operation_keeps_nothing_of_its_context(
+    world: str, redis_url: str, spans: InMemorySpanExporter
+) -> None:
+    """The local tier's listener, started by the first operation that needs it, outlives
+    it: it must not tell that operation's span of its own failures, nor log under the
+    correlation id and trace of the request that happened to start it."""
+    admin = redis.Redis.from_url(redis_url)
+    witness = _Witness()
+    logger = logging.getLogger("commclient.cache")
+    logger.addHandler(witness)
+
+    async def body() -> Any:
+        cache = make_cache(world, redis_url, f"listener-{world}", local_tier_size=10)
+
+        async def disconnect_the_listener() -> str:
+            # The listener started with this get_or_set; once it serves, drop its
+            # connection while the operation is still running.
+            while not cache._core.local.active:
+                await asyncio.sleep(0.005)
+            admin.client_kill_filter(_type="pubsub")
+            while not witness.heard.is_set():
+                await asyncio.sleep(0.005)
+            return "loaded"
+
+        def load() -> str:  # the same, in the sync cache's thread
+            while not cache._core.local.active:
+                time.sleep(0.005)
+            admin.client_kill_filter(_type="pubsub")
+            assert witness.heard.wait(30)
+            return "loaded"
+
+        spans.clear()
+        token = correlation_id_ctx.set("request-42")
+        try:
+            if world == "sync":
+                value = cache.get_or_set("user:5", load)
+            else:
+                value = await cache.get_or_set("user:5", disconnect_the_listener)
+        finally:
+            correlation_id_ctx.reset(token)
+        await close(cache)
+        return value
+
+    try:
+        assert run(body) == "loaded"
+    finally:
+        logger.removeHandler(witness)
+    [span] = cache_spans(spans)
+    assert summary(span) == ("cache get_or_set", "user:5", "user", "miss")
+    assert [event.name for event in span.events] == []  # the listener's error is not its own
+    correlation_id, trace_id = witness.seen[LISTENER_LOST]
+    assert correlation_id is None
+    assert trace_id != span.context.trace_id
