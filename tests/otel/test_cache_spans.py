@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
 from commclient import AsyncServiceClient, ClientConfig, SyncServiceClient, correlation_id_ctx
+from commclient.asgi import CacheInvalidationMiddleware, CorrelationIdMiddleware, InvalidationRule
 from commclient.cache import AsyncRedisCache, CacheConfig, SyncRedisCache
 from tests.http_server import ServerProcess
 from tests.otel.spantree import ancestors
@@ -346,3 +347,72 @@ def test_the_listener_started_by_an_operation_keeps_nothing_of_its_context(
     correlation_id, trace_id = witness.seen[LISTENER_LOST]
     assert correlation_id is None
     assert trace_id != span.context.trace_id
+
+
+def test_a_failed_invalidation_retried_later_is_not_part_of_the_request_that_failed(
+    redis_url: str, spans: InMemorySpanExporter
+) -> None:
+    """The middleware retries a failed invalidation in the background, long after the
+    request that made it has ended: the retry's spans and logs are not that request's."""
+    witness = _Witness()
+    logger = logging.getLogger("commclient.cache")
+    logger.addHandler(witness)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    tracer = trace.get_tracer("tests")
+
+    class FailingOnce(AsyncRedisCache):
+        failed = False
+
+        async def invalidate_group(self, group: str) -> bool:
+            if not self.failed:
+                self.failed = True
+                return False  # as when Redis is unreachable
+            return await super().invalidate_group(group)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def body() -> tuple[int, int]:
+        cache = FailingOnce.from_url(redis_url, "retried", registry=CollectorRegistry())
+        rules = [InvalidationRule("/api/users", groups=("user",))]
+        middleware = CorrelationIdMiddleware(
+            CacheInvalidationMiddleware(app, cache, rules, retry_max_wait=0.05)
+        )
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async def receive() -> Any:
+            return {"type": "http.request"}
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/api/users/1",
+            "headers": [(b"x-correlation-id", b"request-43")],
+        }
+        with tracer.start_as_current_span("POST /api/users") as request:
+            await middleware(scope, receive, send)
+        assert sent[0]["status"] == 204
+        while not cache.failed or witness.seen.get(APPLIED) is None:
+            await asyncio.sleep(0.01)
+        await close(cache)
+        return request.get_span_context().trace_id, request.get_span_context().span_id
+
+    try:
+        request_trace, request_span = run(body)
+    finally:
+        logger.removeHandler(witness)
+        logger.setLevel(level)
+    [retry] = [s for s in cache_spans(spans) if s.name == "cache invalidate_group"]
+    assert retry.parent is None or retry.parent.span_id != request_span
+    assert retry.context.trace_id != request_trace
+    correlation_id, trace_id = witness.seen[APPLIED]
+    assert correlation_id != "request-43"
+    assert trace_id != request_trace
+
+
+APPLIED = "pending cache invalidation applied"
