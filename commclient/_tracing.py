@@ -235,8 +235,8 @@ class CacheSpan:
     running in this context.
 
     An error that escapes the operation sets ``error.type`` and the span's status, as a
-    call's span does; the exception's text is not recorded (a loader's error may carry
-    anything).
+    call's span does (``cancelled`` for a cancellation); the exception's text is not
+    recorded (a loader's error may carry anything).
     """
 
     __slots__ = ("_context", "_otel_token", "_token", "_trace", "open", "span")
@@ -265,7 +265,9 @@ class CacheSpan:
         self._context.detach(self._otel_token)
         error = exc_info[1]
         if error is not None:
-            _conclude(self._trace, self.span, None, type(error).__name__)
+            # Cancelled or interrupted (not an Exception): ``cancelled``, as a call's span.
+            error_type = type(error).__name__ if isinstance(error, Exception) else "cancelled"
+            _conclude(self._trace, self.span, None, error_type)
         self.span.end()
 
 

@@ -416,3 +416,33 @@ def test_a_failed_invalidation_retried_later_is_not_part_of_the_request_that_fai
 
 
 APPLIED = "pending cache invalidation applied"
+
+
+def test_a_cancelled_operation_says_cancelled_as_a_calls_span_does(
+    redis_url: str, spans: InMemorySpanExporter
+) -> None:
+    """A caller that gives up (a timeout around ``get_or_set``) cancels the operation:
+    ``error.type`` is ``cancelled``, the word a cancelled call's span uses, not the name of
+    the exception that carried the cancellation."""
+
+    async def body() -> None:
+        cache = make_cache("async", redis_url, "cancelled")
+        started = asyncio.Event()
+
+        async def never() -> str:
+            started.set()
+            await asyncio.Event().wait()
+            return "never"
+
+        spans.clear()
+        task = asyncio.create_task(cache.get_or_set("report:2", never))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await close(cache)
+
+    run(body)
+    [span] = cache_spans(spans)
+    assert (span.attributes or {}).get("error.type") == "cancelled"
+    assert span.status.status_code is StatusCode.ERROR
