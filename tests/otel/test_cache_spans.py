@@ -446,3 +446,58 @@ def test_a_cancelled_operation_says_cancelled_as_a_calls_span_does(
     [span] = cache_spans(spans)
     assert (span.attributes or {}).get("error.type") == "cancelled"
     assert span.status.status_code is StatusCode.ERROR
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_a_lease_renewal_that_fails_is_an_event_of_the_loading_operation(
+    world: str, spans: InMemorySpanExporter
+) -> None:
+    """While a loader runs, its lease is renewed (a task of the operation in the async
+    cache, one shared thread in the sync cache): a renewal Redis does not answer is a
+    ``cache_error`` of that operation's span in both worlds, as the errors counter counts
+    it."""
+    registry = CollectorRegistry()
+    with RedisServer() as server:
+        kind = SyncRedisCache if world == "sync" else AsyncRedisCache
+        config = CacheConfig(lease_ttl=0.3, operation_timeout=0.2, breaker_failure_threshold=100)
+        cache = kind.from_url(server.url, f"renew-{world}", config=config, registry=registry)
+
+        def renewals_failed() -> float:
+            sample = registry.get_sample_value(
+                "redis_cache_errors_total",
+                {
+                    "cache_name": f"renew-{world}",
+                    "operation": "lease_renew",
+                    "error_type": "TimeoutError",
+                },
+            )
+            return sample or 0.0
+
+        def load() -> str:
+            server.pause()
+            try:
+                while not renewals_failed():
+                    time.sleep(0.01)
+            finally:
+                server.resume()
+            return "loaded"
+
+        async def aload() -> str:
+            server.pause()
+            try:
+                while not renewals_failed():
+                    await asyncio.sleep(0.01)
+            finally:
+                server.resume()
+            return "loaded"
+
+        async def body() -> Any:
+            spans.clear()
+            value = await settle(cache.get_or_set("report:3", load if world == "sync" else aload))
+            await close(cache)
+            return value
+
+        assert run(body) == "loaded"
+    [span] = cache_spans(spans)
+    operations = [(e.attributes or {}).get("commclient.cache.operation") for e in span.events]
+    assert "lease_renew" in operations, operations
