@@ -75,6 +75,17 @@ def test_outgoing_headers_continue_the_inbound_trace_with_a_new_span_each_time()
     assert outgoing_trace_headers(TRACE_ID)["traceparent"].startswith(f"00-{TRACE_ID}-")
 
 
+def test_flags_that_w3c_leaves_undefined_are_not_passed_on() -> None:
+    """W3C: the flags a version does not define are set to zero when propagating; only
+    ``sampled`` (and level 2's ``random``, true of the trace id kept) go on."""
+    token = inbound_trace_ctx.set(parse_traceparent(f"00-{TRACE_ID}-00f067aa0ba902b7-ff"))
+    try:
+        sent = outgoing_trace_headers("cid")["traceparent"]
+    finally:
+        inbound_trace_ctx.reset(token)
+    assert sent.split("-")[3] == "03"
+
+
 # --- ASGI -------------------------------------------------------------------------------
 
 
