@@ -14,15 +14,16 @@ from typing import Any
 
 import pytest
 import redis
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
 from commclient import AsyncServiceClient, ClientConfig, SyncServiceClient, correlation_id_ctx
 from commclient.asgi import CacheInvalidationMiddleware, CorrelationIdMiddleware, InvalidationRule
 from commclient.cache import AsyncRedisCache, CacheConfig, SyncRedisCache
+from tests.conftest_cache import eventually
 from tests.http_server import ServerProcess
 from tests.otel.spantree import ancestors
 from tests.redis_server import RedisServer, free_port
@@ -72,6 +73,15 @@ def summary(span: ReadableSpan) -> tuple[str, object, object, object]:
 
 def run(body: Callable[[], Any]) -> Any:
     return asyncio.run(body())
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> None:
+    """Poll ``condition`` from a sync cache's loader (no event loop to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not reached within {timeout} s")
+        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("world", WORLDS)
@@ -311,16 +321,19 @@ def test_the_listener_started_by_an_operation_keeps_nothing_of_its_context(
         async def disconnect_the_listener() -> str:
             # The listener started with this get_or_set; once it serves, drop its
             # connection while the operation is still running.
-            while not cache._core.local.active:
-                await asyncio.sleep(0.005)
+            await eventually(serving, timeout=30)
             admin.client_kill_filter(_type="pubsub")
-            while not witness.heard.is_set():
-                await asyncio.sleep(0.005)
+            await eventually(heard, timeout=30)
             return "loaded"
 
+        async def serving() -> bool:
+            return bool(cache._core.local.active)
+
+        async def heard() -> bool:
+            return witness.heard.is_set()
+
         def load() -> str:  # the same, in the sync cache's thread
-            while not cache._core.local.active:
-                time.sleep(0.005)
+            wait_until(lambda: cache._core.local.active)
             admin.client_kill_filter(_type="pubsub")
             assert witness.heard.wait(30)
             return "loaded"
@@ -397,8 +410,11 @@ def test_a_failed_invalidation_retried_later_is_not_part_of_the_request_that_fai
         with tracer.start_as_current_span("POST /api/users") as request:
             await middleware(scope, receive, send)
         assert sent[0]["status"] == 204
-        while not cache.failed or witness.seen.get(APPLIED) is None:
-            await asyncio.sleep(0.01)
+
+        async def retried() -> bool:
+            return cache.failed and APPLIED in witness.seen
+
+        await eventually(retried, timeout=30)
         await close(cache)
         return request.get_span_context().trace_id, request.get_span_context().span_id
 
@@ -473,11 +489,13 @@ def test_a_lease_renewal_that_fails_is_an_event_of_the_loading_operation(
             )
             return sample or 0.0
 
-        def load() -> str:
+        async def failed() -> bool:
+            return renewals_failed() > 0
+
+        def load() -> str:  # the same, blocking the sync cache's thread
             server.pause()
             try:
-                while not renewals_failed():
-                    time.sleep(0.01)
+                wait_until(lambda: renewals_failed() > 0)
             finally:
                 server.resume()
             return "loaded"
@@ -485,8 +503,7 @@ def test_a_lease_renewal_that_fails_is_an_event_of_the_loading_operation(
         async def aload() -> str:
             server.pause()
             try:
-                while not renewals_failed():
-                    await asyncio.sleep(0.01)
+                await eventually(failed, timeout=30)
             finally:
                 server.resume()
             return "loaded"
