@@ -141,6 +141,19 @@ def test_asgi_replaces_a_hostile_id_and_never_propagates_it(
     assert all(hostile not in r.getMessage() for r in caplog.records if hostile)
 
 
+def test_asgi_reads_a_flood_of_repeated_headers_in_one_pass() -> None:
+    """A server without a header limit (uvicorn with httptools, as ``uvicorn[standard]``
+    installs it) hands over every header a client sends: 150,000 repeated headers
+    (7 MB) must cost one pass, not a new string per header as long as all before it
+    (about 10^12 bytes copied: the pytest timeout, not an answer). The combined
+    ``tracestate`` is far over W3C's size, so it is dropped."""
+    flood = [(b"tracestate", b"vendor=" + b"x" * 40)] * 150_000
+    cookies = [(b"cookie", b"session=" + b"y" * 40)] * 150_000
+    seen = asyncio.run(asgi_request([(b"traceparent", TRACEPARENT.encode()), *flood, *cookies]))
+    assert seen["outgoing"]["traceparent"].split("-")[1] == TRACE_ID
+    assert "tracestate" not in seen["outgoing"]
+
+
 def test_asgi_reads_repeated_trace_headers_as_w3c_says() -> None:
     # Two traceparent headers: neither is the caller's (W3C's test suite expects a new
     # trace); several tracestate headers are one list, combined in order (RFC 9110 5.3),
