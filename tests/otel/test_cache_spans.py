@@ -518,3 +518,61 @@ def test_a_lease_renewal_that_fails_is_an_event_of_the_loading_operation(
     [span] = cache_spans(spans)
     operations = [(e.attributes or {}).get("commclient.cache.operation") for e in span.events]
     assert "lease_renew" in operations, operations
+
+
+def test_concurrent_operations_on_one_cache_each_tell_their_own_span(
+    redis_url: str, spans: InMemorySpanExporter
+) -> None:
+    """Many tasks on one cache at once (hits, misses sharing one load, writes): each
+    operation's span is a child of its own task's span and says what that operation
+    found, whatever the others found meanwhile."""
+    tracer = trace.get_tracer("tests")
+
+    async def body() -> None:
+        # A generous timeout: a loaded machine's slow answer is not what this is about.
+        cache = make_cache(
+            "async", redis_url, "concurrent", local_tier_size=100, operation_timeout=30.0
+        )
+        assert await cache.start()
+        await cache.set("hot:1", "cached")
+        spans.clear()
+        gate = asyncio.Event()
+
+        async def load() -> str:
+            await gate.wait()
+            return "loaded"
+
+        async def one(n: int) -> None:
+            with tracer.start_as_current_span(f"task {n}"):
+                if n % 3 == 0:
+                    assert await cache.get("hot:1") == "cached"
+                elif n % 3 == 1:
+                    assert await cache.get_or_set(f"cold:{n % 2}", load) == "loaded"
+                else:
+                    await cache.set(f"write:{n}", n)
+
+        tasks = [asyncio.create_task(one(n)) for n in range(60)]
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(*tasks)
+        await close(cache)
+
+    run(body)
+    finished = spans.get_finished_spans()
+    parents = {s.context.span_id: s.name for s in finished if s.name.startswith("task ")}
+    operations = cache_spans(spans)
+    assert len(operations) == 60
+    for span in operations:
+        assert span.parent is not None
+        n = int(parents[span.parent.span_id].split()[1])
+        name, key, _, result = summary(span)
+        if n % 3 == 0:
+            assert (name, key, result) in {
+                ("cache get", "hot:1", "hit"),
+                ("cache get", "hot:1", "local_hit"),
+            }
+        elif n % 3 == 1:  # the load's, or a late task's that found it done
+            assert (name, key) == ("cache get_or_set", f"cold:{n % 2}")
+            assert result in {"miss", "hit", "local_hit"}
+        else:
+            assert (name, key, result) == ("cache set", f"write:{n}", None)
