@@ -316,7 +316,9 @@ def test_the_listener_started_by_an_operation_keeps_nothing_of_its_context(
     logger.addHandler(witness)
 
     async def body() -> Any:
-        cache = make_cache(world, redis_url, f"listener-{world}", local_tier_size=10)
+        cache = make_cache(
+            world, redis_url, f"listener-{world}", local_tier_size=10, operation_timeout=30.0
+        )
 
         async def disconnect_the_listener() -> str:
             # The listener started with this get_or_set; once it serves, drop its
@@ -388,7 +390,10 @@ def test_a_failed_invalidation_retried_later_is_not_part_of_the_request_that_fai
         await send({"type": "http.response.body", "body": b""})
 
     async def body() -> tuple[int, int]:
-        cache = FailingOnce.from_url(redis_url, "retried", registry=CollectorRegistry())
+        config = CacheConfig(operation_timeout=30.0)  # the retry succeeds at once
+        cache = FailingOnce.from_url(
+            redis_url, "retried", config=config, registry=CollectorRegistry()
+        )
         rules = [InvalidationRule("/api/users", groups=("user",))]
         middleware = CorrelationIdMiddleware(
             CacheInvalidationMiddleware(app, cache, rules, retry_max_wait=0.05)
