@@ -579,3 +579,32 @@ def test_concurrent_operations_on_one_cache_each_tell_their_own_span(
             assert result in {"miss", "hit", "local_hit"}
         else:
             assert (name, key, result) == ("cache set", f"write:{n}", None)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_a_refresh_this_caller_runs_is_an_event_told_from_a_stale_value_served(
+    world: str, redis_url: str, spans: InMemorySpanExporter
+) -> None:
+    """``stale`` says what the lookup found; whether this caller then ran the loader (its
+    calls under the span, its latency) or was served while another process refreshes is
+    a ``refresh`` event, or none."""
+
+    async def body() -> list[Any]:
+        cache = make_cache(world, redis_url, f"refresh-{world}")
+        loader = (lambda: "new") if world == "sync" else (lambda: asyncio.sleep(0, "new"))
+        values = []
+        for key in ("theme:1", "theme:2"):
+            await settle(cache.set(key, "old", ttl=30))  # in the stale window of 60 s
+        lease_key = cache._core.plan("theme:2").lease_key
+        redis.Redis.from_url(redis_url).set(lease_key, "another-process", px=60_000)
+        spans.clear()
+        for key in ("theme:1", "theme:2"):
+            values.append(await settle(cache.get_or_set(key, loader, stale_ttl=60)))
+        await close(cache)
+        return values
+
+    assert run(body) == ["new", "old"]
+    refreshed, served = cache_spans(spans)
+    assert summary(refreshed)[3] == summary(served)[3] == "stale"
+    assert [event.name for event in refreshed.events] == ["refresh"]
+    assert [event.name for event in served.events] == []
