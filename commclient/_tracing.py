@@ -49,14 +49,24 @@ def active_tracer() -> Any | None:
         provider = trace.get_tracer_provider()
     global _cached
     cached_provider, tracer = _cached
-    if provider is cached_provider:
-        return tracer
-    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
-        tracer = None
-    else:
-        tracer = provider.get_tracer("commclient", __version__)
-    _cached = (provider, tracer)
+    if provider is not cached_provider:
+        if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+            tracer = None
+        else:
+            tracer = provider.get_tracer("commclient", __version__)
+        _cached = (provider, tracer)
+    if tracer is not None and _suppressed():
+        return None
     return tracer
+
+
+def _suppressed() -> bool:
+    """Whether instrumentation is suppressed here, as OpenTelemetry's instrumentations
+    check it: the SDK exports spans so, and an exporter's own calls (through this
+    library's client, or a cache) must not make spans to export, without end."""
+    context: Any = sys.modules.get("opentelemetry.context")  # imported with the trace API
+    key = getattr(context, "_SUPPRESS_INSTRUMENTATION_KEY", None)
+    return key is not None and bool(context.get_value(key))
 
 
 def _suppress_http_key() -> Any:
