@@ -196,14 +196,20 @@ class CorrelationIdMiddleware:
 
 
 def _asgi_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Each header's value, names lower-cased; a repeated header's values joined by commas.
+    """The headers the middleware reads, names lower-cased; a repeated header's values
+    joined by commas.
 
     As a WSGI server joins them (RFC 9110 5.3): repeated ``tracestate`` headers are one
     list, and two ``traceparent`` headers make a value that is no valid ``traceparent``
-    (W3C: neither is the caller's, a new trace starts).
+    (W3C: neither is the caller's, a new trace starts). In one pass: a server without a
+    header limit hands over as many headers as a client sends.
     """
-    headers: dict[str, str] = {}
+    values: dict[str, list[str]] = {}
     for name, value in raw:
-        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-        headers[key] = f"{headers[key]},{text}" if key in headers else text
-    return headers
+        key = name.decode("latin-1").lower()
+        if key in _READ_HEADERS:
+            values.setdefault(key, []).append(value.decode("latin-1"))
+    return {key: ",".join(parts) for key, parts in values.items()}
+
+
+_READ_HEADERS = frozenset({CORRELATION_HEADER.lower(), TRACEPARENT_HEADER, TRACESTATE_HEADER})

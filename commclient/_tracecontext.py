@@ -27,6 +27,8 @@ _TRACEPARENT = re.compile(
     r"(?P<version>[0-9a-f]{2})-(?P<trace_id>[0-9a-f]{32})-(?P<parent_id>[0-9a-f]{16})"
     r"-(?P<flags>[0-9a-f]{2})(?P<rest>-[\x21-\x7e]*)?"
 )
+# sampled (level 1) and random (level 2): W3C has the others set to zero when propagated.
+_KNOWN_FLAGS = 0x03
 _ZERO_TRACE_ID = "0" * 32
 _ZERO_SPAN_ID = "0" * 16
 _HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -68,7 +70,8 @@ def parse_traceparent(value: str | None, tracestate: str | None = None) -> Trace
         return None
     if trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_SPAN_ID:
         return None
-    return TraceParent(trace_id, parent_id, int(match["flags"], 16), _clean_tracestate(tracestate))
+    flags = int(match["flags"], 16) & _KNOWN_FLAGS
+    return TraceParent(trace_id, parent_id, flags, _clean_tracestate(tracestate))
 
 
 def _clean_tracestate(value: str | None) -> str | None:

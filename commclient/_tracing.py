@@ -49,14 +49,24 @@ def active_tracer() -> Any | None:
         provider = trace.get_tracer_provider()
     global _cached
     cached_provider, tracer = _cached
-    if provider is cached_provider:
-        return tracer
-    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
-        tracer = None
-    else:
-        tracer = provider.get_tracer("commclient", __version__)
-    _cached = (provider, tracer)
+    if provider is not cached_provider:
+        if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+            tracer = None
+        else:
+            tracer = provider.get_tracer("commclient", __version__)
+        _cached = (provider, tracer)
+    if tracer is not None and _suppressed():
+        return None
     return tracer
+
+
+def _suppressed() -> bool:
+    """Whether instrumentation is suppressed here, as OpenTelemetry's instrumentations
+    check it: the SDK exports spans so, and an exporter's own calls (through this
+    library's client, or a cache) must not make spans to export, without end."""
+    context: Any = sys.modules.get("opentelemetry.context")  # imported with the trace API
+    key = getattr(context, "_SUPPRESS_INSTRUMENTATION_KEY", None)
+    return key is not None and bool(context.get_value(key))
 
 
 def _suppress_http_key() -> Any:
@@ -235,8 +245,8 @@ class CacheSpan:
     running in this context.
 
     An error that escapes the operation sets ``error.type`` and the span's status, as a
-    call's span does; the exception's text is not recorded (a loader's error may carry
-    anything).
+    call's span does (``cancelled`` for a cancellation); the exception's text is not
+    recorded (a loader's error may carry anything).
     """
 
     __slots__ = ("_context", "_otel_token", "_token", "_trace", "open", "span")
@@ -265,7 +275,9 @@ class CacheSpan:
         self._context.detach(self._otel_token)
         error = exc_info[1]
         if error is not None:
-            _conclude(self._trace, self.span, None, type(error).__name__)
+            # Cancelled or interrupted (not an Exception): ``cancelled``, as a call's span.
+            error_type = type(error).__name__ if isinstance(error, Exception) else "cancelled"
+            _conclude(self._trace, self.span, None, error_type)
         self.span.end()
 
 

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from commclient._inbound import CorrelationIdMiddleware
 from commclient.cache._exceptions import CacheUnavailableError
+from commclient.cache._io_async import start_background
 from commclient.cache._keys import build_pattern, validate_group, validate_pattern
 
 Scope = MutableMapping[str, Any]
@@ -291,7 +292,11 @@ class CacheInvalidationMiddleware:
 
     def _retry_later(self) -> None:
         if self._retrier is None or self._retrier.done():
-            self._retrier = asyncio.get_running_loop().create_task(self._retry_pending())
+            # In an empty context: the retries outlive the request whose invalidation
+            # failed, and are no part of its trace or its correlation id.
+            self._retrier = start_background(
+                self._retry_pending, name="commclient-cache-invalidation-retry"
+            )
 
     async def _retry_pending(self) -> None:
         """Run the pending invalidations again until Redis completes every one of them."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import json
 import logging
@@ -135,6 +136,9 @@ class RunRecord:
     correlation_id: str
     execution_id: str | None = None
     dropped: bool = False
+    # The context of the run that opened it (its correlation id, its span): its delivery
+    # runs in it, whichever run's loop delivers it.
+    context: contextvars.Context | None = field(default=None, repr=False)
 
 
 @dataclass(eq=False)
@@ -268,6 +272,7 @@ class RecordOutbox:
 
     def open(self, record: RunRecord) -> bool:
         """Queue the ``create`` of a new run; False (counted, logged) when full."""
+        record.context = contextvars.copy_context()
         with self._lock:
             if self._open_runs >= self.capacity:
                 record.dropped = True
@@ -391,8 +396,12 @@ class RecordOutbox:
         for record in waiting:
             task = self._tasks.get(record)
             if task is None or task.done():
-                self._tasks[record] = asyncio.get_running_loop().create_task(
-                    self._deliver_run(record), name="cron_migration-records"
+                # In the run's context, not in that of the run whose kick got here.
+                context = (record.context or contextvars.Context()).copy()
+                self._tasks[record] = context.run(
+                    asyncio.get_running_loop().create_task,
+                    self._deliver_run(record),
+                    name="cron_migration-records",
                 )
 
     async def _deliver_run(self, record: RunRecord) -> None:

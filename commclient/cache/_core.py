@@ -617,6 +617,13 @@ class CacheCore:
         event of the operation's span)."""
         cache_event("lease_wait", {})
 
+    @staticmethod
+    def refreshing() -> None:
+        """This caller took the lease to refresh a value (stale, or early): it runs the
+        loader, where a caller served meanwhile does not (an event of the operation's
+        span, whose result says what the lookup found)."""
+        cache_event("refresh", {})
+
     def renew_lease_args(self, plan: KeyPlan, token: str) -> tuple[list[str], list[str | int]]:
         return [plan.lease_key], [token, self.lease_ms()]
 

@@ -390,6 +390,7 @@ def refresh(core: CacheCore, job: ReadThrough, generation: str, stale_value: Any
     )
     if acquired is FAILED or not acquired:
         return stale_value
+    core.refreshing()
     return (yield from load_and_store(core, job, generation, token, replaces=True))
 
 

@@ -9,6 +9,7 @@ really differ.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import sys
 import threading
@@ -138,8 +139,11 @@ class _Renewal:
 
 
 def start_background(function: Callable[[], Coroutine[Any, Any, None]], name: str) -> Any:
-    """Run ``function`` as a task of the running loop."""
-    return asyncio.get_running_loop().create_task(function(), name=name)
+    """Run ``function`` as a task of the running loop, in an empty context: it outlives the
+    operation that started it, whose correlation id and span it must not carry on (its
+    logs would name that request, its failures be told to that operation's span)."""
+    loop = asyncio.get_running_loop()
+    return contextvars.Context().run(loop.create_task, function(), name=name)
 
 
 async def stop_background(task: asyncio.Task[None], stop: Stop) -> None:

@@ -5,6 +5,7 @@ The twin of :mod:`._io_async`, name for name, for the driver generated into :mod
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
 import threading
@@ -82,8 +83,11 @@ def renewing(interval: float, renew: Callable[[], object]) -> AbstractContextMan
 
 
 def start_background(function: Callable[[], None], name: str) -> threading.Thread:
-    """Run ``function`` in a daemon thread: a listener must never keep the process alive."""
-    thread = threading.Thread(target=function, name=name, daemon=True)
+    """Run ``function`` in a daemon thread (a listener must never keep the process alive),
+    in an empty context, as the async twin does (threads may inherit their starter's)."""
+    thread = threading.Thread(
+        target=contextvars.Context().run, args=(function,), name=name, daemon=True
+    )
     thread.start()
     return thread
 

@@ -16,6 +16,7 @@ interval at a time, so a lease registered meanwhile is due no earlier than its w
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -26,12 +27,17 @@ logger = logging.getLogger("commclient.cache")
 
 
 class _Lease:
-    __slots__ = ("due", "interval", "renew")
+    """A loader's lease, renewed in the context of the operation that took it (its span
+    and correlation id tell of a renewal that failed, as in the async driver, whose
+    renewals are a task of the operation)."""
+
+    __slots__ = ("context", "due", "interval", "renew")
 
     def __init__(self, interval: float, renew: Callable[[], object], due: float) -> None:
         self.interval = interval
         self.renew = renew
         self.due = due
+        self.context = contextvars.copy_context()
 
 
 class _Renewal:
@@ -84,8 +90,12 @@ class LeaseRenewer:
             with self._condition:
                 self._idle_wait = interval
                 if self._thread is None:
+                    # In an empty context: it serves every operation, none in particular.
                     self._thread = threading.Thread(
-                        target=self._run, name="commclient-cache-lease-renewer", daemon=True
+                        target=contextvars.Context().run,
+                        args=(self._run,),
+                        name="commclient-cache-lease-renewer",
+                        daemon=True,
                     )
                     self._thread.start()
                 elif lease.due < self._wakes_at:
@@ -122,7 +132,7 @@ class LeaseRenewer:
             if lease not in self._leases:
                 continue  # its loader returned meanwhile
             try:
-                lease.renew()
+                lease.context.run(lease.renew)
             except Exception:
                 # The driver's commands report their own failures; this one must not end
                 # the thread every lease of the process depends on.

@@ -171,8 +171,11 @@ def test_a_bridge_hop_keeps_the_parent_span(spans: InMemorySpanExporter) -> None
 def test_a_stream_entry_carries_the_trace_to_its_consumer(spans: InMemorySpanExporter) -> None:
     tracer = trace.get_tracer("test")
     with tracer.start_as_current_span("cron run") as producer:
-        correlation_id_ctx.set("run-7")
-        fields = stream_entry_fields()
+        token = correlation_id_ctx.set("run-7")
+        try:
+            fields = stream_entry_fields()
+        finally:
+            correlation_id_ctx.reset(token)  # not left to the tests that follow
     as_redis_returns = {k.encode(): v.encode() for k, v in fields.items()}
     with (
         continue_from_stream_entry(as_redis_returns) as correlation_id,

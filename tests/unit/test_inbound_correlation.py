@@ -75,6 +75,17 @@ def test_outgoing_headers_continue_the_inbound_trace_with_a_new_span_each_time()
     assert outgoing_trace_headers(TRACE_ID)["traceparent"].startswith(f"00-{TRACE_ID}-")
 
 
+def test_flags_that_w3c_leaves_undefined_are_not_passed_on() -> None:
+    """W3C: the flags a version does not define are set to zero when propagating; only
+    ``sampled`` (and level 2's ``random``, true of the trace id kept) go on."""
+    token = inbound_trace_ctx.set(parse_traceparent(f"00-{TRACE_ID}-00f067aa0ba902b7-ff"))
+    try:
+        sent = outgoing_trace_headers("cid")["traceparent"]
+    finally:
+        inbound_trace_ctx.reset(token)
+    assert sent.split("-")[3] == "03"
+
+
 # --- ASGI -------------------------------------------------------------------------------
 
 
@@ -128,6 +139,19 @@ def test_asgi_replaces_a_hostile_id_and_never_propagates_it(
     assert seen["response_headers"][b"x-correlation-id"] == seen["correlation_id"].encode()
     assert any("unsafe inbound correlation id" in r.getMessage() for r in caplog.records)
     assert all(hostile not in r.getMessage() for r in caplog.records if hostile)
+
+
+def test_asgi_reads_a_flood_of_repeated_headers_in_one_pass() -> None:
+    """A server without a header limit (uvicorn with httptools, as ``uvicorn[standard]``
+    installs it) hands over every header a client sends: 150,000 repeated headers
+    (7 MB) must cost one pass, not a new string per header as long as all before it
+    (about 10^12 bytes copied: the pytest timeout, not an answer). The combined
+    ``tracestate`` is far over W3C's size, so it is dropped."""
+    flood = [(b"tracestate", b"vendor=" + b"x" * 40)] * 150_000
+    cookies = [(b"cookie", b"session=" + b"y" * 40)] * 150_000
+    seen = asyncio.run(asgi_request([(b"traceparent", TRACEPARENT.encode()), *flood, *cookies]))
+    assert seen["outgoing"]["traceparent"].split("-")[1] == TRACE_ID
+    assert "tracestate" not in seen["outgoing"]
 
 
 def test_asgi_reads_repeated_trace_headers_as_w3c_says() -> None:
