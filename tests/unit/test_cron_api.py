@@ -86,4 +86,11 @@ def test_mypy_accepts_every_option_of_migrated_job_in_both_forms(tmp_path: Path)
         check=False,
         timeout=300,
     )
-    assert result.returncode == 0, result.stdout
+    # Only the program's own lines count: an environment without the other extras (no
+    # requests, no OpenTelemetry) makes mypy report the library's imports of them.
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    assert result.stdout, result.stderr  # mypy ran and said something
+    own_errors = [
+        line for line in result.stdout.splitlines() if "program.py:" in line and ": error:" in line
+    ]
+    assert own_errors == [], result.stdout
