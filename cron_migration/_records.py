@@ -51,8 +51,13 @@ DEFAULT_PROBE_INTERVAL = 0.5
 #: Recorder calls in flight at once (operations of different runs).
 DEFAULT_DELIVERY_CONCURRENCY = 16
 #: Seconds after which an unanswered call stops counting against that concurrency, and
-#: the recorder is treated as hanging (one call per probe interval) until a call succeeds.
+#: the recorder is treated as hanging (one call per probe interval) until a call succeeds;
+#: longer for a recorder whose answers take longer (see RecordOutbox).
 DEFAULT_STALL_AFTER = 1.0
+#: A call unanswered for this many times the slowest of the recent answers is presumed
+#: lost (not only slow), and so many recent answers are kept for it.
+STALL_FACTOR = 2.0
+RECENT_ANSWERS = 32
 # 4xx answers other than these mean the recorder will never accept the operation.
 _RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 
@@ -249,6 +254,8 @@ class RecordOutbox:
         self._stalled_since: float | None = None
         self._answered: asyncio.Future[None] | None = None
         self._answered_call_started = 0.0  # when the latest call answered was made
+        # How long the recent successful calls took: how slow this recorder answers.
+        self._answer_times: deque[float] = deque(maxlen=RECENT_ANSWERS)
         # Whether a call failed or hung since the last success, and when the recorder
         # answered again after that: the age limit counts no time before.
         self._down = False
@@ -462,11 +469,13 @@ class RecordOutbox:
     async def _attempt(self, operation: _Operation, *, picked: bool) -> Exception | None:
         """Send ``operation``; its error, or None once delivered.
 
-        A call still unanswered after ``stall_after`` seconds gives its place among the
-        ``concurrency`` calls back (it is still awaited, up to ``call_timeout``): calls
+        A call still unanswered after :meth:`_stall_limit` seconds gives its place among
+        the ``concurrency`` calls back (it is still awaited, up to ``call_timeout``): calls
         that hang (a recorder whose connections go nowhere) must not hold every place,
         or no call could show the recorder's recovery until they time out. Until a call
-        succeeds again, only the probe's pick tries (see :meth:`_wait_turn`).
+        succeeds again, only the probe's pick tries (see :meth:`_wait_turn`). Past that
+        limit, a call made after this one being answered shows this one lost: it is sent
+        again at once.
         """
         assert self._sending is not None
         while True:
@@ -481,7 +490,7 @@ class RecordOutbox:
         self._last_attempt = started = time.monotonic()
         call = asyncio.ensure_future(self._send_within_timeout(operation))
         try:
-            done, _ = await asyncio.wait({call}, timeout=self.stall_after)
+            done, _ = await asyncio.wait({call}, timeout=self._stall_limit())
             if not done:
                 self._sending.release()
                 holding = False
@@ -495,15 +504,24 @@ class RecordOutbox:
                         self.probe_interval,
                     )
                 while not call.done():
-                    if self._answered_call_started > started:
-                        # A call made after this one was answered: this one is lost (a
-                        # connection going nowhere); the same idempotency key, sent again
-                        # at once, cannot record twice.
+                    # The limit again: answers meanwhile may show the recorder slower.
+                    unanswered_for = time.monotonic() - started
+                    overdue = unanswered_for >= self._stall_limit()
+                    if overdue and self._answered_call_started > started:
+                        # A call made after this one was answered, and this one is out
+                        # for longer than the recorder takes: it is lost (a connection
+                        # going nowhere); the same idempotency key, sent again at once,
+                        # cannot record twice.
                         call.cancel()
                         return _Superseded("a hanging call, sent again")
                     answered = self._answered_future()
-                    await asyncio.wait({call, answered}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {call, answered},
+                        timeout=None if overdue else self._stall_limit() - unanswered_for,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
             call.result()
+            self._answer_times.append(time.monotonic() - started)
             self._answered_call_started = max(self._answered_call_started, started)
             if self._answered is not None and not self._answered.done():
                 self._answered.set_result(None)
@@ -516,6 +534,13 @@ class RecordOutbox:
             if holding:
                 self._sending.release()
         return None
+
+    def _stall_limit(self) -> float:
+        """Seconds a call may go unanswered before it counts as hanging: ``stall_after``,
+        or twice the slowest of the recent answers if that is longer (a recorder slow but
+        answering is not hanging), never more than ``call_timeout``."""
+        slowest = max(self._answer_times, default=0.0)
+        return min(max(self.stall_after, STALL_FACTOR * slowest), self.call_timeout)
 
     def _answered_future(self) -> asyncio.Future[None]:
         """Set when the recorder next answers a call."""

@@ -588,3 +588,66 @@ def test_an_outage_longer_than_record_max_age_expires_nothing() -> None:
     asyncio.run(main())
     assert sample(registry, "cron_run_records_dropped_total", {"reason": "expired"}) == 0
     assert len(completed) == 200
+
+
+def test_a_recorder_slower_than_stall_after_but_answering_gets_each_call_once() -> None:
+    """A healthy recorder whose answers take longer than ``stall_after`` (a REST service
+    under load, 2-5 s a call): before, each answer made every older call still out count
+    as lost, cancelled and sent again, and the outbox fell back to one new call per
+    probe. Against the example REST service, one run a second with 2-5 s answers: 356
+    requests for 90 operations, and the backlog grew by a run every 1.3 s."""
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    sent: dict[str, int] = {}
+    slow_call_in = asyncio.Event()
+    release_slow_call = asyncio.Event()
+
+    class SlowRecorder:
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            key = str(kwargs["idempotency_key"])
+            sent[key] = sent.get(key, 0) + 1
+            if kwargs["correlation_id"] == "warm-up":
+                await asyncio.sleep(1.5)  # how long this recorder's answers take
+            elif kwargs["correlation_id"] == "slow":
+                slow_call_in.set()
+                await release_slow_call.wait()  # slower than the others, not lost
+            return key
+
+        async def _answer(self, key: str) -> None:
+            sent[key] = sent.get(key, 0) + 1
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._answer(str(kwargs["idempotency_key"]))
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._answer(str(kwargs["idempotency_key"]))
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._answer(str(kwargs["idempotency_key"]))
+
+    outbox = RecordOutbox(SlowRecorder(), CronMetrics(CollectorRegistry()), stall_after=0.05)
+
+    def run(name: str) -> RunRecord:
+        record = RunRecord(name, "job", "job", None, name)
+        outbox.open(record)
+        outbox.start(record)
+        outbox.complete(record, "done")
+        return record
+
+    async def main() -> None:
+        run("warm-up")
+        await wait_until_async(lambda: outbox.pending_runs == 0, what="the first run")
+        run("slow")
+        await slow_call_in.wait()
+        await asyncio.sleep(0.2)  # the slow call out for longer than stall_after
+        # Runs made while the slow call is out are answered at once, and not held back.
+        for n in range(5):
+            run(f"fast-{n}")
+        await wait_until_async(lambda: outbox.pending_runs == 1, what="the fast runs")
+        release_slow_call.set()
+        await wait_until_async(lambda: outbox.pending_runs == 0, what="the slow run")
+
+    asyncio.run(main())
+    assert len(sent) == 7 * 3
+    assert {key for key, times in sent.items() if times > 1} == set()
