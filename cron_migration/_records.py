@@ -403,6 +403,9 @@ class RecordOutbox:
                 )
 
     async def _deliver_run(self, record: RunRecord) -> None:
+        # Asked here, not on the way out: a task destroyed with a loop closed under it
+        # runs its cleanup with no loop running, where asking would raise.
+        task = asyncio.current_task()
         if self._sending is None:
             self._sending = asyncio.Semaphore(self.concurrency)
         delay = self.retry_initial
@@ -463,7 +466,7 @@ class RecordOutbox:
                 await self._pause(delay)
                 delay = min(delay * 2, self.retry_max)
         finally:
-            if self._tasks.get(record) is asyncio.current_task():
+            if self._tasks.get(record) is task:
                 del self._tasks[record]
 
     async def _attempt(self, operation: _Operation, *, picked: bool) -> Exception | None:

@@ -651,3 +651,55 @@ def test_a_recorder_slower_than_stall_after_but_answering_gets_each_call_once() 
     asyncio.run(main())
     assert len(sent) == 7 * 3
     assert {key for key, times in sent.items() if times > 1} == set()
+
+
+def test_a_loop_closed_under_a_hanging_record_call_leaves_the_run_to_the_next_loop() -> None:
+    """A loop closed without cancelling its tasks (an application's own loop, or in a
+    forked child the loop of a thread that is gone): before, the delivery task destroyed
+    with it raised "no running event loop" from its cleanup, an exception nothing could
+    catch (a failure under pytest). Its run's records wait for the next loop."""
+    import gc
+
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    answering = [False]
+    calls = [0]
+    completed: list[str] = []
+
+    class HangsUntilAnswering:
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            calls[0] += 1
+            if not answering[0]:
+                await asyncio.Event().wait()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            completed.append(execution_id)
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+    outbox = RecordOutbox(HangsUntilAnswering(), CronMetrics(CollectorRegistry()))
+    record = RunRecord("run", "job", "job", None, "cid")
+
+    async def queue() -> None:
+        outbox.open(record)
+        outbox.complete(record, "done")
+        await wait_until_async(lambda: calls[0] >= 1, what="the call to hang")
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(queue())
+    loop.close()  # its tasks neither cancelled nor ended
+    del loop
+    gc.collect()
+    answering[0] = True
+
+    async def flush() -> int:
+        return await outbox.flush(asyncio.get_running_loop().time() + 10)
+
+    assert asyncio.run(flush()) == 0
+    assert completed == ["run:create"]
