@@ -480,22 +480,25 @@ class RecordOutbox:
         limit, a call made after this one being answered shows this one lost: it is sent
         again at once.
         """
-        assert self._sending is not None
+        # Held here: a new worker loop (or a forked child) replaces the outbox's, and this
+        # call's place is given back to the one it took it from.
+        sending = self._sending
+        assert sending is not None
         while True:
             if self._stalled_since is not None and not picked:
                 await self._wait_turn()
                 picked = True
-            await self._sending.acquire()
+            await sending.acquire()
             if self._stalled_since is None or picked:
                 break
-            self._sending.release()  # calls began hanging while this one waited its place
+            sending.release()  # calls began hanging while this one waited its place
         holding = True
         self._last_attempt = started = time.monotonic()
         call = asyncio.ensure_future(self._send_within_timeout(operation))
         try:
             done, _ = await asyncio.wait({call}, timeout=self._stall_limit())
             if not done:
-                self._sending.release()
+                sending.release()
                 holding = False
                 self._down = True
                 if self._stalled_since is None:
@@ -535,7 +538,7 @@ class RecordOutbox:
             return exc
         finally:
             if holding:
-                self._sending.release()
+                sending.release()
         return None
 
     def _stall_limit(self) -> float:

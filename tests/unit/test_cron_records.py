@@ -656,8 +656,10 @@ def test_a_recorder_slower_than_stall_after_but_answering_gets_each_call_once() 
 def test_a_loop_closed_under_a_hanging_record_call_leaves_the_run_to_the_next_loop() -> None:
     """A loop closed without cancelling its tasks (an application's own loop, or in a
     forked child the loop of a thread that is gone): before, the delivery task destroyed
-    with it raised "no running event loop" from its cleanup, an exception nothing could
-    catch (a failure under pytest). Its run's records wait for the next loop."""
+    with it raised from its cleanup ("no running event loop"; once the next loop had taken
+    over, a release of that loop's semaphore, gone), an exception nothing could catch (a
+    failure under pytest, in whichever test the collector ran). Its run's records wait for
+    the next loop."""
     import gc
 
     from cron_migration._metrics import CronMetrics
@@ -703,3 +705,48 @@ def test_a_loop_closed_under_a_hanging_record_call_leaves_the_run_to_the_next_lo
 
     assert asyncio.run(flush()) == 0
     assert completed == ["run:create"]
+    gc.collect()  # the old loop's tasks, no longer held by the outbox either
+
+
+def test_a_forked_child_lets_the_parents_delivery_tasks_go_quietly() -> None:
+    """In a child forked while a call hung (from a thread other than the loop's), the
+    parent's loop is gone and the outbox is emptied: before, the delivery task, collected
+    later, released the semaphore the outbox no longer had, from its cleanup (an
+    exception nothing could catch: a failure under pytest, in whichever test the collector
+    ran)."""
+    import gc
+
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord, _forget_after_fork
+
+    calls = [0]
+
+    class Hangs:
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            calls[0] += 1
+            await asyncio.Event().wait()
+            return "never"
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+    outbox = RecordOutbox(Hangs(), CronMetrics(CollectorRegistry()))
+    record = RunRecord("run", "job", "job", None, "cid")
+
+    async def queue() -> None:
+        outbox.open(record)
+        await wait_until_async(lambda: calls[0] >= 1, what="the call to hang")
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(queue())
+    loop.close()  # in the child, the thread running it does not exist
+    del loop
+    _forget_after_fork()  # what the child runs
+    gc.collect()
+    assert outbox.pending_runs == 0
