@@ -58,6 +58,8 @@ DEFAULT_STALL_AFTER = 1.0
 #: lost (not only slow), and so many recent answers are kept for it.
 STALL_FACTOR = 2.0
 RECENT_ANSWERS = 32
+#: Times of successful calls kept for the age limit's accounting.
+RECENT_SUCCESSES = 4096
 # 4xx answers other than these mean the recorder will never accept the operation.
 _RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 
@@ -248,18 +250,18 @@ class RecordOutbox:
         self._sending: asyncio.Semaphore | None = None
         self._pausing: deque[asyncio.Future[None]] = deque()
         self._prober: asyncio.Task[None] | None = None
-        self._last_success = 0.0
         self._last_attempt = 0.0
-        # When a call first went unanswered for stall_after seconds, since the last success.
+        # When a call first went unanswered past its stall limit (no later call answered
+        # meanwhile), since the last success.
         self._stalled_since: float | None = None
         self._answered: asyncio.Future[None] | None = None
         self._answered_call_started = 0.0  # when the latest call answered was made
         # How long the recent successful calls took: how slow this recorder answers.
         self._answer_times: deque[float] = deque(maxlen=RECENT_ANSWERS)
-        # Whether a call failed or hung since the last success, and when the recorder
-        # answered again after that: the age limit counts no time before.
-        self._down = False
-        self._answering_since = 0.0
+        # Calls that succeeded so far, and when the latest of them did: the age limit
+        # counts an operation's failing time from the first success of another after it.
+        self._successes = 0
+        self._success_times: deque[float] = deque(maxlen=RECENT_SUCCESSES)
 
     @property
     def pending_runs(self) -> int:
@@ -411,9 +413,10 @@ class RecordOutbox:
         delay = self.retry_initial
         failing_since: float | None = None
         # Time this operation kept failing while the recorder accepted other operations:
-        # an interval between two of its failures counts when something succeeded in it.
+        # an interval between two of its failures counts from the first success in it (not
+        # from the recorder's recovery after an outage, nor from this operation's attempt).
         rejected_for = 0.0
-        counted_until = 0.0
+        successes_then = 0  # the outbox's successes at this operation's latest failure
         attempts = 0
         resend = False  # a hung call given up: sent again at once
         try:
@@ -424,6 +427,7 @@ class RecordOutbox:
                         return
                     operation = operations[0]
                 attempted = time.monotonic()
+                successes_at_attempt = self._successes
                 error = await self._attempt(operation, picked=resend)
                 resend = isinstance(error, _Superseded)
                 if error is None:
@@ -432,12 +436,13 @@ class RecordOutbox:
                     continue
                 attempts += 1
                 if failing_since is None:
-                    failing_since = counted_until = attempted
+                    failing_since = attempted
+                    successes_then = successes_at_attempt
                 failed_at = time.monotonic()
-                if self._last_success > counted_until:
-                    rejected_for += failed_at - max(counted_until, self._answering_since)
-                counted_until = failed_at
-                self._down = True
+                if self._successes > successes_then:
+                    # The recorder answered others since: this one failed while it did.
+                    rejected_for += failed_at - self._first_success_since(successes_then)
+                successes_then = self._successes
                 if is_permanent_failure(error):
                     self._give_up(
                         record, "refused", f"the recorder refused {operation.kind}: {error!r}"
@@ -500,30 +505,30 @@ class RecordOutbox:
             if not done:
                 sending.release()
                 holding = False
-                self._down = True
-                if self._stalled_since is None:
-                    self._stalled_since = started
-                    logger.warning(
-                        "the recorder has not answered a call for %gs: until one succeeds, "
-                        "one call is tried every %gs",
-                        self.stall_after,
-                        self.probe_interval,
-                    )
                 while not call.done():
                     # The limit again: answers meanwhile may show the recorder slower.
                     unanswered_for = time.monotonic() - started
-                    overdue = unanswered_for >= self._stall_limit()
+                    limit = self._stall_limit()
+                    overdue = unanswered_for >= limit
                     if overdue and self._answered_call_started > started:
                         # A call made after this one was answered, and this one is out
                         # for longer than the recorder takes: it is lost (a connection
                         # going nowhere); the same idempotency key, sent again at once,
-                        # cannot record twice.
+                        # cannot record twice. The recorder answers: no stall.
                         call.cancel()
                         return _Superseded("a hanging call, sent again")
+                    if overdue and self._stalled_since is None:
+                        self._stalled_since = started
+                        logger.warning(
+                            "the recorder has not answered a call for %.3gs: until one "
+                            "succeeds, one call is tried every %gs",
+                            limit,
+                            self.probe_interval,
+                        )
                     answered = self._answered_future()
                     await asyncio.wait(
                         {call, answered},
-                        timeout=None if overdue else self._stall_limit() - unanswered_for,
+                        timeout=None if overdue else limit - unanswered_for,
                         return_when=asyncio.FIRST_COMPLETED,
                     )
             call.result()
@@ -540,6 +545,12 @@ class RecordOutbox:
             if holding:
                 sending.release()
         return None
+
+    def _first_success_since(self, successes: int) -> float:
+        """When the first call after the outbox's ``successes``-th succeeded (the oldest
+        time kept, if so many succeeded since that it is forgotten: counting less)."""
+        times = self._success_times
+        return times[-min(self._successes - successes, len(times))]
 
     def _stall_limit(self) -> float:
         """Seconds a call may go unanswered before it counts as hanging: ``stall_after``,
@@ -570,11 +581,9 @@ class RecordOutbox:
             self._prober = asyncio.get_running_loop().create_task(self._probe())
 
     def _delivered(self, operation: _Operation) -> None:
-        self._last_success = time.monotonic()
+        self._successes += 1
+        self._success_times.append(time.monotonic())
         self._stalled_since = None
-        if self._down:  # the first success after failures: the recorder answers since
-            self._answering_since = self._last_success
-            self._down = False
         # The recorder answers again: every run waiting out a backoff tries now.
         while self._pausing:
             waiter = self._pausing.popleft()

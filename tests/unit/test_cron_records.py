@@ -750,3 +750,56 @@ def test_a_forked_child_lets_the_parents_delivery_tasks_go_quietly() -> None:
     _forget_after_fork()  # what the child runs
     gc.collect()
     assert outbox.pending_runs == 0
+
+
+def test_a_record_whose_calls_hang_is_given_up_about_record_max_age_after_it_began() -> None:
+    """Each hang of the record's own call counted as an outage of the recorder, so the
+    time up to the next answer to another run did not count against its age: given up
+    after about twice ``record_max_age`` (with the default 60 s, after some 120 s, past
+    the 90 s the README gives)."""
+    import time
+
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    registry = CollectorRegistry()
+    max_age = 3.0
+
+    class OneRunHangs:
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            if kwargs["correlation_id"] == "poisoned":
+                await asyncio.Event().wait()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+    outbox = RecordOutbox(OneRunHangs(), CronMetrics(registry), max_age=max_age)
+
+    def expired() -> float:
+        return sample(registry, "cron_run_records_dropped_total", {"reason": "expired"})
+
+    async def main() -> float:
+        poisoned = RunRecord("poisoned", "job", "job", None, "poisoned")
+        outbox.open(poisoned)
+        outbox.complete(poisoned, "done")
+        began = time.monotonic()
+        n = 0
+        while expired() == 0:  # the recorder answers other runs all along
+            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
+            outbox.open(record)
+            outbox.complete(record, "done")
+            n += 1
+            await asyncio.sleep(0.05)
+        return time.monotonic() - began
+
+    given_up_after = asyncio.run(main())
+    # max_age, then the stall limit (1 s) of its last call, with room for a loaded
+    # machine; before, twice max_age.
+    assert given_up_after < max_age + 1.0 + 0.8
