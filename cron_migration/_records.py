@@ -249,6 +249,9 @@ class RecordOutbox:
         self._tasks: dict[RunRecord, asyncio.Task[None]] = {}
         self._sending: asyncio.Semaphore | None = None
         self._pausing: deque[asyncio.Future[None]] = deque()
+        # Calls unanswered past their stall limit, the longest-hanging first: with no run
+        # waiting its turn, the probe has one of them sent again.
+        self._hung: deque[asyncio.Future[None]] = deque()
         self._prober: asyncio.Task[None] | None = None
         self._last_attempt = 0.0
         # When a call first went unanswered past its stall limit (no later call answered
@@ -383,6 +386,7 @@ class RecordOutbox:
                 self._tasks = {}  # the tasks of a loop that stopped run no more
                 self._sending = None
                 self._pausing = deque()
+                self._hung = deque()
                 self._prober = None
                 self._stalled_since = None
                 self._answered = None
@@ -419,6 +423,10 @@ class RecordOutbox:
         successes_then = 0  # the outbox's successes at this operation's latest failure
         attempts = 0
         resend = False  # a hung call given up: sent again at once
+        # How long its call must hang before the probe may have it sent again: doubled at
+        # each such resend, so that a recorder slower than that (and not known to be,
+        # its first answers) still gets a call through.
+        probe_after = 0.0
         try:
             while True:
                 with self._lock:
@@ -428,9 +436,12 @@ class RecordOutbox:
                     operation = operations[0]
                 attempted = time.monotonic()
                 successes_at_attempt = self._successes
-                error = await self._attempt(operation, picked=resend)
+                error = await self._attempt(operation, picked=resend, probe_after=probe_after)
                 resend = isinstance(error, _Superseded)
+                if isinstance(error, _Superseded) and error.hung_for is not None:
+                    probe_after = min(2 * error.hung_for, self.call_timeout)
                 if error is None:
+                    probe_after = 0.0
                     self._delivered(operation)
                     delay, failing_since, attempts, rejected_for = self.retry_initial, None, 0, 0.0
                     continue
@@ -474,7 +485,9 @@ class RecordOutbox:
             if self._tasks.get(record) is task:
                 del self._tasks[record]
 
-    async def _attempt(self, operation: _Operation, *, picked: bool) -> Exception | None:
+    async def _attempt(
+        self, operation: _Operation, *, picked: bool, probe_after: float
+    ) -> Exception | None:
         """Send ``operation``; its error, or None once delivered.
 
         A call still unanswered after :meth:`_stall_limit` seconds gives its place among
@@ -525,12 +538,21 @@ class RecordOutbox:
                             limit,
                             self.probe_interval,
                         )
-                    answered = self._answered_future()
-                    await asyncio.wait(
-                        {call, answered},
-                        timeout=None if overdue else limit - unanswered_for,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
+                    if overdue and unanswered_for >= probe_after:
+                        if await self._hanging_until_picked(call):
+                            # No other call is left to show the recorder's recovery
+                            # (every run's hangs): this one tries a fresh call.
+                            call.cancel()
+                            return _Superseded(
+                                "a hanging call, sent again as the probe",
+                                hung_for=time.monotonic() - started,
+                            )
+                    else:
+                        await asyncio.wait(
+                            {call, self._answered_future()},
+                            timeout=(probe_after if overdue else limit) - unanswered_for,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
             call.result()
             self._answer_times.append(time.monotonic() - started)
             self._answered_call_started = max(self._answered_call_started, started)
@@ -545,6 +567,22 @@ class RecordOutbox:
             if holding:
                 sending.release()
         return None
+
+    async def _hanging_until_picked(self, call: asyncio.Future[None]) -> bool:
+        """Wait for ``call``, a later call answered, or the probe picking this one to be
+        sent again (True)."""
+        turn = asyncio.get_running_loop().create_future()
+        hung = self._hung
+        hung.append(turn)
+        self._start_prober()
+        try:
+            await asyncio.wait(
+                {call, self._answered_future(), turn}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if turn in hung:
+                hung.remove(turn)
+        return turn.done() and not call.done()
 
     def _first_success_since(self, successes: int) -> float:
         """When the first call after the outbox's ``successes``-th succeeded (the oldest
@@ -619,15 +657,14 @@ class RecordOutbox:
             waiter.cancel()
 
     async def _probe(self) -> None:
-        """While runs wait out their backoff, let the longest-waiting one try now and then."""
-        while self._pausing:
+        """While runs wait out their backoff, let the longest-waiting one try now and then;
+        with none waiting but calls hanging, have the longest-hanging one sent again."""
+        while self._pausing or self._hung:
             await asyncio.sleep(self.probe_interval)
             if time.monotonic() - self._last_attempt < self.probe_interval:
                 continue  # something was tried meanwhile: no need to ask again
-            while self._pausing:
-                waiter = self._pausing.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
+            for waiting in (self._pausing, self._hung):
+                if _pick(waiting):
                     break
 
     async def _send_within_timeout(self, operation: _Operation) -> None:
@@ -690,8 +727,23 @@ class RecordOutbox:
             await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
 
+def _pick(waiting: deque[asyncio.Future[None]]) -> bool:
+    """Wake the first of ``waiting`` still waiting; whether there was one."""
+    while waiting:
+        waiter = waiting.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            return True
+    return False
+
+
 class _Superseded(Exception):
-    """A hanging call given up because a later one was answered: sent again at once."""
+    """A hanging call given up because a later one was answered, or picked by the probe
+    (``hung_for``: how long it hung): sent again at once."""
+
+    def __init__(self, message: str, *, hung_for: float | None = None) -> None:
+        super().__init__(message)
+        self.hung_for = hung_for
 
 
 class _BadExecutionId(Exception):

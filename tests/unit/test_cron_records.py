@@ -650,7 +650,9 @@ def test_a_recorder_slower_than_stall_after_but_answering_gets_each_call_once() 
 
     asyncio.run(main())
     assert len(sent) == 7 * 3
-    assert {key for key, times in sent.items() if times > 1} == set()
+    # The warm-up's call may be sent again (how slow the recorder answers is not known
+    # before its first answer); once it is, no call is.
+    assert {key for key, times in sent.items() if times > 1} <= {"warm-up:create"}
 
 
 def test_a_loop_closed_under_a_hanging_record_call_leaves_the_run_to_the_next_loop() -> None:
@@ -803,3 +805,51 @@ def test_a_record_whose_calls_hang_is_given_up_about_record_max_age_after_it_beg
     # max_age, then the stall limit (1 s) of its last call, with room for a loaded
     # machine; before, twice max_age.
     assert given_up_after < max_age + 1.0 + 0.8
+
+
+def test_a_few_runs_whose_calls_all_hang_are_delivered_soon_after_the_recorder_answers() -> None:
+    """Fewer runs than the places among the 16, every call of theirs hanging (a recorder
+    whose connections went nowhere, a quiet service): before, no call was left to try, so
+    the recovery was noticed only when a hung call timed out (``call_timeout``, 30 s by
+    default: 60 s here). The probe now sends the longest-hanging call again."""
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    answering = [False]
+    hanging = [0]
+    completed: list[str] = []
+
+    class HangsUntilAnswering:
+        async def _call(self) -> None:
+            if not answering[0]:
+                hanging[0] += 1
+                await asyncio.Event().wait()
+
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            await self._call()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+            completed.append(execution_id)
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+    outbox = RecordOutbox(HangsUntilAnswering(), CronMetrics(CollectorRegistry()), call_timeout=60)
+
+    async def main() -> None:
+        for n in range(3):
+            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
+            outbox.open(record)
+            outbox.complete(record, "done")
+        await wait_until_async(lambda: hanging[0] >= 3, what="every run's call to hang")
+        answering[0] = True
+        # Well under the 60 s the hanging calls would take to time out.
+        await wait_until_async(lambda: outbox.pending_runs == 0, timeout=20, what="the runs")
+
+    asyncio.run(main())
+    assert sorted(completed) == [f"run-{n}:create" for n in range(3)]
