@@ -496,7 +496,8 @@ class RecordOutbox:
         or no call could show the recorder's recovery until they time out. Until a call
         succeeds again, only the probe's pick tries (see :meth:`_wait_turn`). Past that
         limit, a call made after this one being answered shows this one lost: it is sent
-        again at once.
+        again at once; with no call left to try (every run's hangs), the probe has the
+        longest-hanging one sent again, a run's next time once it hung ``probe_after``.
         """
         # Held here: a new worker loop (or a forked child) replaces the outbox's, and this
         # call's place is given back to the one it took it from.
