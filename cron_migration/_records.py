@@ -52,8 +52,15 @@ DEFAULT_PROBE_INTERVAL = 0.5
 #: Recorder calls in flight at once (operations of different runs).
 DEFAULT_DELIVERY_CONCURRENCY = 16
 #: Seconds after which an unanswered call stops counting against that concurrency, and
-#: the recorder is treated as hanging (one call per probe interval) until a call succeeds.
+#: the recorder is treated as hanging (one call per probe interval) until a call succeeds;
+#: longer for a recorder whose answers take longer (see RecordOutbox).
 DEFAULT_STALL_AFTER = 1.0
+#: A call unanswered for this many times the slowest of the recent answers is presumed
+#: lost (not only slow), and so many recent answers are kept for it.
+STALL_FACTOR = 2.0
+RECENT_ANSWERS = 32
+#: Times of successful calls kept for the age limit's accounting.
+RECENT_SUCCESSES = 4096
 # 4xx answers other than these mean the recorder will never accept the operation.
 _RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 
@@ -246,17 +253,22 @@ class RecordOutbox:
         self._tasks: dict[RunRecord, asyncio.Task[None]] = {}
         self._sending: asyncio.Semaphore | None = None
         self._pausing: deque[asyncio.Future[None]] = deque()
+        # Calls unanswered past their stall limit, the longest-hanging first: with no run
+        # waiting its turn, the probe has one of them sent again.
+        self._hung: deque[asyncio.Future[None]] = deque()
         self._prober: asyncio.Task[None] | None = None
-        self._last_success = 0.0
         self._last_attempt = 0.0
-        # When a call first went unanswered for stall_after seconds, since the last success.
+        # When a call first went unanswered past its stall limit (no later call answered
+        # meanwhile), since the last success.
         self._stalled_since: float | None = None
         self._answered: asyncio.Future[None] | None = None
         self._answered_call_started = 0.0  # when the latest call answered was made
-        # Whether a call failed or hung since the last success, and when the recorder
-        # answered again after that: the age limit counts no time before.
-        self._down = False
-        self._answering_since = 0.0
+        # How long the recent successful calls took: how slow this recorder answers.
+        self._answer_times: deque[float] = deque(maxlen=RECENT_ANSWERS)
+        # Calls that succeeded so far, and when the latest of them did: the age limit
+        # counts an operation's failing time from the first success of another after it.
+        self._successes = 0
+        self._success_times: deque[float] = deque(maxlen=RECENT_SUCCESSES)
 
     @property
     def pending_runs(self) -> int:
@@ -379,6 +391,7 @@ class RecordOutbox:
                 self._tasks = {}  # the tasks of a loop that stopped run no more
                 self._sending = None
                 self._pausing = deque()
+                self._hung = deque()
                 self._prober = None
                 self._stalled_since = None
                 self._answered = None
@@ -405,16 +418,24 @@ class RecordOutbox:
                 )
 
     async def _deliver_run(self, record: RunRecord) -> None:
+        # Asked here, not on the way out: a task destroyed with a loop closed under it
+        # runs its cleanup with no loop running, where asking would raise.
+        task = asyncio.current_task()
         if self._sending is None:
             self._sending = asyncio.Semaphore(self.concurrency)
         delay = self.retry_initial
         failing_since: float | None = None
         # Time this operation kept failing while the recorder accepted other operations:
-        # an interval between two of its failures counts when something succeeded in it.
+        # an interval between two of its failures counts from the first success in it (not
+        # from the recorder's recovery after an outage, nor from this operation's attempt).
         rejected_for = 0.0
-        counted_until = 0.0
+        successes_then = 0  # the outbox's successes at this operation's latest failure
         attempts = 0
         resend = False  # a hung call given up: sent again at once
+        # How long its call must hang before the probe may have it sent again: doubled at
+        # each such resend, so that a recorder slower than that (and not known to be,
+        # its first answers) still gets a call through.
+        probe_after = 0.0
         try:
             while True:
                 with self._lock:
@@ -423,20 +444,25 @@ class RecordOutbox:
                         return
                     operation = operations[0]
                 attempted = time.monotonic()
-                error = await self._attempt(operation, picked=resend)
+                successes_at_attempt = self._successes
+                error = await self._attempt(operation, picked=resend, probe_after=probe_after)
                 resend = isinstance(error, _Superseded)
+                if isinstance(error, _Superseded) and error.hung_for is not None:
+                    probe_after = min(2 * error.hung_for, self.call_timeout)
                 if error is None:
+                    probe_after = 0.0
                     self._delivered(operation)
                     delay, failing_since, attempts, rejected_for = self.retry_initial, None, 0, 0.0
                     continue
                 attempts += 1
                 if failing_since is None:
-                    failing_since = counted_until = attempted
+                    failing_since = attempted
+                    successes_then = successes_at_attempt
                 failed_at = time.monotonic()
-                if self._last_success > counted_until:
-                    rejected_for += failed_at - max(counted_until, self._answering_since)
-                counted_until = failed_at
-                self._down = True
+                if self._successes > successes_then:
+                    # The recorder answered others since: this one failed while it did.
+                    rejected_for += failed_at - self._first_success_since(successes_then)
+                successes_then = self._successes
                 if is_permanent_failure(error):
                     self._give_up(
                         record, "refused", f"the recorder refused {operation.kind}: {error!r}"
@@ -465,54 +491,80 @@ class RecordOutbox:
                 await self._pause(delay)
                 delay = min(delay * 2, self.retry_max)
         finally:
-            if self._tasks.get(record) is asyncio.current_task():
+            if self._tasks.get(record) is task:
                 del self._tasks[record]
 
-    async def _attempt(self, operation: _Operation, *, picked: bool) -> Exception | None:
+    async def _attempt(
+        self, operation: _Operation, *, picked: bool, probe_after: float
+    ) -> Exception | None:
         """Send ``operation``; its error, or None once delivered.
 
-        A call still unanswered after ``stall_after`` seconds gives its place among the
-        ``concurrency`` calls back (it is still awaited, up to ``call_timeout``): calls
+        A call still unanswered after :meth:`_stall_limit` seconds gives its place among
+        the ``concurrency`` calls back (it is still awaited, up to ``call_timeout``): calls
         that hang (a recorder whose connections go nowhere) must not hold every place,
         or no call could show the recorder's recovery until they time out. Until a call
-        succeeds again, only the probe's pick tries (see :meth:`_wait_turn`).
+        succeeds again, only the probe's pick tries (see :meth:`_wait_turn`). Past that
+        limit, a call made after this one being answered shows this one lost: it is sent
+        again at once; with no call left to try (every run's hangs), the probe has the
+        longest-hanging one sent again, a run's next time once it hung ``probe_after``.
         """
-        assert self._sending is not None
+        # Held here: a new worker loop (or a forked child) replaces the outbox's, and this
+        # call's place is given back to the one it took it from.
+        sending = self._sending
+        assert sending is not None
         while True:
             if self._stalled_since is not None and not picked:
                 await self._wait_turn()
                 picked = True
-            await self._sending.acquire()
+            await sending.acquire()
             if self._stalled_since is None or picked:
                 break
-            self._sending.release()  # calls began hanging while this one waited its place
+            sending.release()  # calls began hanging while this one waited its place
         holding = True
         self._last_attempt = started = time.monotonic()
         call = asyncio.ensure_future(self._send_within_timeout(operation))
         try:
-            done, _ = await asyncio.wait({call}, timeout=self.stall_after)
+            done, _ = await asyncio.wait({call}, timeout=self._stall_limit())
             if not done:
-                self._sending.release()
+                sending.release()
                 holding = False
-                self._down = True
-                if self._stalled_since is None:
-                    self._stalled_since = started
-                    logger.warning(
-                        "the recorder has not answered a call for %gs: until one succeeds, "
-                        "one call is tried every %gs",
-                        self.stall_after,
-                        self.probe_interval,
-                    )
                 while not call.done():
-                    if self._answered_call_started > started:
-                        # A call made after this one was answered: this one is lost (a
-                        # connection going nowhere); the same idempotency key, sent again
-                        # at once, cannot record twice.
+                    # The limit again: answers meanwhile may show the recorder slower.
+                    unanswered_for = time.monotonic() - started
+                    limit = self._stall_limit()
+                    overdue = unanswered_for >= limit
+                    if overdue and self._answered_call_started > started:
+                        # A call made after this one was answered, and this one is out
+                        # for longer than the recorder takes: it is lost (a connection
+                        # going nowhere); the same idempotency key, sent again at once,
+                        # cannot record twice. The recorder answers: no stall.
                         call.cancel()
                         return _Superseded("a hanging call, sent again")
-                    answered = self._answered_future()
-                    await asyncio.wait({call, answered}, return_when=asyncio.FIRST_COMPLETED)
+                    if overdue and self._stalled_since is None:
+                        self._stalled_since = started
+                        logger.warning(
+                            "the recorder has not answered a call for %.3gs: until one "
+                            "succeeds, one call is tried every %gs",
+                            limit,
+                            self.probe_interval,
+                        )
+                    if overdue and unanswered_for >= probe_after:
+                        if await self._hanging_until_picked(call):
+                            # No other call is left to show the recorder's recovery
+                            # (every run's hangs): this one tries a fresh call.
+                            call.cancel()
+                            return _Superseded(
+                                "a hanging call, sent again as the probe",
+                                hung_for=time.monotonic() - started,
+                            )
+                    else:
+                        await asyncio.wait(
+                            {call, self._answered_future()},
+                            timeout=(probe_after if overdue else limit) - unanswered_for,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
             call.result()
+            self._answer_times.append(time.monotonic() - started)
             self._answered_call_started = max(self._answered_call_started, started)
             if self._answered is not None and not self._answered.done():
                 self._answered.set_result(None)
@@ -523,8 +575,37 @@ class RecordOutbox:
             return exc
         finally:
             if holding:
-                self._sending.release()
+                sending.release()
         return None
+
+    async def _hanging_until_picked(self, call: asyncio.Future[None]) -> bool:
+        """Wait for ``call``, a later call answered, or the probe picking this one to be
+        sent again (True)."""
+        turn = asyncio.get_running_loop().create_future()
+        hung = self._hung
+        hung.append(turn)
+        self._start_prober()
+        try:
+            await asyncio.wait(
+                {call, self._answered_future(), turn}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if turn in hung:
+                hung.remove(turn)
+        return turn.done() and not call.done()
+
+    def _first_success_since(self, successes: int) -> float:
+        """When the first call after the outbox's ``successes``-th succeeded (the oldest
+        time kept, if so many succeeded since that it is forgotten: counting less)."""
+        times = self._success_times
+        return times[-min(self._successes - successes, len(times))]
+
+    def _stall_limit(self) -> float:
+        """Seconds a call may go unanswered before it counts as hanging: ``stall_after``,
+        or twice the slowest of the recent answers if that is longer (a recorder slow but
+        answering is not hanging), never more than ``call_timeout``."""
+        slowest = max(self._answer_times, default=0.0)
+        return min(max(self.stall_after, STALL_FACTOR * slowest), self.call_timeout)
 
     def _answered_future(self) -> asyncio.Future[None]:
         """Set when the recorder next answers a call."""
@@ -548,11 +629,9 @@ class RecordOutbox:
             self._prober = asyncio.get_running_loop().create_task(self._probe())
 
     def _delivered(self, operation: _Operation) -> None:
-        self._last_success = time.monotonic()
+        self._successes += 1
+        self._success_times.append(time.monotonic())
         self._stalled_since = None
-        if self._down:  # the first success after failures: the recorder answers since
-            self._answering_since = self._last_success
-            self._down = False
         # The recorder answers again: every run waiting out a backoff tries now.
         while self._pausing:
             waiter = self._pausing.popleft()
@@ -588,15 +667,14 @@ class RecordOutbox:
             waiter.cancel()
 
     async def _probe(self) -> None:
-        """While runs wait out their backoff, let the longest-waiting one try now and then."""
-        while self._pausing:
+        """While runs wait out their backoff, let the longest-waiting one try now and then;
+        with none waiting but calls hanging, have the longest-hanging one sent again."""
+        while self._pausing or self._hung:
             await asyncio.sleep(self.probe_interval)
             if time.monotonic() - self._last_attempt < self.probe_interval:
                 continue  # something was tried meanwhile: no need to ask again
-            while self._pausing:
-                waiter = self._pausing.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
+            for waiting in (self._pausing, self._hung):
+                if _pick(waiting):
                     break
 
     async def _send_within_timeout(self, operation: _Operation) -> None:
@@ -659,8 +737,23 @@ class RecordOutbox:
             await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
 
+def _pick(waiting: deque[asyncio.Future[None]]) -> bool:
+    """Wake the first of ``waiting`` still waiting; whether there was one."""
+    while waiting:
+        waiter = waiting.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            return True
+    return False
+
+
 class _Superseded(Exception):
-    """A hanging call given up because a later one was answered: sent again at once."""
+    """A hanging call given up because a later one was answered, or picked by the probe
+    (``hung_for``: how long it hung): sent again at once."""
+
+    def __init__(self, message: str, *, hung_for: float | None = None) -> None:
+        super().__init__(message)
+        self.hung_for = hung_for
 
 
 class _BadExecutionId(Exception):

@@ -177,6 +177,11 @@ def run_until_signal(
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("run_until_signal() must run in the main thread (signal handlers)")
     loop = asyncio.new_event_loop()
+    # The loop's default executor (asyncio.to_thread) is ours, so that closing the loop
+    # can stop waiting for its threads: the loop's own shutdown_default_executor joins
+    # them in the loop's thread, which no bound can interrupt (Python before 3.13).
+    executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+    loop.set_default_executor(executor)
     caught: list[int] = []
     try:
         asyncio.set_event_loop(loop)
@@ -189,9 +194,9 @@ def run_until_signal(
             except (KeyboardInterrupt, SystemExit) as exc:
                 # asyncio re-raises these out of the loop when a task ends with one: a
                 # job's sub-task (asyncio.gather over a legacy call that calls sys.exit)
-                # would stop the service. Before a signal, that is a job's failure (its
-                # run records it): the loop goes on. A second signal stops it.
-                if caught or serving.done():
+                # would stop the service. That is a job's failure (its run records it):
+                # the loop goes on, during the shutdown too. A second signal stops it.
+                if len(caught) > 1 or serving.done():
                     raise
                 logger.error(
                     "a task on the scheduler's loop raised %r; the scheduler goes on "
@@ -200,18 +205,21 @@ def run_until_signal(
                 )
     finally:
         try:
-            _close_loop(loop)
+            _close_loop(loop, executor)
         finally:
             asyncio.set_event_loop(None)
             loop.close()
 
 
-def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+def _close_loop(
+    loop: asyncio.AbstractEventLoop, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
     """What ``asyncio.run`` does on its way out, each step bounded.
 
-    ``asyncio.run`` waits for every task left to end once cancelled: a coroutine that
-    ignores its cancellation (or awaits a blocking call that hangs) would keep the process
-    past its termination grace period. Such a task is left behind, and logged.
+    ``asyncio.run`` waits for every task left to end once cancelled, and for the threads
+    of the loop's default ``executor``: a coroutine that ignores its cancellation, or a
+    call in ``asyncio.to_thread`` that hangs, would keep the process past its termination
+    grace period. Such a task or thread is left behind, and logged.
     """
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
@@ -229,8 +237,17 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             logger.error("task %s ended with %r", task.get_name(), task.exception())
-    for step in (loop.shutdown_asyncgens(), loop.shutdown_default_executor()):
-        loop.run_until_complete(_bounded(step, LOOP_CLOSE_GRACE))
+    loop.run_until_complete(_bounded(loop.shutdown_asyncgens(), LOOP_CLOSE_GRACE))
+    closing = threading.Thread(target=executor.shutdown, name="asyncio-executor-shutdown")
+    closing.daemon = True
+    closing.start()
+    closing.join(LOOP_CLOSE_GRACE)
+    if closing.is_alive():
+        logger.warning(
+            "shutdown: threads of the loop's executor (asyncio.to_thread) still work %gs "
+            "later; left behind",
+            LOOP_CLOSE_GRACE,
+        )
 
 
 async def _bounded(step: Coroutine[Any, Any, None], seconds: float) -> None:
@@ -250,22 +267,30 @@ async def _serve_until_signal(
 
     def on_signal(signum: int, frame: object) -> None:
         caught.append(signum)
-        loop.call_soon_threadsafe(received.set)
+        if len(caught) == 1:
+            loop.call_soon_threadsafe(received.set)
+            return
+        # A second signal: its usual effect, as if this handler had never been set (a
+        # KeyboardInterrupt, or the end of the process). Told apart from a job's own
+        # KeyboardInterrupt or SystemExit by ``caught``.
+        handler = previous.get(signum)
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        signal.raise_signal(signum)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in signals}
     try:
         scheduler.start()
         await received.wait()
+        logger.warning(
+            "received %s: stopping the scheduler; runs get %gs, then records %gs",
+            signal.Signals(caught[0]).name if caught else "a signal",
+            grace,
+            records_timeout,
+        )
+        return await shutdown_gracefully(scheduler, grace, records_timeout=records_timeout)
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    logger.warning(
-        "received %s: stopping the scheduler; runs get %gs, then records %gs",
-        signal.Signals(caught[0]).name if caught else "a signal",
-        grace,
-        records_timeout,
-    )
-    return await shutdown_gracefully(scheduler, grace, records_timeout=records_timeout)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def _in_flight(scheduler: AsyncIOScheduler) -> set[asyncio.Future[Any]]:

@@ -2,14 +2,16 @@
 
 ``DIR GRACE``: an AsyncIOScheduler with a MigrationExecutor runs ``export`` once, at
 once; ``export`` writes DIR/started, sleeps 60 s, then writes DIR/finished (its side
-effect). Run records go, one JSON line per operation, to DIR/records.jsonl. The service
-runs under ``run_until_signal(grace=GRACE)`` and prints its shutdown report as JSON.
+effect). Run records go, one JSON line per operation, to DIR/records.jsonl, the log to
+DIR/log. The service runs under ``run_until_signal(grace=GRACE)`` and prints its shutdown
+report as JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import threading
 import time
@@ -61,6 +63,7 @@ class FileRecorder:
 
 def main() -> None:
     directory, grace = Path(sys.argv[1]), float(sys.argv[2])
+    logging.basicConfig(filename=directory / "log", level=logging.WARNING)
 
     @migrated_job(recorder=FileRecorder(directory / "records.jsonl"))
     def export() -> str:

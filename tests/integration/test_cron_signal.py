@@ -58,3 +58,34 @@ def test_a_signal_during_a_long_sync_run_records_it_abandoned_and_exits_in_time(
     # with room for a loaded machine; without the fix the exit waited for the 60 s run.
     print(f"exited {exited_after:.1f}s after the signal (grace {GRACE:g}s + {RECORDS_TIMEOUT:g}s)")
     assert exited_after < GRACE + RECORDS_TIMEOUT + 15
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_stops_the_service_at_once(tmp_path: Path, signum: signal.Signals) -> None:
+    """The first signal starts a shutdown giving the run 60 s; the second stops the process
+    as the signal would without run_until_signal (SIGTERM: killed by it; SIGINT:
+    KeyboardInterrupt), long before the grace is up."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.cron_signal_worker", str(tmp_path), "60"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: (tmp_path / "started").exists(), timeout=60, what="the run to start")
+        process.send_signal(signum)
+        wait_until(
+            lambda: (tmp_path / "log").exists() and "received" in (tmp_path / "log").read_text(),
+            timeout=30,
+            what="the shutdown to begin",
+        )
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=40)  # before the 60 s grace is up
+    finally:
+        process.kill()
+    # Python ends a process that a KeyboardInterrupt ends by the SIGINT itself.
+    assert process.returncode == -signum, err[-3000:]
+    if signum == signal.SIGINT:
+        assert "KeyboardInterrupt" in err
+    assert not (tmp_path / "finished").exists()

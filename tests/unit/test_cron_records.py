@@ -588,3 +588,268 @@ def test_an_outage_longer_than_record_max_age_expires_nothing() -> None:
     asyncio.run(main())
     assert sample(registry, "cron_run_records_dropped_total", {"reason": "expired"}) == 0
     assert len(completed) == 200
+
+
+def test_a_recorder_slower_than_stall_after_but_answering_gets_each_call_once() -> None:
+    """A healthy recorder whose answers take longer than ``stall_after`` (a REST service
+    under load, 2-5 s a call): before, each answer made every older call still out count
+    as lost, cancelled and sent again, and the outbox fell back to one new call per
+    probe. Against the example REST service, one run a second with 2-5 s answers: 356
+    requests for 90 operations, and the backlog grew by a run every 1.3 s."""
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    sent: dict[str, int] = {}
+    slow_call_in = asyncio.Event()
+    release_slow_call = asyncio.Event()
+
+    class SlowRecorder:
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            key = str(kwargs["idempotency_key"])
+            sent[key] = sent.get(key, 0) + 1
+            if kwargs["correlation_id"] == "warm-up":
+                await asyncio.sleep(1.5)  # how long this recorder's answers take
+            elif kwargs["correlation_id"] == "slow":
+                slow_call_in.set()
+                await release_slow_call.wait()  # slower than the others, not lost
+            return key
+
+        async def _answer(self, key: str) -> None:
+            sent[key] = sent.get(key, 0) + 1
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._answer(str(kwargs["idempotency_key"]))
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._answer(str(kwargs["idempotency_key"]))
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._answer(str(kwargs["idempotency_key"]))
+
+    outbox = RecordOutbox(SlowRecorder(), CronMetrics(CollectorRegistry()), stall_after=0.05)
+
+    def run(name: str) -> RunRecord:
+        record = RunRecord(name, "job", "job", None, name)
+        outbox.open(record)
+        outbox.start(record)
+        outbox.complete(record, "done")
+        return record
+
+    async def main() -> None:
+        run("warm-up")
+        await wait_until_async(lambda: outbox.pending_runs == 0, what="the first run")
+        run("slow")
+        await slow_call_in.wait()
+        await asyncio.sleep(0.2)  # the slow call out for longer than stall_after
+        # Runs made while the slow call is out are answered at once, and not held back.
+        for n in range(5):
+            run(f"fast-{n}")
+        await wait_until_async(lambda: outbox.pending_runs == 1, what="the fast runs")
+        release_slow_call.set()
+        await wait_until_async(lambda: outbox.pending_runs == 0, what="the slow run")
+
+    asyncio.run(main())
+    assert len(sent) == 7 * 3
+    # The warm-up's call may be sent again (how slow the recorder answers is not known
+    # before its first answer); once it is, no call is.
+    assert {key for key, times in sent.items() if times > 1} <= {"warm-up:create"}
+
+
+def test_a_loop_closed_under_a_hanging_record_call_leaves_the_run_to_the_next_loop() -> None:
+    """A loop closed without cancelling its tasks (an application's own loop, or in a
+    forked child the loop of a thread that is gone): before, the delivery task destroyed
+    with it raised from its cleanup ("no running event loop"; once the next loop had taken
+    over, a release of that loop's semaphore, gone), an exception nothing could catch (a
+    failure under pytest, in whichever test the collector ran). Its run's records wait for
+    the next loop."""
+    import gc
+
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    answering = [False]
+    calls = [0]
+    completed: list[str] = []
+
+    class HangsUntilAnswering:
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            calls[0] += 1
+            if not answering[0]:
+                await asyncio.Event().wait()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            completed.append(execution_id)
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+    outbox = RecordOutbox(HangsUntilAnswering(), CronMetrics(CollectorRegistry()))
+    record = RunRecord("run", "job", "job", None, "cid")
+
+    async def queue() -> None:
+        outbox.open(record)
+        outbox.complete(record, "done")
+        await wait_until_async(lambda: calls[0] >= 1, what="the call to hang")
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(queue())
+    loop.close()  # its tasks neither cancelled nor ended
+    del loop
+    gc.collect()
+    answering[0] = True
+
+    async def flush() -> int:
+        return await outbox.flush(asyncio.get_running_loop().time() + 10)
+
+    assert asyncio.run(flush()) == 0
+    assert completed == ["run:create"]
+    gc.collect()  # the old loop's tasks, no longer held by the outbox either
+
+
+def test_a_forked_child_lets_the_parents_delivery_tasks_go_quietly() -> None:
+    """In a child forked while a call hung (from a thread other than the loop's), the
+    parent's loop is gone and the outbox is emptied: before, the delivery task, collected
+    later, released the semaphore the outbox no longer had, from its cleanup (an
+    exception nothing could catch: a failure under pytest, in whichever test the collector
+    ran)."""
+    import gc
+
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord, _forget_after_fork
+
+    calls = [0]
+
+    class Hangs:
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            calls[0] += 1
+            await asyncio.Event().wait()
+            return "never"
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+    outbox = RecordOutbox(Hangs(), CronMetrics(CollectorRegistry()))
+    record = RunRecord("run", "job", "job", None, "cid")
+
+    async def queue() -> None:
+        outbox.open(record)
+        await wait_until_async(lambda: calls[0] >= 1, what="the call to hang")
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(queue())
+    loop.close()  # in the child, the thread running it does not exist
+    del loop
+    _forget_after_fork()  # what the child runs
+    gc.collect()
+    assert outbox.pending_runs == 0
+
+
+def test_a_record_whose_calls_hang_is_given_up_about_record_max_age_after_it_began() -> None:
+    """Each hang of the record's own call counted as an outage of the recorder, so the
+    time up to the next answer to another run did not count against its age: given up
+    after about twice ``record_max_age`` (with the default 60 s, after some 120 s, past
+    the 90 s the README gives)."""
+    import time
+
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    registry = CollectorRegistry()
+    max_age = 3.0
+
+    class OneRunHangs:
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            if kwargs["correlation_id"] == "poisoned":
+                await asyncio.Event().wait()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            pass
+
+    outbox = RecordOutbox(OneRunHangs(), CronMetrics(registry), max_age=max_age)
+
+    def expired() -> float:
+        return sample(registry, "cron_run_records_dropped_total", {"reason": "expired"})
+
+    async def main() -> float:
+        poisoned = RunRecord("poisoned", "job", "job", None, "poisoned")
+        outbox.open(poisoned)
+        outbox.complete(poisoned, "done")
+        began = time.monotonic()
+        n = 0
+        while expired() == 0:  # the recorder answers other runs all along
+            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
+            outbox.open(record)
+            outbox.complete(record, "done")
+            n += 1
+            await asyncio.sleep(0.05)
+        return time.monotonic() - began
+
+    given_up_after = asyncio.run(main())
+    # max_age, then the stall limit (1 s) of its last call, with room for a loaded
+    # machine; before, twice max_age.
+    assert given_up_after < max_age + 1.0 + 0.8
+
+
+def test_a_few_runs_whose_calls_all_hang_are_delivered_soon_after_the_recorder_answers() -> None:
+    """Fewer runs than the places among the 16, every call of theirs hanging (a recorder
+    whose connections went nowhere, a quiet service): before, no call was left to try, so
+    the recovery was noticed only when a hung call timed out (``call_timeout``, 30 s by
+    default: 60 s here). The probe now sends the longest-hanging call again."""
+    from cron_migration._metrics import CronMetrics
+    from cron_migration._records import RecordOutbox, RunRecord
+
+    answering = [False]
+    hanging = [0]
+    completed: list[str] = []
+
+    class HangsUntilAnswering:
+        async def _call(self) -> None:
+            if not answering[0]:
+                hanging[0] += 1
+                await asyncio.Event().wait()
+
+        async def create_job_execution(self, **kwargs: Any) -> str:
+            await self._call()
+            return str(kwargs["idempotency_key"])
+
+        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+            completed.append(execution_id)
+
+        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+            await self._call()
+
+    outbox = RecordOutbox(HangsUntilAnswering(), CronMetrics(CollectorRegistry()), call_timeout=60)
+
+    async def main() -> None:
+        for n in range(3):
+            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
+            outbox.open(record)
+            outbox.complete(record, "done")
+        await wait_until_async(lambda: hanging[0] >= 3, what="every run's call to hang")
+        answering[0] = True
+        # Well under the 60 s the hanging calls would take to time out.
+        await wait_until_async(lambda: outbox.pending_runs == 0, timeout=20, what="the runs")
+
+    asyncio.run(main())
+    assert sorted(completed) == [f"run-{n}:create" for n in range(3)]

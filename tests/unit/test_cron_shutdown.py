@@ -450,3 +450,109 @@ def test_a_system_exit_in_a_jobs_sub_task_does_not_stop_run_until_signal() -> No
     failed = recorder.by_status("failed")
     assert len(failed) >= 2
     assert {execution.error for execution in failed} == {"SystemExit: 2"}
+
+
+def test_a_system_exit_in_a_jobs_sub_task_during_the_grace_does_not_cut_the_shutdown() -> None:
+    """After SIGTERM, a run finishing within its grace whose sub-task calls sys.exit():
+    before, run_until_signal took it for a second signal and stopped at once (the runs'
+    grace and the records' time cut short); it is that run's failure."""
+    from apscheduler.schedulers.base import STATE_PAUSED
+
+    from compat import run_blocking
+
+    registry = CollectorRegistry()
+    recorder = FakeRecorder()
+    started = threading.Event()
+    scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+
+    def legacy_fatal() -> None:
+        sys.exit(2)
+
+    @migrated_job(recorder=recorder, registry=registry)
+    async def finishing() -> None:
+        started.set()
+        await wait_until_async(
+            lambda: scheduler.state == STATE_PAUSED, what="the shutdown to begin"
+        )
+        await asyncio.gather(run_blocking(legacy_fatal), asyncio.sleep(0.01))
+
+    def signal_once_started() -> None:
+        started.wait(30)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signaller = threading.Thread(target=signal_once_started)
+    signaller.start()
+    scheduler.add_job(finishing, "date", id="finishing")
+    try:
+        report = run_until_signal(scheduler, grace=30, records_timeout=10)
+    finally:
+        signaller.join()
+    assert (report.finished, report.cancelled, report.records_pending) == (1, 0, 0)
+    (execution,) = recorder.executions.values()
+    assert (execution.status, execution.error) == ("failed", "SystemExit: 2")
+
+
+def test_a_second_signal_stops_run_until_signal_at_once() -> None:
+    """SIGINT twice: the second gets its usual effect (KeyboardInterrupt) though a run
+    still has most of its grace."""
+    started = threading.Event()
+    release = threading.Event()
+
+    @migrated_job(registry=CollectorRegistry())
+    async def long_run() -> None:
+        started.set()
+        await asyncio.to_thread(release.wait, 60)
+
+    scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+
+    def signal_twice() -> None:
+        from apscheduler.schedulers.base import STATE_PAUSED
+
+        started.wait(30)
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_until(lambda: scheduler.state == STATE_PAUSED, what="the shutdown to begin")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signaller = threading.Thread(target=signal_twice)
+    signaller.start()
+    scheduler.add_job(long_run, "date", id="long-run")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_until_signal(scheduler, grace=60, records_timeout=1)
+    finally:
+        release.set()
+        signaller.join()
+
+
+def test_run_until_signal_returns_though_a_job_waits_on_a_thread_of_the_loops_executor() -> None:
+    """A job awaiting ``asyncio.to_thread`` of a call that hangs: before, closing the loop
+    waited for the default executor's threads (the bound around it could not interrupt a
+    join made in the loop's thread on Python before 3.13), so run_until_signal did not
+    return until the call did."""
+    started = threading.Event()
+    release = threading.Event()
+
+    @migrated_job(registry=CollectorRegistry())
+    async def waits_on_a_thread() -> None:
+        started.set()
+        await asyncio.to_thread(release.wait, 60)
+
+    def signal_once_started() -> None:
+        started.wait(30)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    watchdog = threading.Timer(20, release.set)  # only if it does not return
+    watchdog.start()
+    signaller = threading.Thread(target=signal_once_started)
+    signaller.start()
+    scheduler = AsyncIOScheduler(executors={"default": MigrationExecutor()})
+    scheduler.add_job(waits_on_a_thread, "date", id="waits-on-a-thread")
+    try:
+        report = run_until_signal(scheduler, grace=0.2, records_timeout=0.5)
+        returned_while_it_worked = not release.is_set()
+    finally:
+        watchdog.cancel()
+        release.set()
+        signaller.join()
+    assert returned_while_it_worked
+    assert report.records_pending == 0
