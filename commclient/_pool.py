@@ -142,13 +142,26 @@ def _available(pool: Any, origin: Any, promised: Any, closing: list[Any]) -> Any
 
 
 def _sweep(pool: Any, closing: list[Any], now: float) -> None:
-    """httpcore's clean-up: drop closed connections, close expired and surplus idle ones."""
+    """httpcore's clean-up: drop closed connections, close expired and surplus idle ones,
+    and close the busy ones no request in the pool holds.
+
+    A busy connection belongs to the request it was handed to until that request leaves
+    the pool. One left without it is never going to be used again: a connection opened
+    for a queued request that was cancelled before it started on it (httpcore marks a
+    connection whose opening was interrupted as failed, but not one never begun), or one
+    whose exchange a cancellation cut off mid-way. httpcore keeps those for good, each in
+    the place of a connection, until a pool of them makes every later request wait out
+    its pool timeout.
+    """
     connections: list[Any] = pool._connections
+    held = {id(request.connection) for request in pool._requests}
     for connection in list(connections):
         if connection.is_closed():
             connections.remove(connection)
-        elif connection.has_expired() or (
-            connection.is_idle() and len(connections) > pool._max_keepalive_connections
+        elif (
+            connection.has_expired()
+            or (connection.is_idle() and len(connections) > pool._max_keepalive_connections)
+            or (not connection.is_idle() and id(connection) not in held)
         ):
             connections.remove(connection)
             closing.append(connection)
