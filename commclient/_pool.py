@@ -76,12 +76,15 @@ def assign(pool: Any) -> list[Any]:
     if not queued:
         return closing
     promised = _promised(pool)
+    swept = False
     for request in queued:
         origin = request.request.url.origin
         connection = _available(pool, origin, promised, closing)
-        if connection is None and len(connections) >= pool._max_connections:
-            # Full: what the last sweep left may since have closed or expired.
+        if connection is None and len(connections) >= pool._max_connections and not swept:
+            # Full: what the last sweep left may since have closed or expired. Once per
+            # assignment: nothing is released meanwhile.
             _sweep(pool, closing, time.monotonic())
+            swept = True
             connection = _available(pool, origin, promised, closing)
         if connection is None:
             if len(connections) < pool._max_connections:
@@ -90,7 +93,10 @@ def assign(pool: Any) -> list[Any]:
             else:
                 idle = next((c for c in connections if c.is_idle() and id(c) not in promised), None)
                 if idle is None:
-                    continue  # waits for a connection to be released
+                    # Full, and no connection free or idle for any origin (an HTTP/1.1
+                    # connection is available only when idle): every request queued after
+                    # this one waits as well, for a connection to be released.
+                    break
                 connections.remove(idle)
                 closing.append(idle)
                 connection = pool.create_connection(origin)

@@ -163,6 +163,22 @@ def test_a_full_pool_sweeps_before_a_request_waits() -> None:
     assert request.connection not in (gone, busy)
 
 
+def test_a_full_pool_is_swept_once_however_many_requests_wait() -> None:
+    """With callers beyond the pool (``max_concurrency`` above ``max_connections``),
+    every request waiting behind a full pool swept it again, each sweep checking every
+    connection (a system call each) and every request: one release cost the square of
+    the queue, and a thousand callers on one connection ran into their pool timeout."""
+    only = FakeConnection()
+    pool = _pool([only], max_connections=1)
+    pool._next_sweep = float("inf")
+    requests = _queue(pool, 100)
+    _assign(pool)
+    assert requests[0].connection is only
+    assert all(request.connection is None for request in requests[1:])
+    # Checked when handed out, then once by the sweep of the full pool.
+    assert only.expiry_checks == 2
+
+
 def test_a_full_pool_replaces_an_idle_connection_it_cannot_use() -> None:
     class OtherOrigin(FakeConnection):
         def can_handle_request(self, origin: Any) -> bool:
