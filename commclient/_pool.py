@@ -21,7 +21,9 @@ does (same connections reused, created, closed) but:
 - never hands an idle connection to a request while another request it was handed to
   has not started on it;
 - looks for a free connection from after the one it found last, where the one freed
-  first usually is, rather than from the first connection of the pool each time.
+  first usually is, rather than from the first connection of the pool each time;
+- closes, when it sweeps, a busy connection that no request in the pool holds (opened
+  for a request cancelled before it started on it), which httpcore keeps for good.
 
 Pools of other classes, or of an httpcore that lacks the attributes this relies on,
 are left as they are.
