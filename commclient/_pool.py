@@ -21,7 +21,9 @@ does (same connections reused, created, closed) but:
 - never hands an idle connection to a request while another request it was handed to
   has not started on it;
 - looks for a free connection from after the one it found last, where the one freed
-  first usually is, rather than from the first connection of the pool each time.
+  first usually is, rather than from the first connection of the pool each time;
+- closes, when it sweeps, a busy connection that no request in the pool holds (opened
+  for a request cancelled before it started on it), which httpcore keeps for good.
 
 Pools of other classes, or of an httpcore that lacks the attributes this relies on,
 are left as they are.
@@ -76,12 +78,15 @@ def assign(pool: Any) -> list[Any]:
     if not queued:
         return closing
     promised = _promised(pool)
+    swept = False
     for request in queued:
         origin = request.request.url.origin
         connection = _available(pool, origin, promised, closing)
-        if connection is None and len(connections) >= pool._max_connections:
-            # Full: what the last sweep left may since have closed or expired.
+        if connection is None and len(connections) >= pool._max_connections and not swept:
+            # Full: what the last sweep left may since have closed or expired. Once per
+            # assignment: nothing is released meanwhile.
             _sweep(pool, closing, time.monotonic())
+            swept = True
             connection = _available(pool, origin, promised, closing)
         if connection is None:
             if len(connections) < pool._max_connections:
@@ -90,7 +95,10 @@ def assign(pool: Any) -> list[Any]:
             else:
                 idle = next((c for c in connections if c.is_idle() and id(c) not in promised), None)
                 if idle is None:
-                    continue  # waits for a connection to be released
+                    # Full, and no connection free or idle for any origin (an HTTP/1.1
+                    # connection is available only when idle): every request queued after
+                    # this one waits as well, for a connection to be released.
+                    break
                 connections.remove(idle)
                 closing.append(idle)
                 connection = pool.create_connection(origin)
@@ -142,13 +150,26 @@ def _available(pool: Any, origin: Any, promised: Any, closing: list[Any]) -> Any
 
 
 def _sweep(pool: Any, closing: list[Any], now: float) -> None:
-    """httpcore's clean-up: drop closed connections, close expired and surplus idle ones."""
+    """httpcore's clean-up: drop closed connections, close expired and surplus idle ones,
+    and close the busy ones no request in the pool holds.
+
+    A busy connection belongs to the request it was handed to until that request leaves
+    the pool. One left without it is never going to be used again: a connection opened
+    for a queued request that was cancelled before it started on it (httpcore marks a
+    connection whose opening was interrupted as failed, but not one never begun), or one
+    whose exchange a cancellation cut off mid-way. httpcore keeps those for good, each in
+    the place of a connection, until a pool of them makes every later request wait out
+    its pool timeout.
+    """
     connections: list[Any] = pool._connections
+    held = {id(request.connection) for request in pool._requests}
     for connection in list(connections):
         if connection.is_closed():
             connections.remove(connection)
-        elif connection.has_expired() or (
-            connection.is_idle() and len(connections) > pool._max_keepalive_connections
+        elif (
+            connection.has_expired()
+            or (connection.is_idle() and len(connections) > pool._max_keepalive_connections)
+            or (not connection.is_idle() and id(connection) not in held)
         ):
             connections.remove(connection)
             closing.append(connection)

@@ -176,7 +176,24 @@ def _config_values(reply: Any) -> list[bytes | str]:
 
 
 _generations = random.Random()  # seeded from the OS; again in a forked child
-os.register_at_fork(after_in_child=_generations.seed)
+_seeded_in = os.getpid()
+
+
+def _random_bits(bits: int) -> int:
+    """``bits`` random bits from :data:`_generations`, reseeded first in a process that
+    was forked since it was seeded.
+
+    By process id, not ``os.register_at_fork``: a process forked outside ``os.fork()``
+    (uWSGI's workers unless ``py-call-osafterfork`` is set, a C extension's fork) runs no
+    at-fork hook, and its children would draw the same tokens (each taking the other's
+    lease for its own).
+    """
+    global _seeded_in
+    pid = os.getpid()
+    if pid != _seeded_in:
+        _generations.seed()
+        _seeded_in = pid
+    return _generations.getrandbits(bits)
 
 
 def fresh_generation() -> str:
@@ -187,7 +204,7 @@ def fresh_generation() -> str:
     Drawn from a generator of the cache's own (a caller seeding ``random`` cannot make
     processes draw alike), seeded by the OS: every miss and write sends one, and the
     OS's own randomness costs a system call each time."""
-    return str(_generations.getrandbits(40) or 1)
+    return str(_random_bits(40) or 1)
 
 
 def _text(value: bytes | str) -> str:
@@ -582,7 +599,7 @@ class CacheCore:
         """A lease's owner: 128 random bits from the cache's own generator (distinct per
         process, forked children included; a system call per miss for the OS's would
         cost more than the rest of the token)."""
-        return f"{_generations.getrandbits(128):032x}"
+        return f"{_random_bits(128):032x}"
 
     def lease_ms(self) -> int:
         return self._lease_ms

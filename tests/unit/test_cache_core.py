@@ -8,8 +8,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -551,6 +555,45 @@ def test_lease_tokens_are_128_random_bits_of_their_own_in_a_forked_child() -> No
         return 1 if CacheCore.new_lease_token() != parent_next else 0
 
     assert in_forked_child(child, timeout=10) == 1
+
+
+_FORK_WITHOUT_HOOKS = """
+import ctypes, os
+from commclient.cache._core import CacheCore, fresh_generation
+CacheCore.new_lease_token()
+read, write = os.pipe()
+pid = ctypes.CDLL(None).fork()  # as uWSGI forks its workers: no at-fork hooks run
+draws = (CacheCore.new_lease_token() + " " + fresh_generation()).encode()
+if pid == 0:
+    os.write(write, draws)
+    os._exit(0)
+os.close(write)
+theirs = os.read(read, 100)
+os.waitpid(pid, 0)
+print(draws.decode(), theirs.decode(), sep="|")
+"""
+
+
+@needs_fork
+def test_lease_tokens_differ_in_a_child_forked_without_python_at_fork_hooks() -> None:
+    """A process forked outside Python's ``os.fork()`` (uWSGI's workers unless
+    ``py-call-osafterfork`` is set, a C extension) skips ``os.register_at_fork``: the
+    children went on from the parent's generator state, so two workers drew the same
+    lease token, each taking the other's lease for its own."""
+    root = str(Path(__file__).resolve().parents[2])
+    environment = {**os.environ, "PYTHONPATH": root}
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_WITHOUT_HOOKS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+        check=True,
+    )
+    parent, child = done.stdout.strip().split("|")
+    assert re.fullmatch("[0-9a-f]{32} [0-9]+", child)
+    assert parent.split()[0] != child.split()[0]
+    assert parent.split()[1] != child.split()[1]
 
 
 def test_duration_and_miss_metrics_read_as_prometheus_own_would() -> None:

@@ -72,6 +72,12 @@ def _queue(pool: Any, count: int) -> list[Any]:
     return requests
 
 
+def _held(pool: Any, connection: FakeConnection) -> None:
+    """A request in the pool that started on ``connection``."""
+    (request,) = _queue(pool, 1)
+    request.connection = connection
+
+
 def test_requests_queued_together_get_different_idle_connections() -> None:
     first, second = FakeConnection(), FakeConnection()
     pool = _pool([first, second])
@@ -124,8 +130,11 @@ def test_a_sweep_checks_every_connection_when_due() -> None:
     stale = FakeConnection(expired=True)
     gone = FakeConnection("closed")
     busy = FakeConnection("active")
-    pool = _pool([stale, gone, busy])
-    assert _assign(pool) == [stale]
+    orphan = FakeConnection("active")
+    pool = _pool([stale, gone, busy, orphan])
+    _held(pool, busy)
+    # ``orphan``, busy with no request in the pool holding it, is never used again.
+    assert _assign(pool) == [stale, orphan]
     assert pool._connections == [busy]
     assert pool._next_sweep > 0
 
@@ -144,6 +153,7 @@ def test_a_full_pool_sweeps_before_a_request_waits() -> None:
     gone = FakeConnection("closed")
     busy = FakeConnection("active")
     pool = _pool([gone, busy], max_connections=2)
+    _held(pool, busy)
     pool._next_sweep = float("inf")
     (request,) = _queue(pool, 1)
     _assign(pool)
@@ -151,6 +161,22 @@ def test_a_full_pool_sweeps_before_a_request_waits() -> None:
     assert gone not in pool._connections
     assert request.connection is not None
     assert request.connection not in (gone, busy)
+
+
+def test_a_full_pool_is_swept_once_however_many_requests_wait() -> None:
+    """With callers beyond the pool (``max_concurrency`` above ``max_connections``),
+    every request waiting behind a full pool swept it again, each sweep checking every
+    connection (a system call each) and every request: one release cost the square of
+    the queue, and a thousand callers on one connection ran into their pool timeout."""
+    only = FakeConnection()
+    pool = _pool([only], max_connections=1)
+    pool._next_sweep = float("inf")
+    requests = _queue(pool, 100)
+    _assign(pool)
+    assert requests[0].connection is only
+    assert all(request.connection is None for request in requests[1:])
+    # Checked when handed out, then once by the sweep of the full pool.
+    assert only.expiry_checks == 2
 
 
 def test_a_full_pool_replaces_an_idle_connection_it_cannot_use() -> None:
@@ -220,3 +246,62 @@ def test_an_idle_socket_is_readable_once_the_server_closes_it() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+async def _closing_server() -> tuple[asyncio.Server, str]:
+    """A loopback server that answers every request with ``Connection: close``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/"
+
+
+def test_a_request_cancelled_after_it_was_handed_a_new_connection_leaves_none_behind() -> None:
+    """httpcore opens the connection of a queued request when another one is released;
+    a request cancelled before it starts on that connection left it in the pool, never
+    opened and never closed, taking its place for good: with one connection, every later
+    call then waited out its pool timeout."""
+    import httpcore
+
+    async def main() -> bytes:
+        server, url = await _closing_server()
+        pool = httpcore.AsyncConnectionPool(max_connections=1)
+        assert pool_assignment.install(pool)
+        async with server, pool:
+            host = [(b"Host", b"127.0.0.1")]
+            first = await pool.handle_async_request(httpcore.Request("GET", url, headers=host))
+            started = asyncio.Event()
+
+            async def queued() -> None:
+                started.set()
+                await pool.request("GET", url, headers=host)
+
+            second = asyncio.create_task(queued())
+            await started.wait()
+            await asyncio.sleep(0)  # the second request now waits in the pool's queue
+            assert len(pool._requests) == 2
+            # Releasing the first connection (closed by the server) opens a new one for
+            # the second request, which is cancelled before it could start on it.
+            await first.aread()
+            await first.aclose()
+            assert pool._requests[0].connection is not None
+            second.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await second
+            timeouts = {"pool": 5.0, "connect": 5.0, "read": 5.0}
+            response = await pool.request(
+                "GET", url, headers=host, extensions={"timeout": timeouts}
+            )
+            return response.content
+
+    assert asyncio.run(main()) == b"{}"
