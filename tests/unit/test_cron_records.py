@@ -433,36 +433,41 @@ def test_a_recovery_is_noticed_by_the_probe_whatever_the_backoff_reached() -> No
     asyncio.run(main())
 
 
+class HangingRecorder:
+    """Every call hangs (a connection going nowhere) until ``answering`` is set; the calls
+    that hung counted in ``hanging``, the executions completed listed in ``completed``."""
+
+    def __init__(self) -> None:
+        self.answering = False
+        self.hanging = 0
+        self.completed: list[str] = []
+
+    async def _call(self) -> None:
+        if not self.answering:
+            self.hanging += 1
+            await asyncio.Event().wait()  # a call made while down never returns
+
+    async def create_job_execution(self, **kwargs: Any) -> str:
+        await self._call()
+        return str(kwargs["idempotency_key"])
+
+    async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+        await self._call()
+
+    async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+        await self._call()
+        self.completed.append(execution_id)
+
+    async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
+        await self._call()
+
+
 def test_a_recorder_whose_calls_hang_is_noticed_when_it_answers_again() -> None:
     """Calls that hang instead of failing (connections going nowhere): before, 16 of them
     held every place until their 30 s call timeout, so nothing got through for up to 30 s
     after the recorder answered again."""
     from cron_migration._metrics import CronMetrics
     from cron_migration._records import RecordOutbox, RunRecord
-
-    answering = asyncio.Event()
-    completed: list[str] = []
-    hanging = [0]
-
-    class HangingRecorder:
-        async def _call(self) -> None:
-            if not answering.is_set():
-                hanging[0] += 1
-                await asyncio.Event().wait()  # a call made while down never returns
-
-        async def create_job_execution(self, **kwargs: Any) -> str:
-            await self._call()
-            return str(kwargs["idempotency_key"])
-
-        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
-            await self._call()
-
-        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
-            await self._call()
-            completed.append(execution_id)
-
-        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
-            await self._call()
 
     recorder = HangingRecorder()
     assert isinstance(recorder, RunRecorder)
@@ -475,17 +480,19 @@ def test_a_recorder_whose_calls_hang_is_noticed_when_it_answers_again() -> None:
             outbox.start(record)
             outbox.complete(record, "done")
         # Every place held by a hanging call, and then some.
-        await wait_until_async(lambda: hanging[0] >= 16, what="16 calls to hang")
-        answering.set()
+        await wait_until_async(lambda: recorder.hanging >= 16, what="16 calls to hang")
+        recorder.answering = True
         # Well under the 30 s the hanging calls would take to time out.
         await wait_until_async(
-            lambda: len(completed) == 200, timeout=20, what="the backlog after the recovery"
+            lambda: len(recorder.completed) == 200,
+            timeout=20,
+            what="the backlog after the recovery",
         )
         assert outbox.pending_runs == 0
 
     asyncio.run(main())
     # Each run recorded once, whatever was sent again.
-    assert sorted(completed) == sorted(f"run-{n}:create" for n in range(200))
+    assert sorted(recorder.completed) == sorted(f"run-{n}:create" for n in range(200))
 
 
 def test_a_record_whose_calls_hang_while_others_are_answered_is_given_up() -> None:
@@ -544,33 +551,10 @@ def test_an_outage_longer_than_record_max_age_expires_nothing() -> None:
     from cron_migration._records import RecordOutbox, RunRecord
 
     registry = CollectorRegistry()
-    answering = asyncio.Event()
-    completed: list[str] = []
-    hanging = [0]
-
-    class HangingRecorder:
-        async def _call(self) -> None:
-            if not answering.is_set():
-                hanging[0] += 1
-                await asyncio.Event().wait()
-
-        async def create_job_execution(self, **kwargs: Any) -> str:
-            await self._call()
-            return str(kwargs["idempotency_key"])
-
-        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
-            await self._call()
-
-        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
-            await self._call()
-            completed.append(execution_id)
-
-        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
-            await self._call()
-
     # Hung calls noticed after 0.1 s, the age limit 1 s: an outage of many times that.
+    recorder = HangingRecorder()
     outbox = RecordOutbox(
-        HangingRecorder(), CronMetrics(registry), max_age=1, stall_after=0.1, probe_interval=0.05
+        recorder, CronMetrics(registry), max_age=1, stall_after=0.1, probe_interval=0.05
     )
 
     async def main() -> None:
@@ -581,13 +565,13 @@ def test_an_outage_longer_than_record_max_age_expires_nothing() -> None:
             outbox.complete(record, "done")
         # The first 16 calls hang at once, then one per probe (0.05 s at most): 30 more
         # take over 1.5 s, longer than record_max_age.
-        await wait_until_async(lambda: hanging[0] >= 16 + 30, what="an outage of over 1.5 s")
-        answering.set()
+        await wait_until_async(lambda: recorder.hanging >= 16 + 30, what="an outage of over 1.5 s")
+        recorder.answering = True
         await wait_until_async(lambda: outbox.pending_runs == 0, timeout=20, what="the backlog")
 
     asyncio.run(main())
     assert sample(registry, "cron_run_records_dropped_total", {"reason": "expired"}) == 0
-    assert len(completed) == 200
+    assert len(recorder.completed) == 200
 
 
 def test_a_recorder_slower_than_stall_after_but_answering_gets_each_call_once() -> None:
@@ -815,41 +799,18 @@ def test_a_few_runs_whose_calls_all_hang_are_delivered_soon_after_the_recorder_a
     from cron_migration._metrics import CronMetrics
     from cron_migration._records import RecordOutbox, RunRecord
 
-    answering = [False]
-    hanging = [0]
-    completed: list[str] = []
-
-    class HangsUntilAnswering:
-        async def _call(self) -> None:
-            if not answering[0]:
-                hanging[0] += 1
-                await asyncio.Event().wait()
-
-        async def create_job_execution(self, **kwargs: Any) -> str:
-            await self._call()
-            return str(kwargs["idempotency_key"])
-
-        async def start_job_execution(self, execution_id: str, **kwargs: Any) -> None:
-            await self._call()
-
-        async def complete_job_execution(self, execution_id: str, **kwargs: Any) -> None:
-            await self._call()
-            completed.append(execution_id)
-
-        async def fail_job_execution(self, execution_id: str, **kwargs: Any) -> None:
-            await self._call()
-
-    outbox = RecordOutbox(HangsUntilAnswering(), CronMetrics(CollectorRegistry()), call_timeout=60)
+    recorder = HangingRecorder()
+    outbox = RecordOutbox(recorder, CronMetrics(CollectorRegistry()), call_timeout=60)
 
     async def main() -> None:
         for n in range(3):
             record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
             outbox.open(record)
             outbox.complete(record, "done")
-        await wait_until_async(lambda: hanging[0] >= 3, what="every run's call to hang")
-        answering[0] = True
+        await wait_until_async(lambda: recorder.hanging >= 3, what="every run's call to hang")
+        recorder.answering = True
         # Well under the 60 s the hanging calls would take to time out.
         await wait_until_async(lambda: outbox.pending_runs == 0, timeout=20, what="the runs")
 
     asyncio.run(main())
-    assert sorted(completed) == [f"run-{n}:create" for n in range(3)]
+    assert sorted(recorder.completed) == [f"run-{n}:create" for n in range(3)]
