@@ -155,62 +155,51 @@ def run(quick: bool) -> list[Row]:
     core = _core()
     calls, rounds = (2_000, 5) if quick else (20_000, 9)
     _per_call(core, calls // 4)  # warm the label children and the caches
+    with_api, without = _with_and_without_api(lambda: _per_call(core, calls), rounds)
+    row = _off_row("core call", with_api, without)
+    return [row, *_cache_rows(quick)]
+
+
+def _with_and_without_api(
+    measure: Callable[[], float], rounds: int
+) -> tuple[list[float], list[float]]:
+    """``measure`` in interleaved rounds: with the API imported, then as if absent."""
     with_api: list[float] = []
     without: list[float] = []
     for _ in range(rounds):
-        with_api.append(_per_call(core, calls))
+        with_api.append(measure())
         removed = _without_api()
         try:
-            without.append(_per_call(core, calls))
+            without.append(measure())
         finally:
             sys.modules.update(removed)
-    rows = [
-        Row(
-            group="tracing off",
-            candidate="core call, OpenTelemetry API, no provider",
-            baseline="core call, no OpenTelemetry",
-            candidate_value=statistics.median(with_api) * 1e6,
-            baseline_value=statistics.median(without) * 1e6,
-            unit="µs",
-            limit=LIMIT_US,
-            limit_kind="difference",
-            candidate_spread=spread(with_api),
-            baseline_spread=spread(without),
-        )
-    ]
-    return rows + _cache_rows(quick)
+    return with_api, without
+
+
+def _off_row(what: str, with_api: list[float], without: list[float]) -> Row:
+    return Row(
+        group="tracing off",
+        candidate=f"{what}, OpenTelemetry API, no provider",
+        baseline=f"{what}, no OpenTelemetry",
+        candidate_value=statistics.median(with_api) * 1e6,
+        baseline_value=statistics.median(without) * 1e6,
+        unit="µs",
+        limit=LIMIT_US,
+        limit_kind="difference",
+        candidate_spread=spread(with_api),
+        baseline_spread=spread(without),
+    )
 
 
 def _cache_rows(quick: bool) -> list[Row]:
     from benchmarks._redis_server import RedisServer
 
     hits, rounds = (5_000, 5) if quick else (20_000, 9)
-    with_api: list[float] = []
-    without: list[float] = []
     with RedisServer() as server:
         with _local_hit(server.url) as hit:
-            for _ in range(rounds):
-                with_api.append(_per_hit(hit, hits))
-                removed = _without_api()
-                try:
-                    without.append(_per_hit(hit, hits))
-                finally:
-                    sys.modules.update(removed)
+            with_api, without = _with_and_without_api(lambda: _per_hit(hit, hits), rounds)
         traced = _traced_hits(server.url, hits, rounds)
-    rows = [
-        Row(
-            group="tracing off",
-            candidate="local-tier hit, OpenTelemetry API, no provider",
-            baseline="local-tier hit, no OpenTelemetry",
-            candidate_value=statistics.median(with_api) * 1e6,
-            baseline_value=statistics.median(without) * 1e6,
-            unit="µs",
-            limit=LIMIT_US,
-            limit_kind="difference",
-            candidate_spread=spread(with_api),
-            baseline_spread=spread(without),
-        )
-    ]
+    rows = [_off_row("local-tier hit", with_api, without)]
     if traced is not None:
         rows.append(
             Row(
