@@ -6,7 +6,10 @@ and 128 threads; each side has a pool of 100 connections (the library's default)
 default timeouts (httpx's pool timeout is its connect timeout, 3 s, as the library's was).
 Each row gives calls/s (successful calls over the round's wall time), the p99 latency of
 every call (failed ones included) and the failed calls, medians of interleaved rounds
-with their spread.
+with their spread. Before each timed async round, the side about to run makes one untimed
+call from each of up to 100 tasks: the other side's round can outlast httpx's 5 s
+keep-alive expiry (bare httpx at 1,000 tasks), and a round that first reopened its
+connections would measure connection set-up at the largest level only.
 
 The server is :mod:`benchmarks._loadserver`; its capacity, measured with a raw-socket
 client in its own process over as many connections as the largest pool here opens, is
@@ -165,6 +168,10 @@ async def _async_scale(base_url: str, plan: Plan) -> dict[int, Sides]:
                 if number % 2:
                     order.reverse()
                 for call, rounds in order:
+                    # Untimed: the other side's round may have outlasted httpx's 5 s
+                    # keep-alive expiry, and reopening every connection is not what this
+                    # row measures (both sides start each round with their pool open).
+                    await _async_round(call, min(tasks, MAX_CONNECTIONS), 1, plan.cap)
                     gc.collect()
                     rounds.append(await _async_round(call, tasks, plan.calls[tasks], plan.cap))
         results[tasks] = sides

@@ -115,10 +115,10 @@ def _promised(pool: Any) -> dict[int, tuple[Any, Any]]:
     busy (the request started), or its request left the pool or was given another."""
     promised: dict[int, tuple[Any, Any]] = pool._promised
     if promised:
-        present = set(map(id, pool._requests))
+        requests = pool._requests  # a list scanned in C, by identity first
         for key, (connection, request) in list(promised.items()):
             if not (
-                connection.is_idle() and request.connection is connection and id(request) in present
+                request.connection is connection and connection.is_idle() and request in requests
             ):
                 del promised[key]
     return promised
