@@ -19,7 +19,8 @@ does (same connections reused, created, closed) but:
   and nothing is free), so an idle connection is closed at most that much later than
   its keep-alive expiry;
 - never hands an idle connection to a request while another request it was handed to
-  has not started on it;
+  has not started on it (that promise checked only when its connection comes up as a
+  candidate, and every promise at each sweep, never all of them at each assignment);
 - looks for a free connection from after the one it found last, where the one freed
   first usually is, rather than from the first connection of the pool each time;
 - closes, when it sweeps, a busy connection that no request in the pool holds (opened
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import time
 import types
+from collections.abc import Container
 from typing import Any
 
 #: The longest a pool goes without checking every connection.
@@ -77,23 +79,23 @@ def assign(pool: Any) -> list[Any]:
     queued = [request for request in pool._requests if request.connection is None]
     if not queued:
         return closing
-    promised = _promised(pool)
+    promised: dict[int, tuple[Any, Any]] = pool._promised
     swept = False
     for request in queued:
         origin = request.request.url.origin
-        connection = _available(pool, origin, promised, closing)
+        connection = _available(pool, origin, closing)
         if connection is None and len(connections) >= pool._max_connections and not swept:
             # Full: what the last sweep left may since have closed or expired. Once per
             # assignment: nothing is released meanwhile.
             _sweep(pool, closing, time.monotonic())
             swept = True
-            connection = _available(pool, origin, promised, closing)
+            connection = _available(pool, origin, closing)
         if connection is None:
             if len(connections) < pool._max_connections:
                 connection = pool.create_connection(origin)
                 connections.append(connection)
             else:
-                idle = next((c for c in connections if c.is_idle() and id(c) not in promised), None)
+                idle = next((c for c in connections if c.is_idle() and not _taken(pool, c)), None)
                 if idle is None:
                     # Full, and no connection free or idle for any origin (an HTTP/1.1
                     # connection is available only when idle): every request queued after
@@ -109,22 +111,27 @@ def assign(pool: Any) -> list[Any]:
     return closing
 
 
-def _promised(pool: Any) -> dict[int, tuple[Any, Any]]:
-    """The idle connections handed to a request that has not started on them yet (by
-    id), kept from one assignment to the next: a promise ends when its connection is
-    busy (the request started), or its request left the pool or was given another."""
+def _taken(pool: Any, connection: Any) -> bool:
+    """Whether the idle ``connection`` was handed to a request that has not started on it
+    yet; an ended promise is dropped when found."""
     promised: dict[int, tuple[Any, Any]] = pool._promised
-    if promised:
-        requests = pool._requests  # a list scanned in C, by identity first
-        for key, (connection, request) in list(promised.items()):
-            if not (
-                request.connection is connection and connection.is_idle() and request in requests
-            ):
-                del promised[key]
-    return promised
+    entry = promised.get(id(connection))
+    if entry is None:
+        return False
+    # The pool's list of requests, scanned in C by identity first.
+    if _holds(*entry, pool._requests):
+        return True
+    del promised[id(connection)]
+    return False
 
 
-def _available(pool: Any, origin: Any, promised: Any, closing: list[Any]) -> Any:
+def _holds(connection: Any, request: Any, waiting: Container[Any]) -> bool:
+    """Whether a promise of ``connection`` to ``request`` still holds: it ends when the
+    request started (the connection is busy), left the pool or was given another."""
+    return request.connection is connection and connection.is_idle() and request in waiting
+
+
+def _available(pool: Any, origin: Any, closing: list[Any]) -> Any:
     """The first connection that can take a request for ``origin`` now, checked first.
 
     The search starts after the connection found last: requests end about in the order
@@ -134,7 +141,7 @@ def _available(pool: Any, origin: Any, promised: Any, closing: list[Any]) -> Any
     connections: list[Any] = pool._connections
     start = pool._scan_from % len(connections) if connections else 0
     for offset, connection in enumerate(connections[start:] + connections[:start]):
-        if id(connection) in promised or not connection.is_available():
+        if not connection.is_available() or _taken(pool, connection):
             continue
         if not connection.can_handle_request(origin):
             continue
@@ -174,3 +181,9 @@ def _sweep(pool: Any, closing: list[Any], now: float) -> None:
             connections.remove(connection)
             closing.append(connection)
     pool._next_sweep = now + SWEEP_SECONDS
+    # Promises ended since the last sweep whose connection never came up again.
+    waiting = set(pool._requests)  # hashed by identity, as httpcore's requests compare
+    promised: dict[int, tuple[Any, Any]] = pool._promised
+    for key, entry in list(promised.items()):
+        if not _holds(*entry, waiting):
+            del promised[key]

@@ -26,6 +26,7 @@ class FakeConnection:
         self.state = state
         self.expired = expired
         self.expiry_checks = 0
+        self.idle_checks = 0
 
     def can_handle_request(self, origin: Any) -> bool:
         return True
@@ -34,6 +35,7 @@ class FakeConnection:
         return self.state == "idle"
 
     def is_idle(self) -> bool:
+        self.idle_checks += 1
         return self.state == "idle"
 
     def is_closed(self) -> bool:
@@ -100,6 +102,38 @@ def test_an_idle_connection_promised_to_a_request_is_not_handed_to_another() -> 
     pool._requests.remove(early)
     _assign(pool)
     assert late.connection is only
+
+
+def test_outstanding_promises_are_not_rechecked_at_every_assignment() -> None:
+    """With a hundred exchanges in flight, dozens of requests are handed a connection
+    within one turn of the event loop before any starts on it; every promise was checked
+    again (its request searched in the pool's list) at every assignment, a cost growing
+    with the square of the calls in flight."""
+    connections = [FakeConnection() for _ in range(60)]
+    pool = _pool(connections, max_connections=100)
+    pool._next_sweep = float("inf")
+    _queue(pool, 50)
+    _assign(pool)
+    assert len(pool._promised) == 50
+    for connection in connections:
+        connection.idle_checks = 0
+    (late,) = _queue(pool, 1)
+    _assign(pool)
+    assert late.connection is connections[50]
+    assert [c.idle_checks for c in connections[:50]] == [0] * 50
+
+
+def test_a_sweep_drops_the_promises_that_ended() -> None:
+    connections = [FakeConnection() for _ in range(3)]
+    pool = _pool(connections)
+    pool._next_sweep = float("inf")
+    left, _started, waiting = _queue(pool, 3)
+    _assign(pool)
+    pool._requests.remove(left)  # cancelled before it started on its connection
+    connections[1].state = "active"  # ``started`` began its exchange
+    pool._next_sweep = 0.0
+    _assign(pool)
+    assert pool._promised == {id(connections[2]): (connections[2], waiting)}
 
 
 def test_the_search_for_a_free_connection_starts_after_the_last_one_found() -> None:
