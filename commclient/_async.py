@@ -93,6 +93,7 @@ class AsyncServiceClient:
         self._closer: AsyncGenerator[None, None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[tuple[float, float], httpx.Timeout] = {}
+        self._spent: httpx.ByteStream = self._httpx.ByteStream(b"")
         self._open_lock = threading.Lock()
         self._closed = False
         _clients.add(self)
@@ -321,6 +322,10 @@ class AsyncServiceClient:
                 )
             finally:
                 await response.aclose()
+                # httpx's response and its stream refer to each other: left so, every call
+                # is garbage (about 36 objects) that only the cycle collector frees, whose
+                # collections grow with the tasks alive (a tenth of the time at 1,000 tasks).
+                response.stream = self._spent
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             return TransportFailure(FailureKind.UNSENDABLE, exc)
         except LookupsExhausted as exc:

@@ -356,6 +356,27 @@ def test_client_used_from_successive_event_loops_leaks_no_connection(
     assert leaks == []
 
 
+def test_a_call_leaves_no_reference_cycle(http_server: ServerProcess, names: Names) -> None:
+    """httpx's response and its stream refer to each other: every call left some 36
+    objects that only the cycle collector frees, and with a thousand tasks alive its
+    collections took a tenth of the client's time. (Bare httpx still leaves them.)"""
+
+    async def main() -> int:
+        async with make_client(http_server.base_url, names) as client:
+            await client.get("/ping")  # connection, pool and metrics set up
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(20):
+                    assert await client.get("/ping") == {"ok": True}
+                    await client.post("/echo", json={"n": 1})
+                return gc.collect()
+            finally:
+                gc.enable()
+
+    assert asyncio.run(main()) == 0
+
+
 # --- requests that must not be repeated ---------------------------------------------------
 
 
