@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
@@ -308,9 +308,7 @@ class AsyncServiceClient:
             try:
                 reader = attempt.reader(response.status_code, response.headers)
                 if reader.wants_more:
-                    async for chunk in response.aiter_raw():
-                        if not reader.feed(chunk):
-                            break
+                    await _read(response, reader.feed, httpx.RequestError)
                 if reader.stray_body or _bytes_past_the_end(response):
                     # httpcore would keep the stray bytes and read them as the next
                     # response's status line; a closed stream is dropped from the pool.
@@ -321,7 +319,7 @@ class AsyncServiceClient:
                     response.status_code, response.headers, reader, response.reason_phrase
                 )
             finally:
-                await response.aclose()
+                await _close_response(response)
                 # httpx's response and its stream refer to each other: left so, every call
                 # is garbage (about 36 objects) that only the cycle collector frees, whose
                 # collections grow with the tasks alive (a tenth of the time at 1,000 tasks).
@@ -601,6 +599,52 @@ class _Progress:
     async def trace(self, event: str, info: Mapping[str, Any]) -> None:
         if not self.sending and ".send_request_headers." in event:
             self.sending = True
+
+
+async def _read(
+    response: httpx.Response, feed: Callable[[bytes], bool], failure: type[httpx.RequestError]
+) -> None:
+    """Feed the body of ``response`` to ``feed`` as it comes, until it returns ``False``.
+
+    Not through ``aiter_raw``: at the end of the body that closes the response itself, in
+    the caller's task, where a cancellation cuts the close off (see :func:`_close_response`).
+    """
+    stream: Any = response.stream
+    try:
+        async for chunk in stream:
+            if not feed(chunk):
+                return
+    except failure as exc:
+        exc.request = response.request  # as aiter_raw does
+        raise
+
+
+#: Closes a cancellation interrupted, kept until they end (the loop holds tasks weakly).
+_closing: set[asyncio.Future[None]] = set()
+
+
+async def _close_response(response: httpx.Response) -> None:
+    """Close ``response`` to the end even when the caller is cancelled meanwhile.
+
+    httpcore gives the connection back to its pool only once the response is closed, and
+    its shield does not hold against a task's ``cancel()``: a cancellation arriving during
+    the close left the request in the pool for good, holding its connection (with
+    ``max_connections`` of them, every later call waited out its pool timeout). The
+    close goes on in a task of its own; the caller is still cancelled at once.
+    """
+    closing = asyncio.ensure_future(response.aclose())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        _closing.add(closing)
+        closing.add_done_callback(_closed)
+        raise
+
+
+def _closed(closing: asyncio.Future[None]) -> None:
+    _closing.discard(closing)
+    if not closing.cancelled():
+        closing.exception()  # retrieved: a close that failed leaves nothing to report
 
 
 async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:

@@ -335,6 +335,39 @@ async def test_wait_for_timeout_cancels_the_call_cleanly(
         assert result["calls"] == len(http_server.calls(key))
 
 
+@pytest.mark.asyncio
+async def test_a_call_cancelled_while_its_response_closes_gives_back_its_connection(
+    http_server: ServerProcess, names: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpcore hands the connection back to its pool only once the response is closed, and
+    its shield does not hold against a task's cancel(): a cancellation arriving during
+    that close left the request in the pool for good, holding its connection, and with
+    one connection every later call waited out its pool timeout."""
+    from commclient import _async
+
+    trace = _async._Progress.trace
+    callers: list[asyncio.Task[Any]] = []
+
+    async def cancelled_while_closing(progress: _async._Progress, event: str, info: Any) -> None:
+        await trace(progress, event, info)
+        task = asyncio.current_task()
+        assert task is not None
+        if event == "http11.send_request_headers.started" and not callers:
+            callers.append(task)
+        elif event == "http11.response_closed.started" and callers and not callers[0].done():
+            callers[0].cancel()
+            await asyncio.sleep(0)  # the caller's cancellation is delivered
+
+    monkeypatch.setattr(_async._Progress, "trace", cancelled_while_closing)
+    config = fast_config(max_connections=1, pool_timeout=1.0)
+    async with make_client(http_server.base_url, names, config) as client:
+        call = asyncio.create_task(client.get("/ping", deadline=5.0))  # a deadline: traced
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert callers == [call]
+        assert await client.get("/ping") == {"ok": True}
+
+
 # --- one client, several event loops ------------------------------------------------------
 
 
