@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 import types
+import weakref
 from collections.abc import Container
 from typing import Any
 
@@ -79,7 +80,7 @@ def assign(pool: Any) -> list[Any]:
     queued = [request for request in pool._requests if request.connection is None]
     if not queued:
         return closing
-    promised: dict[int, tuple[Any, Any]] = pool._promised
+    promised: dict[int, tuple[Any, weakref.ref[Any]]] = pool._promised
     swept = False
     for request in queued:
         origin = request.request.url.origin
@@ -106,7 +107,9 @@ def assign(pool: Any) -> list[Any]:
                 connection = pool.create_connection(origin)
                 connections.append(connection)
         if connection.is_idle():
-            promised[id(connection)] = (connection, request)
+            # The request held weakly: a promise outlives it until its connection comes
+            # up again or a sweep runs, which an idle client never does.
+            promised[id(connection)] = (connection, weakref.ref(request))
         request.assign_to_connection(connection)
     return closing
 
@@ -114,7 +117,7 @@ def assign(pool: Any) -> list[Any]:
 def _taken(pool: Any, connection: Any) -> bool:
     """Whether the idle ``connection`` was handed to a request that has not started on it
     yet; an ended promise is dropped when found."""
-    promised: dict[int, tuple[Any, Any]] = pool._promised
+    promised: dict[int, tuple[Any, weakref.ref[Any]]] = pool._promised
     entry = promised.get(id(connection))
     if entry is None:
         return False
@@ -125,10 +128,16 @@ def _taken(pool: Any, connection: Any) -> bool:
     return False
 
 
-def _holds(connection: Any, request: Any, waiting: Container[Any]) -> bool:
-    """Whether a promise of ``connection`` to ``request`` still holds: it ends when the
+def _holds(connection: Any, promisee: weakref.ref[Any], waiting: Container[Any]) -> bool:
+    """Whether a promise of ``connection`` to a request still holds: it ends when the
     request started (the connection is busy), left the pool or was given another."""
-    return request.connection is connection and connection.is_idle() and request in waiting
+    request = promisee()
+    return (
+        request is not None
+        and request.connection is connection
+        and connection.is_idle()
+        and request in waiting
+    )
 
 
 def _available(pool: Any, origin: Any, closing: list[Any]) -> Any:
@@ -183,7 +192,7 @@ def _sweep(pool: Any, closing: list[Any], now: float) -> None:
     pool._next_sweep = now + SWEEP_SECONDS
     # Promises ended since the last sweep whose connection never came up again.
     waiting = set(pool._requests)  # hashed by identity, as httpcore's requests compare
-    promised: dict[int, tuple[Any, Any]] = pool._promised
+    promised: dict[int, tuple[Any, weakref.ref[Any]]] = pool._promised
     for key, entry in list(promised.items()):
         if not _holds(*entry, waiting):
             del promised[key]

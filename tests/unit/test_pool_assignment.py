@@ -133,7 +133,8 @@ def test_a_sweep_drops_the_promises_that_ended() -> None:
     connections[1].state = "active"  # ``started`` began its exchange
     pool._next_sweep = 0.0
     _assign(pool)
-    assert pool._promised == {id(connections[2]): (connections[2], waiting)}
+    promised = {key: (connection, ref()) for key, (connection, ref) in pool._promised.items()}
+    assert promised == {id(connections[2]): (connections[2], waiting)}
 
 
 def test_the_search_for_a_free_connection_starts_after_the_last_one_found() -> None:
@@ -339,3 +340,26 @@ def test_a_request_cancelled_after_it_was_handed_a_new_connection_leaves_none_be
             return response.content
 
     assert asyncio.run(main()) == b"{}"
+
+
+def test_a_promise_does_not_keep_its_request_alive() -> None:
+    """A promise outlives its request until its connection comes up again or a sweep
+    runs, which an idle client never does: each kept the request, body included (with a
+    hundred connections, a hundred uploads held for as long as the client sat idle)."""
+    import gc
+    import weakref
+
+    connections = [FakeConnection()]
+    pool = _pool(connections)
+    pool._next_sweep = float("inf")
+    (request,) = _queue(pool, 1)
+    _assign(pool)
+    assert id(connections[0]) in pool._promised
+    pool._requests.remove(request)  # its exchange ended
+    gone = weakref.ref(request)
+    del request
+    gc.collect()
+    assert gone() is None
+    (late,) = _queue(pool, 1)
+    _assign(pool)
+    assert late.connection is connections[0]
