@@ -368,6 +368,28 @@ async def test_a_call_cancelled_while_its_response_closes_gives_back_its_connect
         assert await client.get("/ping") == {"ok": True}
 
 
+@pytest.mark.asyncio
+async def test_calls_cancelled_at_every_step_leave_one_connection_usable(
+    http_server: ServerProcess, names: Names
+) -> None:
+    """One connection, more callers admitted than connections (they queue in httpcore's
+    pool, where the connection is promised to one of them at a time), and callers
+    cancelled after each step of the event loop: whoever is left gets served, and the
+    connection is handed out again, not kept by a promise to a request that is gone."""
+    config = fast_config(max_connections=1, max_concurrency=8, pool_timeout=2.0)
+    async with make_client(http_server.base_url, names, config) as client:
+        for steps in range(12):
+            calls = [asyncio.create_task(client.get("/ping")) for _ in range(8)]
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            for call in calls[::2]:
+                call.cancel()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            for call, result in zip(calls, results, strict=True):
+                assert result == {"ok": True} or call.cancelled(), result
+        assert await client.get("/ping", deadline=2.0) == {"ok": True}
+
+
 # --- one client, several event loops ------------------------------------------------------
 
 
