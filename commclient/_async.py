@@ -508,6 +508,12 @@ class _ResolvingBackend:
         await self._inner.sleep(seconds)
 
 
+def _pool_stream(response: httpx.Response) -> Any:
+    """httpcore's stream of ``response`` in its pool, through private attributes of httpx
+    (``None`` with versions that lack them)."""
+    return getattr(getattr(response.stream, "_stream", None), "_httpcore_stream", None)
+
+
 def _bytes_past_the_end(response: httpx.Response) -> bool:
     """Whether the server sent more than this response: bytes after its body (past its
     ``Content-Length``) that arrived with it wait in h11's buffer, not on the socket, where
@@ -516,8 +522,7 @@ def _bytes_past_the_end(response: httpx.Response) -> bool:
     The parser is reached through the private attributes of httpx and httpcore; with
     versions that lack them, nothing is found (and such bytes poison the next call).
     """
-    stream = getattr(getattr(response.stream, "_stream", None), "_httpcore_stream", None)
-    connection = getattr(getattr(stream, "_stream", None), "_connection", None)
+    connection = getattr(getattr(_pool_stream(response), "_stream", None), "_connection", None)
     parser = getattr(connection, "_h11_state", None)
     trailing = getattr(parser, "trailing_data", None)
     return isinstance(trailing, tuple) and bool(trailing[0])
@@ -622,32 +627,50 @@ async def _read(
         raise
 
 
-#: Closes a cancellation interrupted, kept until they end (the loop holds tasks weakly).
+#: Connections being closed for a call cancelled during its close (tasks are weakly held).
 _closing: set[asyncio.Future[None]] = set()
 
 
 async def _close_response(response: httpx.Response) -> None:
-    """Close ``response`` to the end even when the caller is cancelled meanwhile.
+    """Close ``response``, giving its connection back to the pool even when the caller
+    is cancelled meanwhile.
 
-    httpcore gives the connection back to its pool only once the response is closed, and
-    its shield does not hold against a task's ``cancel()``: a cancellation arriving during
-    the close left the request in the pool for good, holding its connection (with
-    ``max_connections`` of them, every later call waited out its pool timeout). The
-    close goes on in a task of its own; the caller is still cancelled at once.
+    httpcore gives the connection back only once the response is closed, and its shield
+    does not hold against a task's ``cancel()``: a cancellation arriving during the close
+    left the request in the pool for good, holding its connection (with
+    ``max_connections`` of them, every later call waited out its pool timeout).
     """
-    closing = asyncio.ensure_future(response.aclose())
     try:
-        await asyncio.shield(closing)
+        await response.aclose()
     except asyncio.CancelledError:
-        _closing.add(closing)
-        closing.add_done_callback(_closed)
+        _release(response)
         raise
 
 
-def _closed(closing: asyncio.Future[None]) -> None:
-    _closing.discard(closing)
-    if not closing.cancelled():
-        closing.exception()  # retrieved: a close that failed leaves nothing to report
+def _release(response: httpx.Response) -> None:
+    """Take the request of ``response``, whose close was cut off, out of its pool, and
+    close its connection (in a state no one knows) unless it went back idle."""
+    stream = _pool_stream(response)
+    pool = getattr(stream, "_pool", None)
+    request = getattr(stream, "_pool_request", None)
+    if pool is None or request is None or request not in pool._requests:
+        return  # closed before the cancellation, or an httpcore this does not know
+    pool._requests.remove(request)
+    connection = request.connection
+    closing: list[Any] = []
+    if connection is not None and not connection.is_idle() and connection in pool._connections:
+        pool._connections.remove(connection)
+        closing.append(connection)
+    closing.extend(pool._assign_requests_to_connections())
+    task = asyncio.ensure_future(pool._close_connections(closing))
+    _closing.add(task)
+    task.add_done_callback(_closed)
+
+
+def _closed(task: asyncio.Future[None]) -> None:
+    _closing.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a connection that failed to close is gone anyway
 
 
 async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
