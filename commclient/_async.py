@@ -651,11 +651,16 @@ def _release(response: httpx.Response) -> None:
     """Take the request of ``response``, whose close was cut off, out of its pool, and
     close its connection (in a state no one knows) unless it went back idle."""
     stream = _pool_stream(response)
-    pool = getattr(stream, "_pool", None)
-    request = getattr(stream, "_pool_request", None)
-    if pool is None or request is None or request not in pool._requests:
+    pool: Any = getattr(stream, "_pool", None)
+    request: Any = getattr(stream, "_pool_request", None)
+    requests = getattr(pool, "_requests", None)
+    if (
+        not isinstance(requests, list)
+        or request not in requests
+        or not hasattr(pool, "_close_connections")
+    ):
         return  # closed before the cancellation, or an httpcore this does not know
-    pool._requests.remove(request)
+    requests.remove(request)
     connection = request.connection
     closing: list[Any] = []
     if connection is not None and not connection.is_idle() and connection in pool._connections:
