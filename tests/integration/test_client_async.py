@@ -395,8 +395,8 @@ async def test_a_call_cut_off_during_its_close_by_any_canceller_leaks_nothing(
     end of an asyncio.timeout block, a failing sibling in a TaskGroup; an anyio cancel
     scope is held off by httpcore's shield), the pool's one connection serves the next
     call at once, no request is left in the pool, and no socket stays open once the close
-    it left behind has run. Only the first was tested: without the repair of a cut-off
-    close, the next call of the other two waited out its pool timeout as well."""
+    it left behind has run. Without the repair of a cut-off close, the next call waited
+    out its pool timeout after each of the first three."""
     import anyio
 
     from commclient import _async
