@@ -502,6 +502,50 @@ def test_client_used_from_successive_event_loops_leaks_no_connection(
     assert leaks == []
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_calls_cut_off_in_their_close_as_each_loop_ends_leave_nothing_behind(
+    http_server: ServerProcess,
+    names: Names,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job run by asyncio.run() returns while a background call is closing its response:
+    asyncio.run() cancels the call there, and the close it leaves to a task of its own
+    must end before that loop closes, in each of several loops one after another (no
+    task of a closed loop kept for good, none destroyed pending, no socket left open)."""
+    from commclient import _async
+
+    trace = _async._Progress.trace
+    closing: list[asyncio.Event] = []
+
+    async def held_while_closing(progress: _async._Progress, event: str, info: Any) -> None:
+        await trace(progress, event, info)
+        if event == "http11.response_closed.started" and closing:
+            closing.pop().set()
+            await asyncio.get_running_loop().create_future()  # until asyncio.run() cancels
+
+    async def job(client: AsyncServiceClient) -> None:
+        reached = asyncio.Event()
+        closing.append(reached)
+        asyncio.create_task(client.get("/ping", deadline=5.0))  # noqa: RUF006 - left running
+        await reached.wait()
+
+    monkeypatch.setattr(_async._Progress, "trace", held_while_closing)
+    client = make_client(http_server.base_url, names, fast_config(max_connections=1))
+    gc.collect()
+    opened = _open_descriptors()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        for _ in range(3):
+            asyncio.run(job(client))
+            assert closing == []
+            assert _async._closing == set()
+        asyncio.run(client.close())
+        gc.collect()
+    assert _open_descriptors() == opened
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
 def test_a_call_leaves_no_reference_cycle(http_server: ServerProcess, names: Names) -> None:
     """httpx's response and its stream refer to each other: every call left some 36
     objects that only the cycle collector frees, and with a thousand tasks alive its
