@@ -12,10 +12,12 @@ import asyncio
 import gc
 import itertools
 import math
+import os
+import sys
 import threading
 import time
 import warnings
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -368,6 +370,95 @@ async def test_a_call_cancelled_while_its_response_closes_gives_back_its_connect
         assert await client.get("/ping") == {"ok": True}
 
 
+_NEEDS_311 = pytest.mark.skipif(sys.version_info < (3, 11), reason="Python 3.11 and later")
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+@pytest.mark.parametrize(
+    "how",
+    [
+        "cancel",
+        pytest.param("asyncio.timeout", marks=_NEEDS_311),
+        pytest.param("TaskGroup", marks=_NEEDS_311),
+        "anyio",
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_call_cut_off_during_its_close_by_any_canceller_leaks_nothing(
+    http_server: ServerProcess, names: Names, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """However the caller is cancelled while its response closes (a task's cancel(), the
+    end of an asyncio.timeout block, a failing sibling in a TaskGroup; an anyio cancel
+    scope is held off by httpcore's shield), the pool's one connection serves the next
+    call at once, no request is left in the pool, and no socket stays open once the close
+    it left behind has run. Without the repair of a cut-off close, the next call waited
+    out its pool timeout after each of the first three."""
+    import anyio
+
+    from commclient import _async
+
+    trace = _async._Progress.trace
+    cut_off: list[Callable[[], object]] = []
+
+    async def cut_off_while_closing(progress: _async._Progress, event: str, info: Any) -> None:
+        await trace(progress, event, info)
+        if event == "http11.response_closed.started" and cut_off:
+            cut_off.pop()()
+            await asyncio.sleep(0)  # the cancellation is delivered here, inside the close
+
+    async def fail() -> None:
+        raise KeyError("a sibling fails")
+
+    async def call() -> Any:
+        return await client.get("/large", params={"bytes": "200000"}, deadline=5.0)
+
+    async def in_timeout_block(loop: asyncio.AbstractEventLoop) -> None:
+        async with asyncio.timeout(None) as block:
+            cut_off.append(lambda: block.reschedule(loop.time()))
+            await call()
+
+    async def in_task_group() -> None:
+        async with asyncio.TaskGroup() as group:
+            cut_off.append(lambda: group.create_task(fail()))
+            group.create_task(call())
+
+    monkeypatch.setattr(_async._Progress, "trace", cut_off_while_closing)
+    config = fast_config(max_connections=1, pool_timeout=1.0, max_response_bytes=1_000_000)
+    async with make_client(http_server.base_url, names, config) as client:
+        assert await client.get("/ping") == {"ok": True}
+        opened = _open_descriptors()
+        loop = asyncio.get_running_loop()
+        if how == "cancel":
+            task = asyncio.create_task(call())
+            cut_off.append(task.cancel)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        elif how == "asyncio.timeout":
+            with pytest.raises(TimeoutError):
+                await in_timeout_block(loop)
+        elif how == "TaskGroup":
+            with pytest.raises(BaseException, match="unhandled errors in a TaskGroup"):
+                await in_task_group()
+        else:
+            with anyio.CancelScope() as scope:
+                cut_off.append(scope.cancel)
+                body = await call()
+            # httpcore's shield holds against anyio: the close and the call run to their end.
+            assert scope.cancel_called
+            assert not scope.cancelled_caught
+            assert len(body) == 200_000 - 2
+        assert cut_off == []  # the cancellation came during the close
+        assert await client.get("/ping", deadline=0.9) == {"ok": True}  # within the pool timeout
+        pool = client._client._transport._pool  # type: ignore[union-attr]
+        assert pool._requests == []
+        await asyncio.gather(*_async._closing)
+        assert _open_descriptors() == opened
+
+
 @pytest.mark.asyncio
 async def test_calls_cancelled_at_every_step_leave_one_connection_usable(
     http_server: ServerProcess, names: Names
@@ -409,6 +500,50 @@ def test_client_used_from_successive_event_loops_leaks_no_connection(
         gc.collect()
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_calls_cut_off_in_their_close_as_each_loop_ends_leave_nothing_behind(
+    http_server: ServerProcess,
+    names: Names,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job run by asyncio.run() returns while a background call is closing its response:
+    asyncio.run() cancels the call there, and the close it leaves to a task of its own
+    must end before that loop closes, in each of several loops one after another (no
+    task of a closed loop kept for good, none destroyed pending, no socket left open)."""
+    from commclient import _async
+
+    trace = _async._Progress.trace
+    closing: list[asyncio.Event] = []
+
+    async def held_while_closing(progress: _async._Progress, event: str, info: Any) -> None:
+        await trace(progress, event, info)
+        if event == "http11.response_closed.started" and closing:
+            closing.pop().set()
+            await asyncio.get_running_loop().create_future()  # until asyncio.run() cancels
+
+    async def job(client: AsyncServiceClient) -> None:
+        reached = asyncio.Event()
+        closing.append(reached)
+        asyncio.create_task(client.get("/ping", deadline=5.0))  # noqa: RUF006 - left running
+        await reached.wait()
+
+    monkeypatch.setattr(_async._Progress, "trace", held_while_closing)
+    client = make_client(http_server.base_url, names, fast_config(max_connections=1))
+    gc.collect()
+    opened = _open_descriptors()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        for _ in range(3):
+            asyncio.run(job(client))
+            assert closing == []
+            assert _async._closing == set()
+        asyncio.run(client.close())
+        gc.collect()
+    assert _open_descriptors() == opened
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 def test_a_call_leaves_no_reference_cycle(http_server: ServerProcess, names: Names) -> None:
