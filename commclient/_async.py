@@ -649,7 +649,8 @@ async def _close_response(response: httpx.Response) -> None:
 
 def _release(response: httpx.Response) -> None:
     """Take the request of ``response``, whose close was cut off, out of its pool, and
-    close its connection (in a state no one knows) unless it went back idle."""
+    close its connection (in a state no one knows) unless it went back idle or another
+    request holds it."""
     stream = _pool_stream(response)
     pool: Any = getattr(stream, "_pool", None)
     request: Any = getattr(stream, "_pool_request", None)
@@ -663,7 +664,12 @@ def _release(response: httpx.Response) -> None:
     requests.remove(request)
     connection = request.connection
     closing: list[Any] = []
-    if connection is not None and not connection.is_idle() and connection in pool._connections:
+    if (
+        connection is not None
+        and not connection.is_idle()
+        and connection in pool._connections
+        and all(other.connection is not connection for other in requests)
+    ):
         pool._connections.remove(connection)
         closing.append(connection)
     closing.extend(pool._assign_requests_to_connections())
