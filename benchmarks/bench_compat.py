@@ -7,9 +7,12 @@ dev-only comparison; its row is left out when asgiref is not installed).
 
 (b) A real GET on a keep-alive loopback server through the same ``AsyncServiceClient``:
 from sync code through ``sync_proxy(client)`` against a native ``await client.get()``
-(target: at most 1.3 times), and against ``asyncio.run`` per call with a fresh
-``httpx.AsyncClient``, which is what calling ``asyncio.run()`` in a job handler amounts
-to (target: at least 10 times faster, a ratio of at most 0.1).
+(target: at most 1.3 times), against the floor of any bridge, the same call on a bare
+loop thread through ``run_coroutine_threadsafe(...).result()`` (target: at most 1.1
+times: what the bridge itself adds to running the call on another thread), and against
+``asyncio.run`` per call with a fresh ``httpx.AsyncClient``, which is what calling
+``asyncio.run()`` in a job handler amounts to (target: at least 10 times faster, a ratio
+of at most 0.1).
 
 (c) The same GET from 32 threads at once, wall time per call (the inverse of throughput):
 through one ``sync_proxy(AsyncServiceClient)`` against one ``SyncServiceClient`` shared by
@@ -44,6 +47,7 @@ PROXY_LIMIT = 1.3
 ASYNCIO_RUN_LIMIT = 0.1  # sync_proxy / asyncio.run per call: at least 10 times faster
 SHARED_SYNC_LIMIT = 1.0  # shared SyncServiceClient / sync_proxy, 32 threads: not slower
 FUNNEL_LIMIT = 3.0  # sync_proxy from 32 threads / 32 native tasks: a regression guard
+FLOOR_LIMIT = 1.1  # sync_proxy GET / the same GET through a bare loop thread
 PATH = "/ping"
 
 
@@ -203,18 +207,28 @@ def _get_rows(base_url: str, plan: Plan) -> list[Row]:
     def asyncio_run_per_call() -> Any:
         return asyncio.run(fresh_loop_and_client())
 
+    floor_client = _client(base_url)
     try:
-        with sync_proxy(_client(base_url)) as proxy:
+        with sync_proxy(_client(base_url)) as proxy, _LoopThread() as floor_loop:
 
             def proxied() -> Any:
                 return proxy.get(PATH)
 
+            def on_a_loop_thread() -> Any:
+                call = floor_client.get(PATH)
+                return asyncio.run_coroutine_threadsafe(call, floor_loop).result()
+
             for _ in range(2):  # warm up: connections open, caches filled
                 _per_call(plan.gets // 4, proxied)()
                 native(plan.gets // 4)()
+                _per_call(plan.gets // 4, on_a_loop_thread)()
             versus_native = _interleaved(
                 plan.rounds, _per_call(plan.gets, proxied), native(plan.gets)
             )
+            versus_floor = _interleaved(
+                plan.rounds, _per_call(plan.gets, proxied), _per_call(plan.gets, on_a_loop_thread)
+            )
+            asyncio.run_coroutine_threadsafe(floor_client.close(), floor_loop).result()
             versus_asyncio_run = _interleaved(
                 max(3, plan.rounds // 3),
                 _per_call(plan.gets, proxied),
@@ -230,6 +244,13 @@ def _get_rows(base_url: str, plan: Plan) -> list[Row]:
             "await client.get (native)",
             versus_native,
             PROXY_LIMIT,
+        ),
+        _row(
+            "compat GET",
+            "sync_proxy(client).get",
+            "run_coroutine_threadsafe on a loop thread",
+            versus_floor,
+            FLOOR_LIMIT,
         ),
         _row(
             "compat GET",
