@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.typecheck import run_mypy
+
 pytestmark = pytest.mark.facade_async
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PROGRAM = textwrap.dedent(
     """
@@ -91,25 +90,7 @@ def test_mypy_sees_typed_bridges_and_an_any_typed_proxy(tmp_path: Path) -> None:
     program = tmp_path / "program.py"
     program.write_text(PROGRAM)
     lines = PROGRAM.splitlines()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-color-output",
-            "--show-error-codes",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            str(program),
-        ],
-        cwd=REPO_ROOT,
-        env={"MYPYPATH": str(REPO_ROOT), "PATH": ""},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    result = run_mypy(tmp_path / "cache", program)
     reveals: dict[str, str] = {}
     errors: list[str] = []
     for line in result.stdout.splitlines():

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +11,10 @@ import pytest
 pytest.importorskip("apscheduler")
 
 import cron_migration
+from tests.typecheck import run_mypy
 
 pytestmark = pytest.mark.facade_async
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The contract's names, and what a user of them receives or needs beside them.
 CONTRACT = {"RunRecorder", "migrate_scheduler", "migrated_job", "shutdown_gracefully"}
@@ -69,23 +67,7 @@ def test_mypy_accepts_every_option_of_migrated_job_in_both_forms(tmp_path: Path)
         "def plain() -> None: ...\n\n\n"
         f"called = migrated_job(plain, {arguments})\n"
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--cache-dir",
-            str(tmp_path / "c"),
-            str(program),
-        ],
-        cwd=REPO_ROOT,
-        env={"MYPYPATH": str(REPO_ROOT), "PATH": ""},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    result = run_mypy(tmp_path / "c", program)
     # Only the program's own lines count: an environment without the other extras (no
     # requests, no OpenTelemetry) makes mypy report the library's imports of them.
     assert result.returncode in (0, 1), result.stdout + result.stderr

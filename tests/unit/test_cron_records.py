@@ -408,20 +408,17 @@ def test_a_record_rejected_forever_holds_up_no_other_and_is_given_up(
 def test_a_recovery_is_noticed_by_the_probe_whatever_the_backoff_reached() -> None:
     # Any RunRecorder, not only one with a breaker to ask: here a plain fake one.
     from cron_migration._metrics import CronMetrics
-    from cron_migration._records import RecordOutbox, RunRecord
+    from cron_migration._records import RecordOutbox
 
     recorder = FakeRecorder(down=True)
     # A backoff of 60 s: only the probe (every 0.1 s here) can notice the recovery soon.
     outbox = RecordOutbox(
         recorder, CronMetrics(CollectorRegistry()), retry_initial=60, probe_interval=0.1
     )
-    records = [RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}") for n in range(20)]
 
     async def main() -> None:
-        for record in records:
-            outbox.open(record)
-            outbox.start(record)
-            outbox.complete(record, "done")
+        for n in range(20):
+            finished_run(outbox, n)
         await wait_until_async(lambda: recorder.failures >= 20, what="every run to fail once")
         recorder.down = False
         # Once one run got through, the others, still in their 60 s backoff, try at once.
@@ -432,6 +429,17 @@ def test_a_recovery_is_noticed_by_the_probe_whatever_the_backoff_reached() -> No
         await wait_until_async(lambda: outbox.pending_runs == 0, what="the runs delivered")
 
     asyncio.run(main())
+
+
+def finished_run(outbox: Any, number: int, *, started: bool = True) -> None:
+    """Run ``run-{number}`` through ``outbox`` as a job does: opened, (started,) done."""
+    from cron_migration._records import RunRecord
+
+    record = RunRecord(f"run-{number}", "job", "job", None, f"cid-{number}")
+    outbox.open(record)
+    if started:
+        outbox.start(record)
+    outbox.complete(record, "done")
 
 
 class HangingRecorder:
@@ -468,18 +476,15 @@ def test_a_recorder_whose_calls_hang_is_noticed_when_it_answers_again() -> None:
     held every place until their 30 s call timeout, so nothing got through for up to 30 s
     after the recorder answered again."""
     from cron_migration._metrics import CronMetrics
-    from cron_migration._records import RecordOutbox, RunRecord
+    from cron_migration._records import RecordOutbox
 
     recorder = HangingRecorder()
     assert isinstance(recorder, RunRecorder)
     outbox = RecordOutbox(recorder, CronMetrics(CollectorRegistry()))  # 30 s call timeout
-    records = [RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}") for n in range(200)]
 
     async def main() -> None:
-        for record in records:
-            outbox.open(record)
-            outbox.start(record)
-            outbox.complete(record, "done")
+        for n in range(200):
+            finished_run(outbox, n)
         # Every place held by a hanging call, and then some.
         await wait_until_async(lambda: recorder.hanging >= 16, what="16 calls to hang")
         recorder.answering = True
@@ -532,9 +537,7 @@ def test_a_record_whose_calls_hang_while_others_are_answered_is_given_up() -> No
         outbox.complete(poisoned, "done")
         n = 0
         while expired() == 0 and n < 600:  # other runs, answered, meanwhile
-            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
-            outbox.open(record)
-            outbox.complete(record, "done")
+            finished_run(outbox, n, started=False)
             n += 1
             await asyncio.sleep(0.05)
         assert expired() == 1
@@ -551,7 +554,7 @@ def test_an_outage_longer_than_record_max_age_expires_nothing() -> None:
     failure after the recovery (a hung call sent again), lost though the recorder was
     back."""
     from cron_migration._metrics import CronMetrics
-    from cron_migration._records import RecordOutbox, RunRecord
+    from cron_migration._records import RecordOutbox
 
     registry = CollectorRegistry()
     # Hung calls noticed after 0.1 s, the age limit 1 s: an outage of many times that.
@@ -562,10 +565,7 @@ def test_an_outage_longer_than_record_max_age_expires_nothing() -> None:
 
     async def main() -> None:
         for n in range(200):
-            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
-            outbox.open(record)
-            outbox.start(record)
-            outbox.complete(record, "done")
+            finished_run(outbox, n)
         # The first 16 calls hang at once, then one per probe (0.05 s at most): 30 more
         # take over 1.5 s, longer than record_max_age.
         await wait_until_async(lambda: recorder.hanging >= 16 + 30, what="an outage of over 1.5 s")
@@ -781,9 +781,7 @@ def test_a_record_whose_calls_hang_is_given_up_about_record_max_age_after_it_beg
         began = time.monotonic()
         n = 0
         while expired() == 0:  # the recorder answers other runs all along
-            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
-            outbox.open(record)
-            outbox.complete(record, "done")
+            finished_run(outbox, n, started=False)
             n += 1
             await asyncio.sleep(0.05)
         return time.monotonic() - began
@@ -800,16 +798,14 @@ def test_a_few_runs_whose_calls_all_hang_are_delivered_soon_after_the_recorder_a
     the recovery was noticed only when a hung call timed out (``call_timeout``, 30 s by
     default: 60 s here). The probe now sends the longest-hanging call again."""
     from cron_migration._metrics import CronMetrics
-    from cron_migration._records import RecordOutbox, RunRecord
+    from cron_migration._records import RecordOutbox
 
     recorder = HangingRecorder()
     outbox = RecordOutbox(recorder, CronMetrics(CollectorRegistry()), call_timeout=60)
 
     async def main() -> None:
         for n in range(3):
-            record = RunRecord(f"run-{n}", "job", "job", None, f"cid-{n}")
-            outbox.open(record)
-            outbox.complete(record, "done")
+            finished_run(outbox, n, started=False)
         await wait_until_async(lambda: recorder.hanging >= 3, what="every run's call to hang")
         recorder.answering = True
         # Well under the 60 s the hanging calls would take to time out.

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.typecheck import run_mypy
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 TYPED = re.findall(r"^<!-- typed example -->\n```python\n(.*?)^```", README, re.DOTALL | re.M)
@@ -42,24 +44,7 @@ def test_the_readme_marks_its_complete_examples() -> None:
 
 def test_mypy_strict_accepts_every_typed_example(examples: list[Path], tmp_path: Path) -> None:
     pytest.importorskip("mypy", reason="mypy is not installed here (tox.ini: the type env)")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-color-output",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            *map(str, examples),
-        ],
-        cwd=REPO_ROOT,
-        env={"MYPYPATH": str(REPO_ROOT), "PATH": ""},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
+    result = run_mypy(tmp_path / "cache", *examples, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
