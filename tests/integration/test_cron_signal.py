@@ -25,12 +25,11 @@ GRACE = 1.0
 RECORDS_TIMEOUT = 3.0  # as the worker passes it
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_during_a_long_sync_run_records_it_abandoned_and_exits_in_time(
-    tmp_path: Path, signum: signal.Signals
-) -> None:
+def signalled_mid_run(tmp_path: Path, grace: str, signum: signal.Signals) -> subprocess.Popen[str]:
+    """The worker (a service whose one sync run lasts 60 s), sent ``signum`` once its run
+    started; kill it when done with it."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.cron_signal_worker", str(tmp_path), str(GRACE)],
+        [sys.executable, "-m", "tests.integration.cron_signal_worker", str(tmp_path), grace],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -39,7 +38,20 @@ def test_a_signal_during_a_long_sync_run_records_it_abandoned_and_exits_in_time(
     try:
         wait_until(lambda: (tmp_path / "started").exists(), timeout=60, what="the run to start")
         process.send_signal(signum)
-        signalled = time.monotonic()
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    return process
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_long_sync_run_records_it_abandoned_and_exits_in_time(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    process = signalled_mid_run(tmp_path, str(GRACE), signum)
+    signalled = time.monotonic()
+    try:
         out, err = process.communicate(timeout=50)  # the job alone would take 60 s
         exited_after = time.monotonic() - signalled
     finally:
@@ -65,16 +77,8 @@ def test_a_second_signal_stops_the_service_at_once(tmp_path: Path, signum: signa
     """The first signal starts a shutdown giving the run 60 s; the second stops the process
     as the signal would without run_until_signal (SIGTERM: killed by it; SIGINT:
     KeyboardInterrupt), long before the grace is up."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.cron_signal_worker", str(tmp_path), "60"],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = signalled_mid_run(tmp_path, "60", signum)
     try:
-        wait_until(lambda: (tmp_path / "started").exists(), timeout=60, what="the run to start")
-        process.send_signal(signum)
         wait_until(
             lambda: (tmp_path / "log").exists() and "received" in (tmp_path / "log").read_text(),
             timeout=30,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -41,6 +41,12 @@ def pool_size() -> Iterator[Any]:
     previous = blocking_limit()
     yield set_blocking_limit
     set_blocking_limit(previous)
+
+
+def five_more_runs(entered: dict[str, int]) -> tuple[Callable[[], bool], float, str]:
+    """What :func:`wait_until` waits for: five more runs of the healthy job from now."""
+    then = entered["healthy"]
+    return (lambda: entered["healthy"] >= then + 5, 30.0, "the healthy job to go on")
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "background"])
@@ -86,10 +92,7 @@ def test_a_hung_job_stops_only_itself_a_healthy_one_keeps_its_cadence(
             add_jobs(scheduler)
             scheduler.start()
             await wait_until_async(*many_hung_runs_due)
-            healthy_then = entered["healthy"]
-            await wait_until_async(
-                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
-            )
+            await wait_until_async(*five_more_runs(entered))
             check_threads()
             await shutdown_gracefully(scheduler, timeout=0, records_timeout=0)
 
@@ -100,10 +103,7 @@ def test_a_hung_job_stops_only_itself_a_healthy_one_keeps_its_cadence(
         scheduler.start()
         try:
             wait_until(*many_hung_runs_due)
-            healthy_then = entered["healthy"]
-            wait_until(
-                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
-            )
+            wait_until(*five_more_runs(entered))
             check_threads()
         finally:
             scheduler.shutdown(wait=False)
@@ -154,10 +154,7 @@ def test_an_async_job_stuck_in_run_blocking_stops_only_itself(
             add_jobs(scheduler)
             scheduler.start()
             await wait_until_async(*many_due)
-            healthy_then = entered["healthy"]
-            await wait_until_async(
-                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
-            )
+            await wait_until_async(*five_more_runs(entered))
             await shutdown_gracefully(scheduler, timeout=0, records_timeout=0)
 
         asyncio.run(main())
@@ -167,10 +164,7 @@ def test_an_async_job_stuck_in_run_blocking_stops_only_itself(
         scheduler.start()
         try:
             wait_until(*many_due)
-            healthy_then = entered["healthy"]
-            wait_until(
-                lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job to go on"
-            )
+            wait_until(*five_more_runs(entered))
         finally:
             scheduler.shutdown(wait=False)
     # One stuck run at a time: it holds the job's only instance until its thread returns.
@@ -287,8 +281,7 @@ def test_under_another_executor_a_hung_job_holds_at_most_its_share(
     scheduler.start()
     try:
         wait_until(lambda: runs(registry, hung_id, "timeout") >= 40, what="40 timed-out runs")
-        healthy_then = entered["healthy"]
-        wait_until(lambda: entered["healthy"] >= healthy_then + 5, what="the healthy job")
+        wait_until(*five_more_runs(entered))
     finally:
         scheduler.shutdown(wait=False)
     assert entered["hung"] == job_thread_limit()
