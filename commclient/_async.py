@@ -758,6 +758,7 @@ _inherited: list[tuple[Any, Any]] = []
 def _after_fork_in_child() -> None:
     for client in list(_clients):
         client._forget_connections()
+    _closing.clear()  # closes on the parent's loops, which do not run here
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

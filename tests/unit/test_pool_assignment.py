@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from commclient import AsyncServiceClient
 from commclient import _pool as pool_assignment
+from tests.forking import in_forked_child, needs_fork
 
 pytestmark = pytest.mark.facade_async
 
@@ -363,3 +364,19 @@ def test_a_promise_does_not_keep_its_request_alive() -> None:
     (late,) = _queue(pool, 1)
     _assign(pool)
     assert late.connection is connections[0]
+
+
+@needs_fork
+def test_a_forked_child_keeps_none_of_the_parents_connection_closes() -> None:
+    """A close cut off by a cancellation finishes in a task of the parent's loop, kept
+    until it ends: in a forked child that loop never runs, and the task would stay."""
+    from commclient import _async
+
+    loop = asyncio.new_event_loop()
+    closing = loop.create_future()
+    _async._closing.add(closing)
+    try:
+        assert in_forked_child(lambda: len(_async._closing)) == 0
+    finally:
+        _async._closing.discard(closing)
+        loop.close()
