@@ -164,12 +164,13 @@ class _Operation:
 
 
 def is_permanent_failure(exc: BaseException) -> bool:
-    """Retrying the same operation cannot succeed: a 4xx answer (not 408/425/429), or the
-    recorder refusing its arguments (TypeError, ValueError) before anything was sent."""
+    """Retrying the same operation cannot succeed: a 4xx answer (not 408/425/429), the
+    recorder refusing its arguments (TypeError, ValueError) before anything was sent, or
+    refusing to be used at all (RuntimeError: a closed client, one bound to another loop)."""
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         return 400 <= status < 500 and status not in _RETRYABLE_CLIENT_STATUSES
-    return isinstance(exc, TypeError | ValueError)
+    return isinstance(exc, TypeError | ValueError | RuntimeError)
 
 
 def recordable(result: Any) -> Any:

@@ -20,6 +20,7 @@ from commclient import ClientConfig, correlation_id_ctx
 from cron_migration import (
     MigrationExecutor,
     current_scheduled_run,
+    flush_run_records,
     migrated_job,
     shutdown_gracefully,
 )
@@ -206,3 +207,42 @@ def test_a_backlog_of_records_arrives_soon_after_the_rest_service_recovers() -> 
     # figures measured are in RELIABILITY.md.
     assert noticed < 3.0
     assert last < 10.0
+
+
+def test_the_records_of_a_closed_recorder_are_given_up_not_carried_into_the_next_loop() -> None:
+    """A service stopped while the REST service was down, its client closed: the run's
+    record can never be delivered. The next loop's flush (a later service in the same
+    process, or its shutdown) gives it up at once, counted, instead of retrying it on the
+    closed client and counting it as its own."""
+    app = create_app()
+    registry = CollectorRegistry()
+    jobs: list[Any] = []  # the job (and its outbox) outlives the first loop
+
+    with serve(app) as base_url:
+        app.faults.configure(outage=True)
+
+        async def first() -> int:
+            async with CronRestClient(
+                base_url,
+                service_name=f"cron-{uuid.uuid4().hex[:8]}",
+                target_service="rest_service",
+                config=CONFIG,
+                registry=registry,
+            ) as client:
+
+                @migrated_job(timeout=10, recorder=client, registry=registry, name="tick")
+                async def tick() -> None:
+                    return None
+
+                jobs.append(tick)
+                await tick()
+                return await flush_run_records(0.5)
+
+        assert asyncio.run(first()) == 1
+        assert sample(registry, "cron_run_records_pending") == 1
+        app.faults.clear()
+        assert asyncio.run(flush_run_records(10)) == 0
+
+    assert sample(registry, "cron_run_records_pending") == 0
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "refused"}) == 1
+    assert not app.service.find("job-executions")
