@@ -30,6 +30,7 @@ from ._core import (
     deadline_cut_off,
 )
 from ._correlation import redact_transport_logs
+from ._errors import ClientClosedError
 from ._extras import import_extra
 from ._policy import Clock, FailureKind
 from ._pool import install as install_pool_assignment
@@ -58,6 +59,9 @@ _TRANSPORT_LOGGERS = (
 
 def _import_httpx() -> Any:
     return import_extra("httpx", extra="async", feature="AsyncServiceClient")
+
+
+_CLOSED_DURING_THE_CALL = "this AsyncServiceClient was closed during the call"
 
 
 class AsyncServiceClient:
@@ -253,7 +257,7 @@ class AsyncServiceClient:
 
     async def _send(self, client: httpx.AsyncClient, attempt: Attempt) -> Outcome:
         if self._closed:
-            raise RuntimeError("this AsyncServiceClient was closed during the call")
+            raise ClientClosedError(_CLOSED_DURING_THE_CALL)
         gate = self._gate
         time_limit = attempt.time_limit
         if not gate.try_enter():
@@ -334,16 +338,23 @@ class AsyncServiceClient:
             return TransportFailure(FailureKind.POOL_TIMEOUT, exc)
         except httpx.HTTPError as exc:
             if self._closed:
-                raise RuntimeError("this AsyncServiceClient was closed during the call") from exc
+                raise ClientClosedError(_CLOSED_DURING_THE_CALL) from exc
             kind = _classify(exc, httpx)
             if kind is FailureKind.CONNECT_TIMEOUT:
                 late_by = time.monotonic() - sent_at - attempt.connect_timeout
                 kind = connect_timeout_kind(late_by, attempt.connect_timeout)
             return TransportFailure(kind, exc)
         except RuntimeError as exc:
-            if client.is_closed:
+            if client.is_closed and self._closed:
                 # httpx refuses to send on a closed client: the caller closed it meanwhile.
-                raise RuntimeError("this AsyncServiceClient was closed during the call") from exc
+                raise ClientClosedError(_CLOSED_DURING_THE_CALL) from exc
+            if client.is_closed:
+                # Its loop closed the pool on its way out (finalising its async generators):
+                # the client is not closed, and a call on the next loop opens a new pool.
+                raise RuntimeError(
+                    "this AsyncServiceClient's connections were closed with its event loop "
+                    "during the call"
+                ) from exc
             raise
 
     def _timeout(self, connect: float, read: float) -> httpx.Timeout:
@@ -360,7 +371,7 @@ class AsyncServiceClient:
         # both build a pool for this client (one would leak, one would be lost).
         with self._open_lock:
             if self._closed:
-                raise RuntimeError("this AsyncServiceClient is closed; create a new one")
+                raise ClientClosedError("this AsyncServiceClient is closed; create a new one")
             if self._client is not None and self._loop is loop:
                 return self._client
             if self._loop is not None and not self._loop.is_closed():

@@ -104,3 +104,12 @@ class ServiceDecodeError(ServiceClientError):
 
 class ServiceResponseTooLargeError(ServiceDecodeError):
     """The response body exceeds ``max_response_bytes``; it was not read into memory."""
+
+
+class ClientClosedError(RuntimeError):
+    """The client was closed (before or during the call): no call through it can succeed.
+
+    Raised as the ``RuntimeError`` the facades document; its own class lets a caller
+    that retries (cron_migration's run records) tell it from a ``RuntimeError`` that a
+    retry may cure (a client still busy on another event loop, no thread to be had).
+    """

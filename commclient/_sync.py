@@ -28,6 +28,7 @@ from ._core import (
     deadline_cut_off,
 )
 from ._correlation import redact_transport_logs
+from ._errors import ClientClosedError
 from ._extras import import_extra
 from ._policy import Clock, FailureKind
 from ._resolver import LookupsExhausted
@@ -57,6 +58,9 @@ _TRANSPORT_LOGGERS = (
 
 def _import_requests() -> Any:
     return import_extra("requests", extra="sync", feature="SyncServiceClient")
+
+
+_CLOSED_DURING_THE_CALL = "this SyncServiceClient was closed during the call"
 
 
 class SyncServiceClient:
@@ -250,7 +254,7 @@ class SyncServiceClient:
     def _send(self, adapter: requests.adapters.HTTPAdapter, attempt: Attempt) -> Outcome:
         request = attempt.request
         if self._closed:
-            raise RuntimeError("this SyncServiceClient was closed during the call")
+            raise ClientClosedError(_CLOSED_DURING_THE_CALL)
         prepared = self._requests.PreparedRequest()
         prepared.method, prepared.url, prepared.body = request.method, request.url, request.content
         prepared.headers = self._requests.structures.CaseInsensitiveDict(request.headers)
@@ -301,12 +305,12 @@ class SyncServiceClient:
                 if watch.expired:
                     return deadline_cut_off(watch.connected, exc)
                 if self._closed:
-                    raise RuntimeError("this SyncServiceClient was closed during the call") from exc
+                    raise ClientClosedError(_CLOSED_DURING_THE_CALL) from exc
                 return TransportFailure(_classify(exc, self._requests.exceptions), exc)
 
     def _open(self) -> requests.adapters.HTTPAdapter:
         if self._closed:
-            raise RuntimeError("this SyncServiceClient is closed; create a new one")
+            raise ClientClosedError("this SyncServiceClient is closed; create a new one")
         # No hidden retries below the core: it alone decides what is repeated.
         adapter: requests.adapters.HTTPAdapter = watched_adapter(
             self._requests, self.config.max_connections

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from commclient._errors import ClientClosedError
+
 from ._context import check_seconds
 from ._metrics import CronMetrics
 from ._worker import Work
@@ -166,11 +168,13 @@ class _Operation:
 def is_permanent_failure(exc: BaseException) -> bool:
     """Retrying the same operation cannot succeed: a 4xx answer (not 408/425/429), the
     recorder refusing its arguments (TypeError, ValueError) before anything was sent, or
-    refusing to be used at all (RuntimeError: a closed client, one bound to another loop)."""
+    a closed client refusing to be used at all. Any other ``RuntimeError`` may pass: a
+    client busy on another event loop is free once that loop closes, a thread that could
+    not be started may be had on the next try."""
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         return 400 <= status < 500 and status not in _RETRYABLE_CLIENT_STATUSES
-    return isinstance(exc, TypeError | ValueError | RuntimeError)
+    return isinstance(exc, TypeError | ValueError | ClientClosedError)
 
 
 def recordable(result: Any) -> Any:

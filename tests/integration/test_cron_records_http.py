@@ -4,6 +4,8 @@ afterwards every run recorded once, completed, with its scheduled time and corre
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -209,7 +211,9 @@ def test_a_backlog_of_records_arrives_soon_after_the_rest_service_recovers() -> 
     assert last < 10.0
 
 
-def test_the_records_of_a_closed_recorder_are_given_up_not_carried_into_the_next_loop() -> None:
+def test_the_records_of_a_closed_recorder_are_given_up_not_carried_into_the_next_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A service stopped while the REST service was down, its client closed: the run's
     record can never be delivered. The next loop's flush (a later service in the same
     process, or its shutdown) gives it up at once, counted, instead of retrying it on the
@@ -241,8 +245,75 @@ def test_the_records_of_a_closed_recorder_are_given_up_not_carried_into_the_next
         assert asyncio.run(first()) == 1
         assert sample(registry, "cron_run_records_pending") == 1
         app.faults.clear()
-        assert asyncio.run(flush_run_records(10)) == 0
+        with caplog.at_level(logging.ERROR, logger="cron_migration"):
+            assert asyncio.run(flush_run_records(10)) == 0
 
     assert sample(registry, "cron_run_records_pending") == 0
+    (dropped,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped.startswith("run record of job tick (run ")
+    assert "the recorder refused create: ClientClosedError(" in dropped
     assert sample(registry, "cron_run_records_dropped_total", {"reason": "refused"}) == 1
     assert not app.service.find("job-executions")
+
+
+def test_a_record_refused_while_its_client_is_busy_on_another_loop_is_delivered_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Jobs of a thread scheduler, each run by ``asyncio.run`` in its own thread, share the
+    recorder: while one run's loop holds the client, another run's record is refused with a
+    ``RuntimeError`` ("belongs to another event loop"). That loop closes when its run ends,
+    and the client moves on: the record is retried and delivered, not dropped."""
+    app = create_app()
+    registry = CollectorRegistry()
+    holding = threading.Event()
+    release = threading.Event()
+
+    with serve(app) as base_url:
+        client = CronRestClient(
+            base_url,
+            service_name=f"cron-{uuid.uuid4().hex[:8]}",
+            target_service="rest_service",
+            config=CONFIG,
+            registry=registry,
+        )
+
+        @migrated_job(timeout=30, recorder=client, registry=registry, name="busy")
+        async def busy() -> None:
+            await client.get_global_settings()  # the client is this loop's now
+            holding.set()
+            await asyncio.to_thread(release.wait, 30)
+
+        @migrated_job(timeout=10, recorder=client, registry=registry, name="tick")
+        async def tick() -> None:
+            return None
+
+        def refused() -> bool:
+            return any(
+                "tick" in r.getMessage() and "another event loop" in r.getMessage()
+                for r in caplog.records
+            )
+
+        async def second() -> int:
+            await tick()
+            await wait_until_async(refused, what="the refusal of tick's record")
+            release.set()
+            first.join(30)
+            return await flush_run_records(10)
+
+        async def run_busy() -> None:
+            await busy()
+
+        first = threading.Thread(target=asyncio.run, args=(run_busy(),))
+        first.start()
+        try:
+            assert holding.wait(30)
+            with caplog.at_level(logging.DEBUG, logger="cron_migration"):
+                assert asyncio.run(second()) == 0
+        finally:
+            release.set()
+            first.join(30)
+
+        recorded = {execution["job_id"] for execution in app.service.find("job-executions")}
+
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "refused"}) == 0
+    assert recorded == {"busy", "tick"}
