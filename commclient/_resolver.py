@@ -57,12 +57,18 @@ class _Resolver:
                 # Running from the start: a waiter that gives up cannot cancel it for the
                 # other waiters (asyncio.wrap_future cancels what it wraps).
                 future.set_running_or_notify_cancel()
-                threading.Thread(
-                    target=self._look_up,
-                    args=(key, future),
-                    name="commclient-resolver",
-                    daemon=True,
-                ).start()
+                try:
+                    threading.Thread(
+                        target=self._look_up,
+                        args=(key, future),
+                        name="commclient-resolver",
+                        daemon=True,
+                    ).start()
+                except BaseException:
+                    # "can't start new thread": no lookup runs, and none may be waited for
+                    # (every later call of this name would wait out its connect timeout).
+                    del self._running[key]
+                    raise
         return future
 
     def resolve(self, host: str, port: int, at: float) -> Addresses:

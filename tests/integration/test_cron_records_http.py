@@ -317,3 +317,48 @@ def test_a_record_refused_while_its_client_is_busy_on_another_loop_is_delivered_
 
     assert sample(registry, "cron_run_records_dropped_total", {"reason": "refused"}) == 0
     assert recorded == {"busy", "tick"}
+
+
+def test_a_record_refused_when_no_thread_could_be_started_is_delivered_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The process could not start a thread (its threads or memory at their limit) when
+    the client looked the REST service's name up: the call raises ``RuntimeError("can't
+    start new thread")``. Threads are to be had again a moment later: the record is retried
+    and delivered, and the name's lookup is not left waiting for a thread that never ran."""
+    app = create_app()
+    registry = CollectorRegistry()
+
+    with serve(app) as base_url:
+        client = CronRestClient(
+            base_url.replace("127.0.0.1", "localhost"),  # a name, looked up on a thread
+            service_name=f"cron-{uuid.uuid4().hex[:8]}",
+            target_service="rest_service",
+            config=CONFIG,
+            registry=registry,
+        )
+
+        @migrated_job(timeout=10, recorder=client, registry=registry, name="tick")
+        async def tick() -> None:
+            return None
+
+        def refused() -> bool:
+            return any("can't start new thread" in r.getMessage() for r in caplog.records)
+
+        async def main() -> int:
+            async with client:
+                # A stack no memory can hold: the thread is refused as at a thread limit.
+                usual = threading.stack_size(2**40)
+                try:
+                    await tick()
+                    await wait_until_async(refused, what="the call refused a thread")
+                finally:
+                    threading.stack_size(usual)
+                return await flush_run_records(20)
+
+        with caplog.at_level(logging.DEBUG, logger="cron_migration"):
+            assert asyncio.run(main()) == 0
+        recorded = [execution["job_id"] for execution in app.service.find("job-executions")]
+
+    assert sample(registry, "cron_run_records_dropped_total", {"reason": "refused"}) == 0
+    assert recorded == ["tick"]
