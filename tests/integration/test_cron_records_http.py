@@ -43,6 +43,17 @@ CONFIG = ClientConfig(
 )
 
 
+def rest_client(base_url: str, registry: CollectorRegistry) -> CronRestClient:
+    """The recorder of these tests: the cron service's client of the REST service."""
+    return CronRestClient(
+        base_url,
+        service_name=f"cron-{uuid.uuid4().hex[:8]}",
+        target_service="rest_service",
+        config=CONFIG,
+        registry=registry,
+    )
+
+
 def test_the_rest_service_down_for_part_of_the_runs_loses_no_record() -> None:
     app = create_app()
     registry = CollectorRegistry()
@@ -51,13 +62,7 @@ def test_the_rest_service_down_for_part_of_the_runs_loses_no_record() -> None:
     with serve(app) as base_url:
 
         async def main() -> list[dict[str, Any]]:
-            client = CronRestClient(
-                base_url,
-                service_name=f"cron-{uuid.uuid4().hex[:8]}",
-                target_service="rest_service",
-                config=CONFIG,
-                registry=registry,
-            )
+            client = rest_client(base_url, registry)
             async with client:
 
                 @migrated_job(timeout=10, recorder=client, registry=registry, name="tick")
@@ -106,13 +111,7 @@ def test_one_run_the_rest_service_keeps_rejecting_holds_up_no_other_record() -> 
         app.faults.configure(outage=True, status=500, path_prefix="/api/job-executions/1/complete")
 
         async def main() -> int:
-            client = CronRestClient(
-                base_url,
-                service_name=f"cron-{uuid.uuid4().hex[:8]}",
-                target_service="rest_service",
-                config=CONFIG,
-                registry=registry,
-            )
+            client = rest_client(base_url, registry)
             async with client:
                 done = 0
 
@@ -148,13 +147,7 @@ def test_a_backlog_of_records_arrives_soon_after_the_rest_service_recovers() -> 
     with serve(app) as base_url:
 
         async def main() -> None:
-            client = CronRestClient(
-                base_url,
-                service_name=f"cron-{uuid.uuid4().hex[:8]}",
-                target_service="rest_service",
-                config=CONFIG,
-                registry=registry,
-            )
+            client = rest_client(base_url, registry)
             async with client:
                 done = 0
 
@@ -227,13 +220,7 @@ def test_the_records_of_a_closed_recorder_are_given_up_not_carried_into_the_next
         app.faults.configure(outage=True)
 
         async def first() -> None:
-            async with CronRestClient(
-                base_url,
-                service_name=f"cron-{uuid.uuid4().hex[:8]}",
-                target_service="rest_service",
-                config=CONFIG,
-                registry=registry,
-            ) as client:
+            async with rest_client(base_url, registry) as client:
 
                 @migrated_job(timeout=10, recorder=client, registry=registry, name=job_name)
                 async def tick() -> None:
@@ -270,13 +257,7 @@ def test_a_record_refused_while_its_client_is_busy_on_another_loop_is_delivered_
     release = threading.Event()
 
     with serve(app) as base_url:
-        client = CronRestClient(
-            base_url,
-            service_name=f"cron-{uuid.uuid4().hex[:8]}",
-            target_service="rest_service",
-            config=CONFIG,
-            registry=registry,
-        )
+        client = rest_client(base_url, registry)
 
         @migrated_job(timeout=30, recorder=client, registry=registry, name="busy")
         async def busy() -> None:
@@ -333,13 +314,8 @@ def test_a_record_refused_when_no_thread_could_be_started_is_delivered_later(
     registry = CollectorRegistry()
 
     with serve(app) as base_url:
-        client = CronRestClient(
-            base_url.replace("127.0.0.1", "localhost"),  # a name, looked up on a thread
-            service_name=f"cron-{uuid.uuid4().hex[:8]}",
-            target_service="rest_service",
-            config=CONFIG,
-            registry=registry,
-        )
+        named = base_url.replace("127.0.0.1", "localhost")  # a name, looked up on a thread
+        client = rest_client(named, registry)
 
         @migrated_job(timeout=10, recorder=client, registry=registry, name="tick")
         async def tick() -> None:
