@@ -33,6 +33,7 @@ from ._correlation import redact_transport_logs
 from ._errors import ClientClosedError
 from ._extras import import_extra
 from ._policy import Clock, FailureKind
+from ._pool import give_back
 from ._pool import install as install_pool_assignment
 from ._resolver import LookupsExhausted, is_address, resolver
 from ._response import ServiceResponse
@@ -59,9 +60,6 @@ _TRANSPORT_LOGGERS = (
 
 def _import_httpx() -> Any:
     return import_extra("httpx", extra="async", feature="AsyncServiceClient")
-
-
-_CLOSED_DURING_THE_CALL = "this AsyncServiceClient was closed during the call"
 
 
 class AsyncServiceClient:
@@ -257,7 +255,7 @@ class AsyncServiceClient:
 
     async def _send(self, client: httpx.AsyncClient, attempt: Attempt) -> Outcome:
         if self._closed:
-            raise ClientClosedError(_CLOSED_DURING_THE_CALL)
+            raise ClientClosedError("AsyncServiceClient", during_call=True)
         gate = self._gate
         time_limit = attempt.time_limit
         if not gate.try_enter():
@@ -338,7 +336,7 @@ class AsyncServiceClient:
             return TransportFailure(FailureKind.POOL_TIMEOUT, exc)
         except httpx.HTTPError as exc:
             if self._closed:
-                raise ClientClosedError(_CLOSED_DURING_THE_CALL) from exc
+                raise ClientClosedError("AsyncServiceClient", during_call=True) from exc
             kind = _classify(exc, httpx)
             if kind is FailureKind.CONNECT_TIMEOUT:
                 late_by = time.monotonic() - sent_at - attempt.connect_timeout
@@ -347,7 +345,7 @@ class AsyncServiceClient:
         except RuntimeError as exc:
             if client.is_closed and self._closed:
                 # httpx refuses to send on a closed client: the caller closed it meanwhile.
-                raise ClientClosedError(_CLOSED_DURING_THE_CALL) from exc
+                raise ClientClosedError("AsyncServiceClient", during_call=True) from exc
             if client.is_closed:
                 # Its loop closed the pool on its way out (finalising its async generators):
                 # the client is not closed, and a call on the next loop opens a new pool.
@@ -371,7 +369,7 @@ class AsyncServiceClient:
         # both build a pool for this client (one would leak, one would be lost).
         with self._open_lock:
             if self._closed:
-                raise ClientClosedError("this AsyncServiceClient is closed; create a new one")
+                raise ClientClosedError("AsyncServiceClient")
             if self._client is not None and self._loop is loop:
                 return self._client
             if self._loop is not None and not self._loop.is_closed():
@@ -659,31 +657,13 @@ async def _close_response(response: httpx.Response) -> None:
 
 
 def _release(response: httpx.Response) -> None:
-    """Take the request of ``response``, whose close was cut off, out of its pool, and
-    close its connection (in a state no one knows) unless it went back idle or another
-    request holds it."""
+    """Give back the connection of ``response``, whose close was cut off (see
+    :func:`commclient._pool.give_back`), closing what must be in a task of its own."""
     stream = _pool_stream(response)
     pool: Any = getattr(stream, "_pool", None)
-    request: Any = getattr(stream, "_pool_request", None)
-    requests = getattr(pool, "_requests", None)
-    if (
-        not isinstance(requests, list)
-        or request not in requests
-        or not hasattr(pool, "_close_connections")
-    ):
-        return  # closed before the cancellation, or an httpcore this does not know
-    requests.remove(request)
-    connection = request.connection
-    closing: list[Any] = []
-    if (
-        connection is not None
-        and not connection.is_idle()
-        and connection in pool._connections
-        and all(other.connection is not connection for other in requests)
-    ):
-        pool._connections.remove(connection)
-        closing.append(connection)
-    closing.extend(pool._assign_requests_to_connections())
+    closing = give_back(pool, getattr(stream, "_pool_request", None))
+    if closing is None:
+        return
     task = asyncio.ensure_future(pool._close_connections(closing))
     _closing.add(task)
     task.add_done_callback(_closed)

@@ -113,3 +113,10 @@ class ClientClosedError(RuntimeError):
     that retries (cron_migration's run records) tell it from a ``RuntimeError`` that a
     retry may cure (a client still busy on another event loop, no thread to be had).
     """
+
+    def __init__(self, client: str, *, during_call: bool = False) -> None:
+        super().__init__(
+            f"this {client} was closed during the call"
+            if during_call
+            else f"this {client} is closed; create a new one"
+        )

@@ -26,6 +26,10 @@ does (same connections reused, created, closed) but:
 - closes, when it sweeps, a busy connection that no request in the pool holds (opened
   for a request cancelled before it started on it), which httpcore keeps for good.
 
+:func:`give_back` takes out of a pool a request whose response's close a cancellation
+cut off (httpcore's shield does not hold against a task's ``cancel()``), which would
+otherwise hold its connection for good.
+
 Pools of other classes, or of an httpcore that lacks the attributes this relies on,
 are left as they are.
 """
@@ -196,3 +200,31 @@ def _sweep(pool: Any, closing: list[Any], now: float) -> None:
     for key, entry in list(promised.items()):
         if not _holds(*entry, waiting):
             del promised[key]
+
+
+def give_back(pool: Any, request: Any) -> list[Any] | None:
+    """Take ``request``, whose response's close was cut off by a cancellation, out of
+    ``pool``; the connections to close (its own, in a state no one knows, unless it went
+    back idle or another request holds it; any the reassignment frees), or ``None`` when
+    the request is not in the pool (closed before the cancellation) or the pool is not an
+    httpcore this knows."""
+    requests = getattr(pool, "_requests", None)
+    if (
+        not isinstance(requests, list)
+        or request not in requests
+        or not hasattr(pool, "_close_connections")
+    ):
+        return None
+    requests.remove(request)
+    connection = request.connection
+    closing: list[Any] = []
+    if (
+        connection is not None
+        and not connection.is_idle()
+        and connection in pool._connections
+        and all(other.connection is not connection for other in requests)
+    ):
+        pool._connections.remove(connection)
+        closing.append(connection)
+    closing.extend(pool._assign_requests_to_connections())
+    return closing

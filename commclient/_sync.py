@@ -60,9 +60,6 @@ def _import_requests() -> Any:
     return import_extra("requests", extra="sync", feature="SyncServiceClient")
 
 
-_CLOSED_DURING_THE_CALL = "this SyncServiceClient was closed during the call"
-
-
 class SyncServiceClient:
     """A blocking client for one target service, for code that is not async yet.
 
@@ -254,7 +251,7 @@ class SyncServiceClient:
     def _send(self, adapter: requests.adapters.HTTPAdapter, attempt: Attempt) -> Outcome:
         request = attempt.request
         if self._closed:
-            raise ClientClosedError(_CLOSED_DURING_THE_CALL)
+            raise ClientClosedError("SyncServiceClient", during_call=True)
         prepared = self._requests.PreparedRequest()
         prepared.method, prepared.url, prepared.body = request.method, request.url, request.content
         prepared.headers = self._requests.structures.CaseInsensitiveDict(request.headers)
@@ -305,12 +302,12 @@ class SyncServiceClient:
                 if watch.expired:
                     return deadline_cut_off(watch.connected, exc)
                 if self._closed:
-                    raise ClientClosedError(_CLOSED_DURING_THE_CALL) from exc
+                    raise ClientClosedError("SyncServiceClient", during_call=True) from exc
                 return TransportFailure(_classify(exc, self._requests.exceptions), exc)
 
     def _open(self) -> requests.adapters.HTTPAdapter:
         if self._closed:
-            raise ClientClosedError("this SyncServiceClient is closed; create a new one")
+            raise ClientClosedError("SyncServiceClient")
         # No hidden retries below the core: it alone decides what is repeated.
         adapter: requests.adapters.HTTPAdapter = watched_adapter(
             self._requests, self.config.max_connections

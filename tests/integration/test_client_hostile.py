@@ -34,6 +34,7 @@ from commclient import (
     testing,
 )
 from commclient._breaker import breakers
+from commclient._errors import ClientClosedError
 from tests.http_server import ServerProcess
 from tests.integration.conftest import Driver, Names, fast_config
 from tests.reliability.hostile_server import HostileServer
@@ -404,7 +405,7 @@ def test_close_during_a_call_is_a_clear_error_not_a_target_failure(make: Any) ->
     if call.loop is None:
         closer = threading.Timer(0.3, client.close)
         closer.start()
-        with pytest.raises(RuntimeError, match="closed during the call"):
+        with pytest.raises(ClientClosedError, match="closed during the call"):
             call("get", "/status/503")
         closer.join()
     else:
@@ -413,7 +414,7 @@ def test_close_during_a_call_is_a_clear_error_not_a_target_failure(make: Any) ->
             task = asyncio.ensure_future(client.get("/status/503"))
             await asyncio.sleep(0.3)
             await client.close()
-            with pytest.raises(RuntimeError, match="closed during the call"):
+            with pytest.raises(ClientClosedError, match="closed during the call"):
                 await task
 
         call.loop.run_until_complete(scenario())
